@@ -1,0 +1,381 @@
+//! Configuration: one TOML file, every key overridable from the environment.
+//!
+//! Keys are `section.key`; the environment variable for a key is `MAILFLEET_` followed by
+//! the section and key in upper case joined by a double underscore, e.g. `smtp.max_recipients`
+//! is `MAILFLEET_SMTP__MAX_RECIPIENTS`. Environment values are read as TOML values when they
+//! parse as one (numbers, booleans, `["a", "b"]` arrays) and as strings otherwise.
+//!
+//! Unknown keys and wrong types fail at start with an error naming the key
+//! ([`ConfigError`]): a typo in a limit must never silently leave the default in force.
+//! `docs/configuration.md` is the reference for every key.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Prefix of every environment variable that overrides a configuration key.
+pub const ENV_PREFIX: &str = "MAILFLEET_";
+
+/// The whole configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub log: LogConfig,
+    pub storage: StorageConfig,
+    pub tls: TlsConfig,
+    pub smtp: SmtpConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig::default(),
+            log: LogConfig::default(),
+            storage: StorageConfig::default(),
+            tls: TlsConfig::default(),
+            smtp: SmtpConfig::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Name this node gives itself in greetings and trace headers.
+    pub hostname: String,
+    /// Where embedded-mode state lives (metadata database, blobs, generated certificate).
+    pub data_dir: PathBuf,
+    /// Seconds sessions are given to finish after a shutdown signal.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            hostname: "localhost".into(),
+            data_dir: PathBuf::from("./mailfleet-data"),
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter directive such as `info` or `mailfleet_smtp=debug,info`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    /// SQLite metadata, blobs on local disk, in-process coordination.
+    #[default]
+    Embedded,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    pub backend: StorageBackend,
+    /// Largest number of writes folded into one metadata commit (one fsync).
+    pub group_commit_max: usize,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            backend: StorageBackend::Embedded,
+            group_commit_max: 256,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain. When neither `cert` nor `key` is set, a self-signed certificate
+    /// for `server.hostname` is generated on first run under `<data_dir>/tls/`.
+    pub cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+    /// How often (seconds) the files are checked for changes and reloaded.
+    pub reload_interval_secs: u64,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert: None,
+            key: None,
+            reload_interval_secs: 60,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpConfig {
+    /// Plain listeners (STARTTLS offered) for inbound mail.
+    pub listen: Vec<SocketAddr>,
+    /// Implicit-TLS listeners.
+    pub listen_tls: Vec<SocketAddr>,
+    /// Largest message accepted, in bytes (advertised with SIZE).
+    pub max_message_size: usize,
+    /// Most recipients per transaction (RFC 5321 §4.5.3.1.8 requires at least 100).
+    pub max_recipients: usize,
+    /// Longest command line in bytes, CRLF included.
+    pub max_line_length: usize,
+    /// Errors allowed per session before the connection is closed with 421.
+    pub max_errors: u32,
+    /// Most transactions (messages) per connection.
+    pub max_messages_per_session: u32,
+    /// Most simultaneous SMTP connections per node.
+    pub max_connections: usize,
+    /// Seconds to wait for a command (RFC 5321 §4.5.3.2.7: at least 5 minutes).
+    pub command_timeout_secs: u64,
+    /// Seconds to wait for each block of DATA/BDAT (§4.5.3.2.5 data block: 3 minutes).
+    pub data_timeout_secs: u64,
+    /// Whether `STARTTLS` is offered on plain listeners.
+    pub starttls: bool,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        Self {
+            listen: vec!["127.0.0.1:2525".parse().expect("literal address")],
+            listen_tls: vec![],
+            max_message_size: 50 * 1024 * 1024,
+            max_recipients: 100,
+            max_line_length: 4096,
+            max_errors: 10,
+            max_messages_per_session: 100,
+            max_connections: 2000,
+            command_timeout_secs: 300,
+            data_timeout_secs: 180,
+            starttls: true,
+        }
+    }
+}
+
+/// A configuration error that names the offending key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("configuration file {path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("configuration key `{key}`: {message}")]
+    Key { key: String, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+}
+
+impl Config {
+    /// Loads `path` (if given) and applies `MAILFLEET_*` overrides from `env`.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut root = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_path_buf(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Syntax {
+                        path: p.to_path_buf(),
+                        message: e.message().to_string(),
+                    })?
+            }
+            None => toml::Table::new(),
+        };
+        apply_env(&mut root, env)?;
+        let cfg: Config = serde_path_to_error::deserialize(toml::Value::Table(root)).map_err(
+            |e: serde_path_to_error::Error<toml::de::Error>| ConfigError::Key {
+                key: e.path().to_string(),
+                message: e.inner().message().to_string(),
+            },
+        )?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks values that parse but make no sense.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let err = |key: &str, message: &str| {
+            Err(ConfigError::Key {
+                key: key.into(),
+                message: message.into(),
+            })
+        };
+        if self.server.hostname.trim().is_empty() {
+            return err("server.hostname", "must not be empty");
+        }
+        if crate::address::normalize_domain(&self.server.hostname).is_err() {
+            return err("server.hostname", "is not a valid host name");
+        }
+        if self.smtp.max_recipients < 1 {
+            return err("smtp.max_recipients", "must be at least 1");
+        }
+        if self.smtp.max_line_length < 512 {
+            return err(
+                "smtp.max_line_length",
+                "must be at least 512 (RFC 5321 §4.5.3.1.4)",
+            );
+        }
+        if self.smtp.max_message_size < 1024 {
+            return err("smtp.max_message_size", "must be at least 1024 bytes");
+        }
+        if self.smtp.max_connections < 1 {
+            return err("smtp.max_connections", "must be at least 1");
+        }
+        if self.smtp.command_timeout_secs == 0 || self.smtp.data_timeout_secs == 0 {
+            return err("smtp.command_timeout_secs", "timeouts must be positive");
+        }
+        if self.storage.group_commit_max < 1 {
+            return err("storage.group_commit_max", "must be at least 1");
+        }
+        match (&self.tls.cert, &self.tls.key) {
+            (Some(_), None) => return err("tls.key", "is required when tls.cert is set"),
+            (None, Some(_)) => return err("tls.cert", "is required when tls.key is set"),
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// Folds `MAILFLEET_SECTION__KEY=value` variables into the TOML table.
+fn apply_env(
+    root: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    for (var, value) in env {
+        let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        // MAILFLEET_CONFIG names the file itself and is not a key.
+        if rest == "CONFIG" || !rest.contains("__") {
+            continue;
+        }
+        let path: Vec<String> = rest.split("__").map(|s| s.to_lowercase()).collect();
+        if path.iter().any(|p| p.is_empty()) {
+            return Err(ConfigError::Env {
+                var,
+                message: "empty key segment".into(),
+            });
+        }
+        let parsed = format!("v = {value}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(value.clone()));
+        let mut table = &mut *root;
+        for seg in &path[..path.len() - 1] {
+            let entry = table
+                .entry(seg.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            table = match entry {
+                toml::Value::Table(t) => t,
+                _ => {
+                    return Err(ConfigError::Env {
+                        var,
+                        message: format!("`{seg}` is not a section"),
+                    })
+                }
+            };
+        }
+        let leaf = path.last().expect("path has at least two segments").clone();
+        table.insert(leaf, parsed);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_without_file() {
+        let c = Config::load(None, vec![]).expect("defaults are valid");
+        assert_eq!(c.smtp.max_recipients, 100);
+        assert_eq!(c.smtp.listen[0].ip().to_string(), "127.0.0.1");
+        assert!(c.smtp.listen[0].port() > 1024);
+    }
+
+    #[test]
+    fn file_and_env_override() {
+        let mut f = tempfile::NamedTempFile::new().expect("tmp");
+        writeln!(
+            f,
+            "[smtp]\nmax_recipients = 50\n[server]\nhostname = \"mx.example.com\""
+        )
+        .expect("write");
+        let c = Config::load(
+            Some(f.path()),
+            env(&[
+                ("MAILFLEET_SMTP__MAX_RECIPIENTS", "7"),
+                ("MAILFLEET_SMTP__LISTEN", "[\"127.0.0.1:2600\"]"),
+                ("MAILFLEET_LOG__LEVEL", "debug"),
+                ("UNRELATED", "x"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(c.smtp.max_recipients, 7);
+        assert_eq!(c.smtp.listen[0].port(), 2600);
+        assert_eq!(c.log.level, "debug");
+        assert_eq!(c.server.hostname, "mx.example.com");
+    }
+
+    #[test]
+    fn bad_key_is_named() {
+        let e = Config::load(None, env(&[("MAILFLEET_SMTP__MAX_RECIPIENTS", "lots")]))
+            .expect_err("string for a number");
+        assert!(e.to_string().contains("smtp.max_recipients"), "{e}");
+        let e = Config::load(None, env(&[("MAILFLEET_SMTP__MAX_RECIPENTS", "3")]))
+            .expect_err("typo");
+        assert!(e.to_string().contains("max_recipents"), "{e}");
+        let e = Config::load(None, env(&[("MAILFLEET_SMTP__MAX_RECIPIENTS", "0")]))
+            .expect_err("zero");
+        assert!(e.to_string().contains("smtp.max_recipients"), "{e}");
+    }
+
+    #[test]
+    fn bad_file_is_named() {
+        let mut f = tempfile::NamedTempFile::new().expect("tmp");
+        writeln!(f, "[smtp\n").expect("write");
+        let e = Config::load(Some(f.path()), vec![]).expect_err("syntax");
+        assert!(e.to_string().contains("not valid TOML"), "{e}");
+    }
+}

@@ -1,0 +1,17 @@
+//! Mailfleet's domain model: the pieces every protocol and backend shares.
+//!
+//! # Layout
+//! - [`address`]: parsing and normalising mailbox addresses (RFC 5321 paths, SMTPUTF8).
+//! - [`config`]: the TOML configuration with environment overrides, parsed once at the edge
+//!   into small typed structs.
+//! - [`credentials`]: argon2id password hashing and the password policy.
+//! - [`tls`]: rustls server configuration with certificates reloaded from disk.
+//! - [`shutdown`]: the one shutdown signal that fans out from the binary to every task.
+
+pub mod address;
+pub mod config;
+pub mod credentials;
+pub mod shutdown;
+pub mod tls;
+
+pub use address::{Address, AddressError};

@@ -1,0 +1,441 @@
+//! The storage conformance suite: what every backend must do, whatever it is built on.
+//!
+//! Each backend's tests call these functions with a fresh (or shared, since names are
+//! randomised) instance. They panic with a message on the first violation, like any test.
+//! The same functions run against the embedded backends in CI and against S3, Redis and
+//! ScyllaDB when those are reachable.
+
+use crate::blob::BlobStore;
+use crate::coord::{Coordinator, MailboxEvent};
+use crate::metadata::{MetadataStore, QuotaPolicy};
+use crate::types::*;
+use crate::StoreError;
+use bytes::Bytes;
+use std::time::Duration;
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}{:016x}", rand::random::<u64>())
+}
+
+/// Puts, gets, ranges, dedup and deletes.
+pub async fn blob_store(store: &dyn BlobStore) {
+    let data = Bytes::from(format!("Subject: conformance {}\r\n\r\nbody\r\n", unique("")));
+    let id = store.put(data.clone()).await.expect("put");
+    assert_eq!(id, BlobId::of(&data), "blob ids are content addresses");
+    assert_eq!(store.get(&id).await.expect("get"), data);
+    let again = store.put(data.clone()).await.expect("second put");
+    assert_eq!(again, id, "same bytes, same id");
+    assert!(store.exists(&id).await.expect("exists"));
+
+    assert_eq!(
+        store.get_range(&id, 0..7).await.expect("range"),
+        data.slice(0..7)
+    );
+    assert_eq!(
+        store.get_range(&id, 9..10_000).await.expect("range past end"),
+        data.slice(9..),
+        "ranges are clamped to the blob"
+    );
+    assert!(store
+        .get_range(&id, 10_000..20_000)
+        .await
+        .expect("range beyond")
+        .is_empty());
+
+    let big = Bytes::from(vec![b'x'; 3 * 1024 * 1024 + 17]);
+    let big_id = store.put(big.clone()).await.expect("put big");
+    assert_eq!(store.get(&big_id).await.expect("get big").len(), big.len());
+
+    store.delete(&id).await.expect("delete");
+    assert!(!store.exists(&id).await.expect("exists after delete"));
+    assert!(matches!(store.get(&id).await, Err(StoreError::NotFound(_))));
+    store.delete(&id).await.expect("deleting twice is fine");
+    store.delete(&big_id).await.expect("delete big");
+}
+
+/// Domains, accounts, aliases, mailboxes, messages, UIDs, MODSEQs, flags, the change log,
+/// quotas and blob reference counting.
+pub async fn metadata_store(meta: &dyn MetadataStore) {
+    let domain = format!("{}.test", unique("d"));
+    let other = format!("{}.test", unique("o"));
+    meta.create_domain(&domain).await.expect("create domain");
+    assert!(matches!(
+        meta.create_domain(&domain).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(meta
+        .list_domains()
+        .await
+        .expect("list")
+        .iter()
+        .any(|d| d.name == domain));
+    assert!(meta.get_domain(&domain).await.expect("get").is_some());
+    assert!(meta.get_domain(&other).await.expect("get").is_none());
+
+    // Accounts and their default mailboxes.
+    let alice = format!("alice@{domain}");
+    assert!(matches!(
+        meta.create_account(&format!("x@{other}"), "h", 0).await,
+        Err(StoreError::NotFound(_))
+    ));
+    let a = meta
+        .create_account(&alice.to_uppercase(), "$argon2id$fake", 0)
+        .await
+        .expect("create account");
+    assert_eq!(a.address, alice, "addresses are stored lowercase");
+    assert!(matches!(
+        meta.create_account(&alice, "h", 0).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let boxes = meta.list_mailboxes(a.id).await.expect("mailboxes");
+    let mut names: Vec<_> = boxes.iter().map(|b| b.name.as_str()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["Archive", "Drafts", "INBOX", "Junk", "Sent", "Trash"]
+    );
+    let inbox = meta
+        .get_mailbox(a.id, "INBOX")
+        .await
+        .expect("get inbox")
+        .expect("inbox exists");
+    assert_eq!(inbox.special_use, Some(SpecialUse::Inbox));
+    assert_eq!(inbox.uid_next, Uid(1));
+    assert!(inbox.uid_validity > 0);
+    assert_eq!(
+        meta.get_account_by_id(a.id).await.expect("by id").map(|x| x.address),
+        Some(alice.clone())
+    );
+    meta.set_password_hash(&alice, "$argon2id$new")
+        .await
+        .expect("set password");
+    assert_eq!(
+        meta.get_account(&alice)
+            .await
+            .expect("get")
+            .expect("exists")
+            .password_hash,
+        "$argon2id$new"
+    );
+    assert_eq!(
+        meta.list_accounts(Some(&domain)).await.expect("list").len(),
+        1
+    );
+
+    // Aliases and catch-all.
+    let sales = format!("sales@{domain}");
+    meta.create_alias(&sales, &alice).await.expect("alias");
+    meta.create_alias(&sales, &format!("bob@{other}"))
+        .await
+        .expect("second target");
+    assert!(matches!(
+        meta.create_alias(&sales, &alice).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        meta.create_alias(&alice, &sales).await,
+        Err(StoreError::Conflict(_))
+    ), "an address is an account or an alias, not both");
+    assert_eq!(meta.alias_targets(&sales).await.expect("targets").len(), 2);
+    meta.create_alias(&format!("@{domain}"), &alice)
+        .await
+        .expect("catch-all");
+    assert_eq!(
+        meta.alias_targets(&format!("@{domain}")).await.expect("catch-all targets"),
+        vec![alice.clone()]
+    );
+    assert_eq!(meta.list_aliases(Some(&domain)).await.expect("list").len(), 3);
+    meta.delete_alias(&sales, Some(&format!("bob@{other}")))
+        .await
+        .expect("delete one target");
+    assert_eq!(meta.alias_targets(&sales).await.expect("targets").len(), 1);
+    assert!(matches!(
+        meta.delete_domain(&domain).await,
+        Err(StoreError::Conflict(_))
+    ), "a domain with accounts cannot be deleted");
+
+    // Appends: strictly increasing UIDs and MODSEQs, shared blobs counted.
+    let blob = BlobId::of(b"conformance message");
+    let msg = |mailbox: MailboxId| NewMessage {
+        account: a.id,
+        mailbox,
+        blob: blob.clone(),
+        size: 100,
+        internal_date: 1_700_000_000,
+        flags: Flags::default(),
+    };
+    let first = meta
+        .append(vec![msg(inbox.id), msg(inbox.id)], QuotaPolicy::Enforce)
+        .await
+        .expect("append");
+    assert_eq!(first[0].uid, Uid(1));
+    assert_eq!(first[1].uid, Uid(2));
+    assert!(first[1].modseq > first[0].modseq);
+    let third = meta
+        .append(vec![msg(inbox.id)], QuotaPolicy::Enforce)
+        .await
+        .expect("append");
+    assert_eq!(third[0].uid, Uid(3));
+    let inbox_now = meta
+        .get_mailbox(a.id, "INBOX")
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(inbox_now.uid_next, Uid(4));
+    assert_eq!(inbox_now.message_count, 3);
+    assert_eq!(inbox_now.highest_modseq, third[0].modseq);
+    let acct = meta.get_account(&alice).await.expect("get").expect("exists");
+    assert_eq!(acct.used_bytes, 300);
+    assert_eq!(acct.message_count, 3);
+
+    let listed = meta
+        .list_messages(inbox.id, Uid(0), 100)
+        .await
+        .expect("list");
+    assert_eq!(
+        listed.iter().map(|m| m.uid).collect::<Vec<_>>(),
+        [Uid(1), Uid(2), Uid(3)]
+    );
+    assert_eq!(listed[0].blob, blob);
+    let page = meta.list_messages(inbox.id, Uid(1), 1).await.expect("page");
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].uid, Uid(2));
+
+    // Flags.
+    let seen = Flags::new(["\\Seen"]);
+    let changed = meta
+        .store_flags(inbox.id, &[Uid(1), Uid(99)], FlagOp::Add, &seen)
+        .await
+        .expect("store");
+    assert_eq!(changed.len(), 1, "missing UIDs are skipped");
+    assert!(changed[0].flags.contains("\\Seen"));
+    assert!(changed[0].modseq > third[0].modseq);
+    let unchanged = meta
+        .store_flags(inbox.id, &[Uid(1)], FlagOp::Add, &seen)
+        .await
+        .expect("store again");
+    assert!(unchanged.is_empty(), "a no-op store changes no MODSEQ");
+    let replaced = meta
+        .store_flags(
+            inbox.id,
+            &[Uid(1)],
+            FlagOp::Replace,
+            &Flags::new(["\\Flagged", "$Label1"]),
+        )
+        .await
+        .expect("replace");
+    assert!(!replaced[0].flags.contains("\\Seen"));
+    assert!(replaced[0].flags.contains("$Label1"));
+    let flag_modseq = replaced[0].modseq;
+
+    // Change log.
+    let since = meta
+        .changes_since(inbox.id, third[0].modseq)
+        .await
+        .expect("changes");
+    assert_eq!(since.len(), 1);
+    assert_eq!(since[0].uid, Uid(1));
+    assert_eq!(since[0].kind, ChangeKind::FlagsChanged);
+    assert_eq!(since[0].modseq, flag_modseq);
+
+    // Expunge: UIDs never reused; blob orphaned only when the last reference goes.
+    let gone = meta
+        .expunge(inbox.id, &[Uid(2), Uid(3)])
+        .await
+        .expect("expunge");
+    assert_eq!(gone.uids, [Uid(2), Uid(3)]);
+    assert!(gone.orphaned.is_empty(), "uid 1 still references the blob");
+    let changes = meta
+        .changes_since(inbox.id, flag_modseq)
+        .await
+        .expect("changes");
+    assert_eq!(
+        changes
+            .iter()
+            .map(|c| (c.uid, c.kind))
+            .collect::<Vec<_>>(),
+        [(Uid(2), ChangeKind::Expunged), (Uid(3), ChangeKind::Expunged)]
+    );
+    let next = meta
+        .append(vec![msg(inbox.id)], QuotaPolicy::Enforce)
+        .await
+        .expect("append after expunge");
+    assert_eq!(next[0].uid, Uid(4), "UIDs are never reused");
+    let acct = meta.get_account(&alice).await.expect("get").expect("exists");
+    assert_eq!(acct.used_bytes, 200);
+
+    // Quota.
+    meta.set_quota(&alice, 250).await.expect("set quota");
+    assert!(matches!(
+        meta.append(vec![msg(inbox.id)], QuotaPolicy::Enforce).await,
+        Err(StoreError::QuotaExceeded(_))
+    ));
+    let unchanged = meta.get_mailbox(a.id, "INBOX").await.expect("get").expect("exists");
+    assert_eq!(unchanged.uid_next, Uid(5), "a refused append allocates nothing");
+    meta.append(vec![msg(inbox.id)], QuotaPolicy::Allow)
+        .await
+        .expect("delivery may overshoot");
+    let acct = meta.get_account(&alice).await.expect("get").expect("exists");
+    assert_eq!(acct.used_bytes, 300);
+
+    // Mailboxes: create, rename, delete.
+    let work = meta
+        .create_mailbox(a.id, "Work", None)
+        .await
+        .expect("create mailbox");
+    assert!(matches!(
+        meta.create_mailbox(a.id, "Work", None).await,
+        Err(StoreError::Conflict(_))
+    ));
+    meta.append(vec![msg(work.id)], QuotaPolicy::Allow)
+        .await
+        .expect("append to Work");
+    meta.rename_mailbox(a.id, work.id, "Projects")
+        .await
+        .expect("rename");
+    assert!(meta.get_mailbox(a.id, "Work").await.expect("get").is_none());
+    let orphans = meta
+        .delete_mailbox(a.id, work.id)
+        .await
+        .expect("delete mailbox");
+    assert!(orphans.is_empty());
+    let recreated = meta
+        .create_mailbox(a.id, "Work", None)
+        .await
+        .expect("re-create");
+    assert_ne!(
+        recreated.id, work.id,
+        "a re-created mailbox is a new mailbox"
+    );
+
+    // Deleting the account releases the shared blob exactly once.
+    let orphans = meta.delete_account(&alice).await.expect("delete account");
+    assert_eq!(orphans, vec![blob.clone()]);
+    assert!(meta.get_account(&alice).await.expect("get").is_none());
+    let pending = meta.orphaned_blobs(i64::MAX, 1000).await.expect("orphans");
+    assert!(pending.contains(&blob));
+    assert!(meta.claim_orphan(&blob).await.expect("claim"));
+    assert!(!meta.claim_orphan(&blob).await.expect("claim twice"));
+
+    meta.delete_alias(&sales, None).await.expect("delete alias");
+    meta.delete_alias(&format!("@{domain}"), None)
+        .await
+        .expect("delete catch-all");
+    meta.delete_domain(&domain).await.expect("delete domain");
+    assert!(meta.get_domain(&domain).await.expect("get").is_none());
+}
+
+/// Many concurrent appends to one mailbox: every UID distinct and gap-free.
+pub async fn metadata_concurrent_appends(meta: std::sync::Arc<dyn MetadataStore>) {
+    let domain = format!("{}.test", unique("c"));
+    meta.create_domain(&domain).await.expect("domain");
+    let a = meta
+        .create_account(&format!("c@{domain}"), "h", 0)
+        .await
+        .expect("account");
+    let inbox = meta
+        .get_mailbox(a.id, "INBOX")
+        .await
+        .expect("get")
+        .expect("inbox");
+    let mut tasks = Vec::new();
+    for i in 0..50u32 {
+        let meta = meta.clone();
+        tasks.push(tokio::spawn(async move {
+            meta.append(
+                vec![NewMessage {
+                    account: a.id,
+                    mailbox: inbox.id,
+                    blob: BlobId::of(format!("m{i}").as_bytes()),
+                    size: 10,
+                    internal_date: 0,
+                    flags: Flags::default(),
+                }],
+                QuotaPolicy::Enforce,
+            )
+            .await
+            .expect("append")[0]
+                .uid
+        }));
+    }
+    let mut uids = Vec::new();
+    for t in tasks {
+        uids.push(t.await.expect("task").0);
+    }
+    uids.sort();
+    assert_eq!(uids, (1..=50).collect::<Vec<_>>());
+    meta.delete_account(&a.address).await.expect("cleanup");
+    meta.delete_domain(&domain).await.expect("cleanup domain");
+}
+
+/// Publish/subscribe, leases with fencing tokens, counters.
+pub async fn coordinator(coord: &dyn Coordinator) {
+    let account = AccountId(rand::random::<i32>().unsigned_abs() as i64);
+    let mut sub = coord.subscribe(account).await.expect("subscribe");
+    let mut other = coord
+        .subscribe(AccountId(account.0 + 1))
+        .await
+        .expect("subscribe other");
+    let event = MailboxEvent::Changed {
+        account,
+        mailbox: MailboxId(7),
+        modseq: ModSeq(42),
+    };
+    coord.publish(event.clone()).await.expect("publish");
+    let got = tokio::time::timeout(Duration::from_secs(5), sub.next())
+        .await
+        .expect("event within 5 s");
+    assert_eq!(got, Some(event));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), other.next())
+            .await
+            .is_err(),
+        "events go only to the account's subscribers"
+    );
+
+    let key = unique("lease:");
+    let l1 = coord
+        .acquire_lease(&key, "node-a", Duration::from_millis(300))
+        .await
+        .expect("acquire")
+        .expect("free lease granted");
+    assert!(coord
+        .acquire_lease(&key, "node-b", Duration::from_secs(5))
+        .await
+        .expect("acquire")
+        .is_none());
+    assert!(coord
+        .renew_lease(&l1, Duration::from_millis(300))
+        .await
+        .expect("renew"));
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let l2 = coord
+        .acquire_lease(&key, "node-b", Duration::from_secs(5))
+        .await
+        .expect("acquire")
+        .expect("expired lease can be taken");
+    assert!(l2.token > l1.token, "fencing tokens grow");
+    assert!(!coord
+        .renew_lease(&l1, Duration::from_secs(1))
+        .await
+        .expect("renew"));
+    coord.release_lease(&l1).await.expect("stale release is a no-op");
+    assert!(coord
+        .acquire_lease(&key, "node-c", Duration::from_secs(5))
+        .await
+        .expect("acquire")
+        .is_none());
+    coord.release_lease(&l2).await.expect("release");
+    assert!(coord
+        .acquire_lease(&key, "node-c", Duration::from_secs(5))
+        .await
+        .expect("acquire")
+        .is_some());
+
+    let ckey = unique("ctr:");
+    let w = Duration::from_secs(3600);
+    assert_eq!(coord.get_counter(&ckey, w).await.expect("get"), 0);
+    assert_eq!(coord.incr_counter(&ckey, w).await.expect("incr"), 1);
+    assert_eq!(coord.incr_counter(&ckey, w).await.expect("incr"), 2);
+    assert_eq!(coord.get_counter(&ckey, w).await.expect("get"), 2);
+}

@@ -1,0 +1,27 @@
+//! The embedded backends under one data directory: the default when nothing is configured.
+//!
+//! ```text
+//! <data_dir>/metadata.sqlite3   SqliteMetadataStore (WAL files beside it)
+//! <data_dir>/blobs/             FsBlobStore
+//! ```
+//! Coordination is in-process ([`crate::coord::local::LocalCoordinator`]), so one data
+//! directory must be served by one server process (the admin CLI may share it).
+
+use crate::blob::fs::FsBlobStore;
+use crate::coord::local::LocalCoordinator;
+use crate::metadata::sqlite::SqliteMetadataStore;
+use crate::{StoreResult, Stores};
+use std::path::Path;
+use std::sync::Arc;
+
+pub fn open(data_dir: &Path, group_commit_max: usize) -> StoreResult<Stores> {
+    std::fs::create_dir_all(data_dir)?;
+    Ok(Stores {
+        blobs: Arc::new(FsBlobStore::open(data_dir.join("blobs"))?),
+        meta: Arc::new(SqliteMetadataStore::open(
+            data_dir.join("metadata.sqlite3"),
+            group_commit_max,
+        )?),
+        coord: Arc::new(LocalCoordinator::new()),
+    })
+}

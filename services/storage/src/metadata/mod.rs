@@ -1,0 +1,114 @@
+//! The [`MetadataStore`] trait: everything about mail except the bodies.
+//!
+//! Every write method is one transaction: it either happens completely and durably before
+//! the returned future resolves, or not at all.
+
+pub mod sqlite;
+
+use crate::types::*;
+use crate::StoreResult;
+use async_trait::async_trait;
+
+/// Whether an append may take an account past its quota.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuotaPolicy {
+    /// Refuse the whole append with [`crate::StoreError::QuotaExceeded`].
+    Enforce,
+    /// Accept and count the bytes (delivery already checked the quota at RCPT time and
+    /// must not lose a message it accepted for several recipients).
+    Allow,
+}
+
+/// What an expunge removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Expunged {
+    pub uids: Vec<Uid>,
+    pub modseq: Option<ModSeq>,
+    /// Blobs that no message references any more; [`crate::blob::gc`] deletes them after a
+    /// grace period.
+    pub orphaned: Vec<BlobId>,
+}
+
+#[async_trait]
+pub trait MetadataStore: Send + Sync + 'static {
+    // ---- domains ----
+    async fn create_domain(&self, name: &str) -> StoreResult<Domain>;
+    async fn get_domain(&self, name: &str) -> StoreResult<Option<Domain>>;
+    async fn list_domains(&self) -> StoreResult<Vec<Domain>>;
+    /// Fails with `Conflict` while the domain still has accounts or aliases.
+    async fn delete_domain(&self, name: &str) -> StoreResult<()>;
+
+    // ---- accounts ----
+    /// Creates the account and its default mailboxes (INBOX, Sent, Drafts, Junk, Trash,
+    /// Archive) in one transaction. `address` must be lowercase `local@domain` of an existing
+    /// domain.
+    async fn create_account(
+        &self,
+        address: &str,
+        password_hash: &str,
+        quota_bytes: u64,
+    ) -> StoreResult<Account>;
+    async fn get_account(&self, address: &str) -> StoreResult<Option<Account>>;
+    async fn get_account_by_id(&self, id: AccountId) -> StoreResult<Option<Account>>;
+    async fn list_accounts(&self, domain: Option<&str>) -> StoreResult<Vec<Account>>;
+    /// Removes the account, its mailboxes and messages; returns blobs left unreferenced.
+    async fn delete_account(&self, address: &str) -> StoreResult<Vec<BlobId>>;
+    async fn set_password_hash(&self, address: &str, password_hash: &str) -> StoreResult<()>;
+    async fn set_quota(&self, address: &str, quota_bytes: u64) -> StoreResult<()>;
+
+    // ---- aliases ----
+    /// `source` is `local@domain` or `@domain` (catch-all); its domain must be hosted.
+    async fn create_alias(&self, source: &str, target: &str) -> StoreResult<()>;
+    /// Removes one target, or every target of `source` when `target` is `None`.
+    async fn delete_alias(&self, source: &str, target: Option<&str>) -> StoreResult<()>;
+    async fn list_aliases(&self, domain: Option<&str>) -> StoreResult<Vec<Alias>>;
+    /// Targets of exactly `source`.
+    async fn alias_targets(&self, source: &str) -> StoreResult<Vec<String>>;
+
+    // ---- mailboxes ----
+    async fn create_mailbox(
+        &self,
+        account: AccountId,
+        name: &str,
+        special_use: Option<SpecialUse>,
+    ) -> StoreResult<Mailbox>;
+    async fn get_mailbox(&self, account: AccountId, name: &str) -> StoreResult<Option<Mailbox>>;
+    async fn list_mailboxes(&self, account: AccountId) -> StoreResult<Vec<Mailbox>>;
+    async fn rename_mailbox(&self, account: AccountId, id: MailboxId, new_name: &str)
+        -> StoreResult<()>;
+    /// Deletes the mailbox and its messages; returns blobs left unreferenced.
+    async fn delete_mailbox(&self, account: AccountId, id: MailboxId) -> StoreResult<Vec<BlobId>>;
+
+    // ---- messages ----
+    /// Appends every message in one transaction; each gets the next UID and a new MODSEQ of
+    /// its mailbox. Returns the assignments in input order.
+    async fn append(&self, messages: Vec<NewMessage>, quota: QuotaPolicy)
+        -> StoreResult<Vec<Appended>>;
+    /// Messages of a mailbox in UID order, starting after `after` (exclusive), at most `limit`.
+    async fn list_messages(
+        &self,
+        mailbox: MailboxId,
+        after: Uid,
+        limit: usize,
+    ) -> StoreResult<Vec<MessageMeta>>;
+    async fn get_message(&self, mailbox: MailboxId, uid: Uid) -> StoreResult<Option<MessageMeta>>;
+    /// Updates flags of the given UIDs (missing UIDs are skipped); each changed message gets a
+    /// new MODSEQ. Returns the new state of each changed message.
+    async fn store_flags(
+        &self,
+        mailbox: MailboxId,
+        uids: &[Uid],
+        op: FlagOp,
+        flags: &Flags,
+    ) -> StoreResult<Vec<MessageMeta>>;
+    async fn expunge(&self, mailbox: MailboxId, uids: &[Uid]) -> StoreResult<Expunged>;
+    /// The latest change of every UID changed after `since`, in MODSEQ order.
+    async fn changes_since(&self, mailbox: MailboxId, since: ModSeq) -> StoreResult<Vec<Change>>;
+
+    // ---- blob garbage collection ----
+    /// Blobs unreferenced since before `older_than` (Unix seconds).
+    async fn orphaned_blobs(&self, older_than: i64, limit: usize) -> StoreResult<Vec<BlobId>>;
+    /// Drops `id` from the orphan list if it is still unreferenced; true when the caller may
+    /// delete the blob's bytes.
+    async fn claim_orphan(&self, id: &BlobId) -> StoreResult<bool>;
+}

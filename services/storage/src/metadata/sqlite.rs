@@ -1,0 +1,1192 @@
+//! The embedded metadata store: SQLite in WAL mode with group commit.
+//!
+//! # Why a writer thread
+//! SQLite allows one writer at a time and every commit costs an fsync. Rather than letting
+//! concurrent SMTP sessions queue on the lock and fsync one by one, every write is sent to a
+//! single writer thread, which folds whatever is waiting (up to `group_commit_max`) into one
+//! transaction: each write runs inside its own SAVEPOINT, so one failing write rolls back
+//! alone, and one COMMIT (one fsync, `synchronous=FULL`) makes them all durable. A caller's
+//! future resolves only after that commit. Reads use a small pool of read-only connections,
+//! which WAL lets run beside the writer. Other processes (the admin CLI) can open the same
+//! file; SQLite's locking and the busy timeout serialise them with the server.
+
+use super::{Expunged, MetadataStore, QuotaPolicy};
+use crate::types::*;
+use crate::{StoreError, StoreResult};
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// Schema version stored in `PRAGMA user_version`; migrations run in order up to it.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA_V1: &str = r#"
+CREATE TABLE domains (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE accounts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    domain_id INTEGER NOT NULL REFERENCES domains(id),
+    address TEXT NOT NULL UNIQUE,
+    password_hash TEXT NOT NULL,
+    quota_bytes INTEGER NOT NULL DEFAULT 0,
+    used_bytes INTEGER NOT NULL DEFAULT 0,
+    message_count INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX accounts_domain ON accounts(domain_id);
+CREATE TABLE aliases (
+    domain_id INTEGER NOT NULL REFERENCES domains(id),
+    source TEXT NOT NULL,
+    target TEXT NOT NULL,
+    PRIMARY KEY (source, target)
+) WITHOUT ROWID;
+CREATE INDEX aliases_domain ON aliases(domain_id);
+CREATE TABLE mailboxes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    account_id INTEGER NOT NULL REFERENCES accounts(id),
+    name TEXT NOT NULL,
+    special_use TEXT,
+    uid_validity INTEGER NOT NULL,
+    uid_next INTEGER NOT NULL DEFAULT 1,
+    highest_modseq INTEGER NOT NULL DEFAULT 1,
+    message_count INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (account_id, name)
+);
+CREATE TABLE messages (
+    mailbox_id INTEGER NOT NULL,
+    uid INTEGER NOT NULL,
+    modseq INTEGER NOT NULL,
+    blob_id TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    internal_date INTEGER NOT NULL,
+    flags TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (mailbox_id, uid)
+) WITHOUT ROWID;
+CREATE TABLE changes (
+    mailbox_id INTEGER NOT NULL,
+    uid INTEGER NOT NULL,
+    modseq INTEGER NOT NULL,
+    kind INTEGER NOT NULL,
+    PRIMARY KEY (mailbox_id, uid)
+) WITHOUT ROWID;
+CREATE INDEX changes_modseq ON changes(mailbox_id, modseq);
+CREATE TABLE blobs (
+    blob_id TEXT PRIMARY KEY,
+    refcount INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE blob_orphans (
+    blob_id TEXT PRIMARY KEY,
+    since INTEGER NOT NULL
+) WITHOUT ROWID;
+"#;
+
+type Completion = Box<dyn FnOnce(StoreResult<()>) + Send>;
+/// A write: runs against the connection inside a savepoint; returns whether it succeeded
+/// (false rolls its savepoint back) and what to tell the caller once the commit is known.
+type Job = Box<dyn FnOnce(&Connection) -> (bool, Completion) + Send>;
+
+pub struct SqliteMetadataStore {
+    path: PathBuf,
+    writer: Mutex<Option<mpsc::Sender<Job>>>,
+    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+}
+
+/// Read connections kept open between reads.
+const MAX_IDLE_READERS: usize = 8;
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn db_err(e: rusqlite::Error) -> StoreError {
+    match &e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            StoreError::Conflict(e.to_string())
+        }
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(
+                f.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            ) =>
+        {
+            StoreError::Unavailable(e.to_string())
+        }
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(
+                f.code,
+                rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase
+            ) =>
+        {
+            StoreError::Corrupt(e.to_string())
+        }
+        _ => StoreError::Unavailable(format!("sqlite: {e}")),
+    }
+}
+
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(())
+}
+
+impl SqliteMetadataStore {
+    /// Opens (creating and migrating if needed) the database at `path`.
+    pub fn open(path: impl AsRef<Path>, group_commit_max: usize) -> StoreResult<Self> {
+        let path = path.as_ref().to_path_buf();
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let conn = Connection::open(&path).map_err(db_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db_err)?;
+        configure(&conn).map_err(db_err)?;
+        migrate(&conn)?;
+        let (tx, rx) = mpsc::channel::<Job>();
+        let max = group_commit_max.max(1);
+        let handle = std::thread::Builder::new()
+            .name("mailfleet-sqlite-writer".into())
+            .spawn(move || writer_loop(conn, rx, max))
+            .map_err(|e| StoreError::Unavailable(format!("writer thread: {e}")))?;
+        Ok(Self {
+            path,
+            writer: Mutex::new(Some(tx)),
+            writer_thread: Mutex::new(Some(handle)),
+            readers: Arc::new(Mutex::new(Vec::new())),
+        })
+    }
+
+    /// Runs `f` in the writer's next group commit.
+    async fn write<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
+    ) -> StoreResult<R> {
+        let (tx, rx) = oneshot::channel::<StoreResult<R>>();
+        let job: Job = Box::new(move |conn| {
+            let result = f(conn);
+            let ok = result.is_ok();
+            let completion: Completion = Box::new(move |commit| {
+                let _ = tx.send(commit.and(result));
+            });
+            (ok, completion)
+        });
+        {
+            let guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+            let sender = guard
+                .as_ref()
+                .ok_or_else(|| StoreError::Unavailable("metadata store closed".into()))?;
+            sender
+                .send(job)
+                .map_err(|_| StoreError::Unavailable("metadata writer stopped".into()))?;
+        }
+        rx.await
+            .map_err(|_| StoreError::Unavailable("metadata writer dropped a write".into()))?
+    }
+
+    /// Runs `f` on a pooled read connection on the blocking pool.
+    async fn read<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
+    ) -> StoreResult<R> {
+        let pool = self.readers.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let pooled = pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            let conn = match pooled {
+                Some(c) => c,
+                None => {
+                    let c = Connection::open_with_flags(
+                        &path,
+                        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                    )
+                    .map_err(db_err)?;
+                    configure(&c).map_err(db_err)?;
+                    c
+                }
+            };
+            let result = f(&conn);
+            let mut idle = pool.lock().unwrap_or_else(|p| p.into_inner());
+            if idle.len() < MAX_IDLE_READERS {
+                idle.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("read task failed: {e}")))?
+    }
+}
+
+impl Drop for SqliteMetadataStore {
+    fn drop(&mut self) {
+        // Closing the channel lets the writer finish what is queued and exit.
+        self.writer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(h) = self
+            .writer_thread
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            let _ = h.join();
+        }
+    }
+}
+
+fn migrate(conn: &Connection) -> StoreResult<()> {
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(db_err)?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Invalid(format!(
+            "database schema version {version} is newer than this build ({SCHEMA_VERSION})"
+        )));
+    }
+    if version < 1 {
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {SCHEMA_V1} PRAGMA user_version = 1; COMMIT;"
+        ))
+        .map_err(db_err)?;
+    }
+    Ok(())
+}
+
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, max: usize) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < max {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut completions = Vec::with_capacity(batch.len());
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            let err = db_err(e);
+            for job in batch {
+                // Run nothing; tell each caller the store is unavailable.
+                let msg = err.to_string();
+                let (_, done) = job_failed(job, msg);
+                done(Err(StoreError::Unavailable("transaction could not start".into())));
+            }
+            continue;
+        }
+        for job in batch {
+            if conn.execute_batch("SAVEPOINT job").is_err() {
+                completions.push((false, job_failed(job, "savepoint".into()).1));
+                continue;
+            }
+            let (ok, done) = job(&conn);
+            let end = if ok {
+                "RELEASE job"
+            } else {
+                "ROLLBACK TO job; RELEASE job"
+            };
+            if let Err(e) = conn.execute_batch(end) {
+                tracing::error!(error = %e, "savepoint end failed");
+            }
+            completions.push((ok, done));
+        }
+        let commit = conn.execute_batch("COMMIT").map_err(db_err);
+        if commit.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        for (_, done) in completions {
+            done(match &commit {
+                Ok(()) => Ok(()),
+                Err(e) => Err(StoreError::Unavailable(format!("commit failed: {e}"))),
+            });
+        }
+    }
+}
+
+/// A job that could not run: its completion reports the failure.
+fn job_failed(job: Job, _why: String) -> (bool, Completion) {
+    // The job's closure owns the caller's reply channel; dropping it makes the caller's
+    // receiver fail, which `write` reports as Unavailable.
+    drop(job);
+    (false, Box::new(|_| {}))
+}
+
+// ---------- row helpers ----------
+
+fn domain_id(conn: &Connection, name: &str) -> StoreResult<DomainId> {
+    conn.query_row("SELECT id FROM domains WHERE name = ?1", [name], |r| {
+        r.get(0).map(DomainId)
+    })
+    .optional()
+    .map_err(db_err)?
+    .ok_or_else(|| StoreError::NotFound(format!("domain {name}")))
+}
+
+fn domain_of(address: &str) -> StoreResult<&str> {
+    address
+        .rsplit_once('@')
+        .map(|(_, d)| d)
+        .filter(|d| !d.is_empty())
+        .ok_or_else(|| StoreError::Invalid(format!("'{address}' is not local@domain")))
+}
+
+const ACCOUNT_COLS: &str =
+    "id, domain_id, address, password_hash, quota_bytes, used_bytes, message_count";
+
+fn account_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Account> {
+    Ok(Account {
+        id: AccountId(r.get(0)?),
+        domain: DomainId(r.get(1)?),
+        address: r.get(2)?,
+        password_hash: r.get(3)?,
+        quota_bytes: r.get::<_, i64>(4)? as u64,
+        used_bytes: r.get::<_, i64>(5)? as u64,
+        message_count: r.get::<_, i64>(6)? as u64,
+    })
+}
+
+fn account_by_address(conn: &Connection, address: &str) -> StoreResult<Option<Account>> {
+    conn.query_row(
+        &format!("SELECT {ACCOUNT_COLS} FROM accounts WHERE address = ?1"),
+        [address],
+        account_row,
+    )
+    .optional()
+    .map_err(db_err)
+}
+
+const MAILBOX_COLS: &str =
+    "id, account_id, name, special_use, uid_validity, uid_next, highest_modseq, message_count";
+
+fn mailbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Mailbox> {
+    let special: Option<String> = r.get(3)?;
+    Ok(Mailbox {
+        id: MailboxId(r.get(0)?),
+        account: AccountId(r.get(1)?),
+        name: r.get(2)?,
+        special_use: special.as_deref().and_then(SpecialUse::parse),
+        uid_validity: r.get::<_, i64>(4)? as u32,
+        uid_next: Uid(r.get::<_, i64>(5)? as u32),
+        highest_modseq: ModSeq(r.get::<_, i64>(6)? as u64),
+        message_count: r.get::<_, i64>(7)? as u64,
+    })
+}
+
+const MESSAGE_COLS: &str = "mailbox_id, uid, modseq, blob_id, size, internal_date, flags";
+
+fn message_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MessageMeta> {
+    let blob: String = r.get(3)?;
+    let flags: String = r.get(6)?;
+    Ok(MessageMeta {
+        mailbox: MailboxId(r.get(0)?),
+        uid: Uid(r.get::<_, i64>(1)? as u32),
+        modseq: ModSeq(r.get::<_, i64>(2)? as u64),
+        blob: BlobId::parse(&blob).ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(
+                3,
+                rusqlite::types::Type::Text,
+                format!("bad blob id {blob}").into(),
+            )
+        })?,
+        size: r.get::<_, i64>(4)? as u64,
+        internal_date: r.get(5)?,
+        flags: Flags::from_storage(&flags),
+    })
+}
+
+fn create_mailbox_tx(
+    conn: &Connection,
+    account: AccountId,
+    name: &str,
+    special_use: Option<SpecialUse>,
+) -> StoreResult<Mailbox> {
+    // UIDVALIDITY must change if a mailbox name is reused; seconds since the epoch mixed
+    // with the new row id keeps it unique and non-zero.
+    let id: i64 = conn
+        .query_row(
+            "INSERT INTO mailboxes (account_id, name, special_use, uid_validity) \
+             VALUES (?1, ?2, ?3, 0) RETURNING id",
+            params![account.0, name, special_use.map(|s| s.as_str())],
+            |r| r.get(0),
+        )
+        .map_err(|e| match db_err(e) {
+            StoreError::Conflict(_) => StoreError::Conflict(format!("mailbox {name}")),
+            other => other,
+        })?;
+    let validity = ((now_secs() as u64).wrapping_add(id as u64) & 0x7fff_ffff).max(1) as i64;
+    conn.execute(
+        "UPDATE mailboxes SET uid_validity = ?1 WHERE id = ?2",
+        params![validity, id],
+    )
+    .map_err(db_err)?;
+    conn.query_row(
+        &format!("SELECT {MAILBOX_COLS} FROM mailboxes WHERE id = ?1"),
+        [id],
+        mailbox_row,
+    )
+    .map_err(db_err)
+}
+
+/// Drops one reference to each blob; returns those left unreferenced (and records them).
+fn release_blobs(conn: &Connection, blobs: &[String]) -> StoreResult<Vec<BlobId>> {
+    let mut orphaned = Vec::new();
+    let now = now_secs();
+    for b in blobs {
+        let left: Option<i64> = conn
+            .query_row(
+                "UPDATE blobs SET refcount = refcount - 1 WHERE blob_id = ?1 RETURNING refcount",
+                [b],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db_err)?;
+        if left.unwrap_or(0) <= 0 {
+            conn.execute("DELETE FROM blobs WHERE blob_id = ?1", [b])
+                .map_err(db_err)?;
+            conn.execute(
+                "INSERT OR REPLACE INTO blob_orphans (blob_id, since) VALUES (?1, ?2)",
+                params![b, now],
+            )
+            .map_err(db_err)?;
+            if let Some(id) = BlobId::parse(b) {
+                orphaned.push(id);
+            }
+        }
+    }
+    Ok(orphaned)
+}
+
+/// Deletes every message of a mailbox, adjusting quota usage; returns the released blobs.
+fn purge_mailbox(conn: &Connection, mailbox: i64) -> StoreResult<Vec<BlobId>> {
+    let mut stmt = conn
+        .prepare("SELECT blob_id, size FROM messages WHERE mailbox_id = ?1")
+        .map_err(db_err)?;
+    let rows: Vec<(String, i64)> = stmt
+        .query_map([mailbox], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map_err(db_err)?
+        .collect::<Result<_, _>>()
+        .map_err(db_err)?;
+    let bytes: i64 = rows.iter().map(|r| r.1).sum();
+    conn.execute(
+        "UPDATE accounts SET used_bytes = MAX(0, used_bytes - ?1), \
+         message_count = MAX(0, message_count - ?2) \
+         WHERE id = (SELECT account_id FROM mailboxes WHERE id = ?3)",
+        params![bytes, rows.len() as i64, mailbox],
+    )
+    .map_err(db_err)?;
+    conn.execute("DELETE FROM messages WHERE mailbox_id = ?1", [mailbox])
+        .map_err(db_err)?;
+    conn.execute("DELETE FROM changes WHERE mailbox_id = ?1", [mailbox])
+        .map_err(db_err)?;
+    let blobs: Vec<String> = rows.into_iter().map(|r| r.0).collect();
+    release_blobs(conn, &blobs)
+}
+
+/// Takes the next MODSEQ of a mailbox.
+fn next_modseq(conn: &Connection, mailbox: MailboxId) -> StoreResult<ModSeq> {
+    conn.query_row(
+        "UPDATE mailboxes SET highest_modseq = highest_modseq + 1 WHERE id = ?1 \
+         RETURNING highest_modseq",
+        [mailbox.0],
+        |r| r.get::<_, i64>(0),
+    )
+    .optional()
+    .map_err(db_err)?
+    .map(|m| ModSeq(m as u64))
+    .ok_or_else(|| StoreError::NotFound(format!("mailbox {mailbox}")))
+}
+
+fn record_change(
+    conn: &Connection,
+    mailbox: MailboxId,
+    uid: Uid,
+    modseq: ModSeq,
+    kind: ChangeKind,
+) -> StoreResult<()> {
+    let k = match kind {
+        ChangeKind::Appended => 0,
+        ChangeKind::FlagsChanged => 1,
+        ChangeKind::Expunged => 2,
+    };
+    conn.execute(
+        "INSERT OR REPLACE INTO changes (mailbox_id, uid, modseq, kind) VALUES (?1, ?2, ?3, ?4)",
+        params![mailbox.0, uid.0, modseq.0 as i64, k],
+    )
+    .map_err(db_err)?;
+    Ok(())
+}
+
+fn validate_mailbox_name(name: &str) -> StoreResult<()> {
+    if name.is_empty() || name.len() > 512 || name.chars().any(|c| c.is_control()) {
+        return Err(StoreError::Invalid(format!("mailbox name '{name}'")));
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl MetadataStore for SqliteMetadataStore {
+    async fn create_domain(&self, name: &str) -> StoreResult<Domain> {
+        let name = name.to_string();
+        self.write(move |c| {
+            let id: i64 = c
+                .query_row(
+                    "INSERT INTO domains (name, created_at) VALUES (?1, ?2) RETURNING id",
+                    params![name, now_secs()],
+                    |r| r.get(0),
+                )
+                .map_err(|e| match db_err(e) {
+                    StoreError::Conflict(_) => StoreError::Conflict(format!("domain {name}")),
+                    o => o,
+                })?;
+            Ok(Domain {
+                id: DomainId(id),
+                name,
+            })
+        })
+        .await
+    }
+
+    async fn get_domain(&self, name: &str) -> StoreResult<Option<Domain>> {
+        let name = name.to_string();
+        self.read(move |c| {
+            c.query_row("SELECT id, name FROM domains WHERE name = ?1", [name], |r| {
+                Ok(Domain {
+                    id: DomainId(r.get(0)?),
+                    name: r.get(1)?,
+                })
+            })
+            .optional()
+            .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn list_domains(&self) -> StoreResult<Vec<Domain>> {
+        self.read(|c| {
+            let mut s = c
+                .prepare("SELECT id, name FROM domains ORDER BY name")
+                .map_err(db_err)?;
+            let rows = s
+                .query_map([], |r| {
+                    Ok(Domain {
+                        id: DomainId(r.get(0)?),
+                        name: r.get(1)?,
+                    })
+                })
+                .map_err(db_err)?;
+            rows.collect::<Result<_, _>>().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn delete_domain(&self, name: &str) -> StoreResult<()> {
+        let name = name.to_string();
+        self.write(move |c| {
+            let id = domain_id(c, &name)?;
+            let users: i64 = c
+                .query_row(
+                    "SELECT (SELECT COUNT(*) FROM accounts WHERE domain_id = ?1) + \
+                     (SELECT COUNT(*) FROM aliases WHERE domain_id = ?1)",
+                    [id.0],
+                    |r| r.get(0),
+                )
+                .map_err(db_err)?;
+            if users > 0 {
+                return Err(StoreError::Conflict(format!(
+                    "domain {name} still has {users} accounts or aliases"
+                )));
+            }
+            c.execute("DELETE FROM domains WHERE id = ?1", [id.0])
+                .map_err(db_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn create_account(
+        &self,
+        address: &str,
+        password_hash: &str,
+        quota_bytes: u64,
+    ) -> StoreResult<Account> {
+        let address = address.to_lowercase();
+        let hash = password_hash.to_string();
+        self.write(move |c| {
+            let domain = domain_id(c, domain_of(&address)?)?;
+            let alias: i64 = c
+                .query_row(
+                    "SELECT COUNT(*) FROM aliases WHERE source = ?1",
+                    [&address],
+                    |r| r.get(0),
+                )
+                .map_err(db_err)?;
+            if alias > 0 {
+                return Err(StoreError::Conflict(format!("{address} is an alias")));
+            }
+            let id: i64 = c
+                .query_row(
+                    "INSERT INTO accounts (domain_id, address, password_hash, quota_bytes, created_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
+                    params![domain.0, address, hash, quota_bytes as i64, now_secs()],
+                    |r| r.get(0),
+                )
+                .map_err(|e| match db_err(e) {
+                    StoreError::Conflict(_) => StoreError::Conflict(format!("account {address}")),
+                    o => o,
+                })?;
+            for (role, name) in SpecialUse::DEFAULTS {
+                create_mailbox_tx(c, AccountId(id), name, Some(role))?;
+            }
+            account_by_address(c, &address)?
+                .ok_or_else(|| StoreError::Corrupt("account vanished".into()))
+        })
+        .await
+    }
+
+    async fn get_account(&self, address: &str) -> StoreResult<Option<Account>> {
+        let address = address.to_lowercase();
+        self.read(move |c| account_by_address(c, &address)).await
+    }
+
+    async fn get_account_by_id(&self, id: AccountId) -> StoreResult<Option<Account>> {
+        self.read(move |c| {
+            c.query_row(
+                &format!("SELECT {ACCOUNT_COLS} FROM accounts WHERE id = ?1"),
+                [id.0],
+                account_row,
+            )
+            .optional()
+            .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn list_accounts(&self, domain: Option<&str>) -> StoreResult<Vec<Account>> {
+        let domain = domain.map(str::to_lowercase);
+        self.read(move |c| {
+            let mut s = c
+                .prepare(&format!(
+                    "SELECT {ACCOUNT_COLS} FROM accounts \
+                     WHERE ?1 IS NULL OR domain_id = (SELECT id FROM domains WHERE name = ?1) \
+                     ORDER BY address"
+                ))
+                .map_err(db_err)?;
+            let rows = s.query_map([domain], account_row).map_err(db_err)?;
+            rows.collect::<Result<_, _>>().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn delete_account(&self, address: &str) -> StoreResult<Vec<BlobId>> {
+        let address = address.to_lowercase();
+        self.write(move |c| {
+            let acct = account_by_address(c, &address)?
+                .ok_or_else(|| StoreError::NotFound(format!("account {address}")))?;
+            let mut s = c
+                .prepare("SELECT id FROM mailboxes WHERE account_id = ?1")
+                .map_err(db_err)?;
+            let boxes: Vec<i64> = s
+                .query_map([acct.id.0], |r| r.get(0))
+                .map_err(db_err)?
+                .collect::<Result<_, _>>()
+                .map_err(db_err)?;
+            let mut orphaned = Vec::new();
+            for b in boxes {
+                orphaned.extend(purge_mailbox(c, b)?);
+            }
+            c.execute("DELETE FROM mailboxes WHERE account_id = ?1", [acct.id.0])
+                .map_err(db_err)?;
+            c.execute("DELETE FROM accounts WHERE id = ?1", [acct.id.0])
+                .map_err(db_err)?;
+            Ok(orphaned)
+        })
+        .await
+    }
+
+    async fn set_password_hash(&self, address: &str, password_hash: &str) -> StoreResult<()> {
+        let address = address.to_lowercase();
+        let hash = password_hash.to_string();
+        self.write(move |c| {
+            let n = c
+                .execute(
+                    "UPDATE accounts SET password_hash = ?1 WHERE address = ?2",
+                    params![hash, address],
+                )
+                .map_err(db_err)?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("account {address}")));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn set_quota(&self, address: &str, quota_bytes: u64) -> StoreResult<()> {
+        let address = address.to_lowercase();
+        self.write(move |c| {
+            let n = c
+                .execute(
+                    "UPDATE accounts SET quota_bytes = ?1 WHERE address = ?2",
+                    params![quota_bytes as i64, address],
+                )
+                .map_err(db_err)?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("account {address}")));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn create_alias(&self, source: &str, target: &str) -> StoreResult<()> {
+        let source = source.to_lowercase();
+        let target = target.to_lowercase();
+        self.write(move |c| {
+            let domain = domain_id(c, domain_of(&source)?)?;
+            if account_by_address(c, &source)?.is_some() {
+                return Err(StoreError::Conflict(format!("{source} is an account")));
+            }
+            c.execute(
+                "INSERT INTO aliases (domain_id, source, target) VALUES (?1, ?2, ?3)",
+                params![domain.0, source, target],
+            )
+            .map_err(|e| match db_err(e) {
+                StoreError::Conflict(_) => {
+                    StoreError::Conflict(format!("alias {source} -> {target}"))
+                }
+                o => o,
+            })?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_alias(&self, source: &str, target: Option<&str>) -> StoreResult<()> {
+        let source = source.to_lowercase();
+        let target = target.map(str::to_lowercase);
+        self.write(move |c| {
+            let n = c
+                .execute(
+                    "DELETE FROM aliases WHERE source = ?1 AND (?2 IS NULL OR target = ?2)",
+                    params![source, target],
+                )
+                .map_err(db_err)?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("alias {source}")));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_aliases(&self, domain: Option<&str>) -> StoreResult<Vec<Alias>> {
+        let domain = domain.map(str::to_lowercase);
+        self.read(move |c| {
+            let mut s = c
+                .prepare(
+                    "SELECT source, target FROM aliases \
+                     WHERE ?1 IS NULL OR domain_id = (SELECT id FROM domains WHERE name = ?1) \
+                     ORDER BY source, target",
+                )
+                .map_err(db_err)?;
+            let rows = s
+                .query_map([domain], |r| {
+                    Ok(Alias {
+                        source: r.get(0)?,
+                        target: r.get(1)?,
+                    })
+                })
+                .map_err(db_err)?;
+            rows.collect::<Result<_, _>>().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn alias_targets(&self, source: &str) -> StoreResult<Vec<String>> {
+        let source = source.to_lowercase();
+        self.read(move |c| {
+            let mut s = c
+                .prepare_cached("SELECT target FROM aliases WHERE source = ?1 ORDER BY target")
+                .map_err(db_err)?;
+            let rows = s.query_map([source], |r| r.get(0)).map_err(db_err)?;
+            rows.collect::<Result<_, _>>().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn create_mailbox(
+        &self,
+        account: AccountId,
+        name: &str,
+        special_use: Option<SpecialUse>,
+    ) -> StoreResult<Mailbox> {
+        validate_mailbox_name(name)?;
+        let name = name.to_string();
+        self.write(move |c| create_mailbox_tx(c, account, &name, special_use))
+            .await
+    }
+
+    async fn get_mailbox(&self, account: AccountId, name: &str) -> StoreResult<Option<Mailbox>> {
+        let name = name.to_string();
+        self.read(move |c| {
+            c.prepare_cached(&format!(
+                "SELECT {MAILBOX_COLS} FROM mailboxes WHERE account_id = ?1 AND name = ?2"
+            ))
+            .map_err(db_err)?
+            .query_row(params![account.0, name], mailbox_row)
+            .optional()
+            .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn list_mailboxes(&self, account: AccountId) -> StoreResult<Vec<Mailbox>> {
+        self.read(move |c| {
+            let mut s = c
+                .prepare(&format!(
+                    "SELECT {MAILBOX_COLS} FROM mailboxes WHERE account_id = ?1 ORDER BY name"
+                ))
+                .map_err(db_err)?;
+            let rows = s.query_map([account.0], mailbox_row).map_err(db_err)?;
+            rows.collect::<Result<_, _>>().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn rename_mailbox(
+        &self,
+        account: AccountId,
+        id: MailboxId,
+        new_name: &str,
+    ) -> StoreResult<()> {
+        validate_mailbox_name(new_name)?;
+        let new_name = new_name.to_string();
+        self.write(move |c| {
+            let n = c
+                .execute(
+                    "UPDATE mailboxes SET name = ?1 WHERE id = ?2 AND account_id = ?3",
+                    params![new_name, id.0, account.0],
+                )
+                .map_err(|e| match db_err(e) {
+                    StoreError::Conflict(_) => StoreError::Conflict(format!("mailbox {new_name}")),
+                    o => o,
+                })?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("mailbox {id}")));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_mailbox(&self, account: AccountId, id: MailboxId) -> StoreResult<Vec<BlobId>> {
+        self.write(move |c| {
+            let owned: i64 = c
+                .query_row(
+                    "SELECT COUNT(*) FROM mailboxes WHERE id = ?1 AND account_id = ?2",
+                    params![id.0, account.0],
+                    |r| r.get(0),
+                )
+                .map_err(db_err)?;
+            if owned == 0 {
+                return Err(StoreError::NotFound(format!("mailbox {id}")));
+            }
+            let orphaned = purge_mailbox(c, id.0)?;
+            c.execute("DELETE FROM mailboxes WHERE id = ?1", [id.0])
+                .map_err(db_err)?;
+            Ok(orphaned)
+        })
+        .await
+    }
+
+    async fn append(
+        &self,
+        messages: Vec<NewMessage>,
+        quota: QuotaPolicy,
+    ) -> StoreResult<Vec<Appended>> {
+        self.write(move |c| {
+            let mut out = Vec::with_capacity(messages.len());
+            for m in &messages {
+                let (used, limit, address): (i64, i64, String) = c
+                    .prepare_cached(
+                        "SELECT used_bytes, quota_bytes, address FROM accounts WHERE id = ?1",
+                    )
+                    .map_err(db_err)?
+                    .query_row([m.account.0], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .optional()
+                    .map_err(db_err)?
+                    .ok_or_else(|| StoreError::NotFound(format!("account {}", m.account)))?;
+                if quota == QuotaPolicy::Enforce && limit > 0 && used + m.size as i64 > limit {
+                    return Err(StoreError::QuotaExceeded(address));
+                }
+                let (uid, modseq): (i64, i64) = c
+                    .prepare_cached(
+                        "UPDATE mailboxes SET uid_next = uid_next + 1, \
+                         highest_modseq = highest_modseq + 1, message_count = message_count + 1 \
+                         WHERE id = ?1 AND account_id = ?2 RETURNING uid_next - 1, highest_modseq",
+                    )
+                    .map_err(db_err)?
+                    .query_row(params![m.mailbox.0, m.account.0], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .optional()
+                    .map_err(db_err)?
+                    .ok_or_else(|| StoreError::NotFound(format!("mailbox {}", m.mailbox)))?;
+                if uid > u32::MAX as i64 {
+                    return Err(StoreError::Invalid(format!(
+                        "mailbox {} has used every UID",
+                        m.mailbox
+                    )));
+                }
+                c.prepare_cached(&format!(
+                    "INSERT INTO messages ({MESSAGE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+                ))
+                .map_err(db_err)?
+                .execute(params![
+                    m.mailbox.0,
+                    uid,
+                    modseq,
+                    m.blob.as_str(),
+                    m.size as i64,
+                    m.internal_date,
+                    m.flags.to_storage()
+                ])
+                .map_err(db_err)?;
+                c.prepare_cached(
+                    "INSERT INTO blobs (blob_id, refcount) VALUES (?1, 1) \
+                     ON CONFLICT (blob_id) DO UPDATE SET refcount = refcount + 1",
+                )
+                .map_err(db_err)?
+                .execute([m.blob.as_str()])
+                .map_err(db_err)?;
+                c.prepare_cached("DELETE FROM blob_orphans WHERE blob_id = ?1")
+                    .map_err(db_err)?
+                    .execute([m.blob.as_str()])
+                    .map_err(db_err)?;
+                c.prepare_cached(
+                    "UPDATE accounts SET used_bytes = used_bytes + ?1, \
+                     message_count = message_count + 1 WHERE id = ?2",
+                )
+                .map_err(db_err)?
+                .execute(params![m.size as i64, m.account.0])
+                .map_err(db_err)?;
+                let uid = Uid(uid as u32);
+                let modseq = ModSeq(modseq as u64);
+                record_change(c, m.mailbox, uid, modseq, ChangeKind::Appended)?;
+                out.push(Appended {
+                    mailbox: m.mailbox,
+                    uid,
+                    modseq,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn list_messages(
+        &self,
+        mailbox: MailboxId,
+        after: Uid,
+        limit: usize,
+    ) -> StoreResult<Vec<MessageMeta>> {
+        self.read(move |c| {
+            let mut s = c
+                .prepare_cached(&format!(
+                    "SELECT {MESSAGE_COLS} FROM messages WHERE mailbox_id = ?1 AND uid > ?2 \
+                     ORDER BY uid LIMIT ?3"
+                ))
+                .map_err(db_err)?;
+            let rows = s
+                .query_map(
+                    params![mailbox.0, after.0, limit.min(i64::MAX as usize) as i64],
+                    message_row,
+                )
+                .map_err(db_err)?;
+            rows.collect::<Result<_, _>>().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn get_message(&self, mailbox: MailboxId, uid: Uid) -> StoreResult<Option<MessageMeta>> {
+        self.read(move |c| {
+            c.prepare_cached(&format!(
+                "SELECT {MESSAGE_COLS} FROM messages WHERE mailbox_id = ?1 AND uid = ?2"
+            ))
+            .map_err(db_err)?
+            .query_row(params![mailbox.0, uid.0], message_row)
+            .optional()
+            .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn store_flags(
+        &self,
+        mailbox: MailboxId,
+        uids: &[Uid],
+        op: FlagOp,
+        flags: &Flags,
+    ) -> StoreResult<Vec<MessageMeta>> {
+        let uids = uids.to_vec();
+        let flags = flags.clone();
+        self.write(move |c| {
+            let mut changed = Vec::new();
+            for uid in uids {
+                let Some(mut msg) = c
+                    .prepare_cached(&format!(
+                        "SELECT {MESSAGE_COLS} FROM messages WHERE mailbox_id = ?1 AND uid = ?2"
+                    ))
+                    .map_err(db_err)?
+                    .query_row(params![mailbox.0, uid.0], message_row)
+                    .optional()
+                    .map_err(db_err)?
+                else {
+                    continue;
+                };
+                let new = match op {
+                    FlagOp::Replace => flags.clone(),
+                    FlagOp::Add => Flags::new(msg.flags.iter().chain(flags.iter())),
+                    FlagOp::Remove => {
+                        Flags::new(msg.flags.iter().filter(|f| !flags.contains(f)))
+                    }
+                };
+                if new == msg.flags {
+                    continue;
+                }
+                let modseq = next_modseq(c, mailbox)?;
+                c.prepare_cached(
+                    "UPDATE messages SET flags = ?1, modseq = ?2 WHERE mailbox_id = ?3 AND uid = ?4",
+                )
+                .map_err(db_err)?
+                .execute(params![new.to_storage(), modseq.0 as i64, mailbox.0, uid.0])
+                .map_err(db_err)?;
+                record_change(c, mailbox, uid, modseq, ChangeKind::FlagsChanged)?;
+                msg.flags = new;
+                msg.modseq = modseq;
+                changed.push(msg);
+            }
+            Ok(changed)
+        })
+        .await
+    }
+
+    async fn expunge(&self, mailbox: MailboxId, uids: &[Uid]) -> StoreResult<Expunged> {
+        let uids = uids.to_vec();
+        self.write(move |c| {
+            let mut removed = Vec::new();
+            let mut blobs = Vec::new();
+            let mut bytes = 0i64;
+            let mut modseq = None;
+            for uid in uids {
+                let row: Option<(String, i64)> = c
+                    .prepare_cached(
+                        "DELETE FROM messages WHERE mailbox_id = ?1 AND uid = ?2 \
+                         RETURNING blob_id, size",
+                    )
+                    .map_err(db_err)?
+                    .query_row(params![mailbox.0, uid.0], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+                    .map_err(db_err)?;
+                let Some((blob, size)) = row else { continue };
+                let m = next_modseq(c, mailbox)?;
+                record_change(c, mailbox, uid, m, ChangeKind::Expunged)?;
+                modseq = Some(m);
+                removed.push(uid);
+                blobs.push(blob);
+                bytes += size;
+            }
+            if !removed.is_empty() {
+                c.execute(
+                    "UPDATE mailboxes SET message_count = MAX(0, message_count - ?1) WHERE id = ?2",
+                    params![removed.len() as i64, mailbox.0],
+                )
+                .map_err(db_err)?;
+                c.execute(
+                    "UPDATE accounts SET used_bytes = MAX(0, used_bytes - ?1), \
+                     message_count = MAX(0, message_count - ?2) \
+                     WHERE id = (SELECT account_id FROM mailboxes WHERE id = ?3)",
+                    params![bytes, removed.len() as i64, mailbox.0],
+                )
+                .map_err(db_err)?;
+            }
+            let orphaned = release_blobs(c, &blobs)?;
+            Ok(Expunged {
+                uids: removed,
+                modseq,
+                orphaned,
+            })
+        })
+        .await
+    }
+
+    async fn changes_since(&self, mailbox: MailboxId, since: ModSeq) -> StoreResult<Vec<Change>> {
+        self.read(move |c| {
+            let mut s = c
+                .prepare_cached(
+                    "SELECT modseq, uid, kind FROM changes WHERE mailbox_id = ?1 AND modseq > ?2 \
+                     ORDER BY modseq",
+                )
+                .map_err(db_err)?;
+            let rows = s
+                .query_map(params![mailbox.0, since.0 as i64], |r| {
+                    let kind = match r.get::<_, i64>(2)? {
+                        0 => ChangeKind::Appended,
+                        1 => ChangeKind::FlagsChanged,
+                        _ => ChangeKind::Expunged,
+                    };
+                    Ok(Change {
+                        modseq: ModSeq(r.get::<_, i64>(0)? as u64),
+                        uid: Uid(r.get::<_, i64>(1)? as u32),
+                        kind,
+                    })
+                })
+                .map_err(db_err)?;
+            rows.collect::<Result<_, _>>().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn orphaned_blobs(&self, older_than: i64, limit: usize) -> StoreResult<Vec<BlobId>> {
+        self.read(move |c| {
+            let mut s = c
+                .prepare("SELECT blob_id FROM blob_orphans WHERE since < ?1 LIMIT ?2")
+                .map_err(db_err)?;
+            let rows: Vec<String> = s
+                .query_map(params![older_than, limit as i64], |r| r.get(0))
+                .map_err(db_err)?
+                .collect::<Result<_, _>>()
+                .map_err(db_err)?;
+            Ok(rows.iter().filter_map(|b| BlobId::parse(b)).collect())
+        })
+        .await
+    }
+
+    async fn claim_orphan(&self, id: &BlobId) -> StoreResult<bool> {
+        let id = id.as_str().to_string();
+        self.write(move |c| {
+            let referenced: i64 = c
+                .query_row(
+                    "SELECT COUNT(*) FROM blobs WHERE blob_id = ?1",
+                    [&id],
+                    |r| r.get(0),
+                )
+                .map_err(db_err)?;
+            let n = c
+                .execute("DELETE FROM blob_orphans WHERE blob_id = ?1", [&id])
+                .map_err(db_err)?;
+            Ok(n > 0 && referenced == 0)
+        })
+        .await
+    }
+}

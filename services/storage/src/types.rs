@@ -1,0 +1,244 @@
+//! Ids and records shared by every backend. Ids are newtypes so an account id can never be
+//! passed where a mailbox id is expected.
+
+use std::fmt;
+
+macro_rules! id_type {
+    ($(#[$m:meta])* $name:ident) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(pub i64);
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}", self.0)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// A hosted domain.
+    DomainId
+);
+id_type!(
+    /// A user account (one login, one set of mailboxes).
+    AccountId
+);
+id_type!(
+    /// A mailbox (folder) of an account.
+    MailboxId
+);
+
+/// A message's UID in its mailbox: strictly increasing, never reused (RFC 9051 §2.3.1.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Uid(pub u32);
+
+/// A modification sequence (RFC 7162): every change to a mailbox gets a larger one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ModSeq(pub u64);
+
+/// A content address: the lowercase hex SHA-256 of the stored bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BlobId(String);
+
+impl BlobId {
+    /// Computes the id of `data`.
+    pub fn of(data: &[u8]) -> Self {
+        use sha2::{Digest, Sha256};
+        BlobId(hex::encode(Sha256::digest(data)))
+    }
+
+    /// Accepts only 64 lowercase hex characters, so an id can be used in a path or key.
+    pub fn parse(s: &str) -> Option<Self> {
+        (s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+            .then(|| BlobId(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for BlobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Domain {
+    pub id: DomainId,
+    pub name: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Account {
+    pub id: AccountId,
+    pub domain: DomainId,
+    /// The login and primary address, lowercased `local@domain`.
+    pub address: String,
+    /// Argon2id PHC string.
+    pub password_hash: String,
+    /// Storage quota in bytes; 0 means unlimited.
+    pub quota_bytes: u64,
+    pub used_bytes: u64,
+    pub message_count: u64,
+}
+
+impl Account {
+    /// Whether `extra` more bytes fit in the quota.
+    pub fn fits(&self, extra: u64) -> bool {
+        self.quota_bytes == 0 || self.used_bytes.saturating_add(extra) <= self.quota_bytes
+    }
+}
+
+/// An alias `source → target`. `source` is `local@domain`, or `@domain` for a catch-all.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Alias {
+    pub source: String,
+    pub target: String,
+}
+
+/// The role of a special mailbox (RFC 6154).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SpecialUse {
+    Inbox,
+    Sent,
+    Drafts,
+    Junk,
+    Trash,
+    Archive,
+}
+
+impl SpecialUse {
+    /// The mailboxes every new account gets, with their names.
+    pub const DEFAULTS: [(SpecialUse, &'static str); 6] = [
+        (SpecialUse::Inbox, "INBOX"),
+        (SpecialUse::Sent, "Sent"),
+        (SpecialUse::Drafts, "Drafts"),
+        (SpecialUse::Junk, "Junk"),
+        (SpecialUse::Trash, "Trash"),
+        (SpecialUse::Archive, "Archive"),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpecialUse::Inbox => "inbox",
+            SpecialUse::Sent => "sent",
+            SpecialUse::Drafts => "drafts",
+            SpecialUse::Junk => "junk",
+            SpecialUse::Trash => "trash",
+            SpecialUse::Archive => "archive",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::DEFAULTS
+            .iter()
+            .map(|(u, _)| *u)
+            .find(|u| u.as_str() == s)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mailbox {
+    pub id: MailboxId,
+    pub account: AccountId,
+    pub name: String,
+    pub special_use: Option<SpecialUse>,
+    pub uid_validity: u32,
+    /// The UID the next message will get.
+    pub uid_next: Uid,
+    pub highest_modseq: ModSeq,
+    pub message_count: u64,
+}
+
+/// Message flags as stored: system flags (`\Seen`...) and keywords, kept sorted and unique.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Flags(Vec<String>);
+
+impl Flags {
+    pub fn new<I: IntoIterator<Item = S>, S: Into<String>>(flags: I) -> Self {
+        let mut v: Vec<String> = flags
+            .into_iter()
+            .map(Into::into)
+            .filter(|f: &String| !f.is_empty() && !f.contains(char::is_whitespace))
+            .collect();
+        v.sort();
+        v.dedup();
+        Flags(v)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(String::as_str)
+    }
+
+    pub fn contains(&self, f: &str) -> bool {
+        self.0.iter().any(|x| x.eq_ignore_ascii_case(f))
+    }
+
+    /// Space-separated form used by the embedded store.
+    pub fn to_storage(&self) -> String {
+        self.0.join(" ")
+    }
+
+    pub fn from_storage(s: &str) -> Self {
+        Flags::new(s.split(' '))
+    }
+}
+
+/// A message as listed in a mailbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MessageMeta {
+    pub mailbox: MailboxId,
+    pub uid: Uid,
+    pub modseq: ModSeq,
+    pub blob: BlobId,
+    pub size: u64,
+    /// Seconds since the Unix epoch when the message arrived (IMAP INTERNALDATE).
+    pub internal_date: i64,
+    pub flags: Flags,
+}
+
+/// One message to add to one mailbox.
+#[derive(Clone, Debug)]
+pub struct NewMessage {
+    pub account: AccountId,
+    pub mailbox: MailboxId,
+    pub blob: BlobId,
+    pub size: u64,
+    pub internal_date: i64,
+    pub flags: Flags,
+}
+
+/// Where an appended message landed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Appended {
+    pub mailbox: MailboxId,
+    pub uid: Uid,
+    pub modseq: ModSeq,
+}
+
+/// What a change-log entry records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChangeKind {
+    Appended,
+    FlagsChanged,
+    Expunged,
+}
+
+/// One entry of a mailbox's change log, read by CONDSTORE/QRESYNC and JMAP.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub modseq: ModSeq,
+    pub uid: Uid,
+    pub kind: ChangeKind,
+}
+
+/// How a flag update applies (IMAP STORE semantics, in domain terms).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlagOp {
+    Replace,
+    Add,
+    Remove,
+}

@@ -1,0 +1,95 @@
+//! The conformance suite against the embedded backends.
+
+use mailfleet_storage::blob::fs::FsBlobStore;
+use mailfleet_storage::coord::local::LocalCoordinator;
+use mailfleet_storage::metadata::sqlite::SqliteMetadataStore;
+use mailfleet_storage::{blob, conformance, MetadataStore};
+use std::sync::Arc;
+
+#[tokio::test]
+async fn fs_blob_store() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = FsBlobStore::open(dir.path()).expect("open");
+    conformance::blob_store(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_metadata_store() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let meta = SqliteMetadataStore::open(dir.path().join("m.sqlite3"), 64).expect("open");
+    conformance::metadata_store(&meta).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_concurrent_appends() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let meta: Arc<dyn MetadataStore> =
+        Arc::new(SqliteMetadataStore::open(dir.path().join("m.sqlite3"), 8).expect("open"));
+    conformance::metadata_concurrent_appends(meta).await;
+}
+
+#[tokio::test]
+async fn local_coordinator() {
+    conformance::coordinator(&LocalCoordinator::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_survives_reopen_and_gc_deletes_orphans() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("m.sqlite3");
+    let blobs = FsBlobStore::open(dir.path().join("blobs")).expect("blobs");
+    {
+        let meta = SqliteMetadataStore::open(&path, 8).expect("open");
+        meta.create_domain("persist.test").await.expect("domain");
+        meta.create_account("u@persist.test", "h", 0)
+            .await
+            .expect("account");
+    }
+    let meta = SqliteMetadataStore::open(&path, 8).expect("reopen");
+    let a = meta
+        .get_account("u@persist.test")
+        .await
+        .expect("get")
+        .expect("persisted");
+    let inbox = meta
+        .get_mailbox(a.id, "INBOX")
+        .await
+        .expect("get")
+        .expect("inbox");
+    use mailfleet_storage::{BlobStore, Flags, NewMessage};
+    let id = blobs
+        .put(bytes::Bytes::from_static(b"gc me"))
+        .await
+        .expect("put");
+    let appended = meta
+        .append(
+            vec![NewMessage {
+                account: a.id,
+                mailbox: inbox.id,
+                blob: id.clone(),
+                size: 5,
+                internal_date: 0,
+                flags: Flags::default(),
+            }],
+            mailfleet_storage::metadata::QuotaPolicy::Enforce,
+        )
+        .await
+        .expect("append");
+    meta.expunge(inbox.id, &[appended[0].uid])
+        .await
+        .expect("expunge");
+    // Within the grace period nothing is deleted.
+    let now = 2_000_000_000;
+    assert_eq!(
+        blob::gc::collect(&meta, &blobs, 0, 3600, 100).await.expect("gc"),
+        0
+    );
+    assert!(blobs.exists(&id).await.expect("exists"));
+    assert_eq!(
+        blob::gc::collect(&meta, &blobs, now, 3600, 100)
+            .await
+            .expect("gc"),
+        1
+    );
+    assert!(!blobs.exists(&id).await.expect("exists"));
+}
