@@ -1,1 +1,86 @@
-fn main(){}
+//! The `mailfleet` binary: `mailfleet serve` runs the server roles; the other subcommands
+//! are the admin CLI, working on the configured store.
+//!
+//! # Layout
+//! - `main.rs`: argument parsing and dispatch.
+//! - `serve.rs`: opening stores, TLS, listeners, signals and graceful shutdown.
+//! - `admin.rs`: domain, user, alias, mailbox and message commands.
+//! - `telemetry.rs`: logging setup.
+
+#![forbid(unsafe_code)]
+
+mod admin;
+mod serve;
+mod telemetry;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use mailfleet_core::config::Config;
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(name = "mailfleet", version, about = "Mailfleet mail server and admin tool")]
+struct Cli {
+    /// Configuration file (TOML). Without one, embedded defaults apply.
+    #[arg(long, short, global = true, env = "MAILFLEET_CONFIG")]
+    config: Option<PathBuf>,
+    /// Print machine-readable JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the server (the default when no command is given).
+    Serve,
+    /// Check the configuration and print it as resolved.
+    CheckConfig,
+    #[command(subcommand)]
+    Domain(admin::DomainCmd),
+    #[command(subcommand)]
+    User(admin::UserCmd),
+    #[command(subcommand)]
+    Alias(admin::AliasCmd),
+    #[command(subcommand)]
+    Mailbox(admin::MailboxCmd),
+    #[command(subcommand)]
+    Message(admin::MessageCmd),
+}
+
+fn main() -> std::process::ExitCode {
+    // rustls, aws-sdk-s3 and others may each bring a provider; choose one for the process.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mailfleet: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = Config::load(cli.config.as_deref(), std::env::vars()).context("configuration")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            telemetry::init(&config.log)?;
+            runtime.block_on(serve::run(config))
+        }
+        Command::CheckConfig => {
+            println!("{config:#?}");
+            Ok(())
+        }
+        Command::Domain(c) => runtime.block_on(admin::domain(&config, c, cli.json)),
+        Command::User(c) => runtime.block_on(admin::user(&config, c, cli.json)),
+        Command::Alias(c) => runtime.block_on(admin::alias(&config, c, cli.json)),
+        Command::Mailbox(c) => runtime.block_on(admin::mailbox(&config, c, cli.json)),
+        Command::Message(c) => runtime.block_on(admin::message(&config, c, cli.json)),
+    }
+}

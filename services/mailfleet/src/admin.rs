@@ -1,0 +1,451 @@
+//! The admin CLI: domains, users, aliases, and read access to mailboxes and messages.
+//!
+//! Commands work directly on the configured store, so they run beside a live server (the
+//! embedded SQLite store serialises them with the server's writes).
+
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use mailfleet_core::config::Config;
+use mailfleet_core::credentials;
+use mailfleet_core::Address;
+use mailfleet_storage::{StoreError, Stores, Uid};
+use serde_json::json;
+use std::io::{Read, Write};
+
+#[derive(Subcommand, Debug)]
+pub enum DomainCmd {
+    /// Host a new domain.
+    Add { name: String },
+    /// List hosted domains.
+    List,
+    /// Stop hosting a domain (it must have no users or aliases left).
+    Remove { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserCmd {
+    /// Create an account (and its INBOX, Sent, Drafts, Junk, Trash and Archive).
+    Add {
+        address: String,
+        #[command(flatten)]
+        password: PasswordArg,
+        /// Storage quota, e.g. `500M`, `2G`; 0 or absent means unlimited.
+        #[arg(long)]
+        quota: Option<String>,
+    },
+    /// List accounts, optionally of one domain.
+    List { domain: Option<String> },
+    /// Delete an account and all its mail.
+    Remove { address: String },
+    /// Set a new password.
+    Passwd {
+        address: String,
+        #[command(flatten)]
+        password: PasswordArg,
+    },
+    /// Set the storage quota (`0` for unlimited).
+    Quota { address: String, quota: String },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PasswordArg {
+    /// The password (visible in the process list: prefer --password-stdin).
+    #[arg(long, conflicts_with = "password_stdin")]
+    password: Option<String>,
+    /// Read the password from the first line of standard input.
+    #[arg(long)]
+    password_stdin: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AliasCmd {
+    /// Deliver mail for SOURCE to TARGET. SOURCE `@example.com` is the domain's catch-all.
+    Add { source: String, target: String },
+    /// List aliases, optionally of one domain.
+    List { domain: Option<String> },
+    /// Remove one target of an alias, or the whole alias.
+    Remove {
+        source: String,
+        target: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MailboxCmd {
+    /// List an account's mailboxes with their UID state and message counts.
+    List { address: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MessageCmd {
+    /// List the messages of a mailbox.
+    List {
+        address: String,
+        #[arg(long, default_value = "INBOX")]
+        mailbox: String,
+    },
+    /// Write a message's stored bytes to standard output.
+    Get {
+        address: String,
+        uid: u32,
+        #[arg(long, default_value = "INBOX")]
+        mailbox: String,
+    },
+}
+
+fn open(config: &Config) -> anyhow::Result<Stores> {
+    crate::serve::open_stores(config)
+}
+
+/// Turns store errors into messages an administrator can act on.
+fn explain(e: StoreError, what: &str) -> anyhow::Error {
+    match e {
+        StoreError::Conflict(x) => anyhow::anyhow!("{what}: {x} already exists or is in use"),
+        StoreError::NotFound(x) => anyhow::anyhow!("{what}: {x} does not exist"),
+        other => anyhow::anyhow!("{what}: {other}"),
+    }
+}
+
+/// `1024`, `500K`, `20M`, `2G`, `1T` (binary multiples).
+pub fn parse_size(s: &str) -> anyhow::Result<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m: u64 = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                'B' => 1,
+                _ => bail!("bad size '{s}': use a number with K, M, G or T"),
+            };
+            (&s[..i], m)
+        }
+        _ => (s, 1),
+    };
+    let n: u64 = num
+        .trim()
+        .parse()
+        .with_context(|| format!("bad size '{s}'"))?;
+    n.checked_mul(mult)
+        .with_context(|| format!("size '{s}' is too large"))
+}
+
+fn read_password(arg: &PasswordArg) -> anyhow::Result<String> {
+    if let Some(p) = &arg.password {
+        return Ok(p.clone());
+    }
+    if arg.password_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .take(4096)
+            .read_to_string(&mut line)
+            .context("reading the password from standard input")?;
+        return Ok(line.lines().next().unwrap_or("").to_string());
+    }
+    bail!("give the password with --password-stdin (or --password)")
+}
+
+fn checked_hash(address: &Address, password: &str) -> anyhow::Result<String> {
+    let domain_words: Vec<&str> = address.domain().split('.').collect();
+    let mut inputs = vec![address.local()];
+    inputs.extend(domain_words);
+    credentials::check_password_policy(password, &inputs)?;
+    Ok(credentials::hash_password(password)?)
+}
+
+fn parse_address(s: &str) -> anyhow::Result<Address> {
+    Address::parse(s).map_err(|e| anyhow::anyhow!("'{s}' is not a valid address: {e}"))
+}
+
+pub async fn domain(config: &Config, cmd: DomainCmd, json_out: bool) -> anyhow::Result<()> {
+    let stores = open(config)?;
+    match cmd {
+        DomainCmd::Add { name } => {
+            let name = mailfleet_core::address::normalize_domain(&name)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            stores
+                .meta
+                .create_domain(&name)
+                .await
+                .map_err(|e| explain(e, "domain add"))?;
+            println!("domain {name} added");
+        }
+        DomainCmd::List => {
+            let domains = stores.meta.list_domains().await?;
+            if json_out {
+                let v: Vec<_> = domains.iter().map(|d| json!({"name": d.name})).collect();
+                println!("{}", serde_json::Value::Array(v));
+            } else {
+                for d in domains {
+                    println!("{}", d.name);
+                }
+            }
+        }
+        DomainCmd::Remove { name } => {
+            stores
+                .meta
+                .delete_domain(&name.to_lowercase())
+                .await
+                .map_err(|e| explain(e, "domain remove"))?;
+            println!("domain {name} removed");
+        }
+    }
+    Ok(())
+}
+
+pub async fn user(config: &Config, cmd: UserCmd, json_out: bool) -> anyhow::Result<()> {
+    let stores = open(config)?;
+    match cmd {
+        UserCmd::Add {
+            address,
+            password,
+            quota,
+        } => {
+            let addr = parse_address(&address)?;
+            if stores.meta.get_domain(addr.domain()).await?.is_none() {
+                bail!(
+                    "user add: unknown domain {}; add it first with `mailfleet domain add {}`",
+                    addr.domain(),
+                    addr.domain()
+                );
+            }
+            let quota = quota.as_deref().map(parse_size).transpose()?.unwrap_or(0);
+            let hash = checked_hash(&addr, &read_password(&password)?)?;
+            stores
+                .meta
+                .create_account(&addr.key(), &hash, quota)
+                .await
+                .map_err(|e| explain(e, "user add"))?;
+            println!("user {} added", addr.key());
+        }
+        UserCmd::List { domain } => {
+            let accounts = stores.meta.list_accounts(domain.as_deref()).await?;
+            if json_out {
+                let v: Vec<_> = accounts
+                    .iter()
+                    .map(|a| {
+                        json!({"address": a.address, "quota_bytes": a.quota_bytes,
+                               "used_bytes": a.used_bytes, "messages": a.message_count})
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(v));
+            } else {
+                println!("{:<40} {:>12} {:>12} {:>8}", "ADDRESS", "USED", "QUOTA", "MESSAGES");
+                for a in accounts {
+                    let quota = if a.quota_bytes == 0 {
+                        "unlimited".to_string()
+                    } else {
+                        a.quota_bytes.to_string()
+                    };
+                    println!(
+                        "{:<40} {:>12} {:>12} {:>8}",
+                        a.address, a.used_bytes, quota, a.message_count
+                    );
+                }
+            }
+        }
+        UserCmd::Remove { address } => {
+            let addr = parse_address(&address)?;
+            let orphaned = stores
+                .meta
+                .delete_account(&addr.key())
+                .await
+                .map_err(|e| explain(e, "user remove"))?;
+            println!(
+                "user {} removed ({} message bodies will be deleted by the blob sweep)",
+                addr.key(),
+                orphaned.len()
+            );
+        }
+        UserCmd::Passwd { address, password } => {
+            let addr = parse_address(&address)?;
+            if stores.meta.get_account(&addr.key()).await?.is_none() {
+                bail!("user passwd: user {} does not exist", addr.key());
+            }
+            let hash = checked_hash(&addr, &read_password(&password)?)?;
+            stores
+                .meta
+                .set_password_hash(&addr.key(), &hash)
+                .await
+                .map_err(|e| explain(e, "user passwd"))?;
+            println!("password of {} changed", addr.key());
+        }
+        UserCmd::Quota { address, quota } => {
+            let addr = parse_address(&address)?;
+            let bytes = parse_size(&quota)?;
+            stores
+                .meta
+                .set_quota(&addr.key(), bytes)
+                .await
+                .map_err(|e| explain(e, "user quota"))?;
+            println!("quota of {} set to {bytes} bytes", addr.key());
+        }
+    }
+    Ok(())
+}
+
+pub async fn alias(config: &Config, cmd: AliasCmd, json_out: bool) -> anyhow::Result<()> {
+    let stores = open(config)?;
+    match cmd {
+        AliasCmd::Add { source, target } => {
+            let source_key = match source.strip_prefix('@') {
+                Some(domain) => format!(
+                    "@{}",
+                    mailfleet_core::address::normalize_domain(domain)
+                        .map_err(|e| anyhow::anyhow!("{e}"))?
+                ),
+                None => parse_address(&source)?.key(),
+            };
+            let target = parse_address(&target)?;
+            if stores.meta.get_domain(target.domain()).await?.is_none() {
+                bail!(
+                    "alias add: target domain {} is not hosted here; forwarding to remote \
+                     domains needs outbound delivery, which this version does not have",
+                    target.domain()
+                );
+            }
+            stores
+                .meta
+                .create_alias(&source_key, &target.key())
+                .await
+                .map_err(|e| explain(e, "alias add"))?;
+            println!("alias {source_key} -> {} added", target.key());
+        }
+        AliasCmd::List { domain } => {
+            let aliases = stores.meta.list_aliases(domain.as_deref()).await?;
+            if json_out {
+                let v: Vec<_> = aliases
+                    .iter()
+                    .map(|a| json!({"source": a.source, "target": a.target}))
+                    .collect();
+                println!("{}", serde_json::Value::Array(v));
+            } else {
+                for a in aliases {
+                    println!("{} -> {}", a.source, a.target);
+                }
+            }
+        }
+        AliasCmd::Remove { source, target } => {
+            stores
+                .meta
+                .delete_alias(&source, target.as_deref())
+                .await
+                .map_err(|e| explain(e, "alias remove"))?;
+            println!("alias {source} removed");
+        }
+    }
+    Ok(())
+}
+
+async fn account_id(stores: &Stores, address: &str) -> anyhow::Result<mailfleet_storage::AccountId> {
+    let addr = parse_address(address)?;
+    Ok(stores
+        .meta
+        .get_account(&addr.key())
+        .await?
+        .with_context(|| format!("user {} does not exist", addr.key()))?
+        .id)
+}
+
+pub async fn mailbox(config: &Config, cmd: MailboxCmd, json_out: bool) -> anyhow::Result<()> {
+    let stores = open(config)?;
+    match cmd {
+        MailboxCmd::List { address } => {
+            let id = account_id(&stores, &address).await?;
+            let boxes = stores.meta.list_mailboxes(id).await?;
+            if json_out {
+                let v: Vec<_> = boxes
+                    .iter()
+                    .map(|b| {
+                        json!({"name": b.name, "special_use": b.special_use.map(|s| s.as_str()),
+                               "uid_validity": b.uid_validity, "uid_next": b.uid_next.0,
+                               "highest_modseq": b.highest_modseq.0, "messages": b.message_count})
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(v));
+            } else {
+                println!("{:<24} {:>12} {:>10} {:>10}", "MAILBOX", "UIDVALIDITY", "UIDNEXT", "MESSAGES");
+                for b in boxes {
+                    println!(
+                        "{:<24} {:>12} {:>10} {:>10}",
+                        b.name, b.uid_validity, b.uid_next.0, b.message_count
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn message(config: &Config, cmd: MessageCmd, json_out: bool) -> anyhow::Result<()> {
+    let stores = open(config)?;
+    match cmd {
+        MessageCmd::List { address, mailbox } => {
+            let id = account_id(&stores, &address).await?;
+            let mb = stores
+                .meta
+                .get_mailbox(id, &mailbox)
+                .await?
+                .with_context(|| format!("mailbox {mailbox} does not exist"))?;
+            let mut after = Uid(0);
+            let mut rows = Vec::new();
+            loop {
+                let page = stores.meta.list_messages(mb.id, after, 1000).await?;
+                let Some(last) = page.last() else { break };
+                after = last.uid;
+                rows.extend(page);
+            }
+            if json_out {
+                let v: Vec<_> = rows
+                    .iter()
+                    .map(|m| {
+                        json!({"uid": m.uid.0, "modseq": m.modseq.0, "size": m.size,
+                               "blob": m.blob.as_str(), "internal_date": m.internal_date,
+                               "flags": m.flags.iter().collect::<Vec<_>>()})
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(v));
+            } else {
+                println!("{:>8} {:>10} {:>10} BLOB", "UID", "MODSEQ", "SIZE");
+                for m in rows {
+                    println!("{:>8} {:>10} {:>10} {}", m.uid.0, m.modseq.0, m.size, m.blob);
+                }
+            }
+        }
+        MessageCmd::Get {
+            address,
+            uid,
+            mailbox,
+        } => {
+            let id = account_id(&stores, &address).await?;
+            let mb = stores
+                .meta
+                .get_mailbox(id, &mailbox)
+                .await?
+                .with_context(|| format!("mailbox {mailbox} does not exist"))?;
+            let meta = stores
+                .meta
+                .get_message(mb.id, Uid(uid))
+                .await?
+                .with_context(|| format!("no message with UID {uid} in {mailbox}"))?;
+            let bytes = stores.blobs.get(&meta.blob).await?;
+            std::io::stdout().write_all(&bytes)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1024").expect("n"), 1024);
+        assert_eq!(parse_size("2K").expect("k"), 2048);
+        assert_eq!(parse_size("1g").expect("g"), 1 << 30);
+        assert!(parse_size("abc").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+}

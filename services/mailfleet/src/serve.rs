@@ -1,0 +1,166 @@
+//! `mailfleet serve`: open the stores, set up TLS, bind every listener, run until a signal.
+
+use anyhow::Context;
+use mailfleet_core::config::{Config, StorageBackend};
+use mailfleet_core::shutdown::ShutdownController;
+use mailfleet_core::tls::{self, CertSource, ReloadingResolver};
+use mailfleet_smtp::inbound::{ConnLimits, Listener, ListenerKind, SessionConfig};
+use mailfleet_smtp::pipeline::Pipeline;
+use mailfleet_storage::Stores;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often unreferenced blobs are swept, and how long they must have been unreferenced.
+const BLOB_GC_EVERY: Duration = Duration::from_secs(3600);
+const BLOB_GC_GRACE_SECS: i64 = 24 * 3600;
+
+pub fn open_stores(config: &Config) -> anyhow::Result<Stores> {
+    match config.storage.backend {
+        StorageBackend::Embedded => mailfleet_storage::embedded::open(
+            &config.server.data_dir,
+            config.storage.group_commit_max,
+        )
+        .with_context(|| {
+            format!(
+                "opening the embedded store in {} (configuration key `server.data_dir`)",
+                config.server.data_dir.display()
+            )
+        }),
+    }
+}
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let stores = open_stores(&config)?;
+    let (controller, shutdown) = ShutdownController::new();
+
+    let cert = CertSource::resolve(
+        config.tls.cert.as_deref(),
+        config.tls.key.as_deref(),
+        &config.server.hostname,
+        &config.server.data_dir.join("tls"),
+    )
+    .context("TLS certificate (configuration keys `tls.cert`, `tls.key`)")?;
+    let resolver = ReloadingResolver::new(cert).context("loading the TLS certificate")?;
+    let acceptor = tokio_rustls_acceptor(tls::server_config(resolver.clone(), &[])?);
+    tokio::spawn(resolver.watch(
+        Duration::from_secs(config.tls.reload_interval_secs),
+        shutdown.clone(),
+    ));
+
+    let smtp = &config.smtp;
+    let session = Arc::new(SessionConfig {
+        hostname: config.server.hostname.clone(),
+        max_message_size: smtp.max_message_size,
+        max_recipients: smtp.max_recipients,
+        max_errors: smtp.max_errors,
+        max_messages: smtp.max_messages_per_session,
+        starttls: smtp.starttls,
+    });
+    let limits = ConnLimits {
+        max_line: smtp.max_line_length,
+        max_message_size: smtp.max_message_size,
+        command_timeout: Duration::from_secs(smtp.command_timeout_secs),
+        data_timeout: Duration::from_secs(smtp.data_timeout_secs),
+        tls_handshake_timeout: Duration::from_secs(30),
+    };
+    let pipeline = Pipeline::new(stores.clone(), config.server.hostname.clone());
+    let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+
+    let mut tasks = Vec::new();
+    let binds = smtp
+        .listen
+        .iter()
+        .map(|a| (a, ListenerKind::Plain, "smtp.listen"))
+        .chain(
+            smtp.listen_tls
+                .iter()
+                .map(|a| (a, ListenerKind::ImplicitTls, "smtp.listen_tls")),
+        );
+    for (addr, kind, key) in binds {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("configuration key `{key}`: cannot listen on {addr}"))?;
+        tracing::info!(%addr, ?kind, "SMTP listening");
+        let l = Listener {
+            listener,
+            kind,
+            session: session.clone(),
+            limits,
+            pipeline: pipeline.clone(),
+            tls: Some(acceptor.clone()).filter(|_| kind == ListenerKind::ImplicitTls || smtp.starttls),
+            max_connections: smtp.max_connections,
+            shutdown: shutdown.clone(),
+            grace,
+        };
+        tasks.push(tokio::spawn(l.run()));
+    }
+
+    tokio::spawn(blob_gc(stores.clone(), shutdown.clone()));
+    tracing::info!(
+        hostname = %config.server.hostname,
+        data_dir = %config.server.data_dir.display(),
+        "mailfleet ready"
+    );
+
+    wait_for_signal().await;
+    tracing::info!(grace_secs = grace.as_secs(), "shutting down: no new connections");
+    controller.trigger();
+    for t in tasks {
+        let _ = t.await;
+    }
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+fn tokio_rustls_acceptor(cfg: Arc<rustls::ServerConfig>) -> tokio_rustls::TlsAcceptor {
+    tokio_rustls::TlsAcceptor::from(cfg)
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn blob_gc(stores: Stores, mut shutdown: mailfleet_core::shutdown::Shutdown) {
+    let mut tick = tokio::time::interval(BLOB_GC_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait() => return,
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        match mailfleet_storage::blob::gc::collect(
+            stores.meta.as_ref(),
+            stores.blobs.as_ref(),
+            now,
+            BLOB_GC_GRACE_SECS,
+            10_000,
+        )
+        .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "unreferenced blobs deleted"),
+            Err(e) => tracing::warn!(error = %e, "blob garbage collection failed"),
+        }
+    }
+}

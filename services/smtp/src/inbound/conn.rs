@@ -1,0 +1,284 @@
+//! The connection driver: the only part of inbound SMTP that touches a socket.
+//!
+//! It frames bytes into command lines (with a length cap), DATA (through
+//! [`DataReceiver`]) and BDAT chunks, applies the RFC 5321 §4.5.3.2 timeouts, performs
+//! the STARTTLS upgrade, and hands each event to the [`Session`]. It is generic over the
+//! stream so tests drive it through an in-memory pipe.
+
+use super::session::{Next, Response, Session};
+use crate::proto::{DataEnd, DataReceiver, Reply};
+use bytes::{Buf, BytesMut};
+use mailfleet_core::shutdown::Shutdown;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_rustls::TlsAcceptor;
+
+/// Any byte stream a session can run on (TCP, TLS over TCP, an in-memory pipe).
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// Framing limits and timeouts.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnLimits {
+    pub max_line: usize,
+    pub max_message_size: usize,
+    pub command_timeout: Duration,
+    pub data_timeout: Duration,
+    /// How long a TLS handshake may take.
+    pub tls_handshake_timeout: Duration,
+}
+
+/// Size of each socket read.
+const READ_CHUNK: usize = 16 * 1024;
+
+enum LineRead {
+    Line(Vec<u8>),
+    TooLong,
+    Eof,
+    Timeout,
+    Shutdown,
+}
+
+struct Conn {
+    io: Box<dyn Io>,
+    buf: BytesMut,
+    out: Vec<u8>,
+    limits: ConnLimits,
+}
+
+impl Conn {
+    /// Reads more bytes into the buffer; Ok(false) on EOF.
+    async fn fill(&mut self, timeout: Duration) -> Result<bool, ()> {
+        self.buf.reserve(READ_CHUNK);
+        match tokio::time::timeout(timeout, self.io.read_buf(&mut self.buf)).await {
+            Ok(Ok(0)) => Ok(false),
+            Ok(Ok(_)) => Ok(true),
+            Ok(Err(_)) => Ok(false),
+            Err(_) => Err(()),
+        }
+    }
+
+    async fn read_line(&mut self, shutdown: &mut Shutdown, idle_ok: bool) -> LineRead {
+        loop {
+            let window = self.buf.len().min(self.limits.max_line);
+            if let Some(pos) = self.buf[..window].iter().position(|b| *b == b'\n') {
+                let mut line = self.buf.split_to(pos + 1).to_vec();
+                line.pop();
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                return LineRead::Line(line);
+            }
+            if self.buf.len() >= self.limits.max_line {
+                return self.discard_line().await;
+            }
+            let wait_for_shutdown = idle_ok && self.buf.is_empty();
+            let timeout = self.limits.command_timeout;
+            let fill = self.fill(timeout);
+            let filled = if wait_for_shutdown {
+                tokio::select! {
+                    r = fill => r,
+                    _ = shutdown.wait() => return LineRead::Shutdown,
+                }
+            } else {
+                fill.await
+            };
+            match filled {
+                Ok(true) => {}
+                Ok(false) => return LineRead::Eof,
+                Err(()) => return LineRead::Timeout,
+            }
+        }
+    }
+
+    /// Throws away an over-long line up to and including its LF, keeping no more than one
+    /// read's worth in memory however long the line is.
+    async fn discard_line(&mut self) -> LineRead {
+        loop {
+            if let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
+                self.buf.advance(pos + 1);
+                return LineRead::TooLong;
+            }
+            self.buf.clear();
+            match self.fill(self.limits.command_timeout).await {
+                Ok(true) => {}
+                Ok(false) => return LineRead::Eof,
+                Err(()) => return LineRead::Timeout,
+            }
+        }
+    }
+
+    async fn read_data(&mut self) -> Option<DataEnd> {
+        let mut rx = DataReceiver::new(self.limits.max_message_size);
+        loop {
+            if !self.buf.is_empty() {
+                let (used, end) = rx.feed(&self.buf);
+                self.buf.advance(used);
+                if let Some(end) = end {
+                    if rx.saw_bare_line_end {
+                        tracing::info!("message contained bare CR or LF; normalised");
+                    }
+                    return Some(end);
+                }
+            }
+            match self.fill(self.limits.data_timeout).await {
+                Ok(true) => {}
+                _ => return None,
+            }
+        }
+    }
+
+    /// Reads exactly `size` octets, keeping them only if `keep`.
+    async fn read_chunk(&mut self, size: u64, keep: bool) -> Option<Option<Vec<u8>>> {
+        let mut remaining = size;
+        let mut data = keep.then(|| Vec::with_capacity(size.min(1 << 20) as usize));
+        loop {
+            let take = (self.buf.len() as u64).min(remaining) as usize;
+            if take > 0 {
+                if let Some(d) = data.as_mut() {
+                    d.extend_from_slice(&self.buf[..take]);
+                }
+                self.buf.advance(take);
+                remaining -= take as u64;
+            }
+            if remaining == 0 {
+                return Some(data);
+            }
+            match self.fill(self.limits.data_timeout).await {
+                Ok(true) => {}
+                _ => return None,
+            }
+        }
+    }
+
+    fn queue(&mut self, replies: &[Reply]) {
+        for r in replies {
+            self.out.extend_from_slice(r.to_wire().as_bytes());
+        }
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.out.is_empty() {
+            self.io.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        self.io.flush().await
+    }
+}
+
+/// Runs one SMTP session to its end. `tls` is the acceptor used for STARTTLS.
+pub async fn serve_connection(
+    io: Box<dyn Io>,
+    mut session: Session,
+    limits: ConnLimits,
+    tls: Option<TlsAcceptor>,
+    mut shutdown: Shutdown,
+) -> std::io::Result<()> {
+    let mut conn = Conn {
+        io,
+        buf: BytesMut::with_capacity(READ_CHUNK),
+        out: Vec::with_capacity(1024),
+        limits,
+    };
+    conn.queue(&[session.greeting()]);
+    conn.flush().await?;
+    loop {
+        let idle = !session.in_transaction();
+        let response = match conn.read_line(&mut shutdown, idle).await {
+            LineRead::Line(line) => session.command_line(&line).await,
+            LineRead::TooLong => session.line_too_long(),
+            LineRead::Eof => return Ok(()),
+            LineRead::Timeout => {
+                conn.queue(&[Reply::timeout()]);
+                return conn.flush().await;
+            }
+            LineRead::Shutdown => {
+                conn.queue(&[Reply::shutting_down()]);
+                return conn.flush().await;
+            }
+        };
+        let mut response: Response = response;
+        // Events that complete a command (DATA content, BDAT chunks) may chain.
+        loop {
+            conn.queue(&response.replies);
+            match response.next {
+                Next::Command => {
+                    // PIPELINING: replies to a group of commands go out together, once
+                    // the client's buffered input is used up (RFC 2920 §3.2).
+                    if conn.buf.is_empty() {
+                        conn.flush().await?;
+                    }
+                    break;
+                }
+                Next::Close => {
+                    conn.flush().await?;
+                    let _ = conn.io.shutdown().await;
+                    return Ok(());
+                }
+                Next::Data => {
+                    conn.flush().await?;
+                    let Some(end) = conn.read_data().await else {
+                        // Timeout or disconnect mid-message: nothing is kept.
+                        conn.queue(&[Reply::timeout()]);
+                        let _ = conn.flush().await;
+                        return Ok(());
+                    };
+                    response = session.data_end(end).await;
+                }
+                Next::Bdat { size, last, keep } => {
+                    let Some(chunk) = conn.read_chunk(size, keep).await else {
+                        conn.queue(&[Reply::timeout()]);
+                        let _ = conn.flush().await;
+                        return Ok(());
+                    };
+                    response = session.bdat_chunk(chunk, last).await;
+                }
+                Next::StartTls => {
+                    conn.flush().await?;
+                    let Some(acceptor) = tls.clone() else {
+                        return Ok(());
+                    };
+                    // Anything pipelined after STARTTLS was sent in plaintext and must not
+                    // be read as if it came over TLS (the CVE-2011-0411 class of bugs).
+                    conn.buf.clear();
+                    let io = std::mem::replace(&mut conn.io, Box::new(tokio::io::duplex(1).0));
+                    let stream = match tokio::time::timeout(
+                        limits.tls_handshake_timeout,
+                        acceptor.accept(io),
+                    )
+                    .await
+                    {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "STARTTLS handshake failed");
+                            return Ok(());
+                        }
+                        Err(_) => return Ok(()),
+                    };
+                    let desc = describe_tls(stream.get_ref().1);
+                    conn.io = Box::new(stream);
+                    session.tls_established(desc);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// `TLS1.3 with cipher TLS13_AES_256_GCM_SHA384`, for logs and the Received header.
+pub fn describe_tls(conn: &rustls_conn::ServerConnection) -> String {
+    let version = match conn.protocol_version() {
+        Some(rustls_conn::ProtocolVersion::TLSv1_3) => "TLS1.3".to_string(),
+        Some(rustls_conn::ProtocolVersion::TLSv1_2) => "TLS1.2".to_string(),
+        Some(v) => format!("{v:?}"),
+        None => "TLS".to_string(),
+    };
+    match conn.negotiated_cipher_suite() {
+        Some(s) => format!("{version} with cipher {:?}", s.suite()),
+        None => version,
+    }
+}
+
+mod rustls_conn {
+    pub use tokio_rustls::rustls::{ProtocolVersion, ServerConnection};
+}

@@ -1,0 +1,492 @@
+//! The SMTP session as a state machine, free of sockets.
+//!
+//! The connection driver ([`super::conn`]) frames input and calls one method per event: a
+//! command line, a line that was too long, the end of DATA, a BDAT chunk, a finished TLS
+//! handshake. Each returns the replies to send and what to read next ([`Next`]). Everything
+//! about SMTP semantics (sequencing, limits, replies) lives here and is tested by feeding
+//! lines, with no network.
+
+use crate::pipeline::{AcceptedRecipient, Envelope, Pipeline, PipelineError, RcptVerdict};
+use crate::proto::command::{Command, CommandError, MailParams, Path};
+use crate::proto::{DataEnd, Reply};
+use mailfleet_core::Address;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// Session limits and identity, from `[smtp]` and `[server]` configuration.
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    pub hostname: String,
+    pub max_message_size: usize,
+    pub max_recipients: usize,
+    pub max_errors: u32,
+    pub max_messages: u32,
+    /// Whether STARTTLS can be offered (a certificate is configured).
+    pub starttls: bool,
+}
+
+/// What the driver reads next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Another command line.
+    Command,
+    /// Message content until `<CRLF>.<CRLF>`, then [`Session::data_end`].
+    Data,
+    /// Exactly `size` octets, then [`Session::bdat_chunk`]; `keep` false means discard them
+    /// (the chunk is refused but must still be read off the wire, RFC 3030 §2).
+    Bdat { size: u64, last: bool, keep: bool },
+    /// Perform the TLS handshake, then [`Session::tls_established`].
+    StartTls,
+    /// Close the connection after sending the replies.
+    Close,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Response {
+    pub replies: Vec<Reply>,
+    pub next: Next,
+}
+
+impl Response {
+    fn one(reply: Reply) -> Self {
+        Self {
+            replies: vec![reply],
+            next: Next::Command,
+        }
+    }
+    fn close(reply: Reply) -> Self {
+        Self {
+            replies: vec![reply],
+            next: Next::Close,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Greeting {
+    None,
+    Helo,
+    Ehlo,
+}
+
+/// The mail transaction in progress (between MAIL and the end of DATA/BDAT LAST).
+#[derive(Debug)]
+struct Transaction {
+    mail_from: Option<Address>,
+    params: MailParams,
+    recipients: Vec<AcceptedRecipient>,
+    /// BDAT chunks received so far; `None` until the first BDAT.
+    bdat: Option<Vec<u8>>,
+    /// A BDAT chunk was refused: the rest of the chunks are read and refused until LAST.
+    bdat_failed: bool,
+}
+
+pub struct Session {
+    cfg: Arc<SessionConfig>,
+    pipeline: Pipeline,
+    remote_ip: IpAddr,
+    tls: Option<String>,
+    greeting: Greeting,
+    helo: String,
+    tx: Option<Transaction>,
+    errors: u32,
+    messages: u32,
+    id_counter: u32,
+    session_id: String,
+}
+
+impl Session {
+    pub fn new(cfg: Arc<SessionConfig>, pipeline: Pipeline, remote_ip: IpAddr) -> Self {
+        Self {
+            cfg,
+            pipeline,
+            remote_ip,
+            tls: None,
+            greeting: Greeting::None,
+            helo: String::new(),
+            tx: None,
+            errors: 0,
+            messages: 0,
+            id_counter: 0,
+            session_id: format!("{:010X}", rand::random::<u64>() & 0xff_ffff_ffff),
+        }
+    }
+
+    /// The first reply of the connection.
+    pub fn greeting(&self) -> Reply {
+        Reply::new(220, "", format!("{} ESMTP Mailfleet", self.cfg.hostname))
+    }
+
+    /// Marks the connection as TLS from the start (implicit-TLS listener).
+    pub fn set_tls(&mut self, description: String) {
+        self.tls = Some(description);
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Whether a mail transaction is open (graceful shutdown lets it finish).
+    pub fn in_transaction(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    /// The TLS handshake after STARTTLS succeeded: the session starts over (RFC 3207 §4.2).
+    pub fn tls_established(&mut self, description: String) {
+        self.tls = Some(description);
+        self.greeting = Greeting::None;
+        self.helo.clear();
+        self.tx = None;
+    }
+
+    /// Counts a client error; past the limit the connection is closed with 421.
+    fn error(&mut self, reply: Reply) -> Response {
+        self.errors += 1;
+        if self.errors >= self.cfg.max_errors {
+            return Response {
+                replies: vec![reply, Reply::too_many_errors()],
+                next: Next::Close,
+            };
+        }
+        Response::one(reply)
+    }
+
+    /// A command line longer than the limit was read and discarded.
+    pub fn line_too_long(&mut self) -> Response {
+        self.error(Reply::line_too_long())
+    }
+
+    /// One command line, without its line end.
+    pub async fn command_line(&mut self, line: &[u8]) -> Response {
+        let cmd = match Command::parse(line) {
+            Ok(c) => c,
+            Err(CommandError::Unrecognized) => return self.error(Reply::unrecognized()),
+            Err(CommandError::Syntax(why)) => return self.error(Reply::syntax(why)),
+            Err(CommandError::BadAddress(why)) => {
+                return self.error(Reply::new(553, "5.1.3", format!("Bad address syntax: {why}")))
+            }
+            Err(CommandError::UnsupportedParam(p)) => {
+                return self.error(Reply::new(
+                    555,
+                    "5.5.4",
+                    format!("Unsupported parameter {}", truncate(&p, 64)),
+                ))
+            }
+        };
+        match cmd {
+            Command::Ehlo(domain) => self.ehlo(domain, true),
+            Command::Helo(domain) => self.ehlo(domain, false),
+            Command::Mail(path, params) => self.mail(path, params),
+            Command::Rcpt(path, _) => self.rcpt(path).await,
+            Command::Data => self.data(),
+            Command::Bdat { size, last } => self.bdat(size, last),
+            Command::Rset => {
+                self.tx = None;
+                Response::one(Reply::ok())
+            }
+            Command::Noop => Response::one(Reply::ok()),
+            Command::Quit => Response::close(Reply::new(221, "2.0.0", "Bye")),
+            Command::Help => Response::one(Reply::new(
+                214,
+                "2.0.0",
+                "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT HELP STARTTLS",
+            )),
+            Command::Vrfy => Response::one(Reply::new(
+                252,
+                "2.5.2",
+                "Cannot VRFY user, but will accept message and attempt delivery",
+            )),
+            Command::Expn => self.error(Reply::new(502, "5.5.1", "EXPN not available")),
+            Command::StartTls => self.starttls(),
+        }
+    }
+
+    fn ehlo(&mut self, domain: String, extended: bool) -> Response {
+        self.tx = None;
+        self.helo = domain;
+        self.greeting = if extended {
+            Greeting::Ehlo
+        } else {
+            Greeting::Helo
+        };
+        let first = format!("{} Hello {} [{}]", self.cfg.hostname, self.helo, self.remote_ip);
+        if !extended {
+            return Response::one(Reply::new(250, "", first));
+        }
+        let mut lines = vec![
+            first,
+            "PIPELINING".into(),
+            format!("SIZE {}", self.cfg.max_message_size),
+            "8BITMIME".into(),
+            "SMTPUTF8".into(),
+            "ENHANCEDSTATUSCODES".into(),
+            "CHUNKING".into(),
+        ];
+        if self.cfg.starttls && self.tls.is_none() {
+            lines.push("STARTTLS".into());
+        }
+        lines.push("HELP".into());
+        Response::one(Reply::multiline(250, lines))
+    }
+
+    fn starttls(&mut self) -> Response {
+        if self.tls.is_some() {
+            return self.error(Reply::bad_sequence("Already using TLS"));
+        }
+        if !self.cfg.starttls {
+            return self.error(Reply::new(454, "4.7.0", "TLS not available"));
+        }
+        Response {
+            replies: vec![Reply::new(220, "2.0.0", "Ready to start TLS")],
+            next: Next::StartTls,
+        }
+    }
+
+    fn mail(&mut self, path: Path, params: MailParams) -> Response {
+        if self.greeting == Greeting::None {
+            return self.error(Reply::bad_sequence("Send EHLO or HELO first"));
+        }
+        if self.tx.is_some() {
+            return self.error(Reply::bad_sequence("Nested MAIL command"));
+        }
+        if self.messages >= self.cfg.max_messages {
+            return Response::close(Reply::new(
+                421,
+                "4.7.0",
+                "Too many messages in one session, try again",
+            ));
+        }
+        if params.smtputf8 && self.greeting != Greeting::Ehlo {
+            return self.error(Reply::new(555, "5.5.4", "SMTPUTF8 requires EHLO"));
+        }
+        if let Some(size) = params.size {
+            if size > self.cfg.max_message_size as u64 {
+                return self.error(Reply::new(
+                    552,
+                    "5.3.4",
+                    "Message size exceeds fixed maximum message size",
+                ));
+            }
+        }
+        let mail_from = match path {
+            Path::Null => None,
+            Path::Postmaster => return self.error(Reply::syntax("bad sender")),
+            Path::Address(a) => {
+                if a.is_utf8() && !params.smtputf8 {
+                    return self.error(Reply::new(
+                        553,
+                        "5.6.7",
+                        "Internationalized address requires SMTPUTF8",
+                    ));
+                }
+                Some(a)
+            }
+        };
+        self.tx = Some(Transaction {
+            mail_from,
+            params,
+            recipients: Vec::new(),
+            bdat: None,
+            bdat_failed: false,
+        });
+        Response::one(Reply::new(250, "2.1.0", "Sender OK"))
+    }
+
+    async fn rcpt(&mut self, path: Path) -> Response {
+        let Some(tx) = self.tx.as_ref() else {
+            return self.error(Reply::bad_sequence("Need MAIL before RCPT"));
+        };
+        if tx.bdat.is_some() {
+            return self.error(Reply::bad_sequence("RCPT after BDAT"));
+        }
+        if tx.recipients.len() >= self.cfg.max_recipients {
+            // Not counted as an error: the client follows the protocol, and RFC 5321
+            // §4.5.3.1.10 expects it to send the rest in another transaction.
+            return Response::one(Reply::new(452, "4.5.3", "Too many recipients"));
+        }
+        let addr = match path {
+            Path::Address(a) => a,
+            Path::Postmaster => match Address::parse(&format!("postmaster@{}", self.cfg.hostname))
+            {
+                Ok(a) => a,
+                Err(_) => return self.error(Reply::new(550, "5.1.1", "No postmaster here")),
+            },
+            Path::Null => return self.error(Reply::syntax("empty recipient")),
+        };
+        if addr.is_utf8() && !tx.params.smtputf8 {
+            return self.error(Reply::new(
+                553,
+                "5.6.7",
+                "Internationalized address requires SMTPUTF8",
+            ));
+        }
+        if tx.recipients.iter().any(|r| r.address == addr) {
+            return Response::one(Reply::new(250, "2.1.5", "Recipient OK (duplicate)"));
+        }
+        let size = tx.params.size;
+        let verdict = match self.pipeline.check_recipient(&addr, size).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "recipient lookup failed");
+                return Response::one(Reply::temp_failure());
+            }
+        };
+        match verdict {
+            RcptVerdict::Accept(targets) => {
+                if let Some(tx) = self.tx.as_mut() {
+                    tx.recipients.push(AcceptedRecipient {
+                        address: addr,
+                        targets,
+                    });
+                }
+                Response::one(Reply::new(250, "2.1.5", "Recipient OK"))
+            }
+            RcptVerdict::UnknownUser => self.error(Reply::new(
+                550,
+                "5.1.1",
+                format!("<{}>: Recipient address rejected: User unknown", truncate(&addr.to_string(), 256)),
+            )),
+            RcptVerdict::RelayDenied => self.error(Reply::new(
+                554,
+                "5.7.1",
+                format!("<{}>: Relay access denied", truncate(&addr.to_string(), 256)),
+            )),
+            RcptVerdict::MailboxFull => {
+                Response::one(Reply::new(452, "4.2.2", "Mailbox full, try again later"))
+            }
+            RcptVerdict::WontFit => self.error(Reply::new(
+                552,
+                "5.2.2",
+                "Message exceeds the recipient's storage quota",
+            )),
+        }
+    }
+
+    fn data(&mut self) -> Response {
+        match &self.tx {
+            None => self.error(Reply::bad_sequence("Need MAIL command")),
+            Some(tx) if tx.bdat.is_some() => self.error(Reply::bad_sequence("DATA after BDAT")),
+            Some(tx) if tx.recipients.is_empty() => {
+                self.error(Reply::new(554, "5.5.1", "No valid recipients"))
+            }
+            Some(_) => Response {
+                replies: vec![Reply::new(354, "", "End data with <CR><LF>.<CR><LF>")],
+                next: Next::Data,
+            },
+        }
+    }
+
+    /// DATA ended (or overflowed). Delivers the message and answers.
+    pub async fn data_end(&mut self, end: DataEnd) -> Response {
+        let Some(tx) = self.tx.take() else {
+            return self.error(Reply::bad_sequence("No transaction"));
+        };
+        match end {
+            DataEnd::TooBig => self.error(Reply::new(
+                552,
+                "5.3.4",
+                "Message size exceeds fixed maximum message size",
+            )),
+            DataEnd::Complete(raw) => self.finish(tx, raw).await,
+        }
+    }
+
+    fn bdat(&mut self, size: u64, last: bool) -> Response {
+        let max = self.cfg.max_message_size as u64;
+        let keep = match &self.tx {
+            Some(tx) if !tx.recipients.is_empty() && !tx.bdat_failed => {
+                let so_far = tx.bdat.as_ref().map_or(0, |b| b.len() as u64);
+                so_far.saturating_add(size) <= max
+            }
+            _ => false,
+        };
+        Response {
+            replies: vec![],
+            next: Next::Bdat { size, last, keep },
+        }
+    }
+
+    /// A BDAT chunk was read: `data` is `None` when it was discarded.
+    pub async fn bdat_chunk(&mut self, data: Option<Vec<u8>>, last: bool) -> Response {
+        let Some(tx) = self.tx.as_mut() else {
+            return self.error(Reply::bad_sequence("Need MAIL command"));
+        };
+        if tx.recipients.is_empty() {
+            return self.error(Reply::new(554, "5.5.1", "No valid recipients"));
+        }
+        let Some(chunk) = data.filter(|_| !tx.bdat_failed) else {
+            tx.bdat_failed = true;
+            tx.bdat.get_or_insert_with(Vec::new).clear();
+            if last {
+                self.tx = None;
+            }
+            return self.error(Reply::new(
+                552,
+                "5.3.4",
+                "Message size exceeds fixed maximum message size",
+            ));
+        };
+        let buf = tx.bdat.get_or_insert_with(Vec::new);
+        buf.extend_from_slice(&chunk);
+        if !last {
+            let n = chunk.len();
+            return Response::one(Reply::new(250, "2.0.0", format!("{n} octets received")));
+        }
+        let Some(mut tx) = self.tx.take() else {
+            return self.error(Reply::bad_sequence("No transaction"));
+        };
+        let raw = tx.bdat.take().unwrap_or_default();
+        self.finish(tx, raw).await
+    }
+
+    fn protocol(&self, smtputf8: bool) -> String {
+        let base = match (self.greeting, smtputf8) {
+            (Greeting::Ehlo, true) => "UTF8SMTP",
+            (Greeting::Ehlo, false) => "ESMTP",
+            _ => "SMTP",
+        };
+        if self.tls.is_some() {
+            format!("{base}S")
+        } else {
+            base.to_string()
+        }
+    }
+
+    async fn finish(&mut self, tx: Transaction, raw: Vec<u8>) -> Response {
+        self.id_counter += 1;
+        let id = format!("{}{:02X}", self.session_id, self.id_counter);
+        let env = Envelope {
+            mail_from: tx.mail_from,
+            recipients: tx.recipients,
+            helo: self.helo.clone(),
+            remote_ip: self.remote_ip,
+            protocol: self.protocol(tx.params.smtputf8),
+            tls: self.tls.clone(),
+            id: id.clone(),
+        };
+        match self.pipeline.accept(&env, &raw).await {
+            Ok(()) => {
+                self.messages += 1;
+                Response::one(Reply::new(250, "2.0.0", format!("Ok: queued as {id}")))
+            }
+            Err(PipelineError::Loop(n)) => self.error(Reply::new(
+                554,
+                "5.4.6",
+                format!("Too many hops ({n}): mail loop detected"),
+            )),
+            Err(PipelineError::Quota(_)) => self.error(Reply::new(
+                552,
+                "5.2.2",
+                "Message exceeds the recipient's storage quota",
+            )),
+            Err(e) => {
+                tracing::error!(%id, error = %e, "delivery failed; message not accepted");
+                Response::one(Reply::temp_failure())
+            }
+        }
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}

@@ -1,0 +1,87 @@
+//! Local delivery: one blob, one metadata transaction, then change notifications.
+//!
+//! The blob is written (and fsynced) first and the metadata committed second, so a crash in
+//! between leaves at worst an unreferenced blob (never a message without its body). The
+//! function returns only after both are durable; only then may SMTP say `250`.
+
+use super::resolve::Recipient;
+use bytes::Bytes;
+use mailfleet_storage::coord::MailboxEvent;
+use mailfleet_storage::metadata::QuotaPolicy;
+use mailfleet_storage::{Appended, Flags, NewMessage, StoreError, Stores};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("quota exceeded for {0}")]
+    QuotaExceeded(String),
+    #[error("recipient {0} has no INBOX")]
+    NoInbox(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Where a delivered message landed, per recipient, in input order.
+#[derive(Clone, Debug)]
+pub struct Delivered {
+    pub blob: mailfleet_storage::BlobId,
+    pub appended: Vec<Appended>,
+}
+
+/// Delivers `message` to the INBOX of every recipient. With `enforce_quota`, the whole
+/// delivery fails if any recipient would go over quota.
+pub async fn deliver(
+    stores: &Stores,
+    recipients: &[Recipient],
+    message: Bytes,
+    internal_date: i64,
+    enforce_quota: bool,
+) -> Result<Delivered, DeliveryError> {
+    let size = message.len() as u64;
+    let mut batch = Vec::with_capacity(recipients.len());
+    for r in recipients {
+        let inbox = stores
+            .meta
+            .get_mailbox(r.account.id, "INBOX")
+            .await?
+            .ok_or_else(|| DeliveryError::NoInbox(r.account.address.clone()))?;
+        batch.push((r.account.id, inbox.id));
+    }
+    let blob = stores.blobs.put(message).await?;
+    let messages = batch
+        .iter()
+        .map(|(account, mailbox)| NewMessage {
+            account: *account,
+            mailbox: *mailbox,
+            blob: blob.clone(),
+            size,
+            internal_date,
+            flags: Flags::default(),
+        })
+        .collect();
+    let policy = if enforce_quota {
+        QuotaPolicy::Enforce
+    } else {
+        QuotaPolicy::Allow
+    };
+    let appended = match stores.meta.append(messages, policy).await {
+        Ok(a) => a,
+        Err(StoreError::QuotaExceeded(who)) => return Err(DeliveryError::QuotaExceeded(who)),
+        Err(e) => return Err(e.into()),
+    };
+    for (a, (account, _)) in appended.iter().zip(&batch) {
+        // Notification is best effort: sessions also re-check on their own schedule, and a
+        // coordinator outage must not turn a durable delivery into a failure.
+        if let Err(e) = stores
+            .coord
+            .publish(MailboxEvent::Changed {
+                account: *account,
+                mailbox: a.mailbox,
+                modseq: a.modseq,
+            })
+            .await
+        {
+            tracing::warn!(error = %e, "change notification failed");
+        }
+    }
+    Ok(Delivered { blob, appended })
+}

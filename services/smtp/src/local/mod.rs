@@ -1,0 +1,7 @@
+//! Local recipients: who an address means, and putting a message in their INBOXes.
+
+pub mod deliver;
+pub mod resolve;
+
+pub use deliver::{deliver, DeliveryError, Delivered};
+pub use resolve::{resolve, Resolution, Recipient};

@@ -1,0 +1,127 @@
+//! Cleanup: the one place an accepted message is normalised, as Postfix's cleanup(8) is.
+//!
+//! - Line ends: every bare LF and bare CR becomes CRLF, so no stored message carries a line
+//!   end another server could read differently (see `proto::data` on smuggling), and the
+//!   message ends with CRLF.
+//! - Trace: `Return-Path` (RFC 5321 §4.4, added at final delivery) and `Received` on top.
+//! - Loops: more than [`MAX_HOPS`] `Received` headers means a mail loop.
+
+/// Received headers beyond which a message is refused as looping (Postfix's default is 50).
+pub const MAX_HOPS: usize = 50;
+
+/// Rewrites bare CR and bare LF to CRLF and makes sure the message ends with CRLF.
+pub fn normalize_line_endings(input: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len() + input.len() / 64 + 2);
+    let mut i = 0;
+    while i < input.len() {
+        match input[i] {
+            b'\r' => {
+                out.extend_from_slice(b"\r\n");
+                if input.get(i + 1) == Some(&b'\n') {
+                    i += 1;
+                }
+            }
+            b'\n' => out.extend_from_slice(b"\r\n"),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    if !out.is_empty() && !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// Counts `Received:` fields in the header section.
+pub fn count_received(message: &[u8]) -> usize {
+    let mut count = 0;
+    for line in message.split(|b| *b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            break;
+        }
+        if line.len() >= 9 && line[..9].eq_ignore_ascii_case(b"received:") {
+            count += 1;
+        }
+    }
+    count
+}
+
+/// What the `Received` header says about the transaction.
+#[derive(Clone, Debug)]
+pub struct TraceInfo<'a> {
+    pub helo: &'a str,
+    pub remote_ip: std::net::IpAddr,
+    pub hostname: &'a str,
+    /// RFC 3848 protocol: `SMTP`, `ESMTP`, `ESMTPS`, with `UTF8` prefixes per RFC 6531.
+    pub protocol: String,
+    /// e.g. `TLS1.3 with cipher TLS13_AES_256_GCM_SHA384`.
+    pub tls: Option<String>,
+    pub id: &'a str,
+    /// Named only when the message has exactly one recipient (privacy, as Postfix does).
+    pub for_rcpt: Option<String>,
+    pub date: chrono::DateTime<chrono::Utc>,
+}
+
+/// Builds `Return-Path:` and `Received:` lines to put in front of the message.
+pub fn trace_headers(return_path: &str, t: &TraceInfo<'_>) -> Vec<u8> {
+    let helo: String = t
+        .helo
+        .chars()
+        .filter(|c| c.is_ascii_graphic() && *c != '(' && *c != ')')
+        .take(255)
+        .collect();
+    let mut h = format!("Return-Path: <{return_path}>\r\n");
+    h.push_str(&format!(
+        "Received: from {helo} ([{ip}])\r\n\tby {host} (Mailfleet) with {proto} id {id}",
+        ip = t.remote_ip,
+        host = t.hostname,
+        proto = t.protocol,
+        id = t.id
+    ));
+    if let Some(tls) = &t.tls {
+        h.push_str(&format!("\r\n\t({tls})"));
+    }
+    if let Some(r) = &t.for_rcpt {
+        h.push_str(&format!("\r\n\tfor <{r}>"));
+    }
+    h.push_str(&format!("; {}\r\n", t.date.format("%a, %d %b %Y %H:%M:%S +0000")));
+    h.into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalizes() {
+        assert_eq!(normalize_line_endings(b"a\nb\rc\r\nd"), b"a\r\nb\r\nc\r\nd\r\n");
+        assert_eq!(normalize_line_endings(b"a\r\n"), b"a\r\n");
+        assert_eq!(normalize_line_endings(b""), b"");
+        assert_eq!(normalize_line_endings(b"\r\r\n"), b"\r\n\r\n");
+    }
+
+    #[test]
+    fn counts_received_in_header_only() {
+        let m = b"Received: a\r\nreceived: b\r\nSubject: x\r\n\r\nReceived: body\r\n";
+        assert_eq!(count_received(m), 2);
+    }
+
+    #[test]
+    fn trace_format() {
+        let t = TraceInfo {
+            helo: "client.example (evil)\r\nX-Injected: 1",
+            remote_ip: "192.0.2.1".parse().expect("ip"),
+            hostname: "mx.test",
+            protocol: "ESMTPS".into(),
+            tls: Some("TLS1.3".into()),
+            id: "ABC",
+            for_rcpt: Some("u@test".into()),
+            date: chrono::DateTime::from_timestamp(0, 0).expect("epoch"),
+        };
+        let h = String::from_utf8(trace_headers("s@x", &t)).expect("utf8");
+        assert!(h.starts_with("Return-Path: <s@x>\r\nReceived: from client.example"));
+        assert!(!h.contains("X-Injected: 1\r\n"), "no header injection via HELO");
+        assert!(h.ends_with("; Thu, 01 Jan 1970 00:00:00 +0000\r\n"));
+    }
+}
