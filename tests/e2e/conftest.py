@@ -1,0 +1,133 @@
+"""Fixtures for end-to-end tests: a real `mailfleet` process on loopback ports.
+
+The binary is taken from $MAILFLEET_BIN, or built by `scripts/test.sh` into
+$CARGO_TARGET_DIR/debug/mailfleet. Each test gets its own data directory and ports.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def mailfleet_bin() -> str:
+    if os.environ.get("MAILFLEET_BIN"):
+        return os.environ["MAILFLEET_BIN"]
+    target = os.environ.get("CARGO_TARGET_DIR", str(REPO / "target"))
+    return str(Path(target) / "debug" / "mailfleet")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+PASSWORD = "Corr3ct-Horse-Battery"
+
+
+class Server:
+    """One Mailfleet process and its data directory."""
+
+    def __init__(self, data_dir: Path, extra_env=None):
+        self.data_dir = data_dir
+        self.smtp_port = free_port()
+        self.smtps_port = free_port()
+        self.env = dict(os.environ)
+        self.env.update(
+            {
+                "MAILFLEET_SERVER__DATA_DIR": str(data_dir),
+                "MAILFLEET_SERVER__HOSTNAME": "mx.example.test",
+                "MAILFLEET_SERVER__SHUTDOWN_GRACE_SECS": "10",
+                "MAILFLEET_SMTP__LISTEN": f'["127.0.0.1:{self.smtp_port}"]',
+                "MAILFLEET_SMTP__LISTEN_TLS": f'["127.0.0.1:{self.smtps_port}"]',
+                "MAILFLEET_LOG__FORMAT": "json",
+            }
+        )
+        self.env.update(extra_env or {})
+        self.proc = None
+        self.log = data_dir / "server.log"
+
+    def cli(self, *args, stdin=None, check=True):
+        r = subprocess.run(
+            [mailfleet_bin(), *args],
+            env=self.env,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if check and r.returncode != 0:
+            raise AssertionError(f"mailfleet {' '.join(args)} failed: {r.stderr}")
+        return r
+
+    def cli_json(self, *args):
+        return json.loads(self.cli("--json", *args).stdout)
+
+    def start(self):
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_file = open(self.log, "ab")
+        self.proc = subprocess.Popen(
+            [mailfleet_bin(), "serve"],
+            env=self.env,
+            stdout=self.log_file,
+            stderr=self.log_file,
+        )
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited: {self.log.read_text()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.smtp_port), timeout=1):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("server did not start listening")
+
+    def kill9(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def messages(self, user, mailbox="INBOX"):
+        return self.cli_json("message", "list", user, "--mailbox", mailbox)
+
+    def message_bytes(self, user, uid, mailbox="INBOX") -> bytes:
+        r = subprocess.run(
+            [mailfleet_bin(), "message", "get", user, str(uid), "--mailbox", mailbox],
+            env=self.env,
+            capture_output=True,
+            timeout=60,
+        )
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    def blob_files(self):
+        return [p for p in (self.data_dir / "blobs").rglob("*") if p.is_file() and p.parent.name != "tmp"]
+
+
+@pytest.fixture
+def server(tmp_path):
+    s = Server(tmp_path / "data")
+    s.cli("domain", "add", "example.test")
+    for user in ("alice", "bob"):
+        s.cli("user", "add", f"{user}@example.test", "--password-stdin", stdin=PASSWORD + "\n")
+    s.cli("alias", "add", "sales@example.test", "alice@example.test")
+    s.start()
+    yield s
+    s.stop()
