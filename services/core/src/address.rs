@@ -63,8 +63,9 @@ impl Address {
             if local.len() < 2 || !local.ends_with('"') {
                 return Err(AddressError::BadLocalPart);
             }
-        } else if local.contains(['<', '>', '(', ')', '[', ']', ',', ';', ':', '\\', '"', ' ', '@'])
-            || local.starts_with('.')
+        } else if local.contains([
+            '<', '>', '(', ')', '[', ']', ',', ';', ':', '\\', '"', ' ', '@',
+        ]) || local.starts_with('.')
             || local.ends_with('.')
             || local.contains("..")
         {

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 pub const ENV_PREFIX: &str = "MAILFLEET_";
 
 /// The whole configuration.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
@@ -27,17 +27,6 @@ pub struct Config {
     pub smtp: SmtpConfig,
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            server: ServerConfig::default(),
-            log: LogConfig::default(),
-            storage: StorageConfig::default(),
-            tls: TlsConfig::default(),
-            smtp: SmtpConfig::default(),
-        }
-    }
-}
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -363,11 +352,11 @@ mod tests {
         let e = Config::load(None, env(&[("MAILFLEET_SMTP__MAX_RECIPIENTS", "lots")]))
             .expect_err("string for a number");
         assert!(e.to_string().contains("smtp.max_recipients"), "{e}");
-        let e = Config::load(None, env(&[("MAILFLEET_SMTP__MAX_RECIPENTS", "3")]))
-            .expect_err("typo");
+        let e =
+            Config::load(None, env(&[("MAILFLEET_SMTP__MAX_RECIPENTS", "3")])).expect_err("typo");
         assert!(e.to_string().contains("max_recipents"), "{e}");
-        let e = Config::load(None, env(&[("MAILFLEET_SMTP__MAX_RECIPIENTS", "0")]))
-            .expect_err("zero");
+        let e =
+            Config::load(None, env(&[("MAILFLEET_SMTP__MAX_RECIPIENTS", "0")])).expect_err("zero");
         assert!(e.to_string().contains("smtp.max_recipients"), "{e}");
     }
 

@@ -1,6 +1,8 @@
 //! Passwords: argon2id hashing and the policy applied when a password is set.
 
-use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{
+    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+};
 use argon2::Argon2;
 
 /// Shortest password accepted, whatever its strength score.
@@ -80,7 +82,10 @@ mod tests {
 
     #[test]
     fn policy() {
-        assert_eq!(check_password_policy("short", &[]), Err(PasswordError::TooShort));
+        assert_eq!(
+            check_password_policy("short", &[]),
+            Err(PasswordError::TooShort)
+        );
         assert!(matches!(
             check_password_policy("password123", &[]),
             Err(PasswordError::Weak(_))

@@ -66,8 +66,8 @@ pub fn generate_self_signed(hostname: &str, cert: &Path, key: &Path) -> Result<(
     if hostname != "localhost" {
         names.push("localhost".into());
     }
-    let generated = rcgen::generate_simple_self_signed(names)
-        .map_err(|e| TlsError::Generate(e.to_string()))?;
+    let generated =
+        rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Generate(e.to_string()))?;
     if let Some(dir) = cert.parent() {
         std::fs::create_dir_all(dir).map_err(|e| TlsError::Generate(e.to_string()))?;
     }
@@ -181,7 +181,9 @@ impl ReloadingResolver {
                         tracing::info!(cert = %self.source.cert.display(), "TLS certificate reloaded");
                         last = now;
                     }
-                    Err(e) => tracing::warn!(error = %e, "TLS certificate reload failed; keeping the previous one"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "TLS certificate reload failed; keeping the previous one")
+                    }
                 }
             }
         }

@@ -231,7 +231,10 @@ pub async fn user(config: &Config, cmd: UserCmd, json_out: bool) -> anyhow::Resu
                     .collect();
                 println!("{}", serde_json::Value::Array(v));
             } else {
-                println!("{:<40} {:>12} {:>12} {:>8}", "ADDRESS", "USED", "QUOTA", "MESSAGES");
+                println!(
+                    "{:<40} {:>12} {:>12} {:>8}",
+                    "ADDRESS", "USED", "QUOTA", "MESSAGES"
+                );
                 for a in accounts {
                     let quota = if a.quota_bytes == 0 {
                         "unlimited".to_string()
@@ -338,7 +341,10 @@ pub async fn alias(config: &Config, cmd: AliasCmd, json_out: bool) -> anyhow::Re
     Ok(())
 }
 
-async fn account_id(stores: &Stores, address: &str) -> anyhow::Result<mailfleet_storage::AccountId> {
+async fn account_id(
+    stores: &Stores,
+    address: &str,
+) -> anyhow::Result<mailfleet_storage::AccountId> {
     let addr = parse_address(address)?;
     Ok(stores
         .meta
@@ -365,7 +371,10 @@ pub async fn mailbox(config: &Config, cmd: MailboxCmd, json_out: bool) -> anyhow
                     .collect();
                 println!("{}", serde_json::Value::Array(v));
             } else {
-                println!("{:<24} {:>12} {:>10} {:>10}", "MAILBOX", "UIDVALIDITY", "UIDNEXT", "MESSAGES");
+                println!(
+                    "{:<24} {:>12} {:>10} {:>10}",
+                    "MAILBOX", "UIDVALIDITY", "UIDNEXT", "MESSAGES"
+                );
                 for b in boxes {
                     println!(
                         "{:<24} {:>12} {:>10} {:>10}",
@@ -409,7 +418,10 @@ pub async fn message(config: &Config, cmd: MessageCmd, json_out: bool) -> anyhow
             } else {
                 println!("{:>8} {:>10} {:>10} BLOB", "UID", "MODSEQ", "SIZE");
                 for m in rows {
-                    println!("{:>8} {:>10} {:>10} {}", m.uid.0, m.modseq.0, m.size, m.blob);
+                    println!(
+                        "{:>8} {:>10} {:>10} {}",
+                        m.uid.0, m.modseq.0, m.size, m.blob
+                    );
                 }
             }
         }

@@ -19,7 +19,11 @@ use mailfleet_core::config::Config;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(name = "mailfleet", version, about = "Mailfleet mail server and admin tool")]
+#[command(
+    name = "mailfleet",
+    version,
+    about = "Mailfleet mail server and admin tool"
+)]
 struct Cli {
     /// Configuration file (TOML). Without one, embedded defaults apply.
     #[arg(long, short, global = true, env = "MAILFLEET_CONFIG")]

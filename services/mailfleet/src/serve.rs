@@ -87,7 +87,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             session: session.clone(),
             limits,
             pipeline: pipeline.clone(),
-            tls: Some(acceptor.clone()).filter(|_| kind == ListenerKind::ImplicitTls || smtp.starttls),
+            tls: Some(acceptor.clone())
+                .filter(|_| kind == ListenerKind::ImplicitTls || smtp.starttls),
             max_connections: smtp.max_connections,
             shutdown: shutdown.clone(),
             grace,
@@ -103,7 +104,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
 
     wait_for_signal().await;
-    tracing::info!(grace_secs = grace.as_secs(), "shutting down: no new connections");
+    tracing::info!(
+        grace_secs = grace.as_secs(),
+        "shutting down: no new connections"
+    );
     controller.trigger();
     for t in tasks {
         let _ = t.await;

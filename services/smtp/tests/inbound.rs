@@ -25,7 +25,11 @@ impl Harness {
     async fn with(tweak: impl FnOnce(&mut SessionConfig, &mut ConnLimits)) -> Self {
         let dir = tempfile::tempdir().expect("tmp");
         let stores = mailfleet_storage::embedded::open(dir.path(), 64).expect("stores");
-        stores.meta.create_domain("example.test").await.expect("domain");
+        stores
+            .meta
+            .create_domain("example.test")
+            .await
+            .expect("domain");
         for u in ["alice", "bob"] {
             stores
                 .meta
@@ -188,7 +192,10 @@ async fn ehlo_advertises_extensions() {
     ] {
         assert!(lines.contains(ext), "missing {ext}: {lines}");
     }
-    assert!(!lines.contains("STARTTLS"), "no STARTTLS without a certificate");
+    assert!(
+        !lines.contains("STARTTLS"),
+        "no STARTTLS without a certificate"
+    );
     assert!(c.cmd("HELP").await.starts_with("214"));
     assert!(c.cmd("NOOP").await.starts_with("250 2.0.0"));
     assert!(c.cmd("VRFY alice").await.starts_with("252"));
@@ -217,8 +224,12 @@ RCPT TO:<sales@example.test>\r\nDATA\r\n",
     assert_eq!(bob.len(), 1);
     assert_eq!(alice[0], bob[0], "one stored body for every recipient");
     let text = String::from_utf8(alice[0].clone()).expect("utf8");
-    assert!(text.starts_with("Return-Path: <s@remote.test>\r\nReceived: from client.test ([192.0.2.7])"));
-    assert!(text.ends_with("Subject: hi\r\n\r\n.dot\r\nbody\r\n"), "{text}");
+    assert!(text
+        .starts_with("Return-Path: <s@remote.test>\r\nReceived: from client.test ([192.0.2.7])"));
+    assert!(
+        text.ends_with("Subject: hi\r\n\r\n.dot\r\nbody\r\n"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,20 +239,47 @@ async fn sequencing_and_recipient_errors() {
     c.line().await;
     assert!(c.cmd("MAIL FROM:<a@b.test>").await.starts_with("503 5.5.1"));
     assert!(c.cmd("EHLO x").await.starts_with("250"));
-    assert!(c.cmd("RCPT TO:<alice@example.test>").await.starts_with("503 5.5.1"));
+    assert!(c
+        .cmd("RCPT TO:<alice@example.test>")
+        .await
+        .starts_with("503 5.5.1"));
     assert!(c.cmd("DATA").await.starts_with("503 5.5.1"));
     assert!(c.cmd("MAIL FROM:<>").await.starts_with("250 2.1.0"));
     assert!(c.cmd("MAIL FROM:<>").await.starts_with("503 5.5.1"));
-    assert!(c.cmd("RCPT TO:<nobody@example.test>").await.starts_with("550 5.1.1"));
-    assert!(c.cmd("RCPT TO:<victim@elsewhere.test>").await.starts_with("554 5.7.1"));
+    assert!(c
+        .cmd("RCPT TO:<nobody@example.test>")
+        .await
+        .starts_with("550 5.1.1"));
+    assert!(c
+        .cmd("RCPT TO:<victim@elsewhere.test>")
+        .await
+        .starts_with("554 5.7.1"));
     assert!(c.cmd("DATA").await.starts_with("554 5.5.1"));
-    assert!(c.cmd("RCPT TO:<alice+news@example.test>").await.starts_with("250"));
+    assert!(c
+        .cmd("RCPT TO:<alice+news@example.test>")
+        .await
+        .starts_with("250"));
     assert!(c.cmd("RSET").await.starts_with("250"));
-    assert!(c.cmd("RCPT TO:<alice@example.test>").await.starts_with("503"));
-    assert!(c.cmd("MAIL FROM:<a@b.test> SIZE=99999999").await.starts_with("552 5.3.4"));
-    assert!(c.cmd("MAIL FROM:<a@b.test> RET=HDRS").await.starts_with("555 5.5.4"));
-    assert!(c.cmd("MAIL FROM:<jörg@b.test>").await.starts_with("553 5.6.7"));
-    assert!(c.cmd("MAIL FROM:<jörg@b.test> SMTPUTF8").await.starts_with("250"));
+    assert!(c
+        .cmd("RCPT TO:<alice@example.test>")
+        .await
+        .starts_with("503"));
+    assert!(c
+        .cmd("MAIL FROM:<a@b.test> SIZE=99999999")
+        .await
+        .starts_with("552 5.3.4"));
+    assert!(c
+        .cmd("MAIL FROM:<a@b.test> RET=HDRS")
+        .await
+        .starts_with("555 5.5.4"));
+    assert!(c
+        .cmd("MAIL FROM:<jörg@b.test>")
+        .await
+        .starts_with("553 5.6.7"));
+    assert!(c
+        .cmd("MAIL FROM:<jörg@b.test> SMTPUTF8")
+        .await
+        .starts_with("250"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -254,8 +292,14 @@ async fn plus_addressing_and_catch_all() {
         .expect("catch-all");
     let (mut c, _t) = greet(&h).await;
     assert!(c.cmd("MAIL FROM:<s@remote.test>").await.starts_with("250"));
-    assert!(c.cmd("RCPT TO:<alice+lists@example.test>").await.starts_with("250"));
-    assert!(c.cmd("RCPT TO:<anything@example.test>").await.starts_with("250"));
+    assert!(c
+        .cmd("RCPT TO:<alice+lists@example.test>")
+        .await
+        .starts_with("250"));
+    assert!(c
+        .cmd("RCPT TO:<anything@example.test>")
+        .await
+        .starts_with("250"));
     assert!(c.cmd("DATA").await.starts_with("354"));
     c.send(b"Subject: x\r\n\r\nx\r\n.\r\n").await;
     assert!(c.line().await.starts_with("250"));
@@ -269,19 +313,15 @@ async fn plus_addressing_and_catch_all() {
 async fn smuggling_sequences_cannot_inject_a_second_message() {
     let h = Harness::new().await;
     let variants: [&[u8]; 8] = [
-        b"\n.\n",
-        b"\r.\r",
-        b"\n.\r\n",
-        b"\r\n.\n",
-        b"\r.\r\n",
-        b"\r\n.\r",
-        b"\n.\r",
-        b"\r.\n",
+        b"\n.\n", b"\r.\r", b"\n.\r\n", b"\r\n.\n", b"\r.\r\n", b"\r\n.\r", b"\n.\r", b"\r.\n",
     ];
     for (i, seq) in variants.iter().enumerate() {
         let (mut c, _t) = greet(&h).await;
         assert!(c.cmd("MAIL FROM:<s@remote.test>").await.starts_with("250"));
-        assert!(c.cmd("RCPT TO:<alice@example.test>").await.starts_with("250"));
+        assert!(c
+            .cmd("RCPT TO:<alice@example.test>")
+            .await
+            .starts_with("250"));
         assert!(c.cmd("DATA").await.starts_with("354"));
         let mut msg = format!("Subject: variant {i}\r\n\r\nhello").into_bytes();
         msg.extend_from_slice(seq);
@@ -293,10 +333,16 @@ Subject: smuggled\r\n\r\nevil\r\n.\r\n",
         let reply = c.line().await;
         assert!(reply.starts_with("250 2.0.0"), "variant {i}: {reply}");
         // Nothing more is pending: a second transaction would have produced more replies.
-        assert!(c.cmd("NOOP").await.starts_with("250 2.0.0 OK"), "variant {i}");
+        assert!(
+            c.cmd("NOOP").await.starts_with("250 2.0.0 OK"),
+            "variant {i}"
+        );
         c.cmd("QUIT").await;
     }
-    assert!(h.inbox("bob@example.test").await.is_empty(), "nothing smuggled to bob");
+    assert!(
+        h.inbox("bob@example.test").await.is_empty(),
+        "nothing smuggled to bob"
+    );
     let stored = h.inbox("alice@example.test").await;
     assert_eq!(stored.len(), variants.len());
     for m in stored {
@@ -339,7 +385,10 @@ async fn oversized_message_is_refused_after_draining() {
     let h = Harness::with(|cfg, _| cfg.max_message_size = 64 * 1024).await;
     let (mut c, _t) = greet(&h).await;
     assert!(c.cmd("MAIL FROM:<s@remote.test>").await.starts_with("250"));
-    assert!(c.cmd("RCPT TO:<alice@example.test>").await.starts_with("250"));
+    assert!(c
+        .cmd("RCPT TO:<alice@example.test>")
+        .await
+        .starts_with("250"));
     assert!(c.cmd("DATA").await.starts_with("354"));
     let mut body = b"Subject: big\r\n\r\n".to_vec();
     body.extend(std::iter::repeat_n(b'x', 200 * 1024));
@@ -405,7 +454,11 @@ async fn five_thousand_recipients_are_capped() {
     assert!(reader.cmd("DATA").await.starts_with("354"));
     reader.send(b"Subject: many\r\n\r\nx\r\n.\r\n").await;
     assert!(reader.line().await.starts_with("250"));
-    assert_eq!(h.inbox("alice@example.test").await.len(), 1, "one copy for one account");
+    assert_eq!(
+        h.inbox("alice@example.test").await.len(),
+        1,
+        "one copy for one account"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -430,7 +483,10 @@ async fn garbage_and_unknown_commands_end_in_a_clean_close() {
     while let Some(r) = c.reply().await {
         last = r.last().expect("line").clone();
     }
-    assert!(last.starts_with("421 4.7.0"), "closed with 421 after too many errors: {last}");
+    assert!(
+        last.starts_with("421 4.7.0"),
+        "closed with 421 after too many errors: {last}"
+    );
     t.await.expect("no panic").expect("clean end");
 }
 
@@ -451,7 +507,10 @@ async fn bdat_chunks() {
     c.send(b"BDAT 9 LAST\r\n\r\n.body\r\n").await;
     assert!(c.line().await.starts_with("250 2.0.0 Ok: queued"));
     let inbox = h.inbox("bob@example.test").await;
-    assert!(inbox[0].ends_with(b"Subject: chunky\r\n\r\n.body\r\n"), "no dot-unstuffing in BDAT");
+    assert!(
+        inbox[0].ends_with(b"Subject: chunky\r\n\r\n.body\r\n"),
+        "no dot-unstuffing in BDAT"
+    );
 
     // Too big: every chunk is read and refused, then the session goes on.
     assert!(c.cmd("MAIL FROM:<s@remote.test>").await.starts_with("250"));
@@ -475,8 +534,14 @@ async fn quota_full_and_too_big() {
         .await
         .expect("quota");
     let (mut c, _t) = greet(&h).await;
-    assert!(c.cmd("MAIL FROM:<s@remote.test> SIZE=5000").await.starts_with("250"));
-    assert!(c.cmd("RCPT TO:<bob@example.test>").await.starts_with("552 5.2.2"));
+    assert!(c
+        .cmd("MAIL FROM:<s@remote.test> SIZE=5000")
+        .await
+        .starts_with("250"));
+    assert!(c
+        .cmd("RCPT TO:<bob@example.test>")
+        .await
+        .starts_with("552 5.2.2"));
     assert!(c.cmd("RSET").await.starts_with("250"));
     assert!(c.cmd("MAIL FROM:<s@remote.test>").await.starts_with("250"));
     assert!(c.cmd("RCPT TO:<bob@example.test>").await.starts_with("250"));
@@ -485,18 +550,41 @@ async fn quota_full_and_too_big() {
     body.extend(std::iter::repeat_n(b'z', 2000));
     body.extend_from_slice(b"\r\n.\r\n");
     c.send(&body).await;
-    assert!(c.line().await.starts_with("552 5.2.2"), "single recipient over quota");
+    assert!(
+        c.line().await.starts_with("552 5.2.2"),
+        "single recipient over quota"
+    );
     // Fill the mailbox exactly, then RCPT says 452 (temporary: it may be emptied).
-    h.stores.meta.set_quota("bob@example.test", 1).await.expect("quota");
+    h.stores
+        .meta
+        .set_quota("bob@example.test", 1)
+        .await
+        .expect("quota");
     assert!(c.cmd("MAIL FROM:<s@remote.test>").await.starts_with("250"));
-    assert!(c.cmd("RCPT TO:<alice@example.test>").await.starts_with("250"));
+    assert!(c
+        .cmd("RCPT TO:<alice@example.test>")
+        .await
+        .starts_with("250"));
     assert!(c.cmd("DATA").await.starts_with("354"));
     c.send(b"Subject: a\r\n\r\nx\r\n.\r\n").await;
     assert!(c.line().await.starts_with("250"));
-    let a = h.stores.meta.get_account("alice@example.test").await.expect("get").expect("a");
-    h.stores.meta.set_quota("alice@example.test", a.used_bytes).await.expect("quota");
+    let a = h
+        .stores
+        .meta
+        .get_account("alice@example.test")
+        .await
+        .expect("get")
+        .expect("a");
+    h.stores
+        .meta
+        .set_quota("alice@example.test", a.used_bytes)
+        .await
+        .expect("quota");
     assert!(c.cmd("MAIL FROM:<s@remote.test>").await.starts_with("250"));
-    assert!(c.cmd("RCPT TO:<alice@example.test>").await.starts_with("452 4.2.2"));
+    assert!(c
+        .cmd("RCPT TO:<alice@example.test>")
+        .await
+        .starts_with("452 4.2.2"));
 }
 
 #[tokio::test(start_paused = true)]
@@ -516,12 +604,18 @@ async fn stall_inside_data_drops_the_message() {
     let h = Harness::new().await;
     let (mut c, t) = greet(&h).await;
     assert!(c.cmd("MAIL FROM:<s@remote.test>").await.starts_with("250"));
-    assert!(c.cmd("RCPT TO:<alice@example.test>").await.starts_with("250"));
+    assert!(c
+        .cmd("RCPT TO:<alice@example.test>")
+        .await
+        .starts_with("250"));
     assert!(c.cmd("DATA").await.starts_with("354"));
     c.send(b"Subject: half\r\n\r\npartial").await;
     assert!(c.line().await.starts_with("421 4.4.2"));
     t.await.expect("no panic").expect("clean end");
-    assert!(h.inbox("alice@example.test").await.is_empty(), "no partial message");
+    assert!(
+        h.inbox("alice@example.test").await.is_empty(),
+        "no partial message"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -529,7 +623,10 @@ async fn mail_loop_is_refused() {
     let h = Harness::new().await;
     let (mut c, _t) = greet(&h).await;
     assert!(c.cmd("MAIL FROM:<s@remote.test>").await.starts_with("250"));
-    assert!(c.cmd("RCPT TO:<alice@example.test>").await.starts_with("250"));
+    assert!(c
+        .cmd("RCPT TO:<alice@example.test>")
+        .await
+        .starts_with("250"));
     assert!(c.cmd("DATA").await.starts_with("354"));
     let mut msg = Vec::new();
     for i in 0..51 {

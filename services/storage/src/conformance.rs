@@ -19,7 +19,10 @@ fn unique(prefix: &str) -> String {
 
 /// Puts, gets, ranges, dedup and deletes.
 pub async fn blob_store(store: &dyn BlobStore) {
-    let data = Bytes::from(format!("Subject: conformance {}\r\n\r\nbody\r\n", unique("")));
+    let data = Bytes::from(format!(
+        "Subject: conformance {}\r\n\r\nbody\r\n",
+        unique("")
+    ));
     let id = store.put(data.clone()).await.expect("put");
     assert_eq!(id, BlobId::of(&data), "blob ids are content addresses");
     assert_eq!(store.get(&id).await.expect("get"), data);
@@ -32,7 +35,10 @@ pub async fn blob_store(store: &dyn BlobStore) {
         data.slice(0..7)
     );
     assert_eq!(
-        store.get_range(&id, 9..10_000).await.expect("range past end"),
+        store
+            .get_range(&id, 9..10_000)
+            .await
+            .expect("range past end"),
         data.slice(9..),
         "ranges are clamped to the blob"
     );
@@ -103,7 +109,10 @@ pub async fn metadata_store(meta: &dyn MetadataStore) {
     assert_eq!(inbox.uid_next, Uid(1));
     assert!(inbox.uid_validity > 0);
     assert_eq!(
-        meta.get_account_by_id(a.id).await.expect("by id").map(|x| x.address),
+        meta.get_account_by_id(a.id)
+            .await
+            .expect("by id")
+            .map(|x| x.address),
         Some(alice.clone())
     );
     meta.set_password_hash(&alice, "$argon2id$new")
@@ -132,27 +141,38 @@ pub async fn metadata_store(meta: &dyn MetadataStore) {
         meta.create_alias(&sales, &alice).await,
         Err(StoreError::Conflict(_))
     ));
-    assert!(matches!(
-        meta.create_alias(&alice, &sales).await,
-        Err(StoreError::Conflict(_))
-    ), "an address is an account or an alias, not both");
+    assert!(
+        matches!(
+            meta.create_alias(&alice, &sales).await,
+            Err(StoreError::Conflict(_))
+        ),
+        "an address is an account or an alias, not both"
+    );
     assert_eq!(meta.alias_targets(&sales).await.expect("targets").len(), 2);
     meta.create_alias(&format!("@{domain}"), &alice)
         .await
         .expect("catch-all");
     assert_eq!(
-        meta.alias_targets(&format!("@{domain}")).await.expect("catch-all targets"),
+        meta.alias_targets(&format!("@{domain}"))
+            .await
+            .expect("catch-all targets"),
         vec![alice.clone()]
     );
-    assert_eq!(meta.list_aliases(Some(&domain)).await.expect("list").len(), 3);
+    assert_eq!(
+        meta.list_aliases(Some(&domain)).await.expect("list").len(),
+        3
+    );
     meta.delete_alias(&sales, Some(&format!("bob@{other}")))
         .await
         .expect("delete one target");
     assert_eq!(meta.alias_targets(&sales).await.expect("targets").len(), 1);
-    assert!(matches!(
-        meta.delete_domain(&domain).await,
-        Err(StoreError::Conflict(_))
-    ), "a domain with accounts cannot be deleted");
+    assert!(
+        matches!(
+            meta.delete_domain(&domain).await,
+            Err(StoreError::Conflict(_))
+        ),
+        "a domain with accounts cannot be deleted"
+    );
 
     // Appends: strictly increasing UIDs and MODSEQs, shared blobs counted.
     let blob = BlobId::of(b"conformance message");
@@ -184,7 +204,11 @@ pub async fn metadata_store(meta: &dyn MetadataStore) {
     assert_eq!(inbox_now.uid_next, Uid(4));
     assert_eq!(inbox_now.message_count, 3);
     assert_eq!(inbox_now.highest_modseq, third[0].modseq);
-    let acct = meta.get_account(&alice).await.expect("get").expect("exists");
+    let acct = meta
+        .get_account(&alice)
+        .await
+        .expect("get")
+        .expect("exists");
     assert_eq!(acct.used_bytes, 300);
     assert_eq!(acct.message_count, 3);
 
@@ -250,18 +274,22 @@ pub async fn metadata_store(meta: &dyn MetadataStore) {
         .await
         .expect("changes");
     assert_eq!(
-        changes
-            .iter()
-            .map(|c| (c.uid, c.kind))
-            .collect::<Vec<_>>(),
-        [(Uid(2), ChangeKind::Expunged), (Uid(3), ChangeKind::Expunged)]
+        changes.iter().map(|c| (c.uid, c.kind)).collect::<Vec<_>>(),
+        [
+            (Uid(2), ChangeKind::Expunged),
+            (Uid(3), ChangeKind::Expunged)
+        ]
     );
     let next = meta
         .append(vec![msg(inbox.id)], QuotaPolicy::Enforce)
         .await
         .expect("append after expunge");
     assert_eq!(next[0].uid, Uid(4), "UIDs are never reused");
-    let acct = meta.get_account(&alice).await.expect("get").expect("exists");
+    let acct = meta
+        .get_account(&alice)
+        .await
+        .expect("get")
+        .expect("exists");
     assert_eq!(acct.used_bytes, 200);
 
     // Quota.
@@ -270,12 +298,24 @@ pub async fn metadata_store(meta: &dyn MetadataStore) {
         meta.append(vec![msg(inbox.id)], QuotaPolicy::Enforce).await,
         Err(StoreError::QuotaExceeded(_))
     ));
-    let unchanged = meta.get_mailbox(a.id, "INBOX").await.expect("get").expect("exists");
-    assert_eq!(unchanged.uid_next, Uid(5), "a refused append allocates nothing");
+    let unchanged = meta
+        .get_mailbox(a.id, "INBOX")
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(
+        unchanged.uid_next,
+        Uid(5),
+        "a refused append allocates nothing"
+    );
     meta.append(vec![msg(inbox.id)], QuotaPolicy::Allow)
         .await
         .expect("delivery may overshoot");
-    let acct = meta.get_account(&alice).await.expect("get").expect("exists");
+    let acct = meta
+        .get_account(&alice)
+        .await
+        .expect("get")
+        .expect("exists");
     assert_eq!(acct.used_bytes, 300);
 
     // Mailboxes: create, rename, delete.
@@ -419,7 +459,10 @@ pub async fn coordinator(coord: &dyn Coordinator) {
         .renew_lease(&l1, Duration::from_secs(1))
         .await
         .expect("renew"));
-    coord.release_lease(&l1).await.expect("stale release is a no-op");
+    coord
+        .release_lease(&l1)
+        .await
+        .expect("stale release is a no-op");
     assert!(coord
         .acquire_lease(&key, "node-c", Duration::from_secs(5))
         .await

@@ -50,8 +50,10 @@ impl BlobId {
 
     /// Accepts only 64 lowercase hex characters, so an id can be used in a path or key.
     pub fn parse(s: &str) -> Option<Self> {
-        (s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-            .then(|| BlobId(s.to_string()))
+        (s.len() == 64
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        .then(|| BlobId(s.to_string()))
     }
 
     pub fn as_str(&self) -> &str {

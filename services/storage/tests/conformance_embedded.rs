@@ -81,7 +81,9 @@ async fn sqlite_survives_reopen_and_gc_deletes_orphans() {
     // Within the grace period nothing is deleted.
     let now = 2_000_000_000;
     assert_eq!(
-        blob::gc::collect(&meta, &blobs, 0, 3600, 100).await.expect("gc"),
+        blob::gc::collect(&meta, &blobs, 0, 3600, 100)
+            .await
+            .expect("gc"),
         0
     );
     assert!(blobs.exists(&id).await.expect("exists"));

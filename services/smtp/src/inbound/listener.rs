@@ -89,7 +89,12 @@ impl Listener {
                 drop(_enter);
                 let result = match (kind, tls) {
                     (ListenerKind::ImplicitTls, Some(acceptor)) => {
-                        match tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(stream)).await {
+                        match tokio::time::timeout(
+                            limits.tls_handshake_timeout,
+                            acceptor.accept(stream),
+                        )
+                        .await
+                        {
                             Ok(Ok(tls_stream)) => {
                                 let mut session = session;
                                 session.set_tls(super::conn::describe_tls(tls_stream.get_ref().1));
@@ -114,7 +119,10 @@ impl Listener {
             });
         }
         drop(done_tx);
-        if tokio::time::timeout(self.grace, done_rx.recv()).await.is_err() {
+        if tokio::time::timeout(self.grace, done_rx.recv())
+            .await
+            .is_err()
+        {
             tracing::warn!("grace period over; remaining SMTP sessions are dropped");
         }
     }

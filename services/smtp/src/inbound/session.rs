@@ -163,7 +163,11 @@ impl Session {
             Err(CommandError::Unrecognized) => return self.error(Reply::unrecognized()),
             Err(CommandError::Syntax(why)) => return self.error(Reply::syntax(why)),
             Err(CommandError::BadAddress(why)) => {
-                return self.error(Reply::new(553, "5.1.3", format!("Bad address syntax: {why}")))
+                return self.error(Reply::new(
+                    553,
+                    "5.1.3",
+                    format!("Bad address syntax: {why}"),
+                ))
             }
             Err(CommandError::UnsupportedParam(p)) => {
                 return self.error(Reply::new(
@@ -209,7 +213,10 @@ impl Session {
         } else {
             Greeting::Helo
         };
-        let first = format!("{} Hello {} [{}]", self.cfg.hostname, self.helo, self.remote_ip);
+        let first = format!(
+            "{} Hello {} [{}]",
+            self.cfg.hostname, self.helo, self.remote_ip
+        );
         if !extended {
             return Response::one(Reply::new(250, "", first));
         }
@@ -306,11 +313,12 @@ impl Session {
         }
         let addr = match path {
             Path::Address(a) => a,
-            Path::Postmaster => match Address::parse(&format!("postmaster@{}", self.cfg.hostname))
-            {
-                Ok(a) => a,
-                Err(_) => return self.error(Reply::new(550, "5.1.1", "No postmaster here")),
-            },
+            Path::Postmaster => {
+                match Address::parse(&format!("postmaster@{}", self.cfg.hostname)) {
+                    Ok(a) => a,
+                    Err(_) => return self.error(Reply::new(550, "5.1.1", "No postmaster here")),
+                }
+            }
             Path::Null => return self.error(Reply::syntax("empty recipient")),
         };
         if addr.is_utf8() && !tx.params.smtputf8 {
@@ -344,12 +352,18 @@ impl Session {
             RcptVerdict::UnknownUser => self.error(Reply::new(
                 550,
                 "5.1.1",
-                format!("<{}>: Recipient address rejected: User unknown", truncate(&addr.to_string(), 256)),
+                format!(
+                    "<{}>: Recipient address rejected: User unknown",
+                    truncate(&addr.to_string(), 256)
+                ),
             )),
             RcptVerdict::RelayDenied => self.error(Reply::new(
                 554,
                 "5.7.1",
-                format!("<{}>: Relay access denied", truncate(&addr.to_string(), 256)),
+                format!(
+                    "<{}>: Relay access denied",
+                    truncate(&addr.to_string(), 256)
+                ),
             )),
             RcptVerdict::MailboxFull => {
                 Response::one(Reply::new(452, "4.2.2", "Mailbox full, try again later"))

@@ -3,5 +3,5 @@
 pub mod deliver;
 pub mod resolve;
 
-pub use deliver::{deliver, DeliveryError, Delivered};
-pub use resolve::{resolve, Resolution, Recipient};
+pub use deliver::{deliver, Delivered, DeliveryError};
+pub use resolve::{resolve, Recipient, Resolution};

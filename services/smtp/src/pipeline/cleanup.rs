@@ -85,7 +85,10 @@ pub fn trace_headers(return_path: &str, t: &TraceInfo<'_>) -> Vec<u8> {
     if let Some(r) = &t.for_rcpt {
         h.push_str(&format!("\r\n\tfor <{r}>"));
     }
-    h.push_str(&format!("; {}\r\n", t.date.format("%a, %d %b %Y %H:%M:%S +0000")));
+    h.push_str(&format!(
+        "; {}\r\n",
+        t.date.format("%a, %d %b %Y %H:%M:%S +0000")
+    ));
     h.into_bytes()
 }
 
@@ -95,7 +98,10 @@ mod tests {
 
     #[test]
     fn normalizes() {
-        assert_eq!(normalize_line_endings(b"a\nb\rc\r\nd"), b"a\r\nb\r\nc\r\nd\r\n");
+        assert_eq!(
+            normalize_line_endings(b"a\nb\rc\r\nd"),
+            b"a\r\nb\r\nc\r\nd\r\n"
+        );
         assert_eq!(normalize_line_endings(b"a\r\n"), b"a\r\n");
         assert_eq!(normalize_line_endings(b""), b"");
         assert_eq!(normalize_line_endings(b"\r\r\n"), b"\r\n\r\n");
@@ -121,7 +127,10 @@ mod tests {
         };
         let h = String::from_utf8(trace_headers("s@x", &t)).expect("utf8");
         assert!(h.starts_with("Return-Path: <s@x>\r\nReceived: from client.example"));
-        assert!(!h.contains("X-Injected: 1\r\n"), "no header injection via HELO");
+        assert!(
+            !h.contains("X-Injected: 1\r\n"),
+            "no header injection via HELO"
+        );
         assert!(h.ends_with("; Thu, 01 Jan 1970 00:00:00 +0000\r\n"));
     }
 }

@@ -185,7 +185,10 @@ mod tests {
 
     #[test]
     fn simple_message_and_unstuffing() {
-        assert_eq!(complete(b"Subject: x\r\n\r\nhi\r\n.\r\n"), b"Subject: x\r\n\r\nhi\r\n");
+        assert_eq!(
+            complete(b"Subject: x\r\n\r\nhi\r\n.\r\n"),
+            b"Subject: x\r\n\r\nhi\r\n"
+        );
         assert_eq!(complete(b"..leading\r\n.\r\n"), b".leading\r\n");
         assert_eq!(complete(b".\r\n"), b"", "empty message");
         assert_eq!(complete(b"a\r\n..\r\n.\r\n"), b"a\r\n.\r\n");

@@ -37,7 +37,9 @@ impl FsBlobStore {
     }
 
     fn put_blocking(root: &Path, path: &Path, data: &[u8]) -> StoreResult<()> {
-        let dir = path.parent().ok_or_else(|| StoreError::Invalid("blob path".into()))?;
+        let dir = path
+            .parent()
+            .ok_or_else(|| StoreError::Invalid("blob path".into()))?;
         if path.exists() {
             // Same id, same bytes: refresh the mtime so a pending GC sweep skips it.
             let f = OpenOptions::new().append(true).open(path)?;
@@ -45,9 +47,9 @@ impl FsBlobStore {
             return Ok(());
         }
         fs::create_dir_all(dir)?;
-        let tmp = root
-            .join("tmp")
-            .join(format!("{}.{}", rand::random::<u64>(), std::process::id()));
+        let tmp =
+            root.join("tmp")
+                .join(format!("{}.{}", rand::random::<u64>(), std::process::id()));
         let result = (|| {
             let mut f = File::create(&tmp)?;
             f.write_all(data)?;

@@ -67,8 +67,12 @@ pub trait Coordinator: Send + Sync + 'static {
     async fn publish(&self, event: MailboxEvent) -> StoreResult<()>;
     async fn subscribe(&self, account: AccountId) -> StoreResult<Subscription>;
     /// Grants the lease if free or expired; `None` while someone else holds it.
-    async fn acquire_lease(&self, key: &str, holder: &str, ttl: Duration)
-        -> StoreResult<Option<Lease>>;
+    async fn acquire_lease(
+        &self,
+        key: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> StoreResult<Option<Lease>>;
     /// Extends a lease still held; false when it was lost.
     async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> StoreResult<bool>;
     async fn release_lease(&self, lease: &Lease) -> StoreResult<()>;

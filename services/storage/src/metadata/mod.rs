@@ -74,16 +74,23 @@ pub trait MetadataStore: Send + Sync + 'static {
     ) -> StoreResult<Mailbox>;
     async fn get_mailbox(&self, account: AccountId, name: &str) -> StoreResult<Option<Mailbox>>;
     async fn list_mailboxes(&self, account: AccountId) -> StoreResult<Vec<Mailbox>>;
-    async fn rename_mailbox(&self, account: AccountId, id: MailboxId, new_name: &str)
-        -> StoreResult<()>;
+    async fn rename_mailbox(
+        &self,
+        account: AccountId,
+        id: MailboxId,
+        new_name: &str,
+    ) -> StoreResult<()>;
     /// Deletes the mailbox and its messages; returns blobs left unreferenced.
     async fn delete_mailbox(&self, account: AccountId, id: MailboxId) -> StoreResult<Vec<BlobId>>;
 
     // ---- messages ----
     /// Appends every message in one transaction; each gets the next UID and a new MODSEQ of
     /// its mailbox. Returns the assignments in input order.
-    async fn append(&self, messages: Vec<NewMessage>, quota: QuotaPolicy)
-        -> StoreResult<Vec<Appended>>;
+    async fn append(
+        &self,
+        messages: Vec<NewMessage>,
+        quota: QuotaPolicy,
+    ) -> StoreResult<Vec<Appended>>;
     /// Messages of a mailbox in UID order, starting after `after` (exclusive), at most `limit`.
     async fn list_messages(
         &self,

@@ -231,10 +231,7 @@ impl SqliteMetadataStore {
 impl Drop for SqliteMetadataStore {
     fn drop(&mut self) {
         // Closing the channel lets the writer finish what is queued and exit.
-        self.writer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(h) = self
             .writer_thread
             .lock()
@@ -280,7 +277,9 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, max: usize) {
                 // Run nothing; tell each caller the store is unavailable.
                 let msg = err.to_string();
                 let (_, done) = job_failed(job, msg);
-                done(Err(StoreError::Unavailable("transaction could not start".into())));
+                done(Err(StoreError::Unavailable(
+                    "transaction could not start".into(),
+                )));
             }
             continue;
         }
@@ -559,12 +558,16 @@ impl MetadataStore for SqliteMetadataStore {
     async fn get_domain(&self, name: &str) -> StoreResult<Option<Domain>> {
         let name = name.to_string();
         self.read(move |c| {
-            c.query_row("SELECT id, name FROM domains WHERE name = ?1", [name], |r| {
-                Ok(Domain {
-                    id: DomainId(r.get(0)?),
-                    name: r.get(1)?,
-                })
-            })
+            c.query_row(
+                "SELECT id, name FROM domains WHERE name = ?1",
+                [name],
+                |r| {
+                    Ok(Domain {
+                        id: DomainId(r.get(0)?),
+                        name: r.get(1)?,
+                    })
+                },
+            )
             .optional()
             .map_err(db_err)
         })

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs what the tests need on a fresh Debian machine, then runs every test:
+# formatting, clippy, the Rust unit/integration tests (storage conformance suite included)
+# and the end-to-end tests that drive a real `mailfleet` process with real clients.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# One shared build directory outside the clone, so CI and developers reuse one build.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/mailfleet/target}"
+export CARGO_TERM_COLOR=never
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+echo "== installing test dependencies"
+missing=()
+command -v swaks >/dev/null 2>&1 || missing+=(swaks)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v cc >/dev/null 2>&1 || missing+=(gcc)
+if [ "${#missing[@]}" -gt 0 ]; then
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+python3 -m pip install -q --disable-pip-version-check -r tests/e2e/requirements.txt
+rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "== cargo test"
+cargo test --workspace --locked
+
+echo "== end-to-end tests"
+cargo build -p mailfleet --locked
+export MAILFLEET_BIN="$CARGO_TARGET_DIR/debug/mailfleet"
+python3 -m pytest -q -p no:cacheprovider tests/e2e
