@@ -782,10 +782,7 @@ impl SmtpLoadReport {
         if self.pipelining_requested {
             rows.push((
                 "pipelining".into(),
-                format!(
-                    "{} of {} sessions",
-                    self.pipelined_sessions, self.sessions
-                ),
+                format!("{} of {} sessions", self.pipelined_sessions, self.sessions),
             ));
         }
         rows.push((
@@ -914,7 +911,12 @@ pub async fn run_smtp_load(cfg: SmtpLoadConfig) -> anyhow::Result<SmtpLoadReport
     let mut tasks = tokio::task::JoinSet::new();
     for id in 0..workers {
         let stats = WorkerStats::new()?;
-        tasks.spawn(worker(Arc::clone(&shared), id, addrs[id % addrs.len()], stats));
+        tasks.spawn(worker(
+            Arc::clone(&shared),
+            id,
+            addrs[id % addrs.len()],
+            stats,
+        ));
     }
 
     let mut report = SmtpLoadReport {
@@ -1112,7 +1114,11 @@ async fn session(shared: &Shared, addr: SocketAddr, stats: &mut WorkerStats) -> 
     if let Err(e) = greeting {
         return connection_error(stats, "greeting", e, false);
     }
-    let ehlo = match conn.command(&shared.ehlo_cmd).await.and_then(|r| expect(r, 2)) {
+    let ehlo = match conn
+        .command(&shared.ehlo_cmd)
+        .await
+        .and_then(|r| expect(r, 2))
+    {
         Ok(reply) => reply,
         Err(e) => return connection_error(stats, "ehlo", e, false),
     };
@@ -1425,14 +1431,23 @@ mod tests {
     #[test]
     fn reply_line_variants() {
         let l = parse_reply_line(b"250-PIPELINING\r\n").unwrap();
-        assert_eq!((l.code, l.last, l.text.as_str()), (250, false, "PIPELINING"));
+        assert_eq!(
+            (l.code, l.last, l.text.as_str()),
+            (250, false, "PIPELINING")
+        );
         let l = parse_reply_line(b"354 Go ahead\r\n").unwrap();
         assert_eq!((l.code, l.last, l.text.as_str()), (354, true, "Go ahead"));
         let l = parse_reply_line(b"250\r\n").unwrap();
         assert_eq!((l.code, l.last, l.text.as_str()), (250, true, ""));
         let l = parse_reply_line(b"550 no\n").unwrap();
         assert_eq!((l.code, l.last), (550, true));
-        for bad in [&b"25\r\n"[..], b"abc ok\r\n", b"250xok\r\n", b"150 hm\r\n", b"\r\n"] {
+        for bad in [
+            &b"25\r\n"[..],
+            b"abc ok\r\n",
+            b"250xok\r\n",
+            b"150 hm\r\n",
+            b"\r\n",
+        ] {
             assert!(parse_reply_line(bad).is_err(), "{bad:?} accepted");
         }
     }
@@ -1468,10 +1483,7 @@ mod tests {
         let rejected = replies[2].as_ref().unwrap();
         assert_eq!(rejected.code, 550);
         assert!(!rejected.is_positive());
-        assert_eq!(
-            SmtpError::Rejected(rejected.clone()).failure_key(),
-            "550"
-        );
+        assert_eq!(SmtpError::Rejected(rejected.clone()).failure_key(), "550");
     }
 
     #[tokio::test]

@@ -134,7 +134,10 @@ async fn read_data<R: tokio::io::AsyncBufRead + Unpin>(reader: &mut R) -> String
     let mut line = String::new();
     loop {
         line.clear();
-        assert!(reader.read_line(&mut line).await.unwrap() > 0, "EOF in DATA");
+        assert!(
+            reader.read_line(&mut line).await.unwrap() > 0,
+            "EOF in DATA"
+        );
         assert!(line.ends_with("\r\n"), "bare LF in DATA: {line:?}");
         if line == ".\r\n" {
             return message;
@@ -170,7 +173,11 @@ async fn four_connections_send_eighty_messages() {
 
     let ids = sink.messages();
     assert_eq!(ids.len(), 80);
-    assert_eq!(ids.iter().collect::<HashSet<_>>().len(), 80, "duplicate Message-IDs");
+    assert_eq!(
+        ids.iter().collect::<HashSet<_>>().len(),
+        80,
+        "duplicate Message-IDs"
+    );
     assert_eq!(sink.connections(), 4);
 
     let json = report.to_json();

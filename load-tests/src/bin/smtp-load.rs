@@ -37,7 +37,11 @@ struct Args {
     size: usize,
 
     /// Envelope and header recipient. Repeat for several recipients per message.
-    #[arg(long = "rcpt", value_name = "ADDRESS", default_value = "load@example.test")]
+    #[arg(
+        long = "rcpt",
+        value_name = "ADDRESS",
+        default_value = "load@example.test"
+    )]
     rcpts: Vec<String>,
 
     /// Envelope and header sender.
