@@ -183,6 +183,7 @@ pub async fn metadata_store(meta: &dyn MetadataStore) {
         size: 100,
         internal_date: 1_700_000_000,
         flags: Flags::default(),
+        summary: None,
     };
     let first = meta
         .append(vec![msg(inbox.id), msg(inbox.id)], QuotaPolicy::Enforce)
@@ -318,6 +319,104 @@ pub async fn metadata_store(meta: &dyn MetadataStore) {
         .expect("exists");
     assert_eq!(acct.used_bytes, 300);
 
+    // Usage, summaries.
+    let usage = meta.mailbox_usage(inbox.id).await.expect("usage");
+    assert_eq!(usage.messages, 3);
+    assert_eq!(usage.size, 300);
+    assert_eq!(usage.unseen, 3, "uid 1 lost \\Seen when its flags were replaced");
+    meta.store_flags(inbox.id, &[Uid(4)], FlagOp::Add, &seen)
+        .await
+        .expect("seen");
+    assert_eq!(meta.mailbox_usage(inbox.id).await.expect("usage").unseen, 2);
+    assert!(meta
+        .message_summaries(inbox.id, &[Uid(1)])
+        .await
+        .expect("summaries")
+        .is_empty());
+    meta.set_message_summary(inbox.id, Uid(1), b"{\"s\":1}".to_vec())
+        .await
+        .expect("set summary");
+    assert_eq!(
+        meta.message_summaries(inbox.id, &[Uid(1), Uid(4)])
+            .await
+            .expect("summaries"),
+        vec![(Uid(1), b"{\"s\":1}".to_vec())]
+    );
+
+    // Copy and move keep blob, flags and summary; move is atomic and keeps usage.
+    let archive = meta
+        .get_mailbox(a.id, "Archive")
+        .await
+        .expect("get")
+        .expect("archive");
+    meta.set_quota(&alice, 0).await.expect("unlimited");
+    let before = meta.get_account(&alice).await.expect("get").expect("a");
+    let copied = meta
+        .copy_messages(a.id, inbox.id, &[Uid(4), Uid(1), Uid(77)], archive.id)
+        .await
+        .expect("copy");
+    assert_eq!(
+        copied.iter().map(|c| (c.source_uid, c.dest.uid)).collect::<Vec<_>>(),
+        [(Uid(1), Uid(1)), (Uid(4), Uid(2))],
+        "copies land in source UID order; missing UIDs are skipped"
+    );
+    let copy1 = meta
+        .get_message(archive.id, Uid(1))
+        .await
+        .expect("get")
+        .expect("copied");
+    assert!(copy1.flags.contains("$Label1"));
+    assert_eq!(
+        meta.message_summaries(archive.id, &[Uid(1)])
+            .await
+            .expect("summaries")
+            .len(),
+        1
+    );
+    let after_copy = meta.get_account(&alice).await.expect("get").expect("a");
+    assert_eq!(after_copy.used_bytes, before.used_bytes + 200);
+    let (moved, gone) = meta
+        .move_messages(a.id, archive.id, &[Uid(1), Uid(2)], inbox.id)
+        .await
+        .expect("move");
+    assert_eq!(moved.len(), 2);
+    assert_eq!(gone.uids, [Uid(1), Uid(2)]);
+    assert!(gone.orphaned.is_empty());
+    assert!(moved[0].dest.uid > Uid(5), "moved messages get new UIDs");
+    assert_eq!(
+        meta.get_account(&alice).await.expect("get").expect("a").used_bytes,
+        after_copy.used_bytes,
+        "a move does not change usage"
+    );
+    assert_eq!(
+        meta.get_mailbox(a.id, "Archive")
+            .await
+            .expect("get")
+            .expect("archive")
+            .message_count,
+        0
+    );
+    let arch_changes = meta
+        .changes_since(archive.id, ModSeq(0))
+        .await
+        .expect("changes");
+    assert!(arch_changes.iter().all(|c| c.kind == ChangeKind::Expunged));
+    // Drop the extra copies so the blob accounting below stays simple.
+    let uids: Vec<Uid> = moved.iter().map(|c| c.dest.uid).collect();
+    let gone = meta.expunge(inbox.id, &uids).await.expect("expunge");
+    assert!(gone.orphaned.is_empty());
+
+    // Subscriptions need not name existing mailboxes.
+    meta.subscribe(a.id, "INBOX").await.expect("sub");
+    meta.subscribe(a.id, "Not/Yet").await.expect("sub");
+    meta.subscribe(a.id, "INBOX").await.expect("sub twice");
+    assert_eq!(
+        meta.subscriptions(a.id).await.expect("subs"),
+        ["INBOX", "Not/Yet"]
+    );
+    meta.unsubscribe(a.id, "Not/Yet").await.expect("unsub");
+    assert_eq!(meta.subscriptions(a.id).await.expect("subs"), ["INBOX"]);
+
     // Mailboxes: create, rename, delete.
     let work = meta
         .create_mailbox(a.id, "Work", None)
@@ -390,6 +489,7 @@ pub async fn metadata_concurrent_appends(meta: std::sync::Arc<dyn MetadataStore>
                     size: 10,
                     internal_date: 0,
                     flags: Flags::default(),
+                    summary: None,
                 }],
                 QuotaPolicy::Enforce,
             )

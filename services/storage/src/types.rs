@@ -211,6 +211,27 @@ pub struct NewMessage {
     pub size: u64,
     pub internal_date: i64,
     pub flags: Flags,
+    /// The parsed structure of the message (envelope, MIME tree, section offsets) as
+    /// produced by `mailfleet-mime`, cached so reading headers never re-parses the blob.
+    /// Opaque to storage.
+    pub summary: Option<Vec<u8>>,
+}
+
+/// Counts of a mailbox that are not kept as running totals (IMAP STATUS, JMAP Mailbox).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MailboxUsage {
+    pub messages: u64,
+    /// Messages without `\Seen`.
+    pub unseen: u64,
+    /// Sum of message sizes in octets.
+    pub size: u64,
+}
+
+/// A message copied or moved: its UID in the source and where it landed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Copied {
+    pub source_uid: Uid,
+    pub dest: Appended,
 }
 
 /// Where an appended message landed.

@@ -70,6 +70,7 @@ async fn sqlite_survives_reopen_and_gc_deletes_orphans() {
                 size: 5,
                 internal_date: 0,
                 flags: Flags::default(),
+                summary: None,
             }],
             mailfleet_storage::metadata::QuotaPolicy::Enforce,
         )

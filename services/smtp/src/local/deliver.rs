@@ -56,6 +56,7 @@ pub async fn deliver(
             size,
             internal_date,
             flags: Flags::default(),
+            summary: None,
         })
         .collect();
     let policy = if enforce_quota {

@@ -112,6 +112,41 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// The latest change of every UID changed after `since`, in MODSEQ order.
     async fn changes_since(&self, mailbox: MailboxId, since: ModSeq) -> StoreResult<Vec<Change>>;
 
+    /// Message count, unseen count and total size of a mailbox.
+    async fn mailbox_usage(&self, mailbox: MailboxId) -> StoreResult<MailboxUsage>;
+    /// Cached summaries (see [`NewMessage::summary`]) of the given UIDs that have one.
+    async fn message_summaries(
+        &self,
+        mailbox: MailboxId,
+        uids: &[Uid],
+    ) -> StoreResult<Vec<(Uid, Vec<u8>)>>;
+    /// Stores a summary computed after the fact (messages appended without one).
+    async fn set_message_summary(&self, mailbox: MailboxId, uid: Uid, summary: Vec<u8>)
+        -> StoreResult<()>;
+    /// Copies messages (same blob, flags and summary) to the end of `dest`, in UID order, in
+    /// one transaction. Missing UIDs are skipped. Quota is enforced.
+    async fn copy_messages(
+        &self,
+        account: AccountId,
+        source: MailboxId,
+        uids: &[Uid],
+        dest: MailboxId,
+    ) -> StoreResult<Vec<Copied>>;
+    /// Like [`Self::copy_messages`], then expunges the originals, in one transaction: a
+    /// message is never in both mailboxes or in neither. Does not count against quota.
+    async fn move_messages(
+        &self,
+        account: AccountId,
+        source: MailboxId,
+        uids: &[Uid],
+        dest: MailboxId,
+    ) -> StoreResult<(Vec<Copied>, Expunged)>;
+
+    // ---- subscriptions (names, which need not exist: RFC 9051 §6.3.7) ----
+    async fn subscribe(&self, account: AccountId, name: &str) -> StoreResult<()>;
+    async fn unsubscribe(&self, account: AccountId, name: &str) -> StoreResult<()>;
+    async fn subscriptions(&self, account: AccountId) -> StoreResult<Vec<String>>;
+
     // ---- blob garbage collection ----
     /// Blobs unreferenced since before `older_than` (Unix seconds).
     async fn orphaned_blobs(&self, older_than: i64, limit: usize) -> StoreResult<Vec<BlobId>>;

@@ -21,7 +21,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// Schema version stored in `PRAGMA user_version`; migrations run in order up to it.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA_V1: &str = r#"
 CREATE TABLE domains (
@@ -83,6 +83,16 @@ CREATE TABLE blobs (
 CREATE TABLE blob_orphans (
     blob_id TEXT PRIMARY KEY,
     since INTEGER NOT NULL
+) WITHOUT ROWID;
+"#;
+
+/// v2: cached message summaries and IMAP subscriptions.
+const SCHEMA_V2: &str = r#"
+ALTER TABLE messages ADD COLUMN summary BLOB;
+CREATE TABLE subscriptions (
+    account_id INTEGER NOT NULL REFERENCES accounts(id),
+    name TEXT NOT NULL,
+    PRIMARY KEY (account_id, name)
 ) WITHOUT ROWID;
 "#;
 
@@ -255,6 +265,12 @@ fn migrate(conn: &Connection) -> StoreResult<()> {
     if version < 1 {
         conn.execute_batch(&format!(
             "BEGIN IMMEDIATE; {SCHEMA_V1} PRAGMA user_version = 1; COMMIT;"
+        ))
+        .map_err(db_err)?;
+    }
+    if version < 2 {
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {SCHEMA_V2} PRAGMA user_version = 2; COMMIT;"
         ))
         .map_err(db_err)?;
     }
@@ -525,6 +541,184 @@ fn record_change(
     Ok(())
 }
 
+/// The stored fields of a message, as copied between mailboxes.
+struct StoredFields {
+    blob: String,
+    size: i64,
+    internal_date: i64,
+    flags: String,
+    summary: Option<Vec<u8>>,
+}
+
+/// Adds one message to a mailbox: next UID, new MODSEQ, blob reference, quota usage (when
+/// `count_usage`), change log.
+fn insert_message(
+    c: &Connection,
+    account: AccountId,
+    mailbox: MailboxId,
+    m: &StoredFields,
+    enforce_quota: bool,
+    count_usage: bool,
+) -> StoreResult<Appended> {
+    let (used, limit, address): (i64, i64, String) = c
+        .prepare_cached("SELECT used_bytes, quota_bytes, address FROM accounts WHERE id = ?1")
+        .map_err(db_err)?
+        .query_row([account.0], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()
+        .map_err(db_err)?
+        .ok_or_else(|| StoreError::NotFound(format!("account {account}")))?;
+    if enforce_quota && limit > 0 && used + m.size > limit {
+        return Err(StoreError::QuotaExceeded(address));
+    }
+    let (uid, modseq): (i64, i64) = c
+        .prepare_cached(
+            "UPDATE mailboxes SET uid_next = uid_next + 1, \
+             highest_modseq = highest_modseq + 1, message_count = message_count + 1 \
+             WHERE id = ?1 AND account_id = ?2 RETURNING uid_next - 1, highest_modseq",
+        )
+        .map_err(db_err)?
+        .query_row(params![mailbox.0, account.0], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()
+        .map_err(db_err)?
+        .ok_or_else(|| StoreError::NotFound(format!("mailbox {mailbox}")))?;
+    if uid > u32::MAX as i64 {
+        return Err(StoreError::Invalid(format!(
+            "mailbox {mailbox} has used every UID"
+        )));
+    }
+    c.prepare_cached(&format!(
+        "INSERT INTO messages ({MESSAGE_COLS}, summary) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+    ))
+    .map_err(db_err)?
+    .execute(params![
+        mailbox.0,
+        uid,
+        modseq,
+        m.blob,
+        m.size,
+        m.internal_date,
+        m.flags,
+        m.summary
+    ])
+    .map_err(db_err)?;
+    c.prepare_cached(
+        "INSERT INTO blobs (blob_id, refcount) VALUES (?1, 1) \
+         ON CONFLICT (blob_id) DO UPDATE SET refcount = refcount + 1",
+    )
+    .map_err(db_err)?
+    .execute([&m.blob])
+    .map_err(db_err)?;
+    c.prepare_cached("DELETE FROM blob_orphans WHERE blob_id = ?1")
+        .map_err(db_err)?
+        .execute([&m.blob])
+        .map_err(db_err)?;
+    if count_usage {
+        c.prepare_cached(
+            "UPDATE accounts SET used_bytes = used_bytes + ?1, \
+             message_count = message_count + 1 WHERE id = ?2",
+        )
+        .map_err(db_err)?
+        .execute(params![m.size, account.0])
+        .map_err(db_err)?;
+    }
+    let uid = Uid(uid as u32);
+    let modseq = ModSeq(modseq as u64);
+    record_change(c, mailbox, uid, modseq, ChangeKind::Appended)?;
+    Ok(Appended {
+        mailbox,
+        uid,
+        modseq,
+    })
+}
+
+/// Deletes one message row; returns its blob and size. Counters are the caller's job.
+fn remove_message(
+    c: &Connection,
+    mailbox: MailboxId,
+    uid: Uid,
+) -> StoreResult<Option<(String, i64)>> {
+    c.prepare_cached(
+        "DELETE FROM messages WHERE mailbox_id = ?1 AND uid = ?2 RETURNING blob_id, size",
+    )
+    .map_err(db_err)?
+    .query_row(params![mailbox.0, uid.0], |r| Ok((r.get(0)?, r.get(1)?)))
+    .optional()
+    .map_err(db_err)
+}
+
+/// Gives a removed message its expunge MODSEQ and change-log entry.
+fn next_modseq_after_removal(c: &Connection, mailbox: MailboxId, uid: Uid) -> StoreResult<ModSeq> {
+    let m = next_modseq(c, mailbox)?;
+    record_change(c, mailbox, uid, m, ChangeKind::Expunged)?;
+    Ok(m)
+}
+
+/// Copies (and with `remove`, moves) messages in one transaction.
+fn copy_tx(
+    c: &Connection,
+    account: AccountId,
+    source: MailboxId,
+    uids: &[Uid],
+    dest: MailboxId,
+    remove: bool,
+) -> StoreResult<(Vec<Copied>, Expunged)> {
+    let owned: i64 = c
+        .query_row(
+            "SELECT COUNT(*) FROM mailboxes WHERE account_id = ?1 AND id IN (?2, ?3)",
+            params![account.0, source.0, dest.0],
+            |r| r.get(0),
+        )
+        .map_err(db_err)?;
+    if owned < if source == dest { 1 } else { 2 } {
+        return Err(StoreError::NotFound("mailbox".into()));
+    }
+    let mut sorted = uids.to_vec();
+    sorted.sort();
+    sorted.dedup();
+    let mut copied = Vec::new();
+    let mut expunged = Expunged::default();
+    for uid in sorted {
+        let row: Option<StoredFields> = c
+            .prepare_cached(
+                "SELECT blob_id, size, internal_date, flags, summary FROM messages \
+                 WHERE mailbox_id = ?1 AND uid = ?2",
+            )
+            .map_err(db_err)?
+            .query_row(params![source.0, uid.0], |r| {
+                Ok(StoredFields {
+                    blob: r.get(0)?,
+                    size: r.get(1)?,
+                    internal_date: r.get(2)?,
+                    flags: r.get(3)?,
+                    summary: r.get(4)?,
+                })
+            })
+            .optional()
+            .map_err(db_err)?;
+        let Some(fields) = row else { continue };
+        let dest_appended = insert_message(c, account, dest, &fields, !remove, !remove)?;
+        copied.push(Copied {
+            source_uid: uid,
+            dest: dest_appended,
+        });
+        if remove {
+            remove_message(c, source, uid)?;
+            expunged.modseq = Some(next_modseq_after_removal(c, source, uid)?);
+            expunged.uids.push(uid);
+            // The destination took a new reference; drop the source's.
+            release_blobs(c, &[fields.blob])?;
+        }
+    }
+    if remove && !expunged.uids.is_empty() {
+        c.execute(
+            "UPDATE mailboxes SET message_count = MAX(0, message_count - ?1) WHERE id = ?2",
+            params![expunged.uids.len() as i64, source.0],
+        )
+        .map_err(db_err)?;
+    }
+    Ok((copied, expunged))
+}
+
 fn validate_mailbox_name(name: &str) -> StoreResult<()> {
     if name.is_empty() || name.len() > 512 || name.chars().any(|c| c.is_control()) {
         return Err(StoreError::Invalid(format!("mailbox name '{name}'")));
@@ -709,6 +903,11 @@ impl MetadataStore for SqliteMetadataStore {
             }
             c.execute("DELETE FROM mailboxes WHERE account_id = ?1", [acct.id.0])
                 .map_err(db_err)?;
+            c.execute(
+                "DELETE FROM subscriptions WHERE account_id = ?1",
+                [acct.id.0],
+            )
+            .map_err(db_err)?;
             c.execute("DELETE FROM accounts WHERE id = ?1", [acct.id.0])
                 .map_err(db_err)?;
             Ok(orphaned)
@@ -920,77 +1119,20 @@ impl MetadataStore for SqliteMetadataStore {
         self.write(move |c| {
             let mut out = Vec::with_capacity(messages.len());
             for m in &messages {
-                let (used, limit, address): (i64, i64, String) = c
-                    .prepare_cached(
-                        "SELECT used_bytes, quota_bytes, address FROM accounts WHERE id = ?1",
-                    )
-                    .map_err(db_err)?
-                    .query_row([m.account.0], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                    .optional()
-                    .map_err(db_err)?
-                    .ok_or_else(|| StoreError::NotFound(format!("account {}", m.account)))?;
-                if quota == QuotaPolicy::Enforce && limit > 0 && used + m.size as i64 > limit {
-                    return Err(StoreError::QuotaExceeded(address));
-                }
-                let (uid, modseq): (i64, i64) = c
-                    .prepare_cached(
-                        "UPDATE mailboxes SET uid_next = uid_next + 1, \
-                         highest_modseq = highest_modseq + 1, message_count = message_count + 1 \
-                         WHERE id = ?1 AND account_id = ?2 RETURNING uid_next - 1, highest_modseq",
-                    )
-                    .map_err(db_err)?
-                    .query_row(params![m.mailbox.0, m.account.0], |r| {
-                        Ok((r.get(0)?, r.get(1)?))
-                    })
-                    .optional()
-                    .map_err(db_err)?
-                    .ok_or_else(|| StoreError::NotFound(format!("mailbox {}", m.mailbox)))?;
-                if uid > u32::MAX as i64 {
-                    return Err(StoreError::Invalid(format!(
-                        "mailbox {} has used every UID",
-                        m.mailbox
-                    )));
-                }
-                c.prepare_cached(&format!(
-                    "INSERT INTO messages ({MESSAGE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
-                ))
-                .map_err(db_err)?
-                .execute(params![
-                    m.mailbox.0,
-                    uid,
-                    modseq,
-                    m.blob.as_str(),
-                    m.size as i64,
-                    m.internal_date,
-                    m.flags.to_storage()
-                ])
-                .map_err(db_err)?;
-                c.prepare_cached(
-                    "INSERT INTO blobs (blob_id, refcount) VALUES (?1, 1) \
-                     ON CONFLICT (blob_id) DO UPDATE SET refcount = refcount + 1",
-                )
-                .map_err(db_err)?
-                .execute([m.blob.as_str()])
-                .map_err(db_err)?;
-                c.prepare_cached("DELETE FROM blob_orphans WHERE blob_id = ?1")
-                    .map_err(db_err)?
-                    .execute([m.blob.as_str()])
-                    .map_err(db_err)?;
-                c.prepare_cached(
-                    "UPDATE accounts SET used_bytes = used_bytes + ?1, \
-                     message_count = message_count + 1 WHERE id = ?2",
-                )
-                .map_err(db_err)?
-                .execute(params![m.size as i64, m.account.0])
-                .map_err(db_err)?;
-                let uid = Uid(uid as u32);
-                let modseq = ModSeq(modseq as u64);
-                record_change(c, m.mailbox, uid, modseq, ChangeKind::Appended)?;
-                out.push(Appended {
-                    mailbox: m.mailbox,
-                    uid,
-                    modseq,
-                });
+                out.push(insert_message(
+                    c,
+                    m.account,
+                    m.mailbox,
+                    &StoredFields {
+                        blob: m.blob.as_str().to_string(),
+                        size: m.size as i64,
+                        internal_date: m.internal_date,
+                        flags: m.flags.to_storage(),
+                        summary: m.summary.clone(),
+                    },
+                    quota == QuotaPolicy::Enforce,
+                    true,
+                )?);
             }
             Ok(out)
         })
@@ -1092,19 +1234,10 @@ impl MetadataStore for SqliteMetadataStore {
             let mut bytes = 0i64;
             let mut modseq = None;
             for uid in uids {
-                let row: Option<(String, i64)> = c
-                    .prepare_cached(
-                        "DELETE FROM messages WHERE mailbox_id = ?1 AND uid = ?2 \
-                         RETURNING blob_id, size",
-                    )
-                    .map_err(db_err)?
-                    .query_row(params![mailbox.0, uid.0], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .optional()
-                    .map_err(db_err)?;
-                let Some((blob, size)) = row else { continue };
-                let m = next_modseq(c, mailbox)?;
-                record_change(c, mailbox, uid, m, ChangeKind::Expunged)?;
-                modseq = Some(m);
+                let Some((blob, size)) = remove_message(c, mailbox, uid)? else {
+                    continue;
+                };
+                modseq = Some(next_modseq_after_removal(c, mailbox, uid)?);
                 removed.push(uid);
                 blobs.push(blob);
                 bytes += size;
@@ -1155,6 +1288,133 @@ impl MetadataStore for SqliteMetadataStore {
                     })
                 })
                 .map_err(db_err)?;
+            rows.collect::<Result<_, _>>().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn mailbox_usage(&self, mailbox: MailboxId) -> StoreResult<MailboxUsage> {
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT COUNT(*), \
+                 COALESCE(SUM(CASE WHEN (' ' || flags || ' ') LIKE '% \\Seen %' THEN 0 ELSE 1 END), 0), \
+                 COALESCE(SUM(size), 0) FROM messages WHERE mailbox_id = ?1",
+            )
+            .map_err(db_err)?
+            .query_row([mailbox.0], |r| {
+                Ok(MailboxUsage {
+                    messages: r.get::<_, i64>(0)? as u64,
+                    unseen: r.get::<_, i64>(1)? as u64,
+                    size: r.get::<_, i64>(2)? as u64,
+                })
+            })
+            .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn message_summaries(
+        &self,
+        mailbox: MailboxId,
+        uids: &[Uid],
+    ) -> StoreResult<Vec<(Uid, Vec<u8>)>> {
+        let uids = uids.to_vec();
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT summary FROM messages WHERE mailbox_id = ?1 AND uid = ?2 \
+                     AND summary IS NOT NULL",
+                )
+                .map_err(db_err)?;
+            let mut out = Vec::with_capacity(uids.len());
+            for uid in uids {
+                if let Some(s) = stmt
+                    .query_row(params![mailbox.0, uid.0], |r| r.get::<_, Vec<u8>>(0))
+                    .optional()
+                    .map_err(db_err)?
+                {
+                    out.push((uid, s));
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn set_message_summary(
+        &self,
+        mailbox: MailboxId,
+        uid: Uid,
+        summary: Vec<u8>,
+    ) -> StoreResult<()> {
+        self.write(move |c| {
+            c.execute(
+                "UPDATE messages SET summary = ?1 WHERE mailbox_id = ?2 AND uid = ?3",
+                params![summary, mailbox.0, uid.0],
+            )
+            .map_err(db_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn copy_messages(
+        &self,
+        account: AccountId,
+        source: MailboxId,
+        uids: &[Uid],
+        dest: MailboxId,
+    ) -> StoreResult<Vec<Copied>> {
+        let uids = uids.to_vec();
+        self.write(move |c| Ok(copy_tx(c, account, source, &uids, dest, false)?.0))
+            .await
+    }
+
+    async fn move_messages(
+        &self,
+        account: AccountId,
+        source: MailboxId,
+        uids: &[Uid],
+        dest: MailboxId,
+    ) -> StoreResult<(Vec<Copied>, Expunged)> {
+        let uids = uids.to_vec();
+        self.write(move |c| copy_tx(c, account, source, &uids, dest, true))
+            .await
+    }
+
+    async fn subscribe(&self, account: AccountId, name: &str) -> StoreResult<()> {
+        validate_mailbox_name(name)?;
+        let name = name.to_string();
+        self.write(move |c| {
+            c.execute(
+                "INSERT OR IGNORE INTO subscriptions (account_id, name) VALUES (?1, ?2)",
+                params![account.0, name],
+            )
+            .map_err(db_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn unsubscribe(&self, account: AccountId, name: &str) -> StoreResult<()> {
+        let name = name.to_string();
+        self.write(move |c| {
+            c.execute(
+                "DELETE FROM subscriptions WHERE account_id = ?1 AND name = ?2",
+                params![account.0, name],
+            )
+            .map_err(db_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn subscriptions(&self, account: AccountId) -> StoreResult<Vec<String>> {
+        self.read(move |c| {
+            let mut s = c
+                .prepare("SELECT name FROM subscriptions WHERE account_id = ?1 ORDER BY name")
+                .map_err(db_err)?;
+            let rows = s.query_map([account.0], |r| r.get(0)).map_err(db_err)?;
             rows.collect::<Result<_, _>>().map_err(db_err)
         })
         .await
