@@ -138,7 +138,7 @@ pub struct SmtpConfig {
     pub max_errors: u32,
     /// Most transactions (messages) per connection.
     pub max_messages_per_session: u32,
-    /// Most simultaneous SMTP connections per node.
+    /// Most simultaneous connections per SMTP listener.
     pub max_connections: usize,
     /// Seconds to wait for a command (RFC 5321 §4.5.3.2.7: at least 5 minutes).
     pub command_timeout_secs: u64,
@@ -242,8 +242,11 @@ impl Config {
         if self.smtp.max_connections < 1 {
             return err("smtp.max_connections", "must be at least 1");
         }
-        if self.smtp.command_timeout_secs == 0 || self.smtp.data_timeout_secs == 0 {
-            return err("smtp.command_timeout_secs", "timeouts must be positive");
+        if self.smtp.command_timeout_secs == 0 {
+            return err("smtp.command_timeout_secs", "must be positive");
+        }
+        if self.smtp.data_timeout_secs == 0 {
+            return err("smtp.data_timeout_secs", "must be positive");
         }
         if self.storage.group_commit_max < 1 {
             return err("storage.group_commit_max", "must be at least 1");

@@ -6,11 +6,13 @@
 //!   into small typed structs.
 //! - [`credentials`]: argon2id password hashing and the password policy.
 //! - [`tls`]: rustls server configuration with certificates reloaded from disk.
+//! - [`net`]: the byte-stream type, TLS handshakes and the accept loop every listener uses.
 //! - [`shutdown`]: the one shutdown signal that fans out from the binary to every task.
 
 pub mod address;
 pub mod config;
 pub mod credentials;
+pub mod net;
 pub mod shutdown;
 pub mod tls;
 

@@ -126,7 +126,14 @@ pub fn load_certified_key(src: &CertSource) -> Result<CertifiedKey, TlsError> {
             path: src.key.clone(),
             message: e.to_string(),
         })?;
-    Ok(CertifiedKey::new(chain, signing))
+    let certified = CertifiedKey::new(chain, signing);
+    // A half-replaced pair (new certificate, old key) must not be served: refuse it and
+    // keep the previous pair until both files agree.
+    certified.keys_match().map_err(|e| TlsError::Key {
+        path: src.key.clone(),
+        message: format!("does not match the certificate: {e}"),
+    })?;
+    Ok(certified)
 }
 
 /// The certificate resolver shared by every listener.

@@ -42,7 +42,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     .context("TLS certificate (configuration keys `tls.cert`, `tls.key`)")?;
     let resolver = ReloadingResolver::new(cert).context("loading the TLS certificate")?;
     let acceptor = tokio_rustls_acceptor(tls::server_config(resolver.clone(), &[])?);
-    tokio::spawn(resolver.watch(
+    tokio::spawn(resolver.clone().watch(
         Duration::from_secs(config.tls.reload_interval_secs),
         shutdown.clone(),
     ));
@@ -103,7 +103,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "mailfleet ready"
     );
 
-    wait_for_signal().await;
+    wait_for_signal(resolver.clone()).await;
     tracing::info!(
         grace_secs = grace.as_secs(),
         "shutting down: no new connections"
@@ -120,24 +120,33 @@ fn tokio_rustls_acceptor(cfg: Arc<rustls::ServerConfig>) -> tokio_rustls::TlsAcc
     tokio_rustls::TlsAcceptor::from(cfg)
 }
 
-async fn wait_for_signal() {
+/// Waits for SIGTERM or SIGINT. SIGHUP reloads the TLS certificate (as daemons
+/// conventionally do) instead of killing the process.
+async fn wait_for_signal(resolver: Arc<ReloadingResolver>) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+        let (Ok(mut term), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return,
+                _ = term.recv() => return,
+                _ = hup.recv() => match resolver.reload() {
+                    Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                    Err(e) => tracing::warn!(error = %e, "SIGHUP: TLS certificate reload failed"),
+                },
             }
         }
     }
     #[cfg(not(unix))]
     {
+        let _ = resolver;
         let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -447,19 +447,32 @@ pub async fn metadata_store(meta: &dyn MetadataStore) {
         "a re-created mailbox is a new mailbox"
     );
 
-    // Deleting the account releases the shared blob exactly once.
+    // Deleting the account releases the shared blob exactly once, and removes aliases
+    // that point at it.
+    meta.create_alias(&format!("old@{domain}"), &alice)
+        .await
+        .expect("alias to alice");
     let orphans = meta.delete_account(&alice).await.expect("delete account");
     assert_eq!(orphans, vec![blob.clone()]);
     assert!(meta.get_account(&alice).await.expect("get").is_none());
+    assert!(meta
+        .alias_targets(&format!("old@{domain}"))
+        .await
+        .expect("targets")
+        .is_empty());
     let pending = meta.orphaned_blobs(i64::MAX, 1000).await.expect("orphans");
     assert!(pending.contains(&blob));
     assert!(meta.claim_orphan(&blob).await.expect("claim"));
     assert!(!meta.claim_orphan(&blob).await.expect("claim twice"));
 
-    meta.delete_alias(&sales, None).await.expect("delete alias");
-    meta.delete_alias(&format!("@{domain}"), None)
-        .await
-        .expect("delete catch-all");
+    assert!(
+        meta.list_aliases(Some(&domain)).await.expect("list").is_empty(),
+        "the sales alias and the catch-all pointed only at alice"
+    );
+    assert!(matches!(
+        meta.delete_alias(&sales, None).await,
+        Err(StoreError::NotFound(_))
+    ));
     meta.delete_domain(&domain).await.expect("delete domain");
     assert!(meta.get_domain(&domain).await.expect("get").is_none());
 }

@@ -10,12 +10,10 @@ use crate::proto::{DataEnd, DataReceiver, Reply};
 use bytes::{Buf, BytesMut};
 use mailfleet_core::shutdown::Shutdown;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::TlsAcceptor;
 
-/// Any byte stream a session can run on (TCP, TLS over TCP, an in-memory pipe).
-pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+pub use mailfleet_core::net::Io;
 
 /// Framing limits and timeouts.
 #[derive(Clone, Copy, Debug)]
@@ -241,44 +239,18 @@ pub async fn serve_connection(
                     // Anything pipelined after STARTTLS was sent in plaintext and must not
                     // be read as if it came over TLS (the CVE-2011-0411 class of bugs).
                     conn.buf.clear();
-                    let io = std::mem::replace(&mut conn.io, Box::new(tokio::io::duplex(1).0));
-                    let stream = match tokio::time::timeout(
-                        limits.tls_handshake_timeout,
-                        acceptor.accept(io),
-                    )
-                    .await
-                    {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            tracing::debug!(error = %e, "STARTTLS handshake failed");
-                            return Ok(());
-                        }
-                        Err(_) => return Ok(()),
+                    let io = std::mem::replace(&mut conn.io, mailfleet_core::net::placeholder_io());
+                    let Some((io, desc)) =
+                        mailfleet_core::net::tls_handshake(&acceptor, io, limits.tls_handshake_timeout)
+                            .await
+                    else {
+                        return Ok(());
                     };
-                    let desc = describe_tls(stream.get_ref().1);
-                    conn.io = Box::new(stream);
+                    conn.io = io;
                     session.tls_established(desc);
                     break;
                 }
             }
         }
     }
-}
-
-/// `TLS1.3 with cipher TLS13_AES_256_GCM_SHA384`, for logs and the Received header.
-pub fn describe_tls(conn: &rustls_conn::ServerConnection) -> String {
-    let version = match conn.protocol_version() {
-        Some(rustls_conn::ProtocolVersion::TLSv1_3) => "TLS1.3".to_string(),
-        Some(rustls_conn::ProtocolVersion::TLSv1_2) => "TLS1.2".to_string(),
-        Some(v) => format!("{v:?}"),
-        None => "TLS".to_string(),
-    };
-    match conn.negotiated_cipher_suite() {
-        Some(s) => format!("{version} with cipher {:?}", s.suite()),
-        None => version,
-    }
-}
-
-mod rustls_conn {
-    pub use tokio_rustls::rustls::{ProtocolVersion, ServerConnection};
 }

@@ -15,18 +15,32 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+/// Age after which a temporary file is certainly abandoned (no put takes this long).
+pub const STALE_TMP: std::time::Duration = std::time::Duration::from_secs(3600);
+
 #[derive(Debug, Clone)]
 pub struct FsBlobStore {
     root: PathBuf,
 }
 
 impl FsBlobStore {
-    /// Opens (creating if needed) the store at `root` and removes temporaries left by a crash.
+    /// Opens (creating if needed) the store at `root` and removes temporaries left by a
+    /// crash. Only temporaries older than [`STALE_TMP`] are removed: another process (the
+    /// admin CLI beside a running server) may open the same store while a put is in flight.
     pub fn open(root: impl Into<PathBuf>) -> StoreResult<Self> {
         let root = root.into();
         fs::create_dir_all(root.join("tmp"))?;
+        let now = std::time::SystemTime::now();
         for entry in fs::read_dir(root.join("tmp"))? {
-            let _ = fs::remove_file(entry?.path());
+            let entry = entry?;
+            let stale = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .map(|t| now.duration_since(t).unwrap_or_default() > STALE_TMP)
+                .unwrap_or(true);
+            if stale {
+                let _ = fs::remove_file(entry.path());
+            }
         }
         Ok(Self { root })
     }

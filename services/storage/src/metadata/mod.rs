@@ -51,7 +51,8 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn get_account(&self, address: &str) -> StoreResult<Option<Account>>;
     async fn get_account_by_id(&self, id: AccountId) -> StoreResult<Option<Account>>;
     async fn list_accounts(&self, domain: Option<&str>) -> StoreResult<Vec<Account>>;
-    /// Removes the account, its mailboxes and messages; returns blobs left unreferenced.
+    /// Removes the account, its mailboxes, messages, subscriptions and the alias entries
+    /// that point at it; returns blobs left unreferenced.
     async fn delete_account(&self, address: &str) -> StoreResult<Vec<BlobId>>;
     async fn set_password_hash(&self, address: &str, password_hash: &str) -> StoreResult<()>;
     async fn set_quota(&self, address: &str, quota_bytes: u64) -> StoreResult<()>;

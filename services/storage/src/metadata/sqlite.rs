@@ -910,6 +910,9 @@ impl MetadataStore for SqliteMetadataStore {
             .map_err(db_err)?;
             c.execute("DELETE FROM accounts WHERE id = ?1", [acct.id.0])
                 .map_err(db_err)?;
+            // Aliases pointing at the account would otherwise resolve to nothing.
+            c.execute("DELETE FROM aliases WHERE target = ?1", [&address])
+                .map_err(db_err)?;
             Ok(orphaned)
         })
         .await
