@@ -15,6 +15,7 @@ echo "== installing test dependencies"
 missing=()
 command -v swaks >/dev/null 2>&1 || missing+=(swaks)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v fetchmail >/dev/null 2>&1 || missing+=(fetchmail)
 command -v cc >/dev/null 2>&1 || missing+=(gcc)
 if [ "${#missing[@]}" -gt 0 ]; then
   as_root apt-get update -qq

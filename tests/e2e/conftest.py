@@ -40,6 +40,12 @@ class Server:
         self.data_dir = data_dir
         self.smtp_port = free_port()
         self.smtps_port = free_port()
+        self.imap_port = free_port()
+        self.imaps_port = free_port()
+        self.pop3_port = free_port()
+        self.pop3s_port = free_port()
+        self.submission_port = free_port()
+        self.submissions_port = free_port()
         self.env = dict(os.environ)
         self.env.update(
             {
@@ -48,6 +54,12 @@ class Server:
                 "MAILFLEET_SERVER__SHUTDOWN_GRACE_SECS": "10",
                 "MAILFLEET_SMTP__LISTEN": f'["127.0.0.1:{self.smtp_port}"]',
                 "MAILFLEET_SMTP__LISTEN_TLS": f'["127.0.0.1:{self.smtps_port}"]',
+                "MAILFLEET_IMAP__LISTEN": f'["127.0.0.1:{self.imap_port}"]',
+                "MAILFLEET_IMAP__LISTEN_TLS": f'["127.0.0.1:{self.imaps_port}"]',
+                "MAILFLEET_POP3__LISTEN": f'["127.0.0.1:{self.pop3_port}"]',
+                "MAILFLEET_POP3__LISTEN_TLS": f'["127.0.0.1:{self.pop3s_port}"]',
+                "MAILFLEET_SUBMISSION__LISTEN": f'["127.0.0.1:{self.submission_port}"]',
+                "MAILFLEET_SUBMISSION__LISTEN_TLS": f'["127.0.0.1:{self.submissions_port}"]',
                 "MAILFLEET_LOG__FORMAT": "json",
             }
         )

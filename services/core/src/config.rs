@@ -25,6 +25,10 @@ pub struct Config {
     pub storage: StorageConfig,
     pub tls: TlsConfig,
     pub smtp: SmtpConfig,
+    pub submission: SubmissionConfig,
+    pub pop3: Pop3Config,
+    pub imap: ImapConfig,
+    pub auth: AuthConfig,
 }
 
 
@@ -166,6 +170,150 @@ impl Default for SmtpConfig {
     }
 }
 
+/// Authenticated submission (RFC 6409) listeners. Message limits and timeouts are those
+/// of `[smtp]`; AUTH is offered only once the connection is encrypted.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SubmissionConfig {
+    /// Plain listeners (port 587 style): STARTTLS is required before AUTH.
+    pub listen: Vec<SocketAddr>,
+    /// Implicit-TLS listeners (port 465 style, RFC 8314).
+    pub listen_tls: Vec<SocketAddr>,
+    /// Most simultaneous submission connections per listener.
+    pub max_connections: usize,
+}
+
+impl Default for SubmissionConfig {
+    fn default() -> Self {
+        Self {
+            listen: vec!["127.0.0.1:1587".parse().expect("literal address")],
+            listen_tls: vec!["127.0.0.1:1465".parse().expect("literal address")],
+            max_connections: 1000,
+        }
+    }
+}
+
+/// POP3 (RFC 1939) listeners and session limits.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Pop3Config {
+    /// Plain listeners (port 110 style); STLS offered when `starttls` is true.
+    pub listen: Vec<SocketAddr>,
+    /// Implicit-TLS listeners (port 995 style).
+    pub listen_tls: Vec<SocketAddr>,
+    /// Whether `STLS` is offered on plain listeners.
+    pub starttls: bool,
+    /// Whether USER/PASS and AUTH PLAIN are allowed before TLS (RFC 2595 §2.3 advises not).
+    pub allow_plaintext_auth: bool,
+    /// Most simultaneous POP3 connections per listener.
+    pub max_connections: usize,
+    /// Longest command line in bytes, CRLF included (covers SASL responses).
+    pub max_line_length: usize,
+    /// Seconds of inactivity before the session is closed (RFC 1939 §3: at least 10 min).
+    pub command_timeout_secs: u64,
+    /// Bad commands allowed per session before the connection is closed.
+    pub max_errors: u32,
+    /// Most messages a session lists (the oldest first); the rest wait for a later session.
+    pub max_messages: usize,
+}
+
+impl Default for Pop3Config {
+    fn default() -> Self {
+        Self {
+            listen: vec!["127.0.0.1:1110".parse().expect("literal address")],
+            listen_tls: vec![],
+            starttls: true,
+            allow_plaintext_auth: false,
+            max_connections: 1000,
+            max_line_length: 8192,
+            command_timeout_secs: 600,
+            max_errors: 10,
+            max_messages: 50_000,
+        }
+    }
+}
+
+/// IMAP (RFC 9051) listeners and session limits.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImapConfig {
+    /// Plain listeners (port 143 style); STARTTLS offered when `starttls` is true.
+    pub listen: Vec<SocketAddr>,
+    /// Implicit-TLS listeners (port 993 style).
+    pub listen_tls: Vec<SocketAddr>,
+    /// Whether `STARTTLS` is offered on plain listeners.
+    pub starttls: bool,
+    /// Whether LOGIN and AUTHENTICATE PLAIN are allowed before TLS (RFC 9051 §11.1 advises
+    /// not; without TLS the server advertises LOGINDISABLED).
+    pub allow_plaintext_auth: bool,
+    /// Most simultaneous IMAP connections per listener.
+    pub max_connections: usize,
+    /// Largest APPEND literal in bytes; larger synchronizing literals are refused before
+    /// the client sends them.
+    pub max_message_size: u32,
+    /// Largest command in bytes, excluding an APPEND literal.
+    pub max_command_size: u32,
+    /// Seconds of inactivity before an authenticated session is logged out (RFC 9051 §5.4:
+    /// at least 30 minutes). Unauthenticated sessions get at most 60 seconds.
+    pub idle_timeout_secs: u64,
+    /// Syntax errors allowed per session before the connection is closed.
+    pub max_errors: u32,
+    /// Seconds between re-checks of the mailbox during IDLE, besides notifications.
+    pub idle_recheck_secs: u64,
+}
+
+impl Default for ImapConfig {
+    fn default() -> Self {
+        Self {
+            listen: vec!["127.0.0.1:1143".parse().expect("literal address")],
+            listen_tls: vec![],
+            starttls: true,
+            allow_plaintext_auth: false,
+            max_connections: 5000,
+            max_message_size: 50 * 1024 * 1024,
+            max_command_size: 64 * 1024,
+            idle_timeout_secs: 1800,
+            max_errors: 20,
+            idle_recheck_secs: 60,
+        }
+    }
+}
+
+/// Login security shared by every protocol: failed-login throttling and hashing limits.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Failed logins from one IP (IPv6: one /64) within the window before it is refused.
+    pub max_failures_per_ip: u64,
+    /// Failed logins for one user name within the window before it is refused.
+    pub max_failures_per_account: u64,
+    /// Length of the fixed window the failures are counted in, in seconds.
+    pub failure_window_secs: u64,
+    /// Delay before answering a client with one failure; doubles with each further failure.
+    pub delay_base_ms: u64,
+    /// Largest delay.
+    pub delay_max_ms: u64,
+    /// Failed authentication attempts allowed on one connection before it is closed.
+    pub max_attempts_per_connection: u32,
+    /// Most password hashes verified at once (each argon2id verification takes ~19 MiB);
+    /// 0 means the number of CPUs.
+    pub max_concurrent_hashes: usize,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            max_failures_per_ip: 10,
+            max_failures_per_account: 100,
+            failure_window_secs: 900,
+            delay_base_ms: 250,
+            delay_max_ms: 4000,
+            max_attempts_per_connection: 3,
+            max_concurrent_hashes: 0,
+        }
+    }
+}
+
 /// A configuration error that names the offending key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -248,8 +396,56 @@ impl Config {
         if self.smtp.data_timeout_secs == 0 {
             return err("smtp.data_timeout_secs", "must be positive");
         }
+        if self.imap.idle_timeout_secs < 1800 {
+            return err("imap.idle_timeout_secs", "must be at least 1800 (RFC 9051 §5.4)");
+        }
+        if self.imap.max_command_size < 1024 {
+            return err("imap.max_command_size", "must be at least 1024");
+        }
+        if self.imap.max_connections < 1 {
+            return err("imap.max_connections", "must be at least 1");
+        }
+        if self.imap.idle_recheck_secs == 0 {
+            return err("imap.idle_recheck_secs", "must be positive");
+        }
         if self.storage.group_commit_max < 1 {
             return err("storage.group_commit_max", "must be at least 1");
+        }
+        if self.submission.max_connections < 1 {
+            return err("submission.max_connections", "must be at least 1");
+        }
+        if self.pop3.max_connections < 1 {
+            return err("pop3.max_connections", "must be at least 1");
+        }
+        if self.pop3.max_line_length < 512 {
+            return err("pop3.max_line_length", "must be at least 512");
+        }
+        if self.pop3.command_timeout_secs < 600 {
+            return err(
+                "pop3.command_timeout_secs",
+                "must be at least 600 (RFC 1939 §3: ten minutes)",
+            );
+        }
+        if self.pop3.max_errors < 1 {
+            return err("pop3.max_errors", "must be at least 1");
+        }
+        if self.pop3.max_messages < 1 {
+            return err("pop3.max_messages", "must be at least 1");
+        }
+        if self.auth.max_failures_per_ip < 1 {
+            return err("auth.max_failures_per_ip", "must be at least 1");
+        }
+        if self.auth.max_failures_per_account < 1 {
+            return err("auth.max_failures_per_account", "must be at least 1");
+        }
+        if self.auth.failure_window_secs < 1 {
+            return err("auth.failure_window_secs", "must be at least 1");
+        }
+        if self.auth.delay_max_ms < self.auth.delay_base_ms {
+            return err("auth.delay_max_ms", "must be at least auth.delay_base_ms");
+        }
+        if self.auth.max_attempts_per_connection < 1 {
+            return err("auth.max_attempts_per_connection", "must be at least 1");
         }
         match (&self.tls.cert, &self.tls.key) {
             (Some(_), None) => return err("tls.key", "is required when tls.cert is set"),
@@ -369,5 +565,47 @@ mod tests {
         writeln!(f, "[smtp\n").expect("write");
         let e = Config::load(Some(f.path()), vec![]).expect_err("syntax");
         assert!(e.to_string().contains("not valid TOML"), "{e}");
+    }
+
+    #[test]
+    fn pop3_submission_and_auth_sections() {
+        let c = Config::load(None, vec![]).expect("defaults are valid");
+        for a in c
+            .pop3
+            .listen
+            .iter()
+            .chain(&c.submission.listen)
+            .chain(&c.submission.listen_tls)
+        {
+            assert!(a.ip().is_loopback() && a.port() > 1024, "{a}");
+        }
+        assert!(!c.pop3.allow_plaintext_auth);
+        assert!(c.pop3.command_timeout_secs >= 600);
+        assert!(c.auth.max_failures_per_account > c.auth.max_failures_per_ip);
+        let c = Config::load(
+            None,
+            env(&[
+                ("MAILFLEET_POP3__LISTEN_TLS", "[\"127.0.0.1:1995\"]"),
+                ("MAILFLEET_AUTH__DELAY_BASE_MS", "10"),
+                ("MAILFLEET_SUBMISSION__LISTEN", "[]"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(c.pop3.listen_tls[0].port(), 1995);
+        assert_eq!(c.auth.delay_base_ms, 10);
+        assert!(c.submission.listen.is_empty());
+        for (key, value) in [
+            ("pop3.command_timeout_secs", "60"),
+            ("pop3.max_line_length", "100"),
+            ("auth.max_failures_per_ip", "0"),
+            ("auth.delay_max_ms", "1"),
+            ("submission.max_connections", "0"),
+            ("auth.max_failures", "3"),
+        ] {
+            let var = format!("MAILFLEET_{}", key.replace('.', "__").to_uppercase());
+            let e = Config::load(None, env(&[(&var, value)])).expect_err(key);
+            let leaf = key.split('.').nth(1).unwrap_or(key);
+            assert!(e.to_string().contains(leaf), "{var}: {e}");
+        }
     }
 }

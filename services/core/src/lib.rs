@@ -7,11 +7,13 @@
 //! - [`credentials`]: argon2id password hashing and the password policy.
 //! - [`tls`]: rustls server configuration with certificates reloaded from disk.
 //! - [`net`]: the byte-stream type, TLS handshakes and the accept loop every listener uses.
+//! - [`framing`]: line framing under a length cap and a deadline, for line protocols.
 //! - [`shutdown`]: the one shutdown signal that fans out from the binary to every task.
 
 pub mod address;
 pub mod config;
 pub mod credentials;
+pub mod framing;
 pub mod net;
 pub mod shutdown;
 pub mod tls;

@@ -93,12 +93,12 @@ pub enum MessageCmd {
     },
 }
 
-fn open(config: &Config) -> anyhow::Result<Stores> {
+pub(crate) fn open(config: &Config) -> anyhow::Result<Stores> {
     crate::serve::open_stores(config)
 }
 
 /// Turns store errors into messages an administrator can act on.
-fn explain(e: StoreError, what: &str) -> anyhow::Error {
+pub(crate) fn explain(e: StoreError, what: &str) -> anyhow::Error {
     match e {
         StoreError::Conflict(x) => anyhow::anyhow!("{what}: {x} already exists or is in use"),
         StoreError::NotFound(x) => anyhow::anyhow!("{what}: {x} does not exist"),
@@ -154,7 +154,7 @@ fn checked_hash(address: &Address, password: &str) -> anyhow::Result<String> {
     Ok(credentials::hash_password(password)?)
 }
 
-fn parse_address(s: &str) -> anyhow::Result<Address> {
+pub(crate) fn parse_address(s: &str) -> anyhow::Result<Address> {
     Address::parse(s).map_err(|e| anyhow::anyhow!("'{s}' is not a valid address: {e}"))
 }
 
@@ -341,7 +341,7 @@ pub async fn alias(config: &Config, cmd: AliasCmd, json_out: bool) -> anyhow::Re
     Ok(())
 }
 
-async fn account_id(
+pub(crate) async fn account_id(
     stores: &Stores,
     address: &str,
 ) -> anyhow::Result<mailfleet_storage::AccountId> {

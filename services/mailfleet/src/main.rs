@@ -5,11 +5,13 @@
 //! - `main.rs`: argument parsing and dispatch.
 //! - `serve.rs`: opening stores, TLS, listeners, signals and graceful shutdown.
 //! - `admin.rs`: domain, user, alias, mailbox and message commands.
+//! - `security.rs`: app passwords, TOTP, send-as grants and the outbound queue.
 //! - `telemetry.rs`: logging setup.
 
 #![forbid(unsafe_code)]
 
 mod admin;
+mod security;
 mod serve;
 mod telemetry;
 
@@ -51,6 +53,18 @@ enum Command {
     Mailbox(admin::MailboxCmd),
     #[command(subcommand)]
     Message(admin::MessageCmd),
+    /// App passwords: one per device, usable where the account password is.
+    #[command(subcommand)]
+    AppPassword(security::AppPasswordCmd),
+    /// Two-factor authentication (TOTP) for an account.
+    #[command(subcommand)]
+    Totp(security::TotpCmd),
+    /// Extra addresses an account may send as through submission.
+    #[command(subcommand)]
+    SendAs(security::SendAsCmd),
+    /// The outbound queue.
+    #[command(subcommand)]
+    Queue(security::QueueCmd),
 }
 
 fn main() -> std::process::ExitCode {
@@ -86,5 +100,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Alias(c) => runtime.block_on(admin::alias(&config, c, cli.json)),
         Command::Mailbox(c) => runtime.block_on(admin::mailbox(&config, c, cli.json)),
         Command::Message(c) => runtime.block_on(admin::message(&config, c, cli.json)),
+        Command::AppPassword(c) => runtime.block_on(security::app_password(&config, c, cli.json)),
+        Command::Totp(c) => runtime.block_on(security::totp_cmd(&config, c, cli.json)),
+        Command::SendAs(c) => runtime.block_on(security::send_as(&config, c, cli.json)),
+        Command::Queue(c) => runtime.block_on(security::queue(&config, c, cli.json)),
     }
 }

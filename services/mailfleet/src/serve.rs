@@ -92,9 +92,29 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             max_connections: smtp.max_connections,
             shutdown: shutdown.clone(),
             grace,
+            submission: None,
         };
         tasks.push(tokio::spawn(l.run()));
     }
+
+    // One authenticator for every protocol: throttling state is shared through the
+    // Coordinator, so limits hold across listeners (and, in cluster mode, across nodes).
+    let authenticator = mailfleet_auth::Authenticator::new(
+        stores.clone(),
+        mailfleet_auth::AuthPolicy::from_config(&config.auth),
+    );
+    tasks.extend(imap_listeners(&config, &stores, &authenticator, &acceptor, &shutdown, grace).await?);
+    let more = Listeners {
+        authenticator: &authenticator,
+        acceptor: &acceptor,
+        shutdown: &shutdown,
+        grace,
+    };
+    tasks.extend(
+        more.submission(&config, &session, limits, &pipeline)
+            .await?,
+    );
+    tasks.extend(more.pop3(&config, &stores).await?);
 
     tokio::spawn(blob_gc(stores.clone(), shutdown.clone()));
     tracing::info!(
@@ -114,6 +134,60 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// Binds the `[imap]` listeners.
+async fn imap_listeners(
+    config: &Config,
+    stores: &Stores,
+    authenticator: &mailfleet_auth::Authenticator,
+    acceptor: &tokio_rustls::TlsAcceptor,
+    shutdown: &mailfleet_core::shutdown::Shutdown,
+    grace: Duration,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let imap = &config.imap;
+    let session = Arc::new(mailfleet_imap::ImapConfig {
+        hostname: config.server.hostname.clone(),
+        starttls: imap.starttls,
+        plaintext_auth_without_tls: imap.allow_plaintext_auth,
+        max_message_size: imap.max_message_size as usize,
+        max_failed_logins: config.auth.max_attempts_per_connection.max(1),
+        idle_timeout: Duration::from_secs(imap.idle_timeout_secs),
+    });
+    let limits = mailfleet_imap::ConnLimits {
+        max_literal: imap.max_message_size,
+        max_command: imap.max_message_size.saturating_add(imap.max_command_size),
+        max_errors: imap.max_errors,
+        tls_handshake_timeout: Duration::from_secs(30),
+        idle_recheck: Duration::from_secs(imap.idle_recheck_secs),
+    };
+    let login: Arc<dyn mailfleet_imap::LoginService> = Arc::new(authenticator.clone());
+    let mut tasks = Vec::new();
+    let binds = imap
+        .listen
+        .iter()
+        .map(|a| (a, false, "imap.listen"))
+        .chain(imap.listen_tls.iter().map(|a| (a, true, "imap.listen_tls")));
+    for (addr, implicit_tls, key) in binds {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("configuration key `{key}`: cannot listen on {addr}"))?;
+        tracing::info!(%addr, implicit_tls, "IMAP listening");
+        let l = mailfleet_imap::Listener {
+            listener,
+            implicit_tls,
+            tls: (implicit_tls || imap.starttls).then(|| acceptor.clone()),
+            config: session.clone(),
+            limits,
+            stores: stores.clone(),
+            login: login.clone(),
+            max_connections: imap.max_connections,
+            shutdown: shutdown.clone(),
+            grace,
+        };
+        tasks.push(tokio::spawn(l.run()));
+    }
+    Ok(tasks)
 }
 
 fn tokio_rustls_acceptor(cfg: Arc<rustls::ServerConfig>) -> tokio_rustls::TlsAcceptor {
@@ -175,5 +249,115 @@ async fn blob_gc(stores: Stores, mut shutdown: mailfleet_core::shutdown::Shutdow
             Ok(n) => tracing::info!(deleted = n, "unreferenced blobs deleted"),
             Err(e) => tracing::warn!(error = %e, "blob garbage collection failed"),
         }
+    }
+}
+
+/// What the submission and POP3 listeners share.
+struct Listeners<'a> {
+    authenticator: &'a mailfleet_auth::Authenticator,
+    acceptor: &'a tokio_rustls::TlsAcceptor,
+    shutdown: &'a mailfleet_core::shutdown::Shutdown,
+    grace: Duration,
+}
+
+impl Listeners<'_> {
+    /// Binds the `[submission]` listeners: the SMTP session in submission mode, with the
+    /// `[smtp]` message limits. STARTTLS is always offered on the plain ones, since AUTH
+    /// needs TLS.
+    async fn submission(
+        &self,
+        config: &Config,
+        session: &Arc<SessionConfig>,
+        limits: ConnLimits,
+        pipeline: &Pipeline,
+    ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+        let sub = &config.submission;
+        let session = Arc::new(SessionConfig {
+            starttls: true,
+            ..(**session).clone()
+        });
+        let binds = sub
+            .listen
+            .iter()
+            .map(|a| (a, ListenerKind::Plain, "submission.listen"))
+            .chain(
+                sub.listen_tls
+                    .iter()
+                    .map(|a| (a, ListenerKind::ImplicitTls, "submission.listen_tls")),
+            );
+        let mut tasks = Vec::new();
+        for (addr, kind, key) in binds {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("configuration key `{key}`: cannot listen on {addr}"))?;
+            tracing::info!(%addr, ?kind, "submission listening");
+            let l = Listener {
+                listener,
+                kind,
+                session: session.clone(),
+                limits,
+                pipeline: pipeline.clone(),
+                tls: Some(self.acceptor.clone()),
+                max_connections: sub.max_connections,
+                shutdown: self.shutdown.clone(),
+                grace: self.grace,
+                submission: Some(self.authenticator.clone()),
+            };
+            tasks.push(tokio::spawn(l.run()));
+        }
+        Ok(tasks)
+    }
+
+    /// Binds the `[pop3]` listeners.
+    async fn pop3(
+        &self,
+        config: &Config,
+        stores: &Stores,
+    ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+        use mailfleet_pop3::{ConnLimits, Listener, ListenerKind, SessionConfig};
+        let pop3 = &config.pop3;
+        let session = Arc::new(SessionConfig {
+            hostname: config.server.hostname.clone(),
+            starttls: pop3.starttls,
+            allow_plaintext_auth: pop3.allow_plaintext_auth,
+            max_errors: pop3.max_errors,
+            max_messages: pop3.max_messages,
+        });
+        let limits = ConnLimits {
+            max_line: pop3.max_line_length,
+            command_timeout: Duration::from_secs(pop3.command_timeout_secs),
+            tls_handshake_timeout: Duration::from_secs(30),
+        };
+        let binds = pop3
+            .listen
+            .iter()
+            .map(|a| (a, ListenerKind::Plain, "pop3.listen"))
+            .chain(
+                pop3.listen_tls
+                    .iter()
+                    .map(|a| (a, ListenerKind::ImplicitTls, "pop3.listen_tls")),
+            );
+        let mut tasks = Vec::new();
+        for (addr, kind, key) in binds {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("configuration key `{key}`: cannot listen on {addr}"))?;
+            tracing::info!(%addr, ?kind, "POP3 listening");
+            let l = Listener {
+                listener,
+                kind,
+                session: session.clone(),
+                limits,
+                stores: stores.clone(),
+                auth: self.authenticator.clone(),
+                tls: Some(self.acceptor.clone())
+                    .filter(|_| kind == ListenerKind::ImplicitTls || pop3.starttls),
+                max_connections: pop3.max_connections,
+                shutdown: self.shutdown.clone(),
+                grace: self.grace,
+            };
+            tasks.push(tokio::spawn(l.run()));
+        }
+        Ok(tasks)
     }
 }

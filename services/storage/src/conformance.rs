@@ -595,3 +595,356 @@ pub async fn coordinator(coord: &dyn Coordinator) {
     assert_eq!(coord.incr_counter(&ckey, w).await.expect("incr"), 2);
     assert_eq!(coord.get_counter(&ckey, w).await.expect("get"), 2);
 }
+
+/// App passwords, TOTP secrets and sender grants: per-account uniqueness, revocation, and
+/// removal together with the account.
+pub async fn metadata_credentials(meta: &dyn MetadataStore) {
+    use crate::{NewAppPassword, TotpSecret};
+    let domain = format!("{}.test", unique("c"));
+    meta.create_domain(&domain).await.expect("domain");
+    let a = meta
+        .create_account(&format!("carol@{domain}"), "h", 0)
+        .await
+        .expect("account");
+    let b = meta
+        .create_account(&format!("dave@{domain}"), "h", 0)
+        .await
+        .expect("account");
+    let new = |name: &str, tag: &str| NewAppPassword {
+        name: name.into(),
+        tag: tag.into(),
+        hash: format!("$argon2id$hash-of-{name}"),
+        created_at: 1_700_000_000,
+    };
+    let phone = meta
+        .create_app_password(a.id, new("phone", "abcd"))
+        .await
+        .expect("create");
+    assert_eq!(phone.account, a.id);
+    assert_eq!(phone.last_used, None);
+    assert!(matches!(
+        meta.create_app_password(a.id, new("phone", "wxyz")).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        meta.create_app_password(a.id, new("laptop", "abcd")).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        meta.create_app_password(AccountId(i64::MAX), new("x", "qqqq"))
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    meta.create_app_password(a.id, new("laptop", "efgh"))
+        .await
+        .expect("second");
+    // Names and tags are per account.
+    meta.create_app_password(b.id, new("phone", "abcd"))
+        .await
+        .expect("same name and tag on another account");
+    let names: Vec<String> = meta
+        .list_app_passwords(a.id)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    assert_eq!(names, ["laptop", "phone"]);
+    let found = meta
+        .find_app_password(a.id, "abcd")
+        .await
+        .expect("find")
+        .expect("found");
+    assert_eq!(found, phone);
+    assert!(meta
+        .find_app_password(a.id, "zzzz")
+        .await
+        .expect("find")
+        .is_none());
+    meta.touch_app_password(phone.id, 1_700_000_500)
+        .await
+        .expect("touch");
+    assert_eq!(
+        meta.find_app_password(a.id, "abcd")
+            .await
+            .expect("find")
+            .expect("found")
+            .last_used,
+        Some(1_700_000_500)
+    );
+    meta.revoke_app_password(a.id, "phone")
+        .await
+        .expect("revoke");
+    assert!(matches!(
+        meta.revoke_app_password(a.id, "phone").await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(meta
+        .find_app_password(a.id, "abcd")
+        .await
+        .expect("find")
+        .is_none());
+    assert!(
+        meta.find_app_password(b.id, "abcd")
+            .await
+            .expect("find")
+            .is_some(),
+        "revoking one account's app password leaves the other's"
+    );
+
+    // TOTP.
+    assert!(meta.totp_secret(a.id).await.expect("get").is_none());
+    let secret = TotpSecret {
+        secret: vec![7u8; 20],
+        created_at: 5,
+    };
+    meta.set_totp_secret(a.id, Some(secret.clone()))
+        .await
+        .expect("set");
+    assert_eq!(
+        meta.totp_secret(a.id).await.expect("get"),
+        Some(secret.clone())
+    );
+    let replaced = TotpSecret {
+        secret: vec![9u8; 20],
+        created_at: 6,
+    };
+    meta.set_totp_secret(a.id, Some(replaced.clone()))
+        .await
+        .expect("replace");
+    assert_eq!(meta.totp_secret(a.id).await.expect("get"), Some(replaced));
+    assert!(meta.totp_secret(b.id).await.expect("get").is_none());
+    meta.set_totp_secret(a.id, None).await.expect("clear");
+    assert!(meta.totp_secret(a.id).await.expect("get").is_none());
+    assert!(matches!(
+        meta.set_totp_secret(AccountId(i64::MAX), Some(secret))
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    // Sender grants.
+    meta.grant_sender(a.id, &format!("Team@{domain}"))
+        .await
+        .expect("grant");
+    meta.grant_sender(a.id, &format!("team@{domain}"))
+        .await
+        .expect("granting twice is fine");
+    meta.grant_sender(a.id, &format!("@{domain}"))
+        .await
+        .expect("domain grant");
+    assert!(matches!(
+        meta.grant_sender(a.id, "no-at-sign").await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert_eq!(
+        meta.sender_grants(a.id).await.expect("grants"),
+        [format!("@{domain}"), format!("team@{domain}")]
+    );
+    assert!(meta.sender_grants(b.id).await.expect("grants").is_empty());
+    meta.revoke_sender(a.id, &format!("@{domain}"))
+        .await
+        .expect("revoke grant");
+    assert!(matches!(
+        meta.revoke_sender(a.id, &format!("@{domain}")).await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    // Everything goes with the account.
+    meta.set_totp_secret(
+        a.id,
+        Some(TotpSecret {
+            secret: vec![1; 20],
+            created_at: 1,
+        }),
+    )
+    .await
+    .expect("set");
+    meta.delete_account(&a.address).await.expect("delete");
+    assert!(meta
+        .list_app_passwords(a.id)
+        .await
+        .expect("list")
+        .is_empty());
+    assert!(meta.totp_secret(a.id).await.expect("get").is_none());
+    assert!(meta.sender_grants(a.id).await.expect("grants").is_empty());
+    meta.delete_account(&b.address).await.expect("delete");
+    meta.delete_domain(&domain).await.expect("delete domain");
+}
+
+/// The outbound queue: durable entries with per-recipient state, a blob reference that
+/// keeps the orphan sweep away, and entries that outlive the submitting account.
+pub async fn metadata_outbound_queue(meta: &dyn MetadataStore) {
+    use crate::{
+        DsnRet, NewOutbound, NewOutboundRecipient, QueueId, RecipientState, RecipientUpdate,
+    };
+    let domain = format!("{}.test", unique("q"));
+    meta.create_domain(&domain).await.expect("domain");
+    let a = meta
+        .create_account(&format!("erin@{domain}"), "h", 0)
+        .await
+        .expect("account");
+    let inbox = meta
+        .get_mailbox(a.id, "INBOX")
+        .await
+        .expect("inbox")
+        .expect("exists");
+    let blob = BlobId::of(unique("queued message ").as_bytes());
+    let rcpt = |address: &str| NewOutboundRecipient {
+        address: address.into(),
+        notify: None,
+        orcpt: None,
+    };
+    let msg = NewOutbound {
+        blob: blob.clone(),
+        size: 1234,
+        sender: a.address.clone(),
+        account: Some(a.id),
+        envid: Some("env-1".into()),
+        ret: Some(DsnRet::Headers),
+        recipients: vec![
+            NewOutboundRecipient {
+                notify: Some("FAILURE,DELAY".into()),
+                orcpt: Some("rfc822;x@remote.example".into()),
+                ..rcpt("x@remote.example")
+            },
+            rcpt("y@other.example"),
+        ],
+        created_at: 1_700_000_000,
+    };
+    assert!(matches!(
+        meta.enqueue_outbound(NewOutbound {
+            recipients: vec![],
+            ..msg.clone()
+        })
+        .await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        meta.enqueue_outbound(NewOutbound {
+            recipients: vec![rcpt("dup@remote.example"), rcpt("dup@remote.example")],
+            ..msg.clone()
+        })
+        .await,
+        Err(StoreError::Invalid(_))
+    ));
+    let q = meta.enqueue_outbound(msg.clone()).await.expect("enqueue");
+    assert_eq!(q.blob, blob);
+    assert_eq!(q.size, 1234);
+    assert_eq!(q.sender, a.address);
+    assert_eq!(q.account, Some(a.id));
+    assert_eq!(q.envid.as_deref(), Some("env-1"));
+    assert_eq!(q.ret, Some(DsnRet::Headers));
+    assert_eq!(q.recipients.len(), 2);
+    let first = &q.recipients[0];
+    assert_eq!(first.address, "x@remote.example");
+    assert_eq!(first.state, RecipientState::Queued);
+    assert_eq!(first.attempts, 0);
+    assert_eq!(first.next_attempt, 1_700_000_000);
+    assert_eq!(first.notify.as_deref(), Some("FAILURE,DELAY"));
+    assert_eq!(first.orcpt.as_deref(), Some("rfc822;x@remote.example"));
+    assert_eq!(q.recipients[1].address, "y@other.example");
+    assert_eq!(meta.get_outbound(q.id).await.expect("get"), Some(q.clone()));
+
+    // The queue's reference keeps the blob when the last mailbox copy goes.
+    let appended = meta
+        .append(
+            vec![NewMessage {
+                account: a.id,
+                mailbox: inbox.id,
+                blob: blob.clone(),
+                size: 1234,
+                internal_date: 0,
+                flags: Flags::default(),
+                summary: None,
+            }],
+            QuotaPolicy::Enforce,
+        )
+        .await
+        .expect("append");
+    let expunged = meta
+        .expunge(inbox.id, &[appended[0].uid])
+        .await
+        .expect("expunge");
+    assert!(
+        expunged.orphaned.is_empty(),
+        "a queued blob is not orphaned by an expunge"
+    );
+
+    // Attempts.
+    meta.update_outbound_recipient(
+        q.id,
+        "x@remote.example",
+        RecipientUpdate {
+            state: RecipientState::Queued,
+            next_attempt: 1_700_000_600,
+            last_error: Some("451 4.7.1 try later".into()),
+        },
+    )
+    .await
+    .expect("update");
+    meta.update_outbound_recipient(
+        q.id,
+        "y@other.example",
+        RecipientUpdate {
+            state: RecipientState::Delivered,
+            next_attempt: 0,
+            last_error: None,
+        },
+    )
+    .await
+    .expect("update");
+    assert!(matches!(
+        meta.update_outbound_recipient(
+            q.id,
+            "nobody@remote.example",
+            RecipientUpdate {
+                state: RecipientState::Failed,
+                next_attempt: 0,
+                last_error: None
+            }
+        )
+        .await,
+        Err(StoreError::NotFound(_))
+    ));
+    let got = meta.get_outbound(q.id).await.expect("get").expect("exists");
+    assert_eq!(got.recipients[0].attempts, 1);
+    assert_eq!(got.recipients[0].next_attempt, 1_700_000_600);
+    assert_eq!(
+        got.recipients[0].last_error.as_deref(),
+        Some("451 4.7.1 try later")
+    );
+    assert_eq!(got.recipients[1].state, RecipientState::Delivered);
+
+    // Listing pages by id.
+    let second = meta.enqueue_outbound(msg.clone()).await.expect("enqueue 2");
+    assert!(second.id > q.id);
+    let page = meta
+        .list_outbound(QueueId(q.id.0 - 1), 1)
+        .await
+        .expect("list");
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].id, q.id);
+    let rest = meta.list_outbound(q.id, 100).await.expect("list");
+    assert_eq!(rest.first().map(|m| m.id), Some(second.id));
+
+    // Entries outlive the account that submitted them.
+    meta.delete_account(&a.address)
+        .await
+        .expect("delete account");
+    let kept = meta.get_outbound(q.id).await.expect("get").expect("kept");
+    assert_eq!(kept.account, None);
+    assert_eq!(kept.recipients.len(), 2);
+
+    // Deleting entries releases the blob once the last reference is gone.
+    assert!(meta.delete_outbound(q.id).await.expect("delete").is_empty());
+    assert_eq!(
+        meta.delete_outbound(second.id).await.expect("delete"),
+        vec![blob.clone()]
+    );
+    assert!(matches!(
+        meta.delete_outbound(second.id).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(meta.get_outbound(q.id).await.expect("get").is_none());
+    meta.delete_domain(&domain).await.expect("delete domain");
+}

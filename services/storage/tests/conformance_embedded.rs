@@ -96,3 +96,17 @@ async fn sqlite_survives_reopen_and_gc_deletes_orphans() {
     );
     assert!(!blobs.exists(&id).await.expect("exists"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_credentials() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let meta = SqliteMetadataStore::open(dir.path().join("m.sqlite3"), 16).expect("open");
+    conformance::metadata_credentials(&meta).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_outbound_queue() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let meta = SqliteMetadataStore::open(dir.path().join("m.sqlite3"), 16).expect("open");
+    conformance::metadata_outbound_queue(&meta).await;
+}

@@ -29,6 +29,8 @@ pub struct Listener {
     pub max_connections: usize,
     pub shutdown: Shutdown,
     pub grace: Duration,
+    /// `Some` for submission listeners (RFC 6409): sessions log in through it.
+    pub submission: Option<mailfleet_auth::Authenticator>,
 }
 
 impl Listener {
@@ -49,11 +51,15 @@ impl Listener {
         let limits = self.limits;
         let starttls = if implicit { None } else { self.tls };
         let shutdown = self.shutdown;
+        let submission = self.submission;
         accept
             .run(move |a: Accepted| {
                 let mut session = Session::new(cfg.clone(), pipeline.clone(), a.peer.ip());
                 if let Some(desc) = a.tls {
                     session.set_tls(desc);
+                }
+                if let Some(auth) = &submission {
+                    session.enable_submission(auth.clone());
                 }
                 let starttls = starttls.clone();
                 let shutdown = shutdown.clone();

@@ -5,11 +5,20 @@
 //! handshake. Each returns the replies to send and what to read next ([`Next`]). Everything
 //! about SMTP semantics (sequencing, limits, replies) lives here and is tested by feeding
 //! lines, with no network.
+//!
+//! The same session serves message submission (RFC 6409) once
+//! [`Session::enable_submission`] is called: `AUTH PLAIN`/`LOGIN` (RFC 4954) is offered
+//! only over TLS, `MAIL` requires a login, the envelope sender must belong to the account
+//! (`553 5.7.1` otherwise), and recipients in domains not hosted here are accepted for the
+//! outbound queue instead of being refused as relaying.
 
 use crate::pipeline::{AcceptedRecipient, Envelope, Pipeline, PipelineError, RcptVerdict};
 use crate::proto::command::{Command, CommandError, MailParams, Path};
 use crate::proto::{DataEnd, Reply};
+use mailfleet_auth::sasl::{Exchange, Mechanism, SaslError, Step};
+use mailfleet_auth::{AuthError, Authenticator, LoginRequest, Protocol};
 use mailfleet_core::Address;
+use mailfleet_storage::Account;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -81,6 +90,15 @@ struct Transaction {
     bdat_failed: bool,
 }
 
+/// Submission mode: who logged in, and the SASL exchange in progress.
+struct Submission {
+    auth: Authenticator,
+    account: Option<Account>,
+    sasl: Option<Exchange>,
+    /// Failed AUTH attempts on this connection.
+    failures: u32,
+}
+
 pub struct Session {
     cfg: Arc<SessionConfig>,
     pipeline: Pipeline,
@@ -93,6 +111,7 @@ pub struct Session {
     messages: u32,
     id_counter: u32,
     session_id: String,
+    submission: Option<Submission>,
 }
 
 impl Session {
@@ -109,7 +128,23 @@ impl Session {
             messages: 0,
             id_counter: 0,
             session_id: format!("{:010X}", rand::random::<u64>() & 0xff_ffff_ffff),
+            submission: None,
         }
+    }
+
+    /// Turns this into a submission session (ports 587 and 465): logins through `auth`.
+    pub fn enable_submission(&mut self, auth: Authenticator) {
+        self.submission = Some(Submission {
+            auth,
+            account: None,
+            sasl: None,
+            failures: 0,
+        });
+    }
+
+    /// The authenticated account, in submission mode.
+    pub fn account(&self) -> Option<&Account> {
+        self.submission.as_ref().and_then(|s| s.account.as_ref())
     }
 
     /// The first reply of the connection.
@@ -137,6 +172,11 @@ impl Session {
         self.greeting = Greeting::None;
         self.helo.clear();
         self.tx = None;
+        // RFC 3207 §4.2: everything learnt before TLS is forgotten, a login included.
+        if let Some(sub) = self.submission.as_mut() {
+            sub.account = None;
+            sub.sasl = None;
+        }
     }
 
     /// Counts a client error; past the limit the connection is closed with 421.
@@ -153,11 +193,19 @@ impl Session {
 
     /// A command line longer than the limit was read and discarded.
     pub fn line_too_long(&mut self) -> Response {
+        if let Some(sub) = self.submission.as_mut() {
+            sub.sasl = None;
+        }
         self.error(Reply::line_too_long())
     }
 
     /// One command line, without its line end.
     pub async fn command_line(&mut self, line: &[u8]) -> Response {
+        // A line during an AUTH exchange is a SASL response, not a command.
+        if let Some(mut exchange) = self.submission.as_mut().and_then(|s| s.sasl.take()) {
+            let step = exchange.step(line);
+            return self.sasl_step(exchange, step).await;
+        }
         let cmd = match Command::parse(line) {
             Ok(c) => c,
             Err(CommandError::Unrecognized) => return self.error(Reply::unrecognized()),
@@ -180,7 +228,7 @@ impl Session {
         match cmd {
             Command::Ehlo(domain) => self.ehlo(domain, true),
             Command::Helo(domain) => self.ehlo(domain, false),
-            Command::Mail(path, params) => self.mail(path, params),
+            Command::Mail(path, params) => self.mail(path, params).await,
             Command::Rcpt(path, _) => self.rcpt(path).await,
             Command::Data => self.data(),
             Command::Bdat { size, last } => self.bdat(size, last),
@@ -193,7 +241,7 @@ impl Session {
             Command::Help => Response::one(Reply::new(
                 214,
                 "2.0.0",
-                "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT HELP STARTTLS",
+                "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT HELP STARTTLS AUTH",
             )),
             Command::Vrfy => Response::one(Reply::new(
                 252,
@@ -202,7 +250,125 @@ impl Session {
             )),
             Command::Expn => self.error(Reply::new(502, "5.5.1", "EXPN not available")),
             Command::StartTls => self.starttls(),
+            Command::Auth { mechanism, initial } => self.auth(&mechanism, initial).await,
         }
+    }
+
+    /// RFC 4954 AUTH.
+    async fn auth(&mut self, mechanism: &str, initial: Option<String>) -> Response {
+        let Some(sub) = self.submission.as_ref() else {
+            return self.error(Reply::new(
+                503,
+                "5.5.1",
+                "Error: authentication not enabled",
+            ));
+        };
+        if sub.account.is_some() {
+            return self.error(Reply::bad_sequence("Already authenticated"));
+        }
+        if self.greeting != Greeting::Ehlo {
+            return self.error(Reply::bad_sequence("Send EHLO first"));
+        }
+        if self.tx.is_some() {
+            return self.error(Reply::bad_sequence(
+                "AUTH not permitted during a mail transaction",
+            ));
+        }
+        if self.tls.is_none() {
+            // RFC 4954 §6 and RFC 8314: no password crosses the network in the clear.
+            return self.error(Reply::new(
+                538,
+                "5.7.11",
+                "Encryption required for requested authentication mechanism",
+            ));
+        }
+        let Ok(mechanism) = Mechanism::parse(mechanism) else {
+            return self.error(Reply::new(504, "5.5.4", "Unrecognized authentication type"));
+        };
+        let (exchange, step) = Exchange::start(mechanism, initial.as_deref().map(str::as_bytes));
+        self.sasl_step(exchange, step).await
+    }
+
+    async fn sasl_step(&mut self, exchange: Exchange, step: Step) -> Response {
+        match step {
+            Step::Challenge(c) => {
+                if let Some(sub) = self.submission.as_mut() {
+                    sub.sasl = Some(exchange);
+                }
+                Response::one(Reply::new(334, "", c))
+            }
+            Step::Done(creds) => self.login(&creds.username, &creds.password).await,
+            Step::Failed(SaslError::Cancelled) => {
+                self.error(Reply::new(501, "5.7.0", "Authentication cancelled"))
+            }
+            Step::Failed(SaslError::BadBase64) => {
+                self.auth_failed(Reply::new(501, "5.5.2", "Cannot decode the response"))
+            }
+            Step::Failed(_) => self.auth_failed(Reply::new(
+                535,
+                "5.7.8",
+                "Authentication credentials invalid",
+            )),
+        }
+    }
+
+    async fn login(&mut self, username: &str, password: &str) -> Response {
+        let Some(auth) = self.submission.as_ref().map(|s| s.auth.clone()) else {
+            return self.error(Reply::new(
+                503,
+                "5.5.1",
+                "Error: authentication not enabled",
+            ));
+        };
+        let req = LoginRequest {
+            username,
+            password,
+            remote_ip: self.remote_ip,
+            protocol: Protocol::Submission,
+        };
+        match auth.authenticate(req).await {
+            Ok(account) => {
+                if let Some(sub) = self.submission.as_mut() {
+                    sub.account = Some(account);
+                }
+                Response::one(Reply::new(235, "2.7.0", "Authentication successful"))
+            }
+            Err(AuthError::InvalidCredentials) => self.auth_failed(Reply::new(
+                535,
+                "5.7.8",
+                "Authentication credentials invalid",
+            )),
+            Err(AuthError::Throttled { retry_after }) => self.auth_failed(Reply::new(
+                454,
+                "4.7.0",
+                format!(
+                    "Too many failed logins; try again in {} seconds",
+                    retry_after.as_secs().max(1)
+                ),
+            )),
+            Err(AuthError::TemporaryFailure(e)) => {
+                tracing::warn!(error = %e, "submission authentication unavailable");
+                Response::one(Reply::new(454, "4.7.0", "Temporary authentication failure"))
+            }
+        }
+    }
+
+    /// Counts a failed AUTH; at `auth.max_attempts_per_connection` the connection closes.
+    fn auth_failed(&mut self, reply: Reply) -> Response {
+        let Some(sub) = self.submission.as_mut() else {
+            return self.error(reply);
+        };
+        sub.failures += 1;
+        if sub.failures >= sub.auth.policy().max_attempts_per_connection {
+            return Response {
+                replies: vec![
+                    reply,
+                    Reply::new(421, "4.7.0", "Too many failed authentication attempts"),
+                ],
+                next: Next::Close,
+            };
+        }
+        self.error(reply)
     }
 
     fn ehlo(&mut self, domain: String, extended: bool) -> Response {
@@ -232,6 +398,9 @@ impl Session {
         if self.cfg.starttls && self.tls.is_none() {
             lines.push("STARTTLS".into());
         }
+        if self.submission.is_some() && self.tls.is_some() {
+            lines.push("AUTH PLAIN LOGIN".into());
+        }
         lines.push("HELP".into());
         Response::one(Reply::multiline(250, lines))
     }
@@ -249,7 +418,7 @@ impl Session {
         }
     }
 
-    fn mail(&mut self, path: Path, params: MailParams) -> Response {
+    async fn mail(&mut self, path: Path, params: MailParams) -> Response {
         if self.greeting == Greeting::None {
             return self.error(Reply::bad_sequence("Send EHLO or HELO first"));
         }
@@ -262,6 +431,31 @@ impl Session {
                 "4.7.0",
                 "Too many messages in one session, try again",
             ));
+        }
+        if let Some(sub) = &self.submission {
+            let Some(account) = sub.account.clone() else {
+                return self.error(Reply::new(530, "5.7.0", "Authentication required"));
+            };
+            if let Path::Address(a) = &path {
+                match self.pipeline.sender_allowed(&account, a).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        return self.error(Reply::new(
+                            553,
+                            "5.7.1",
+                            format!(
+                                "<{}>: Sender address rejected: not owned by user {}",
+                                truncate(&a.to_string(), 256),
+                                account.address
+                            ),
+                        ))
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "sender check failed");
+                        return Response::one(Reply::temp_failure());
+                    }
+                }
+            }
         }
         if params.smtputf8 && self.greeting != Greeting::Ehlo {
             return self.error(Reply::new(555, "5.5.4", "SMTPUTF8 requires EHLO"));
@@ -332,7 +526,12 @@ impl Session {
             return Response::one(Reply::new(250, "2.1.5", "Recipient OK (duplicate)"));
         }
         let size = tx.params.size;
-        let verdict = match self.pipeline.check_recipient(&addr, size).await {
+        let verdict = if self.account().is_some() {
+            self.pipeline.check_submission_recipient(&addr, size).await
+        } else {
+            self.pipeline.check_recipient(&addr, size).await
+        };
+        let verdict = match verdict {
             Ok(v) => v,
             Err(e) => {
                 tracing::warn!(error = %e, "recipient lookup failed");
@@ -345,6 +544,17 @@ impl Session {
                     tx.recipients.push(AcceptedRecipient {
                         address: addr,
                         targets,
+                        remote: false,
+                    });
+                }
+                Response::one(Reply::new(250, "2.1.5", "Recipient OK"))
+            }
+            RcptVerdict::Remote => {
+                if let Some(tx) = self.tx.as_mut() {
+                    tx.recipients.push(AcceptedRecipient {
+                        address: addr,
+                        targets: Vec::new(),
+                        remote: true,
                     });
                 }
                 Response::one(Reply::new(250, "2.1.5", "Recipient OK"))
@@ -459,11 +669,10 @@ impl Session {
             (Greeting::Ehlo, false) => "ESMTP",
             _ => "SMTP",
         };
-        if self.tls.is_some() {
-            format!("{base}S")
-        } else {
-            base.to_string()
-        }
+        // RFC 3848: S for TLS, A for an authenticated client (ESMTPSA).
+        let tls = if self.tls.is_some() { "S" } else { "" };
+        let auth = if self.account().is_some() { "A" } else { "" };
+        format!("{base}{tls}{auth}")
     }
 
     async fn finish(&mut self, tx: Transaction, raw: Vec<u8>) -> Response {
@@ -477,6 +686,7 @@ impl Session {
             protocol: self.protocol(tx.params.smtputf8),
             tls: self.tls.clone(),
             id: id.clone(),
+            submitter: self.account().cloned(),
         };
         match self.pipeline.accept(&env, &raw).await {
             Ok(()) => {
@@ -492,6 +702,14 @@ impl Session {
                 552,
                 "5.2.2",
                 "Message exceeds the recipient's storage quota",
+            )),
+            Err(PipelineError::SenderNotOwned(from)) => self.error(Reply::new(
+                550,
+                "5.7.1",
+                format!(
+                    "From address {} is not owned by the authenticated user",
+                    truncate(&from, 256)
+                ),
             )),
             Err(e) => {
                 tracing::error!(%id, error = %e, "delivery failed; message not accepted");

@@ -5,6 +5,8 @@
 //!   message ends with CRLF.
 //! - Trace: `Return-Path` (RFC 5321 §4.4, added at final delivery) and `Received` on top.
 //! - Loops: more than [`MAX_HOPS`] `Received` headers means a mail loop.
+//! - Submitted messages (RFC 6409 §8.1-§8.3): a missing `Date:`, `Message-ID:` or `From:`
+//!   is added at the end of the header section, as Postfix's cleanup does.
 
 /// Received headers beyond which a message is refused as looping (Postfix's default is 50).
 pub const MAX_HOPS: usize = 50;
@@ -92,6 +94,70 @@ pub fn trace_headers(return_path: &str, t: &TraceInfo<'_>) -> Vec<u8> {
     h.into_bytes()
 }
 
+/// Length of the header section: up to and including the empty line that ends it, or the
+/// whole message when it has no body.
+pub fn header_len(message: &[u8]) -> usize {
+    let mut pos = 0;
+    for line in message.split_inclusive(|b| *b == b'\n') {
+        pos += line.len();
+        if line == b"\r\n" || line == b"\n" {
+            return pos;
+        }
+    }
+    message.len()
+}
+
+/// Whether the header section has a field called `name` (case-insensitive).
+pub fn has_header(message: &[u8], name: &str) -> bool {
+    let headers = &message[..header_len(message)];
+    headers.split(|b| *b == b'\n').any(|line| {
+        line.len() > name.len()
+            && line[..name.len()].eq_ignore_ascii_case(name.as_bytes())
+            && line[name.len()] == b':'
+    })
+}
+
+/// Adds `Name: value` fields at the end of the header section (before the empty line),
+/// for each `(name, value)` whose name the message lacks. Values are stripped of CR and LF
+/// so they cannot start a new field. The message must already have CRLF line ends.
+pub fn add_missing_headers(message: Vec<u8>, fields: &[(&str, String)]) -> Vec<u8> {
+    let missing: Vec<&(&str, String)> = fields
+        .iter()
+        .filter(|(name, _)| !has_header(&message, name))
+        .collect();
+    if missing.is_empty() {
+        return message;
+    }
+    let end = header_len(&message);
+    let has_body = (end >= 4 && message[..end].ends_with(b"\r\n\r\n"))
+        || (end == 2 && message.starts_with(b"\r\n"));
+    // Insert before the blank line, or at the end of a body-less message.
+    let at = if has_body { end - 2 } else { end };
+    let mut added = Vec::new();
+    for (name, value) in missing {
+        let value: String = value.chars().filter(|c| *c != '\r' && *c != '\n').collect();
+        added.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+    }
+    let mut out = Vec::with_capacity(message.len() + added.len() + 2);
+    out.extend_from_slice(&message[..at]);
+    out.extend_from_slice(&added);
+    out.extend_from_slice(&message[at..]);
+    if !has_body && !message.is_empty() && !message.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// A new Message-ID (RFC 5322 §3.6.4): random, the queue id, and this host.
+pub fn new_message_id(queue_id: &str, hostname: &str) -> String {
+    format!("<{:016x}.{queue_id}@{hostname}>", rand::random::<u64>())
+}
+
+/// An RFC 5322 date in UTC.
+pub fn rfc5322_date(date: chrono::DateTime<chrono::Utc>) -> String {
+    date.format("%a, %d %b %Y %H:%M:%S +0000").to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,6 +177,38 @@ mod tests {
     fn counts_received_in_header_only() {
         let m = b"Received: a\r\nreceived: b\r\nSubject: x\r\n\r\nReceived: body\r\n";
         assert_eq!(count_received(m), 2);
+    }
+
+    #[test]
+    fn missing_headers_are_added_once() {
+        let fields = [
+            ("Date", "Thu, 01 Jan 1970 00:00:00 +0000".to_string()),
+            ("Message-ID", "<x@h>".to_string()),
+        ];
+        let m = b"Subject: s\r\nmessage-id: <kept@h>\r\n\r\nDate: in body\r\n".to_vec();
+        assert!(has_header(&m, "Message-ID"));
+        assert!(
+            !has_header(&m, "Date"),
+            "a Date line in the body does not count"
+        );
+        assert_eq!(
+            add_missing_headers(m, &fields),
+            b"Subject: s\r\nmessage-id: <kept@h>\r\nDate: Thu, 01 Jan 1970 00:00:00 +0000\r\n\r\nDate: in body\r\n"
+        );
+        assert_eq!(
+            add_missing_headers(b"Subject: only headers\r\n".to_vec(), &fields[1..]),
+            b"Subject: only headers\r\nMessage-ID: <x@h>\r\n"
+        );
+        assert_eq!(
+            add_missing_headers(b"\r\nbody\r\n".to_vec(), &fields[1..]),
+            b"Message-ID: <x@h>\r\n\r\nbody\r\n"
+        );
+        let evil = [("Date", "x\r\nBcc: victim@x".to_string())];
+        assert_eq!(
+            add_missing_headers(b"\r\n".to_vec(), &evil),
+            b"Date: xBcc: victim@x\r\n\r\n"
+        );
+        assert!(new_message_id("ABC", "mx.test").ends_with(".ABC@mx.test>"));
     }
 
     #[test]

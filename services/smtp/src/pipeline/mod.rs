@@ -6,13 +6,20 @@
 //! ```
 //! The pipeline is also asked about recipients at RCPT time ([`Pipeline::check_recipient`]),
 //! so that unknown users, relaying and full mailboxes are refused before DATA.
+//!
+//! Submitted messages (an authenticated [`Envelope::submitter`]) take the same path with
+//! three differences: every `From:` address must belong to the submitter
+//! ([`submission`]), missing `Date:`/`Message-ID:`/`From:` fields are added in cleanup,
+//! and remote recipients are put in the outbound queue (one blob, shared with the local
+//! copies) instead of being refused.
 
 pub mod cleanup;
+pub mod submission;
 
 use crate::local::{self, DeliveryError, Recipient, Resolution};
 use bytes::Bytes;
 use mailfleet_core::Address;
-use mailfleet_storage::{StoreError, Stores};
+use mailfleet_storage::{Account, NewOutbound, NewOutboundRecipient, StoreError, Stores};
 use std::net::IpAddr;
 
 /// Everything the pipeline needs to know about the SMTP transaction.
@@ -26,13 +33,19 @@ pub struct Envelope {
     pub protocol: String,
     pub tls: Option<String>,
     pub id: String,
+    /// The authenticated account of a submission session; `None` for inbound mail.
+    pub submitter: Option<Account>,
 }
 
 /// A recipient accepted at RCPT time with what it resolved to.
 #[derive(Clone, Debug)]
 pub struct AcceptedRecipient {
     pub address: Address,
+    /// Local accounts the address delivers to; empty for a remote recipient.
     pub targets: Vec<Recipient>,
+    /// A recipient in a domain not hosted here, accepted from an authenticated submitter
+    /// for the outbound queue.
+    pub remote: bool,
 }
 
 /// The verdict on a RCPT.
@@ -45,6 +58,8 @@ pub enum RcptVerdict {
     MailboxFull,
     /// The declared size does not fit a target's quota (552 5.2.2).
     WontFit,
+    /// Not hosted here; accepted for the outbound queue (authenticated submission only).
+    Remote,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +72,9 @@ pub enum PipelineError {
     Store(#[from] StoreError),
     #[error("delivery: {0}")]
     Delivery(String),
+    /// A `From:` address the submitter may not use (or one that does not parse).
+    #[error("From address {0} is not owned by the authenticated user")]
+    SenderNotOwned(String),
 }
 
 #[derive(Clone)]
@@ -83,7 +101,36 @@ impl Pipeline {
         addr: &Address,
         declared_size: Option<u64>,
     ) -> Result<RcptVerdict, StoreError> {
+        self.verdict(addr, declared_size, false).await
+    }
+
+    /// Decides a RCPT for an authenticated submitter: local recipients as for inbound mail,
+    /// remote ones for the outbound queue.
+    pub async fn check_submission_recipient(
+        &self,
+        addr: &Address,
+        declared_size: Option<u64>,
+    ) -> Result<RcptVerdict, StoreError> {
+        self.verdict(addr, declared_size, true).await
+    }
+
+    /// Whether `account` may use `addr` as its envelope sender or `From:` address.
+    pub async fn sender_allowed(
+        &self,
+        account: &Account,
+        addr: &Address,
+    ) -> Result<bool, StoreError> {
+        submission::sender_allowed(self.stores.meta.as_ref(), account, addr).await
+    }
+
+    async fn verdict(
+        &self,
+        addr: &Address,
+        declared_size: Option<u64>,
+        relay: bool,
+    ) -> Result<RcptVerdict, StoreError> {
         match local::resolve(self.stores.meta.as_ref(), addr).await? {
+            Resolution::NotLocal if relay => Ok(RcptVerdict::Remote),
             Resolution::NotLocal => Ok(RcptVerdict::RelayDenied),
             Resolution::UnknownUser => Ok(RcptVerdict::UnknownUser),
             Resolution::Local(targets) => {
@@ -110,6 +157,10 @@ impl Pipeline {
         if hops > cleanup::MAX_HOPS {
             return Err(PipelineError::Loop(hops));
         }
+        let body = match &env.submitter {
+            Some(account) => self.submitted(env, account, body).await?,
+            None => body,
+        };
         let return_path = env
             .mail_from
             .as_ref()
@@ -149,22 +200,114 @@ impl Pipeline {
         // A lone recipient's quota is enforced at the end of DATA (552); with several, each
         // was checked at RCPT time and the message is delivered to all rather than lost for
         // some (a bounded overshoot of one message).
-        let enforce = targets.len() == 1;
+        let enforce = targets.len() == 1 && !env.recipients.iter().any(|r| r.remote);
         let now = chrono::Utc::now().timestamp();
-        match local::deliver(&self.stores, &targets, Bytes::from(message), now, enforce).await {
-            Ok(d) => {
-                tracing::info!(
-                    id = %env.id,
-                    from = %return_path,
-                    recipients = targets.len(),
-                    blob = %d.blob,
-                    "delivered"
-                );
-                Ok(())
+        let message = Bytes::from(message);
+        if !targets.is_empty() {
+            match local::deliver(&self.stores, &targets, message.clone(), now, enforce).await {
+                Ok(d) => {
+                    tracing::info!(
+                        id = %env.id,
+                        from = %return_path,
+                        recipients = targets.len(),
+                        blob = %d.blob,
+                        "delivered"
+                    );
+                }
+                Err(DeliveryError::QuotaExceeded(who)) => return Err(PipelineError::Quota(who)),
+                Err(DeliveryError::Store(e)) => return Err(PipelineError::Store(e)),
+                Err(e @ DeliveryError::NoInbox(_)) => {
+                    return Err(PipelineError::Delivery(e.to_string()))
+                }
             }
-            Err(DeliveryError::QuotaExceeded(who)) => Err(PipelineError::Quota(who)),
-            Err(DeliveryError::Store(e)) => Err(PipelineError::Store(e)),
-            Err(e @ DeliveryError::NoInbox(_)) => Err(PipelineError::Delivery(e.to_string())),
         }
+        let remote: Vec<NewOutboundRecipient> = env
+            .recipients
+            .iter()
+            .filter(|r| r.remote)
+            .map(|r| NewOutboundRecipient {
+                address: r.address.to_string(),
+                notify: None,
+                orcpt: None,
+            })
+            .collect();
+        if !remote.is_empty() {
+            self.enqueue(env, &return_path, message, remote, now)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Puts the remote recipients of a submitted message in the outbound queue. The blob
+    /// is the one local recipients got (content-addressed: putting it again is cheap and
+    /// makes sure it exists when there were no local recipients). Local copies are
+    /// committed first: if queueing then fails, the client gets 451 and retries, and local
+    /// recipients may see the message twice, which is better than losing it.
+    async fn enqueue(
+        &self,
+        env: &Envelope,
+        return_path: &str,
+        message: Bytes,
+        recipients: Vec<NewOutboundRecipient>,
+        now: i64,
+    ) -> Result<(), PipelineError> {
+        let size = message.len() as u64;
+        let blob = self.stores.blobs.put(message).await?;
+        let count = recipients.len();
+        let queued = self
+            .stores
+            .meta
+            .enqueue_outbound(NewOutbound {
+                blob,
+                size,
+                sender: return_path.to_string(),
+                account: env.submitter.as_ref().map(|a| a.id),
+                envid: None,
+                ret: None,
+                recipients,
+                created_at: now,
+            })
+            .await?;
+        tracing::info!(
+            id = %env.id,
+            from = %return_path,
+            recipients = count,
+            queue_id = %queued.id,
+            "queued for remote delivery"
+        );
+        Ok(())
+    }
+
+    /// Cleanup for submitted messages: checks every `From:` address against the
+    /// submitter, then adds missing `Date:`, `Message-ID:` and `From:` fields.
+    async fn submitted(
+        &self,
+        env: &Envelope,
+        account: &Account,
+        body: Vec<u8>,
+    ) -> Result<Vec<u8>, PipelineError> {
+        let froms = submission::from_addresses(&body)
+            .map_err(|_| PipelineError::SenderNotOwned("in the From header".into()))?;
+        for from in &froms {
+            if !self.sender_allowed(account, from).await? {
+                return Err(PipelineError::SenderNotOwned(from.to_string()));
+            }
+        }
+        let from = env
+            .mail_from
+            .as_ref()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| account.address.clone());
+        Ok(cleanup::add_missing_headers(
+            body,
+            &[
+                ("From", format!("<{from}>")),
+                ("Date", cleanup::rfc5322_date(chrono::Utc::now())),
+                (
+                    "Message-ID",
+                    cleanup::new_message_id(&env.id, &self.hostname),
+                ),
+            ],
+        ))
     }
 }

@@ -54,6 +54,11 @@ pub enum Command {
     Vrfy,
     Expn,
     StartTls,
+    /// RFC 4954 `AUTH mechanism [initial-response]` (the response still base64).
+    Auth {
+        mechanism: String,
+        initial: Option<String>,
+    },
 }
 
 /// Why a line is not a command we can act on; each maps to one reply.
@@ -154,6 +159,18 @@ impl Command {
             "VRFY" => Ok(Command::Vrfy),
             "EXPN" => Ok(Command::Expn),
             "STARTTLS" => no_args(Command::StartTls),
+            "AUTH" => {
+                let mut parts = rest.split_whitespace();
+                let mechanism = parts
+                    .next()
+                    .ok_or(CommandError::Syntax("AUTH needs a mechanism"))?
+                    .to_string();
+                let initial = parts.next().map(str::to_string);
+                if parts.next().is_some() {
+                    return Err(CommandError::Syntax("too many parameters"));
+                }
+                Ok(Command::Auth { mechanism, initial })
+            }
             _ => Err(CommandError::Unrecognized),
         }
     }
@@ -316,6 +333,26 @@ mod tests {
         assert!(p("BDAT -1").is_err());
         assert!(p("BDAT 99999999999999999999999").is_err());
         assert!(p("BDAT 1 FIRST").is_err());
+    }
+
+    #[test]
+    fn auth() {
+        assert_eq!(
+            p("AUTH PLAIN AGFAYg=="),
+            Ok(Command::Auth {
+                mechanism: "PLAIN".into(),
+                initial: Some("AGFAYg==".into())
+            })
+        );
+        assert_eq!(
+            p("auth login"),
+            Ok(Command::Auth {
+                mechanism: "login".into(),
+                initial: None
+            })
+        );
+        assert!(p("AUTH").is_err());
+        assert!(p("AUTH PLAIN a b").is_err());
     }
 
     #[test]

@@ -154,4 +154,66 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Drops `id` from the orphan list if it is still unreferenced; true when the caller may
     /// delete the blob's bytes.
     async fn claim_orphan(&self, id: &BlobId) -> StoreResult<bool>;
+
+    // ---- credentials ----
+    /// Adds an app password. `Conflict` when the account already has one with that name or
+    /// tag; `NotFound` when the account does not exist.
+    async fn create_app_password(
+        &self,
+        account: AccountId,
+        new: crate::NewAppPassword,
+    ) -> StoreResult<crate::AppPassword>;
+    /// The account's app passwords, by name.
+    async fn list_app_passwords(&self, account: AccountId) -> StoreResult<Vec<crate::AppPassword>>;
+    /// The account's app password with lookup tag `tag`.
+    async fn find_app_password(
+        &self,
+        account: AccountId,
+        tag: &str,
+    ) -> StoreResult<Option<crate::AppPassword>>;
+    /// Deletes the app password called `name`; `NotFound` when there is none.
+    async fn revoke_app_password(&self, account: AccountId, name: &str) -> StoreResult<()>;
+    /// Records a successful login with the app password at `at` (Unix seconds).
+    async fn touch_app_password(&self, id: crate::AppPasswordId, at: i64) -> StoreResult<()>;
+    /// Sets (`Some`) or removes (`None`) the account's TOTP secret.
+    async fn set_totp_secret(
+        &self,
+        account: AccountId,
+        secret: Option<crate::TotpSecret>,
+    ) -> StoreResult<()>;
+    async fn totp_secret(&self, account: AccountId) -> StoreResult<Option<crate::TotpSecret>>;
+    /// Lets the account send as `address` (`local@domain`, or `@domain` for any address of a
+    /// domain) beyond its own address and the aliases that deliver to it. Idempotent.
+    async fn grant_sender(&self, account: AccountId, address: &str) -> StoreResult<()>;
+    /// Removes a grant; `NotFound` when there was none.
+    async fn revoke_sender(&self, account: AccountId, address: &str) -> StoreResult<()>;
+    /// The account's sender grants, sorted.
+    async fn sender_grants(&self, account: AccountId) -> StoreResult<Vec<String>>;
+
+    // ---- outbound queue ----
+    /// Queues a message for remote recipients in one transaction, taking a reference on its
+    /// blob so the orphan sweep keeps it. Every recipient starts `Queued` with its first
+    /// attempt at `created_at`.
+    async fn enqueue_outbound(
+        &self,
+        msg: crate::NewOutbound,
+    ) -> StoreResult<crate::OutboundMessage>;
+    async fn get_outbound(&self, id: crate::QueueId)
+        -> StoreResult<Option<crate::OutboundMessage>>;
+    /// Queue entries with an id greater than `after`, in id order, at most `limit`.
+    async fn list_outbound(
+        &self,
+        after: crate::QueueId,
+        limit: usize,
+    ) -> StoreResult<Vec<crate::OutboundMessage>>;
+    /// Records an attempt for one recipient: its new state, next attempt and last error;
+    /// `attempts` grows by one. `NotFound` when the entry or recipient does not exist.
+    async fn update_outbound_recipient(
+        &self,
+        id: crate::QueueId,
+        address: &str,
+        update: crate::RecipientUpdate,
+    ) -> StoreResult<()>;
+    /// Removes an entry; returns its blob if no longer referenced (for the orphan sweep).
+    async fn delete_outbound(&self, id: crate::QueueId) -> StoreResult<Vec<BlobId>>;
 }

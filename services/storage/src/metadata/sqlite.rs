@@ -21,7 +21,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// Schema version stored in `PRAGMA user_version`; migrations run in order up to it.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA_V1: &str = r#"
 CREATE TABLE domains (
@@ -94,6 +94,58 @@ CREATE TABLE subscriptions (
     name TEXT NOT NULL,
     PRIMARY KEY (account_id, name)
 ) WITHOUT ROWID;
+"#;
+
+/// v3: login credentials (app passwords, TOTP secrets, sender grants) and the outbound
+/// queue. Rows of an account go with it (`ON DELETE CASCADE`); a queued message outlives
+/// the account that submitted it (`ON DELETE SET NULL`).
+const SCHEMA_V3: &str = r#"
+CREATE TABLE app_passwords (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    last_used INTEGER,
+    UNIQUE (account_id, name),
+    UNIQUE (account_id, tag)
+);
+CREATE TABLE totp_secrets (
+    account_id INTEGER PRIMARY KEY REFERENCES accounts(id) ON DELETE CASCADE,
+    secret BLOB NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE sender_grants (
+    account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    address TEXT NOT NULL,
+    PRIMARY KEY (account_id, address)
+) WITHOUT ROWID;
+CREATE TABLE outbound (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    blob_id TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    sender TEXT NOT NULL,
+    account_id INTEGER REFERENCES accounts(id) ON DELETE SET NULL,
+    envid TEXT,
+    ret TEXT,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX outbound_account ON outbound(account_id);
+CREATE TABLE outbound_rcpts (
+    queue_id INTEGER NOT NULL REFERENCES outbound(id) ON DELETE CASCADE,
+    seq INTEGER NOT NULL,
+    address TEXT NOT NULL,
+    state INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt INTEGER NOT NULL,
+    last_error TEXT,
+    notify TEXT,
+    orcpt TEXT,
+    PRIMARY KEY (queue_id, seq),
+    UNIQUE (queue_id, address)
+) WITHOUT ROWID;
+CREATE INDEX outbound_rcpts_due ON outbound_rcpts(state, next_attempt);
 "#;
 
 type Completion = Box<dyn FnOnce(StoreResult<()>) + Send>;
@@ -271,6 +323,12 @@ fn migrate(conn: &Connection) -> StoreResult<()> {
     if version < 2 {
         conn.execute_batch(&format!(
             "BEGIN IMMEDIATE; {SCHEMA_V2} PRAGMA user_version = 2; COMMIT;"
+        ))
+        .map_err(db_err)?;
+    }
+    if version < 3 {
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {SCHEMA_V3} PRAGMA user_version = 3; COMMIT;"
         ))
         .map_err(db_err)?;
     }
@@ -1455,4 +1513,435 @@ impl MetadataStore for SqliteMetadataStore {
         })
         .await
     }
+
+    async fn create_app_password(
+        &self,
+        account: AccountId,
+        new: crate::NewAppPassword,
+    ) -> StoreResult<crate::AppPassword> {
+        self.write(move |c| {
+            let id: i64 = c
+                .query_row(
+                    "INSERT INTO app_passwords (account_id, name, tag, hash, created_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
+                    params![account.0, new.name, new.tag, new.hash, new.created_at],
+                    |r| r.get(0),
+                )
+                .map_err(|e| match db_err(e) {
+                    StoreError::Conflict(m) if m.contains("FOREIGN KEY") => {
+                        StoreError::NotFound(format!("account {account}"))
+                    }
+                    StoreError::Conflict(_) => {
+                        StoreError::Conflict(format!("app password {}", new.name))
+                    }
+                    o => o,
+                })?;
+            Ok(crate::AppPassword {
+                id: crate::AppPasswordId(id),
+                account,
+                name: new.name,
+                tag: new.tag,
+                hash: new.hash,
+                created_at: new.created_at,
+                last_used: None,
+            })
+        })
+        .await
+    }
+
+    async fn list_app_passwords(&self, account: AccountId) -> StoreResult<Vec<crate::AppPassword>> {
+        self.read(move |c| {
+            let mut s = c
+                .prepare(&format!(
+                    "SELECT {APP_PASSWORD_COLS} FROM app_passwords WHERE account_id = ?1 \
+                     ORDER BY name"
+                ))
+                .map_err(db_err)?;
+            let rows = s.query_map([account.0], app_password_row).map_err(db_err)?;
+            rows.collect::<Result<_, _>>().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn find_app_password(
+        &self,
+        account: AccountId,
+        tag: &str,
+    ) -> StoreResult<Option<crate::AppPassword>> {
+        let tag = tag.to_string();
+        self.read(move |c| {
+            c.prepare_cached(&format!(
+                "SELECT {APP_PASSWORD_COLS} FROM app_passwords WHERE account_id = ?1 AND tag = ?2"
+            ))
+            .map_err(db_err)?
+            .query_row(params![account.0, tag], app_password_row)
+            .optional()
+            .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn revoke_app_password(&self, account: AccountId, name: &str) -> StoreResult<()> {
+        let name = name.to_string();
+        self.write(move |c| {
+            let n = c
+                .execute(
+                    "DELETE FROM app_passwords WHERE account_id = ?1 AND name = ?2",
+                    params![account.0, name],
+                )
+                .map_err(db_err)?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("app password {name}")));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn touch_app_password(&self, id: crate::AppPasswordId, at: i64) -> StoreResult<()> {
+        self.write(move |c| {
+            c.execute(
+                "UPDATE app_passwords SET last_used = ?1 WHERE id = ?2",
+                params![at, id.0],
+            )
+            .map_err(db_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn set_totp_secret(
+        &self,
+        account: AccountId,
+        secret: Option<crate::TotpSecret>,
+    ) -> StoreResult<()> {
+        self.write(move |c| {
+            let exists: i64 = c
+                .query_row(
+                    "SELECT COUNT(*) FROM accounts WHERE id = ?1",
+                    [account.0],
+                    |r| r.get(0),
+                )
+                .map_err(db_err)?;
+            if exists == 0 {
+                return Err(StoreError::NotFound(format!("account {account}")));
+            }
+            match secret {
+                Some(t) => c.execute(
+                    "INSERT OR REPLACE INTO totp_secrets (account_id, secret, created_at) \
+                     VALUES (?1, ?2, ?3)",
+                    params![account.0, t.secret, t.created_at],
+                ),
+                None => c.execute(
+                    "DELETE FROM totp_secrets WHERE account_id = ?1",
+                    [account.0],
+                ),
+            }
+            .map_err(db_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn totp_secret(&self, account: AccountId) -> StoreResult<Option<crate::TotpSecret>> {
+        self.read(move |c| {
+            c.prepare_cached("SELECT secret, created_at FROM totp_secrets WHERE account_id = ?1")
+                .map_err(db_err)?
+                .query_row([account.0], |r| {
+                    Ok(crate::TotpSecret {
+                        secret: r.get(0)?,
+                        created_at: r.get(1)?,
+                    })
+                })
+                .optional()
+                .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn grant_sender(&self, account: AccountId, address: &str) -> StoreResult<()> {
+        let address = address.to_lowercase();
+        if address.is_empty() || !address.contains('@') || address.len() > 255 {
+            return Err(StoreError::Invalid(format!(
+                "'{address}' is neither local@domain nor @domain"
+            )));
+        }
+        self.write(move |c| {
+            c.execute(
+                "INSERT OR IGNORE INTO sender_grants (account_id, address) VALUES (?1, ?2)",
+                params![account.0, address],
+            )
+            .map_err(|e| match db_err(e) {
+                StoreError::Conflict(_) => StoreError::NotFound(format!("account {account}")),
+                o => o,
+            })?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn revoke_sender(&self, account: AccountId, address: &str) -> StoreResult<()> {
+        let address = address.to_lowercase();
+        self.write(move |c| {
+            let n = c
+                .execute(
+                    "DELETE FROM sender_grants WHERE account_id = ?1 AND address = ?2",
+                    params![account.0, address],
+                )
+                .map_err(db_err)?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("sender grant {address}")));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn sender_grants(&self, account: AccountId) -> StoreResult<Vec<String>> {
+        self.read(move |c| {
+            let mut s = c
+                .prepare_cached(
+                    "SELECT address FROM sender_grants WHERE account_id = ?1 ORDER BY address",
+                )
+                .map_err(db_err)?;
+            let rows = s.query_map([account.0], |r| r.get(0)).map_err(db_err)?;
+            rows.collect::<Result<_, _>>().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn enqueue_outbound(
+        &self,
+        msg: crate::NewOutbound,
+    ) -> StoreResult<crate::OutboundMessage> {
+        if msg.recipients.is_empty() {
+            return Err(StoreError::Invalid(
+                "a queued message needs a recipient".into(),
+            ));
+        }
+        self.write(move |c| {
+            let id: i64 = c
+                .query_row(
+                    "INSERT INTO outbound (blob_id, size, sender, account_id, envid, ret, created_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING id",
+                    params![
+                        msg.blob.as_str(),
+                        msg.size as i64,
+                        msg.sender,
+                        msg.account.map(|a| a.0),
+                        msg.envid,
+                        msg.ret.map(|r| r.as_str()),
+                        msg.created_at
+                    ],
+                    |r| r.get(0),
+                )
+                .map_err(db_err)?;
+            for (seq, r) in msg.recipients.iter().enumerate() {
+                c.prepare_cached(
+                    "INSERT INTO outbound_rcpts (queue_id, seq, address, state, next_attempt, \
+                     notify, orcpt) VALUES (?1, ?2, ?3, 0, ?4, ?5, ?6)",
+                )
+                .map_err(db_err)?
+                .execute(params![id, seq as i64, r.address, msg.created_at, r.notify, r.orcpt])
+                .map_err(|e| match db_err(e) {
+                    StoreError::Conflict(_) => {
+                        StoreError::Invalid(format!("recipient {} listed twice", r.address))
+                    }
+                    o => o,
+                })?;
+            }
+            // The queue holds the blob like a mailbox does: the orphan sweep must not take it.
+            c.prepare_cached(
+                "INSERT INTO blobs (blob_id, refcount) VALUES (?1, 1) \
+                 ON CONFLICT (blob_id) DO UPDATE SET refcount = refcount + 1",
+            )
+            .map_err(db_err)?
+            .execute([msg.blob.as_str()])
+            .map_err(db_err)?;
+            c.prepare_cached("DELETE FROM blob_orphans WHERE blob_id = ?1")
+                .map_err(db_err)?
+                .execute([msg.blob.as_str()])
+                .map_err(db_err)?;
+            load_outbound(c, crate::QueueId(id))?
+                .ok_or_else(|| StoreError::Corrupt(format!("queue entry {id} vanished")))
+        })
+        .await
+    }
+
+    async fn get_outbound(
+        &self,
+        id: crate::QueueId,
+    ) -> StoreResult<Option<crate::OutboundMessage>> {
+        self.read(move |c| load_outbound(c, id)).await
+    }
+
+    async fn list_outbound(
+        &self,
+        after: crate::QueueId,
+        limit: usize,
+    ) -> StoreResult<Vec<crate::OutboundMessage>> {
+        self.read(move |c| {
+            let ids: Vec<i64> = c
+                .prepare_cached("SELECT id FROM outbound WHERE id > ?1 ORDER BY id LIMIT ?2")
+                .map_err(db_err)?
+                .query_map(params![after.0, limit.min(i64::MAX as usize) as i64], |r| {
+                    r.get(0)
+                })
+                .map_err(db_err)?
+                .collect::<Result<_, _>>()
+                .map_err(db_err)?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                if let Some(m) = load_outbound(c, crate::QueueId(id))? {
+                    out.push(m);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn update_outbound_recipient(
+        &self,
+        id: crate::QueueId,
+        address: &str,
+        update: crate::RecipientUpdate,
+    ) -> StoreResult<()> {
+        let address = address.to_string();
+        self.write(move |c| {
+            let n = c
+                .execute(
+                    "UPDATE outbound_rcpts SET state = ?1, attempts = attempts + 1, \
+                     next_attempt = ?2, last_error = ?3 WHERE queue_id = ?4 AND address = ?5",
+                    params![
+                        recipient_state_code(update.state),
+                        update.next_attempt,
+                        update.last_error,
+                        id.0,
+                        address
+                    ],
+                )
+                .map_err(db_err)?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!(
+                    "recipient {address} of queue entry {id}"
+                )));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_outbound(&self, id: crate::QueueId) -> StoreResult<Vec<BlobId>> {
+        self.write(move |c| {
+            let blob: String = c
+                .query_row(
+                    "DELETE FROM outbound WHERE id = ?1 RETURNING blob_id",
+                    [id.0],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db_err)?
+                .ok_or_else(|| StoreError::NotFound(format!("queue entry {id}")))?;
+            release_blobs(c, &[blob])
+        })
+        .await
+    }
+}
+
+// ---------- credentials and outbound queue rows ----------
+
+const APP_PASSWORD_COLS: &str = "id, account_id, name, tag, hash, created_at, last_used";
+
+fn app_password_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<crate::AppPassword> {
+    Ok(crate::AppPassword {
+        id: crate::AppPasswordId(r.get(0)?),
+        account: AccountId(r.get(1)?),
+        name: r.get(2)?,
+        tag: r.get(3)?,
+        hash: r.get(4)?,
+        created_at: r.get(5)?,
+        last_used: r.get(6)?,
+    })
+}
+
+fn recipient_state_code(state: crate::RecipientState) -> i64 {
+    match state {
+        crate::RecipientState::Queued => 0,
+        crate::RecipientState::Delivered => 1,
+        crate::RecipientState::Failed => 2,
+    }
+}
+
+fn recipient_state_from(code: i64) -> rusqlite::Result<crate::RecipientState> {
+    match code {
+        0 => Ok(crate::RecipientState::Queued),
+        1 => Ok(crate::RecipientState::Delivered),
+        2 => Ok(crate::RecipientState::Failed),
+        other => Err(rusqlite::Error::FromSqlConversionFailure(
+            3,
+            rusqlite::types::Type::Integer,
+            format!("bad recipient state {other}").into(),
+        )),
+    }
+}
+
+/// One queue entry with its recipients, in enqueue order.
+fn load_outbound(
+    c: &Connection,
+    id: crate::QueueId,
+) -> StoreResult<Option<crate::OutboundMessage>> {
+    let head = c
+        .prepare_cached(
+            "SELECT blob_id, size, sender, account_id, envid, ret, created_at \
+             FROM outbound WHERE id = ?1",
+        )
+        .map_err(db_err)?
+        .query_row([id.0], |r| {
+            let blob: String = r.get(0)?;
+            let ret: Option<String> = r.get(5)?;
+            Ok(crate::OutboundMessage {
+                id,
+                blob: BlobId::parse(&blob).ok_or_else(|| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        0,
+                        rusqlite::types::Type::Text,
+                        format!("bad blob id {blob}").into(),
+                    )
+                })?,
+                size: r.get::<_, i64>(1)? as u64,
+                sender: r.get(2)?,
+                account: r.get::<_, Option<i64>>(3)?.map(AccountId),
+                envid: r.get(4)?,
+                ret: ret.as_deref().and_then(crate::DsnRet::parse),
+                created_at: r.get(6)?,
+                recipients: Vec::new(),
+            })
+        })
+        .optional()
+        .map_err(db_err)?;
+    let Some(mut msg) = head else {
+        return Ok(None);
+    };
+    let mut s = c
+        .prepare_cached(
+            "SELECT address, state, attempts, next_attempt, last_error, notify, orcpt \
+             FROM outbound_rcpts WHERE queue_id = ?1 ORDER BY seq",
+        )
+        .map_err(db_err)?;
+    let rows = s
+        .query_map([id.0], |r| {
+            Ok(crate::OutboundRecipient {
+                address: r.get(0)?,
+                state: recipient_state_from(r.get(1)?)?,
+                attempts: r.get::<_, i64>(2)? as u32,
+                next_attempt: r.get(3)?,
+                last_error: r.get(4)?,
+                notify: r.get(5)?,
+                orcpt: r.get(6)?,
+            })
+        })
+        .map_err(db_err)?;
+    msg.recipients = rows.collect::<Result<_, _>>().map_err(db_err)?;
+    Ok(Some(msg))
 }

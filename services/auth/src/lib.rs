@@ -1,0 +1,381 @@
+//! Login security for every protocol (IMAP, POP3, submission, and later HTTP).
+//!
+//! One entry point, [`Authenticator::authenticate`], decides whether a user name and
+//! password open an account:
+//!
+//! - **Hashes**: the main password and app passwords are argon2id PHC strings
+//!   ([`mailfleet_core::credentials`]). Verification runs on tokio's blocking pool, never
+//!   on an async worker, and at most `max_concurrent_hashes` run at once (each takes about
+//!   19 MiB), so a login flood queues instead of exhausting memory.
+//! - **Same cost for unknown users**: a user name that does not exist is verified against a
+//!   dummy hash with the same parameters, so timing does not tell which accounts exist.
+//! - **App passwords** ([`app_password`]) work wherever the main password does. Their
+//!   public tag selects one hash, so a login always costs one verification.
+//! - **TOTP** ([`totp`]): once an account has a TOTP secret, its main password is refused
+//!   for every login through this entry point (protocol logins carry no second factor);
+//!   only app passwords open it. A web login with a code will use its own entry point.
+//! - **Throttling** ([`throttle`]): failures are counted per IP (IPv6 per /64) and per user
+//!   name through the [`mailfleet_storage::Coordinator`]; each failure delays the next
+//!   attempt from that address more, and past a limit the address or name is refused with
+//!   [`AuthError::Throttled`] until the window ends. Another address is not affected.
+//!
+//! Protocols decode credentials with [`sasl`] and map [`AuthError`] to their replies:
+//! `InvalidCredentials` to "authentication failed", `Throttled` and `TemporaryFailure` to
+//! their temporary-failure replies.
+//!
+//! # Layout
+//! - `lib.rs`: [`Authenticator`], [`AuthPolicy`], [`LoginRequest`], [`AuthError`].
+//! - [`sasl`]: PLAIN and LOGIN exchanges without I/O.
+//! - [`app_password`]: generation and the tag scheme.
+//! - [`totp`]: RFC 6238 codes, secrets and `otpauth://` URIs.
+//! - [`throttle`]: the counters, keys and delays.
+
+#![forbid(unsafe_code)]
+
+pub mod app_password;
+pub mod sasl;
+pub mod throttle;
+pub mod totp;
+
+use mailfleet_core::config::AuthConfig;
+use mailfleet_core::credentials::{hash_password, verify_password};
+use mailfleet_core::Address;
+use mailfleet_storage::{Account, AppPassword, StoreError, Stores};
+use std::net::IpAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+/// The protocol a login comes through (for logs and policy).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Imap,
+    Pop3,
+    Submission,
+    Http,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Imap => "imap",
+            Protocol::Pop3 => "pop3",
+            Protocol::Submission => "submission",
+            Protocol::Http => "http",
+        }
+    }
+}
+
+/// One login attempt.
+#[derive(Clone, Copy)]
+pub struct LoginRequest<'a> {
+    pub username: &'a str,
+    pub password: &'a str,
+    pub remote_ip: IpAddr,
+    pub protocol: Protocol,
+}
+
+impl std::fmt::Debug for LoginRequest<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginRequest")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .field("remote_ip", &self.remote_ip)
+            .field("protocol", &self.protocol)
+            .finish()
+    }
+}
+
+/// Why a login did not succeed. The variants deliberately do not say whether the user
+/// exists or which check failed; the server log does.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    #[error("too many failed logins; try again in {} seconds", retry_after.as_secs().max(1))]
+    Throttled { retry_after: Duration },
+    #[error("temporary authentication failure: {0}")]
+    TemporaryFailure(String),
+}
+
+/// Login limits, from `[auth]`.
+#[derive(Clone, Debug)]
+pub struct AuthPolicy {
+    pub limits: throttle::Limits,
+    /// Failed attempts a protocol allows on one connection before closing it.
+    pub max_attempts_per_connection: u32,
+    /// Most argon2id verifications running at once.
+    pub max_concurrent_hashes: usize,
+}
+
+impl AuthPolicy {
+    pub fn from_config(c: &AuthConfig) -> Self {
+        let hashes = if c.max_concurrent_hashes == 0 {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        } else {
+            c.max_concurrent_hashes
+        };
+        Self {
+            limits: throttle::Limits {
+                max_failures_per_ip: c.max_failures_per_ip,
+                max_failures_per_account: c.max_failures_per_account,
+                window: Duration::from_secs(c.failure_window_secs.max(1)),
+                delay_base: Duration::from_millis(c.delay_base_ms),
+                delay_max: Duration::from_millis(c.delay_max_ms),
+            },
+            max_attempts_per_connection: c.max_attempts_per_connection.max(1),
+            max_concurrent_hashes: hashes.max(1),
+        }
+    }
+}
+
+impl Default for AuthPolicy {
+    fn default() -> Self {
+        Self::from_config(&AuthConfig::default())
+    }
+}
+
+/// App password `last_used` times are written at most this often per app password, so a
+/// client that logs in every minute does not cost a write every minute.
+const TOUCH_INTERVAL_SECS: i64 = 300;
+
+/// Checks logins. Cheap to clone; clones share the hashing limit.
+#[derive(Clone)]
+pub struct Authenticator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    stores: Stores,
+    policy: AuthPolicy,
+    hashing: Semaphore,
+}
+
+/// Why a login failed, for the log only.
+#[derive(Clone, Copy, Debug)]
+enum Failure {
+    UnknownUser,
+    BadPassword,
+    MainPasswordNeedsSecondFactor,
+}
+
+impl Failure {
+    fn as_str(self) -> &'static str {
+        match self {
+            Failure::UnknownUser => "unknown user",
+            Failure::BadPassword => "wrong password",
+            Failure::MainPasswordNeedsSecondFactor => {
+                "main password refused: two-factor authentication is on, use an app password"
+            }
+        }
+    }
+}
+
+enum Verified {
+    Main,
+    App(AppPassword),
+}
+
+/// A hash with the default parameters of a password nobody knows, verified for unknown
+/// users so they cost what a wrong password costs.
+fn dummy_hash() -> &'static str {
+    static DUMMY: OnceLock<String> = OnceLock::new();
+    DUMMY.get_or_init(|| {
+        let random: String = (0..32)
+            .map(|_| char::from(b'a' + rand::random::<u8>() % 26))
+            .collect();
+        // Hashing can only fail on parameter errors, which the defaults do not have; an
+        // empty string would make the dummy verification cheap, never succeed.
+        hash_password(&random).unwrap_or_default()
+    })
+}
+
+/// The user name as the directory keys it, bounded so it is safe to log and to use in a
+/// counter key.
+fn normalize_username(username: &str) -> String {
+    username
+        .trim()
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(mailfleet_core::address::MAX_ADDRESS_LEN)
+        .collect::<String>()
+        .to_lowercase()
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn temporary(e: StoreError) -> AuthError {
+    AuthError::TemporaryFailure(e.to_string())
+}
+
+impl Authenticator {
+    pub fn new(stores: Stores, policy: AuthPolicy) -> Self {
+        let hashing = Semaphore::new(policy.max_concurrent_hashes);
+        Self {
+            inner: Arc::new(Inner {
+                stores,
+                policy,
+                hashing,
+            }),
+        }
+    }
+
+    pub fn policy(&self) -> &AuthPolicy {
+        &self.inner.policy
+    }
+
+    /// Checks one login. See the crate documentation for the rules.
+    pub async fn authenticate(&self, req: LoginRequest<'_>) -> Result<Account, AuthError> {
+        let username = normalize_username(req.username);
+        let limits = &self.inner.policy.limits;
+        let coord = self.inner.stores.coord.as_ref();
+        match throttle::gate(coord, limits, req.remote_ip, &username)
+            .await
+            .map_err(temporary)?
+        {
+            throttle::Gate::Refuse(retry_after) => {
+                tracing::warn!(
+                    protocol = req.protocol.as_str(),
+                    ip = %req.remote_ip,
+                    user = ?username,
+                    "login refused: too many failed logins"
+                );
+                return Err(AuthError::Throttled { retry_after });
+            }
+            throttle::Gate::Proceed(delay) if !delay.is_zero() => tokio::time::sleep(delay).await,
+            throttle::Gate::Proceed(_) => {}
+        }
+        match self.check(&username, req.password).await? {
+            Ok((account, how)) => {
+                let method = match &how {
+                    Verified::Main => "password".to_string(),
+                    Verified::App(a) => format!("app password {:?}", a.name),
+                };
+                tracing::info!(
+                    protocol = req.protocol.as_str(),
+                    ip = %req.remote_ip,
+                    user = %account.address,
+                    %method,
+                    "login"
+                );
+                if let Verified::App(app) = how {
+                    self.touch(app);
+                }
+                Ok(account)
+            }
+            Err(failure) => {
+                let known = !matches!(failure, Failure::UnknownUser);
+                // Unknown names are counted too: they are what a guessing run tries.
+                throttle::record_failure(coord, limits, req.remote_ip, Some(&username))
+                    .await
+                    .map_err(temporary)?;
+                tracing::warn!(
+                    protocol = req.protocol.as_str(),
+                    ip = %req.remote_ip,
+                    user = ?username,
+                    known,
+                    reason = failure.as_str(),
+                    "authentication failed"
+                );
+                Err(AuthError::InvalidCredentials)
+            }
+        }
+    }
+
+    /// Looks the account up and verifies the password. The outer error is temporary.
+    async fn check(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Result<Result<(Account, Verified), Failure>, AuthError> {
+        let meta = &self.inner.stores.meta;
+        let account = match Address::parse(username) {
+            Ok(a) => meta.get_account(&a.key()).await.map_err(temporary)?,
+            Err(_) => None,
+        };
+        let Some(account) = account else {
+            let candidate = password.to_string();
+            self.verify(move || {
+                verify_password(&candidate, dummy_hash());
+            })
+            .await?;
+            return Ok(Err(Failure::UnknownUser));
+        };
+        let second_factor = meta
+            .totp_secret(account.id)
+            .await
+            .map_err(temporary)?
+            .is_some();
+        let app = match app_password::parse(password) {
+            Some((normalised, tag)) => meta
+                .find_app_password(account.id, &tag)
+                .await
+                .map_err(temporary)?
+                .map(|a| (normalised, a)),
+            None => None,
+        };
+        let main_hash = account.password_hash.clone();
+        let candidate = password.to_string();
+        let outcome = self
+            .verify(move || {
+                if let Some((normalised, app)) = app {
+                    if verify_password(&normalised, &app.hash) {
+                        return Ok(Verified::App(app));
+                    }
+                    // A main password that merely looks like an app password of this
+                    // account (a tag collision) still gets its own check.
+                    if second_factor {
+                        return Err(Failure::BadPassword);
+                    }
+                }
+                match (verify_password(&candidate, &main_hash), second_factor) {
+                    (true, false) => Ok(Verified::Main),
+                    (true, true) => Err(Failure::MainPasswordNeedsSecondFactor),
+                    (false, _) => Err(Failure::BadPassword),
+                }
+            })
+            .await?;
+        Ok(outcome.map(|how| (account, how)))
+    }
+
+    /// Runs password verification on the blocking pool, within the concurrency limit.
+    async fn verify<R: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> Result<R, AuthError> {
+        let _permit = self
+            .inner
+            .hashing
+            .acquire()
+            .await
+            .map_err(|_| AuthError::TemporaryFailure("authenticator closed".into()))?;
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| AuthError::TemporaryFailure(format!("verification task: {e}")))
+    }
+
+    /// Records when an app password was last used, in the background and coarsely.
+    fn touch(&self, app: AppPassword) {
+        let now = now_secs();
+        if app
+            .last_used
+            .is_some_and(|t| now.saturating_sub(t) < TOUCH_INTERVAL_SECS)
+        {
+            return;
+        }
+        let meta = self.inner.stores.meta.clone();
+        tokio::spawn(async move {
+            if let Err(e) = meta.touch_app_password(app.id, now).await {
+                tracing::warn!(error = %e, "could not record app password use");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests;

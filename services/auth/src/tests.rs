@@ -1,0 +1,350 @@
+//! Authenticator tests against the real embedded stores.
+
+use super::*;
+use mailfleet_core::credentials::hash_password;
+use mailfleet_storage::TotpSecret;
+use std::time::Instant;
+
+const PASSWORD: &str = "Corr3ct-Horse-Battery";
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    stores: Stores,
+}
+
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("tmp");
+    let stores = mailfleet_storage::embedded::open(dir.path(), 16).expect("stores");
+    stores
+        .meta
+        .create_domain("example.test")
+        .await
+        .expect("domain");
+    let hash = hash_password(PASSWORD).expect("hash");
+    for user in ["alice@example.test", "bob@example.test"] {
+        stores
+            .meta
+            .create_account(user, &hash, 0)
+            .await
+            .expect("account");
+    }
+    Fixture { _dir: dir, stores }
+}
+
+fn policy(per_ip: u64, per_account: u64, delay_ms: u64) -> AuthPolicy {
+    AuthPolicy::from_config(&AuthConfig {
+        max_failures_per_ip: per_ip,
+        max_failures_per_account: per_account,
+        failure_window_secs: 3600,
+        delay_base_ms: delay_ms,
+        delay_max_ms: delay_ms * 8,
+        max_attempts_per_connection: 3,
+        max_concurrent_hashes: 2,
+    })
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("ip")
+}
+
+fn req<'a>(user: &'a str, password: &'a str, from: &str) -> LoginRequest<'a> {
+    LoginRequest {
+        username: user,
+        password,
+        remote_ip: ip(from),
+        protocol: Protocol::Imap,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn main_password_wrong_password_and_unknown_user() {
+    let f = fixture().await;
+    let auth = Authenticator::new(f.stores.clone(), policy(100, 100, 0));
+    let a = auth
+        .authenticate(req("Alice@Example.TEST", PASSWORD, "192.0.2.1"))
+        .await
+        .expect("correct password, any case of the name");
+    assert_eq!(a.address, "alice@example.test");
+    assert_eq!(
+        auth.authenticate(req("alice@example.test", "wrong-password", "192.0.2.1"))
+            .await,
+        Err(AuthError::InvalidCredentials)
+    );
+    assert_eq!(
+        auth.authenticate(req("nobody@example.test", PASSWORD, "192.0.2.1"))
+            .await,
+        Err(AuthError::InvalidCredentials)
+    );
+    assert_eq!(
+        auth.authenticate(req("not an address", PASSWORD, "192.0.2.1"))
+            .await,
+        Err(AuthError::InvalidCredentials)
+    );
+    let long = "x".repeat(10_000);
+    assert_eq!(
+        auth.authenticate(req(&long, &long, "192.0.2.1")).await,
+        Err(AuthError::InvalidCredentials)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_user_costs_what_a_wrong_password_costs() {
+    let f = fixture().await;
+    let auth = Authenticator::new(f.stores.clone(), policy(1000, 1000, 0));
+    // Warm up the dummy hash and the read connections.
+    let _ = auth
+        .authenticate(req("ghost@example.test", "x", "192.0.2.9"))
+        .await;
+    let _ = auth
+        .authenticate(req("alice@example.test", "x", "192.0.2.9"))
+        .await;
+    // Interleaved, so load from other tests running at the same time hits both alike.
+    let (mut known, mut unknown) = (Duration::ZERO, Duration::ZERO);
+    for _ in 0..6 {
+        for (user, total) in [
+            ("alice@example.test", &mut known),
+            ("ghost@example.test", &mut unknown),
+        ] {
+            let start = Instant::now();
+            let _ = auth
+                .authenticate(req(user, "wrong-password", "192.0.2.9"))
+                .await;
+            *total += start.elapsed();
+        }
+    }
+    let ratio = unknown.as_secs_f64() / known.as_secs_f64();
+    assert!(
+        (0.4..2.5).contains(&ratio),
+        "unknown user took {unknown:?}, wrong password {known:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_passwords_work_until_revoked() {
+    let f = fixture().await;
+    let auth = Authenticator::new(f.stores.clone(), policy(100, 100, 0));
+    let alice = f
+        .stores
+        .meta
+        .get_account("alice@example.test")
+        .await
+        .expect("get")
+        .expect("alice");
+    let (stored, generated) = app_password::create(f.stores.meta.as_ref(), alice.id, "phone", 1)
+        .await
+        .expect("create");
+    assert!(stored.last_used.is_none());
+    assert!(matches!(
+        app_password::create(f.stores.meta.as_ref(), alice.id, "phone", 1).await,
+        Err(app_password::CreateError::Exists(_))
+    ));
+    for typed in [generated.display(), generated.password.to_uppercase()] {
+        let a = auth
+            .authenticate(req("alice@example.test", &typed, "192.0.2.2"))
+            .await
+            .expect("app password opens the account");
+        assert_eq!(a.id, alice.id);
+    }
+    // Another account's app password does not open this one.
+    assert_eq!(
+        auth.authenticate(req("bob@example.test", &generated.display(), "192.0.2.2"))
+            .await,
+        Err(AuthError::InvalidCredentials)
+    );
+    // The main password still works alongside.
+    auth.authenticate(req("alice@example.test", PASSWORD, "192.0.2.2"))
+        .await
+        .expect("main password");
+    // last_used is written in the background.
+    let mut touched = false;
+    for _ in 0..50 {
+        let list = f
+            .stores
+            .meta
+            .list_app_passwords(alice.id)
+            .await
+            .expect("list");
+        if list[0].last_used.is_some() {
+            touched = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(touched, "last_used recorded");
+    f.stores
+        .meta
+        .revoke_app_password(alice.id, "phone")
+        .await
+        .expect("revoke");
+    assert_eq!(
+        auth.authenticate(req("alice@example.test", &generated.display(), "192.0.2.2"))
+            .await,
+        Err(AuthError::InvalidCredentials)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn totp_turns_off_the_main_password_for_protocol_logins() {
+    let f = fixture().await;
+    let auth = Authenticator::new(f.stores.clone(), policy(100, 100, 0));
+    let alice = f
+        .stores
+        .meta
+        .get_account("alice@example.test")
+        .await
+        .expect("get")
+        .expect("alice");
+    let (_, app) = app_password::create(f.stores.meta.as_ref(), alice.id, "laptop", 1)
+        .await
+        .expect("create");
+    f.stores
+        .meta
+        .set_totp_secret(
+            alice.id,
+            Some(TotpSecret {
+                secret: totp::generate_secret(),
+                created_at: 1,
+            }),
+        )
+        .await
+        .expect("enable totp");
+    let shown = app.display();
+    for protocol in [Protocol::Imap, Protocol::Pop3, Protocol::Submission] {
+        let r = LoginRequest {
+            protocol,
+            ..req("alice@example.test", PASSWORD, "192.0.2.3")
+        };
+        assert_eq!(
+            auth.authenticate(r).await,
+            Err(AuthError::InvalidCredentials),
+            "{protocol:?}"
+        );
+        let r = LoginRequest {
+            protocol,
+            ..req("alice@example.test", &shown, "192.0.2.3")
+        };
+        auth.authenticate(r).await.expect("app password accepted");
+    }
+    // Bob has no TOTP and is unaffected.
+    auth.authenticate(req("bob@example.test", PASSWORD, "192.0.2.3"))
+        .await
+        .expect("bob");
+    f.stores
+        .meta
+        .set_totp_secret(alice.id, None)
+        .await
+        .expect("disable totp");
+    auth.authenticate(req("alice@example.test", PASSWORD, "192.0.2.3"))
+        .await
+        .expect("main password again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brute_force_is_slowed_then_refused_per_ip() {
+    let f = fixture().await;
+    let auth = Authenticator::new(f.stores.clone(), policy(6, 1000, 40));
+    let attacker = "198.51.100.7";
+    let mut durations = Vec::new();
+    for _ in 0..6 {
+        let start = Instant::now();
+        assert_eq!(
+            auth.authenticate(req("alice@example.test", "guess-guess", attacker))
+                .await,
+            Err(AuthError::InvalidCredentials)
+        );
+        durations.push(start.elapsed());
+    }
+    // Delays before attempts 2..6: 40, 80, 160, 320, 320 ms.
+    assert!(
+        durations[5] >= Duration::from_millis(300),
+        "later attempts are slowed: {durations:?}"
+    );
+    assert!(durations[5] > durations[0]);
+    // Now even the right password from that address is refused without being checked...
+    match auth
+        .authenticate(req("alice@example.test", PASSWORD, attacker))
+        .await
+    {
+        Err(AuthError::Throttled { retry_after }) => {
+            assert!(retry_after > Duration::ZERO && retry_after <= Duration::from_secs(3600))
+        }
+        other => panic!("expected Throttled, got {other:?}"),
+    }
+    // ...for any user name, while another address logs in normally.
+    assert!(matches!(
+        auth.authenticate(req("bob@example.test", PASSWORD, attacker))
+            .await,
+        Err(AuthError::Throttled { .. })
+    ));
+    auth.authenticate(req("alice@example.test", PASSWORD, "203.0.113.5"))
+        .await
+        .expect("another address is unaffected");
+    // IPv6 neighbours in the same /64 share the count.
+    let v6 = Authenticator::new(f.stores.clone(), policy(2, 1000, 0));
+    for host in ["2001:db8::1", "2001:db8::2"] {
+        let _ = v6
+            .authenticate(req("alice@example.test", "nope-nope", host))
+            .await;
+    }
+    assert!(matches!(
+        v6.authenticate(req("alice@example.test", PASSWORD, "2001:db8::3"))
+            .await,
+        Err(AuthError::Throttled { .. })
+    ));
+    v6.authenticate(req("alice@example.test", PASSWORD, "2001:db8:0:1::3"))
+        .await
+        .expect("next /64 is unaffected");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distributed_guessing_is_capped_per_account() {
+    let f = fixture().await;
+    let auth = Authenticator::new(f.stores.clone(), policy(1000, 4, 0));
+    for i in 0..4 {
+        let from = format!("198.51.100.{}", 10 + i);
+        let _ = auth
+            .authenticate(req("alice@example.test", "guess-guess", &from))
+            .await;
+    }
+    assert!(matches!(
+        auth.authenticate(req("ALICE@example.test", PASSWORD, "203.0.113.9"))
+            .await,
+        Err(AuthError::Throttled { .. })
+    ));
+    auth.authenticate(req("bob@example.test", PASSWORD, "203.0.113.9"))
+        .await
+        .expect("other accounts are unaffected");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn hashing_never_runs_on_async_workers() {
+    // On a single-threaded runtime, a hash on the async thread would stall this timer.
+    let f = fixture().await;
+    let auth = Authenticator::new(f.stores.clone(), policy(1000, 1000, 0));
+    let ticker = tokio::spawn(async {
+        let mut worst = Duration::ZERO;
+        for _ in 0..20 {
+            let t = Instant::now();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            worst = worst.max(t.elapsed());
+        }
+        worst
+    });
+    let logins: Vec<_> = (0..4)
+        .map(|_| {
+            let a = auth.clone();
+            tokio::spawn(async move {
+                a.authenticate(req("alice@example.test", PASSWORD, "192.0.2.50"))
+                    .await
+            })
+        })
+        .collect();
+    for l in logins {
+        l.await.expect("join").expect("login");
+    }
+    let worst = ticker.await.expect("ticker");
+    assert!(
+        worst < Duration::from_millis(500),
+        "timer stalled {worst:?}"
+    );
+}

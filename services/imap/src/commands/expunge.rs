@@ -1,0 +1,54 @@
+//! EXPUNGE and UID EXPUNGE (RFC 4315).
+
+use super::resolve;
+use crate::response;
+use crate::session::{Outcome, Session, State};
+use imap_codec::imap_types::core::Tag;
+use imap_codec::imap_types::sequence::SequenceSet;
+use mailfleet_storage::{StoreResult, Uid};
+
+impl Session {
+    pub(crate) async fn expunge(
+        &mut self,
+        tag: Tag<'static>,
+        only: Option<SequenceSet>,
+    ) -> StoreResult<Outcome> {
+        let State::Selected(sel) = &mut self.state else {
+            return Ok(Outcome::done(vec![response::bad(&tag, "No mailbox selected")]));
+        };
+        if sel.read_only {
+            return Ok(Outcome::done(vec![response::no(
+                &tag,
+                response::code("READ-ONLY"),
+                "Mailbox is read-only",
+            )]));
+        }
+        let allowed: Option<Vec<Uid>> = only
+            .as_ref()
+            .map(|set| resolve(sel, set, true).into_iter().map(|(_, u)| u).collect());
+        let deleted: Vec<Uid> = sel
+            .messages()
+            .iter()
+            .filter(|m| m.flags.contains("\\Deleted"))
+            .filter(|m| allowed.as_ref().is_none_or(|a| a.contains(&m.uid)))
+            .map(|m| m.uid)
+            .collect();
+        let id = sel.id;
+        let mut modseq = None;
+        if !deleted.is_empty() {
+            let gone = self.stores.meta.expunge(id, &deleted).await?;
+            if let State::Selected(sel) = &mut self.state {
+                sel.expunged_here(&gone.uids);
+            }
+            modseq = gone.modseq;
+            self.notify(id, gone.modseq).await;
+        }
+        let mut out = self.pending_updates(true).await?;
+        let code = modseq.and_then(|m| std::num::NonZeroU64::new(m.0)).map(
+            imap_codec::imap_types::response::Code::HighestModSeq,
+        );
+        let code = if self.enabled.condstore { code } else { None };
+        out.push(response::ok(&tag, code, "EXPUNGE completed"));
+        Ok(Outcome::done(out))
+    }
+}

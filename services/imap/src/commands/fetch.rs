@@ -1,0 +1,508 @@
+//! FETCH and UID FETCH, and the untagged updates (EXPUNGE/VANISHED, EXISTS, FETCH FLAGS)
+//! every command may carry.
+//!
+//! Header-level items (ENVELOPE, BODYSTRUCTURE, BODY) come from the message summary cached
+//! in metadata, so they never read the blob; body sections read the blob once per message
+//! and slice it by the summary's offsets. A summary missing from the cache (a message stored
+//! before summaries existed) is computed once and stored.
+
+use super::{resolve, seq_set_valid};
+use crate::response::{self, Resp};
+use crate::selected::{Selected, Update};
+use crate::session::{Enabled, Outcome, Session, State};
+use bytes::Bytes;
+use imap_codec::imap_types::command::FetchModifier;
+use imap_codec::imap_types::core::{IString, Literal, NString, Tag, Vec1};
+use imap_codec::imap_types::datetime::DateTime;
+use imap_codec::imap_types::extensions::binary::Literal8;
+use imap_codec::imap_types::fetch::{
+    MacroOrMessageDataItemNames, MessageDataItem, MessageDataItemName, Part, Section,
+};
+use imap_codec::imap_types::flag::{Flag, FlagFetch};
+use imap_codec::imap_types::IntoStatic;
+use imap_codec::imap_types::response::Data;
+use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
+use mailfleet_mime::{MessageSummary, SectionKind};
+use mailfleet_storage::{FlagOp, Flags, ModSeq, StoreResult, Uid};
+use std::collections::HashMap;
+use std::num::{NonZeroU32, NonZeroU64};
+
+/// Flags as IMAP values; unknown or invalid keywords are left out rather than failing.
+pub(crate) fn imap_flags(flags: &Flags) -> Vec<FlagFetch<'static>> {
+    flags
+        .iter()
+        .filter_map(|f| Flag::try_from(f).ok().map(IntoStatic::into_static))
+        .map(FlagFetch::Flag)
+        .collect()
+}
+
+fn nz(n: u32) -> NonZeroU32 {
+    NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)
+}
+
+/// Sorted, merged ranges of non-zero values: `[1,2,3,7]` → `[(1,3),(7,7)]`.
+pub(crate) fn ranges(values: &[Uid]) -> Vec<(u32, u32)> {
+    let mut sorted: Vec<u32> = values.iter().map(|u| u.0).filter(|u| *u > 0).collect();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut out: Vec<(u32, u32)> = Vec::new();
+    for v in sorted {
+        match out.last_mut() {
+            Some((_, end)) if *end + 1 == v => *end = v,
+            _ => out.push((v, v)),
+        }
+    }
+    out
+}
+
+/// A compact set (`1:3,7`) for VANISHED and MODIFIED.
+pub(crate) fn uid_set(uids: &[Uid]) -> Option<SequenceSet> {
+    let seqs: Vec<Sequence> = ranges(uids)
+        .into_iter()
+        .map(|(a, b)| {
+            if a == b {
+                Sequence::Single(SeqOrUid::Value(nz(a)))
+            } else {
+                Sequence::Range(SeqOrUid::Value(nz(a)), SeqOrUid::Value(nz(b)))
+            }
+        })
+        .collect();
+    Vec1::try_from(seqs).ok().map(SequenceSet)
+}
+
+/// `* n FETCH (UID u FLAGS (...) [MODSEQ (m)])` for one message.
+pub(crate) fn flags_response(sel: &Selected, uid: Uid, with_uid: bool, modseq: bool) -> Option<Resp> {
+    let seq = sel.seq_of(uid)?;
+    let m = sel.by_seq(seq)?;
+    let mut items = Vec::new();
+    if with_uid {
+        items.push(MessageDataItem::Uid(nz(m.uid.0)));
+    }
+    items.push(MessageDataItem::Flags(imap_flags(&m.flags)));
+    if modseq {
+        items.push(MessageDataItem::ModSeq(
+            NonZeroU64::new(m.modseq.0).unwrap_or(NonZeroU64::MIN),
+        ));
+    }
+    Some(response::data(Data::Fetch {
+        seq: nz(seq),
+        items: Vec1::try_from(items).ok()?,
+    }))
+}
+
+/// Untagged responses for a refresh of the selected mailbox.
+pub(crate) fn render_update(sel: &Selected, update: &Update, enabled: Enabled) -> Vec<Resp> {
+    let mut out = Vec::new();
+    if enabled.qresync {
+        let uids: Vec<Uid> = update.expunged.iter().map(|(_, u)| *u).collect();
+        if let Some(set) = uid_set(&uids) {
+            out.push(response::data(Data::Vanished {
+                earlier: false,
+                known_uids: set,
+            }));
+        }
+    } else {
+        for (seq, _) in &update.expunged {
+            out.push(response::data(Data::Expunge(nz(*seq))));
+        }
+    }
+    if let Some(n) = update.exists {
+        out.push(response::data(Data::Exists(n)));
+    }
+    for uid in &update.flags_changed {
+        out.extend(flags_response(sel, *uid, true, enabled.condstore));
+    }
+    out
+}
+
+fn datetime(ts: i64) -> Option<DateTime> {
+    let dt = chrono::DateTime::from_timestamp(ts, 0)?.fixed_offset();
+    DateTime::try_from(dt).ok()
+}
+
+fn nstring(bytes: Vec<u8>) -> NString<'static> {
+    // Message bytes go out as literals: they may hold anything a quoted string cannot.
+    NString(Some(IString::Literal(Literal::unvalidated(bytes))))
+}
+
+fn partial(data: Vec<u8>, range: Option<(u32, NonZeroU32)>) -> (Vec<u8>, Option<u32>) {
+    match range {
+        None => (data, None),
+        Some((start, len)) => {
+            let s = (start as usize).min(data.len());
+            let e = s.saturating_add(len.get() as usize).min(data.len());
+            (data[s..e].to_vec(), Some(start))
+        }
+    }
+}
+
+fn part_path(p: &Option<Part>) -> Vec<u32> {
+    p.as_ref()
+        .map(|p| p.0.as_ref().iter().map(|n| n.get()).collect())
+        .unwrap_or_default()
+}
+
+fn header_names(names: &Vec1<imap_codec::imap_types::core::AString<'static>>) -> Vec<String> {
+    names
+        .as_ref()
+        .iter()
+        .map(|n| String::from_utf8_lossy(n.as_ref()).into_owned())
+        .collect()
+}
+
+/// The bytes a BODY[section] names, or empty when the part does not exist (RFC 9051 asks
+/// for an empty string rather than an error).
+fn section_bytes(raw: &[u8], summary: &MessageSummary, section: &Option<Section<'static>>) -> Vec<u8> {
+    let (path, kind) = match section {
+        None => return raw.to_vec(),
+        Some(Section::Part(p)) => (part_path(&Some(p.clone())), SectionKind::Full),
+        Some(Section::Header(p)) => (part_path(p), SectionKind::Header),
+        Some(Section::Text(p)) => (part_path(p), SectionKind::Text),
+        Some(Section::Mime(p)) => (part_path(&Some(p.clone())), SectionKind::Mime),
+        Some(Section::HeaderFields(p, names)) => {
+            (part_path(p), SectionKind::HeaderFields(header_names(names)))
+        }
+        Some(Section::HeaderFieldsNot(p, names)) => {
+            (part_path(p), SectionKind::HeaderFieldsNot(header_names(names)))
+        }
+    };
+    mailfleet_mime::section(raw, summary, &path, kind).unwrap_or_default()
+}
+
+/// What a FETCH needs loaded for each message.
+#[derive(Default, Clone, Copy)]
+struct Needs {
+    summary: bool,
+    blob: bool,
+    sets_seen: bool,
+}
+
+fn needs(items: &[MessageDataItemName<'static>]) -> Needs {
+    let mut n = Needs::default();
+    for i in items {
+        match i {
+            MessageDataItemName::Envelope
+            | MessageDataItemName::BodyStructure
+            | MessageDataItemName::Body => n.summary = true,
+            MessageDataItemName::BodyExt { section, peek, .. } => {
+                n.blob = true;
+                n.summary |= section.is_some();
+                n.sets_seen |= !peek;
+            }
+            MessageDataItemName::Binary { peek, .. } => {
+                n.blob = true;
+                n.summary = true;
+                n.sets_seen |= !peek;
+            }
+            MessageDataItemName::BinarySize { .. } => {
+                n.blob = true;
+                n.summary = true;
+            }
+            MessageDataItemName::Rfc822 | MessageDataItemName::Rfc822Text => {
+                n.blob = true;
+                n.summary = true;
+                n.sets_seen = true;
+            }
+            MessageDataItemName::Rfc822Header => {
+                n.blob = true;
+                n.summary = true;
+            }
+            _ => {}
+        }
+    }
+    n
+}
+
+/// Loads (or computes and caches) summaries for `uids`.
+async fn summaries(
+        stores: &mailfleet_storage::Stores,
+        sel: &Selected,
+        uids: &[Uid],
+        blobs: &HashMap<Uid, Bytes>,
+    ) -> StoreResult<HashMap<Uid, MessageSummary>> {
+        let mut out = HashMap::new();
+        for chunk in uids.chunks(500) {
+            for (uid, bytes) in stores.meta.message_summaries(sel.id, chunk).await? {
+                if let Ok(s) = MessageSummary::from_bytes(&bytes) {
+                    out.insert(uid, s);
+                }
+            }
+        }
+        for uid in uids {
+            if out.contains_key(uid) {
+                continue;
+            }
+            let Some(m) = sel.seq_of(*uid).and_then(|s| sel.by_seq(s)) else {
+                continue;
+            };
+            let raw = match blobs.get(uid) {
+                Some(b) => b.clone(),
+                None => stores.blobs.get(&m.blob).await?,
+            };
+            let summary = mailfleet_mime::analyze(&raw);
+            stores
+                .meta
+                .set_message_summary(sel.id, *uid, summary.to_bytes())
+                .await?;
+            out.insert(*uid, summary);
+        }
+        Ok(out)
+}
+
+impl Session {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn fetch(
+        &mut self,
+        tag: Tag<'static>,
+        set: SequenceSet,
+        items: MacroOrMessageDataItemNames<'static>,
+        uid: bool,
+        modifiers: Vec<FetchModifier>,
+    ) -> StoreResult<Outcome> {
+        let mut items = match items {
+            MacroOrMessageDataItemNames::Macro(m) => {
+                m.expand().into_iter().map(IntoStatic::into_static).collect()
+            }
+            MacroOrMessageDataItemNames::MessageDataItemNames(v) => v,
+        };
+        let mut changed_since = None;
+        let mut vanished = false;
+        for m in modifiers {
+            match m {
+                FetchModifier::ChangedSince(v) => {
+                    changed_since = Some(ModSeq(v.get()));
+                    self.enabled.condstore = true;
+                }
+                FetchModifier::Vanished => vanished = true,
+            }
+        }
+        if vanished && (!uid || changed_since.is_none() || !self.enabled.qresync) {
+            return Ok(Outcome::done(vec![response::bad(
+                &tag,
+                "VANISHED needs UID FETCH with CHANGEDSINCE and QRESYNC enabled",
+            )]));
+        }
+        let condstore = self.enabled.condstore;
+        if uid && !items.contains(&MessageDataItemName::Uid) {
+            items.insert(0, MessageDataItemName::Uid);
+        }
+        if (changed_since.is_some() || condstore) && !items.contains(&MessageDataItemName::ModSeq) && changed_since.is_some() {
+            items.push(MessageDataItemName::ModSeq);
+        }
+        let enabled = self.enabled;
+        let State::Selected(sel) = &mut self.state else {
+            return Ok(Outcome::done(vec![response::bad(&tag, "No mailbox selected")]));
+        };
+        if !uid && !seq_set_valid(sel, &set) {
+            return Ok(Outcome::done(vec![response::bad(&tag, "Invalid message sequence number")]));
+        }
+        let mut targets = resolve(sel, &set, uid);
+        if let Some(since) = changed_since {
+            targets.retain(|(seq, _)| sel.by_seq(*seq).is_some_and(|m| m.modseq > since));
+        }
+        let need = needs(&items);
+        let read_only = sel.read_only;
+        let sel_id = sel.id;
+        let mut out = Vec::new();
+
+        if vanished {
+            if let Some(since) = changed_since {
+                let largest = sel.max_uid().map_or(0, |u| u.get());
+                let gone: Vec<Uid> = self
+                    .stores
+                    .meta
+                    .changes_since(sel_id, since)
+                    .await?
+                    .into_iter()
+                    .filter(|c| c.kind == mailfleet_storage::ChangeKind::Expunged)
+                    .filter(|c| super::in_set(&set, c.uid.0, largest.max(c.uid.0)))
+                    .map(|c| c.uid)
+                    .collect();
+                if let Some(s) = uid_set(&gone) {
+                    out.push(response::data(Data::Vanished {
+                        earlier: true,
+                        known_uids: s,
+                    }));
+                }
+            }
+        }
+
+        // Mark \Seen first (one transaction), so FLAGS in the response are the new ones.
+        let mut seen_now: Vec<Uid> = Vec::new();
+        if need.sets_seen && !read_only {
+            let unseen: Vec<Uid> = targets
+                .iter()
+                .filter_map(|(seq, _)| sel.by_seq(*seq))
+                .filter(|m| !m.flags.contains("\\Seen"))
+                .map(|m| m.uid)
+                .collect();
+            if !unseen.is_empty() {
+                let changed = self
+                    .stores
+                    .meta
+                    .store_flags(sel_id, &unseen, FlagOp::Add, &Flags::new(["\\Seen"]))
+                    .await?;
+                for c in changed {
+                    if let Some(m) = sel.get_mut(c.uid) {
+                        m.flags = c.flags;
+                        m.modseq = c.modseq;
+                    }
+                    seen_now.push(c.uid);
+                }
+            }
+        }
+
+        // Process in batches so a FETCH 1:* of a large mailbox keeps memory flat.
+        let sel: &Selected = sel;
+        for batch in targets.chunks(200) {
+            let uids: Vec<Uid> = batch.iter().map(|(_, u)| *u).collect();
+            let mut blobs: HashMap<Uid, Bytes> = HashMap::new();
+            if need.blob {
+                for (seq, u) in batch {
+                    if let Some(m) = sel.by_seq(*seq) {
+                        blobs.insert(*u, self.stores.blobs.get(&m.blob).await?);
+                    }
+                }
+            }
+            let summaries = if need.summary {
+                summaries(&self.stores, sel, &uids, &blobs).await?
+            } else {
+                HashMap::new()
+            };
+            for (seq, u) in batch {
+                let Some(m) = sel.by_seq(*seq) else { continue };
+                let raw = blobs.get(u);
+                let summary = summaries.get(u);
+                let mut data = Vec::with_capacity(items.len());
+                for item in &items {
+                    if let Some(d) = render_item(item, m, raw, summary) {
+                        data.push(d);
+                    }
+                }
+                if seen_now.contains(u) && !items.contains(&MessageDataItemName::Flags) {
+                    data.push(MessageDataItem::Flags(imap_flags(&m.flags)));
+                }
+                if condstore && !items.contains(&MessageDataItemName::ModSeq) && seen_now.contains(u) {
+                    data.push(MessageDataItem::ModSeq(
+                        NonZeroU64::new(m.modseq.0).unwrap_or(NonZeroU64::MIN),
+                    ));
+                }
+                if let Ok(items) = Vec1::try_from(data) {
+                    out.push(response::data(Data::Fetch { seq: nz(*seq), items }));
+                }
+            }
+        }
+        let _ = enabled;
+        if !seen_now.is_empty() {
+            self.notify(sel_id, None).await;
+        }
+        // FETCH must not renumber (RFC 9051 §7.5.1), UID FETCH may.
+        out.extend(self.pending_updates(uid).await?);
+        out.push(response::ok(&tag, None, if uid { "UID FETCH completed" } else { "FETCH completed" }));
+        Ok(Outcome::done(out))
+    }
+}
+
+/// The part a BINARY section names (RFC 3516 §4.2): numbers walk multiparts and enter
+/// message/rfc822 bodies; part 1 of a single-part entity is that entity.
+fn find_part<'a>(root: &'a mailfleet_mime::Part, path: &[u32]) -> Option<&'a mailfleet_mime::Part> {
+    use mailfleet_mime::Body;
+    let mut part = root;
+    for &n in path {
+        let idx = n.checked_sub(1)? as usize;
+        part = match &part.body {
+            Body::Multipart { parts } => parts.get(idx)?,
+            Body::Message { message, .. } => match &message.body {
+                Body::Multipart { parts } => parts.get(idx)?,
+                _ if idx == 0 => message,
+                _ => return None,
+            },
+            _ if idx == 0 => part,
+            _ => return None,
+        };
+    }
+    Some(part)
+}
+
+/// BINARY[section]: the part's content with its transfer encoding removed.
+fn binary(raw: &[u8], summary: &MessageSummary, path: &[u32]) -> Option<Vec<u8>> {
+    let part = find_part(&summary.root, path)?;
+    let (start, end) = (part.body_start as usize, part.body_end as usize);
+    let body = raw.get(start.min(raw.len())..end.min(raw.len()))?;
+    let encoding = part.encoding_or_default();
+    if encoding.eq_ignore_ascii_case(b"base64") {
+        mail_parser::decoders::base64::base64_decode(body)
+    } else if encoding.eq_ignore_ascii_case(b"quoted-printable") {
+        mail_parser::decoders::quoted_printable::quoted_printable_decode(body)
+    } else {
+        Some(body.to_vec())
+    }
+}
+
+fn render_item(
+    item: &MessageDataItemName<'static>,
+    m: &crate::selected::ViewMessage,
+    raw: Option<&Bytes>,
+    summary: Option<&MessageSummary>,
+) -> Option<MessageDataItem<'static>> {
+    Some(match item {
+        MessageDataItemName::Uid => MessageDataItem::Uid(nz(m.uid.0)),
+        MessageDataItemName::Flags => MessageDataItem::Flags(imap_flags(&m.flags)),
+        MessageDataItemName::InternalDate => MessageDataItem::InternalDate(datetime(m.internal_date)?),
+        MessageDataItemName::Rfc822Size => MessageDataItem::Rfc822Size(m.size.min(u32::MAX as u64) as u32),
+        MessageDataItemName::ModSeq => {
+            MessageDataItem::ModSeq(NonZeroU64::new(m.modseq.0).unwrap_or(NonZeroU64::MIN))
+        }
+        MessageDataItemName::Envelope => {
+            MessageDataItem::Envelope(mailfleet_mime::imap::envelope(&summary?.envelope))
+        }
+        MessageDataItemName::BodyStructure => {
+            MessageDataItem::BodyStructure(mailfleet_mime::imap::body_structure(&summary?.root, true))
+        }
+        MessageDataItemName::Body => {
+            MessageDataItem::Body(mailfleet_mime::imap::body_structure(&summary?.root, false))
+        }
+        MessageDataItemName::BodyExt { section, partial: range, .. } => {
+            let raw = raw?;
+            let bytes = match summary {
+                Some(s) => section_bytes(raw, s, section),
+                None => raw.to_vec(),
+            };
+            let (bytes, origin) = partial(bytes, *range);
+            MessageDataItem::BodyExt {
+                section: section.clone(),
+                origin,
+                data: nstring(bytes),
+            }
+        }
+        MessageDataItemName::Rfc822 => MessageDataItem::Rfc822(nstring(raw?.to_vec())),
+        MessageDataItemName::Rfc822Header => MessageDataItem::Rfc822Header(nstring(
+            mailfleet_mime::section(raw?, summary?, &[], SectionKind::Header)
+                .unwrap_or_default(),
+        )),
+        MessageDataItemName::Rfc822Text => MessageDataItem::Rfc822Text(nstring(
+            mailfleet_mime::section(raw?, summary?, &[], SectionKind::Text)
+                .unwrap_or_default(),
+        )),
+        MessageDataItemName::Binary { section, partial: range, .. } => {
+            let path: Vec<u32> = section.iter().map(|n| n.get()).collect();
+            let decoded = binary(raw?, summary?, &path).unwrap_or_default();
+            let (bytes, _) = partial(decoded, *range);
+            MessageDataItem::Binary {
+                section: section.clone(),
+                value: imap_codec::imap_types::core::NString8::Literal8(Literal8 {
+                    data: bytes.into(),
+                    mode: imap_codec::imap_types::core::LiteralMode::Sync,
+                }),
+            }
+        }
+        MessageDataItemName::BinarySize { section } => {
+            let path: Vec<u32> = section.iter().map(|n| n.get()).collect();
+            let n = binary(raw?, summary?, &path).map_or(0, |d| d.len());
+            MessageDataItem::BinarySize {
+                section: section.clone(),
+                size: n.min(u32::MAX as usize) as u32,
+            }
+        }
+    })
+}

@@ -1,0 +1,482 @@
+//! SEARCH and SORT (RFC 5256), with every RFC 9051 search key and CONDSTORE's MODSEQ.
+//!
+//! Keys on flags, sizes, dates and UIDs are answered from the session's view; header and
+//! body keys parse the message (mail-parser) and compare decoded text case-insensitively, as
+//! RFC 9051 §6.4.4 asks. A message is parsed at most once per command.
+
+use super::{in_set, seq_set_valid};
+use crate::response;
+use crate::selected::{Selected, ViewMessage};
+use crate::session::{Outcome, Session, State};
+use chrono::NaiveDate;
+use imap_codec::imap_types::core::{Charset, Tag, Vec1};
+use imap_codec::imap_types::extensions::sort::{SortCriterion, SortKey};
+use imap_codec::imap_types::response::{Code, Data};
+use imap_codec::imap_types::search::SearchKey;
+use mail_parser::{Message, MessageParser};
+use mailfleet_storage::{StoreResult, Stores};
+use std::num::{NonZeroU32, NonZeroU64};
+
+/// Nesting depth of search keys accepted (NOT/OR/parentheses), against stack exhaustion.
+const MAX_DEPTH: usize = 64;
+
+fn lower(s: &[u8]) -> String {
+    String::from_utf8_lossy(s).to_lowercase()
+}
+
+fn contains(hay: &str, needle: &str) -> bool {
+    hay.to_lowercase().contains(needle)
+}
+
+fn day_of(ts: i64) -> Option<NaiveDate> {
+    chrono::DateTime::from_timestamp(ts, 0).map(|d| d.date_naive())
+}
+
+fn needs_parse(key: &SearchKey<'_>) -> bool {
+    use SearchKey::*;
+    match key {
+        And(v) => v.as_ref().iter().any(needs_parse),
+        Not(k) => needs_parse(k),
+        Or(a, b) => needs_parse(a) || needs_parse(b),
+        Bcc(_) | Body(_) | Cc(_) | From(_) | Header(..) | Subject(_) | Text(_) | To(_)
+        | SentBefore(_) | SentOn(_) | SentSince(_) => true,
+        _ => false,
+    }
+}
+
+fn depth(key: &SearchKey<'_>) -> usize {
+    use SearchKey::*;
+    match key {
+        And(v) => 1 + v.as_ref().iter().map(depth).max().unwrap_or(0),
+        Not(k) => 1 + depth(k),
+        Or(a, b) => 1 + depth(a).max(depth(b)),
+        _ => 1,
+    }
+}
+
+fn address_text(a: Option<&mail_parser::Address<'_>>) -> String {
+    let Some(a) = a else { return String::new() };
+    a.iter()
+        .map(|x| {
+            format!(
+                "{} <{}>",
+                x.name().unwrap_or_default(),
+                x.address().unwrap_or_default()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Everything a key may look at for one message.
+struct Candidate<'a> {
+    seq: u32,
+    msg: &'a ViewMessage,
+    parsed: Option<&'a Message<'a>>,
+    raw: Option<&'a [u8]>,
+    largest_seq: u32,
+    largest_uid: u32,
+}
+
+fn header_text(parsed: &Message<'_>, name: &str) -> String {
+    parsed
+        .headers_raw()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| {
+            // Decode RFC 2047 words the way the parser does for known headers.
+            let unfolded: String = v.replace("\r\n", "").replace('\n', "");
+            decode_words(&unfolded)
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn decode_words(v: &str) -> String {
+    let synthetic = format!("X: {v}\r\n\r\n");
+    MessageParser::default()
+        .parse(synthetic.as_bytes())
+        .and_then(|m| m.header("X").and_then(|h| h.as_text()).map(str::to_string))
+        .unwrap_or_else(|| v.to_string())
+}
+
+fn body_text(parsed: &Message<'_>) -> String {
+    let mut out = String::new();
+    for i in 0..parsed.text_body_count() {
+        if let Some(t) = parsed.body_text(i) {
+            out.push_str(&t);
+            out.push('\n');
+        }
+    }
+    if out.is_empty() {
+        for i in 0..parsed.html_body_count() {
+            if let Some(t) = parsed.body_html(i) {
+                out.push_str(&t);
+            }
+        }
+    }
+    out
+}
+
+fn sent_date(c: &Candidate<'_>) -> Option<NaiveDate> {
+    c.parsed
+        .and_then(|p| p.date())
+        .and_then(|d| day_of(d.to_timestamp()))
+}
+
+fn matches(key: &SearchKey<'_>, c: &Candidate<'_>) -> bool {
+    use SearchKey::*;
+    let f = |name: &str| c.msg.flags.contains(name);
+    match key {
+        And(v) => v.as_ref().iter().all(|k| matches(k, c)),
+        SequenceSet(s) => in_set(s, c.seq, c.largest_seq),
+        Uid(s) => in_set(s, c.msg.uid.0, c.largest_uid),
+        All => true,
+        Answered => f("\\Answered"),
+        Deleted => f("\\Deleted"),
+        Draft => f("\\Draft"),
+        Flagged => f("\\Flagged"),
+        Seen => f("\\Seen"),
+        Unanswered => !f("\\Answered"),
+        Undeleted => !f("\\Deleted"),
+        Undraft => !f("\\Draft"),
+        Unflagged => !f("\\Flagged"),
+        Unseen => !f("\\Seen"),
+        // Mailfleet does not keep \Recent (IMAP4rev2 removed it): nothing is recent.
+        Recent | New => false,
+        Old => true,
+        Keyword(k) => f(k.as_ref()),
+        Unkeyword(k) => !f(k.as_ref()),
+        Larger(n) => c.msg.size > u64::from(*n),
+        Smaller(n) => c.msg.size < u64::from(*n),
+        Before(d) => day_of(c.msg.internal_date).is_some_and(|x| x < *d.as_ref()),
+        On(d) => day_of(c.msg.internal_date).is_some_and(|x| x == *d.as_ref()),
+        Since(d) => day_of(c.msg.internal_date).is_some_and(|x| x >= *d.as_ref()),
+        SentBefore(d) => sent_date(c).is_some_and(|x| x < *d.as_ref()),
+        SentOn(d) => sent_date(c).is_some_and(|x| x == *d.as_ref()),
+        SentSince(d) => sent_date(c).is_some_and(|x| x >= *d.as_ref()),
+        Older(secs) => {
+            chrono::Utc::now().timestamp() - c.msg.internal_date >= i64::from(secs.get())
+        }
+        Younger(secs) => {
+            chrono::Utc::now().timestamp() - c.msg.internal_date <= i64::from(secs.get())
+        }
+        ModSequence { modseq, .. } => c.msg.modseq.0 >= *modseq,
+        Not(k) => !matches(k, c),
+        Or(a, b) => matches(a, c) || matches(b, c),
+        Bcc(s) | Cc(s) | From(s) | To(s) | Subject(s) | Body(s) | Text(s) => {
+            let Some(p) = c.parsed else { return false };
+            let needle = lower(s.as_ref());
+            match key {
+                Bcc(_) => contains(&address_text(p.bcc()), &needle),
+                Cc(_) => contains(&address_text(p.cc()), &needle),
+                From(_) => contains(&address_text(p.from()), &needle),
+                To(_) => contains(&address_text(p.to()), &needle),
+                Subject(_) => contains(p.subject().unwrap_or_default(), &needle),
+                Body(_) => contains(&body_text(p), &needle),
+                _ => {
+                    // TEXT: header and body.
+                    let header_hit = c.raw.is_some_and(|r| {
+                        let end = find_header_end(r);
+                        contains(&String::from_utf8_lossy(&r[..end]), &needle)
+                    });
+                    header_hit || contains(&body_text(p), &needle)
+                }
+            }
+        }
+        Header(name, value) => {
+            let Some(p) = c.parsed else { return false };
+            let name = String::from_utf8_lossy(name.as_ref()).into_owned();
+            let text = header_text(p, &name);
+            let present = p.headers_raw().any(|(n, _)| n.eq_ignore_ascii_case(&name));
+            // An empty string matches every message that has the field (RFC 9051).
+            present && contains(&text, &lower(value.as_ref()))
+        }
+    }
+}
+
+fn find_header_end(raw: &[u8]) -> usize {
+    raw.windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| p + 4)
+        .unwrap_or(raw.len())
+}
+
+/// RFC 5256 §2.1 base subject: strip `Re:`/`Fwd:`/`[tag]` prefixes and `(fwd)` trailers.
+pub fn base_subject(s: &str) -> String {
+    let mut s = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    loop {
+        let before = s.clone();
+        while s.to_lowercase().ends_with("(fwd)") {
+            s.truncate(s.len() - 5);
+            s = s.trim_end().to_string();
+        }
+        loop {
+            let t = s.trim_start();
+            let l = t.to_lowercase();
+            let mut cut = None;
+            for p in ["re", "fwd", "fw"] {
+                if let Some(rest) = l.strip_prefix(p) {
+                    let rest_t = rest.trim_start();
+                    // Optional [blob] between the prefix and the colon.
+                    let rest_t = if rest_t.starts_with('[') {
+                        rest_t.find(']').map_or(rest_t, |i| &rest_t[i + 1..]).trim_start()
+                    } else {
+                        rest_t
+                    };
+                    if let Some(after) = rest_t.strip_prefix(':') {
+                        cut = Some(t.len() - after.len());
+                        break;
+                    }
+                }
+            }
+            if cut.is_none() && t.starts_with('[') {
+                if let Some(i) = t.find(']') {
+                    if !t[i + 1..].trim().is_empty() {
+                        cut = Some(i + 1);
+                    }
+                }
+            }
+            match cut {
+                Some(n) => s = t[n..].trim_start().to_string(),
+                None => {
+                    s = t.to_string();
+                    break;
+                }
+            }
+        }
+        if let Some(inner) = s
+            .strip_prefix("[fwd:")
+            .or_else(|| s.strip_prefix("[Fwd:"))
+            .and_then(|r| r.strip_suffix(']'))
+        {
+            s = inner.trim().to_string();
+        }
+        if s == before {
+            return s.to_lowercase();
+        }
+    }
+}
+
+impl Session {
+    /// The messages matching `criteria`, as (sequence number, message) pairs, with each
+    /// parsed message handed to `visit` (used by SORT for its keys).
+    async fn evaluate(
+        stores: &Stores,
+        sel: &Selected,
+        criteria: &SearchKey<'_>,
+        mut visit: impl FnMut(u32, &ViewMessage, Option<&Message<'_>>),
+        parse_all: bool,
+    ) -> StoreResult<()> {
+        let parse = parse_all || needs_parse(criteria);
+        let largest_seq = sel.len();
+        let largest_uid = sel.max_uid().map_or(0, |u| u.get());
+        let parser = MessageParser::default();
+        for (i, m) in sel.messages().iter().enumerate() {
+            let seq = i as u32 + 1;
+            let raw = if parse {
+                Some(stores.blobs.get(&m.blob).await?)
+            } else {
+                None
+            };
+            let parsed = raw.as_ref().and_then(|r| parser.parse(r.as_ref()));
+            let c = Candidate {
+                seq,
+                msg: m,
+                parsed: parsed.as_ref(),
+                raw: raw.as_deref(),
+                largest_seq,
+                largest_uid,
+            };
+            if matches(criteria, &c) {
+                visit(seq, m, parsed.as_ref());
+            }
+        }
+        Ok(())
+    }
+
+    fn check_charset(charset: &Option<Charset<'_>>) -> bool {
+        charset.as_ref().is_none_or(|c| {
+            let c = c.as_ref().to_ascii_uppercase();
+            c == "UTF-8" || c == "US-ASCII"
+        })
+    }
+
+    pub(crate) async fn search(
+        &mut self,
+        tag: Tag<'static>,
+        charset: Option<Charset<'static>>,
+        criteria: Vec1<SearchKey<'static>>,
+        uid: bool,
+    ) -> StoreResult<Outcome> {
+        if !Self::check_charset(&charset) {
+            return Ok(Outcome::done(vec![response::no(
+                &tag,
+                Some(Code::BadCharset { allowed: vec![] }),
+                "Only UTF-8 and US-ASCII are supported",
+            )]));
+        }
+        let key = SearchKey::And(criteria);
+        if depth(&key) > MAX_DEPTH {
+            return Ok(Outcome::done(vec![response::bad(&tag, "Search too deeply nested")]));
+        }
+        let uses_modseq = uses_modseq(&key);
+        if uses_modseq {
+            self.enabled.condstore = true;
+        }
+        let State::Selected(sel) = &self.state else {
+            return Ok(Outcome::done(vec![response::bad(&tag, "No mailbox selected")]));
+        };
+        if !uid && !seq_keys_valid(&key, sel) {
+            return Ok(Outcome::done(vec![response::bad(&tag, "Invalid message sequence number")]));
+        }
+        let mut hits: Vec<NonZeroU32> = Vec::new();
+        let mut max_modseq = 0u64;
+        Self::evaluate(
+            &self.stores,
+            sel,
+            &key,
+            |seq, m, _| {
+                if let Some(n) = NonZeroU32::new(if uid { m.uid.0 } else { seq }) {
+                    hits.push(n);
+                }
+                max_modseq = max_modseq.max(m.modseq.0);
+            },
+            false,
+        )
+        .await?;
+        let modseq = if uses_modseq { NonZeroU64::new(max_modseq) } else { None };
+        let mut out = vec![response::data(Data::Search(hits, modseq))];
+        out.extend(self.pending_updates(uid).await?);
+        out.push(response::ok(&tag, None, if uid { "UID SEARCH completed" } else { "SEARCH completed" }));
+        Ok(Outcome::done(out))
+    }
+
+    pub(crate) async fn sort(
+        &mut self,
+        tag: Tag<'static>,
+        criteria: Vec1<SortCriterion>,
+        charset: Charset<'static>,
+        search: Vec1<SearchKey<'static>>,
+        uid: bool,
+    ) -> StoreResult<Outcome> {
+        if !Self::check_charset(&Some(charset)) {
+            return Ok(Outcome::done(vec![response::no(
+                &tag,
+                Some(Code::BadCharset { allowed: vec![] }),
+                "Only UTF-8 and US-ASCII are supported",
+            )]));
+        }
+        let key = SearchKey::And(search);
+        if depth(&key) > MAX_DEPTH {
+            return Ok(Outcome::done(vec![response::bad(&tag, "Search too deeply nested")]));
+        }
+        let State::Selected(sel) = &self.state else {
+            return Ok(Outcome::done(vec![response::bad(&tag, "No mailbox selected")]));
+        };
+        let criteria: Vec<SortCriterion> = criteria.into_inner();
+        // Sort keys per hit, computed while each message is parsed.
+        let mut rows: Vec<(Vec<SortValue>, u32, u32)> = Vec::new();
+        Self::evaluate(
+            &self.stores,
+            sel,
+            &key,
+            |seq, m, parsed| {
+                let values = criteria.iter().map(|c| sort_value(&c.key, m, parsed)).collect();
+                rows.push((values, seq, m.uid.0));
+            },
+            true,
+        )
+        .await?;
+        rows.sort_by(|a, b| {
+            for (i, c) in criteria.iter().enumerate() {
+                let ord = a.0[i].cmp(&b.0[i]);
+                let ord = if c.reverse { ord.reverse() } else { ord };
+                if ord != std::cmp::Ordering::Equal {
+                    return ord;
+                }
+            }
+            // Ties are broken by sequence number (RFC 5256 §3).
+            a.1.cmp(&b.1)
+        });
+        let ids: Vec<NonZeroU32> = rows
+            .iter()
+            .filter_map(|r| NonZeroU32::new(if uid { r.2 } else { r.1 }))
+            .collect();
+        let mut out = vec![response::data(Data::Sort(ids, None))];
+        out.extend(self.pending_updates(uid).await?);
+        out.push(response::ok(&tag, None, if uid { "UID SORT completed" } else { "SORT completed" }));
+        Ok(Outcome::done(out))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum SortValue {
+    Num(i64),
+    Text(String),
+}
+
+fn first_mailbox(a: Option<&mail_parser::Address<'_>>, display: bool) -> String {
+    let Some(first) = a.and_then(|a| a.first()) else {
+        return String::new();
+    };
+    if display {
+        if let Some(n) = first.name() {
+            return n.to_lowercase();
+        }
+    }
+    first
+        .address()
+        .map(|x| x.split('@').next().unwrap_or(x).to_lowercase())
+        .unwrap_or_default()
+}
+
+fn sort_value(key: &SortKey, m: &ViewMessage, p: Option<&Message<'_>>) -> SortValue {
+    match key {
+        SortKey::Arrival => SortValue::Num(m.internal_date),
+        SortKey::Size => SortValue::Num(m.size as i64),
+        SortKey::Date => SortValue::Num(
+            p.and_then(|p| p.date())
+                .map(|d| d.to_timestamp())
+                .unwrap_or(m.internal_date),
+        ),
+        SortKey::Subject => SortValue::Text(base_subject(p.and_then(|p| p.subject()).unwrap_or_default())),
+        SortKey::From => SortValue::Text(first_mailbox(p.and_then(|p| p.from()), false)),
+        SortKey::To => SortValue::Text(first_mailbox(p.and_then(|p| p.to()), false)),
+        SortKey::Cc => SortValue::Text(first_mailbox(p.and_then(|p| p.cc()), false)),
+        SortKey::DisplayFrom => SortValue::Text(first_mailbox(p.and_then(|p| p.from()), true)),
+        SortKey::DisplayTo => SortValue::Text(first_mailbox(p.and_then(|p| p.to()), true)),
+    }
+}
+
+fn uses_modseq(key: &SearchKey<'_>) -> bool {
+    match key {
+        SearchKey::ModSequence { .. } => true,
+        SearchKey::And(v) => v.as_ref().iter().any(uses_modseq),
+        SearchKey::Not(k) => uses_modseq(k),
+        SearchKey::Or(a, b) => uses_modseq(a) || uses_modseq(b),
+        _ => false,
+    }
+}
+
+fn seq_keys_valid(key: &SearchKey<'_>, sel: &Selected) -> bool {
+    match key {
+        SearchKey::SequenceSet(s) => seq_set_valid(sel, s) || sel.is_empty(),
+        SearchKey::And(v) => v.as_ref().iter().all(|k| seq_keys_valid(k, sel)),
+        SearchKey::Not(k) => seq_keys_valid(k, sel),
+        SearchKey::Or(a, b) => seq_keys_valid(a, sel) && seq_keys_valid(b, sel),
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::base_subject;
+
+    #[test]
+    fn base_subjects() {
+        assert_eq!(base_subject("Re: Fwd: [list] Hello  world (fwd)"), "hello world");
+        assert_eq!(base_subject("RE[2]: hi"), "hi");
+        assert_eq!(base_subject("[Fwd: meeting]"), "meeting");
+        assert_eq!(base_subject("plain"), "plain");
+    }
+}

@@ -1,0 +1,115 @@
+//! STORE and UID STORE, with CONDSTORE's UNCHANGEDSINCE (RFC 7162 §3.1.3).
+
+use super::fetch::{flags_response, uid_set};
+use super::mailboxes::flag_op;
+use super::{resolve, seq_set_valid};
+use crate::response;
+use crate::session::{Outcome, Session, State};
+use imap_codec::imap_types::command::StoreModifier;
+use imap_codec::imap_types::core::Tag;
+use imap_codec::imap_types::flag::{Flag, StoreResponse, StoreType};
+use imap_codec::imap_types::response::Code;
+use imap_codec::imap_types::sequence::SequenceSet;
+use mailfleet_storage::{Flags, StoreResult, Uid};
+
+/// Most keywords one message may carry (a client-controlled count).
+pub const MAX_KEYWORDS: usize = 100;
+
+impl Session {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn store(
+        &mut self,
+        tag: Tag<'static>,
+        set: SequenceSet,
+        kind: StoreType,
+        resp: StoreResponse,
+        flags: Vec<Flag<'static>>,
+        uid: bool,
+        modifiers: Vec<StoreModifier>,
+    ) -> StoreResult<Outcome> {
+        let unchanged_since = modifiers.iter().find_map(|m| match m {
+            StoreModifier::UnchangedSince(v) => Some(*v),
+        });
+        if unchanged_since.is_some() {
+            self.enabled.condstore = true;
+        }
+        let condstore = self.enabled.condstore;
+        let State::Selected(sel) = &mut self.state else {
+            return Ok(Outcome::done(vec![response::bad(&tag, "No mailbox selected")]));
+        };
+        if sel.read_only {
+            return Ok(Outcome::done(vec![response::no(
+                &tag,
+                response::code("READ-ONLY"),
+                "Mailbox is read-only",
+            )]));
+        }
+        if !uid && !seq_set_valid(sel, &set) {
+            return Ok(Outcome::done(vec![response::bad(&tag, "Invalid message sequence number")]));
+        }
+        if flags.len() > MAX_KEYWORDS {
+            return Ok(Outcome::done(vec![response::no(&tag, response::code("LIMIT"), "Too many flags")]));
+        }
+        let flags = Flags::new(flags.iter().map(|f| f.to_string()));
+        let targets = resolve(sel, &set, uid);
+        let mut allowed: Vec<Uid> = Vec::new();
+        let mut modified: Vec<Uid> = Vec::new();
+        for (seq, u) in &targets {
+            let Some(m) = sel.by_seq(*seq) else { continue };
+            match unchanged_since {
+                Some(v) if m.modseq.0 > v => modified.push(*u),
+                _ => allowed.push(*u),
+            }
+        }
+        let changed = self
+            .stores
+            .meta
+            .store_flags(sel.id, &allowed, flag_op(kind), &flags)
+            .await?;
+        let mut out = Vec::new();
+        let mut last_modseq = None;
+        for c in &changed {
+            if let Some(m) = sel.get_mut(c.uid) {
+                m.flags = c.flags.clone();
+                m.modseq = c.modseq;
+            }
+            last_modseq = Some(c.modseq);
+        }
+        let sel_id = sel.id;
+        if resp == StoreResponse::Answer {
+            // Report every targeted message that is still there, changed or not, as
+            // RFC 9051 §6.4.6 shows; with CONDSTORE the MODSEQ too.
+            for u in &allowed {
+                out.extend(flags_response(sel, *u, uid, condstore));
+            }
+        } else if condstore {
+            // .SILENT with CONDSTORE still reports MODSEQ of changed messages (RFC 7162).
+            for c in &changed {
+                out.extend(flags_response(sel, c.uid, uid, true));
+            }
+        }
+        if !changed.is_empty() {
+            self.notify(sel_id, last_modseq).await;
+        }
+        out.extend(self.pending_updates(uid).await?);
+        let code = if modified.is_empty() {
+            None
+        } else {
+            // MODIFIED lists what failed the UNCHANGEDSINCE test (UIDs for UID STORE).
+            let ids: Vec<Uid> = if uid {
+                modified
+            } else {
+                let State::Selected(sel) = &self.state else {
+                    return Ok(Outcome::done(out));
+                };
+                modified
+                    .iter()
+                    .filter_map(|u| sel.seq_of(*u).map(Uid))
+                    .collect()
+            };
+            uid_set(&ids).map(Code::Modified)
+        };
+        out.push(response::ok(&tag, code, if uid { "UID STORE completed" } else { "STORE completed" }));
+        Ok(Outcome::done(out))
+    }
+}

@@ -1,0 +1,303 @@
+//! The connection driver: the only part of the IMAP service that touches a socket.
+//!
+//! Framing is imap-codec's [`Fragmentizer`]: it splits input into lines and literals under
+//! a maximum message size, so a client can never make the server buffer more than one
+//! bounded command. The driver answers synchronizing literals with `+` (or refuses them when
+//! too large, before the client sends them), runs the STARTTLS upgrade, the AUTHENTICATE
+//! continuation and IDLE, and applies the inactivity timeout.
+
+use crate::response::{self, Resp};
+use crate::session::{Next, Session};
+use imap_codec::fragmentizer::{DecodeMessageError, FragmentInfo, Fragmentizer, LiteralAnnouncement};
+use imap_codec::imap_types::core::{LiteralMode, Tag};
+use imap_codec::imap_types::IntoStatic;
+use imap_codec::{AuthenticateDataCodec, CommandCodec, IdleDoneCodec};
+use mailfleet_core::net::{placeholder_io, tls_handshake, Io};
+use mailfleet_core::shutdown::Shutdown;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_rustls::TlsAcceptor;
+
+/// Limits of the framing layer.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnLimits {
+    /// Largest literal accepted (APPEND); larger synchronizing literals are refused before
+    /// the client sends them.
+    pub max_literal: u32,
+    /// Largest command, literals included.
+    pub max_command: u32,
+    /// Syntax errors tolerated before the connection is closed.
+    pub max_errors: u32,
+    pub tls_handshake_timeout: Duration,
+    /// How often IDLE re-checks the mailbox even without a notification (a safety net for
+    /// lost notifications; they carry no data, so a re-check is always correct).
+    pub idle_recheck: Duration,
+}
+
+const READ_CHUNK: usize = 16 * 1024;
+
+enum Input {
+    /// A complete message is in the fragmentizer.
+    Message,
+    Eof,
+    Timeout,
+    Shutdown,
+}
+
+struct Conn {
+    io: Box<dyn Io>,
+    frag: Fragmentizer,
+    limits: ConnLimits,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    async fn write(&mut self, responses: &[Resp]) -> std::io::Result<()> {
+        let mut out = Vec::new();
+        for r in responses {
+            out.extend_from_slice(&response::encode(r));
+        }
+        if !out.is_empty() {
+            self.io.write_all(&out).await?;
+        }
+        self.io.flush().await
+    }
+
+    async fn write_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.io.write_all(bytes).await?;
+        self.io.flush().await
+    }
+
+    /// Reads until a whole message (command line with its literals) is framed.
+    async fn next_message(
+        &mut self,
+        timeout: Duration,
+        shutdown: &mut Shutdown,
+        idle: bool,
+    ) -> std::io::Result<Input> {
+        loop {
+            match self.frag.progress() {
+                Some(FragmentInfo::Line {
+                    announcement: Some(LiteralAnnouncement { mode, length }),
+                    ..
+                }) => {
+                    if length > self.limits.max_literal {
+                        match mode {
+                            LiteralMode::Sync => {
+                                // The client waits for our go-ahead: refuse and forget the
+                                // command; the literal is never sent.
+                                let tag = self
+                                    .frag
+                                    .decode_tag()
+                                    .map(|t| t.into_static())
+                                    .unwrap_or_else(|| Tag::unvalidated("*"));
+                                self.frag.skip_message();
+                                self.write(&[response::no(
+                                    &tag,
+                                    Some(imap_codec::imap_types::response::Code::TooBig),
+                                    "Literal too large",
+                                )])
+                                .await?;
+                            }
+                            // Non-synchronizing: the bytes are coming anyway; read and drop them.
+                            LiteralMode::NonSync => self.frag.poison_message(),
+                        }
+                    } else if mode == LiteralMode::Sync {
+                        self.write_raw(b"+ Ready for literal data\r\n").await?;
+                    }
+                }
+                Some(_) => {
+                    if self.frag.is_message_complete() {
+                        return Ok(Input::Message);
+                    }
+                }
+                None => {
+                    let read = self.io.read(&mut self.buf);
+                    let n = if idle {
+                        tokio::select! {
+                            r = tokio::time::timeout(timeout, read) => r,
+                            _ = shutdown.wait() => return Ok(Input::Shutdown),
+                        }
+                    } else {
+                        tokio::time::timeout(timeout, read).await
+                    };
+                    match n {
+                        Ok(Ok(0)) | Ok(Err(_)) => return Ok(Input::Eof),
+                        Ok(Ok(n)) => {
+                            let chunk = self.buf[..n].to_vec();
+                            self.frag.enqueue_bytes(&chunk);
+                        }
+                        Err(_) => return Ok(Input::Timeout),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Runs one IMAP session to its end. `tls` is the acceptor used for STARTTLS.
+pub async fn serve_connection(
+    io: Box<dyn Io>,
+    mut session: Session,
+    limits: ConnLimits,
+    tls: Option<TlsAcceptor>,
+    mut shutdown: Shutdown,
+) -> std::io::Result<()> {
+    let mut conn = Conn {
+        io,
+        frag: Fragmentizer::new(limits.max_command),
+        limits,
+        buf: vec![0; READ_CHUNK],
+    };
+    let greeting = session.greeting();
+    conn.write_raw(&greeting).await?;
+    let mut errors = 0u32;
+    loop {
+        let timeout = session.inactivity_timeout();
+        match conn.next_message(timeout, &mut shutdown, true).await? {
+            Input::Message => {}
+            Input::Eof => return Ok(()),
+            Input::Timeout => {
+                return conn.write(&[response::bye("Autologout; idle for too long")]).await;
+            }
+            Input::Shutdown => {
+                return conn.write(&[response::bye("Server shutting down")]).await;
+            }
+        }
+        let decoded = match conn.frag.decode_message(&CommandCodec::default()) {
+            Ok(cmd) => Ok(cmd.into_static()),
+            Err(e) => {
+                let tag = conn.frag.decode_tag().map(|t| t.into_static());
+                Err((tag, matches!(e, DecodeMessageError::MessageTooLong { .. } | DecodeMessageError::MessagePoisoned { .. })))
+            }
+        };
+        let outcome = match decoded {
+            Ok(cmd) => session.handle(cmd).await,
+            Err((tag, too_big)) => {
+                errors += 1;
+                let reply = match (tag, too_big) {
+                    (Some(t), true) => response::no(
+                        &t,
+                        Some(imap_codec::imap_types::response::Code::TooBig),
+                        "Command too large",
+                    ),
+                    (Some(t), false) => response::bad(&t, "Syntax error in command"),
+                    (None, _) => response::untagged_bad("Syntax error in command"),
+                };
+                if errors >= limits.max_errors {
+                    conn.write(&[reply, response::bye("Too many errors")]).await?;
+                    return Ok(());
+                }
+                conn.write(&[reply]).await?;
+                continue;
+            }
+        };
+        conn.write(&outcome.responses).await?;
+        match outcome.next {
+            Next::Command => {}
+            Next::Close => {
+                let _ = conn.io.shutdown().await;
+                return Ok(());
+            }
+            Next::StartTls => {
+                let Some(acceptor) = tls.clone() else {
+                    return Ok(());
+                };
+                // Bytes pipelined after STARTTLS arrived in plaintext: never read them as
+                // if they came over TLS.
+                conn.frag = Fragmentizer::new(limits.max_command);
+                let io = std::mem::replace(&mut conn.io, placeholder_io());
+                let Some((io, _desc)) =
+                    tls_handshake(&acceptor, io, limits.tls_handshake_timeout).await
+                else {
+                    return Ok(());
+                };
+                conn.io = io;
+                session.tls_established();
+            }
+            Next::AuthenticateData { tag } => {
+                conn.write_raw(b"+ \r\n").await?;
+                match conn.next_message(timeout, &mut shutdown, false).await? {
+                    Input::Message => {}
+                    _ => return Ok(()),
+                }
+                let data = conn
+                    .frag
+                    .decode_message(&AuthenticateDataCodec::default())
+                    .ok()
+                    .map(|d| d.into_static());
+                let outcome = session.authenticate_data(tag, data).await;
+                conn.write(&outcome.responses).await?;
+                if matches!(outcome.next, Next::Close) {
+                    return Ok(());
+                }
+            }
+            Next::Idle { tag } => {
+                if !idle(&mut conn, &mut session, tag, &mut shutdown).await? {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// IDLE (RFC 2177): report changes as they happen until `DONE`. Returns false when the
+/// connection must close.
+async fn idle(
+    conn: &mut Conn,
+    session: &mut Session,
+    tag: Tag<'static>,
+    shutdown: &mut Shutdown,
+) -> std::io::Result<bool> {
+    let mut sub = session.change_subscription().await;
+    conn.write_raw(b"+ idling\r\n").await?;
+    let initial = session.pending_updates(true).await.unwrap_or_default();
+    conn.write(&initial).await?;
+    let deadline = tokio::time::Instant::now() + session.inactivity_timeout();
+    let mut recheck = tokio::time::interval(conn.limits.idle_recheck);
+    recheck.tick().await;
+    loop {
+        let event = async {
+            match sub.as_mut() {
+                Some(s) => s.next().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            input = conn.next_message(Duration::from_secs(u64::MAX / 4), shutdown, true) => {
+                match input? {
+                    Input::Message => {
+                        let done = conn.frag.decode_message(&IdleDoneCodec::default()).is_ok();
+                        let reply = if done {
+                            response::ok(&tag, None, "IDLE terminated")
+                        } else {
+                            response::bad(&tag, "Expected DONE")
+                        };
+                        conn.write(&[reply]).await?;
+                        return Ok(true);
+                    }
+                    Input::Shutdown => {
+                        conn.write(&[response::bye("Server shutting down")]).await?;
+                        return Ok(false);
+                    }
+                    Input::Eof | Input::Timeout => return Ok(false),
+                }
+            }
+            ev = event => {
+                if ev.is_none() {
+                    sub = None;
+                }
+                let updates = session.pending_updates(true).await.unwrap_or_default();
+                conn.write(&updates).await?;
+            }
+            _ = recheck.tick() => {
+                let updates = session.pending_updates(true).await.unwrap_or_default();
+                conn.write(&updates).await?;
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                conn.write(&[response::bye("Autologout; idle for too long")]).await?;
+                return Ok(false);
+            }
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! The selected mailbox as one session sees it: message sequence numbers, UIDs, flags and
+//! MODSEQs, kept in step with the store.
+//!
+//! IMAP numbers messages 1..n in UID order and lets each session decide when it learns of
+//! changes; so every session holds its own view. The view is refreshed from the store's
+//! change log ([`MetadataStore::changes_since`]), whose cost depends on the number of
+//! changes, not on the size of the mailbox. Expunges are held back while a command that must
+//! not renumber messages is running (RFC 9051 §7.5.1) and delivered at the next point where
+//! they are allowed.
+
+use mailfleet_storage::{
+    BlobId, ChangeKind, Flags, MailboxId, MessageMeta, ModSeq, StoreResult, Stores, Uid,
+};
+use std::num::NonZeroU32;
+
+/// One message in the view.
+#[derive(Clone, Debug)]
+pub struct ViewMessage {
+    pub uid: Uid,
+    pub flags: Flags,
+    pub modseq: ModSeq,
+    pub size: u64,
+    pub internal_date: i64,
+    pub blob: BlobId,
+}
+
+impl From<MessageMeta> for ViewMessage {
+    fn from(m: MessageMeta) -> Self {
+        Self {
+            blob: m.blob,
+            uid: m.uid,
+            flags: m.flags,
+            modseq: m.modseq,
+            size: m.size,
+            internal_date: m.internal_date,
+        }
+    }
+}
+
+/// What changed during a refresh, for the session to report.
+#[derive(Debug, Default)]
+pub struct Update {
+    /// Sequence numbers (at the time of each removal) and UIDs of expunged messages.
+    pub expunged: Vec<(u32, Uid)>,
+    /// The new message count, when messages were added.
+    pub exists: Option<u32>,
+    /// Messages whose flags changed (by UID).
+    pub flags_changed: Vec<Uid>,
+}
+
+#[derive(Debug)]
+pub struct Selected {
+    pub id: MailboxId,
+    pub name: String,
+    pub read_only: bool,
+    pub uid_validity: u32,
+    pub uid_next: Uid,
+    messages: Vec<ViewMessage>,
+    /// Everything up to this MODSEQ is reflected in the view.
+    pub known_modseq: ModSeq,
+    /// Expunges seen in the store but not yet reported.
+    pending_expunges: Vec<Uid>,
+}
+
+/// Messages read from the store per query when loading a mailbox.
+const PAGE: usize = 5000;
+
+impl Selected {
+    pub async fn load(
+        stores: &Stores,
+        mailbox: &mailfleet_storage::Mailbox,
+        read_only: bool,
+    ) -> StoreResult<Self> {
+        let mut messages = Vec::with_capacity(mailbox.message_count as usize);
+        let mut after = Uid(0);
+        loop {
+            let page = stores.meta.list_messages(mailbox.id, after, PAGE).await?;
+            let Some(last) = page.last() else { break };
+            after = last.uid;
+            let n = page.len();
+            messages.extend(page.into_iter().map(ViewMessage::from));
+            if n < PAGE {
+                break;
+            }
+        }
+        // The mailbox row was read before the messages, so changes committed in between
+        // are replayed by the first refresh; replaying is harmless (see `refresh`).
+        let next_uid = messages.last().map(|m| Uid(m.uid.0 + 1)).unwrap_or(Uid(1));
+        Ok(Self {
+            id: mailbox.id,
+            name: mailbox.name.clone(),
+            read_only,
+            uid_validity: mailbox.uid_validity,
+            uid_next: mailbox.uid_next.max(next_uid),
+            messages,
+            known_modseq: mailbox.highest_modseq,
+            pending_expunges: Vec::new(),
+        })
+    }
+
+    pub fn len(&self) -> u32 {
+        self.messages.len() as u32
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+
+    pub fn messages(&self) -> &[ViewMessage] {
+        &self.messages
+    }
+
+    /// The 1-based sequence number of `uid`.
+    pub fn seq_of(&self, uid: Uid) -> Option<u32> {
+        self.messages
+            .binary_search_by_key(&uid, |m| m.uid)
+            .ok()
+            .map(|i| i as u32 + 1)
+    }
+
+    pub fn by_seq(&self, seq: u32) -> Option<&ViewMessage> {
+        self.messages.get(seq.checked_sub(1)? as usize)
+    }
+
+    pub fn get_mut(&mut self, uid: Uid) -> Option<&mut ViewMessage> {
+        let i = self.messages.binary_search_by_key(&uid, |m| m.uid).ok()?;
+        self.messages.get_mut(i)
+    }
+
+    pub fn highest_modseq(&self) -> ModSeq {
+        self.known_modseq
+    }
+
+    /// The largest UID in the view, for `*` in UID sets.
+    pub fn max_uid(&self) -> Option<NonZeroU32> {
+        self.messages.last().and_then(|m| NonZeroU32::new(m.uid.0))
+    }
+
+    /// Number of messages without `\Seen`, and the sequence number of the first.
+    pub fn unseen(&self) -> (u32, Option<u32>) {
+        let mut first = None;
+        let mut n = 0;
+        for (i, m) in self.messages.iter().enumerate() {
+            if !m.flags.contains("\\Seen") {
+                n += 1;
+                first.get_or_insert(i as u32 + 1);
+            }
+        }
+        (n, first)
+    }
+
+    /// Applies changes committed since the last refresh. With `allow_expunge` false,
+    /// expunges are held back (the messages stay visible with their numbers).
+    pub async fn refresh(&mut self, stores: &Stores, allow_expunge: bool) -> StoreResult<Update> {
+        let mut update = Update::default();
+        let changes = stores.meta.changes_since(self.id, self.known_modseq).await?;
+        let mut added = 0;
+        for c in changes {
+            match c.kind {
+                ChangeKind::Expunged => {
+                    if self.seq_of(c.uid).is_some() && !self.pending_expunges.contains(&c.uid) {
+                        self.pending_expunges.push(c.uid);
+                    }
+                }
+                ChangeKind::Appended | ChangeKind::FlagsChanged => {
+                    let known = self.seq_of(c.uid).is_some();
+                    if !known && c.uid < self.uid_next && c.kind == ChangeKind::FlagsChanged {
+                        // A message below our UIDNEXT we never saw was already gone.
+                        continue;
+                    }
+                    let Some(meta) = stores.meta.get_message(self.id, c.uid).await? else {
+                        continue;
+                    };
+                    if let Some(m) = self.get_mut(c.uid) {
+                        if m.modseq < meta.modseq {
+                            let changed = m.flags != meta.flags;
+                            m.flags = meta.flags;
+                            m.modseq = meta.modseq;
+                            if changed {
+                                update.flags_changed.push(c.uid);
+                            }
+                        }
+                    } else if self.messages.last().is_none_or(|l| l.uid < c.uid) {
+                        self.messages.push(meta.into());
+                        added += 1;
+                    } else {
+                        added += 1;
+                        // Appended out of UID order cannot happen (UIDs only grow); insert
+                        // in place anyway rather than corrupt the numbering.
+                        let pos = self
+                            .messages
+                            .binary_search_by_key(&c.uid, |m| m.uid)
+                            .unwrap_or_else(|p| p);
+                        self.messages.insert(pos, meta.into());
+                    }
+                }
+            }
+            self.known_modseq = self.known_modseq.max(c.modseq);
+        }
+        if let Some(last) = self.messages.last() {
+            self.uid_next = self.uid_next.max(Uid(last.uid.0 + 1));
+        }
+        if allow_expunge {
+            update.expunged = self.apply_expunges();
+        }
+        if added > 0 {
+            update.exists = Some(self.len());
+        }
+        update.flags_changed.retain(|u| self.seq_of(*u).is_some());
+        Ok(update)
+    }
+
+    /// Removes held-back expunges; returns (sequence number at removal, UID) in the order
+    /// the EXPUNGE responses must be sent.
+    fn apply_expunges(&mut self) -> Vec<(u32, Uid)> {
+        let mut pending = std::mem::take(&mut self.pending_expunges);
+        // Highest sequence first, so each reported number is valid when it is reported
+        // and no renumbering arithmetic is needed on the client.
+        pending.sort_by(|a, b| b.cmp(a));
+        let mut out = Vec::with_capacity(pending.len());
+        for uid in pending {
+            if let Some(seq) = self.seq_of(uid) {
+                self.messages.remove(seq as usize - 1);
+                out.push((seq, uid));
+            }
+        }
+        out
+    }
+
+    /// Records expunges this session performed itself (already committed).
+    pub fn expunged_here(&mut self, uids: &[Uid]) {
+        for u in uids {
+            if !self.pending_expunges.contains(u) {
+                self.pending_expunges.push(*u);
+            }
+        }
+    }
+
+    /// Flushes held-back expunges when they may be reported.
+    pub fn take_expunges(&mut self) -> Vec<(u32, Uid)> {
+        self.apply_expunges()
+    }
+}

@@ -1,0 +1,443 @@
+//! The IMAP session as a state machine, free of sockets.
+//!
+//! The connection driver ([`crate::conn`]) decodes commands with imap-codec and calls
+//! [`Session::handle`]; the session answers with responses and says what the driver does next
+//! ([`Next`]): read another command, run the STARTTLS handshake, wait for AUTHENTICATE data,
+//! enter IDLE, or close. Commands live in `commands/`, one file per family.
+
+use crate::response::{self, Resp};
+use crate::selected::Selected;
+use async_trait::async_trait;
+use imap_codec::imap_types::command::{Command, CommandBody};
+use imap_codec::imap_types::core::Tag;
+use imap_codec::imap_types::response::{Capability, Data};
+use mailfleet_storage::{Account, Stores};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Checks credentials for LOGIN and AUTHENTICATE. Implemented by the auth service; a trait
+/// so the session is tested without it.
+#[async_trait]
+pub trait LoginService: Send + Sync + 'static {
+    async fn login(
+        &self,
+        username: &str,
+        password: &str,
+        remote_ip: IpAddr,
+    ) -> Result<Account, LoginError>;
+}
+
+/// The production login service: argon2id, app passwords, TOTP policy and throttling.
+#[async_trait]
+impl LoginService for mailfleet_auth::Authenticator {
+    async fn login(
+        &self,
+        username: &str,
+        password: &str,
+        remote_ip: IpAddr,
+    ) -> Result<Account, LoginError> {
+        let req = mailfleet_auth::LoginRequest {
+            username,
+            password,
+            remote_ip,
+            protocol: mailfleet_auth::Protocol::Imap,
+        };
+        self.authenticate(req).await.map_err(|e| match e {
+            mailfleet_auth::AuthError::InvalidCredentials => LoginError::Invalid,
+            mailfleet_auth::AuthError::Throttled { .. } => LoginError::Throttled,
+            mailfleet_auth::AuthError::TemporaryFailure(_) => LoginError::Unavailable,
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LoginError {
+    #[error("invalid credentials")]
+    Invalid,
+    #[error("too many failed logins, try again later")]
+    Throttled,
+    #[error("authentication temporarily unavailable")]
+    Unavailable,
+}
+
+/// Session limits and identity, from `[imap]` configuration.
+#[derive(Clone, Debug)]
+pub struct ImapConfig {
+    pub hostname: String,
+    /// Whether STARTTLS is offered (a certificate is configured).
+    pub starttls: bool,
+    /// Whether LOGIN / AUTHENTICATE PLAIN are allowed without TLS.
+    pub plaintext_auth_without_tls: bool,
+    /// Largest APPEND literal.
+    pub max_message_size: usize,
+    /// Failed logins on one connection before it is closed.
+    pub max_failed_logins: u32,
+    /// Inactivity before an authenticated session is logged out (RFC 9051 §5.4: ≥ 30 min).
+    pub idle_timeout: Duration,
+}
+
+/// What the driver does after sending the responses.
+#[derive(Debug)]
+pub enum Next {
+    Command,
+    StartTls,
+    /// Send `+ ` and read one line of SASL data for AUTHENTICATE.
+    AuthenticateData { tag: Tag<'static> },
+    /// Send `+ idling` and wait for `DONE`, reporting changes as they happen.
+    Idle { tag: Tag<'static> },
+    Close,
+}
+
+pub struct Outcome {
+    pub responses: Vec<Resp>,
+    pub next: Next,
+}
+
+impl Outcome {
+    pub fn done(responses: Vec<Resp>) -> Self {
+        Self {
+            responses,
+            next: Next::Command,
+        }
+    }
+}
+
+pub(crate) enum State {
+    NotAuthenticated,
+    Authenticated,
+    Selected(Box<Selected>),
+    Logout,
+}
+
+/// Extensions the client turned on with ENABLE (or implied by use).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Enabled {
+    pub condstore: bool,
+    pub qresync: bool,
+    pub utf8: bool,
+}
+
+pub struct Session {
+    pub(crate) cfg: Arc<ImapConfig>,
+    pub(crate) stores: Stores,
+    pub(crate) login: Arc<dyn LoginService>,
+    pub(crate) remote_ip: IpAddr,
+    pub(crate) tls: bool,
+    pub(crate) state: State,
+    pub(crate) account: Option<Account>,
+    pub(crate) enabled: Enabled,
+    pub(crate) failed_logins: u32,
+}
+
+impl Session {
+    pub fn new(
+        cfg: Arc<ImapConfig>,
+        stores: Stores,
+        login: Arc<dyn LoginService>,
+        remote_ip: IpAddr,
+        tls: bool,
+    ) -> Self {
+        Self {
+            cfg,
+            stores,
+            login,
+            remote_ip,
+            tls,
+            state: State::NotAuthenticated,
+            account: None,
+            enabled: Enabled::default(),
+            failed_logins: 0,
+        }
+    }
+
+    /// The greeting, with capabilities so clients can skip a CAPABILITY round trip.
+    pub fn greeting(&self) -> Vec<u8> {
+        let caps = self
+            .capabilities()
+            .iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join(" ");
+        format!("* OK [CAPABILITY {caps}] {} Mailfleet IMAP ready\r\n", self.cfg.hostname).into_bytes()
+    }
+
+    pub fn is_authenticated(&self) -> bool {
+        self.account.is_some()
+    }
+
+    pub fn account(&self) -> Option<&Account> {
+        self.account.as_ref()
+    }
+
+    /// The idle timeout in force: short before login, long after (RFC 9051 §5.4).
+    pub fn inactivity_timeout(&self) -> Duration {
+        if self.account.is_some() {
+            self.cfg.idle_timeout
+        } else {
+            Duration::from_secs(60).min(self.cfg.idle_timeout)
+        }
+    }
+
+    pub fn tls_established(&mut self) {
+        self.tls = true;
+    }
+
+    pub(crate) fn plaintext_allowed(&self) -> bool {
+        self.tls || self.cfg.plaintext_auth_without_tls
+    }
+
+    pub fn capabilities(&self) -> Vec<Capability<'static>> {
+        use imap_codec::imap_types::auth::AuthMechanism;
+        use imap_codec::imap_types::extensions::quota::Resource;
+        let mut caps = vec![Capability::Imap4Rev1, other("IMAP4rev2")];
+        if self.account.is_none() {
+            if self.cfg.starttls && !self.tls {
+                caps.push(Capability::StartTls);
+            }
+            if self.plaintext_allowed() {
+                caps.push(Capability::Auth(AuthMechanism::Plain));
+            } else {
+                caps.push(Capability::LoginDisabled);
+            }
+            caps.push(Capability::SaslIr);
+        }
+        caps.extend([
+            Capability::LiteralPlus,
+            Capability::Enable,
+            Capability::Id,
+            Capability::Idle,
+            Capability::Namespace,
+            Capability::Unselect,
+            Capability::UidPlus,
+            Capability::Move,
+            Capability::CondStore,
+            Capability::QResync,
+            Capability::Sort(None),
+            Capability::Quota,
+            Capability::QuotaRes(Resource::Storage),
+            Capability::StatusSize,
+            Capability::Binary,
+            other("SPECIAL-USE"),
+            other("CHILDREN"),
+        ]);
+        caps
+    }
+
+    /// Handles one decoded command.
+    pub async fn handle(&mut self, cmd: Command<'static>) -> Outcome {
+        let tag = cmd.tag.clone();
+        let result = self.dispatch(cmd).await;
+        match result {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                tracing::warn!(error = %e, "IMAP command failed on storage");
+                Outcome::done(vec![response::no(
+                    &tag,
+                    response::code("UNAVAILABLE"),
+                    "Temporary storage failure, try again",
+                )])
+            }
+        }
+    }
+
+    async fn dispatch(
+        &mut self,
+        cmd: Command<'static>,
+    ) -> Result<Outcome, mailfleet_storage::StoreError> {
+        let tag = cmd.tag;
+        // Commands valid in any state.
+        match cmd.body {
+            CommandBody::Capability => {
+                let caps = self.capabilities();
+                let caps = imap_codec::imap_types::core::Vec1::try_from(caps)
+                    .unwrap_or_else(|_| imap_codec::imap_types::core::Vec1::from(Capability::Imap4Rev1));
+                return Ok(Outcome::done(vec![
+                    response::data(Data::Capability(caps)),
+                    response::ok(&tag, None, "CAPABILITY completed"),
+                ]));
+            }
+            CommandBody::Noop => return self.noop(tag).await,
+            CommandBody::Logout => {
+                self.state = State::Logout;
+                return Ok(Outcome {
+                    responses: vec![
+                        response::bye("Mailfleet IMAP logging out"),
+                        response::ok(&tag, None, "LOGOUT completed"),
+                    ],
+                    next: Next::Close,
+                });
+            }
+            CommandBody::Id { .. } => return Ok(self.id(tag)),
+            body => self.dispatch_stateful(tag, body).await,
+        }
+    }
+
+    async fn dispatch_stateful(
+        &mut self,
+        tag: Tag<'static>,
+        body: CommandBody<'static>,
+    ) -> Result<Outcome, mailfleet_storage::StoreError> {
+        if self.account.is_none() {
+            return Ok(match body {
+                CommandBody::StartTLS => self.starttls(tag),
+                CommandBody::Login { username, password } => {
+                    self.cmd_login(tag, username, password).await
+                }
+                CommandBody::Authenticate {
+                    mechanism,
+                    initial_response,
+                } => self.cmd_authenticate(tag, mechanism, initial_response).await,
+                _ => Outcome::done(vec![response::bad(&tag, "Log in first")]),
+            });
+        }
+        match body {
+            CommandBody::StartTLS
+            | CommandBody::Login { .. }
+            | CommandBody::Authenticate { .. } => {
+                Ok(Outcome::done(vec![response::bad(&tag, "Already authenticated")]))
+            }
+            CommandBody::Enable { capabilities } => Ok(self.enable(tag, capabilities)),
+            CommandBody::Namespace => Ok(self.namespace(tag)),
+            CommandBody::Select { mailbox, parameters } => {
+                self.select(tag, mailbox, parameters, false).await
+            }
+            CommandBody::Examine { mailbox, parameters } => {
+                self.select(tag, mailbox, parameters, true).await
+            }
+            CommandBody::Create { mailbox } => self.create(tag, mailbox).await,
+            CommandBody::Delete { mailbox } => self.delete(tag, mailbox).await,
+            CommandBody::Rename { from, to } => self.rename(tag, from, to).await,
+            CommandBody::Subscribe { mailbox } => self.subscribe(tag, mailbox, true).await,
+            CommandBody::Unsubscribe { mailbox } => self.subscribe(tag, mailbox, false).await,
+            CommandBody::List {
+                reference,
+                mailbox_wildcard,
+            } => self.list(tag, reference, mailbox_wildcard, false).await,
+            CommandBody::Lsub {
+                reference,
+                mailbox_wildcard,
+            } => self.list(tag, reference, mailbox_wildcard, true).await,
+            CommandBody::Status {
+                mailbox,
+                item_names,
+            } => self.status(tag, mailbox, item_names.into_owned()).await,
+            CommandBody::Append {
+                mailbox,
+                flags,
+                date,
+                message,
+            } => self.append(tag, mailbox, flags, date, message).await,
+            CommandBody::GetQuota { root } => self.get_quota(tag, root).await,
+            CommandBody::GetQuotaRoot { mailbox } => self.get_quota_root(tag, mailbox).await,
+            CommandBody::Idle => Ok(Outcome {
+                responses: vec![],
+                next: Next::Idle { tag },
+            }),
+            body => self.dispatch_selected(tag, body).await,
+        }
+    }
+
+    async fn dispatch_selected(
+        &mut self,
+        tag: Tag<'static>,
+        body: CommandBody<'static>,
+    ) -> Result<Outcome, mailfleet_storage::StoreError> {
+        if !matches!(self.state, State::Selected(_)) {
+            return Ok(Outcome::done(vec![response::bad(&tag, "No mailbox selected")]));
+        }
+        match body {
+            CommandBody::Check => self.noop(tag).await,
+            CommandBody::Close => self.close(tag, true).await,
+            CommandBody::Unselect => self.close(tag, false).await,
+            CommandBody::Expunge => self.expunge(tag, None).await,
+            CommandBody::ExpungeUid { sequence_set } => self.expunge(tag, Some(sequence_set)).await,
+            CommandBody::Fetch {
+                sequence_set,
+                macro_or_item_names,
+                uid,
+                modifiers,
+            } => self.fetch(tag, sequence_set, macro_or_item_names, uid, modifiers).await,
+            CommandBody::Store {
+                sequence_set,
+                kind,
+                response,
+                flags,
+                uid,
+                modifiers,
+            } => self.store(tag, sequence_set, kind, response, flags, uid, modifiers).await,
+            CommandBody::Copy {
+                sequence_set,
+                mailbox,
+                uid,
+            } => self.copy(tag, sequence_set, mailbox, uid, false).await,
+            CommandBody::Move {
+                sequence_set,
+                mailbox,
+                uid,
+            } => self.copy(tag, sequence_set, mailbox, uid, true).await,
+            CommandBody::Search {
+                charset,
+                criteria,
+                uid,
+            } => self.search(tag, charset, criteria, uid).await,
+            CommandBody::Sort {
+                sort_criteria,
+                charset,
+                search_criteria,
+                uid,
+            } => self.sort(tag, sort_criteria, charset, search_criteria, uid).await,
+            _ => Ok(Outcome::done(vec![response::bad(
+                &tag,
+                "Command not supported",
+            )])),
+        }
+    }
+
+    /// NOOP and CHECK: report what changed since the last command.
+    async fn noop(&mut self, tag: Tag<'static>) -> Result<Outcome, mailfleet_storage::StoreError> {
+        let mut out = self.pending_updates(true).await?;
+        out.push(response::ok(&tag, None, "NOOP completed"));
+        Ok(Outcome::done(out))
+    }
+
+    /// Changes in the selected mailbox since the last report, as untagged responses.
+    pub async fn pending_updates(
+        &mut self,
+        allow_expunge: bool,
+    ) -> Result<Vec<Resp>, mailfleet_storage::StoreError> {
+        let State::Selected(sel) = &mut self.state else {
+            return Ok(vec![]);
+        };
+        let update = sel.refresh(&self.stores, allow_expunge).await?;
+        Ok(crate::commands::fetch::render_update(sel, &update, self.enabled))
+    }
+
+    /// The account the session is logged in as; commands past authentication only run
+    /// with one.
+    pub(crate) fn acct(&self) -> Result<&Account, mailfleet_storage::StoreError> {
+        self.account
+            .as_ref()
+            .ok_or_else(|| mailfleet_storage::StoreError::Invalid("not authenticated".into()))
+    }
+}
+
+pub(crate) fn other(name: &'static str) -> Capability<'static> {
+    imap_codec::imap_types::core::Atom::try_from(name)
+        .map(Capability::from)
+        .unwrap_or(Capability::Imap4Rev1)
+}
+
+impl Session {
+    /// A subscription to change notifications of the logged-in account (for IDLE).
+    pub async fn change_subscription(&self) -> Option<mailfleet_storage::Subscription> {
+        let account = self.account.as_ref()?;
+        match self.stores.coord.subscribe(account.id).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot subscribe to changes; IDLE falls back to polling");
+                None
+            }
+        }
+    }
+}

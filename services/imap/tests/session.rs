@@ -1,0 +1,299 @@
+//! Black-box tests of the IMAP connection driver and session over an in-memory pipe,
+//! against the real embedded store. No network.
+
+use async_trait::async_trait;
+use mailfleet_core::shutdown::Shutdown;
+use mailfleet_imap::{serve_connection, ConnLimits, ImapConfig, LoginError, LoginService, Session};
+use mailfleet_storage::metadata::QuotaPolicy;
+use mailfleet_storage::{Account, Flags, NewMessage, Stores};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+/// Checks the argon2id hash stored for the account, as the real service does (without
+/// throttling, which has its own tests).
+struct StoreLogin(Stores);
+
+#[async_trait]
+impl LoginService for StoreLogin {
+    async fn login(&self, user: &str, pass: &str, _ip: IpAddr) -> Result<Account, LoginError> {
+        let acct = self
+            .0
+            .meta
+            .get_account(user)
+            .await
+            .map_err(|_| LoginError::Unavailable)?
+            .ok_or(LoginError::Invalid)?;
+        let (hash, pass) = (acct.password_hash.clone(), pass.to_string());
+        let ok = tokio::task::spawn_blocking(move || {
+            mailfleet_core::credentials::verify_password(&pass, &hash)
+        })
+        .await
+        .unwrap_or(false);
+        if ok {
+            Ok(acct)
+        } else {
+            Err(LoginError::Invalid)
+        }
+    }
+}
+
+const PASSWORD: &str = "Corr3ct-Horse-Battery";
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    stores: Stores,
+}
+
+async fn harness() -> Harness {
+    let dir = tempfile::tempdir().expect("tmp");
+    let stores = mailfleet_storage::embedded::open(dir.path(), 64).expect("stores");
+    stores.meta.create_domain("example.test").await.expect("domain");
+    let hash = mailfleet_core::credentials::hash_password(PASSWORD).expect("hash");
+    let acct = stores
+        .meta
+        .create_account("alice@example.test", &hash, 0)
+        .await
+        .expect("account");
+    let inbox = stores
+        .meta
+        .get_mailbox(acct.id, "INBOX")
+        .await
+        .expect("get")
+        .expect("inbox");
+    for i in 0..3 {
+        let raw = format!(
+            "From: a@remote.test\r\nTo: alice@example.test\r\nSubject: msg {i}\r\n\r\nbody {i}\r\n"
+        );
+        let blob = stores
+            .blobs
+            .put(bytes::Bytes::from(raw.clone()))
+            .await
+            .expect("blob");
+        stores
+            .meta
+            .append(
+                vec![NewMessage {
+                    account: acct.id,
+                    mailbox: inbox.id,
+                    blob,
+                    size: raw.len() as u64,
+                    internal_date: 1_700_000_000 + i,
+                    flags: Flags::default(),
+                    summary: None,
+                }],
+                QuotaPolicy::Enforce,
+            )
+            .await
+            .expect("append");
+    }
+    Harness { _dir: dir, stores }
+}
+
+struct Client {
+    io: DuplexStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    async fn send(&mut self, s: &str) {
+        self.io.write_all(s.as_bytes()).await.expect("write");
+    }
+
+    async fn line(&mut self) -> String {
+        loop {
+            if let Some(p) = self.buf.iter().position(|b| *b == b'\n') {
+                let l: Vec<u8> = self.buf.drain(..=p).collect();
+                return String::from_utf8_lossy(&l).trim_end().to_string();
+            }
+            let mut chunk = [0u8; 4096];
+            let n = self.io.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "connection closed");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Lines up to and including the tagged completion of `tag`.
+    async fn until(&mut self, tag: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        loop {
+            let l = self.line().await;
+            let done = l.starts_with(&format!("{tag} "));
+            out.push(l);
+            if done {
+                return out;
+            }
+        }
+    }
+}
+
+fn connect(h: &Harness, plaintext_ok: bool) -> Client {
+    let (client, server) = tokio::io::duplex(1 << 16);
+    let cfg = Arc::new(ImapConfig {
+        hostname: "mx.example.test".into(),
+        starttls: false,
+        plaintext_auth_without_tls: plaintext_ok,
+        max_message_size: 4096,
+        max_failed_logins: 3,
+        idle_timeout: Duration::from_secs(1800),
+    });
+    let session = Session::new(
+        cfg,
+        h.stores.clone(),
+        Arc::new(StoreLogin(h.stores.clone())),
+        "192.0.2.9".parse().expect("ip"),
+        false,
+    );
+    let limits = ConnLimits {
+        max_literal: 4096,
+        max_command: 4096 + 8192,
+        max_errors: 5,
+        tls_handshake_timeout: Duration::from_secs(5),
+        idle_recheck: Duration::from_secs(60),
+    };
+    tokio::spawn(serve_connection(Box::new(server), session, limits, None, Shutdown::never()));
+    Client {
+        io: client,
+        buf: Vec::new(),
+    }
+}
+
+async fn logged_in(h: &Harness) -> Client {
+    let mut c = connect(h, true);
+    let greeting = c.line().await.to_uppercase();
+    assert!(greeting.starts_with("* OK [CAPABILITY IMAP4REV1 IMAP4REV2"), "{greeting}");
+    c.send(&format!("a LOGIN alice@example.test {PASSWORD}\r\n")).await;
+    let r = c.until("a").await;
+    assert!(r.last().expect("line").starts_with("a OK"), "{r:?}");
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_login_is_refused_without_tls() {
+    let h = harness().await;
+    let mut c = connect(&h, false);
+    let greeting = c.line().await;
+    assert!(greeting.contains("LOGINDISABLED"), "{greeting}");
+    c.send(&format!("a LOGIN alice@example.test {PASSWORD}\r\n")).await;
+    assert!(c.line().await.starts_with("a NO [PRIVACYREQUIRED]"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn literal_login_select_fetch_search() {
+    let h = harness().await;
+    let mut c = connect(&h, true);
+    c.line().await;
+    // A synchronizing literal gets a continuation before its bytes are sent.
+    c.send("a LOGIN {18}\r\n").await;
+    assert!(c.line().await.starts_with("+ "));
+    c.send(&format!("alice@example.test {PASSWORD}\r\n")).await;
+    assert!(c.until("a").await.last().expect("l").starts_with("a OK"));
+    c.send("b SELECT INBOX\r\n").await;
+    let r = c.until("b").await;
+    assert!(r.contains(&"* 3 EXISTS".to_string()), "{r:?}");
+    assert!(r.last().expect("l").starts_with("b OK [READ-WRITE]"));
+    c.send("c FETCH 2 (UID FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])\r\n").await;
+    let r = c.until("c").await.join("\n");
+    assert!(r.contains("UID 2"), "{r}");
+    assert!(r.contains("Subject: msg 1"), "{r}");
+    c.send("d UID SEARCH SUBJECT \"msg 2\"\r\n").await;
+    let r = c.until("d").await;
+    assert_eq!(r[0], "* SEARCH 3");
+    // Pipelined commands are answered in order.
+    c.send("e NOOP\r\nf STORE 1 +FLAGS (\\Seen)\r\ng SEARCH SEEN\r\n").await;
+    let r = c.until("g").await.join("\n");
+    assert!(r.contains("e OK") && r.contains("f OK") && r.contains("* SEARCH 1"), "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_get_bad_and_the_session_survives() {
+    let h = harness().await;
+    let mut c = logged_in(&h).await;
+    c.send("x1 FETCH 1 (FLAGS)\r\n").await;
+    assert!(c.line().await.starts_with("x1 BAD"), "FETCH without SELECT");
+    c.send("x2 SELECT INBOX\r\n").await;
+    c.until("x2").await;
+    c.send("x3 FETCH 99 (FLAGS)\r\n").await;
+    assert!(c.line().await.starts_with("x3 BAD"), "sequence number beyond the mailbox");
+    c.send("x4 APPEND INBOX {100000}\r\n").await;
+    assert!(c.line().await.starts_with("x4 NO [TOOBIG]"));
+    c.send("x5 UID FETCH 99 (FLAGS)\r\n").await;
+    assert!(c.line().await.starts_with("x5 OK"), "unknown UIDs are ignored");
+    c.send("x6 NOOP\r\n").await;
+    assert!(c.line().await.starts_with("x6 OK"));
+    // Repeated garbage closes the connection with BYE.
+    for _ in 0..5 {
+        c.send("\u{1}\u{2} garbage\r\n").await;
+    }
+    let mut saw_bye = false;
+    for _ in 0..6 {
+        if c.line().await.starts_with("* BYE") {
+            saw_bye = true;
+            break;
+        }
+    }
+    assert!(saw_bye);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_reports_a_new_message_and_ends_on_done() {
+    let h = harness().await;
+    let mut c = logged_in(&h).await;
+    c.send("s SELECT INBOX\r\n").await;
+    c.until("s").await;
+    c.send("i IDLE\r\n").await;
+    assert!(c.line().await.starts_with("+ "));
+    let acct = h
+        .stores
+        .meta
+        .get_account("alice@example.test")
+        .await
+        .expect("get")
+        .expect("a");
+    let inbox = h
+        .stores
+        .meta
+        .get_mailbox(acct.id, "INBOX")
+        .await
+        .expect("get")
+        .expect("inbox");
+    let blob = h
+        .stores
+        .blobs
+        .put(bytes::Bytes::from_static(b"Subject: new\r\n\r\nx\r\n"))
+        .await
+        .expect("blob");
+    let a = h
+        .stores
+        .meta
+        .append(
+            vec![NewMessage {
+                account: acct.id,
+                mailbox: inbox.id,
+                blob,
+                size: 19,
+                internal_date: 0,
+                flags: Flags::default(),
+                summary: None,
+            }],
+            QuotaPolicy::Allow,
+        )
+        .await
+        .expect("append");
+    h.stores
+        .coord
+        .publish(mailfleet_storage::coord::MailboxEvent::Changed {
+            account: acct.id,
+            mailbox: inbox.id,
+            modseq: a[0].modseq,
+        })
+        .await
+        .expect("publish");
+    let line = tokio::time::timeout(Duration::from_secs(5), c.line())
+        .await
+        .expect("an update within 5 s");
+    assert_eq!(line, "* 4 EXISTS");
+    c.send("DONE\r\n").await;
+    assert!(c.line().await.starts_with("i OK"));
+}

@@ -1,0 +1,74 @@
+//! POP3 listeners: the shared accept loop ([`mailfleet_core::net::AcceptLoop`]) with a POP3
+//! session for each connection.
+
+use crate::conn::{serve_connection, ConnLimits};
+use crate::session::{Session, SessionConfig};
+use mailfleet_auth::Authenticator;
+use mailfleet_core::net::{AcceptLoop, Accepted};
+use mailfleet_core::shutdown::Shutdown;
+use mailfleet_storage::Stores;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// Plain TCP (port 110 style); STLS offered when an acceptor is configured.
+    Plain,
+    /// TLS from the first byte (port 995 style).
+    ImplicitTls,
+}
+
+pub struct Listener {
+    pub listener: TcpListener,
+    pub kind: ListenerKind,
+    pub session: Arc<SessionConfig>,
+    pub limits: ConnLimits,
+    pub stores: Stores,
+    pub auth: Authenticator,
+    pub tls: Option<TlsAcceptor>,
+    pub max_connections: usize,
+    pub shutdown: Shutdown,
+    pub grace: Duration,
+}
+
+impl Listener {
+    /// Accepts until shutdown, then waits up to the grace period for sessions to end.
+    pub async fn run(self) {
+        let implicit = self.kind == ListenerKind::ImplicitTls;
+        let accept = AcceptLoop {
+            listener: self.listener,
+            implicit_tls: if implicit { self.tls.clone() } else { None },
+            tls_handshake_timeout: self.limits.tls_handshake_timeout,
+            max_connections: self.max_connections,
+            busy_reply: b"-ERR [SYS/TEMP] Too many connections, try again later\r\n",
+            shutdown: self.shutdown.clone(),
+            grace: self.grace,
+        };
+        let cfg = self.session;
+        let stores = self.stores;
+        let auth = self.auth;
+        let limits = self.limits;
+        let starttls = if implicit { None } else { self.tls };
+        let shutdown = self.shutdown;
+        accept
+            .run(move |a: Accepted| {
+                let mut session =
+                    Session::new(cfg.clone(), stores.clone(), auth.clone(), a.peer.ip());
+                if let Some(desc) = a.tls {
+                    session.set_tls(desc);
+                }
+                let starttls = starttls.clone();
+                let shutdown = shutdown.clone();
+                async move {
+                    if let Err(e) =
+                        serve_connection(a.io, session, limits, starttls, shutdown).await
+                    {
+                        tracing::debug!(peer = %a.peer, error = %e, "POP3 session ended with an I/O error");
+                    }
+                }
+            })
+            .await;
+    }
+}

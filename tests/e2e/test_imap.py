@@ -1,0 +1,265 @@
+"""IMAP with Python's imaplib against a running Mailfleet."""
+
+import imaplib
+import re
+import smtplib
+import ssl
+import threading
+import time
+
+import pytest
+
+from conftest import PASSWORD
+
+CTX = ssl.create_default_context()
+CTX.check_hostname = False
+CTX.verify_mode = ssl.CERT_NONE
+
+
+def deliver(server, rcpt, subject, body="Hello.\r\n", extra=b""):
+    msg = (
+        f"From: Sender <sender@remote.test>\r\nTo: {rcpt}\r\nSubject: {subject}\r\n"
+        f"Message-ID: <{subject.replace(' ', '-')}@remote.test>\r\n"
+        "Date: Mon, 23 Nov 2026 10:00:00 +0000\r\n"
+    ).encode() + extra + b"\r\n" + body.encode()
+    with smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=30) as s:
+        s.sendmail("sender@remote.test", [rcpt], msg)
+    return msg
+
+
+MULTIPART = (
+    b"MIME-Version: 1.0\r\n"
+    b'Content-Type: multipart/mixed; boundary="XYZ"\r\n'
+)
+MULTIPART_BODY = (
+    "--XYZ\r\n"
+    "Content-Type: text/plain; charset=us-ascii\r\n\r\n"
+    "Part one text.\r\n"
+    "--XYZ\r\n"
+    'Content-Type: application/octet-stream; name="a.bin"\r\n'
+    "Content-Transfer-Encoding: base64\r\n"
+    'Content-Disposition: attachment; filename="a.bin"\r\n\r\n'
+    "AAECAwQF\r\n"
+    "--XYZ--\r\n"
+)
+
+
+def login(server, user="alice@example.test", tls=True):
+    c = imaplib.IMAP4("127.0.0.1", server.imap_port, timeout=30)
+    if tls:
+        c.starttls(ssl_context=CTX)
+    c.login(user, PASSWORD)
+    return c
+
+
+def test_login_requires_tls_and_refuses_bad_password(server):
+    c = imaplib.IMAP4("127.0.0.1", server.imap_port, timeout=30)
+    assert "LOGINDISABLED" in c.capabilities
+    with pytest.raises(imaplib.IMAP4.error):
+        c.login("alice@example.test", PASSWORD)
+    c.starttls(ssl_context=CTX)
+    assert "AUTH=PLAIN" in c.capabilities
+    with pytest.raises(imaplib.IMAP4.error):
+        c.login("alice@example.test", "wrong password")
+    c.logout()
+    s = imaplib.IMAP4_SSL("127.0.0.1", server.imaps_port, ssl_context=CTX, timeout=30)
+    typ, _ = s.authenticate("PLAIN", lambda _: f"\0alice@example.test\0{PASSWORD}".encode())
+    assert typ == "OK"
+    s.logout()
+
+
+def test_full_session(server):
+    deliver(server, "alice@example.test", "first message")
+    deliver(server, "alice@example.test", "second with parts", MULTIPART_BODY, MULTIPART)
+    c = login(server)
+    typ, data = c.list()
+    assert typ == "OK"
+    listing = b"\n".join(data)
+    for name, use in [(b"Sent", b"\\Sent"), (b"Trash", b"\\Trash"), (b"Junk", b"\\Junk"), (b"Drafts", b"\\Drafts"), (b"Archive", b"\\Archive")]:
+        line = next(l for l in data if l.endswith(b'"' + name + b'"') or l.endswith(b" " + name))
+        assert use in line, line
+    assert b"INBOX" in listing
+
+    typ, data = c.select("INBOX")
+    assert typ == "OK" and data == [b"2"]
+    typ, data = c.fetch("1:2", "(UID FLAGS RFC822.SIZE INTERNALDATE ENVELOPE)")
+    assert typ == "OK"
+    assert b'"first message"' in data[0] and b"UID 1" in data[0]
+
+    typ, data = c.fetch("2", "(BODYSTRUCTURE)")
+    bs = data[0]
+    assert b'("TEXT" "PLAIN"' in bs.upper() and b'"MIXED"' in bs.upper(), bs
+    typ, data = c.fetch("2", "(BODY.PEEK[1] BODY.PEEK[2.MIME] BODY.PEEK[HEADER.FIELDS (SUBJECT)] BODY.PEEK[]<0.10>)")
+    parts = {k.split(b" ")[-1] if False else None: None for k in []}
+    flat = b"".join(p if isinstance(p, bytes) else b"".join(p) for p in data)
+    assert b"Part one text." in flat
+    assert b"Content-Disposition: attachment" in flat
+    assert b"Subject: second with parts" in flat
+    typ, data = c.fetch("2", "(BINARY.PEEK[2])")
+    assert typ == "OK"
+    typ, data = c.fetch("1", "(FLAGS)")
+    assert b"\\Seen" not in data[0], "PEEK does not set \\Seen"
+    typ, data = c.fetch("1", "(BODY[TEXT])")
+    typ, data = c.fetch("1", "(FLAGS)")
+    assert b"\\Seen" in data[0], "BODY[] sets \\Seen"
+
+    typ, data = c.search(None, "UNSEEN")
+    assert data == [b"2"]
+    typ, data = c.search(None, "SUBJECT", '"second"')
+    assert data == [b"2"]
+    typ, data = c.search(None, "BODY", '"one text"')
+    assert data == [b"2"]
+    typ, data = c.search(None, "OR", "FROM", "sender", "LARGER", "100000")
+    assert data == [b"1 2"]
+    typ, data = c.uid("SEARCH", None, "NOT", "SEEN")
+    assert data == [b"2"]
+    typ, data = c.sort("(REVERSE ARRIVAL)", "UTF-8", "ALL")
+    assert typ == "OK" and data[0].split() in ([b"2", b"1"], [b"1", b"2"])
+
+    typ, data = c.store("2", "+FLAGS", "(\\Flagged $Important)")
+    assert b"\\Flagged" in data[0] and b"$Important" in data[0]
+    typ, data = c.copy("1", "Archive")
+    assert typ == "OK"
+    assert c.untagged_responses or True
+    typ, data = c.status("Archive", "(MESSAGES UIDNEXT UNSEEN)")
+    assert b"MESSAGES 1" in data[0]
+
+    typ, data = c._simple_command("MOVE", "2", "Trash")
+    assert typ == "OK"
+    typ, data = c.select("INBOX")
+    assert data == [b"1"]
+    typ, data = c.select("Trash")
+    assert data == [b"1"]
+    typ, data = c.fetch("1", "(FLAGS)")
+    assert b"\\Flagged" in data[0], "MOVE keeps flags"
+    c.store("1", "+FLAGS", "(\\Deleted)")
+    typ, data = c.expunge()
+    assert data == [b"1"]
+    typ, data = c.select("Trash")
+    assert data == [b"0"]
+
+    typ, _ = c.create("Projects/2026")
+    assert typ == "OK"
+    typ, data = c.list('""', "Projects*")
+    assert len(data) == 2
+    typ, _ = c.rename("Projects", "Work")
+    typ, data = c.list('""', "Work/%")
+    assert b"Work/2026" in data[0]
+    typ, _ = c.delete("Work/2026")
+    assert typ == "OK"
+    typ, data = c.append("Drafts", "(\\Draft)", None, b"Subject: draft\r\n\r\nunfinished\r\n")
+    assert typ == "OK" and b"APPENDUID" in data[0]
+    typ, data = c.select("Drafts")
+    assert data == [b"1"]
+    typ, data = c.fetch("1", "(FLAGS BODY.PEEK[TEXT])")
+    assert b"\\Draft" in data[0][0] and data[0][1] == b"unfinished\r\n"
+    c.logout()
+
+
+def test_idle_sees_smtp_delivery_within_a_second(server):
+    c = login(server)
+    c.select("INBOX")
+    tag = c._new_tag()
+    c.send(tag + b" IDLE\r\n")
+    assert c.readline().startswith(b"+")
+    sent_at = {}
+
+    def send_later():
+        time.sleep(0.5)
+        sent_at["t"] = time.time()
+        deliver(server, "alice@example.test", "idle wakeup")
+
+    t = threading.Thread(target=send_later)
+    t.start()
+    c.sock.settimeout(10)
+    line = c.readline()
+    got = time.time()
+    t.join()
+    assert re.match(rb"\* 1 EXISTS", line), line
+    assert got - sent_at["t"] < 1.0, f"IDLE took {got - sent_at['t']:.3f}s"
+    c.send(b"DONE\r\n")
+    while True:
+        l = c.readline()
+        if l.startswith(tag):
+            assert b"OK" in l
+            break
+    c.logout()
+
+
+def test_two_sessions_see_each_others_changes(server):
+    deliver(server, "bob@example.test", "shared one")
+    deliver(server, "bob@example.test", "shared two")
+    a = login(server, "bob@example.test")
+    b = login(server, "bob@example.test")
+    a.select("INBOX")
+    b.select("INBOX")
+    a.store("1", "+FLAGS", "(\\Answered)")
+    b.untagged_responses.clear()
+    typ, data = b.noop()
+    flags = [r for r in b.untagged_responses.get("FETCH", [])]
+    assert any(b"\\Answered" in r for r in flags), b.untagged_responses
+    a.store("2", "+FLAGS", "(\\Deleted)")
+    a.expunge()
+    b.untagged_responses.clear()
+    b.noop()
+    assert b.untagged_responses.get("EXPUNGE") == [b"2"], b.untagged_responses
+    deliver(server, "bob@example.test", "shared three")
+    b.untagged_responses.clear()
+    b.noop()
+    assert b.untagged_responses.get("EXISTS") == [b"2"], b.untagged_responses
+    a.logout()
+    b.logout()
+
+
+def test_condstore_qresync_resync(server):
+    for i in range(3):
+        deliver(server, "bob@example.test", f"sync {i}")
+    c = login(server, "bob@example.test")
+    c._simple_command("ENABLE", "QRESYNC")
+    typ, data = c.select("INBOX")
+    hms = int(re.search(rb"HIGHESTMODSEQ (\d+)", b" ".join(c.untagged_responses.get("OK", []))).group(1))
+    uv = int(c.untagged_responses["UIDVALIDITY"][0])
+    c.logout()
+    # Changes while the client is away.
+    other = login(server, "bob@example.test")
+    other.select("INBOX")
+    other.store("1", "+FLAGS", "(\\Seen)")
+    other.store("3", "+FLAGS", "(\\Deleted)")
+    other.expunge()
+    other.logout()
+    c = login(server, "bob@example.test")
+    c._simple_command("ENABLE", "QRESYNC")
+    tag = c._new_tag()
+    c.send(tag + f" SELECT INBOX (QRESYNC ({uv} {hms} 1:3))\r\n".encode())
+    lines = []
+    while True:
+        l = c.readline()
+        lines.append(l)
+        if l.startswith(tag):
+            break
+    text = b"".join(lines)
+    assert b"* VANISHED (EARLIER) 3" in text, text
+    fetches = [l for l in lines if b"FETCH" in l]
+    assert len(fetches) == 1 and b"UID 1" in fetches[0] and b"\\Seen" in fetches[0], fetches
+    # CHANGEDSINCE returns exactly the changes after a MODSEQ.
+    c.state = "SELECTED"
+    typ, data = c.uid("FETCH", "1:*", f"(FLAGS) (CHANGEDSINCE {hms})")
+    assert len([d for d in data if d]) == 1 and b"UID 1" in data[0]
+    c.logout()
+
+
+def test_garbage_gets_bad_and_server_survives(server):
+    c = login(server)
+    for junk in [b"\x00\x01\x02", b"a1 FETCH", b"a2 NONSENSE", b"a3 SELECT", b"a4 LOGIN x"]:
+        c.send(junk + b"\r\n")
+        line = c.readline()
+        assert b"BAD" in line, (junk, line)
+    typ, _ = c.noop()
+    assert typ == "OK"
+    # A literal over the APPEND limit is refused before it is sent.
+    tag = c._new_tag()
+    c.send(tag + b" APPEND INBOX {999999999}\r\n")
+    line = c.readline()
+    assert line.startswith(tag + b" NO [TOOBIG]"), line
+    assert c.noop()[0] == "OK"
+    c.logout()
