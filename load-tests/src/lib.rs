@@ -3,8 +3,8 @@
 //! All generator logic lives in this library so that the binaries stay thin argument
 //! parsers and the integration tests drive exactly the code an operator runs. The first
 //! half is protocol-agnostic (latency histograms, summaries, table and JSON rendering) so
-//! that future IMAP and POP3 generators report in the same shape and their numbers can be
-//! compared side by side; the SMTP generator follows.
+//! that every generator reports in the same shape and their numbers can be compared side
+//! by side; the SMTP generator follows. The IMAP generator lives in [`imap`].
 
 use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
@@ -21,6 +21,8 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufR
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+
+pub mod imap;
 
 // ---------------------------------------------------------------------------------------
 // Shared reporting helpers
@@ -447,6 +449,8 @@ const DOT_INDEX: usize = 13;
 /// it shares a small machine with the server under test.
 #[derive(Debug, Clone)]
 pub struct MessageTemplate {
+    /// Value of the `X-Mailfleet-Load` header: the generator that made the message.
+    generator: &'static str,
     from: String,
     to_header: String,
     domain: String,
@@ -459,6 +463,17 @@ impl MessageTemplate {
     /// Prepares messages from `from` to `rcpts` of roughly `size` bytes in total
     /// (headers plus body, before dot-stuffing).
     pub fn new(from: &str, rcpts: &[String], size: usize) -> Self {
+        Self::for_generator("smtp-load", from, rcpts, size)
+    }
+
+    /// Like [`MessageTemplate::new`], but marks the messages with `generator` in the
+    /// `X-Mailfleet-Load` header (e.g. `imap-load` for messages stored with APPEND).
+    pub fn for_generator(
+        generator: &'static str,
+        from: &str,
+        rcpts: &[String],
+        size: usize,
+    ) -> Self {
         let domain = from
             .rsplit_once('@')
             .map(|(_, d)| d)
@@ -469,6 +484,7 @@ impl MessageTemplate {
         // character limit however many --rcpt flags are given.
         let to_header = format!("To: {}\r\n", rcpts.join(",\r\n "));
         let mut template = Self {
+            generator,
             from: from.to_string(),
             to_header,
             domain,
@@ -491,8 +507,9 @@ impl MessageTemplate {
              Message-ID: <{seq}.{run}@{domain}>\r\n\
              MIME-Version: 1.0\r\n\
              Content-Type: text/plain; charset=us-ascii\r\n\
-             X-Mailfleet-Load: smtp-load\r\n\
+             X-Mailfleet-Load: {generator}\r\n\
              \r\n",
+            generator = self.generator,
             date = rfc5322_date(now),
             from = self.from,
             to = self.to_header,

@@ -263,3 +263,24 @@ def test_garbage_gets_bad_and_server_survives(server):
     assert line.startswith(tag + b" NO [TOOBIG]"), line
     assert c.noop()[0] == "OK"
     c.logout()
+
+
+def test_esearch_and_list_extended(server):
+    for i in range(3):
+        deliver(server, "alice@example.test", f"es {i}")
+    c = login(server)
+    c.select("INBOX")
+    c.store("2", "+FLAGS", "(\\Seen)")
+    typ, data = c._simple_command("UID", "SEARCH", "RETURN", "(MIN MAX COUNT ALL)", "UNSEEN")
+    assert typ == "OK"
+    es = c.untagged_responses.pop("ESEARCH")[0]
+    assert b"UID MIN 1 MAX 3 COUNT 2 ALL 1,3" in es, es
+    c.subscribe("Sent")
+    typ, data = c._simple_command("LIST", "(SUBSCRIBED)", '""', "*", "RETURN", "(STATUS (MESSAGES UNSEEN))")
+    assert typ == "OK"
+    lists = c.untagged_responses.pop("LIST")
+    assert lists == [b'(\\HasNoChildren \\Sent \\Subscribed) "/" Sent'], lists
+    assert c.untagged_responses.pop("STATUS") == [b"Sent (MESSAGES 0 UNSEEN 0)"]
+    typ, data = c._simple_command("LIST", '""', '("INBOX" "Trash")')
+    assert len(c.untagged_responses.pop("LIST")) == 2
+    c.logout()

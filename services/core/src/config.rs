@@ -260,6 +260,8 @@ pub struct ImapConfig {
     pub max_errors: u32,
     /// Seconds between re-checks of the mailbox during IDLE, besides notifications.
     pub idle_recheck_secs: u64,
+    /// Logged-in sessions one account may hold open on one node.
+    pub max_sessions_per_user: usize,
 }
 
 impl Default for ImapConfig {
@@ -275,6 +277,7 @@ impl Default for ImapConfig {
             idle_timeout_secs: 1800,
             max_errors: 20,
             idle_recheck_secs: 60,
+            max_sessions_per_user: 50,
         }
     }
 }
@@ -404,6 +407,9 @@ impl Config {
         }
         if self.imap.max_connections < 1 {
             return err("imap.max_connections", "must be at least 1");
+        }
+        if self.imap.max_sessions_per_user < 1 {
+            return err("imap.max_sessions_per_user", "must be at least 1");
         }
         if self.imap.idle_recheck_secs == 0 {
             return err("imap.idle_recheck_secs", "must be positive");

@@ -8,7 +8,9 @@
 
 use crate::response::{self, Resp};
 use crate::session::{Next, Session};
-use imap_codec::fragmentizer::{DecodeMessageError, FragmentInfo, Fragmentizer, LiteralAnnouncement};
+use imap_codec::fragmentizer::{
+    DecodeMessageError, FragmentInfo, Fragmentizer, LiteralAnnouncement,
+};
 use imap_codec::imap_types::core::{LiteralMode, Tag};
 use imap_codec::imap_types::IntoStatic;
 use imap_codec::{AuthenticateDataCodec, CommandCodec, IdleDoneCodec};
@@ -135,6 +137,44 @@ impl Conn {
     }
 }
 
+/// A command decoded by the codec directly, or through the rewriting of
+/// [`crate::commands::extended`].
+enum Decoded {
+    Plain(imap_codec::imap_types::command::Command<'static>),
+    Search(
+        imap_codec::imap_types::command::Command<'static>,
+        crate::commands::extended::ReturnOpts,
+    ),
+    List(
+        Vec<imap_codec::imap_types::command::Command<'static>>,
+        crate::commands::extended::ListOpts,
+    ),
+    Invalid,
+}
+
+fn decode_plain(bytes: &[u8]) -> Option<imap_codec::imap_types::command::Command<'static>> {
+    use imap_codec::decode::Decoder;
+    match CommandCodec::default().decode(bytes) {
+        Ok((b"", cmd)) => Some(cmd.into_static()),
+        _ => None,
+    }
+}
+
+/// ESEARCH and LIST-EXTENDED forms the codec refused, rewritten and decoded by it.
+fn extended_decode(bytes: &[u8]) -> Option<Decoded> {
+    use crate::commands::extended::{preparse, Extended};
+    match preparse(bytes)? {
+        Extended::Search { plain, ret } => Some(Decoded::Search(decode_plain(&plain)?, ret)),
+        Extended::List { plain, opts } => {
+            let cmds = plain
+                .iter()
+                .map(|p| decode_plain(p))
+                .collect::<Option<Vec<_>>>()?;
+            Some(Decoded::List(cmds, opts))
+        }
+    }
+}
+
 /// Runs one IMAP session to its end. `tls` is the acceptor used for STARTTLS.
 pub async fn serve_connection(
     io: Box<dyn Io>,
@@ -158,21 +198,42 @@ pub async fn serve_connection(
             Input::Message => {}
             Input::Eof => return Ok(()),
             Input::Timeout => {
-                return conn.write(&[response::bye("Autologout; idle for too long")]).await;
+                return conn
+                    .write(&[response::bye("Autologout; idle for too long")])
+                    .await;
             }
             Input::Shutdown => {
                 return conn.write(&[response::bye("Server shutting down")]).await;
             }
         }
         let decoded = match conn.frag.decode_message(&CommandCodec::default()) {
-            Ok(cmd) => Ok(cmd.into_static()),
+            Ok(cmd) => Ok(Decoded::Plain(cmd.into_static())),
+            Err(DecodeMessageError::DecodingFailure(_))
+                if extended_decode(conn.frag.message_bytes()).is_some() =>
+            {
+                Ok(extended_decode(conn.frag.message_bytes()).unwrap_or(Decoded::Invalid))
+            }
             Err(e) => {
                 let tag = conn.frag.decode_tag().map(|t| t.into_static());
-                Err((tag, matches!(e, DecodeMessageError::MessageTooLong { .. } | DecodeMessageError::MessagePoisoned { .. })))
+                Err((
+                    tag,
+                    matches!(
+                        e,
+                        DecodeMessageError::MessageTooLong { .. }
+                            | DecodeMessageError::MessagePoisoned { .. }
+                    ),
+                ))
             }
         };
         let outcome = match decoded {
-            Ok(cmd) => session.handle(cmd).await,
+            Ok(Decoded::Plain(cmd)) => session.handle(cmd).await,
+            Ok(Decoded::Search(cmd, ret)) => session.esearch(cmd, ret).await,
+            Ok(Decoded::List(cmds, opts)) => session.list_extended(cmds, opts).await,
+            Ok(Decoded::Invalid) => {
+                conn.write(&[response::untagged_bad("Syntax error in command")])
+                    .await?;
+                continue;
+            }
             Err((tag, too_big)) => {
                 errors += 1;
                 let reply = match (tag, too_big) {
@@ -185,7 +246,8 @@ pub async fn serve_connection(
                     (None, _) => response::untagged_bad("Syntax error in command"),
                 };
                 if errors >= limits.max_errors {
-                    conn.write(&[reply, response::bye("Too many errors")]).await?;
+                    conn.write(&[reply, response::bye("Too many errors")])
+                        .await?;
                     return Ok(());
                 }
                 conn.write(&[reply]).await?;

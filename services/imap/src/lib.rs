@@ -24,4 +24,4 @@ pub mod session;
 
 pub use conn::{serve_connection, ConnLimits};
 pub use listener::Listener;
-pub use session::{ImapConfig, LoginError, LoginService, Session};
+pub use session::{ImapConfig, LoginError, LoginService, Session, UserSessions};

@@ -29,7 +29,11 @@ impl Listener {
     pub async fn run(self) {
         let accept = AcceptLoop {
             listener: self.listener,
-            implicit_tls: if self.implicit_tls { self.tls.clone() } else { None },
+            implicit_tls: if self.implicit_tls {
+                self.tls.clone()
+            } else {
+                None
+            },
             tls_handshake_timeout: self.limits.tls_handshake_timeout,
             max_connections: self.max_connections,
             busy_reply: b"* BYE Too many connections, try again later\r\n",
@@ -37,8 +41,13 @@ impl Listener {
             grace: self.grace,
         };
         let starttls = if self.implicit_tls { None } else { self.tls };
-        let (config, limits, stores, login, shutdown) =
-            (self.config, self.limits, self.stores, self.login, self.shutdown);
+        let (config, limits, stores, login, shutdown) = (
+            self.config,
+            self.limits,
+            self.stores,
+            self.login,
+            self.shutdown,
+        );
         accept
             .run(move |a: Accepted| {
                 let session = Session::new(

@@ -8,13 +8,26 @@ use imap_codec::imap_types::core::{Tag, Text};
 use imap_codec::imap_types::response::{Code, CodeOther, Data, Response, Status};
 use imap_codec::ResponseCodec;
 
-pub type Resp = Response<'static>;
+/// One response to send. `Raw` carries the few responses imap-types has no type for
+/// (ESEARCH, RFC 4731); their text is built in [`crate::commands::extended`] from numbers
+/// and the already-validated tag only.
+#[derive(Clone, Debug)]
+pub enum Resp {
+    Typed(Response<'static>),
+    Raw(Vec<u8>),
+}
 
 /// Text with anything a `text` production cannot carry (CR, LF, NUL) replaced.
 fn text(s: &str) -> Text<'static> {
     let clean: String = s
         .chars()
-        .map(|c| if c == '\r' || c == '\n' || c == '\0' { ' ' } else { c })
+        .map(|c| {
+            if c == '\r' || c == '\n' || c == '\0' {
+                ' '
+            } else {
+                c
+            }
+        })
         .collect();
     let clean = if clean.trim().is_empty() {
         "done".to_string()
@@ -31,7 +44,7 @@ fn status(tag: Option<Tag<'static>>, kind: Kind, code: Option<Code<'static>>, ms
         Kind::No => Status::no(tag, code, t),
         Kind::Bad => Status::bad(tag, code, t),
     };
-    match s {
+    Resp::Typed(match s {
         Ok(s) => Response::Status(s),
         // Text was already validated; this branch keeps the function total.
         Err(_) => Response::Status(Status::Untagged(
@@ -41,7 +54,7 @@ fn status(tag: Option<Tag<'static>>, kind: Kind, code: Option<Code<'static>>, ms
                 text: Text::unvalidated("internal error"),
             },
         )),
-    }
+    })
 }
 
 #[derive(Clone, Copy)]
@@ -68,12 +81,12 @@ pub fn untagged_bad(msg: &str) -> Resp {
 }
 pub fn bye(msg: &str) -> Resp {
     match Status::bye(None, text(msg)) {
-        Ok(s) => Response::Status(s),
+        Ok(s) => Resp::Typed(Response::Status(s)),
         Err(_) => untagged_bad("bye"),
     }
 }
 pub fn data(d: Data<'static>) -> Resp {
-    Response::Data(d)
+    Resp::Typed(Response::Data(d))
 }
 
 /// A response code imap-types has no variant for (RFC 5530 codes and others).
@@ -83,7 +96,10 @@ pub fn code(name: &'static str) -> Option<Code<'static>> {
 
 /// Wire bytes of one response.
 pub fn encode(r: &Resp) -> Vec<u8> {
-    ResponseCodec::default().encode(r).dump()
+    match r {
+        Resp::Typed(r) => ResponseCodec::default().encode(r).dump(),
+        Resp::Raw(bytes) => bytes.clone(),
+    }
 }
 
 #[cfg(test)]
@@ -93,7 +109,10 @@ mod tests {
     #[test]
     fn statuses_encode() {
         let tag = Tag::try_from("a1").expect("tag");
-        assert_eq!(encode(&ok(&tag, None, "LOGIN completed")), b"a1 OK LOGIN completed\r\n");
+        assert_eq!(
+            encode(&ok(&tag, None, "LOGIN completed")),
+            b"a1 OK LOGIN completed\r\n"
+        );
         assert_eq!(
             encode(&no(&tag, code("AUTHENTICATIONFAILED"), "bad\r\ninjected")),
             b"a1 NO [AUTHENTICATIONFAILED] bad  injected\r\n"

@@ -153,7 +153,10 @@ impl Selected {
     /// expunges are held back (the messages stay visible with their numbers).
     pub async fn refresh(&mut self, stores: &Stores, allow_expunge: bool) -> StoreResult<Update> {
         let mut update = Update::default();
-        let changes = stores.meta.changes_since(self.id, self.known_modseq).await?;
+        let changes = stores
+            .meta
+            .changes_since(self.id, self.known_modseq)
+            .await?;
         let mut added = 0;
         for c in changes {
             match c.kind {

@@ -61,6 +61,56 @@ pub enum LoginError {
     Unavailable,
 }
 
+/// Counts open sessions per account on this node, so one user cannot take every
+/// connection slot (Dovecot's `mail_max_userip_connections` plays the same role).
+#[derive(Debug, Default)]
+pub struct UserSessions {
+    max: usize,
+    counts: std::sync::Mutex<std::collections::HashMap<mailfleet_storage::AccountId, usize>>,
+}
+
+impl UserSessions {
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max,
+            counts: Default::default(),
+        })
+    }
+
+    /// A slot for one more session of `account`, or `None` at the limit.
+    pub fn acquire(self: &Arc<Self>, account: mailfleet_storage::AccountId) -> Option<SessionSlot> {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = counts.entry(account).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(SessionSlot {
+            owner: self.clone(),
+            account,
+        })
+    }
+}
+
+/// Held while a session is logged in; releases its slot when dropped.
+#[derive(Debug)]
+pub struct SessionSlot {
+    owner: Arc<UserSessions>,
+    account: mailfleet_storage::AccountId,
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        let mut counts = self.owner.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&self.account) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.account);
+            }
+        }
+    }
+}
+
 /// Session limits and identity, from `[imap]` configuration.
 #[derive(Clone, Debug)]
 pub struct ImapConfig {
@@ -75,6 +125,8 @@ pub struct ImapConfig {
     pub max_failed_logins: u32,
     /// Inactivity before an authenticated session is logged out (RFC 9051 §5.4: ≥ 30 min).
     pub idle_timeout: Duration,
+    /// Open sessions per account on this node.
+    pub user_sessions: Arc<UserSessions>,
 }
 
 /// What the driver does after sending the responses.
@@ -83,9 +135,13 @@ pub enum Next {
     Command,
     StartTls,
     /// Send `+ ` and read one line of SASL data for AUTHENTICATE.
-    AuthenticateData { tag: Tag<'static> },
+    AuthenticateData {
+        tag: Tag<'static>,
+    },
     /// Send `+ idling` and wait for `DONE`, reporting changes as they happen.
-    Idle { tag: Tag<'static> },
+    Idle {
+        tag: Tag<'static>,
+    },
     Close,
 }
 
@@ -128,6 +184,7 @@ pub struct Session {
     pub(crate) account: Option<Account>,
     pub(crate) enabled: Enabled,
     pub(crate) failed_logins: u32,
+    pub(crate) slot: Option<SessionSlot>,
 }
 
 impl Session {
@@ -148,6 +205,7 @@ impl Session {
             account: None,
             enabled: Enabled::default(),
             failed_logins: 0,
+            slot: None,
         }
     }
 
@@ -159,7 +217,11 @@ impl Session {
             .map(|c| c.to_string())
             .collect::<Vec<_>>()
             .join(" ");
-        format!("* OK [CAPABILITY {caps}] {} Mailfleet IMAP ready\r\n", self.cfg.hostname).into_bytes()
+        format!(
+            "* OK [CAPABILITY {caps}] {} Mailfleet IMAP ready\r\n",
+            self.cfg.hostname
+        )
+        .into_bytes()
     }
 
     pub fn is_authenticated(&self) -> bool {
@@ -220,6 +282,9 @@ impl Session {
             Capability::Binary,
             other("SPECIAL-USE"),
             other("CHILDREN"),
+            other("ESEARCH"),
+            Capability::ListExtended,
+            other("LIST-STATUS"),
         ]);
         caps
     }
@@ -250,25 +315,27 @@ impl Session {
         match cmd.body {
             CommandBody::Capability => {
                 let caps = self.capabilities();
-                let caps = imap_codec::imap_types::core::Vec1::try_from(caps)
-                    .unwrap_or_else(|_| imap_codec::imap_types::core::Vec1::from(Capability::Imap4Rev1));
-                return Ok(Outcome::done(vec![
+                let caps =
+                    imap_codec::imap_types::core::Vec1::try_from(caps).unwrap_or_else(|_| {
+                        imap_codec::imap_types::core::Vec1::from(Capability::Imap4Rev1)
+                    });
+                Ok(Outcome::done(vec![
                     response::data(Data::Capability(caps)),
                     response::ok(&tag, None, "CAPABILITY completed"),
-                ]));
+                ]))
             }
-            CommandBody::Noop => return self.noop(tag).await,
+            CommandBody::Noop => self.noop(tag).await,
             CommandBody::Logout => {
                 self.state = State::Logout;
-                return Ok(Outcome {
+                Ok(Outcome {
                     responses: vec![
                         response::bye("Mailfleet IMAP logging out"),
                         response::ok(&tag, None, "LOGOUT completed"),
                     ],
                     next: Next::Close,
-                });
+                })
             }
-            CommandBody::Id { .. } => return Ok(self.id(tag)),
+            CommandBody::Id { .. } => Ok(self.id(tag)),
             body => self.dispatch_stateful(tag, body).await,
         }
     }
@@ -287,24 +354,30 @@ impl Session {
                 CommandBody::Authenticate {
                     mechanism,
                     initial_response,
-                } => self.cmd_authenticate(tag, mechanism, initial_response).await,
+                } => {
+                    self.cmd_authenticate(tag, mechanism, initial_response)
+                        .await
+                }
                 _ => Outcome::done(vec![response::bad(&tag, "Log in first")]),
             });
         }
         match body {
             CommandBody::StartTLS
             | CommandBody::Login { .. }
-            | CommandBody::Authenticate { .. } => {
-                Ok(Outcome::done(vec![response::bad(&tag, "Already authenticated")]))
-            }
+            | CommandBody::Authenticate { .. } => Ok(Outcome::done(vec![response::bad(
+                &tag,
+                "Already authenticated",
+            )])),
             CommandBody::Enable { capabilities } => Ok(self.enable(tag, capabilities)),
             CommandBody::Namespace => Ok(self.namespace(tag)),
-            CommandBody::Select { mailbox, parameters } => {
-                self.select(tag, mailbox, parameters, false).await
-            }
-            CommandBody::Examine { mailbox, parameters } => {
-                self.select(tag, mailbox, parameters, true).await
-            }
+            CommandBody::Select {
+                mailbox,
+                parameters,
+            } => self.select(tag, mailbox, parameters, false).await,
+            CommandBody::Examine {
+                mailbox,
+                parameters,
+            } => self.select(tag, mailbox, parameters, true).await,
             CommandBody::Create { mailbox } => self.create(tag, mailbox).await,
             CommandBody::Delete { mailbox } => self.delete(tag, mailbox).await,
             CommandBody::Rename { from, to } => self.rename(tag, from, to).await,
@@ -344,7 +417,10 @@ impl Session {
         body: CommandBody<'static>,
     ) -> Result<Outcome, mailfleet_storage::StoreError> {
         if !matches!(self.state, State::Selected(_)) {
-            return Ok(Outcome::done(vec![response::bad(&tag, "No mailbox selected")]));
+            return Ok(Outcome::done(vec![response::bad(
+                &tag,
+                "No mailbox selected",
+            )]));
         }
         match body {
             CommandBody::Check => self.noop(tag).await,
@@ -357,7 +433,10 @@ impl Session {
                 macro_or_item_names,
                 uid,
                 modifiers,
-            } => self.fetch(tag, sequence_set, macro_or_item_names, uid, modifiers).await,
+            } => {
+                self.fetch(tag, sequence_set, macro_or_item_names, uid, modifiers)
+                    .await
+            }
             CommandBody::Store {
                 sequence_set,
                 kind,
@@ -365,7 +444,10 @@ impl Session {
                 flags,
                 uid,
                 modifiers,
-            } => self.store(tag, sequence_set, kind, response, flags, uid, modifiers).await,
+            } => {
+                self.store(tag, sequence_set, kind, response, flags, uid, modifiers)
+                    .await
+            }
             CommandBody::Copy {
                 sequence_set,
                 mailbox,
@@ -386,7 +468,10 @@ impl Session {
                 charset,
                 search_criteria,
                 uid,
-            } => self.sort(tag, sort_criteria, charset, search_criteria, uid).await,
+            } => {
+                self.sort(tag, sort_criteria, charset, search_criteria, uid)
+                    .await
+            }
             _ => Ok(Outcome::done(vec![response::bad(
                 &tag,
                 "Command not supported",
@@ -410,7 +495,11 @@ impl Session {
             return Ok(vec![]);
         };
         let update = sel.refresh(&self.stores, allow_expunge).await?;
-        Ok(crate::commands::fetch::render_update(sel, &update, self.enabled))
+        Ok(crate::commands::fetch::render_update(
+            sel,
+            &update,
+            self.enabled,
+        ))
     }
 
     /// The account the session is logged in as; commands past authentication only run

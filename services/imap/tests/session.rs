@@ -49,7 +49,11 @@ struct Harness {
 async fn harness() -> Harness {
     let dir = tempfile::tempdir().expect("tmp");
     let stores = mailfleet_storage::embedded::open(dir.path(), 64).expect("stores");
-    stores.meta.create_domain("example.test").await.expect("domain");
+    stores
+        .meta
+        .create_domain("example.test")
+        .await
+        .expect("domain");
     let hash = mailfleet_core::credentials::hash_password(PASSWORD).expect("hash");
     let acct = stores
         .meta
@@ -129,6 +133,14 @@ impl Client {
 }
 
 fn connect(h: &Harness, plaintext_ok: bool) -> Client {
+    connect_with(h, plaintext_ok, None)
+}
+
+fn connect_with(
+    h: &Harness,
+    plaintext_ok: bool,
+    sessions: Option<Arc<mailfleet_imap::UserSessions>>,
+) -> Client {
     let (client, server) = tokio::io::duplex(1 << 16);
     let cfg = Arc::new(ImapConfig {
         hostname: "mx.example.test".into(),
@@ -137,6 +149,7 @@ fn connect(h: &Harness, plaintext_ok: bool) -> Client {
         max_message_size: 4096,
         max_failed_logins: 3,
         idle_timeout: Duration::from_secs(1800),
+        user_sessions: sessions.unwrap_or_else(|| mailfleet_imap::UserSessions::new(2)),
     });
     let session = Session::new(
         cfg,
@@ -152,7 +165,13 @@ fn connect(h: &Harness, plaintext_ok: bool) -> Client {
         tls_handshake_timeout: Duration::from_secs(5),
         idle_recheck: Duration::from_secs(60),
     };
-    tokio::spawn(serve_connection(Box::new(server), session, limits, None, Shutdown::never()));
+    tokio::spawn(serve_connection(
+        Box::new(server),
+        session,
+        limits,
+        None,
+        Shutdown::never(),
+    ));
     Client {
         io: client,
         buf: Vec::new(),
@@ -162,8 +181,12 @@ fn connect(h: &Harness, plaintext_ok: bool) -> Client {
 async fn logged_in(h: &Harness) -> Client {
     let mut c = connect(h, true);
     let greeting = c.line().await.to_uppercase();
-    assert!(greeting.starts_with("* OK [CAPABILITY IMAP4REV1 IMAP4REV2"), "{greeting}");
-    c.send(&format!("a LOGIN alice@example.test {PASSWORD}\r\n")).await;
+    assert!(
+        greeting.starts_with("* OK [CAPABILITY IMAP4REV1 IMAP4REV2"),
+        "{greeting}"
+    );
+    c.send(&format!("a LOGIN alice@example.test {PASSWORD}\r\n"))
+        .await;
     let r = c.until("a").await;
     assert!(r.last().expect("line").starts_with("a OK"), "{r:?}");
     c
@@ -175,7 +198,8 @@ async fn plaintext_login_is_refused_without_tls() {
     let mut c = connect(&h, false);
     let greeting = c.line().await;
     assert!(greeting.contains("LOGINDISABLED"), "{greeting}");
-    c.send(&format!("a LOGIN alice@example.test {PASSWORD}\r\n")).await;
+    c.send(&format!("a LOGIN alice@example.test {PASSWORD}\r\n"))
+        .await;
     assert!(c.line().await.starts_with("a NO [PRIVACYREQUIRED]"));
 }
 
@@ -193,7 +217,8 @@ async fn literal_login_select_fetch_search() {
     let r = c.until("b").await;
     assert!(r.contains(&"* 3 EXISTS".to_string()), "{r:?}");
     assert!(r.last().expect("l").starts_with("b OK [READ-WRITE]"));
-    c.send("c FETCH 2 (UID FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])\r\n").await;
+    c.send("c FETCH 2 (UID FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])\r\n")
+        .await;
     let r = c.until("c").await.join("\n");
     assert!(r.contains("UID 2"), "{r}");
     assert!(r.contains("Subject: msg 1"), "{r}");
@@ -201,9 +226,13 @@ async fn literal_login_select_fetch_search() {
     let r = c.until("d").await;
     assert_eq!(r[0], "* SEARCH 3");
     // Pipelined commands are answered in order.
-    c.send("e NOOP\r\nf STORE 1 +FLAGS (\\Seen)\r\ng SEARCH SEEN\r\n").await;
+    c.send("e NOOP\r\nf STORE 1 +FLAGS (\\Seen)\r\ng SEARCH SEEN\r\n")
+        .await;
     let r = c.until("g").await.join("\n");
-    assert!(r.contains("e OK") && r.contains("f OK") && r.contains("* SEARCH 1"), "{r}");
+    assert!(
+        r.contains("e OK") && r.contains("f OK") && r.contains("* SEARCH 1"),
+        "{r}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -215,11 +244,17 @@ async fn errors_get_bad_and_the_session_survives() {
     c.send("x2 SELECT INBOX\r\n").await;
     c.until("x2").await;
     c.send("x3 FETCH 99 (FLAGS)\r\n").await;
-    assert!(c.line().await.starts_with("x3 BAD"), "sequence number beyond the mailbox");
+    assert!(
+        c.line().await.starts_with("x3 BAD"),
+        "sequence number beyond the mailbox"
+    );
     c.send("x4 APPEND INBOX {100000}\r\n").await;
     assert!(c.line().await.starts_with("x4 NO [TOOBIG]"));
     c.send("x5 UID FETCH 99 (FLAGS)\r\n").await;
-    assert!(c.line().await.starts_with("x5 OK"), "unknown UIDs are ignored");
+    assert!(
+        c.line().await.starts_with("x5 OK"),
+        "unknown UIDs are ignored"
+    );
     c.send("x6 NOOP\r\n").await;
     assert!(c.line().await.starts_with("x6 OK"));
     // Repeated garbage closes the connection with BYE.
@@ -296,4 +331,35 @@ async fn idle_reports_a_new_message_and_ends_on_done() {
     assert_eq!(line, "* 4 EXISTS");
     c.send("DONE\r\n").await;
     assert!(c.line().await.starts_with("i OK"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_per_user_are_limited() {
+    let h = harness().await;
+    let shared = mailfleet_imap::UserSessions::new(2);
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        let mut c = connect_with(&h, true, Some(shared.clone()));
+        c.line().await;
+        c.send(&format!("l{i} LOGIN alice@example.test {PASSWORD}\r\n"))
+            .await;
+        let last = c.until(&format!("l{i}")).await.pop().expect("line");
+        if i < 2 {
+            assert!(last.starts_with(&format!("l{i} OK")), "{last}");
+        } else {
+            assert!(last.starts_with("l2 NO [LIMIT]"), "{last}");
+        }
+        clients.push(c);
+    }
+    // Logging one out frees its slot.
+    let mut first = clients.remove(0);
+    first.send("o LOGOUT\r\n").await;
+    first.until("o").await;
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut c = connect_with(&h, true, Some(shared.clone()));
+    c.line().await;
+    c.send(&format!("m LOGIN alice@example.test {PASSWORD}\r\n"))
+        .await;
+    assert!(c.until("m").await.pop().expect("line").starts_with("m OK"));
 }

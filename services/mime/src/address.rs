@@ -74,7 +74,12 @@ struct Parser<'a, 'o> {
 /// Parses an address-list header value and appends its addresses to `out` (a repeated
 /// header adds to the same list).
 pub(crate) fn parse_address_list(value: &[u8], out: &mut Vec<Address>) {
-    let mut p = Parser { lx: Lexer::with_comments(value), cur: Pending::default(), local: Vec::new(), out };
+    let mut p = Parser {
+        lx: Lexer::with_comments(value),
+        cur: Pending::default(),
+        local: Vec::new(),
+        out,
+    };
     if p.lx.skip_lwsp().is_more() {
         p.address_list();
     }
@@ -360,8 +365,13 @@ mod tests {
     fn parse(value: &str) -> Vec<[String; 4]> {
         let mut out = Vec::new();
         parse_address_list(value.as_bytes(), &mut out);
-        let s = |o: &Option<Octets>| o.as_ref().map_or("NIL".to_string(), |v| v.to_string_lossy());
-        out.iter().map(|a| [s(&a.name), s(&a.route), s(&a.mailbox), s(&a.host)]).collect()
+        let s = |o: &Option<Octets>| {
+            o.as_ref()
+                .map_or("NIL".to_string(), |v| v.to_string_lossy())
+        };
+        out.iter()
+            .map(|a| [s(&a.name), s(&a.route), s(&a.mailbox), s(&a.host)])
+            .collect()
     }
 
     fn a(name: &str, route: &str, mailbox: &str, host: &str) -> [String; 4] {
@@ -371,7 +381,9 @@ mod tests {
     #[test]
     fn ordinary_addresses() {
         assert_eq!(
-            parse(r#"John   "Q."  Public <jqp@example.com>, (lead) a@b, c@d (trail), "foo bar"@example.com"#),
+            parse(
+                r#"John   "Q."  Public <jqp@example.com>, (lead) a@b, c@d (trail), "foo bar"@example.com"#
+            ),
             vec![
                 a("John Q. Public", "NIL", "jqp", "example.com"),
                 a("NIL", "NIL", "a", "b"),
@@ -379,12 +391,18 @@ mod tests {
                 a("NIL", "NIL", "foo bar", "example.com"),
             ]
         );
-        assert_eq!(parse("<@r1.example,@r2.example:u@h>"), vec![a("NIL", "@r1.example,@r2.example", "u", "h")]);
-        assert_eq!(parse("joe@[127.0.0.1], a..b@c, .x@y"), vec![
-            a("NIL", "NIL", "joe", "[127.0.0.1]"),
-            a("NIL", "NIL", "a..b", "c"),
-            a("NIL", "NIL", ".x", "y"),
-        ]);
+        assert_eq!(
+            parse("<@r1.example,@r2.example:u@h>"),
+            vec![a("NIL", "@r1.example,@r2.example", "u", "h")]
+        );
+        assert_eq!(
+            parse("joe@[127.0.0.1], a..b@c, .x@y"),
+            vec![
+                a("NIL", "NIL", "joe", "[127.0.0.1]"),
+                a("NIL", "NIL", "a..b", "c"),
+                a("NIL", "NIL", ".x", "y"),
+            ]
+        );
     }
 
     #[test]
@@ -399,18 +417,48 @@ mod tests {
                 a("NIL", "NIL", "g", "h.i"),
             ]
         );
-        assert_eq!(parse("undisclosed-recipients:;"), vec![a("NIL", "NIL", "undisclosed-recipients", "NIL"), a("NIL", "NIL", "NIL", "NIL")]);
+        assert_eq!(
+            parse("undisclosed-recipients:;"),
+            vec![
+                a("NIL", "NIL", "undisclosed-recipients", "NIL"),
+                a("NIL", "NIL", "NIL", "NIL")
+            ]
+        );
     }
 
     #[test]
     fn broken_addresses_get_dovecots_placeholders() {
-        assert_eq!(parse("user"), vec![a("NIL", "NIL", "user", "MISSING_DOMAIN")]);
-        assert_eq!(parse("\"quoted\""), vec![a("quoted", "NIL", "MISSING_MAILBOX", "MISSING_DOMAIN")]);
-        assert_eq!(parse("Joe <>"), vec![a("Joe", "NIL", "MISSING_MAILBOX", "MISSING_DOMAIN")]);
-        assert_eq!(parse("Name <foo@bar"), vec![a("Name", "NIL", "foo", "SYNTAX_ERROR")]);
-        assert_eq!(parse("a b c;"), vec![a("a b c", "NIL", "MISSING_MAILBOX", "MISSING_DOMAIN")]);
-        assert_eq!(parse("user (comment)"), vec![a("comment", "NIL", "user", "MISSING_DOMAIN")]);
-        assert_eq!(parse("a@, @example.com"), vec![a("NIL", "NIL", "a", "MISSING_DOMAIN"), a("NIL", "NIL", "MISSING_MAILBOX", "example.com")]);
+        assert_eq!(
+            parse("user"),
+            vec![a("NIL", "NIL", "user", "MISSING_DOMAIN")]
+        );
+        assert_eq!(
+            parse("\"quoted\""),
+            vec![a("quoted", "NIL", "MISSING_MAILBOX", "MISSING_DOMAIN")]
+        );
+        assert_eq!(
+            parse("Joe <>"),
+            vec![a("Joe", "NIL", "MISSING_MAILBOX", "MISSING_DOMAIN")]
+        );
+        assert_eq!(
+            parse("Name <foo@bar"),
+            vec![a("Name", "NIL", "foo", "SYNTAX_ERROR")]
+        );
+        assert_eq!(
+            parse("a b c;"),
+            vec![a("a b c", "NIL", "MISSING_MAILBOX", "MISSING_DOMAIN")]
+        );
+        assert_eq!(
+            parse("user (comment)"),
+            vec![a("comment", "NIL", "user", "MISSING_DOMAIN")]
+        );
+        assert_eq!(
+            parse("a@, @example.com"),
+            vec![
+                a("NIL", "NIL", "a", "MISSING_DOMAIN"),
+                a("NIL", "NIL", "MISSING_MAILBOX", "example.com")
+            ]
+        );
         assert_eq!(parse(", , x@y").len(), 3);
         // Garbage that is not followed by a comma ends the list.
         assert_eq!(parse("a@b c@d, e@f"), vec![a("NIL", "NIL", "a", "b")]);

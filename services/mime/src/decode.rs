@@ -72,7 +72,10 @@ impl Decoded {
 pub(crate) fn decode_text(raw: &[u8]) -> String {
     // mail-parser reads a header value up to the end of its (unfolded) line.
     let mut line = Vec::with_capacity(raw.len() + 1);
-    line.extend(raw.iter().map(|&b| if b == b'\r' || b == b'\n' { b' ' } else { b }));
+    line.extend(
+        raw.iter()
+            .map(|&b| if b == b'\r' || b == b'\n' { b' ' } else { b }),
+    );
     line.push(b'\n');
     match MessageStream::new(&line).parse_unstructured() {
         HeaderValue::Text(text) => text.into_owned(),
@@ -101,8 +104,16 @@ fn real(value: &Option<Octets>) -> Option<String> {
 
 fn first_mailbox(list: &[Address]) -> Option<DecodedAddress> {
     let addr = list.iter().find(|a| a.is_mailbox())?;
-    let name = addr.name.as_ref().map(|n| decode_text(n.as_bytes())).filter(|n| !n.is_empty());
-    Some(DecodedAddress { name, mailbox: real(&addr.mailbox), host: real(&addr.host) })
+    let name = addr
+        .name
+        .as_ref()
+        .map(|n| decode_text(n.as_bytes()))
+        .filter(|n| !n.is_empty());
+    Some(DecodedAddress {
+        name,
+        mailbox: real(&addr.mailbox),
+        host: real(&addr.host),
+    })
 }
 
 /// The base subject of RFC 5256 section 2.1.
@@ -110,7 +121,11 @@ pub fn base_subject(subject: &str) -> String {
     // (1) Whitespace runs become one space.
     let mut s = String::with_capacity(subject.len());
     for c in subject.chars() {
-        let c = if matches!(c, '\t' | '\r' | '\n') { ' ' } else { c };
+        let c = if matches!(c, '\t' | '\r' | '\n') {
+            ' '
+        } else {
+            c
+        };
         if c == ' ' && s.ends_with(' ') {
             continue;
         }
@@ -122,7 +137,12 @@ pub fn base_subject(subject: &str) -> String {
         loop {
             let trimmed = s.trim_end_matches(' ');
             let trimmed = match trimmed.len().checked_sub(5) {
-                Some(i) if trimmed.is_char_boundary(i) && trimmed[i..].eq_ignore_ascii_case("(fwd)") => &trimmed[..i],
+                Some(i)
+                    if trimmed.is_char_boundary(i)
+                        && trimmed[i..].eq_ignore_ascii_case("(fwd)") =>
+                {
+                    &trimmed[..i]
+                }
                 _ => trimmed,
             };
             if trimmed.len() == s.len() {
@@ -158,7 +178,7 @@ pub fn base_subject(subject: &str) -> String {
 /// `subj-blob = "[" *BLOBCHAR "]" *WSP`
 fn strip_blob(s: &str) -> Option<&str> {
     let rest = s.strip_prefix('[')?;
-    let close = rest.find(|c| c == '[' || c == ']')?;
+    let close = rest.find(['[', ']'])?;
     let rest = rest[close..].strip_prefix(']')?;
     Some(rest.trim_start_matches(' '))
 }
@@ -176,7 +196,9 @@ fn strip_leader(s: &str) -> Option<&str> {
     let b = rest.as_bytes();
     let word = if b.len() >= 3 && b[..3].eq_ignore_ascii_case(b"fwd") {
         3
-    } else if b.len() >= 2 && (b[..2].eq_ignore_ascii_case(b"re") || b[..2].eq_ignore_ascii_case(b"fw")) {
+    } else if b.len() >= 2
+        && (b[..2].eq_ignore_ascii_case(b"re") || b[..2].eq_ignore_ascii_case(b"fw"))
+    {
         2
     } else {
         return None;
@@ -208,9 +230,15 @@ mod tests {
 
     #[test]
     fn text_is_decoded() {
-        assert_eq!(decode_text(b"=?ISO-8859-1?Q?Caf=E9?= and =?UTF-8?B?w6k=?="), "Café and é");
+        assert_eq!(
+            decode_text(b"=?ISO-8859-1?Q?Caf=E9?= and =?UTF-8?B?w6k=?="),
+            "Café and é"
+        );
         assert_eq!(decode_text(b"plain"), "plain");
-        assert_eq!(parse_date(b"Mon, 1 Jan 2024 10:00:00 +0100"), Some(1_704_099_600));
+        assert_eq!(
+            parse_date(b"Mon, 1 Jan 2024 10:00:00 +0100"),
+            Some(1_704_099_600)
+        );
         assert_eq!(parse_date(b"yesterday"), None);
     }
 }

@@ -86,7 +86,9 @@ mod tests {
 
     #[test]
     fn last_single_field_wins_and_addresses_accumulate() {
-        let env = envelope("Subject: first\r\nSubject:  second\r\n  part\r\nFrom: a@b\r\nFrom: c@d\r\n\r\n");
+        let env = envelope(
+            "Subject: first\r\nSubject:  second\r\n  part\r\nFrom: a@b\r\nFrom: c@d\r\n\r\n",
+        );
         assert_eq!(env.subject, Some(Octets::from("second part")));
         assert_eq!(env.from.len(), 2);
         assert_eq!(env.sender, env.from);
@@ -98,7 +100,10 @@ mod tests {
         let env = envelope(
             "Date: Mon, 1 Jan 2024\r\n\t10:00 +0000  \r\nSubject: =?utf-8?q?J=C3=B6rg?=\r\nMessage-ID:  <a@b> (c)\r\nSender:\r\nFrom: x@y\r\n\r\n",
         );
-        assert_eq!(env.date, Some(Octets::from("Mon, 1 Jan 2024\t10:00 +0000  ")));
+        assert_eq!(
+            env.date,
+            Some(Octets::from("Mon, 1 Jan 2024\t10:00 +0000  "))
+        );
         assert_eq!(env.subject, Some(Octets::from("=?utf-8?q?J=C3=B6rg?=")));
         assert_eq!(env.message_id, Some(Octets::from("<a@b> (c)")));
         assert_eq!(env.sender, env.from, "an empty Sender defaults to From");

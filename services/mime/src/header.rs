@@ -27,13 +27,28 @@ impl Line {
 
 /// The line starting at `start` (which must not be past the end).
 pub(crate) fn line_at(raw: &[u8], start: usize) -> Line {
-    match raw.get(start..).and_then(|rest| rest.iter().position(|&b| b == b'\n')) {
+    match raw
+        .get(start..)
+        .and_then(|rest| rest.iter().position(|&b| b == b'\n'))
+    {
         Some(i) => {
             let lf = start + i;
-            let end = if lf > start && raw[lf - 1] == b'\r' { lf - 1 } else { lf };
-            Line { start, end, next: lf + 1 }
+            let end = if lf > start && raw[lf - 1] == b'\r' {
+                lf - 1
+            } else {
+                lf
+            };
+            Line {
+                start,
+                end,
+                next: lf + 1,
+            }
         }
-        None => Line { start, end: raw.len(), next: raw.len() },
+        None => Line {
+            start,
+            end: raw.len(),
+            next: raw.len(),
+        },
     }
 }
 
@@ -72,7 +87,11 @@ impl Field {
             }
             None => (content, &content[..0]),
         };
-        Self { name: name.to_vec(), value: value.to_vec(), span: line.start..line.next }
+        Self {
+            name: name.to_vec(),
+            value: value.to_vec(),
+            span: line.start..line.next,
+        }
     }
 
     /// Adds a continuation line (one that starts with whitespace).
@@ -110,7 +129,11 @@ pub(crate) fn fields(raw: &[u8], block: Range<usize>) -> Vec<Field> {
 
 /// The value without any CR or LF: what IMAP sends for dates, message ids and parameters.
 pub(crate) fn without_newlines(value: &[u8]) -> Vec<u8> {
-    value.iter().copied().filter(|&b| b != b'\r' && b != b'\n').collect()
+    value
+        .iter()
+        .copied()
+        .filter(|&b| b != b'\r' && b != b'\n')
+        .collect()
 }
 
 /// The value as a human reads it: every run of whitespace (including line breaks) becomes one
@@ -140,9 +163,30 @@ mod tests {
     #[test]
     fn lines_know_their_line_breaks() {
         let raw = b"a\r\nb\nc";
-        assert_eq!(line_at(raw, 0), Line { start: 0, end: 1, next: 3 });
-        assert_eq!(line_at(raw, 3), Line { start: 3, end: 4, next: 5 });
-        assert_eq!(line_at(raw, 5), Line { start: 5, end: 6, next: 6 });
+        assert_eq!(
+            line_at(raw, 0),
+            Line {
+                start: 0,
+                end: 1,
+                next: 3
+            }
+        );
+        assert_eq!(
+            line_at(raw, 3),
+            Line {
+                start: 3,
+                end: 4,
+                next: 5
+            }
+        );
+        assert_eq!(
+            line_at(raw, 5),
+            Line {
+                start: 5,
+                end: 6,
+                next: 6
+            }
+        );
         assert_eq!(line_at(raw, 5).newline_len(), 0);
     }
 

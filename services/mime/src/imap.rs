@@ -13,8 +13,8 @@ use std::num::NonZeroU32;
 
 use imap_codec::encode::Encoder;
 use imap_codec::imap_types::body::{
-    BasicFields, Body as ImapBody, BodyStructure, Disposition as ImapDisposition, Language, Location,
-    MultiPartExtensionData, SinglePartExtensionData, SpecificFields,
+    BasicFields, Body as ImapBody, BodyStructure, Disposition as ImapDisposition, Language,
+    Location, MultiPartExtensionData, SinglePartExtensionData, SpecificFields,
 };
 use imap_codec::imap_types::core::{IString, Literal, NString, Vec1};
 use imap_codec::imap_types::envelope::{Address as ImapAddress, Envelope as ImapEnvelope};
@@ -81,7 +81,10 @@ pub fn envelope(env: &Envelope) -> ImapEnvelope<'static> {
 }
 
 fn params(list: &[Param], default_charset: bool) -> Vec<(IString<'static>, IString<'static>)> {
-    let mut out: Vec<_> = list.iter().map(|p| (istring(p.name.as_bytes()), istring(p.value.as_bytes()))).collect();
+    let mut out: Vec<_> = list
+        .iter()
+        .map(|p| (istring(p.name.as_bytes()), istring(p.value.as_bytes())))
+        .collect();
     if default_charset && !list.iter().any(|p| p.name.eq_ignore_ascii_case(b"charset")) {
         out.push((istring(b"charset"), istring(b"us-ascii")));
     }
@@ -96,8 +99,15 @@ fn disposition_tail(part: &Part) -> ImapDisposition<'static> {
             .as_ref()
             .map(|d| (istring(d.kind.as_bytes()), params(&d.params, false))),
         tail: Some(Language {
-            language: part.language.iter().map(|l| istring(l.as_bytes())).collect(),
-            tail: Some(Location { location: nstring(part.location.as_ref()), extensions: Vec::new() }),
+            language: part
+                .language
+                .iter()
+                .map(|l| istring(l.as_bytes()))
+                .collect(),
+            tail: Some(Location {
+                location: nstring(part.location.as_ref()),
+                extensions: Vec::new(),
+            }),
         }),
     }
 }
@@ -108,7 +118,8 @@ pub fn body_structure(part: &Part, extended: bool) -> BodyStructure<'static> {
     match &part.body {
         Body::Multipart { parts } => {
             let bodies: Vec<_> = parts.iter().map(|p| body_structure(p, extended)).collect();
-            let bodies = Vec1::try_from(bodies).unwrap_or_else(|_| Vec1::from(empty_text(extended)));
+            let bodies =
+                Vec1::try_from(bodies).unwrap_or_else(|_| Vec1::from(empty_text(extended)));
             BodyStructure::Multi {
                 bodies,
                 subtype: istring(part.media_subtype.as_bytes()),
@@ -132,7 +143,11 @@ pub fn body_structure(part: &Part, extended: bool) -> BodyStructure<'static> {
                     subtype: istring(part.media_subtype.as_bytes()),
                     number_of_lines: u32_saturating(*lines),
                 },
-                Body::Message { lines, envelope: env, message } => SpecificFields::Message {
+                Body::Message {
+                    lines,
+                    envelope: env,
+                    message,
+                } => SpecificFields::Message {
                     envelope: Box::new(envelope(env)),
                     body_structure: Box::new(body_structure(message, extended)),
                     number_of_lines: u32_saturating(*lines),
@@ -164,7 +179,10 @@ fn empty_text(extended: bool) -> BodyStructure<'static> {
                 content_transfer_encoding: istring(b"7bit"),
                 size: 0,
             },
-            specific: SpecificFields::Text { subtype: istring(b"plain"), number_of_lines: 0 },
+            specific: SpecificFields::Text {
+                subtype: istring(b"plain"),
+                number_of_lines: 0,
+            },
         },
         extension_data: extended.then(|| SinglePartExtensionData {
             md5: NString(None),
@@ -172,7 +190,10 @@ fn empty_text(extended: bool) -> BodyStructure<'static> {
                 disposition: None,
                 tail: Some(Language {
                     language: Vec::new(),
-                    tail: Some(Location { location: NString(None), extensions: Vec::new() }),
+                    tail: Some(Location {
+                        location: NString(None),
+                        extensions: Vec::new(),
+                    }),
                 }),
             }),
         }),
@@ -182,7 +203,10 @@ fn empty_text(extended: bool) -> BodyStructure<'static> {
 /// Encodes one FETCH data item with imap-codec and returns its value on the wire, without
 /// the item name (`(...)`), literals included as `{n}\r\n...`.
 fn encode_item(item: MessageDataItem<'static>, name: &[u8]) -> Vec<u8> {
-    let response = Response::Data(Data::Fetch { seq: NonZeroU32::MIN, items: Vec1::from(item) });
+    let response = Response::Data(Data::Fetch {
+        seq: NonZeroU32::MIN,
+        items: Vec1::from(item),
+    });
     let wire = ResponseCodec::default().encode(&response).dump();
     let mut prefix = b"* 1 FETCH (".to_vec();
     prefix.extend_from_slice(name);
@@ -238,7 +262,10 @@ mod tests {
             encode_body_structure(&s.root, true),
             r#"("TEXT" "plain" ("charset" "us-ascii") NIL NIL "7bit" 6 1 NIL NIL NIL NIL)"#
         );
-        assert_eq!(encode_body_structure(&s.root, false), r#"("TEXT" "plain" ("charset" "us-ascii") NIL NIL "7bit" 6 1)"#);
+        assert_eq!(
+            encode_body_structure(&s.root, false),
+            r#"("TEXT" "plain" ("charset" "us-ascii") NIL NIL "7bit" 6 1)"#
+        );
     }
 
     #[test]
@@ -250,13 +277,20 @@ mod tests {
             encode_body_structure(&s.root, true),
             r#"(("application" "pdf" ("name" "x.pdf") "<i@x>" NIL "base64" 4 NIL ("attachment" ("filename" "x.pdf")) ("en" "de") "http://x/") "mixed" ("boundary" "b") NIL NIL NIL)"#
         );
-        assert_eq!(encode_body_structure(&s.root, false), r#"(("application" "pdf" ("name" "x.pdf") "<i@x>" NIL "base64" 4) "mixed")"#);
+        assert_eq!(
+            encode_body_structure(&s.root, false),
+            r#"(("application" "pdf" ("name" "x.pdf") "<i@x>" NIL "base64" 4) "mixed")"#
+        );
     }
 
     #[test]
     fn strings_that_cannot_be_quoted_become_literals() {
         let s = analyze(b"Subject: caf\xc3\xa9\r\nFrom: \"a\0b\" <x@y>\r\n\r\n");
         let wire = encode_envelope_bytes(&s.envelope);
-        assert!(wire.starts_with(b"(NIL {5}\r\ncaf\xc3\xa9 (({5}\r\na\xef\xbf\xbdb NIL"), "{}", String::from_utf8_lossy(&wire));
+        assert!(
+            wire.starts_with(b"(NIL {5}\r\ncaf\xc3\xa9 (({5}\r\na\xef\xbf\xbdb NIL"),
+            "{}",
+            String::from_utf8_lossy(&wire)
+        );
     }
 }

@@ -60,7 +60,11 @@ pub(crate) fn parse_content_type(value: &[u8]) -> ContentType {
     let mut lexer = Lexer::new(value);
     let mut full = Vec::new();
     let step = lexer.content_type(&mut full);
-    let params = if step.is_broken() { Vec::new() } else { parse_params(&mut lexer) };
+    let params = if step.is_broken() {
+        Vec::new()
+    } else {
+        parse_params(&mut lexer)
+    };
     ContentType { full, params }
 }
 
@@ -136,7 +140,12 @@ fn continuation(key: &[u8], value: &[u8]) -> Option<Continuation> {
     };
     // "name*" alone is an extended value with index 0.
     let extended = extended || star + 1 == key.len();
-    Some(Continuation { name: key[..star].to_vec(), index, extended, value: value.to_vec() })
+    Some(Continuation {
+        name: key[..star].to_vec(),
+        index,
+        extended,
+        value: value.to_vec(),
+    })
 }
 
 /// Parses `*(";" parameter)`, skipping malformed parameters the way Dovecot does (on an
@@ -155,7 +164,10 @@ pub(crate) fn parse_params(lexer: &mut Lexer<'_>) -> Vec<Param> {
             }
             ParamStep::Param(key, value) => match continuation(&key, &value) {
                 Some(piece) => pieces.push(piece),
-                None => plain.push(Param { name: key.into(), value: value.into() }),
+                None => plain.push(Param {
+                    name: key.into(),
+                    value: value.into(),
+                }),
             },
         }
     }
@@ -198,7 +210,10 @@ fn merge_continuations(mut pieces: Vec<Continuation>) -> Vec<Param> {
             if any_extended {
                 name.push(b'*');
             }
-            out.push(Param { name: name.into(), value: value.into() });
+            out.push(Param {
+                name: name.into(),
+                value: value.into(),
+            });
         } else {
             for piece in group {
                 let mut name = piece.name.clone();
@@ -206,7 +221,10 @@ fn merge_continuations(mut pieces: Vec<Continuation>) -> Vec<Param> {
                 if piece.extended {
                     name.push(b'*');
                 }
-                out.push(Param { name: name.into(), value: piece.value.clone().into() });
+                out.push(Param {
+                    name: name.into(),
+                    value: piece.value.clone().into(),
+                });
             }
         }
         i = j;
@@ -227,14 +245,21 @@ mod tests {
     }
 
     fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
-        list.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+        list.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
     }
 
     #[test]
     fn plain_parameters_keep_order_case_and_unquote() {
         assert_eq!(
             params(r#"text/plain; CHARSET=UTF-8; Format="flo\"wed"; a=1; a=2"#),
-            pairs(&[("CHARSET", "UTF-8"), ("Format", "flo\"wed"), ("a", "1"), ("a", "2")])
+            pairs(&[
+                ("CHARSET", "UTF-8"),
+                ("Format", "flo\"wed"),
+                ("a", "1"),
+                ("a", "2")
+            ])
         );
     }
 
@@ -248,37 +273,67 @@ mod tests {
             params("text/plain; t*0*=us-ascii'en'This%20is; t*1*=%2A; t*2=\"50% off\""),
             pairs(&[("t*", "us-ascii'en'This%20is%2A50%25 off")])
         );
-        assert_eq!(params("a/b; f*=UTF-8''%C3%A9"), pairs(&[("f*", "UTF-8''%C3%A9")]));
+        assert_eq!(
+            params("a/b; f*=UTF-8''%C3%A9"),
+            pairs(&[("f*", "UTF-8''%C3%A9")])
+        );
         assert_eq!(params("a/b; f*0=a; f*1*=%41"), pairs(&[("f*", "''a%41")]));
     }
 
     #[test]
     fn incomplete_continuations_are_reported_one_by_one() {
-        assert_eq!(params("a/b; x*0=1; x*2*=3"), pairs(&[("x*0", "1"), ("x*2*", "3")]));
+        assert_eq!(
+            params("a/b; x*0=1; x*2*=3"),
+            pairs(&[("x*0", "1"), ("x*2*", "3")])
+        );
         // A lone extended parameter after others is index 0 (Dovecot 2.3 reuses the previous
         // index here; see docs/imap-structure-differences.md).
-        assert_eq!(params("a/b; x*0=1; x*2=3; b*=q"), pairs(&[("b*", "q"), ("x*0", "1"), ("x*2", "3")]));
+        assert_eq!(
+            params("a/b; x*0=1; x*2=3; b*=q"),
+            pairs(&[("b*", "q"), ("x*0", "1"), ("x*2", "3")])
+        );
     }
 
     #[test]
     fn broken_parameters_are_skipped_up_to_the_next_semicolon() {
-        assert_eq!(params("a/b; e; =f; g=h; d="), pairs(&[("g", "h"), ("d", "")]));
+        assert_eq!(
+            params("a/b; e; =f; g=h; d="),
+            pairs(&[("g", "h"), ("d", "")])
+        );
         assert_eq!(params("a/b; =f; g=h"), pairs(&[("", "f"), ("g", "h")]));
         assert_eq!(params("a/b ; ; name=x"), pairs(&[]));
         assert_eq!(params("a/b; ; ; name=x"), pairs(&[("name", "x")]));
-        assert_eq!(params("a/b; c=\"x\" junk; d=1; n=\"open"), pairs(&[("c", "x"), ("d", "1")]));
-        assert_eq!(params("a/b; x==?utf-8?q?a?=; y=1"), pairs(&[("x", "=?utf-8?q?a?="), ("y", "1")]));
+        assert_eq!(
+            params("a/b; c=\"x\" junk; d=1; n=\"open"),
+            pairs(&[("c", "x"), ("d", "1")])
+        );
+        assert_eq!(
+            params("a/b; x==?utf-8?q?a?=; y=1"),
+            pairs(&[("x", "=?utf-8?q?a?="), ("y", "1")])
+        );
     }
 
     #[test]
     fn other_content_headers() {
-        assert_eq!(parse_transfer_encoding(b" Base64 (x)"), Some(Octets::from("Base64")));
+        assert_eq!(
+            parse_transfer_encoding(b" Base64 (x)"),
+            Some(Octets::from("Base64"))
+        );
         assert_eq!(parse_transfer_encoding(b"base64; x"), None);
         assert_eq!(parse_transfer_encoding(b""), None);
         let (kind, params) = parse_disposition(b"attachment; filename=\"a b.txt\"").unwrap();
         assert_eq!(kind, "attachment");
-        assert_eq!(params, vec![Param { name: "filename".into(), value: "a b.txt".into() }]);
+        assert_eq!(
+            params,
+            vec![Param {
+                name: "filename".into(),
+                value: "a b.txt".into()
+            }]
+        );
         assert_eq!(parse_disposition(b"").unwrap().0, "");
-        assert_eq!(parse_language(b"en (English), de-DE;q=1, fr"), vec![Octets::from("en"), "de-DE".into()]);
+        assert_eq!(
+            parse_language(b"en (English), de-DE;q=1, fr"),
+            vec![Octets::from("en"), "de-DE".into()]
+        );
     }
 }

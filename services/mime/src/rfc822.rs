@@ -29,12 +29,32 @@ impl Step {
 
 /// `atext` of RFC 5322 plus every 8-bit byte (senders put raw UTF-8 and Latin-1 in headers).
 pub(crate) fn is_atext(b: u8) -> bool {
-    match b {
-        b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | 0x80..=0xff => true,
-        b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'/' | b'=' | b'?' => true,
-        b'^' | b'_' | b'`' | b'{' | b'|' | b'}' | b'~' => true,
-        _ => false,
-    }
+    matches!(
+        b,
+        b'a'..=b'z'
+            | b'A'..=b'Z'
+            | b'0'..=b'9'
+            | 0x80..=0xff
+            | b'!'
+            | b'#'
+            | b'$'
+            | b'%'
+            | b'&'
+            | b'\''
+            | b'*'
+            | b'+'
+            | b'-'
+            | b'/'
+            | b'='
+            | b'?'
+            | b'^'
+            | b'_'
+            | b'`'
+            | b'{'
+            | b'|'
+            | b'}'
+            | b'~'
+    )
 }
 
 /// A MIME `token` character (RFC 2045): `atext` without the tspecials `/`, `=` and `?`.
@@ -52,12 +72,20 @@ pub(crate) struct Lexer<'a> {
 
 impl<'a> Lexer<'a> {
     pub(crate) fn new(data: &'a [u8]) -> Self {
-        Self { data, pos: 0, last_comment: None }
+        Self {
+            data,
+            pos: 0,
+            last_comment: None,
+        }
     }
 
     /// A lexer that remembers the text of the last comment it skipped.
     pub(crate) fn with_comments(data: &'a [u8]) -> Self {
-        Self { data, pos: 0, last_comment: Some(Vec::new()) }
+        Self {
+            data,
+            pos: 0,
+            last_comment: Some(Vec::new()),
+        }
     }
 
     pub(crate) fn peek(&self) -> Option<u8> {
@@ -423,7 +451,10 @@ mod tests {
 
     #[test]
     fn content_type_acceptance_matches_dovecot() {
-        assert_eq!(ct("text/plain; charset=x"), (Step::More, "text/plain".into()));
+        assert_eq!(
+            ct("text/plain; charset=x"),
+            (Step::More, "text/plain".into())
+        );
         assert_eq!(ct(" text / plain "), (Step::End, "text/plain".into()));
         assert_eq!(ct("text"), (Step::Broken, "text".into()));
         assert_eq!(ct("text (c)"), (Step::Broken, "text".into()));

@@ -75,11 +75,60 @@ struct Scanner<'a> {
     /// Boundaries of the enclosing multiparts, outermost first.
     boundaries: Vec<Vec<u8>>,
     parts: usize,
+    lines: LineCounter,
+}
+
+/// Counts line feeds in any range in constant time.
+///
+/// A message/rfc822 part's line count covers everything inside it, so with nested messages
+/// the same bytes would be counted once per level. One pass stores the running count at every
+/// block boundary instead; a range then costs at most two partial blocks.
+struct LineCounter {
+    /// `cumulative[k]` = line feeds in `raw[..k * LINE_BLOCK]`.
+    cumulative: Vec<u64>,
+}
+
+const LINE_BLOCK: usize = 4096;
+
+fn count_lf(bytes: &[u8]) -> u64 {
+    off(bytes.iter().filter(|&&b| b == b'\n').count())
+}
+
+impl LineCounter {
+    fn new(raw: &[u8]) -> Self {
+        let mut cumulative = Vec::with_capacity(raw.len() / LINE_BLOCK + 1);
+        let mut total = 0;
+        cumulative.push(0);
+        for block in raw.chunks_exact(LINE_BLOCK) {
+            total += count_lf(block);
+            cumulative.push(total);
+        }
+        Self { cumulative }
+    }
+
+    fn count(&self, raw: &[u8], start: usize, end: usize) -> u64 {
+        let (start, end) = (start.min(raw.len()), end.min(raw.len()));
+        if start >= end {
+            return 0;
+        }
+        let first = start.div_ceil(LINE_BLOCK);
+        let last = end / LINE_BLOCK;
+        if first >= last {
+            return count_lf(&raw[start..end]);
+        }
+        let whole = self.cumulative[last].saturating_sub(self.cumulative[first]);
+        count_lf(&raw[start..first * LINE_BLOCK]) + whole + count_lf(&raw[last * LINE_BLOCK..end])
+    }
 }
 
 /// Scans a whole message.
 pub(crate) fn scan(raw: &[u8]) -> (Part, Vec<Field>) {
-    let mut scanner = Scanner { raw, boundaries: Vec::new(), parts: 0 };
+    let mut scanner = Scanner {
+        raw,
+        boundaries: Vec::new(),
+        parts: 0,
+        lines: LineCounter::new(raw),
+    };
     let (scanned, fields) = scanner.entity(0, 0, false, false);
     (scanned.part, fields)
 }
@@ -141,16 +190,13 @@ impl ContentFields {
         } else if lower.starts_with(b"text") && (lower.len() == 4 || lower[4] == b'/') {
             Kind::Text
         } else if let Some(sub) = lower.strip_prefix(b"multipart/") {
-            Kind::Multipart { digest: sub == b"digest" }
+            Kind::Multipart {
+                digest: sub == b"digest",
+            }
         } else {
             Kind::Other
         })
     }
-}
-
-/// Counts line feeds, which is how IMAP counts the lines of a body.
-fn count_lines(bytes: &[u8]) -> u64 {
-    off(bytes.iter().filter(|&&b| b == b'\n').count())
 }
 
 impl Scanner<'_> {
@@ -188,12 +234,21 @@ impl Scanner<'_> {
         let len = self.boundaries[index].len();
         let closing = data.get(len..len + 2) == Some(b"--".as_slice());
         let after = lf.map(|n| pos + 2 + n + 1);
-        Some(Hit { index, closing, content_end: pos, after })
+        Some(Hit {
+            index,
+            closing,
+            content_end: pos,
+            after,
+        })
     }
 
     /// Takes a boundary line into account: the parts it ends forget their boundaries.
     fn consume(&mut self, hit: &Hit) {
-        let keep = if hit.closing { hit.index } else { hit.index + 1 };
+        let keep = if hit.closing {
+            hit.index
+        } else {
+            hit.index + 1
+        };
         self.boundaries.truncate(keep);
     }
 
@@ -239,7 +294,13 @@ impl Scanner<'_> {
     ///
     /// `depth` counts the enclosing entities; `in_multipart` makes the entity MIME without a
     /// MIME-Version header; `in_digest` makes message/rfc822 its default type.
-    fn entity(&mut self, start: usize, depth: usize, in_multipart: bool, in_digest: bool) -> (Scanned, Vec<Field>) {
+    fn entity(
+        &mut self,
+        start: usize,
+        depth: usize,
+        in_multipart: bool,
+        in_digest: bool,
+    ) -> (Scanned, Vec<Field>) {
         let raw = self.raw;
         let len = raw.len();
 
@@ -279,9 +340,17 @@ impl Scanner<'_> {
         let mut given_back = if cut.is_some() { last_newline } else { 0 };
 
         let is_mime = in_multipart
-            || fields.iter().any(|f| f.is("mime-version") || f.is("content-type"));
-        let content = if is_mime { ContentFields::read(&fields) } else { ContentFields::default() };
-        let kind = content.kind().unwrap_or(if in_digest { Kind::Message } else { Kind::Text });
+            || fields
+                .iter()
+                .any(|f| f.is("mime-version") || f.is("content-type"));
+        let content = if is_mime {
+            ContentFields::read(&fields)
+        } else {
+            ContentFields::default()
+        };
+        let kind = content
+            .kind()
+            .unwrap_or(if in_digest { Kind::Message } else { Kind::Text });
 
         // A multipart with a boundary, whose header ended with a blank line, is a container.
         let boundary = match kind {
@@ -340,15 +409,30 @@ impl Scanner<'_> {
                 self.parts += 1;
                 let (child, envelope, body_end, end) = match cut {
                     // Cut by a boundary: an empty message.
-                    Some(hit) => (empty_text_part(body_start), Envelope::default(), body_start, End::Boundary(hit)),
+                    Some(hit) => (
+                        empty_text_part(body_start),
+                        Envelope::default(),
+                        body_start,
+                        End::Boundary(hit),
+                    ),
                     None => {
-                        let (child, child_fields) = self.entity(body_start, depth + 1, false, false);
+                        let (child, child_fields) =
+                            self.entity(body_start, depth + 1, false, false);
                         let body_end = (off_usize(child.part.body_end) + child.given_back).min(len);
-                        (child.part, Envelope::from_fields(&child_fields), body_end, child.end)
+                        (
+                            child.part,
+                            Envelope::from_fields(&child_fields),
+                            body_end,
+                            child.end,
+                        )
                     }
                 };
-                let lines = count_lines(&raw[body_start..body_end]);
-                let body = Body::Message { lines, envelope: Box::new(envelope), message: Box::new(child) };
+                let lines = self.lines.count(raw, body_start, body_end);
+                let body = Body::Message {
+                    lines,
+                    envelope: Box::new(envelope),
+                    message: Box::new(child),
+                };
                 (body, body_end, end)
             }
             Kind::Message => {
@@ -359,12 +443,24 @@ impl Scanner<'_> {
                     (Body::Basic, body_end, end)
                 } else {
                     media = (Octets::from("text"), Octets::from("plain"));
-                    (Body::Text { lines: count_lines(&raw[body_start..body_end]) }, body_end, end)
+                    (
+                        Body::Text {
+                            lines: self.lines.count(raw, body_start, body_end),
+                        },
+                        body_end,
+                        end,
+                    )
                 }
             }
             Kind::Text => {
                 let (body_end, end) = self.leaf(body_start, cut);
-                (Body::Text { lines: count_lines(&raw[body_start..body_end]) }, body_end, end)
+                (
+                    Body::Text {
+                        lines: self.lines.count(raw, body_start, body_end),
+                    },
+                    body_end,
+                    end,
+                )
             }
             Kind::Other => {
                 let (body_end, end) = self.leaf(body_start, cut);
@@ -373,9 +469,9 @@ impl Scanner<'_> {
         };
 
         let body = match body {
-            Body::Multipart { parts } if parts.is_empty() => {
-                Body::Multipart { parts: vec![empty_text_part(body_start)] }
-            }
+            Body::Multipart { parts } if parts.is_empty() => Body::Multipart {
+                parts: vec![empty_text_part(body_start)],
+            },
             other => other,
         };
 
@@ -395,11 +491,24 @@ impl Scanner<'_> {
             location: content.location,
             body,
         };
-        (Scanned { part, end, given_back }, fields)
+        (
+            Scanned {
+                part,
+                end,
+                given_back,
+            },
+            fields,
+        )
     }
 
     /// The parts of a multipart whose boundary is `own` in the stack, and where it ends.
-    fn multipart_body(&mut self, body_start: usize, depth: usize, own: usize, digest: bool) -> (Vec<Part>, usize, End) {
+    fn multipart_body(
+        &mut self,
+        body_start: usize,
+        depth: usize,
+        own: usize,
+        digest: bool,
+    ) -> (Vec<Part>, usize, End) {
         let len = self.raw.len();
         let mut parts = Vec::new();
         let mut hit = self.next_boundary(body_start);
@@ -438,7 +547,10 @@ impl Scanner<'_> {
 }
 
 fn boundary_param(content: &ContentFields) -> Option<&[u8]> {
-    content.content_type.as_ref().and_then(|ct| ct.param(b"boundary"))
+    content
+        .content_type
+        .as_ref()
+        .and_then(|ct| ct.param(b"boundary"))
 }
 
 fn off_usize(n: u64) -> usize {
@@ -474,7 +586,11 @@ mod tests {
     }
 
     fn shape(p: &Part) -> String {
-        let t = format!("{}/{}", p.media_type.to_string_lossy(), p.media_subtype.to_string_lossy());
+        let t = format!(
+            "{}/{}",
+            p.media_type.to_string_lossy(),
+            p.media_subtype.to_string_lossy()
+        );
         match &p.body {
             Body::Multipart { parts } => {
                 let inner: Vec<String> = parts.iter().map(shape).collect();
@@ -493,7 +609,10 @@ mod tests {
         let (root, _) = scan(&raw);
         assert_eq!(shape(&root), "multipart/mixed[multipart/alternative[text/plain:5,text/html:8],message/rfc822<text/plain:5>]");
         let msg = &root.parts()[1];
-        assert_eq!(&raw[msg.body_start as usize..msg.body_end as usize], b"Subject: s\r\n\r\ninner");
+        assert_eq!(
+            &raw[msg.body_start as usize..msg.body_end as usize],
+            b"Subject: s\r\n\r\ninner"
+        );
         assert_eq!(msg.lines(), Some(2));
         assert_eq!(root.body_end as usize, raw.len());
     }
@@ -503,11 +622,19 @@ mod tests {
         // Missing final boundary, prefix match, header cut by a boundary.
         let raw = crlf("Content-Type: multipart/mixed; boundary=b\n\n--b\nContent-Type: text/plain\n--b\n\nsecond\n--bxyz junk\nthird?\n--b--\n");
         let (root, _) = scan(&raw);
-        assert_eq!(shape(&root), "multipart/mixed[text/plain:0,text/plain:6,text/plain:0]");
+        assert_eq!(
+            shape(&root),
+            "multipart/mixed[text/plain:0,text/plain:6,text/plain:0]"
+        );
         let first = &root.parts()[0];
-        assert_eq!(&raw[first.header_start as usize..first.body_start as usize], b"Content-Type: text/plain");
+        assert_eq!(
+            &raw[first.header_start as usize..first.body_start as usize],
+            b"Content-Type: text/plain"
+        );
         // Boundary never seen: one empty part.
-        let (root, _) = scan(&crlf("Content-Type: multipart/mixed; boundary=b\n\nno parts\n"));
+        let (root, _) = scan(&crlf(
+            "Content-Type: multipart/mixed; boundary=b\n\nno parts\n",
+        ));
         assert_eq!(shape(&root), "multipart/mixed[text/plain:0]");
         // No boundary parameter.
         let (root, _) = scan(&crlf("Content-Type: multipart/mixed\n\nx\n"));
@@ -527,7 +654,9 @@ mod tests {
     fn content_headers_need_mime() {
         let (root, _) = scan(&crlf("Content-Transfer-Encoding: base64\n\nx\n"));
         assert_eq!(root.encoding, None);
-        let (root, _) = scan(&crlf("Content-Type: text/html\nContent-Transfer-Encoding: base64\n\nx\n"));
+        let (root, _) = scan(&crlf(
+            "Content-Type: text/html\nContent-Transfer-Encoding: base64\n\nx\n",
+        ));
         assert_eq!(root.encoding, Some(Octets::from("base64")));
         assert_eq!(shape(&root), "text/html:3");
     }
@@ -536,7 +665,10 @@ mod tests {
     fn nesting_is_limited() {
         let mut raw = String::from("Content-Type: multipart/mixed; boundary=x0\n\n");
         for i in 1..=150 {
-            raw.push_str(&format!("--x{}\nContent-Type: multipart/mixed; boundary=x{i}\n\n", i - 1));
+            raw.push_str(&format!(
+                "--x{}\nContent-Type: multipart/mixed; boundary=x{i}\n\n",
+                i - 1
+            ));
         }
         let raw = crlf(&raw);
         let (root, _) = scan(&raw);
@@ -550,8 +682,32 @@ mod tests {
     }
 
     #[test]
+    fn line_counts_over_blocks() {
+        let raw: Vec<u8> = (0..3 * LINE_BLOCK + 17)
+            .map(|i| if i % 7 == 0 { b'\n' } else { b'x' })
+            .collect();
+        let counter = LineCounter::new(&raw);
+        for (a, b) in [
+            (0, raw.len()),
+            (5, 4100),
+            (4096, 8192),
+            (4095, 8193),
+            (10, 11),
+            (300, 12_000),
+            (7, 7),
+        ] {
+            assert_eq!(counter.count(&raw, a, b), count_lf(&raw[a..b]), "{a}..{b}");
+        }
+    }
+
+    #[test]
     fn anything_scans() {
-        for raw in [&b""[..], b"\r\n", b"--", b"Content-Type: multipart/x; boundary=\"\"\r\n\r\n--\r\n--\r\n"] {
+        for raw in [
+            &b""[..],
+            b"\r\n",
+            b"--",
+            b"Content-Type: multipart/x; boundary=\"\"\r\n\r\n--\r\n--\r\n",
+        ] {
             let (root, _) = scan(raw);
             assert!(root.body_end as usize <= raw.len());
         }

@@ -30,7 +30,12 @@ pub enum SectionKind {
 /// The octets of a section, or None when the section does not exist (no such part, HEADER or
 /// TEXT of a part that is not message/rfc822, MIME of the whole message) or when `raw` is not
 /// the message the summary describes.
-pub fn section(raw: &[u8], summary: &MessageSummary, path: &[u32], kind: SectionKind) -> Option<Vec<u8>> {
+pub fn section(
+    raw: &[u8],
+    summary: &MessageSummary,
+    path: &[u32],
+    kind: SectionKind,
+) -> Option<Vec<u8>> {
     if u64::try_from(raw.len()).ok()? != summary.size {
         return None;
     }
@@ -95,7 +100,9 @@ fn filter(raw: &[u8], (start, end): (u64, u64), names: &[String], keep_named: bo
     if let (Ok(start), Ok(end)) = (usize::try_from(start), usize::try_from(end)) {
         blank_line = raw.get(start..end).is_some_and(ends_with_blank_line);
         for field in fields(raw, start..end) {
-            let named = names.iter().any(|n| field.name.eq_ignore_ascii_case(n.as_bytes()));
+            let named = names
+                .iter()
+                .any(|n| field.name.eq_ignore_ascii_case(n.as_bytes()));
             if named == keep_named {
                 if let Some(bytes) = raw.get(field.span.clone()) {
                     out.extend_from_slice(bytes);
@@ -141,14 +148,21 @@ mod tests {
     fn single_part_message() {
         let raw = crlf("Subject: s\nFrom: a@b\n\nbody\n");
         assert_eq!(get(&raw, &[], SectionKind::Full).unwrap().len(), raw.len());
-        assert_eq!(get(&raw, &[], SectionKind::Header).unwrap(), "Subject: s\r\nFrom: a@b\r\n\r\n");
+        assert_eq!(
+            get(&raw, &[], SectionKind::Header).unwrap(),
+            "Subject: s\r\nFrom: a@b\r\n\r\n"
+        );
         assert_eq!(get(&raw, &[], SectionKind::Text).unwrap(), "body\r\n");
         assert_eq!(get(&raw, &[1], SectionKind::Full).unwrap(), "body\r\n");
         assert_eq!(get(&raw, &[2], SectionKind::Full), None);
         assert_eq!(get(&raw, &[1, 1], SectionKind::Full), None);
         assert_eq!(get(&raw, &[0], SectionKind::Full), None);
         assert_eq!(get(&raw, &[], SectionKind::Mime), None);
-        assert_eq!(get(&raw, &[1], SectionKind::Header), None, "part 1 is not message/rfc822");
+        assert_eq!(
+            get(&raw, &[1], SectionKind::Header),
+            None,
+            "part 1 is not message/rfc822"
+        );
     }
 
     #[test]
@@ -159,8 +173,14 @@ mod tests {
             get(&raw, &[], SectionKind::HeaderFields(names.clone())).unwrap(),
             "Subject: a\r\n b\r\nFrom: a@b\r\nsubject: again\r\n\r\n"
         );
-        assert_eq!(get(&raw, &[], SectionKind::HeaderFieldsNot(names)).unwrap(), "To: x@y\r\n\r\n");
-        assert_eq!(get(&raw, &[], SectionKind::HeaderFields(vec!["x".into()])).unwrap(), "\r\n");
+        assert_eq!(
+            get(&raw, &[], SectionKind::HeaderFieldsNot(names)).unwrap(),
+            "To: x@y\r\n\r\n"
+        );
+        assert_eq!(
+            get(&raw, &[], SectionKind::HeaderFields(vec!["x".into()])).unwrap(),
+            "\r\n"
+        );
     }
 
     #[test]
@@ -168,7 +188,10 @@ mod tests {
         let raw = crlf("Subject: s\nDate: d\n");
         let not_subject = SectionKind::HeaderFieldsNot(vec!["subject".into()]);
         assert_eq!(get(&raw, &[], not_subject).unwrap(), "Date: d\r\n");
-        assert_eq!(get(&raw, &[], SectionKind::Header).unwrap(), "Subject: s\r\nDate: d\r\n");
+        assert_eq!(
+            get(&raw, &[], SectionKind::Header).unwrap(),
+            "Subject: s\r\nDate: d\r\n"
+        );
         assert_eq!(get(&raw, &[], SectionKind::Text).unwrap(), "");
         assert!(ends_with_blank_line(b"\r\n"));
         assert!(ends_with_blank_line(b"A: b\n\n"));

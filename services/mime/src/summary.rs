@@ -77,7 +77,10 @@ impl MessageSummary {
         }
         let found = serde_json::from_slice::<VersionOnly>(bytes)?.version;
         if found != SUMMARY_VERSION {
-            return Err(SummaryError::Version { found, expected: SUMMARY_VERSION });
+            return Err(SummaryError::Version {
+                found,
+                expected: SUMMARY_VERSION,
+            });
         }
         Ok(serde_json::from_slice(bytes)?)
     }
@@ -93,15 +96,29 @@ mod tests {
         let summary = analyze(raw);
         assert_eq!(summary.size, raw.len() as u64);
         assert_eq!(summary.decoded.base_subject, "hi");
-        assert_eq!(summary.decoded.from.as_ref().and_then(|a| a.name.clone()).as_deref(), Some("Jörg"));
+        assert_eq!(
+            summary
+                .decoded
+                .from
+                .as_ref()
+                .and_then(|a| a.name.clone())
+                .as_deref(),
+            Some("Jörg")
+        );
         assert_eq!(summary.decoded.date, Some(1_704_103_200));
         let bytes = summary.to_bytes();
         assert_eq!(MessageSummary::from_bytes(&bytes).unwrap(), summary);
 
         let mut old = summary.clone();
         old.version = SUMMARY_VERSION + 1;
-        assert!(matches!(MessageSummary::from_bytes(&old.to_bytes()), Err(SummaryError::Version { .. })));
-        assert!(matches!(MessageSummary::from_bytes(b"{not json"), Err(SummaryError::Decode(_))));
+        assert!(matches!(
+            MessageSummary::from_bytes(&old.to_bytes()),
+            Err(SummaryError::Version { .. })
+        ));
+        assert!(matches!(
+            MessageSummary::from_bytes(b"{not json"),
+            Err(SummaryError::Decode(_))
+        ));
         assert!(MessageSummary::from_bytes(b"").is_err());
     }
 

@@ -1,8 +1,11 @@
-"""Differential test: Mailfleet's ENVELOPE and BODYSTRUCTURE against Dovecot's.
+"""Differential test: Mailfleet's ENVELOPE, BODYSTRUCTURE and BODY[section] against Dovecot's.
 
 Every message in ``tests/corpus/`` is APPENDed to a throw-away Dovecot (started here from a
-minimal configuration in a temporary directory, listening on 127.0.0.1 only), fetched back with
-``FETCH (ENVELOPE BODYSTRUCTURE)`` and compared with what ``mime-dump`` prints for the same file.
+minimal configuration in a temporary directory, listening on 127.0.0.1 only) and fetched back
+with ``FETCH (ENVELOPE BODYSTRUCTURE BODY)``, then with ``BODY.PEEK[...]`` for every section
+(the message's HEADER, TEXT, HEADER.FIELDS[.NOT]; each part and its MIME header; HEADER, TEXT
+and HEADER.FIELDS of each message/rfc822 part). The answers are compared with what
+``mime-dump`` (and ``mime-dump --sections``) prints for the same file; sections compare as bytes.
 
 Both answers are parsed into values before comparing, so only insignificant differences are
 normalised away (see ``normalise_body``):
@@ -23,9 +26,11 @@ Run: ``python3 -m pytest -q services/mime/tests/dovecot_diff.py``
 
 from __future__ import annotations
 
+import grp
 import imaplib
 import os
 import pathlib
+import pwd
 import re
 import shutil
 import socket
@@ -90,8 +95,6 @@ def write_config(root: pathlib.Path, port: int) -> pathlib.Path:
     if uid == 0:
         # Dovecot never serves mail as UID 0 ("userdb returned 0 as uid"): as root, the mail
         # user is the unprivileged `nobody` account, which owns the mail directories.
-        import pwd
-
         nobody = pwd.getpwnam("nobody")
         uid, gid = nobody.pw_uid, nobody.pw_gid
     (root / "run").mkdir()
@@ -103,39 +106,44 @@ def write_config(root: pathlib.Path, port: int) -> pathlib.Path:
     passwd = root / "passwd"
     passwd.write_text(f"{USER}:{{PLAIN}}{PASSWORD}:{uid}:{gid}::{root / 'home'}::\n")
     version = _dovecot_version()
-    # 2.3 says disable_plaintext_auth; 2.4 renamed it to auth_allow_cleartext.
-    cleartext = (
-        "auth_allow_cleartext = yes" if version >= (2, 4) else "disable_plaintext_auth = no"
-    )
+    # Not root: every Dovecot process runs as the current user and nothing is chrooted.
     unprivileged = ""
+    login_chroot = ""
     if os.getuid() != 0:
-        # Not root: every Dovecot process runs as the current user and nothing is chrooted.
-        import pwd
-
         name = pwd.getpwuid(os.getuid()).pw_name
+        group = grp.getgrgid(os.getgid()).gr_name
         unprivileged = f"""
 default_login_user = {name}
 default_internal_user = {name}
+default_internal_group = {group}
 service anvil {{
   chroot =
 }}
-service imap-login {{
-  chroot =
+"""
+        login_chroot = "chroot ="
+    if version >= (2, 4):
+        # Dovecot 2.4 renamed and restructured these settings (Debian 13). Written from the
+        # 2.4 documentation; Debian 12, which CI uses, ships 2.3.
+        head = "dovecot_config_version = 2.4.0\ndovecot_storage_version = 2.4.0\n"
+        auth = f"""
+auth_allow_cleartext = yes
+mail_driver = maildir
+mail_path = {root / 'Maildir'}
+passdb passwd-file {{
+  passwd_file_path = {passwd}
+}}
+userdb static {{
+  fields {{
+    uid = {uid}
+    gid = {gid}
+    home = {root / 'home'}
+  }}
 }}
 """
-    conf = root / "dovecot.conf"
-    conf.write_text(
-        f"""
-protocols = imap
-listen = 127.0.0.1
-base_dir = {root / 'run'}
-state_dir = {root / 'state'}
-log_path = {root / 'dovecot.log'}
-info_log_path = {root / 'dovecot.log'}
-ssl = no
-{cleartext}
-auth_mechanisms = plain
-first_valid_uid = 0
+    else:
+        head = ""
+        auth = f"""
+disable_plaintext_auth = no
 mail_location = maildir:{root / 'Maildir'}
 passdb {{
   driver = passwd-file
@@ -145,9 +153,23 @@ userdb {{
   driver = static
   args = uid={uid} gid={gid} home={root / 'home'}
 }}
+"""
+    conf = root / "dovecot.conf"
+    conf.write_text(
+        f"""{head}
+protocols = imap
+listen = 127.0.0.1
+base_dir = {root / 'run'}
+state_dir = {root / 'state'}
+log_path = {root / 'dovecot.log'}
+info_log_path = {root / 'dovecot.log'}
+ssl = no
+auth_mechanisms = plain
+first_valid_uid = 0
+{auth}
 service imap-login {{
+  {login_chroot}
   inet_listener imap {{
-    address = 127.0.0.1
     port = {port}
   }}
   inet_listener imaps {{
@@ -169,15 +191,17 @@ class Dovecot:
         self.root.chmod(0o755)
         self.port = _free_port()
         self.conf = write_config(self.root, self.port)
-        self.proc = subprocess.Popen(
-            [DOVECOT, "-F", "-c", str(self.conf)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        # Output goes to a file: a pipe nobody reads could fill up and block Dovecot.
+        with open(self.root / "stderr.log", "wb") as stderr:
+            self.proc = subprocess.Popen(
+                [DOVECOT, "-F", "-c", str(self.conf)],
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
         deadline = time.monotonic() + 20
         while True:
             if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+                err = (self.root / "stderr.log").read_text(errors="replace")
                 raise RuntimeError(f"dovecot exited: {err}\n{self.log()}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1):

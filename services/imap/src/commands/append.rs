@@ -35,10 +35,18 @@ impl Session {
             )]));
         }
         if data.is_empty() {
-            return Ok(Outcome::done(vec![response::no(&tag, None, "Empty message")]));
+            return Ok(Outcome::done(vec![response::no(
+                &tag,
+                None,
+                "Empty message",
+            )]));
         }
         if flags.len() > super::store::MAX_KEYWORDS {
-            return Ok(Outcome::done(vec![response::no(&tag, response::code("LIMIT"), "Too many flags")]));
+            return Ok(Outcome::done(vec![response::no(
+                &tag,
+                response::code("LIMIT"),
+                "Too many flags",
+            )]));
         }
         let account = self.acct()?.id;
         let name = mailbox_name(&mailbox);
@@ -52,9 +60,14 @@ impl Session {
         let internal_date = date
             .map(|d| d.as_ref().timestamp())
             .unwrap_or_else(|| chrono::Utc::now().timestamp());
-        let summary = mailfleet_mime::analyze(&data).to_bytes();
+        let data = Bytes::from(data);
+        let for_parse = data.clone();
+        let summary =
+            tokio::task::spawn_blocking(move || mailfleet_mime::analyze(&for_parse).to_bytes())
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("message analysis failed: {e}")))?;
         let size = data.len() as u64;
-        let blob = self.stores.blobs.put(Bytes::from(data)).await?;
+        let blob = self.stores.blobs.put(data).await?;
         let flags = Flags::new(flags.iter().map(|f| f.to_string()));
         let appended = match self
             .stores

@@ -82,10 +82,9 @@ impl Session {
     ) -> Outcome {
         match data {
             Some(AuthenticateData::Continue(d)) => self.sasl_plain(tag, d.declassify()).await,
-            Some(AuthenticateData::Cancel) => Outcome::done(vec![response::bad(
-                &tag,
-                "AUTHENTICATE cancelled",
-            )]),
+            Some(AuthenticateData::Cancel) => {
+                Outcome::done(vec![response::bad(&tag, "AUTHENTICATE cancelled")])
+            }
             None => Outcome::done(vec![response::bad(&tag, "Invalid SASL data")]),
         }
     }
@@ -114,6 +113,14 @@ impl Session {
     async fn finish_login(&mut self, tag: Tag<'static>, user: &str, pass: &str) -> Outcome {
         match self.login.login(user, pass, self.remote_ip).await {
             Ok(account) => {
+                let Some(slot) = self.cfg.user_sessions.acquire(account.id) else {
+                    return Outcome::done(vec![response::no(
+                        &tag,
+                        response::code("LIMIT"),
+                        "Too many open sessions for this user",
+                    )]);
+                };
+                self.slot = Some(slot);
                 tracing::info!(user = %account.address, ip = %self.remote_ip, "IMAP login");
                 self.account = Some(account);
                 self.state = crate::session::State::Authenticated;
@@ -128,10 +135,9 @@ impl Session {
                 self.failed_logins += 1;
                 let (code, text) = match e {
                     LoginError::Invalid => ("AUTHENTICATIONFAILED", "Invalid credentials"),
-                    LoginError::Throttled => (
-                        "UNAVAILABLE",
-                        "Too many failed logins; try again later",
-                    ),
+                    LoginError::Throttled => {
+                        ("UNAVAILABLE", "Too many failed logins; try again later")
+                    }
                     LoginError::Unavailable => {
                         ("UNAVAILABLE", "Authentication temporarily unavailable")
                     }

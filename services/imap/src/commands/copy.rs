@@ -1,12 +1,12 @@
 //! COPY, MOVE and their UID forms, with UIDPLUS's COPYUID (RFC 4315) and MOVE (RFC 6851).
 
 use super::fetch::ranges;
-use imap_codec::imap_types::core::Vec1;
-use imap_codec::imap_types::extensions::uidplus::{UidElement, UidSet};
 use super::{mailbox_name, resolve, seq_set_valid};
 use crate::response;
 use crate::session::{Outcome, Session, State};
 use imap_codec::imap_types::core::Tag;
+use imap_codec::imap_types::core::Vec1;
+use imap_codec::imap_types::extensions::uidplus::{UidElement, UidSet};
 use imap_codec::imap_types::mailbox::Mailbox;
 use imap_codec::imap_types::response::Code;
 use imap_codec::imap_types::sequence::SequenceSet;
@@ -32,7 +32,10 @@ impl Session {
             )]));
         };
         let State::Selected(sel) = &mut self.state else {
-            return Ok(Outcome::done(vec![response::bad(&tag, "No mailbox selected")]));
+            return Ok(Outcome::done(vec![response::bad(
+                &tag,
+                "No mailbox selected",
+            )]));
         };
         if is_move && sel.read_only {
             return Ok(Outcome::done(vec![response::no(
@@ -42,9 +45,15 @@ impl Session {
             )]));
         }
         if !uid && !seq_set_valid(sel, &set) {
-            return Ok(Outcome::done(vec![response::bad(&tag, "Invalid message sequence number")]));
+            return Ok(Outcome::done(vec![response::bad(
+                &tag,
+                "Invalid message sequence number",
+            )]));
         }
-        let uids: Vec<Uid> = resolve(sel, &set, uid).into_iter().map(|(_, u)| u).collect();
+        let uids: Vec<Uid> = resolve(sel, &set, uid)
+            .into_iter()
+            .map(|(_, u)| u)
+            .collect();
         let source = sel.id;
         let result = if is_move {
             self.stores
@@ -96,10 +105,26 @@ impl Session {
                 out.push(response::untagged_ok(Some(code), "Moved"));
             }
             out.extend(self.pending_updates(true).await?);
-            out.push(response::ok(&tag, None, if uid { "UID MOVE completed" } else { "MOVE completed" }));
+            out.push(response::ok(
+                &tag,
+                None,
+                if uid {
+                    "UID MOVE completed"
+                } else {
+                    "MOVE completed"
+                },
+            ));
         } else {
             out.extend(self.pending_updates(uid).await?);
-            out.push(response::ok(&tag, code, if uid { "UID COPY completed" } else { "COPY completed" }));
+            out.push(response::ok(
+                &tag,
+                code,
+                if uid {
+                    "UID COPY completed"
+                } else {
+                    "COPY completed"
+                },
+            ));
         }
         Ok(Outcome::done(out))
     }

@@ -14,7 +14,10 @@ impl Session {
         only: Option<SequenceSet>,
     ) -> StoreResult<Outcome> {
         let State::Selected(sel) = &mut self.state else {
-            return Ok(Outcome::done(vec![response::bad(&tag, "No mailbox selected")]));
+            return Ok(Outcome::done(vec![response::bad(
+                &tag,
+                "No mailbox selected",
+            )]));
         };
         if sel.read_only {
             return Ok(Outcome::done(vec![response::no(
@@ -23,9 +26,12 @@ impl Session {
                 "Mailbox is read-only",
             )]));
         }
-        let allowed: Option<Vec<Uid>> = only
-            .as_ref()
-            .map(|set| resolve(sel, set, true).into_iter().map(|(_, u)| u).collect());
+        let allowed: Option<Vec<Uid>> = only.as_ref().map(|set| {
+            resolve(sel, set, true)
+                .into_iter()
+                .map(|(_, u)| u)
+                .collect()
+        });
         let deleted: Vec<Uid> = sel
             .messages()
             .iter()
@@ -44,9 +50,9 @@ impl Session {
             self.notify(id, gone.modseq).await;
         }
         let mut out = self.pending_updates(true).await?;
-        let code = modseq.and_then(|m| std::num::NonZeroU64::new(m.0)).map(
-            imap_codec::imap_types::response::Code::HighestModSeq,
-        );
+        let code = modseq
+            .and_then(|m| std::num::NonZeroU64::new(m.0))
+            .map(imap_codec::imap_types::response::Code::HighestModSeq);
         let code = if self.enabled.condstore { code } else { None };
         out.push(response::ok(&tag, code, "EXPUNGE completed"));
         Ok(Outcome::done(out))

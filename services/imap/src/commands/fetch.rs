@@ -19,9 +19,9 @@ use imap_codec::imap_types::fetch::{
     MacroOrMessageDataItemNames, MessageDataItem, MessageDataItemName, Part, Section,
 };
 use imap_codec::imap_types::flag::{Flag, FlagFetch};
-use imap_codec::imap_types::IntoStatic;
 use imap_codec::imap_types::response::Data;
 use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
+use imap_codec::imap_types::IntoStatic;
 use mailfleet_mime::{MessageSummary, SectionKind};
 use mailfleet_storage::{FlagOp, Flags, ModSeq, StoreResult, Uid};
 use std::collections::HashMap;
@@ -71,7 +71,12 @@ pub(crate) fn uid_set(uids: &[Uid]) -> Option<SequenceSet> {
 }
 
 /// `* n FETCH (UID u FLAGS (...) [MODSEQ (m)])` for one message.
-pub(crate) fn flags_response(sel: &Selected, uid: Uid, with_uid: bool, modseq: bool) -> Option<Resp> {
+pub(crate) fn flags_response(
+    sel: &Selected,
+    uid: Uid,
+    with_uid: bool,
+    modseq: bool,
+) -> Option<Resp> {
     let seq = sel.seq_of(uid)?;
     let m = sel.by_seq(seq)?;
     let mut items = Vec::new();
@@ -152,7 +157,11 @@ fn header_names(names: &Vec1<imap_codec::imap_types::core::AString<'static>>) ->
 
 /// The bytes a BODY[section] names, or empty when the part does not exist (RFC 9051 asks
 /// for an empty string rather than an error).
-fn section_bytes(raw: &[u8], summary: &MessageSummary, section: &Option<Section<'static>>) -> Vec<u8> {
+fn section_bytes(
+    raw: &[u8],
+    summary: &MessageSummary,
+    section: &Option<Section<'static>>,
+) -> Vec<u8> {
     let (path, kind) = match section {
         None => return raw.to_vec(),
         Some(Section::Part(p)) => (part_path(&Some(p.clone())), SectionKind::Full),
@@ -162,9 +171,10 @@ fn section_bytes(raw: &[u8], summary: &MessageSummary, section: &Option<Section<
         Some(Section::HeaderFields(p, names)) => {
             (part_path(p), SectionKind::HeaderFields(header_names(names)))
         }
-        Some(Section::HeaderFieldsNot(p, names)) => {
-            (part_path(p), SectionKind::HeaderFieldsNot(header_names(names)))
-        }
+        Some(Section::HeaderFieldsNot(p, names)) => (
+            part_path(p),
+            SectionKind::HeaderFieldsNot(header_names(names)),
+        ),
     };
     mailfleet_mime::section(raw, summary, &path, kind).unwrap_or_default()
 }
@@ -215,38 +225,40 @@ fn needs(items: &[MessageDataItemName<'static>]) -> Needs {
 
 /// Loads (or computes and caches) summaries for `uids`.
 async fn summaries(
-        stores: &mailfleet_storage::Stores,
-        sel: &Selected,
-        uids: &[Uid],
-        blobs: &HashMap<Uid, Bytes>,
-    ) -> StoreResult<HashMap<Uid, MessageSummary>> {
-        let mut out = HashMap::new();
-        for chunk in uids.chunks(500) {
-            for (uid, bytes) in stores.meta.message_summaries(sel.id, chunk).await? {
-                if let Ok(s) = MessageSummary::from_bytes(&bytes) {
-                    out.insert(uid, s);
-                }
+    stores: &mailfleet_storage::Stores,
+    sel: &Selected,
+    uids: &[Uid],
+    blobs: &HashMap<Uid, Bytes>,
+) -> StoreResult<HashMap<Uid, MessageSummary>> {
+    let mut out = HashMap::new();
+    for chunk in uids.chunks(500) {
+        for (uid, bytes) in stores.meta.message_summaries(sel.id, chunk).await? {
+            if let Ok(s) = MessageSummary::from_bytes(&bytes) {
+                out.insert(uid, s);
             }
         }
-        for uid in uids {
-            if out.contains_key(uid) {
-                continue;
-            }
-            let Some(m) = sel.seq_of(*uid).and_then(|s| sel.by_seq(s)) else {
-                continue;
-            };
-            let raw = match blobs.get(uid) {
-                Some(b) => b.clone(),
-                None => stores.blobs.get(&m.blob).await?,
-            };
-            let summary = mailfleet_mime::analyze(&raw);
-            stores
-                .meta
-                .set_message_summary(sel.id, *uid, summary.to_bytes())
-                .await?;
-            out.insert(*uid, summary);
+    }
+    for uid in uids {
+        if out.contains_key(uid) {
+            continue;
         }
-        Ok(out)
+        let Some(m) = sel.seq_of(*uid).and_then(|s| sel.by_seq(s)) else {
+            continue;
+        };
+        let raw = match blobs.get(uid) {
+            Some(b) => b.clone(),
+            None => stores.blobs.get(&m.blob).await?,
+        };
+        let summary = tokio::task::spawn_blocking(move || mailfleet_mime::analyze(&raw))
+            .await
+            .map_err(|e| mailfleet_storage::StoreError::Unavailable(e.to_string()))?;
+        stores
+            .meta
+            .set_message_summary(sel.id, *uid, summary.to_bytes())
+            .await?;
+        out.insert(*uid, summary);
+    }
+    Ok(out)
 }
 
 impl Session {
@@ -260,9 +272,11 @@ impl Session {
         modifiers: Vec<FetchModifier>,
     ) -> StoreResult<Outcome> {
         let mut items = match items {
-            MacroOrMessageDataItemNames::Macro(m) => {
-                m.expand().into_iter().map(IntoStatic::into_static).collect()
-            }
+            MacroOrMessageDataItemNames::Macro(m) => m
+                .expand()
+                .into_iter()
+                .map(IntoStatic::into_static)
+                .collect(),
             MacroOrMessageDataItemNames::MessageDataItemNames(v) => v,
         };
         let mut changed_since = None;
@@ -286,15 +300,24 @@ impl Session {
         if uid && !items.contains(&MessageDataItemName::Uid) {
             items.insert(0, MessageDataItemName::Uid);
         }
-        if (changed_since.is_some() || condstore) && !items.contains(&MessageDataItemName::ModSeq) && changed_since.is_some() {
+        if (changed_since.is_some() || condstore)
+            && !items.contains(&MessageDataItemName::ModSeq)
+            && changed_since.is_some()
+        {
             items.push(MessageDataItemName::ModSeq);
         }
         let enabled = self.enabled;
         let State::Selected(sel) = &mut self.state else {
-            return Ok(Outcome::done(vec![response::bad(&tag, "No mailbox selected")]));
+            return Ok(Outcome::done(vec![response::bad(
+                &tag,
+                "No mailbox selected",
+            )]));
         };
         if !uid && !seq_set_valid(sel, &set) {
-            return Ok(Outcome::done(vec![response::bad(&tag, "Invalid message sequence number")]));
+            return Ok(Outcome::done(vec![response::bad(
+                &tag,
+                "Invalid message sequence number",
+            )]));
         }
         let mut targets = resolve(sel, &set, uid);
         if let Some(since) = changed_since {
@@ -382,13 +405,19 @@ impl Session {
                 if seen_now.contains(u) && !items.contains(&MessageDataItemName::Flags) {
                     data.push(MessageDataItem::Flags(imap_flags(&m.flags)));
                 }
-                if condstore && !items.contains(&MessageDataItemName::ModSeq) && seen_now.contains(u) {
+                if condstore
+                    && !items.contains(&MessageDataItemName::ModSeq)
+                    && seen_now.contains(u)
+                {
                     data.push(MessageDataItem::ModSeq(
                         NonZeroU64::new(m.modseq.0).unwrap_or(NonZeroU64::MIN),
                     ));
                 }
                 if let Ok(items) = Vec1::try_from(data) {
-                    out.push(response::data(Data::Fetch { seq: nz(*seq), items }));
+                    out.push(response::data(Data::Fetch {
+                        seq: nz(*seq),
+                        items,
+                    }));
                 }
             }
         }
@@ -398,7 +427,15 @@ impl Session {
         }
         // FETCH must not renumber (RFC 9051 §7.5.1), UID FETCH may.
         out.extend(self.pending_updates(uid).await?);
-        out.push(response::ok(&tag, None, if uid { "UID FETCH completed" } else { "FETCH completed" }));
+        out.push(response::ok(
+            &tag,
+            None,
+            if uid {
+                "UID FETCH completed"
+            } else {
+                "FETCH completed"
+            },
+        ));
         Ok(Outcome::done(out))
     }
 }
@@ -448,21 +485,29 @@ fn render_item(
     Some(match item {
         MessageDataItemName::Uid => MessageDataItem::Uid(nz(m.uid.0)),
         MessageDataItemName::Flags => MessageDataItem::Flags(imap_flags(&m.flags)),
-        MessageDataItemName::InternalDate => MessageDataItem::InternalDate(datetime(m.internal_date)?),
-        MessageDataItemName::Rfc822Size => MessageDataItem::Rfc822Size(m.size.min(u32::MAX as u64) as u32),
+        MessageDataItemName::InternalDate => {
+            MessageDataItem::InternalDate(datetime(m.internal_date)?)
+        }
+        MessageDataItemName::Rfc822Size => {
+            MessageDataItem::Rfc822Size(m.size.min(u32::MAX as u64) as u32)
+        }
         MessageDataItemName::ModSeq => {
             MessageDataItem::ModSeq(NonZeroU64::new(m.modseq.0).unwrap_or(NonZeroU64::MIN))
         }
         MessageDataItemName::Envelope => {
             MessageDataItem::Envelope(mailfleet_mime::imap::envelope(&summary?.envelope))
         }
-        MessageDataItemName::BodyStructure => {
-            MessageDataItem::BodyStructure(mailfleet_mime::imap::body_structure(&summary?.root, true))
-        }
+        MessageDataItemName::BodyStructure => MessageDataItem::BodyStructure(
+            mailfleet_mime::imap::body_structure(&summary?.root, true),
+        ),
         MessageDataItemName::Body => {
             MessageDataItem::Body(mailfleet_mime::imap::body_structure(&summary?.root, false))
         }
-        MessageDataItemName::BodyExt { section, partial: range, .. } => {
+        MessageDataItemName::BodyExt {
+            section,
+            partial: range,
+            ..
+        } => {
             let raw = raw?;
             let bytes = match summary {
                 Some(s) => section_bytes(raw, s, section),
@@ -477,14 +522,16 @@ fn render_item(
         }
         MessageDataItemName::Rfc822 => MessageDataItem::Rfc822(nstring(raw?.to_vec())),
         MessageDataItemName::Rfc822Header => MessageDataItem::Rfc822Header(nstring(
-            mailfleet_mime::section(raw?, summary?, &[], SectionKind::Header)
-                .unwrap_or_default(),
+            mailfleet_mime::section(raw?, summary?, &[], SectionKind::Header).unwrap_or_default(),
         )),
         MessageDataItemName::Rfc822Text => MessageDataItem::Rfc822Text(nstring(
-            mailfleet_mime::section(raw?, summary?, &[], SectionKind::Text)
-                .unwrap_or_default(),
+            mailfleet_mime::section(raw?, summary?, &[], SectionKind::Text).unwrap_or_default(),
         )),
-        MessageDataItemName::Binary { section, partial: range, .. } => {
+        MessageDataItemName::Binary {
+            section,
+            partial: range,
+            ..
+        } => {
             let path: Vec<u32> = section.iter().map(|n| n.get()).collect();
             let decoded = binary(raw?, summary?, &path).unwrap_or_default();
             let (bytes, _) = partial(decoded, *range);

@@ -53,7 +53,10 @@ impl Session {
         if matches!(self.state, State::Selected(_)) {
             self.state = State::Authenticated;
             if self.enabled.qresync {
-                out.push(response::untagged_ok(Some(Code::Closed), "Previous mailbox closed"));
+                out.push(response::untagged_ok(
+                    Some(Code::Closed),
+                    "Previous mailbox closed",
+                ));
             }
         }
         let name = mailbox_name(&mailbox);
@@ -83,7 +86,13 @@ impl Session {
         let (_unseen, first_unseen) = sel.unseen();
         out.push(response::data(Data::Exists(sel.len())));
         out.push(response::data(Data::Recent(0)));
-        let system = [Flag::Answered, Flag::Flagged, Flag::Deleted, Flag::Seen, Flag::Draft];
+        let system = [
+            Flag::Answered,
+            Flag::Flagged,
+            Flag::Deleted,
+            Flag::Seen,
+            Flag::Draft,
+        ];
         out.push(response::data(Data::Flags(system.to_vec())));
         let mut perm: Vec<FlagPerm<'static>> = system.iter().cloned().map(FlagPerm::from).collect();
         perm.push(FlagPerm::Asterisk);
@@ -92,7 +101,10 @@ impl Session {
             "Flags permitted",
         ));
         if let Some(first) = first_unseen {
-            out.push(response::untagged_ok(Some(Code::Unseen(nz(first))), "First unseen"));
+            out.push(response::untagged_ok(
+                Some(Code::Unseen(nz(first))),
+                "First unseen",
+            ));
         }
         out.push(response::untagged_ok(
             Some(Code::UidValidity(nz(sel.uid_validity))),
@@ -110,14 +122,25 @@ impl Session {
         ));
         if let Some((validity, since, known)) = qresync {
             if validity.get() == sel.uid_validity {
-                out.extend(self.qresync_changes(&sel, ModSeq(since.get()), known).await?);
+                out.extend(
+                    self.qresync_changes(&sel, ModSeq(since.get()), known)
+                        .await?,
+                );
             }
         }
-        let code = if read_only { Code::ReadOnly } else { Code::ReadWrite };
+        let code = if read_only {
+            Code::ReadOnly
+        } else {
+            Code::ReadWrite
+        };
         out.push(response::ok(
             &tag,
             Some(code),
-            if read_only { "EXAMINE completed" } else { "SELECT completed" },
+            if read_only {
+                "EXAMINE completed"
+            } else {
+                "SELECT completed"
+            },
         ));
         self.state = State::Selected(Box::new(sel));
         Ok(Outcome::done(out))
@@ -188,7 +211,11 @@ impl Session {
         Ok(Outcome::done(vec![response::ok(
             &tag,
             None,
-            if expunge { "CLOSE completed" } else { "UNSELECT completed" },
+            if expunge {
+                "CLOSE completed"
+            } else {
+                "UNSELECT completed"
+            },
         )]))
     }
 
@@ -233,7 +260,11 @@ impl Session {
             )]));
         }
         if name.is_empty() || name.len() > MAX_NAME || name.split(DELIMITER).any(str::is_empty) {
-            return Ok(Outcome::done(vec![response::no(&tag, None, "Invalid mailbox name")]));
+            return Ok(Outcome::done(vec![response::no(
+                &tag,
+                None,
+                "Invalid mailbox name",
+            )]));
         }
         let acct = self.acct()?.id;
         let existing = self.stores.meta.list_mailboxes(acct).await?;
@@ -245,7 +276,11 @@ impl Session {
             )]));
         }
         if existing.len() >= MAX_MAILBOXES {
-            return Ok(Outcome::done(vec![response::no(&tag, code("LIMIT"), "Too many mailboxes")]));
+            return Ok(Outcome::done(vec![response::no(
+                &tag,
+                code("LIMIT"),
+                "Too many mailboxes",
+            )]));
         }
         // Create missing parents so the hierarchy is always navigable.
         let parts: Vec<&str> = name.split(DELIMITER).collect();
@@ -268,12 +303,20 @@ impl Session {
                 )]))
             }
             Err(StoreError::Invalid(_)) => {
-                return Ok(Outcome::done(vec![response::no(&tag, None, "Invalid mailbox name")]))
+                return Ok(Outcome::done(vec![response::no(
+                    &tag,
+                    None,
+                    "Invalid mailbox name",
+                )]))
             }
             Err(e) => return Err(e),
         }
         self.notify_mailboxes().await;
-        Ok(Outcome::done(vec![response::ok(&tag, None, "CREATE completed")]))
+        Ok(Outcome::done(vec![response::ok(
+            &tag,
+            None,
+            "CREATE completed",
+        )]))
     }
 
     pub(crate) async fn delete(
@@ -283,7 +326,11 @@ impl Session {
     ) -> StoreResult<Outcome> {
         let name = mailbox_name(&mailbox);
         if name == "INBOX" {
-            return Ok(Outcome::done(vec![response::no(&tag, None, "INBOX cannot be deleted")]));
+            return Ok(Outcome::done(vec![response::no(
+                &tag,
+                None,
+                "INBOX cannot be deleted",
+            )]));
         }
         let Some(mb) = self.find_mailbox(&name).await? else {
             return Ok(Outcome::done(vec![response::no(
@@ -297,7 +344,11 @@ impl Session {
         }
         self.stores.meta.delete_mailbox(mb.account, mb.id).await?;
         self.notify_mailboxes().await;
-        Ok(Outcome::done(vec![response::ok(&tag, None, "DELETE completed")]))
+        Ok(Outcome::done(vec![response::ok(
+            &tag,
+            None,
+            "DELETE completed",
+        )]))
     }
 
     pub(crate) async fn rename(
@@ -308,7 +359,11 @@ impl Session {
     ) -> StoreResult<Outcome> {
         let (from, to) = (mailbox_name(&from), mailbox_name(&to));
         if to == "INBOX" || to.is_empty() || to.len() > MAX_NAME {
-            return Ok(Outcome::done(vec![response::no(&tag, None, "Invalid target name")]));
+            return Ok(Outcome::done(vec![response::no(
+                &tag,
+                None,
+                "Invalid target name",
+            )]));
         }
         let acct = self.acct()?.id;
         let all = self.stores.meta.list_mailboxes(acct).await?;
@@ -336,7 +391,11 @@ impl Session {
                 let Some(last) = page.last() else { break };
                 after = last.uid;
                 let uids: Vec<Uid> = page.iter().map(|m| m.uid).collect();
-                let (_, gone) = self.stores.meta.move_messages(acct, src.id, &uids, dest.id).await?;
+                let (_, gone) = self
+                    .stores
+                    .meta
+                    .move_messages(acct, src.id, &uids, dest.id)
+                    .await?;
                 self.notify(src.id, gone.modseq).await;
             }
         } else {
@@ -350,7 +409,11 @@ impl Session {
             }
         }
         self.notify_mailboxes().await;
-        Ok(Outcome::done(vec![response::ok(&tag, None, "RENAME completed")]))
+        Ok(Outcome::done(vec![response::ok(
+            &tag,
+            None,
+            "RENAME completed",
+        )]))
     }
 
     pub(crate) async fn subscribe(
@@ -376,7 +439,11 @@ impl Session {
         Ok(Outcome::done(vec![response::ok(
             &tag,
             None,
-            if on { "SUBSCRIBE completed" } else { "UNSUBSCRIBE completed" },
+            if on {
+                "SUBSCRIBE completed"
+            } else {
+                "UNSUBSCRIBE completed"
+            },
         )]))
     }
 
@@ -396,7 +463,11 @@ impl Session {
             ListMailbox::String(s) => String::from_utf8_lossy(s.as_ref()).into_owned(),
         };
         let delimiter = QuotedChar::try_from(DELIMITER).ok();
-        let done = if lsub { "LSUB completed" } else { "LIST completed" };
+        let done = if lsub {
+            "LSUB completed"
+        } else {
+            "LIST completed"
+        };
         if pattern.is_empty() && !lsub {
             // The hierarchy delimiter and root (RFC 9051 §6.3.9).
             return Ok(Outcome::done(vec![
@@ -416,7 +487,10 @@ impl Session {
         let names: Vec<(String, Option<SpecialUse>)> = if lsub {
             subscribed.iter().map(|n| (n.clone(), None)).collect()
         } else {
-            boxes.iter().map(|b| (b.name.clone(), b.special_use)).collect()
+            boxes
+                .iter()
+                .map(|b| (b.name.clone(), b.special_use))
+                .collect()
         };
         for (name, special) in names {
             if !list_match(&full, &name) {
@@ -425,7 +499,11 @@ impl Session {
             let prefix = format!("{name}{DELIMITER}");
             let children = boxes.iter().any(|b| b.name.starts_with(&prefix));
             let mut items: Vec<FlagNameAttribute<'static>> = Vec::new();
-            items.extend(attr(if children { "HasChildren" } else { "HasNoChildren" }));
+            items.extend(attr(if children {
+                "HasChildren"
+            } else {
+                "HasNoChildren"
+            }));
             if let Some(su) = special.filter(|s| *s != SpecialUse::Inbox) {
                 let a = match su {
                     SpecialUse::Sent => "Sent",
@@ -473,9 +551,9 @@ impl Session {
                 "No such mailbox",
             )]));
         };
-        let needs_usage = items.iter().any(|i| {
-            matches!(i, StatusDataItemName::Unseen | StatusDataItemName::Size)
-        });
+        let needs_usage = items
+            .iter()
+            .any(|i| matches!(i, StatusDataItemName::Unseen | StatusDataItemName::Size));
         let usage = if needs_usage {
             Some(self.stores.meta.mailbox_usage(mb.id).await?)
         } else {
@@ -483,7 +561,10 @@ impl Session {
         };
         let mut deleted = None;
         if items.iter().any(|i| {
-            matches!(i, StatusDataItemName::Deleted | StatusDataItemName::DeletedStorage)
+            matches!(
+                i,
+                StatusDataItemName::Deleted | StatusDataItemName::DeletedStorage
+            )
         }) {
             let (mut n, mut bytes) = (0u32, 0u64);
             let mut after = Uid(0);
@@ -504,9 +585,7 @@ impl Session {
                 StatusDataItemName::Messages => StatusDataItem::Messages(mb.message_count as u32),
                 StatusDataItemName::Recent => StatusDataItem::Recent(0),
                 StatusDataItemName::UidNext => StatusDataItem::UidNext(nz(mb.uid_next.0)),
-                StatusDataItemName::UidValidity => {
-                    StatusDataItem::UidValidity(nz(mb.uid_validity))
-                }
+                StatusDataItemName::UidValidity => StatusDataItem::UidValidity(nz(mb.uid_validity)),
                 StatusDataItemName::Unseen => {
                     StatusDataItem::Unseen(usage.map_or(0, |u| u.unseen as u32))
                 }
@@ -534,7 +613,11 @@ impl Session {
         if acct.quota_bytes == 0 {
             return None;
         }
-        let q = QuotaGet::new(Resource::Storage, acct.used_bytes / 1024, acct.quota_bytes / 1024);
+        let q = QuotaGet::new(
+            Resource::Storage,
+            acct.used_bytes / 1024,
+            acct.quota_bytes / 1024,
+        );
         Some(Data::Quota {
             root: AString::try_from("").ok()?,
             quotas: Vec1::from(q),

@@ -4,6 +4,7 @@ pub mod append;
 pub mod auth;
 pub mod copy;
 pub mod expunge;
+pub mod extended;
 pub mod fetch;
 pub mod mailboxes;
 pub mod search;

@@ -219,7 +219,10 @@ pub fn base_subject(s: &str) -> String {
                     let rest_t = rest.trim_start();
                     // Optional [blob] between the prefix and the colon.
                     let rest_t = if rest_t.starts_with('[') {
-                        rest_t.find(']').map_or(rest_t, |i| &rest_t[i + 1..]).trim_start()
+                        rest_t
+                            .find(']')
+                            .map_or(rest_t, |i| &rest_t[i + 1..])
+                            .trim_start()
                     } else {
                         rest_t
                     };
@@ -317,17 +320,26 @@ impl Session {
         }
         let key = SearchKey::And(criteria);
         if depth(&key) > MAX_DEPTH {
-            return Ok(Outcome::done(vec![response::bad(&tag, "Search too deeply nested")]));
+            return Ok(Outcome::done(vec![response::bad(
+                &tag,
+                "Search too deeply nested",
+            )]));
         }
         let uses_modseq = uses_modseq(&key);
         if uses_modseq {
             self.enabled.condstore = true;
         }
         let State::Selected(sel) = &self.state else {
-            return Ok(Outcome::done(vec![response::bad(&tag, "No mailbox selected")]));
+            return Ok(Outcome::done(vec![response::bad(
+                &tag,
+                "No mailbox selected",
+            )]));
         };
         if !uid && !seq_keys_valid(&key, sel) {
-            return Ok(Outcome::done(vec![response::bad(&tag, "Invalid message sequence number")]));
+            return Ok(Outcome::done(vec![response::bad(
+                &tag,
+                "Invalid message sequence number",
+            )]));
         }
         let mut hits: Vec<NonZeroU32> = Vec::new();
         let mut max_modseq = 0u64;
@@ -344,10 +356,22 @@ impl Session {
             false,
         )
         .await?;
-        let modseq = if uses_modseq { NonZeroU64::new(max_modseq) } else { None };
+        let modseq = if uses_modseq {
+            NonZeroU64::new(max_modseq)
+        } else {
+            None
+        };
         let mut out = vec![response::data(Data::Search(hits, modseq))];
         out.extend(self.pending_updates(uid).await?);
-        out.push(response::ok(&tag, None, if uid { "UID SEARCH completed" } else { "SEARCH completed" }));
+        out.push(response::ok(
+            &tag,
+            None,
+            if uid {
+                "UID SEARCH completed"
+            } else {
+                "SEARCH completed"
+            },
+        ));
         Ok(Outcome::done(out))
     }
 
@@ -368,10 +392,16 @@ impl Session {
         }
         let key = SearchKey::And(search);
         if depth(&key) > MAX_DEPTH {
-            return Ok(Outcome::done(vec![response::bad(&tag, "Search too deeply nested")]));
+            return Ok(Outcome::done(vec![response::bad(
+                &tag,
+                "Search too deeply nested",
+            )]));
         }
         let State::Selected(sel) = &self.state else {
-            return Ok(Outcome::done(vec![response::bad(&tag, "No mailbox selected")]));
+            return Ok(Outcome::done(vec![response::bad(
+                &tag,
+                "No mailbox selected",
+            )]));
         };
         let criteria: Vec<SortCriterion> = criteria.into_inner();
         // Sort keys per hit, computed while each message is parsed.
@@ -381,7 +411,10 @@ impl Session {
             sel,
             &key,
             |seq, m, parsed| {
-                let values = criteria.iter().map(|c| sort_value(&c.key, m, parsed)).collect();
+                let values = criteria
+                    .iter()
+                    .map(|c| sort_value(&c.key, m, parsed))
+                    .collect();
                 rows.push((values, seq, m.uid.0));
             },
             true,
@@ -404,7 +437,15 @@ impl Session {
             .collect();
         let mut out = vec![response::data(Data::Sort(ids, None))];
         out.extend(self.pending_updates(uid).await?);
-        out.push(response::ok(&tag, None, if uid { "UID SORT completed" } else { "SORT completed" }));
+        out.push(response::ok(
+            &tag,
+            None,
+            if uid {
+                "UID SORT completed"
+            } else {
+                "SORT completed"
+            },
+        ));
         Ok(Outcome::done(out))
     }
 }
@@ -439,7 +480,9 @@ fn sort_value(key: &SortKey, m: &ViewMessage, p: Option<&Message<'_>>) -> SortVa
                 .map(|d| d.to_timestamp())
                 .unwrap_or(m.internal_date),
         ),
-        SortKey::Subject => SortValue::Text(base_subject(p.and_then(|p| p.subject()).unwrap_or_default())),
+        SortKey::Subject => SortValue::Text(base_subject(
+            p.and_then(|p| p.subject()).unwrap_or_default(),
+        )),
         SortKey::From => SortValue::Text(first_mailbox(p.and_then(|p| p.from()), false)),
         SortKey::To => SortValue::Text(first_mailbox(p.and_then(|p| p.to()), false)),
         SortKey::Cc => SortValue::Text(first_mailbox(p.and_then(|p| p.cc()), false)),
@@ -474,7 +517,10 @@ mod tests {
 
     #[test]
     fn base_subjects() {
-        assert_eq!(base_subject("Re: Fwd: [list] Hello  world (fwd)"), "hello world");
+        assert_eq!(
+            base_subject("Re: Fwd: [list] Hello  world (fwd)"),
+            "hello world"
+        );
         assert_eq!(base_subject("RE[2]: hi"), "hi");
         assert_eq!(base_subject("[Fwd: meeting]"), "meeting");
         assert_eq!(base_subject("plain"), "plain");

@@ -27,15 +27,19 @@ impl Session {
         uid: bool,
         modifiers: Vec<StoreModifier>,
     ) -> StoreResult<Outcome> {
-        let unchanged_since = modifiers.iter().find_map(|m| match m {
-            StoreModifier::UnchangedSince(v) => Some(*v),
-        });
+        let unchanged_since = modifiers
+            .iter()
+            .map(|StoreModifier::UnchangedSince(v)| *v)
+            .next();
         if unchanged_since.is_some() {
             self.enabled.condstore = true;
         }
         let condstore = self.enabled.condstore;
         let State::Selected(sel) = &mut self.state else {
-            return Ok(Outcome::done(vec![response::bad(&tag, "No mailbox selected")]));
+            return Ok(Outcome::done(vec![response::bad(
+                &tag,
+                "No mailbox selected",
+            )]));
         };
         if sel.read_only {
             return Ok(Outcome::done(vec![response::no(
@@ -45,10 +49,17 @@ impl Session {
             )]));
         }
         if !uid && !seq_set_valid(sel, &set) {
-            return Ok(Outcome::done(vec![response::bad(&tag, "Invalid message sequence number")]));
+            return Ok(Outcome::done(vec![response::bad(
+                &tag,
+                "Invalid message sequence number",
+            )]));
         }
         if flags.len() > MAX_KEYWORDS {
-            return Ok(Outcome::done(vec![response::no(&tag, response::code("LIMIT"), "Too many flags")]));
+            return Ok(Outcome::done(vec![response::no(
+                &tag,
+                response::code("LIMIT"),
+                "Too many flags",
+            )]));
         }
         let flags = Flags::new(flags.iter().map(|f| f.to_string()));
         let targets = resolve(sel, &set, uid);
@@ -109,7 +120,15 @@ impl Session {
             };
             uid_set(&ids).map(Code::Modified)
         };
-        out.push(response::ok(&tag, code, if uid { "UID STORE completed" } else { "STORE completed" }));
+        out.push(response::ok(
+            &tag,
+            code,
+            if uid {
+                "UID STORE completed"
+            } else {
+                "STORE completed"
+            },
+        ));
         Ok(Outcome::done(out))
     }
 }

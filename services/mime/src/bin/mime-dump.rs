@@ -28,7 +28,9 @@ fn numbered_parts<'a>(entity: &'a Part, prefix: &[u32], out: &mut Vec<(Vec<u32>,
         path.push(u32::try_from(i + 1).unwrap_or(u32::MAX));
         out.push((path.clone(), part));
         match &part.body {
-            Body::Multipart { .. } if !std::ptr::eq(part, entity) => numbered_parts(part, &path, out),
+            Body::Multipart { .. } if !std::ptr::eq(part, entity) => {
+                numbered_parts(part, &path, out)
+            }
             Body::Message { message, .. } => numbered_parts(message, &path, out),
             _ => {}
         }
@@ -41,19 +43,39 @@ fn sections(raw: &[u8], s: &MessageSummary) -> Vec<u8> {
         (String::new(), vec![], SectionKind::Full),
         ("HEADER".into(), vec![], SectionKind::Header),
         ("TEXT".into(), vec![], SectionKind::Text),
-        ("HEADER.FIELDS (FROM SUBJECT TO)".into(), vec![], SectionKind::HeaderFields(fields())),
-        ("HEADER.FIELDS.NOT (FROM SUBJECT TO)".into(), vec![], SectionKind::HeaderFieldsNot(fields())),
+        (
+            "HEADER.FIELDS (FROM SUBJECT TO)".into(),
+            vec![],
+            SectionKind::HeaderFields(fields()),
+        ),
+        (
+            "HEADER.FIELDS.NOT (FROM SUBJECT TO)".into(),
+            vec![],
+            SectionKind::HeaderFieldsNot(fields()),
+        ),
     ];
     let mut parts = Vec::new();
     numbered_parts(&s.root, &[], &mut parts);
     for (path, part) in parts {
-        let number = path.iter().map(u32::to_string).collect::<Vec<_>>().join(".");
+        let number = path
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(".");
         specs.push((number.clone(), path.clone(), SectionKind::Full));
         specs.push((format!("{number}.MIME"), path.clone(), SectionKind::Mime));
         if matches!(part.body, Body::Message { .. }) {
-            specs.push((format!("{number}.HEADER"), path.clone(), SectionKind::Header));
+            specs.push((
+                format!("{number}.HEADER"),
+                path.clone(),
+                SectionKind::Header,
+            ));
             specs.push((format!("{number}.TEXT"), path.clone(), SectionKind::Text));
-            specs.push((format!("{number}.HEADER.FIELDS (SUBJECT)"), path, SectionKind::HeaderFields(vec!["Subject".into()])));
+            specs.push((
+                format!("{number}.HEADER.FIELDS (SUBJECT)"),
+                path,
+                SectionKind::HeaderFields(vec!["Subject".into()]),
+            ));
         }
     }
     let mut out = Vec::new();
@@ -114,7 +136,10 @@ fn main() -> ExitCode {
         } else {
             for (name, value) in [
                 (&b"ENVELOPE"[..], imap::encode_envelope_bytes(&s.envelope)),
-                (b"BODYSTRUCTURE", imap::encode_body_structure_bytes(&s.root, true)),
+                (
+                    b"BODYSTRUCTURE",
+                    imap::encode_body_structure_bytes(&s.root, true),
+                ),
                 (b"BODY", imap::encode_body_structure_bytes(&s.root, false)),
             ] {
                 text.extend_from_slice(name);

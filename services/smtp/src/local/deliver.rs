@@ -46,6 +46,13 @@ pub async fn deliver(
             .ok_or_else(|| DeliveryError::NoInbox(r.account.address.clone()))?;
         batch.push((r.account.id, inbox.id));
     }
+    // Parse once at delivery so IMAP/JMAP never re-parse to answer header-level fetches.
+    // Parsing is CPU work proportional to the message: keep it off the async workers.
+    let for_parse = message.clone();
+    let summary =
+        tokio::task::spawn_blocking(move || mailfleet_mime::analyze(&for_parse).to_bytes())
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("message analysis failed: {e}")))?;
     let blob = stores.blobs.put(message).await?;
     let messages = batch
         .iter()
@@ -56,7 +63,7 @@ pub async fn deliver(
             size,
             internal_date,
             flags: Flags::default(),
-            summary: None,
+            summary: Some(summary.clone()),
         })
         .collect();
     let policy = if enforce_quota {

@@ -1,0 +1,405 @@
+//! Command forms the IMAP codec (imap-codec 2.0.0-alpha.10) does not parse yet, handled by
+//! rewriting them into forms it does parse.
+//!
+//! - ESEARCH (RFC 4731, part of IMAP4rev2): `[UID] SEARCH RETURN (MIN MAX COUNT ALL) ...`.
+//!   The `RETURN (...)` clause is cut out, the rest is decoded by the codec as a plain
+//!   SEARCH, and the answer is an `* ESEARCH` response.
+//! - LIST-EXTENDED (RFC 5258) and LIST-STATUS (RFC 5819): selection options before the
+//!   reference, several patterns in parentheses, and `RETURN (SUBSCRIBED CHILDREN
+//!   SPECIAL-USE STATUS (...))`. Each pattern becomes a plain LIST for the codec.
+//!
+//! The rewriting only ever removes option clauses and splits pattern lists; every byte that
+//! reaches the session has been through the codec. It is only tried after the codec refused
+//! the command, so the codec stays the parser of record.
+
+use crate::response::{self, Resp};
+use crate::session::{Outcome, Session};
+use imap_codec::imap_types::command::{Command, CommandBody};
+use imap_codec::imap_types::flag::FlagNameAttribute;
+use imap_codec::imap_types::response::{Data, Response, StatusKind};
+use imap_codec::imap_types::status::StatusDataItemName;
+use mailfleet_storage::Uid;
+
+/// ESEARCH result options.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReturnOpts {
+    pub min: bool,
+    pub max: bool,
+    pub count: bool,
+    pub all: bool,
+}
+
+/// LIST-EXTENDED options.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListOpts {
+    /// `SUBSCRIBED` selection: only subscribed names.
+    pub subscribed: bool,
+    /// `SPECIAL-USE` selection: only mailboxes with a special use.
+    pub special_use: bool,
+    /// `STATUS (...)` return option: the item names, as the client wrote them.
+    pub status: Option<String>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Extended {
+    /// A plain SEARCH command to decode, and the RETURN options.
+    Search { plain: Vec<u8>, ret: ReturnOpts },
+    /// Plain LIST commands (one per pattern) and the options.
+    List { plain: Vec<Vec<u8>>, opts: ListOpts },
+}
+
+/// Splits a line into top-level tokens: atoms, quoted strings and parenthesised groups.
+fn tokens(line: &str) -> Option<Vec<&str>> {
+    let b = line.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        while i < b.len() && b[i] == b' ' {
+            i += 1;
+        }
+        if i >= b.len() {
+            break;
+        }
+        let start = i;
+        match b[i] {
+            b'"' => {
+                i += 1;
+                while i < b.len() && b[i] != b'"' {
+                    if b[i] == b'\\' {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+                i += 1;
+            }
+            b'(' => {
+                let mut depth = 0usize;
+                let mut quoted = false;
+                while i < b.len() {
+                    match b[i] {
+                        b'\\' if quoted => i += 1,
+                        b'"' => quoted = !quoted,
+                        b'(' if !quoted => depth += 1,
+                        b')' if !quoted => {
+                            depth -= 1;
+                            if depth == 0 {
+                                i += 1;
+                                break;
+                            }
+                        }
+                        _ => {}
+                    }
+                    i += 1;
+                }
+                if depth != 0 {
+                    return None;
+                }
+            }
+            _ => {
+                while i < b.len() && b[i] != b' ' {
+                    i += 1;
+                }
+            }
+        }
+        out.push(line.get(start..i.min(b.len()))?);
+    }
+    Some(out)
+}
+
+fn inner(group: &str) -> Option<&str> {
+    group.strip_prefix('(')?.strip_suffix(')')
+}
+
+/// Recognises an ESEARCH or LIST-EXTENDED command in `message` (one line, no literals).
+pub fn preparse(message: &[u8]) -> Option<Extended> {
+    let text = std::str::from_utf8(message).ok()?;
+    let line = text
+        .strip_suffix("\r\n")
+        .or_else(|| text.strip_suffix('\n'))?;
+    if line.contains('\r') || line.contains('\n') || line.contains('{') {
+        return None;
+    }
+    let toks = tokens(line)?;
+    let (tag, rest) = toks.split_first()?;
+    let mut i = 0;
+    let uid = rest.first().is_some_and(|t| t.eq_ignore_ascii_case("UID"));
+    if uid {
+        i += 1;
+    }
+    let verb = rest.get(i)?;
+    if verb.eq_ignore_ascii_case("SEARCH") && rest.get(i + 1)?.eq_ignore_ascii_case("RETURN") {
+        let opts = inner(rest.get(i + 2)?)?;
+        let mut ret = ReturnOpts::default();
+        for o in opts.split_whitespace() {
+            match o.to_ascii_uppercase().as_str() {
+                "MIN" => ret.min = true,
+                "MAX" => ret.max = true,
+                "COUNT" => ret.count = true,
+                "ALL" => ret.all = true,
+                _ => return None,
+            }
+        }
+        if ret == ReturnOpts::default() {
+            ret.all = true;
+        }
+        let criteria = rest.get(i + 3..)?;
+        if criteria.is_empty() {
+            return None;
+        }
+        let plain = format!(
+            "{tag} {}SEARCH {}\r\n",
+            if uid { "UID " } else { "" },
+            criteria.join(" ")
+        );
+        return Some(Extended::Search {
+            plain: plain.into_bytes(),
+            ret,
+        });
+    }
+    if uid || !verb.eq_ignore_ascii_case("LIST") {
+        return None;
+    }
+    let mut args = &rest[1..];
+    let mut opts = ListOpts::default();
+    if let Some(first) = args.first().and_then(|a| inner(a)) {
+        for o in first.split_whitespace() {
+            match o.to_ascii_uppercase().as_str() {
+                "SUBSCRIBED" => opts.subscribed = true,
+                "SPECIAL-USE" => opts.special_use = true,
+                "REMOTE" | "RECURSIVEMATCH" => {}
+                _ => return None,
+            }
+        }
+        args = &args[1..];
+    }
+    let (reference, patterns) = (args.first()?, args.get(1)?);
+    if let Some(r) = args.get(2) {
+        if !r.eq_ignore_ascii_case("RETURN") || args.len() != 4 {
+            return None;
+        }
+        let ret = inner(args.get(3)?)?;
+        let ret_toks = tokens(ret)?;
+        let mut k = 0;
+        while k < ret_toks.len() {
+            match ret_toks[k].to_ascii_uppercase().as_str() {
+                "SUBSCRIBED" | "CHILDREN" | "SPECIAL-USE" => {}
+                "STATUS" => {
+                    opts.status = Some(ret_toks.get(k + 1)?.to_string());
+                    k += 1;
+                }
+                _ => return None,
+            }
+            k += 1;
+        }
+    } else if args.len() != 2 {
+        return None;
+    }
+    let pats: Vec<&str> = match inner(patterns) {
+        Some(list) => tokens(list)?,
+        None => vec![patterns],
+    };
+    if pats.is_empty() {
+        return None;
+    }
+    let plain = pats
+        .iter()
+        .map(|p| format!("{tag} LIST {reference} {p}\r\n").into_bytes())
+        .collect();
+    Some(Extended::List { plain, opts })
+}
+
+/// Renders `* ESEARCH` (RFC 4731 §3.1) from the numbers a SEARCH found.
+fn esearch_line(tag: &str, uid: bool, ids: &[u32], ret: ReturnOpts) -> Vec<u8> {
+    let mut line = format!("* ESEARCH (TAG \"{tag}\")");
+    if uid {
+        line.push_str(" UID");
+    }
+    if ret.min {
+        if let Some(m) = ids.iter().min() {
+            line.push_str(&format!(" MIN {m}"));
+        }
+    }
+    if ret.max {
+        if let Some(m) = ids.iter().max() {
+            line.push_str(&format!(" MAX {m}"));
+        }
+    }
+    if ret.count {
+        line.push_str(&format!(" COUNT {}", ids.len()));
+    }
+    if ret.all && !ids.is_empty() {
+        let as_uids: Vec<Uid> = ids.iter().map(|n| Uid(*n)).collect();
+        let set = super::fetch::ranges(&as_uids)
+            .into_iter()
+            .map(|(a, b)| {
+                if a == b {
+                    a.to_string()
+                } else {
+                    format!("{a}:{b}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        line.push_str(&format!(" ALL {set}"));
+    }
+    line.push_str("\r\n");
+    line.into_bytes()
+}
+
+fn status_names(list: &str) -> Option<Vec<StatusDataItemName>> {
+    let inner = list.strip_prefix('(')?.strip_suffix(')')?;
+    inner
+        .split_whitespace()
+        .map(|n| {
+            Some(match n.to_ascii_uppercase().as_str() {
+                "MESSAGES" => StatusDataItemName::Messages,
+                "RECENT" => StatusDataItemName::Recent,
+                "UIDNEXT" => StatusDataItemName::UidNext,
+                "UIDVALIDITY" => StatusDataItemName::UidValidity,
+                "UNSEEN" => StatusDataItemName::Unseen,
+                "DELETED" => StatusDataItemName::Deleted,
+                "SIZE" => StatusDataItemName::Size,
+                "HIGHESTMODSEQ" => StatusDataItemName::HighestModSeq,
+                _ => return None,
+            })
+        })
+        .collect()
+}
+
+fn has_attr(items: &[FlagNameAttribute<'_>], name: &str) -> bool {
+    items
+        .iter()
+        .any(|a| a.to_string().eq_ignore_ascii_case(name))
+}
+
+const SPECIAL: [&str; 5] = ["\\Sent", "\\Drafts", "\\Junk", "\\Trash", "\\Archive"];
+
+impl Session {
+    /// SEARCH RETURN (...): a SEARCH whose answer is an ESEARCH response.
+    pub async fn esearch(&mut self, cmd: Command<'static>, ret: ReturnOpts) -> Outcome {
+        let tag = cmd.tag.clone();
+        let CommandBody::Search { uid, .. } = &cmd.body else {
+            return Outcome::done(vec![response::bad(&tag, "Expected SEARCH")]);
+        };
+        let uid = *uid;
+        let mut outcome = self.handle(cmd).await;
+        outcome.responses = outcome
+            .responses
+            .into_iter()
+            .map(|r| match r {
+                Resp::Typed(Response::Data(Data::Search(ids, _))) => {
+                    let ids: Vec<u32> = ids.iter().map(|n| n.get()).collect();
+                    Resp::Raw(esearch_line(tag.as_ref(), uid, &ids, ret))
+                }
+                other => other,
+            })
+            .collect();
+        outcome
+    }
+
+    /// LIST-EXTENDED: one plain LIST per pattern, filtered by the selection options, with
+    /// STATUS responses after each listed mailbox for LIST-STATUS.
+    pub async fn list_extended(&mut self, cmds: Vec<Command<'static>>, opts: ListOpts) -> Outcome {
+        let Some(tag) = cmds.first().map(|c| c.tag.clone()) else {
+            return Outcome::done(vec![]);
+        };
+        let status_items = match opts.status.as_deref().map(status_names) {
+            Some(None) => return Outcome::done(vec![response::bad(&tag, "Bad STATUS items")]),
+            Some(Some(items)) => Some(items),
+            None => None,
+        };
+        let mut out = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for cmd in cmds {
+            if !matches!(cmd.body, CommandBody::List { .. }) {
+                return Outcome::done(vec![response::bad(&tag, "Expected LIST")]);
+            }
+            let outcome = self.handle(cmd).await;
+            for r in outcome.responses {
+                match r {
+                    Resp::Typed(Response::Data(Data::List {
+                        items,
+                        delimiter,
+                        mailbox,
+                    })) => {
+                        if opts.subscribed && !has_attr(&items, "\\Subscribed") {
+                            continue;
+                        }
+                        if opts.special_use && !SPECIAL.iter().any(|s| has_attr(&items, s)) {
+                            continue;
+                        }
+                        if !seen.insert(mailbox.clone()) {
+                            continue;
+                        }
+                        let selectable = !has_attr(&items, "\\Noselect");
+                        out.push(response::data(Data::List {
+                            items,
+                            delimiter,
+                            mailbox: mailbox.clone(),
+                        }));
+                        if let (Some(names), true) = (&status_items, selectable) {
+                            let st = self.status(tag.clone(), mailbox, names.clone()).await;
+                            if let Ok(st) = st {
+                                out.extend(st.responses.into_iter().filter(|r| {
+                                    matches!(r, Resp::Typed(Response::Data(Data::Status { .. })))
+                                }));
+                            }
+                        }
+                    }
+                    Resp::Typed(Response::Status(s)) => {
+                        // A failed pattern fails the command; successes are merged below.
+                        if let imap_codec::imap_types::response::Status::Tagged(t) = &s {
+                            if t.body.kind != StatusKind::Ok {
+                                return Outcome::done(vec![Resp::Typed(Response::Status(s))]);
+                            }
+                        } else {
+                            out.push(Resp::Typed(Response::Status(s)));
+                        }
+                    }
+                    other => out.push(other),
+                }
+            }
+        }
+        out.push(response::ok(&tag, None, "LIST completed"));
+        Outcome::done(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn esearch() {
+        let e = preparse(b"a UID SEARCH RETURN (MIN COUNT) UNSEEN SUBJECT \"x y\"\r\n");
+        assert_eq!(
+            e,
+            Some(Extended::Search {
+                plain: b"a UID SEARCH UNSEEN SUBJECT \"x y\"\r\n".to_vec(),
+                ret: ReturnOpts {
+                    min: true,
+                    count: true,
+                    ..Default::default()
+                }
+            })
+        );
+        let e = preparse(b"b SEARCH RETURN () ALL\r\n");
+        assert!(matches!(e, Some(Extended::Search { ret, .. }) if ret.all));
+        assert_eq!(preparse(b"c SEARCH ALL\r\n"), None);
+    }
+
+    #[test]
+    fn list_extended() {
+        let e = preparse(b"a LIST (SUBSCRIBED) \"\" (\"INBOX\" \"Sent\") RETURN (CHILDREN STATUS (MESSAGES UNSEEN))\r\n");
+        let Some(Extended::List { plain, opts }) = e else {
+            panic!("not parsed")
+        };
+        assert_eq!(plain.len(), 2);
+        assert_eq!(plain[1], b"a LIST \"\" \"Sent\"\r\n");
+        assert!(opts.subscribed);
+        assert_eq!(opts.status.as_deref(), Some("(MESSAGES UNSEEN)"));
+        assert_eq!(preparse(b"a LIST \"\" *\r\n").map(|_| ()), Some(()));
+        assert_eq!(preparse(b"a LIST (BOGUS) \"\" *\r\n"), None);
+        assert_eq!(preparse(b"a LIST \"\" (unterminated\r\n"), None);
+    }
+}
