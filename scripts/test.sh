@@ -16,6 +16,9 @@ missing=()
 command -v swaks >/dev/null 2>&1 || missing+=(swaks)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v fetchmail >/dev/null 2>&1 || missing+=(fetchmail)
+command -v mbsync >/dev/null 2>&1 || missing+=(isync)
+# Dovecot is the reference oracle for ENVELOPE/BODYSTRUCTURE (services/mime/tests).
+[ -x /usr/sbin/dovecot ] || missing+=(dovecot-imapd)
 command -v cc >/dev/null 2>&1 || missing+=(gcc)
 if [ "${#missing[@]}" -gt 0 ]; then
   as_root apt-get update -qq

@@ -31,7 +31,6 @@ pub struct Config {
     pub auth: AuthConfig,
 }
 
-
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
@@ -400,7 +399,10 @@ impl Config {
             return err("smtp.data_timeout_secs", "must be positive");
         }
         if self.imap.idle_timeout_secs < 1800 {
-            return err("imap.idle_timeout_secs", "must be at least 1800 (RFC 9051 §5.4)");
+            return err(
+                "imap.idle_timeout_secs",
+                "must be at least 1800 (RFC 9051 §5.4)",
+            );
         }
         if self.imap.max_command_size < 1024 {
             return err("imap.max_command_size", "must be at least 1024");

@@ -147,7 +147,10 @@ impl AcceptLoop {
             });
         }
         drop(done_tx);
-        if tokio::time::timeout(self.grace, done_rx.recv()).await.is_err() {
+        if tokio::time::timeout(self.grace, done_rx.recv())
+            .await
+            .is_err()
+        {
             tracing::warn!("grace period over; remaining sessions are dropped");
         }
     }

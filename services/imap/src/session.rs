@@ -285,6 +285,7 @@ impl Session {
             other("ESEARCH"),
             Capability::ListExtended,
             other("LIST-STATUS"),
+            Capability::Within,
         ]);
         caps
     }

@@ -67,20 +67,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
 
     let mut tasks = Vec::new();
-    let binds = smtp
-        .listen
-        .iter()
-        .map(|a| (a, ListenerKind::Plain, "smtp.listen"))
-        .chain(
-            smtp.listen_tls
-                .iter()
-                .map(|a| (a, ListenerKind::ImplicitTls, "smtp.listen_tls")),
-        );
-    for (addr, kind, key) in binds {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("configuration key `{key}`: cannot listen on {addr}"))?;
-        tracing::info!(%addr, ?kind, "SMTP listening");
+    for (listener, implicit) in bind_all("smtp", &smtp.listen, &smtp.listen_tls).await? {
+        let kind = if implicit {
+            ListenerKind::ImplicitTls
+        } else {
+            ListenerKind::Plain
+        };
         let l = Listener {
             listener,
             kind,
@@ -103,7 +95,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         stores.clone(),
         mailfleet_auth::AuthPolicy::from_config(&config.auth),
     );
-    tasks.extend(imap_listeners(&config, &stores, &authenticator, &acceptor, &shutdown, grace).await?);
+    tasks.extend(
+        imap_listeners(
+            &config,
+            &stores,
+            &authenticator,
+            &acceptor,
+            &shutdown,
+            grace,
+        )
+        .await?,
+    );
     let more = Listeners {
         authenticator: &authenticator,
         acceptor: &acceptor,
@@ -164,16 +166,7 @@ async fn imap_listeners(
     };
     let login: Arc<dyn mailfleet_imap::LoginService> = Arc::new(authenticator.clone());
     let mut tasks = Vec::new();
-    let binds = imap
-        .listen
-        .iter()
-        .map(|a| (a, false, "imap.listen"))
-        .chain(imap.listen_tls.iter().map(|a| (a, true, "imap.listen_tls")));
-    for (addr, implicit_tls, key) in binds {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("configuration key `{key}`: cannot listen on {addr}"))?;
-        tracing::info!(%addr, implicit_tls, "IMAP listening");
+    for (listener, implicit_tls) in bind_all("imap", &imap.listen, &imap.listen_tls).await? {
         let l = mailfleet_imap::Listener {
             listener,
             implicit_tls,
@@ -189,6 +182,29 @@ async fn imap_listeners(
         tasks.push(tokio::spawn(l.run()));
     }
     Ok(tasks)
+}
+
+/// Binds every address of a protocol's `listen` and `listen_tls` keys. Returns each
+/// listener with whether it is implicit-TLS; a failure names the key.
+async fn bind_all(
+    section: &str,
+    plain: &[std::net::SocketAddr],
+    implicit: &[std::net::SocketAddr],
+) -> anyhow::Result<Vec<(tokio::net::TcpListener, bool)>> {
+    let mut out = Vec::new();
+    let all = plain
+        .iter()
+        .map(|a| (a, false))
+        .chain(implicit.iter().map(|a| (a, true)));
+    for (addr, implicit_tls) in all {
+        let key = if implicit_tls { "listen_tls" } else { "listen" };
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!("configuration key `{section}.{key}`: cannot listen on {addr}")
+        })?;
+        tracing::info!(%addr, implicit_tls, "{section} listening");
+        out.push((listener, implicit_tls));
+    }
+    Ok(out)
 }
 
 fn tokio_rustls_acceptor(cfg: Arc<rustls::ServerConfig>) -> tokio_rustls::TlsAcceptor {
@@ -277,21 +293,13 @@ impl Listeners<'_> {
             starttls: true,
             ..(**session).clone()
         });
-        let binds = sub
-            .listen
-            .iter()
-            .map(|a| (a, ListenerKind::Plain, "submission.listen"))
-            .chain(
-                sub.listen_tls
-                    .iter()
-                    .map(|a| (a, ListenerKind::ImplicitTls, "submission.listen_tls")),
-            );
         let mut tasks = Vec::new();
-        for (addr, kind, key) in binds {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("configuration key `{key}`: cannot listen on {addr}"))?;
-            tracing::info!(%addr, ?kind, "submission listening");
+        for (listener, implicit) in bind_all("submission", &sub.listen, &sub.listen_tls).await? {
+            let kind = if implicit {
+                ListenerKind::ImplicitTls
+            } else {
+                ListenerKind::Plain
+            };
             let l = Listener {
                 listener,
                 kind,
@@ -329,21 +337,13 @@ impl Listeners<'_> {
             command_timeout: Duration::from_secs(pop3.command_timeout_secs),
             tls_handshake_timeout: Duration::from_secs(30),
         };
-        let binds = pop3
-            .listen
-            .iter()
-            .map(|a| (a, ListenerKind::Plain, "pop3.listen"))
-            .chain(
-                pop3.listen_tls
-                    .iter()
-                    .map(|a| (a, ListenerKind::ImplicitTls, "pop3.listen_tls")),
-            );
         let mut tasks = Vec::new();
-        for (addr, kind, key) in binds {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("configuration key `{key}`: cannot listen on {addr}"))?;
-            tracing::info!(%addr, ?kind, "POP3 listening");
+        for (listener, implicit) in bind_all("pop3", &pop3.listen, &pop3.listen_tls).await? {
+            let kind = if implicit {
+                ListenerKind::ImplicitTls
+            } else {
+                ListenerKind::Plain
+            };
             let l = Listener {
                 listener,
                 kind,

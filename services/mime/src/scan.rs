@@ -12,8 +12,9 @@
 //! * the line break before a boundary line belongs to the boundary, not to the body;
 //! * a boundary line also ends a header that has no blank line yet;
 //! * a multipart without a usable boundary, or without any part, has one empty text/plain
-//!   part; boundaries are cut to 80 octets; nesting stops at 100 levels and a message stops
-//!   adding parts at 10,000 (the deeper or further parts stay in their parent's body).
+//!   part; boundaries are cut to 80 octets; nesting stops at 100 levels (deeper multiparts and
+//!   messages become opaque application/octet-stream) and a message has at most 10,000 parts,
+//!   the root included: the last one is a leaf whose body runs to the end of the message.
 //!
 //! Nothing here fails: every input gives a tree.
 
@@ -27,8 +28,9 @@ use crate::part::{Body, Disposition, Part};
 /// multiparts and messages are reported as application/octet-stream. This bounds recursion
 /// and matches Dovecot's default, so both servers cut at the same place.
 pub const MAX_NESTING: usize = 100;
-/// Most parts in one message; further parts stay in the body of their multipart. It bounds
-/// the size of the summary (and matches Dovecot's default).
+/// Most parts in one message, the root included. The part that reaches it is the last: a
+/// leaf whose body runs to the end of the message. It bounds the size of the summary (and
+/// matches Dovecot's default, and where Dovecot stops).
 pub const MAX_PARTS: usize = 10_000;
 /// Longest boundary used; longer ones are cut (RFC 2046 allows 70 octets, Dovecot keeps 80).
 pub const MAX_BOUNDARY_LEN: usize = 80;
@@ -126,10 +128,10 @@ pub(crate) fn scan(raw: &[u8]) -> (Part, Vec<Field>) {
     let mut scanner = Scanner {
         raw,
         boundaries: Vec::new(),
-        parts: 0,
+        parts: 1,
         lines: LineCounter::new(raw),
     };
-    let (scanned, fields) = scanner.entity(0, 0, false, false);
+    let (scanned, fields) = scanner.entity(0, 0, false, false, false);
     (scanned.part, fields)
 }
 
@@ -293,13 +295,15 @@ impl Scanner<'_> {
     /// Scans one entity starting at `start`: its header, then its body.
     ///
     /// `depth` counts the enclosing entities; `in_multipart` makes the entity MIME without a
-    /// MIME-Version header; `in_digest` makes message/rfc822 its default type.
+    /// MIME-Version header; `in_digest` makes message/rfc822 its default type; `last` marks
+    /// the part that reached [`MAX_PARTS`].
     fn entity(
         &mut self,
         start: usize,
         depth: usize,
         in_multipart: bool,
         in_digest: bool,
+        last: bool,
     ) -> (Scanned, Vec<Field>) {
         let raw = self.raw;
         let len = raw.len();
@@ -361,7 +365,7 @@ impl Scanner<'_> {
             _ => None,
         };
         let too_deep = depth + 1 >= MAX_NESTING;
-        let container = boundary.is_some() && !too_deep;
+        let container = boundary.is_some() && !too_deep && !last;
         let own = if let (Some(b), true) = (boundary, container) {
             self.boundaries.push(b);
             Some(self.boundaries.len() - 1)
@@ -391,6 +395,22 @@ impl Scanner<'_> {
         let octet_stream = || (Octets::from("application"), Octets::from("octet-stream"));
 
         let (body, body_end, end) = match kind {
+            _ if last => {
+                // The last part the message may have: opaque, and everything after it is its body.
+                let body = match kind {
+                    Kind::Text => Body::Text {
+                        lines: self.lines.count(raw, body_start, len),
+                    },
+                    _ => {
+                        if matches!(kind, Kind::Multipart { .. } | Kind::Message) {
+                            media = octet_stream();
+                        }
+                        Body::Basic
+                    }
+                };
+                self.boundaries.clear();
+                (body, len, End::Eof)
+            }
             Kind::Multipart { digest } if container && cut.is_none() => {
                 let own = own.unwrap_or(0);
                 let (parts, body_end, end) = self.multipart_body(body_start, depth, own, digest);
@@ -405,8 +425,9 @@ impl Scanner<'_> {
                 let (body_end, end) = self.leaf(body_start, cut);
                 (Body::Multipart { parts: Vec::new() }, body_end, end)
             }
-            Kind::Message if !too_deep && self.parts < MAX_PARTS => {
+            Kind::Message if !too_deep => {
                 self.parts += 1;
+                let last = self.parts >= MAX_PARTS;
                 let (child, envelope, body_end, end) = match cut {
                     // Cut by a boundary: an empty message.
                     Some(hit) => (
@@ -417,7 +438,7 @@ impl Scanner<'_> {
                     ),
                     None => {
                         let (child, child_fields) =
-                            self.entity(body_start, depth + 1, false, false);
+                            self.entity(body_start, depth + 1, false, false, last);
                         let body_end = (off_usize(child.part.body_end) + child.given_back).min(len);
                         (
                             child.part,

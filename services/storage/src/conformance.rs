@@ -323,7 +323,10 @@ pub async fn metadata_store(meta: &dyn MetadataStore) {
     let usage = meta.mailbox_usage(inbox.id).await.expect("usage");
     assert_eq!(usage.messages, 3);
     assert_eq!(usage.size, 300);
-    assert_eq!(usage.unseen, 3, "uid 1 lost \\Seen when its flags were replaced");
+    assert_eq!(
+        usage.unseen, 3,
+        "uid 1 lost \\Seen when its flags were replaced"
+    );
     meta.store_flags(inbox.id, &[Uid(4)], FlagOp::Add, &seen)
         .await
         .expect("seen");
@@ -356,7 +359,10 @@ pub async fn metadata_store(meta: &dyn MetadataStore) {
         .await
         .expect("copy");
     assert_eq!(
-        copied.iter().map(|c| (c.source_uid, c.dest.uid)).collect::<Vec<_>>(),
+        copied
+            .iter()
+            .map(|c| (c.source_uid, c.dest.uid))
+            .collect::<Vec<_>>(),
         [(Uid(1), Uid(1)), (Uid(4), Uid(2))],
         "copies land in source UID order; missing UIDs are skipped"
     );
@@ -384,7 +390,11 @@ pub async fn metadata_store(meta: &dyn MetadataStore) {
     assert!(gone.orphaned.is_empty());
     assert!(moved[0].dest.uid > Uid(5), "moved messages get new UIDs");
     assert_eq!(
-        meta.get_account(&alice).await.expect("get").expect("a").used_bytes,
+        meta.get_account(&alice)
+            .await
+            .expect("get")
+            .expect("a")
+            .used_bytes,
         after_copy.used_bytes,
         "a move does not change usage"
     );
@@ -466,7 +476,10 @@ pub async fn metadata_store(meta: &dyn MetadataStore) {
     assert!(!meta.claim_orphan(&blob).await.expect("claim twice"));
 
     assert!(
-        meta.list_aliases(Some(&domain)).await.expect("list").is_empty(),
+        meta.list_aliases(Some(&domain))
+            .await
+            .expect("list")
+            .is_empty(),
         "the sales alias and the catch-all pointed only at alice"
     );
     assert!(matches!(

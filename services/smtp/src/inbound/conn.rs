@@ -240,9 +240,12 @@ pub async fn serve_connection(
                     // be read as if it came over TLS (the CVE-2011-0411 class of bugs).
                     conn.buf.clear();
                     let io = std::mem::replace(&mut conn.io, mailfleet_core::net::placeholder_io());
-                    let Some((io, desc)) =
-                        mailfleet_core::net::tls_handshake(&acceptor, io, limits.tls_handshake_timeout)
-                            .await
+                    let Some((io, desc)) = mailfleet_core::net::tls_handshake(
+                        &acceptor,
+                        io,
+                        limits.tls_handshake_timeout,
+                    )
+                    .await
                     else {
                         return Ok(());
                     };

@@ -122,8 +122,12 @@ pub trait MetadataStore: Send + Sync + 'static {
         uids: &[Uid],
     ) -> StoreResult<Vec<(Uid, Vec<u8>)>>;
     /// Stores a summary computed after the fact (messages appended without one).
-    async fn set_message_summary(&self, mailbox: MailboxId, uid: Uid, summary: Vec<u8>)
-        -> StoreResult<()>;
+    async fn set_message_summary(
+        &self,
+        mailbox: MailboxId,
+        uid: Uid,
+        summary: Vec<u8>,
+    ) -> StoreResult<()>;
     /// Copies messages (same blob, flags and summary) to the end of `dest`, in UID order, in
     /// one transaction. Missing UIDs are skipped. Quota is enforced.
     async fn copy_messages(

@@ -635,7 +635,9 @@ fn insert_message(
              WHERE id = ?1 AND account_id = ?2 RETURNING uid_next - 1, highest_modseq",
         )
         .map_err(db_err)?
-        .query_row(params![mailbox.0, account.0], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row(params![mailbox.0, account.0], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
         .optional()
         .map_err(db_err)?
         .ok_or_else(|| StoreError::NotFound(format!("mailbox {mailbox}")))?;
