@@ -457,21 +457,10 @@ impl Scanner<'_> {
                 (body, body_end, end)
             }
             Kind::Message => {
-                // Too deep or too many parts: the message stays opaque.
+                // Too deep: the message stays opaque.
+                media = octet_stream();
                 let (body_end, end) = self.leaf(body_start, cut);
-                if content.content_type.is_some() {
-                    media = octet_stream();
-                    (Body::Basic, body_end, end)
-                } else {
-                    media = (Octets::from("text"), Octets::from("plain"));
-                    (
-                        Body::Text {
-                            lines: self.lines.count(raw, body_start, body_end),
-                        },
-                        body_end,
-                        end,
-                    )
-                }
+                (Body::Basic, body_end, end)
             }
             Kind::Text => {
                 let (body_end, end) = self.leaf(body_start, cut);
@@ -552,12 +541,9 @@ impl Scanner<'_> {
                     None => (parts, len, End::Eof),
                 };
             }
-            if self.parts >= MAX_PARTS {
-                hit = self.next_boundary(next);
-                continue;
-            }
             self.parts += 1;
-            let (child, _) = self.entity(next, depth + 1, true, digest);
+            let last = self.parts >= MAX_PARTS;
+            let (child, _) = self.entity(next, depth + 1, true, digest, last);
             parts.push(child.part);
             match child.end {
                 End::Eof => return (parts, len, End::Eof),
@@ -719,6 +705,22 @@ mod tests {
         ] {
             assert_eq!(counter.count(&raw, a, b), count_lf(&raw[a..b]), "{a}..{b}");
         }
+    }
+
+    #[test]
+    fn the_last_allowed_part_takes_the_rest_of_the_message() {
+        let mut raw = String::from("Content-Type: multipart/mixed; boundary=p\n\n");
+        for i in 0..MAX_PARTS + 5 {
+            raw.push_str(&format!("--p\n\nx{i}\n"));
+        }
+        raw.push_str("--p--\n");
+        let raw = crlf(&raw);
+        let (root, _) = scan(&raw);
+        let parts = root.parts();
+        assert_eq!(parts.len(), MAX_PARTS - 1, "the root counts");
+        let last = &parts[parts.len() - 1];
+        assert_eq!(last.body_end as usize, raw.len());
+        assert!(raw[last.body_start as usize..].starts_with(b"x9998\r\n--p\r\n"));
     }
 
     #[test]
