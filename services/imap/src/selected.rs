@@ -9,11 +9,12 @@
 //! they are allowed.
 
 use mailfleet_storage::{
-    BlobId, ChangeKind, Flags, MailboxId, MessageMeta, ModSeq, StoreResult, Stores, Uid,
+    ChangeKind, Flags, MailboxId, MessageMeta, ModSeq, StoreResult, Stores, Uid,
 };
 use std::num::NonZeroU32;
 
-/// One message in the view.
+/// One message in the view. Kept small (no blob id: bodies are located when read), since
+/// every session holds one per message of its selected mailbox.
 #[derive(Clone, Debug)]
 pub struct ViewMessage {
     pub uid: Uid,
@@ -21,13 +22,11 @@ pub struct ViewMessage {
     pub modseq: ModSeq,
     pub size: u64,
     pub internal_date: i64,
-    pub blob: BlobId,
 }
 
 impl From<MessageMeta> for ViewMessage {
     fn from(m: MessageMeta) -> Self {
         Self {
-            blob: m.blob,
             uid: m.uid,
             flags: m.flags,
             modseq: m.modseq,
@@ -242,5 +241,17 @@ impl Selected {
     /// Flushes held-back expunges when they may be reported.
     pub fn take_expunges(&mut self) -> Vec<(u32, Uid)> {
         self.apply_expunges()
+    }
+}
+
+impl Selected {
+    /// Reads the message body of `uid` (locating its blob first).
+    pub async fn read_body(&self, stores: &Stores, uid: Uid) -> StoreResult<bytes::Bytes> {
+        let meta = stores
+            .meta
+            .get_message(self.id, uid)
+            .await?
+            .ok_or_else(|| mailfleet_storage::StoreError::NotFound(format!("message {}", uid.0)))?;
+        stores.blobs.get(&meta.blob).await
     }
 }

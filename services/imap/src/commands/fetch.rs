@@ -27,6 +27,11 @@ use mailfleet_storage::{FlagOp, Flags, ModSeq, StoreResult, Uid};
 use std::collections::HashMap;
 use std::num::{NonZeroU32, NonZeroU64};
 
+/// Messages handled per batch of a FETCH.
+const BATCH_MESSAGES: usize = 200;
+/// Message bytes held in memory per batch of a FETCH that reads bodies.
+const BATCH_BYTES: u64 = 16 * 1024 * 1024;
+
 /// Flags as IMAP values; unknown or invalid keywords are left out rather than failing.
 pub(crate) fn imap_flags(flags: &Flags) -> Vec<FlagFetch<'static>> {
     flags
@@ -242,12 +247,12 @@ async fn summaries(
         if out.contains_key(uid) {
             continue;
         }
-        let Some(m) = sel.seq_of(*uid).and_then(|s| sel.by_seq(s)) else {
+        if sel.seq_of(*uid).is_none() {
             continue;
-        };
+        }
         let raw = match blobs.get(uid) {
             Some(b) => b.clone(),
-            None => stores.blobs.get(&m.blob).await?,
+            None => sel.read_body(stores, *uid).await?,
         };
         let summary = tokio::task::spawn_blocking(move || mailfleet_mime::analyze(&raw))
             .await
@@ -375,16 +380,35 @@ impl Session {
             }
         }
 
-        // Process in batches so a FETCH 1:* of a large mailbox keeps memory flat.
+        // Process in batches so a FETCH 1:* of a large mailbox keeps memory flat: at most
+        // BATCH_MESSAGES messages, and when bodies are read, at most BATCH_BYTES of them
+        // (one message always fits, whatever its size).
         let sel: &Selected = sel;
-        for batch in targets.chunks(200) {
+        let mut batches: Vec<&[(u32, Uid)]> = Vec::new();
+        let mut start = 0;
+        let mut bytes = 0u64;
+        for (i, (seq, _)) in targets.iter().enumerate() {
+            let size = if need.blob {
+                sel.by_seq(*seq).map_or(0, |m| m.size)
+            } else {
+                0
+            };
+            if i > start && (i - start >= BATCH_MESSAGES || bytes + size > BATCH_BYTES) {
+                batches.push(&targets[start..i]);
+                start = i;
+                bytes = 0;
+            }
+            bytes += size;
+        }
+        if start < targets.len() {
+            batches.push(&targets[start..]);
+        }
+        for batch in batches {
             let uids: Vec<Uid> = batch.iter().map(|(_, u)| *u).collect();
             let mut blobs: HashMap<Uid, Bytes> = HashMap::new();
             if need.blob {
-                for (seq, u) in batch {
-                    if let Some(m) = sel.by_seq(*seq) {
-                        blobs.insert(*u, self.stores.blobs.get(&m.blob).await?);
-                    }
+                for (_, u) in batch {
+                    blobs.insert(*u, sel.read_body(&self.stores, *u).await?);
                 }
             }
             let summaries = if need.summary {

@@ -277,7 +277,7 @@ impl Session {
         for (i, m) in sel.messages().iter().enumerate() {
             let seq = i as u32 + 1;
             let raw = if parse {
-                Some(stores.blobs.get(&m.blob).await?)
+                Some(sel.read_body(stores, m.uid).await?)
             } else {
                 None
             };
