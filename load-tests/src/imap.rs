@@ -1445,7 +1445,7 @@ struct Shared {
     fetch_list: String,
     /// Claiming a sequence number is claiming budget.
     next_seq: AtomicU64,
-    /// Set when the measured phase starts; everything is bounded by it.
+    /// The duration cap, counted from before the first login; everything is bounded by it.
     deadline: Instant,
     /// All workers and the coordinator meet here once the initial logins are done.
     start: Barrier,
@@ -1735,9 +1735,8 @@ async fn run_ops(cfg: ImapLoadConfig, addrs: Vec<SocketAddr>) -> anyhow::Result<
         ),
     };
     let setup_started = Instant::now();
-    // The deadline covers setup as well: a server that never answers LOGIN must not hang
-    // the run. It is moved forward by the setup time below only implicitly, through the
-    // cap applied to the measured phase.
+    // The duration cap counts from here, logins included, so that a server that never
+    // answers LOGIN cannot hang the run.
     let shared = Arc::new(Shared {
         fetch_list: cfg.fetch_list(),
         addrs,
@@ -1872,7 +1871,7 @@ async fn idle_connection(
             Err(e) => Err(e),
         }
     };
-    let result = leave.await.map_err(|e| format!("{}", e.failure_key()));
+    let result = leave.await.map_err(|e| e.failure_key());
     let _ = conn.writer.shutdown().await;
     Some(result)
 }

@@ -178,7 +178,7 @@ async fn continuation_requests() {
     let r = mailfleet_load_tests::imap::read_response(&mut reader, &limits())
         .await
         .unwrap();
-    assert_eq!((r.kind, r.text()), (ResponseKind::Continuation, ""));
+    assert_eq!((&r.kind, r.text()), (&ResponseKind::Continuation, ""));
     // The server refuses the literal up front.
     let mut reader = &b"L6 NO [TOOBIG] Literal too large\r\n"[..];
     let err = read_until_continuation(&mut reader, "L6", &limits())

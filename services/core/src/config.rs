@@ -29,6 +29,7 @@ pub struct Config {
     pub pop3: Pop3Config,
     pub imap: ImapConfig,
     pub auth: AuthConfig,
+    pub delivery: DeliveryConfig,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -317,6 +318,76 @@ impl Default for AuthConfig {
 }
 
 /// A configuration error that names the offending key.
+/// Outbound delivery: the workers that send queued mail to other domains.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Whether this node runs delivery workers. Any number of nodes may: queue leases keep
+    /// each message with one worker at a time.
+    pub enabled: bool,
+    /// Most queue entries this node delivers at once (one SMTP connection each).
+    pub max_concurrent: usize,
+    /// Seconds between looks at the queue for due entries.
+    pub poll_interval_secs: u64,
+    /// Seconds a worker's lease on a queue entry lasts; renewed every third of it. A killed
+    /// worker's entries are taken by another after at most this long.
+    pub lease_secs: u64,
+    /// Seconds before the first retry after a temporary failure; each later retry waits
+    /// twice as long as the one before, up to `retry_max_secs`.
+    pub retry_base_secs: u64,
+    /// Longest wait between two attempts.
+    pub retry_max_secs: u64,
+    /// Seconds a message may stay queued before a temporary failure becomes final
+    /// (default 5 days, as Postfix's `maximal_queue_lifetime`).
+    pub max_lifetime_secs: u64,
+    /// Seconds to open a TCP connection to a remote host.
+    pub connect_timeout_secs: u64,
+    /// Seconds to wait for each reply (RFC 5321 §4.5.3.2 asks for minutes; 5 is the
+    /// longest it suggests for a command).
+    pub command_timeout_secs: u64,
+    /// Opportunistic STARTTLS: use TLS when the peer offers it, without checking its
+    /// certificate (RFC 7435), and fall back to plain text when the handshake fails.
+    pub starttls: bool,
+    /// DNS server (`ip:port`) for MX and address lookups; the system's resolver when unset.
+    pub resolver: Option<SocketAddr>,
+    /// Send all remote mail through this host (`host:port`) instead of looking up MX records.
+    pub smarthost: Option<String>,
+    /// Static routes: recipient domain to `host:port`, consulted before `smarthost` and MX.
+    pub routes: std::collections::BTreeMap<String, String>,
+    /// Whether outbound mail is DKIM-signed for sender domains that have keys
+    /// (`mailfleet dkim generate`).
+    pub dkim_sign: bool,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_concurrent: 16,
+            poll_interval_secs: 5,
+            lease_secs: 300,
+            retry_base_secs: 300,
+            retry_max_secs: 4 * 3600,
+            max_lifetime_secs: 5 * 24 * 3600,
+            connect_timeout_secs: 30,
+            command_timeout_secs: 300,
+            starttls: true,
+            resolver: None,
+            smarthost: None,
+            routes: std::collections::BTreeMap::new(),
+            dkim_sign: true,
+        }
+    }
+}
+
+/// Whether `s` is `host:port` with a non-empty host and a port number.
+fn is_host_port(s: &str) -> bool {
+    match s.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0),
+        None => false,
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read configuration file {path}: {source}")]
@@ -454,6 +525,47 @@ impl Config {
         }
         if self.auth.max_attempts_per_connection < 1 {
             return err("auth.max_attempts_per_connection", "must be at least 1");
+        }
+        let d = &self.delivery;
+        if d.max_concurrent < 1 {
+            return err("delivery.max_concurrent", "must be at least 1");
+        }
+        if d.poll_interval_secs == 0 {
+            return err("delivery.poll_interval_secs", "must be positive");
+        }
+        if d.lease_secs < 30 {
+            return err("delivery.lease_secs", "must be at least 30");
+        }
+        if d.retry_base_secs == 0 {
+            return err("delivery.retry_base_secs", "must be positive");
+        }
+        if d.retry_max_secs < d.retry_base_secs {
+            return err(
+                "delivery.retry_max_secs",
+                "must be at least delivery.retry_base_secs",
+            );
+        }
+        if d.max_lifetime_secs == 0 {
+            return err("delivery.max_lifetime_secs", "must be positive");
+        }
+        if d.connect_timeout_secs == 0 {
+            return err("delivery.connect_timeout_secs", "must be positive");
+        }
+        if d.command_timeout_secs == 0 {
+            return err("delivery.command_timeout_secs", "must be positive");
+        }
+        if let Some(h) = &d.smarthost {
+            if !is_host_port(h) {
+                return err("delivery.smarthost", "must be host:port");
+            }
+        }
+        for (domain, target) in &d.routes {
+            if !is_host_port(target) {
+                return Err(ConfigError::Key {
+                    key: format!("delivery.routes.{domain}"),
+                    message: "must be host:port".into(),
+                });
+            }
         }
         match (&self.tls.cert, &self.tls.key) {
             (Some(_), None) => return err("tls.key", "is required when tls.cert is set"),

@@ -104,12 +104,14 @@ fn mutated_messages_never_break_analysis() {
     };
     let interesting = b"-\r\n:;\"\\()<>@,=*'%\0\xff ";
     for (name, raw) in corpus() {
-        let step = (raw.len() / 40).max(1);
+        // Fewer rounds for the very large messages keep the test quick in debug builds.
+        let rounds = if raw.len() > 65_536 { 4 } else { 40 };
+        let step = (raw.len() / rounds).max(1);
         let mut inputs: Vec<Vec<u8>> = (0..raw.len())
             .step_by(step)
             .map(|n| raw[..n].to_vec())
             .collect();
-        for _ in 0..40 {
+        for _ in 0..rounds {
             let mut m = raw.clone();
             for _ in 0..1 + next() % 4 {
                 let at = (next() as usize) % m.len().max(1);

@@ -961,3 +961,96 @@ pub async fn metadata_outbound_queue(meta: &dyn MetadataStore) {
     assert!(meta.get_outbound(q.id).await.expect("get").is_none());
     meta.delete_domain(&domain).await.expect("delete domain");
 }
+
+/// Outbound delivery: which entries are due (only `Queued` recipients whose time has
+/// come, oldest first) and "retry now" rescheduling.
+pub async fn metadata_outbound_delivery(meta: &dyn MetadataStore) {
+    use crate::{NewOutbound, NewOutboundRecipient, QueueId, RecipientState, RecipientUpdate};
+    let rcpt = |address: &str| NewOutboundRecipient {
+        address: address.into(),
+        notify: None,
+        orcpt: None,
+    };
+    let new = |at: i64, rcpts: Vec<NewOutboundRecipient>| NewOutbound {
+        blob: BlobId::of(unique("due message ").as_bytes()),
+        size: 10,
+        sender: "s@due.example".into(),
+        account: None,
+        envid: None,
+        ret: None,
+        recipients: rcpts,
+        created_at: at,
+    };
+    // Far in the future so entries of other tests sharing the store never count.
+    let base = 4_000_000_000;
+    let late = meta
+        .enqueue_outbound(new(base + 50, vec![rcpt("a@x.example")]))
+        .await
+        .expect("enqueue");
+    let early = meta
+        .enqueue_outbound(new(base + 10, vec![rcpt("b@x.example"), rcpt("c@x.example")]))
+        .await
+        .expect("enqueue");
+    let mine = |ids: Vec<QueueId>| -> Vec<QueueId> {
+        ids.into_iter()
+            .filter(|i| *i == late.id || *i == early.id)
+            .collect()
+    };
+    assert!(mine(meta.due_outbound(base, 100).await.expect("due")).is_empty());
+    assert_eq!(
+        mine(meta.due_outbound(base + 10, 100).await.expect("due")),
+        vec![early.id]
+    );
+    assert_eq!(
+        mine(meta.due_outbound(base + 100, 100).await.expect("due")),
+        vec![early.id, late.id],
+        "oldest attempt first, each entry once"
+    );
+    // Delivered and failed recipients are never due; a deferred one is due at its time.
+    for (addr, state, next) in [
+        ("b@x.example", RecipientState::Delivered, base),
+        ("c@x.example", RecipientState::Queued, base + 1000),
+    ] {
+        meta.update_outbound_recipient(
+            early.id,
+            addr,
+            RecipientUpdate {
+                state,
+                next_attempt: next,
+                last_error: None,
+            },
+        )
+        .await
+        .expect("update");
+    }
+    assert_eq!(
+        mine(meta.due_outbound(base + 100, 100).await.expect("due")),
+        vec![late.id]
+    );
+    assert_eq!(
+        meta.reschedule_outbound(early.id, base + 5)
+            .await
+            .expect("reschedule"),
+        1,
+        "only the queued recipient moves"
+    );
+    let e = meta
+        .get_outbound(early.id)
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(e.recipients[1].next_attempt, base + 5);
+    assert_eq!(e.recipients[1].attempts, 1, "rescheduling is not an attempt");
+    assert_eq!(e.recipients[0].state, RecipientState::Delivered);
+    assert_eq!(
+        mine(meta.due_outbound(base + 100, 1).await.expect("due")),
+        vec![early.id],
+        "limit respected"
+    );
+    assert!(matches!(
+        meta.reschedule_outbound(QueueId(i64::MAX), base).await,
+        Err(StoreError::NotFound(_))
+    ));
+    meta.delete_outbound(early.id).await.expect("delete");
+    meta.delete_outbound(late.id).await.expect("delete");
+}

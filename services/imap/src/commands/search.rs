@@ -201,65 +201,6 @@ fn find_header_end(raw: &[u8]) -> usize {
         .unwrap_or(raw.len())
 }
 
-/// RFC 5256 §2.1 base subject: strip `Re:`/`Fwd:`/`[tag]` prefixes and `(fwd)` trailers.
-pub fn base_subject(s: &str) -> String {
-    let mut s = s.split_whitespace().collect::<Vec<_>>().join(" ");
-    loop {
-        let before = s.clone();
-        while s.to_lowercase().ends_with("(fwd)") {
-            s.truncate(s.len() - 5);
-            s = s.trim_end().to_string();
-        }
-        loop {
-            let t = s.trim_start();
-            let l = t.to_lowercase();
-            let mut cut = None;
-            for p in ["re", "fwd", "fw"] {
-                if let Some(rest) = l.strip_prefix(p) {
-                    let rest_t = rest.trim_start();
-                    // Optional [blob] between the prefix and the colon.
-                    let rest_t = if rest_t.starts_with('[') {
-                        rest_t
-                            .find(']')
-                            .map_or(rest_t, |i| &rest_t[i + 1..])
-                            .trim_start()
-                    } else {
-                        rest_t
-                    };
-                    if let Some(after) = rest_t.strip_prefix(':') {
-                        cut = Some(t.len() - after.len());
-                        break;
-                    }
-                }
-            }
-            if cut.is_none() && t.starts_with('[') {
-                if let Some(i) = t.find(']') {
-                    if !t[i + 1..].trim().is_empty() {
-                        cut = Some(i + 1);
-                    }
-                }
-            }
-            match cut {
-                Some(n) => s = t[n..].trim_start().to_string(),
-                None => {
-                    s = t.to_string();
-                    break;
-                }
-            }
-        }
-        if let Some(inner) = s
-            .strip_prefix("[fwd:")
-            .or_else(|| s.strip_prefix("[Fwd:"))
-            .and_then(|r| r.strip_suffix(']'))
-        {
-            s = inner.trim().to_string();
-        }
-        if s == before {
-            return s.to_lowercase();
-        }
-    }
-}
-
 impl Session {
     /// The messages matching `criteria`, as (sequence number, message) pairs, with each
     /// parsed message handed to `visit` (used by SORT for its keys).
@@ -480,7 +421,7 @@ fn sort_value(key: &SortKey, m: &ViewMessage, p: Option<&Message<'_>>) -> SortVa
                 .map(|d| d.to_timestamp())
                 .unwrap_or(m.internal_date),
         ),
-        SortKey::Subject => SortValue::Text(base_subject(
+        SortKey::Subject => SortValue::Text(mailfleet_mime::base_subject(
             p.and_then(|p| p.subject()).unwrap_or_default(),
         )),
         SortKey::From => SortValue::Text(first_mailbox(p.and_then(|p| p.from()), false)),
@@ -508,21 +449,5 @@ fn seq_keys_valid(key: &SearchKey<'_>, sel: &Selected) -> bool {
         SearchKey::Not(k) => seq_keys_valid(k, sel),
         SearchKey::Or(a, b) => seq_keys_valid(a, sel) && seq_keys_valid(b, sel),
         _ => true,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::base_subject;
-
-    #[test]
-    fn base_subjects() {
-        assert_eq!(
-            base_subject("Re: Fwd: [list] Hello  world (fwd)"),
-            "hello world"
-        );
-        assert_eq!(base_subject("RE[2]: hi"), "hi");
-        assert_eq!(base_subject("[Fwd: meeting]"), "meeting");
-        assert_eq!(base_subject("plain"), "plain");
     }
 }

@@ -220,4 +220,14 @@ pub trait MetadataStore: Send + Sync + 'static {
     ) -> StoreResult<()>;
     /// Removes an entry; returns its blob if no longer referenced (for the orphan sweep).
     async fn delete_outbound(&self, id: crate::QueueId) -> StoreResult<Vec<BlobId>>;
+
+    // ---- outbound delivery ----
+    /// Ids of entries with at least one `Queued` recipient whose next attempt is at or
+    /// before `now`, oldest attempt first, at most `limit`. Delivery workers poll this; the
+    /// answer is a hint, since another worker may take an entry first (leases decide).
+    async fn due_outbound(&self, now: i64, limit: usize) -> StoreResult<Vec<crate::QueueId>>;
+    /// Moves the next attempt of every `Queued` recipient of an entry to `at` (the admin's
+    /// "retry now"), without counting an attempt. Returns how many recipients moved;
+    /// `NotFound` when the entry does not exist.
+    async fn reschedule_outbound(&self, id: crate::QueueId, at: i64) -> StoreResult<usize>;
 }

@@ -1849,6 +1849,43 @@ impl MetadataStore for SqliteMetadataStore {
         })
         .await
     }
+
+    async fn due_outbound(&self, now: i64, limit: usize) -> StoreResult<Vec<crate::QueueId>> {
+        self.read(move |c| {
+            // Served by the (state, next_attempt) index; 0 is `Queued`.
+            let mut s = c
+                .prepare_cached(
+                    "SELECT queue_id FROM outbound_rcpts WHERE state = 0 AND next_attempt <= ?1 \
+                     GROUP BY queue_id ORDER BY MIN(next_attempt), queue_id LIMIT ?2",
+                )
+                .map_err(db_err)?;
+            let rows = s
+                .query_map(params![now, limit.min(i64::MAX as usize) as i64], |r| {
+                    r.get(0).map(crate::QueueId)
+                })
+                .map_err(db_err)?;
+            rows.collect::<Result<_, _>>().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn reschedule_outbound(&self, id: crate::QueueId, at: i64) -> StoreResult<usize> {
+        self.write(move |c| {
+            let exists: Option<i64> = c
+                .query_row("SELECT id FROM outbound WHERE id = ?1", [id.0], |r| r.get(0))
+                .optional()
+                .map_err(db_err)?;
+            if exists.is_none() {
+                return Err(StoreError::NotFound(format!("queue entry {id}")));
+            }
+            c.execute(
+                "UPDATE outbound_rcpts SET next_attempt = ?1 WHERE queue_id = ?2 AND state = 0",
+                params![at, id.0],
+            )
+            .map_err(db_err)
+        })
+        .await
+    }
 }
 
 // ---------- credentials and outbound queue rows ----------
