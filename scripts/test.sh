@@ -19,6 +19,8 @@ command -v fetchmail >/dev/null 2>&1 || missing+=(fetchmail)
 command -v mbsync >/dev/null 2>&1 || missing+=(isync)
 # Dovecot is the reference oracle for ENVELOPE/BODYSTRUCTURE (services/mime/tests).
 [ -x /usr/sbin/dovecot ] || missing+=(dovecot-imapd)
+# Postfix's smtp-sink is the remote peer of the outbound delivery tests (tests/e2e).
+[ -x /usr/sbin/smtp-sink ] || missing+=(postfix)
 command -v cc >/dev/null 2>&1 || missing+=(gcc)
 if [ "${#missing[@]}" -gt 0 ]; then
   as_root apt-get update -qq

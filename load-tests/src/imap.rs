@@ -650,6 +650,13 @@ pub fn read_rss_kib(pid: u32) -> io::Result<u64> {
     })
 }
 
+/// Half of `MemTotal` from `/proc/meminfo`, in KiB: the default server memory guard of
+/// the idle scenario.
+pub fn default_rss_guard_kib() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    parse_status_kib(&text, "MemTotal").map(|kib| kib / 2)
+}
+
 /// Soft and hard limits on open files from the text of `/proc/<pid>/limits`
 /// (`unlimited` becomes `u64::MAX`).
 pub fn parse_nofile_limits(limits: &str) -> Option<(u64, u64)> {
@@ -763,6 +770,10 @@ pub struct ImapLoadConfig {
     pub settle: Duration,
     /// Server process whose `VmRSS` is reported (idle).
     pub server_pid: Option<u32>,
+    /// Stop the idle ramp-up once the server's `VmRSS` passes this many KiB, so that a
+    /// server that grows without bound cannot take the whole machine down. `None` with a
+    /// `server_pid`: half of the machine's memory ([`default_rss_guard_kib`]).
+    pub max_server_rss_kib: Option<u64>,
     /// Longest wait for any single connect, write or response.
     pub io_timeout: Duration,
     pub read_limits: ReadLimits,
@@ -786,6 +797,7 @@ impl Default for ImapLoadConfig {
             hold: Duration::from_secs(5),
             settle: Duration::from_secs(2),
             server_pid: None,
+            max_server_rss_kib: None,
             io_timeout: Duration::from_secs(30),
             read_limits: ReadLimits::default(),
         }
@@ -1237,8 +1249,9 @@ pub struct IdleReport {
     /// Connections that never got there, by stage and reason.
     pub connection_failures: BTreeMap<String, u64>,
     pub failure_examples: BTreeMap<String, String>,
-    /// Whether the ramp-up was cut short by the duration cap.
-    pub ramp_stopped: bool,
+    /// Why the ramp-up stopped before opening every connection (duration cap, server
+    /// memory guard), if it did.
+    pub ramp_stopped: Option<String>,
     /// From the first connect to the last connection idling.
     pub ramp_elapsed: Duration,
     /// Connect-to-`+ idling` time per connection (includes the queue for argon2id).
@@ -1292,11 +1305,9 @@ impl IdleReport {
                     self.ramp_elapsed.as_secs_f64(),
                     self.batch,
                     self.logins_per_sec(),
-                    if self.ramp_stopped {
-                        ", stopped by the duration cap"
-                    } else {
-                        ""
-                    }
+                    self.ramp_stopped
+                        .as_ref()
+                        .map_or_else(String::new, |why| format!(", stopped: {why}"))
                 ),
             ),
         ];
@@ -1367,7 +1378,13 @@ impl IdleReport {
             .u64("batch", self.batch as u64)
             .u64("idling", self.idling)
             .counts("connection_failures", &self.connection_failures)
-            .bool("ramp_stopped", self.ramp_stopped)
+            .raw(
+                "ramp_stopped",
+                &self
+                    .ramp_stopped
+                    .as_deref()
+                    .map_or_else(|| "null".to_string(), json_string),
+            )
             .f64("ramp_secs", self.ramp_elapsed.as_secs_f64())
             .f64("logins_per_sec", self.logins_per_sec())
             .raw("server_pid", &opt(self.server_pid.map(u64::from)))
@@ -1893,11 +1910,16 @@ async fn run_idle(cfg: ImapLoadConfig, addrs: Vec<SocketAddr>) -> anyhow::Result
     let started = Instant::now();
     let ramp_deadline = started + cfg.duration;
     let mut idling = 0u64;
-    let mut ramp_stopped = false;
+    let mut ramp_stopped: Option<String> = None;
+    let rss_guard_kib = match (cfg.server_pid, cfg.max_server_rss_kib) {
+        (Some(_), Some(limit)) => Some(limit),
+        (Some(_), None) => default_rss_guard_kib(),
+        (None, _) => None,
+    };
     let mut opened = 0usize;
-    while opened < cfg.connections {
+    while opened < cfg.connections && ramp_stopped.is_none() {
         if Instant::now() >= ramp_deadline {
-            ramp_stopped = true;
+            ramp_stopped = Some("duration cap reached".into());
             break;
         }
         let n = cfg.batch.min(cfg.connections - opened);
@@ -1923,7 +1945,7 @@ async fn run_idle(cfg: ImapLoadConfig, addrs: Vec<SocketAddr>) -> anyhow::Result
                 }
                 Ok(Err((key, detail))) => {
                     if key.ends_with(": deadline") {
-                        ramp_stopped = true;
+                        ramp_stopped = Some("duration cap reached".into());
                     }
                     failure_examples.entry(key.clone()).or_insert(detail);
                     add_count(&mut connection_failures, key);
@@ -1931,11 +1953,25 @@ async fn run_idle(cfg: ImapLoadConfig, addrs: Vec<SocketAddr>) -> anyhow::Result
                 Err(_) => add_count(&mut connection_failures, "task ended".into()),
             }
         }
+        let server_rss = rss(cfg.server_pid);
         eprintln!(
-            "imap-load: {idling} of {} connections idling after {:.1} s",
+            "imap-load: {idling} of {} connections idling after {:.1} s{}",
             cfg.connections,
-            started.elapsed().as_secs_f64()
+            started.elapsed().as_secs_f64(),
+            server_rss.map_or_else(String::new, |kib| format!(
+                ", server VmRSS {:.1} MiB",
+                kib as f64 / 1024.0
+            ))
         );
+        if let (Some(kib), Some(limit)) = (server_rss, rss_guard_kib) {
+            if kib > limit {
+                ramp_stopped = Some(format!(
+                    "server VmRSS {:.0} MiB passed the limit of {:.0} MiB (--max-server-rss-mib)",
+                    kib as f64 / 1024.0,
+                    limit as f64 / 1024.0
+                ));
+            }
+        }
     }
     let ramp_elapsed = started.elapsed();
     tokio::time::sleep(cfg.settle).await;

@@ -295,3 +295,31 @@ async fn silent_server_is_bounded_by_the_duration_cap() {
     assert_eq!(report.ok, 0);
     assert!(report.stopped_by_deadline());
 }
+
+#[tokio::test]
+async fn idle_ramp_stops_at_the_memory_guard() {
+    let server = Server::start(true).await;
+    let cfg = ImapLoadConfig {
+        connections: 30,
+        batch: 5,
+        hold: Duration::ZERO,
+        settle: Duration::ZERO,
+        server_pid: Some(std::process::id()),
+        // Any process is over 1 KiB: the guard trips after the first batch.
+        max_server_rss_kib: Some(1),
+        ..server.config(Scenario::Idle)
+    };
+    let report = match run_imap_load(cfg).await.unwrap() {
+        ImapLoadReport::Idle(r) => r,
+        ImapLoadReport::Ops(_) => panic!("expected an idle report"),
+    };
+    assert_eq!(
+        (report.idling, report.logged_out),
+        (5, 5),
+        "{}",
+        report.table()
+    );
+    let why = report.ramp_stopped.clone().unwrap();
+    assert!(why.contains("--max-server-rss-mib"), "{why}");
+    assert!(report.table().contains("stopped: server VmRSS"));
+}

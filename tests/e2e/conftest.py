@@ -61,6 +61,9 @@ class Server:
                 "MAILFLEET_SUBMISSION__LISTEN": f'["127.0.0.1:{self.submission_port}"]',
                 "MAILFLEET_SUBMISSION__LISTEN_TLS": f'["127.0.0.1:{self.submissions_port}"]',
                 "MAILFLEET_LOG__FORMAT": "json",
+                # Queued mail stays put unless a test turns delivery on (extra_env) and
+                # routes its remote domains to a local peer.
+                "MAILFLEET_DELIVERY__ENABLED": "false",
             }
         )
         self.env.update(extra_env or {})

@@ -87,6 +87,11 @@ struct Args {
     #[arg(long)]
     server_pid: Option<u32>,
 
+    /// Stop the idle ramp-up once the server's VmRSS passes this many MiB. Default with
+    /// --server-pid: half of the machine's memory.
+    #[arg(long, value_name = "MIB")]
+    max_server_rss_mib: Option<u64>,
+
     /// Also print the results as one JSON line after the table.
     #[arg(long)]
     json: bool,
@@ -120,6 +125,7 @@ impl Args {
             batch: usize_of(self.batch),
             hold: Duration::from_secs(self.hold_secs),
             server_pid: self.server_pid,
+            max_server_rss_kib: self.max_server_rss_mib.map(|m| m.saturating_mul(1024)),
             ..ImapLoadConfig::default()
         }
     }

@@ -149,6 +149,59 @@ struct Inner {
     stores: Stores,
     policy: AuthPolicy,
     hashing: Semaphore,
+    pool: HashPool,
+}
+
+type HashJob = Box<dyn FnOnce() + Send>;
+
+/// Dedicated threads for password verification.
+///
+/// argon2id allocates about 19 MiB per verification. Run on tokio's blocking pool, whose
+/// threads are many and each keep their own malloc arena, that memory stayed resident per
+/// thread: `imap-load --scenario idle` measured ~12 MiB of server RSS per logged-in session
+/// (docs/benchmarks.md). A few long-lived threads bound it to a few arenas.
+struct HashPool {
+    tx: std::sync::mpsc::Sender<HashJob>,
+}
+
+impl HashPool {
+    fn new(threads: usize) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<HashJob>();
+        let rx = Arc::new(std::sync::Mutex::new(rx));
+        for i in 0..threads.max(1) {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("mailfleet-hash-{i}"))
+                .spawn(move || loop {
+                    let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                    match job {
+                        Ok(job) => job(),
+                        // The authenticator is gone.
+                        Err(_) => return,
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start a password hashing thread");
+            }
+        }
+        Self { tx }
+    }
+
+    async fn run<R: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> Result<R, AuthError> {
+        let (done, result) = tokio::sync::oneshot::channel();
+        let job: HashJob = Box::new(move || {
+            let _ = done.send(f());
+        });
+        self.tx
+            .send(job)
+            .map_err(|_| AuthError::TemporaryFailure("hashing threads stopped".into()))?;
+        result
+            .await
+            .map_err(|_| AuthError::TemporaryFailure("verification did not finish".into()))
+    }
 }
 
 /// Why a login failed, for the log only.
@@ -216,11 +269,13 @@ fn temporary(e: StoreError) -> AuthError {
 impl Authenticator {
     pub fn new(stores: Stores, policy: AuthPolicy) -> Self {
         let hashing = Semaphore::new(policy.max_concurrent_hashes);
+        let pool = HashPool::new(policy.max_concurrent_hashes);
         Self {
             inner: Arc::new(Inner {
                 stores,
                 policy,
                 hashing,
+                pool,
             }),
         }
     }
@@ -343,7 +398,7 @@ impl Authenticator {
         Ok(outcome.map(|how| (account, how)))
     }
 
-    /// Runs password verification on the blocking pool, within the concurrency limit.
+    /// Runs password verification on the hashing threads, within the concurrency limit.
     async fn verify<R: Send + 'static>(
         &self,
         f: impl FnOnce() -> R + Send + 'static,
@@ -354,9 +409,7 @@ impl Authenticator {
             .acquire()
             .await
             .map_err(|_| AuthError::TemporaryFailure("authenticator closed".into()))?;
-        tokio::task::spawn_blocking(f)
-            .await
-            .map_err(|e| AuthError::TemporaryFailure(format!("verification task: {e}")))
+        self.inner.pool.run(f).await
     }
 
     /// Records when an app password was last used, in the background and coarsely.

@@ -728,4 +728,48 @@ mod tests {
             assert!(e.to_string().contains(leaf), "{var}: {e}");
         }
     }
+
+    #[test]
+    fn delivery_section() {
+        let c = Config::load(None, vec![]).expect("defaults");
+        assert_eq!(c.delivery.max_lifetime_secs, 5 * 24 * 3600);
+        assert!(c.delivery.starttls && c.delivery.routes.is_empty());
+        let c = Config::load(
+            None,
+            env(&[
+                ("MAILFLEET_DELIVERY__ROUTES__REMOTE.TEST", "127.0.0.1:2600"),
+                ("MAILFLEET_DELIVERY__RESOLVER", "127.0.0.1:5353"),
+                ("MAILFLEET_DELIVERY__SMARTHOST", "relay.example:587"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(c.delivery.routes["remote.test"], "127.0.0.1:2600");
+        assert_eq!(c.delivery.resolver.map(|a| a.port()), Some(5353));
+        for (var, value, key) in [
+            (
+                "MAILFLEET_DELIVERY__ROUTES__X.TEST",
+                "nohost",
+                "delivery.routes.x.test",
+            ),
+            (
+                "MAILFLEET_DELIVERY__SMARTHOST",
+                "relay:0",
+                "delivery.smarthost",
+            ),
+            ("MAILFLEET_DELIVERY__LEASE_SECS", "5", "delivery.lease_secs"),
+            (
+                "MAILFLEET_DELIVERY__RETRY_MAX_SECS",
+                "1",
+                "delivery.retry_max_secs",
+            ),
+            (
+                "MAILFLEET_DELIVERY__MAX_CONCURRENT",
+                "0",
+                "delivery.max_concurrent",
+            ),
+        ] {
+            let e = Config::load(None, env(&[(var, value)])).expect_err(var);
+            assert!(e.to_string().contains(key), "{var}: {e}");
+        }
+    }
 }

@@ -8,13 +8,11 @@
 
 use mail_send::SmtpClient;
 use smtp_proto::{
-    EhloResponse, Response, EXT_8BIT_MIME, EXT_PIPELINING, EXT_SIZE, EXT_SMTP_UTF8,
-    EXT_START_TLS,
+    EhloResponse, Response, EXT_8BIT_MIME, EXT_PIPELINING, EXT_SIZE, EXT_SMTP_UTF8, EXT_START_TLS,
 };
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 
 /// How the client behaves; built once from `[delivery]`.
 #[derive(Clone)]
@@ -54,12 +52,15 @@ pub struct Transaction<'a> {
 pub struct HostError(pub String);
 
 fn reply_text(r: &Response<String>) -> String {
-    let msg = r.message.replace(['\r', '\n'], " ");
+    // Multi-line replies become one line: the text ends up in logs and DSN fields.
+    let msg = r
+        .message
+        .split(['\r', '\n'])
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
     if r.esc[0] > 0 {
-        format!(
-            "{} {}.{}.{} {}",
-            r.code, r.esc[0], r.esc[1], r.esc[2], msg
-        )
+        format!("{} {}.{}.{} {}", r.code, r.esc[0], r.esc[1], r.esc[2], msg)
     } else {
         format!("{} {}", r.code, msg)
     }
@@ -114,7 +115,8 @@ async fn deliver_once(
     tx: &Transaction<'_>,
     use_tls: bool,
 ) -> Result<Vec<RcptResult>, Attempt> {
-    let host_err = |what: &str, e: &dyn std::fmt::Display| Attempt::Host(format!("{addr}: {what}: {e}"));
+    let host_err =
+        |what: &str, e: &dyn std::fmt::Display| Attempt::Host(format!("{addr}: {what}: {e}"));
     let mut client = SmtpClient::connect(addr, settings.connect_timeout)
         .await
         .map_err(|e| host_err("connect", &e))?;
@@ -132,7 +134,7 @@ async fn deliver_once(
         .map_err(|e| host_err("EHLO", &e))?;
     match (&settings.tls, use_tls && ehlo.has_capability(EXT_START_TLS)) {
         (Some(connector), true) => {
-            let mut tls = match client.start_tls(connector, tls_name_or_ip(tls_name, addr)).await {
+            let mut tls = match client.start_tls(connector, tls_name).await {
                 Ok(c) => c,
                 Err(e) => return Err(Attempt::TlsFailed(e.to_string())),
             };
@@ -144,16 +146,6 @@ async fn deliver_once(
         }
         _ => Ok(transaction(&mut client, &ehlo, tx).await),
     }
-}
-
-/// SNI needs a name; an IP route (`127.0.0.1:2525`) passes the IP, which rustls accepts
-/// as a `ServerName::IpAddress` and does not send as SNI.
-fn tls_name_or_ip(name: &str, addr: SocketAddr) -> &str {
-    if name.is_empty() {
-        return "localhost";
-    }
-    let _ = addr;
-    name
 }
 
 /// MAIL, RCPTs and DATA on an open session; QUIT at the end. Never fails as a whole: each
@@ -269,6 +261,9 @@ mod tests {
             classify(&r(451, [0, 0, 0])),
             RcptResult::Temporary("451 why not".into())
         );
-        assert!(matches!(classify(&r(250, [2, 0, 0])), RcptResult::Accepted(_)));
+        assert!(matches!(
+            classify(&r(250, [2, 0, 0])),
+            RcptResult::Accepted(_)
+        ));
     }
 }

@@ -173,7 +173,10 @@ impl DomainKeys {
             ),
             (
                 ED25519_SELECTOR,
-                format!("v=DKIM1; k=ed25519; p={}", b64.encode(self.ed25519()?.public_key())),
+                format!(
+                    "v=DKIM1; k=ed25519; p={}",
+                    b64.encode(self.ed25519()?.public_key())
+                ),
             ),
         ])
     }
@@ -208,7 +211,11 @@ fn rsa_spki(pkcs1: &[u8]) -> Vec<u8> {
 
 /// Every DNS record `domain` needs to send and receive mail through `hostname`, as zone
 /// file lines. `dkim` is `None` before `mailfleet dkim generate` has run.
-pub fn zone_records(domain: &str, hostname: &str, dkim: Option<&DomainKeys>) -> Result<String, DkimError> {
+pub fn zone_records(
+    domain: &str,
+    hostname: &str,
+    dkim: Option<&DomainKeys>,
+) -> Result<String, DkimError> {
     let d = domain.to_ascii_lowercase();
     let h = hostname.trim_end_matches('.');
     let mut out = String::new();
@@ -231,7 +238,9 @@ pub fn zone_records(domain: &str, hostname: &str, dkim: Option<&DomainKeys>) -> 
         "_dmarc.{d}.\t3600\tIN\tTXT\t\"v=DMARC1; p=quarantine; rua=mailto:postmaster@{d}\"\n"
     ));
     let id = chrono::Utc::now().format("%Y%m%d%H%M%S");
-    out.push_str(&format!("_mta-sts.{d}.\t3600\tIN\tTXT\t\"v=STSv1; id={id}\"\n"));
+    out.push_str(&format!(
+        "_mta-sts.{d}.\t3600\tIN\tTXT\t\"v=STSv1; id={id}\"\n"
+    ));
     out.push_str(&format!("mta-sts.{d}.\t3600\tIN\tCNAME\t{h}.\n"));
     out.push_str(&format!(
         "_smtp._tls.{d}.\t3600\tIN\tTXT\t\"v=TLSRPTv1; rua=mailto:tls-reports@{d}\"\n"

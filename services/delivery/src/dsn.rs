@@ -57,7 +57,9 @@ fn status_of(diagnostic: &str) -> String {
         let parts: Vec<&str> = esc.split('.').collect();
         if parts.len() == 3
             && (parts[0] == "4" || parts[0] == "5")
-            && parts[1..].iter().all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+            && parts[1..]
+                .iter()
+                .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
         {
             return esc.to_string();
         }
@@ -126,12 +128,7 @@ pub fn build(report: &Report<'_>, now: i64, unique: u64) -> Vec<u8> {
         to = clean(report.sender),
     );
     for f in report.failed {
-        let _ = write!(
-            m,
-            "<{}>: {}\r\n",
-            clean(&f.address),
-            clean(&f.diagnostic)
-        );
+        let _ = write!(m, "<{}>: {}\r\n", clean(&f.address), clean(&f.diagnostic));
     }
     let _ = write!(
         m,
@@ -213,9 +210,14 @@ mod tests {
         assert!(text.contains("Content-Type: multipart/report; report-type=delivery-status;"));
         assert!(text.contains("Final-Recipient: rfc822; bob@remote.test\r\n"));
         assert!(text.contains("Status: 5.1.1\r\n"));
-        assert!(text.contains("Diagnostic-Code: smtp; 550 5.1.1 <bob@remote.test>: no such??user\r\n"));
+        assert!(
+            text.contains("Diagnostic-Code: smtp; 550 5.1.1 <bob@remote.test>: no such??user\r\n")
+        );
         assert!(text.contains("Subject: hi"));
-        assert!(!text.contains("secret body"), "RET=HDRS returns headers only");
+        assert!(
+            !text.contains("secret body"),
+            "RET=HDRS returns headers only"
+        );
         assert!(text.ends_with("--\r\n"));
         assert!(!text.contains('\n') || !text.replace("\r\n", "").contains('\n'));
     }

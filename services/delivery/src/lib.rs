@@ -1,1 +1,89 @@
-//! placeholder
+//! Mailfleet outbound delivery: sends the mail that submission put in the outbound queue.
+//!
+//! # Layout
+//! - `worker.rs`: the queue manager: due entries, one `Coordinator` lease per entry,
+//!   attempts, retry schedule, DSNs, removal of finished entries.
+//! - `route.rs`: static routes, smarthost, MX / implicit MX / null MX with hickory-resolver.
+//! - `client.rs`: one SMTP transaction with one host (over `mail-send` and `smtp-proto`).
+//! - `tls.rs`: the opportunistic STARTTLS policy.
+//! - `dsn.rs`: RFC 3464 delivery status notifications.
+//! - `dkim.rs`: per-domain DKIM keys (RSA-2048 and Ed25519), signing, DNS records.
+//!
+//! Not built yet (see issue 6): MTA-STS and DANE enforcement, connection reuse,
+//! per-destination concurrency and rate limits, delay warnings, AUTH on static routes,
+//! DSN parameters accepted at submission.
+
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod dkim;
+pub mod dsn;
+pub mod route;
+pub mod tls;
+pub mod worker;
+
+pub use worker::Worker;
+
+use mailfleet_core::config::Config;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything the worker needs, taken from `[server]` and `[delivery]`.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Our name in EHLO, in DSNs and in lease holder names.
+    pub hostname: String,
+    /// Where DKIM keys are (`<data_dir>/dkim/`).
+    pub data_dir: PathBuf,
+    pub max_concurrent: usize,
+    pub poll_interval: Duration,
+    pub lease_ttl: Duration,
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    pub max_lifetime: Duration,
+    pub connect_timeout: Duration,
+    pub command_timeout: Duration,
+    pub starttls: bool,
+    pub resolver: Option<SocketAddr>,
+    pub smarthost: Option<String>,
+    pub routes: BTreeMap<String, String>,
+    pub dkim_sign: bool,
+    /// How long a shutdown waits for deliveries in flight; the rest are dropped and, their
+    /// leases lapsing, retried later.
+    pub shutdown_grace: Duration,
+}
+
+impl Settings {
+    pub fn from_config(config: &Config) -> Self {
+        let d = &config.delivery;
+        Self {
+            hostname: config.server.hostname.clone(),
+            data_dir: config.server.data_dir.clone(),
+            max_concurrent: d.max_concurrent,
+            poll_interval: Duration::from_secs(d.poll_interval_secs),
+            lease_ttl: Duration::from_secs(d.lease_secs),
+            retry_base: Duration::from_secs(d.retry_base_secs),
+            retry_max: Duration::from_secs(d.retry_max_secs),
+            max_lifetime: Duration::from_secs(d.max_lifetime_secs),
+            connect_timeout: Duration::from_secs(d.connect_timeout_secs),
+            command_timeout: Duration::from_secs(d.command_timeout_secs),
+            starttls: d.starttls,
+            resolver: d.resolver,
+            smarthost: d.smarthost.clone(),
+            routes: d.routes.clone(),
+            dkim_sign: d.dkim_sign,
+            shutdown_grace: Duration::from_secs(config.server.shutdown_grace_secs),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    /// The service cannot start or a step outside SMTP failed (resolver, TLS, DSN).
+    #[error("{0}")]
+    Setup(String),
+    #[error(transparent)]
+    Store(#[from] mailfleet_storage::StoreError),
+}

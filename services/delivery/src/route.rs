@@ -89,8 +89,9 @@ impl Router {
                     TokioRuntimeProvider::default(),
                 )
             }
-            None => TokioResolver::builder_tokio()
-                .map_err(|e| format!("reading the system DNS configuration: {e}"))?,
+            None => TokioResolver::builder_tokio().map_err(|e| {
+                format!("reading the system DNS configuration (or set `delivery.resolver`): {e}")
+            })?,
         };
         let resolver = builder
             .build()
@@ -156,14 +157,14 @@ impl Router {
             return Ok(vec![SocketAddr::new(ip, hop.port)]);
         }
         let fqdn = format!("{}.", hop.host.trim_end_matches('.'));
-        let ips = self
-            .resolver
-            .lookup_ip(fqdn.as_str())
-            .await
-            .map_err(|e| RouteError::Temporary {
-                name: hop.host.clone(),
-                message: e.to_string(),
-            })?;
+        let ips =
+            self.resolver
+                .lookup_ip(fqdn.as_str())
+                .await
+                .map_err(|e| RouteError::Temporary {
+                    name: hop.host.clone(),
+                    message: e.to_string(),
+                })?;
         Ok(ips
             .iter()
             .take(MAX_ADDRS_PER_HOST)
@@ -204,7 +205,9 @@ mod tests {
     #[test]
     fn null_mx_refuses() {
         let mut mx = vec![(0, ".".to_string())];
-        assert!(matches!(order_mx("n.example", &mut mx), Route::Refused(m) if m.contains("5.1.10")));
+        assert!(
+            matches!(order_mx("n.example", &mut mx), Route::Refused(m) if m.contains("5.1.10"))
+        );
     }
 
     #[test]

@@ -6,11 +6,13 @@
 //! - `serve.rs`: opening stores, TLS, listeners, signals and graceful shutdown.
 //! - `admin.rs`: domain, user, alias, mailbox and message commands.
 //! - `security.rs`: app passwords, TOTP, send-as grants and the outbound queue.
+//! - `outbound.rs`: DKIM keys, DNS records, queue show/retry/delete.
 //! - `telemetry.rs`: logging setup.
 
 #![forbid(unsafe_code)]
 
 mod admin;
+mod outbound;
 mod security;
 mod serve;
 mod telemetry;
@@ -65,6 +67,12 @@ enum Command {
     /// The outbound queue.
     #[command(subcommand)]
     Queue(security::QueueCmd),
+    /// DKIM signing keys per domain.
+    #[command(subcommand)]
+    Dkim(outbound::DkimCmd),
+    /// DNS records a domain needs.
+    #[command(subcommand)]
+    Dns(outbound::DnsCmd),
 }
 
 fn main() -> std::process::ExitCode {
@@ -104,5 +112,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Totp(c) => runtime.block_on(security::totp_cmd(&config, c, cli.json)),
         Command::SendAs(c) => runtime.block_on(security::send_as(&config, c, cli.json)),
         Command::Queue(c) => runtime.block_on(security::queue(&config, c, cli.json)),
+        Command::Dkim(c) => outbound::dkim(&config, c, cli.json),
+        Command::Dns(c) => outbound::dns(&config, c),
     }
 }

@@ -57,6 +57,12 @@ pub enum SendAsCmd {
 pub enum QueueCmd {
     /// List the outbound queue: each message with its recipients and their state.
     List,
+    /// Show one queue entry with each recipient's attempts and last error.
+    Show { id: i64 },
+    /// Make every waiting recipient of an entry due now.
+    Retry { id: i64 },
+    /// Remove an entry without delivering it or sending a DSN.
+    Delete { id: i64 },
 }
 
 fn now() -> i64 {
@@ -294,6 +300,7 @@ pub async fn queue(config: &Config, cmd: QueueCmd, json_out: bool) -> anyhow::Re
                     "{:>8} {:<20} {:>10} {:<32} RECIPIENTS",
                     "ID", "QUEUED", "SIZE", "SENDER"
                 );
+                let counts = crate::outbound::counts_line(&entries);
                 for m in entries {
                     let rcpts: Vec<String> = m
                         .recipients
@@ -317,8 +324,12 @@ pub async fn queue(config: &Config, cmd: QueueCmd, json_out: bool) -> anyhow::Re
                         rcpts.join(", ")
                     );
                 }
+                println!("{counts}");
             }
         }
+        QueueCmd::Show { id } => crate::outbound::queue_show(config, id, json_out).await?,
+        QueueCmd::Retry { id } => crate::outbound::queue_retry(config, id).await?,
+        QueueCmd::Delete { id } => crate::outbound::queue_delete(config, id).await?,
     }
     Ok(())
 }

@@ -117,6 +117,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .await?,
     );
     tasks.extend(more.pop3(&config, &stores).await?);
+    if config.delivery.enabled {
+        let settings = mailfleet_delivery::Settings::from_config(&config);
+        let worker = mailfleet_delivery::Worker::new(stores.clone(), settings)
+            .context("outbound delivery (configuration section `[delivery]`)")?;
+        tasks.push(tokio::spawn(worker.run(shutdown.clone())));
+    }
 
     tokio::spawn(blob_gc(stores.clone(), shutdown.clone()));
     tracing::info!(

@@ -988,7 +988,10 @@ pub async fn metadata_outbound_delivery(meta: &dyn MetadataStore) {
         .await
         .expect("enqueue");
     let early = meta
-        .enqueue_outbound(new(base + 10, vec![rcpt("b@x.example"), rcpt("c@x.example")]))
+        .enqueue_outbound(new(
+            base + 10,
+            vec![rcpt("b@x.example"), rcpt("c@x.example")],
+        ))
         .await
         .expect("enqueue");
     let mine = |ids: Vec<QueueId>| -> Vec<QueueId> {
@@ -1040,7 +1043,10 @@ pub async fn metadata_outbound_delivery(meta: &dyn MetadataStore) {
         .expect("get")
         .expect("exists");
     assert_eq!(e.recipients[1].next_attempt, base + 5);
-    assert_eq!(e.recipients[1].attempts, 1, "rescheduling is not an attempt");
+    assert_eq!(
+        e.recipients[1].attempts, 1,
+        "rescheduling is not an attempt"
+    );
     assert_eq!(e.recipients[0].state, RecipientState::Delivered);
     assert_eq!(
         mine(meta.due_outbound(base + 100, 1).await.expect("due")),

@@ -1872,7 +1872,9 @@ impl MetadataStore for SqliteMetadataStore {
     async fn reschedule_outbound(&self, id: crate::QueueId, at: i64) -> StoreResult<usize> {
         self.write(move |c| {
             let exists: Option<i64> = c
-                .query_row("SELECT id FROM outbound WHERE id = ?1", [id.0], |r| r.get(0))
+                .query_row("SELECT id FROM outbound WHERE id = ?1", [id.0], |r| {
+                    r.get(0)
+                })
                 .optional()
                 .map_err(db_err)?;
             if exists.is_none() {

@@ -1,0 +1,664 @@
+//! The queue manager: finds due entries, takes each under a `Coordinator` lease, delivers
+//! it, records each recipient's outcome, sends DSNs and removes finished entries.
+//!
+//! - **One worker per entry.** The lease `delivery:queue:<id>` is taken before the entry is
+//!   read and renewed every third of its TTL while the delivery runs; any number of nodes
+//!   can poll the same queue. A worker that dies stops renewing; after the TTL another
+//!   takes the entry and retries the recipients still `Queued`. (A remote server that
+//!   accepted the message just before the crash may then get it twice: SMTP cannot avoid
+//!   that, RFC 5321 §6.1.) A renewal that finds the lease lost is logged; the attempt in
+//!   progress still finishes, so a worker stalled longer than the TTL can overlap another
+//!   (fencing tokens are not checked by the queue writes yet).
+//! - **Bounded.** At most `max_concurrent` entries are in flight per node (a semaphore,
+//!   taken before the lease so a busy node does not hoard leases), and each poll asks for
+//!   at most [`POLL_BATCH`] entries.
+//! - **Retries.** A temporary failure waits `retry_base * 2^(attempts-1)`, capped at
+//!   `retry_max`; once the message is older than `max_lifetime` a temporary failure is
+//!   final.
+//! - **Bounces.** Recipients that fail for good get one DSN per attempt, sent before their
+//!   state is recorded (a crash in between repeats the DSN rather than losing it); never for
+//!   the null sender.
+
+use crate::client::{self, ClientSettings, RcptResult, Transaction};
+use crate::dsn::{self, FailedRecipient};
+use crate::route::{Route, Router};
+use crate::Settings;
+use bytes::Bytes;
+use mailfleet_core::shutdown::Shutdown;
+use mailfleet_core::Address;
+use mailfleet_storage::{
+    Lease, NewOutbound, NewOutboundRecipient, OutboundMessage, QueueId, RecipientState,
+    RecipientUpdate, Stores,
+};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Most due entries taken from the store per poll.
+pub const POLL_BATCH: usize = 256;
+
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The delivery service of one node.
+#[derive(Clone)]
+pub struct Worker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    stores: Stores,
+    settings: Settings,
+    router: Router,
+    client: ClientSettings,
+    /// This node's lease holder name.
+    holder: String,
+    /// Entries this node is delivering now: not leased again while in flight.
+    in_flight: Mutex<HashSet<QueueId>>,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+/// What one attempt decided for one recipient.
+struct Outcome {
+    address: String,
+    result: RcptResult,
+    remote: Option<String>,
+}
+
+impl Worker {
+    pub fn new(stores: Stores, settings: Settings) -> Result<Self, crate::DeliveryError> {
+        let router = Router::new(
+            &settings.routes,
+            settings.smarthost.as_deref(),
+            settings.resolver,
+        )
+        .map_err(crate::DeliveryError::Setup)?;
+        let tls = if settings.starttls {
+            Some(
+                crate::tls::opportunistic_connector()
+                    .map_err(|e| crate::DeliveryError::Setup(format!("TLS client: {e}")))?,
+            )
+        } else {
+            None
+        };
+        let client = ClientSettings {
+            helo: settings.hostname.clone(),
+            connect_timeout: settings.connect_timeout,
+            command_timeout: settings.command_timeout,
+            tls,
+        };
+        let holder = format!(
+            "{}:{}:{:x}",
+            settings.hostname,
+            std::process::id(),
+            rand::random::<u32>()
+        );
+        Ok(Self {
+            inner: Arc::new(Inner {
+                slots: Arc::new(tokio::sync::Semaphore::new(settings.max_concurrent)),
+                stores,
+                settings,
+                router,
+                client,
+                holder,
+                in_flight: Mutex::new(HashSet::new()),
+            }),
+        })
+    }
+
+    /// Polls the queue until `shutdown`; deliveries in flight then finish (each is bounded
+    /// by the SMTP timeouts) before this returns.
+    pub async fn run(self, mut shutdown: Shutdown) {
+        tracing::info!(holder = %self.inner.holder, "outbound delivery started");
+        let mut tick = tokio::time::interval(self.inner.settings.poll_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        'run: loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.wait() => break,
+            }
+            loop {
+                if let Err(e) = self.poll_once().await {
+                    tracing::warn!(error = %e, "outbound queue poll failed");
+                    break;
+                }
+                if self.inner.slots.available_permits() > 0 {
+                    break;
+                }
+                // Every slot is busy and more may be due: look again as soon as one frees
+                // rather than a whole poll interval later.
+                tokio::select! {
+                    p = self.inner.slots.acquire() => drop(p),
+                    _ = shutdown.wait() => break 'run,
+                }
+            }
+        }
+        // Wait for in-flight deliveries by taking every slot, for at most the grace period.
+        let all = u32::try_from(self.inner.settings.max_concurrent).unwrap_or(u32::MAX);
+        let grace = self.inner.settings.shutdown_grace;
+        if tokio::time::timeout(grace, self.inner.slots.acquire_many(all))
+            .await
+            .is_err()
+        {
+            tracing::warn!("grace period over; unfinished deliveries will be retried");
+        }
+        tracing::info!("outbound delivery stopped");
+    }
+
+    /// Starts deliveries for the entries due now; returns how many were started.
+    pub async fn poll_once(&self) -> Result<usize, mailfleet_storage::StoreError> {
+        let due = self
+            .inner
+            .stores
+            .meta
+            .due_outbound(unix_now(), POLL_BATCH)
+            .await?;
+        let mut started = 0;
+        for id in due {
+            // All slots busy: the rest waits for the next poll, so this loop never blocks
+            // (and keeps seeing the shutdown signal).
+            let Ok(permit) = self.inner.slots.clone().try_acquire_owned() else {
+                break;
+            };
+            {
+                let mut f = self
+                    .inner
+                    .in_flight
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                if !f.insert(id) {
+                    continue;
+                }
+            }
+            let lease = match self
+                .inner
+                .stores
+                .coord
+                .acquire_lease(
+                    &lease_key(id),
+                    &self.inner.holder,
+                    self.inner.settings.lease_ttl,
+                )
+                .await
+            {
+                Ok(Some(l)) => l,
+                other => {
+                    if let Err(e) = other {
+                        tracing::warn!(queue_id = %id, error = %e, "queue lease failed");
+                    }
+                    self.done(id);
+                    continue;
+                }
+            };
+            started += 1;
+            let w = self.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                w.deliver_leased(id, lease).await;
+                w.done(id);
+            });
+        }
+        Ok(started)
+    }
+
+    fn done(&self, id: QueueId) {
+        self.inner
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+
+    /// Delivers one entry while holding its lease, renewing it in the background.
+    async fn deliver_leased(&self, id: QueueId, lease: Lease) {
+        let coord = self.inner.stores.coord.clone();
+        let ttl = self.inner.settings.lease_ttl;
+        let renew_lease = lease.clone();
+        let renewer = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(ttl / 3);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                match coord.renew_lease(&renew_lease, ttl).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(queue_id = %renew_lease.key, "queue lease lost");
+                        return;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "queue lease renewal failed"),
+                }
+            }
+        });
+        if let Err(e) = self.deliver(id).await {
+            tracing::warn!(queue_id = %id, error = %e, "delivery attempt failed; will retry");
+        }
+        renewer.abort();
+        if let Err(e) = self.inner.stores.coord.release_lease(&lease).await {
+            tracing::warn!(queue_id = %id, error = %e, "queue lease release failed");
+        }
+    }
+
+    /// One attempt for every due recipient of an entry. The caller must hold the entry's
+    /// lease ([`Worker::poll_once`] does); tests call it directly on a private store.
+    pub async fn deliver(&self, id: QueueId) -> Result<(), crate::DeliveryError> {
+        let meta = &self.inner.stores.meta;
+        // Re-read under the lease: another worker may have finished it meanwhile.
+        let Some(msg) = meta.get_outbound(id).await? else {
+            return Ok(());
+        };
+        let now = unix_now();
+        let due: Vec<String> = msg
+            .recipients
+            .iter()
+            .filter(|r| r.state == RecipientState::Queued && r.next_attempt <= now)
+            .map(|r| r.address.clone())
+            .collect();
+        if !due.is_empty() {
+            let blob = self.inner.stores.blobs.get(&msg.blob).await?;
+            let body = self.prepare(&msg, &blob).await;
+            let outcomes = self.attempt(&msg, &due, &body).await;
+            self.record(&msg, outcomes, &body, now).await?;
+        }
+        // Finished when nobody is left waiting.
+        if let Some(m) = meta.get_outbound(id).await? {
+            if m.recipients
+                .iter()
+                .all(|r| r.state != RecipientState::Queued)
+            {
+                for blob in meta.delete_outbound(id).await? {
+                    if let Err(e) = self.inner.stores.blobs.delete(&blob).await {
+                        tracing::debug!(error = %e, "queued blob left for the orphan sweep");
+                    }
+                }
+                tracing::info!(queue_id = %id, "queue entry finished");
+            }
+        }
+        Ok(())
+    }
+
+    /// The bytes to transmit: the stored blob without its leading `Return-Path:` field
+    /// (that belongs to final delivery, RFC 5321 §4.4), DKIM-signed when the sender's
+    /// domain has keys.
+    async fn prepare(&self, msg: &OutboundMessage, blob: &Bytes) -> Bytes {
+        let stripped = strip_return_path(blob);
+        if !self.inner.settings.dkim_sign {
+            return Bytes::copy_from_slice(stripped);
+        }
+        let Some(domain) = signing_domain(stripped, &msg.sender) else {
+            return Bytes::copy_from_slice(stripped);
+        };
+        let data_dir = self.inner.settings.data_dir.clone();
+        let message = Bytes::copy_from_slice(stripped);
+        let for_sign = message.clone();
+        // Key loading and RSA signing are CPU and file work: off the async workers.
+        let signed = tokio::task::spawn_blocking(move || {
+            let keys = crate::dkim::load(&data_dir, &domain)?;
+            match keys {
+                Some(k) => k.sign(&for_sign).map(Some),
+                None => Ok(None),
+            }
+        })
+        .await;
+        match signed {
+            Ok(Ok(Some(header))) => {
+                let mut out = Vec::with_capacity(header.len() + message.len());
+                out.extend_from_slice(header.as_bytes());
+                out.extend_from_slice(&message);
+                Bytes::from(out)
+            }
+            Ok(Ok(None)) => message,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "DKIM signing failed; sending unsigned");
+                message
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "DKIM signing task failed; sending unsigned");
+                message
+            }
+        }
+    }
+
+    /// Routes and sends to each recipient domain in turn.
+    async fn attempt(&self, msg: &OutboundMessage, due: &[String], body: &[u8]) -> Vec<Outcome> {
+        let mut by_domain: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut out = Vec::new();
+        for r in due {
+            match r.rsplit_once('@') {
+                Some((_, d)) => by_domain
+                    .entry(d.to_ascii_lowercase())
+                    .or_default()
+                    .push(r.clone()),
+                None => out.push(Outcome {
+                    address: r.clone(),
+                    result: RcptResult::Permanent("553 5.1.3 bad recipient address".into()),
+                    remote: None,
+                }),
+            }
+        }
+        for (domain, rcpts) in by_domain {
+            out.extend(self.attempt_domain(msg, &domain, rcpts, body).await);
+        }
+        out
+    }
+
+    async fn attempt_domain(
+        &self,
+        msg: &OutboundMessage,
+        domain: &str,
+        rcpts: Vec<String>,
+        body: &[u8],
+    ) -> Vec<Outcome> {
+        let every = |result: RcptResult, remote: Option<String>| -> Vec<Outcome> {
+            rcpts
+                .iter()
+                .map(|a| Outcome {
+                    address: a.clone(),
+                    result: result.clone(),
+                    remote: remote.clone(),
+                })
+                .collect()
+        };
+        let hops = match self.inner.router.route(domain).await {
+            Ok(Route::Hosts(h)) => h,
+            Ok(Route::Refused(why)) => {
+                return every(RcptResult::Permanent(format!("550 {why}")), None)
+            }
+            Err(e) => return every(RcptResult::Temporary(format!("451 4.4.3 {e}")), None),
+        };
+        let tx = Transaction {
+            sender: &msg.sender,
+            recipients: &rcpts,
+            message: body,
+        };
+        let mut last = String::from("451 4.4.1 no host could be reached");
+        for hop in &hops {
+            let addrs = match self.inner.router.addresses(hop).await {
+                Ok(a) => a,
+                Err(e) => {
+                    last = format!("451 4.4.3 {e}");
+                    continue;
+                }
+            };
+            for addr in addrs {
+                match client::deliver(&self.inner.client, addr, &hop.host, &tx).await {
+                    Ok(results) => {
+                        return rcpts
+                            .iter()
+                            .zip(results)
+                            .map(|(a, result)| Outcome {
+                                address: a.clone(),
+                                result,
+                                remote: Some(hop.host.clone()),
+                            })
+                            .collect();
+                    }
+                    Err(e) => {
+                        tracing::info!(host = %hop.host, %addr, error = %e, "host unusable; trying the next");
+                        last = format!("451 4.4.1 {e}");
+                    }
+                }
+            }
+        }
+        every(RcptResult::Temporary(last), None)
+    }
+
+    /// Writes each recipient's new state, sending the DSN for final failures first.
+    async fn record(
+        &self,
+        msg: &OutboundMessage,
+        outcomes: Vec<Outcome>,
+        body: &[u8],
+        now: i64,
+    ) -> Result<(), crate::DeliveryError> {
+        let s = &self.inner.settings;
+        let expired = now.saturating_sub(msg.created_at) >= s.max_lifetime.as_secs() as i64;
+        let mut updates = Vec::new();
+        let mut failed = Vec::new();
+        for o in outcomes {
+            let attempts = msg
+                .recipients
+                .iter()
+                .find(|r| r.address == o.address)
+                .map(|r| r.attempts)
+                .unwrap_or(0);
+            let update = match &o.result {
+                RcptResult::Accepted(reply) => {
+                    tracing::info!(queue_id = %msg.id, rcpt = %o.address, relay = ?o.remote, %reply, "delivered");
+                    RecipientUpdate {
+                        state: RecipientState::Delivered,
+                        next_attempt: now,
+                        last_error: None,
+                    }
+                }
+                RcptResult::Temporary(reply) if !expired => {
+                    let delay = backoff(s.retry_base, s.retry_max, attempts);
+                    tracing::info!(queue_id = %msg.id, rcpt = %o.address, %reply, retry_in_secs = delay.as_secs(), "deferred");
+                    RecipientUpdate {
+                        state: RecipientState::Queued,
+                        next_attempt: now.saturating_add(delay.as_secs() as i64),
+                        last_error: Some(reply.clone()),
+                    }
+                }
+                RcptResult::Temporary(reply) | RcptResult::Permanent(reply) => {
+                    let reply = if matches!(o.result, RcptResult::Temporary(_)) {
+                        format!("{reply} (gave up: message queued too long)")
+                    } else {
+                        reply.clone()
+                    };
+                    tracing::info!(queue_id = %msg.id, rcpt = %o.address, %reply, "bounced");
+                    let notify = msg
+                        .recipients
+                        .iter()
+                        .find(|r| r.address == o.address)
+                        .and_then(|r| r.notify.as_deref());
+                    if wants_failure_dsn(notify) {
+                        failed.push(FailedRecipient {
+                            address: o.address.clone(),
+                            orcpt: msg
+                                .recipients
+                                .iter()
+                                .find(|r| r.address == o.address)
+                                .and_then(|r| r.orcpt.clone()),
+                            diagnostic: reply.clone(),
+                            remote_mta: o.remote.clone(),
+                        });
+                    }
+                    RecipientUpdate {
+                        state: RecipientState::Failed,
+                        next_attempt: now,
+                        last_error: Some(reply),
+                    }
+                }
+            };
+            updates.push((o.address, update));
+        }
+        if !failed.is_empty() {
+            self.bounce(msg, &failed, body, now).await?;
+        }
+        for (address, update) in updates {
+            self.inner
+                .stores
+                .meta
+                .update_outbound_recipient(msg.id, &address, update)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Sends a DSN for `failed` to the envelope sender: into its INBOX when the sender is
+    /// local, through the queue otherwise (with the null sender, so a DSN never bounces).
+    async fn bounce(
+        &self,
+        msg: &OutboundMessage,
+        failed: &[FailedRecipient],
+        body: &[u8],
+        now: i64,
+    ) -> Result<(), crate::DeliveryError> {
+        if msg.sender.is_empty() {
+            return Ok(());
+        }
+        let s = &self.inner.settings;
+        let dsn = dsn::build(
+            &dsn::Report {
+                hostname: &s.hostname,
+                sender: &msg.sender,
+                envid: msg.envid.as_deref(),
+                arrival: msg.created_at,
+                failed,
+                original: body,
+                return_full: msg.ret == Some(mailfleet_storage::DsnRet::Full),
+            },
+            now,
+            msg.id.0 as u64 ^ rand::random::<u64>(),
+        );
+        let stores = &self.inner.stores;
+        let local = match Address::parse(&msg.sender) {
+            Ok(a) => mailfleet_smtp::local::resolve(stores.meta.as_ref(), &a).await?,
+            Err(_) => {
+                tracing::warn!(sender = %msg.sender, "bad sender address; no DSN sent");
+                return Ok(());
+            }
+        };
+        match local {
+            mailfleet_smtp::local::Resolution::Local(rcpts) => {
+                let mut m = b"Return-Path: <>\r\n".to_vec();
+                m.extend_from_slice(&dsn);
+                mailfleet_smtp::local::deliver(stores, &rcpts, Bytes::from(m), now, false)
+                    .await
+                    .map_err(|e| crate::DeliveryError::Setup(format!("DSN delivery: {e}")))?;
+                tracing::info!(queue_id = %msg.id, sender = %msg.sender, "DSN delivered locally");
+            }
+            mailfleet_smtp::local::Resolution::UnknownUser => {
+                tracing::warn!(sender = %msg.sender, "sender no longer exists; no DSN sent");
+            }
+            mailfleet_smtp::local::Resolution::NotLocal => {
+                let size = dsn.len() as u64;
+                let blob = stores.blobs.put(Bytes::from(dsn)).await?;
+                let q = stores
+                    .meta
+                    .enqueue_outbound(NewOutbound {
+                        blob,
+                        size,
+                        sender: String::new(),
+                        account: None,
+                        envid: None,
+                        ret: None,
+                        recipients: vec![NewOutboundRecipient {
+                            address: msg.sender.clone(),
+                            notify: None,
+                            orcpt: None,
+                        }],
+                        created_at: now,
+                    })
+                    .await?;
+                tracing::info!(queue_id = %msg.id, dsn_queue_id = %q.id, "DSN queued");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// RFC 3461 §4.1: without NOTIFY a failure is reported; with it, only when it lists
+/// `FAILURE` (`NEVER` stands alone).
+pub fn wants_failure_dsn(notify: Option<&str>) -> bool {
+    notify.is_none_or(|n| {
+        n.split(',')
+            .any(|k| k.trim().eq_ignore_ascii_case("FAILURE"))
+    })
+}
+
+fn lease_key(id: QueueId) -> String {
+    format!("delivery:queue:{id}")
+}
+
+/// The wait before the next attempt after `attempts` earlier ones.
+pub fn backoff(base: Duration, max: Duration, attempts: u32) -> Duration {
+    let factor = 1u32.checked_shl(attempts.min(20)).unwrap_or(u32::MAX);
+    base.saturating_mul(factor).min(max)
+}
+
+/// The message without a leading `Return-Path:` field (and its folded lines).
+pub fn strip_return_path(blob: &[u8]) -> &[u8] {
+    if blob.len() < 12 || !blob[..12].eq_ignore_ascii_case(b"return-path:") {
+        return blob;
+    }
+    let mut pos = 0;
+    loop {
+        match blob[pos..].windows(2).position(|w| w == b"\r\n") {
+            Some(p) => {
+                pos += p + 2;
+                // A folded continuation line starts with space or tab.
+                if !matches!(blob.get(pos), Some(b' ') | Some(b'\t')) {
+                    return &blob[pos..];
+                }
+            }
+            None => return blob,
+        }
+    }
+}
+
+/// The domain to sign for: the `From:` address's domain, since that is the one DMARC
+/// aligns with; the envelope sender's when `From:` has no usable address.
+fn signing_domain(message: &[u8], sender: &str) -> Option<String> {
+    let parsed = mail_parser::MessageParser::default().parse_headers(message);
+    let from = parsed
+        .as_ref()
+        .and_then(|m| m.from())
+        .and_then(|f| f.first())
+        .and_then(|a| a.address())
+        .and_then(|a| a.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()));
+    from.or_else(|| sender.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()))
+        .filter(|d| !d.is_empty() && !d.contains(['/', '\\']) && d != "." && d != "..")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn return_path_is_stripped() {
+        assert_eq!(
+            strip_return_path(b"Return-Path: <a@b>\r\nReceived: x\r\n\r\nbody\r\n"),
+            b"Received: x\r\n\r\nbody\r\n"
+        );
+        assert_eq!(
+            strip_return_path(b"return-path:\r\n <a@b>\r\nFrom: x\r\n\r\n"),
+            b"From: x\r\n\r\n"
+        );
+        assert_eq!(strip_return_path(b"From: x\r\n\r\n"), b"From: x\r\n\r\n");
+    }
+
+    #[test]
+    fn notify_decides_failure_dsns() {
+        assert!(wants_failure_dsn(None));
+        assert!(wants_failure_dsn(Some("SUCCESS,failure")));
+        assert!(!wants_failure_dsn(Some("NEVER")));
+        assert!(!wants_failure_dsn(Some("DELAY")));
+    }
+
+    #[test]
+    fn backoff_doubles_to_the_cap() {
+        let b = |n| backoff(Duration::from_secs(60), Duration::from_secs(600), n).as_secs();
+        assert_eq!(
+            [b(0), b(1), b(2), b(3), b(4), b(40)],
+            [60, 120, 240, 480, 600, 600]
+        );
+    }
+
+    #[test]
+    fn signing_domain_prefers_from() {
+        assert_eq!(
+            signing_domain(b"From: A <a@Sign.Test>\r\n\r\n", "x@env.test").as_deref(),
+            Some("sign.test")
+        );
+        assert_eq!(
+            signing_domain(b"Subject: x\r\n\r\n", "x@env.test").as_deref(),
+            Some("env.test")
+        );
+        assert_eq!(signing_domain(b"From: a@../x\r\n\r\n", "").as_deref(), None);
+    }
+}

@@ -1,0 +1,361 @@
+//! Delivery against a real SMTP peer: a small sink started in the test on 127.0.0.1 that
+//! accepts, defers once (`451` then `250`) or refuses (`550`) recipients.
+
+use bytes::Bytes;
+use mailfleet_delivery::{Settings, Worker};
+use mailfleet_storage::{NewOutbound, NewOutboundRecipient, QueueId, RecipientState, Stores, Uid};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Accept,
+    /// `451` to the first RCPT ever, `250` after.
+    DeferOnce,
+    Refuse,
+}
+
+#[derive(Default)]
+struct Sink {
+    messages: Mutex<Vec<String>>,
+    rcpts_seen: AtomicUsize,
+}
+
+/// Starts the sink; returns its port.
+async fn start_sink(mode: Mode) -> (u16, Arc<Sink>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let sink = Arc::new(Sink::default());
+    let s = sink.clone();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = sock.into_split();
+                let mut r = BufReader::new(r);
+                let _ = w.write_all(b"220 sink ESMTP\r\n").await;
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let cmd = line.to_ascii_uppercase();
+                    let reply: &[u8] = if cmd.starts_with("EHLO") {
+                        b"250-sink\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 1000000\r\n"
+                    } else if cmd.starts_with("MAIL") {
+                        b"250 2.1.0 ok\r\n"
+                    } else if cmd.starts_with("RCPT") {
+                        let n = s.rcpts_seen.fetch_add(1, Ordering::SeqCst);
+                        match mode {
+                            Mode::Accept => b"250 2.1.5 ok\r\n",
+                            Mode::DeferOnce if n == 0 => b"451 4.3.0 try again later\r\n",
+                            Mode::DeferOnce => b"250 2.1.5 ok\r\n",
+                            Mode::Refuse => b"550 5.1.1 <bob@remote.test>: no such user\r\n",
+                        }
+                    } else if cmd.starts_with("DATA") {
+                        let _ = w.write_all(b"354 go ahead\r\n").await;
+                        let mut msg = String::new();
+                        loop {
+                            line.clear();
+                            if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if line == ".\r\n" {
+                                break;
+                            }
+                            msg.push_str(&line);
+                        }
+                        s.messages.lock().expect("lock").push(msg);
+                        b"250 2.0.0 queued\r\n"
+                    } else if cmd.starts_with("QUIT") {
+                        let _ = w.write_all(b"221 bye\r\n").await;
+                        return;
+                    } else {
+                        b"250 ok\r\n"
+                    };
+                    if w.write_all(reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, sink)
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    stores: Stores,
+    settings: Settings,
+}
+
+async fn fixture(port: u16) -> Fixture {
+    let dir = tempfile::tempdir().expect("tmp");
+    let stores = mailfleet_storage::embedded::open(dir.path(), 16).expect("stores");
+    stores
+        .meta
+        .create_domain("local.test")
+        .await
+        .expect("domain");
+    stores
+        .meta
+        .create_account("alice@local.test", "h", 0)
+        .await
+        .expect("account");
+    let mut routes = BTreeMap::new();
+    routes.insert("remote.test".to_string(), format!("127.0.0.1:{port}"));
+    let settings = Settings {
+        hostname: "mx.local.test".into(),
+        data_dir: dir.path().to_path_buf(),
+        max_concurrent: 4,
+        poll_interval: Duration::from_millis(50),
+        lease_ttl: Duration::from_secs(30),
+        retry_base: Duration::from_secs(60),
+        retry_max: Duration::from_secs(600),
+        max_lifetime: Duration::from_secs(5 * 24 * 3600),
+        connect_timeout: Duration::from_secs(5),
+        command_timeout: Duration::from_secs(5),
+        starttls: true,
+        // Unused: every test domain has a static route.
+        resolver: Some("127.0.0.1:9".parse().expect("addr")),
+        smarthost: None,
+        routes,
+        dkim_sign: true,
+        shutdown_grace: Duration::from_secs(5),
+    };
+    Fixture {
+        _dir: dir,
+        stores,
+        settings,
+    }
+}
+
+const MESSAGE: &str = "Return-Path: <alice@local.test>\r\n\
+    Received: from client by mx.local.test\r\n\
+    From: Alice <alice@local.test>\r\n\
+    To: bob@remote.test\r\n\
+    Subject: outbound test\r\n\
+    Message-ID: <t1@local.test>\r\n\
+    \r\n\
+    Hello Bob.\r\n\
+    .leading dot line\r\n";
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+async fn enqueue(stores: &Stores) -> QueueId {
+    let blob = stores
+        .blobs
+        .put(Bytes::from_static(MESSAGE.as_bytes()))
+        .await
+        .expect("blob");
+    stores
+        .meta
+        .enqueue_outbound(NewOutbound {
+            blob,
+            size: MESSAGE.len() as u64,
+            sender: "alice@local.test".into(),
+            account: None,
+            envid: None,
+            ret: None,
+            recipients: vec![NewOutboundRecipient {
+                address: "bob@remote.test".into(),
+                notify: None,
+                orcpt: None,
+            }],
+            created_at: now(),
+        })
+        .await
+        .expect("enqueue")
+        .id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepted_message_is_signed_stripped_and_dequeued() {
+    let (port, sink) = start_sink(Mode::Accept).await;
+    let f = fixture(port).await;
+    mailfleet_delivery::dkim::generate(&f.settings.data_dir, "local.test").expect("dkim keys");
+    let id = enqueue(&f.stores).await;
+    let worker = Worker::new(f.stores.clone(), f.settings.clone()).expect("worker");
+    worker.deliver(id).await.expect("deliver");
+    let got = sink.messages.lock().expect("lock").clone();
+    assert_eq!(got.len(), 1);
+    let m = &got[0];
+    assert!(m.starts_with("DKIM-Signature: v=1; a=rsa-sha256"), "{m}");
+    assert!(m.contains("a=ed25519-sha256"));
+    assert!(!m.contains("Return-Path:"), "Return-Path must not be sent");
+    assert!(
+        m.contains("\r\n..leading dot line\r\n"),
+        "dot-stuffed on the wire"
+    );
+    assert!(
+        m.ends_with("\r\n..leading dot line\r\n"),
+        "no extra line added: {m:?}"
+    );
+    assert!(f.stores.meta.get_outbound(id).await.expect("get").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deferred_then_accepted_exactly_once() {
+    let (port, sink) = start_sink(Mode::DeferOnce).await;
+    let f = fixture(port).await;
+    let id = enqueue(&f.stores).await;
+    let worker = Worker::new(f.stores.clone(), f.settings.clone()).expect("worker");
+    worker.deliver(id).await.expect("first attempt");
+    let q = f
+        .stores
+        .meta
+        .get_outbound(id)
+        .await
+        .expect("get")
+        .expect("still queued");
+    let r = &q.recipients[0];
+    assert_eq!(r.state, RecipientState::Queued);
+    assert_eq!(r.attempts, 1);
+    assert!(r
+        .last_error
+        .as_deref()
+        .unwrap_or("")
+        .starts_with("451 4.3.0"));
+    assert!(sink.messages.lock().expect("lock").is_empty());
+    // Not due yet: polling does nothing.
+    assert_eq!(worker.poll_once().await.expect("poll"), 0);
+    f.stores
+        .meta
+        .reschedule_outbound(id, 0)
+        .await
+        .expect("retry now");
+    assert_eq!(worker.poll_once().await.expect("poll"), 1);
+    for _ in 0..100 {
+        if f.stores.meta.get_outbound(id).await.expect("get").is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(f.stores.meta.get_outbound(id).await.expect("get").is_none());
+    assert_eq!(sink.messages.lock().expect("lock").len(), 1);
+    assert_eq!(worker.poll_once().await.expect("poll"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_recipient_bounces_to_local_inbox() {
+    let (port, sink) = start_sink(Mode::Refuse).await;
+    let f = fixture(port).await;
+    let id = enqueue(&f.stores).await;
+    let worker = Worker::new(f.stores.clone(), f.settings.clone()).expect("worker");
+    worker.deliver(id).await.expect("deliver");
+    assert!(sink.messages.lock().expect("lock").is_empty());
+    assert!(f.stores.meta.get_outbound(id).await.expect("get").is_none());
+    let alice = f
+        .stores
+        .meta
+        .get_account("alice@local.test")
+        .await
+        .expect("get")
+        .expect("alice");
+    let inbox = f
+        .stores
+        .meta
+        .get_mailbox(alice.id, "INBOX")
+        .await
+        .expect("get")
+        .expect("inbox");
+    let msgs = f
+        .stores
+        .meta
+        .list_messages(inbox.id, Uid(0), 10)
+        .await
+        .expect("list");
+    assert_eq!(msgs.len(), 1);
+    let dsn = f.stores.blobs.get(&msgs[0].blob).await.expect("blob");
+    let text = String::from_utf8_lossy(&dsn);
+    assert!(text.starts_with("Return-Path: <>\r\n"));
+    assert!(text.contains("multipart/report; report-type=delivery-status"));
+    assert!(text.contains("Final-Recipient: rfc822; bob@remote.test"));
+    assert!(text.contains("Status: 5.1.1"));
+    assert!(text.contains("Diagnostic-Code: smtp; 550 5.1.1 <bob@remote.test>: no such user"));
+    assert!(text.contains("Remote-MTA: dns; 127.0.0.1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_deliver_each_message_once() {
+    let (port, sink) = start_sink(Mode::Accept).await;
+    let f = fixture(port).await;
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        ids.push(enqueue(&f.stores).await);
+    }
+    let a = Worker::new(f.stores.clone(), f.settings.clone()).expect("worker");
+    let b = Worker::new(f.stores.clone(), f.settings.clone()).expect("worker");
+    let (ctl, shutdown) = mailfleet_core::shutdown::ShutdownController::new();
+    let ta = tokio::spawn(a.run(shutdown.clone()));
+    let tb = tokio::spawn(b.run(shutdown));
+    for _ in 0..200 {
+        if sink.messages.lock().expect("lock").len() >= ids.len()
+            && f.stores
+                .meta
+                .due_outbound(i64::MAX, 10)
+                .await
+                .expect("due")
+                .is_empty()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A little longer, so a duplicate would have time to show.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ctl.trigger();
+    ta.await.expect("worker a");
+    tb.await.expect("worker b");
+    assert_eq!(sink.messages.lock().expect("lock").len(), ids.len());
+    for id in ids {
+        assert!(f.stores.meta.get_outbound(id).await.expect("get").is_none());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn temporary_failure_after_lifetime_bounces() {
+    let (port, _sink) = start_sink(Mode::DeferOnce).await;
+    let mut f = fixture(port).await;
+    f.settings.max_lifetime = Duration::from_secs(1);
+    let id = enqueue(&f.stores).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let worker = Worker::new(f.stores.clone(), f.settings.clone()).expect("worker");
+    worker.deliver(id).await.expect("deliver");
+    assert!(f.stores.meta.get_outbound(id).await.expect("get").is_none());
+    let alice = f
+        .stores
+        .meta
+        .get_account("alice@local.test")
+        .await
+        .expect("get")
+        .expect("alice");
+    let inbox = f
+        .stores
+        .meta
+        .get_mailbox(alice.id, "INBOX")
+        .await
+        .expect("get")
+        .expect("inbox");
+    let msgs = f
+        .stores
+        .meta
+        .list_messages(inbox.id, Uid(0), 10)
+        .await
+        .expect("list");
+    assert_eq!(msgs.len(), 1, "one DSN");
+    let dsn = f.stores.blobs.get(&msgs[0].blob).await.expect("blob");
+    let text = String::from_utf8_lossy(&dsn);
+    assert!(text.contains("Status: 4.3.0"), "{text}");
+    assert!(text.contains("gave up"));
+}

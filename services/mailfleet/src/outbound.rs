@@ -1,0 +1,165 @@
+//! Admin commands for outbound mail: DKIM keys, the DNS records a domain needs, and the
+//! queue commands beyond `list` (show, retry now, delete).
+
+use crate::admin::open;
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use mailfleet_core::config::Config;
+use mailfleet_storage::{OutboundMessage, QueueId, RecipientState};
+use serde_json::json;
+
+#[derive(Subcommand, Debug)]
+pub enum DkimCmd {
+    /// Generate the domain's DKIM keys (RSA-2048 and Ed25519) under the data directory.
+    Generate { domain: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DnsCmd {
+    /// Print the MX, SPF, DKIM, DMARC, MTA-STS and TLS-RPT records a domain needs.
+    Records { domain: String },
+}
+
+fn normalize(domain: &str) -> anyhow::Result<String> {
+    mailfleet_core::address::normalize_domain(domain)
+        .map_err(|e| anyhow::anyhow!("{domain}: not a valid domain: {e}"))
+}
+
+pub fn dkim(config: &Config, cmd: DkimCmd, json_out: bool) -> anyhow::Result<()> {
+    match cmd {
+        DkimCmd::Generate { domain } => {
+            let domain = normalize(&domain)?;
+            let keys = mailfleet_delivery::dkim::generate(&config.server.data_dir, &domain)?;
+            let records = keys.dns_records()?;
+            if json_out {
+                let v: Vec<_> = records
+                    .iter()
+                    .map(|(s, txt)| json!({"selector": s, "name": format!("{s}._domainkey.{domain}"), "txt": txt}))
+                    .collect();
+                println!("{}", serde_json::Value::Array(v));
+            } else {
+                println!(
+                    "DKIM keys for {domain} written to {}",
+                    mailfleet_delivery::dkim::key_dir(&config.server.data_dir, &domain).display()
+                );
+                println!("Publish (see `mailfleet dns records {domain}`):");
+                for (s, txt) in records {
+                    println!("{s}._domainkey.{domain}. TXT \"{txt}\"");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn dns(config: &Config, cmd: DnsCmd) -> anyhow::Result<()> {
+    match cmd {
+        DnsCmd::Records { domain } => {
+            let domain = normalize(&domain)?;
+            let keys = mailfleet_delivery::dkim::load(&config.server.data_dir, &domain)?;
+            print!(
+                "{}",
+                mailfleet_delivery::dkim::zone_records(
+                    &domain,
+                    &config.server.hostname,
+                    keys.as_ref()
+                )?
+            );
+        }
+    }
+    Ok(())
+}
+
+fn state_counts<'a>(entries: impl IntoIterator<Item = &'a OutboundMessage>) -> [usize; 3] {
+    let mut c = [0; 3];
+    for m in entries {
+        for r in &m.recipients {
+            c[match r.state {
+                RecipientState::Queued => 0,
+                RecipientState::Delivered => 1,
+                RecipientState::Failed => 2,
+            }] += 1;
+        }
+    }
+    c
+}
+
+/// The line `queue list` ends with: recipients by state.
+pub fn counts_line<'a>(entries: impl IntoIterator<Item = &'a OutboundMessage>) -> String {
+    let [q, d, f] = state_counts(entries);
+    format!("recipients: {q} queued, {d} delivered, {f} failed")
+}
+
+pub async fn queue_show(config: &Config, id: i64, json_out: bool) -> anyhow::Result<()> {
+    let stores = open(config)?;
+    let Some(m) = stores.meta.get_outbound(QueueId(id)).await? else {
+        bail!("queue entry {id} not found");
+    };
+    if json_out {
+        println!(
+            "{}",
+            json!({
+                "id": m.id.0, "sender": m.sender, "size": m.size, "blob": m.blob.as_str(),
+                "created_at": m.created_at, "envid": m.envid,
+                "recipients": m.recipients.iter().map(|r| json!({
+                    "address": r.address, "state": r.state.as_str(), "attempts": r.attempts,
+                    "next_attempt": r.next_attempt, "last_error": r.last_error,
+                })).collect::<Vec<_>>(),
+            })
+        );
+        return Ok(());
+    }
+    let when = |t: i64| {
+        chrono::DateTime::from_timestamp(t, 0)
+            .map(|d| d.format("%Y-%m-%d %H:%M:%S").to_string())
+            .unwrap_or_default()
+    };
+    println!("id:       {}", m.id);
+    println!(
+        "sender:   {}",
+        if m.sender.is_empty() { "<>" } else { &m.sender }
+    );
+    println!("size:     {}", m.size);
+    println!("queued:   {}", when(m.created_at));
+    for r in &m.recipients {
+        println!(
+            "  {}  {}  attempts={}  next={}  {}",
+            r.address,
+            r.state.as_str(),
+            r.attempts,
+            when(r.next_attempt),
+            r.last_error.as_deref().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+pub async fn queue_retry(config: &Config, id: i64) -> anyhow::Result<()> {
+    let stores = open(config)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let n = stores
+        .meta
+        .reschedule_outbound(QueueId(id), now)
+        .await
+        .with_context(|| format!("queue entry {id}"))?;
+    println!("queue entry {id}: {n} recipient(s) due now");
+    Ok(())
+}
+
+pub async fn queue_delete(config: &Config, id: i64) -> anyhow::Result<()> {
+    let stores = open(config)?;
+    let blobs = stores
+        .meta
+        .delete_outbound(QueueId(id))
+        .await
+        .with_context(|| format!("queue entry {id}"))?;
+    for b in blobs {
+        // Best effort: the orphan sweep removes what is left.
+        let _ = stores.blobs.delete(&b).await;
+    }
+    println!("queue entry {id} deleted (no DSN is sent)");
+    Ok(())
+}

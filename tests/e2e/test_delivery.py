@@ -1,0 +1,212 @@
+"""Outbound delivery end to end: mail submitted to Mailfleet for `remote.test` goes, by a
+static route, to Postfix's `smtp-sink` on a loopback port.
+
+- an accepting peer gets the message with a DKIM signature that dkimpy verifies against
+  the record `mailfleet dns records` prints;
+- a peer that answers 4xx and later 2xx gets the message exactly once;
+- a peer that answers 550 makes a DSN appear in the sender's INBOX.
+"""
+
+import email
+import email.policy
+import shutil
+import signal
+import smtplib
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import PASSWORD, Server, free_port
+from test_pop3_submission import CTX
+
+SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+ALICE = "alice@example.test"
+FRIEND = "friend@remote.test"
+
+pytestmark = pytest.mark.skipif(
+    not Path(SMTP_SINK).exists(), reason="Postfix's smtp-sink is not installed"
+)
+
+
+class Sink:
+    """Postfix's smtp-sink writing each received message to a file in `dir`."""
+
+    def __init__(self, dir: Path, port: int, *flags: str):
+        self.dir = dir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = port
+        self.proc = subprocess.Popen(
+            [SMTP_SINK, "-u", "root", *flags, "-d", f"{dir}/msg-%H%M%S.", f"127.0.0.1:{port}", "100"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                with smtplib.SMTP("127.0.0.1", port, timeout=2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("smtp-sink did not start")
+
+    def messages(self):
+        return sorted(p for p in self.dir.iterdir() if p.name.startswith("msg-"))
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=10)
+
+
+def start_server(tmp_path, sink_port) -> Server:
+    s = Server(
+        tmp_path / "data",
+        extra_env={
+            "MAILFLEET_DELIVERY__ENABLED": "true",
+            "MAILFLEET_DELIVERY__POLL_INTERVAL_SECS": "1",
+            "MAILFLEET_DELIVERY__RETRY_BASE_SECS": "1",
+            "MAILFLEET_DELIVERY__RETRY_MAX_SECS": "2",
+            # No DNS is needed: remote.test has a static route. An unused resolver keeps
+            # the test independent of the machine's DNS configuration.
+            "MAILFLEET_DELIVERY__RESOLVER": "127.0.0.1:9",
+            "MAILFLEET_DELIVERY__ROUTES__REMOTE.TEST": f"127.0.0.1:{sink_port}",
+        },
+    )
+    s.cli("domain", "add", "example.test")
+    s.cli("user", "add", ALICE, "--password-stdin", stdin=PASSWORD + "\n")
+    return s
+
+
+def submit(server, subject):
+    msg = (f"From: Alice <{ALICE}>\r\nTo: {FRIEND}\r\nSubject: {subject}\r\n"
+           "Message-ID: <" + subject.replace(" ", "-") + "@example.test>\r\n"
+           "Date: Mon, 23 Nov 2026 10:00:00 +0000\r\n\r\nHello friend.\r\n.dot line\r\n")
+    with smtplib.SMTP("127.0.0.1", server.submission_port, timeout=30) as s:
+        s.starttls(context=CTX)
+        s.login(ALICE, PASSWORD)
+        assert s.sendmail(ALICE, [FRIEND], msg) == {}
+
+
+def wait_for(what, check, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = check()
+        if v:
+            return v
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def crlf(data: bytes) -> bytes:
+    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+def dkim_txt(server) -> bytes:
+    """The RSA DKIM TXT value from `mailfleet dns records`, its strings joined."""
+    out = server.cli("dns", "records", "example.test").stdout
+    for line in out.splitlines():
+        if line.startswith("mailfleet-rsa._domainkey.example.test."):
+            parts = line.split("\t")[-1]
+            return "".join(p for p in parts.split('"') if p.strip()).encode()
+    raise AssertionError(f"no DKIM record in:\n{out}")
+
+
+def test_delivered_message_carries_a_dkim_signature_dkimpy_accepts(tmp_path):
+    dkim = pytest.importorskip("dkim")
+    sink = Sink(tmp_path / "sink", free_port())
+    server = start_server(tmp_path, sink.port)
+    try:
+        server.cli("dkim", "generate", "example.test")
+        records = server.cli("dns", "records", "example.test").stdout
+        for want in (" MX ", "v=spf1", "_dmarc.example.test.", "_mta-sts.example.test.",
+                     "_smtp._tls.example.test.", "k=ed25519"):
+            assert want.strip() in records, want
+        txt = dkim_txt(server)
+        server.start()
+        submit(server, "dkim test")
+        # The queue empties once the sink has answered 250, i.e. written the whole file.
+        wait_for("the queue to empty", lambda: server.cli_json("queue", "list") == [])
+        files = sink.messages()
+        assert len(files) == 1
+        raw = crlf(files[0].read_bytes())
+        assert b"\r\nDKIM-Signature: v=1; a=rsa-sha256" in raw
+        assert b"Return-Path:" not in raw, "Return-Path must not be transmitted"
+        assert b"\r\n.dot line\r\n" in raw
+        # smtp-sink prepends X-* and Received fields; DKIM signs neither.
+        asked = []
+
+        def dnsfunc(name, timeout=5):
+            asked.append(name)
+            return txt
+
+        assert dkim.verify(raw, dnsfunc=dnsfunc), "dkimpy rejected the signature"
+        assert asked and b"mailfleet-rsa._domainkey.example.test" in (
+            asked[0] if isinstance(asked[0], bytes) else asked[0].encode())
+        assert "0 queued" in server.cli("queue", "list").stdout
+    finally:
+        server.stop()
+        sink.stop()
+
+
+def test_deferring_peer_gets_the_message_exactly_once(tmp_path):
+    port = free_port()
+    sink = Sink(tmp_path / "soft", port, "-r", "rcpt", "-b", "451 4.3.0 Try again later")
+    server = start_server(tmp_path, port)
+    server.start()
+    try:
+        submit(server, "retry test")
+
+        def deferred():
+            q = server.cli_json("queue", "list")
+            return q and q[0]["recipients"][0]["attempts"] >= 1 and q[0]
+        entry = wait_for("a deferred attempt", deferred)
+        r = entry["recipients"][0]
+        assert r["state"] == "queued" and r["last_error"].startswith("451 4.3.0"), r
+        shown = server.cli("queue", "show", str(entry["id"])).stdout
+        assert FRIEND in shown and "queued" in shown
+        sink.stop()
+        assert sink.messages() == []
+        sink = Sink(tmp_path / "ok", port)
+        server.cli("queue", "retry", str(entry["id"]))
+        wait_for("the message at the sink", sink.messages)
+        wait_for("the queue to empty", lambda: server.cli_json("queue", "list") == [])
+        time.sleep(3)  # several poll intervals: a duplicate would show up now
+        assert len(sink.messages()) == 1
+    finally:
+        server.stop()
+        sink.stop()
+
+
+def test_refusing_peer_produces_a_dsn_in_the_senders_inbox(tmp_path):
+    sink = Sink(tmp_path / "hard", free_port(), "-f", "rcpt",
+                "-B", "550 5.1.1 <friend@remote.test>: Recipient address rejected")
+    server = start_server(tmp_path, sink.port)
+    server.start()
+    try:
+        submit(server, "bounce test")
+        msgs = wait_for("the DSN", lambda: server.messages(ALICE))
+        assert len(msgs) == 1
+        raw = server.message_bytes(ALICE, msgs[0]["uid"])
+        m = email.message_from_bytes(raw, policy=email.policy.default)
+        assert m.get_content_type() == "multipart/report"
+        assert m.get_param("report-type") == "delivery-status"
+        assert m["Return-Path"] == "<>"
+        parts = list(m.iter_parts())
+        assert [p.get_content_type() for p in parts] == [
+            "text/plain", "message/delivery-status", "text/rfc822-headers"]
+        status = parts[1].get_payload()
+        per_rcpt = status[1]
+        assert per_rcpt["Final-Recipient"] == f"rfc822; {FRIEND}"
+        assert per_rcpt["Action"] == "failed"
+        assert per_rcpt["Status"] == "5.1.1"
+        assert per_rcpt["Diagnostic-Code"] == (
+            "smtp; 550 5.1.1 <friend@remote.test>: Recipient address rejected")
+        assert "friend@remote.test" in parts[0].get_content()
+        assert "Subject: bounce test" in parts[2].get_content()
+        assert sink.messages() == []
+        wait_for("the queue to empty", lambda: server.cli_json("queue", "list") == [])
+        assert "1 failed" not in server.cli("queue", "list").stdout
+    finally:
+        server.stop()
+        sink.stop()
