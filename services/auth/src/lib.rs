@@ -150,6 +150,9 @@ struct Inner {
     policy: AuthPolicy,
     hashing: Semaphore,
     pool: HashPool,
+    /// Password hashes verified so far (for metrics, and to show that an unknown user
+    /// costs exactly what a wrong password costs).
+    verifications: std::sync::atomic::AtomicU64,
 }
 
 type HashJob = Box<dyn FnOnce() + Send>;
@@ -276,12 +279,20 @@ impl Authenticator {
                 policy,
                 hashing,
                 pool,
+                verifications: std::sync::atomic::AtomicU64::new(0),
             }),
         }
     }
 
     pub fn policy(&self) -> &AuthPolicy {
         &self.inner.policy
+    }
+
+    /// How many password verifications (argon2id runs) this authenticator has done.
+    pub fn verifications(&self) -> u64 {
+        self.inner
+            .verifications
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Checks one login. See the crate documentation for the rules.
@@ -409,6 +420,9 @@ impl Authenticator {
             .acquire()
             .await
             .map_err(|_| AuthError::TemporaryFailure("authenticator closed".into()))?;
+        self.inner
+            .verifications
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.inner.pool.run(f).await
     }
 
