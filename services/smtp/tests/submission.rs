@@ -435,3 +435,47 @@ async fn local_delivery_remote_queue_and_added_headers() {
     assert_eq!(second.matches("\r\nDate:").count(), 1);
     assert!(second.contains("From: <alice@example.test>\r\n"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dsn_parameters_are_kept_for_the_queue() {
+    let h = harness().await;
+    let mut c = h.logged_in("alice@example.test").await;
+    // DSN is advertised on submission.
+    c.w.write_all(b"EHLO client.test\r\n").await.expect("write");
+    let ehlo = c.reply().await.join("\n");
+    assert!(ehlo.contains("DSN"), "{ehlo}");
+    assert_eq!(
+        c.cmd("MAIL FROM:<alice@example.test> RET=HDRS ENVID=env+2B42")
+            .await,
+        "250 2.1.0 Sender OK"
+    );
+    assert_eq!(
+        c.cmd("RCPT TO:<friend@remote.example> NOTIFY=FAILURE,DELAY ORCPT=rfc822;friend@remote.example")
+            .await,
+        "250 2.1.5 Recipient OK"
+    );
+    assert!(c
+        .cmd("RCPT TO:<x@remote.example> NOTIFY=NEVER,SUCCESS")
+        .await
+        .starts_with("501"));
+    assert!(c.cmd("DATA").await.starts_with("354"));
+    let r = c
+        .cmd("From: alice@example.test\r\nSubject: dsn\r\n\r\nbody\r\n.")
+        .await;
+    assert!(r.starts_with("250 2.0.0"), "{r}");
+    let queued = h
+        .stores
+        .meta
+        .list_outbound(QueueId(0), 10)
+        .await
+        .expect("list");
+    assert_eq!(queued.len(), 1);
+    let q = &queued[0];
+    assert_eq!(q.envid.as_deref(), Some("env+2B42"));
+    assert_eq!(q.ret, Some(mailfleet_storage::DsnRet::Headers));
+    assert_eq!(q.recipients[0].notify.as_deref(), Some("FAILURE,DELAY"));
+    assert_eq!(
+        q.recipients[0].orcpt.as_deref(),
+        Some("rfc822;friend@remote.example")
+    );
+}

@@ -13,7 +13,7 @@
 //! outbound queue instead of being refused as relaying.
 
 use crate::pipeline::{AcceptedRecipient, Envelope, Pipeline, PipelineError, RcptVerdict};
-use crate::proto::command::{Command, CommandError, MailParams, Path};
+use crate::proto::command::{Command, CommandError, MailParams, Path, RcptParams};
 use crate::proto::{DataEnd, Reply};
 use mailfleet_auth::sasl::{Exchange, Mechanism, SaslError, Step};
 use mailfleet_auth::{AuthError, Authenticator, LoginRequest, Protocol};
@@ -229,7 +229,7 @@ impl Session {
             Command::Ehlo(domain) => self.ehlo(domain, true),
             Command::Helo(domain) => self.ehlo(domain, false),
             Command::Mail(path, params) => self.mail(path, params).await,
-            Command::Rcpt(path, _) => self.rcpt(path).await,
+            Command::Rcpt(path, params) => self.rcpt(path, params).await,
             Command::Data => self.data(),
             Command::Bdat { size, last } => self.bdat(size, last),
             Command::Rset => {
@@ -401,6 +401,10 @@ impl Session {
         if self.submission.is_some() && self.tls.is_some() {
             lines.push("AUTH PLAIN LOGIN".into());
         }
+        if self.submission.is_some() {
+            // RFC 3461: the outbound queue keeps NOTIFY/RET/ENVID/ORCPT for its DSNs.
+            lines.push("DSN".into());
+        }
         lines.push("HELP".into());
         Response::one(Reply::multiline(250, lines))
     }
@@ -457,6 +461,13 @@ impl Session {
                 }
             }
         }
+        if params.has_dsn() && self.submission.is_none() {
+            return self.error(Reply::new(
+                555,
+                "5.5.4",
+                "DSN parameters are accepted on submission only",
+            ));
+        }
         if params.smtputf8 && self.greeting != Greeting::Ehlo {
             return self.error(Reply::new(555, "5.5.4", "SMTPUTF8 requires EHLO"));
         }
@@ -493,12 +504,19 @@ impl Session {
         Response::one(Reply::new(250, "2.1.0", "Sender OK"))
     }
 
-    async fn rcpt(&mut self, path: Path) -> Response {
+    async fn rcpt(&mut self, path: Path, params: RcptParams) -> Response {
         let Some(tx) = self.tx.as_ref() else {
             return self.error(Reply::bad_sequence("Need MAIL before RCPT"));
         };
         if tx.bdat.is_some() {
             return self.error(Reply::bad_sequence("RCPT after BDAT"));
+        }
+        if (params.notify.is_some() || params.orcpt.is_some()) && self.submission.is_none() {
+            return self.error(Reply::new(
+                555,
+                "5.5.4",
+                "DSN parameters are accepted on submission only",
+            ));
         }
         if tx.recipients.len() >= self.cfg.max_recipients {
             // Not counted as an error: the client follows the protocol, and RFC 5321
@@ -545,6 +563,7 @@ impl Session {
                         address: addr,
                         targets,
                         remote: false,
+                        dsn: params,
                     });
                 }
                 Response::one(Reply::new(250, "2.1.5", "Recipient OK"))
@@ -555,6 +574,7 @@ impl Session {
                         address: addr,
                         targets: Vec::new(),
                         remote: true,
+                        dsn: params,
                     });
                 }
                 Response::one(Reply::new(250, "2.1.5", "Recipient OK"))
@@ -687,6 +707,8 @@ impl Session {
             tls: self.tls.clone(),
             id: id.clone(),
             submitter: self.account().cloned(),
+            envid: tx.params.envid.clone(),
+            ret: tx.params.ret.clone(),
         };
         match self.pipeline.accept(&env, &raw).await {
             Ok(()) => {

@@ -35,6 +35,9 @@ pub struct Envelope {
     pub id: String,
     /// The authenticated account of a submission session; `None` for inbound mail.
     pub submitter: Option<Account>,
+    /// RFC 3461 ENVID and RET given with MAIL (submission only).
+    pub envid: Option<String>,
+    pub ret: Option<String>,
 }
 
 /// A recipient accepted at RCPT time with what it resolved to.
@@ -46,6 +49,8 @@ pub struct AcceptedRecipient {
     /// A recipient in a domain not hosted here, accepted from an authenticated submitter
     /// for the outbound queue.
     pub remote: bool,
+    /// RFC 3461 NOTIFY/ORCPT given with the RCPT (submission only).
+    pub dsn: crate::proto::RcptParams,
 }
 
 /// The verdict on a RCPT.
@@ -227,8 +232,8 @@ impl Pipeline {
             .filter(|r| r.remote)
             .map(|r| NewOutboundRecipient {
                 address: r.address.to_string(),
-                notify: None,
-                orcpt: None,
+                notify: r.dsn.notify.clone(),
+                orcpt: r.dsn.orcpt.clone(),
             })
             .collect();
         if !remote.is_empty() {
@@ -262,8 +267,11 @@ impl Pipeline {
                 size,
                 sender: return_path.to_string(),
                 account: env.submitter.as_ref().map(|a| a.id),
-                envid: None,
-                ret: None,
+                envid: env.envid.clone(),
+                ret: env
+                    .ret
+                    .as_deref()
+                    .and_then(mailfleet_storage::DsnRet::parse),
                 recipients,
                 created_at: now,
             })

@@ -30,10 +30,89 @@ pub struct MailParams {
     pub body: BodyType,
     /// RFC 6531 SMTPUTF8.
     pub smtputf8: bool,
+    /// RFC 3461 `RET`: `FULL` or `HDRS` (uppercase).
+    pub ret: Option<String>,
+    /// RFC 3461 `ENVID`, as sent (xtext).
+    pub envid: Option<String>,
 }
 
+impl MailParams {
+    /// Whether any RFC 3461 (DSN) parameter was given.
+    pub fn has_dsn(&self) -> bool {
+        self.ret.is_some() || self.envid.is_some()
+    }
+}
+
+/// RCPT parameters: RFC 3461 `NOTIFY` and `ORCPT`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RcptParams {}
+pub struct RcptParams {
+    /// `NEVER`, or a comma list of `SUCCESS`, `FAILURE`, `DELAY` (uppercase).
+    pub notify: Option<String>,
+    /// `addr-type;xtext`, as sent.
+    pub orcpt: Option<String>,
+}
+
+/// Longest ENVID (RFC 3461 §4.4: 100 characters).
+pub const MAX_ENVID: usize = 100;
+/// Longest ORCPT value (RFC 3461 §4.2: 500 characters).
+pub const MAX_ORCPT: usize = 500;
+
+/// RFC 3461 xtext: printable ASCII except `+` and `=`, with `+XX` hex escapes.
+fn is_xtext(s: &str) -> bool {
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => {
+                let hex = |c: u8| c.is_ascii_digit() || (b'A'..=b'F').contains(&c);
+                if b.get(i + 1).is_none_or(|c| !hex(*c)) || b.get(i + 2).is_none_or(|c| !hex(*c)) {
+                    return false;
+                }
+                i += 3;
+            }
+            b'=' => return false,
+            c if (33..=126).contains(&c) => i += 1,
+            _ => return false,
+        }
+    }
+    true
+}
+
+fn parse_rcpt_params(params: &str) -> Result<RcptParams, CommandError> {
+    let mut out = RcptParams::default();
+    for p in params.split_whitespace() {
+        let (key, value) = p.split_once('=').unwrap_or((p, ""));
+        match key.to_ascii_uppercase().as_str() {
+            "NOTIFY" if out.notify.is_none() => {
+                let v = value.to_ascii_uppercase();
+                let items: Vec<&str> = v.split(',').collect();
+                let valid = if items == ["NEVER"] {
+                    true
+                } else {
+                    !items.is_empty()
+                        && items
+                            .iter()
+                            .all(|i| matches!(*i, "SUCCESS" | "FAILURE" | "DELAY"))
+                };
+                if !valid {
+                    return Err(CommandError::Syntax("bad NOTIFY value"));
+                }
+                out.notify = Some(v);
+            }
+            "ORCPT" if out.orcpt.is_none() => {
+                let (kind, addr) = value
+                    .split_once(';')
+                    .ok_or(CommandError::Syntax("ORCPT needs addr-type;address"))?;
+                if kind.is_empty() || value.len() > MAX_ORCPT || !is_xtext(addr) {
+                    return Err(CommandError::Syntax("bad ORCPT value"));
+                }
+                out.orcpt = Some(value.to_string());
+            }
+            _ => return Err(CommandError::UnsupportedParam(p.to_string())),
+        }
+    }
+    Ok(out)
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
@@ -125,10 +204,7 @@ impl Command {
                     .ok_or(CommandError::Syntax("expected RCPT TO:<address>"))?;
                 let (path, params) = split_path(args)?;
                 let path = parse_path(path, true)?;
-                if let Some(p) = params.split_whitespace().next() {
-                    return Err(CommandError::UnsupportedParam(p.to_string()));
-                }
-                Ok(Command::Rcpt(path, RcptParams {}))
+                Ok(Command::Rcpt(path, parse_rcpt_params(params)?))
             }
             "DATA" => no_args(Command::Data),
             "BDAT" => {
@@ -239,6 +315,19 @@ fn parse_mail_params(params: &str) -> Result<MailParams, CommandError> {
                 out.body = BodyType::EightBitMime
             }
             ("SMTPUTF8", None) => out.smtputf8 = true,
+            ("RET", Some(v)) if out.ret.is_none() => {
+                let v = v.to_ascii_uppercase();
+                if v != "FULL" && v != "HDRS" {
+                    return Err(CommandError::Syntax("RET must be FULL or HDRS"));
+                }
+                out.ret = Some(v);
+            }
+            ("ENVID", Some(v)) if out.envid.is_none() => {
+                if v.is_empty() || v.len() > MAX_ENVID || !is_xtext(v) {
+                    return Err(CommandError::Syntax("bad ENVID value"));
+                }
+                out.envid = Some(v.to_string());
+            }
             // AUTH=<> from relaying clients is informational (RFC 4954 §5).
             ("AUTH", Some(_)) => {}
             _ => return Err(CommandError::UnsupportedParam(p.to_string())),
@@ -295,13 +384,34 @@ mod tests {
             Err(CommandError::Syntax(_))
         ));
         assert!(matches!(
-            p("MAIL FROM:<x@y.example> RET=FULL"),
+            p("MAIL FROM:<x@y.example> XYZZY=1"),
             Err(CommandError::UnsupportedParam(_))
         ));
+        match p("MAIL FROM:<x@y.example> RET=hdrs ENVID=QQ+2B1").expect("dsn") {
+            Command::Mail(_, params) => {
+                assert_eq!(params.ret.as_deref(), Some("HDRS"));
+                assert_eq!(params.envid.as_deref(), Some("QQ+2B1"));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(p("MAIL FROM:<x@y.example> RET=ALL").is_err());
+        assert!(p("MAIL FROM:<x@y.example> ENVID=a=b").is_err());
+        match p("RCPT TO:<u@d.example> NOTIFY=success,failure ORCPT=rfc822;u+40d.example")
+            .expect("dsn")
+        {
+            Command::Rcpt(_, params) => {
+                assert_eq!(params.notify.as_deref(), Some("SUCCESS,FAILURE"));
+                assert_eq!(params.orcpt.as_deref(), Some("rfc822;u+40d.example"));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(p("RCPT TO:<u@d.example> NOTIFY=NEVER,SUCCESS").is_err());
+        assert!(p("RCPT TO:<u@d.example> ORCPT=nosemicolon").is_err());
+        assert!(p("RCPT TO:<u@d.example> FOO=1").is_err());
         assert!(matches!(p("RCPT TO:<>"), Err(CommandError::Syntax(_))));
         assert_eq!(
             p("RCPT TO:<Postmaster>"),
-            Ok(Command::Rcpt(Path::Postmaster, RcptParams {}))
+            Ok(Command::Rcpt(Path::Postmaster, RcptParams::default()))
         );
         assert!(matches!(
             p("RCPT TO:<@relay.example:u@d.example>"),
