@@ -68,11 +68,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let mut tasks = Vec::new();
     for (listener, implicit) in bind_all("smtp", &smtp.listen, &smtp.listen_tls).await? {
-        let kind = if implicit {
-            ListenerKind::ImplicitTls
-        } else {
-            ListenerKind::Plain
-        };
+        let kind = ListenerKind::from_implicit_tls(implicit);
         let l = Listener {
             listener,
             kind,
@@ -301,11 +297,7 @@ impl Listeners<'_> {
         });
         let mut tasks = Vec::new();
         for (listener, implicit) in bind_all("submission", &sub.listen, &sub.listen_tls).await? {
-            let kind = if implicit {
-                ListenerKind::ImplicitTls
-            } else {
-                ListenerKind::Plain
-            };
+            let kind = ListenerKind::from_implicit_tls(implicit);
             let l = Listener {
                 listener,
                 kind,
@@ -345,11 +337,7 @@ impl Listeners<'_> {
         };
         let mut tasks = Vec::new();
         for (listener, implicit) in bind_all("pop3", &pop3.listen, &pop3.listen_tls).await? {
-            let kind = if implicit {
-                ListenerKind::ImplicitTls
-            } else {
-                ListenerKind::Plain
-            };
+            let kind = ListenerKind::from_implicit_tls(implicit);
             let l = Listener {
                 listener,
                 kind,

@@ -19,6 +19,17 @@ pub enum ListenerKind {
     ImplicitTls,
 }
 
+impl ListenerKind {
+    /// The kind of a listener bound from a `listen_tls` (true) or `listen` (false) key.
+    pub fn from_implicit_tls(implicit: bool) -> Self {
+        if implicit {
+            ListenerKind::ImplicitTls
+        } else {
+            ListenerKind::Plain
+        }
+    }
+}
+
 pub struct Listener {
     pub listener: TcpListener,
     pub kind: ListenerKind,
