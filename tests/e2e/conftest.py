@@ -24,10 +24,26 @@ def mailfleet_bin() -> str:
     return str(Path(target) / "debug" / "mailfleet")
 
 
+# Ports come from below the kernel's ephemeral range (32768+ on Linux), so an outgoing
+# connection can never take a port between the moment we pick it and the moment the server
+# binds it, and each port is handed out once per test process: asking the kernel for port 0
+# and closing the socket gave the same port twice in one Server and failed CI.
+_PORT_LOW, _PORT_HIGH = 20000, 32000
+_next_port = _PORT_LOW + (os.getpid() * 7919) % (_PORT_HIGH - _PORT_LOW)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    global _next_port
+    for _ in range(_PORT_HIGH - _PORT_LOW):
+        port = _next_port
+        _next_port = _PORT_LOW + (_next_port + 1 - _PORT_LOW) % (_PORT_HIGH - _PORT_LOW)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free loopback port in 20000-32000")
 
 
 PASSWORD = "Corr3ct-Horse-Battery"

@@ -88,10 +88,23 @@ ALLOWED: dict[str, tuple[tuple[str, ...], str]] = {
 # Dovecot
 
 
+# Below the ephemeral range and below the e2e suite's range (see tests/e2e/conftest.py), each
+# port handed out once, so no other socket can take it before Dovecot binds it.
+_next_port = 15000 + os.getpid() % 4000
+
+
 def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    global _next_port
+    while _next_port < 19999:
+        port = _next_port
+        _next_port += 1
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free loopback port in 15000-19999")
 
 
 def _dovecot_version() -> tuple[int, ...]:
