@@ -78,27 +78,170 @@ impl Default for LogConfig {
     }
 }
 
+/// Where message metadata lives.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
-pub enum StorageBackend {
-    /// SQLite metadata, blobs on local disk, in-process coordination.
+pub enum MetadataBackend {
+    /// SQLite file (`storage.sqlite_path`), group commit. Several processes on one machine
+    /// may share the file.
     #[default]
-    Embedded,
+    Sqlite,
+    /// ScyllaDB (or Cassandra) cluster, `[storage.scylla]`.
+    Scylla,
+}
+
+/// Where message bodies live.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BlobBackend {
+    /// A directory under `server.data_dir`.
+    #[default]
+    Local,
+    /// An S3-compatible bucket, `[storage.s3]`.
+    S3,
+}
+
+/// How front-ends coordinate (change notifications, leases, rate-limit counters).
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CoordinationBackend {
+    /// In-process: one server process per data directory.
+    #[default]
+    Local,
+    /// Redis, `[storage.redis]`: any number of front-ends.
+    Redis,
 }
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
-    pub backend: StorageBackend,
+    pub metadata: MetadataBackend,
+    pub blobs: BlobBackend,
+    pub coordination: CoordinationBackend,
     /// Largest number of writes folded into one metadata commit (one fsync).
     pub group_commit_max: usize,
+    /// SQLite file; empty means `<server.data_dir>/metadata.sqlite3`.
+    pub sqlite_path: Option<PathBuf>,
+    pub s3: S3Config,
+    pub redis: RedisConfig,
+    pub scylla: ScyllaConfig,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
         Self {
-            backend: StorageBackend::Embedded,
+            metadata: MetadataBackend::Sqlite,
+            blobs: BlobBackend::Local,
+            coordination: CoordinationBackend::Local,
             group_commit_max: 256,
+            sqlite_path: None,
+            s3: S3Config::default(),
+            redis: RedisConfig::default(),
+            scylla: ScyllaConfig::default(),
+        }
+    }
+}
+
+impl StorageConfig {
+    /// True when every backend is shared between processes, so this process keeps nothing
+    /// on local disk that another front-end would need.
+    pub fn is_cluster(&self) -> bool {
+        self.blobs == BlobBackend::S3 && self.coordination == CoordinationBackend::Redis
+    }
+}
+
+/// An S3-compatible bucket (AWS, Garage, MinIO, Ceph RGW).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Config {
+    /// Endpoint URL, e.g. `http://127.0.0.1:3900`; empty means AWS's endpoint for `region`.
+    pub endpoint: String,
+    pub region: String,
+    pub bucket: String,
+    /// Object key prefix, so one bucket can serve several installations.
+    pub key_prefix: String,
+    /// Credentials; empty means the AWS default chain (environment, profile, IMDS, IRSA).
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    /// Path-style addressing (`endpoint/bucket/key`), which Garage, MinIO and Ceph want.
+    pub path_style: bool,
+    /// Bodies at least this large are sent with multipart upload.
+    pub multipart_threshold: u64,
+    /// Size of each multipart part (S3's minimum is 5 MiB).
+    pub part_size: u64,
+    /// Attempts per request, including the first (retries on 5xx, throttling, timeouts).
+    pub max_attempts: u32,
+    /// Deadline for one request attempt.
+    pub timeout_secs: u64,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        Self {
+            endpoint: String::new(),
+            region: "us-east-1".into(),
+            bucket: "mailfleet".into(),
+            key_prefix: "blobs/".into(),
+            access_key_id: String::new(),
+            secret_access_key: String::new(),
+            path_style: true,
+            multipart_threshold: 16 * 1024 * 1024,
+            part_size: 8 * 1024 * 1024,
+            max_attempts: 4,
+            timeout_secs: 30,
+        }
+    }
+}
+
+/// Redis for coordination.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port/db` or `rediss://` for TLS.
+    pub url: String,
+    /// Prefix of every key and channel, so one Redis can serve several installations.
+    pub key_prefix: String,
+    /// Deadline for one command; past it the operation fails as temporarily unavailable.
+    pub timeout_ms: u64,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379/0".into(),
+            key_prefix: "mailfleet:".into(),
+            timeout_ms: 2000,
+        }
+    }
+}
+
+/// ScyllaDB (or Cassandra) for metadata.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScyllaConfig {
+    /// Contact points, `host:port`.
+    pub nodes: Vec<String>,
+    pub keyspace: String,
+    /// Replication factor used when the keyspace is created (NetworkTopologyStrategy).
+    pub replication_factor: u32,
+    /// Datacenter to prefer for queries (token- and DC-aware load balancing).
+    pub local_dc: String,
+    pub username: String,
+    pub password: String,
+    /// Deadline for one statement.
+    pub timeout_ms: u64,
+}
+
+impl Default for ScyllaConfig {
+    fn default() -> Self {
+        Self {
+            nodes: Vec::new(),
+            keyspace: "mailfleet".into(),
+            replication_factor: 3,
+            local_dc: String::new(),
+            username: String::new(),
+            password: String::new(),
+            timeout_ms: 5000,
         }
     }
 }
@@ -489,6 +632,78 @@ impl Config {
         }
         if self.storage.group_commit_max < 1 {
             return err("storage.group_commit_max", "must be at least 1");
+        }
+        if self.storage.blobs == BlobBackend::S3 {
+            let s3 = &self.storage.s3;
+            if s3.bucket.trim().is_empty() {
+                return err("storage.s3.bucket", "must not be empty");
+            }
+            if s3.region.trim().is_empty() {
+                return err("storage.s3.region", "must not be empty");
+            }
+            if s3.access_key_id.is_empty() != s3.secret_access_key.is_empty() {
+                return err(
+                    "storage.s3.secret_access_key",
+                    "set both storage.s3.access_key_id and storage.s3.secret_access_key, or neither",
+                );
+            }
+            if s3.part_size < 5 * 1024 * 1024 {
+                return err(
+                    "storage.s3.part_size",
+                    "must be at least 5 MiB (S3's minimum)",
+                );
+            }
+            if s3.multipart_threshold < s3.part_size {
+                return err(
+                    "storage.s3.multipart_threshold",
+                    "must be at least storage.s3.part_size",
+                );
+            }
+            if s3.max_attempts < 1 {
+                return err("storage.s3.max_attempts", "must be at least 1");
+            }
+            if s3.timeout_secs == 0 {
+                return err("storage.s3.timeout_secs", "must be positive");
+            }
+        }
+        if self.storage.coordination == CoordinationBackend::Redis {
+            let r = &self.storage.redis;
+            if !(r.url.starts_with("redis://") || r.url.starts_with("rediss://")) {
+                return err("storage.redis.url", "must start with redis:// or rediss://");
+            }
+            if r.timeout_ms == 0 {
+                return err("storage.redis.timeout_ms", "must be positive");
+            }
+        }
+        if self.storage.metadata == MetadataBackend::Scylla {
+            let sc = &self.storage.scylla;
+            if sc.nodes.is_empty() {
+                return err("storage.scylla.nodes", "must list at least one host:port");
+            }
+            let valid_ks = !sc.keyspace.is_empty()
+                && sc.keyspace.len() <= 48
+                && sc
+                    .keyspace
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid_ks {
+                return err(
+                    "storage.scylla.keyspace",
+                    "must be 1-48 letters, digits or underscores",
+                );
+            }
+            if sc.replication_factor < 1 {
+                return err("storage.scylla.replication_factor", "must be at least 1");
+            }
+            if sc.timeout_ms == 0 {
+                return err("storage.scylla.timeout_ms", "must be positive");
+            }
+            if self.storage.coordination != CoordinationBackend::Redis {
+                return err(
+                    "storage.coordination",
+                    "must be \"redis\" with storage.metadata = \"scylla\" (UID allocation takes per-mailbox leases)",
+                );
+            }
         }
         if self.submission.max_connections < 1 {
             return err("submission.max_connections", "must be at least 1");

@@ -595,11 +595,28 @@ pub async fn coordinator(coord: &dyn Coordinator) {
         .expect("acquire")
         .is_none());
     coord.release_lease(&l2).await.expect("release");
-    assert!(coord
+    let l3 = coord
         .acquire_lease(&key, "node-c", Duration::from_secs(5))
         .await
         .expect("acquire")
-        .is_some());
+        .expect("released lease can be taken");
+    assert_eq!(l3.token, l2.token + 1, "tokens count grants of one key");
+    // Grants of other keys do not move this key's count.
+    let other_key = unique("lease:");
+    let o = coord
+        .acquire_lease(&other_key, "node-c", Duration::from_secs(5))
+        .await
+        .expect("acquire")
+        .expect("free");
+    coord.release_lease(&o).await.expect("release");
+    coord.release_lease(&l3).await.expect("release");
+    let l4 = coord
+        .acquire_lease(&key, "node-c", Duration::from_secs(5))
+        .await
+        .expect("acquire")
+        .expect("free");
+    assert_eq!(l4.token, l3.token + 1);
+    coord.release_lease(&l4).await.expect("release");
 
     let ckey = unique("ctr:");
     let w = Duration::from_secs(3600);

@@ -2,6 +2,7 @@
 
 pub mod fs;
 pub mod gc;
+pub mod s3;
 
 use crate::types::BlobId;
 use crate::StoreResult;

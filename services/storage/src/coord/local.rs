@@ -18,7 +18,8 @@ pub struct LocalCoordinator {
     channels: Mutex<HashMap<AccountId, broadcast::Sender<MailboxEvent>>>,
     leases: Mutex<HashMap<String, (String, u64, Instant)>>,
     counters: Mutex<HashMap<String, (u64, u64)>>,
-    next_token: Mutex<u64>,
+    /// Last token granted per key and when (for pruning after [`super::TOKEN_RETENTION`]).
+    tokens: Mutex<HashMap<String, (u64, Instant)>>,
 }
 
 impl LocalCoordinator {
@@ -94,9 +95,16 @@ impl Coordinator for LocalCoordinator {
             }
         }
         let token = {
-            let mut t = lock(&self.next_token);
-            *t += 1;
-            *t
+            let mut tokens = lock(&self.tokens);
+            if tokens.len() > 100_000 {
+                tokens.retain(|_, (_, at)| now.duration_since(*at) < super::TOKEN_RETENTION);
+            }
+            let entry = tokens
+                .entry(key.to_string())
+                .or_insert((super::token_base_now() - 1, now));
+            entry.0 += 1;
+            entry.1 = now;
+            entry.0
         };
         leases.insert(key.to_string(), (holder.to_string(), token, now + ttl));
         Ok(Some(Lease {

@@ -6,6 +6,7 @@
 //! - Windowed counters for rate limits and login throttling.
 
 pub mod local;
+pub mod redis;
 
 use crate::types::{AccountId, MailboxId, ModSeq};
 use crate::StoreResult;
@@ -37,8 +38,31 @@ impl MailboxEvent {
     }
 }
 
+/// How long a key's token count is kept after its last grant.
+pub const TOKEN_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Multiplier of the Unix time (seconds) that seeds a key's first token: a key's counter may
+/// take a million grants per second of its life before a recreated counter could fall below
+/// it, which no lease comes near.
+pub const TOKEN_BASE_SHIFT: u32 = 20;
+
+/// The first token of a key whose counter is (re)created now.
+pub fn token_base_now() -> u64 {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    (secs << TOKEN_BASE_SHIFT) + 1
+}
+
 /// A held lease. `token` grows with every grant of the same key (a fencing token): a store
 /// that records the token it last saw can refuse writes from a holder whose lease lapsed.
+///
+/// Tokens are counted per key: each grant of a key gets the previous grant's token plus one,
+/// so a holder that re-acquires a key and gets its own last token plus one knows that nobody
+/// held the key in between (the UID allocator in [`crate::alloc`] relies on this to skip a
+/// store round trip). A key not granted for [`TOKEN_RETENTION`] may restart its count from
+/// a time-derived base, which is still above every earlier token of that key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lease {
     pub key: String,

@@ -3,6 +3,7 @@
 //! Every write method is one transaction: it either happens completely and durably before
 //! the returned future resolves, or not at all.
 
+pub mod scylla;
 pub mod sqlite;
 
 use crate::types::*;

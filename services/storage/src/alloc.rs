@@ -1,0 +1,1 @@
+//! UID/MODSEQ range allocation (being written).

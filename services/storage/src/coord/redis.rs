@@ -1,0 +1,510 @@
+//! The Redis coordinator for cluster mode: any number of front-ends share one Redis.
+//!
+//! # Keys and channels (all under `storage.redis.key_prefix`)
+//! ```text
+//! ev:{account}          pub/sub channel of the account's MailboxEvents
+//! lease:{key}           "holder|token", with a PX expiry: the lease itself
+//! lease-seq:{key}       the key's grant counter (fencing tokens), expires after TOKEN_RETENTION
+//! cnt:{key}:{window}    a fixed-window counter, expires after two windows
+//! ```
+//!
+//! # Why Lua scripts for leases
+//! Taking a lease is "if free, count a grant and store holder|token with an expiry", and
+//! renewing or releasing is "only if the value is still mine": each is one script so no
+//! other client can interleave between the check and the write (Redis runs a script
+//! atomically). The token count per key is what lets the UID allocator notice that nobody
+//! else held a mailbox's lease since its own last grant (see [`super::Lease`]).
+//!
+//! # Pub/sub and reconnects
+//! Commands go through one multiplexed [`ConnectionManager`], which reconnects by itself.
+//! Notifications use a second manager in RESP3 mode with automatic resubscription: this
+//! node subscribes once per account that has local subscribers and fans events out through
+//! an in-process broadcast channel, so a thousand IDLE sessions of one user cost one Redis
+//! subscription. Pub/sub is fire-and-forget, so when that connection drops every local
+//! subscriber gets [`MailboxEvent::Resync`] (events may have been missed) and again once the
+//! connection is back. A heartbeat task pings that connection so it reconnects even when
+//! nothing else would touch it.
+//!
+//! # Outages
+//! Every command has a deadline (`storage.redis.timeout_ms`); a refused connection, an I/O
+//! error or a timeout becomes [`StoreError::Unavailable`], which protocols turn into a
+//! temporary failure. Nothing is cached across a failure, so service resumes as soon as
+//! Redis answers again.
+
+use super::{Coordinator, Lease, MailboxEvent, Subscription, SubscriptionStream};
+use crate::types::{AccountId, MailboxId, ModSeq};
+use crate::{StoreError, StoreResult};
+use async_trait::async_trait;
+use mailfleet_core::config::RedisConfig;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{PushInfo, PushKind, Script, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc};
+
+/// Events buffered per account before a slow local subscriber is told to resync.
+const CHANNEL_CAPACITY: usize = 256;
+/// How often the notification connection is pinged and idle subscriptions are dropped.
+const HEARTBEAT: Duration = Duration::from_millis(500);
+
+// Tokens are formatted with %d and returned as strings: Lua numbers are doubles, and the
+// default number-to-string conversion would write a large token in exponent form.
+const ACQUIRE: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+local t = redis.call('INCR', KEYS[2])
+if t == 1 then
+  redis.call('SET', KEYS[2], ARGV[3])
+  t = ARGV[3]
+else
+  t = string.format('%d', t)
+end
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+redis.call('SET', KEYS[1], ARGV[1] .. '|' .. t, 'PX', ARGV[2])
+return t
+"#;
+
+const RENEW: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"#;
+
+const RELEASE: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"#;
+
+const INCR_WINDOW: &str = r#"
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return n
+"#;
+
+type Channels = Arc<Mutex<HashMap<AccountId, broadcast::Sender<MailboxEvent>>>>;
+
+pub struct RedisCoordinator {
+    prefix: String,
+    timeout: Duration,
+    commands: ConnectionManager,
+    notify: ConnectionManager,
+    channels: Channels,
+    acquire: Script,
+    renew: Script,
+    release: Script,
+    incr: Script,
+    heartbeat: tokio::task::JoinHandle<()>,
+    dispatcher: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RedisCoordinator {
+    fn drop(&mut self) {
+        self.heartbeat.abort();
+        self.dispatcher.abort();
+    }
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("redis {what}: {e}"))
+}
+
+fn channel_name(prefix: &str, account: AccountId) -> String {
+    format!("{prefix}ev:{}", account.0)
+}
+
+/// Wire form of an event: short text, so other tools (redis-cli MONITOR) can read it.
+fn encode(event: &MailboxEvent) -> String {
+    match event {
+        MailboxEvent::Changed {
+            mailbox, modseq, ..
+        } => format!("c {} {}", mailbox.0, modseq.0),
+        MailboxEvent::MailboxesChanged { .. } => "m".into(),
+        MailboxEvent::Resync { .. } => "r".into(),
+    }
+}
+
+fn decode(account: AccountId, payload: &str) -> Option<MailboxEvent> {
+    let mut parts = payload.split(' ');
+    match parts.next()? {
+        "c" => {
+            let mailbox = parts.next()?.parse().ok()?;
+            let modseq = parts.next()?.parse().ok()?;
+            Some(MailboxEvent::Changed {
+                account,
+                mailbox: MailboxId(mailbox),
+                modseq: ModSeq(modseq),
+            })
+        }
+        "m" => Some(MailboxEvent::MailboxesChanged { account }),
+        "r" => Some(MailboxEvent::Resync { account }),
+        _ => None,
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every update of the channel map is a single insert or remove; a panic elsewhere cannot
+    // leave it half-changed.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Tells every local subscriber that events may have been lost.
+fn resync_all(channels: &Channels) {
+    for (account, tx) in lock(channels).iter() {
+        let _ = tx.send(MailboxEvent::Resync { account: *account });
+    }
+}
+
+impl RedisCoordinator {
+    /// Connects both connections; fails (naming the URL's host, never its password) when
+    /// Redis cannot be reached at start.
+    pub async fn connect(cfg: &RedisConfig) -> StoreResult<Self> {
+        let timeout = Duration::from_millis(cfg.timeout_ms);
+        let client = redis::Client::open(cfg.url.as_str())
+            .map_err(|e| StoreError::Invalid(format!("storage.redis.url: {e}")))?;
+        let base = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(2));
+        let commands = tokio::time::timeout(
+            timeout * 2,
+            ConnectionManager::new_with_config(client.clone(), base.clone()),
+        )
+        .await
+        .map_err(|_| unavailable("connect", "timed out"))?
+        .map_err(|e| unavailable("connect", e))?;
+
+        // Pub/sub pushes need RESP3 on the notification connection.
+        let info = client.get_connection_info().clone();
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(redis::ProtocolVersion::RESP3);
+        let info = info.set_redis_settings(settings);
+        let push_client = redis::Client::open(info)
+            .map_err(|e| StoreError::Invalid(format!("storage.redis.url: {e}")))?;
+        let (push_tx, push_rx) = mpsc::unbounded_channel::<PushInfo>();
+        let notify = tokio::time::timeout(
+            timeout * 2,
+            ConnectionManager::new_with_config(
+                push_client,
+                base.set_push_sender(push_tx).set_automatic_resubscription(),
+            ),
+        )
+        .await
+        .map_err(|_| unavailable("connect (pub/sub)", "timed out"))?
+        .map_err(|e| unavailable("connect (pub/sub)", e))?;
+
+        let prefix = cfg.key_prefix.clone();
+        let channels: Channels = Arc::default();
+        let dispatcher = tokio::spawn(dispatch(prefix.clone(), push_rx, channels.clone()));
+        let heartbeat = tokio::spawn(heartbeat(
+            prefix.clone(),
+            notify.clone(),
+            channels.clone(),
+            timeout,
+        ));
+        Ok(Self {
+            prefix,
+            timeout,
+            commands,
+            notify,
+            channels,
+            acquire: Script::new(ACQUIRE),
+            renew: Script::new(RENEW),
+            release: Script::new(RELEASE),
+            incr: Script::new(INCR_WINDOW),
+            heartbeat,
+            dispatcher,
+        })
+    }
+
+    /// One round trip, for readiness probes.
+    pub async fn check(&self) -> StoreResult<()> {
+        let mut con = self.commands.clone();
+        let pong: String = self
+            .bounded("PING", redis::cmd("PING").query_async(&mut con))
+            .await?;
+        if pong == "PONG" {
+            Ok(())
+        } else {
+            Err(unavailable("PING", format!("unexpected reply {pong:?}")))
+        }
+    }
+
+    async fn bounded<T>(
+        &self,
+        what: &str,
+        fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> StoreResult<T> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(unavailable(what, e)),
+            Err(_) => Err(unavailable(what, "timed out")),
+        }
+    }
+
+    fn lease_value(lease: &Lease) -> String {
+        format!("{}|{}", lease.holder, lease.token)
+    }
+}
+
+/// Routes pushed messages to local subscribers.
+async fn dispatch(prefix: String, mut rx: mpsc::UnboundedReceiver<PushInfo>, channels: Channels) {
+    let channel_prefix = format!("{prefix}ev:");
+    while let Some(push) = rx.recv().await {
+        match push.kind {
+            PushKind::Message => {
+                let (Some(Value::BulkString(ch)), Some(Value::BulkString(payload))) =
+                    (push.data.first(), push.data.get(1))
+                else {
+                    continue;
+                };
+                let ch = String::from_utf8_lossy(ch);
+                let Some(account) = ch
+                    .strip_prefix(&channel_prefix)
+                    .and_then(|a| a.parse::<i64>().ok())
+                    .map(AccountId)
+                else {
+                    continue;
+                };
+                let Some(event) = decode(account, &String::from_utf8_lossy(payload)) else {
+                    tracing::warn!(channel = %ch, "ignoring an unreadable mailbox event");
+                    continue;
+                };
+                if let Some(tx) = lock(&channels).get(&account) {
+                    let _ = tx.send(event);
+                }
+            }
+            PushKind::Disconnection => {
+                tracing::warn!("redis notification connection lost; subscribers will resync");
+                resync_all(&channels);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Keeps the notification connection alive (a ping makes the manager reconnect and
+/// resubscribe), tells subscribers to resync once it is back, and unsubscribes from
+/// accounts nobody on this node listens to any more.
+async fn heartbeat(
+    prefix: String,
+    mut con: ConnectionManager,
+    channels: Channels,
+    timeout: Duration,
+) {
+    let mut healthy = true;
+    loop {
+        tokio::time::sleep(HEARTBEAT).await;
+        let ping =
+            tokio::time::timeout(timeout, redis::cmd("PING").query_async::<Value>(&mut con)).await;
+        match ping {
+            Ok(Ok(_)) => {
+                if !healthy {
+                    tracing::info!("redis notification connection restored");
+                    resync_all(&channels);
+                }
+                healthy = true;
+            }
+            _ => healthy = false,
+        }
+        let idle: Vec<AccountId> = {
+            let mut map = lock(&channels);
+            let idle: Vec<AccountId> = map
+                .iter()
+                .filter(|(_, tx)| tx.receiver_count() == 0)
+                .map(|(a, _)| *a)
+                .collect();
+            for a in &idle {
+                map.remove(a);
+            }
+            idle
+        };
+        if !idle.is_empty() && healthy {
+            let names: Vec<String> = idle.iter().map(|a| channel_name(&prefix, *a)).collect();
+            let _ = tokio::time::timeout(timeout, con.unsubscribe(names)).await;
+        }
+    }
+}
+
+struct RedisSubscription {
+    account: AccountId,
+    rx: broadcast::Receiver<MailboxEvent>,
+}
+
+#[async_trait]
+impl SubscriptionStream for RedisSubscription {
+    async fn next(&mut self) -> Option<MailboxEvent> {
+        match self.rx.recv().await {
+            Ok(e) => Some(e),
+            Err(broadcast::error::RecvError::Lagged(_)) => Some(MailboxEvent::Resync {
+                account: self.account,
+            }),
+            Err(broadcast::error::RecvError::Closed) => None,
+        }
+    }
+}
+
+#[async_trait]
+impl Coordinator for RedisCoordinator {
+    async fn publish(&self, event: MailboxEvent) -> StoreResult<()> {
+        let mut con = self.commands.clone();
+        let channel = channel_name(&self.prefix, event.account());
+        self.bounded(
+            "PUBLISH",
+            redis::cmd("PUBLISH")
+                .arg(channel)
+                .arg(encode(&event))
+                .query_async::<i64>(&mut con),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn subscribe(&self, account: AccountId) -> StoreResult<Subscription> {
+        let (rx, new) = {
+            let mut map = lock(&self.channels);
+            match map.get(&account) {
+                Some(tx) => (tx.subscribe(), false),
+                None => {
+                    let (tx, rx) = broadcast::channel(CHANNEL_CAPACITY);
+                    map.insert(account, tx);
+                    (rx, true)
+                }
+            }
+        };
+        if new {
+            let mut con = self.notify.clone();
+            let subscribed = self
+                .bounded(
+                    "SUBSCRIBE",
+                    con.subscribe(channel_name(&self.prefix, account)),
+                )
+                .await;
+            if let Err(e) = subscribed {
+                lock(&self.channels).remove(&account);
+                return Err(e);
+            }
+        }
+        Ok(Subscription(Box::new(RedisSubscription { account, rx })))
+    }
+
+    async fn acquire_lease(
+        &self,
+        key: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> StoreResult<Option<Lease>> {
+        if holder.contains('|') {
+            return Err(StoreError::Invalid(format!(
+                "lease holder {holder:?} contains '|'"
+            )));
+        }
+        let mut con = self.commands.clone();
+        let mut call = self.acquire.prepare_invoke();
+        call.key(format!("{}lease:{key}", self.prefix))
+            .key(format!("{}lease-seq:{key}", self.prefix))
+            .arg(holder)
+            .arg(ttl.as_millis().max(1) as u64)
+            .arg(super::token_base_now())
+            .arg(super::TOKEN_RETENTION.as_millis() as u64);
+        let token: Option<String> = self
+            .bounded("lease acquire", call.invoke_async(&mut con))
+            .await?;
+        let token = token
+            .map(|t| {
+                t.parse::<u64>()
+                    .map_err(|_| StoreError::Corrupt(format!("lease token {t:?} for {key}")))
+            })
+            .transpose()?;
+        Ok(token.map(|token| Lease {
+            key: key.to_string(),
+            holder: holder.to_string(),
+            token,
+        }))
+    }
+
+    async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> StoreResult<bool> {
+        let mut con = self.commands.clone();
+        let mut call = self.renew.prepare_invoke();
+        call.key(format!("{}lease:{}", self.prefix, lease.key))
+            .arg(Self::lease_value(lease))
+            .arg(ttl.as_millis().max(1) as u64);
+        let renewed: i64 = self
+            .bounded("lease renew", call.invoke_async(&mut con))
+            .await?;
+        Ok(renewed == 1)
+    }
+
+    async fn release_lease(&self, lease: &Lease) -> StoreResult<()> {
+        let mut con = self.commands.clone();
+        let mut call = self.release.prepare_invoke();
+        call.key(format!("{}lease:{}", self.prefix, lease.key))
+            .arg(Self::lease_value(lease));
+        let _: i64 = self
+            .bounded("lease release", call.invoke_async(&mut con))
+            .await?;
+        Ok(())
+    }
+
+    async fn incr_counter(&self, key: &str, window: Duration) -> StoreResult<u64> {
+        let w = window.as_millis().max(1) as u64;
+        let index = now_millis() / w;
+        let mut con = self.commands.clone();
+        let mut call = self.incr.prepare_invoke();
+        call.key(format!("{}cnt:{key}:{index}", self.prefix))
+            .arg(w * 2);
+        self.bounded("counter", call.invoke_async(&mut con)).await
+    }
+
+    async fn get_counter(&self, key: &str, window: Duration) -> StoreResult<u64> {
+        let w = window.as_millis().max(1) as u64;
+        let index = now_millis() / w;
+        let mut con = self.commands.clone();
+        let n: Option<u64> = self
+            .bounded(
+                "counter",
+                redis::cmd("GET")
+                    .arg(format!("{}cnt:{key}:{index}", self.prefix))
+                    .query_async(&mut con),
+            )
+            .await?;
+        Ok(n.unwrap_or(0))
+    }
+}
+
+/// Windows are cut by this node's clock: nodes a second apart may count a burst at a window
+/// edge in two windows, which a rate limit tolerates.
+fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_round_trip() {
+        let a = AccountId(9);
+        for e in [
+            MailboxEvent::Changed {
+                account: a,
+                mailbox: MailboxId(3),
+                modseq: ModSeq(77),
+            },
+            MailboxEvent::MailboxesChanged { account: a },
+            MailboxEvent::Resync { account: a },
+        ] {
+            assert_eq!(decode(a, &encode(&e)), Some(e));
+        }
+        assert_eq!(decode(a, "c x 1"), None);
+        assert_eq!(decode(a, "zzz"), None);
+    }
+}

@@ -1,0 +1,1 @@
+//! ScyllaDB MetadataStore (being written).
