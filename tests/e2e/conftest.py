@@ -62,6 +62,7 @@ class Server:
         self.pop3s_port = free_port()
         self.submission_port = free_port()
         self.submissions_port = free_port()
+        self.http_port = free_port()
         self.env = dict(os.environ)
         self.env.update(
             {
@@ -76,6 +77,7 @@ class Server:
                 "MAILFLEET_POP3__LISTEN_TLS": f'["127.0.0.1:{self.pop3s_port}"]',
                 "MAILFLEET_SUBMISSION__LISTEN": f'["127.0.0.1:{self.submission_port}"]',
                 "MAILFLEET_SUBMISSION__LISTEN_TLS": f'["127.0.0.1:{self.submissions_port}"]',
+                "MAILFLEET_HTTP__LISTEN": f'["127.0.0.1:{self.http_port}"]',
                 "MAILFLEET_LOG__FORMAT": "json",
                 # Queued mail stays put unless a test turns delivery on (extra_env) and
                 # routes its remote domains to a local peer.

@@ -30,6 +30,26 @@ pub struct Config {
     pub imap: ImapConfig,
     pub auth: AuthConfig,
     pub delivery: DeliveryConfig,
+    pub http: HttpConfig,
+}
+
+/// The HTTP listener: health probes now; JMAP, webmail and metrics share it later.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Plain-HTTP addresses (probes are scraped inside the cluster network).
+    pub listen: Vec<SocketAddr>,
+    /// Deadline for each backend check of `/readyz`.
+    pub readiness_timeout_ms: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: vec!["127.0.0.1:8080".parse().expect("literal address")],
+            readiness_timeout_ms: 2000,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -285,6 +305,10 @@ pub struct SmtpConfig {
     pub max_errors: u32,
     /// Most transactions (messages) per connection.
     pub max_messages_per_session: u32,
+    /// Most transactions per minute from one client address (an IPv6 client counts by its
+    /// /64), across every front-end: the count lives in the coordinator. Past it, MAIL
+    /// answers `450 4.7.1`. 0 turns the limit off (and with it the coordinator round trip).
+    pub max_messages_per_ip_per_minute: u32,
     /// Most simultaneous connections per SMTP listener.
     pub max_connections: usize,
     /// Seconds to wait for a command (RFC 5321 §4.5.3.2.7: at least 5 minutes).
@@ -305,6 +329,7 @@ impl Default for SmtpConfig {
             max_line_length: 4096,
             max_errors: 10,
             max_messages_per_session: 100,
+            max_messages_per_ip_per_minute: 600,
             max_connections: 2000,
             command_timeout_secs: 300,
             data_timeout_secs: 180,
@@ -629,6 +654,9 @@ impl Config {
         }
         if self.imap.idle_recheck_secs == 0 {
             return err("imap.idle_recheck_secs", "must be positive");
+        }
+        if self.http.readiness_timeout_ms == 0 {
+            return err("http.readiness_timeout_ms", "must be positive");
         }
         if self.storage.group_commit_max < 1 {
             return err("storage.group_commit_max", "must be at least 1");

@@ -93,8 +93,8 @@ pub enum MessageCmd {
     },
 }
 
-pub(crate) fn open(config: &Config) -> anyhow::Result<Stores> {
-    crate::serve::open_stores(config)
+pub(crate) async fn open(config: &Config) -> anyhow::Result<Stores> {
+    crate::serve::open_stores(config).await
 }
 
 /// Turns store errors into messages an administrator can act on.
@@ -159,7 +159,7 @@ pub(crate) fn parse_address(s: &str) -> anyhow::Result<Address> {
 }
 
 pub async fn domain(config: &Config, cmd: DomainCmd, json_out: bool) -> anyhow::Result<()> {
-    let stores = open(config)?;
+    let stores = open(config).await?;
     match cmd {
         DomainCmd::Add { name } => {
             let name = mailfleet_core::address::normalize_domain(&name)
@@ -195,7 +195,7 @@ pub async fn domain(config: &Config, cmd: DomainCmd, json_out: bool) -> anyhow::
 }
 
 pub async fn user(config: &Config, cmd: UserCmd, json_out: bool) -> anyhow::Result<()> {
-    let stores = open(config)?;
+    let stores = open(config).await?;
     match cmd {
         UserCmd::Add {
             address,
@@ -289,7 +289,7 @@ pub async fn user(config: &Config, cmd: UserCmd, json_out: bool) -> anyhow::Resu
 }
 
 pub async fn alias(config: &Config, cmd: AliasCmd, json_out: bool) -> anyhow::Result<()> {
-    let stores = open(config)?;
+    let stores = open(config).await?;
     match cmd {
         AliasCmd::Add { source, target } => {
             let source_key = match source.strip_prefix('@') {
@@ -355,7 +355,7 @@ pub(crate) async fn account_id(
 }
 
 pub async fn mailbox(config: &Config, cmd: MailboxCmd, json_out: bool) -> anyhow::Result<()> {
-    let stores = open(config)?;
+    let stores = open(config).await?;
     match cmd {
         MailboxCmd::List { address } => {
             let id = account_id(&stores, &address).await?;
@@ -388,7 +388,7 @@ pub async fn mailbox(config: &Config, cmd: MailboxCmd, json_out: bool) -> anyhow
 }
 
 pub async fn message(config: &Config, cmd: MessageCmd, json_out: bool) -> anyhow::Result<()> {
-    let stores = open(config)?;
+    let stores = open(config).await?;
     match cmd {
         MessageCmd::List { address, mailbox } => {
             let id = account_id(&stores, &address).await?;

@@ -91,7 +91,7 @@ pub fn counts_line<'a>(entries: impl IntoIterator<Item = &'a OutboundMessage>) -
 }
 
 pub async fn queue_show(config: &Config, id: i64, json_out: bool) -> anyhow::Result<()> {
-    let stores = open(config)?;
+    let stores = open(config).await?;
     let Some(m) = stores.meta.get_outbound(QueueId(id)).await? else {
         bail!("queue entry {id} not found");
     };
@@ -135,7 +135,7 @@ pub async fn queue_show(config: &Config, id: i64, json_out: bool) -> anyhow::Res
 }
 
 pub async fn queue_retry(config: &Config, id: i64) -> anyhow::Result<()> {
-    let stores = open(config)?;
+    let stores = open(config).await?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -150,7 +150,7 @@ pub async fn queue_retry(config: &Config, id: i64) -> anyhow::Result<()> {
 }
 
 pub async fn queue_delete(config: &Config, id: i64) -> anyhow::Result<()> {
-    let stores = open(config)?;
+    let stores = open(config).await?;
     let blobs = stores
         .meta
         .delete_outbound(QueueId(id))

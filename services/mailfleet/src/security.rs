@@ -83,7 +83,7 @@ pub async fn app_password(
     cmd: AppPasswordCmd,
     json_out: bool,
 ) -> anyhow::Result<()> {
-    let stores = open(config)?;
+    let stores = open(config).await?;
     match cmd {
         AppPasswordCmd::Add { address, name } => {
             let id = account_id(&stores, &address).await?;
@@ -141,7 +141,7 @@ pub async fn app_password(
 }
 
 pub async fn totp_cmd(config: &Config, cmd: TotpCmd, json_out: bool) -> anyhow::Result<()> {
-    let stores = open(config)?;
+    let stores = open(config).await?;
     let issuer = config.server.hostname.as_str();
     let print = |address: &str, secret: &[u8]| {
         let uri = totp::otpauth_uri(issuer, address, secret);
@@ -217,7 +217,7 @@ pub async fn totp_cmd(config: &Config, cmd: TotpCmd, json_out: bool) -> anyhow::
 }
 
 pub async fn send_as(config: &Config, cmd: SendAsCmd, json_out: bool) -> anyhow::Result<()> {
-    let stores = open(config)?;
+    let stores = open(config).await?;
     let grant_key = |s: &str| -> anyhow::Result<String> {
         match s.strip_prefix('@') {
             Some(domain) => Ok(format!(
@@ -268,7 +268,7 @@ pub async fn send_as(config: &Config, cmd: SendAsCmd, json_out: bool) -> anyhow:
 }
 
 pub async fn queue(config: &Config, cmd: QueueCmd, json_out: bool) -> anyhow::Result<()> {
-    let stores = open(config)?;
+    let stores = open(config).await?;
     match cmd {
         QueueCmd::List => {
             let mut after = QueueId(0);

@@ -1,7 +1,7 @@
 //! `mailfleet serve`: open the stores, set up TLS, bind every listener, run until a signal.
 
 use anyhow::Context;
-use mailfleet_core::config::{Config, StorageBackend};
+use mailfleet_core::config::Config;
 use mailfleet_core::shutdown::ShutdownController;
 use mailfleet_core::tls::{self, CertSource, ReloadingResolver};
 use mailfleet_smtp::inbound::{ConnLimits, Listener, ListenerKind, SessionConfig};
@@ -14,23 +14,23 @@ use std::time::Duration;
 const BLOB_GC_EVERY: Duration = Duration::from_secs(3600);
 const BLOB_GC_GRACE_SECS: i64 = 24 * 3600;
 
-pub fn open_stores(config: &Config) -> anyhow::Result<Stores> {
-    match config.storage.backend {
-        StorageBackend::Embedded => mailfleet_storage::embedded::open(
-            &config.server.data_dir,
-            config.storage.group_commit_max,
-        )
+pub async fn open_stores(config: &Config) -> anyhow::Result<Stores> {
+    let s = &config.storage;
+    mailfleet_storage::open::open(s, &config.server.data_dir)
+        .await
         .with_context(|| {
             format!(
-                "opening the embedded store in {} (configuration key `server.data_dir`)",
+                "opening storage (metadata: {:?}, blobs: {:?}, coordination: {:?}; data dir {})",
+                s.metadata,
+                s.blobs,
+                s.coordination,
                 config.server.data_dir.display()
             )
-        }),
-    }
+        })
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let stores = open_stores(&config)?;
+    let stores = open_stores(&config).await?;
     let (controller, shutdown) = ShutdownController::new();
 
     let cert = CertSource::resolve(
@@ -54,6 +54,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         max_recipients: smtp.max_recipients,
         max_errors: smtp.max_errors,
         max_messages: smtp.max_messages_per_session,
+        max_messages_per_ip_per_minute: smtp.max_messages_per_ip_per_minute,
         starttls: smtp.starttls,
     });
     let limits = ConnLimits {
@@ -118,6 +119,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let worker = mailfleet_delivery::Worker::new(stores.clone(), settings)
             .context("outbound delivery (configuration section `[delivery]`)")?;
         tasks.push(tokio::spawn(worker.run(shutdown.clone())));
+    }
+
+    let probes = mailfleet_http::router(
+        stores.clone(),
+        Duration::from_millis(config.http.readiness_timeout_ms),
+    );
+    for (listener, _) in bind_all("http", &config.http.listen, &[]).await? {
+        tasks.push(tokio::spawn(mailfleet_http::serve(
+            listener,
+            probes.clone(),
+            shutdown.clone(),
+        )));
     }
 
     tokio::spawn(blob_gc(stores.clone(), shutdown.clone()));

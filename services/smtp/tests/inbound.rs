@@ -48,6 +48,7 @@ impl Harness {
             max_recipients: 100,
             max_errors: 10,
             max_messages: 100,
+            max_messages_per_ip_per_minute: 0,
             starttls: false,
         };
         let mut limits = ConnLimits {
@@ -635,4 +636,23 @@ async fn mail_loop_is_refused() {
     msg.extend_from_slice(b"Subject: loop\r\n\r\nx\r\n.\r\n");
     c.send(&msg).await;
     assert!(c.line().await.starts_with("554 5.4.6"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_client_transaction_rate_is_limited_across_connections() {
+    let h = Harness::with(|cfg, _| cfg.max_messages_per_ip_per_minute = 3).await;
+    // Two connections from the same address share one count.
+    let (mut a, _ta) = greet(&h).await;
+    let (mut b, _tb) = greet(&h).await;
+    for i in 0..3 {
+        let c = if i == 1 { &mut b } else { &mut a };
+        assert!(c.cmd("MAIL FROM:<x@sender.test>").await.starts_with("250"));
+        assert!(c.cmd("RSET").await.starts_with("250"));
+    }
+    let refused = b.cmd("MAIL FROM:<x@sender.test>").await;
+    assert!(refused.starts_with("450 4.7.1"), "{refused}");
+    assert!(refused.contains("192.0.2.7"), "{refused}");
+    // The session survives and other commands still work.
+    assert!(b.cmd("NOOP").await.starts_with("250"));
+    assert!(b.cmd("QUIT").await.starts_with("221"));
 }

@@ -105,6 +105,7 @@ impl Harness {
             max_recipients: 100,
             max_errors: 20,
             max_messages: 100,
+            max_messages_per_ip_per_minute: 0,
             starttls: false,
         });
         let mut session = Session::new(

@@ -27,7 +27,7 @@ pub mod credentials;
 pub mod embedded;
 pub mod error;
 pub mod metadata;
-// pub mod open; (enabled once the S3 and Scylla backends land)
+pub mod open;
 pub mod queue;
 pub mod types;
 

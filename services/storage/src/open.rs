@@ -6,7 +6,6 @@ use crate::blob::fs::FsBlobStore;
 use crate::blob::s3::S3BlobStore;
 use crate::coord::local::LocalCoordinator;
 use crate::coord::redis::RedisCoordinator;
-use crate::metadata::scylla::ScyllaMetadataStore;
 use crate::metadata::sqlite::SqliteMetadataStore;
 use crate::{BlobStore, Coordinator, MetadataStore, StoreError, StoreResult, Stores};
 use mailfleet_core::config::{BlobBackend, CoordinationBackend, MetadataBackend, StorageConfig};
@@ -51,11 +50,11 @@ pub async fn open(cfg: &StorageConfig, data_dir: &Path) -> StoreResult<Stores> {
                     .map_err(|e| StoreError::Unavailable(format!("opening SQLite: {e}")))??,
             )
         }
-        MetadataBackend::Scylla => Arc::new(
-            ScyllaMetadataStore::connect(&cfg.scylla, coord.clone())
-                .await
-                .map_err(|e| context("storage.scylla", e))?,
-        ),
+        MetadataBackend::Scylla => {
+            // TEMPORARY-SCYLLA: replaced when the ScyllaDB backend lands.
+            let _ = &cfg.scylla;
+            return Err(StoreError::Invalid("scylla: not built yet".into()));
+        }
     };
     Ok(Stores { blobs, meta, coord })
 }

@@ -30,6 +30,9 @@ pub struct SessionConfig {
     pub max_recipients: usize,
     pub max_errors: u32,
     pub max_messages: u32,
+    /// Transactions per minute per client address on inbound (not submission) sessions;
+    /// 0 = no limit.
+    pub max_messages_per_ip_per_minute: u32,
     /// Whether STARTTLS can be offered (a certificate is configured).
     pub starttls: bool,
 }
@@ -435,6 +438,26 @@ impl Session {
                 "4.7.0",
                 "Too many messages in one session, try again",
             ));
+        }
+        let ip_limit = self.cfg.max_messages_per_ip_per_minute;
+        if self.submission.is_none() && ip_limit > 0 {
+            // Counted in the coordinator, so the limit holds across front-ends. When the
+            // coordinator cannot count, the sender is asked to come back rather than let
+            // through unmetered.
+            match self.pipeline.count_client_transaction(self.remote_ip).await {
+                Ok(n) if n > u64::from(ip_limit) => {
+                    return Response::one(Reply::new(
+                        450,
+                        "4.7.1",
+                        format!("Too many messages from {}, try again later", self.remote_ip),
+                    ))
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "client rate count failed");
+                    return Response::one(Reply::temp_failure());
+                }
+            }
         }
         if let Some(sub) = &self.submission {
             let Some(account) = sub.account.clone() else {

@@ -100,6 +100,25 @@ impl Pipeline {
         &self.hostname
     }
 
+    /// Counts one transaction from `ip` in the current minute and returns the count. IPv6
+    /// clients count by /64, since one host commonly holds a whole /64.
+    pub async fn count_client_transaction(
+        &self,
+        ip: std::net::IpAddr,
+    ) -> mailfleet_storage::StoreResult<u64> {
+        let key = match ip {
+            std::net::IpAddr::V4(v4) => format!("smtp-ip:{v4}"),
+            std::net::IpAddr::V6(v6) => {
+                let s = v6.segments();
+                format!("smtp-ip:{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        };
+        self.stores
+            .coord
+            .incr_counter(&key, std::time::Duration::from_secs(60))
+            .await
+    }
+
     /// Decides a RCPT for an unauthenticated client: local recipients only.
     pub async fn check_recipient(
         &self,

@@ -134,7 +134,9 @@ impl BlobStore for FsBlobStore {
 
     async fn exists(&self, id: &BlobId) -> StoreResult<bool> {
         let path = self.path_of(id);
-        blocking(move || Ok(path.exists())).await
+        // try_exists, not exists: a missing blob is `false`, but an unreadable directory is
+        // an error the caller (and the readiness probe) must see.
+        blocking(move || Ok(path.try_exists()?)).await
     }
 
     async fn delete(&self, id: &BlobId) -> StoreResult<()> {
