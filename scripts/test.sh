@@ -22,12 +22,18 @@ command -v mbsync >/dev/null 2>&1 || missing+=(isync)
 # Postfix's smtp-sink is the remote peer of the outbound delivery tests (tests/e2e).
 [ -x /usr/sbin/smtp-sink ] || missing+=(postfix)
 command -v cc >/dev/null 2>&1 || missing+=(gcc)
+# Redis is the cluster coordinator (services/storage/tests/conformance_redis.rs, tests/e2e).
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 if [ "${#missing[@]}" -gt 0 ]; then
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 python3 -m pip install -q --disable-pip-version-check -r tests/e2e/requirements.txt
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
+# Garage, a real S3 server, for the S3 blob store and cluster tests: built once, cached
+# outside the clone (the first build takes a while).
+MAILFLEET_GARAGE_BIN="$(scripts/install-garage.sh)"
+export MAILFLEET_GARAGE_BIN
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
