@@ -1015,4 +1015,67 @@ mod tests {
             assert!(e.to_string().contains(key), "{var}: {e}");
         }
     }
+
+    #[test]
+    fn storage_backends_are_chosen_per_trait_and_checked() {
+        let c = Config::load(None, vec![]).expect("defaults");
+        assert_eq!(c.storage.metadata, MetadataBackend::Sqlite);
+        assert_eq!(c.storage.blobs, BlobBackend::Local);
+        assert_eq!(c.storage.coordination, CoordinationBackend::Local);
+        assert!(!c.storage.is_cluster());
+        let c = Config::load(
+            None,
+            env(&[
+                ("MAILFLEET_STORAGE__BLOBS", "s3"),
+                ("MAILFLEET_STORAGE__S3__ENDPOINT", "http://127.0.0.1:3900"),
+                ("MAILFLEET_STORAGE__S3__REGION", "garage"),
+                ("MAILFLEET_STORAGE__COORDINATION", "redis"),
+                ("MAILFLEET_STORAGE__REDIS__URL", "redis://10.0.0.9:6379/2"),
+                ("MAILFLEET_HTTP__LISTEN", "[\"0.0.0.0:9090\"]"),
+            ]),
+        )
+        .expect("cluster config");
+        assert!(c.storage.is_cluster());
+        assert_eq!(c.storage.s3.region, "garage");
+        assert_eq!(c.storage.redis.url, "redis://10.0.0.9:6379/2");
+        assert_eq!(c.http.listen[0].port(), 9090);
+        for (vars, key) in [
+            (
+                vec![("MAILFLEET_STORAGE__METADATA", "scylla")],
+                "storage.scylla.nodes",
+            ),
+            (
+                vec![
+                    ("MAILFLEET_STORAGE__METADATA", "scylla"),
+                    ("MAILFLEET_STORAGE__SCYLLA__NODES", "[\"10.0.0.1:9042\"]"),
+                ],
+                "storage.coordination",
+            ),
+            (
+                vec![
+                    ("MAILFLEET_STORAGE__BLOBS", "s3"),
+                    ("MAILFLEET_STORAGE__S3__ACCESS_KEY_ID", "GK1"),
+                ],
+                "storage.s3.secret_access_key",
+            ),
+            (
+                vec![
+                    ("MAILFLEET_STORAGE__BLOBS", "s3"),
+                    ("MAILFLEET_STORAGE__S3__PART_SIZE", "1024"),
+                ],
+                "storage.s3.part_size",
+            ),
+            (
+                vec![
+                    ("MAILFLEET_STORAGE__COORDINATION", "redis"),
+                    ("MAILFLEET_STORAGE__REDIS__URL", "http://x"),
+                ],
+                "storage.redis.url",
+            ),
+            (vec![("MAILFLEET_STORAGE__BLOBS", "ftp")], "storage.blobs"),
+        ] {
+            let e = Config::load(None, env(&vars)).expect_err(key);
+            assert!(e.to_string().contains(key), "{key}: {e}");
+        }
+    }
 }
