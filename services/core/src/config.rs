@@ -525,6 +525,12 @@ pub struct DeliveryConfig {
     /// Whether outbound mail is DKIM-signed for sender domains that have keys
     /// (`mailfleet dkim generate`).
     pub dkim_sign: bool,
+    /// Most deliveries this node runs at once to one recipient domain (Postfix's
+    /// `default_destination_concurrency_limit` is 20). Entries past it wait for the next poll.
+    pub max_per_destination: usize,
+    /// Most delivery attempts per minute to one recipient domain across the cluster
+    /// (counted in the coordinator); 0 = no limit. Entries past it wait for the next poll.
+    pub max_per_destination_per_minute: u32,
 }
 
 impl Default for DeliveryConfig {
@@ -544,6 +550,8 @@ impl Default for DeliveryConfig {
             smarthost: None,
             routes: std::collections::BTreeMap::new(),
             dkim_sign: true,
+            max_per_destination: 20,
+            max_per_destination_per_minute: 0,
         }
     }
 }
@@ -657,6 +665,9 @@ impl Config {
         }
         if self.http.readiness_timeout_ms == 0 {
             return err("http.readiness_timeout_ms", "must be positive");
+        }
+        if self.delivery.max_per_destination < 1 {
+            return err("delivery.max_per_destination", "must be at least 1");
         }
         if self.storage.group_commit_max < 1 {
             return err("storage.group_commit_max", "must be at least 1");

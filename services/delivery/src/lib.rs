@@ -50,6 +50,8 @@ pub struct Settings {
     pub smarthost: Option<String>,
     pub routes: BTreeMap<String, String>,
     pub dkim_sign: bool,
+    pub max_per_destination: usize,
+    pub max_per_destination_per_minute: u32,
     /// How long a shutdown waits for deliveries in flight; the rest are dropped and, their
     /// leases lapsing, retried later.
     pub shutdown_grace: Duration,
@@ -74,6 +76,8 @@ impl Settings {
             smarthost: d.smarthost.clone(),
             routes: d.routes.clone(),
             dkim_sign: d.dkim_sign,
+            max_per_destination: d.max_per_destination,
+            max_per_destination_per_minute: d.max_per_destination_per_minute,
             shutdown_grace: Duration::from_secs(config.server.shutdown_grace_secs),
         }
     }

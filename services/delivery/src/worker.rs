@@ -30,7 +30,7 @@ use mailfleet_storage::{
     Lease, NewOutbound, NewOutboundRecipient, OutboundMessage, QueueId, RecipientState,
     RecipientUpdate, Stores,
 };
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -60,6 +60,9 @@ struct Inner {
     /// Entries this node is delivering now: not leased again while in flight.
     in_flight: Mutex<HashSet<QueueId>>,
     slots: Arc<tokio::sync::Semaphore>,
+    /// Deliveries in progress per recipient domain (`max_per_destination`); entries for
+    /// domains with no permit left are dropped from the map when idle.
+    destinations: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
 }
 
 /// What one attempt decided for one recipient.
@@ -106,6 +109,7 @@ impl Worker {
                 client,
                 holder,
                 in_flight: Mutex::new(HashSet::new()),
+                destinations: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -203,6 +207,29 @@ impl Worker {
             });
         }
         Ok(started)
+    }
+
+    /// A permit for one more delivery to `domain` on this node, if it has one left.
+    fn destination_slot(&self, domain: &str) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let mut map = self
+            .inner
+            .destinations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if map.len() > 10_000 {
+            // Forget idle domains (every permit back) so the map stays bounded.
+            let max = self.inner.settings.max_per_destination;
+            map.retain(|_, s| s.available_permits() < max);
+        }
+        map.entry(domain.to_string())
+            .or_insert_with(|| {
+                Arc::new(tokio::sync::Semaphore::new(
+                    self.inner.settings.max_per_destination,
+                ))
+            })
+            .clone()
+            .try_acquire_owned()
+            .ok()
     }
 
     fn done(&self, id: QueueId) {
@@ -362,6 +389,33 @@ impl Worker {
                 })
                 .collect()
         };
+        // Per-destination limits: a domain at its limit is skipped this round. Its
+        // recipients get no outcome, so they stay queued and due, untouched, for the next
+        // poll: no attempt is counted and no backoff grows.
+        let Some(_slot) = self.destination_slot(domain) else {
+            tracing::debug!(domain, "destination concurrency limit reached; waiting");
+            return Vec::new();
+        };
+        let per_minute = self.inner.settings.max_per_destination_per_minute;
+        if per_minute > 0 {
+            match self
+                .inner
+                .stores
+                .coord
+                .incr_counter(&format!("dest-rate:{domain}"), Duration::from_secs(60))
+                .await
+            {
+                Ok(n) if n > u64::from(per_minute) => {
+                    tracing::debug!(domain, "destination rate limit reached; waiting");
+                    return Vec::new();
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(domain, error = %e, "destination rate count failed; waiting");
+                    return Vec::new();
+                }
+            }
+        }
         let hops = match self.inner.router.route(domain).await {
             Ok(Route::Hosts(h)) => h,
             Ok(Route::Refused(why)) => {

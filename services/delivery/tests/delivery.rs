@@ -126,6 +126,8 @@ async fn fixture(port: u16) -> Fixture {
         smarthost: None,
         routes,
         dkim_sign: true,
+        max_per_destination: 20,
+        max_per_destination_per_minute: 0,
         shutdown_grace: Duration::from_secs(5),
     };
     Fixture {
@@ -358,4 +360,49 @@ async fn temporary_failure_after_lifetime_bounces() {
     let text = String::from_utf8_lossy(&dsn);
     assert!(text.contains("Status: 4.3.0"), "{text}");
     assert!(text.contains("gave up"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destination_rate_limit_leaves_the_rest_queued_untouched() {
+    let (port, sink) = start_sink(Mode::Accept).await;
+    let mut f = fixture(port).await;
+    f.settings.max_per_destination_per_minute = 2;
+    let ids = [
+        enqueue(&f.stores).await,
+        enqueue(&f.stores).await,
+        enqueue(&f.stores).await,
+    ];
+    let worker = Worker::new(f.stores.clone(), f.settings.clone()).expect("worker");
+    for id in ids {
+        worker.deliver(id).await.expect("attempt");
+    }
+    assert_eq!(sink.messages.lock().expect("lock").len(), 2);
+    assert!(f
+        .stores
+        .meta
+        .get_outbound(ids[0])
+        .await
+        .expect("get")
+        .is_none());
+    assert!(f
+        .stores
+        .meta
+        .get_outbound(ids[1])
+        .await
+        .expect("get")
+        .is_none());
+    let waiting = f
+        .stores
+        .meta
+        .get_outbound(ids[2])
+        .await
+        .expect("get")
+        .expect("still queued");
+    let r = &waiting.recipients[0];
+    assert_eq!(r.state, RecipientState::Queued);
+    assert_eq!(
+        r.attempts, 0,
+        "a rate-limited entry is not charged an attempt"
+    );
+    assert!(r.last_error.is_none());
 }
