@@ -182,7 +182,7 @@ admin_token = "{secrets.token_hex(32)}"
 
     def _provision(self):
         node = self._cli("node", "id", "-q").stdout.strip().split("@")[0]
-        self._cli("layout", "assign", "-z", "dc1", "-c", "1G", node)
+        self._cli("layout", "assign", "-z", "dc1", "-c", "1GB", node)
         self._cli("layout", "apply", "--version", "1")
         self._cli(
             "key", "import", "--yes", "-n", "mailfleet-test",

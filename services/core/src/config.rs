@@ -531,6 +531,10 @@ pub struct DeliveryConfig {
     /// Most delivery attempts per minute to one recipient domain across the cluster
     /// (counted in the coordinator); 0 = no limit. Entries past it wait for the next poll.
     pub max_per_destination_per_minute: u32,
+    /// Seconds an idle connection to a remote host is kept for the next message to that
+    /// host (Postfix's `smtp_connection_cache_time_limit` is 2); 0 = one connection per
+    /// message.
+    pub connection_reuse_secs: u64,
 }
 
 impl Default for DeliveryConfig {
@@ -552,6 +556,7 @@ impl Default for DeliveryConfig {
             dkim_sign: true,
             max_per_destination: 20,
             max_per_destination_per_minute: 0,
+            connection_reuse_secs: 5,
         }
     }
 }

@@ -3,16 +3,35 @@
 //! `mail-send` (Stalwart's, on `smtp-proto`'s reply parser, which caps a reply at 4 KiB)
 //! does the wire work: reading replies, EHLO parsing, STARTTLS, dot-stuffing. This module
 //! adds what a relaying MTA needs and a submission library does not: a result per
-//! recipient, pipelined MAIL/RCPT (RFC 2920), SIZE, 8BITMIME and SMTPUTF8 negotiation, and
-//! opportunistic TLS with a plain-text fallback.
+//! recipient, pipelined MAIL/RCPT (RFC 2920), SIZE, 8BITMIME and SMTPUTF8 negotiation,
+//! opportunistic TLS with a plain-text fallback, and connection reuse.
+//!
+//! # Connection reuse
+//! A connection whose transaction ended cleanly is kept in a [`ConnectionCache`] for a few
+//! seconds (as Postfix's `smtp_connection_cache_time_limit`), keyed by address and TLS
+//! name, and the next message for that host starts with `MAIL` instead of a TCP connect,
+//! greeting, EHLO, STARTTLS and a second EHLO. A cached connection that the peer closed in
+//! the meantime fails before any reply to `MAIL`; the message then goes out on a fresh
+//! connection, so staleness never costs a delivery attempt. A connection is used for at
+//! most [`MAX_REUSE`] transactions, then closed with `QUIT`.
 
 use mail_send::SmtpClient;
 use smtp_proto::{
     EhloResponse, Response, EXT_8BIT_MIME, EXT_PIPELINING, EXT_SIZE, EXT_SMTP_UTF8, EXT_START_TLS,
 };
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+/// Transactions on one connection before it is closed (Postfix has a time limit of 300 s
+/// instead; a count bounds the same thing without a clock).
+pub const MAX_REUSE: u32 = 100;
+/// Idle connections kept per host.
+const MAX_IDLE_PER_HOST: usize = 4;
 
 /// How the client behaves; built once from `[delivery]`.
 #[derive(Clone)]
@@ -82,24 +101,148 @@ fn mail_error(e: mail_send::Error) -> RcptResult {
     }
 }
 
-/// Delivers `tx` to the host at `addr`; `tls_name` is the host's name for SNI.
+/// An open SMTP session, plain or after STARTTLS, with the EHLO reply it is working under.
+enum Conn {
+    Plain(SmtpClient<TcpStream>),
+    Tls(Box<SmtpClient<TlsStream<TcpStream>>>),
+}
+
+struct Session {
+    conn: Conn,
+    ehlo: EhloResponse<String>,
+    uses: u32,
+}
+
+impl Session {
+    async fn transaction(&mut self, tx: &Transaction<'_>) -> TxOutcome {
+        self.uses += 1;
+        match &mut self.conn {
+            Conn::Plain(c) => transaction(c, &self.ehlo, tx).await,
+            Conn::Tls(c) => transaction(c, &self.ehlo, tx).await,
+        }
+    }
+
+    async fn quit(mut self) {
+        let _ = match &mut self.conn {
+            Conn::Plain(c) => c.cmd(b"QUIT\r\n").await,
+            Conn::Tls(c) => c.cmd(b"QUIT\r\n").await,
+        };
+    }
+}
+
+/// Idle sessions by (address, TLS name), each with the moment it went idle.
+#[derive(Default)]
+pub struct ConnectionCache {
+    idle: Mutex<HashMap<(SocketAddr, String), Vec<(Session, Instant)>>>,
+    /// How long a session may sit idle before it is not reused.
+    pub idle_limit: Duration,
+}
+
+impl ConnectionCache {
+    pub fn new(idle_limit: Duration) -> Self {
+        Self {
+            idle: Mutex::default(),
+            idle_limit,
+        }
+    }
+
+    fn take(&self, addr: SocketAddr, name: &str) -> Option<Session> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (addr, name.to_string());
+        let list = idle.get_mut(&key)?;
+        let mut found = None;
+        while let Some((session, since)) = list.pop() {
+            if since.elapsed() < self.idle_limit {
+                found = Some(session);
+                break;
+            }
+            // Too old: dropped (the peer has likely timed it out already).
+        }
+        if list.is_empty() {
+            idle.remove(&key);
+        }
+        found
+    }
+
+    /// Keeps `session` for reuse; returns it when there is no room (the caller QUITs).
+    fn put(&self, addr: SocketAddr, name: &str, session: Session) -> Option<Session> {
+        if self.idle_limit.is_zero() || session.uses >= MAX_REUSE {
+            return Some(session);
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() > 10_000 {
+            let limit = self.idle_limit;
+            idle.retain(|_, l| {
+                l.retain(|(_, since)| since.elapsed() < limit);
+                !l.is_empty()
+            });
+        }
+        let list = idle.entry((addr, name.to_string())).or_default();
+        if list.len() >= MAX_IDLE_PER_HOST {
+            return Some(session);
+        }
+        list.push((session, Instant::now()));
+        None
+    }
+
+    /// Idle sessions held now (for tests and metrics).
+    pub fn idle_count(&self) -> usize {
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(Vec::len)
+            .sum()
+    }
+}
+
+/// Delivers `tx` to the host at `addr`; `tls_name` is the host's name for SNI. Reuses an
+/// idle connection to the same host from `cache` when there is one.
 pub async fn deliver(
     settings: &ClientSettings,
+    cache: &ConnectionCache,
     addr: SocketAddr,
     tls_name: &str,
     tx: &Transaction<'_>,
 ) -> Result<Vec<RcptResult>, HostError> {
-    match deliver_once(settings, addr, tls_name, tx, settings.tls.is_some()).await {
+    if let Some(mut session) = cache.take(addr, tls_name) {
+        let out = session.transaction(tx).await;
+        if !out.stale {
+            finish(cache, addr, tls_name, session, out.reusable).await;
+            return Ok(out.results);
+        }
+        tracing::debug!(%addr, "cached connection was closed by the peer; reconnecting");
+    }
+    let mut session = match open(settings, addr, tls_name, settings.tls.is_some()).await {
         // Opportunistic TLS: a failed handshake means try again without it, as Postfix does.
         Err(Attempt::TlsFailed(why)) => {
             tracing::info!(%addr, error = %why, "STARTTLS failed; retrying in plain text");
-            match deliver_once(settings, addr, tls_name, tx, false).await {
-                Ok(r) => Ok(r),
-                Err(Attempt::Host(e)) | Err(Attempt::TlsFailed(e)) => Err(HostError(e)),
+            match open(settings, addr, tls_name, false).await {
+                Ok(s) => s,
+                Err(Attempt::Host(e)) | Err(Attempt::TlsFailed(e)) => return Err(HostError(e)),
             }
         }
-        Err(Attempt::Host(e)) => Err(HostError(e)),
-        Ok(r) => Ok(r),
+        Err(Attempt::Host(e)) => return Err(HostError(e)),
+        Ok(s) => s,
+    };
+    let out = session.transaction(tx).await;
+    finish(cache, addr, tls_name, session, out.reusable).await;
+    Ok(out.results)
+}
+
+async fn finish(
+    cache: &ConnectionCache,
+    addr: SocketAddr,
+    tls_name: &str,
+    session: Session,
+    reusable: bool,
+) {
+    if !reusable {
+        session.quit().await;
+        return;
+    }
+    if let Some(s) = cache.put(addr, tls_name, session) {
+        s.quit().await;
     }
 }
 
@@ -108,13 +251,13 @@ enum Attempt {
     TlsFailed(String),
 }
 
-async fn deliver_once(
+/// Connects, reads the greeting, says EHLO and, if asked and offered, starts TLS.
+async fn open(
     settings: &ClientSettings,
     addr: SocketAddr,
     tls_name: &str,
-    tx: &Transaction<'_>,
     use_tls: bool,
-) -> Result<Vec<RcptResult>, Attempt> {
+) -> Result<Session, Attempt> {
     let host_err =
         |what: &str, e: &dyn std::fmt::Display| Attempt::Host(format!("{addr}: {what}: {e}"));
     let mut client = SmtpClient::connect(addr, settings.connect_timeout)
@@ -142,23 +285,52 @@ async fn deliver_once(
                 .ehlo(&settings.helo)
                 .await
                 .map_err(|e| host_err("EHLO after STARTTLS", &e))?;
-            Ok(transaction(&mut tls, &ehlo, tx).await)
+            Ok(Session {
+                conn: Conn::Tls(Box::new(tls)),
+                ehlo,
+                uses: 0,
+            })
         }
-        _ => Ok(transaction(&mut client, &ehlo, tx).await),
+        _ => Ok(Session {
+            conn: Conn::Plain(client),
+            ehlo,
+            uses: 0,
+        }),
     }
 }
 
-/// MAIL, RCPTs and DATA on an open session; QUIT at the end. Never fails as a whole: each
-/// recipient gets its result.
+/// What a transaction came to, and what may be done with its connection afterwards.
+struct TxOutcome {
+    results: Vec<RcptResult>,
+    /// The session is in a clean state (after a completed DATA or a successful RSET).
+    reusable: bool,
+    /// The connection failed before any reply to MAIL: nothing was decided, and a fresh
+    /// connection may try again.
+    stale: bool,
+}
+
+/// MAIL, RCPTs and DATA on an open session, leaving it ready for the next MAIL when it
+/// can. Never fails as a whole: each recipient gets its result.
 async fn transaction<T: AsyncRead + AsyncWrite + Unpin>(
     client: &mut SmtpClient<T>,
     ehlo: &EhloResponse<String>,
     tx: &Transaction<'_>,
-) -> Vec<RcptResult> {
-    let all = |r: RcptResult| vec![r; tx.recipients.len()];
+) -> TxOutcome {
+    let n = tx.recipients.len();
+    // Nothing sent yet: the session stays as clean as it was.
+    let refused = |r: RcptResult| TxOutcome {
+        results: vec![r; n],
+        reusable: true,
+        stale: false,
+    };
+    let broken = |r: RcptResult, stale: bool| TxOutcome {
+        results: vec![r; n],
+        reusable: false,
+        stale,
+    };
     let size = tx.message.len();
     if ehlo.has_capability(EXT_SIZE) && ehlo.size > 0 && size > ehlo.size {
-        return all(RcptResult::Permanent(format!(
+        return refused(RcptResult::Permanent(format!(
             "552 5.3.4 message of {size} bytes exceeds the remote limit of {} bytes",
             ehlo.size
         )));
@@ -166,7 +338,7 @@ async fn transaction<T: AsyncRead + AsyncWrite + Unpin>(
     let utf8 = !tx.sender.is_ascii() || tx.recipients.iter().any(|r| !r.is_ascii());
     if utf8 && !ehlo.has_capability(EXT_SMTP_UTF8) {
         // RFC 6531 §3.5: without SMTPUTF8 the address cannot be sent at all.
-        return all(RcptResult::Permanent(
+        return refused(RcptResult::Permanent(
             "553 5.6.7 the remote server does not support SMTPUTF8 addresses".into(),
         ));
     }
@@ -193,7 +365,13 @@ async fn transaction<T: AsyncRead + AsyncWrite + Unpin>(
         let cmds = std::iter::once(mail.clone()).chain(rcpts.iter().cloned());
         match client.cmds(cmds).await {
             Ok(r) => r,
-            Err(e) => return all(mail_error(e)),
+            // Whether any reply came is unknown here; a pipelined group that failed is
+            // treated as never sent, so retrying on a fresh connection cannot duplicate
+            // (no DATA was sent).
+            Err(e) => {
+                let stale = !matches!(e, mail_send::Error::UnexpectedReply(_));
+                return broken(mail_error(e), stale);
+            }
         }
     } else {
         let mut out = Vec::with_capacity(rcpts.len() + 1);
@@ -206,18 +384,29 @@ async fn transaction<T: AsyncRead + AsyncWrite + Unpin>(
                         break;
                     }
                 }
-                Err(e) => return all(mail_error(e)),
+                Err(e) => {
+                    let stale =
+                        out.is_empty() && !matches!(e, mail_send::Error::UnexpectedReply(_));
+                    return broken(mail_error(e), stale);
+                }
             }
         }
         out
     };
     let Some(mail_reply) = replies.first() else {
-        return all(RcptResult::Temporary("4.4.2 no reply to MAIL".into()));
+        return broken(
+            RcptResult::Temporary("4.4.2 no reply to MAIL".into()),
+            false,
+        );
     };
     if mail_reply.code / 100 != 2 {
         let r = classify(mail_reply);
-        let _ = client.cmd(b"QUIT\r\n").await;
-        return all(r);
+        let reusable = rset(client).await;
+        return TxOutcome {
+            results: vec![r; n],
+            reusable,
+            stale: false,
+        };
     }
     let mut results: Vec<RcptResult> = (0..tx.recipients.len())
         .map(|i| match replies.get(i + 1) {
@@ -225,21 +414,35 @@ async fn transaction<T: AsyncRead + AsyncWrite + Unpin>(
             None => RcptResult::Temporary("4.4.2 no reply to RCPT".into()),
         })
         .collect();
-    if results.iter().any(|r| matches!(r, RcptResult::Accepted(_))) {
+    let reusable = if results.iter().any(|r| matches!(r, RcptResult::Accepted(_))) {
         // mail-send appends CRLF.CRLF itself; the stored message already ends in CRLF.
         let body = tx.message.strip_suffix(b"\r\n").unwrap_or(tx.message);
-        let outcome = match client.data(body).await {
-            Ok(()) => RcptResult::Accepted("250 message accepted".into()),
-            Err(e) => mail_error(e),
+        let (outcome, clean) = match client.data(body).await {
+            Ok(()) => (RcptResult::Accepted("250 message accepted".into()), true),
+            // A reply to the data means the session is still in step.
+            Err(mail_send::Error::UnexpectedReply(r)) => (classify(&r), true),
+            Err(e) => (mail_error(e), false),
         };
         for r in results.iter_mut() {
             if matches!(r, RcptResult::Accepted(_)) {
                 *r = outcome.clone();
             }
         }
+        clean
+    } else {
+        // Every RCPT refused: the transaction is open, RSET closes it.
+        rset(client).await
+    };
+    TxOutcome {
+        results,
+        reusable,
+        stale: false,
     }
-    let _ = client.cmd(b"QUIT\r\n").await;
-    results
+}
+
+/// Ends an open transaction; true when the session is clean afterwards.
+async fn rset<T: AsyncRead + AsyncWrite + Unpin>(client: &mut SmtpClient<T>) -> bool {
+    matches!(client.cmd(b"RSET\r\n").await, Ok(r) if r.code == 250)
 }
 
 #[cfg(test)]

@@ -52,6 +52,8 @@ pub struct Settings {
     pub dkim_sign: bool,
     pub max_per_destination: usize,
     pub max_per_destination_per_minute: u32,
+    /// Idle time after which a cached connection is not reused; zero disables reuse.
+    pub connection_reuse: Duration,
     /// How long a shutdown waits for deliveries in flight; the rest are dropped and, their
     /// leases lapsing, retried later.
     pub shutdown_grace: Duration,
@@ -78,6 +80,7 @@ impl Settings {
             dkim_sign: d.dkim_sign,
             max_per_destination: d.max_per_destination,
             max_per_destination_per_minute: d.max_per_destination_per_minute,
+            connection_reuse: Duration::from_secs(d.connection_reuse_secs),
             shutdown_grace: Duration::from_secs(config.server.shutdown_grace_secs),
         }
     }

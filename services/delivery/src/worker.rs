@@ -63,6 +63,8 @@ struct Inner {
     /// Deliveries in progress per recipient domain (`max_per_destination`); entries for
     /// domains with no permit left are dropped from the map when idle.
     destinations: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
+    /// Idle SMTP connections kept for the next message to the same host.
+    connections: client::ConnectionCache,
 }
 
 /// What one attempt decided for one recipient.
@@ -100,6 +102,7 @@ impl Worker {
             std::process::id(),
             rand::random::<u32>()
         );
+        let connections = client::ConnectionCache::new(settings.connection_reuse);
         Ok(Self {
             inner: Arc::new(Inner {
                 slots: Arc::new(tokio::sync::Semaphore::new(settings.max_concurrent)),
@@ -110,6 +113,7 @@ impl Worker {
                 holder,
                 in_flight: Mutex::new(HashSet::new()),
                 destinations: Mutex::new(HashMap::new()),
+                connections,
             }),
         })
     }
@@ -438,7 +442,15 @@ impl Worker {
                 }
             };
             for addr in addrs {
-                match client::deliver(&self.inner.client, addr, &hop.host, &tx).await {
+                match client::deliver(
+                    &self.inner.client,
+                    &self.inner.connections,
+                    addr,
+                    &hop.host,
+                    &tx,
+                )
+                .await
+                {
                     Ok(results) => {
                         return rcpts
                             .iter()

@@ -23,6 +23,11 @@ enum Mode {
 struct Sink {
     messages: Mutex<Vec<String>>,
     rcpts_seen: AtomicUsize,
+    /// Connections accepted.
+    connections: AtomicUsize,
+    /// When set, a connection that has finished a message is closed after its next
+    /// reply-less pause: an idle timeout.
+    drop_idle: std::sync::atomic::AtomicBool,
 }
 
 /// Starts the sink; returns its port.
@@ -34,6 +39,7 @@ async fn start_sink(mode: Mode) -> (u16, Arc<Sink>) {
     tokio::spawn(async move {
         while let Ok((sock, _)) = listener.accept().await {
             let s = s.clone();
+            s.connections.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
                 let (r, mut w) = sock.into_split();
                 let mut r = BufReader::new(r);
@@ -41,8 +47,22 @@ async fn start_sink(mode: Mode) -> (u16, Arc<Sink>) {
                 let mut line = String::new();
                 loop {
                     line.clear();
-                    if r.read_line(&mut line).await.unwrap_or(0) == 0 {
-                        return;
+                    let read =
+                        tokio::time::timeout(Duration::from_millis(100), r.read_line(&mut line));
+                    match read.await {
+                        Ok(Ok(0)) | Ok(Err(_)) => return,
+                        Ok(Ok(_)) => {}
+                        Err(_) => {
+                            if s.drop_idle.load(Ordering::SeqCst) {
+                                return;
+                            }
+                            // A partial line stays in `line`; keep reading into it.
+                            let mut rest = String::new();
+                            if r.read_line(&mut rest).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            line.push_str(&rest);
+                        }
                     }
                     let cmd = line.to_ascii_uppercase();
                     let reply: &[u8] = if cmd.starts_with("EHLO") {
@@ -128,6 +148,7 @@ async fn fixture(port: u16) -> Fixture {
         dkim_sign: true,
         max_per_destination: 20,
         max_per_destination_per_minute: 0,
+        connection_reuse: Duration::from_secs(5),
         shutdown_grace: Duration::from_secs(5),
     };
     Fixture {
@@ -405,4 +426,57 @@ async fn destination_rate_limit_leaves_the_rest_queued_untouched() {
         "a rate-limited entry is not charged an attempt"
     );
     assert!(r.last_error.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consecutive_messages_to_one_host_share_a_connection() {
+    let (port, sink) = start_sink(Mode::Accept).await;
+    let f = fixture(port).await;
+    let worker = Worker::new(f.stores.clone(), f.settings.clone()).expect("worker");
+    for _ in 0..3 {
+        let id = enqueue(&f.stores).await;
+        worker.deliver(id).await.expect("deliver");
+        assert!(f.stores.meta.get_outbound(id).await.expect("get").is_none());
+    }
+    assert_eq!(sink.messages.lock().expect("lock").len(), 3);
+    assert_eq!(
+        sink.connections.load(Ordering::SeqCst),
+        1,
+        "three messages, one connection"
+    );
+
+    // Without reuse, one connection per message.
+    let (port, sink) = start_sink(Mode::Accept).await;
+    let mut f = fixture(port).await;
+    f.settings.connection_reuse = Duration::ZERO;
+    let worker = Worker::new(f.stores.clone(), f.settings.clone()).expect("worker");
+    for _ in 0..3 {
+        let id = enqueue(&f.stores).await;
+        worker.deliver(id).await.expect("deliver");
+    }
+    assert_eq!(sink.messages.lock().expect("lock").len(), 3);
+    assert_eq!(sink.connections.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_connection_closed_by_the_peer_costs_no_attempt() {
+    let (port, sink) = start_sink(Mode::Accept).await;
+    let f = fixture(port).await;
+    let worker = Worker::new(f.stores.clone(), f.settings.clone()).expect("worker");
+    let first = enqueue(&f.stores).await;
+    worker.deliver(first).await.expect("deliver");
+    // The sink hangs up on every idle connection, as a peer's idle timeout would.
+    sink.drop_idle.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second = enqueue(&f.stores).await;
+    worker.deliver(second).await.expect("deliver");
+    assert!(f
+        .stores
+        .meta
+        .get_outbound(second)
+        .await
+        .expect("get")
+        .is_none());
+    assert_eq!(sink.messages.lock().expect("lock").len(), 2);
+    assert_eq!(sink.connections.load(Ordering::SeqCst), 2);
 }

@@ -39,7 +39,10 @@ async fn s3_blob_store_conformance() {
     cfg.max_attempts = 1;
     let denied = S3BlobStore::connect(&cfg).await.expect("connect");
     match denied.check().await {
-        Err(StoreError::Unavailable(m)) => assert!(m.contains("access denied"), "{m}"),
+        Err(StoreError::Unavailable(m)) => {
+            eprintln!("bad secret: {m}");
+            assert!(m.contains("access denied"), "{m}")
+        }
         other => panic!("bad secret: {other:?}"),
     }
     match denied.put(Bytes::from_static(b"x")).await {
@@ -49,10 +52,10 @@ async fn s3_blob_store_conformance() {
     let mut cfg = g.s3_config();
     cfg.bucket = "no-such-bucket".into();
     let missing = S3BlobStore::connect(&cfg).await.expect("connect");
-    assert!(matches!(
-        missing.check().await,
-        Err(StoreError::Unavailable(_))
-    ));
+    match missing.check().await {
+        Err(StoreError::Unavailable(m)) => eprintln!("missing bucket: {m}"),
+        other => panic!("missing bucket: {other:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -222,6 +225,7 @@ async fn assert_unavailable<T: std::fmt::Debug>(
     let took = started.elapsed();
     match r {
         Err(StoreError::Unavailable(m)) => {
+            eprintln!("{what}: Unavailable after {took:?}: {m}");
             assert!(m.contains("S3 "), "error names the operation: {m}");
         }
         other => panic!("{what}: expected Unavailable, got {other:?}"),

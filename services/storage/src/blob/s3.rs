@@ -27,7 +27,7 @@ use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
@@ -202,7 +202,7 @@ impl S3BlobStore {
                 tracing::warn!(
                     key,
                     upload_id,
-                    error = %DisplayErrorContext(&e),
+                    error = %describe(&e),
                     "S3 AbortMultipartUpload failed"
                 );
             }
@@ -280,8 +280,14 @@ impl BlobStore for S3BlobStore {
     /// draft), and a HEAD is a few hundred bytes where a PUT re-sends the whole message.
     /// Two nodes storing the same new blob at once both upload; they write the same bytes
     /// under the same key, so whichever lands last changes nothing.
+    ///
+    /// On AWS, `HeadObject` of a missing key answers 403 instead of 404 unless the
+    /// credentials also have `s3:ListBucket`; grant it, or every first put is refused.
+    ///
+    /// A put whose future is dropped mid-multipart (the client went away) cannot abort
+    /// its upload; a bucket lifecycle rule expiring incomplete uploads cleans those up.
     async fn put(&self, data: Bytes) -> StoreResult<BlobId> {
-        let id = BlobId::of(&data);
+        let id = digest(&data).await?;
         let key = self.key_of(&id);
         if self.head(&key).await? {
             tracing::trace!(%id, "blob already stored");
@@ -314,7 +320,7 @@ impl BlobStore for S3BlobStore {
             Err(e) => return Err(map_err("GetObject", &key, &e)),
         };
         let data = read_body(out.body, &key).await?;
-        if BlobId::of(&data) != *id {
+        if digest(&data).await? != *id {
             return Err(StoreError::Corrupt(format!(
                 "S3 object {key}: content does not match its SHA-256 id"
             )));
@@ -386,11 +392,25 @@ impl BlobStore for S3BlobStore {
     }
 }
 
+/// Blobs past this size are hashed on the blocking pool: SHA-256 of tens of megabytes
+/// would otherwise stall every other session on the same runtime worker.
+const HASH_INLINE_MAX: usize = 256 * 1024;
+
+async fn digest(data: &Bytes) -> StoreResult<BlobId> {
+    if data.len() <= HASH_INLINE_MAX {
+        return Ok(BlobId::of(data));
+    }
+    let data = data.clone();
+    tokio::task::spawn_blocking(move || BlobId::of(&data))
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("hashing task failed: {e}")))
+}
+
 async fn read_body(body: ByteStream, key: &str) -> StoreResult<Bytes> {
     body.collect().await.map(|b| b.into_bytes()).map_err(|e| {
         StoreError::Unavailable(format!(
             "S3 GetObject {key}: reading the body failed: {}",
-            DisplayErrorContext(&e)
+            chain(&e)
         ))
     })
 }
@@ -425,11 +445,11 @@ fn unavailable<E>(op: &str, target: &str, e: &SdkError<E, HttpResponse>) -> Stor
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
-    let detail = DisplayErrorContext(e);
+    let detail = describe(e);
     if status(e) == Some(403) || e.code() == Some("AccessDenied") {
         return StoreError::Unavailable(format!(
             "S3 {op} {target}: access denied (check storage.s3 credentials and the bucket \
-             policy): {detail}"
+             policy; HeadObject also needs s3:ListBucket): {detail}"
         ));
     }
     if e.code() == Some("NoSuchBucket") {
@@ -438,4 +458,40 @@ where
         ));
     }
     StoreError::Unavailable(format!("S3 {op} {target}: {detail}"))
+}
+
+/// One line for the log and the error: the HTTP status and S3 error code when the server
+/// answered, then the whole `source()` chain, where the useful part of an SDK error is
+/// ("dispatch failure" alone does not say "connection refused").
+fn describe<E>(e: &SdkError<E, HttpResponse>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let mut out = String::new();
+    if let Some(status) = status(e) {
+        out.push_str(&format!("HTTP {status}"));
+        if let Some(code) = e.code() {
+            out.push_str(&format!(" {code}"));
+        }
+        if let Some(message) = e.message() {
+            out.push_str(&format!(" ({message})"));
+        }
+        out.push_str(": ");
+    }
+    out.push_str(&chain(e));
+    out
+}
+
+/// `e` and its sources, `: `-separated, without repeating a level that says the same.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = vec![e.to_string()];
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if parts.last() != Some(&text) {
+            parts.push(text);
+        }
+        next = cause.source();
+    }
+    parts.join(": ")
 }

@@ -191,7 +191,7 @@ admin_token = "{token}"
     fn provision(&self) {
         let id = self.cli_ok(&["node", "id", "-q"]);
         let node = id.trim().split('@').next().unwrap_or_default().to_string();
-        self.cli_ok(&["layout", "assign", "-z", "dc1", "-c", "1G", &node]);
+        self.cli_ok(&["layout", "assign", "-z", "dc1", "-c", "1GB", &node]);
         self.cli_ok(&["layout", "apply", "--version", "1"]);
         self.cli_ok(&[
             "key",
