@@ -1,8 +1,10 @@
 """Outbound delivery end to end: mail submitted to Mailfleet for `remote.test` goes, by a
-static route, to Postfix's `smtp-sink` on a loopback port.
+static route, to a peer on a loopback port: Postfix's `smtp-sink`, or a private instance of
+real Postfix (postfix_peer.py) that delivers into a Maildir.
 
 - an accepting peer gets the message with a DKIM signature that dkimpy verifies against
-  the record `mailfleet dns records` prints;
+  the record `mailfleet dns records` prints, both as smtp-sink saw it on the wire and as
+  real Postfix delivered it into its Maildir;
 - a peer that answers 4xx and later 2xx gets the message exactly once;
 - a peer that answers 550 makes a DSN appear in the sender's INBOX.
 """
@@ -19,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PASSWORD, Server, free_port
+from postfix_peer import postfix_installed, postfix_peer
 from test_pop3_submission import CTX
 
 SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
@@ -147,6 +150,46 @@ def test_delivered_message_carries_a_dkim_signature_dkimpy_accepts(tmp_path):
     finally:
         server.stop()
         sink.stop()
+
+
+@pytest.mark.skipif(not postfix_installed(), reason="Postfix is not installed")
+def test_dkim_signature_verifies_on_the_message_real_postfix_delivered(tmp_path):
+    dkim = pytest.importorskip("dkim")
+    with postfix_peer(tmp_path) as peer:
+        server = start_server(tmp_path, peer.port)
+        try:
+            server.cli("dkim", "generate", "example.test")
+            txt = dkim_txt(server)
+            server.start()
+            submit(server, "dkim postfix test")
+            [raw] = peer.wait_for(1, timeout=60)
+            wait_for("the queue to empty", lambda: server.cli_json("queue", "list") == [])
+        finally:
+            server.stop()
+        # Mailfleet is stopped (in-flight deliveries finish first) and Postfix has
+        # delivered all it accepted: any duplicate would be in the Maildir now.
+        wait_for("Postfix's queue to empty", peer.queue_empty)
+        assert len(peer.messages()) == 1, "delivered more than once"
+    raw = crlf(raw)
+    headers = raw.split(b"\r\n\r\n", 1)[0]
+    # virtual(8) prepends Return-Path and Delivered-To, smtpd its Received (naming
+    # Mailfleet's EHLO); the DKIM signature covers none of them.
+    assert headers.startswith(b"Return-Path: <alice@example.test>\r\n"), headers
+    assert b"\r\nDelivered-To: friend@remote.test\r\n" in headers
+    received = headers.split(b"\r\nReceived: ", 1)[1].split(b"\r\n", 2)
+    assert received[0].startswith(b"from mx.example.test "), received
+    assert received[1].lstrip().startswith(b"by peer.remote.test (Postfix)"), received
+    assert b"\r\nDKIM-Signature: v=1; a=rsa-sha256" in headers
+    assert b"Message-ID: <dkim-postfix-test@example.test>" in headers
+    assert raw.endswith(b"\r\nHello friend.\r\n.dot line\r\n"), raw[-80:]
+    asked = []
+
+    def dnsfunc(name, timeout=5):
+        asked.append(name if isinstance(name, bytes) else name.encode())
+        return txt
+
+    assert dkim.verify(raw, dnsfunc=dnsfunc), "dkimpy rejected the signature"
+    assert asked and asked[0].rstrip(b".") == b"mailfleet-rsa._domainkey.example.test", asked
 
 
 def test_deferring_peer_gets_the_message_exactly_once(tmp_path):
