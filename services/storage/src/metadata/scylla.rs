@@ -1,1 +1,2748 @@
-//! ScyllaDB MetadataStore (being written).
+//! The clustered metadata store: ScyllaDB (CQL) for deployments of several front-ends.
+//!
+//! ScyllaDB has no multi-row transactions, so every operation of [`MetadataStore`] is built
+//! from single-partition writes whose order keeps readers safe, plus lightweight
+//! transactions (LWT, Paxos) where uniqueness must be decided by the cluster. The full
+//! design (tables, consistency levels, failure cases) is in `docs/scylla.md`; the short
+//! version:
+//!
+//! - **UIDs and MODSEQs** come from [`crate::alloc::RangeAllocator`]: a coordinator lease per
+//!   mailbox serialises its writers cluster-wide and blocks of values are reserved in the
+//!   `uid_ledger` table with one LWT per block, not per message.
+//! - **Ids** of domains, accounts, mailboxes, app passwords and queue entries come from the
+//!   `sequences` table: each process reserves a block of [`ID_BLOCK`] ids with one LWT, so ids
+//!   are unique across nodes (and increase within a process, not globally).
+//! - **Uniqueness** of domain names, account addresses, mailbox names, aliases and app
+//!   password names/tags is decided by `INSERT ... IF NOT EXISTS` on a table keyed by the
+//!   unique value.
+//! - **Usage and blob reference counts** are CQL counters: cheap and contention-free, but a
+//!   counter update that times out may or may not have applied and is never retried, so the
+//!   numbers can drift under failures. Quota is therefore advisory under concurrency and
+//!   the blob sweep keeps its grace period (see `docs/scylla.md`).
+//! - **Consistency**: QUORUM (LOCAL_QUORUM when a local datacenter is configured) for reads
+//!   and writes, SERIAL (LOCAL_SERIAL) for LWTs; idempotent statements are marked so the
+//!   driver may retry them, counter updates and LWTs are not.
+
+use super::{Expunged, MetadataStore, QuotaPolicy};
+use crate::alloc::{AllocConfig, LedgerState, MailboxWriter, RangeAllocator, RangeLedger};
+use crate::coord::Coordinator;
+use crate::types::*;
+use crate::{StoreError, StoreResult};
+use async_trait::async_trait;
+use futures::TryStreamExt;
+use mailfleet_core::config::ScyllaConfig;
+use scylla::client::execution_profile::ExecutionProfile;
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::deserialize::row::DeserializeRow;
+use scylla::policies::load_balancing::DefaultPolicy;
+use scylla::response::query_result::QueryResult;
+use scylla::serialize::row::SerializeRow;
+use scylla::statement::prepared::PreparedStatement;
+use scylla::statement::{Consistency, SerialConsistency};
+use scylla::value::{Counter, CqlValue, Row};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Messages and change-log entries are partitioned by `(mailbox_id, value >> BUCKET_SHIFT)`:
+/// 65,536 UIDs (or MODSEQs) per partition keeps a partition well under ScyllaDB's
+/// large-partition warning (a message row is ~200 bytes, so at most ~13 MB), while a
+/// typical mailbox still lives in one partition and lists with one query.
+pub const BUCKET_SHIFT: u32 = 16;
+
+/// Ids reserved per `sequences` LWT. Large enough that id allocation is rarely a Paxos
+/// round, small enough that a restart wastes few ids.
+pub const ID_BLOCK: i64 = 100;
+
+/// Schema version recorded in `schema_version`; migrations run in order up to it.
+const SCHEMA_VERSION: i32 = 1;
+
+/// Tables of schema version 1. `{ks}` is replaced by the keyspace name.
+const SCHEMA_V1: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS {ks}.sequences (name text PRIMARY KEY, next bigint)",
+    "CREATE TABLE IF NOT EXISTS {ks}.domains (name text PRIMARY KEY, id bigint, created_at bigint)",
+    "CREATE TABLE IF NOT EXISTS {ks}.accounts (id bigint PRIMARY KEY, domain_id bigint, \
+     address text, password_hash text, quota_bytes bigint, created_at bigint)",
+    "CREATE TABLE IF NOT EXISTS {ks}.accounts_by_address (address text PRIMARY KEY, id bigint)",
+    "CREATE TABLE IF NOT EXISTS {ks}.accounts_by_domain (domain_id bigint, address text, \
+     id bigint, PRIMARY KEY (domain_id, address))",
+    "CREATE TABLE IF NOT EXISTS {ks}.account_usage (account_id bigint PRIMARY KEY, \
+     used_bytes counter, message_count counter)",
+    "CREATE TABLE IF NOT EXISTS {ks}.aliases (source text, target text, domain text, \
+     PRIMARY KEY (source, target))",
+    "CREATE TABLE IF NOT EXISTS {ks}.aliases_by_domain (domain text, source text, target text, \
+     PRIMARY KEY (domain, source, target))",
+    "CREATE TABLE IF NOT EXISTS {ks}.aliases_by_target (target text, source text, \
+     PRIMARY KEY (target, source))",
+    "CREATE TABLE IF NOT EXISTS {ks}.mailboxes (id bigint PRIMARY KEY, account_id bigint, \
+     name text, special_use text, uid_validity bigint, uid_next bigint, \
+     highest_modseq bigint, message_count bigint)",
+    "CREATE TABLE IF NOT EXISTS {ks}.mailboxes_by_account (account_id bigint, name text, \
+     id bigint, PRIMARY KEY (account_id, name))",
+    "CREATE TABLE IF NOT EXISTS {ks}.uid_ledger (mailbox_id bigint PRIMARY KEY, \
+     uid_next bigint, modseq_next bigint, fence bigint)",
+    "CREATE TABLE IF NOT EXISTS {ks}.messages (mailbox_id bigint, bucket bigint, uid bigint, \
+     modseq bigint, blob_id text, size bigint, internal_date bigint, flags text, summary blob, \
+     PRIMARY KEY ((mailbox_id, bucket), uid))",
+    "CREATE TABLE IF NOT EXISTS {ks}.changes (mailbox_id bigint, bucket bigint, modseq bigint, \
+     uid bigint, kind int, PRIMARY KEY ((mailbox_id, bucket), modseq))",
+    "CREATE TABLE IF NOT EXISTS {ks}.blob_refs (blob_id text PRIMARY KEY, refcount counter)",
+    "CREATE TABLE IF NOT EXISTS {ks}.blob_orphans (blob_id text PRIMARY KEY, since bigint)",
+    "CREATE TABLE IF NOT EXISTS {ks}.subscriptions (account_id bigint, name text, \
+     PRIMARY KEY (account_id, name))",
+    "CREATE TABLE IF NOT EXISTS {ks}.app_passwords (account_id bigint, name text, id bigint, \
+     tag text, hash text, created_at bigint, last_used bigint, PRIMARY KEY (account_id, name))",
+    "CREATE TABLE IF NOT EXISTS {ks}.app_password_tags (account_id bigint, tag text, name text, \
+     PRIMARY KEY (account_id, tag))",
+    "CREATE TABLE IF NOT EXISTS {ks}.app_password_ids (id bigint PRIMARY KEY, account_id bigint, \
+     name text)",
+    "CREATE TABLE IF NOT EXISTS {ks}.totp_secrets (account_id bigint PRIMARY KEY, secret blob, \
+     created_at bigint)",
+    "CREATE TABLE IF NOT EXISTS {ks}.sender_grants (account_id bigint, address text, \
+     PRIMARY KEY (account_id, address))",
+    "CREATE TABLE IF NOT EXISTS {ks}.outbound (id bigint PRIMARY KEY, blob_id text, size bigint, \
+     sender text, account_id bigint, envid text, ret text, created_at bigint)",
+    "CREATE TABLE IF NOT EXISTS {ks}.outbound_ids (shard int, id bigint, \
+     PRIMARY KEY (shard, id))",
+    "CREATE TABLE IF NOT EXISTS {ks}.outbound_rcpts (queue_id bigint, seq int, address text, \
+     state int, attempts int, next_attempt bigint, last_error text, notify text, orcpt text, \
+     PRIMARY KEY (queue_id, seq))",
+    "CREATE TABLE IF NOT EXISTS {ks}.outbound_due (shard int, next_attempt bigint, \
+     queue_id bigint, seq int, PRIMARY KEY (shard, next_attempt, queue_id, seq))",
+];
+
+/// The outbound id list and due index live in one partition: the queue holds what is in
+/// flight (thousands, not millions, of entries), and one partition gives a global order.
+const QUEUE_SHARD: i32 = 0;
+
+fn bucket(v: u64) -> i64 {
+    (v >> BUCKET_SHIFT) as i64
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn db_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("scylla: {e}"))
+}
+
+fn row_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("scylla row: {e}"))
+}
+
+fn domain_of(address: &str) -> StoreResult<&str> {
+    address
+        .rsplit_once('@')
+        .map(|(_, d)| d)
+        .filter(|d| !d.is_empty())
+        .ok_or_else(|| StoreError::Invalid(format!("'{address}' is not local@domain")))
+}
+
+fn validate_mailbox_name(name: &str) -> StoreResult<()> {
+    if name.is_empty() || name.len() > 512 || name.chars().any(|c| c.is_control()) {
+        return Err(StoreError::Invalid(format!("mailbox name '{name}'")));
+    }
+    Ok(())
+}
+
+fn parse_blob(s: &str) -> StoreResult<BlobId> {
+    BlobId::parse(s).ok_or_else(|| StoreError::Corrupt(format!("bad blob id {s}")))
+}
+
+fn kind_code(kind: ChangeKind) -> i32 {
+    match kind {
+        ChangeKind::Appended => 0,
+        ChangeKind::FlagsChanged => 1,
+        ChangeKind::Expunged => 2,
+    }
+}
+
+fn kind_from(code: i32) -> ChangeKind {
+    match code {
+        0 => ChangeKind::Appended,
+        1 => ChangeKind::FlagsChanged,
+        _ => ChangeKind::Expunged,
+    }
+}
+
+fn state_code(state: crate::RecipientState) -> i32 {
+    match state {
+        crate::RecipientState::Queued => 0,
+        crate::RecipientState::Delivered => 1,
+        crate::RecipientState::Failed => 2,
+    }
+}
+
+fn state_from(code: i32) -> StoreResult<crate::RecipientState> {
+    match code {
+        0 => Ok(crate::RecipientState::Queued),
+        1 => Ok(crate::RecipientState::Delivered),
+        2 => Ok(crate::RecipientState::Failed),
+        other => Err(StoreError::Corrupt(format!("bad recipient state {other}"))),
+    }
+}
+
+/// Reads that feed a compare-and-set; run at SERIAL (LOCAL_SERIAL).
+const SERIAL_READS: &[&str] = &[LEDGER_READ, SEQUENCE_READ];
+const LEDGER_READ: &str =
+    "SELECT uid_next, modseq_next, fence FROM uid_ledger WHERE mailbox_id = ?";
+const SEQUENCE_READ: &str = "SELECT next FROM sequences WHERE name = ?";
+
+/// The session plus prepared statements, prepared on first use and then reused.
+struct Db {
+    session: Session,
+    /// Consistency for reads that must see the latest LWT outcome (the ledger).
+    serial: Consistency,
+    stmts: std::sync::Mutex<HashMap<&'static str, PreparedStatement>>,
+}
+
+impl Db {
+    /// Prepares `cql` once. Idempotent statements may be retried by the driver after a
+    /// timeout; counter updates and LWTs must not be (a retried `IF NOT EXISTS` that had
+    /// applied would report a false conflict, a retried increment would count twice).
+    async fn stmt(&self, cql: &'static str, idempotent: bool) -> StoreResult<PreparedStatement> {
+        if let Some(s) = self
+            .stmts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(cql)
+        {
+            return Ok(s.clone());
+        }
+        let mut s = self.session.prepare(cql).await.map_err(db_err)?;
+        s.set_is_idempotent(idempotent);
+        if SERIAL_READS.contains(&cql) {
+            // A serial read completes any in-flight Paxos round, so a compare-and-set is
+            // never built on a state older than the last accepted one.
+            s.set_consistency(self.serial);
+        }
+        self.stmts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(cql, s.clone());
+        Ok(s)
+    }
+
+    /// An idempotent statement.
+    async fn run<V: SerializeRow + Send>(
+        &self,
+        cql: &'static str,
+        values: V,
+    ) -> StoreResult<QueryResult> {
+        let s = self.stmt(cql, true).await?;
+        self.session
+            .execute_unpaged(&s, values)
+            .await
+            .map_err(db_err)
+    }
+
+    /// A counter update (not idempotent).
+    async fn count<V: SerializeRow + Send>(&self, cql: &'static str, values: V) -> StoreResult<()> {
+        let s = self.stmt(cql, false).await?;
+        self.session
+            .execute_unpaged(&s, values)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// A lightweight transaction; true when it applied (the `[applied]` column).
+    async fn lwt<V: SerializeRow + Send>(&self, cql: &'static str, values: V) -> StoreResult<bool> {
+        let s = self.stmt(cql, false).await?;
+        let res = self
+            .session
+            .execute_unpaged(&s, values)
+            .await
+            .map_err(db_err)?;
+        let rows = res.into_rows_result().map_err(row_err)?;
+        let first: Option<Row> = rows.maybe_first_row::<Row>().map_err(row_err)?;
+        Ok(matches!(
+            first.as_ref().and_then(|r| r.columns.first()),
+            Some(Some(CqlValue::Boolean(true)))
+        ))
+    }
+
+    /// The first row, if any.
+    async fn one<T, V>(&self, cql: &'static str, values: V) -> StoreResult<Option<T>>
+    where
+        T: for<'f, 'm> DeserializeRow<'f, 'm>,
+        V: SerializeRow + Send,
+    {
+        let res = self.run(cql, values).await?;
+        let rows = res.into_rows_result().map_err(row_err)?;
+        rows.maybe_first_row::<T>().map_err(row_err)
+    }
+
+    /// Every row, paging through large results.
+    async fn all<T, V>(&self, cql: &'static str, values: V) -> StoreResult<Vec<T>>
+    where
+        T: for<'f, 'm> DeserializeRow<'f, 'm>,
+        V: SerializeRow + Send,
+    {
+        let s = self.stmt(cql, true).await?;
+        let pager = self.session.execute_iter(s, values).await.map_err(db_err)?;
+        pager
+            .rows_stream::<T>()
+            .map_err(row_err)?
+            .try_collect()
+            .await
+            .map_err(db_err)
+    }
+}
+
+/// The UID/MODSEQ ledger on the `uid_ledger` table, one LWT per reservation.
+struct ScyllaLedger {
+    db: Arc<Db>,
+}
+
+#[async_trait]
+impl RangeLedger for ScyllaLedger {
+    async fn read(&self, mailbox: MailboxId) -> StoreResult<LedgerState> {
+        let row: Option<(i64, i64, i64)> = self.db.one(LEDGER_READ, (mailbox.0,)).await?;
+        let (uid_next, modseq_next, fence) =
+            row.ok_or_else(|| StoreError::NotFound(format!("mailbox {mailbox}")))?;
+        Ok(LedgerState {
+            uid_next: uid_next as u32,
+            modseq_next: modseq_next as u64,
+            fence: fence as u64,
+        })
+    }
+
+    async fn reserve(
+        &self,
+        mailbox: MailboxId,
+        expected: LedgerState,
+        new: LedgerState,
+    ) -> StoreResult<bool> {
+        self.db
+            .lwt(
+                "UPDATE uid_ledger SET uid_next = ?, modseq_next = ?, fence = ? \
+                 WHERE mailbox_id = ? IF uid_next = ? AND modseq_next = ? AND fence = ?",
+                (
+                    new.uid_next as i64,
+                    new.modseq_next as i64,
+                    new.fence as i64,
+                    mailbox.0,
+                    expected.uid_next as i64,
+                    expected.modseq_next as i64,
+                    expected.fence as i64,
+                ),
+            )
+            .await
+    }
+}
+
+type MailboxRow = (i64, i64, String, Option<String>, i64, i64, i64, i64);
+type AccountRow = (i64, i64, String, String, i64);
+type MessageRow = (i64, i64, String, i64, i64, String);
+/// blob_id, size, internal_date, flags, summary.
+type FieldsRow = (String, i64, i64, String, Option<Vec<u8>>);
+type AppPasswordRow = (i64, String, String, String, i64, Option<i64>);
+
+fn mailbox_from(r: MailboxRow) -> Mailbox {
+    Mailbox {
+        id: MailboxId(r.0),
+        account: AccountId(r.1),
+        name: r.2,
+        special_use: r.3.as_deref().and_then(SpecialUse::parse),
+        uid_validity: r.4 as u32,
+        uid_next: Uid(r.5 as u32),
+        highest_modseq: ModSeq(r.6 as u64),
+        message_count: r.7.max(0) as u64,
+    }
+}
+
+fn message_from(mailbox: MailboxId, r: MessageRow) -> StoreResult<MessageMeta> {
+    Ok(MessageMeta {
+        mailbox,
+        uid: Uid(r.0 as u32),
+        modseq: ModSeq(r.1 as u64),
+        blob: parse_blob(&r.2)?,
+        size: r.3.max(0) as u64,
+        internal_date: r.4,
+        flags: Flags::from_storage(&r.5),
+    })
+}
+
+fn app_password_from(account: AccountId, r: AppPasswordRow) -> crate::AppPassword {
+    crate::AppPassword {
+        id: crate::AppPasswordId(r.0),
+        account,
+        name: r.1,
+        tag: r.2,
+        hash: r.3,
+        created_at: r.4,
+        last_used: r.5,
+    }
+}
+
+/// The stored fields of a message, as copied between mailboxes.
+struct StoredFields {
+    blob: String,
+    size: i64,
+    internal_date: i64,
+    flags: String,
+    summary: Option<Vec<u8>>,
+}
+
+/// What a write did to one mailbox, applied to its row when the write ends.
+#[derive(Default)]
+struct MailboxDelta {
+    last_uid: Option<u32>,
+    last_modseq: Option<u64>,
+    count: i64,
+}
+
+pub struct ScyllaMetadataStore {
+    db: Arc<Db>,
+    alloc: RangeAllocator,
+    /// Id blocks per sequence name: (next, end). The mutex is held across the LWT so one
+    /// process never reserves two blocks for one need.
+    ids: tokio::sync::Mutex<HashMap<&'static str, (i64, i64)>>,
+}
+
+impl ScyllaMetadataStore {
+    /// Connects, creates the keyspace and tables if absent, migrates, and sets up the UID
+    /// allocator on `coord` (which must be shared by every node: Redis in a cluster).
+    pub async fn connect(cfg: &ScyllaConfig, coord: Arc<dyn Coordinator>) -> StoreResult<Self> {
+        if cfg.nodes.is_empty() {
+            return Err(StoreError::Invalid("no ScyllaDB nodes configured".into()));
+        }
+        let ks = cfg.keyspace.as_str();
+        if ks.is_empty()
+            || ks.len() > 48
+            || !ks
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return Err(StoreError::Invalid(format!(
+                "keyspace '{ks}' must be 1-48 characters of a-z, 0-9 and _"
+            )));
+        }
+        // The datacenter name is spliced into the keyspace's replication map.
+        if !cfg
+            .local_dc
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(StoreError::Invalid(format!(
+                "datacenter name '{}' has characters other than letters, digits, '-', '_', '.'",
+                cfg.local_dc
+            )));
+        }
+        let timeout = Duration::from_millis(cfg.timeout_ms.max(100));
+        let local = !cfg.local_dc.is_empty();
+        let (consistency, serial, serial_read) = if local {
+            (
+                Consistency::LocalQuorum,
+                SerialConsistency::LocalSerial,
+                Consistency::LocalSerial,
+            )
+        } else {
+            (
+                Consistency::Quorum,
+                SerialConsistency::Serial,
+                Consistency::Serial,
+            )
+        };
+        let mut lbp = DefaultPolicy::builder().token_aware(true);
+        if local {
+            lbp = lbp
+                .prefer_datacenter(cfg.local_dc.clone())
+                .permit_dc_failover(false);
+        }
+        let profile = ExecutionProfile::builder()
+            .consistency(consistency)
+            .serial_consistency(Some(serial))
+            .request_timeout(Some(timeout))
+            .load_balancing_policy(lbp.build())
+            .build();
+        let mut builder = SessionBuilder::new()
+            .known_nodes(&cfg.nodes)
+            .connection_timeout(timeout)
+            .default_execution_profile_handle(profile.into_handle());
+        if !cfg.username.is_empty() {
+            builder = builder.user(cfg.username.clone(), cfg.password.clone());
+        }
+        let session = builder.build().await.map_err(db_err)?;
+
+        // Tablets are disabled: ScyllaDB before 2025.4 refuses LWT on tablet keyspaces.
+        let strategy = if local {
+            format!(
+                "{{'class': 'NetworkTopologyStrategy', '{}': {}}}",
+                cfg.local_dc,
+                cfg.replication_factor.max(1)
+            )
+        } else {
+            format!(
+                "{{'class': 'NetworkTopologyStrategy', 'replication_factor': {}}}",
+                cfg.replication_factor.max(1)
+            )
+        };
+        let create = format!("CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {strategy}");
+        if let Err(e) = session
+            .query_unpaged(format!("{create} AND tablets = {{'enabled': false}}"), ())
+            .await
+        {
+            // Releases before tablets existed reject the option; they have no tablets, so
+            // LWT works there without it.
+            if !e.to_string().to_lowercase().contains("tablets") {
+                return Err(db_err(e));
+            }
+            session.query_unpaged(create, ()).await.map_err(db_err)?;
+        }
+        migrate(&session, ks).await?;
+        session.use_keyspace(ks, false).await.map_err(db_err)?;
+
+        let db = Arc::new(Db {
+            session,
+            serial: serial_read,
+            stmts: std::sync::Mutex::new(HashMap::new()),
+        });
+        // Every statement of a write starts with at least the margin of lease left and ends
+        // within `timeout`, so the margin must exceed it (twice, for the driver's retry).
+        let margin = timeout * 2 + Duration::from_secs(1);
+        let alloc_cfg = AllocConfig {
+            lease_ttl: margin * 3,
+            safety_margin: margin,
+            ..AllocConfig::default()
+        };
+        let ledger: Arc<dyn RangeLedger> = Arc::new(ScyllaLedger { db: db.clone() });
+        Ok(Self {
+            db,
+            alloc: RangeAllocator::new(coord, ledger, alloc_cfg),
+            ids: tokio::sync::Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A fresh id of sequence `name`, unique across nodes.
+    async fn next_id(&self, name: &'static str) -> StoreResult<i64> {
+        let mut ids = self.ids.lock().await;
+        if let Some((next, end)) = ids.get_mut(name) {
+            if *next < *end {
+                let v = *next;
+                *next += 1;
+                return Ok(v);
+            }
+        }
+        for _ in 0..16 {
+            let cur: Option<(Option<i64>,)> = self.db.one(SEQUENCE_READ, (name,)).await?;
+            let (start, applied) = match cur.and_then(|c| c.0) {
+                None => (
+                    1,
+                    self.db
+                        .lwt(
+                            "INSERT INTO sequences (name, next) VALUES (?, ?) IF NOT EXISTS",
+                            (name, 1 + ID_BLOCK),
+                        )
+                        .await?,
+                ),
+                Some(n) => (
+                    n,
+                    self.db
+                        .lwt(
+                            "UPDATE sequences SET next = ? WHERE name = ? IF next = ?",
+                            (n + ID_BLOCK, name, n),
+                        )
+                        .await?,
+                ),
+            };
+            if applied {
+                ids.insert(name, (start + 1, start + ID_BLOCK));
+                return Ok(start);
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "could not reserve ids of {name} (contention)"
+        )))
+    }
+
+    async fn domain(&self, name: &str) -> StoreResult<Option<Domain>> {
+        let row: Option<(i64,)> = self
+            .db
+            .one("SELECT id FROM domains WHERE name = ?", (name,))
+            .await?;
+        Ok(row.map(|r| Domain {
+            id: DomainId(r.0),
+            name: name.to_string(),
+        }))
+    }
+
+    async fn usage(&self, account: AccountId) -> StoreResult<(u64, u64)> {
+        let row: Option<(Option<Counter>, Option<Counter>)> = self
+            .db
+            .one(
+                "SELECT used_bytes, message_count FROM account_usage WHERE account_id = ?",
+                (account.0,),
+            )
+            .await?;
+        let (b, m) = row.unwrap_or((None, None));
+        Ok((
+            b.map(|c| c.0.max(0) as u64).unwrap_or(0),
+            m.map(|c| c.0.max(0) as u64).unwrap_or(0),
+        ))
+    }
+
+    async fn add_usage(&self, account: AccountId, bytes: i64, messages: i64) -> StoreResult<()> {
+        if bytes == 0 && messages == 0 {
+            return Ok(());
+        }
+        self.db
+            .count(
+                "UPDATE account_usage SET used_bytes = used_bytes + ?, \
+                 message_count = message_count + ? WHERE account_id = ?",
+                (Counter(bytes), Counter(messages), account.0),
+            )
+            .await
+    }
+
+    async fn account_by_id(&self, id: AccountId) -> StoreResult<Option<Account>> {
+        let row: Option<AccountRow> = self
+            .db
+            .one(
+                "SELECT id, domain_id, address, password_hash, quota_bytes FROM accounts \
+                 WHERE id = ?",
+                (id.0,),
+            )
+            .await?;
+        let Some(r) = row else { return Ok(None) };
+        let (used, count) = self.usage(id).await?;
+        Ok(Some(Account {
+            id: AccountId(r.0),
+            domain: DomainId(r.1),
+            address: r.2,
+            password_hash: r.3,
+            quota_bytes: r.4.max(0) as u64,
+            used_bytes: used,
+            message_count: count,
+        }))
+    }
+
+    async fn account_id(&self, address: &str) -> StoreResult<Option<AccountId>> {
+        let row: Option<(i64,)> = self
+            .db
+            .one(
+                "SELECT id FROM accounts_by_address WHERE address = ?",
+                (address,),
+            )
+            .await?;
+        Ok(row.map(|r| AccountId(r.0)))
+    }
+
+    async fn account_by_address(&self, address: &str) -> StoreResult<Option<Account>> {
+        match self.account_id(address).await? {
+            Some(id) => self.account_by_id(id).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn account_exists(&self, id: AccountId) -> StoreResult<bool> {
+        let row: Option<(i64,)> = self
+            .db
+            .one("SELECT id FROM accounts WHERE id = ?", (id.0,))
+            .await?;
+        Ok(row.is_some())
+    }
+
+    async fn mailbox(&self, id: MailboxId) -> StoreResult<Option<Mailbox>> {
+        let row: Option<MailboxRow> = self
+            .db
+            .one(
+                "SELECT id, account_id, name, special_use, uid_validity, uid_next, \
+                 highest_modseq, message_count FROM mailboxes WHERE id = ?",
+                (id.0,),
+            )
+            .await?;
+        Ok(row.map(mailbox_from))
+    }
+
+    /// The mailbox if it belongs to `account`, else `NotFound`.
+    async fn owned_mailbox(&self, account: AccountId, id: MailboxId) -> StoreResult<Mailbox> {
+        match self.mailbox(id).await? {
+            Some(m) if m.account == account => Ok(m),
+            _ => Err(StoreError::NotFound(format!("mailbox {id}"))),
+        }
+    }
+
+    async fn create_mailbox_rows(
+        &self,
+        account: AccountId,
+        name: &str,
+        special_use: Option<SpecialUse>,
+    ) -> StoreResult<Mailbox> {
+        let id = self.next_id("mailbox").await?;
+        // UIDVALIDITY must change if a mailbox name is reused: the time mixed with the new
+        // id keeps it unique and non-zero.
+        let validity = ((now_secs() as u64).wrapping_add(id as u64) & 0x7fff_ffff).max(1) as i64;
+        // The row and the ledger first, the name last: a reader that finds the name always
+        // finds the mailbox, and a lost name race leaves rows nobody can reach (deleted below).
+        self.db
+            .run(
+                "INSERT INTO mailboxes (id, account_id, name, special_use, uid_validity, \
+                 uid_next, highest_modseq, message_count) VALUES (?, ?, ?, ?, ?, 1, 1, 0)",
+                (
+                    id,
+                    account.0,
+                    name,
+                    special_use.map(|s| s.as_str()),
+                    validity,
+                ),
+            )
+            .await?;
+        self.db
+            .run(
+                "INSERT INTO uid_ledger (mailbox_id, uid_next, modseq_next, fence) \
+                 VALUES (?, ?, ?, 0)",
+                (
+                    id,
+                    LedgerState::INITIAL.uid_next as i64,
+                    LedgerState::INITIAL.modseq_next as i64,
+                ),
+            )
+            .await?;
+        let claimed = self
+            .db
+            .lwt(
+                "INSERT INTO mailboxes_by_account (account_id, name, id) VALUES (?, ?, ?) \
+                 IF NOT EXISTS",
+                (account.0, name, id),
+            )
+            .await?;
+        if !claimed {
+            self.db
+                .run("DELETE FROM mailboxes WHERE id = ?", (id,))
+                .await?;
+            self.db
+                .run("DELETE FROM uid_ledger WHERE mailbox_id = ?", (id,))
+                .await?;
+            return Err(StoreError::Conflict(format!("mailbox {name}")));
+        }
+        Ok(Mailbox {
+            id: MailboxId(id),
+            account,
+            name: name.to_string(),
+            special_use,
+            uid_validity: validity as u32,
+            uid_next: Uid(1),
+            highest_modseq: ModSeq(1),
+            message_count: 0,
+        })
+    }
+
+    /// Takes one reference on a blob and takes it off the orphan list.
+    async fn take_blob(&self, blob: &str) -> StoreResult<()> {
+        self.db
+            .count(
+                "UPDATE blob_refs SET refcount = refcount + 1 WHERE blob_id = ?",
+                (blob,),
+            )
+            .await?;
+        self.db
+            .run("DELETE FROM blob_orphans WHERE blob_id = ?", (blob,))
+            .await?;
+        Ok(())
+    }
+
+    /// Drops one reference per entry; returns (and records) the blobs left unreferenced.
+    async fn release_blobs(&self, blobs: &[String]) -> StoreResult<Vec<BlobId>> {
+        let mut orphaned = Vec::new();
+        let now = now_secs();
+        for b in blobs {
+            self.db
+                .count(
+                    "UPDATE blob_refs SET refcount = refcount - 1 WHERE blob_id = ?",
+                    (b.as_str(),),
+                )
+                .await?;
+            let left: Option<(Option<Counter>,)> = self
+                .db
+                .one(
+                    "SELECT refcount FROM blob_refs WHERE blob_id = ?",
+                    (b.as_str(),),
+                )
+                .await?;
+            if left.and_then(|l| l.0).map(|c| c.0).unwrap_or(0) <= 0 {
+                self.db
+                    .run(
+                        "INSERT INTO blob_orphans (blob_id, since) VALUES (?, ?)",
+                        (b.as_str(), now),
+                    )
+                    .await?;
+                if let Some(id) = BlobId::parse(b) {
+                    if !orphaned.contains(&id) {
+                        orphaned.push(id);
+                    }
+                }
+            }
+        }
+        Ok(orphaned)
+    }
+
+    async fn read_message(&self, mailbox: MailboxId, uid: Uid) -> StoreResult<Option<MessageRow>> {
+        self.db
+            .one(
+                "SELECT uid, modseq, blob_id, size, internal_date, flags FROM messages \
+                 WHERE mailbox_id = ? AND bucket = ? AND uid = ?",
+                (mailbox.0, bucket(uid.0 as u64), uid.0 as i64),
+            )
+            .await
+    }
+
+    async fn record_change(
+        &self,
+        mailbox: MailboxId,
+        uid: Uid,
+        modseq: ModSeq,
+        kind: ChangeKind,
+        previous: Option<ModSeq>,
+    ) -> StoreResult<()> {
+        self.db
+            .run(
+                "INSERT INTO changes (mailbox_id, bucket, modseq, uid, kind) VALUES (?, ?, ?, ?, ?)",
+                (
+                    mailbox.0,
+                    bucket(modseq.0),
+                    modseq.0 as i64,
+                    uid.0 as i64,
+                    kind_code(kind),
+                ),
+            )
+            .await?;
+        // Keep one entry per UID, like SQLite's table keyed by UID: the superseded one goes.
+        if let Some(p) = previous {
+            self.db
+                .run(
+                    "DELETE FROM changes WHERE mailbox_id = ? AND bucket = ? AND modseq = ?",
+                    (mailbox.0, bucket(p.0), p.0 as i64),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Inserts one message under `w`'s lease: new UID and MODSEQ, blob reference, change.
+    async fn insert_message(
+        &self,
+        w: &mut MailboxWriter<'_>,
+        m: &StoredFields,
+        delta: &mut MailboxDelta,
+    ) -> StoreResult<Appended> {
+        let mailbox = w.mailbox();
+        let uid = w.next_uid().await?;
+        let modseq = w.next_modseq().await?;
+        // The blob reference first: a write cut short leaks a reference (the blob is kept
+        // for ever), never a message whose blob the sweep may delete.
+        w.check_time()?;
+        self.take_blob(&m.blob).await?;
+        // Every statement starts with at least the safety margin of lease left.
+        w.check_time()?;
+        self.db
+            .run(
+                "INSERT INTO messages (mailbox_id, bucket, uid, modseq, blob_id, size, \
+                 internal_date, flags, summary) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    mailbox.0,
+                    bucket(uid.0 as u64),
+                    uid.0 as i64,
+                    modseq.0 as i64,
+                    m.blob.as_str(),
+                    m.size,
+                    m.internal_date,
+                    m.flags.as_str(),
+                    m.summary.as_deref(),
+                ),
+            )
+            .await?;
+        // Counted as soon as the row exists, so a failure later still moves UIDNEXT past it.
+        delta.last_uid = Some(uid.0);
+        delta.last_modseq = Some(modseq.0);
+        delta.count += 1;
+        w.check_time()?;
+        self.record_change(mailbox, uid, modseq, ChangeKind::Appended, None)
+            .await?;
+        Ok(Appended {
+            mailbox,
+            uid,
+            modseq,
+        })
+    }
+
+    /// Removes one message under `w`'s lease: row, expunge MODSEQ and change. Returns its
+    /// blob and size; blob references and usage are the caller's.
+    async fn remove_message(
+        &self,
+        w: &mut MailboxWriter<'_>,
+        uid: Uid,
+        delta: &mut MailboxDelta,
+    ) -> StoreResult<Option<(String, i64, ModSeq)>> {
+        let mailbox = w.mailbox();
+        let Some(row) = self.read_message(mailbox, uid).await? else {
+            return Ok(None);
+        };
+        let modseq = w.next_modseq().await?;
+        w.check_time()?;
+        self.db
+            .run(
+                "DELETE FROM messages WHERE mailbox_id = ? AND bucket = ? AND uid = ?",
+                (mailbox.0, bucket(uid.0 as u64), uid.0 as i64),
+            )
+            .await?;
+        delta.last_modseq = Some(modseq.0);
+        delta.count -= 1;
+        w.check_time()?;
+        self.record_change(
+            mailbox,
+            uid,
+            modseq,
+            ChangeKind::Expunged,
+            Some(ModSeq(row.1 as u64)),
+        )
+        .await?;
+        Ok(Some((row.2, row.3, modseq)))
+    }
+
+    /// Writes what a write did to the mailbox row (still under the lease).
+    async fn apply_delta(
+        &self,
+        w: &MailboxWriter<'_>,
+        before: &Mailbox,
+        delta: &MailboxDelta,
+    ) -> StoreResult<()> {
+        if delta.last_uid.is_none() && delta.last_modseq.is_none() && delta.count == 0 {
+            return Ok(());
+        }
+        w.check_time()?;
+        let uid_next = delta
+            .last_uid
+            .map(|u| (u as i64 + 1).max(before.uid_next.0 as i64))
+            .unwrap_or(before.uid_next.0 as i64);
+        let modseq = delta
+            .last_modseq
+            .map(|m| (m as i64).max(before.highest_modseq.0 as i64))
+            .unwrap_or(before.highest_modseq.0 as i64);
+        let count = (before.message_count as i64 + delta.count).max(0);
+        self.db
+            .run(
+                "UPDATE mailboxes SET uid_next = ?, highest_modseq = ?, message_count = ? \
+                 WHERE id = ?",
+                (uid_next, modseq, count, before.id.0),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// All messages of a mailbox (every bucket up to its `uid_next`).
+    async fn all_messages(&self, mb: &Mailbox) -> StoreResult<Vec<MessageRow>> {
+        let last = bucket((mb.uid_next.0 as u64).saturating_sub(1));
+        let mut out = Vec::new();
+        for b in 0..=last {
+            let rows: Vec<MessageRow> = self
+                .db
+                .all(
+                    "SELECT uid, modseq, blob_id, size, internal_date, flags \
+                     FROM messages WHERE mailbox_id = ? AND bucket = ?",
+                    (mb.id.0, b),
+                )
+                .await?;
+            out.extend(rows);
+        }
+        Ok(out)
+    }
+
+    /// Deletes a mailbox's messages and change log under its lease, adjusting usage;
+    /// returns the released blobs.
+    async fn purge_mailbox(&self, w: &MailboxWriter<'_>, mb: &Mailbox) -> StoreResult<Vec<BlobId>> {
+        let rows = self.all_messages(mb).await?;
+        let bytes: i64 = rows.iter().map(|r| r.3).sum();
+        w.check_time()?;
+        self.add_usage(mb.account, -bytes, -(rows.len() as i64))
+            .await?;
+        for b in 0..=bucket((mb.uid_next.0 as u64).saturating_sub(1)) {
+            w.check_time()?;
+            self.db
+                .run(
+                    "DELETE FROM messages WHERE mailbox_id = ? AND bucket = ?",
+                    (mb.id.0, b),
+                )
+                .await?;
+        }
+        for b in 0..=bucket(mb.highest_modseq.0) {
+            w.check_time()?;
+            self.db
+                .run(
+                    "DELETE FROM changes WHERE mailbox_id = ? AND bucket = ?",
+                    (mb.id.0, b),
+                )
+                .await?;
+        }
+        let blobs: Vec<String> = rows.into_iter().map(|r| r.2).collect();
+        self.release_blobs(&blobs).await
+    }
+
+    /// Deletes a mailbox completely (lease taken here).
+    async fn drop_mailbox(&self, mb: &Mailbox) -> StoreResult<Vec<BlobId>> {
+        let w = self.alloc.writer(mb.id).await?;
+        // Re-read under the lease: counters written by the previous holder are final now.
+        let result = async {
+            let Some(current) = self.mailbox(mb.id).await? else {
+                return Ok(Vec::new());
+            };
+            let orphaned = self.purge_mailbox(&w, &current).await?;
+            self.db
+                .run(
+                    "DELETE FROM mailboxes_by_account WHERE account_id = ? AND name = ?",
+                    (current.account.0, current.name.as_str()),
+                )
+                .await?;
+            self.db
+                .run("DELETE FROM mailboxes WHERE id = ?", (current.id.0,))
+                .await?;
+            self.db
+                .run(
+                    "DELETE FROM uid_ledger WHERE mailbox_id = ?",
+                    (current.id.0,),
+                )
+                .await?;
+            Ok(orphaned)
+        }
+        .await;
+        w.finish().await;
+        result
+    }
+
+    async fn delete_alias_rows(&self, source: &str, target: &str) -> StoreResult<()> {
+        let domain = domain_of(source).unwrap_or("").to_string();
+        self.db
+            .run(
+                "DELETE FROM aliases WHERE source = ? AND target = ?",
+                (source, target),
+            )
+            .await?;
+        self.db
+            .run(
+                "DELETE FROM aliases_by_domain WHERE domain = ? AND source = ? AND target = ?",
+                (domain.as_str(), source, target),
+            )
+            .await?;
+        self.db
+            .run(
+                "DELETE FROM aliases_by_target WHERE target = ? AND source = ?",
+                (target, source),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Copies (and with `remove`, moves) messages, holding both mailboxes' leases.
+    async fn copy(
+        &self,
+        account: AccountId,
+        source: MailboxId,
+        uids: &[Uid],
+        dest: MailboxId,
+        remove: bool,
+    ) -> StoreResult<(Vec<Copied>, Expunged)> {
+        self.owned_mailbox(account, source).await?;
+        self.owned_mailbox(account, dest).await?;
+        let mut writers = self.alloc.writers(&[source, dest]).await?;
+        let result = self
+            .copy_locked(&mut writers, account, source, uids, dest, remove)
+            .await;
+        for w in writers {
+            w.finish().await;
+        }
+        result
+    }
+
+    async fn copy_locked(
+        &self,
+        writers: &mut [MailboxWriter<'_>],
+        account: AccountId,
+        source: MailboxId,
+        uids: &[Uid],
+        dest: MailboxId,
+        remove: bool,
+    ) -> StoreResult<(Vec<Copied>, Expunged)> {
+        let src_before = self.owned_mailbox(account, source).await?;
+        let dst_before = self.owned_mailbox(account, dest).await?;
+        let mut sorted = uids.to_vec();
+        sorted.sort();
+        sorted.dedup();
+        let mut found = Vec::new();
+        for uid in sorted {
+            let row: Option<FieldsRow> = self
+                .db
+                .one(
+                    "SELECT blob_id, size, internal_date, flags, summary FROM messages \
+                     WHERE mailbox_id = ? AND bucket = ? AND uid = ?",
+                    (source.0, bucket(uid.0 as u64), uid.0 as i64),
+                )
+                .await?;
+            if let Some(r) = row {
+                found.push((
+                    uid,
+                    StoredFields {
+                        blob: r.0,
+                        size: r.1,
+                        internal_date: r.2,
+                        flags: r.3,
+                        summary: r.4,
+                    },
+                ));
+            }
+        }
+        if !remove {
+            // Copies count against quota (advisory: checked once, before writing).
+            let acct = self
+                .account_by_id(account)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("account {account}")))?;
+            let extra: u64 = found.iter().map(|f| f.1.size.max(0) as u64).sum();
+            if !acct.fits(extra) {
+                return Err(StoreError::QuotaExceeded(acct.address));
+            }
+        }
+        let (dest_idx, src_idx) = if source == dest {
+            (0, 0)
+        } else if dest < source {
+            (0, 1)
+        } else {
+            (1, 0)
+        };
+        let mut copied = Vec::new();
+        let mut expunged = Expunged::default();
+        let mut dst_delta = MailboxDelta::default();
+        let mut src_delta = MailboxDelta::default();
+        let mut bytes = 0i64;
+        for (uid, fields) in found {
+            let appended = self
+                .insert_message(&mut writers[dest_idx], &fields, &mut dst_delta)
+                .await?;
+            copied.push(Copied {
+                source_uid: uid,
+                dest: appended,
+            });
+            if remove {
+                if let Some((blob, _, modseq)) = self
+                    .remove_message(&mut writers[src_idx], uid, &mut src_delta)
+                    .await?
+                {
+                    expunged.modseq = Some(modseq);
+                    expunged.uids.push(uid);
+                    // The destination took a new reference; drop the source's.
+                    expunged.orphaned.extend(self.release_blobs(&[blob]).await?);
+                }
+            } else {
+                bytes += fields.size;
+            }
+        }
+        if source == dest {
+            // One mailbox, one row: merge what both sides did.
+            dst_delta.count += src_delta.count;
+            dst_delta.last_modseq = dst_delta.last_modseq.max(src_delta.last_modseq);
+            self.apply_delta(&writers[dest_idx], &dst_before, &dst_delta)
+                .await?;
+        } else {
+            self.apply_delta(&writers[dest_idx], &dst_before, &dst_delta)
+                .await?;
+            self.apply_delta(&writers[src_idx], &src_before, &src_delta)
+                .await?;
+        }
+        if !remove {
+            self.add_usage(account, bytes, copied.len() as i64).await?;
+        }
+        Ok((copied, expunged))
+    }
+
+    async fn load_outbound(
+        &self,
+        id: crate::QueueId,
+    ) -> StoreResult<Option<crate::OutboundMessage>> {
+        type Head = (
+            String,
+            i64,
+            String,
+            Option<i64>,
+            Option<String>,
+            Option<String>,
+            i64,
+        );
+        let head: Option<Head> = self
+            .db
+            .one(
+                "SELECT blob_id, size, sender, account_id, envid, ret, created_at \
+                 FROM outbound WHERE id = ?",
+                (id.0,),
+            )
+            .await?;
+        let Some(h) = head else { return Ok(None) };
+        // The submitting account may be gone: entries outlive it and then name no account.
+        let account = match h.3 {
+            Some(a) if self.account_exists(AccountId(a)).await? => Some(AccountId(a)),
+            _ => None,
+        };
+        let recipients = self
+            .load_recipients(id)
+            .await?
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect();
+        Ok(Some(crate::OutboundMessage {
+            id,
+            blob: parse_blob(&h.0)?,
+            size: h.1.max(0) as u64,
+            sender: h.2,
+            account,
+            envid: h.4,
+            ret: h.5.as_deref().and_then(crate::DsnRet::parse),
+            created_at: h.6,
+            recipients,
+        }))
+    }
+
+    /// Recipients of an entry with their `seq`, in enqueue order.
+    async fn load_recipients(
+        &self,
+        id: crate::QueueId,
+    ) -> StoreResult<Vec<(i32, crate::OutboundRecipient)>> {
+        type RcptRow = (
+            i32,
+            String,
+            i32,
+            i32,
+            i64,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        );
+        let rows: Vec<RcptRow> = self
+            .db
+            .all(
+                "SELECT seq, address, state, attempts, next_attempt, last_error, notify, orcpt \
+                 FROM outbound_rcpts WHERE queue_id = ?",
+                (id.0,),
+            )
+            .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok((
+                    r.0,
+                    crate::OutboundRecipient {
+                        address: r.1,
+                        state: state_from(r.2)?,
+                        attempts: r.3.max(0) as u32,
+                        next_attempt: r.4,
+                        last_error: r.5,
+                        notify: r.6,
+                        orcpt: r.7,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    async fn outbound_exists(&self, id: crate::QueueId) -> StoreResult<bool> {
+        let row: Option<(i64,)> = self
+            .db
+            .one("SELECT id FROM outbound WHERE id = ?", (id.0,))
+            .await?;
+        Ok(row.is_some())
+    }
+
+    /// Moves a recipient's entry in the due index (only `Queued` recipients are in it).
+    async fn reindex_due(
+        &self,
+        id: crate::QueueId,
+        seq: i32,
+        old: Option<i64>,
+        new: Option<i64>,
+    ) -> StoreResult<()> {
+        if old == new {
+            return Ok(());
+        }
+        if let Some(at) = new {
+            self.db
+                .run(
+                    "INSERT INTO outbound_due (shard, next_attempt, queue_id, seq) \
+                     VALUES (?, ?, ?, ?)",
+                    (QUEUE_SHARD, at, id.0, seq),
+                )
+                .await?;
+        }
+        if let Some(at) = old {
+            self.db
+                .run(
+                    "DELETE FROM outbound_due WHERE shard = ? AND next_attempt = ? \
+                     AND queue_id = ? AND seq = ?",
+                    (QUEUE_SHARD, at, id.0, seq),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Creates the tables of every schema version above the recorded one, then records it.
+async fn migrate(session: &Session, ks: &str) -> StoreResult<()> {
+    session
+        .query_unpaged(
+            format!(
+                "CREATE TABLE IF NOT EXISTS {ks}.schema_version (id int PRIMARY KEY, version int)"
+            ),
+            (),
+        )
+        .await
+        .map_err(db_err)?;
+    let res = session
+        .query_unpaged(
+            format!("SELECT version FROM {ks}.schema_version WHERE id = 0"),
+            (),
+        )
+        .await
+        .map_err(db_err)?;
+    let version: i32 = res
+        .into_rows_result()
+        .map_err(row_err)?
+        .maybe_first_row::<(Option<i32>,)>()
+        .map_err(row_err)?
+        .and_then(|r| r.0)
+        .unwrap_or(0);
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Invalid(format!(
+            "keyspace schema version {version} is newer than this build ({SCHEMA_VERSION})"
+        )));
+    }
+    // Every statement is `IF NOT EXISTS`, so two nodes migrating at once (or a migration
+    // interrupted half-way) converge on the same schema.
+    if version < 1 {
+        for stmt in SCHEMA_V1 {
+            session
+                .query_unpaged(stmt.replace("{ks}", ks), ())
+                .await
+                .map_err(db_err)?;
+        }
+    }
+    if version < SCHEMA_VERSION {
+        session
+            .query_unpaged(
+                format!("INSERT INTO {ks}.schema_version (id, version) VALUES (0, ?)"),
+                (SCHEMA_VERSION,),
+            )
+            .await
+            .map_err(db_err)?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl MetadataStore for ScyllaMetadataStore {
+    async fn create_domain(&self, name: &str) -> StoreResult<Domain> {
+        // Stored as given, as the SQLite store does (callers normalise).
+        let name = name.to_string();
+        let id = self.next_id("domain").await?;
+        if !self
+            .db
+            .lwt(
+                "INSERT INTO domains (name, id, created_at) VALUES (?, ?, ?) IF NOT EXISTS",
+                (name.as_str(), id, now_secs()),
+            )
+            .await?
+        {
+            return Err(StoreError::Conflict(format!("domain {name}")));
+        }
+        Ok(Domain {
+            id: DomainId(id),
+            name,
+        })
+    }
+
+    async fn get_domain(&self, name: &str) -> StoreResult<Option<Domain>> {
+        self.domain(name).await
+    }
+
+    async fn list_domains(&self) -> StoreResult<Vec<Domain>> {
+        // Domains are few: a full scan, sorted here.
+        let rows: Vec<(String, i64)> = self.db.all("SELECT name, id FROM domains", ()).await?;
+        let mut out: Vec<Domain> = rows
+            .into_iter()
+            .map(|(name, id)| Domain {
+                id: DomainId(id),
+                name,
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    async fn delete_domain(&self, name: &str) -> StoreResult<()> {
+        let name = name.to_string();
+        let d = self
+            .domain(&name)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("domain {name}")))?;
+        let account: Option<(String,)> = self
+            .db
+            .one(
+                "SELECT address FROM accounts_by_domain WHERE domain_id = ? LIMIT 1",
+                (d.id.0,),
+            )
+            .await?;
+        let alias: Option<(String,)> = self
+            .db
+            .one(
+                "SELECT source FROM aliases_by_domain WHERE domain = ? LIMIT 1",
+                (name.as_str(),),
+            )
+            .await?;
+        if account.is_some() || alias.is_some() {
+            return Err(StoreError::Conflict(format!(
+                "domain {name} still has accounts or aliases"
+            )));
+        }
+        self.db
+            .run("DELETE FROM domains WHERE name = ?", (name.as_str(),))
+            .await?;
+        Ok(())
+    }
+
+    async fn create_account(
+        &self,
+        address: &str,
+        password_hash: &str,
+        quota_bytes: u64,
+    ) -> StoreResult<Account> {
+        let address = address.to_lowercase();
+        let domain = self
+            .domain(domain_of(&address)?)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("domain of {address}")))?;
+        let alias: Option<(String,)> = self
+            .db
+            .one(
+                "SELECT target FROM aliases WHERE source = ? LIMIT 1",
+                (address.as_str(),),
+            )
+            .await?;
+        if alias.is_some() {
+            return Err(StoreError::Conflict(format!("{address} is an alias")));
+        }
+        let id = self.next_id("account").await?;
+        // The row first, the address claim second: a reader that resolves the address
+        // always finds the row.
+        self.db
+            .run(
+                "INSERT INTO accounts (id, domain_id, address, password_hash, quota_bytes, \
+                 created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    id,
+                    domain.id.0,
+                    address.as_str(),
+                    password_hash,
+                    quota_bytes.min(i64::MAX as u64) as i64,
+                    now_secs(),
+                ),
+            )
+            .await?;
+        if !self
+            .db
+            .lwt(
+                "INSERT INTO accounts_by_address (address, id) VALUES (?, ?) IF NOT EXISTS",
+                (address.as_str(), id),
+            )
+            .await?
+        {
+            self.db
+                .run("DELETE FROM accounts WHERE id = ?", (id,))
+                .await?;
+            return Err(StoreError::Conflict(format!("account {address}")));
+        }
+        self.db
+            .run(
+                "INSERT INTO accounts_by_domain (domain_id, address, id) VALUES (?, ?, ?)",
+                (domain.id.0, address.as_str(), id),
+            )
+            .await?;
+        for (role, name) in SpecialUse::DEFAULTS {
+            self.create_mailbox_rows(AccountId(id), name, Some(role))
+                .await?;
+        }
+        self.account_by_id(AccountId(id))
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("account vanished".into()))
+    }
+
+    async fn get_account(&self, address: &str) -> StoreResult<Option<Account>> {
+        self.account_by_address(&address.to_lowercase()).await
+    }
+
+    async fn get_account_by_id(&self, id: AccountId) -> StoreResult<Option<Account>> {
+        self.account_by_id(id).await
+    }
+
+    async fn list_accounts(&self, domain: Option<&str>) -> StoreResult<Vec<Account>> {
+        let ids: Vec<i64> = match domain {
+            Some(d) => {
+                let Some(d) = self.domain(&d.to_lowercase()).await? else {
+                    return Ok(Vec::new());
+                };
+                let rows: Vec<(i64,)> = self
+                    .db
+                    .all(
+                        "SELECT id FROM accounts_by_domain WHERE domain_id = ?",
+                        (d.id.0,),
+                    )
+                    .await?;
+                rows.into_iter().map(|r| r.0).collect()
+            }
+            None => {
+                let rows: Vec<(i64,)> = self.db.all("SELECT id FROM accounts", ()).await?;
+                rows.into_iter().map(|r| r.0).collect()
+            }
+        };
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(a) = self.account_by_id(AccountId(id)).await? {
+                out.push(a);
+            }
+        }
+        out.sort_by(|a, b| a.address.cmp(&b.address));
+        Ok(out)
+    }
+
+    async fn delete_account(&self, address: &str) -> StoreResult<Vec<BlobId>> {
+        let address = address.to_lowercase();
+        let acct = self
+            .account_by_address(&address)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("account {address}")))?;
+        let mut orphaned: Vec<BlobId> = Vec::new();
+        for mb in self.list_mailboxes(acct.id).await? {
+            for b in self.drop_mailbox(&mb).await? {
+                if !orphaned.contains(&b) {
+                    orphaned.push(b);
+                }
+            }
+        }
+        let a = acct.id.0;
+        self.db
+            .run("DELETE FROM subscriptions WHERE account_id = ?", (a,))
+            .await?;
+        for p in self.list_app_passwords(acct.id).await? {
+            self.db
+                .run("DELETE FROM app_password_ids WHERE id = ?", (p.id.0,))
+                .await?;
+        }
+        self.db
+            .run("DELETE FROM app_passwords WHERE account_id = ?", (a,))
+            .await?;
+        self.db
+            .run("DELETE FROM app_password_tags WHERE account_id = ?", (a,))
+            .await?;
+        self.db
+            .run("DELETE FROM totp_secrets WHERE account_id = ?", (a,))
+            .await?;
+        self.db
+            .run("DELETE FROM sender_grants WHERE account_id = ?", (a,))
+            .await?;
+        // The address goes last so a half-done delete can be finished by running it again.
+        self.db
+            .run(
+                "DELETE FROM accounts_by_domain WHERE domain_id = ? AND address = ?",
+                (acct.domain.0, address.as_str()),
+            )
+            .await?;
+        self.db
+            .run("DELETE FROM accounts WHERE id = ?", (a,))
+            .await?;
+        // Aliases pointing at the account would otherwise resolve to nothing.
+        let sources: Vec<(String,)> = self
+            .db
+            .all(
+                "SELECT source FROM aliases_by_target WHERE target = ?",
+                (address.as_str(),),
+            )
+            .await?;
+        for (source,) in sources {
+            self.delete_alias_rows(&source, &address).await?;
+        }
+        self.db
+            .run(
+                "DELETE FROM accounts_by_address WHERE address = ?",
+                (address.as_str(),),
+            )
+            .await?;
+        Ok(orphaned)
+    }
+
+    async fn set_password_hash(&self, address: &str, password_hash: &str) -> StoreResult<()> {
+        let address = address.to_lowercase();
+        let id = self
+            .account_id(&address)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("account {address}")))?;
+        // IF EXISTS: a plain UPDATE would resurrect a concurrently deleted account's row.
+        if !self
+            .db
+            .lwt(
+                "UPDATE accounts SET password_hash = ? WHERE id = ? IF EXISTS",
+                (password_hash, id.0),
+            )
+            .await?
+        {
+            return Err(StoreError::NotFound(format!("account {address}")));
+        }
+        Ok(())
+    }
+
+    async fn set_quota(&self, address: &str, quota_bytes: u64) -> StoreResult<()> {
+        let address = address.to_lowercase();
+        let id = self
+            .account_id(&address)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("account {address}")))?;
+        if !self
+            .db
+            .lwt(
+                "UPDATE accounts SET quota_bytes = ? WHERE id = ? IF EXISTS",
+                (quota_bytes.min(i64::MAX as u64) as i64, id.0),
+            )
+            .await?
+        {
+            return Err(StoreError::NotFound(format!("account {address}")));
+        }
+        Ok(())
+    }
+
+    async fn create_alias(&self, source: &str, target: &str) -> StoreResult<()> {
+        let source = source.to_lowercase();
+        let target = target.to_lowercase();
+        let domain = domain_of(&source)?.to_string();
+        if self.domain(&domain).await?.is_none() {
+            return Err(StoreError::NotFound(format!("domain {domain}")));
+        }
+        if self.account_id(&source).await?.is_some() {
+            return Err(StoreError::Conflict(format!("{source} is an account")));
+        }
+        if !self
+            .db
+            .lwt(
+                "INSERT INTO aliases (source, target, domain) VALUES (?, ?, ?) IF NOT EXISTS",
+                (source.as_str(), target.as_str(), domain.as_str()),
+            )
+            .await?
+        {
+            return Err(StoreError::Conflict(format!("alias {source} -> {target}")));
+        }
+        self.db
+            .run(
+                "INSERT INTO aliases_by_domain (domain, source, target) VALUES (?, ?, ?)",
+                (domain.as_str(), source.as_str(), target.as_str()),
+            )
+            .await?;
+        self.db
+            .run(
+                "INSERT INTO aliases_by_target (target, source) VALUES (?, ?)",
+                (target.as_str(), source.as_str()),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_alias(&self, source: &str, target: Option<&str>) -> StoreResult<()> {
+        let source = source.to_lowercase();
+        let target = target.map(str::to_lowercase);
+        let targets: Vec<String> = self
+            .alias_targets(&source)
+            .await?
+            .into_iter()
+            .filter(|t| target.as_ref().is_none_or(|x| x == t))
+            .collect();
+        if targets.is_empty() {
+            return Err(StoreError::NotFound(format!("alias {source}")));
+        }
+        for t in targets {
+            self.delete_alias_rows(&source, &t).await?;
+        }
+        Ok(())
+    }
+
+    async fn list_aliases(&self, domain: Option<&str>) -> StoreResult<Vec<Alias>> {
+        let rows: Vec<(String, String)> = match domain {
+            Some(d) => {
+                self.db
+                    .all(
+                        "SELECT source, target FROM aliases_by_domain WHERE domain = ?",
+                        (d.to_lowercase(),),
+                    )
+                    .await?
+            }
+            None => {
+                self.db
+                    .all("SELECT source, target FROM aliases", ())
+                    .await?
+            }
+        };
+        let mut out: Vec<Alias> = rows
+            .into_iter()
+            .map(|(source, target)| Alias { source, target })
+            .collect();
+        out.sort_by(|a, b| (&a.source, &a.target).cmp(&(&b.source, &b.target)));
+        Ok(out)
+    }
+
+    async fn alias_targets(&self, source: &str) -> StoreResult<Vec<String>> {
+        let rows: Vec<(String,)> = self
+            .db
+            .all(
+                "SELECT target FROM aliases WHERE source = ?",
+                (source.to_lowercase(),),
+            )
+            .await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    async fn create_mailbox(
+        &self,
+        account: AccountId,
+        name: &str,
+        special_use: Option<SpecialUse>,
+    ) -> StoreResult<Mailbox> {
+        validate_mailbox_name(name)?;
+        if !self.account_exists(account).await? {
+            return Err(StoreError::NotFound(format!("account {account}")));
+        }
+        self.create_mailbox_rows(account, name, special_use).await
+    }
+
+    async fn get_mailbox(&self, account: AccountId, name: &str) -> StoreResult<Option<Mailbox>> {
+        let row: Option<(i64,)> = self
+            .db
+            .one(
+                "SELECT id FROM mailboxes_by_account WHERE account_id = ? AND name = ?",
+                (account.0, name),
+            )
+            .await?;
+        let Some((id,)) = row else { return Ok(None) };
+        Ok(self
+            .mailbox(MailboxId(id))
+            .await?
+            .filter(|m| m.account == account && m.name == name))
+    }
+
+    async fn list_mailboxes(&self, account: AccountId) -> StoreResult<Vec<Mailbox>> {
+        let rows: Vec<(String, i64)> = self
+            .db
+            .all(
+                "SELECT name, id FROM mailboxes_by_account WHERE account_id = ?",
+                (account.0,),
+            )
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (name, id) in rows {
+            if let Some(m) = self.mailbox(MailboxId(id)).await? {
+                if m.account == account && m.name == name {
+                    out.push(m);
+                }
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    async fn rename_mailbox(
+        &self,
+        account: AccountId,
+        id: MailboxId,
+        new_name: &str,
+    ) -> StoreResult<()> {
+        validate_mailbox_name(new_name)?;
+        let mb = self.owned_mailbox(account, id).await?;
+        if mb.name == new_name {
+            return Ok(());
+        }
+        if !self
+            .db
+            .lwt(
+                "INSERT INTO mailboxes_by_account (account_id, name, id) VALUES (?, ?, ?) \
+                 IF NOT EXISTS",
+                (account.0, new_name, id.0),
+            )
+            .await?
+        {
+            return Err(StoreError::Conflict(format!("mailbox {new_name}")));
+        }
+        // Only the name column: writers of the mailbox's counters never touch it.
+        self.db
+            .run(
+                "UPDATE mailboxes SET name = ? WHERE id = ?",
+                (new_name, id.0),
+            )
+            .await?;
+        self.db
+            .run(
+                "DELETE FROM mailboxes_by_account WHERE account_id = ? AND name = ?",
+                (account.0, mb.name.as_str()),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_mailbox(&self, account: AccountId, id: MailboxId) -> StoreResult<Vec<BlobId>> {
+        let mb = self.owned_mailbox(account, id).await?;
+        self.drop_mailbox(&mb).await
+    }
+
+    async fn append(
+        &self,
+        messages: Vec<NewMessage>,
+        quota: QuotaPolicy,
+    ) -> StoreResult<Vec<Appended>> {
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Check accounts, mailboxes and quota before anything is allocated: a refused
+        // append allocates nothing.
+        let mut per_account: BTreeMap<AccountId, i64> = BTreeMap::new();
+        let mut mailboxes: Vec<MailboxId> = Vec::new();
+        for m in &messages {
+            *per_account.entry(m.account).or_default() += m.size.min(i64::MAX as u64) as i64;
+            if !mailboxes.contains(&m.mailbox) {
+                self.owned_mailbox(m.account, m.mailbox).await?;
+                mailboxes.push(m.mailbox);
+            }
+        }
+        for (account, bytes) in &per_account {
+            let acct = self
+                .account_by_id(*account)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("account {account}")))?;
+            if quota == QuotaPolicy::Enforce && !acct.fits(*bytes as u64) {
+                return Err(StoreError::QuotaExceeded(acct.address));
+            }
+        }
+        let mut writers = self.alloc.writers(&mailboxes).await?;
+        let result = async {
+            let mut before = HashMap::new();
+            for w in writers.iter() {
+                let mb = self
+                    .mailbox(w.mailbox())
+                    .await?
+                    .ok_or_else(|| StoreError::NotFound(format!("mailbox {}", w.mailbox())))?;
+                before.insert(w.mailbox(), (mb, MailboxDelta::default()));
+            }
+            let mut out = Vec::with_capacity(messages.len());
+            let mut added: BTreeMap<AccountId, (i64, i64)> = BTreeMap::new();
+            let mut failed = None;
+            for m in &messages {
+                let idx = writers
+                    .iter()
+                    .position(|w| w.mailbox() == m.mailbox)
+                    .ok_or_else(|| StoreError::NotFound(format!("mailbox {}", m.mailbox)))?;
+                let (_, delta) = before
+                    .get_mut(&m.mailbox)
+                    .ok_or_else(|| StoreError::NotFound(format!("mailbox {}", m.mailbox)))?;
+                let fields = StoredFields {
+                    blob: m.blob.as_str().to_string(),
+                    size: m.size.min(i64::MAX as u64) as i64,
+                    internal_date: m.internal_date,
+                    flags: m.flags.to_storage(),
+                    summary: m.summary.clone(),
+                };
+                let count_before = delta.count;
+                let r = self.insert_message(&mut writers[idx], &fields, delta).await;
+                if delta.count > count_before {
+                    let e = added.entry(m.account).or_default();
+                    e.0 += fields.size;
+                    e.1 += 1;
+                }
+                match r {
+                    Ok(a) => out.push(a),
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            // Without transactions a failed append may leave some messages written: the
+            // mailbox row and usage still account for those (while the lease allows).
+            for w in writers.iter() {
+                if let Some((mb, delta)) = before.get(&w.mailbox()) {
+                    self.apply_delta(w, mb, delta).await?;
+                }
+            }
+            for (account, (bytes, count)) in &added {
+                self.add_usage(*account, *bytes, *count).await?;
+            }
+            match failed {
+                Some(e) => Err(e),
+                None => Ok(out),
+            }
+        }
+        .await;
+        for w in writers {
+            w.finish().await;
+        }
+        result
+    }
+
+    async fn list_messages(
+        &self,
+        mailbox: MailboxId,
+        after: Uid,
+        limit: usize,
+    ) -> StoreResult<Vec<MessageMeta>> {
+        let Some(mb) = self.mailbox(mailbox).await? else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        let last = bucket((mb.uid_next.0 as u64).saturating_sub(1));
+        let mut b = bucket(after.0 as u64 + 1);
+        while b <= last && out.len() < limit {
+            let want = (limit - out.len()).min(i32::MAX as usize) as i32;
+            let rows: Vec<MessageRow> = self
+                .db
+                .all(
+                    "SELECT uid, modseq, blob_id, size, internal_date, flags FROM messages \
+                     WHERE mailbox_id = ? AND bucket = ? AND uid > ? LIMIT ?",
+                    (mailbox.0, b, after.0 as i64, want),
+                )
+                .await?;
+            for r in rows {
+                out.push(message_from(mailbox, r)?);
+            }
+            b += 1;
+        }
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    async fn get_message(&self, mailbox: MailboxId, uid: Uid) -> StoreResult<Option<MessageMeta>> {
+        self.read_message(mailbox, uid)
+            .await?
+            .map(|r| message_from(mailbox, r))
+            .transpose()
+    }
+
+    async fn store_flags(
+        &self,
+        mailbox: MailboxId,
+        uids: &[Uid],
+        op: FlagOp,
+        flags: &Flags,
+    ) -> StoreResult<Vec<MessageMeta>> {
+        let Some(_) = self.mailbox(mailbox).await? else {
+            return Ok(Vec::new());
+        };
+        let mut w = self.alloc.writer(mailbox).await?;
+        let result = async {
+            let before = self
+                .mailbox(mailbox)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("mailbox {mailbox}")))?;
+            let mut delta = MailboxDelta::default();
+            let mut changed = Vec::new();
+            for &uid in uids {
+                let Some(row) = self.read_message(mailbox, uid).await? else {
+                    continue;
+                };
+                let mut msg = message_from(mailbox, row)?;
+                let new = match op {
+                    FlagOp::Replace => flags.clone(),
+                    FlagOp::Add => Flags::new(msg.flags.iter().chain(flags.iter())),
+                    FlagOp::Remove => Flags::new(msg.flags.iter().filter(|f| !flags.contains(f))),
+                };
+                if new == msg.flags {
+                    continue;
+                }
+                let modseq = w.next_modseq().await?;
+                w.check_time()?;
+                self.db
+                    .run(
+                        "UPDATE messages SET flags = ?, modseq = ? \
+                         WHERE mailbox_id = ? AND bucket = ? AND uid = ?",
+                        (
+                            new.to_storage(),
+                            modseq.0 as i64,
+                            mailbox.0,
+                            bucket(uid.0 as u64),
+                            uid.0 as i64,
+                        ),
+                    )
+                    .await?;
+                self.record_change(
+                    mailbox,
+                    uid,
+                    modseq,
+                    ChangeKind::FlagsChanged,
+                    Some(msg.modseq),
+                )
+                .await?;
+                delta.last_modseq = Some(modseq.0);
+                msg.flags = new;
+                msg.modseq = modseq;
+                changed.push(msg);
+            }
+            self.apply_delta(&w, &before, &delta).await?;
+            Ok(changed)
+        }
+        .await;
+        w.finish().await;
+        result
+    }
+
+    async fn expunge(&self, mailbox: MailboxId, uids: &[Uid]) -> StoreResult<Expunged> {
+        let Some(_) = self.mailbox(mailbox).await? else {
+            return Ok(Expunged::default());
+        };
+        let mut w = self.alloc.writer(mailbox).await?;
+        let result = async {
+            let before = self
+                .mailbox(mailbox)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("mailbox {mailbox}")))?;
+            let mut delta = MailboxDelta::default();
+            let mut removed = Vec::new();
+            let mut blobs = Vec::new();
+            let mut bytes = 0i64;
+            let mut modseq = None;
+            for &uid in uids {
+                let Some((blob, size, m)) = self.remove_message(&mut w, uid, &mut delta).await?
+                else {
+                    continue;
+                };
+                modseq = Some(m);
+                removed.push(uid);
+                blobs.push(blob);
+                bytes += size;
+            }
+            self.apply_delta(&w, &before, &delta).await?;
+            if !removed.is_empty() {
+                self.add_usage(before.account, -bytes, -(removed.len() as i64))
+                    .await?;
+            }
+            let orphaned = self.release_blobs(&blobs).await?;
+            Ok(Expunged {
+                uids: removed,
+                modseq,
+                orphaned,
+            })
+        }
+        .await;
+        w.finish().await;
+        result
+    }
+
+    async fn changes_since(&self, mailbox: MailboxId, since: ModSeq) -> StoreResult<Vec<Change>> {
+        let Some(mb) = self.mailbox(mailbox).await? else {
+            return Ok(Vec::new());
+        };
+        // The log is keyed by MODSEQ, so only buckets at or above `since` are read.
+        let mut latest: HashMap<u32, Change> = HashMap::new();
+        for b in bucket(since.0)..=bucket(mb.highest_modseq.0) {
+            let rows: Vec<(i64, i64, i32)> = self
+                .db
+                .all(
+                    "SELECT modseq, uid, kind FROM changes \
+                     WHERE mailbox_id = ? AND bucket = ? AND modseq > ?",
+                    (mailbox.0, b, since.0 as i64),
+                )
+                .await?;
+            for (m, u, k) in rows {
+                let c = Change {
+                    modseq: ModSeq(m as u64),
+                    uid: Uid(u as u32),
+                    kind: kind_from(k),
+                };
+                // A superseded entry whose delete was lost: the latest wins.
+                match latest.get(&c.uid.0) {
+                    Some(prev) if prev.modseq >= c.modseq => {}
+                    _ => {
+                        latest.insert(c.uid.0, c);
+                    }
+                }
+            }
+        }
+        let mut out: Vec<Change> = latest.into_values().collect();
+        out.sort_by_key(|c| c.modseq);
+        Ok(out)
+    }
+
+    async fn mailbox_usage(&self, mailbox: MailboxId) -> StoreResult<MailboxUsage> {
+        let Some(mb) = self.mailbox(mailbox).await? else {
+            return Ok(MailboxUsage::default());
+        };
+        let mut usage = MailboxUsage::default();
+        for r in self.all_messages(&mb).await? {
+            usage.messages += 1;
+            usage.size += r.3.max(0) as u64;
+            if !Flags::from_storage(&r.5).contains("\\Seen") {
+                usage.unseen += 1;
+            }
+        }
+        Ok(usage)
+    }
+
+    async fn message_summaries(
+        &self,
+        mailbox: MailboxId,
+        uids: &[Uid],
+    ) -> StoreResult<Vec<(Uid, Vec<u8>)>> {
+        let mut out = Vec::with_capacity(uids.len());
+        for &uid in uids {
+            let row: Option<(Option<Vec<u8>>,)> = self
+                .db
+                .one(
+                    "SELECT summary FROM messages WHERE mailbox_id = ? AND bucket = ? AND uid = ?",
+                    (mailbox.0, bucket(uid.0 as u64), uid.0 as i64),
+                )
+                .await?;
+            if let Some((Some(s),)) = row {
+                out.push((uid, s));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn set_message_summary(
+        &self,
+        mailbox: MailboxId,
+        uid: Uid,
+        summary: Vec<u8>,
+    ) -> StoreResult<()> {
+        // IF EXISTS: a plain UPDATE would create a row for an expunged message. A missing
+        // message is not an error (SQLite's UPDATE changes nothing either).
+        self.db
+            .lwt(
+                "UPDATE messages SET summary = ? WHERE mailbox_id = ? AND bucket = ? AND uid = ? \
+                 IF EXISTS",
+                (summary, mailbox.0, bucket(uid.0 as u64), uid.0 as i64),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn copy_messages(
+        &self,
+        account: AccountId,
+        source: MailboxId,
+        uids: &[Uid],
+        dest: MailboxId,
+    ) -> StoreResult<Vec<Copied>> {
+        Ok(self.copy(account, source, uids, dest, false).await?.0)
+    }
+
+    async fn move_messages(
+        &self,
+        account: AccountId,
+        source: MailboxId,
+        uids: &[Uid],
+        dest: MailboxId,
+    ) -> StoreResult<(Vec<Copied>, Expunged)> {
+        self.copy(account, source, uids, dest, true).await
+    }
+
+    async fn subscribe(&self, account: AccountId, name: &str) -> StoreResult<()> {
+        validate_mailbox_name(name)?;
+        self.db
+            .run(
+                "INSERT INTO subscriptions (account_id, name) VALUES (?, ?)",
+                (account.0, name),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn unsubscribe(&self, account: AccountId, name: &str) -> StoreResult<()> {
+        self.db
+            .run(
+                "DELETE FROM subscriptions WHERE account_id = ? AND name = ?",
+                (account.0, name),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn subscriptions(&self, account: AccountId) -> StoreResult<Vec<String>> {
+        let rows: Vec<(String,)> = self
+            .db
+            .all(
+                "SELECT name FROM subscriptions WHERE account_id = ?",
+                (account.0,),
+            )
+            .await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    async fn orphaned_blobs(&self, older_than: i64, limit: usize) -> StoreResult<Vec<BlobId>> {
+        // The orphan list is short-lived (the sweep empties it): a paged full scan.
+        let rows: Vec<(String, i64)> = self
+            .db
+            .all("SELECT blob_id, since FROM blob_orphans", ())
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter(|(_, since)| *since < older_than)
+            .filter_map(|(b, _)| BlobId::parse(&b))
+            .take(limit)
+            .collect())
+    }
+
+    async fn claim_orphan(&self, id: &BlobId) -> StoreResult<bool> {
+        let refs: Option<(Option<Counter>,)> = self
+            .db
+            .one(
+                "SELECT refcount FROM blob_refs WHERE blob_id = ?",
+                (id.as_str(),),
+            )
+            .await?;
+        let referenced = refs.and_then(|r| r.0).map(|c| c.0).unwrap_or(0) > 0;
+        // IF EXISTS makes the claim exactly-once across sweepers on several nodes.
+        let claimed = self
+            .db
+            .lwt(
+                "DELETE FROM blob_orphans WHERE blob_id = ? IF EXISTS",
+                (id.as_str(),),
+            )
+            .await?;
+        Ok(claimed && !referenced)
+    }
+
+    async fn create_app_password(
+        &self,
+        account: AccountId,
+        new: crate::NewAppPassword,
+    ) -> StoreResult<crate::AppPassword> {
+        if !self.account_exists(account).await? {
+            return Err(StoreError::NotFound(format!("account {account}")));
+        }
+        let id = self.next_id("app_password").await?;
+        if !self
+            .db
+            .lwt(
+                "INSERT INTO app_passwords (account_id, name, id, tag, hash, created_at) \
+                 VALUES (?, ?, ?, ?, ?, ?) IF NOT EXISTS",
+                (
+                    account.0,
+                    new.name.as_str(),
+                    id,
+                    new.tag.as_str(),
+                    new.hash.as_str(),
+                    new.created_at,
+                ),
+            )
+            .await?
+        {
+            return Err(StoreError::Conflict(format!("app password {}", new.name)));
+        }
+        if !self
+            .db
+            .lwt(
+                "INSERT INTO app_password_tags (account_id, tag, name) VALUES (?, ?, ?) \
+                 IF NOT EXISTS",
+                (account.0, new.tag.as_str(), new.name.as_str()),
+            )
+            .await?
+        {
+            // Undone with an LWT too: the row was written by Paxos, whose timestamps a
+            // plain delete might not order after.
+            self.db
+                .lwt(
+                    "DELETE FROM app_passwords WHERE account_id = ? AND name = ? IF EXISTS",
+                    (account.0, new.name.as_str()),
+                )
+                .await?;
+            return Err(StoreError::Conflict(format!(
+                "app password tag of {}",
+                new.name
+            )));
+        }
+        self.db
+            .run(
+                "INSERT INTO app_password_ids (id, account_id, name) VALUES (?, ?, ?)",
+                (id, account.0, new.name.as_str()),
+            )
+            .await?;
+        Ok(crate::AppPassword {
+            id: crate::AppPasswordId(id),
+            account,
+            name: new.name,
+            tag: new.tag,
+            hash: new.hash,
+            created_at: new.created_at,
+            last_used: None,
+        })
+    }
+
+    async fn list_app_passwords(&self, account: AccountId) -> StoreResult<Vec<crate::AppPassword>> {
+        let rows: Vec<AppPasswordRow> = self
+            .db
+            .all(
+                "SELECT id, name, tag, hash, created_at, last_used FROM app_passwords \
+                 WHERE account_id = ?",
+                (account.0,),
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| app_password_from(account, r))
+            .collect())
+    }
+
+    async fn find_app_password(
+        &self,
+        account: AccountId,
+        tag: &str,
+    ) -> StoreResult<Option<crate::AppPassword>> {
+        let name: Option<(String,)> = self
+            .db
+            .one(
+                "SELECT name FROM app_password_tags WHERE account_id = ? AND tag = ?",
+                (account.0, tag),
+            )
+            .await?;
+        let Some((name,)) = name else { return Ok(None) };
+        let row: Option<AppPasswordRow> = self
+            .db
+            .one(
+                "SELECT id, name, tag, hash, created_at, last_used FROM app_passwords \
+                 WHERE account_id = ? AND name = ?",
+                (account.0, name.as_str()),
+            )
+            .await?;
+        Ok(row
+            .map(|r| app_password_from(account, r))
+            .filter(|p| p.tag == tag))
+    }
+
+    async fn revoke_app_password(&self, account: AccountId, name: &str) -> StoreResult<()> {
+        let row: Option<AppPasswordRow> = self
+            .db
+            .one(
+                "SELECT id, name, tag, hash, created_at, last_used FROM app_passwords \
+                 WHERE account_id = ? AND name = ?",
+                (account.0, name),
+            )
+            .await?;
+        let p = row
+            .map(|r| app_password_from(account, r))
+            .ok_or_else(|| StoreError::NotFound(format!("app password {name}")))?;
+        self.db
+            .run(
+                "DELETE FROM app_passwords WHERE account_id = ? AND name = ?",
+                (account.0, name),
+            )
+            .await?;
+        self.db
+            .run(
+                "DELETE FROM app_password_tags WHERE account_id = ? AND tag = ?",
+                (account.0, p.tag.as_str()),
+            )
+            .await?;
+        self.db
+            .run("DELETE FROM app_password_ids WHERE id = ?", (p.id.0,))
+            .await?;
+        Ok(())
+    }
+
+    async fn touch_app_password(&self, id: crate::AppPasswordId, at: i64) -> StoreResult<()> {
+        let row: Option<(i64, String)> = self
+            .db
+            .one(
+                "SELECT account_id, name FROM app_password_ids WHERE id = ?",
+                (id.0,),
+            )
+            .await?;
+        let Some((account, name)) = row else {
+            return Ok(());
+        };
+        // IF EXISTS: a revoked password must not come back as a row with only last_used.
+        self.db
+            .lwt(
+                "UPDATE app_passwords SET last_used = ? WHERE account_id = ? AND name = ? \
+                 IF EXISTS",
+                (at, account, name.as_str()),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn set_totp_secret(
+        &self,
+        account: AccountId,
+        secret: Option<crate::TotpSecret>,
+    ) -> StoreResult<()> {
+        if !self.account_exists(account).await? {
+            return Err(StoreError::NotFound(format!("account {account}")));
+        }
+        match secret {
+            Some(t) => {
+                self.db
+                    .run(
+                        "INSERT INTO totp_secrets (account_id, secret, created_at) \
+                         VALUES (?, ?, ?)",
+                        (account.0, t.secret, t.created_at),
+                    )
+                    .await?
+            }
+            None => {
+                self.db
+                    .run(
+                        "DELETE FROM totp_secrets WHERE account_id = ?",
+                        (account.0,),
+                    )
+                    .await?
+            }
+        };
+        Ok(())
+    }
+
+    async fn totp_secret(&self, account: AccountId) -> StoreResult<Option<crate::TotpSecret>> {
+        let row: Option<(Vec<u8>, i64)> = self
+            .db
+            .one(
+                "SELECT secret, created_at FROM totp_secrets WHERE account_id = ?",
+                (account.0,),
+            )
+            .await?;
+        Ok(row.map(|(secret, created_at)| crate::TotpSecret { secret, created_at }))
+    }
+
+    async fn grant_sender(&self, account: AccountId, address: &str) -> StoreResult<()> {
+        let address = address.to_lowercase();
+        if address.is_empty() || !address.contains('@') || address.len() > 255 {
+            return Err(StoreError::Invalid(format!(
+                "'{address}' is neither local@domain nor @domain"
+            )));
+        }
+        if !self.account_exists(account).await? {
+            return Err(StoreError::NotFound(format!("account {account}")));
+        }
+        self.db
+            .run(
+                "INSERT INTO sender_grants (account_id, address) VALUES (?, ?)",
+                (account.0, address.as_str()),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn revoke_sender(&self, account: AccountId, address: &str) -> StoreResult<()> {
+        let address = address.to_lowercase();
+        let row: Option<(String,)> = self
+            .db
+            .one(
+                "SELECT address FROM sender_grants WHERE account_id = ? AND address = ?",
+                (account.0, address.as_str()),
+            )
+            .await?;
+        if row.is_none() {
+            return Err(StoreError::NotFound(format!("sender grant {address}")));
+        }
+        self.db
+            .run(
+                "DELETE FROM sender_grants WHERE account_id = ? AND address = ?",
+                (account.0, address.as_str()),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn sender_grants(&self, account: AccountId) -> StoreResult<Vec<String>> {
+        let rows: Vec<(String,)> = self
+            .db
+            .all(
+                "SELECT address FROM sender_grants WHERE account_id = ?",
+                (account.0,),
+            )
+            .await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    async fn enqueue_outbound(
+        &self,
+        msg: crate::NewOutbound,
+    ) -> StoreResult<crate::OutboundMessage> {
+        if msg.recipients.is_empty() {
+            return Err(StoreError::Invalid(
+                "a queued message needs a recipient".into(),
+            ));
+        }
+        let mut seen = HashSet::new();
+        for r in &msg.recipients {
+            if !seen.insert(r.address.as_str()) {
+                return Err(StoreError::Invalid(format!(
+                    "recipient {} listed twice",
+                    r.address
+                )));
+            }
+        }
+        let id = self.next_id("outbound").await?;
+        // The blob reference first: a crash after it leaks a reference (the blob is kept),
+        // never a queue entry whose blob the sweep could delete.
+        self.take_blob(msg.blob.as_str()).await?;
+        for (seq, r) in msg.recipients.iter().enumerate() {
+            self.db
+                .run(
+                    "INSERT INTO outbound_rcpts (queue_id, seq, address, state, attempts, \
+                     next_attempt, notify, orcpt) VALUES (?, ?, ?, 0, 0, ?, ?, ?)",
+                    (
+                        id,
+                        seq as i32,
+                        r.address.as_str(),
+                        msg.created_at,
+                        r.notify.as_deref(),
+                        r.orcpt.as_deref(),
+                    ),
+                )
+                .await?;
+            self.reindex_due(crate::QueueId(id), seq as i32, None, Some(msg.created_at))
+                .await?;
+        }
+        // The head row last: an entry is visible only once complete.
+        self.db
+            .run(
+                "INSERT INTO outbound (id, blob_id, size, sender, account_id, envid, ret, \
+                 created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    id,
+                    msg.blob.as_str(),
+                    msg.size.min(i64::MAX as u64) as i64,
+                    msg.sender.as_str(),
+                    msg.account.map(|a| a.0),
+                    msg.envid.as_deref(),
+                    msg.ret.map(|r| r.as_str()),
+                    msg.created_at,
+                ),
+            )
+            .await?;
+        self.db
+            .run(
+                "INSERT INTO outbound_ids (shard, id) VALUES (?, ?)",
+                (QUEUE_SHARD, id),
+            )
+            .await?;
+        Ok(crate::OutboundMessage {
+            id: crate::QueueId(id),
+            blob: msg.blob,
+            size: msg.size,
+            sender: msg.sender,
+            account: msg.account,
+            envid: msg.envid,
+            ret: msg.ret,
+            created_at: msg.created_at,
+            recipients: msg
+                .recipients
+                .into_iter()
+                .map(|r| crate::OutboundRecipient {
+                    address: r.address,
+                    state: crate::RecipientState::Queued,
+                    attempts: 0,
+                    next_attempt: msg.created_at,
+                    last_error: None,
+                    notify: r.notify,
+                    orcpt: r.orcpt,
+                })
+                .collect(),
+        })
+    }
+
+    async fn get_outbound(
+        &self,
+        id: crate::QueueId,
+    ) -> StoreResult<Option<crate::OutboundMessage>> {
+        self.load_outbound(id).await
+    }
+
+    async fn list_outbound(
+        &self,
+        after: crate::QueueId,
+        limit: usize,
+    ) -> StoreResult<Vec<crate::OutboundMessage>> {
+        let want = limit.min(i32::MAX as usize) as i32;
+        let ids: Vec<(i64,)> = self
+            .db
+            .all(
+                "SELECT id FROM outbound_ids WHERE shard = ? AND id > ? LIMIT ?",
+                (QUEUE_SHARD, after.0, want),
+            )
+            .await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for (id,) in ids {
+            if let Some(m) = self.load_outbound(crate::QueueId(id)).await? {
+                out.push(m);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn update_outbound_recipient(
+        &self,
+        id: crate::QueueId,
+        address: &str,
+        update: crate::RecipientUpdate,
+    ) -> StoreResult<()> {
+        let not_found = || StoreError::NotFound(format!("recipient {address} of queue entry {id}"));
+        if !self.outbound_exists(id).await? {
+            return Err(not_found());
+        }
+        let (seq, old) = self
+            .load_recipients(id)
+            .await?
+            .into_iter()
+            .find(|(_, r)| r.address == address)
+            .ok_or_else(not_found)?;
+        // Read-modify-write of `attempts`: one delivery worker holds the entry's lease at a
+        // time, so there is no concurrent writer to lose an increment to.
+        self.db
+            .run(
+                "UPDATE outbound_rcpts SET state = ?, attempts = ?, next_attempt = ?, \
+                 last_error = ? WHERE queue_id = ? AND seq = ?",
+                (
+                    state_code(update.state),
+                    (old.attempts as i32).saturating_add(1),
+                    update.next_attempt,
+                    update.last_error.as_deref(),
+                    id.0,
+                    seq,
+                ),
+            )
+            .await?;
+        let was = (old.state == crate::RecipientState::Queued).then_some(old.next_attempt);
+        let now = (update.state == crate::RecipientState::Queued).then_some(update.next_attempt);
+        self.reindex_due(id, seq, was, now).await
+    }
+
+    async fn delete_outbound(&self, id: crate::QueueId) -> StoreResult<Vec<BlobId>> {
+        let head: Option<(String,)> = self
+            .db
+            .one("SELECT blob_id FROM outbound WHERE id = ?", (id.0,))
+            .await?;
+        let (blob,) = head.ok_or_else(|| StoreError::NotFound(format!("queue entry {id}")))?;
+        // Exactly one deleter releases the blob reference.
+        if !self
+            .db
+            .lwt("DELETE FROM outbound WHERE id = ? IF EXISTS", (id.0,))
+            .await?
+        {
+            return Err(StoreError::NotFound(format!("queue entry {id}")));
+        }
+        for (seq, r) in self.load_recipients(id).await? {
+            if r.state == crate::RecipientState::Queued {
+                self.reindex_due(id, seq, Some(r.next_attempt), None)
+                    .await?;
+            }
+        }
+        self.db
+            .run("DELETE FROM outbound_rcpts WHERE queue_id = ?", (id.0,))
+            .await?;
+        self.db
+            .run(
+                "DELETE FROM outbound_ids WHERE shard = ? AND id = ?",
+                (QUEUE_SHARD, id.0),
+            )
+            .await?;
+        self.release_blobs(&[blob]).await
+    }
+
+    async fn due_outbound(&self, now: i64, limit: usize) -> StoreResult<Vec<crate::QueueId>> {
+        // The index is ordered by (next_attempt, queue_id): the first time an id shows up
+        // is its oldest due attempt.
+        let s = self
+            .db
+            .stmt(
+                "SELECT next_attempt, queue_id FROM outbound_due \
+                 WHERE shard = ? AND next_attempt <= ?",
+                true,
+            )
+            .await?;
+        let mut rows = self
+            .db
+            .session
+            .execute_iter(s, (QUEUE_SHARD, now))
+            .await
+            .map_err(db_err)?
+            .rows_stream::<(i64, i64)>()
+            .map_err(row_err)?;
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        // Streamed, so a large backlog is read only as far as `limit` entries need.
+        while out.len() < limit {
+            let Some((_, q)) = rows.try_next().await.map_err(db_err)? else {
+                break;
+            };
+            if seen.insert(q) {
+                out.push(crate::QueueId(q));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn reschedule_outbound(&self, id: crate::QueueId, at: i64) -> StoreResult<usize> {
+        if !self.outbound_exists(id).await? {
+            return Err(StoreError::NotFound(format!("queue entry {id}")));
+        }
+        let mut moved = 0;
+        for (seq, r) in self.load_recipients(id).await? {
+            if r.state != crate::RecipientState::Queued {
+                continue;
+            }
+            self.db
+                .run(
+                    "UPDATE outbound_rcpts SET next_attempt = ? WHERE queue_id = ? AND seq = ?",
+                    (at, id.0, seq),
+                )
+                .await?;
+            self.reindex_due(id, seq, Some(r.next_attempt), Some(at))
+                .await?;
+            moved += 1;
+        }
+        Ok(moved)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_statements_are_rerunnable_and_qualified() {
+        // Migrations may run on several nodes at once or be interrupted: every statement
+        // must be safe to run again, and must name the keyspace explicitly.
+        for stmt in SCHEMA_V1 {
+            assert!(stmt.contains("IF NOT EXISTS"), "{stmt}");
+            assert!(stmt.contains("{ks}."), "{stmt}");
+        }
+    }
+
+    #[test]
+    fn buckets_split_at_the_documented_size() {
+        assert_eq!(bucket(0), 0);
+        assert_eq!(bucket(65_535), 0);
+        assert_eq!(bucket(65_536), 1);
+        assert_eq!(bucket(u32::MAX as u64), 65_535);
+    }
+
+    #[test]
+    fn codes_round_trip() {
+        for k in [
+            ChangeKind::Appended,
+            ChangeKind::FlagsChanged,
+            ChangeKind::Expunged,
+        ] {
+            assert_eq!(kind_from(kind_code(k)), k);
+        }
+        for st in [
+            crate::RecipientState::Queued,
+            crate::RecipientState::Delivered,
+            crate::RecipientState::Failed,
+        ] {
+            assert_eq!(state_from(state_code(st)).ok(), Some(st));
+        }
+        assert!(state_from(9).is_err());
+    }
+}
