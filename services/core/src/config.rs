@@ -142,6 +142,8 @@ pub struct StorageConfig {
     pub group_commit_max: usize,
     /// SQLite file; empty means `<server.data_dir>/metadata.sqlite3`.
     pub sqlite_path: Option<PathBuf>,
+    /// MiB of message bodies kept in memory in front of S3 (0 = none).
+    pub blob_cache_mib: u64,
     pub s3: S3Config,
     pub redis: RedisConfig,
     pub scylla: ScyllaConfig,
@@ -155,6 +157,7 @@ impl Default for StorageConfig {
             coordination: CoordinationBackend::Local,
             group_commit_max: 256,
             sqlite_path: None,
+            blob_cache_mib: 256,
             s3: S3Config::default(),
             redis: RedisConfig::default(),
             scylla: ScyllaConfig::default(),
@@ -535,6 +538,13 @@ pub struct DeliveryConfig {
     /// host (Postfix's `smtp_connection_cache_time_limit` is 2); 0 = one connection per
     /// message.
     pub connection_reuse_secs: u64,
+    /// Honour recipient domains' MTA-STS policies (RFC 8461) for mail routed by MX: with a
+    /// policy in `enforce` mode, deliver only to the MX hosts it lists, over STARTTLS with
+    /// a valid certificate. Off restores purely opportunistic TLS.
+    pub mta_sts: bool,
+    /// PEM file of extra trust anchors, added to the system's, for MTA-STS policy fetches
+    /// and verified SMTP TLS (a private CA in a test or closed network).
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 impl Default for DeliveryConfig {
@@ -557,6 +567,8 @@ impl Default for DeliveryConfig {
             max_per_destination: 20,
             max_per_destination_per_minute: 0,
             connection_reuse_secs: 5,
+            mta_sts: true,
+            tls_ca_file: None,
         }
     }
 }
@@ -824,6 +836,11 @@ impl Config {
                     key: format!("delivery.routes.{domain}"),
                     message: "must be host:port".into(),
                 });
+            }
+        }
+        if let Some(ca) = &d.tls_ca_file {
+            if !ca.is_file() {
+                return err("delivery.tls_ca_file", "must name an existing PEM file");
             }
         }
         match (&self.tls.cert, &self.tls.key) {

@@ -4,12 +4,14 @@
 //! does the wire work: reading replies, EHLO parsing, STARTTLS, dot-stuffing. This module
 //! adds what a relaying MTA needs and a submission library does not: a result per
 //! recipient, pipelined MAIL/RCPT (RFC 2920), SIZE, 8BITMIME and SMTPUTF8 negotiation,
-//! opportunistic TLS with a plain-text fallback, and connection reuse.
+//! opportunistic TLS with a plain-text fallback, TLS required and verified when an
+//! MTA-STS policy demands it ([`TlsMode`]), and connection reuse.
 //!
 //! # Connection reuse
 //! A connection whose transaction ended cleanly is kept in a [`ConnectionCache`] for a few
-//! seconds (as Postfix's `smtp_connection_cache_time_limit`), keyed by address and TLS
-//! name, and the next message for that host starts with `MAIL` instead of a TCP connect,
+//! seconds (as Postfix's `smtp_connection_cache_time_limit`), keyed by address, TLS
+//! name and [`TlsMode`] (so a session opened without checks never serves a delivery that
+//! requires a verified one), and the next message for that host starts with `MAIL` instead of a TCP connect,
 //! greeting, EHLO, STARTTLS and a second EHLO. A cached connection that the peer closed in
 //! the meantime fails before any reply to `MAIL`; the message then goes out on a fresh
 //! connection, so staleness never costs a delivery attempt. A connection is used for at
@@ -41,8 +43,23 @@ pub struct ClientSettings {
     pub connect_timeout: Duration,
     /// Applies to every command and reply, and to the whole DATA transfer.
     pub command_timeout: Duration,
-    /// `None` disables STARTTLS.
+    /// `None` disables opportunistic STARTTLS.
     pub tls: Option<tokio_rustls::TlsConnector>,
+    /// Checks certificates (PKIX and host name) for [`TlsMode::Required`] and
+    /// [`TlsMode::Testing`]; `None` when MTA-STS is off.
+    pub verified_tls: Option<tokio_rustls::TlsConnector>,
+}
+
+/// What TLS a delivery needs, from the recipient domain's MTA-STS policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TlsMode {
+    /// No policy: STARTTLS when offered, unchecked, falling back to plain text.
+    Opportunistic,
+    /// MTA-STS `testing`: try verified TLS, and when that fails log what `enforce` would
+    /// have refused and carry on as [`TlsMode::Opportunistic`].
+    Testing,
+    /// MTA-STS `enforce`: verified STARTTLS or nothing; the host is unusable otherwise.
+    Required,
 }
 
 /// What one recipient's attempt came to.
@@ -67,8 +84,22 @@ pub struct Transaction<'a> {
 /// The host could not be used at all (connection, greeting, EHLO, TLS): the caller tries
 /// the next host.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct HostError(pub String);
+#[error("{message}")]
+pub struct HostError {
+    pub message: String,
+    /// The host was refused because TLS that a policy requires failed (no STARTTLS, bad
+    /// certificate), as opposed to being unreachable: the status becomes 4.7.5.
+    pub tls_required: bool,
+}
+
+impl HostError {
+    fn host(message: String) -> Self {
+        Self {
+            message,
+            tls_required: false,
+        }
+    }
+}
 
 fn reply_text(r: &Response<String>) -> String {
     // Multi-line replies become one line: the text ends up in logs and DSN fields.
@@ -130,10 +161,13 @@ impl Session {
     }
 }
 
-/// Idle sessions by (address, TLS name), each with the moment it went idle.
+/// Cache key: address, TLS name and the TLS mode the session was opened under.
+type CacheKey = (SocketAddr, String, TlsMode);
+
+/// Idle sessions by [`CacheKey`], each with the moment it went idle.
 #[derive(Default)]
 pub struct ConnectionCache {
-    idle: Mutex<HashMap<(SocketAddr, String), Vec<(Session, Instant)>>>,
+    idle: Mutex<HashMap<CacheKey, Vec<(Session, Instant)>>>,
     /// How long a session may sit idle before it is not reused.
     pub idle_limit: Duration,
 }
@@ -146,9 +180,9 @@ impl ConnectionCache {
         }
     }
 
-    fn take(&self, addr: SocketAddr, name: &str) -> Option<Session> {
+    fn take(&self, addr: SocketAddr, name: &str, mode: TlsMode) -> Option<Session> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let key = (addr, name.to_string());
+        let key = (addr, name.to_string(), mode);
         let list = idle.get_mut(&key)?;
         let mut found = None;
         while let Some((session, since)) = list.pop() {
@@ -165,7 +199,13 @@ impl ConnectionCache {
     }
 
     /// Keeps `session` for reuse; returns it when there is no room (the caller QUITs).
-    fn put(&self, addr: SocketAddr, name: &str, session: Session) -> Option<Session> {
+    fn put(
+        &self,
+        addr: SocketAddr,
+        name: &str,
+        mode: TlsMode,
+        session: Session,
+    ) -> Option<Session> {
         if self.idle_limit.is_zero() || session.uses >= MAX_REUSE {
             return Some(session);
         }
@@ -177,7 +217,7 @@ impl ConnectionCache {
                 !l.is_empty()
             });
         }
-        let list = idle.entry((addr, name.to_string())).or_default();
+        let list = idle.entry((addr, name.to_string(), mode)).or_default();
         if list.len() >= MAX_IDLE_PER_HOST {
             return Some(session);
         }
@@ -196,44 +236,94 @@ impl ConnectionCache {
     }
 }
 
-/// Delivers `tx` to the host at `addr`; `tls_name` is the host's name for SNI. Reuses an
-/// idle connection to the same host from `cache` when there is one.
+/// Delivers `tx` to the host at `addr`; `tls_name` is the host's name for SNI and, when
+/// `mode` asks for verification, the name the certificate must carry. Reuses an idle
+/// connection opened under the same `mode` to the same host from `cache` when there is one.
 pub async fn deliver(
     settings: &ClientSettings,
     cache: &ConnectionCache,
     addr: SocketAddr,
     tls_name: &str,
+    mode: TlsMode,
     tx: &Transaction<'_>,
 ) -> Result<Vec<RcptResult>, HostError> {
-    if let Some(mut session) = cache.take(addr, tls_name) {
+    if let Some(mut session) = cache.take(addr, tls_name, mode) {
         let out = session.transaction(tx).await;
         if !out.stale {
-            finish(cache, addr, tls_name, session, out.reusable).await;
+            finish(cache, addr, tls_name, mode, session, out.reusable).await;
             return Ok(out.results);
         }
         tracing::debug!(%addr, "cached connection was closed by the peer; reconnecting");
     }
-    let mut session = match open(settings, addr, tls_name, settings.tls.is_some()).await {
-        // Opportunistic TLS: a failed handshake means try again without it, as Postfix does.
-        Err(Attempt::TlsFailed(why)) => {
-            tracing::info!(%addr, error = %why, "STARTTLS failed; retrying in plain text");
-            match open(settings, addr, tls_name, false).await {
-                Ok(s) => s,
-                Err(Attempt::Host(e)) | Err(Attempt::TlsFailed(e)) => return Err(HostError(e)),
+    let mut session = match mode {
+        TlsMode::Opportunistic => opportunistic(settings, addr, tls_name).await?,
+        TlsMode::Required => verified(settings, addr, tls_name)
+            .await
+            .map_err(|a| match a {
+                Attempt::Host(e) => HostError::host(e),
+                Attempt::TlsFailed(e) => HostError {
+                    message: format!("MTA-STS requires verified TLS: {e}"),
+                    tls_required: true,
+                },
+            })?,
+        TlsMode::Testing => match verified(settings, addr, tls_name).await {
+            Ok(s) => s,
+            Err(Attempt::Host(e)) => return Err(HostError::host(e)),
+            Err(Attempt::TlsFailed(why)) => {
+                tracing::warn!(host = tls_name, %addr, error = %why,
+                    "MTA-STS testing: an enforced policy would refuse this host; delivering without verified TLS");
+                opportunistic(settings, addr, tls_name).await?
             }
-        }
-        Err(Attempt::Host(e)) => return Err(HostError(e)),
-        Ok(s) => s,
+        },
     };
     let out = session.transaction(tx).await;
-    finish(cache, addr, tls_name, session, out.reusable).await;
+    finish(cache, addr, tls_name, mode, session, out.reusable).await;
     Ok(out.results)
+}
+
+/// STARTTLS when offered, unchecked; a failed handshake means try again without it, as
+/// Postfix does.
+async fn opportunistic(
+    settings: &ClientSettings,
+    addr: SocketAddr,
+    tls_name: &str,
+) -> Result<Session, HostError> {
+    let starttls = match &settings.tls {
+        Some(c) => Starttls::IfOffered(c),
+        None => Starttls::Off,
+    };
+    match open(settings, addr, tls_name, starttls).await {
+        Err(Attempt::TlsFailed(why)) => {
+            tracing::info!(%addr, error = %why, "STARTTLS failed; retrying in plain text");
+            match open(settings, addr, tls_name, Starttls::Off).await {
+                Ok(s) => Ok(s),
+                Err(Attempt::Host(e)) | Err(Attempt::TlsFailed(e)) => Err(HostError::host(e)),
+            }
+        }
+        Err(Attempt::Host(e)) => Err(HostError::host(e)),
+        Ok(s) => Ok(s),
+    }
+}
+
+/// STARTTLS with the certificate checked; no fallback.
+async fn verified(
+    settings: &ClientSettings,
+    addr: SocketAddr,
+    tls_name: &str,
+) -> Result<Session, Attempt> {
+    let Some(connector) = &settings.verified_tls else {
+        return Err(Attempt::TlsFailed(
+            "no verifying TLS client configured".into(),
+        ));
+    };
+    open(settings, addr, tls_name, Starttls::Required(connector)).await
 }
 
 async fn finish(
     cache: &ConnectionCache,
     addr: SocketAddr,
     tls_name: &str,
+    mode: TlsMode,
     session: Session,
     reusable: bool,
 ) {
@@ -241,22 +331,31 @@ async fn finish(
         session.quit().await;
         return;
     }
-    if let Some(s) = cache.put(addr, tls_name, session) {
+    if let Some(s) = cache.put(addr, tls_name, mode, session) {
         s.quit().await;
     }
 }
 
 enum Attempt {
     Host(String),
+    /// STARTTLS failed, or was required and not offered.
     TlsFailed(String),
 }
 
-/// Connects, reads the greeting, says EHLO and, if asked and offered, starts TLS.
+/// Whether and how [`open`] starts TLS.
+enum Starttls<'a> {
+    Off,
+    IfOffered(&'a tokio_rustls::TlsConnector),
+    /// A peer that does not offer STARTTLS is a [`Attempt::TlsFailed`].
+    Required(&'a tokio_rustls::TlsConnector),
+}
+
+/// Connects, reads the greeting, says EHLO and starts TLS as `starttls` says.
 async fn open(
     settings: &ClientSettings,
     addr: SocketAddr,
     tls_name: &str,
-    use_tls: bool,
+    starttls: Starttls<'_>,
 ) -> Result<Session, Attempt> {
     let host_err =
         |what: &str, e: &dyn std::fmt::Display| Attempt::Host(format!("{addr}: {what}: {e}"));
@@ -275,11 +374,20 @@ async fn open(
         .ehlo(&settings.helo)
         .await
         .map_err(|e| host_err("EHLO", &e))?;
-    match (&settings.tls, use_tls && ehlo.has_capability(EXT_START_TLS)) {
-        (Some(connector), true) => {
+    let offered = ehlo.has_capability(EXT_START_TLS);
+    let connector = match starttls {
+        Starttls::Off => None,
+        Starttls::IfOffered(c) => offered.then_some(c),
+        Starttls::Required(_) if !offered => {
+            return Err(Attempt::TlsFailed(format!("{addr}: STARTTLS not offered")))
+        }
+        Starttls::Required(c) => Some(c),
+    };
+    match connector {
+        Some(connector) => {
             let mut tls = match client.start_tls(connector, tls_name).await {
                 Ok(c) => c,
-                Err(e) => return Err(Attempt::TlsFailed(e.to_string())),
+                Err(e) => return Err(Attempt::TlsFailed(format!("{addr}: {e}"))),
             };
             let ehlo = tls
                 .ehlo(&settings.helo)
@@ -291,7 +399,7 @@ async fn open(
                 uses: 0,
             })
         }
-        _ => Ok(Session {
+        None => Ok(Session {
             conn: Conn::Plain(client),
             ehlo,
             uses: 0,

@@ -5,19 +5,22 @@
 //!   attempts, retry schedule, DSNs, removal of finished entries.
 //! - `route.rs`: static routes, smarthost, MX / implicit MX / null MX with hickory-resolver.
 //! - `client.rs`: one SMTP transaction with one host (over `mail-send` and `smtp-proto`).
-//! - `tls.rs`: the opportunistic STARTTLS policy.
+//! - `tls.rs`: the TLS client configurations: opportunistic STARTTLS, and verified TLS
+//!   (system roots plus `delivery.tls_ca_file`) for MTA-STS.
+//! - `mtasts.rs`: MTA-STS (RFC 8461): TXT and policy parsing, MX pattern matching, and
+//!   the per-node policy cache that fetches policies over HTTPS.
 //! - `dsn.rs`: RFC 3464 delivery status notifications.
 //! - `dkim.rs`: per-domain DKIM keys (RSA-2048 and Ed25519), signing, DNS records.
 //!
-//! Not built yet (see issue 6): MTA-STS and DANE enforcement, connection reuse,
-//! per-destination concurrency and rate limits, delay warnings, AUTH on static routes,
-//! DSN parameters accepted at submission.
+//! Not built yet (see issue 6): DANE (RFC 7672), TLS reporting (RFC 8460), delay
+//! warnings, AUTH on static routes, DSN parameters accepted at submission.
 
 #![forbid(unsafe_code)]
 
 pub mod client;
 pub mod dkim;
 pub mod dsn;
+pub mod mtasts;
 pub mod route;
 pub mod tls;
 pub mod worker;
@@ -57,6 +60,16 @@ pub struct Settings {
     /// How long a shutdown waits for deliveries in flight; the rest are dropped and, their
     /// leases lapsing, retried later.
     pub shutdown_grace: Duration,
+    /// Whether MTA-STS policies (RFC 8461) of MX-routed domains are fetched and honoured.
+    pub mta_sts: bool,
+    /// Extra trust anchors (PEM) for MTA-STS policy fetches and verified SMTP TLS.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Port of `mta-sts.<domain>` for policy fetches: 443, the only port RFC 8461 allows.
+    /// Not a config key; tests point it at a loopback server.
+    pub mta_sts_https_port: u16,
+    /// Port of hosts found through MX records: 25. Not a config key; tests point it at a
+    /// loopback server.
+    pub mx_port: u16,
 }
 
 impl Settings {
@@ -82,6 +95,10 @@ impl Settings {
             max_per_destination_per_minute: d.max_per_destination_per_minute,
             connection_reuse: Duration::from_secs(d.connection_reuse_secs),
             shutdown_grace: Duration::from_secs(config.server.shutdown_grace_secs),
+            mta_sts: d.mta_sts,
+            tls_ca_file: d.tls_ca_file.clone(),
+            mta_sts_https_port: 443,
+            mx_port: route::SMTP_PORT,
         }
     }
 }

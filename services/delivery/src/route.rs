@@ -48,6 +48,9 @@ pub struct Router {
     routes: BTreeMap<String, Hop>,
     smarthost: Option<Hop>,
     resolver: TokioResolver,
+    /// Port for hosts found through DNS: [`SMTP_PORT`] except in tests, which run their
+    /// peers on unprivileged loopback ports.
+    mx_port: u16,
 }
 
 /// Splits `host:port` (the config validated it); `[v6]:port` brackets are removed.
@@ -62,11 +65,13 @@ pub fn parse_hop(s: &str) -> Option<Hop> {
 }
 
 impl Router {
-    /// `resolver`: a DNS server to ask, or the system's configuration when `None`.
+    /// `resolver`: a DNS server to ask, or the system's configuration when `None`;
+    /// `mx_port`: the port of hosts found through MX (or implicit MX) records.
     pub fn new(
         routes: &BTreeMap<String, String>,
         smarthost: Option<&str>,
         resolver: Option<SocketAddr>,
+        mx_port: u16,
     ) -> Result<Self, String> {
         let mut parsed = BTreeMap::new();
         for (domain, target) in routes {
@@ -100,7 +105,43 @@ impl Router {
             routes: parsed,
             smarthost,
             resolver,
+            mx_port,
         })
+    }
+
+    /// Whether `domain`'s hosts come from DNS (MX or implicit MX) rather than from a static
+    /// route, the smarthost or an address literal. Only those are subject to MTA-STS: the
+    /// policy constrains which MX names DNS may hand us, and an operator-chosen next hop
+    /// is trusted as configured.
+    pub fn is_dns_routed(&self, domain: &str) -> bool {
+        let domain = domain.to_ascii_lowercase();
+        !self.routes.contains_key(&domain) && self.smarthost.is_none() && !domain.starts_with('[')
+    }
+
+    /// The TXT records at `name`, each record's strings joined (RFC 7208 §3.3 style, as
+    /// RFC 8461 §3.1 expects); empty when the name or the records do not exist.
+    pub async fn txt(&self, name: &str) -> Result<Vec<String>, RouteError> {
+        let fqdn = format!("{}.", name.trim_end_matches('.'));
+        match self.resolver.txt_lookup(fqdn.as_str()).await {
+            Ok(lookup) => Ok(lookup
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::TXT(t) => Some(
+                        t.txt_data
+                            .iter()
+                            .map(|s| String::from_utf8_lossy(s))
+                            .collect::<String>(),
+                    ),
+                    _ => None,
+                })
+                .collect()),
+            Err(e) if e.is_nx_domain() || e.is_no_records_found() => Ok(Vec::new()),
+            Err(e) => Err(RouteError::Temporary {
+                name: name.to_string(),
+                message: e.to_string(),
+            }),
+        }
     }
 
     /// The hosts for `domain`, best first.
@@ -134,7 +175,7 @@ impl Router {
                         _ => None,
                     })
                     .collect();
-                Ok(order_mx(&domain, &mut mx))
+                Ok(order_mx(&domain, &mut mx, self.mx_port))
             }
             Err(e) if e.is_nx_domain() => Ok(Route::Refused(format!(
                 "5.1.2 domain {domain} does not exist"
@@ -142,7 +183,7 @@ impl Router {
             // No MX records: the domain itself is the host (RFC 5321 §5.1).
             Err(e) if e.is_no_records_found() => Ok(Route::Hosts(vec![Hop {
                 host: domain,
-                port: SMTP_PORT,
+                port: self.mx_port,
             }])),
             Err(e) => Err(RouteError::Temporary {
                 name: domain,
@@ -174,7 +215,7 @@ impl Router {
 }
 
 /// Sorts MX records by preference (shuffling equal ones) and recognises a null MX.
-fn order_mx(domain: &str, mx: &mut Vec<(u16, String)>) -> Route {
+fn order_mx(domain: &str, mx: &mut Vec<(u16, String)>, port: u16) -> Route {
     let is_null = |h: &str| h == "." || h.is_empty();
     if mx.len() == 1 && is_null(&mx[0].1) {
         return Route::Refused(format!(
@@ -192,7 +233,7 @@ fn order_mx(domain: &str, mx: &mut Vec<(u16, String)>) -> Route {
             .take(MAX_MX_HOSTS)
             .map(|(_, h)| Hop {
                 host: h.trim_end_matches('.').to_string(),
-                port: SMTP_PORT,
+                port,
             })
             .collect(),
     )
@@ -206,7 +247,7 @@ mod tests {
     fn null_mx_refuses() {
         let mut mx = vec![(0, ".".to_string())];
         assert!(
-            matches!(order_mx("n.example", &mut mx), Route::Refused(m) if m.contains("5.1.10"))
+            matches!(order_mx("n.example", &mut mx, SMTP_PORT), Route::Refused(m) if m.contains("5.1.10"))
         );
     }
 
@@ -217,7 +258,7 @@ mod tests {
             (10, "a.example.".to_string()),
             (30, "c.example.".to_string()),
         ];
-        let Route::Hosts(h) = order_mx("x", &mut mx) else {
+        let Route::Hosts(h) = order_mx("x", &mut mx, SMTP_PORT) else {
             panic!("hosts expected");
         };
         let names: Vec<_> = h.iter().map(|h| h.host.as_str()).collect();
@@ -246,6 +287,7 @@ mod tests {
             &routes,
             Some("relay.example:587"),
             Some("127.0.0.1:53".parse().expect("addr")),
+            SMTP_PORT,
         )
         .expect("router");
         assert_eq!(

@@ -19,9 +19,10 @@
 //!   state is recorded (a crash in between repeats the DSN rather than losing it); never for
 //!   the null sender.
 
-use crate::client::{self, ClientSettings, RcptResult, Transaction};
+use crate::client::{self, ClientSettings, RcptResult, TlsMode, Transaction};
 use crate::dsn::{self, FailedRecipient};
-use crate::route::{Route, Router};
+use crate::mtasts::{self, PolicyCache};
+use crate::route::{Hop, Route, Router};
 use crate::Settings;
 use bytes::Bytes;
 use mailfleet_core::shutdown::Shutdown;
@@ -65,6 +66,8 @@ struct Inner {
     destinations: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
     /// Idle SMTP connections kept for the next message to the same host.
     connections: client::ConnectionCache,
+    /// MTA-STS policies by recipient domain; `None` when `mta_sts` is off.
+    mta_sts: Option<PolicyCache>,
 }
 
 /// What one attempt decided for one recipient.
@@ -80,8 +83,28 @@ impl Worker {
             &settings.routes,
             settings.smarthost.as_deref(),
             settings.resolver,
+            settings.mx_port,
         )
         .map_err(crate::DeliveryError::Setup)?;
+        let setup = |what: &str, e: &dyn std::fmt::Display| {
+            crate::DeliveryError::Setup(format!("{what}: {e}"))
+        };
+        // The trust anchors are read once at start: a changed `tls_ca_file` takes a restart,
+        // as the other TLS material does.
+        let (verified_tls, mta_sts) = if settings.mta_sts {
+            let roots = crate::tls::trust_anchors(settings.tls_ca_file.as_deref())
+                .map_err(crate::DeliveryError::Setup)?;
+            let smtp = crate::tls::verifying_connector(roots.clone())
+                .map_err(|e| setup("verified TLS client", &e))?;
+            let https =
+                crate::tls::https_connector(roots).map_err(|e| setup("HTTPS client", &e))?;
+            (
+                Some(smtp),
+                Some(PolicyCache::new(https, settings.mta_sts_https_port)),
+            )
+        } else {
+            (None, None)
+        };
         let tls = if settings.starttls {
             Some(
                 crate::tls::opportunistic_connector()
@@ -95,6 +118,7 @@ impl Worker {
             connect_timeout: settings.connect_timeout,
             command_timeout: settings.command_timeout,
             tls,
+            verified_tls,
         };
         let holder = format!(
             "{}:{}:{:x}",
@@ -114,6 +138,7 @@ impl Worker {
                 in_flight: Mutex::new(HashSet::new()),
                 destinations: Mutex::new(HashMap::new()),
                 connections,
+                mta_sts,
             }),
         })
     }
@@ -427,6 +452,10 @@ impl Worker {
             }
             Err(e) => return every(RcptResult::Temporary(format!("451 4.4.3 {e}")), None),
         };
+        let (hops, tls_mode) = match self.mta_sts(domain, hops).await {
+            Ok(h) => h,
+            Err(refusal) => return every(RcptResult::Temporary(refusal), None),
+        };
         let tx = Transaction {
             sender: &msg.sender,
             recipients: &rcpts,
@@ -447,6 +476,7 @@ impl Worker {
                     &self.inner.connections,
                     addr,
                     &hop.host,
+                    tls_mode,
                     &tx,
                 )
                 .await
@@ -464,12 +494,58 @@ impl Worker {
                     }
                     Err(e) => {
                         tracing::info!(host = %hop.host, %addr, error = %e, "host unusable; trying the next");
-                        last = format!("451 4.4.1 {e}");
+                        last = if e.tls_required {
+                            format!("451 4.7.5 {e}")
+                        } else {
+                            format!("451 4.4.1 {e}")
+                        };
                     }
                 }
             }
         }
         every(RcptResult::Temporary(last), None)
+    }
+
+    /// Applies `domain`'s MTA-STS policy to its MX hosts: the hosts to try and the TLS they
+    /// need, or the temporary failure when an enforced policy allows none of them.
+    ///
+    /// Only DNS-routed domains are checked: a static route or smarthost is the operator's
+    /// choice of next hop, not a name DNS could have forged. A refusal is temporary (4.7.5)
+    /// because the policy or the MX records may be mid-change; it bounces only once the
+    /// message outlives `max_lifetime`, like any other 4xx.
+    async fn mta_sts(&self, domain: &str, hops: Vec<Hop>) -> Result<(Vec<Hop>, TlsMode), String> {
+        let Some(cache) = &self.inner.mta_sts else {
+            return Ok((hops, TlsMode::Opportunistic));
+        };
+        if !self.inner.router.is_dns_routed(domain) {
+            return Ok((hops, TlsMode::Opportunistic));
+        }
+        let Some(policy) = cache.policy_for(&self.inner.router, domain).await else {
+            return Ok((hops, TlsMode::Opportunistic));
+        };
+        match policy.mode {
+            mtasts::Mode::None => Ok((hops, TlsMode::Opportunistic)),
+            mtasts::Mode::Testing => {
+                for hop in hops.iter().filter(|h| !policy.allows(&h.host)) {
+                    tracing::warn!(domain, mx = %hop.host,
+                        "MTA-STS testing: MX not in the policy; an enforced policy would skip it");
+                }
+                Ok((hops, TlsMode::Testing))
+            }
+            mtasts::Mode::Enforce => {
+                let (allowed, refused): (Vec<Hop>, Vec<Hop>) =
+                    hops.into_iter().partition(|h| policy.allows(&h.host));
+                for hop in &refused {
+                    tracing::info!(domain, mx = %hop.host, "MTA-STS: MX not in the policy; skipped");
+                }
+                if allowed.is_empty() {
+                    return Err(format!(
+                        "451 4.7.5 MTA-STS: no MX of {domain} matches its policy"
+                    ));
+                }
+                Ok((allowed, TlsMode::Required))
+            }
+        }
     }
 
     /// Writes each recipient's new state, sending the DSN for final failures first.

@@ -150,6 +150,11 @@ async fn fixture(port: u16) -> Fixture {
         max_per_destination_per_minute: 0,
         connection_reuse: Duration::from_secs(5),
         shutdown_grace: Duration::from_secs(5),
+        // Static routes are never subject to MTA-STS; the policy paths are in mta_sts.rs.
+        mta_sts: true,
+        tls_ca_file: None,
+        mta_sts_https_port: 443,
+        mx_port: 25,
     };
     Fixture {
         _dir: dir,

@@ -2,10 +2,12 @@
 //! own (`storage.metadata`, `storage.blobs`, `storage.coordination`), so a test can mix a
 //! shared SQLite file with S3 and Redis, and production runs ScyllaDB, S3 and Redis.
 
+use crate::blob::cache::CachedBlobStore;
 use crate::blob::fs::FsBlobStore;
 use crate::blob::s3::S3BlobStore;
 use crate::coord::local::LocalCoordinator;
 use crate::coord::redis::RedisCoordinator;
+use crate::metadata::scylla::ScyllaMetadataStore;
 use crate::metadata::sqlite::SqliteMetadataStore;
 use crate::{BlobStore, Coordinator, MetadataStore, StoreError, StoreResult, Stores};
 use mailfleet_core::config::{BlobBackend, CoordinationBackend, MetadataBackend, StorageConfig};
@@ -29,11 +31,17 @@ pub async fn open(cfg: &StorageConfig, data_dir: &Path) -> StoreResult<Stores> {
     };
     let blobs: Arc<dyn BlobStore> = match cfg.blobs {
         BlobBackend::Local => Arc::new(FsBlobStore::open(data_dir.join("blobs"))?),
-        BlobBackend::S3 => Arc::new(
-            S3BlobStore::connect(&cfg.s3)
-                .await
-                .map_err(|e| context("storage.s3", e))?,
-        ),
+        BlobBackend::S3 => {
+            let s3: Arc<dyn BlobStore> = Arc::new(
+                S3BlobStore::connect(&cfg.s3)
+                    .await
+                    .map_err(|e| context("storage.s3", e))?,
+            );
+            match cfg.blob_cache_mib {
+                0 => s3,
+                mib => Arc::new(CachedBlobStore::new(s3, mib.saturating_mul(1024 * 1024))),
+            }
+        }
     };
     let meta: Arc<dyn MetadataStore> = match cfg.metadata {
         MetadataBackend::Sqlite => {
@@ -50,11 +58,11 @@ pub async fn open(cfg: &StorageConfig, data_dir: &Path) -> StoreResult<Stores> {
                     .map_err(|e| StoreError::Unavailable(format!("opening SQLite: {e}")))??,
             )
         }
-        MetadataBackend::Scylla => {
-            // TEMPORARY-SCYLLA: replaced when the ScyllaDB backend lands.
-            let _ = &cfg.scylla;
-            return Err(StoreError::Invalid("scylla: not built yet".into()));
-        }
+        MetadataBackend::Scylla => Arc::new(
+            ScyllaMetadataStore::connect(&cfg.scylla, coord.clone())
+                .await
+                .map_err(|e| context("storage.scylla", e))?,
+        ),
     };
     Ok(Stores { blobs, meta, coord })
 }

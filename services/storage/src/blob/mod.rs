@@ -1,5 +1,6 @@
 //! The [`BlobStore`] trait: message bodies, addressed by the SHA-256 of their bytes.
 
+pub mod cache;
 pub mod fs;
 pub mod gc;
 pub mod s3;
