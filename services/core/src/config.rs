@@ -534,6 +534,9 @@ pub struct DeliveryConfig {
     /// Most delivery attempts per minute to one recipient domain across the cluster
     /// (counted in the coordinator); 0 = no limit. Entries past it wait for the next poll.
     pub max_per_destination_per_minute: u32,
+    /// Seconds after which the sender of a message still not delivered to a recipient gets
+    /// one delay DSN (RFC 3464 `Action: delayed`); 0 = never. Postfix's `delay_warning_time`.
+    pub delay_warning_secs: u64,
     /// Seconds an idle connection to a remote host is kept for the next message to that
     /// host (Postfix's `smtp_connection_cache_time_limit` is 2); 0 = one connection per
     /// message.
@@ -566,6 +569,7 @@ impl Default for DeliveryConfig {
             dkim_sign: true,
             max_per_destination: 20,
             max_per_destination_per_minute: 0,
+            delay_warning_secs: 4 * 3600,
             connection_reuse_secs: 5,
             mta_sts: true,
             tls_ca_file: None,

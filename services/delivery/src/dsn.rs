@@ -26,8 +26,20 @@ pub struct FailedRecipient {
     pub remote_mta: Option<String>,
 }
 
+/// Which DSN: a final failure, or a warning that delivery is taking long (RFC 3464
+/// `Action: delayed`) while retries go on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Failure,
+    /// Retries continue until this Unix time (`Will-Retry-Until`).
+    Delay {
+        will_retry_until: i64,
+    },
+}
+
 /// What a DSN is about.
 pub struct Report<'a> {
+    pub kind: Kind,
     /// Our host name (Reporting-MTA, From's domain).
     pub hostname: &'a str,
     /// The envelope sender the DSN goes to.
@@ -102,13 +114,29 @@ pub fn build(report: &Report<'_>, now: i64, unique: u64) -> Vec<u8> {
     let host = clean(report.hostname);
     let boundary = format!("=_mailfleet_dsn_{now:x}_{unique:x}");
     let date = rfc2822_date(now);
+    let (subject, summary, action) = match report.kind {
+        Kind::Failure => (
+            "Undelivered Mail Returned to Sender",
+            "Your message could not be delivered to one or more recipients.".to_string(),
+            "failed",
+        ),
+        Kind::Delay { will_retry_until } => (
+            "Delayed Mail (still being retried)",
+            format!(
+                "Your message has not been delivered yet to the recipients below.\r\n\
+                 Delivery will be retried until {}; you need not send it again.",
+                rfc2822_date(will_retry_until)
+            ),
+            "delayed",
+        ),
+    };
     let mut m = String::new();
     // Writing to a String cannot fail.
     let _ = write!(
         m,
         "From: Mail Delivery System <MAILER-DAEMON@{host}>\r\n\
          To: <{to}>\r\n\
-         Subject: Undelivered Mail Returned to Sender\r\n\
+         Subject: {subject}\r\n\
          Date: {date}\r\n\
          Message-ID: <dsn.{now:x}.{unique:x}@{host}>\r\n\
          Auto-Submitted: auto-replied\r\n\
@@ -123,7 +151,7 @@ pub fn build(report: &Report<'_>, now: i64, unique: u64) -> Vec<u8> {
          \r\n\
          This is the mail system at host {host}.\r\n\
          \r\n\
-         Your message could not be delivered to one or more recipients.\r\n\
+         {summary}\r\n\
          \r\n",
         to = clean(report.sender),
     );
@@ -149,11 +177,18 @@ pub fn build(report: &Report<'_>, now: i64, unique: u64) -> Vec<u8> {
         let _ = write!(
             m,
             "Final-Recipient: rfc822; {}\r\n\
-             Action: failed\r\n\
+             Action: {action}\r\n\
              Status: {}\r\n",
             clean(&f.address),
             status_of(&f.diagnostic)
         );
+        if let Kind::Delay { will_retry_until } = report.kind {
+            let _ = write!(
+                m,
+                "Will-Retry-Until: {}\r\n",
+                rfc2822_date(will_retry_until)
+            );
+        }
         if let Some(mta) = &f.remote_mta {
             let _ = write!(m, "Remote-MTA: dns; {}\r\n", clean(mta));
         }
@@ -195,6 +230,7 @@ mod tests {
         let original = b"From: a@l.test\r\nSubject: hi\r\n\r\nsecret body\r\n";
         let dsn = build(
             &Report {
+                kind: Kind::Failure,
                 hostname: "mx.l.test",
                 sender: "a@l.test",
                 envid: None,
@@ -228,5 +264,41 @@ mod tests {
         assert_eq!(status_of("554 go away"), "5.0.0");
         assert_eq!(status_of("451 later"), "4.0.0");
         assert_eq!(status_of("5.1.10 null MX"), "5.0.0");
+    }
+
+    #[test]
+    fn delay_report_says_delayed_and_until_when() {
+        let late = [FailedRecipient {
+            address: "bob@remote.test".into(),
+            orcpt: None,
+            diagnostic: "451 4.4.1 connection refused".into(),
+            remote_mta: None,
+        }];
+        let text = String::from_utf8(build(
+            &Report {
+                kind: Kind::Delay {
+                    will_retry_until: 1_700_432_000,
+                },
+                hostname: "mx.l.test",
+                sender: "a@l.test",
+                envid: Some("ENV1"),
+                arrival: 1_700_000_000,
+                failed: &late,
+                original: b"Subject: hi\r\n\r\nbody\r\n",
+                return_full: false,
+            },
+            1_700_014_400,
+            9,
+        ))
+        .expect("ascii");
+        assert!(text.contains("Subject: Delayed Mail (still being retried)\r\n"));
+        assert!(text.contains("Action: delayed\r\n"));
+        assert!(text.contains("Status: 4.4.1\r\n"));
+        assert!(
+            text.contains("Will-Retry-Until: Sun, 19 Nov 2023 22:13:20 +0000"),
+            "{text}"
+        );
+        assert!(text.contains("Original-Envelope-Id: ENV1\r\n"));
+        assert!(!text.contains("Action: failed"));
     }
 }

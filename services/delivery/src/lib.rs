@@ -55,6 +55,8 @@ pub struct Settings {
     pub dkim_sign: bool,
     pub max_per_destination: usize,
     pub max_per_destination_per_minute: u32,
+    /// A delay DSN goes to the sender once a recipient has waited this long; zero = never.
+    pub delay_warning: Duration,
     /// Idle time after which a cached connection is not reused; zero disables reuse.
     pub connection_reuse: Duration,
     /// How long a shutdown waits for deliveries in flight; the rest are dropped and, their
@@ -93,6 +95,7 @@ impl Settings {
             dkim_sign: d.dkim_sign,
             max_per_destination: d.max_per_destination,
             max_per_destination_per_minute: d.max_per_destination_per_minute,
+            delay_warning: Duration::from_secs(d.delay_warning_secs),
             connection_reuse: Duration::from_secs(d.connection_reuse_secs),
             shutdown_grace: Duration::from_secs(config.server.shutdown_grace_secs),
             mta_sts: d.mta_sts,

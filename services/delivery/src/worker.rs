@@ -289,7 +289,7 @@ impl Worker {
                 }
             }
         });
-        if let Err(e) = self.deliver(id).await {
+        if let Err(e) = self.deliver_fenced(id, Some(lease.token)).await {
             tracing::warn!(queue_id = %id, error = %e, "delivery attempt failed; will retry");
         }
         renewer.abort();
@@ -301,6 +301,17 @@ impl Worker {
     /// One attempt for every due recipient of an entry. The caller must hold the entry's
     /// lease ([`Worker::poll_once`] does); tests call it directly on a private store.
     pub async fn deliver(&self, id: QueueId) -> Result<(), crate::DeliveryError> {
+        self.deliver_fenced(id, None).await
+    }
+
+    /// [`Worker::deliver`] with the caller's lease token: every queue write carries it, so
+    /// the store refuses this attempt's writes once a newer holder has written (a lease that
+    /// lapsed mid-delivery, for example over a long SMTP transfer).
+    pub async fn deliver_fenced(
+        &self,
+        id: QueueId,
+        fence: Option<u64>,
+    ) -> Result<(), crate::DeliveryError> {
         let meta = &self.inner.stores.meta;
         // Re-read under the lease: another worker may have finished it meanwhile.
         let Some(msg) = meta.get_outbound(id).await? else {
@@ -317,7 +328,7 @@ impl Worker {
             let blob = self.inner.stores.blobs.get(&msg.blob).await?;
             let body = self.prepare(&msg, &blob).await;
             let outcomes = self.attempt(&msg, &due, &body).await;
-            self.record(&msg, outcomes, &body, now).await?;
+            self.record(&msg, outcomes, &body, now, fence).await?;
         }
         // Finished when nobody is left waiting.
         if let Some(m) = meta.get_outbound(id).await? {
@@ -325,7 +336,7 @@ impl Worker {
                 .iter()
                 .all(|r| r.state != RecipientState::Queued)
             {
-                for blob in meta.delete_outbound(id).await? {
+                for blob in meta.delete_outbound(id, fence).await? {
                     if let Err(e) = self.inner.stores.blobs.delete(&blob).await {
                         tracing::debug!(error = %e, "queued blob left for the orphan sweep");
                     }
@@ -555,11 +566,15 @@ impl Worker {
         outcomes: Vec<Outcome>,
         body: &[u8],
         now: i64,
+        fence: Option<u64>,
     ) -> Result<(), crate::DeliveryError> {
         let s = &self.inner.settings;
-        let expired = now.saturating_sub(msg.created_at) >= s.max_lifetime.as_secs() as i64;
+        let age = now.saturating_sub(msg.created_at);
+        let expired = age >= s.max_lifetime.as_secs() as i64;
+        let warn_after = s.delay_warning.as_secs() as i64;
         let mut updates = Vec::new();
         let mut failed = Vec::new();
+        let mut delayed = Vec::new();
         for o in outcomes {
             let attempts = msg
                 .recipients
@@ -574,15 +589,36 @@ impl Worker {
                         state: RecipientState::Delivered,
                         next_attempt: now,
                         last_error: None,
+                        delay_warned: false,
+                        fence,
                     }
                 }
                 RcptResult::Temporary(reply) if !expired => {
                     let delay = backoff(s.retry_base, s.retry_max, attempts);
                     tracing::info!(queue_id = %msg.id, rcpt = %o.address, %reply, retry_in_secs = delay.as_secs(), "deferred");
+                    let rcpt = msg.recipients.iter().find(|r| r.address == o.address);
+                    // One delay warning per recipient, once it has waited `delay_warning`
+                    // (Postfix's delay_warning_time), if NOTIFY allows it.
+                    let warn = warn_after > 0
+                        && age >= warn_after
+                        && !msg.sender.is_empty()
+                        && rcpt.is_some_and(|r| {
+                            !r.delay_warned && wants_delay_dsn(r.notify.as_deref())
+                        });
+                    if warn {
+                        delayed.push(FailedRecipient {
+                            address: o.address.clone(),
+                            orcpt: rcpt.and_then(|r| r.orcpt.clone()),
+                            diagnostic: reply.clone(),
+                            remote_mta: o.remote.clone(),
+                        });
+                    }
                     RecipientUpdate {
                         state: RecipientState::Queued,
                         next_attempt: now.saturating_add(delay.as_secs() as i64),
                         last_error: Some(reply.clone()),
+                        delay_warned: warn,
+                        fence,
                     }
                 }
                 RcptResult::Temporary(reply) | RcptResult::Permanent(reply) => {
@@ -613,13 +649,31 @@ impl Worker {
                         state: RecipientState::Failed,
                         next_attempt: now,
                         last_error: Some(reply),
+                        delay_warned: false,
+                        fence,
                     }
                 }
             };
             updates.push((o.address, update));
         }
         if !failed.is_empty() {
-            self.bounce(msg, &failed, body, now).await?;
+            self.bounce(msg, &failed, body, now, dsn::Kind::Failure)
+                .await?;
+        }
+        if !delayed.is_empty() {
+            let until = msg
+                .created_at
+                .saturating_add(s.max_lifetime.as_secs() as i64);
+            self.bounce(
+                msg,
+                &delayed,
+                body,
+                now,
+                dsn::Kind::Delay {
+                    will_retry_until: until,
+                },
+            )
+            .await?;
         }
         for (address, update) in updates {
             self.inner
@@ -639,6 +693,7 @@ impl Worker {
         failed: &[FailedRecipient],
         body: &[u8],
         now: i64,
+        kind: dsn::Kind,
     ) -> Result<(), crate::DeliveryError> {
         if msg.sender.is_empty() {
             return Ok(());
@@ -646,13 +701,16 @@ impl Worker {
         let s = &self.inner.settings;
         let dsn = dsn::build(
             &dsn::Report {
+                kind,
                 hostname: &s.hostname,
                 sender: &msg.sender,
                 envid: msg.envid.as_deref(),
                 arrival: msg.created_at,
                 failed,
                 original: body,
-                return_full: msg.ret == Some(mailfleet_storage::DsnRet::Full),
+                // A delay warning returns headers only: the message is still on its way.
+                return_full: kind == dsn::Kind::Failure
+                    && msg.ret == Some(mailfleet_storage::DsnRet::Full),
             },
             now,
             msg.id.0 as u64 ^ rand::random::<u64>(),
@@ -706,6 +764,12 @@ impl Worker {
 
 /// RFC 3461 §4.1: without NOTIFY a failure is reported; with it, only when it lists
 /// `FAILURE` (`NEVER` stands alone).
+/// RFC 3461 §4.1: a delay DSN only when NOTIFY asks for DELAY, or was not given (the
+/// default leaves delay notices to the MTA, and a sender waiting days deserves one).
+pub fn wants_delay_dsn(notify: Option<&str>) -> bool {
+    notify.is_none_or(|n| n.split(',').any(|k| k.trim().eq_ignore_ascii_case("DELAY")))
+}
+
 pub fn wants_failure_dsn(notify: Option<&str>) -> bool {
     notify.is_none_or(|n| {
         n.split(',')

@@ -16,6 +16,8 @@ enum Mode {
     Accept,
     /// `451` to the first RCPT ever, `250` after.
     DeferOnce,
+    /// `451` to every RCPT.
+    DeferAlways,
     Refuse,
 }
 
@@ -75,6 +77,7 @@ async fn start_sink(mode: Mode) -> (u16, Arc<Sink>) {
                             Mode::Accept => b"250 2.1.5 ok\r\n",
                             Mode::DeferOnce if n == 0 => b"451 4.3.0 try again later\r\n",
                             Mode::DeferOnce => b"250 2.1.5 ok\r\n",
+                            Mode::DeferAlways => b"451 4.4.1 busy, try later\r\n",
                             Mode::Refuse => b"550 5.1.1 <bob@remote.test>: no such user\r\n",
                         }
                     } else if cmd.starts_with("DATA") {
@@ -148,6 +151,7 @@ async fn fixture(port: u16) -> Fixture {
         dkim_sign: true,
         max_per_destination: 20,
         max_per_destination_per_minute: 0,
+        delay_warning: Duration::from_secs(4 * 3600),
         connection_reuse: Duration::from_secs(5),
         shutdown_grace: Duration::from_secs(5),
         // Static routes are never subject to MTA-STS; the policy paths are in mta_sts.rs.
@@ -484,4 +488,132 @@ async fn a_cached_connection_closed_by_the_peer_costs_no_attempt() {
         .is_none());
     assert_eq!(sink.messages.lock().expect("lock").len(), 2);
     assert_eq!(sink.connections.load(Ordering::SeqCst), 2);
+}
+
+/// The messages in alice's INBOX (where DSNs to alice@local.test land).
+async fn alice_inbox(stores: &Stores) -> Vec<String> {
+    let alice = stores
+        .meta
+        .get_account("alice@local.test")
+        .await
+        .expect("get")
+        .expect("alice");
+    let inbox = stores
+        .meta
+        .get_mailbox(alice.id, "INBOX")
+        .await
+        .expect("get")
+        .expect("inbox");
+    let mut out = Vec::new();
+    for m in stores
+        .meta
+        .list_messages(inbox.id, Uid(0), 100)
+        .await
+        .expect("list")
+    {
+        let b = stores.blobs.get(&m.blob).await.expect("blob");
+        out.push(String::from_utf8_lossy(&b).into_owned());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_delay_warning_after_the_warning_time_then_none() {
+    let (port, _sink) = start_sink(Mode::DeferAlways).await;
+    let mut f = fixture(port).await;
+    f.settings.delay_warning = Duration::from_secs(3600);
+    let worker = Worker::new(f.stores.clone(), f.settings.clone()).expect("worker");
+
+    // A fresh message deferred: no warning yet.
+    let fresh = enqueue(&f.stores).await;
+    worker.deliver(fresh).await.expect("attempt");
+    assert!(alice_inbox(&f.stores).await.is_empty());
+
+    // A message queued two hours ago, deferred: one warning, and the recipient remembers it.
+    let blob = f
+        .stores
+        .blobs
+        .put(Bytes::from_static(MESSAGE.as_bytes()))
+        .await
+        .expect("blob");
+    let old = f
+        .stores
+        .meta
+        .enqueue_outbound(NewOutbound {
+            blob,
+            size: MESSAGE.len() as u64,
+            sender: "alice@local.test".into(),
+            account: None,
+            envid: Some("ENV-OLD".into()),
+            ret: None,
+            recipients: vec![NewOutboundRecipient {
+                address: "bob@remote.test".into(),
+                notify: None,
+                orcpt: None,
+            }],
+            created_at: now() - 7200,
+        })
+        .await
+        .expect("enqueue")
+        .id;
+    worker.deliver(old).await.expect("attempt");
+    let inbox = alice_inbox(&f.stores).await;
+    assert_eq!(inbox.len(), 1, "one delay warning");
+    let dsn = &inbox[0];
+    assert!(
+        dsn.contains("Subject: Delayed Mail (still being retried)"),
+        "{dsn}"
+    );
+    assert!(dsn.contains("Action: delayed\r\n"));
+    assert!(dsn.contains("Status: 4.4.1\r\n"));
+    assert!(dsn.contains("Will-Retry-Until: "));
+    assert!(dsn.contains("Original-Envelope-Id: ENV-OLD"));
+    let q = f
+        .stores
+        .meta
+        .get_outbound(old)
+        .await
+        .expect("get")
+        .expect("still queued");
+    assert!(q.recipients[0].delay_warned);
+    assert_eq!(q.recipients[0].state, RecipientState::Queued);
+
+    // The next deferral sends nothing more.
+    worker.deliver(old).await.expect("attempt");
+    assert_eq!(alice_inbox(&f.stores).await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_lease_was_taken_over_cannot_write() {
+    let (port, _sink) = start_sink(Mode::DeferAlways).await;
+    let f = fixture(port).await;
+    let worker = Worker::new(f.stores.clone(), f.settings.clone()).expect("worker");
+    let id = enqueue(&f.stores).await;
+    // A newer lease holder (token 2000) has written to the entry.
+    worker
+        .deliver_fenced(id, Some(2000))
+        .await
+        .expect("attempt");
+    // A worker still carrying an older token tries to record its attempt: refused.
+    f.stores
+        .meta
+        .reschedule_outbound(id, 0)
+        .await
+        .expect("due again");
+    let err = worker
+        .deliver_fenced(id, Some(1999))
+        .await
+        .expect_err("stale lease");
+    assert!(err.to_string().contains("older than 2000"), "{err}");
+    let q = f
+        .stores
+        .meta
+        .get_outbound(id)
+        .await
+        .expect("get")
+        .expect("queued");
+    assert_eq!(
+        q.recipients[0].attempts, 1,
+        "the stale attempt recorded nothing"
+    );
 }

@@ -329,6 +329,7 @@ async fn fixture(policy: &str, mx_tls: MxTls) -> Fixture {
         dkim_sign: false,
         max_per_destination: 20,
         max_per_destination_per_minute: 0,
+        delay_warning: Duration::from_secs(4 * 3600),
         connection_reuse: Duration::from_secs(5),
         shutdown_grace: Duration::from_secs(5),
         mta_sts: true,

@@ -153,7 +153,7 @@ pub async fn queue_delete(config: &Config, id: i64) -> anyhow::Result<()> {
     let stores = open(config).await?;
     let blobs = stores
         .meta
-        .delete_outbound(QueueId(id))
+        .delete_outbound(QueueId(id), None)
         .await
         .with_context(|| format!("queue entry {id}"))?;
     for b in blobs {

@@ -908,6 +908,8 @@ pub async fn metadata_outbound_queue(meta: &dyn MetadataStore) {
             state: RecipientState::Queued,
             next_attempt: 1_700_000_600,
             last_error: Some("451 4.7.1 try later".into()),
+            delay_warned: false,
+            fence: None,
         },
     )
     .await
@@ -919,6 +921,8 @@ pub async fn metadata_outbound_queue(meta: &dyn MetadataStore) {
             state: RecipientState::Delivered,
             next_attempt: 0,
             last_error: None,
+            delay_warned: false,
+            fence: None,
         },
     )
     .await
@@ -930,7 +934,9 @@ pub async fn metadata_outbound_queue(meta: &dyn MetadataStore) {
             RecipientUpdate {
                 state: RecipientState::Failed,
                 next_attempt: 0,
-                last_error: None
+                last_error: None,
+                delay_warned: false,
+                fence: None,
             }
         )
         .await,
@@ -944,6 +950,46 @@ pub async fn metadata_outbound_queue(meta: &dyn MetadataStore) {
         Some("451 4.7.1 try later")
     );
     assert_eq!(got.recipients[1].state, RecipientState::Delivered);
+    assert!(!got.recipients[0].delay_warned);
+
+    // Fencing: once a lease token has written to an entry, an older one cannot; the delay
+    // warning flag, once set, stays set.
+    let attempt = |fence: u64, warned: bool| RecipientUpdate {
+        state: RecipientState::Queued,
+        next_attempt: 1_700_000_900,
+        last_error: Some("451 4.4.1 later".into()),
+        delay_warned: warned,
+        fence: Some(fence),
+    };
+    meta.update_outbound_recipient(q.id, "x@remote.example", attempt(1000, true))
+        .await
+        .expect("fenced update");
+    assert!(matches!(
+        meta.update_outbound_recipient(q.id, "x@remote.example", attempt(999, false))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    meta.update_outbound_recipient(q.id, "x@remote.example", attempt(1000, false))
+        .await
+        .expect("the same token writes again");
+    let got = meta.get_outbound(q.id).await.expect("get").expect("exists");
+    assert_eq!(
+        got.recipients[0].attempts, 3,
+        "the refused write changed nothing"
+    );
+    assert!(got.recipients[0].delay_warned);
+    assert!(matches!(
+        meta.delete_outbound(q.id, Some(998)).await,
+        Err(StoreError::Conflict(_))
+    ));
+    meta.update_outbound_recipient(q.id, "x@remote.example", attempt(1001, false))
+        .await
+        .expect("a newer token takes over");
+    assert!(matches!(
+        meta.update_outbound_recipient(q.id, "x@remote.example", attempt(1000, false))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
 
     // Listing pages by id.
     let second = meta.enqueue_outbound(msg.clone()).await.expect("enqueue 2");
@@ -966,13 +1012,17 @@ pub async fn metadata_outbound_queue(meta: &dyn MetadataStore) {
     assert_eq!(kept.recipients.len(), 2);
 
     // Deleting entries releases the blob once the last reference is gone.
-    assert!(meta.delete_outbound(q.id).await.expect("delete").is_empty());
+    assert!(meta
+        .delete_outbound(q.id, None)
+        .await
+        .expect("delete")
+        .is_empty());
     assert_eq!(
-        meta.delete_outbound(second.id).await.expect("delete"),
+        meta.delete_outbound(second.id, None).await.expect("delete"),
         vec![blob.clone()]
     );
     assert!(matches!(
-        meta.delete_outbound(second.id).await,
+        meta.delete_outbound(second.id, None).await,
         Err(StoreError::NotFound(_))
     ));
     assert!(meta.get_outbound(q.id).await.expect("get").is_none());
@@ -1038,6 +1088,8 @@ pub async fn metadata_outbound_delivery(meta: &dyn MetadataStore) {
                 state,
                 next_attempt: next,
                 last_error: None,
+                delay_warned: false,
+                fence: None,
             },
         )
         .await
@@ -1074,6 +1126,6 @@ pub async fn metadata_outbound_delivery(meta: &dyn MetadataStore) {
         meta.reschedule_outbound(QueueId(i64::MAX), base).await,
         Err(StoreError::NotFound(_))
     ));
-    meta.delete_outbound(early.id).await.expect("delete");
-    meta.delete_outbound(late.id).await.expect("delete");
+    meta.delete_outbound(early.id, None).await.expect("delete");
+    meta.delete_outbound(late.id, None).await.expect("delete");
 }

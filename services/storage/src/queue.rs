@@ -103,6 +103,8 @@ pub struct OutboundRecipient {
     pub last_error: Option<String>,
     pub notify: Option<String>,
     pub orcpt: Option<String>,
+    /// A delay DSN (RFC 3464 `Action: delayed`) has been sent for this recipient.
+    pub delay_warned: bool,
 }
 
 /// A queued message and its recipients.
@@ -126,4 +128,11 @@ pub struct RecipientUpdate {
     pub state: RecipientState,
     pub next_attempt: i64,
     pub last_error: Option<String>,
+    /// This attempt sent a delay DSN; once set, the recipient's flag stays set.
+    pub delay_warned: bool,
+    /// The writer's lease token on the entry (a fencing token). The store refuses the write
+    /// with [`crate::StoreError::Conflict`] when a larger token has already written to the
+    /// entry: a worker whose lease lapsed mid-delivery cannot overwrite the newer holder's
+    /// outcome. `None` (the admin CLI) skips the check.
+    pub fence: Option<u64>,
 }

@@ -212,7 +212,8 @@ pub trait MetadataStore: Send + Sync + 'static {
         limit: usize,
     ) -> StoreResult<Vec<crate::OutboundMessage>>;
     /// Records an attempt for one recipient: its new state, next attempt and last error;
-    /// `attempts` grows by one. `NotFound` when the entry or recipient does not exist.
+    /// `attempts` grows by one. `NotFound` when the entry or recipient does not exist;
+    /// `Conflict` when `update.fence` is older than a token that already wrote to the entry.
     async fn update_outbound_recipient(
         &self,
         id: crate::QueueId,
@@ -220,7 +221,12 @@ pub trait MetadataStore: Send + Sync + 'static {
         update: crate::RecipientUpdate,
     ) -> StoreResult<()>;
     /// Removes an entry; returns its blob if no longer referenced (for the orphan sweep).
-    async fn delete_outbound(&self, id: crate::QueueId) -> StoreResult<Vec<BlobId>>;
+    /// `fence` as in [`crate::RecipientUpdate::fence`].
+    async fn delete_outbound(
+        &self,
+        id: crate::QueueId,
+        fence: Option<u64>,
+    ) -> StoreResult<Vec<BlobId>>;
 
     // ---- outbound delivery ----
     /// Ids of entries with at least one `Queued` recipient whose next attempt is at or

@@ -102,12 +102,12 @@ const SCHEMA_V1: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS {ks}.sender_grants (account_id bigint, address text, \
      PRIMARY KEY (account_id, address))",
     "CREATE TABLE IF NOT EXISTS {ks}.outbound (id bigint PRIMARY KEY, blob_id text, size bigint, \
-     sender text, account_id bigint, envid text, ret text, created_at bigint)",
+     sender text, account_id bigint, envid text, ret text, created_at bigint, fence bigint)",
     "CREATE TABLE IF NOT EXISTS {ks}.outbound_ids (shard int, id bigint, \
      PRIMARY KEY (shard, id))",
     "CREATE TABLE IF NOT EXISTS {ks}.outbound_rcpts (queue_id bigint, seq int, address text, \
      state int, attempts int, next_attempt bigint, last_error text, notify text, orcpt text, \
-     PRIMARY KEY (queue_id, seq))",
+     delay_warned boolean, PRIMARY KEY (queue_id, seq))",
     "CREATE TABLE IF NOT EXISTS {ks}.outbound_due (shard int, next_attempt bigint, \
      queue_id bigint, seq int, PRIMARY KEY (shard, next_attempt, queue_id, seq))",
 ];
@@ -1219,12 +1219,13 @@ impl ScyllaMetadataStore {
             Option<String>,
             Option<String>,
             Option<String>,
+            Option<bool>,
         );
         let rows: Vec<RcptRow> = self
             .db
             .all(
-                "SELECT seq, address, state, attempts, next_attempt, last_error, notify, orcpt \
-                 FROM outbound_rcpts WHERE queue_id = ?",
+                "SELECT seq, address, state, attempts, next_attempt, last_error, notify, orcpt, \
+                 delay_warned FROM outbound_rcpts WHERE queue_id = ?",
                 (id.0,),
             )
             .await?;
@@ -1240,10 +1241,44 @@ impl ScyllaMetadataStore {
                         last_error: r.5,
                         notify: r.6,
                         orcpt: r.7,
+                        delay_warned: r.8.unwrap_or(false),
                     },
                 ))
             })
             .collect()
+    }
+
+    /// Refuses a queue write from a lease older than one that already wrote to the entry,
+    /// and records `fence` otherwise: one LWT (`IF fence <= token`), taken only by writes
+    /// that carry a token, so the queue's fencing costs a Paxos round per recipient update
+    /// rather than per message stored.
+    async fn check_fence(&self, id: crate::QueueId, fence: Option<u64>) -> StoreResult<()> {
+        let Some(token) = fence else {
+            return Ok(());
+        };
+        let token = i64::try_from(token)
+            .map_err(|_| StoreError::Invalid(format!("lease token {token} out of range")))?;
+        if self
+            .db
+            .lwt(
+                "UPDATE outbound SET fence = ? WHERE id = ? IF fence <= ?",
+                (token, id.0, token),
+            )
+            .await?
+        {
+            return Ok(());
+        }
+        let row: Option<(Option<i64>,)> = self
+            .db
+            .one("SELECT fence FROM outbound WHERE id = ?", (id.0,))
+            .await?;
+        match row {
+            None => Err(StoreError::NotFound(format!("queue entry {id}"))),
+            Some((stored,)) => Err(StoreError::Conflict(format!(
+                "queue entry {id}: lease token {token} is older than {}, which already wrote to it",
+                stored.unwrap_or(0)
+            ))),
+        }
     }
 
     async fn outbound_exists(&self, id: crate::QueueId) -> StoreResult<bool> {
@@ -2507,7 +2542,7 @@ impl MetadataStore for ScyllaMetadataStore {
         self.db
             .run(
                 "INSERT INTO outbound (id, blob_id, size, sender, account_id, envid, ret, \
-                 created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                 created_at, fence) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)",
                 (
                     id,
                     msg.blob.as_str(),
@@ -2546,6 +2581,7 @@ impl MetadataStore for ScyllaMetadataStore {
                     last_error: None,
                     notify: r.notify,
                     orcpt: r.orcpt,
+                    delay_warned: false,
                 })
                 .collect(),
         })
@@ -2590,6 +2626,7 @@ impl MetadataStore for ScyllaMetadataStore {
         if !self.outbound_exists(id).await? {
             return Err(not_found());
         }
+        self.check_fence(id, update.fence).await?;
         let (seq, old) = self
             .load_recipients(id)
             .await?
@@ -2601,12 +2638,13 @@ impl MetadataStore for ScyllaMetadataStore {
         self.db
             .run(
                 "UPDATE outbound_rcpts SET state = ?, attempts = ?, next_attempt = ?, \
-                 last_error = ? WHERE queue_id = ? AND seq = ?",
+                 last_error = ?, delay_warned = ? WHERE queue_id = ? AND seq = ?",
                 (
                     state_code(update.state),
                     (old.attempts as i32).saturating_add(1),
                     update.next_attempt,
                     update.last_error.as_deref(),
+                    old.delay_warned || update.delay_warned,
                     id.0,
                     seq,
                 ),
@@ -2617,7 +2655,12 @@ impl MetadataStore for ScyllaMetadataStore {
         self.reindex_due(id, seq, was, now).await
     }
 
-    async fn delete_outbound(&self, id: crate::QueueId) -> StoreResult<Vec<BlobId>> {
+    async fn delete_outbound(
+        &self,
+        id: crate::QueueId,
+        fence: Option<u64>,
+    ) -> StoreResult<Vec<BlobId>> {
+        self.check_fence(id, fence).await?;
         let head: Option<(String,)> = self
             .db
             .one("SELECT blob_id FROM outbound WHERE id = ?", (id.0,))

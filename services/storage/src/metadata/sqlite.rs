@@ -21,7 +21,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// Schema version stored in `PRAGMA user_version`; migrations run in order up to it.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA_V1: &str = r#"
 CREATE TABLE domains (
@@ -305,6 +305,13 @@ impl Drop for SqliteMetadataStore {
     }
 }
 
+/// v4: queue fencing (the largest lease token that wrote to an entry) and the delay-warning
+/// flag of each recipient.
+const SCHEMA_V4: &str = r#"
+ALTER TABLE outbound ADD COLUMN fence INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE outbound_rcpts ADD COLUMN delay_warned INTEGER NOT NULL DEFAULT 0;
+"#;
+
 fn migrate(conn: &Connection) -> StoreResult<()> {
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
@@ -329,6 +336,12 @@ fn migrate(conn: &Connection) -> StoreResult<()> {
     if version < 3 {
         conn.execute_batch(&format!(
             "BEGIN IMMEDIATE; {SCHEMA_V3} PRAGMA user_version = 3; COMMIT;"
+        ))
+        .map_err(db_err)?;
+    }
+    if version < 4 {
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {SCHEMA_V4} PRAGMA user_version = 4; COMMIT;"
         ))
         .map_err(db_err)?;
     }
@@ -1811,14 +1824,17 @@ impl MetadataStore for SqliteMetadataStore {
     ) -> StoreResult<()> {
         let address = address.to_string();
         self.write(move |c| {
+            check_fence(c, id, update.fence)?;
             let n = c
                 .execute(
                     "UPDATE outbound_rcpts SET state = ?1, attempts = attempts + 1, \
-                     next_attempt = ?2, last_error = ?3 WHERE queue_id = ?4 AND address = ?5",
+                     next_attempt = ?2, last_error = ?3, delay_warned = MAX(delay_warned, ?4) \
+                     WHERE queue_id = ?5 AND address = ?6",
                     params![
                         recipient_state_code(update.state),
                         update.next_attempt,
                         update.last_error,
+                        update.delay_warned,
                         id.0,
                         address
                     ],
@@ -1834,8 +1850,13 @@ impl MetadataStore for SqliteMetadataStore {
         .await
     }
 
-    async fn delete_outbound(&self, id: crate::QueueId) -> StoreResult<Vec<BlobId>> {
+    async fn delete_outbound(
+        &self,
+        id: crate::QueueId,
+        fence: Option<u64>,
+    ) -> StoreResult<Vec<BlobId>> {
         self.write(move |c| {
+            check_fence(c, id, fence)?;
             let blob: String = c
                 .query_row(
                     "DELETE FROM outbound WHERE id = ?1 RETURNING blob_id",
@@ -1891,6 +1912,37 @@ impl MetadataStore for SqliteMetadataStore {
 }
 
 // ---------- credentials and outbound queue rows ----------
+
+/// Refuses a queue write from a lease older than one that already wrote to the entry, and
+/// records `fence` otherwise. Runs inside the write's transaction, so check and record are
+/// one step.
+fn check_fence(c: &Connection, id: crate::QueueId, fence: Option<u64>) -> StoreResult<()> {
+    let Some(token) = fence else {
+        return Ok(());
+    };
+    let stored: i64 = c
+        .prepare_cached("SELECT fence FROM outbound WHERE id = ?1")
+        .map_err(db_err)?
+        .query_row([id.0], |r| r.get(0))
+        .optional()
+        .map_err(db_err)?
+        .ok_or_else(|| StoreError::NotFound(format!("queue entry {id}")))?;
+    // Tokens are far below i64::MAX (Unix seconds << 20 plus a count).
+    let token = i64::try_from(token)
+        .map_err(|_| StoreError::Invalid(format!("lease token {token} out of range")))?;
+    if stored > token {
+        return Err(StoreError::Conflict(format!(
+            "queue entry {id}: lease token {token} is older than {stored}, which already wrote to it"
+        )));
+    }
+    if stored < token {
+        c.prepare_cached("UPDATE outbound SET fence = ?1 WHERE id = ?2")
+            .map_err(db_err)?
+            .execute(params![token, id.0])
+            .map_err(db_err)?;
+    }
+    Ok(())
+}
 
 const APP_PASSWORD_COLS: &str = "id, account_id, name, tag, hash, created_at, last_used";
 
@@ -1966,8 +2018,8 @@ fn load_outbound(
     };
     let mut s = c
         .prepare_cached(
-            "SELECT address, state, attempts, next_attempt, last_error, notify, orcpt \
-             FROM outbound_rcpts WHERE queue_id = ?1 ORDER BY seq",
+            "SELECT address, state, attempts, next_attempt, last_error, notify, orcpt, \
+             delay_warned FROM outbound_rcpts WHERE queue_id = ?1 ORDER BY seq",
         )
         .map_err(db_err)?;
     let rows = s
@@ -1980,6 +2032,7 @@ fn load_outbound(
                 last_error: r.get(4)?,
                 notify: r.get(5)?,
                 orcpt: r.get(6)?,
+                delay_warned: r.get(7)?,
             })
         })
         .map_err(db_err)?;
