@@ -75,7 +75,7 @@ class RedisServer:
 
 
 class Cluster:
-    def __init__(self, tmp_path: Path):
+    def __init__(self, tmp_path: Path, extra_env=None):
         _need(shutil.which("redis-server") is not None, "redis-server",
               "scripts/test.sh installs Debian's redis-server")
         _need(garage_bin() is not None, "garage", "run scripts/install-garage.sh")
@@ -93,6 +93,7 @@ class Cluster:
             "MAILFLEET_POP3__ALLOW_PLAINTEXT_AUTH": "true",
             # IDLE may only learn of new mail through Redis, never by polling the store.
             "MAILFLEET_IMAP__IDLE_RECHECK_SECS": "3600",
+            **(extra_env or {}),
         }
         self.a = Server(tmp_path / "a", env)
         self.b = Server(tmp_path / "b", env)
@@ -266,7 +267,37 @@ def eventually(what: str, attempt, timeout=30):
     raise AssertionError(f"{what} did not come back: {last!r}")
 
 
-def test_redis_and_s3_outages_give_temporary_errors_then_full_service(cluster):
+@pytest.fixture
+def uncached_cluster(tmp_path):
+    # Without the in-memory blob cache, so every body read goes to S3 (with it, bodies
+    # already cached keep being served during an S3 outage; see the next test).
+    c = Cluster(tmp_path, {"MAILFLEET_STORAGE__BLOB_CACHE_MIB": "0"})
+    yield c
+    c.close()
+
+
+def test_cached_bodies_are_served_while_s3_is_down(cluster):
+    send(cluster.a, message(0, "cached"))
+    session = imap(cluster.b)
+    session.select("INBOX")
+    typ, data = session.fetch("1", "(BODY.PEEK[TEXT])")
+    assert typ == "OK" and data[0][1].startswith(b"body of cached 0")
+    cluster.s3.stop()
+    try:
+        # B read it once, so B has it in memory; S3 is not asked.
+        typ, data = session.fetch("1", "(BODY.PEEK[TEXT])")
+        assert typ == "OK" and data[0][1].startswith(b"body of cached 0"), (typ, data)
+        # New mail still cannot be stored.
+        with pytest.raises(smtplib.SMTPResponseException) as e:
+            send(cluster.a, message(1, "cached"))
+        assert e.value.smtp_code == 451
+    finally:
+        cluster.s3.start()
+    session.logout()
+
+
+def test_redis_and_s3_outages_give_temporary_errors_then_full_service(uncached_cluster):
+    cluster = uncached_cluster
     sent = []
 
     def deliver(n):
