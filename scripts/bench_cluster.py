@@ -107,16 +107,29 @@ def main():
             "MAILFLEET_STORAGE__REDIS__URL": redis.url,
             "MAILFLEET_STORAGE__SQLITE_PATH": str(tmp / "shared" / "metadata.sqlite3"),
         }
-        a = Server(tmp / "a", env)
-        b = Server(tmp / "b", env)
-        provision(a)
         try:
+            # One front-end on S3 + Redis: what the remote stores cost, without two
+            # processes contending for one SQLite file.
+            solo = Server(tmp / "solo", {**env, "MAILFLEET_STORAGE__SQLITE_PATH":
+                                         str(tmp / "solo" / "metadata.sqlite3"),
+                                         "MAILFLEET_STORAGE__S3__KEY_PREFIX": "solo/"})
+            provision(solo)
+            solo.start()
+            try:
+                rows += run("cluster (1 front-end)", [solo], args)
+            finally:
+                solo.stop()
+            a = Server(tmp / "a", env)
+            b = Server(tmp / "b", env)
+            provision(a)
             a.start()
             b.start()
-            rows += run("cluster (2 front-ends)", [a, b], args)
+            try:
+                rows += run("cluster (2 front-ends)", [a, b], args)
+            finally:
+                a.stop()
+                b.stop()
         finally:
-            a.stop()
-            b.stop()
             garage.stop()
             redis.stop()
     print("| date | mode | load | result | throughput | p50 | p99 | server RSS |")
