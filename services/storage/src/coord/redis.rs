@@ -327,6 +327,19 @@ async fn heartbeat(
         if !idle.is_empty() && healthy {
             let names: Vec<String> = idle.iter().map(|a| channel_name(&prefix, *a)).collect();
             let _ = tokio::time::timeout(timeout, con.unsubscribe(names)).await;
+            // A session may have subscribed to one of these accounts again while the
+            // UNSUBSCRIBE was on its way, and its SUBSCRIBE may have reached Redis first:
+            // subscribe those again so no account is left deaf.
+            let back: Vec<String> = {
+                let map = lock(&channels);
+                idle.iter()
+                    .filter(|a| map.contains_key(a))
+                    .map(|a| channel_name(&prefix, *a))
+                    .collect()
+            };
+            if !back.is_empty() {
+                let _ = tokio::time::timeout(timeout, con.subscribe(back)).await;
+            }
         }
     }
 }
