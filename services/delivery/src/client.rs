@@ -5,7 +5,8 @@
 //! adds what a relaying MTA needs and a submission library does not: a result per
 //! recipient, pipelined MAIL/RCPT (RFC 2920), SIZE, 8BITMIME and SMTPUTF8 negotiation,
 //! opportunistic TLS with a plain-text fallback, TLS required and verified when an
-//! MTA-STS policy demands it ([`TlsMode`]), and connection reuse.
+//! MTA-STS policy demands it ([`TlsMode`]), TLS checked against TLSA records for DANE
+//! ([`HostTls::Dane`]), and connection reuse.
 //!
 //! # Connection reuse
 //! A connection whose transaction ended cleanly is kept in a [`ConnectionCache`] for a few
@@ -60,6 +61,28 @@ pub enum TlsMode {
     Testing,
     /// MTA-STS `enforce`: verified STARTTLS or nothing; the host is unusable otherwise.
     Required,
+    /// DANE: STARTTLS with a certificate matching the host's TLSA records, or nothing. Only
+    /// meaningful with the records, in [`HostTls::Dane`]; here it keeps DANE sessions apart
+    /// in the [`ConnectionCache`].
+    Dane,
+}
+
+/// The TLS one host gets: a [`TlsMode`] from MTA-STS (or none), or DANE with the host's
+/// TLSA records.
+#[derive(Clone, Debug)]
+pub enum HostTls {
+    Mode(TlsMode),
+    Dane(std::sync::Arc<crate::dane::Expectation>),
+}
+
+impl HostTls {
+    /// The mode sessions are cached under.
+    pub fn mode(&self) -> TlsMode {
+        match self {
+            HostTls::Mode(m) => *m,
+            HostTls::Dane(_) => TlsMode::Dane,
+        }
+    }
 }
 
 /// What one recipient's attempt came to.
@@ -237,16 +260,17 @@ impl ConnectionCache {
 }
 
 /// Delivers `tx` to the host at `addr`; `tls_name` is the host's name for SNI and, when
-/// `mode` asks for verification, the name the certificate must carry. Reuses an idle
-/// connection opened under the same `mode` to the same host from `cache` when there is one.
+/// `tls` asks for verification, the name the certificate must carry. Reuses an idle
+/// connection opened under the same mode to the same host from `cache` when there is one.
 pub async fn deliver(
     settings: &ClientSettings,
     cache: &ConnectionCache,
     addr: SocketAddr,
     tls_name: &str,
-    mode: TlsMode,
+    tls: &HostTls,
     tx: &Transaction<'_>,
 ) -> Result<Vec<RcptResult>, HostError> {
+    let mode = tls.mode();
     if let Some(mut session) = cache.take(addr, tls_name, mode) {
         let out = session.transaction(tx).await;
         if !out.stale {
@@ -255,18 +279,27 @@ pub async fn deliver(
         }
         tracing::debug!(%addr, "cached connection was closed by the peer; reconnecting");
     }
-    let mut session = match mode {
-        TlsMode::Opportunistic => opportunistic(settings, addr, tls_name).await?,
-        TlsMode::Required => verified(settings, addr, tls_name)
-            .await
-            .map_err(|a| match a {
-                Attempt::Host(e) => HostError::host(e),
-                Attempt::TlsFailed(e) => HostError {
-                    message: format!("MTA-STS requires verified TLS: {e}"),
-                    tls_required: true,
-                },
-            })?,
-        TlsMode::Testing => match verified(settings, addr, tls_name).await {
+    let mut session = match (tls, mode) {
+        (HostTls::Dane(expect), _) => dane(settings, addr, tls_name, expect).await?,
+        (HostTls::Mode(_), TlsMode::Dane) => {
+            return Err(HostError {
+                message: "DANE: no TLSA records to check the certificate against".into(),
+                tls_required: true,
+            })
+        }
+        (_, TlsMode::Opportunistic) => opportunistic(settings, addr, tls_name).await?,
+        (_, TlsMode::Required) => {
+            verified(settings, addr, tls_name)
+                .await
+                .map_err(|a| match a {
+                    Attempt::Host(e) => HostError::host(e),
+                    Attempt::TlsFailed(e) => HostError {
+                        message: format!("MTA-STS requires verified TLS: {e}"),
+                        tls_required: true,
+                    },
+                })?
+        }
+        (_, TlsMode::Testing) => match verified(settings, addr, tls_name).await {
             Ok(s) => s,
             Err(Attempt::Host(e)) => return Err(HostError::host(e)),
             Err(Attempt::TlsFailed(why)) => {
@@ -279,6 +312,28 @@ pub async fn deliver(
     let out = session.transaction(tx).await;
     finish(cache, addr, tls_name, mode, session, out.reusable).await;
     Ok(out.results)
+}
+
+/// STARTTLS with the certificate checked against the host's TLSA records; no fallback to
+/// plain text or to an unchecked session (RFC 7672 §2.2).
+async fn dane(
+    settings: &ClientSettings,
+    addr: SocketAddr,
+    tls_name: &str,
+    expect: &std::sync::Arc<crate::dane::Expectation>,
+) -> Result<Session, HostError> {
+    let refused = |e: String| HostError {
+        message: format!("DANE: {e}"),
+        tls_required: true,
+    };
+    let connector =
+        crate::tls::dane_connector(expect.clone()).map_err(|e| refused(e.to_string()))?;
+    open(settings, addr, tls_name, Starttls::Required(&connector))
+        .await
+        .map_err(|a| match a {
+            Attempt::Host(e) => HostError::host(e),
+            Attempt::TlsFailed(e) => refused(e),
+        })
 }
 
 /// STARTTLS when offered, unchecked; a failed handshake means try again without it, as

@@ -7,17 +7,20 @@
 //! - `client.rs`: one SMTP transaction with one host (over `mail-send` and `smtp-proto`).
 //! - `tls.rs`: the TLS client configurations: opportunistic STARTTLS, and verified TLS
 //!   (system roots plus `delivery.tls_ca_file`) for MTA-STS.
+//! - `dane.rs`: DANE (RFC 7672): DNSSEC-validated MX and TLSA lookups, and TLSA matching
+//!   for the certificate check in `tls.rs`.
 //! - `mtasts.rs`: MTA-STS (RFC 8461): TXT and policy parsing, MX pattern matching, and
 //!   the per-node policy cache that fetches policies over HTTPS.
 //! - `dsn.rs`: RFC 3464 delivery status notifications.
 //! - `dkim.rs`: per-domain DKIM keys (RSA-2048 and Ed25519), signing, DNS records.
 //!
-//! Not built yet (see issue 6): DANE (RFC 7672), TLS reporting (RFC 8460), delay
+//! Not built yet (see issue 6): TLS reporting (RFC 8460), delay
 //! warnings, AUTH on static routes, DSN parameters accepted at submission.
 
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod dane;
 pub mod dkim;
 pub mod dsn;
 pub mod mtasts;
@@ -66,6 +69,10 @@ pub struct Settings {
     pub mta_sts: bool,
     /// Extra trust anchors (PEM) for MTA-STS policy fetches and verified SMTP TLS.
     pub tls_ca_file: Option<PathBuf>,
+    /// Whether DANE (RFC 7672) applies to MX-routed domains with DNSSEC-signed TLSA records.
+    pub dane: bool,
+    /// DNSKEY records to anchor DNSSEC validation at; hickory's root keys when `None`.
+    pub dnssec_trust_anchor: Option<PathBuf>,
     /// Port of `mta-sts.<domain>` for policy fetches: 443, the only port RFC 8461 allows.
     /// Not a config key; tests point it at a loopback server.
     pub mta_sts_https_port: u16,
@@ -100,6 +107,8 @@ impl Settings {
             shutdown_grace: Duration::from_secs(config.server.shutdown_grace_secs),
             mta_sts: d.mta_sts,
             tls_ca_file: d.tls_ca_file.clone(),
+            dane: d.dane,
+            dnssec_trust_anchor: d.dnssec_trust_anchor.clone(),
             mta_sts_https_port: 443,
             mx_port: route::SMTP_PORT,
         }

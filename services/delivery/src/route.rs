@@ -8,7 +8,7 @@
 use hickory_resolver::config::{NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
-use hickory_resolver::TokioResolver;
+use hickory_resolver::{ResolverBuilder, TokioResolver};
 use rand::seq::SliceRandom;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -83,22 +83,7 @@ impl Router {
             Some(s) => Some(parse_hop(s).ok_or_else(|| format!("smarthost {s} is not host:port"))?),
             None => None,
         };
-        let builder = match resolver {
-            Some(addr) => {
-                let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
-                for c in &mut ns.connections {
-                    c.port = addr.port();
-                }
-                TokioResolver::builder_with_config(
-                    ResolverConfig::from_name_servers(vec![ns]),
-                    TokioRuntimeProvider::default(),
-                )
-            }
-            None => TokioResolver::builder_tokio().map_err(|e| {
-                format!("reading the system DNS configuration (or set `delivery.resolver`): {e}")
-            })?,
-        };
-        let resolver = builder
+        let resolver = resolver_builder(resolver)?
             .build()
             .map_err(|e| format!("building the DNS resolver: {e}"))?;
         Ok(Self {
@@ -212,6 +197,28 @@ impl Router {
             .map(|ip| SocketAddr::new(ip, hop.port))
             .collect())
     }
+}
+
+/// A resolver builder asking `server`, or the system's configured servers when `None`;
+/// shared with the DNSSEC-validating resolver of `dane.rs` so both ask the same server.
+pub(crate) fn resolver_builder(
+    server: Option<SocketAddr>,
+) -> Result<ResolverBuilder<TokioRuntimeProvider>, String> {
+    Ok(match server {
+        Some(addr) => {
+            let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
+            for c in &mut ns.connections {
+                c.port = addr.port();
+            }
+            TokioResolver::builder_with_config(
+                ResolverConfig::from_name_servers(vec![ns]),
+                TokioRuntimeProvider::default(),
+            )
+        }
+        None => TokioResolver::builder_tokio().map_err(|e| {
+            format!("reading the system DNS configuration (or set `delivery.resolver`): {e}")
+        })?,
+    })
 }
 
 /// Sorts MX records by preference (shuffling equal ones) and recognises a null MX.

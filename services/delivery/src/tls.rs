@@ -11,7 +11,11 @@
 //! mode, and for fetching those policies over HTTPS: the chain must lead to a trust anchor
 //! (the system's roots plus `delivery.tls_ca_file`) and the certificate must name the host
 //! (PKIX, RFC 8461 §4.2). That is what stops an active attacker who strips STARTTLS or
-//! answers in the MX's place. DANE (RFC 7672) is not built.
+//! answers in the MX's place.
+//!
+//! **DANE** (RFC 7672, `dane.rs`), for MX hosts with DNSSEC-signed TLSA records: the
+//! certificate must match a TLSA record instead of a public CA's chain; this takes
+//! precedence over MTA-STS for that host (RFC 8461 §2).
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
@@ -68,6 +72,77 @@ impl ServerCertVerifier for Opportunistic {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
     }
+}
+
+/// Accepts the chain only when it satisfies the host's TLSA records ([`crate::dane::verify`]);
+/// handshake signatures are checked as for [`Opportunistic`].
+#[derive(Debug)]
+struct Dane {
+    provider: Arc<CryptoProvider>,
+    expect: Arc<crate::dane::Expectation>,
+}
+
+impl ServerCertVerifier for Dane {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        crate::dane::verify(&self.expect, end_entity, intermediates, now, &self.provider)
+            .map(|()| ServerCertVerified::assertion())
+            .map_err(rustls::Error::General)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A connector for one DANE-protected host: built per connection because the records it
+/// checks against belong to that host.
+pub fn dane_connector(
+    expect: Arc<crate::dane::Expectation>,
+) -> Result<tokio_rustls::TlsConnector, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Dane { provider, expect }))
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
 /// A connector for opportunistic STARTTLS (TLS 1.2 and 1.3, aws-lc-rs).

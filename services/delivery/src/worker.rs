@@ -19,7 +19,8 @@
 //!   state is recorded (a crash in between repeats the DSN rather than losing it); never for
 //!   the null sender.
 
-use crate::client::{self, ClientSettings, RcptResult, TlsMode, Transaction};
+use crate::client::{self, ClientSettings, HostTls, RcptResult, TlsMode, Transaction};
+use crate::dane::{DaneResolver, TlsaStatus};
 use crate::dsn::{self, FailedRecipient};
 use crate::mtasts::{self, PolicyCache};
 use crate::route::{Hop, Route, Router};
@@ -68,6 +69,18 @@ struct Inner {
     connections: client::ConnectionCache,
     /// MTA-STS policies by recipient domain; `None` when `mta_sts` is off.
     mta_sts: Option<PolicyCache>,
+    /// DNSSEC-validating lookups for DANE; `None` when `dane` is off.
+    dane: Option<DaneResolver>,
+}
+
+/// What DANE decided for one MX host before MTA-STS is consulted.
+enum DanePlan {
+    /// DANE does not apply: MTA-STS (or opportunistic TLS) decides.
+    None,
+    /// TLS as given, whatever MTA-STS says (DANE takes precedence, RFC 8461 §2).
+    Tls(HostTls),
+    /// The host is not used this attempt (bogus or failed TLSA lookup).
+    Skip(String),
 }
 
 /// What one attempt decided for one recipient.
@@ -105,6 +118,15 @@ impl Worker {
         } else {
             (None, None)
         };
+        // The trust anchor file is read once at start, as `tls_ca_file` is.
+        let dane = if settings.dane {
+            Some(
+                DaneResolver::new(settings.resolver, settings.dnssec_trust_anchor.as_deref())
+                    .map_err(crate::DeliveryError::Setup)?,
+            )
+        } else {
+            None
+        };
         let tls = if settings.starttls {
             Some(
                 crate::tls::opportunistic_connector()
@@ -139,6 +161,7 @@ impl Worker {
                 destinations: Mutex::new(HashMap::new()),
                 connections,
                 mta_sts,
+                dane,
             }),
         })
     }
@@ -463,7 +486,7 @@ impl Worker {
             }
             Err(e) => return every(RcptResult::Temporary(format!("451 4.4.3 {e}")), None),
         };
-        let (hops, tls_mode) = match self.mta_sts(domain, hops).await {
+        let hops = match self.plan_hosts(domain, hops).await {
             Ok(h) => h,
             Err(refusal) => return every(RcptResult::Temporary(refusal), None),
         };
@@ -473,7 +496,15 @@ impl Worker {
             message: body,
         };
         let mut last = String::from("451 4.4.1 no host could be reached");
-        for hop in &hops {
+        for (hop, tls) in &hops {
+            let tls = match tls {
+                Ok(t) => t,
+                Err(refusal) => {
+                    tracing::info!(host = %hop.host, error = %refusal, "host unusable; trying the next");
+                    last = refusal.clone();
+                    continue;
+                }
+            };
             let addrs = match self.inner.router.addresses(hop).await {
                 Ok(a) => a,
                 Err(e) => {
@@ -487,7 +518,7 @@ impl Worker {
                     &self.inner.connections,
                     addr,
                     &hop.host,
-                    tls_mode,
+                    tls,
                     &tx,
                 )
                 .await
@@ -515,6 +546,72 @@ impl Worker {
             }
         }
         every(RcptResult::Temporary(last), None)
+    }
+
+    /// The hosts to try, each with its TLS, or with the temporary failure that rules it out
+    /// this attempt; `Err` when no host is left at all.
+    ///
+    /// DANE is decided first, per host: a host with usable, DNSSEC-secure TLSA records (or
+    /// a secure TLSA RRset without usable ones, or a bogus one) is settled by DANE, and
+    /// MTA-STS, which DANE takes precedence over (RFC 8461 §2), applies only to the others.
+    async fn plan_hosts(
+        &self,
+        domain: &str,
+        hops: Vec<Hop>,
+    ) -> Result<Vec<(Hop, Result<HostTls, String>)>, String> {
+        let mut plans = Vec::with_capacity(hops.len());
+        match &self.inner.dane {
+            Some(dane) if self.inner.router.is_dns_routed(domain) => {
+                let secure = dane.secure_mx_hosts(domain).await;
+                for hop in &hops {
+                    let plan = if secure.contains(&hop.host.to_ascii_lowercase()) {
+                        match dane.tlsa(&hop.host, domain).await {
+                            TlsaStatus::Unprotected => DanePlan::None,
+                            TlsaStatus::Unusable => {
+                                DanePlan::Tls(HostTls::Mode(TlsMode::Opportunistic))
+                            }
+                            TlsaStatus::Required(e) => DanePlan::Tls(HostTls::Dane(e)),
+                            TlsaStatus::Failed(e) => DanePlan::Skip(format!("451 4.7.5 DANE: {e}")),
+                        }
+                    } else {
+                        DanePlan::None
+                    };
+                    plans.push(plan);
+                }
+            }
+            _ => plans.extend(hops.iter().map(|_| DanePlan::None)),
+        }
+        let others: Vec<Hop> = hops
+            .iter()
+            .zip(&plans)
+            .filter(|(_, p)| matches!(p, DanePlan::None))
+            .map(|(h, _)| h.clone())
+            .collect();
+        let settled_by_dane = others.len() < hops.len();
+        let (allowed, mode) = if others.is_empty() {
+            (Vec::new(), TlsMode::Opportunistic)
+        } else {
+            match self.mta_sts(domain, others).await {
+                Ok(m) => m,
+                Err(refusal) if !settled_by_dane => return Err(refusal),
+                Err(refusal) => {
+                    tracing::info!(domain, %refusal, "MTA-STS allows none of the hosts DANE does not cover");
+                    (Vec::new(), TlsMode::Opportunistic)
+                }
+            }
+        };
+        Ok(hops
+            .into_iter()
+            .zip(plans)
+            .filter_map(|(hop, plan)| match plan {
+                DanePlan::Tls(t) => Some((hop, Ok(t))),
+                DanePlan::Skip(why) => Some((hop, Err(why))),
+                DanePlan::None => allowed
+                    .iter()
+                    .any(|a| a.host == hop.host)
+                    .then_some((hop, Ok(HostTls::Mode(mode)))),
+            })
+            .collect())
     }
 
     /// Applies `domain`'s MTA-STS policy to its MX hosts: the hosts to try and the TLS they

@@ -157,6 +157,8 @@ async fn fixture(port: u16) -> Fixture {
         // Static routes are never subject to MTA-STS; the policy paths are in mta_sts.rs.
         mta_sts: true,
         tls_ca_file: None,
+        dane: false,
+        dnssec_trust_anchor: None,
         mta_sts_https_port: 443,
         mx_port: 25,
     };

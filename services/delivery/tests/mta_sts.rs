@@ -334,6 +334,8 @@ async fn fixture(policy: &str, mx_tls: MxTls) -> Fixture {
         shutdown_grace: Duration::from_secs(5),
         mta_sts: true,
         tls_ca_file: Some(ca_file),
+        dane: false,
+        dnssec_trust_anchor: None,
         mta_sts_https_port: https_port,
         mx_port,
     };
