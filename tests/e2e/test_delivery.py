@@ -253,3 +253,103 @@ def test_refusing_peer_produces_a_dsn_in_the_senders_inbox(tmp_path):
     finally:
         server.stop()
         sink.stop()
+
+
+class StallingPeer:
+    """An SMTP peer that takes the message's DATA and never answers it: the delivery is
+    in flight, on the wire, when the test kills the worker's process."""
+
+    def __init__(self, port: int):
+        import socket
+        import threading
+
+        self.port = port
+        self.data_started = threading.Event()
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", port))
+        self.sock.listen(8)
+        self.conns = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        import threading
+
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            threading.Thread(target=self._session, args=(conn,), daemon=True).start()
+
+    def _session(self, conn):
+        f = conn.makefile("rwb")
+        try:
+            f.write(b"220 stall ESMTP\r\n")
+            f.flush()
+            while True:
+                line = f.readline()
+                if not line:
+                    return
+                cmd = line.upper()
+                if cmd.startswith(b"EHLO"):
+                    f.write(b"250-stall\r\n250 8BITMIME\r\n")
+                elif cmd.startswith(b"DATA"):
+                    f.write(b"354 go ahead\r\n")
+                    f.flush()
+                    while f.readline() not in (b".\r\n", b""):
+                        pass
+                    # The whole message is here; the answer never comes.
+                    self.data_started.set()
+                    time.sleep(3600)
+                    return
+                else:
+                    f.write(b"250 ok\r\n")
+                f.flush()
+        except OSError:
+            return
+
+    def stop(self):
+        self.sock.close()
+        for c in self.conns:
+            try:
+                c.close()
+            except OSError:
+                pass
+
+
+def test_worker_killed_mid_delivery_leaves_the_message_to_be_retried(tmp_path):
+    stall_port = free_port()
+    stalling = StallingPeer(stall_port)
+    server = start_server(tmp_path, stall_port)
+    server.start()
+    try:
+        submit(server, "killed mid delivery")
+        assert stalling.data_started.wait(30), "the worker never reached the end of DATA"
+        server.kill9()
+    finally:
+        stalling.stop()
+    # Still queued, not lost: no attempt was recorded (the reply never came).
+    queue = server.cli_json("queue", "list")
+    entries = queue["entries"] if isinstance(queue, dict) else queue
+    assert len(entries) == 1, queue
+
+    # The same data directory, now routed to a peer that answers: delivered, once.
+    sink = Sink(tmp_path / "sink", free_port())
+    try:
+        server.env["MAILFLEET_DELIVERY__ROUTES__REMOTE.TEST"] = f"127.0.0.1:{sink.port}"
+        server.start()
+        got = wait_for("the retried delivery", lambda: sink.messages())
+        wait_for("an empty queue", lambda: not _entries(server))
+        time.sleep(1.5)  # one more poll interval: nothing else arrives
+        assert len(sink.messages()) == 1
+        assert b"Subject: killed mid delivery" in got[0].read_bytes()
+    finally:
+        server.stop()
+        sink.stop()
+
+
+def _entries(server):
+    queue = server.cli_json("queue", "list")
+    return queue["entries"] if isinstance(queue, dict) else queue
