@@ -25,64 +25,24 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use std::path::Path;
 use std::sync::Arc;
 
-/// Accepts any certificate chain; checks handshake signatures with the provider's algorithms.
+/// What the certificate chain must satisfy; the handshake signatures are checked the same
+/// way for both, with the provider's algorithms, so the session is bound to the key the
+/// peer presented.
 #[derive(Debug)]
-struct Opportunistic(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for Opportunistic {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+enum ChainPolicy {
+    /// Opportunistic: any chain.
+    Any,
+    /// DANE: the chain must satisfy the host's TLSA records ([`crate::dane::verify`]).
+    Dane(Arc<crate::dane::Expectation>),
 }
 
-/// Accepts the chain only when it satisfies the host's TLSA records ([`crate::dane::verify`]);
-/// handshake signatures are checked as for [`Opportunistic`].
 #[derive(Debug)]
-struct Dane {
+struct PeerVerifier {
     provider: Arc<CryptoProvider>,
-    expect: Arc<crate::dane::Expectation>,
+    policy: ChainPolicy,
 }
 
-impl ServerCertVerifier for Dane {
+impl ServerCertVerifier for PeerVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -91,9 +51,14 @@ impl ServerCertVerifier for Dane {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        crate::dane::verify(&self.expect, end_entity, intermediates, now, &self.provider)
-            .map(|()| ServerCertVerified::assertion())
-            .map_err(rustls::Error::General)
+        match &self.policy {
+            ChainPolicy::Any => Ok(ServerCertVerified::assertion()),
+            ChainPolicy::Dane(expect) => {
+                crate::dane::verify(expect, end_entity, intermediates, now, &self.provider)
+                    .map(|()| ServerCertVerified::assertion())
+                    .map_err(rustls::Error::General)
+            }
+        }
     }
 
     fn verify_tls12_signature(
@@ -140,7 +105,10 @@ pub fn dane_connector(
     let config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(Dane { provider, expect }))
+        .with_custom_certificate_verifier(Arc::new(PeerVerifier {
+            provider,
+            policy: ChainPolicy::Dane(expect),
+        }))
         .with_no_client_auth();
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
@@ -151,7 +119,10 @@ pub fn opportunistic_connector() -> Result<tokio_rustls::TlsConnector, rustls::E
     let config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(Opportunistic(provider)))
+        .with_custom_certificate_verifier(Arc::new(PeerVerifier {
+            provider,
+            policy: ChainPolicy::Any,
+        }))
         .with_no_client_auth();
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
