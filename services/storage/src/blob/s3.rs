@@ -37,6 +37,8 @@ use mailfleet_core::config::S3Config;
 use std::ops::Range;
 use std::time::Duration;
 
+/// Bodies at least this large are checked with a HEAD before upload (see `put`).
+const HEAD_BEFORE_PUT: u64 = 256 * 1024;
 /// S3 allows at most this many parts in one multipart upload.
 const MAX_PARTS: u64 = 10_000;
 /// Parts of one upload sent at the same time: enough to fill a link to a remote endpoint,
@@ -289,11 +291,14 @@ impl BlobStore for S3BlobStore {
     async fn put(&self, data: Bytes) -> StoreResult<BlobId> {
         let id = digest(&data).await?;
         let key = self.key_of(&id);
-        if self.head(&key).await? {
+        let len = data.len() as u64;
+        // Below HEAD_BEFORE_PUT a PUT costs what a HEAD does, and writing the same bytes
+        // again under their own hash changes nothing; so only large bodies pay a HEAD
+        // first, to skip re-uploading a copy that is already there.
+        if len >= HEAD_BEFORE_PUT && self.head(&key).await? {
             tracing::trace!(%id, "blob already stored");
             return Ok(id);
         }
-        let len = data.len() as u64;
         if len >= self.multipart_threshold && len > self.part_size {
             self.put_multipart(&key, data).await?;
         } else {
