@@ -363,3 +363,104 @@ async fn sessions_per_user_are_limited() {
         .await;
     assert!(c.until("m").await.pop().expect("line").starts_with("m OK"));
 }
+
+/// INBOX of the harness account, and its message with UID `uid`.
+async fn inbox_message(h: &Harness, uid: u32) -> Option<mailfleet_storage::MessageMeta> {
+    let acct = h
+        .stores
+        .meta
+        .get_account("alice@example.test")
+        .await
+        .expect("get")
+        .expect("account");
+    let inbox = h
+        .stores
+        .meta
+        .get_mailbox(acct.id, "INBOX")
+        .await
+        .expect("get")
+        .expect("inbox");
+    h.stores
+        .meta
+        .get_message(inbox.id, mailfleet_storage::Uid(uid))
+        .await
+        .expect("get message")
+}
+
+/// Session B sees `\Deleted` on message 1, session A clears it, then B runs `command`:
+/// message 1 must survive, because EXPUNGE is defined by the current flags (RFC 9051
+/// §6.4.3), while message 2, still flagged, goes.
+async fn expunge_after_undelete(command: &str) {
+    let h = harness().await;
+    let mut a = logged_in(&h).await;
+    let mut b = logged_in(&h).await;
+    a.send("a1 SELECT INBOX\r\n").await;
+    a.until("a1").await;
+    b.send("b1 SELECT INBOX\r\n").await;
+    b.until("b1").await;
+    a.send("a2 STORE 1:2 +FLAGS.SILENT (\\Deleted)\r\n").await;
+    assert!(a.until("a2").await.last().expect("l").starts_with("a2 OK"));
+    b.send("b2 NOOP\r\n").await;
+    let r = b.until("b2").await.join("\n");
+    assert!(r.contains("\\Deleted"), "B sees the flag: {r}");
+    a.send("a3 STORE 1 -FLAGS.SILENT (\\Deleted)\r\n").await;
+    assert!(a.until("a3").await.last().expect("l").starts_with("a3 OK"));
+    b.send(&format!("b3 {command}\r\n")).await;
+    let r = b.until("b3").await;
+    assert!(r.last().expect("l").starts_with("b3 OK"), "{r:?}");
+    assert!(
+        inbox_message(&h, 1).await.is_some(),
+        "{command} destroyed a message another session had undeleted: {r:?}"
+    );
+    assert!(
+        inbox_message(&h, 2).await.is_none(),
+        "{command} left UID 2: {r:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expunge_decides_by_the_current_deleted_flag() {
+    expunge_after_undelete("EXPUNGE").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uid_expunge_decides_by_the_current_deleted_flag() {
+    expunge_after_undelete("UID EXPUNGE 1:2").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_decides_by_the_current_deleted_flag() {
+    expunge_after_undelete("CLOSE").await;
+}
+
+/// B reads message 1's MODSEQ, A changes its flags, B stores UNCHANGEDSINCE that MODSEQ:
+/// the store must fail with MODIFIED and leave A's change alone (RFC 7162 §3.1.3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_unchangedsince_sees_another_sessions_change() {
+    let h = harness().await;
+    let mut a = logged_in(&h).await;
+    let mut b = logged_in(&h).await;
+    a.send("a1 SELECT INBOX\r\n").await;
+    a.until("a1").await;
+    b.send("b1 SELECT INBOX (CONDSTORE)\r\n").await;
+    b.until("b1").await;
+    let seen = inbox_message(&h, 1).await.expect("message 1").modseq;
+    a.send("a2 STORE 1 +FLAGS.SILENT (\\Flagged)\r\n").await;
+    assert!(a.until("a2").await.last().expect("l").starts_with("a2 OK"));
+    b.send(&format!(
+        "b2 UID STORE 1 (UNCHANGEDSINCE {}) +FLAGS (\\Seen)\r\n",
+        seen.0
+    ))
+    .await;
+    let r = b.until("b2").await;
+    assert!(
+        r.last().expect("l").starts_with("b2 OK [MODIFIED 1]"),
+        "the conditional store must fail for UID 1: {r:?}"
+    );
+    let now = inbox_message(&h, 1).await.expect("message 1");
+    assert!(
+        now.flags.contains("\\Flagged") && !now.flags.contains("\\Seen"),
+        "A's change stands and B's store did not apply: {:?}",
+        now.flags
+    );
+}

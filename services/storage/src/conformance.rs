@@ -488,6 +488,146 @@ pub async fn metadata_store(meta: &dyn MetadataStore) {
     ));
     meta.delete_domain(&domain).await.expect("delete domain");
     assert!(meta.get_domain(&domain).await.expect("get").is_none());
+
+    metadata_decides_by_current_state(meta).await;
+}
+
+/// A fresh account with `n` messages in its INBOX; returns the account, the INBOX and the
+/// UIDs.
+async fn account_with_messages(meta: &dyn MetadataStore, n: usize) -> (Account, Mailbox, Vec<Uid>) {
+    let domain = format!("{}.test", unique("r"));
+    meta.create_domain(&domain).await.expect("create domain");
+    let account = meta
+        .create_account(&format!("race@{domain}"), "h", 0)
+        .await
+        .expect("create account");
+    let inbox = meta
+        .get_mailbox(account.id, "INBOX")
+        .await
+        .expect("get inbox")
+        .expect("inbox exists");
+    let messages = (0..n)
+        .map(|i| {
+            let body = format!("Subject: race {i} {}\r\n\r\nbody\r\n", unique(""));
+            NewMessage {
+                account: account.id,
+                mailbox: inbox.id,
+                blob: BlobId::of(body.as_bytes()),
+                size: body.len() as u64,
+                internal_date: 1_700_000_000,
+                flags: Flags::default(),
+                summary: None,
+            }
+        })
+        .collect();
+    let uids = meta
+        .append(messages, QuotaPolicy::Enforce)
+        .await
+        .expect("append")
+        .into_iter()
+        .map(|a| a.uid)
+        .collect();
+    (account, inbox, uids)
+}
+
+/// Conditional writes decide by what is stored when they run, not by what a caller saw
+/// earlier: EXPUNGE by the current `\Deleted` flag (RFC 9051 §6.4.3), STORE
+/// UNCHANGEDSINCE by the current MODSEQ (RFC 7162 §3.1.3). Each case replays two IMAP
+/// sessions: B looks, A changes, B acts on what it saw.
+pub async fn metadata_decides_by_current_state(meta: &dyn MetadataStore) {
+    let deleted = Flags::new(["\\Deleted"]);
+    let (_, inbox, uids) = account_with_messages(meta, 4).await;
+    let [u1, u2, u3, u4] = [uids[0], uids[1], uids[2], uids[3]];
+
+    // B sees \Deleted on u1 and u2; A clears it on u1; B expunges.
+    meta.store_flags(inbox.id, &[u1, u2, u3], FlagOp::Add, &deleted)
+        .await
+        .expect("flag deleted");
+    meta.store_flags(inbox.id, &[u1], FlagOp::Remove, &deleted)
+        .await
+        .expect("A clears \\Deleted");
+    let gone = meta
+        .expunge_deleted(inbox.id, Some(&[u1, u2]))
+        .await
+        .expect("UID EXPUNGE u1,u2");
+    assert_eq!(
+        gone.uids,
+        vec![u2],
+        "a message A undeleted survives B's EXPUNGE"
+    );
+    assert!(
+        meta.get_message(inbox.id, u1).await.expect("get").is_some(),
+        "u1 is still there"
+    );
+    assert!(
+        meta.get_message(inbox.id, u3).await.expect("get").is_some(),
+        "UID EXPUNGE leaves \\Deleted messages outside its set"
+    );
+    let gone = meta.expunge_deleted(inbox.id, None).await.expect("EXPUNGE");
+    assert_eq!(
+        gone.uids,
+        vec![u3],
+        "EXPUNGE removes every message flagged now, only those"
+    );
+    assert!(gone.modseq.is_some());
+    assert!(meta
+        .expunge_deleted(inbox.id, None)
+        .await
+        .expect("EXPUNGE with nothing flagged")
+        .uids
+        .is_empty());
+
+    // UNCHANGEDSINCE: B has seen everything up to `seen`; A flags u4; B's conditional
+    // store must fail for u4 and pass for u1.
+    let mut seen = ModSeq(0);
+    for u in [u1, u4] {
+        let m = meta
+            .get_message(inbox.id, u)
+            .await
+            .expect("get")
+            .expect("message");
+        seen = seen.max(m.modseq);
+    }
+    let flagged = Flags::new(["\\Flagged"]);
+    meta.store_flags(inbox.id, &[u4], FlagOp::Add, &flagged)
+        .await
+        .expect("A flags u4");
+    let seen_flag = Flags::new(["\\Seen"]);
+    let result = meta
+        .store_flags_unchanged_since(
+            inbox.id,
+            &[u4, u1, Uid(999)],
+            FlagOp::Replace,
+            &seen_flag,
+            seen,
+        )
+        .await
+        .expect("conditional store");
+    assert_eq!(
+        result.modified,
+        vec![u4],
+        "u4 changed after `seen`: MODIFIED"
+    );
+    assert_eq!(result.changed.len(), 1, "u1 passed the test and changed");
+    assert_eq!(result.changed[0].uid, u1);
+    assert!(result.changed[0].flags.contains("\\Seen"));
+    let u4_now = meta
+        .get_message(inbox.id, u4)
+        .await
+        .expect("get")
+        .expect("u4");
+    assert!(
+        u4_now.flags.contains("\\Flagged") && !u4_now.flags.contains("\\Seen"),
+        "A's change is not overwritten: {:?}",
+        u4_now.flags
+    );
+    // With the current MODSEQ the same store passes.
+    let result = meta
+        .store_flags_unchanged_since(inbox.id, &[u4], FlagOp::Add, &seen_flag, u4_now.modseq)
+        .await
+        .expect("conditional store");
+    assert!(result.modified.is_empty());
+    assert_eq!(result.changed.len(), 1);
 }
 
 /// Many concurrent appends to one mailbox: every UID distinct and gap-free.

@@ -26,28 +26,30 @@ impl Session {
                 "Mailbox is read-only",
             )]));
         }
-        let allowed: Option<Vec<Uid>> = only.as_ref().map(|set| {
+        // The session's view only narrows UID EXPUNGE to its set; which messages carry
+        // \Deleted is decided by the store, inside its transaction (RFC 9051 §6.4.3: another
+        // session may have cleared the flag since this one last looked).
+        let only: Option<Vec<Uid>> = only.as_ref().map(|set| {
             resolve(sel, set, true)
                 .into_iter()
                 .map(|(_, u)| u)
                 .collect()
         });
-        let deleted: Vec<Uid> = sel
-            .messages()
-            .iter()
-            .filter(|m| m.flags.contains("\\Deleted"))
-            .filter(|m| allowed.as_ref().is_none_or(|a| a.contains(&m.uid)))
-            .map(|m| m.uid)
-            .collect();
         let id = sel.id;
         let mut modseq = None;
-        if !deleted.is_empty() {
-            let gone = self.stores.meta.expunge(id, &deleted).await?;
-            if let State::Selected(sel) = &mut self.state {
-                sel.expunged_here(&gone.uids);
+        if only.as_ref().is_none_or(|o| !o.is_empty()) {
+            let gone = self
+                .stores
+                .meta
+                .expunge_deleted(id, only.as_deref())
+                .await?;
+            if !gone.uids.is_empty() {
+                if let State::Selected(sel) = &mut self.state {
+                    sel.expunged_here(&gone.uids);
+                }
+                modseq = gone.modseq;
+                self.notify(id, gone.modseq).await;
             }
-            modseq = gone.modseq;
-            self.notify(id, gone.modseq).await;
         }
         let mut out = self.pending_updates(true).await?;
         let code = modseq

@@ -194,14 +194,9 @@ impl Session {
         if expunge {
             if let State::Selected(sel) = &self.state {
                 if !sel.read_only {
-                    let deleted: Vec<Uid> = sel
-                        .messages()
-                        .iter()
-                        .filter(|m| m.flags.contains("\\Deleted"))
-                        .map(|m| m.uid)
-                        .collect();
-                    if !deleted.is_empty() {
-                        let gone = self.stores.meta.expunge(sel.id, &deleted).await?;
+                    // By the flags stored now, not the view's (see EXPUNGE).
+                    let gone = self.stores.meta.expunge_deleted(sel.id, None).await?;
+                    if !gone.uids.is_empty() {
                         self.notify(sel.id, gone.modseq).await;
                     }
                 }

@@ -10,7 +10,7 @@ use imap_codec::imap_types::core::Tag;
 use imap_codec::imap_types::flag::{Flag, StoreResponse, StoreType};
 use imap_codec::imap_types::response::Code;
 use imap_codec::imap_types::sequence::SequenceSet;
-use mailfleet_storage::{Flags, StoreResult, Uid};
+use mailfleet_storage::{Flags, ModSeq, StoreResult, Uid};
 
 /// Most keywords one message may carry (a client-controlled count).
 pub const MAX_KEYWORDS: usize = 100;
@@ -62,21 +62,36 @@ impl Session {
             )]));
         }
         let flags = Flags::new(flags.iter().map(|f| f.to_string()));
-        let targets = resolve(sel, &set, uid);
-        let mut allowed: Vec<Uid> = Vec::new();
-        let mut modified: Vec<Uid> = Vec::new();
-        for (seq, u) in &targets {
-            let Some(m) = sel.by_seq(*seq) else { continue };
-            match unchanged_since {
-                Some(v) if m.modseq.0 > v => modified.push(*u),
-                _ => allowed.push(*u),
+        let targets: Vec<Uid> = resolve(sel, &set, uid)
+            .into_iter()
+            .map(|(_, u)| u)
+            .collect();
+        // UNCHANGEDSINCE is tested by the store against the MODSEQ it holds, inside the
+        // write: the view's MODSEQ may be older than a change another session just made,
+        // and testing that would overwrite the change (RFC 7162 §3.1.3).
+        let (changed, modified) = match unchanged_since {
+            Some(v) => {
+                let r = self
+                    .stores
+                    .meta
+                    .store_flags_unchanged_since(sel.id, &targets, flag_op(kind), &flags, ModSeq(v))
+                    .await?;
+                (r.changed, r.modified)
             }
-        }
-        let changed = self
-            .stores
-            .meta
-            .store_flags(sel.id, &allowed, flag_op(kind), &flags)
-            .await?;
+            None => (
+                self.stores
+                    .meta
+                    .store_flags(sel.id, &targets, flag_op(kind), &flags)
+                    .await?,
+                Vec::new(),
+            ),
+        };
+        let failed: std::collections::HashSet<Uid> = modified.iter().copied().collect();
+        let allowed: Vec<Uid> = targets
+            .iter()
+            .copied()
+            .filter(|u| !failed.contains(u))
+            .collect();
         let mut out = Vec::new();
         let mut last_modseq = None;
         for c in &changed {

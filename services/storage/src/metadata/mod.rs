@@ -20,6 +20,16 @@ pub enum QuotaPolicy {
     Allow,
 }
 
+/// What a conditional flag update ([`MetadataStore::store_flags_unchanged_since`]) did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConditionalStore {
+    /// The new state of each message whose flags changed.
+    pub changed: Vec<MessageMeta>,
+    /// Messages left alone because their stored MODSEQ was above the condition (RFC 7162
+    /// §3.1.3: the server answers them with the `MODIFIED` response code).
+    pub modified: Vec<Uid>,
+}
+
 /// What an expunge removed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Expunged {
@@ -110,7 +120,31 @@ pub trait MetadataStore: Send + Sync + 'static {
         op: FlagOp,
         flags: &Flags,
     ) -> StoreResult<Vec<MessageMeta>>;
+    /// Like [`Self::store_flags`], but only for messages whose MODSEQ, read inside the same
+    /// transaction that writes the flags, is at most `unchanged_since` (CONDSTORE's
+    /// `UNCHANGEDSINCE`, RFC 7162 §3.1.3). The comparison must happen in the store: a session
+    /// comparing with the MODSEQ it last saw would overwrite a change another session made
+    /// since, the lost update the modifier exists to prevent. Missing UIDs are skipped.
+    async fn store_flags_unchanged_since(
+        &self,
+        mailbox: MailboxId,
+        uids: &[Uid],
+        op: FlagOp,
+        flags: &Flags,
+        unchanged_since: ModSeq,
+    ) -> StoreResult<ConditionalStore>;
+    /// Removes exactly the given UIDs, whatever their flags (POP3 `DELE`, which names
+    /// messages, not flags).
     async fn expunge(&self, mailbox: MailboxId, uids: &[Uid]) -> StoreResult<Expunged>;
+    /// Removes the messages that carry `\Deleted` *now*, deciding by the flags read inside
+    /// the transaction that removes them (RFC 9051 §6.4.3 defines EXPUNGE by the current
+    /// flags, not by what a session last saw: another session may have cleared the flag a
+    /// moment ago). `only` limits it to those UIDs (UID EXPUNGE, RFC 4315).
+    async fn expunge_deleted(
+        &self,
+        mailbox: MailboxId,
+        only: Option<&[Uid]>,
+    ) -> StoreResult<Expunged>;
     /// The latest change of every UID changed after `since`, in MODSEQ order.
     async fn changes_since(&self, mailbox: MailboxId, since: ModSeq) -> StoreResult<Vec<Change>>;
 

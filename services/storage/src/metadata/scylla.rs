@@ -23,7 +23,7 @@
 //!   and writes, SERIAL (LOCAL_SERIAL) for LWTs; idempotent statements are marked so the
 //!   driver may retry them, counter updates and LWTs are not.
 
-use super::{Expunged, MetadataStore, QuotaPolicy};
+use super::{ConditionalStore, Expunged, MetadataStore, QuotaPolicy};
 use crate::alloc::{AllocConfig, LedgerState, MailboxWriter, RangeAllocator, RangeLedger};
 use crate::coord::Coordinator;
 use crate::types::*;
@@ -1038,6 +1038,127 @@ impl ScyllaMetadataStore {
         Ok(())
     }
 
+    /// Flag updates under the mailbox lease; with `unchanged_since`, the MODSEQ test of RFC
+    /// 7162 §3.1.3 is made on the row read under the lease.
+    async fn update_flags(
+        &self,
+        mailbox: MailboxId,
+        uids: &[Uid],
+        op: FlagOp,
+        flags: &Flags,
+        unchanged_since: Option<ModSeq>,
+    ) -> StoreResult<ConditionalStore> {
+        let Some(_) = self.mailbox(mailbox).await? else {
+            return Ok(ConditionalStore::default());
+        };
+
+        let mut w = self.alloc.writer(mailbox).await?;
+        let result = async {
+            let before = self
+                .mailbox(mailbox)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("mailbox {mailbox}")))?;
+            let mut delta = MailboxDelta::default();
+            let mut out = ConditionalStore::default();
+            for &uid in uids {
+                let Some(row) = self.read_message(mailbox, uid).await? else {
+                    continue;
+                };
+                let mut msg = message_from(mailbox, row)?;
+                // Read under the lease, so this is the MODSEQ no other writer can move
+                // before ours lands.
+                if unchanged_since.is_some_and(|limit| msg.modseq > limit) {
+                    out.modified.push(uid);
+                    continue;
+                }
+                let new = match op {
+                    FlagOp::Replace => flags.clone(),
+                    FlagOp::Add => Flags::new(msg.flags.iter().chain(flags.iter())),
+                    FlagOp::Remove => Flags::new(msg.flags.iter().filter(|f| !flags.contains(f))),
+                };
+                if new == msg.flags {
+                    continue;
+                }
+                let modseq = w.next_modseq().await?;
+                w.check_time()?;
+                self.db
+                    .run(
+                        "UPDATE messages SET flags = ?, modseq = ? \
+                         WHERE mailbox_id = ? AND bucket = ? AND uid = ?",
+                        (
+                            new.to_storage(),
+                            modseq.0 as i64,
+                            mailbox.0,
+                            bucket(uid.0 as u64),
+                            uid.0 as i64,
+                        ),
+                    )
+                    .await?;
+                self.record_change(
+                    mailbox,
+                    uid,
+                    modseq,
+                    ChangeKind::FlagsChanged,
+                    Some(msg.modseq),
+                )
+                .await?;
+                delta.last_modseq = Some(modseq.0);
+                msg.flags = new;
+                msg.modseq = modseq;
+                out.changed.push(msg);
+            }
+            self.apply_delta(&w, &before, &delta).await?;
+            Ok(out)
+        }
+        .await;
+        w.finish().await;
+        result
+    }
+
+    /// Removes `uids` under the lease `w` (which it lets go of).
+    async fn expunge_locked(
+        &self,
+        mut w: MailboxWriter<'_>,
+        mailbox: MailboxId,
+        uids: &[Uid],
+    ) -> StoreResult<Expunged> {
+        let result = async {
+            let before = self
+                .mailbox(mailbox)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("mailbox {mailbox}")))?;
+            let mut delta = MailboxDelta::default();
+            let mut removed = Vec::new();
+            let mut blobs = Vec::new();
+            let mut bytes = 0i64;
+            let mut modseq = None;
+            for &uid in uids {
+                let Some((blob, size, m)) = self.remove_message(&mut w, uid, &mut delta).await?
+                else {
+                    continue;
+                };
+                modseq = Some(m);
+                removed.push(uid);
+                blobs.push(blob);
+                bytes += size;
+            }
+            self.apply_delta(&w, &before, &delta).await?;
+            if !removed.is_empty() {
+                self.add_usage(before.account, -bytes, -(removed.len() as i64))
+                    .await?;
+            }
+            let orphaned = self.release_blobs(&blobs).await?;
+            Ok(Expunged {
+                uids: removed,
+                modseq,
+                orphaned,
+            })
+        }
+        .await;
+        w.finish().await;
+        result
+    }
+
     /// Copies (and with `remove`, moves) messages, holding both mailboxes' leases.
     async fn copy(
         &self,
@@ -1970,106 +2091,64 @@ impl MetadataStore for ScyllaMetadataStore {
         op: FlagOp,
         flags: &Flags,
     ) -> StoreResult<Vec<MessageMeta>> {
-        let Some(_) = self.mailbox(mailbox).await? else {
-            return Ok(Vec::new());
-        };
-        let mut w = self.alloc.writer(mailbox).await?;
-        let result = async {
-            let before = self
-                .mailbox(mailbox)
-                .await?
-                .ok_or_else(|| StoreError::NotFound(format!("mailbox {mailbox}")))?;
-            let mut delta = MailboxDelta::default();
-            let mut changed = Vec::new();
-            for &uid in uids {
-                let Some(row) = self.read_message(mailbox, uid).await? else {
-                    continue;
-                };
-                let mut msg = message_from(mailbox, row)?;
-                let new = match op {
-                    FlagOp::Replace => flags.clone(),
-                    FlagOp::Add => Flags::new(msg.flags.iter().chain(flags.iter())),
-                    FlagOp::Remove => Flags::new(msg.flags.iter().filter(|f| !flags.contains(f))),
-                };
-                if new == msg.flags {
-                    continue;
-                }
-                let modseq = w.next_modseq().await?;
-                w.check_time()?;
-                self.db
-                    .run(
-                        "UPDATE messages SET flags = ?, modseq = ? \
-                         WHERE mailbox_id = ? AND bucket = ? AND uid = ?",
-                        (
-                            new.to_storage(),
-                            modseq.0 as i64,
-                            mailbox.0,
-                            bucket(uid.0 as u64),
-                            uid.0 as i64,
-                        ),
-                    )
-                    .await?;
-                self.record_change(
-                    mailbox,
-                    uid,
-                    modseq,
-                    ChangeKind::FlagsChanged,
-                    Some(msg.modseq),
-                )
-                .await?;
-                delta.last_modseq = Some(modseq.0);
-                msg.flags = new;
-                msg.modseq = modseq;
-                changed.push(msg);
-            }
-            self.apply_delta(&w, &before, &delta).await?;
-            Ok(changed)
-        }
-        .await;
-        w.finish().await;
-        result
+        Ok(self
+            .update_flags(mailbox, uids, op, flags, None)
+            .await?
+            .changed)
     }
 
+    async fn store_flags_unchanged_since(
+        &self,
+        mailbox: MailboxId,
+        uids: &[Uid],
+        op: FlagOp,
+        flags: &Flags,
+        unchanged_since: ModSeq,
+    ) -> StoreResult<ConditionalStore> {
+        self.update_flags(mailbox, uids, op, flags, Some(unchanged_since))
+            .await
+    }
+
+    async fn expunge_deleted(
+        &self,
+        mailbox: MailboxId,
+        only: Option<&[Uid]>,
+    ) -> StoreResult<Expunged> {
+        let Some(mb) = self.mailbox(mailbox).await? else {
+            return Ok(Expunged::default());
+        };
+        // Every flag write takes this mailbox's lease (see `update_flags`), so flags read
+        // while holding it are current until we let go: the same guarantee SQLite's
+        // transaction gives, with the lease standing in for the transaction.
+        let w = self.alloc.writer(mailbox).await?;
+        let candidates = async {
+            let rows = self.all_messages(&mb).await?;
+            let only: Option<HashSet<Uid>> = only.map(|u| u.iter().copied().collect());
+            let mut uids = Vec::new();
+            for r in rows {
+                let m = message_from(mailbox, r)?;
+                if m.flags.contains("\\Deleted") && only.as_ref().is_none_or(|o| o.contains(&m.uid))
+                {
+                    uids.push(m.uid);
+                }
+            }
+            Ok::<_, StoreError>(uids)
+        }
+        .await;
+        match candidates {
+            Ok(uids) => self.expunge_locked(w, mailbox, &uids).await,
+            Err(e) => {
+                w.finish().await;
+                Err(e)
+            }
+        }
+    }
     async fn expunge(&self, mailbox: MailboxId, uids: &[Uid]) -> StoreResult<Expunged> {
         let Some(_) = self.mailbox(mailbox).await? else {
             return Ok(Expunged::default());
         };
-        let mut w = self.alloc.writer(mailbox).await?;
-        let result = async {
-            let before = self
-                .mailbox(mailbox)
-                .await?
-                .ok_or_else(|| StoreError::NotFound(format!("mailbox {mailbox}")))?;
-            let mut delta = MailboxDelta::default();
-            let mut removed = Vec::new();
-            let mut blobs = Vec::new();
-            let mut bytes = 0i64;
-            let mut modseq = None;
-            for &uid in uids {
-                let Some((blob, size, m)) = self.remove_message(&mut w, uid, &mut delta).await?
-                else {
-                    continue;
-                };
-                modseq = Some(m);
-                removed.push(uid);
-                blobs.push(blob);
-                bytes += size;
-            }
-            self.apply_delta(&w, &before, &delta).await?;
-            if !removed.is_empty() {
-                self.add_usage(before.account, -bytes, -(removed.len() as i64))
-                    .await?;
-            }
-            let orphaned = self.release_blobs(&blobs).await?;
-            Ok(Expunged {
-                uids: removed,
-                modseq,
-                orphaned,
-            })
-        }
-        .await;
-        w.finish().await;
-        result
+        let w = self.alloc.writer(mailbox).await?;
+        self.expunge_locked(w, mailbox, uids).await
     }
 
     async fn changes_since(&self, mailbox: MailboxId, since: ModSeq) -> StoreResult<Vec<Change>> {

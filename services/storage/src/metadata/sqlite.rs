@@ -10,7 +10,7 @@
 //! which WAL lets run beside the writer. Other processes (the admin CLI) can open the same
 //! file; SQLite's locking and the busy timeout serialise them with the server.
 
-use super::{Expunged, MetadataStore, QuotaPolicy};
+use super::{ConditionalStore, Expunged, MetadataStore, QuotaPolicy};
 use crate::types::*;
 use crate::{StoreError, StoreResult};
 use async_trait::async_trait;
@@ -792,6 +792,94 @@ fn copy_tx(
     Ok((copied, expunged))
 }
 
+/// Updates flags inside the writer's transaction; with `unchanged_since`, a message whose
+/// stored MODSEQ is above it is left alone and reported in `modified` (RFC 7162 §3.1.3).
+fn store_flags_tx(
+    c: &Connection,
+    mailbox: MailboxId,
+    uids: &[Uid],
+    op: FlagOp,
+    flags: &Flags,
+    unchanged_since: Option<ModSeq>,
+) -> StoreResult<ConditionalStore> {
+    let mut out = ConditionalStore::default();
+    for &uid in uids {
+        let Some(mut msg) = c
+            .prepare_cached(&format!(
+                "SELECT {MESSAGE_COLS} FROM messages WHERE mailbox_id = ?1 AND uid = ?2"
+            ))
+            .map_err(db_err)?
+            .query_row(params![mailbox.0, uid.0], message_row)
+            .optional()
+            .map_err(db_err)?
+        else {
+            continue;
+        };
+        if unchanged_since.is_some_and(|limit| msg.modseq > limit) {
+            out.modified.push(uid);
+            continue;
+        }
+        let new = match op {
+            FlagOp::Replace => flags.clone(),
+            FlagOp::Add => Flags::new(msg.flags.iter().chain(flags.iter())),
+            FlagOp::Remove => Flags::new(msg.flags.iter().filter(|f| !flags.contains(f))),
+        };
+        if new == msg.flags {
+            continue;
+        }
+        let modseq = next_modseq(c, mailbox)?;
+        c.prepare_cached(
+            "UPDATE messages SET flags = ?1, modseq = ?2 WHERE mailbox_id = ?3 AND uid = ?4",
+        )
+        .map_err(db_err)?
+        .execute(params![new.to_storage(), modseq.0 as i64, mailbox.0, uid.0])
+        .map_err(db_err)?;
+        record_change(c, mailbox, uid, modseq, ChangeKind::FlagsChanged)?;
+        msg.flags = new;
+        msg.modseq = modseq;
+        out.changed.push(msg);
+    }
+    Ok(out)
+}
+
+/// Removes the given messages inside the writer's transaction, adjusting counters and blob
+/// references.
+fn expunge_tx(c: &Connection, mailbox: MailboxId, uids: &[Uid]) -> StoreResult<Expunged> {
+    let mut removed = Vec::new();
+    let mut blobs = Vec::new();
+    let mut bytes = 0i64;
+    let mut modseq = None;
+    for &uid in uids {
+        let Some((blob, size)) = remove_message(c, mailbox, uid)? else {
+            continue;
+        };
+        modseq = Some(next_modseq_after_removal(c, mailbox, uid)?);
+        removed.push(uid);
+        blobs.push(blob);
+        bytes += size;
+    }
+    if !removed.is_empty() {
+        c.execute(
+            "UPDATE mailboxes SET message_count = MAX(0, message_count - ?1) WHERE id = ?2",
+            params![removed.len() as i64, mailbox.0],
+        )
+        .map_err(db_err)?;
+        c.execute(
+            "UPDATE accounts SET used_bytes = MAX(0, used_bytes - ?1), \
+             message_count = MAX(0, message_count - ?2) \
+             WHERE id = (SELECT account_id FROM mailboxes WHERE id = ?3)",
+            params![bytes, removed.len() as i64, mailbox.0],
+        )
+        .map_err(db_err)?;
+    }
+    let orphaned = release_blobs(c, &blobs)?;
+    Ok(Expunged {
+        uids: removed,
+        modseq,
+        orphaned,
+    })
+}
+
 fn validate_mailbox_name(name: &str) -> StoreResult<()> {
     if name.is_empty() || name.len() > 512 || name.chars().any(|c| c.is_control()) {
         return Err(StoreError::Invalid(format!("mailbox name '{name}'")));
@@ -1261,83 +1349,60 @@ impl MetadataStore for SqliteMetadataStore {
     ) -> StoreResult<Vec<MessageMeta>> {
         let uids = uids.to_vec();
         let flags = flags.clone();
-        self.write(move |c| {
-            let mut changed = Vec::new();
-            for uid in uids {
-                let Some(mut msg) = c
-                    .prepare_cached(&format!(
-                        "SELECT {MESSAGE_COLS} FROM messages WHERE mailbox_id = ?1 AND uid = ?2"
-                    ))
-                    .map_err(db_err)?
-                    .query_row(params![mailbox.0, uid.0], message_row)
-                    .optional()
-                    .map_err(db_err)?
-                else {
-                    continue;
-                };
-                let new = match op {
-                    FlagOp::Replace => flags.clone(),
-                    FlagOp::Add => Flags::new(msg.flags.iter().chain(flags.iter())),
-                    FlagOp::Remove => {
-                        Flags::new(msg.flags.iter().filter(|f| !flags.contains(f)))
-                    }
-                };
-                if new == msg.flags {
-                    continue;
-                }
-                let modseq = next_modseq(c, mailbox)?;
-                c.prepare_cached(
-                    "UPDATE messages SET flags = ?1, modseq = ?2 WHERE mailbox_id = ?3 AND uid = ?4",
-                )
-                .map_err(db_err)?
-                .execute(params![new.to_storage(), modseq.0 as i64, mailbox.0, uid.0])
-                .map_err(db_err)?;
-                record_change(c, mailbox, uid, modseq, ChangeKind::FlagsChanged)?;
-                msg.flags = new;
-                msg.modseq = modseq;
-                changed.push(msg);
-            }
-            Ok(changed)
-        })
-        .await
+        self.write(move |c| Ok(store_flags_tx(c, mailbox, &uids, op, &flags, None)?.changed))
+            .await
+    }
+
+    async fn store_flags_unchanged_since(
+        &self,
+        mailbox: MailboxId,
+        uids: &[Uid],
+        op: FlagOp,
+        flags: &Flags,
+        unchanged_since: ModSeq,
+    ) -> StoreResult<ConditionalStore> {
+        let uids = uids.to_vec();
+        let flags = flags.clone();
+        self.write(move |c| store_flags_tx(c, mailbox, &uids, op, &flags, Some(unchanged_since)))
+            .await
     }
 
     async fn expunge(&self, mailbox: MailboxId, uids: &[Uid]) -> StoreResult<Expunged> {
         let uids = uids.to_vec();
+        self.write(move |c| expunge_tx(c, mailbox, &uids)).await
+    }
+
+    async fn expunge_deleted(
+        &self,
+        mailbox: MailboxId,
+        only: Option<&[Uid]>,
+    ) -> StoreResult<Expunged> {
+        let only = only.map(|u| {
+            u.iter()
+                .copied()
+                .collect::<std::collections::HashSet<Uid>>()
+        });
         self.write(move |c| {
-            let mut removed = Vec::new();
-            let mut blobs = Vec::new();
-            let mut bytes = 0i64;
-            let mut modseq = None;
-            for uid in uids {
-                let Some((blob, size)) = remove_message(c, mailbox, uid)? else {
-                    continue;
-                };
-                modseq = Some(next_modseq_after_removal(c, mailbox, uid)?);
-                removed.push(uid);
-                blobs.push(blob);
-                bytes += size;
-            }
-            if !removed.is_empty() {
-                c.execute(
-                    "UPDATE mailboxes SET message_count = MAX(0, message_count - ?1) WHERE id = ?2",
-                    params![removed.len() as i64, mailbox.0],
+            // Read the flags inside the writer's transaction: nothing else writes between
+            // this read and the removal, so a flag cleared by another session a moment ago
+            // keeps its message.
+            let candidates: Vec<(i64, String)> = c
+                .prepare_cached(
+                    "SELECT uid, flags FROM messages WHERE mailbox_id = ?1 \
+                     AND flags LIKE '%\\Deleted%' ESCAPE '!' ORDER BY uid",
                 )
+                .map_err(db_err)?
+                .query_map([mailbox.0], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(db_err)?
+                .collect::<Result<_, _>>()
                 .map_err(db_err)?;
-                c.execute(
-                    "UPDATE accounts SET used_bytes = MAX(0, used_bytes - ?1), \
-                     message_count = MAX(0, message_count - ?2) \
-                     WHERE id = (SELECT account_id FROM mailboxes WHERE id = ?3)",
-                    params![bytes, removed.len() as i64, mailbox.0],
-                )
-                .map_err(db_err)?;
-            }
-            let orphaned = release_blobs(c, &blobs)?;
-            Ok(Expunged {
-                uids: removed,
-                modseq,
-                orphaned,
-            })
+            let uids: Vec<Uid> = candidates
+                .into_iter()
+                .filter(|(_, f)| Flags::from_storage(f).contains("\\Deleted"))
+                .map(|(u, _)| Uid(u as u32))
+                .filter(|u| only.as_ref().is_none_or(|o| o.contains(u)))
+                .collect();
+            expunge_tx(c, mailbox, &uids)
         })
         .await
     }
