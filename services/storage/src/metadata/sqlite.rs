@@ -357,25 +357,56 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, max: usize) {
                 Err(_) => break,
             }
         }
-        let mut completions = Vec::with_capacity(batch.len());
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-            let err = db_err(e);
-            for job in batch {
-                // Run nothing; tell each caller the store is unavailable.
-                let msg = err.to_string();
-                let (_, done) = job_failed(job, msg);
-                done(Err(StoreError::Unavailable(
-                    "transaction could not start".into(),
-                )));
-            }
-            continue;
+        run_batch(&conn, batch);
+    }
+}
+
+/// Runs one group commit. Each job runs in its own savepoint inside one transaction.
+///
+/// SQLite may roll the *whole* transaction back on its own when a statement fails with
+/// `SQLITE_FULL`, `SQLITE_IOERR`, `SQLITE_NOMEM` or `SQLITE_BUSY` (see "Response To Errors
+/// Within A Transaction" in its documentation). The jobs that ran before are then undone,
+/// and the jobs after would run in autocommit mode, each committing on its own before the
+/// batch's COMMIT (which then fails): callers would be told "failed" for writes that
+/// happened. So after every job the loop checks `is_autocommit()`: when the transaction is
+/// gone, every job of the batch so far is answered with an error (their writes were undone)
+/// and the rest of the batch starts again in a new transaction.
+fn run_batch(conn: &Connection, batch: Vec<Job>) {
+    let mut jobs = batch.into_iter();
+    'transaction: loop {
+        if jobs.len() == 0 {
+            return;
         }
-        for job in batch {
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            let why = db_err(e).to_string();
+            for job in jobs {
+                // Run nothing; tell each caller the store is unavailable.
+                let (_, done) = job_failed(job, why.clone());
+                done(Err(StoreError::Unavailable(format!(
+                    "transaction could not start: {why}"
+                ))));
+            }
+            return;
+        }
+        let mut completions: Vec<Completion> = Vec::new();
+        for job in jobs.by_ref() {
             if conn.execute_batch("SAVEPOINT job").is_err() {
-                completions.push((false, job_failed(job, "savepoint".into()).1));
+                completions.push(job_failed(job, "savepoint".into()).1);
                 continue;
             }
-            let (ok, done) = job(&conn);
+            let (ok, done) = job(conn);
+            completions.push(done);
+            if conn.is_autocommit() {
+                // SQLite rolled the transaction back by itself: nothing of this batch so
+                // far was written.
+                tracing::error!("sqlite rolled a group commit back by itself; retrying the rest");
+                for done in completions.drain(..) {
+                    done(Err(StoreError::Unavailable(
+                        "the database rolled the transaction back (disk full or I/O error)".into(),
+                    )));
+                }
+                continue 'transaction;
+            }
             let end = if ok {
                 "RELEASE job"
             } else {
@@ -384,18 +415,18 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, max: usize) {
             if let Err(e) = conn.execute_batch(end) {
                 tracing::error!(error = %e, "savepoint end failed");
             }
-            completions.push((ok, done));
         }
         let commit = conn.execute_batch("COMMIT").map_err(db_err);
-        if commit.is_err() {
+        if commit.is_err() && !conn.is_autocommit() {
             let _ = conn.execute_batch("ROLLBACK");
         }
-        for (_, done) in completions {
+        for done in completions {
             done(match &commit {
                 Ok(()) => Ok(()),
                 Err(e) => Err(StoreError::Unavailable(format!("commit failed: {e}"))),
             });
         }
+        return;
     }
 }
 
@@ -2103,4 +2134,99 @@ fn load_outbound(
         .map_err(db_err)?;
     msg.recipients = rows.collect::<Result<_, _>>().map_err(db_err)?;
     Ok(Some(msg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A job that fails in a way that makes SQLite roll the whole transaction back (here
+    /// an explicit ROLLBACK, the state SQLite leaves after `SQLITE_FULL` or `SQLITE_IOERR`)
+    /// must not leave the jobs after it in autocommit: every caller's answer matches what
+    /// is stored.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_rolled_back_by_sqlite_keeps_every_answer_true() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store =
+            Arc::new(SqliteMetadataStore::open(dir.path().join("m.sqlite3"), 64).expect("open"));
+        store
+            .write(|c| {
+                c.execute_batch("CREATE TABLE t (v INTEGER PRIMARY KEY)")
+                    .map_err(db_err)
+            })
+            .await
+            .expect("table");
+        // Hold the writer in a batch of its own until the three jobs below are queued, so
+        // they run as one group commit.
+        let (release, hold) = mpsc::channel::<()>();
+        let blocker = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .write(move |_| {
+                        let _ = hold.recv_timeout(Duration::from_secs(10));
+                        Ok(())
+                    })
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let insert = |v: i64| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .write(move |c| {
+                        c.execute("INSERT INTO t (v) VALUES (?1)", [v])
+                            .map_err(db_err)?;
+                        Ok(())
+                    })
+                    .await
+            })
+        };
+        let before = insert(1);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let failing = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .write(|c| {
+                        c.execute("INSERT INTO t (v) VALUES (2)", [])
+                            .map_err(db_err)?;
+                        c.execute_batch("ROLLBACK").map_err(db_err)?;
+                        Err::<(), _>(StoreError::Unavailable("database or disk is full".into()))
+                    })
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let after = insert(3);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        release.send(()).expect("release the writer");
+        blocker.await.expect("join").expect("blocker");
+        let results = [
+            (1, before.await.expect("join")),
+            (2, failing.await.expect("join")),
+            (3, after.await.expect("join")),
+        ];
+        let stored: Vec<i64> = store
+            .read(|c| {
+                let mut s = c.prepare("SELECT v FROM t ORDER BY v").map_err(db_err)?;
+                let rows = s.query_map([], |r| r.get(0)).map_err(db_err)?;
+                rows.collect::<Result<_, _>>().map_err(db_err)
+            })
+            .await
+            .expect("read");
+        for (v, result) in &results {
+            assert_eq!(
+                result.is_ok(),
+                stored.contains(v),
+                "job {v} was answered {result:?} but the table holds {stored:?}"
+            );
+        }
+        assert!(
+            results[2].1.is_ok(),
+            "the job after the rollback runs in a new transaction"
+        );
+        assert!(results[1].1.is_err());
+    }
 }
