@@ -15,7 +15,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub fn open(data_dir: &Path, group_commit_max: usize) -> StoreResult<Stores> {
-    std::fs::create_dir_all(data_dir)?;
+    crate::private_fs::create_dir_all(data_dir)?;
     Ok(Stores {
         blobs: Arc::new(FsBlobStore::open(data_dir.join("blobs"))?),
         meta: Arc::new(SqliteMetadataStore::open(

@@ -18,6 +18,7 @@
 //! - [`embedded`]: opens the three embedded backends under one data directory.
 //! - [`open`]: opens whichever backends the configuration names.
 //! - [`alloc`]: UID/MODSEQ range allocation for metadata stores without transactions.
+//! - [`private_fs`]: files and directories created private (mail at rest is not world-readable).
 
 pub mod alloc;
 pub mod blob;
@@ -28,6 +29,7 @@ pub mod embedded;
 pub mod error;
 pub mod metadata;
 pub mod open;
+pub mod private_fs;
 pub mod queue;
 pub mod types;
 

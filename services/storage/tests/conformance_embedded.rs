@@ -117,3 +117,86 @@ async fn sqlite_outbound_delivery() {
     let meta = SqliteMetadataStore::open(dir.path().join("m.sqlite3"), 16).expect("open");
     conformance::metadata_outbound_delivery(&meta).await;
 }
+
+/// Mail at rest is private: blobs and the database 0600, directories 0700, whatever the
+/// umask (the test process runs with the usual 022, which made them 0644/0755), and a data
+/// directory left world-readable by an older build is tightened at open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_at_rest_is_private() {
+    use mailfleet_storage::{BlobStore, Flags, NewMessage};
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .unwrap_or_else(|e| panic!("stat {}: {e}", p.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().join("data");
+    let stores = mailfleet_storage::embedded::open(&data, 8).expect("open");
+    stores
+        .meta
+        .create_domain("modes.test")
+        .await
+        .expect("domain");
+    let a = stores
+        .meta
+        .create_account("u@modes.test", "h", 0)
+        .await
+        .expect("account");
+    let inbox = stores
+        .meta
+        .get_mailbox(a.id, "INBOX")
+        .await
+        .expect("get")
+        .expect("inbox");
+    let body = bytes::Bytes::from_static(b"Subject: private\r\n\r\nsecret\r\n");
+    let id = stores.blobs.put(body.clone()).await.expect("put");
+    stores
+        .meta
+        .append(
+            vec![NewMessage {
+                account: a.id,
+                mailbox: inbox.id,
+                blob: id.clone(),
+                size: body.len() as u64,
+                internal_date: 0,
+                flags: Flags::default(),
+                summary: None,
+            }],
+            mailfleet_storage::metadata::QuotaPolicy::Enforce,
+        )
+        .await
+        .expect("append");
+    let s = id.as_str();
+    let blobs = data.join("blobs");
+    for d in [
+        data.clone(),
+        blobs.clone(),
+        blobs.join("tmp"),
+        blobs.join(&s[0..2]),
+        blobs.join(&s[0..2]).join(&s[2..4]),
+    ] {
+        assert_eq!(mode(&d), 0o700, "directory {}", d.display());
+    }
+    let db = data.join("metadata.sqlite3");
+    for f in [
+        blobs.join(&s[0..2]).join(&s[2..4]).join(s),
+        db.clone(),
+        data.join("metadata.sqlite3-wal"),
+        data.join("metadata.sqlite3-shm"),
+    ] {
+        assert_eq!(mode(&f), 0o600, "file {}", f.display());
+    }
+    drop(stores);
+
+    // An existing, world-readable data directory is tightened when it is opened again.
+    for (p, m) in [(&data, 0o755), (&blobs, 0o755), (&db, 0o644)] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).expect("chmod");
+    }
+    let _stores = mailfleet_storage::embedded::open(&data, 8).expect("reopen");
+    assert_eq!(mode(&data), 0o700);
+    assert_eq!(mode(&blobs), 0o700);
+    assert_eq!(mode(&db), 0o600);
+}

@@ -4,8 +4,12 @@
 //! no directory grows past 65,536 entries per level. A put writes a temporary file in
 //! `<root>/tmp`, fsyncs it, renames it into place and fsyncs the directory: a crash leaves
 //! either the whole blob or nothing under its name (only stray temporaries, swept at open).
+//! A bucket directory created for a put is itself made durable by fsyncing its parent
+//! (see [`crate::private_fs::create_dir_durable`]). Files are `0600` and directories
+//! `0700` ([`crate::private_fs`]).
 
 use super::BlobStore;
+use crate::private_fs;
 use crate::types::BlobId;
 use crate::{StoreError, StoreResult};
 use async_trait::async_trait;
@@ -29,7 +33,8 @@ impl FsBlobStore {
     /// admin CLI beside a running server) may open the same store while a put is in flight.
     pub fn open(root: impl Into<PathBuf>) -> StoreResult<Self> {
         let root = root.into();
-        fs::create_dir_all(root.join("tmp"))?;
+        private_fs::create_dir_all(&root)?;
+        private_fs::create_dir_all(&root.join("tmp"))?;
         let now = std::time::SystemTime::now();
         for entry in fs::read_dir(root.join("tmp"))? {
             let entry = entry?;
@@ -60,12 +65,19 @@ impl FsBlobStore {
             f.set_modified(std::time::SystemTime::now())?;
             return Ok(());
         }
-        fs::create_dir_all(dir)?;
+        let s = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .filter(|n| n.len() >= 4)
+            .ok_or_else(|| StoreError::Invalid("blob path".into()))?;
+        let first = private_fs::create_dir_durable(root, &s[0..2])?;
+        let second = private_fs::create_dir_durable(&first, &s[2..4])?;
+        debug_assert_eq!(second, dir);
         let tmp =
             root.join("tmp")
                 .join(format!("{}.{}", rand::random::<u64>(), std::process::id()));
         let result = (|| {
-            let mut f = File::create(&tmp)?;
+            let mut f = private_fs::create_file(&tmp)?;
             f.write_all(data)?;
             f.sync_all()?;
             drop(f);

@@ -11,6 +11,7 @@
 //! file; SQLite's locking and the busy timeout serialise them with the server.
 
 use super::{ConditionalStore, Expunged, MetadataStore, QuotaPolicy};
+use crate::private_fs;
 use crate::types::*;
 use crate::{StoreError, StoreResult};
 use async_trait::async_trait;
@@ -208,8 +209,24 @@ impl SqliteMetadataStore {
     /// Opens (creating and migrating if needed) the database at `path`.
     pub fn open(path: impl AsRef<Path>, group_commit_max: usize) -> StoreResult<Self> {
         let path = path.as_ref().to_path_buf();
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            private_fs::create_dir_all(dir)?;
+        }
+        // Create the file private before SQLite opens it: SQLite gives the `-wal` and
+        // `-shm` files the database file's mode, so all three stay 0600.
+        match private_fs::create_file(&path) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e.into()),
+        }
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = path.clone().into_os_string();
+            p.push(suffix);
+            match private_fs::restrict(Path::new(&p), private_fs::FILE_MODE) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         let conn = Connection::open(&path).map_err(db_err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
