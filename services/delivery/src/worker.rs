@@ -359,11 +359,10 @@ impl Worker {
                 .iter()
                 .all(|r| r.state != RecipientState::Queued)
             {
-                for blob in meta.delete_outbound(id, fence).await? {
-                    if let Err(e) = self.inner.stores.blobs.delete(&blob).await {
-                        tracing::debug!(error = %e, "queued blob left for the orphan sweep");
-                    }
-                }
+                // The blob is not deleted here: delete_outbound recorded it as an orphan, and
+                // only the sweep may delete it, after its grace period and a claim that sees
+                // any message that took the same bytes meanwhile (storage::blob::gc).
+                meta.delete_outbound(id, fence).await?;
                 tracing::info!(queue_id = %id, "queue entry finished");
             }
         }
@@ -834,7 +833,7 @@ impl Worker {
             }
             mailfleet_smtp::local::Resolution::NotLocal => {
                 let size = dsn.len() as u64;
-                let blob = stores.blobs.put(Bytes::from(dsn)).await?;
+                let blob = stores.put_blob(Bytes::from(dsn)).await?;
                 let q = stores
                     .meta
                     .enqueue_outbound(NewOutbound {

@@ -151,15 +151,13 @@ pub async fn queue_retry(config: &Config, id: i64) -> anyhow::Result<()> {
 
 pub async fn queue_delete(config: &Config, id: i64) -> anyhow::Result<()> {
     let stores = open(config).await?;
-    let blobs = stores
+    // The blob is left to the orphan sweep (recorded by delete_outbound): deleting it here
+    // could remove the body of a message that took the same bytes a moment ago.
+    stores
         .meta
         .delete_outbound(QueueId(id), None)
         .await
         .with_context(|| format!("queue entry {id}"))?;
-    for b in blobs {
-        // Best effort: the orphan sweep removes what is left.
-        let _ = stores.blobs.delete(&b).await;
-    }
     println!("queue entry {id} deleted (no DSN is sent)");
     Ok(())
 }

@@ -472,8 +472,16 @@ pub async fn metadata_store(meta: &dyn MetadataStore) {
         .is_empty());
     let pending = meta.orphaned_blobs(i64::MAX, 1000).await.expect("orphans");
     assert!(pending.contains(&blob));
-    assert!(meta.claim_orphan(&blob).await.expect("claim"));
-    assert!(!meta.claim_orphan(&blob).await.expect("claim twice"));
+    assert!(
+        !meta.claim_orphan(&blob, 0).await.expect("claim in grace"),
+        "an orphan younger than the grace period is not claimed"
+    );
+    assert!(meta.claim_orphan(&blob, i64::MAX).await.expect("claim"));
+    meta.finish_orphan(&blob).await.expect("finish");
+    assert!(!meta
+        .claim_orphan(&blob, i64::MAX)
+        .await
+        .expect("claim twice"));
 
     assert!(
         meta.list_aliases(Some(&domain))
@@ -628,6 +636,140 @@ pub async fn metadata_decides_by_current_state(meta: &dyn MetadataStore) {
         .expect("conditional store");
     assert!(result.modified.is_empty());
     assert_eq!(result.changed.len(), 1);
+}
+
+/// One message of `account` in `mailbox` referencing `blob`.
+fn message_with(account: &Account, mailbox: &Mailbox, blob: &BlobId, size: usize) -> NewMessage {
+    NewMessage {
+        account: account.id,
+        mailbox: mailbox.id,
+        blob: blob.clone(),
+        size: size as u64,
+        internal_date: 1_700_000_000,
+        flags: Flags::default(),
+        summary: None,
+    }
+}
+
+/// The orphan sweep never deletes the body of a message that was stored (acknowledged)
+/// while it ran. Each case interleaves, step by step, a sweep with a delivery of the same
+/// bytes as a blob just orphaned; the delivery writes as every writer does, through
+/// [`crate::Stores::put_blob`] then `append`.
+pub async fn blob_gc_races(stores: &crate::Stores) {
+    let (meta, blobs) = (stores.meta.as_ref(), stores.blobs.as_ref());
+    let (account, inbox, _) = account_with_messages(meta, 0).await;
+    let body = Bytes::from(format!("Subject: gc race {}\r\n\r\nbody\r\n", unique("")));
+    let id = stores.put_blob(body.clone()).await.expect("put");
+    // Orphans it: the only message referencing it goes.
+    let orphan = async || {
+        let a = meta
+            .append(
+                vec![message_with(&account, &inbox, &id, body.len())],
+                QuotaPolicy::Allow,
+            )
+            .await
+            .expect("append")[0]
+            .uid;
+        let gone = meta.expunge(inbox.id, &[a]).await.expect("expunge");
+        assert_eq!(gone.orphaned, vec![id.clone()]);
+    };
+    // Far in the future: for the sweep, every orphan and pin is past its grace.
+    let later = i64::MAX;
+
+    // 1. The sweep lists the orphan; a delivery stores the same bytes and appends; the
+    //    sweep's claim must stand down.
+    orphan().await;
+    assert!(meta
+        .orphaned_blobs(later, 10_000)
+        .await
+        .expect("list")
+        .contains(&id));
+    stores.put_blob(body.clone()).await.expect("delivery put");
+    let kept = meta
+        .append(
+            vec![message_with(&account, &inbox, &id, body.len())],
+            QuotaPolicy::Allow,
+        )
+        .await
+        .expect("delivery append")[0]
+        .uid;
+    assert!(
+        !meta.claim_orphan(&id, later).await.expect("claim"),
+        "a referenced blob is never claimed"
+    );
+    assert_eq!(blobs.get(&id).await.expect("body survives"), body);
+    meta.expunge(inbox.id, &[kept]).await.expect("expunge");
+
+    // 2. A delivery pins (and puts) the same bytes; the sweep comes before the append:
+    //    the pin keeps the blob for the grace period.
+    //    (Waits for the clock's next second, so the orphan is older than `older_than`
+    //    and only the pin, at or after it, can keep the blob.)
+    let orphaned_at = chrono_now();
+    while chrono_now() <= orphaned_at {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let older_than = chrono_now();
+    meta.pin_blob(&id).await.expect("pin");
+    blobs.put(body.clone()).await.expect("put");
+    assert!(
+        !meta.claim_orphan(&id, older_than).await.expect("claim"),
+        "a blob pinned within the grace period is not claimed"
+    );
+    let kept = meta
+        .append(
+            vec![message_with(&account, &inbox, &id, body.len())],
+            QuotaPolicy::Allow,
+        )
+        .await
+        .expect("append after the pin")[0]
+        .uid;
+    assert_eq!(blobs.get(&id).await.expect("body survives"), body);
+    meta.expunge(inbox.id, &[kept]).await.expect("expunge");
+
+    // 3. The sweep claims first; a delivery of the same bytes arrives before the bytes are
+    //    deleted. Whatever it manages, what it acknowledges must survive the deletion.
+    assert!(meta.claim_orphan(&id, later).await.expect("claim"));
+    let delivered = match stores.put_blob(body.clone()).await {
+        Ok(_) => meta
+            .append(
+                vec![message_with(&account, &inbox, &id, body.len())],
+                QuotaPolicy::Allow,
+            )
+            .await
+            .ok(),
+        Err(StoreError::Unavailable(_)) => None,
+        Err(e) => panic!("unexpected error storing a blob being deleted: {e}"),
+    };
+    assert!(
+        delivered.is_none(),
+        "a blob being deleted cannot be referenced"
+    );
+    blobs.delete(&id).await.expect("sweep deletes");
+    meta.finish_orphan(&id).await.expect("finish");
+    // The delivery retries, now that the sweep is done: the bytes are written afresh.
+    stores.put_blob(body.clone()).await.expect("retried put");
+    meta.append(
+        vec![message_with(&account, &inbox, &id, body.len())],
+        QuotaPolicy::Allow,
+    )
+    .await
+    .expect("retried append");
+    assert_eq!(blobs.get(&id).await.expect("body after the retry"), body);
+    assert_eq!(
+        crate::blob::gc::collect(meta, blobs, later, 0, 10_000)
+            .await
+            .expect("sweep"),
+        0,
+        "nothing referenced is collected"
+    );
+    assert_eq!(blobs.get(&id).await.expect("body after a full sweep"), body);
+}
+
+fn chrono_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// Many concurrent appends to one mailbox: every UID distinct and gap-free.

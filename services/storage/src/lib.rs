@@ -55,6 +55,15 @@ pub struct Stores {
 }
 
 impl Stores {
+    /// Stores a message body that a message is about to reference: pins it first (see
+    /// [`MetadataStore::pin_blob`]), so the orphan sweep cannot delete bytes that were
+    /// already there between this put and the append that references them. Every writer
+    /// of message bodies goes through here, not `blobs.put`.
+    pub async fn put_blob(&self, data: bytes::Bytes) -> StoreResult<BlobId> {
+        self.meta.pin_blob(&BlobId::of(&data)).await?;
+        self.blobs.put(data).await
+    }
+
     /// Asks each backend one cheap question, for readiness probes: a metadata read, a blob
     /// existence check and a counter read. The questions go through the traits, so every
     /// backend is probed the same way and a probe that answers proves the path protocols use.

@@ -123,7 +123,7 @@ async fn sqlite_outbound_delivery() {
 /// directory left world-readable by an older build is tightened at open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_at_rest_is_private() {
-    use mailfleet_storage::{BlobStore, Flags, NewMessage};
+    use mailfleet_storage::{Flags, NewMessage};
     use std::os::unix::fs::PermissionsExt;
     let mode = |p: &std::path::Path| {
         std::fs::metadata(p)
@@ -199,4 +199,11 @@ async fn data_at_rest_is_private() {
     assert_eq!(mode(&data), 0o700);
     assert_eq!(mode(&blobs), 0o700);
     assert_eq!(mode(&db), 0o600);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_blob_gc_races() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let stores = mailfleet_storage::embedded::open(dir.path(), 8).expect("open");
+    conformance::blob_gc_races(&stores).await;
 }

@@ -67,7 +67,7 @@ impl Session {
                 .await
                 .map_err(|e| StoreError::Unavailable(format!("message analysis failed: {e}")))?;
         let size = data.len() as u64;
-        let blob = self.stores.blobs.put(data).await?;
+        let blob = self.stores.put_blob(data).await?;
         let flags = Flags::new(flags.iter().map(|f| f.to_string()));
         let appended = match self
             .stores

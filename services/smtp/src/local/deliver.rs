@@ -53,7 +53,7 @@ pub async fn deliver(
         tokio::task::spawn_blocking(move || mailfleet_mime::analyze(&for_parse).to_bytes())
             .await
             .map_err(|e| StoreError::Unavailable(format!("message analysis failed: {e}")))?;
-    let blob = stores.blobs.put(message).await?;
+    let blob = stores.put_blob(message).await?;
     let messages = batch
         .iter()
         .map(|(account, mailbox)| NewMessage {

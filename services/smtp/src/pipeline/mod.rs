@@ -276,7 +276,7 @@ impl Pipeline {
         now: i64,
     ) -> Result<(), PipelineError> {
         let size = message.len() as u64;
-        let blob = self.stores.blobs.put(message).await?;
+        let blob = self.stores.put_blob(message).await?;
         let count = recipients.len();
         let queued = self
             .stores

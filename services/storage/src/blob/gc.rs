@@ -1,13 +1,19 @@
 //! Deleting blobs nothing references any more.
 //!
 //! Blobs are shared (content-addressed), so a blob whose last message is expunged may be
-//! stored again a moment later by a new delivery of identical bytes. The metadata store
-//! therefore only *records* orphans; this sweep deletes them after a grace period, and only
-//! after [`MetadataStore::claim_orphan`] confirms, in a transaction, that no message
-//! references the blob. A put of the same bytes after the claim re-creates the file, so the
-//! remaining window is a put landing between the claim and the unlink of the same blob after
-//! a full grace period of disuse; backends that can (S3 object lock, a per-blob lease) close
-//! it entirely.
+//! stored again a moment later by a new delivery of identical bytes, and a put of bytes that
+//! are already there writes nothing. The metadata store therefore only *records* orphans,
+//! and this sweep deletes one only after [`MetadataStore::claim_orphan`] has decided, in one
+//! transaction, that the blob is still unreferenced, has been orphaned for the whole grace
+//! period and was not pinned by a writer within it. Writers pin before they put
+//! ([`crate::Stores::put_blob`]) and a pin of a claimed blob fails until
+//! [`MetadataStore::finish_orphan`], so every interleaving ends either with the sweep
+//! standing down or with the writer storing the bytes afresh after the deletion: a body
+//! referenced by an acknowledged message is never deleted.
+//!
+//! A sweep that dies between the claim and the finish leaves the claim behind; the next
+//! sweep claims it again (deleting absent bytes is no error) and finishes it. Until then a
+//! writer of those exact bytes gets a temporary failure and retries.
 
 use crate::{BlobStore, MetadataStore, StoreResult};
 
@@ -19,10 +25,12 @@ pub async fn collect(
     grace_secs: i64,
     limit: usize,
 ) -> StoreResult<usize> {
+    let older_than = now - grace_secs;
     let mut deleted = 0;
-    for id in meta.orphaned_blobs(now - grace_secs, limit).await? {
-        if meta.claim_orphan(&id).await? {
+    for id in meta.orphaned_blobs(older_than, limit).await? {
+        if meta.claim_orphan(&id, older_than).await? {
             blobs.delete(&id).await?;
+            meta.finish_orphan(&id).await?;
             deleted += 1;
         }
     }

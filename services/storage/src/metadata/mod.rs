@@ -188,11 +188,33 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn subscriptions(&self, account: AccountId) -> StoreResult<Vec<String>>;
 
     // ---- blob garbage collection ----
+    //
+    // A blob is content-addressed, so a new message may bring back bytes whose last
+    // reference went a moment ago, and `BlobStore::put` of bytes already there does not
+    // write them again. Three steps keep a body whose message was acknowledged from being
+    // deleted under it:
+    // 1. a writer *pins* the blob ([`Self::pin_blob`]) before it puts the bytes, and the
+    //    append that references it takes the pin away;
+    // 2. the sweep *claims* a blob ([`Self::claim_orphan`]) only when it is still
+    //    unreferenced, orphaned for the whole grace period and not pinned within it, all
+    //    decided in one transaction (an LWT on ScyllaDB), and the claim stays recorded while
+    //    the bytes are deleted;
+    // 3. a pin (and an append) of a claimed blob fails as temporarily unavailable, so the
+    //    writer retries after [`Self::finish_orphan`] and then writes the bytes afresh.
     /// Blobs unreferenced since before `older_than` (Unix seconds).
     async fn orphaned_blobs(&self, older_than: i64, limit: usize) -> StoreResult<Vec<BlobId>>;
-    /// Drops `id` from the orphan list if it is still unreferenced; true when the caller may
-    /// delete the blob's bytes.
-    async fn claim_orphan(&self, id: &BlobId) -> StoreResult<bool>;
+    /// Claims `id` for deletion; true when the caller may delete the blob's bytes (and must
+    /// then call [`Self::finish_orphan`]). False when a message references it again (the
+    /// orphan record is dropped), when it has not been orphaned since before `older_than`,
+    /// or when a writer pinned it at or after `older_than`. A blob already claimed by a
+    /// sweep that never finished (it crashed) may be claimed again.
+    async fn claim_orphan(&self, id: &BlobId, older_than: i64) -> StoreResult<bool>;
+    /// Ends a claim once the bytes are deleted: the blob may be pinned and stored again.
+    async fn finish_orphan(&self, id: &BlobId) -> StoreResult<()>;
+    /// Records that a writer is about to store `id`'s bytes and reference them, so the
+    /// sweep leaves them alone for a grace period. `Unavailable` while a sweep is deleting
+    /// the blob: the writer must not acknowledge and should try again shortly.
+    async fn pin_blob(&self, id: &BlobId) -> StoreResult<()>;
 
     // ---- credentials ----
     /// Adds an app password. `Conflict` when the account already has one with that name or

@@ -56,7 +56,7 @@ pub const BUCKET_SHIFT: u32 = 16;
 pub const ID_BLOCK: i64 = 100;
 
 /// Schema version recorded in `schema_version`; migrations run in order up to it.
-const SCHEMA_VERSION: i32 = 1;
+const SCHEMA_VERSION: i32 = 2;
 
 /// Tables of schema version 1. `{ks}` is replaced by the keyspace name.
 const SCHEMA_V1: &[&str] = &[
@@ -111,6 +111,20 @@ const SCHEMA_V1: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS {ks}.outbound_due (shard int, next_attempt bigint, \
      queue_id bigint, seq int, PRIMARY KEY (shard, next_attempt, queue_id, seq))",
 ];
+
+/// Schema version 2: blob pins (written with a TTL, so they expire without a sweep), the
+/// claim a sweep holds on an orphan while it deletes the bytes, and the last TOTP time step
+/// accepted per account. `ALTER TABLE ... ADD` has no `IF NOT EXISTS`; a column that is
+/// already there (a concurrent or interrupted migration) is not an error.
+const SCHEMA_V2: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS {ks}.blob_pins (blob_id text PRIMARY KEY, at bigint)",
+    "ALTER TABLE {ks}.blob_orphans ADD claimed bigint",
+    "ALTER TABLE {ks}.totp_secrets ADD last_step bigint",
+];
+
+/// How long a pin lasts: far longer than a put and an append take, and the sweep's grace
+/// period is checked against the pin's time as well.
+const PIN_TTL_SECS: i32 = 7 * 24 * 3600;
 
 /// The outbound id list and due index live in one partition: the queue holds what is in
 /// flight (thousands, not millions, of entries), and one partition gives a global order.
@@ -188,7 +202,10 @@ fn state_from(code: i32) -> StoreResult<crate::RecipientState> {
 }
 
 /// Reads that feed a compare-and-set; run at SERIAL (LOCAL_SERIAL).
-const SERIAL_READS: &[&str] = &[LEDGER_READ, SEQUENCE_READ];
+const SERIAL_READS: &[&str] = &[LEDGER_READ, SEQUENCE_READ, ORPHAN_READ];
+/// The orphan record and its claim, read serially: pins and appends must see a claim the
+/// sweep's LWT has just made.
+const ORPHAN_READ: &str = "SELECT since, claimed FROM blob_orphans WHERE blob_id = ?";
 const LEDGER_READ: &str =
     "SELECT uid_next, modseq_next, fence FROM uid_ledger WHERE mailbox_id = ?";
 const SEQUENCE_READ: &str = "SELECT next FROM sequences WHERE name = ?";
@@ -734,8 +751,15 @@ impl ScyllaMetadataStore {
         })
     }
 
-    /// Takes one reference on a blob and takes it off the orphan list.
+    /// Takes one reference on a blob and takes it off the orphan list. Refused while a
+    /// sweep holds a claim on it (its bytes may be gone already).
     async fn take_blob(&self, blob: &str) -> StoreResult<()> {
+        let orphan: Option<(Option<i64>, Option<i64>)> = self.db.one(ORPHAN_READ, (blob,)).await?;
+        if orphan.and_then(|o| o.1).is_some() {
+            return Err(StoreError::Unavailable(format!(
+                "blob {blob} is being deleted; store it again"
+            )));
+        }
         self.db
             .count(
                 "UPDATE blob_refs SET refcount = refcount + 1 WHERE blob_id = ?",
@@ -744,6 +768,9 @@ impl ScyllaMetadataStore {
             .await?;
         self.db
             .run("DELETE FROM blob_orphans WHERE blob_id = ?", (blob,))
+            .await?;
+        self.db
+            .run("DELETE FROM blob_pins WHERE blob_id = ?", (blob,))
             .await?;
         Ok(())
     }
@@ -769,7 +796,7 @@ impl ScyllaMetadataStore {
             if left.and_then(|l| l.0).map(|c| c.0).unwrap_or(0) <= 0 {
                 self.db
                     .run(
-                        "INSERT INTO blob_orphans (blob_id, since) VALUES (?, ?)",
+                        "INSERT INTO blob_orphans (blob_id, since, claimed) VALUES (?, ?, null)",
                         (b.as_str(), now),
                     )
                     .await?;
@@ -1481,6 +1508,16 @@ async fn migrate(session: &Session, ks: &str) -> StoreResult<()> {
                 .query_unpaged(stmt.replace("{ks}", ks), ())
                 .await
                 .map_err(db_err)?;
+        }
+    }
+    if version < 2 {
+        for stmt in SCHEMA_V2 {
+            if let Err(e) = session.query_unpaged(stmt.replace("{ks}", ks), ()).await {
+                let text = e.to_string().to_ascii_lowercase();
+                if !(text.contains("already exist") || text.contains("conflicts with")) {
+                    return Err(db_err(e));
+                }
+            }
         }
     }
     if version < SCHEMA_VERSION {
@@ -2306,24 +2343,93 @@ impl MetadataStore for ScyllaMetadataStore {
             .collect())
     }
 
-    async fn claim_orphan(&self, id: &BlobId) -> StoreResult<bool> {
-        let refs: Option<(Option<Counter>,)> = self
+    /// Without transactions, the claim is ordered against writers like Dekker's
+    /// algorithm: the sweep first records its claim (an LWT), then reads references and
+    /// pins; a writer first writes its pin, then reads the claim serially (`pin_blob`,
+    /// `take_blob`). With QUORUM writes and reads one of the two always sees the other, so
+    /// either the sweep stands down or the writer is refused and retries after the
+    /// deletion.
+    async fn claim_orphan(&self, id: &BlobId, older_than: i64) -> StoreResult<bool> {
+        let blob = id.as_str();
+        let Some((Some(since), _)) = self
             .db
-            .one(
-                "SELECT refcount FROM blob_refs WHERE blob_id = ?",
-                (id.as_str(),),
-            )
-            .await?;
-        let referenced = refs.and_then(|r| r.0).map(|c| c.0).unwrap_or(0) > 0;
-        // IF EXISTS makes the claim exactly-once across sweepers on several nodes.
-        let claimed = self
+            .one::<(Option<i64>, Option<i64>), _>(ORPHAN_READ, (blob,))
+            .await?
+        else {
+            return Ok(false);
+        };
+        if since >= older_than {
+            return Ok(false);
+        }
+        let token = now_secs();
+        // IF since = ?: a blob orphaned again meanwhile (referenced, released) starts a
+        // new grace period and is not ours to claim.
+        if !self
             .db
             .lwt(
-                "DELETE FROM blob_orphans WHERE blob_id = ? IF EXISTS",
+                "UPDATE blob_orphans SET claimed = ? WHERE blob_id = ? IF since = ?",
+                (token, blob, since),
+            )
+            .await?
+        {
+            return Ok(false);
+        }
+        let refs: Option<(Option<Counter>,)> = self
+            .db
+            .one("SELECT refcount FROM blob_refs WHERE blob_id = ?", (blob,))
+            .await?;
+        let referenced = refs.and_then(|r| r.0).map(|c| c.0).unwrap_or(0) > 0;
+        let pin: Option<(Option<i64>,)> = self
+            .db
+            .one("SELECT at FROM blob_pins WHERE blob_id = ?", (blob,))
+            .await?;
+        let pinned = pin.and_then(|p| p.0).is_some_and(|at| at >= older_than);
+        if referenced {
+            self.db
+                .lwt(
+                    "DELETE FROM blob_orphans WHERE blob_id = ? IF claimed = ?",
+                    (blob, token),
+                )
+                .await?;
+            return Ok(false);
+        }
+        if pinned {
+            self.db
+                .lwt(
+                    "UPDATE blob_orphans SET claimed = null WHERE blob_id = ? IF claimed = ?",
+                    (blob, token),
+                )
+                .await?;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    async fn finish_orphan(&self, id: &BlobId) -> StoreResult<()> {
+        self.db
+            .lwt(
+                "DELETE FROM blob_orphans WHERE blob_id = ? IF claimed != null",
                 (id.as_str(),),
             )
             .await?;
-        Ok(claimed && !referenced)
+        Ok(())
+    }
+
+    async fn pin_blob(&self, id: &BlobId) -> StoreResult<()> {
+        let blob = id.as_str();
+        self.db
+            .run(
+                "INSERT INTO blob_pins (blob_id, at) VALUES (?, ?) USING TTL ?",
+                (blob, now_secs(), PIN_TTL_SECS),
+            )
+            .await?;
+        let orphan: Option<(Option<i64>, Option<i64>)> = self.db.one(ORPHAN_READ, (blob,)).await?;
+        if orphan.and_then(|o| o.1).is_some() {
+            return Err(StoreError::Unavailable(format!(
+                "blob {blob} is being deleted by the orphan sweep; try again"
+            )));
+        }
+        Ok(())
     }
 
     async fn create_app_password(

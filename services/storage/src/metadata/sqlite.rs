@@ -22,7 +22,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// Schema version stored in `PRAGMA user_version`; migrations run in order up to it.
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 const SCHEMA_V1: &str = r#"
 CREATE TABLE domains (
@@ -329,6 +329,18 @@ ALTER TABLE outbound ADD COLUMN fence INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE outbound_rcpts ADD COLUMN delay_warned INTEGER NOT NULL DEFAULT 0;
 "#;
 
+/// v5: blob pins (a writer's notice that it is about to reference a blob) and the claim a
+/// sweep holds on an orphan while it deletes the bytes (see [`MetadataStore::pin_blob`]).
+/// Also the last TOTP time step accepted per account (codes are single-use).
+const SCHEMA_V5: &str = r#"
+CREATE TABLE blob_pins (
+    blob_id TEXT PRIMARY KEY,
+    at INTEGER NOT NULL
+) WITHOUT ROWID;
+ALTER TABLE blob_orphans ADD COLUMN claimed INTEGER;
+ALTER TABLE totp_secrets ADD COLUMN last_step INTEGER;
+"#;
+
 fn migrate(conn: &Connection) -> StoreResult<()> {
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
@@ -359,6 +371,12 @@ fn migrate(conn: &Connection) -> StoreResult<()> {
     if version < 4 {
         conn.execute_batch(&format!(
             "BEGIN IMMEDIATE; {SCHEMA_V4} PRAGMA user_version = 4; COMMIT;"
+        ))
+        .map_err(db_err)?;
+    }
+    if version < 5 {
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {SCHEMA_V5} PRAGMA user_version = 5; COMMIT;"
         ))
         .map_err(db_err)?;
     }
@@ -729,7 +747,21 @@ fn insert_message(
     .map_err(db_err)?
     .execute([&m.blob])
     .map_err(db_err)?;
-    c.prepare_cached("DELETE FROM blob_orphans WHERE blob_id = ?1")
+    // A claimed orphan's bytes may be gone already: refuse (temporarily) rather than
+    // reference them. Writers that pinned first never get here (the pin was refused).
+    let claimed: Option<Option<i64>> = c
+        .prepare_cached("DELETE FROM blob_orphans WHERE blob_id = ?1 RETURNING claimed")
+        .map_err(db_err)?
+        .query_row([&m.blob], |r| r.get(0))
+        .optional()
+        .map_err(db_err)?;
+    if claimed.flatten().is_some() {
+        return Err(StoreError::Unavailable(format!(
+            "blob {} is being deleted; store it again",
+            m.blob
+        )));
+    }
+    c.prepare_cached("DELETE FROM blob_pins WHERE blob_id = ?1")
         .map_err(db_err)?
         .execute([&m.blob])
         .map_err(db_err)?;
@@ -1624,20 +1656,95 @@ impl MetadataStore for SqliteMetadataStore {
         .await
     }
 
-    async fn claim_orphan(&self, id: &BlobId) -> StoreResult<bool> {
+    async fn claim_orphan(&self, id: &BlobId, older_than: i64) -> StoreResult<bool> {
         let id = id.as_str().to_string();
         self.write(move |c| {
+            // One transaction: nothing can reference, pin or re-orphan the blob between
+            // these reads and the claim.
+            let Some(since) = c
+                .query_row(
+                    "SELECT since FROM blob_orphans WHERE blob_id = ?1",
+                    [&id],
+                    |r| r.get::<_, i64>(0),
+                )
+                .optional()
+                .map_err(db_err)?
+            else {
+                return Ok(false);
+            };
             let referenced: i64 = c
                 .query_row(
-                    "SELECT COUNT(*) FROM blobs WHERE blob_id = ?1",
+                    "SELECT COUNT(*) FROM blobs WHERE blob_id = ?1 AND refcount > 0",
                     [&id],
                     |r| r.get(0),
                 )
                 .map_err(db_err)?;
-            let n = c
-                .execute("DELETE FROM blob_orphans WHERE blob_id = ?1", [&id])
+            if referenced > 0 {
+                c.execute("DELETE FROM blob_orphans WHERE blob_id = ?1", [&id])
+                    .map_err(db_err)?;
+                return Ok(false);
+            }
+            if since >= older_than {
+                return Ok(false);
+            }
+            let pinned: i64 = c
+                .query_row(
+                    "SELECT COUNT(*) FROM blob_pins WHERE blob_id = ?1 AND at >= ?2",
+                    params![&id, older_than],
+                    |r| r.get(0),
+                )
                 .map_err(db_err)?;
-            Ok(n > 0 && referenced == 0)
+            if pinned > 0 {
+                return Ok(false);
+            }
+            c.execute("DELETE FROM blob_pins WHERE blob_id = ?1", [&id])
+                .map_err(db_err)?;
+            c.execute(
+                "UPDATE blob_orphans SET claimed = ?1 WHERE blob_id = ?2",
+                params![now_secs(), &id],
+            )
+            .map_err(db_err)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn finish_orphan(&self, id: &BlobId) -> StoreResult<()> {
+        let id = id.as_str().to_string();
+        self.write(move |c| {
+            c.execute(
+                "DELETE FROM blob_orphans WHERE blob_id = ?1 AND claimed IS NOT NULL",
+                [&id],
+            )
+            .map_err(db_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn pin_blob(&self, id: &BlobId) -> StoreResult<()> {
+        let id = id.as_str().to_string();
+        self.write(move |c| {
+            let claimed: Option<Option<i64>> = c
+                .query_row(
+                    "SELECT claimed FROM blob_orphans WHERE blob_id = ?1",
+                    [&id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db_err)?;
+            if claimed.flatten().is_some() {
+                return Err(StoreError::Unavailable(format!(
+                    "blob {id} is being deleted by the orphan sweep; try again"
+                )));
+            }
+            c.execute(
+                "INSERT INTO blob_pins (blob_id, at) VALUES (?1, ?2) \
+                 ON CONFLICT (blob_id) DO UPDATE SET at = excluded.at",
+                params![&id, now_secs()],
+            )
+            .map_err(db_err)?;
+            Ok(())
         })
         .await
     }
