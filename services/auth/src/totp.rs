@@ -161,6 +161,25 @@ pub fn verify(secret: &[u8], code: &str, unix_time: u64) -> Option<u64> {
     found
 }
 
+/// Checks a code like [`verify`] and accepts it only once: the matching time step is
+/// recorded for the account in the store, in one compare-and-set, and a step at or before
+/// the last accepted one is refused (RFC 6238 §5.2). Without this a code seen over a
+/// shoulder or in a proxy's log would open the account again for the rest of its window
+/// (up to a minute and a half with [`SKEW_STEPS`] of drift). Every place that takes a TOTP
+/// code goes through here.
+pub async fn verify_once(
+    meta: &dyn mailfleet_storage::MetadataStore,
+    account: mailfleet_storage::AccountId,
+    secret: &[u8],
+    code: &str,
+    unix_time: u64,
+) -> mailfleet_storage::StoreResult<bool> {
+    match verify(secret, code, unix_time) {
+        Some(step) => meta.accept_totp_step(account, step).await,
+        None => Ok(false),
+    }
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
@@ -171,6 +190,62 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A code works once: replaying it inside its window, or a code of an earlier step,
+    /// is refused; the next step's code works.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_code_is_accepted_once() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let stores = mailfleet_storage::embedded::open(dir.path(), 8).expect("stores");
+        stores
+            .meta
+            .create_domain("totp.test")
+            .await
+            .expect("domain");
+        let account = stores
+            .meta
+            .create_account("u@totp.test", "h", 0)
+            .await
+            .expect("account");
+        let secret = generate_secret();
+        stores
+            .meta
+            .set_totp_secret(
+                account.id,
+                Some(mailfleet_storage::TotpSecret {
+                    secret: secret.clone(),
+                    created_at: 0,
+                }),
+            )
+            .await
+            .expect("secret");
+        let meta = stores.meta.as_ref();
+        let t = 1_800_000_000;
+        let code = code_at(Algorithm::Sha1, &secret, t, DIGITS);
+        assert!(verify_once(meta, account.id, &secret, &code, t)
+            .await
+            .expect("verify"));
+        assert!(
+            !verify_once(meta, account.id, &secret, &code, t + 5)
+                .await
+                .expect("replay"),
+            "the same code inside its window is a replay"
+        );
+        let earlier = code_at(Algorithm::Sha1, &secret, t - PERIOD, DIGITS);
+        assert!(
+            !verify_once(meta, account.id, &secret, &earlier, t)
+                .await
+                .expect("earlier"),
+            "a code older than the last accepted one is refused"
+        );
+        let next = code_at(Algorithm::Sha1, &secret, t + PERIOD, DIGITS);
+        assert!(verify_once(meta, account.id, &secret, &next, t + PERIOD)
+            .await
+            .expect("next"));
+        assert!(!verify_once(meta, account.id, &secret, "000000x", t)
+            .await
+            .expect("malformed"));
+    }
 
     // RFC 6238 Appendix B: the seeds are ASCII "1234567890" repeated to the hash size.
     const SEED20: &[u8] = b"12345678901234567890";

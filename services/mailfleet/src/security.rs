@@ -207,8 +207,17 @@ pub async fn totp_cmd(config: &Config, cmd: TotpCmd, json_out: bool) -> anyhow::
             let Some(t) = stores.meta.totp_secret(id).await? else {
                 bail!("totp verify: {key} does not have two-factor authentication");
             };
-            if totp::verify(&t.secret, &code, now().max(0) as u64).is_none() {
-                bail!("totp verify: the code is not valid now");
+            // verify_once: a code is good once, here as at every login.
+            if !totp::verify_once(
+                stores.meta.as_ref(),
+                id,
+                &t.secret,
+                &code,
+                now().max(0) as u64,
+            )
+            .await?
+            {
+                bail!("totp verify: the code is not valid now (or was already used)");
             }
             println!("code accepted");
         }

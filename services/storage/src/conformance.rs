@@ -1026,7 +1026,19 @@ pub async fn metadata_credentials(meta: &dyn MetadataStore) {
         .expect("replace");
     assert_eq!(meta.totp_secret(a.id).await.expect("get"), Some(replaced));
     assert!(meta.totp_secret(b.id).await.expect("get").is_none());
+    // A code is accepted once: the same step, or an earlier one, is refused after it.
+    assert!(meta.accept_totp_step(a.id, 1000).await.expect("step"));
+    assert!(
+        !meta.accept_totp_step(a.id, 1000).await.expect("replay"),
+        "a TOTP code cannot be replayed within its window"
+    );
+    assert!(!meta.accept_totp_step(a.id, 999).await.expect("older step"));
+    assert!(meta.accept_totp_step(a.id, 1001).await.expect("next step"));
     meta.set_totp_secret(a.id, None).await.expect("clear");
+    assert!(
+        !meta.accept_totp_step(a.id, 2000).await.expect("no secret"),
+        "no secret, no code"
+    );
     assert!(meta.totp_secret(a.id).await.expect("get").is_none());
     assert!(matches!(
         meta.set_totp_secret(AccountId(i64::MAX), Some(secret))

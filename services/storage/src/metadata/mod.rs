@@ -243,6 +243,12 @@ pub trait MetadataStore: Send + Sync + 'static {
         secret: Option<crate::TotpSecret>,
     ) -> StoreResult<()>;
     async fn totp_secret(&self, account: AccountId) -> StoreResult<Option<crate::TotpSecret>>;
+    /// Records that the account's TOTP code for time step `step` was just accepted, if no
+    /// code of that step or a later one was accepted before; true when recorded. One
+    /// compare-and-set, so two logins racing with the same code cannot both pass: a code is
+    /// good once (RFC 6238 §5.2), however long its window. False also when the account has
+    /// no TOTP secret.
+    async fn accept_totp_step(&self, account: AccountId, step: u64) -> StoreResult<bool>;
     /// Lets the account send as `address` (`local@domain`, or `@domain` for any address of a
     /// domain) beyond its own address and the aliases that deliver to it. Idempotent.
     async fn grant_sender(&self, account: AccountId, address: &str) -> StoreResult<()>;

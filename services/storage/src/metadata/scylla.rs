@@ -202,7 +202,8 @@ fn state_from(code: i32) -> StoreResult<crate::RecipientState> {
 }
 
 /// Reads that feed a compare-and-set; run at SERIAL (LOCAL_SERIAL).
-const SERIAL_READS: &[&str] = &[LEDGER_READ, SEQUENCE_READ, ORPHAN_READ];
+const SERIAL_READS: &[&str] = &[LEDGER_READ, SEQUENCE_READ, ORPHAN_READ, TOTP_STEP_READ];
+const TOTP_STEP_READ: &str = "SELECT secret, last_step FROM totp_secrets WHERE account_id = ?";
 /// The orphan record and its claim, read serially: pins and appends must see a claim the
 /// sweep's LWT has just made.
 const ORPHAN_READ: &str = "SELECT since, claimed FROM blob_orphans WHERE blob_id = ?";
@@ -2630,6 +2631,36 @@ impl MetadataStore for ScyllaMetadataStore {
             )
             .await?;
         Ok(row.map(|(secret, created_at)| crate::TotpSecret { secret, created_at }))
+    }
+
+    /// A serial read and an LWT on the value read (`IF last_step = ?`, null included),
+    /// retried a few times under contention: two logins with the same code cannot both win.
+    async fn accept_totp_step(&self, account: AccountId, step: u64) -> StoreResult<bool> {
+        let step = i64::try_from(step)
+            .map_err(|_| StoreError::Invalid(format!("TOTP step {step} out of range")))?;
+        for _ in 0..5 {
+            let row: Option<(Option<Vec<u8>>, Option<i64>)> =
+                self.db.one(TOTP_STEP_READ, (account.0,)).await?;
+            let Some((Some(_), last)) = row else {
+                return Ok(false);
+            };
+            if last.is_some_and(|l| l >= step) {
+                return Ok(false);
+            }
+            if self
+                .db
+                .lwt(
+                    "UPDATE totp_secrets SET last_step = ? WHERE account_id = ? IF last_step = ?",
+                    (step, account.0, last),
+                )
+                .await?
+            {
+                return Ok(true);
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "account {account}: TOTP step contended"
+        )))
     }
 
     async fn grant_sender(&self, account: AccountId, address: &str) -> StoreResult<()> {

@@ -1894,6 +1894,22 @@ impl MetadataStore for SqliteMetadataStore {
         .await
     }
 
+    async fn accept_totp_step(&self, account: AccountId, step: u64) -> StoreResult<bool> {
+        let step = i64::try_from(step)
+            .map_err(|_| StoreError::Invalid(format!("TOTP step {step} out of range")))?;
+        self.write(move |c| {
+            let n = c
+                .execute(
+                    "UPDATE totp_secrets SET last_step = ?1 WHERE account_id = ?2 \
+                     AND (last_step IS NULL OR last_step < ?1)",
+                    params![step, account.0],
+                )
+                .map_err(db_err)?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
     async fn grant_sender(&self, account: AccountId, address: &str) -> StoreResult<()> {
         let address = address.to_lowercase();
         if address.is_empty() || !address.contains('@') || address.len() > 255 {
