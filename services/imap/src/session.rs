@@ -264,8 +264,14 @@ impl Session {
             }
             caps.push(Capability::SaslIr);
         }
+        // Before login only small non-synchronizing literals are accepted (RFC 7888 §4):
+        // LITERAL- says so; LITERAL+ comes with the login.
+        caps.push(if self.account.is_none() {
+            Capability::LiteralMinus
+        } else {
+            Capability::LiteralPlus
+        });
         caps.extend([
-            Capability::LiteralPlus,
             Capability::Enable,
             Capability::Id,
             Capability::Idle,

@@ -363,3 +363,113 @@ async fn sessions_per_user_are_limited() {
         .await;
     assert!(c.until("m").await.pop().expect("line").starts_with("m OK"));
 }
+
+/// Reads lines until the server closes the connection; returns them.
+async fn until_closed(c: &mut Client) -> Vec<String> {
+    let mut out = Vec::new();
+    loop {
+        if let Some(p) = c.buf.iter().position(|b| *b == b'\n') {
+            let l: Vec<u8> = c.buf.drain(..=p).collect();
+            out.push(String::from_utf8_lossy(&l).trim_end().to_string());
+            continue;
+        }
+        let mut chunk = [0u8; 4096];
+        match c.io.read(&mut chunk).await {
+            Ok(0) | Err(_) => return out,
+            Ok(n) => c.buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Issue 9 item 2: before login, literals are limited to a few KiB (RFC 7888 §4), and
+/// LITERAL- (not LITERAL+) is advertised; LITERAL+ comes after login.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pre_auth_literals_are_small_and_literal_plus_waits_for_login() {
+    let h = harness().await;
+    let mut c = connect(&h, true);
+    let greeting = c.line().await;
+    assert!(greeting.contains("LITERAL-"), "{greeting}");
+    assert!(!greeting.contains("LITERAL+"), "{greeting}");
+    // A synchronizing literal over the pre-auth limit is refused before it is sent.
+    c.send("a LOGIN {1048576}\r\n").await;
+    let r = c.line().await;
+    assert!(r.starts_with("a NO [TOOBIG]"), "{r}");
+    // One within it is accepted.
+    c.send("b LOGIN {18}\r\n").await;
+    assert!(c.line().await.starts_with("+ "));
+    c.send(&format!("alice@example.test {PASSWORD}\r\n")).await;
+    let r = c.until("b").await;
+    let last = r.last().expect("line");
+    assert!(last.starts_with("b OK"), "{r:?}");
+    assert!(last.contains("LITERAL+"), "{last}");
+    // After login the APPEND limit applies to APPEND, the command limit to the rest.
+    c.send("c SEARCH SUBJECT {9000}\r\n").await;
+    let r = c.line().await;
+    assert!(r.starts_with("c NO [TOOBIG]"), "{r}");
+    c.send("d APPEND INBOX {3000}\r\n").await;
+    assert!(c.line().await.starts_with("+ "));
+    c.send(&format!("Subject: x\r\n\r\n{}\r\n", "y".repeat(2986)))
+        .await;
+    let r = c.until("d").await;
+    assert!(r.last().expect("line").starts_with("d OK"), "{r:?}");
+}
+
+/// A non-synchronizing literal over the pre-auth limit is coming whatever the server says:
+/// it is answered BAD [TOOBIG] and the connection is closed rather than read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pre_auth_large_non_sync_literal_closes_the_connection() {
+    let h = harness().await;
+    let mut c = connect(&h, true);
+    c.line().await;
+    c.send("a LOGIN {60000+}\r\n").await;
+    let _ = c.io.write_all(&vec![b'x'; 8000]).await;
+    let lines = until_closed(&mut c).await;
+    assert!(
+        lines.iter().any(|l| l.starts_with("a BAD [TOOBIG]")),
+        "{lines:?}"
+    );
+    assert!(lines.iter().any(|l| l.starts_with("* BYE")), "{lines:?}");
+}
+
+/// Issue 9 item 10: bad commands before login are counted; the third closes the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_commands_before_login_are_counted() {
+    let h = harness().await;
+    let mut c = connect(&h, true);
+    c.line().await;
+    c.send("a SELECT INBOX\r\nb FETCH 1 FLAGS\r\nc LIST \"\" *\r\nd NOOP\r\n")
+        .await;
+    let lines = until_closed(&mut c).await;
+    assert!(lines.iter().any(|l| l.starts_with("* BYE")), "{lines:?}");
+    assert!(!lines.iter().any(|l| l.starts_with("d OK")), "{lines:?}");
+}
+
+/// Issue 9 item 10: a client trickling one byte every 30 s (under the per-read timeout) is
+/// cut off by the per-command deadline instead of holding its slot forever.
+#[tokio::test(start_paused = true)]
+async fn a_trickled_command_hits_the_command_deadline() {
+    let h = harness().await;
+    let mut c = connect(&h, true);
+    c.line().await;
+    let started = tokio::time::Instant::now();
+    let mut closed = false;
+    for b in "a NOOP".bytes().cycle().take(200) {
+        if c.io.write_all(&[b]).await.is_err() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let mut chunk = [0u8; 256];
+        if let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(1), c.io.read(&mut chunk)).await
+        {
+            c.buf.extend_from_slice(&chunk[..n]);
+            if n == 0 {
+                closed = true;
+                break;
+            }
+        }
+    }
+    assert!(closed, "still open after {:?}", started.elapsed());
+    assert!(started.elapsed() <= Duration::from_secs(400));
+}
