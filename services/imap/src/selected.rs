@@ -245,6 +245,20 @@ impl Selected {
 }
 
 impl Selected {
+    /// Reads the message body of `uid`, or `None` when another session expunged it after
+    /// this view was last refreshed (RFC 2180 §4.1: the message is still numbered here
+    /// until the expunge can be reported).
+    pub async fn read_body_if_present(
+        &self,
+        stores: &Stores,
+        uid: Uid,
+    ) -> StoreResult<Option<bytes::Bytes>> {
+        match stores.meta.get_message(self.id, uid).await? {
+            Some(meta) => stores.blobs.get(&meta.blob).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// Reads the message body of `uid` (locating its blob first).
     pub async fn read_body(&self, stores: &Stores, uid: Uid) -> StoreResult<bytes::Bytes> {
         let meta = stores

@@ -473,3 +473,44 @@ async fn a_trickled_command_hits_the_command_deadline() {
     assert!(closed, "still open after {:?}", started.elapsed());
     assert!(started.elapsed() <= Duration::from_secs(400));
 }
+
+/// Issue 9 item 15: a message expunged by another session does not fail the whole FETCH or
+/// SEARCH; the rest is answered (RFC 2180 §4.1.2, RFC 5530 EXPUNGEISSUED) and the view heals
+/// at the next command that may send EXPUNGE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_expunged_elsewhere_does_not_fail_fetch_or_search() {
+    let h = harness().await;
+    let mut a = logged_in(&h).await;
+    let mut b = logged_in(&h).await;
+    for c in [&mut a, &mut b] {
+        c.send("s SELECT INBOX\r\n").await;
+        c.until("s").await;
+    }
+    a.send("x STORE 2 +FLAGS (\\Deleted)\r\ny EXPUNGE\r\n").await;
+    let r = a.until("y").await;
+    assert!(r.contains(&"* 2 EXPUNGE".to_string()), "{r:?}");
+
+    b.send("f FETCH 1:3 (UID BODY.PEEK[TEXT])\r\n").await;
+    let r = b.until("f").await;
+    let joined = r.join("\n");
+    assert!(joined.contains("* 1 FETCH") && joined.contains("* 3 FETCH"), "{joined}");
+    assert!(joined.contains("body 0") && joined.contains("body 2"), "{joined}");
+    assert!(!joined.contains("* 2 FETCH"), "{joined}");
+    assert!(
+        r.last().expect("line").starts_with("f NO [EXPUNGEISSUED]"),
+        "{r:?}"
+    );
+
+    b.send("g SEARCH BODY body\r\n").await;
+    let r = b.until("g").await;
+    assert_eq!(r[0], "* SEARCH 1 3", "{r:?}");
+    assert!(r.last().expect("line").starts_with("g OK"), "{r:?}");
+
+    // The view heals at the next command allowed to send EXPUNGE.
+    b.send("n NOOP\r\n").await;
+    let r = b.until("n").await;
+    assert!(r.contains(&"* 2 EXPUNGE".to_string()), "{r:?}");
+    b.send("h FETCH 1:2 (UID)\r\n").await;
+    let r = b.until("h").await;
+    assert!(r.last().expect("line").starts_with("h OK"), "{r:?}");
+}

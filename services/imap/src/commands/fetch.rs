@@ -252,7 +252,11 @@ async fn summaries(
         }
         let raw = match blobs.get(uid) {
             Some(b) => b.clone(),
-            None => sel.read_body(stores, *uid).await?,
+            // Expunged by another session: nothing to summarise.
+            None => match sel.read_body_if_present(stores, *uid).await? {
+                Some(b) => b,
+                None => continue,
+            },
         };
         let summary = tokio::task::spawn_blocking(move || mailfleet_mime::analyze(&raw))
             .await
@@ -403,12 +407,20 @@ impl Session {
         if start < targets.len() {
             batches.push(&targets[start..]);
         }
+        let mut gone: std::collections::HashSet<Uid> = std::collections::HashSet::new();
         for batch in batches {
             let uids: Vec<Uid> = batch.iter().map(|(_, u)| *u).collect();
             let mut blobs: HashMap<Uid, Bytes> = HashMap::new();
             if need.blob {
                 for (_, u) in batch {
-                    blobs.insert(*u, sel.read_body(&self.stores, *u).await?);
+                    match sel.read_body_if_present(&self.stores, *u).await? {
+                        Some(b) => {
+                            blobs.insert(*u, b);
+                        }
+                        None => {
+                            gone.insert(*u);
+                        }
+                    }
                 }
             }
             let summaries = if need.summary {
@@ -418,6 +430,12 @@ impl Session {
             };
             for (seq, u) in batch {
                 let Some(m) = sel.by_seq(*seq) else { continue };
+                if gone.contains(u) || (need.summary && !summaries.contains_key(u)) {
+                    // Expunged by another session since the view was refreshed: left
+                    // out, and the command ends NO [EXPUNGEISSUED] (RFC 2180 §4.1.2).
+                    gone.insert(*u);
+                    continue;
+                }
                 let raw = blobs.get(u);
                 let summary = summaries.get(u);
                 let mut data = Vec::with_capacity(items.len());
@@ -451,6 +469,16 @@ impl Session {
         }
         // FETCH must not renumber (RFC 9051 §7.5.1), UID FETCH may.
         out.extend(self.pending_updates(uid).await?);
+        if !gone.is_empty() {
+            // RFC 2180 §4.1.2 with RFC 5530's code: what exists was sent; the client learns
+            // of the expunge at its next NOOP (or in this very reply for UID FETCH).
+            out.push(response::no(
+                &tag,
+                response::code("EXPUNGEISSUED"),
+                "Some messages were also expunged",
+            ));
+            return Ok(Outcome::done(out));
+        }
         out.push(response::ok(
             &tag,
             None,

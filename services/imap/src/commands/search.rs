@@ -217,8 +217,10 @@ impl Session {
         let parser = MessageParser::default();
         for (i, m) in sel.messages().iter().enumerate() {
             let seq = i as u32 + 1;
+            // A message another session expunged since the last refresh has no body to
+            // look at: it matches what its flags and numbers match, and no text key.
             let raw = if parse {
-                Some(sel.read_body(stores, m.uid).await?)
+                sel.read_body_if_present(stores, m.uid).await?
             } else {
                 None
             };
