@@ -486,15 +486,22 @@ async fn a_message_expunged_elsewhere_does_not_fail_fetch_or_search() {
         c.send("s SELECT INBOX\r\n").await;
         c.until("s").await;
     }
-    a.send("x STORE 2 +FLAGS (\\Deleted)\r\ny EXPUNGE\r\n").await;
+    a.send("x STORE 2 +FLAGS (\\Deleted)\r\ny EXPUNGE\r\n")
+        .await;
     let r = a.until("y").await;
     assert!(r.contains(&"* 2 EXPUNGE".to_string()), "{r:?}");
 
     b.send("f FETCH 1:3 (UID BODY.PEEK[TEXT])\r\n").await;
     let r = b.until("f").await;
     let joined = r.join("\n");
-    assert!(joined.contains("* 1 FETCH") && joined.contains("* 3 FETCH"), "{joined}");
-    assert!(joined.contains("body 0") && joined.contains("body 2"), "{joined}");
+    assert!(
+        joined.contains("* 1 FETCH") && joined.contains("* 3 FETCH"),
+        "{joined}"
+    );
+    assert!(
+        joined.contains("body 0") && joined.contains("body 2"),
+        "{joined}"
+    );
     assert!(!joined.contains("* 2 FETCH"), "{joined}");
     assert!(
         r.last().expect("line").starts_with("f NO [EXPUNGEISSUED]"),
