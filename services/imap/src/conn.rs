@@ -409,6 +409,13 @@ pub async fn serve_connection(
                     return Ok(());
                 }
             }
+            Next::Fetch => loop {
+                let (batch, last) = session.fetch_step().await;
+                conn.write(&batch).await?;
+                if last {
+                    break;
+                }
+            },
             Next::Idle { tag } => {
                 if !idle(&mut conn, &mut session, tag, &mut shutdown).await? {
                     return Ok(());
