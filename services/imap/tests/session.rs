@@ -521,3 +521,30 @@ async fn a_message_expunged_elsewhere_does_not_fail_fetch_or_search() {
     let r = b.until("h").await;
     assert!(r.last().expect("line").starts_with("h OK"), "{r:?}");
 }
+
+/// Past the list: SEARCH key counts and SORT criteria are capped (each multiplies the work
+/// per message), with BAD.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_keys_and_sort_criteria_are_capped() {
+    let h = harness().await;
+    let mut c = logged_in(&h).await;
+    c.send("s SELECT INBOX\r\n").await;
+    c.until("s").await;
+    c.send(&format!("a SEARCH{}\r\n", " ALL".repeat(1001)))
+        .await;
+    let r = c.until("a").await;
+    assert!(r.last().expect("line").starts_with("a BAD"), "{r:?}");
+    c.send(&format!("b SEARCH{}\r\n", " ALL".repeat(100))).await;
+    let r = c.until("b").await;
+    assert_eq!(r[0], "* SEARCH 1 2 3");
+    c.send(&format!(
+        "c SORT ({}) UTF-8 ALL\r\n",
+        ["SIZE"; 17].join(" ")
+    ))
+    .await;
+    let r = c.until("c").await;
+    assert!(r.last().expect("line").starts_with("c BAD"), "{r:?}");
+    c.send("d SORT (REVERSE SIZE ARRIVAL) UTF-8 ALL\r\n").await;
+    let r = c.until("d").await;
+    assert!(r.last().expect("line").starts_with("d OK"), "{r:?}");
+}
