@@ -52,6 +52,42 @@ pub fn in_set(set: &SequenceSet, value: u32, largest: u32) -> bool {
     })
 }
 
+/// A sequence set resolved against its `*` into sorted, merged ranges, so membership is a
+/// binary search: a client-sent set of thousands of ranges costs log(ranges) per message,
+/// not ranges × messages.
+pub struct SetIndex(Vec<(u32, u32)>);
+
+impl SetIndex {
+    pub fn new(set: &SequenceSet, largest: u32) -> Self {
+        let mut ranges: Vec<(u32, u32)> = set
+            .0
+            .as_ref()
+            .iter()
+            .map(|s| match *s {
+                Sequence::Single(v) => (bound(v, largest), bound(v, largest)),
+                Sequence::Range(a, b) => {
+                    let (a, b) = (bound(a, largest), bound(b, largest));
+                    (a.min(b), a.max(b))
+                }
+            })
+            .collect();
+        ranges.sort_unstable();
+        let mut merged: Vec<(u32, u32)> = Vec::with_capacity(ranges.len());
+        for (a, b) in ranges {
+            match merged.last_mut() {
+                Some((_, end)) if a <= end.saturating_add(1) => *end = (*end).max(b),
+                _ => merged.push((a, b)),
+            }
+        }
+        Self(merged)
+    }
+
+    pub fn contains(&self, value: u32) -> bool {
+        let i = self.0.partition_point(|(_, end)| *end < value);
+        self.0.get(i).is_some_and(|(start, _)| *start <= value)
+    }
+}
+
 /// Resolves a sequence set (of sequence numbers, or of UIDs with `uid`) against the view:
 /// the matching messages' sequence numbers and UIDs, in mailbox order. Numbers that match no
 /// message are ignored (for UIDs as RFC 9051 requires; for sequence numbers the caller checks
@@ -62,13 +98,14 @@ pub fn resolve(sel: &Selected, set: &SequenceSet, uid: bool) -> Vec<(u32, Uid)> 
     } else {
         sel.len()
     };
+    let index = SetIndex::new(set, largest);
     sel.messages()
         .iter()
         .enumerate()
         .filter_map(|(i, m)| {
             let seq = i as u32 + 1;
             let key = if uid { m.uid.0 } else { seq };
-            in_set(set, key, largest).then_some((seq, m.uid))
+            index.contains(key).then_some((seq, m.uid))
         })
         .collect()
 }
@@ -240,6 +277,28 @@ mod tests {
         assert!(list_match("inbox", "INBOX"));
         assert!(list_match("In%", "INBOX"));
         assert!(!list_match("Sent", "Sent/2024"));
+    }
+
+    #[test]
+    fn set_index_agrees_with_in_set() {
+        let text: Vec<String> = (0..3000u32)
+            .map(|i| match i % 3 {
+                0 => format!("{}", i * 7 + 1),
+                1 => format!("{}:{}", i * 7 + 10, i * 7 + 3),
+                _ => "*".to_string(),
+            })
+            .collect();
+        let set = SequenceSet::try_from(text.join(",").as_str()).expect("set");
+        for largest in [1u32, 500, 30_000] {
+            let index = SetIndex::new(&set, largest);
+            for v in 1..=largest.max(25_000) {
+                assert_eq!(
+                    index.contains(v),
+                    in_set(&set, v, largest),
+                    "{v} / {largest}"
+                );
+            }
+        }
     }
 
     #[test]
