@@ -101,6 +101,15 @@ impl Conn {
         self.io.flush().await
     }
 
+    /// Largest command other than APPEND after login, literals included: the configured
+    /// command size (`max_command` is that plus the APPEND limit).
+    fn command_limit(&self) -> usize {
+        self.limits
+            .max_command
+            .saturating_sub(self.limits.max_literal)
+            .max(1024) as usize
+    }
+
     /// Reads until a whole message (command line with its literals) is framed.
     ///
     /// Before login (`authenticated` false) literals are limited to [`PREAUTH_MAX_LITERAL`]
@@ -124,6 +133,15 @@ impl Conn {
                     .await?;
                 return Ok(Input::Close);
             }
+            if authenticated
+                && self.frag.message_bytes().len() > self.command_limit()
+                && !is_append(self.frag.message_bytes())
+            {
+                // Only APPEND may be as large as a message; anything else this long is
+                // not a command a client sends, and is not buffered further.
+                self.write(&[response::bye("Command too long")]).await?;
+                return Ok(Input::Close);
+            }
             match progress {
                 Some(FragmentInfo::Line {
                     announcement: Some(LiteralAnnouncement { mode, length }),
@@ -134,10 +152,7 @@ impl Conn {
                     } else if is_append(self.frag.message_bytes()) {
                         self.limits.max_literal
                     } else {
-                        self.limits
-                            .max_command
-                            .saturating_sub(self.limits.max_literal)
-                            .max(1024)
+                        self.command_limit() as u32
                     };
                     if length > allowed {
                         match mode {

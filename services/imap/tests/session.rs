@@ -548,3 +548,22 @@ async fn search_keys_and_sort_criteria_are_capped() {
     let r = c.until("d").await;
     assert!(r.last().expect("line").starts_with("d OK"), "{r:?}");
 }
+
+/// Issue 9 item 2: after login the APPEND limit is for APPEND only; any other command is
+/// held to the command limit (8 KiB here) even without literals, and a longer one closes
+/// the connection rather than being buffered up to the APPEND limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_line_over_the_command_limit_closes_after_login() {
+    let h = harness().await;
+    let mut c = logged_in(&h).await;
+    c.send(&format!("x SEARCH SUBJECT \"{}\"\r\n", "a".repeat(6000)))
+        .await;
+    let r = c.until("x").await;
+    assert!(r.last().expect("line").starts_with("x BAD"), "{r:?}");
+    c.send(&format!("y SEARCH SUBJECT \"{}\"\r\n", "a".repeat(10_000)))
+        .await;
+    let lines = tokio::time::timeout(Duration::from_secs(10), until_closed(&mut c))
+        .await
+        .expect("the connection is closed");
+    assert!(lines.iter().any(|l| l.starts_with("* BYE")), "{lines:?}");
+}
