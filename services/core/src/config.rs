@@ -61,6 +61,10 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Seconds sessions are given to finish after a shutdown signal.
     pub shutdown_grace_secs: u64,
+    /// Most simultaneous connections from one client address (IPv6: one /64) across every
+    /// listener of this node; past it a connection gets the protocol's "too busy" line
+    /// and is closed. 0 = no limit.
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for ServerConfig {
@@ -69,6 +73,7 @@ impl Default for ServerConfig {
             hostname: "localhost".into(),
             data_dir: PathBuf::from("./mailfleet-data"),
             shutdown_grace_secs: 30,
+            max_connections_per_ip: 100,
         }
     }
 }
