@@ -323,6 +323,9 @@ pub struct SmtpConfig {
     pub command_timeout_secs: u64,
     /// Seconds to wait for each block of DATA/BDAT (§4.5.3.2.5 data block: 3 minutes).
     pub data_timeout_secs: u64,
+    /// Seconds the whole of one message (DATA to its final dot, or one BDAT chunk) may
+    /// take, however the client spreads its bytes.
+    pub data_deadline_secs: u64,
     /// Whether `STARTTLS` is offered on plain listeners.
     pub starttls: bool,
 }
@@ -341,6 +344,7 @@ impl Default for SmtpConfig {
             max_connections: 2000,
             command_timeout_secs: 300,
             data_timeout_secs: 180,
+            data_deadline_secs: 900,
             starttls: true,
         }
     }

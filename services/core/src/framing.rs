@@ -229,8 +229,8 @@ mod tests {
     #[tokio::test]
     async fn pipelined_replies_wait_for_a_client_that_does_not_read() {
         let (mut client, server) = tokio::io::duplex(8 * 1024);
-        let mut s = LineStream::new(Box::new(server), 512)
-            .with_write_timeout(Duration::from_millis(300));
+        let mut s =
+            LineStream::new(Box::new(server), 512).with_write_timeout(Duration::from_millis(300));
         let commands = b"RETR 1\r\n".repeat(400);
         let writer = tokio::spawn(async move {
             // The duplex buffer fills once the server stops reading; the write then waits.
@@ -252,7 +252,10 @@ mod tests {
         };
         let err = outcome.expect("the flush gives up on a client that does not read");
         assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
-        assert_eq!(served, 1, "no second command is read while the first reply waits");
+        assert_eq!(
+            served, 1,
+            "no second command is read while the first reply waits"
+        );
         assert!(s.out_high_water() <= FLUSH_AT + reply.len());
         writer.abort();
     }
@@ -261,7 +264,10 @@ mod tests {
     async fn pipelined_small_replies_still_leave_together() {
         let (mut client, server) = tokio::io::duplex(64 * 1024);
         let mut s = LineStream::new(Box::new(server), 512);
-        client.write_all(b"NOOP\r\nNOOP\r\nNOOP\r\n").await.expect("w");
+        client
+            .write_all(b"NOOP\r\nNOOP\r\nNOOP\r\n")
+            .await
+            .expect("w");
         for _ in 0..3 {
             assert!(matches!(s.read_line(far()).await, LineRead::Line(_)));
             s.queue(b"+OK\r\n");

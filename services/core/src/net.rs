@@ -260,7 +260,10 @@ mod tests {
         let b: IpAddr = "2001:db8:1:2:ffff::9".parse().expect("ip");
         assert_eq!(PerIpLimit::key(a), PerIpLimit::key(b));
         let mapped: IpAddr = "::ffff:192.0.2.7".parse().expect("ip");
-        assert_eq!(PerIpLimit::key(mapped), "192.0.2.7".parse::<IpAddr>().expect("ip"));
+        assert_eq!(
+            PerIpLimit::key(mapped),
+            "192.0.2.7".parse::<IpAddr>().expect("ip")
+        );
         let limit = PerIpLimit::new(1);
         let g = limit.try_acquire(a).expect("first");
         assert!(limit.try_acquire(b).is_none(), "same /64");
@@ -296,7 +299,8 @@ mod tests {
         }));
         async fn greet(src: &str, dst: SocketAddr) -> String {
             let sock = tokio::net::TcpSocket::new_v4().expect("socket");
-            sock.bind(format!("{src}:0").parse().expect("src")).expect("bind");
+            sock.bind(format!("{src}:0").parse().expect("src"))
+                .expect("bind");
             let mut s = sock.connect(dst).await.expect("connect");
             let mut buf = [0u8; 16];
             let n = s.read(&mut buf).await.expect("read");
@@ -310,8 +314,16 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(greet("127.0.0.1", addr).await, "HELLO\r\n");
         }
-        assert_eq!(greet("127.0.0.1", addr).await, "BUSY\r\n", "fourth from one address");
-        assert_eq!(greet("127.0.0.2", addr).await, "HELLO\r\n", "another address gets in");
+        assert_eq!(
+            greet("127.0.0.1", addr).await,
+            "BUSY\r\n",
+            "fourth from one address"
+        );
+        assert_eq!(
+            greet("127.0.0.2", addr).await,
+            "HELLO\r\n",
+            "another address gets in"
+        );
         assert_eq!(per_ip.current("127.0.0.1".parse().expect("ip")), 3);
     }
 }

@@ -62,6 +62,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         max_message_size: smtp.max_message_size,
         command_timeout: Duration::from_secs(smtp.command_timeout_secs),
         data_timeout: Duration::from_secs(smtp.data_timeout_secs),
+        data_deadline: Duration::from_secs(smtp.data_deadline_secs),
         tls_handshake_timeout: Duration::from_secs(30),
     };
     let pipeline = Pipeline::new(stores.clone(), config.server.hostname.clone());

@@ -124,6 +124,7 @@ impl Harness {
             max_message_size: 1024 * 1024,
             command_timeout: Duration::from_secs(30),
             data_timeout: Duration::from_secs(30),
+            data_deadline: Duration::from_secs(900),
             tls_handshake_timeout: Duration::from_secs(5),
         };
         tokio::spawn(serve_connection(
