@@ -2,7 +2,7 @@
 """Hostile load: attackers against one embedded server while honest clients work.
 
 Starts a release `mailfleet serve` (embedded mode, fresh data directory), provisions an
-honest user with 500 messages of 10 KB and an attacker account with 4 messages of 1 MiB,
+honest user with 500 messages of 10 KB and four attacker accounts with 4 messages of 1 MiB each,
 then runs `hostile-load`: a baseline phase with only the honest IMAP and SMTP clients, then
 an attack phase with pipelined RETR and `FETCH 1:* BODY[]` that never read, slowloris
 senders, a login flood against the honest user's name and 1 MiB pre-auth lines, beside the
@@ -31,11 +31,13 @@ sys.path.insert(0, str(REPO / "tests" / "e2e"))
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR", Path.home() / ".cache/mailfleet/target"))
 RELEASE = TARGET / "release"
 os.environ.setdefault("MAILFLEET_BIN", str(RELEASE / "mailfleet"))
+HOSTILE_LOAD = os.environ.get("HOSTILE_LOAD_BIN", str(RELEASE / "hostile-load"))
 
 from conftest import PASSWORD, Server  # noqa: E402
 
 HONEST = "honest@example.test"
-ATTACKER = "attacker@example.test"
+ATTACKERS = 4  # POP3 locks a maildrop per session: one account per POP3 attacker
+ATTACKER = "attacker{n}@example.test"
 ENV = {
     "MAILFLEET_LOG__LEVEL": "warn",
     "MAILFLEET_IMAP__ALLOW_PLAINTEXT_AUTH": "true",
@@ -47,11 +49,12 @@ ENV = {
 
 def seed(server: Server, rcpt: str, count: int, size: int):
     body = ("x" * 76 + "\r\n") * (size // 78)
-    with smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=60) as s:
-        for i in range(count):
-            msg = (f"From: seed@load.test\r\nTo: {rcpt}\r\nSubject: seed {i}\r\n"
-                   f"Message-ID: <seed{i}.{time.time()}@load.test>\r\n\r\n{body}")
-            s.sendmail("seed@load.test", [rcpt], msg.encode())
+    for start in range(0, count, 50):  # under smtp.max_messages_per_session
+        with smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=60) as s:
+            for i in range(start, min(count, start + 50)):
+                msg = (f"From: seed@load.test\r\nTo: {rcpt}\r\nSubject: seed {i}\r\n"
+                       f"Message-ID: <seed{i}.{time.time()}@load.test>\r\n\r\n{body}")
+                s.sendmail("seed@load.test", [rcpt], msg.encode())
 
 
 def main():
@@ -63,15 +66,17 @@ def main():
     with tempfile.TemporaryDirectory(prefix="mfhostile-") as tmp:
         server = Server(Path(tmp) / "data", ENV)
         server.cli("domain", "add", "example.test")
-        for user in (HONEST, ATTACKER):
+        attackers = [ATTACKER.replace("{n}", str(i)) for i in range(ATTACKERS)]
+        for user in (HONEST, *attackers):
             server.cli("user", "add", user, "--password-stdin", stdin=PASSWORD + "\n")
         server.start()
         try:
             seed(server, HONEST, 500, 10 * 1024)
-            seed(server, ATTACKER, 4, 1 << 20)
+            for user in attackers:
+                seed(server, user, 4, 1 << 20)
             env = {**os.environ, "HOSTILE_LOAD_PASSWORD": PASSWORD}
             r = subprocess.run(
-                [str(RELEASE / "hostile-load"),
+                [HOSTILE_LOAD,
                  "--imap", f"127.0.0.1:{server.imap_port}",
                  "--pop3", f"127.0.0.1:{server.pop3_port}",
                  "--smtp", f"127.0.0.1:{server.smtp_port}",

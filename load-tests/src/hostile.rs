@@ -82,7 +82,9 @@ pub struct HostileConfig {
     /// The honest user (IMAP session, SMTP recipient, and the name the login flood aims at).
     pub honest_user: String,
     pub honest_password: String,
-    /// The attackers' own account (its INBOX should hold a few large messages).
+    /// The attackers' own account (its INBOX should hold a few large messages); `{n}` is
+    /// replaced by the attacker's number within its kind (POP3 allows one session per
+    /// maildrop, so several POP3 attackers need several accounts).
     pub attacker_user: String,
     pub attacker_password: String,
     /// Length of each phase.
@@ -422,7 +424,11 @@ async fn honest_smtp(cfg: HostileConfig, until: Instant) -> anyhow::Result<(Hist
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         }
-        while Instant::now() < until {
+        // A fresh session every 50 messages, under the server's per-session cap.
+        for _ in 0..50 {
+            if Instant::now() >= until {
+                break;
+            }
             seq += 1;
             let (wire, _) = template.wire(seq, std::time::SystemTime::now());
             let start = Instant::now();
@@ -616,7 +622,7 @@ async fn attack_once(
             read_line(&mut s).await?;
             let login = format!(
                 "a LOGIN {} {}\r\n",
-                quote(&cfg.attacker_user),
+                quote(&cfg.attacker_user.replace("{n}", &index.to_string())),
                 quote(&cfg.attacker_password)
             );
             s.write_all(login.as_bytes()).await?;
