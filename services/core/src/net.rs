@@ -185,7 +185,7 @@ impl AcceptLoop {
                 a = self.listener.accept() => a,
                 _ = shutdown.wait() => break,
             };
-            let (mut stream, peer) = match accepted {
+            let (stream, peer) = match accepted {
                 Ok(x) => {
                     backoff = Duration::from_millis(10);
                     x
