@@ -35,6 +35,7 @@ pub type Outcome = String;
 pub enum Target {
     SmtpCommand,
     SmtpData,
+    SmtpSession,
     ImapCodec,
     Pop3Command,
     MimeSummary,
@@ -43,9 +44,10 @@ pub enum Target {
 }
 
 impl Target {
-    pub const ALL: [Target; 7] = [
+    pub const ALL: [Target; 8] = [
         Target::SmtpCommand,
         Target::SmtpData,
+        Target::SmtpSession,
         Target::ImapCodec,
         Target::Pop3Command,
         Target::MimeSummary,
@@ -58,6 +60,7 @@ impl Target {
         match self {
             Target::SmtpCommand => "smtp_command",
             Target::SmtpData => "smtp_data",
+            Target::SmtpSession => "smtp_session",
             Target::ImapCodec => "imap_codec",
             Target::Pop3Command => "pop3_command",
             Target::MimeSummary => "mime_summary",
@@ -75,6 +78,7 @@ impl Target {
         match self {
             Target::SmtpCommand => smtp::command(input),
             Target::SmtpData => smtp::data(input),
+            Target::SmtpSession => smtp::session(input),
             Target::ImapCodec => imap::codec(input),
             Target::Pop3Command => pop3::command(input),
             Target::MimeSummary => mime::summary(input),

@@ -104,3 +104,104 @@ pub fn data(input: &[u8]) -> crate::Outcome {
         None => "incomplete".into(),
     }
 }
+
+/// The inbound (MX) session: the bytes as one client's stream through the connection
+/// driver and session state machine, over an in-memory pipe, against a fresh embedded store
+/// with one hosted domain. The session must end once the client has sent everything and
+/// closed, without panicking, and every byte it sends must be a well-formed reply line.
+pub fn session(input: &[u8]) -> crate::Outcome {
+    use mailfleet_core::shutdown::Shutdown;
+    use mailfleet_smtp::inbound::{serve_connection, ConnLimits, Session, SessionConfig};
+    use mailfleet_smtp::pipeline::Pipeline;
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => panic!("harness: no runtime: {e}"),
+    };
+    let output = rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("harness: tempdir: {e}"));
+        let stores = mailfleet_storage::embedded::open(dir.path(), 16)
+            .unwrap_or_else(|e| panic!("harness: store: {e}"));
+        stores
+            .meta
+            .create_domain("example.test")
+            .await
+            .unwrap_or_else(|e| panic!("harness: domain: {e}"));
+        stores
+            .meta
+            .create_account("alice@example.test", "x", 0)
+            .await
+            .unwrap_or_else(|e| panic!("harness: account: {e}"));
+        let cfg = Arc::new(SessionConfig {
+            hostname: "mx.example.test".into(),
+            max_message_size: 64 * 1024,
+            max_recipients: 100,
+            max_errors: 10,
+            max_messages: 100,
+            max_messages_per_ip_per_minute: 0,
+            starttls: false,
+        });
+        let limits = ConnLimits {
+            max_line: 4096,
+            max_message_size: 64 * 1024,
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(180),
+            data_deadline: Duration::from_secs(600),
+            tls_handshake_timeout: Duration::from_secs(10),
+        };
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let session = Session::new(
+            cfg,
+            Pipeline::new(stores.clone(), "mx.example.test"),
+            std::net::IpAddr::from([192, 0, 2, 7]),
+        );
+        let task = tokio::spawn(serve_connection(
+            Box::new(server),
+            session,
+            limits,
+            None,
+            Shutdown::never(),
+        ));
+        let (mut r, mut w) = tokio::io::split(client);
+        let input = input.to_vec();
+        let writer = tokio::spawn(async move {
+            // The server may close first (QUIT, too many errors): a failed write is normal.
+            let _ = w.write_all(&input).await;
+            let _ = w.shutdown().await;
+        });
+        let mut out = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(30), r.read_to_end(&mut out)).await;
+        assert!(
+            read.is_ok(),
+            "the session did not end after the client closed"
+        );
+        let _ = writer.await;
+        match task.await {
+            Ok(_) => {}
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => panic!("session task failed: {e}"),
+        }
+        out
+    });
+    let mut codes = Vec::new();
+    for line in output.split_inclusive(|b| *b == b'\n') {
+        assert!(line.ends_with(b"\r\n"), "reply line {line:?} ends in CRLF");
+        let body = &line[..line.len() - 2];
+        assert!(!body.contains(&b'\r'), "no bare CR in {line:?}");
+        assert!(
+            body.len() >= 4
+                && body[..3].iter().all(u8::is_ascii_digit)
+                && matches!(body[3], b' ' | b'-'),
+            "{line:?} is not a reply line"
+        );
+        codes.push(String::from_utf8_lossy(&body[..3]).into_owned());
+    }
+    codes.dedup();
+    codes.join(",")
+}
