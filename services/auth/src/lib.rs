@@ -14,10 +14,12 @@
 //! - **TOTP** ([`totp`]): once an account has a TOTP secret, its main password is refused
 //!   for every login through this entry point (protocol logins carry no second factor);
 //!   only app passwords open it. A web login with a code will use its own entry point.
-//! - **Throttling** ([`throttle`]): failures are counted per IP (IPv6 per /64) and per user
-//!   name through the [`mailfleet_storage::Coordinator`]; each failure delays the next
-//!   attempt from that address more, and past a limit the address or name is refused with
-//!   [`AuthError::Throttled`] until the window ends. Another address is not affected.
+//! - **Throttling** ([`throttle`]): attempts are counted before they are verified, per IP
+//!   (IPv6 per /64) and per user name, through the [`mailfleet_storage::Coordinator`];
+//!   successes give their count back. Each failure delays the next attempt from that
+//!   address more, and past a limit the address or name is refused with
+//!   [`AuthError::Throttled`] until the window ends. Another address is not affected, and
+//!   networks a user logged in from recently are not locked out by the per-name limit.
 //!
 //! Protocols decode credentials with [`sasl`] and map [`AuthError`] to their replies:
 //! `InvalidCredentials` to "authentication failed", `Throttled` and `TemporaryFailure` to
@@ -300,7 +302,8 @@ impl Authenticator {
         let username = normalize_username(req.username);
         let limits = &self.inner.policy.limits;
         let coord = self.inner.stores.coord.as_ref();
-        match throttle::gate(coord, limits, req.remote_ip, &username)
+        // Counted before verifying, so parallel attempts cannot all slip under the limit.
+        let reservation = match throttle::reserve(coord, limits, req.remote_ip, &username)
             .await
             .map_err(temporary)?
         {
@@ -313,11 +316,24 @@ impl Authenticator {
                 );
                 return Err(AuthError::Throttled { retry_after });
             }
-            throttle::Gate::Proceed(delay) if !delay.is_zero() => tokio::time::sleep(delay).await,
-            throttle::Gate::Proceed(_) => {}
-        }
-        match self.check(&username, req.password).await? {
+            throttle::Gate::Proceed { delay, reservation } => {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                reservation
+            }
+        };
+        let checked = match self.check(&username, req.password).await {
+            Ok(c) => c,
+            Err(e) => {
+                // Nothing was decided: the attempt does not count as a failure.
+                throttle::release(coord, limits, reservation).await;
+                return Err(e);
+            }
+        };
+        match checked {
             Ok((account, how)) => {
+                throttle::succeeded(coord, limits, reservation, req.remote_ip, &username).await;
                 let method = match &how {
                     Verified::Main => "password".to_string(),
                     Verified::App(a) => format!("app password {:?}", a.name),
@@ -336,10 +352,9 @@ impl Authenticator {
             }
             Err(failure) => {
                 let known = !matches!(failure, Failure::UnknownUser);
-                // Unknown names are counted too: they are what a guessing run tries.
-                throttle::record_failure(coord, limits, req.remote_ip, Some(&username))
-                    .await
-                    .map_err(temporary)?;
+                // The reservation stays as the counted failure. Unknown names are counted
+                // too: they are what a guessing run tries.
+                drop(reservation);
                 tracing::warn!(
                     protocol = req.protocol.as_str(),
                     ip = %req.remote_ip,

@@ -343,3 +343,96 @@ async fn hashing_never_runs_on_async_workers() {
         "timer stalled {worst:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_guesses_from_one_address_verify_at_most_the_limit() {
+    // 50 wrong passwords at once from one address with a limit of 5: the counter is taken
+    // before verifying, so no more than 5 of them get an argon2id verification (reading
+    // the counter first and counting after let all 50 through).
+    let f = fixture().await;
+    let auth = Authenticator::new(f.stores.clone(), policy(5, 1000, 0));
+    let attempts: Vec<_> = (0..50)
+        .map(|_| {
+            let a = auth.clone();
+            tokio::spawn(async move {
+                a.authenticate(req("alice@example.test", "guess-guess", "198.51.100.77"))
+                    .await
+            })
+        })
+        .collect();
+    let mut refused = 0;
+    for a in attempts {
+        match a.await.expect("join") {
+            Err(AuthError::Throttled { .. }) => refused += 1,
+            Err(AuthError::InvalidCredentials) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(
+        auth.verifications() <= 5,
+        "{} verifications for a limit of 5",
+        auth.verifications()
+    );
+    assert_eq!(refused, 50 - auth.verifications());
+    // The address stays refused, even with the right password.
+    assert!(matches!(
+        auth.authenticate(req("alice@example.test", PASSWORD, "198.51.100.77"))
+            .await,
+        Err(AuthError::Throttled { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn successful_logins_do_not_use_up_the_limit() {
+    // Successes are not failures: ten good logins from one address with a limit of 2
+    // leave it free, and a failure afterwards is the first one counted.
+    let f = fixture().await;
+    let auth = Authenticator::new(f.stores.clone(), policy(2, 1000, 0));
+    for _ in 0..10 {
+        auth.authenticate(req("alice@example.test", PASSWORD, "192.0.2.60"))
+            .await
+            .expect("login");
+    }
+    assert_eq!(
+        auth.authenticate(req("bob@example.test", "wrong-password", "192.0.2.60"))
+            .await,
+        Err(AuthError::InvalidCredentials)
+    );
+    auth.authenticate(req("bob@example.test", PASSWORD, "192.0.2.60"))
+        .await
+        .expect("one failure is under the limit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_against_an_account_does_not_lock_out_its_known_addresses() {
+    let f = fixture().await;
+    let auth = Authenticator::new(f.stores.clone(), policy(1000, 4, 0));
+    // The owner has logged in from home before the attack.
+    let home = "203.0.113.20";
+    auth.authenticate(req("alice@example.test", PASSWORD, home))
+        .await
+        .expect("owner logs in");
+    // A stranger guesses from another network until the account-wide limit is hit.
+    for _ in 0..10 {
+        let _ = auth
+            .authenticate(req("alice@example.test", "guess-guess", "198.51.100.30"))
+            .await;
+    }
+    // The owner's address still gets in.
+    let a = auth
+        .authenticate(req("alice@example.test", PASSWORD, home))
+        .await
+        .expect("a known-good address is not locked out by a stranger");
+    assert_eq!(a.address, "alice@example.test");
+    // A new address for that account waits for the window to end, as documented: the
+    // account-wide limit exists to stop a guessing campaign spread over many addresses.
+    assert!(matches!(
+        auth.authenticate(req("alice@example.test", PASSWORD, "192.0.2.99"))
+            .await,
+        Err(AuthError::Throttled { .. })
+    ));
+    // The known address is known for this account only.
+    auth.authenticate(req("bob@example.test", PASSWORD, "192.0.2.99"))
+        .await
+        .expect("other accounts are unaffected");
+}

@@ -906,6 +906,30 @@ pub async fn coordinator(coord: &dyn Coordinator) {
     assert_eq!(coord.incr_counter(&ckey, w).await.expect("incr"), 1);
     assert_eq!(coord.incr_counter(&ckey, w).await.expect("incr"), 2);
     assert_eq!(coord.get_counter(&ckey, w).await.expect("get"), 2);
+    assert_eq!(coord.decr_counter(&ckey, w).await.expect("decr"), 1);
+    assert_eq!(coord.decr_counter(&ckey, w).await.expect("decr"), 0);
+    assert_eq!(
+        coord.decr_counter(&ckey, w).await.expect("decr"),
+        0,
+        "never below zero"
+    );
+    assert_eq!(coord.incr_counter(&ckey, w).await.expect("incr"), 1);
+    let never = unique("ctr:");
+    assert_eq!(coord.decr_counter(&never, w).await.expect("decr"), 0);
+    assert_eq!(coord.get_counter(&never, w).await.expect("get"), 0);
+
+    let mkey = unique("mark:");
+    assert!(!coord.is_marked(&mkey).await.expect("is_marked"));
+    coord
+        .mark(&mkey, Duration::from_millis(300))
+        .await
+        .expect("mark");
+    assert!(coord.is_marked(&mkey).await.expect("is_marked"));
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert!(
+        !coord.is_marked(&mkey).await.expect("is_marked"),
+        "markers expire"
+    );
 }
 
 /// App passwords, TOTP secrets and sender grants: per-account uniqueness, revocation, and

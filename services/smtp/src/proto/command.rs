@@ -252,12 +252,17 @@ impl Command {
     }
 }
 
+/// `s` without an ASCII `prefix` (compared without case), leading blanks trimmed.
+///
+/// Compares bytes, never slicing `s` by the prefix's length: a multibyte character can
+/// straddle that index (`MAIL FROMé`), and slicing a `str` inside a character panics.
 fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
-    if s.len() >= prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(prefix) {
-        Some(s[prefix.len()..].trim_start())
-    } else {
-        None
+    let head = s.as_bytes().get(..prefix.len())?;
+    if !head.eq_ignore_ascii_case(prefix.as_bytes()) {
+        return None;
     }
+    // The prefix is ASCII and matched, so `prefix.len()` is a character boundary.
+    s.get(prefix.len()..).map(str::trim_start)
 }
 
 /// Splits `<path> params` at the closing bracket.
@@ -342,6 +347,32 @@ mod tests {
 
     fn p(s: &str) -> Result<Command, CommandError> {
         Command::parse(s.as_bytes())
+    }
+
+    /// Issue 9 item 5: `MAIL FROMé…` sliced the line inside `é` and panicked the session
+    /// task. Every verb followed by multibyte characters at every split point of its
+    /// argument keyword must give an error or a command, never a panic.
+    #[test]
+    fn multibyte_characters_after_a_verb_never_panic() {
+        assert!(p("MAIL FROM\u{e9}:<a@b>").is_err());
+        assert!(p("RCPT TO\u{e9}<a@b>").is_err());
+        let chars = ["\u{e9}", "\u{20ac}", "\u{1f600}", "\u{7ff}", "\u{ffff}"];
+        let verbs = [
+            "EHLO", "HELO", "MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "QUIT", "VRFY", "HELP",
+            "STARTTLS", "AUTH", "XYZ",
+        ];
+        for verb in verbs {
+            for keyword in ["FROM:", "TO:", "", "1 ", "PLAIN "] {
+                for cut in 0..=keyword.len() {
+                    for c in chars {
+                        let line = format!("{verb} {}{c}{}<x@y>", &keyword[..cut], &keyword[cut..]);
+                        let _ = Command::parse(line.as_bytes());
+                        let line = format!("{verb}{c}{}", &keyword[..cut]);
+                        let _ = Command::parse(line.as_bytes());
+                    }
+                }
+            }
+        }
     }
 
     #[test]

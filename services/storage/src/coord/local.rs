@@ -20,6 +20,8 @@ pub struct LocalCoordinator {
     counters: Mutex<HashMap<String, (u64, u64)>>,
     /// Last token granted per key and when (for pruning after [`super::TOKEN_RETENTION`]).
     tokens: Mutex<HashMap<String, (u64, Instant)>>,
+    /// Markers and their expiry.
+    marks: Mutex<HashMap<String, Instant>>,
 }
 
 impl LocalCoordinator {
@@ -156,5 +158,32 @@ impl Coordinator for LocalCoordinator {
             Some((win, n)) if *win == w => *n,
             _ => 0,
         })
+    }
+
+    async fn decr_counter(&self, key: &str, window: Duration) -> StoreResult<u64> {
+        let w = window_index(window);
+        Ok(match lock(&self.counters).get_mut(key) {
+            Some((win, n)) if *win == w => {
+                *n = n.saturating_sub(1);
+                *n
+            }
+            _ => 0,
+        })
+    }
+
+    async fn mark(&self, key: &str, ttl: Duration) -> StoreResult<()> {
+        let now = Instant::now();
+        let mut marks = lock(&self.marks);
+        if marks.len() > 100_000 {
+            marks.retain(|_, until| *until > now);
+        }
+        marks.insert(key.to_string(), now + ttl);
+        Ok(())
+    }
+
+    async fn is_marked(&self, key: &str) -> StoreResult<bool> {
+        Ok(lock(&self.marks)
+            .get(key)
+            .is_some_and(|until| *until > Instant::now()))
     }
 }

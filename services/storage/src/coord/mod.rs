@@ -105,4 +105,13 @@ pub trait Coordinator: Send + Sync + 'static {
     async fn incr_counter(&self, key: &str, window: Duration) -> StoreResult<u64>;
     /// The counter's value in the current window, without adding.
     async fn get_counter(&self, key: &str, window: Duration) -> StoreResult<u64>;
+    /// Takes one back from the counter `key` in the current window (never below zero) and
+    /// returns the new count: undoes an [`Coordinator::incr_counter`] taken as a
+    /// reservation (login throttling counts an attempt before verifying it and gives the
+    /// count back when it succeeds). A window that ended in between is left alone.
+    async fn decr_counter(&self, key: &str, window: Duration) -> StoreResult<u64>;
+    /// Sets the marker `key` for `ttl` (again: the expiry moves to `ttl` from now).
+    async fn mark(&self, key: &str, ttl: Duration) -> StoreResult<()>;
+    /// Whether the marker `key` is set and not expired.
+    async fn is_marked(&self, key: &str) -> StoreResult<bool>;
 }

@@ -6,6 +6,7 @@
 //! lease:{key}           "holder|token", with a PX expiry: the lease itself
 //! lease-seq:{key}       the key's grant counter (fencing tokens), expires after TOKEN_RETENTION
 //! cnt:{key}:{window}    a fixed-window counter, expires after two windows
+//! mark:{key}            a marker ("1") with a PX expiry
 //! ```
 //!
 //! # Why Lua scripts for leases
@@ -84,6 +85,13 @@ if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return n
 "#;
 
+// Never below zero, and never creates a key (a window that ended stays ended).
+const DECR_WINDOW: &str = r#"
+local n = tonumber(redis.call('GET', KEYS[1]) or '0')
+if n <= 0 then return 0 end
+return redis.call('DECR', KEYS[1])
+"#;
+
 type Channels = Arc<Mutex<HashMap<AccountId, broadcast::Sender<MailboxEvent>>>>;
 
 pub struct RedisCoordinator {
@@ -96,6 +104,7 @@ pub struct RedisCoordinator {
     renew: Script,
     release: Script,
     incr: Script,
+    decr: Script,
     heartbeat: tokio::task::JoinHandle<()>,
     dispatcher: tokio::task::JoinHandle<()>,
 }
@@ -217,6 +226,7 @@ impl RedisCoordinator {
             renew: Script::new(RENEW),
             release: Script::new(RELEASE),
             incr: Script::new(INCR_WINDOW),
+            decr: Script::new(DECR_WINDOW),
             heartbeat,
             dispatcher,
         })
@@ -487,6 +497,45 @@ impl Coordinator for RedisCoordinator {
             )
             .await?;
         Ok(n.unwrap_or(0))
+    }
+
+    async fn decr_counter(&self, key: &str, window: Duration) -> StoreResult<u64> {
+        let w = window.as_millis().max(1) as u64;
+        let index = now_millis() / w;
+        let mut con = self.commands.clone();
+        let mut call = self.decr.prepare_invoke();
+        call.key(format!("{}cnt:{key}:{index}", self.prefix));
+        self.bounded("counter", call.invoke_async(&mut con)).await
+    }
+
+    async fn mark(&self, key: &str, ttl: Duration) -> StoreResult<()> {
+        let mut con = self.commands.clone();
+        let ms = ttl.as_millis().clamp(1, u64::MAX as u128) as u64;
+        let _: () = self
+            .bounded(
+                "mark",
+                redis::cmd("SET")
+                    .arg(format!("{}mark:{key}", self.prefix))
+                    .arg("1")
+                    .arg("PX")
+                    .arg(ms)
+                    .query_async(&mut con),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn is_marked(&self, key: &str) -> StoreResult<bool> {
+        let mut con = self.commands.clone();
+        let n: i64 = self
+            .bounded(
+                "mark",
+                redis::cmd("EXISTS")
+                    .arg(format!("{}mark:{key}", self.prefix))
+                    .query_async(&mut con),
+            )
+            .await?;
+        Ok(n > 0)
     }
 }
 

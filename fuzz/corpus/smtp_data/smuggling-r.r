@@ -1,0 +1,8 @@
+Subject: a
+
+first.MAIL FROM:<evil@x>
+RCPT TO:<v@y>
+DATA
+Subject: b
+
+.
