@@ -463,6 +463,7 @@ async fn store_unchangedsince_sees_another_sessions_change() {
         "A's change stands and B's store did not apply: {:?}",
         now.flags
     );
+}
 
 /// Reads lines until the server closes the connection; returns them.
 async fn until_closed(c: &mut Client) -> Vec<String> {
