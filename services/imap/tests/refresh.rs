@@ -170,9 +170,30 @@ impl MetadataStore for FailingMeta {
         self.check("store_flags")?;
         self.inner.store_flags(mailbox, uids, op, flags).await
     }
+    async fn store_flags_unchanged_since(
+        &self,
+        mailbox: MailboxId,
+        uids: &[Uid],
+        op: FlagOp,
+        flags: &Flags,
+        unchanged_since: ModSeq,
+    ) -> StoreResult<mailfleet_storage::metadata::ConditionalStore> {
+        self.check("store_flags")?;
+        self.inner
+            .store_flags_unchanged_since(mailbox, uids, op, flags, unchanged_since)
+            .await
+    }
     async fn expunge(&self, mailbox: MailboxId, uids: &[Uid]) -> StoreResult<Expunged> {
         self.check("expunge")?;
         self.inner.expunge(mailbox, uids).await
+    }
+    async fn expunge_deleted(
+        &self,
+        mailbox: MailboxId,
+        only: Option<&[Uid]>,
+    ) -> StoreResult<Expunged> {
+        self.check("expunge")?;
+        self.inner.expunge_deleted(mailbox, only).await
     }
     async fn changes_since(&self, mailbox: MailboxId, since: ModSeq) -> StoreResult<Vec<Change>> {
         self.check("changes_since")?;
@@ -235,9 +256,17 @@ impl MetadataStore for FailingMeta {
         self.check("orphaned_blobs")?;
         self.inner.orphaned_blobs(older_than, limit).await
     }
-    async fn claim_orphan(&self, id: &BlobId) -> StoreResult<bool> {
+    async fn claim_orphan(&self, id: &BlobId, older_than: i64) -> StoreResult<bool> {
         self.check("claim_orphan")?;
-        self.inner.claim_orphan(id).await
+        self.inner.claim_orphan(id, older_than).await
+    }
+    async fn finish_orphan(&self, id: &BlobId) -> StoreResult<()> {
+        self.check("finish_orphan")?;
+        self.inner.finish_orphan(id).await
+    }
+    async fn pin_blob(&self, id: &BlobId) -> StoreResult<()> {
+        self.check("pin_blob")?;
+        self.inner.pin_blob(id).await
     }
     async fn create_app_password(
         &self,
@@ -278,6 +307,10 @@ impl MetadataStore for FailingMeta {
     async fn totp_secret(&self, account: AccountId) -> StoreResult<Option<crate::TotpSecret>> {
         self.check("totp_secret")?;
         self.inner.totp_secret(account).await
+    }
+    async fn accept_totp_step(&self, account: AccountId, step: u64) -> StoreResult<bool> {
+        self.check("accept_totp_step")?;
+        self.inner.accept_totp_step(account, step).await
     }
     async fn grant_sender(&self, account: AccountId, address: &str) -> StoreResult<()> {
         self.check("grant_sender")?;
