@@ -621,7 +621,46 @@ pub enum ConfigError {
     Env { var: String, message: String },
 }
 
+/// What a secret shows as in [`Config::redacted`].
+pub const REDACTED: &str = "<redacted>";
+
+/// `url` with the password of its userinfo (`scheme://user:password@host`) replaced by
+/// [`REDACTED`]; a URL without a password is returned as it is.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    // The userinfo ends at the last '@' before the path.
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_string();
+    };
+    let userinfo = &rest[..at];
+    let user = match userinfo.split_once(':') {
+        Some((user, _)) => format!("{user}:{REDACTED}"),
+        None => userinfo.to_string(),
+    };
+    format!("{scheme}://{user}{}", &rest[at..])
+}
+
 impl Config {
+    /// A copy fit to print (`mailfleet check-config`) or log: the S3 secret key, the
+    /// ScyllaDB password and any password inside the Redis URL are replaced by
+    /// [`REDACTED`]. Empty secrets stay empty, so an operator can still see that none is set.
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        let hide = |s: &mut String| {
+            if !s.is_empty() {
+                *s = REDACTED.to_string();
+            }
+        };
+        hide(&mut c.storage.s3.secret_access_key);
+        hide(&mut c.storage.scylla.password);
+        c.storage.redis.url = redact_url(&c.storage.redis.url);
+        c.storage.s3.endpoint = redact_url(&c.storage.s3.endpoint);
+        c
+    }
+
     /// Loads `path` (if given) and applies `MAILFLEET_*` overrides from `env`.
     pub fn load(
         path: Option<&Path>,
@@ -941,6 +980,33 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    /// Issue 9 item 18: `check-config` printed the S3 secret key and passwords in URLs.
+    #[test]
+    fn redacted_config_hides_every_secret() {
+        let env = [
+            ("MAILFLEET_STORAGE__S3__SECRET_ACCESS_KEY", "s3-very-secret"),
+            ("MAILFLEET_STORAGE__SCYLLA__PASSWORD", "scylla-very-secret"),
+            (
+                "MAILFLEET_STORAGE__REDIS__URL",
+                "redis://app:redis-very-secret@10.0.0.5:6379/2",
+            ),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let c = Config::load(None, env).expect("config");
+        let printed = format!("{:#?}", c.redacted());
+        for secret in ["s3-very-secret", "scylla-very-secret", "redis-very-secret"] {
+            assert!(!printed.contains(secret), "{secret} printed");
+        }
+        assert!(printed.contains("redis://app:<redacted>@10.0.0.5:6379/2"));
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379/0"),
+            "redis://127.0.0.1:6379/0"
+        );
+        assert_eq!(redact_url("rediss://:pw@h:1"), "rediss://:<redacted>@h:1");
+        assert_eq!(redact_url("redis://user@h/0"), "redis://user@h/0");
+        assert_eq!(redact_url("redis://u:p@ss@h/0"), "redis://u:<redacted>@h/0");
     }
 
     #[test]

@@ -100,7 +100,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime.block_on(serve::run(config))
         }
         Command::CheckConfig => {
-            println!("{config:#?}");
+            // Secrets never reach a terminal or a CI log.
+            println!("{:#?}", config.redacted());
             Ok(())
         }
         Command::Domain(c) => runtime.block_on(admin::domain(&config, c, cli.json)),
