@@ -608,8 +608,15 @@ async fn attack_once(
             read_line(&mut s).await?;
             s.write_all(format!("PASS {}\r\n", cfg.attacker_password).as_bytes())
                 .await?;
-            if !read_line(&mut s).await?.starts_with("+OK") {
-                return Ok("login refused");
+            let answer = read_line(&mut s).await?;
+            if !answer.starts_with("+OK") {
+                // A defended server refuses in one of two ways: the maildrop is locked by
+                // this attacker's own earlier session, or logins from here are throttled.
+                return Ok(if answer.contains("IN-USE") {
+                    "maildrop in use"
+                } else {
+                    "login refused"
+                });
             }
             let msg = 1 + index % 4;
             let burst = format!("RETR {msg}\r\n").repeat(cfg.pipeline);
