@@ -252,11 +252,12 @@ impl Command {
     }
 }
 
+/// `s` without an ASCII `prefix` compared case-insensitively. `str::get` rather than
+/// slicing: the prefix length can fall inside a client's multibyte character.
 fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
-    if s.len() >= prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(prefix) {
-        Some(s[prefix.len()..].trim_start())
-    } else {
-        None
+    match (s.get(..prefix.len()), s.get(prefix.len()..)) {
+        (Some(head), Some(tail)) if head.eq_ignore_ascii_case(prefix) => Some(tail.trim_start()),
+        _ => None,
     }
 }
 
@@ -476,6 +477,46 @@ mod tests {
             b"BDAT",
         ] {
             assert!(Command::parse(s).is_err(), "{s:?}");
+        }
+    }
+
+    /// `MAIL FROMé` once panicked the connection task: the verb's argument prefix was
+    /// compared by slicing the line at a byte count that fell inside a UTF-8 character.
+    /// Every verb, with a 2-, 3- and 4-byte character inserted at every byte position.
+    #[test]
+    fn multibyte_characters_anywhere_never_panic() {
+        assert!(Command::parse("MAIL FROMé:<a@b.test>".as_bytes()).is_err());
+        assert!(Command::parse("RCPT T€:<a@b.test>".as_bytes()).is_err());
+        let templates = [
+            "EHLO client.test",
+            "HELO client.test",
+            "MAIL FROM:<a@b.test> SIZE=10 BODY=8BITMIME",
+            "RCPT TO:<a@b.test> NOTIFY=NEVER",
+            "DATA",
+            "BDAT 10 LAST",
+            "RSET",
+            "NOOP x",
+            "QUIT",
+            "HELP",
+            "VRFY x",
+            "EXPN x",
+            "STARTTLS",
+            "AUTH PLAIN dGVzdA==",
+        ];
+        for template in templates {
+            for ch in ['é', '€', '\u{10348}', '\u{a0}', '\u{2028}'] {
+                for at in 0..=template.len() {
+                    let mut line = template.to_string();
+                    line.insert(at, ch);
+                    let _ = Command::parse(line.as_bytes());
+                    // Also with the character replacing the byte there.
+                    if at < template.len() {
+                        let mut line = template.to_string();
+                        line.replace_range(at..at + 1, ch.encode_utf8(&mut [0; 4]));
+                        let _ = Command::parse(line.as_bytes());
+                    }
+                }
+            }
         }
     }
 }
