@@ -22,6 +22,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+pub mod hostile;
 pub mod imap;
 
 // ---------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 import imaplib
 import re
 import smtplib
+import socket
 import ssl
 import threading
 import time
@@ -284,3 +285,27 @@ def test_esearch_and_list_extended(server):
     typ, data = c._simple_command("LIST", '""', '("INBOX" "Trash")')
     assert len(c.untagged_responses.pop("LIST")) == 2
     c.logout()
+
+
+def test_hostile_list_pattern_and_preauth_literal(server):
+    """Issue 9 items 1 and 2 against the real binary: a LIST pattern of 50,000 `*` used to
+    overflow the stack and abort the whole process; before login a large literal used to be
+    invited with `+ Ready`."""
+    c = login(server)
+    tag = c._new_tag()
+    c.send(tag + b' LIST "" "' + b"*" * 50_000 + b'"\r\n')
+    line = c.readline()
+    assert line.startswith(tag + b" BAD"), line
+    typ, data = c.list('""', "*a*a*a*a*a*a*a*a*a*a*a*a*b")
+    assert typ == "OK"
+    assert c.noop()[0] == "OK"
+    c.logout()
+
+    raw = socket.create_connection(("127.0.0.1", server.imap_port), timeout=10)
+    f = raw.makefile("rb")
+    greeting = f.readline()
+    assert b"LITERAL-" in greeting and b"LITERAL+" not in greeting, greeting
+    raw.sendall(b"a1 LOGIN {1048576}\r\n")
+    line = f.readline()
+    assert line.startswith(b"a1 NO [TOOBIG]"), line
+    raw.close()

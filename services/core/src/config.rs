@@ -61,6 +61,10 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Seconds sessions are given to finish after a shutdown signal.
     pub shutdown_grace_secs: u64,
+    /// Most simultaneous connections from one client address (IPv6: one /64) across every
+    /// listener of this node; past it a connection gets the protocol's "too busy" line
+    /// and is closed. 0 = no limit.
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for ServerConfig {
@@ -69,6 +73,7 @@ impl Default for ServerConfig {
             hostname: "localhost".into(),
             data_dir: PathBuf::from("./mailfleet-data"),
             shutdown_grace_secs: 30,
+            max_connections_per_ip: 100,
         }
     }
 }
@@ -318,6 +323,9 @@ pub struct SmtpConfig {
     pub command_timeout_secs: u64,
     /// Seconds to wait for each block of DATA/BDAT (§4.5.3.2.5 data block: 3 minutes).
     pub data_timeout_secs: u64,
+    /// Seconds the whole of one message (DATA to its final dot, or one BDAT chunk) may
+    /// take, however the client spreads its bytes.
+    pub data_deadline_secs: u64,
     /// Whether `STARTTLS` is offered on plain listeners.
     pub starttls: bool,
 }
@@ -336,6 +344,7 @@ impl Default for SmtpConfig {
             max_connections: 2000,
             command_timeout_secs: 300,
             data_timeout_secs: 180,
+            data_deadline_secs: 900,
             starttls: true,
         }
     }

@@ -16,6 +16,17 @@ use tokio::time::Instant;
 /// Size of each socket read.
 pub const READ_CHUNK: usize = 16 * 1024;
 
+/// Queued output past which replies are written before the next command is read, even
+/// while pipelined commands wait: the replies to a pipeline are grouped into writes of
+/// about this size, and a client that sends commands without reading the answers is
+/// served no further than its socket takes (issue 9: 400 pipelined `RETR` of a 1 MB
+/// message once grew the server by 406 MiB).
+pub const FLUSH_AT: usize = 64 * 1024;
+
+/// How long one flush may wait for a client that does not read, by default: a peer that
+/// has not taken a reply in this long is gone or hostile, and its connection is dropped.
+pub const DEFAULT_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// One framing result.
 #[derive(Debug, PartialEq, Eq)]
 pub enum LineRead {
@@ -37,6 +48,10 @@ pub struct LineStream {
     max_line: usize,
     /// In the middle of throwing away an over-long line.
     discarding: bool,
+    /// Longest a flush may wait for the peer to take the bytes.
+    write_timeout: std::time::Duration,
+    /// Largest amount of output ever queued at once (for tests and diagnostics).
+    out_high_water: usize,
 }
 
 impl LineStream {
@@ -48,7 +63,21 @@ impl LineStream {
             out: Vec::with_capacity(1024),
             max_line: max_line.max(3),
             discarding: false,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
+            out_high_water: 0,
         }
+    }
+
+    /// Sets how long a flush may wait for the peer to read.
+    pub fn with_write_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.write_timeout = timeout;
+        self
+    }
+
+    /// The most output that was ever queued at once: bounded by [`FLUSH_AT`] plus one
+    /// reply, whatever the client pipelines.
+    pub fn out_high_water(&self) -> usize {
+        self.out_high_water
     }
 
     /// Bytes received but not yet consumed (pipelined commands).
@@ -106,21 +135,38 @@ impl LineStream {
     /// Queues bytes to send.
     pub fn queue(&mut self, data: &[u8]) {
         self.out.extend_from_slice(data);
+        self.out_high_water = self.out_high_water.max(self.out.len());
     }
 
-    /// Sends what is queued.
+    /// Sends what is queued, within the write timeout (`TimedOut` past it).
     pub async fn flush(&mut self) -> std::io::Result<()> {
-        if !self.out.is_empty() {
-            self.io.write_all(&self.out).await?;
-            self.out.clear();
+        let write = async {
+            if !self.out.is_empty() {
+                self.io.write_all(&self.out).await?;
+                self.out.clear();
+                // Give a large reply's memory back rather than keep it per connection.
+                if self.out.capacity() > FLUSH_AT {
+                    self.out.shrink_to(1024);
+                }
+            }
+            self.io.flush().await
+        };
+        match tokio::time::timeout(self.write_timeout, write).await {
+            Ok(r) => r,
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client did not read its replies in time",
+            )),
         }
-        self.io.flush().await
     }
 
-    /// Sends what is queued only when the client has nothing more buffered, so replies to
-    /// pipelined commands leave together (RFC 2920 §3.2, RFC 2449 PIPELINING).
+    /// Sends what is queued when the client has nothing more buffered, so replies to
+    /// pipelined commands leave together (RFC 2920 §3.2, RFC 2449 PIPELINING), or when
+    /// [`FLUSH_AT`] bytes are waiting: the next command is then read only once the client
+    /// has taken these replies, so output never piles up behind a client that does not
+    /// read (the socket's own buffer is the backpressure).
     pub async fn flush_if_idle(&mut self) -> std::io::Result<()> {
-        if self.buf.is_empty() {
+        if self.buf.is_empty() || self.out.len() >= FLUSH_AT {
             self.flush().await
         } else {
             Ok(())
@@ -174,6 +220,62 @@ mod tests {
         assert_eq!(s.read_line(far()).await, LineRead::Line(b"three".to_vec()));
         writer.await.expect("writer");
         assert_eq!(s.read_line(far()).await, LineRead::Eof);
+    }
+
+    /// Issue 9 item 4: replies to pipelined commands were queued until the input was
+    /// drained, so a client pipelining commands and reading nothing grew the server
+    /// without bound. Now output is written once it passes `FLUSH_AT`, and the next
+    /// command is not read until the client takes it.
+    #[tokio::test]
+    async fn pipelined_replies_wait_for_a_client_that_does_not_read() {
+        let (mut client, server) = tokio::io::duplex(8 * 1024);
+        let mut s =
+            LineStream::new(Box::new(server), 512).with_write_timeout(Duration::from_millis(300));
+        let commands = b"RETR 1\r\n".repeat(400);
+        let writer = tokio::spawn(async move {
+            // The duplex buffer fills once the server stops reading; the write then waits.
+            let _ = client.write_all(&commands).await;
+            client
+        });
+        let reply = vec![b'x'; 100 * 1024];
+        let mut served = 0;
+        let outcome = loop {
+            match s.read_line(far()).await {
+                LineRead::Line(_) => {}
+                other => break Err(format!("{other:?}")),
+            }
+            served += 1;
+            s.queue(&reply);
+            if let Err(e) = s.flush_if_idle().await {
+                break Ok(e);
+            }
+        };
+        let err = outcome.expect("the flush gives up on a client that does not read");
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        assert_eq!(
+            served, 1,
+            "no second command is read while the first reply waits"
+        );
+        assert!(s.out_high_water() <= FLUSH_AT + reply.len());
+        writer.abort();
+    }
+
+    #[tokio::test]
+    async fn pipelined_small_replies_still_leave_together() {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let mut s = LineStream::new(Box::new(server), 512);
+        client
+            .write_all(b"NOOP\r\nNOOP\r\nNOOP\r\n")
+            .await
+            .expect("w");
+        for _ in 0..3 {
+            assert!(matches!(s.read_line(far()).await, LineRead::Line(_)));
+            s.queue(b"+OK\r\n");
+            s.flush_if_idle().await.expect("flush");
+        }
+        let mut got = [0u8; 15];
+        client.read_exact(&mut got).await.expect("read");
+        assert_eq!(&got, b"+OK\r\n+OK\r\n+OK\r\n");
     }
 
     #[tokio::test(start_paused = true)]

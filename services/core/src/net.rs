@@ -8,9 +8,10 @@
 //! then gives open sessions a grace period.
 
 use crate::shutdown::Shutdown;
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -61,6 +62,88 @@ pub fn placeholder_io() -> Box<dyn Io> {
     Box::new(tokio::io::duplex(1).0)
 }
 
+/// The per-client-address connection cap shared by every listener of a node, as Postfix's
+/// anvil(8) counts `smtpd_client_connection_count_limit`: one client cannot take all the
+/// connection slots of a listener (and, with them, the service) from everybody else.
+///
+/// IPv4 clients count by address, IPv6 clients by their /64 (one host commonly holds a
+/// whole /64, so counting single addresses would be no limit at all). Cheap to clone; the
+/// count of an address is released when its [`PerIpGuard`] drops.
+#[derive(Clone, Debug)]
+pub struct PerIpLimit {
+    /// 0 = no limit.
+    max: usize,
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// One counted connection; dropping it releases the count.
+#[derive(Debug)]
+pub struct PerIpGuard {
+    key: IpAddr,
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl PerIpLimit {
+    /// At most `max` simultaneous connections per client address (0: unlimited).
+    pub fn new(max: usize) -> Self {
+        Self {
+            max,
+            counts: Arc::default(),
+        }
+    }
+
+    /// The address a client counts under: itself for IPv4, its /64 for IPv6 (IPv4-mapped
+    /// IPv6 addresses count as the IPv4 address they carry).
+    pub fn key(ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V4(_) => ip,
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => {
+                    let s = v6.segments();
+                    IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+                }
+            },
+        }
+    }
+
+    /// Counts a connection from `ip`, or `None` when the address already has the maximum.
+    pub fn try_acquire(&self, ip: IpAddr) -> Option<PerIpGuard> {
+        let key = Self::key(ip);
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let n = counts.entry(key).or_insert(0);
+        if self.max > 0 && *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(PerIpGuard {
+            key,
+            counts: self.counts.clone(),
+        })
+    }
+
+    /// Connections counted for `ip` now (for tests and diagnostics).
+    pub fn current(&self, ip: IpAddr) -> usize {
+        let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        counts.get(&Self::key(ip)).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for PerIpGuard {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = counts.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// How long a refusal line may take to write before the socket is simply dropped.
+const BUSY_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Everything about a listener that is not the protocol.
 pub struct AcceptLoop {
     pub listener: TcpListener,
@@ -70,6 +153,8 @@ pub struct AcceptLoop {
     pub max_connections: usize,
     /// Written to a connection refused because of the cap (e.g. `421 4.7.0 ...\r\n`).
     pub busy_reply: &'static [u8],
+    /// Connections per client address, shared with the node's other listeners.
+    pub per_ip: PerIpLimit,
     pub shutdown: Shutdown,
     pub grace: Duration,
 }
@@ -113,11 +198,18 @@ impl AcceptLoop {
                 }
             };
             let _ = stream.set_nodelay(true);
-            let Ok(permit) = limit.clone().try_acquire_owned() else {
-                let busy = self.busy_reply;
+            let refuse = |mut stream: tokio::net::TcpStream, busy: &'static [u8]| {
                 tokio::spawn(async move {
-                    let _ = stream.write_all(busy).await;
+                    let _ = tokio::time::timeout(BUSY_WRITE_TIMEOUT, stream.write_all(busy)).await;
                 });
+            };
+            let Some(ip_guard) = self.per_ip.try_acquire(peer.ip()) else {
+                tracing::info!(peer = %peer, "connection refused: too many from this address");
+                refuse(stream, self.busy_reply);
+                continue;
+            };
+            let Ok(permit) = limit.clone().try_acquire_owned() else {
+                refuse(stream, self.busy_reply);
                 continue;
             };
             let session = session.clone();
@@ -126,6 +218,7 @@ impl AcceptLoop {
             let handshake_timeout = self.tls_handshake_timeout;
             tokio::spawn(async move {
                 let _permit = permit;
+                let _ip_guard = ip_guard;
                 let _done = done;
                 let io: Box<dyn Io> = Box::new(stream);
                 let accepted = match tls {
@@ -153,5 +246,84 @@ impl AcceptLoop {
         {
             tracing::warn!("grace period over; remaining sessions are dropped");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[test]
+    fn ipv6_counts_by_slash_64_and_mapped_v4_as_v4() {
+        let a: IpAddr = "2001:db8:1:2::1".parse().expect("ip");
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().expect("ip");
+        assert_eq!(PerIpLimit::key(a), PerIpLimit::key(b));
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().expect("ip");
+        assert_eq!(
+            PerIpLimit::key(mapped),
+            "192.0.2.7".parse::<IpAddr>().expect("ip")
+        );
+        let limit = PerIpLimit::new(1);
+        let g = limit.try_acquire(a).expect("first");
+        assert!(limit.try_acquire(b).is_none(), "same /64");
+        drop(g);
+        assert!(limit.try_acquire(b).is_some(), "released on drop");
+        assert!(PerIpLimit::new(0).try_acquire(a).is_some(), "0 = unlimited");
+    }
+
+    /// Issue 9 item 10: one address could take every connection slot of a listener.
+    /// Past the per-address cap a connection gets the protocol's busy line and is closed,
+    /// while another address still gets in.
+    #[tokio::test]
+    async fn accept_loop_refuses_past_the_per_address_cap() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (_trigger, shutdown) = crate::shutdown::ShutdownController::new();
+        let per_ip = PerIpLimit::new(3);
+        let accept = AcceptLoop {
+            listener,
+            implicit_tls: None,
+            tls_handshake_timeout: Duration::from_secs(5),
+            max_connections: 100,
+            busy_reply: b"BUSY\r\n",
+            per_ip: per_ip.clone(),
+            shutdown,
+            grace: Duration::from_secs(1),
+        };
+        tokio::spawn(accept.run(|mut a: Accepted| async move {
+            let _ = a.io.write_all(b"HELLO\r\n").await;
+            // Hold the connection until the client closes it.
+            let mut b = [0u8; 1];
+            let _ = a.io.read(&mut b).await;
+        }));
+        async fn greet(src: &str, dst: SocketAddr) -> String {
+            let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+            sock.bind(format!("{src}:0").parse().expect("src"))
+                .expect("bind");
+            let mut s = sock.connect(dst).await.expect("connect");
+            let mut buf = [0u8; 16];
+            let n = s.read(&mut buf).await.expect("read");
+            // Keep the socket open by leaking it into a task that waits.
+            tokio::spawn(async move {
+                let mut b = [0u8; 1];
+                let _ = s.read(&mut b).await;
+            });
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        }
+        for _ in 0..3 {
+            assert_eq!(greet("127.0.0.1", addr).await, "HELLO\r\n");
+        }
+        assert_eq!(
+            greet("127.0.0.1", addr).await,
+            "BUSY\r\n",
+            "fourth from one address"
+        );
+        assert_eq!(
+            greet("127.0.0.2", addr).await,
+            "HELLO\r\n",
+            "another address gets in"
+        );
+        assert_eq!(per_ip.current("127.0.0.1".parse().expect("ip")), 3);
     }
 }

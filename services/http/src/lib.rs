@@ -16,8 +16,13 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
+use mailfleet_core::net::{PerIpGuard, PerIpLimit};
 use mailfleet_storage::Stores;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 #[derive(Clone)]
 struct AppState {
@@ -79,17 +84,104 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-/// Serves `router` on `listener` until `shutdown` fires.
+/// Serves `router` on `listener` until `shutdown` fires, counting connections against the
+/// node's per-address cap like every other listener.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     mut shutdown: mailfleet_core::shutdown::Shutdown,
+    per_ip: PerIpLimit,
 ) {
+    let listener = CappedListener {
+        inner: listener,
+        per_ip,
+    };
     let result = axum::serve(listener, router)
         .with_graceful_shutdown(async move { shutdown.wait().await })
         .await;
     if let Err(e) = result {
         tracing::error!(error = %e, "http listener failed");
+    }
+}
+
+/// A TCP listener that refuses (closes at once) connections from an address that already
+/// holds its share of the node's connections ([`PerIpLimit`]); an HTTP client sees a
+/// reset connection, as from nginx's `limit_conn`, without a request read or a task spawned.
+struct CappedListener {
+    inner: tokio::net::TcpListener,
+    per_ip: PerIpLimit,
+}
+
+/// An accepted connection and its place in the per-address count (released on drop).
+struct CountedStream {
+    stream: tokio::net::TcpStream,
+    _guard: PerIpGuard,
+}
+
+impl axum::serve::Listener for CappedListener {
+    type Io = CountedStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let (stream, peer) = match self.inner.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    // As axum's own TcpListener does: back off on errors such as EMFILE.
+                    tracing::warn!(error = %e, "http accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            match self.per_ip.try_acquire(peer.ip()) {
+                Some(guard) => {
+                    let _ = stream.set_nodelay(true);
+                    return (
+                        CountedStream {
+                            stream,
+                            _guard: guard,
+                        },
+                        peer,
+                    );
+                }
+                None => {
+                    tracing::info!(peer = %peer, "http connection refused: too many from this address");
+                    drop(stream);
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+impl AsyncRead for CountedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for CountedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 

@@ -38,12 +38,43 @@ pub struct ConnLimits {
 
 const READ_CHUNK: usize = 16 * 1024;
 
+/// Largest literal accepted before login. RFC 7888 §4 explains why a server should not
+/// invite large literals from a client it does not know yet; 4096 is LITERAL-'s bound, and
+/// holds any user name, password or SASL response.
+pub const PREAUTH_MAX_LITERAL: u32 = 4096;
+/// Largest command before login, literals included; longer ones close the connection.
+pub const PREAUTH_MAX_COMMAND: usize = 8 * 1024;
+/// Bad commands (tagged `BAD`, including syntax errors) tolerated before login; the one that
+/// reaches it closes the connection (Dovecot's login processes allow 3 too).
+pub const PREAUTH_MAX_BAD_COMMANDS: u32 = 3;
+/// Time allowed for one command line and its literals from its first byte, whatever the
+/// per-read inactivity timeout: a client sending a byte at a time cannot hold a connection
+/// slot forever.
+pub const COMMAND_DEADLINE: Duration = Duration::from_secs(120);
+/// Each accepted literal extends the command's deadline at this rate (bytes per second),
+/// so a 50 MiB APPEND gets about 53 minutes and a trickle still ends.
+pub const MIN_LITERAL_RATE: u64 = 16 * 1024;
+
 enum Input {
     /// A complete message is in the fragmentizer.
     Message,
     Eof,
     Timeout,
+    /// The command was not complete by its deadline.
+    Deadline,
     Shutdown,
+    /// The connection must close; the reason was already sent.
+    Close,
+}
+
+/// Whether the command being framed is APPEND, the only command whose literal may be as
+/// large as a message. Looks at the verb after the tag on the first line.
+fn is_append(message: &[u8]) -> bool {
+    let mut words = message.split(|b| *b == b' ' || *b == b'\r' || *b == b'\n');
+    let _tag = words.next();
+    words
+        .next()
+        .is_some_and(|v| v.eq_ignore_ascii_case(b"APPEND"))
 }
 
 struct Conn {
@@ -70,20 +101,60 @@ impl Conn {
         self.io.flush().await
     }
 
+    /// Largest command other than APPEND after login, literals included: the configured
+    /// command size (`max_command` is that plus the APPEND limit).
+    fn command_limit(&self) -> usize {
+        self.limits
+            .max_command
+            .saturating_sub(self.limits.max_literal)
+            .max(1024) as usize
+    }
+
     /// Reads until a whole message (command line with its literals) is framed.
+    ///
+    /// Before login (`authenticated` false) literals are limited to [`PREAUTH_MAX_LITERAL`]
+    /// and the command to [`PREAUTH_MAX_COMMAND`]; after it, APPEND literals to
+    /// `max_literal` and every other command to `max_command - max_literal`. Every message
+    /// must be complete by its deadline ([`COMMAND_DEADLINE`], extended per literal).
     async fn next_message(
         &mut self,
         timeout: Duration,
         shutdown: &mut Shutdown,
         idle: bool,
+        authenticated: bool,
     ) -> std::io::Result<Input> {
+        let mut deadline: Option<tokio::time::Instant> = (!self.frag.message_bytes().is_empty()
+            && !self.frag.is_message_complete())
+        .then(|| tokio::time::Instant::now() + COMMAND_DEADLINE);
         loop {
-            match self.frag.progress() {
+            let progress = self.frag.progress();
+            if !authenticated && self.frag.message_bytes().len() > PREAUTH_MAX_COMMAND {
+                self.write(&[response::bye("Command too long before login")])
+                    .await?;
+                return Ok(Input::Close);
+            }
+            if authenticated
+                && self.frag.message_bytes().len() > self.command_limit()
+                && !is_append(self.frag.message_bytes())
+            {
+                // Only APPEND may be as large as a message; anything else this long is
+                // not a command a client sends, and is not buffered further.
+                self.write(&[response::bye("Command too long")]).await?;
+                return Ok(Input::Close);
+            }
+            match progress {
                 Some(FragmentInfo::Line {
                     announcement: Some(LiteralAnnouncement { mode, length }),
                     ..
                 }) => {
-                    if length > self.limits.max_literal {
+                    let allowed = if !authenticated {
+                        PREAUTH_MAX_LITERAL
+                    } else if is_append(self.frag.message_bytes()) {
+                        self.limits.max_literal
+                    } else {
+                        self.command_limit() as u32
+                    };
+                    if length > allowed {
                         match mode {
                             LiteralMode::Sync => {
                                 // The client waits for our go-ahead: refuse and forget the
@@ -101,11 +172,36 @@ impl Conn {
                                 )])
                                 .await?;
                             }
+                            // Before login, a stranger's non-synchronizing literal is not
+                            // read at all: its bytes are coming whatever we answer, so the
+                            // connection closes (RFC 7888 §5, LITERAL-).
+                            LiteralMode::NonSync if !authenticated => {
+                                let tag = self
+                                    .frag
+                                    .decode_tag()
+                                    .map(|t| t.into_static())
+                                    .unwrap_or_else(|| Tag::unvalidated("*"));
+                                self.write(&[
+                                    response::bad_code(
+                                        &tag,
+                                        imap_codec::imap_types::response::Code::TooBig,
+                                        "Literal too large before login",
+                                    ),
+                                    response::bye("Literal too large before login"),
+                                ])
+                                .await?;
+                                return Ok(Input::Close);
+                            }
                             // Non-synchronizing: the bytes are coming anyway; read and drop them.
                             LiteralMode::NonSync => self.frag.poison_message(),
                         }
-                    } else if mode == LiteralMode::Sync {
-                        self.write_raw(b"+ Ready for literal data\r\n").await?;
+                    } else {
+                        if let Some(d) = deadline.as_mut() {
+                            *d += Duration::from_secs(u64::from(length) / MIN_LITERAL_RATE);
+                        }
+                        if mode == LiteralMode::Sync {
+                            self.write_raw(b"+ Ready for literal data\r\n").await?;
+                        }
                     }
                 }
                 Some(_) => {
@@ -114,20 +210,29 @@ impl Conn {
                     }
                 }
                 None => {
+                    let now = tokio::time::Instant::now();
+                    let idle_end = now + timeout;
+                    let until = deadline.map_or(idle_end, |d| d.min(idle_end));
                     let read = self.io.read(&mut self.buf);
                     let n = if idle {
                         tokio::select! {
-                            r = tokio::time::timeout(timeout, read) => r,
+                            r = tokio::time::timeout_at(until, read) => r,
                             _ = shutdown.wait() => return Ok(Input::Shutdown),
                         }
                     } else {
-                        tokio::time::timeout(timeout, read).await
+                        tokio::time::timeout_at(until, read).await
                     };
                     match n {
                         Ok(Ok(0)) | Ok(Err(_)) => return Ok(Input::Eof),
                         Ok(Ok(n)) => {
+                            deadline.get_or_insert_with(|| {
+                                tokio::time::Instant::now() + COMMAND_DEADLINE
+                            });
                             let chunk = self.buf[..n].to_vec();
                             self.frag.enqueue_bytes(&chunk);
+                        }
+                        Err(_) if deadline.is_some_and(|d| d <= idle_end) => {
+                            return Ok(Input::Deadline)
                         }
                         Err(_) => return Ok(Input::Timeout),
                     }
@@ -192,14 +297,24 @@ pub async fn serve_connection(
     let greeting = session.greeting();
     conn.write_raw(&greeting).await?;
     let mut errors = 0u32;
+    let mut preauth_bad = 0u32;
     loop {
         let timeout = session.inactivity_timeout();
-        match conn.next_message(timeout, &mut shutdown, true).await? {
+        let authenticated = session.is_authenticated();
+        match conn
+            .next_message(timeout, &mut shutdown, true, authenticated)
+            .await?
+        {
             Input::Message => {}
-            Input::Eof => return Ok(()),
+            Input::Eof | Input::Close => return Ok(()),
             Input::Timeout => {
                 return conn
                     .write(&[response::bye("Autologout; idle for too long")])
+                    .await;
+            }
+            Input::Deadline => {
+                return conn
+                    .write(&[response::bye("Command not completed in time")])
                     .await;
             }
             Input::Shutdown => {
@@ -236,6 +351,9 @@ pub async fn serve_connection(
             }
             Err((tag, too_big)) => {
                 errors += 1;
+                if !authenticated {
+                    preauth_bad += 1;
+                }
                 let reply = match (tag, too_big) {
                     (Some(t), true) => response::no(
                         &t,
@@ -245,7 +363,7 @@ pub async fn serve_connection(
                     (Some(t), false) => response::bad(&t, "Syntax error in command"),
                     (None, _) => response::untagged_bad("Syntax error in command"),
                 };
-                if errors >= limits.max_errors {
+                if errors >= limits.max_errors || preauth_bad >= PREAUTH_MAX_BAD_COMMANDS {
                     conn.write(&[reply, response::bye("Too many errors")])
                         .await?;
                     return Ok(());
@@ -254,6 +372,15 @@ pub async fn serve_connection(
                 continue;
             }
         };
+        if !authenticated && !session.is_authenticated() && has_tagged_bad(&outcome.responses) {
+            preauth_bad += 1;
+            if preauth_bad >= PREAUTH_MAX_BAD_COMMANDS {
+                let mut out = outcome.responses;
+                out.push(response::bye("Too many invalid commands"));
+                conn.write(&out).await?;
+                return Ok(());
+            }
+        }
         conn.write(&outcome.responses).await?;
         match outcome.next {
             Next::Command => {}
@@ -279,7 +406,10 @@ pub async fn serve_connection(
             }
             Next::AuthenticateData { tag } => {
                 conn.write_raw(b"+ \r\n").await?;
-                match conn.next_message(timeout, &mut shutdown, false).await? {
+                match conn
+                    .next_message(timeout, &mut shutdown, false, false)
+                    .await?
+                {
                     Input::Message => {}
                     _ => return Ok(()),
                 }
@@ -294,6 +424,13 @@ pub async fn serve_connection(
                     return Ok(());
                 }
             }
+            Next::Fetch => loop {
+                let (batch, last) = session.fetch_step().await;
+                conn.write(&batch).await?;
+                if last {
+                    break;
+                }
+            },
             Next::Idle { tag } => {
                 if !idle(&mut conn, &mut session, tag, &mut shutdown).await? {
                     return Ok(());
@@ -301,6 +438,14 @@ pub async fn serve_connection(
             }
         }
     }
+}
+
+/// Whether the responses end a command with a tagged BAD.
+fn has_tagged_bad(responses: &[Resp]) -> bool {
+    use imap_codec::imap_types::response::{Response, Status, StatusKind};
+    responses.iter().any(|r| {
+        matches!(r, Resp::Typed(Response::Status(Status::Tagged(t))) if t.body.kind == StatusKind::Bad)
+    })
 }
 
 /// IDLE (RFC 2177): report changes as they happen until `DONE`. Returns false when the
@@ -326,7 +471,7 @@ async fn idle(
             }
         };
         tokio::select! {
-            input = conn.next_message(Duration::from_secs(u64::MAX / 4), shutdown, true) => {
+            input = conn.next_message(Duration::from_secs(u64::MAX / 4), shutdown, true, true) => {
                 match input? {
                     Input::Message => {
                         let done = conn.frag.decode_message(&IdleDoneCodec::default()).is_ok();
@@ -342,7 +487,7 @@ async fn idle(
                         conn.write(&[response::bye("Server shutting down")]).await?;
                         return Ok(false);
                     }
-                    Input::Eof | Input::Timeout => return Ok(false),
+                    Input::Eof | Input::Timeout | Input::Deadline | Input::Close => return Ok(false),
                 }
             }
             ev = event => {

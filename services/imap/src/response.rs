@@ -73,6 +73,9 @@ pub fn no(tag: &Tag<'static>, code: Option<Code<'static>>, msg: &str) -> Resp {
 pub fn bad(tag: &Tag<'static>, msg: &str) -> Resp {
     status(Some(tag.clone()), Kind::Bad, None, msg)
 }
+pub fn bad_code(tag: &Tag<'static>, code: Code<'static>, msg: &str) -> Resp {
+    status(Some(tag.clone()), Kind::Bad, Some(code), msg)
+}
 pub fn untagged_ok(code: Option<Code<'static>>, msg: &str) -> Resp {
     status(None, Kind::Ok, code, msg)
 }

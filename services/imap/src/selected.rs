@@ -150,14 +150,38 @@ impl Selected {
 
     /// Applies changes committed since the last refresh. With `allow_expunge` false,
     /// expunges are held back (the messages stay visible with their numbers).
+    ///
+    /// Transactional: every store read happens first, and the view changes only once all
+    /// of them succeeded. A refresh that fails leaves the view as it was, so the view never
+    /// holds a message the client was not told EXISTS for; the next refresh replays the
+    /// same changes.
     pub async fn refresh(&mut self, stores: &Stores, allow_expunge: bool) -> StoreResult<Update> {
-        let mut update = Update::default();
         let changes = stores
             .meta
             .changes_since(self.id, self.known_modseq)
             .await?;
-        let mut added = 0;
+        // Phase 1: read what the changes point at; nothing in `self` changes yet.
+        let mut read: Vec<(mailfleet_storage::Change, Option<MessageMeta>)> =
+            Vec::with_capacity(changes.len());
         for c in changes {
+            let meta = match c.kind {
+                ChangeKind::Expunged => None,
+                ChangeKind::Appended | ChangeKind::FlagsChanged => {
+                    let known = self.seq_of(c.uid).is_some();
+                    if !known && c.uid < self.uid_next && c.kind == ChangeKind::FlagsChanged {
+                        // A message below our UIDNEXT we never saw was already gone.
+                        None
+                    } else {
+                        stores.meta.get_message(self.id, c.uid).await?
+                    }
+                }
+            };
+            read.push((c, meta));
+        }
+        // Phase 2: apply, infallibly.
+        let mut update = Update::default();
+        let mut added = 0;
+        for (c, meta) in read {
             match c.kind {
                 ChangeKind::Expunged => {
                     if self.seq_of(c.uid).is_some() && !self.pending_expunges.contains(&c.uid) {
@@ -165,35 +189,26 @@ impl Selected {
                     }
                 }
                 ChangeKind::Appended | ChangeKind::FlagsChanged => {
-                    let known = self.seq_of(c.uid).is_some();
-                    if !known && c.uid < self.uid_next && c.kind == ChangeKind::FlagsChanged {
-                        // A message below our UIDNEXT we never saw was already gone.
-                        continue;
-                    }
-                    let Some(meta) = stores.meta.get_message(self.id, c.uid).await? else {
-                        continue;
-                    };
-                    if let Some(m) = self.get_mut(c.uid) {
-                        if m.modseq < meta.modseq {
-                            let changed = m.flags != meta.flags;
-                            m.flags = meta.flags;
-                            m.modseq = meta.modseq;
-                            if changed {
-                                update.flags_changed.push(c.uid);
+                    if let Some(meta) = meta {
+                        if let Some(m) = self.get_mut(c.uid) {
+                            if m.modseq < meta.modseq {
+                                let changed = m.flags != meta.flags;
+                                m.flags = meta.flags;
+                                m.modseq = meta.modseq;
+                                if changed {
+                                    update.flags_changed.push(c.uid);
+                                }
                             }
+                        } else {
+                            added += 1;
+                            // Appended out of UID order cannot happen (UIDs only grow);
+                            // insert in place anyway rather than corrupt the numbering.
+                            let pos = self
+                                .messages
+                                .binary_search_by_key(&c.uid, |m| m.uid)
+                                .unwrap_or_else(|p| p);
+                            self.messages.insert(pos, meta.into());
                         }
-                    } else if self.messages.last().is_none_or(|l| l.uid < c.uid) {
-                        self.messages.push(meta.into());
-                        added += 1;
-                    } else {
-                        added += 1;
-                        // Appended out of UID order cannot happen (UIDs only grow); insert
-                        // in place anyway rather than corrupt the numbering.
-                        let pos = self
-                            .messages
-                            .binary_search_by_key(&c.uid, |m| m.uid)
-                            .unwrap_or_else(|p| p);
-                        self.messages.insert(pos, meta.into());
                     }
                 }
             }
@@ -245,6 +260,20 @@ impl Selected {
 }
 
 impl Selected {
+    /// Reads the message body of `uid`, or `None` when another session expunged it after
+    /// this view was last refreshed (RFC 2180 §4.1: the message is still numbered here
+    /// until the expunge can be reported).
+    pub async fn read_body_if_present(
+        &self,
+        stores: &Stores,
+        uid: Uid,
+    ) -> StoreResult<Option<bytes::Bytes>> {
+        match stores.meta.get_message(self.id, uid).await? {
+            Some(meta) => stores.blobs.get(&meta.blob).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// Reads the message body of `uid` (locating its blob first).
     pub async fn read_body(&self, stores: &Stores, uid: Uid) -> StoreResult<bytes::Bytes> {
         let meta = stores

@@ -138,6 +138,9 @@ pub enum Next {
     AuthenticateData {
         tag: Tag<'static>,
     },
+    /// A FETCH is in progress: write each batch of [`Session::fetch_step`] until it says
+    /// it was the last, so the response is never held whole.
+    Fetch,
     /// Send `+ idling` and wait for `DONE`, reporting changes as they happen.
     Idle {
         tag: Tag<'static>,
@@ -185,6 +188,10 @@ pub struct Session {
     pub(crate) enabled: Enabled,
     pub(crate) failed_logins: u32,
     pub(crate) slot: Option<SessionSlot>,
+    /// The FETCH being streamed, between [`Next::Fetch`] and its last batch.
+    pub(crate) fetch_job: Option<Box<crate::commands::fetch::FetchJob>>,
+    /// Response bytes a FETCH batch may hold (see [`crate::commands::fetch::BATCH_OUTPUT_BYTES`]).
+    pub(crate) fetch_batch_bytes: u64,
 }
 
 impl Session {
@@ -206,6 +213,8 @@ impl Session {
             enabled: Enabled::default(),
             failed_logins: 0,
             slot: None,
+            fetch_job: None,
+            fetch_batch_bytes: crate::commands::fetch::BATCH_OUTPUT_BYTES,
         }
     }
 
@@ -264,8 +273,14 @@ impl Session {
             }
             caps.push(Capability::SaslIr);
         }
+        // Before login only small non-synchronizing literals are accepted (RFC 7888 §4):
+        // LITERAL- says so; LITERAL+ comes with the login.
+        caps.push(if self.account.is_none() {
+            Capability::LiteralMinus
+        } else {
+            Capability::LiteralPlus
+        });
         caps.extend([
-            Capability::LiteralPlus,
             Capability::Enable,
             Capability::Id,
             Capability::Idle,

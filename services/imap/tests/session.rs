@@ -363,3 +363,207 @@ async fn sessions_per_user_are_limited() {
         .await;
     assert!(c.until("m").await.pop().expect("line").starts_with("m OK"));
 }
+
+/// Reads lines until the server closes the connection; returns them.
+async fn until_closed(c: &mut Client) -> Vec<String> {
+    let mut out = Vec::new();
+    loop {
+        if let Some(p) = c.buf.iter().position(|b| *b == b'\n') {
+            let l: Vec<u8> = c.buf.drain(..=p).collect();
+            out.push(String::from_utf8_lossy(&l).trim_end().to_string());
+            continue;
+        }
+        let mut chunk = [0u8; 4096];
+        match c.io.read(&mut chunk).await {
+            Ok(0) | Err(_) => return out,
+            Ok(n) => c.buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Issue 9 item 2: before login, literals are limited to a few KiB (RFC 7888 §4), and
+/// LITERAL- (not LITERAL+) is advertised; LITERAL+ comes after login.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pre_auth_literals_are_small_and_literal_plus_waits_for_login() {
+    let h = harness().await;
+    let mut c = connect(&h, true);
+    let greeting = c.line().await;
+    assert!(greeting.contains("LITERAL-"), "{greeting}");
+    assert!(!greeting.contains("LITERAL+"), "{greeting}");
+    // A synchronizing literal over the pre-auth limit is refused before it is sent.
+    c.send("a LOGIN {1048576}\r\n").await;
+    let r = c.line().await;
+    assert!(r.starts_with("a NO [TOOBIG]"), "{r}");
+    // One within it is accepted.
+    c.send("b LOGIN {18}\r\n").await;
+    assert!(c.line().await.starts_with("+ "));
+    c.send(&format!("alice@example.test {PASSWORD}\r\n")).await;
+    let r = c.until("b").await;
+    let last = r.last().expect("line");
+    assert!(last.starts_with("b OK"), "{r:?}");
+    assert!(last.contains("LITERAL+"), "{last}");
+    // After login the APPEND limit applies to APPEND, the command limit to the rest.
+    c.send("c SEARCH SUBJECT {9000}\r\n").await;
+    let r = c.line().await;
+    assert!(r.starts_with("c NO [TOOBIG]"), "{r}");
+    c.send("d APPEND INBOX {3000}\r\n").await;
+    assert!(c.line().await.starts_with("+ "));
+    c.send(&format!("Subject: x\r\n\r\n{}\r\n", "y".repeat(2986)))
+        .await;
+    let r = c.until("d").await;
+    assert!(r.last().expect("line").starts_with("d OK"), "{r:?}");
+}
+
+/// A non-synchronizing literal over the pre-auth limit is coming whatever the server says:
+/// it is answered BAD [TOOBIG] and the connection is closed rather than read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pre_auth_large_non_sync_literal_closes_the_connection() {
+    let h = harness().await;
+    let mut c = connect(&h, true);
+    c.line().await;
+    c.send("a LOGIN {60000+}\r\n").await;
+    let _ = c.io.write_all(&vec![b'x'; 8000]).await;
+    let lines = until_closed(&mut c).await;
+    assert!(
+        lines.iter().any(|l| l.starts_with("a BAD [TOOBIG]")),
+        "{lines:?}"
+    );
+    assert!(lines.iter().any(|l| l.starts_with("* BYE")), "{lines:?}");
+}
+
+/// Issue 9 item 10: bad commands before login are counted; the third closes the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_commands_before_login_are_counted() {
+    let h = harness().await;
+    let mut c = connect(&h, true);
+    c.line().await;
+    c.send("a SELECT INBOX\r\nb FETCH 1 FLAGS\r\nc LIST \"\" *\r\nd NOOP\r\n")
+        .await;
+    let lines = until_closed(&mut c).await;
+    assert!(lines.iter().any(|l| l.starts_with("* BYE")), "{lines:?}");
+    assert!(!lines.iter().any(|l| l.starts_with("d OK")), "{lines:?}");
+}
+
+/// Issue 9 item 10: a client trickling one byte every 30 s (under the per-read timeout) is
+/// cut off by the per-command deadline instead of holding its slot forever.
+#[tokio::test(start_paused = true)]
+async fn a_trickled_command_hits_the_command_deadline() {
+    let h = harness().await;
+    let mut c = connect(&h, true);
+    c.line().await;
+    let started = tokio::time::Instant::now();
+    let mut closed = false;
+    for b in "a NOOP".bytes().cycle().take(200) {
+        if c.io.write_all(&[b]).await.is_err() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let mut chunk = [0u8; 256];
+        if let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(1), c.io.read(&mut chunk)).await
+        {
+            c.buf.extend_from_slice(&chunk[..n]);
+            if n == 0 {
+                closed = true;
+                break;
+            }
+        }
+    }
+    assert!(closed, "still open after {:?}", started.elapsed());
+    assert!(started.elapsed() <= Duration::from_secs(400));
+}
+
+/// Issue 9 item 15: a message expunged by another session does not fail the whole FETCH or
+/// SEARCH; the rest is answered (RFC 2180 §4.1.2, RFC 5530 EXPUNGEISSUED) and the view heals
+/// at the next command that may send EXPUNGE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_expunged_elsewhere_does_not_fail_fetch_or_search() {
+    let h = harness().await;
+    let mut a = logged_in(&h).await;
+    let mut b = logged_in(&h).await;
+    for c in [&mut a, &mut b] {
+        c.send("s SELECT INBOX\r\n").await;
+        c.until("s").await;
+    }
+    a.send("x STORE 2 +FLAGS (\\Deleted)\r\ny EXPUNGE\r\n")
+        .await;
+    let r = a.until("y").await;
+    assert!(r.contains(&"* 2 EXPUNGE".to_string()), "{r:?}");
+
+    b.send("f FETCH 1:3 (UID BODY.PEEK[TEXT])\r\n").await;
+    let r = b.until("f").await;
+    let joined = r.join("\n");
+    assert!(
+        joined.contains("* 1 FETCH") && joined.contains("* 3 FETCH"),
+        "{joined}"
+    );
+    assert!(
+        joined.contains("body 0") && joined.contains("body 2"),
+        "{joined}"
+    );
+    assert!(!joined.contains("* 2 FETCH"), "{joined}");
+    assert!(
+        r.last().expect("line").starts_with("f NO [EXPUNGEISSUED]"),
+        "{r:?}"
+    );
+
+    b.send("g SEARCH BODY body\r\n").await;
+    let r = b.until("g").await;
+    assert_eq!(r[0], "* SEARCH 1 3", "{r:?}");
+    assert!(r.last().expect("line").starts_with("g OK"), "{r:?}");
+
+    // The view heals at the next command allowed to send EXPUNGE.
+    b.send("n NOOP\r\n").await;
+    let r = b.until("n").await;
+    assert!(r.contains(&"* 2 EXPUNGE".to_string()), "{r:?}");
+    b.send("h FETCH 1:2 (UID)\r\n").await;
+    let r = b.until("h").await;
+    assert!(r.last().expect("line").starts_with("h OK"), "{r:?}");
+}
+
+/// Past the list: SEARCH key counts and SORT criteria are capped (each multiplies the work
+/// per message), with BAD.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_keys_and_sort_criteria_are_capped() {
+    let h = harness().await;
+    let mut c = logged_in(&h).await;
+    c.send("s SELECT INBOX\r\n").await;
+    c.until("s").await;
+    c.send(&format!("a SEARCH{}\r\n", " ALL".repeat(1001)))
+        .await;
+    let r = c.until("a").await;
+    assert!(r.last().expect("line").starts_with("a BAD"), "{r:?}");
+    c.send(&format!("b SEARCH{}\r\n", " ALL".repeat(100))).await;
+    let r = c.until("b").await;
+    assert_eq!(r[0], "* SEARCH 1 2 3");
+    c.send(&format!(
+        "c SORT ({}) UTF-8 ALL\r\n",
+        ["SIZE"; 17].join(" ")
+    ))
+    .await;
+    let r = c.until("c").await;
+    assert!(r.last().expect("line").starts_with("c BAD"), "{r:?}");
+    c.send("d SORT (REVERSE SIZE ARRIVAL) UTF-8 ALL\r\n").await;
+    let r = c.until("d").await;
+    assert!(r.last().expect("line").starts_with("d OK"), "{r:?}");
+}
+
+/// Issue 9 item 2: after login the APPEND limit is for APPEND only; any other command is
+/// held to the command limit (8 KiB here) even without literals, and a longer one closes
+/// the connection rather than being buffered up to the APPEND limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_line_over_the_command_limit_closes_after_login() {
+    let h = harness().await;
+    let mut c = logged_in(&h).await;
+    c.send(&format!("x SEARCH SUBJECT \"{}\"\r\n", "a".repeat(6000)))
+        .await;
+    let r = c.until("x").await;
+    assert!(r.last().expect("line").starts_with("x BAD"), "{r:?}");
+    c.send(&format!("y SEARCH SUBJECT \"{}\"\r\n", "a".repeat(10_000)))
+        .await;
+    let lines = tokio::time::timeout(Duration::from_secs(10), until_closed(&mut c))
+        .await
+        .expect("the connection is closed");
+    assert!(lines.iter().any(|l| l.starts_with("* BYE")), "{lines:?}");
+}

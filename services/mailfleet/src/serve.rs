@@ -62,10 +62,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         max_message_size: smtp.max_message_size,
         command_timeout: Duration::from_secs(smtp.command_timeout_secs),
         data_timeout: Duration::from_secs(smtp.data_timeout_secs),
+        data_deadline: Duration::from_secs(smtp.data_deadline_secs),
         tls_handshake_timeout: Duration::from_secs(30),
     };
     let pipeline = Pipeline::new(stores.clone(), config.server.hostname.clone());
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+    // One count per client address across every listener of the node (SMTP, submission,
+    // IMAP, POP3, HTTP), as Postfix's anvil keeps one per client.
+    let per_ip = mailfleet_core::net::PerIpLimit::new(config.server.max_connections_per_ip);
 
     let mut tasks = Vec::new();
     for (listener, implicit) in bind_all("smtp", &smtp.listen, &smtp.listen_tls).await? {
@@ -79,6 +83,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             tls: Some(acceptor.clone())
                 .filter(|_| kind == ListenerKind::ImplicitTls || smtp.starttls),
             max_connections: smtp.max_connections,
+            per_ip: per_ip.clone(),
             shutdown: shutdown.clone(),
             grace,
             submission: None,
@@ -100,6 +105,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             &acceptor,
             &shutdown,
             grace,
+            &per_ip,
         )
         .await?,
     );
@@ -108,6 +114,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         acceptor: &acceptor,
         shutdown: &shutdown,
         grace,
+        per_ip: per_ip.clone(),
     };
     tasks.extend(
         more.submission(&config, &session, limits, &pipeline)
@@ -130,6 +137,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             listener,
             probes.clone(),
             shutdown.clone(),
+            per_ip.clone(),
         )));
     }
 
@@ -161,6 +169,7 @@ async fn imap_listeners(
     acceptor: &tokio_rustls::TlsAcceptor,
     shutdown: &mailfleet_core::shutdown::Shutdown,
     grace: Duration,
+    per_ip: &mailfleet_core::net::PerIpLimit,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     let imap = &config.imap;
     let session = Arc::new(mailfleet_imap::ImapConfig {
@@ -191,6 +200,7 @@ async fn imap_listeners(
             stores: stores.clone(),
             login: login.clone(),
             max_connections: imap.max_connections,
+            per_ip: per_ip.clone(),
             shutdown: shutdown.clone(),
             grace,
         };
@@ -290,6 +300,7 @@ struct Listeners<'a> {
     acceptor: &'a tokio_rustls::TlsAcceptor,
     shutdown: &'a mailfleet_core::shutdown::Shutdown,
     grace: Duration,
+    per_ip: mailfleet_core::net::PerIpLimit,
 }
 
 impl Listeners<'_> {
@@ -319,6 +330,7 @@ impl Listeners<'_> {
                 pipeline: pipeline.clone(),
                 tls: Some(self.acceptor.clone()),
                 max_connections: sub.max_connections,
+                per_ip: self.per_ip.clone(),
                 shutdown: self.shutdown.clone(),
                 grace: self.grace,
                 submission: Some(self.authenticator.clone()),
@@ -361,6 +373,7 @@ impl Listeners<'_> {
                 tls: Some(self.acceptor.clone())
                     .filter(|_| kind == ListenerKind::ImplicitTls || pop3.starttls),
                 max_connections: pop3.max_connections,
+                per_ip: self.per_ip.clone(),
                 shutdown: self.shutdown.clone(),
                 grace: self.grace,
             };

@@ -40,6 +40,8 @@ pub struct Listener {
     pub auth: Authenticator,
     pub tls: Option<TlsAcceptor>,
     pub max_connections: usize,
+    /// The node's per-client-address connection cap, shared by every listener.
+    pub per_ip: mailfleet_core::net::PerIpLimit,
     pub shutdown: Shutdown,
     pub grace: Duration,
 }
@@ -54,6 +56,7 @@ impl Listener {
             tls_handshake_timeout: self.limits.tls_handshake_timeout,
             max_connections: self.max_connections,
             busy_reply: b"-ERR [SYS/TEMP] Too many connections, try again later\r\n",
+            per_ip: self.per_ip.clone(),
             shutdown: self.shutdown.clone(),
             grace: self.grace,
         };

@@ -56,6 +56,7 @@ impl Harness {
             max_message_size: 1024 * 1024,
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(180),
+            data_deadline: Duration::from_secs(900),
             tls_handshake_timeout: Duration::from_secs(10),
         };
         tweak(&mut cfg, &mut limits);
@@ -69,7 +70,8 @@ impl Harness {
     }
 
     fn connect(&self) -> (Client, JoinHandle<std::io::Result<()>>) {
-        let (client, server) = tokio::io::duplex(1 << 16);
+        // 1 MiB each way: the RCPT tests pipeline 150 KB of replies before reading any.
+        let (client, server) = tokio::io::duplex(1 << 20);
         let session = Session::new(
             self.cfg.clone(),
             Pipeline::new(self.stores.clone(), "mx.example.test"),
@@ -598,6 +600,102 @@ async fn stalled_client_gets_timeout() {
     assert!(r.starts_with("421 4.4.2"), "{r}");
     assert!(c.reply().await.is_none());
     t.await.expect("no panic").expect("clean end");
+}
+
+/// Issue 9 item 10: the timeout was per read, so a client sending one byte every minute
+/// held its session forever. The whole command line now has one deadline.
+#[tokio::test(start_paused = true)]
+async fn trickled_command_line_hits_the_command_deadline() {
+    let h = Harness::new().await;
+    let (mut c, t) = h.connect();
+    assert!(c.line().await.starts_with("220"));
+    let start = tokio::time::Instant::now();
+    let trickle = tokio::spawn(async move {
+        for b in b"EHLO a-very-slow-client.example.net"
+            .iter()
+            .cycle()
+            .take(10_000)
+        {
+            if c.io.write_all(std::slice::from_ref(b)).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        }
+        c
+    });
+    t.await.expect("no panic").expect("clean end");
+    let waited = start.elapsed();
+    assert!(
+        waited <= Duration::from_secs(301),
+        "closed at the 300 s command deadline, not after {waited:?}"
+    );
+    let mut c = trickle.await.expect("trickle");
+    let r = c.line().await;
+    assert!(r.starts_with("421 4.4.2"), "{r}");
+}
+
+/// The same for DATA: each block may wait `data_timeout`, the whole message
+/// `data_deadline`.
+#[tokio::test(start_paused = true)]
+async fn trickled_data_hits_the_message_deadline() {
+    let h = Harness::with(|_, l| l.data_deadline = Duration::from_secs(600)).await;
+    let (mut c, t) = greet(&h).await;
+    assert!(c.cmd("MAIL FROM:<s@remote.test>").await.starts_with("250"));
+    assert!(c
+        .cmd("RCPT TO:<alice@example.test>")
+        .await
+        .starts_with("250"));
+    assert!(c.cmd("DATA").await.starts_with("354"));
+    let start = tokio::time::Instant::now();
+    let trickle = tokio::spawn(async move {
+        c.io.write_all(b"Subject: slow\r\n\r\n").await.expect("w");
+        for _ in 0..100_000 {
+            if c.io.write_all(b"x").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(120)).await;
+        }
+        c
+    });
+    t.await.expect("no panic").expect("clean end");
+    assert!(
+        start.elapsed() <= Duration::from_secs(601),
+        "{:?}",
+        start.elapsed()
+    );
+    let mut c = trickle.await.expect("trickle");
+    assert!(c.line().await.starts_with("421 4.4.2"));
+    assert!(
+        h.inbox("alice@example.test").await.is_empty(),
+        "nothing kept"
+    );
+}
+
+/// Replies to commands pipelined by a client that reads nothing do not pile up: past
+/// 64 KiB of replies the server stops reading until they are taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_commands_without_reading_are_not_buffered() {
+    let h = Harness::with(|c, _| c.max_errors = 1_000_000).await;
+    let (mut c, _t) = greet(&h).await;
+    // 1,000,000 NOOPs: 6 MB of commands, 15 MB of replies if all were buffered; the pipe
+    // holds 1 MiB each way.
+    let flood = b"NOOP\r\n".repeat(1_000_000);
+    let writer = tokio::spawn(async move {
+        let r = tokio::time::timeout(Duration::from_secs(2), c.io.write_all(&flood)).await;
+        (c, r.is_ok())
+    });
+    let (mut c, finished) = writer.await.expect("writer");
+    assert!(
+        !finished,
+        "the server stopped reading while its replies waited"
+    );
+    // Reading the replies lets the rest through, in order.
+    let mut ok = 0;
+    while ok < 1000 {
+        let line = c.line().await;
+        assert!(line.starts_with("250"), "{line}");
+        ok += 1;
+    }
 }
 
 #[tokio::test(start_paused = true)]

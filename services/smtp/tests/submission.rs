@@ -124,6 +124,7 @@ impl Harness {
             max_message_size: 1024 * 1024,
             command_timeout: Duration::from_secs(30),
             data_timeout: Duration::from_secs(30),
+            data_deadline: Duration::from_secs(900),
             tls_handshake_timeout: Duration::from_secs(5),
         };
         tokio::spawn(serve_connection(
@@ -348,6 +349,27 @@ async fn senders_must_belong_to_the_account() {
     )
     .await;
     assert!(r.starts_with("550 5.7.1"), "every From field counts: {r}");
+    // Issue 9 item 3: a header section whose first line is folded hid `From:` from the
+    // check, and the prepended `Received:` then made it real. Such sections, and the other
+    // ways a header can split two ways, are refused.
+    for ambiguous in [
+        " From: Bob <bob@example.test>\r\nSubject: hidden\r\n\r\nhi",
+        "\tFrom: bob@example.test\r\n\r\nhi",
+        "From : bob@example.test\r\n\r\nhi",
+        "X-Junk\r\nFrom: bob@example.test\r\n\r\nhi",
+    ] {
+        let r = send(
+            &mut c,
+            "alice@example.test",
+            &["bob@example.test"],
+            ambiguous,
+        )
+        .await;
+        assert!(
+            r.starts_with("554 5.6.0 Message header is malformed"),
+            "{ambiguous:?}: {r}"
+        );
+    }
     assert!(
         h.inbox("bob@example.test").await.is_empty(),
         "nothing delivered"

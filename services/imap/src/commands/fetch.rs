@@ -29,8 +29,45 @@ use std::num::{NonZeroU32, NonZeroU64};
 
 /// Messages handled per batch of a FETCH.
 const BATCH_MESSAGES: usize = 200;
-/// Message bytes held in memory per batch of a FETCH that reads bodies.
-const BATCH_BYTES: u64 = 16 * 1024 * 1024;
+/// Response bytes (estimated from message sizes and the items asked) a FETCH holds per
+/// batch; each batch is written to the socket before the next is read. One message always
+/// makes a batch, whatever its size.
+pub const BATCH_OUTPUT_BYTES: u64 = 16 * 1024 * 1024;
+/// Most items one FETCH may name, after duplicates are merged; more get `BAD`.
+pub const MAX_FETCH_ITEMS: usize = 64;
+/// Most items returning message data (`BODY[…]`, `BINARY[…]`, `RFC822…`) one FETCH may
+/// name: each holds up to a whole message in memory, so this bounds a response to
+/// `MAX_FETCH_BODY_ITEMS` × the message size.
+pub const MAX_FETCH_BODY_ITEMS: usize = 16;
+
+/// A FETCH in progress: the driver writes each batch before the next is loaded, so a
+/// `FETCH 1:* BODY[]` holds one batch, not the mailbox ([`Session::fetch_step`]).
+pub struct FetchJob {
+    tag: Tag<'static>,
+    uid: bool,
+    items: Vec<MessageDataItemName<'static>>,
+    need: Needs,
+    condstore: bool,
+    seen_now: Vec<Uid>,
+    targets: Vec<(u32, Uid)>,
+    batches: Vec<std::ops::Range<usize>>,
+    next: usize,
+    /// Messages expunged by another session, left out of the responses.
+    gone: std::collections::HashSet<Uid>,
+    sel_id: mailfleet_storage::MailboxId,
+}
+
+/// Whether an item returns message data (and so holds up to a message in memory).
+fn is_body_item(item: &MessageDataItemName<'_>) -> bool {
+    matches!(
+        item,
+        MessageDataItemName::BodyExt { .. }
+            | MessageDataItemName::Binary { .. }
+            | MessageDataItemName::Rfc822
+            | MessageDataItemName::Rfc822Text
+            | MessageDataItemName::Rfc822Header
+    )
+}
 
 /// Flags as IMAP values; unknown or invalid keywords are left out rather than failing.
 pub(crate) fn imap_flags(flags: &Flags) -> Vec<FlagFetch<'static>> {
@@ -252,7 +289,11 @@ async fn summaries(
         }
         let raw = match blobs.get(uid) {
             Some(b) => b.clone(),
-            None => sel.read_body(stores, *uid).await?,
+            // Expunged by another session: nothing to summarise.
+            None => match sel.read_body_if_present(stores, *uid).await? {
+                Some(b) => b,
+                None => continue,
+            },
         };
         let summary = tokio::task::spawn_blocking(move || mailfleet_mime::analyze(&raw))
             .await
@@ -276,7 +317,7 @@ impl Session {
         uid: bool,
         modifiers: Vec<FetchModifier>,
     ) -> StoreResult<Outcome> {
-        let mut items = match items {
+        let items = match items {
             MacroOrMessageDataItemNames::Macro(m) => m
                 .expand()
                 .into_iter()
@@ -284,6 +325,23 @@ impl Session {
                 .collect(),
             MacroOrMessageDataItemNames::MessageDataItemNames(v) => v,
         };
+        // The same item twice asks for the same data once (`BODY[] BODY[] …` would
+        // otherwise multiply the response).
+        let mut unique: Vec<MessageDataItemName<'static>> = Vec::with_capacity(items.len());
+        for i in items {
+            if !unique.contains(&i) {
+                unique.push(i);
+            }
+        }
+        let mut items = unique;
+        if items.len() > MAX_FETCH_ITEMS
+            || items.iter().filter(|i| is_body_item(i)).count() > MAX_FETCH_BODY_ITEMS
+        {
+            return Ok(Outcome::done(vec![response::bad(
+                &tag,
+                "Too many FETCH items",
+            )]));
+        }
         let mut changed_since = None;
         let mut vanished = false;
         for m in modifiers {
@@ -380,87 +438,172 @@ impl Session {
             }
         }
 
-        // Process in batches so a FETCH 1:* of a large mailbox keeps memory flat: at most
-        // BATCH_MESSAGES messages, and when bodies are read, at most BATCH_BYTES of them
-        // (one message always fits, whatever its size).
-        let sel: &Selected = sel;
-        let mut batches: Vec<&[(u32, Uid)]> = Vec::new();
+        // Split into batches so a FETCH 1:* of a large mailbox keeps memory flat: at most
+        // BATCH_MESSAGES messages, and at most `fetch_batch_bytes` of estimated response
+        // (one message always fits, whatever its size). The driver writes each batch
+        // before the next one is loaded.
+        let per_message = items.iter().filter(|i| is_body_item(i)).count().max(1) as u64;
+        let mut batches = Vec::new();
         let mut start = 0;
         let mut bytes = 0u64;
         for (i, (seq, _)) in targets.iter().enumerate() {
             let size = if need.blob {
-                sel.by_seq(*seq).map_or(0, |m| m.size)
+                sel.by_seq(*seq).map_or(0, |m| m.size) * per_message
             } else {
-                0
+                256
             };
-            if i > start && (i - start >= BATCH_MESSAGES || bytes + size > BATCH_BYTES) {
-                batches.push(&targets[start..i]);
+            if i > start && (i - start >= BATCH_MESSAGES || bytes + size > self.fetch_batch_bytes) {
+                batches.push(start..i);
                 start = i;
                 bytes = 0;
             }
             bytes += size;
         }
         if start < targets.len() {
-            batches.push(&targets[start..]);
-        }
-        for batch in batches {
-            let uids: Vec<Uid> = batch.iter().map(|(_, u)| *u).collect();
-            let mut blobs: HashMap<Uid, Bytes> = HashMap::new();
-            if need.blob {
-                for (_, u) in batch {
-                    blobs.insert(*u, sel.read_body(&self.stores, *u).await?);
-                }
-            }
-            let summaries = if need.summary {
-                summaries(&self.stores, sel, &uids, &blobs).await?
-            } else {
-                HashMap::new()
-            };
-            for (seq, u) in batch {
-                let Some(m) = sel.by_seq(*seq) else { continue };
-                let raw = blobs.get(u);
-                let summary = summaries.get(u);
-                let mut data = Vec::with_capacity(items.len());
-                for item in &items {
-                    if let Some(d) = render_item(item, m, raw, summary) {
-                        data.push(d);
-                    }
-                }
-                if seen_now.contains(u) && !items.contains(&MessageDataItemName::Flags) {
-                    data.push(MessageDataItem::Flags(imap_flags(&m.flags)));
-                }
-                if condstore
-                    && !items.contains(&MessageDataItemName::ModSeq)
-                    && seen_now.contains(u)
-                {
-                    data.push(MessageDataItem::ModSeq(
-                        NonZeroU64::new(m.modseq.0).unwrap_or(NonZeroU64::MIN),
-                    ));
-                }
-                if let Ok(items) = Vec1::try_from(data) {
-                    out.push(response::data(Data::Fetch {
-                        seq: nz(*seq),
-                        items,
-                    }));
-                }
-            }
+            batches.push(start..targets.len());
         }
         let _ = enabled;
-        if !seen_now.is_empty() {
-            self.notify(sel_id, None).await;
+        self.fetch_job = Some(Box::new(FetchJob {
+            tag,
+            uid,
+            items,
+            need,
+            condstore,
+            seen_now,
+            targets,
+            batches,
+            next: 0,
+            gone: Default::default(),
+            sel_id,
+        }));
+        Ok(Outcome {
+            responses: out,
+            next: crate::session::Next::Fetch,
+        })
+    }
+
+    /// The next batch of the FETCH in progress, and whether it was the last (it then ends
+    /// with the tagged reply).
+    pub async fn fetch_step(&mut self) -> (Vec<Resp>, bool) {
+        let Some(mut job) = self.fetch_job.take() else {
+            return (vec![], true);
+        };
+        let result = if job.next < job.batches.len() {
+            self.fetch_batch(&mut job).await.map(|r| (r, false))
+        } else {
+            self.fetch_finish(&mut job).await.map(|r| (r, true))
+        };
+        match result {
+            Ok((out, done)) => {
+                if !done {
+                    self.fetch_job = Some(job);
+                }
+                (out, done)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "IMAP FETCH failed on storage");
+                (
+                    vec![response::no(
+                        &job.tag,
+                        response::code("UNAVAILABLE"),
+                        "Temporary storage failure, try again",
+                    )],
+                    true,
+                )
+            }
+        }
+    }
+
+    async fn fetch_batch(&mut self, job: &mut FetchJob) -> StoreResult<Vec<Resp>> {
+        let State::Selected(sel) = &self.state else {
+            return Ok(vec![]);
+        };
+        let sel: &Selected = sel;
+        let range = job.batches[job.next].clone();
+        job.next += 1;
+        let batch = &job.targets[range];
+        let (items, need) = (&job.items, job.need);
+        let mut out = Vec::new();
+        let uids: Vec<Uid> = batch.iter().map(|(_, u)| *u).collect();
+        let mut blobs: HashMap<Uid, Bytes> = HashMap::new();
+        if need.blob {
+            for (_, u) in batch {
+                match sel.read_body_if_present(&self.stores, *u).await? {
+                    Some(b) => {
+                        blobs.insert(*u, b);
+                    }
+                    None => {
+                        job.gone.insert(*u);
+                    }
+                }
+            }
+        }
+        let summaries = if need.summary {
+            summaries(&self.stores, sel, &uids, &blobs).await?
+        } else {
+            HashMap::new()
+        };
+        for (seq, u) in batch {
+            let Some(m) = sel.by_seq(*seq) else { continue };
+            if job.gone.contains(u) || (need.summary && !summaries.contains_key(u)) {
+                // Expunged by another session since the view was refreshed: left out, and
+                // the command ends NO [EXPUNGEISSUED] (RFC 2180 §4.1.2).
+                job.gone.insert(*u);
+                continue;
+            }
+            let raw = blobs.get(u);
+            let summary = summaries.get(u);
+            let mut data = Vec::with_capacity(items.len());
+            for item in items {
+                if let Some(d) = render_item(item, m, raw, summary) {
+                    data.push(d);
+                }
+            }
+            let seen_now = job.seen_now.contains(u);
+            if seen_now && !items.contains(&MessageDataItemName::Flags) {
+                data.push(MessageDataItem::Flags(imap_flags(&m.flags)));
+            }
+            if job.condstore && !items.contains(&MessageDataItemName::ModSeq) && seen_now {
+                data.push(MessageDataItem::ModSeq(
+                    NonZeroU64::new(m.modseq.0).unwrap_or(NonZeroU64::MIN),
+                ));
+            }
+            if let Ok(items) = Vec1::try_from(data) {
+                out.push(response::data(Data::Fetch {
+                    seq: nz(*seq),
+                    items,
+                }));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn fetch_finish(&mut self, job: &mut FetchJob) -> StoreResult<Vec<Resp>> {
+        if !job.seen_now.is_empty() {
+            self.notify(job.sel_id, None).await;
         }
         // FETCH must not renumber (RFC 9051 §7.5.1), UID FETCH may.
-        out.extend(self.pending_updates(uid).await?);
+        let mut out = self.pending_updates(job.uid).await?;
+        if !job.gone.is_empty() {
+            // RFC 2180 §4.1.2 with RFC 5530's code: what exists was sent; the client learns
+            // of the expunge at its next NOOP (or in this very reply for UID FETCH).
+            out.push(response::no(
+                &job.tag,
+                response::code("EXPUNGEISSUED"),
+                "Some messages were also expunged",
+            ));
+            return Ok(out);
+        }
         out.push(response::ok(
-            &tag,
+            &job.tag,
             None,
-            if uid {
+            if job.uid {
                 "UID FETCH completed"
             } else {
                 "FETCH completed"
             },
         ));
-        Ok(Outcome::done(out))
+        Ok(out)
     }
 }
 
@@ -576,4 +719,176 @@ fn render_item(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod streaming_tests {
+    use super::*;
+    use crate::session::{ImapConfig, LoginError, LoginService, Next, Session, UserSessions};
+    use imap_codec::decode::Decoder;
+    use imap_codec::imap_types::command::Command;
+    use mailfleet_storage::metadata::QuotaPolicy;
+    use mailfleet_storage::{Account, NewMessage, Stores};
+    use std::sync::Arc;
+
+    struct AnyPassword(Stores);
+
+    #[async_trait::async_trait]
+    impl LoginService for AnyPassword {
+        async fn login(
+            &self,
+            user: &str,
+            _: &str,
+            _: std::net::IpAddr,
+        ) -> Result<Account, LoginError> {
+            self.0
+                .meta
+                .get_account(user)
+                .await
+                .map_err(|_| LoginError::Unavailable)?
+                .ok_or(LoginError::Invalid)
+        }
+    }
+
+    fn cmd(line: &str) -> Command<'static> {
+        let (_, c) = imap_codec::CommandCodec::default()
+            .decode(line.as_bytes())
+            .expect("command");
+        c.into_static()
+    }
+
+    const MESSAGES: usize = 30;
+    const BODY: usize = 64 * 1024;
+    const BOUND: u64 = 256 * 1024;
+
+    async fn session(dir: &std::path::Path) -> Session {
+        let stores = mailfleet_storage::embedded::open(dir, 64).expect("stores");
+        stores
+            .meta
+            .create_domain("example.test")
+            .await
+            .expect("domain");
+        let acct = stores
+            .meta
+            .create_account("alice@example.test", "x", 0)
+            .await
+            .expect("account");
+        let inbox = stores
+            .meta
+            .get_mailbox(acct.id, "INBOX")
+            .await
+            .expect("get")
+            .expect("inbox");
+        for i in 0..MESSAGES {
+            let raw = format!("Subject: {i}\r\n\r\n{}\r\n", "x".repeat(BODY));
+            let blob = stores
+                .blobs
+                .put(Bytes::from(raw.clone()))
+                .await
+                .expect("blob");
+            stores
+                .meta
+                .append(
+                    vec![NewMessage {
+                        account: acct.id,
+                        mailbox: inbox.id,
+                        blob,
+                        size: raw.len() as u64,
+                        internal_date: 1_700_000_000,
+                        flags: Flags::default(),
+                        summary: None,
+                    }],
+                    QuotaPolicy::Allow,
+                )
+                .await
+                .expect("append");
+        }
+        let cfg = Arc::new(ImapConfig {
+            hostname: "mx.example.test".into(),
+            starttls: false,
+            plaintext_auth_without_tls: true,
+            max_message_size: 1 << 20,
+            max_failed_logins: 3,
+            idle_timeout: std::time::Duration::from_secs(1800),
+            user_sessions: UserSessions::new(2),
+        });
+        let login = Arc::new(AnyPassword(stores.clone()));
+        let mut s = Session::new(cfg, stores, login, "192.0.2.1".parse().expect("ip"), true);
+        s.fetch_batch_bytes = BOUND;
+        s.handle(cmd("a LOGIN alice@example.test x\r\n")).await;
+        s.handle(cmd("b SELECT INBOX\r\n")).await;
+        s
+    }
+
+    /// Runs one FETCH to its end; returns (largest batch in encoded bytes, total bytes,
+    /// FETCH responses, tagged reply).
+    async fn run(s: &mut Session, line: &str) -> (u64, u64, usize, String) {
+        let outcome = s.handle(cmd(line)).await;
+        let mut batches = vec![outcome.responses];
+        if matches!(outcome.next, Next::Fetch) {
+            loop {
+                let (batch, last) = s.fetch_step().await;
+                batches.push(batch);
+                if last {
+                    break;
+                }
+            }
+        }
+        let (mut high, mut total, mut fetches) = (0u64, 0u64, 0usize);
+        let mut tagged = String::new();
+        for b in &batches {
+            let bytes: Vec<Vec<u8>> = b.iter().map(crate::response::encode).collect();
+            let size: u64 = bytes.iter().map(|x| x.len() as u64).sum();
+            high = high.max(size);
+            total += size;
+            for x in bytes {
+                let text = String::from_utf8_lossy(&x).into_owned();
+                if text.starts_with("* ") && text.contains(" FETCH (") {
+                    fetches += 1;
+                } else if !text.starts_with('*') {
+                    tagged = text;
+                }
+            }
+        }
+        (high, total, fetches, tagged)
+    }
+
+    /// Issue 9 item 8: `FETCH 1:* BODY[]` of a mailbox larger than the bound is sent in
+    /// batches, none of which exceeds the bound by more than one message.
+    #[tokio::test]
+    async fn fetch_holds_one_batch_not_the_mailbox() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut s = session(dir.path()).await;
+        let one_message = (BODY + 1024) as u64;
+        for line in [
+            "c FETCH 1:* (UID BODY.PEEK[])\r\n",
+            "d FETCH 1:* (BODY.PEEK[] BODY.PEEK[] BODY.PEEK[] BODY.PEEK[] BODY.PEEK[])\r\n",
+            "e FETCH 1:* (BODY.PEEK[TEXT] BODY.PEEK[] RFC822.SIZE)\r\n",
+        ] {
+            let (high, total, fetches, tagged) = run(&mut s, line).await;
+            assert!(tagged.contains("OK"), "{line}: {tagged}");
+            assert_eq!(fetches, MESSAGES, "{line}");
+            assert!(
+                total > 4 * BOUND,
+                "{line}: the mailbox is bigger than the bound"
+            );
+            assert!(
+                high <= BOUND + 2 * one_message,
+                "{line}: a batch of {high} bytes, bound {BOUND}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn too_many_fetch_items_get_bad() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut s = session(dir.path()).await;
+        let many: Vec<String> = (0..=MAX_FETCH_BODY_ITEMS)
+            .map(|i| format!("BODY.PEEK[]<{i}.10>"))
+            .collect();
+        let (_, _, fetches, tagged) =
+            run(&mut s, &format!("f FETCH 1 ({})\r\n", many.join(" "))).await;
+        assert_eq!(fetches, 0);
+        assert!(tagged.starts_with("f BAD"), "{tagged}");
+    }
 }

@@ -1,7 +1,7 @@
 //! SELECT, EXAMINE, CLOSE, UNSELECT, CREATE, DELETE, RENAME, SUBSCRIBE, UNSUBSCRIBE, LIST,
 //! LSUB, STATUS, GETQUOTA, GETQUOTAROOT.
 
-use super::{list_match, mailbox_name, DELIMITER};
+use super::{mailbox_name, ListPattern, DELIMITER};
 use crate::response::{self, code};
 use crate::selected::Selected;
 use crate::session::{Outcome, Session, State};
@@ -480,6 +480,10 @@ impl Session {
             ]));
         }
         let full = format!("{reference}{pattern}");
+        let matcher = match ListPattern::new(&full) {
+            Ok(m) => m,
+            Err(e) => return Ok(Outcome::done(vec![response::bad(&tag, &e.to_string())])),
+        };
         let acct = self.acct()?.id;
         let boxes = self.stores.meta.list_mailboxes(acct).await?;
         let subscribed = self.stores.meta.subscriptions(acct).await?;
@@ -493,7 +497,7 @@ impl Session {
                 .collect()
         };
         for (name, special) in names {
-            if !list_match(&full, &name) {
+            if !matcher.matches(&name) {
                 continue;
             }
             let prefix = format!("{name}{DELIMITER}");

@@ -52,6 +52,42 @@ pub fn in_set(set: &SequenceSet, value: u32, largest: u32) -> bool {
     })
 }
 
+/// A sequence set resolved against its `*` into sorted, merged ranges, so membership is a
+/// binary search: a client-sent set of thousands of ranges costs log(ranges) per message,
+/// not ranges × messages.
+pub struct SetIndex(Vec<(u32, u32)>);
+
+impl SetIndex {
+    pub fn new(set: &SequenceSet, largest: u32) -> Self {
+        let mut ranges: Vec<(u32, u32)> = set
+            .0
+            .as_ref()
+            .iter()
+            .map(|s| match *s {
+                Sequence::Single(v) => (bound(v, largest), bound(v, largest)),
+                Sequence::Range(a, b) => {
+                    let (a, b) = (bound(a, largest), bound(b, largest));
+                    (a.min(b), a.max(b))
+                }
+            })
+            .collect();
+        ranges.sort_unstable();
+        let mut merged: Vec<(u32, u32)> = Vec::with_capacity(ranges.len());
+        for (a, b) in ranges {
+            match merged.last_mut() {
+                Some((_, end)) if a <= end.saturating_add(1) => *end = (*end).max(b),
+                _ => merged.push((a, b)),
+            }
+        }
+        Self(merged)
+    }
+
+    pub fn contains(&self, value: u32) -> bool {
+        let i = self.0.partition_point(|(_, end)| *end < value);
+        self.0.get(i).is_some_and(|(start, _)| *start <= value)
+    }
+}
+
 /// Resolves a sequence set (of sequence numbers, or of UIDs with `uid`) against the view:
 /// the matching messages' sequence numbers and UIDs, in mailbox order. Numbers that match no
 /// message are ignored (for UIDs as RFC 9051 requires; for sequence numbers the caller checks
@@ -62,13 +98,14 @@ pub fn resolve(sel: &Selected, set: &SequenceSet, uid: bool) -> Vec<(u32, Uid)> 
     } else {
         sel.len()
     };
+    let index = SetIndex::new(set, largest);
     sel.messages()
         .iter()
         .enumerate()
         .filter_map(|(i, m)| {
             let seq = i as u32 + 1;
             let key = if uid { m.uid.0 } else { seq };
-            in_set(set, key, largest).then_some((seq, m.uid))
+            index.contains(key).then_some((seq, m.uid))
         })
         .collect()
 }
@@ -89,34 +126,141 @@ pub fn seq_set_valid(sel: &Selected, set: &SequenceSet) -> bool {
     })
 }
 
-/// Glob matching for LIST patterns: `*` matches anything, `%` anything but the delimiter.
-pub fn list_match(pattern: &str, name: &str) -> bool {
-    fn go(p: &[char], n: &[char]) -> bool {
-        match p.first() {
-            None => n.is_empty(),
-            Some('*') => (0..=n.len()).any(|i| go(&p[1..], &n[i..])),
-            Some('%') => {
-                for i in 0..=n.len() {
-                    if go(&p[1..], &n[i..]) {
-                        return true;
-                    }
-                    if i < n.len() && n[i] == DELIMITER {
-                        return false;
-                    }
-                }
-                false
-            }
-            Some(c) => n.first() == Some(c) && go(&p[1..], &n[1..]),
+/// Longest LIST pattern (reference and mailbox pattern joined), in characters.
+pub const MAX_LIST_PATTERN: usize = 1024;
+/// Most wildcards (`*`, `%`) in one LIST pattern, after runs of them are merged.
+pub const MAX_LIST_WILDCARDS: usize = 32;
+
+/// Why a LIST pattern was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PatternError {
+    #[error("LIST pattern longer than {MAX_LIST_PATTERN} characters")]
+    TooLong,
+    #[error("LIST pattern with more than {MAX_LIST_WILDCARDS} wildcards")]
+    TooManyWildcards,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tok {
+    /// `*`: any characters.
+    Any,
+    /// `%`: any characters except the hierarchy delimiter.
+    Level,
+    Char(char),
+}
+
+/// A compiled LIST/LSUB pattern (RFC 9051 §6.3.9): `*` matches anything, `%` anything but
+/// the hierarchy delimiter.
+///
+/// Matching simulates the pattern as a set of positions (a Thompson NFA) over the name, one
+/// character at a time: no recursion, so no pattern can exhaust the stack, and time is at
+/// most pattern length × name length, so `*a*a*a…b` cannot go exponential. Runs of
+/// wildcards are merged first (`**%*` is `*`), which is what they mean.
+#[derive(Clone, Debug)]
+pub struct ListPattern {
+    toks: Vec<Tok>,
+    /// The pattern upper-cased, for the name INBOX, which matches case-insensitively.
+    upper: Vec<Tok>,
+}
+
+fn compile(pattern: &str) -> Vec<Tok> {
+    let mut toks: Vec<Tok> = Vec::new();
+    for c in pattern.chars() {
+        let t = match c {
+            '*' => Tok::Any,
+            '%' => Tok::Level,
+            c => Tok::Char(c),
+        };
+        match (toks.last_mut(), t) {
+            (Some(last @ Tok::Level), Tok::Any) => *last = Tok::Any,
+            (Some(Tok::Any), Tok::Any | Tok::Level) | (Some(Tok::Level), Tok::Level) => {}
+            _ => toks.push(t),
         }
     }
-    let p: Vec<char> = pattern.chars().collect();
-    let n: Vec<char> = name.chars().collect();
-    // The name INBOX matches case-insensitively (RFC 9051 §5.1).
-    if name == "INBOX" {
-        let upper: Vec<char> = pattern.to_uppercase().chars().collect();
-        return go(&upper, &n);
+    toks
+}
+
+impl ListPattern {
+    pub fn new(pattern: &str) -> Result<Self, PatternError> {
+        if pattern.chars().count() > MAX_LIST_PATTERN {
+            return Err(PatternError::TooLong);
+        }
+        let toks = compile(pattern);
+        let wildcards = toks.iter().filter(|t| !matches!(t, Tok::Char(_))).count();
+        if wildcards > MAX_LIST_WILDCARDS {
+            return Err(PatternError::TooManyWildcards);
+        }
+        Ok(Self {
+            upper: compile(&pattern.to_uppercase()),
+            toks,
+        })
     }
-    go(&p, &n)
+
+    pub fn matches(&self, name: &str) -> bool {
+        self.matches_counting(name).0
+    }
+
+    /// Whether `name` matches, and the number of NFA steps taken (for tests that bound the
+    /// work without timing it).
+    pub fn matches_counting(&self, name: &str) -> (bool, u64) {
+        // The name INBOX matches case-insensitively (RFC 9051 §5.1).
+        let toks = if name == "INBOX" {
+            &self.upper
+        } else {
+            &self.toks
+        };
+        simulate(toks, name)
+    }
+}
+
+/// Runs the pattern over `name`; `live[i]` means "the first i tokens matched a prefix".
+fn simulate(toks: &[Tok], name: &str) -> (bool, u64) {
+    let n = toks.len();
+    let mut steps = 0u64;
+    let mut live = vec![false; n + 1];
+    let mut next = vec![false; n + 1];
+    live[0] = true;
+    close(toks, &mut live, &mut steps);
+    for c in name.chars() {
+        next.iter_mut().for_each(|x| *x = false);
+        let mut any = false;
+        for i in 0..n {
+            steps += 1;
+            if !live[i] {
+                continue;
+            }
+            match toks[i] {
+                Tok::Any => next[i] = true,
+                Tok::Level if c != DELIMITER => next[i] = true,
+                Tok::Level => {}
+                Tok::Char(p) if p == c => next[i + 1] = true,
+                Tok::Char(_) => {}
+            }
+            any = true;
+        }
+        std::mem::swap(&mut live, &mut next);
+        if !any {
+            return (false, steps);
+        }
+        close(toks, &mut live, &mut steps);
+    }
+    (live[n], steps)
+}
+
+/// Adds the positions reachable without reading a character: a wildcard may match nothing.
+fn close(toks: &[Tok], live: &mut [bool], steps: &mut u64) {
+    for i in 0..toks.len() {
+        *steps += 1;
+        if live[i] && matches!(toks[i], Tok::Any | Tok::Level) {
+            live[i + 1] = true;
+        }
+    }
+}
+
+/// Glob matching for LIST patterns: `*` matches anything, `%` anything but the delimiter.
+/// A pattern over the limits of [`ListPattern::new`] matches nothing.
+pub fn list_match(pattern: &str, name: &str) -> bool {
+    ListPattern::new(pattern).is_ok_and(|p| p.matches(name))
 }
 
 #[cfg(test)]
@@ -136,6 +280,28 @@ mod tests {
     }
 
     #[test]
+    fn set_index_agrees_with_in_set() {
+        let text: Vec<String> = (0..3000u32)
+            .map(|i| match i % 3 {
+                0 => format!("{}", i * 7 + 1),
+                1 => format!("{}:{}", i * 7 + 10, i * 7 + 3),
+                _ => "*".to_string(),
+            })
+            .collect();
+        let set = SequenceSet::try_from(text.join(",").as_str()).expect("set");
+        for largest in [1u32, 500, 30_000] {
+            let index = SetIndex::new(&set, largest);
+            for v in 1..=largest.max(25_000) {
+                assert_eq!(
+                    index.contains(v),
+                    in_set(&set, v, largest),
+                    "{v} / {largest}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn sets() {
         let set = SequenceSet::try_from("1:3,7,10:*").expect("set");
         assert!(in_set(&set, 2, 12));
@@ -143,5 +309,76 @@ mod tests {
         assert!(in_set(&set, 12, 12));
         let rev = SequenceSet::try_from("5:2").expect("set");
         assert!(in_set(&rev, 3, 10));
+    }
+}
+
+#[cfg(test)]
+mod list_match_regressions {
+    use super::*;
+
+    /// Issue 9 item 1: 50,000 `*` overflowed the stack of the recursive matcher and aborted
+    /// the process. Run on a thread with a small stack so a recursive matcher fails here;
+    /// the matcher itself is exercised past the length cap, which LIST enforces first.
+    #[test]
+    fn fifty_thousand_stars_do_not_overflow_the_stack() {
+        let handle = std::thread::Builder::new()
+            .stack_size(64 * 1024)
+            .spawn(|| {
+                let stars = "*".repeat(50_000);
+                let long = compile(&stars);
+                (
+                    simulate(&long, "a/b/c").0,
+                    simulate(&compile(&format!("{stars}x")), "a/b/c").0,
+                    ListPattern::new(&stars).err(),
+                )
+            })
+            .expect("spawn");
+        assert_eq!(
+            handle.join().expect("no stack overflow"),
+            (true, false, Some(PatternError::TooLong))
+        );
+    }
+
+    /// `*a*a*a…b` against `aaaa…` took exponential time; the NFA takes at most
+    /// (tokens + 1) × (characters + 1) × 2 steps, whatever the input.
+    #[test]
+    fn pathological_patterns_are_bounded_and_correct() {
+        let pattern = format!("{}b", "*a".repeat(15));
+        let p = ListPattern::new(&pattern).expect("within limits");
+        let toks = p.toks.len() as u64;
+        for len in [0usize, 1, 14, 15, 16, 100, 255] {
+            for tail in ["", "b", "ab", "/b"] {
+                let name = format!("{}{tail}", "a".repeat(len));
+                let (got, steps) = p.matches_counting(&name);
+                let expected = name.ends_with("ab") && name.matches('a').count() >= 15;
+                assert_eq!(got, expected, "{pattern} vs {name}");
+                let chars = name.chars().count() as u64;
+                assert!(
+                    steps <= 2 * (toks + 1) * (chars + 1),
+                    "{steps} steps for {name}"
+                );
+            }
+        }
+        // `%` never crosses the delimiter, even behind a `*`.
+        let q = ListPattern::new("*%a%").expect("ok");
+        assert!(q.matches("x/ya"));
+        assert!(!q.matches("x/a/y") && q.matches("a"));
+        let r = ListPattern::new("%/%a").expect("ok");
+        assert!(r.matches("x/ya") && !r.matches("x/y/a"));
+        assert!(list_match("**%%*", "a/b/c"));
+        assert!(list_match("a%%", "abc") && !list_match("a%%", "ab/c"));
+    }
+
+    #[test]
+    fn limits_are_enforced() {
+        assert_eq!(
+            ListPattern::new(&"x".repeat(MAX_LIST_PATTERN + 1)).err(),
+            Some(PatternError::TooLong)
+        );
+        assert_eq!(
+            ListPattern::new(&"*a".repeat(MAX_LIST_WILDCARDS + 1)).err(),
+            Some(PatternError::TooManyWildcards)
+        );
+        assert!(ListPattern::new(&"*a".repeat(MAX_LIST_WILDCARDS)).is_ok());
     }
 }

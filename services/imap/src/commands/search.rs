@@ -19,6 +19,29 @@ use std::num::{NonZeroU32, NonZeroU64};
 
 /// Nesting depth of search keys accepted (NOT/OR/parentheses), against stack exhaustion.
 const MAX_DEPTH: usize = 64;
+/// Search keys one SEARCH or SORT may hold: every key is evaluated for every message.
+pub const MAX_SEARCH_KEYS: usize = 1000;
+/// Sort criteria one SORT may name (RFC 5256 has nine keys; more only repeats them).
+pub const MAX_SORT_CRITERIA: usize = 16;
+
+/// Number of keys in the tree. Walked with an explicit stack; the depth is checked apart.
+fn key_count(key: &SearchKey<'_>) -> usize {
+    let mut stack = vec![key];
+    let mut n = 0;
+    while let Some(k) = stack.pop() {
+        n += 1;
+        match k {
+            SearchKey::And(v) => stack.extend(v.as_ref().iter()),
+            SearchKey::Not(k) => stack.push(k),
+            SearchKey::Or(a, b) => {
+                stack.push(a);
+                stack.push(b);
+            }
+            _ => {}
+        }
+    }
+    n
+}
 
 fn lower(s: &[u8]) -> String {
     String::from_utf8_lossy(s).to_lowercase()
@@ -217,8 +240,10 @@ impl Session {
         let parser = MessageParser::default();
         for (i, m) in sel.messages().iter().enumerate() {
             let seq = i as u32 + 1;
+            // A message another session expunged since the last refresh has no body to
+            // look at: it matches what its flags and numbers match, and no text key.
             let raw = if parse {
-                Some(sel.read_body(stores, m.uid).await?)
+                sel.read_body_if_present(stores, m.uid).await?
             } else {
                 None
             };
@@ -260,6 +285,12 @@ impl Session {
             )]));
         }
         let key = SearchKey::And(criteria);
+        if key_count(&key) > MAX_SEARCH_KEYS + 1 {
+            return Ok(Outcome::done(vec![response::bad(
+                &tag,
+                "Too many search keys",
+            )]));
+        }
         if depth(&key) > MAX_DEPTH {
             return Ok(Outcome::done(vec![response::bad(
                 &tag,
@@ -332,6 +363,18 @@ impl Session {
             )]));
         }
         let key = SearchKey::And(search);
+        if key_count(&key) > MAX_SEARCH_KEYS + 1 {
+            return Ok(Outcome::done(vec![response::bad(
+                &tag,
+                "Too many search keys",
+            )]));
+        }
+        if criteria.as_ref().len() > MAX_SORT_CRITERIA {
+            return Ok(Outcome::done(vec![response::bad(
+                &tag,
+                "Too many sort criteria",
+            )]));
+        }
         if depth(&key) > MAX_DEPTH {
             return Ok(Outcome::done(vec![response::bad(
                 &tag,

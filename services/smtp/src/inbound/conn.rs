@@ -11,6 +11,7 @@ use bytes::{Buf, BytesMut};
 use mailfleet_core::shutdown::Shutdown;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 pub use mailfleet_core::net::Io;
@@ -20,8 +21,14 @@ pub use mailfleet_core::net::Io;
 pub struct ConnLimits {
     pub max_line: usize,
     pub max_message_size: usize,
+    /// The whole of one command line must arrive within this (RFC 5321 §4.5.3.2.7's
+    /// 5 minutes), however the client spreads its bytes: a deadline, not a per-read wait.
     pub command_timeout: Duration,
+    /// Longest wait for each block of DATA/BDAT bytes (§4.5.3.2.5's 3 minutes).
     pub data_timeout: Duration,
+    /// The whole message (DATA up to its final dot, or one BDAT chunk) must arrive within
+    /// this, so a sender trickling a byte every few minutes cannot hold a slot forever.
+    pub data_deadline: Duration,
     /// How long a TLS handshake may take.
     pub tls_handshake_timeout: Duration,
 }
@@ -45,10 +52,10 @@ struct Conn {
 }
 
 impl Conn {
-    /// Reads more bytes into the buffer; Ok(false) on EOF.
-    async fn fill(&mut self, timeout: Duration) -> Result<bool, ()> {
+    /// Reads more bytes into the buffer before `deadline`; Ok(false) on EOF.
+    async fn fill(&mut self, deadline: Instant) -> Result<bool, ()> {
         self.buf.reserve(READ_CHUNK);
-        match tokio::time::timeout(timeout, self.io.read_buf(&mut self.buf)).await {
+        match tokio::time::timeout_at(deadline, self.io.read_buf(&mut self.buf)).await {
             Ok(Ok(0)) => Ok(false),
             Ok(Ok(_)) => Ok(true),
             Ok(Err(_)) => Ok(false),
@@ -57,6 +64,7 @@ impl Conn {
     }
 
     async fn read_line(&mut self, shutdown: &mut Shutdown, idle_ok: bool) -> LineRead {
+        let deadline = Instant::now() + self.limits.command_timeout;
         loop {
             let window = self.buf.len().min(self.limits.max_line);
             if let Some(pos) = self.buf[..window].iter().position(|b| *b == b'\n') {
@@ -68,11 +76,10 @@ impl Conn {
                 return LineRead::Line(line);
             }
             if self.buf.len() >= self.limits.max_line {
-                return self.discard_line().await;
+                return self.discard_line(deadline).await;
             }
             let wait_for_shutdown = idle_ok && self.buf.is_empty();
-            let timeout = self.limits.command_timeout;
-            let fill = self.fill(timeout);
+            let fill = self.fill(deadline);
             let filled = if wait_for_shutdown {
                 tokio::select! {
                     r = fill => r,
@@ -91,14 +98,14 @@ impl Conn {
 
     /// Throws away an over-long line up to and including its LF, keeping no more than one
     /// read's worth in memory however long the line is.
-    async fn discard_line(&mut self) -> LineRead {
+    async fn discard_line(&mut self, deadline: Instant) -> LineRead {
         loop {
             if let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
                 self.buf.advance(pos + 1);
                 return LineRead::TooLong;
             }
             self.buf.clear();
-            match self.fill(self.limits.command_timeout).await {
+            match self.fill(deadline).await {
                 Ok(true) => {}
                 Ok(false) => return LineRead::Eof,
                 Err(()) => return LineRead::Timeout,
@@ -106,8 +113,14 @@ impl Conn {
         }
     }
 
+    /// The earlier of the next block's wait and the whole message's deadline.
+    fn data_wait(&self, whole: Instant) -> Instant {
+        (Instant::now() + self.limits.data_timeout).min(whole)
+    }
+
     async fn read_data(&mut self) -> Option<DataEnd> {
         let mut rx = DataReceiver::new(self.limits.max_message_size);
+        let whole = Instant::now() + self.limits.data_deadline;
         loop {
             if !self.buf.is_empty() {
                 let (used, end) = rx.feed(&self.buf);
@@ -119,7 +132,7 @@ impl Conn {
                     return Some(end);
                 }
             }
-            match self.fill(self.limits.data_timeout).await {
+            match self.fill(self.data_wait(whole)).await {
                 Ok(true) => {}
                 _ => return None,
             }
@@ -130,6 +143,7 @@ impl Conn {
     async fn read_chunk(&mut self, size: u64, keep: bool) -> Option<Option<Vec<u8>>> {
         let mut remaining = size;
         let mut data = keep.then(|| Vec::with_capacity(size.min(1 << 20) as usize));
+        let whole = Instant::now() + self.limits.data_deadline;
         loop {
             let take = (self.buf.len() as u64).min(remaining) as usize;
             if take > 0 {
@@ -142,7 +156,7 @@ impl Conn {
             if remaining == 0 {
                 return Some(data);
             }
-            match self.fill(self.limits.data_timeout).await {
+            match self.fill(self.data_wait(whole)).await {
                 Ok(true) => {}
                 _ => return None,
             }
@@ -155,12 +169,23 @@ impl Conn {
         }
     }
 
+    /// Writes the queued replies, giving up on a client that does not read them within
+    /// the command timeout.
     async fn flush(&mut self) -> std::io::Result<()> {
-        if !self.out.is_empty() {
-            self.io.write_all(&self.out).await?;
-            self.out.clear();
+        let write = async {
+            if !self.out.is_empty() {
+                self.io.write_all(&self.out).await?;
+                self.out.clear();
+            }
+            self.io.flush().await
+        };
+        match tokio::time::timeout(self.limits.command_timeout, write).await {
+            Ok(r) => r,
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client did not read its replies in time",
+            )),
         }
-        self.io.flush().await
     }
 }
 
@@ -202,8 +227,10 @@ pub async fn serve_connection(
             match response.next {
                 Next::Command => {
                     // PIPELINING: replies to a group of commands go out together, once
-                    // the client's buffered input is used up (RFC 2920 §3.2).
-                    if conn.buf.is_empty() {
+                    // the client's buffered input is used up (RFC 2920 §3.2), or once
+                    // they pass FLUSH_AT: a client that pipelines without reading is
+                    // then not read further until it takes them.
+                    if conn.buf.is_empty() || conn.out.len() >= mailfleet_core::framing::FLUSH_AT {
                         conn.flush().await?;
                     }
                     break;

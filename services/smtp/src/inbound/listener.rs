@@ -38,6 +38,8 @@ pub struct Listener {
     pub pipeline: Pipeline,
     pub tls: Option<TlsAcceptor>,
     pub max_connections: usize,
+    /// The node's per-client-address connection cap, shared by every listener.
+    pub per_ip: mailfleet_core::net::PerIpLimit,
     pub shutdown: Shutdown,
     pub grace: Duration,
     /// `Some` for submission listeners (RFC 6409): sessions log in through it.
@@ -54,6 +56,7 @@ impl Listener {
             tls_handshake_timeout: self.limits.tls_handshake_timeout,
             max_connections: self.max_connections,
             busy_reply: b"421 4.7.0 Too many connections, try again later\r\n",
+            per_ip: self.per_ip.clone(),
             shutdown: self.shutdown.clone(),
             grace: self.grace,
         };

@@ -748,6 +748,11 @@ impl Session {
                 "5.2.2",
                 "Message exceeds the recipient's storage quota",
             )),
+            Err(PipelineError::Header(e)) => self.error(Reply::new(
+                554,
+                "5.6.0",
+                format!("Message header is malformed: {e}"),
+            )),
             Err(PipelineError::SenderNotOwned(from)) => self.error(Reply::new(
                 550,
                 "5.7.1",

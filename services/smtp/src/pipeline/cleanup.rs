@@ -8,6 +8,8 @@
 //! - Submitted messages (RFC 6409 §8.1-§8.3): a missing `Date:`, `Message-ID:` or `From:`
 //!   is added at the end of the header section, as Postfix's cleanup does.
 
+use super::header::{Header, HeaderError};
+
 /// Received headers beyond which a message is refused as looping (Postfix's default is 50).
 pub const MAX_HOPS: usize = 50;
 
@@ -34,19 +36,9 @@ pub fn normalize_line_endings(input: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Counts `Received:` fields in the header section.
-pub fn count_received(message: &[u8]) -> usize {
-    let mut count = 0;
-    for line in message.split(|b| *b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() {
-            break;
-        }
-        if line.len() >= 9 && line[..9].eq_ignore_ascii_case(b"received:") {
-            count += 1;
-        }
-    }
-    count
+/// Counts `Received:` fields in the header section, as [`Header`] reads it.
+pub fn count_received(message: &[u8]) -> Result<usize, HeaderError> {
+    Ok(Header::parse(message)?.count("Received"))
 }
 
 /// What the `Received` header says about the transaction.
@@ -94,58 +86,40 @@ pub fn trace_headers(return_path: &str, t: &TraceInfo<'_>) -> Vec<u8> {
     h.into_bytes()
 }
 
-/// Length of the header section: up to and including the empty line that ends it, or the
-/// whole message when it has no body.
-pub fn header_len(message: &[u8]) -> usize {
-    let mut pos = 0;
-    for line in message.split_inclusive(|b| *b == b'\n') {
-        pos += line.len();
-        if line == b"\r\n" || line == b"\n" {
-            return pos;
-        }
-    }
-    message.len()
-}
-
-/// Whether the header section has a field called `name` (case-insensitive).
+/// Whether the header section has a field called `name` (case-insensitive); a header
+/// section [`Header`] refuses has none.
 pub fn has_header(message: &[u8], name: &str) -> bool {
-    let headers = &message[..header_len(message)];
-    headers.split(|b| *b == b'\n').any(|line| {
-        line.len() > name.len()
-            && line[..name.len()].eq_ignore_ascii_case(name.as_bytes())
-            && line[name.len()] == b':'
-    })
+    Header::parse(message).is_ok_and(|h| h.has(name))
 }
 
 /// Adds `Name: value` fields at the end of the header section (before the empty line),
-/// for each `(name, value)` whose name the message lacks. Values are stripped of CR and LF
-/// so they cannot start a new field. The message must already have CRLF line ends.
-pub fn add_missing_headers(message: Vec<u8>, fields: &[(&str, String)]) -> Vec<u8> {
-    let missing: Vec<&(&str, String)> = fields
-        .iter()
-        .filter(|(name, _)| !has_header(&message, name))
-        .collect();
-    if missing.is_empty() {
-        return message;
-    }
-    let end = header_len(&message);
-    let has_body = (end >= 4 && message[..end].ends_with(b"\r\n\r\n"))
-        || (end == 2 && message.starts_with(b"\r\n"));
-    // Insert before the blank line, or at the end of a body-less message.
-    let at = if has_body { end - 2 } else { end };
+/// for each `(name, value)` whose name the message lacks, at the place [`Header`] says the
+/// section ends: the same reading the submission check made. Values are stripped of CR
+/// and LF so they cannot start a new field. The message must already have CRLF line ends.
+pub fn add_missing_headers(
+    message: Vec<u8>,
+    fields: &[(&str, String)],
+) -> Result<Vec<u8>, HeaderError> {
+    let header = Header::parse(&message)?;
     let mut added = Vec::new();
-    for (name, value) in missing {
+    for (name, value) in fields.iter().filter(|(name, _)| !header.has(name)) {
         let value: String = value.chars().filter(|c| *c != '\r' && *c != '\n').collect();
         added.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
     }
+    if added.is_empty() {
+        return Ok(message);
+    }
+    let at = header.insert_at;
     let mut out = Vec::with_capacity(message.len() + added.len() + 2);
+    // A body-less message that does not end its last line gets the CRLF first.
+    let unterminated = at == message.len() && !message.is_empty() && !message.ends_with(b"\r\n");
     out.extend_from_slice(&message[..at]);
-    out.extend_from_slice(&added);
-    out.extend_from_slice(&message[at..]);
-    if !has_body && !message.is_empty() && !message.ends_with(b"\r\n") {
+    if unterminated {
         out.extend_from_slice(b"\r\n");
     }
-    out
+    out.extend_from_slice(&added);
+    out.extend_from_slice(&message[at..]);
+    Ok(out)
 }
 
 /// A new Message-ID (RFC 5322 §3.6.4): random, the queue id, and this host.
@@ -176,7 +150,7 @@ mod tests {
     #[test]
     fn counts_received_in_header_only() {
         let m = b"Received: a\r\nreceived: b\r\nSubject: x\r\n\r\nReceived: body\r\n";
-        assert_eq!(count_received(m), 2);
+        assert_eq!(count_received(m), Ok(2));
     }
 
     #[test]
@@ -192,20 +166,21 @@ mod tests {
             "a Date line in the body does not count"
         );
         assert_eq!(
-            add_missing_headers(m, &fields),
+            add_missing_headers(m, &fields).expect("valid"),
             b"Subject: s\r\nmessage-id: <kept@h>\r\nDate: Thu, 01 Jan 1970 00:00:00 +0000\r\n\r\nDate: in body\r\n"
         );
         assert_eq!(
-            add_missing_headers(b"Subject: only headers\r\n".to_vec(), &fields[1..]),
+            add_missing_headers(b"Subject: only headers\r\n".to_vec(), &fields[1..])
+                .expect("valid"),
             b"Subject: only headers\r\nMessage-ID: <x@h>\r\n"
         );
         assert_eq!(
-            add_missing_headers(b"\r\nbody\r\n".to_vec(), &fields[1..]),
+            add_missing_headers(b"\r\nbody\r\n".to_vec(), &fields[1..]).expect("valid"),
             b"Message-ID: <x@h>\r\n\r\nbody\r\n"
         );
         let evil = [("Date", "x\r\nBcc: victim@x".to_string())];
         assert_eq!(
-            add_missing_headers(b"\r\n".to_vec(), &evil),
+            add_missing_headers(b"\r\n".to_vec(), &evil).expect("valid"),
             b"Date: xBcc: victim@x\r\n\r\n"
         );
         assert!(new_message_id("ABC", "mx.test").ends_with(".ABC@mx.test>"));

@@ -14,6 +14,7 @@
 //! copies) instead of being refused.
 
 pub mod cleanup;
+pub mod header;
 pub mod submission;
 
 use crate::local::{self, DeliveryError, Recipient, Resolution};
@@ -80,6 +81,9 @@ pub enum PipelineError {
     /// A `From:` address the submitter may not use (or one that does not parse).
     #[error("From address {0} is not owned by the authenticated user")]
     SenderNotOwned(String),
+    /// The header section does not split into fields unambiguously (554 5.6.0).
+    #[error("malformed header: {0}")]
+    Header(#[from] header::HeaderError),
 }
 
 #[derive(Clone)]
@@ -177,7 +181,9 @@ impl Pipeline {
     /// recipient.
     pub async fn accept(&self, env: &Envelope, raw: &[u8]) -> Result<(), PipelineError> {
         let body = cleanup::normalize_line_endings(raw);
-        let hops = cleanup::count_received(&body);
+        // One reading of the header section for every stage below (see [`header`]); a
+        // section that does not split cleanly is refused before any stage acts on it.
+        let hops = cleanup::count_received(&body)?;
         if hops > cleanup::MAX_HOPS {
             return Err(PipelineError::Loop(hops));
         }
@@ -313,8 +319,12 @@ impl Pipeline {
         account: &Account,
         body: Vec<u8>,
     ) -> Result<Vec<u8>, PipelineError> {
-        let froms = submission::from_addresses(&body)
-            .map_err(|_| PipelineError::SenderNotOwned("in the From header".into()))?;
+        let froms = submission::from_addresses(&body).map_err(|e| match e {
+            submission::FromError::Header(h) => PipelineError::Header(h),
+            submission::FromError::Unparseable => {
+                PipelineError::SenderNotOwned("in the From header".into())
+            }
+        })?;
         for from in &froms {
             if !self.sender_allowed(account, from).await? {
                 return Err(PipelineError::SenderNotOwned(from.to_string()));
@@ -335,6 +345,6 @@ impl Pipeline {
                     cleanup::new_message_id(&env.id, &self.hostname),
                 ),
             ],
-        ))
+        )?)
     }
 }

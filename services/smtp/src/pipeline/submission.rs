@@ -8,6 +8,7 @@
 //!   every address of a domain. This is the per-account setting, for shared mailboxes,
 //!   role addresses and services.
 
+use super::header::{Header, HeaderError};
 use crate::local::{self, Resolution};
 use mailfleet_core::Address;
 use mailfleet_storage::{Account, MetadataStore, StoreResult};
@@ -43,20 +44,31 @@ pub async fn sender_allowed(
 pub enum FromError {
     #[error("the From header has no usable address")]
     Unparseable,
+    #[error("{0}")]
+    Header(#[from] HeaderError),
 }
 
 /// Every mailbox address in every `From:` field of the header section, or an error when
 /// a `From:` field has none that parse. An empty list means there is no `From:` field.
+///
+/// The fields are found by [`Header`], the reading every later stage uses (a header
+/// section it refuses is refused here too); only each field's value goes to mail-parser's
+/// address grammar, so the two can never disagree on which fields are `From:`.
 pub fn from_addresses(message: &[u8]) -> Result<Vec<Address>, FromError> {
     use mail_parser::{HeaderName, HeaderValue, MessageParser};
-    let Some(parsed) = MessageParser::default().parse_headers(message) else {
-        return Ok(Vec::new());
-    };
+    let header = Header::parse(message).map_err(FromError::Header)?;
     let mut out = Vec::new();
-    for h in parsed.headers() {
-        if h.name != HeaderName::From {
-            continue;
-        }
+    for field in header.all("From") {
+        let mut one = Vec::with_capacity(field.value.len() + 10);
+        one.extend_from_slice(b"From:");
+        one.extend_from_slice(field.value);
+        one.extend_from_slice(b"\r\n\r\n");
+        let parsed = MessageParser::default()
+            .parse_headers(&one[..])
+            .ok_or(FromError::Unparseable)?;
+        let Some(h) = parsed.headers().iter().find(|h| h.name == HeaderName::From) else {
+            return Err(FromError::Unparseable);
+        };
         let HeaderValue::Address(list) = &h.value else {
             return Err(FromError::Unparseable);
         };
@@ -108,5 +120,15 @@ mod tests {
             Err(FromError::Unparseable)
         );
         assert_eq!(keys("From: \r\n\r\n"), Err(FromError::Unparseable));
+        assert_eq!(
+            keys(" From: evil@other.test\r\nSubject: x\r\n\r\n"),
+            Err(FromError::Header(HeaderError::LeadingContinuation)),
+            "issue 9 item 3: a folded first line cannot hide a From field"
+        );
+        assert_eq!(
+            keys("Subject: x\r\nFrom: a@x.test,\r\n evil@y.test\r\n\r\n"),
+            Ok(vec!["a@x.test".to_string(), "evil@y.test".to_string()]),
+            "a folded From field is read whole"
+        );
     }
 }
