@@ -328,4 +328,36 @@ mod tests {
         write_message(&mut empty, b"", None);
         assert_eq!(empty, b".\r\n");
     }
+
+    /// The SMTP parser once sliced inside a multibyte character after a verb; the POP3
+    /// parser splits only at ASCII spaces, and this sweep keeps it that way.
+    #[test]
+    fn multibyte_characters_anywhere_never_panic() {
+        let templates = [
+            "CAPA",
+            "USER u@x.test",
+            "PASS secret",
+            "AUTH PLAIN dGVzdA==",
+            "APOP u d",
+            "STLS",
+            "STAT",
+            "LIST 1",
+            "RETR 1",
+            "TOP 1 10",
+            "DELE 1",
+            "NOOP",
+            "RSET",
+            "UIDL 1",
+            "QUIT",
+        ];
+        for template in templates {
+            for ch in ['é', '€', '\u{10348}', '\u{a0}'] {
+                for at in 0..=template.len() {
+                    let mut line = template.to_string();
+                    line.insert(at, ch);
+                    let _ = Command::parse(line.as_bytes());
+                }
+            }
+        }
+    }
 }
