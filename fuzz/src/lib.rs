@@ -8,6 +8,8 @@
 //! # Layout
 //! - `smtp`, `imap`, `pop3`, `mime`, `sasl`, `config`: one module per target family; each
 //!   `run` returns a short [`Outcome`] describing what the parser made of the input.
+//! - `session`: the store, accounts and in-memory pipe the whole-session targets
+//!   (`smtp_session`, `smtp_submission`, `imap_session`, `pop3_session`) run against.
 //! - `corpus`: the checked-in inputs under `fuzz/corpus/<target>/` and the list of inputs
 //!   that still panic because of a known, separately tracked defect (`fuzz/known-panics.txt`).
 //! - `bin/replay.rs`: runs one file through one target (used for known panics, which may
@@ -22,6 +24,7 @@ pub mod imap;
 pub mod mime;
 pub mod pop3;
 pub mod sasl;
+pub mod session;
 pub mod smtp;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -36,20 +39,26 @@ pub enum Target {
     SmtpCommand,
     SmtpData,
     SmtpSession,
+    SmtpSubmission,
     ImapCodec,
+    ImapSession,
     Pop3Command,
+    Pop3Session,
     MimeSummary,
     Sasl,
     Config,
 }
 
 impl Target {
-    pub const ALL: [Target; 8] = [
+    pub const ALL: [Target; 11] = [
         Target::SmtpCommand,
         Target::SmtpData,
         Target::SmtpSession,
+        Target::SmtpSubmission,
         Target::ImapCodec,
+        Target::ImapSession,
         Target::Pop3Command,
+        Target::Pop3Session,
         Target::MimeSummary,
         Target::Sasl,
         Target::Config,
@@ -61,8 +70,11 @@ impl Target {
             Target::SmtpCommand => "smtp_command",
             Target::SmtpData => "smtp_data",
             Target::SmtpSession => "smtp_session",
+            Target::SmtpSubmission => "smtp_submission",
             Target::ImapCodec => "imap_codec",
+            Target::ImapSession => "imap_session",
             Target::Pop3Command => "pop3_command",
+            Target::Pop3Session => "pop3_session",
             Target::MimeSummary => "mime_summary",
             Target::Sasl => "sasl",
             Target::Config => "config",
@@ -79,8 +91,11 @@ impl Target {
             Target::SmtpCommand => smtp::command(input),
             Target::SmtpData => smtp::data(input),
             Target::SmtpSession => smtp::session(input),
+            Target::SmtpSubmission => smtp::submission(input),
             Target::ImapCodec => imap::codec(input),
+            Target::ImapSession => imap::session(input),
             Target::Pop3Command => pop3::command(input),
+            Target::Pop3Session => pop3::session(input),
             Target::MimeSummary => mime::summary(input),
             Target::Sasl => sasl::exchange(input),
             Target::Config => config::load(input),

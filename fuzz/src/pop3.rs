@@ -76,3 +76,71 @@ fn message(input: &[u8]) {
         );
     }
 }
+
+/// The whole POP3 server for one connection: the bytes as one client's stream through the
+/// connection driver and session (USER/PASS, APOP-less AUTH PLAIN/LOGIN, the maildrop lock,
+/// STAT/LIST/UIDL/RETR/TOP/DELE/RSET, pipelining) against a fresh embedded store with the
+/// real authenticator (`crate::session`). Invariants: no panic; the session ends after the
+/// client closes; the output is CRLF lines only, starting with the `+OK` greeting; and
+/// nothing leaves the maildrop unless the client sent QUIT (RFC 1939 §6: deletion happens
+/// only in the UPDATE state, which a dropped connection never reaches).
+pub fn session(input: &[u8]) -> crate::Outcome {
+    use mailfleet_core::shutdown::Shutdown;
+    use mailfleet_pop3::{serve_connection, ConnLimits, Session, SessionConfig};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let (output, left) = crate::session::converse_then(
+        input,
+        |world, server| {
+            let cfg = Arc::new(SessionConfig {
+                hostname: "pop.example.test".into(),
+                starttls: false,
+                allow_plaintext_auth: true,
+                max_errors: 10,
+                max_messages: 1000,
+            });
+            let session = Session::new(
+                cfg,
+                world.stores.clone(),
+                world.auth.clone(),
+                std::net::IpAddr::from([192, 0, 2, 10]),
+            );
+            let limits = ConnLimits {
+                max_line: 512,
+                command_timeout: Duration::from_secs(30),
+                tls_handshake_timeout: Duration::from_secs(5),
+            };
+            serve_connection(Box::new(server), session, limits, None, Shutdown::never())
+        },
+        |world| async move { world.inbox_count().await },
+    );
+    let quit = crate::lines(input).any(|l| l.len() >= 4 && l[..4].eq_ignore_ascii_case(b"QUIT"));
+    if !quit {
+        assert_eq!(left, 3, "messages left the maildrop without QUIT");
+    }
+    let mut kinds = Vec::new();
+    let mut rest = output.as_slice();
+    while !rest.is_empty() {
+        let end = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .unwrap_or_else(|| panic!("output does not end in CRLF"));
+        let line = &rest[..end];
+        assert!(
+            !line.contains(&b'\r') && !line.contains(&b'\n'),
+            "bare CR or LF in {line:?}"
+        );
+        if kinds.is_empty() {
+            assert!(line.starts_with(b"+OK"), "greeting {line:?} is +OK");
+        }
+        for status in [&b"+OK"[..], b"-ERR", b"+ "] {
+            if line.starts_with(status) {
+                kinds.push(String::from_utf8_lossy(status).trim().to_string());
+            }
+        }
+        rest = &rest[end + 2..];
+    }
+    kinds.dedup();
+    format!("{},left={left}", kinds.join(","))
+}

@@ -107,88 +107,77 @@ pub fn data(input: &[u8]) -> crate::Outcome {
 
 /// The inbound (MX) session: the bytes as one client's stream through the connection
 /// driver and session state machine, over an in-memory pipe, against a fresh embedded store
-/// with one hosted domain. The session must end once the client has sent everything and
+/// (`crate::session`). The session must end once the client has sent everything and
 /// closed, without panicking, and every byte it sends must be a well-formed reply line.
 pub fn session(input: &[u8]) -> crate::Outcome {
+    let (codes, _) = run(input, false);
+    codes
+}
+
+/// The submission session (587/465): as [`session`], on a connection that counts as TLS
+/// (as on the implicit-TLS listener), with AUTH PLAIN/LOGIN against the real
+/// authenticator. Beyond the reply syntax: a client that never authenticated (no `235`)
+/// gets nothing queued and nothing delivered (RFC 6409 §4.3).
+pub fn submission(input: &[u8]) -> crate::Outcome {
+    let (codes, (queued, inbox)) = run(input, true);
+    if !codes.split(',').any(|c| c == "235") {
+        assert_eq!(queued, 0, "a message was queued without AUTH");
+        assert_eq!(inbox, 3, "a message was delivered without AUTH");
+    }
+    codes
+}
+
+/// Runs one SMTP connection; returns the reply codes in order (deduplicated runs) and, for
+/// the store left behind, the outbound queue's length and alice's INBOX count.
+fn run(input: &[u8], submission: bool) -> (crate::Outcome, (usize, usize)) {
     use mailfleet_core::shutdown::Shutdown;
     use mailfleet_smtp::inbound::{serve_connection, ConnLimits, Session, SessionConfig};
     use mailfleet_smtp::pipeline::Pipeline;
     use std::sync::Arc;
     use std::time::Duration;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => panic!("harness: no runtime: {e}"),
-    };
-    let output = rt.block_on(async {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("harness: tempdir: {e}"));
-        let stores = mailfleet_storage::embedded::open(dir.path(), 16)
-            .unwrap_or_else(|e| panic!("harness: store: {e}"));
-        stores
-            .meta
-            .create_domain("example.test")
-            .await
-            .unwrap_or_else(|e| panic!("harness: domain: {e}"));
-        stores
-            .meta
-            .create_account("alice@example.test", "x", 0)
-            .await
-            .unwrap_or_else(|e| panic!("harness: account: {e}"));
-        let cfg = Arc::new(SessionConfig {
-            hostname: "mx.example.test".into(),
-            max_message_size: 64 * 1024,
-            max_recipients: 100,
-            max_errors: 10,
-            max_messages: 100,
-            max_messages_per_ip_per_minute: 0,
-            starttls: false,
-        });
-        let limits = ConnLimits {
-            max_line: 4096,
-            max_message_size: 64 * 1024,
-            command_timeout: Duration::from_secs(300),
-            data_timeout: Duration::from_secs(180),
-            data_deadline: Duration::from_secs(600),
-            tls_handshake_timeout: Duration::from_secs(10),
-        };
-        let (client, server) = tokio::io::duplex(1 << 16);
-        let session = Session::new(
-            cfg,
-            Pipeline::new(stores.clone(), "mx.example.test"),
-            std::net::IpAddr::from([192, 0, 2, 7]),
-        );
-        let task = tokio::spawn(serve_connection(
-            Box::new(server),
-            session,
-            limits,
-            None,
-            Shutdown::never(),
-        ));
-        let (mut r, mut w) = tokio::io::split(client);
-        let input = input.to_vec();
-        let writer = tokio::spawn(async move {
-            // The server may close first (QUIT, too many errors): a failed write is normal.
-            let _ = w.write_all(&input).await;
-            let _ = w.shutdown().await;
-        });
-        let mut out = Vec::new();
-        let read = tokio::time::timeout(Duration::from_secs(30), r.read_to_end(&mut out)).await;
-        assert!(
-            read.is_ok(),
-            "the session did not end after the client closed"
-        );
-        let _ = writer.await;
-        match task.await {
-            Ok(_) => {}
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => panic!("session task failed: {e}"),
-        }
-        out
-    });
+    let (output, left) = crate::session::converse_then(
+        input,
+        |world, server| {
+            let cfg = Arc::new(SessionConfig {
+                hostname: "mx.example.test".into(),
+                max_message_size: 64 * 1024,
+                max_recipients: 100,
+                max_errors: 10,
+                max_messages: 100,
+                max_messages_per_ip_per_minute: 0,
+                starttls: false,
+            });
+            let limits = ConnLimits {
+                max_line: 4096,
+                max_message_size: 64 * 1024,
+                command_timeout: Duration::from_secs(300),
+                data_timeout: Duration::from_secs(180),
+                data_deadline: Duration::from_secs(600),
+                tls_handshake_timeout: Duration::from_secs(10),
+            };
+            let mut session = Session::new(
+                cfg,
+                Pipeline::new(world.stores.clone(), "mx.example.test"),
+                std::net::IpAddr::from([192, 0, 2, 7]),
+            );
+            if submission {
+                session.set_tls("TLS1.3 (fuzz pipe)".into());
+                session.enable_submission(world.auth.clone());
+            }
+            serve_connection(Box::new(server), session, limits, None, Shutdown::never())
+        },
+        |world| async move {
+            let queued = world
+                .stores
+                .meta
+                .list_outbound(mailfleet_storage::QueueId(0), usize::MAX)
+                .await
+                .unwrap_or_else(|e| panic!("harness: list outbound: {e}"))
+                .len();
+            (queued, world.inbox_count().await)
+        },
+    );
     let mut codes = Vec::new();
     for line in output.split_inclusive(|b| *b == b'\n') {
         assert!(line.ends_with(b"\r\n"), "reply line {line:?} ends in CRLF");
@@ -203,5 +192,5 @@ pub fn session(input: &[u8]) -> crate::Outcome {
         codes.push(String::from_utf8_lossy(&body[..3]).into_owned());
     }
     codes.dedup();
-    codes.join(",")
+    (codes.join(","), left)
 }

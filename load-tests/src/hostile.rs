@@ -603,8 +603,9 @@ async fn attack_once(
     match attack {
         Attack::Pop3Retr => {
             read_line(&mut s).await?;
-            s.write_all(format!("USER {}\r\n", cfg.attacker_user).as_bytes())
-                .await?;
+            // One account per POP3 attacker: a maildrop takes one session at a time.
+            let user = cfg.attacker_user.replace("{n}", &index.to_string());
+            s.write_all(format!("USER {user}\r\n").as_bytes()).await?;
             read_line(&mut s).await?;
             s.write_all(format!("PASS {}\r\n", cfg.attacker_password).as_bytes())
                 .await?;
