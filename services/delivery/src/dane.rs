@@ -298,7 +298,7 @@ pub enum Verdict {
 /// mail; from a path that validates the root's keys, bogus is bogus.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DnssecPath {
-    /// The root DNSKEY RRset validates against the trust anchor.
+    /// The root zone's records validate against the trust anchor.
     Validating,
     /// It does not: no answer from this path can be secure.
     Stripped,
@@ -350,9 +350,10 @@ impl DaneResolver {
         Ok(Self { resolver })
     }
 
-    /// Whether the root DNSKEY RRset validates: see [`DnssecPath`].
+    /// Whether the root zone's SOA validates: see [`DnssecPath`]. (Not its DNSKEY RRset:
+    /// keys that are the trust anchor count as secure without a signature.)
     async fn path(&self) -> DnssecPath {
-        match self.resolver.lookup(".", RecordType::DNSKEY).await {
+        match self.resolver.lookup(".", RecordType::SOA).await {
             Ok(l)
                 if !l.answers().is_empty()
                     && l.answers().iter().all(|r| r.proof == Proof::Secure) =>
@@ -360,7 +361,7 @@ impl DaneResolver {
                 DnssecPath::Validating
             }
             _ => {
-                tracing::warn!("the resolver path does not carry DNSSEC (the root keys do not validate); DANE cannot apply");
+                tracing::warn!("the resolver path does not carry DNSSEC (the root zone does not validate); DANE cannot apply");
                 DnssecPath::Stripped
             }
         }
@@ -564,6 +565,45 @@ mod tests {
         // A DANE-TA record naming the leaf itself is not an anchor in the chain.
         let p = pki(&["mx.example.test"]);
         assert!(check(vec![rec(2, 0, 1, Sha256::digest(&p.leaf).to_vec())], &p).is_err());
+    }
+
+    #[test]
+    fn lookups_are_secure_insecure_or_failed() {
+        let validating = || DnssecPath::Validating;
+        let c = |a: Answer| classify(&a, validating);
+        assert_eq!(c(Answer::Records(vec![Proof::Secure, Proof::Secure])), Verdict::Secure);
+        assert_eq!(c(Answer::Records(vec![Proof::Insecure])), Verdict::Insecure);
+        assert_eq!(c(Answer::NoRecords(None)), Verdict::Insecure, "plain NXDOMAIN/NODATA");
+        assert_eq!(c(Answer::NoRecords(Some(Proof::Secure))), Verdict::Insecure);
+        assert_eq!(c(Answer::NoRecords(Some(Proof::Insecure))), Verdict::Insecure);
+        // RFC 7672 §2.2: bogus, indeterminate and failed lookups never fall back.
+        for a in [
+            Answer::Bogus,
+            Answer::Records(vec![Proof::Bogus]),
+            Answer::Records(vec![Proof::Secure, Proof::Indeterminate]),
+            Answer::NoRecords(Some(Proof::Bogus)),
+            Answer::Error("SERVFAIL".into()),
+        ] {
+            assert!(matches!(c(a.clone()), Verdict::Failed(_)), "{a:?}");
+        }
+    }
+
+    #[test]
+    fn a_path_that_strips_dnssec_makes_bogus_answers_insecure_but_not_errors() {
+        let stripped = || DnssecPath::Stripped;
+        assert_eq!(classify(&Answer::Bogus, stripped), Verdict::Insecure);
+        assert_eq!(
+            classify(&Answer::Records(vec![Proof::Indeterminate]), stripped),
+            Verdict::Insecure
+        );
+        assert!(matches!(
+            classify(&Answer::Error("timed out".into()), stripped),
+            Verdict::Failed(_)
+        ));
+        // Secure and plain answers never need the path checked.
+        let unasked = || -> DnssecPath { panic!("path consulted") };
+        assert_eq!(classify(&Answer::Records(vec![Proof::Secure]), unasked), Verdict::Secure);
+        assert_eq!(classify(&Answer::NoRecords(None), unasked), Verdict::Insecure);
     }
 
     #[test]
