@@ -392,7 +392,10 @@ impl DaneResolver {
                     RData::MX(m) => {
                         hosts.push((
                             m.preference,
-                            m.exchange.to_ascii().trim_end_matches('.').to_ascii_lowercase(),
+                            m.exchange
+                                .to_ascii()
+                                .trim_end_matches('.')
+                                .to_ascii_lowercase(),
                         ));
                         Some(r.proof)
                     }
@@ -441,7 +444,9 @@ impl DaneResolver {
         });
         match self.verdict(&answer).await {
             Verdict::Insecure => TlsaStatus::Unprotected,
-            Verdict::Failed(why) => TlsaStatus::Failed(format!("TLSA records for {mx_host}: {why}")),
+            Verdict::Failed(why) => {
+                TlsaStatus::Failed(format!("TLSA records for {mx_host}: {why}"))
+            }
             Verdict::Secure => match Expectation::new(records, mx_host, domain) {
                 Some(e) => TlsaStatus::Required(Arc::new(e)),
                 None => TlsaStatus::Unusable,
@@ -571,11 +576,21 @@ mod tests {
     fn lookups_are_secure_insecure_or_failed() {
         let validating = || DnssecPath::Validating;
         let c = |a: Answer| classify(&a, validating);
-        assert_eq!(c(Answer::Records(vec![Proof::Secure, Proof::Secure])), Verdict::Secure);
+        assert_eq!(
+            c(Answer::Records(vec![Proof::Secure, Proof::Secure])),
+            Verdict::Secure
+        );
         assert_eq!(c(Answer::Records(vec![Proof::Insecure])), Verdict::Insecure);
-        assert_eq!(c(Answer::NoRecords(None)), Verdict::Insecure, "plain NXDOMAIN/NODATA");
+        assert_eq!(
+            c(Answer::NoRecords(None)),
+            Verdict::Insecure,
+            "plain NXDOMAIN/NODATA"
+        );
         assert_eq!(c(Answer::NoRecords(Some(Proof::Secure))), Verdict::Insecure);
-        assert_eq!(c(Answer::NoRecords(Some(Proof::Insecure))), Verdict::Insecure);
+        assert_eq!(
+            c(Answer::NoRecords(Some(Proof::Insecure))),
+            Verdict::Insecure
+        );
         // RFC 7672 §2.2: bogus, indeterminate and failed lookups never fall back.
         for a in [
             Answer::Bogus,
@@ -602,8 +617,14 @@ mod tests {
         ));
         // Secure and plain answers never need the path checked.
         let unasked = || -> DnssecPath { panic!("path consulted") };
-        assert_eq!(classify(&Answer::Records(vec![Proof::Secure]), unasked), Verdict::Secure);
-        assert_eq!(classify(&Answer::NoRecords(None), unasked), Verdict::Insecure);
+        assert_eq!(
+            classify(&Answer::Records(vec![Proof::Secure]), unasked),
+            Verdict::Secure
+        );
+        assert_eq!(
+            classify(&Answer::NoRecords(None), unasked),
+            Verdict::Insecure
+        );
     }
 
     #[test]

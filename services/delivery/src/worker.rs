@@ -467,7 +467,11 @@ impl Worker {
     /// get. A worker that crashes mid-attempt thus leaves the entry resting until then
     /// instead of due at once (a tight retry loop against a host that kills it), and the
     /// crashed attempt still counts.
-    async fn claim(&self, ctx: &AttemptCtx<'_>, rcpts: &[String]) -> Result<(), crate::DeliveryError> {
+    async fn claim(
+        &self,
+        ctx: &AttemptCtx<'_>,
+        rcpts: &[String],
+    ) -> Result<(), crate::DeliveryError> {
         let s = &self.inner.settings;
         let claims = rcpts
             .iter()
@@ -622,14 +626,22 @@ impl Worker {
         for (address, res) in local {
             let result = match res {
                 mailfleet_smtp::local::Resolution::Local(rcpts) => {
-                    match mailfleet_smtp::local::deliver(stores, &rcpts, message.clone(), ctx.now, false)
-                        .await
+                    match mailfleet_smtp::local::deliver(
+                        stores,
+                        &rcpts,
+                        message.clone(),
+                        ctx.now,
+                        false,
+                    )
+                    .await
                     {
                         Ok(_) => {
                             tracing::info!(queue_id = %ctx.msg.id, rcpt = %address, "delivered locally");
                             RcptResult::Accepted("250 2.0.0 delivered locally".into())
                         }
-                        Err(e) => RcptResult::Temporary(format!("451 4.3.0 local delivery failed: {e}")),
+                        Err(e) => {
+                            RcptResult::Temporary(format!("451 4.3.0 local delivery failed: {e}"))
+                        }
                     }
                 }
                 _ => RcptResult::Permanent("550 5.1.1 no such local user".into()),
@@ -779,32 +791,28 @@ impl Worker {
         let mut hops = hops;
         let mut plans = Vec::with_capacity(hops.len());
         match &self.inner.dane {
-            Some(dane) if self.inner.router.is_dns_routed(domain) => {
-                match dane.mx(domain).await {
-                    MxSecurity::Failed(why) => return Err(format!("451 4.7.5 DANE: {why}")),
-                    MxSecurity::Insecure => plans.extend(hops.iter().map(|_| DanePlan::None)),
-                    MxSecurity::Secure(validated) => {
-                        hops = secure_hops(&validated, self.inner.settings.mx_port);
-                        if hops.is_empty() {
-                            return Err(format!(
-                                "451 4.7.5 DANE: the secure MX records of {domain} name no usable host"
-                            ));
-                        }
-                        for hop in &hops {
-                            plans.push(match dane.tlsa(&hop.host, domain).await {
-                                TlsaStatus::Unprotected => DanePlan::None,
-                                TlsaStatus::Unusable => {
-                                    DanePlan::Tls(HostTls::Mode(TlsMode::Opportunistic))
-                                }
-                                TlsaStatus::Required(e) => DanePlan::Tls(HostTls::Dane(e)),
-                                TlsaStatus::Failed(e) => {
-                                    DanePlan::Skip(format!("451 4.7.5 DANE: {e}"))
-                                }
-                            });
-                        }
+            Some(dane) if self.inner.router.is_dns_routed(domain) => match dane.mx(domain).await {
+                MxSecurity::Failed(why) => return Err(format!("451 4.7.5 DANE: {why}")),
+                MxSecurity::Insecure => plans.extend(hops.iter().map(|_| DanePlan::None)),
+                MxSecurity::Secure(validated) => {
+                    hops = secure_hops(&validated, self.inner.settings.mx_port);
+                    if hops.is_empty() {
+                        return Err(format!(
+                            "451 4.7.5 DANE: the secure MX records of {domain} name no usable host"
+                        ));
+                    }
+                    for hop in &hops {
+                        plans.push(match dane.tlsa(&hop.host, domain).await {
+                            TlsaStatus::Unprotected => DanePlan::None,
+                            TlsaStatus::Unusable => {
+                                DanePlan::Tls(HostTls::Mode(TlsMode::Opportunistic))
+                            }
+                            TlsaStatus::Required(e) => DanePlan::Tls(HostTls::Dane(e)),
+                            TlsaStatus::Failed(e) => DanePlan::Skip(format!("451 4.7.5 DANE: {e}")),
+                        });
                     }
                 }
-            }
+            },
             _ => plans.extend(hops.iter().map(|_| DanePlan::None)),
         }
         let others: Vec<Hop> = hops
@@ -1192,12 +1200,20 @@ mod tests {
     #[test]
     fn only_validated_mx_hosts_are_used() {
         let hops = secure_hops(
-            &["mx1.d.test".into(), "".into(), "mx2.d.test".into(), "mx1.d.test".into()],
+            &[
+                "mx1.d.test".into(),
+                "".into(),
+                "mx2.d.test".into(),
+                "mx1.d.test".into(),
+            ],
             2525,
         );
         let hosts: Vec<(&str, u16)> = hops.iter().map(|h| (h.host.as_str(), h.port)).collect();
         assert_eq!(hosts, [("mx1.d.test", 2525), ("mx2.d.test", 2525)]);
-        assert!(secure_hops(&["".into()], 25).is_empty(), "a null MX names no host");
+        assert!(
+            secure_hops(&["".into()], 25).is_empty(),
+            "a null MX names no host"
+        );
     }
 
     #[test]

@@ -1467,7 +1467,11 @@ pub async fn metadata_outbound_attempts(meta: &dyn MetadataStore) {
             account: None,
             envid: None,
             ret: None,
-            recipients: vec![rcpt("a@x.example"), rcpt("b@x.example"), rcpt("c@x.example")],
+            recipients: vec![
+                rcpt("a@x.example"),
+                rcpt("b@x.example"),
+                rcpt("c@x.example"),
+            ],
             created_at: base,
         })
         .await
@@ -1516,23 +1520,39 @@ pub async fn metadata_outbound_attempts(meta: &dyn MetadataStore) {
     assert!(m.recipients.iter().all(|r| r.attempts == 1
         && r.next_attempt == base + 600
         && r.state == RecipientState::Queued));
-    assert_eq!(mine(meta.due_outbound(base + 599, 10_000).await.expect("due")), 0);
-    assert_eq!(mine(meta.due_outbound(base + 600, 10_000).await.expect("due")), 1);
+    assert_eq!(
+        mine(meta.due_outbound(base + 599, 10_000).await.expect("due")),
+        0
+    );
+    assert_eq!(
+        mine(meta.due_outbound(base + 600, 10_000).await.expect("due")),
+        1
+    );
     assert!(matches!(
         meta.claim_outbound_attempt(id, Some(99), all(base)).await,
         Err(StoreError::Conflict(_))
     ));
     assert!(matches!(
-        meta.claim_outbound_attempt(QueueId(i64::MAX), None, all(base)).await,
+        meta.claim_outbound_attempt(QueueId(i64::MAX), None, all(base))
+            .await,
         Err(StoreError::NotFound(_))
     ));
 
     // A record naming a recipient that does not exist writes nothing at all.
     let outcomes = |third: &str| {
         vec![
-            ("a@x.example".to_string(), update(RecipientState::Delivered, base, false)),
-            ("b@x.example".to_string(), update(RecipientState::Failed, base, false)),
-            (third.to_string(), update(RecipientState::Queued, base + 900, true)),
+            (
+                "a@x.example".to_string(),
+                update(RecipientState::Delivered, base, false),
+            ),
+            (
+                "b@x.example".to_string(),
+                update(RecipientState::Failed, base, false),
+            ),
+            (
+                third.to_string(),
+                update(RecipientState::Queued, base + 900, true),
+            ),
         ]
     };
     assert!(matches!(
@@ -1548,10 +1568,12 @@ pub async fn metadata_outbound_attempts(meta: &dyn MetadataStore) {
     ));
     let m = meta.get_outbound(id).await.expect("get").expect("exists");
     assert!(
-        m.recipients.iter().all(|r| r.state == RecipientState::Queued
-            && r.next_attempt == base + 600
-            && r.last_error.is_none()
-            && !r.delay_warned),
+        m.recipients
+            .iter()
+            .all(|r| r.state == RecipientState::Queued
+                && r.next_attempt == base + 600
+                && r.last_error.is_none()
+                && !r.delay_warned),
         "a failed record leaves no partial state: {m:?}"
     );
     assert!(dsn_entries().await.is_empty(), "and queues no DSN");
@@ -1579,8 +1601,14 @@ pub async fn metadata_outbound_attempts(meta: &dyn MetadataStore) {
     );
     assert!(m.recipients[2].delay_warned);
     assert_eq!(m.recipients[2].next_attempt, base + 900);
-    assert_eq!(mine(meta.due_outbound(base + 899, 10_000).await.expect("due")), 0);
-    assert_eq!(mine(meta.due_outbound(base + 900, 10_000).await.expect("due")), 1);
+    assert_eq!(
+        mine(meta.due_outbound(base + 899, 10_000).await.expect("due")),
+        0
+    );
+    assert_eq!(
+        mine(meta.due_outbound(base + 900, 10_000).await.expect("due")),
+        1
+    );
 
     // The next claim leaves finished recipients alone.
     meta.claim_outbound_attempt(id, Some(101), all(base + 2000))

@@ -270,7 +270,10 @@ impl MetadataStore for FailingMeta {
         self.check("create_app_password")?;
         self.inner.create_app_password(account, new).await
     }
-    async fn list_app_passwords(&self, account: AccountId) -> StoreResult<Vec<mailfleet_storage::AppPassword>> {
+    async fn list_app_passwords(
+        &self,
+        account: AccountId,
+    ) -> StoreResult<Vec<mailfleet_storage::AppPassword>> {
         self.check("list_app_passwords")?;
         self.inner.list_app_passwords(account).await
     }
@@ -286,7 +289,11 @@ impl MetadataStore for FailingMeta {
         self.check("revoke_app_password")?;
         self.inner.revoke_app_password(account, name).await
     }
-    async fn touch_app_password(&self, id: mailfleet_storage::AppPasswordId, at: i64) -> StoreResult<()> {
+    async fn touch_app_password(
+        &self,
+        id: mailfleet_storage::AppPasswordId,
+        at: i64,
+    ) -> StoreResult<()> {
         self.check("touch_app_password")?;
         self.inner.touch_app_password(id, at).await
     }
@@ -298,7 +305,10 @@ impl MetadataStore for FailingMeta {
         self.check("set_totp_secret")?;
         self.inner.set_totp_secret(account, secret).await
     }
-    async fn totp_secret(&self, account: AccountId) -> StoreResult<Option<mailfleet_storage::TotpSecret>> {
+    async fn totp_secret(
+        &self,
+        account: AccountId,
+    ) -> StoreResult<Option<mailfleet_storage::TotpSecret>> {
         self.check("totp_secret")?;
         self.inner.totp_secret(account).await
     }
@@ -359,11 +369,19 @@ impl MetadataStore for FailingMeta {
         self.check("delete_outbound")?;
         self.inner.delete_outbound(id, fence).await
     }
-    async fn due_outbound(&self, now: i64, limit: usize) -> StoreResult<Vec<mailfleet_storage::QueueId>> {
+    async fn due_outbound(
+        &self,
+        now: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<mailfleet_storage::QueueId>> {
         self.check("due_outbound")?;
         self.inner.due_outbound(now, limit).await
     }
-    async fn reschedule_outbound(&self, id: mailfleet_storage::QueueId, at: i64) -> StoreResult<usize> {
+    async fn reschedule_outbound(
+        &self,
+        id: mailfleet_storage::QueueId,
+        at: i64,
+    ) -> StoreResult<usize> {
         self.check("reschedule_outbound")?;
         self.inner.reschedule_outbound(id, at).await
     }

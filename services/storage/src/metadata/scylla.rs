@@ -289,7 +289,10 @@ impl Db {
     /// A logged batch of idempotent writes: the coordinator writes the batch log first,
     /// so once it is accepted every statement applies, even across partitions (a failed
     /// coordinator's batch is replayed), and a batch that fails before that applies none.
-    async fn logged_batch(&self, stmts: Vec<(&'static str, Vec<Option<CqlValue>>)>) -> StoreResult<()> {
+    async fn logged_batch(
+        &self,
+        stmts: Vec<(&'static str, Vec<Option<CqlValue>>)>,
+    ) -> StoreResult<()> {
         if stmts.is_empty() {
             return Ok(());
         }

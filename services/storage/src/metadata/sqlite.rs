@@ -2217,7 +2217,14 @@ fn insert_outbound(c: &Connection, msg: &crate::NewOutbound) -> StoreResult<i64>
              notify, orcpt) VALUES (?1, ?2, ?3, 0, ?4, ?5, ?6)",
         )
         .map_err(db_err)?
-        .execute(params![id, seq as i64, r.address, msg.created_at, r.notify, r.orcpt])
+        .execute(params![
+            id,
+            seq as i64,
+            r.address,
+            msg.created_at,
+            r.notify,
+            r.orcpt
+        ])
         .map_err(|e| match db_err(e) {
             StoreError::Conflict(_) => {
                 StoreError::Invalid(format!("recipient {} listed twice", r.address))
