@@ -2,14 +2,22 @@
 //! an MX host must present, so that neither a forged MX answer nor a stripped STARTTLS nor a
 //! certificate from some CA the domain never chose gets mail delivered to an attacker.
 //!
-//! What is decided here, per MX host (RFC 7672 §2.2):
-//! - the domain's MX RRset must be DNSSEC-secure, or DANE does not apply (an attacker who
-//!   can forge the MX can name a host without TLSA records);
-//! - `_25._tcp.<host>` TLSA, secure, with usable records (usage 2 DANE-TA or 3 DANE-EE,
-//!   selector 0/1, matching 0/1/2): STARTTLS and a matching certificate are required;
-//! - secure but none usable: opportunistic TLS, as RFC 7672 §2.2 says;
-//! - insecure or absent: DANE does not apply (MTA-STS may);
-//! - bogus or failed lookup: the host is not used this time (temporary).
+//! What is decided here (RFC 7672 §2.2), each lookup being secure, insecure or failed
+//! ([`classify`], a pure function over the answer's kind and proofs):
+//! - the domain's MX RRset: secure means only the validated MX hosts are used (an attacker
+//!   who can forge the routing resolver's MX answer must not add a host without TLSA
+//!   records); insecure (provably unsigned, or no MX) means DANE does not apply; bogus or
+//!   a failed lookup defers the domain (`451 4.7.5`) rather than falling back;
+//! - then, per validated MX host:
+//!   - `_25._tcp.<host>` TLSA, secure, with usable records (usage 2 DANE-TA or 3
+//!     DANE-EE, selector 0/1, matching 0/1/2): STARTTLS and a matching certificate are
+//!     required;
+//!   - secure but none usable: opportunistic TLS, as RFC 7672 §2.2 says;
+//!   - insecure or absent: DANE does not apply (MTA-STS may);
+//!   - bogus or failed lookup: the host is not used this time (temporary).
+//!
+//! A bogus answer counts as failed only when the resolver path carries DNSSEC at all
+//! ([`DnssecPath`]): behind a path that strips signatures every domain is insecure.
 //!
 //! Matching ([`verify`]) is sans-IO: [`crate::tls`] wraps it in a rustls certificate
 //! verifier, and the lookups ([`DaneResolver`]) only turn DNS answers into [`TlsaStatus`].
