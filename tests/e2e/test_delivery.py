@@ -330,7 +330,8 @@ def test_worker_killed_mid_delivery_leaves_the_message_to_be_retried(tmp_path):
         server.kill9()
     finally:
         stalling.stop()
-    # Still queued, not lost: no attempt was recorded (the reply never came).
+    # Still queued, not lost: the attempt was claimed before it started (counted, and due
+    # again only after the backoff), and no outcome was recorded (the reply never came).
     queue = server.cli_json("queue", "list")
     entries = queue["entries"] if isinstance(queue, dict) else queue
     assert len(entries) == 1, queue

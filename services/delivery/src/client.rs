@@ -102,6 +102,10 @@ pub struct Transaction<'a> {
     pub recipients: &'a [String],
     /// The message, CRLF line endings, ending in CRLF.
     pub message: &'a [u8],
+    /// The queue lease the delivery runs under, confirmed right before `DATA`: a worker
+    /// that lost it stops there, before the message can reach the remote twice. `None`
+    /// when the caller holds no lease (tests, tools).
+    pub lease: Option<&'a crate::lease::LeaseGuard>,
 }
 
 /// The host could not be used at all (connection, greeting, EHLO, TLS): the caller tries
@@ -577,7 +581,24 @@ async fn transaction<T: AsyncRead + AsyncWrite + Unpin>(
             None => RcptResult::Temporary("4.4.2 no reply to RCPT".into()),
         })
         .collect();
-    let reusable = if results.iter().any(|r| matches!(r, RcptResult::Accepted(_))) {
+    let accepted = results.iter().any(|r| matches!(r, RcptResult::Accepted(_)));
+    // The lease is renewed right before DATA: a stall anywhere before this point (a slow
+    // greeting, a tarpitting RCPT) may have outlasted it, and after DATA it is too late.
+    if accepted && !confirm_lease(tx.lease).await {
+        let lost = RcptResult::Temporary("4.4.2 queue lease lost before DATA; not sent".into());
+        for r in results.iter_mut() {
+            if matches!(r, RcptResult::Accepted(_)) {
+                *r = lost.clone();
+            }
+        }
+        let reusable = rset(client).await;
+        return TxOutcome {
+            results,
+            reusable,
+            stale: false,
+        };
+    }
+    let reusable = if accepted {
         // mail-send appends CRLF.CRLF itself; the stored message already ends in CRLF.
         let body = tx.message.strip_suffix(b"\r\n").unwrap_or(tx.message);
         let (outcome, clean) = match client.data(body).await {
@@ -600,6 +621,14 @@ async fn transaction<T: AsyncRead + AsyncWrite + Unpin>(
         results,
         reusable,
         stale: false,
+    }
+}
+
+/// Whether the message may go out under `lease`: renewed and confirmed now, or no lease.
+async fn confirm_lease(lease: Option<&crate::lease::LeaseGuard>) -> bool {
+    match lease {
+        Some(l) => l.confirm().await,
+        None => true,
     }
 }
 

@@ -2,14 +2,22 @@
 //! an MX host must present, so that neither a forged MX answer nor a stripped STARTTLS nor a
 //! certificate from some CA the domain never chose gets mail delivered to an attacker.
 //!
-//! What is decided here, per MX host (RFC 7672 §2.2):
-//! - the domain's MX RRset must be DNSSEC-secure, or DANE does not apply (an attacker who
-//!   can forge the MX can name a host without TLSA records);
-//! - `_25._tcp.<host>` TLSA, secure, with usable records (usage 2 DANE-TA or 3 DANE-EE,
-//!   selector 0/1, matching 0/1/2): STARTTLS and a matching certificate are required;
-//! - secure but none usable: opportunistic TLS, as RFC 7672 §2.2 says;
-//! - insecure or absent: DANE does not apply (MTA-STS may);
-//! - bogus or failed lookup: the host is not used this time (temporary).
+//! What is decided here (RFC 7672 §2.2), each lookup being secure, insecure or failed
+//! ([`classify`], a pure function over the answer's kind and proofs):
+//! - the domain's MX RRset: secure means only the validated MX hosts are used (an attacker
+//!   who can forge the routing resolver's MX answer must not add a host without TLSA
+//!   records); insecure (provably unsigned, or no MX) means DANE does not apply; bogus or
+//!   a failed lookup defers the domain (`451 4.7.5`) rather than falling back;
+//! - then, per validated MX host:
+//!   - `_25._tcp.<host>` TLSA, secure, with usable records (usage 2 DANE-TA or 3
+//!     DANE-EE, selector 0/1, matching 0/1/2): STARTTLS and a matching certificate are
+//!     required;
+//!   - secure but none usable: opportunistic TLS, as RFC 7672 §2.2 says;
+//!   - insecure or absent: DANE does not apply (MTA-STS may);
+//!   - bogus or failed lookup: the host is not used this time (temporary).
+//!
+//! A bogus answer counts as failed only when the resolver path carries DNSSEC at all
+//! ([`DnssecPath`]): behind a path that strips signatures every domain is insecure.
 //!
 //! Matching ([`verify`]) is sans-IO: [`crate::tls`] wraps it in a rustls certificate
 //! verifier, and the lookups ([`DaneResolver`]) only turn DNS answers into [`TlsaStatus`].
@@ -28,7 +36,6 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::RootCertStore;
 use sha2::{Digest, Sha256, Sha512};
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -238,9 +245,98 @@ pub enum TlsaStatus {
     Failed(String),
 }
 
+/// What the validated MX lookup of a recipient domain decided (RFC 7672 §2.2.1).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MxSecurity {
+    /// The MX RRset is DNSSEC-secure: these hosts (lowercase, no trailing dot, by
+    /// preference) and no others may be used, each under its TLSA records.
+    Secure(Vec<String>),
+    /// Provably unsigned, or no MX records: the normal MX list, with MTA-STS or
+    /// opportunistic TLS.
+    Insecure,
+    /// Bogus, or the lookup failed: nothing is sent to the domain now (`451 4.7.5`), as
+    /// an attacker who can break validation must not get the unprotected path.
+    Failed(String),
+}
+
+/// A validating lookup's outcome, reduced to what the DANE decision depends on, so the
+/// decision ([`classify`]) can be tested without a resolver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// Records of the type asked for, each with the proof the validator gave it.
+    Records(Vec<Proof>),
+    /// No records of the type (NXDOMAIN or NODATA), with the proof of the denial if the
+    /// validator gave one (`None`: a plain denial, outside any signed zone).
+    NoRecords(Option<Proof>),
+    /// The validator found the answer bogus (bad or missing signatures in a signed zone).
+    Bogus,
+    /// The lookup itself failed (timeout, SERVFAIL, REFUSED, ...).
+    Error(String),
+}
+
+impl Answer {
+    /// Reduces a hickory lookup result to an [`Answer`]; `proofs` gives each answer
+    /// record's proof, for the records of the type asked for.
+    fn of(result: Result<Vec<Proof>, &NetError>) -> Self {
+        match result {
+            Ok(proofs) if proofs.is_empty() => Answer::NoRecords(None),
+            Ok(proofs) => Answer::Records(proofs),
+            Err(e) if is_bogus(e) => Answer::Bogus,
+            Err(NetError::Dns(DnsError::Nsec { proof, .. })) => Answer::NoRecords(Some(*proof)),
+            Err(e) if e.is_nx_domain() || e.is_no_records_found() => Answer::NoRecords(None),
+            Err(e) => Answer::Error(e.to_string()),
+        }
+    }
+}
+
+/// How an [`Answer`] counts for DANE (RFC 7672 §2.1.1, §2.2).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Secure records: DANE applies.
+    Secure,
+    /// Unsigned, or securely or insecurely absent: DANE does not apply.
+    Insecure,
+    /// Bogus or indeterminate, or the lookup failed: defer.
+    Failed(String),
+}
+
+/// Whether the resolver path carries DNSSEC at all, which decides what a bogus answer
+/// means: from a path that strips signatures (a forwarder without DNSSEC support, a
+/// middlebox) every signed name looks bogus, and treating that as an attack would stop all
+/// mail; from a path that validates the root's keys, bogus is bogus.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DnssecPath {
+    /// The root zone's records validate against the trust anchor.
+    Validating,
+    /// It does not: no answer from this path can be secure.
+    Stripped,
+}
+
+/// The DANE decision for one answer; `path` is only consulted when the answer is bogus or
+/// indeterminate (the caller checks it lazily, then).
+pub fn classify(answer: &Answer, path: impl FnOnce() -> DnssecPath) -> Verdict {
+    let bogus = |what: &str, path: DnssecPath| match path {
+        DnssecPath::Validating => Verdict::Failed(what.to_string()),
+        DnssecPath::Stripped => Verdict::Insecure,
+    };
+    match answer {
+        Answer::Error(e) => Verdict::Failed(format!("lookup failed: {e}")),
+        Answer::Bogus => bogus("DNSSEC validation failed (bogus)", path()),
+        Answer::NoRecords(None) | Answer::NoRecords(Some(Proof::Secure | Proof::Insecure)) => {
+            Verdict::Insecure
+        }
+        Answer::NoRecords(Some(_)) => bogus("denial of existence is bogus", path()),
+        Answer::Records(proofs) if proofs.iter().all(|p| *p == Proof::Secure) => Verdict::Secure,
+        Answer::Records(proofs) if proofs.iter().all(|p| *p == Proof::Insecure) => {
+            Verdict::Insecure
+        }
+        Answer::Records(_) => bogus("records are bogus or indeterminate", path()),
+    }
+}
+
 /// A DNSSEC-validating resolver for the DANE lookups only. MX routing keeps its own,
-/// non-validating resolver, so a DNS path that strips DNSSEC records costs DANE and
-/// nothing else.
+/// non-validating resolver; once a domain's MX RRset is secure, only the validated hosts
+/// are used.
 pub struct DaneResolver {
     resolver: TokioResolver,
 }
@@ -262,86 +358,109 @@ impl DaneResolver {
         Ok(Self { resolver })
     }
 
-    /// The MX hosts of `domain` when its MX RRset is DNSSEC-secure; empty otherwise.
-    ///
-    /// A bogus MX RRset counts as insecure rather than as a failure: the routing resolver
-    /// already found the hosts, and a resolver path that strips signatures makes every
-    /// domain look bogus, which must not stop all mail. (Such an answer gives the attacker
-    /// only what an unsigned domain gives anyone: MTA-STS or opportunistic TLS.)
-    pub async fn secure_mx_hosts(&self, domain: &str) -> HashSet<String> {
-        let fqdn = format!("{}.", domain.trim_end_matches('.'));
-        let lookup = match self.resolver.lookup(fqdn.as_str(), RecordType::MX).await {
-            Ok(l) => l,
-            Err(e) => {
-                if is_bogus(&e) {
-                    tracing::warn!(
-                        domain,
-                        "DNSSEC validation of the MX records failed; no DANE"
-                    );
-                } else {
-                    tracing::debug!(domain, error = %e, "no secure MX records; no DANE");
-                }
-                return HashSet::new();
+    /// Whether the root zone's SOA validates: see [`DnssecPath`]. (Not its DNSKEY RRset:
+    /// keys that are the trust anchor count as secure without a signature.)
+    async fn path(&self) -> DnssecPath {
+        match self.resolver.lookup(".", RecordType::SOA).await {
+            Ok(l)
+                if !l.answers().is_empty()
+                    && l.answers().iter().all(|r| r.proof == Proof::Secure) =>
+            {
+                DnssecPath::Validating
             }
-        };
-        let mx: Vec<_> = lookup
-            .answers()
-            .iter()
-            .filter_map(|r| match &r.data {
-                RData::MX(m) => Some((r.proof, m.exchange.to_ascii())),
-                _ => None,
-            })
-            .collect();
-        if mx.is_empty() || mx.iter().any(|(p, _)| *p != Proof::Secure) {
-            return HashSet::new();
+            _ => {
+                tracing::warn!("the resolver path does not carry DNSSEC (the root zone does not validate); DANE cannot apply");
+                DnssecPath::Stripped
+            }
         }
-        mx.into_iter()
-            .map(|(_, h)| h.trim_end_matches('.').to_ascii_lowercase())
-            .collect()
+    }
+
+    /// [`classify`], checking the resolver path only when the answer looks bogus.
+    async fn verdict(&self, answer: &Answer) -> Verdict {
+        match classify(answer, || DnssecPath::Validating) {
+            Verdict::Failed(_) if !matches!(answer, Answer::Error(_)) => {
+                let path = self.path().await;
+                classify(answer, || path)
+            }
+            v => v,
+        }
+    }
+
+    /// The validated MX lookup of `domain` (RFC 7672 §2.2.1): the secure host list, or
+    /// insecure, or failed.
+    pub async fn mx(&self, domain: &str) -> MxSecurity {
+        let fqdn = format!("{}.", domain.trim_end_matches('.'));
+        let result = self.resolver.lookup(fqdn.as_str(), RecordType::MX).await;
+        let mut hosts: Vec<(u16, String)> = Vec::new();
+        let answer = Answer::of(match &result {
+            Ok(l) => Ok(l
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::MX(m) => {
+                        hosts.push((
+                            m.preference,
+                            m.exchange
+                                .to_ascii()
+                                .trim_end_matches('.')
+                                .to_ascii_lowercase(),
+                        ));
+                        Some(r.proof)
+                    }
+                    _ => None,
+                })
+                .collect()),
+            Err(e) => Err(e),
+        });
+        match self.verdict(&answer).await {
+            Verdict::Secure => {
+                hosts.sort();
+                hosts.dedup();
+                MxSecurity::Secure(hosts.into_iter().map(|(_, h)| h).collect())
+            }
+            Verdict::Insecure => MxSecurity::Insecure,
+            Verdict::Failed(why) => {
+                tracing::warn!(domain, why, "validated MX lookup failed; deferring");
+                MxSecurity::Failed(format!("MX records of {domain}: {why}"))
+            }
+        }
     }
 
     /// The TLSA records at `_25._tcp.<mx_host>`, judged for delivery to `domain`.
     pub async fn tlsa(&self, mx_host: &str, domain: &str) -> TlsaStatus {
         let name = format!("_{SMTP_PORT}._tcp.{}.", mx_host.trim_end_matches('.'));
-        let lookup = match self.resolver.lookup(name.as_str(), RecordType::TLSA).await {
-            Ok(l) => l,
-            Err(e) if is_bogus(&e) => {
-                return TlsaStatus::Failed(format!("TLSA records for {mx_host} are bogus"))
-            }
-            Err(e) if e.is_nx_domain() || e.is_no_records_found() || is_insecure_denial(&e) => {
-                return TlsaStatus::Unprotected
-            }
-            Err(e) => return TlsaStatus::Failed(format!("TLSA lookup for {mx_host}: {e}")),
-        };
+        let result = self.resolver.lookup(name.as_str(), RecordType::TLSA).await;
         let mut records = Vec::new();
-        for r in lookup.answers() {
-            let RData::TLSA(t) = &r.data else {
-                continue;
-            };
-            if r.proof != Proof::Secure {
-                return TlsaStatus::Unprotected;
+        let answer = Answer::of(match &result {
+            Ok(l) => Ok(l
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::TLSA(t) => {
+                        records.push(Tlsa {
+                            usage: t.cert_usage.into(),
+                            selector: t.selector.into(),
+                            matching: t.matching.into(),
+                            data: t.cert_data.clone(),
+                        });
+                        Some(r.proof)
+                    }
+                    _ => None,
+                })
+                .collect()),
+            Err(e) => Err(e),
+        });
+        match self.verdict(&answer).await {
+            Verdict::Insecure => TlsaStatus::Unprotected,
+            Verdict::Failed(why) => {
+                TlsaStatus::Failed(format!("TLSA records for {mx_host}: {why}"))
             }
-            records.push(Tlsa {
-                usage: t.cert_usage.into(),
-                selector: t.selector.into(),
-                matching: t.matching.into(),
-                data: t.cert_data.clone(),
-            });
-        }
-        if records.is_empty() {
-            return TlsaStatus::Unprotected;
-        }
-        match Expectation::new(records, mx_host, domain) {
-            Some(e) => TlsaStatus::Required(Arc::new(e)),
-            None => TlsaStatus::Unusable,
+            Verdict::Secure => match Expectation::new(records, mx_host, domain) {
+                Some(e) => TlsaStatus::Required(Arc::new(e)),
+                None => TlsaStatus::Unusable,
+            },
         }
     }
-}
-
-/// A denial of existence from an unsigned zone (e.g. below an NSEC3 opt-out span): no
-/// TLSA records anyone could rely on, so DANE does not apply.
-fn is_insecure_denial(e: &NetError) -> bool {
-    matches!(e, NetError::Dns(DnsError::Nsec { proof, .. }) if *proof == Proof::Insecure)
 }
 
 /// A validation failure: answers were signed, but the signatures do not check out.
@@ -459,6 +578,61 @@ mod tests {
         // A DANE-TA record naming the leaf itself is not an anchor in the chain.
         let p = pki(&["mx.example.test"]);
         assert!(check(vec![rec(2, 0, 1, Sha256::digest(&p.leaf).to_vec())], &p).is_err());
+    }
+
+    #[test]
+    fn lookups_are_secure_insecure_or_failed() {
+        let validating = || DnssecPath::Validating;
+        let c = |a: Answer| classify(&a, validating);
+        assert_eq!(
+            c(Answer::Records(vec![Proof::Secure, Proof::Secure])),
+            Verdict::Secure
+        );
+        assert_eq!(c(Answer::Records(vec![Proof::Insecure])), Verdict::Insecure);
+        assert_eq!(
+            c(Answer::NoRecords(None)),
+            Verdict::Insecure,
+            "plain NXDOMAIN/NODATA"
+        );
+        assert_eq!(c(Answer::NoRecords(Some(Proof::Secure))), Verdict::Insecure);
+        assert_eq!(
+            c(Answer::NoRecords(Some(Proof::Insecure))),
+            Verdict::Insecure
+        );
+        // RFC 7672 §2.2: bogus, indeterminate and failed lookups never fall back.
+        for a in [
+            Answer::Bogus,
+            Answer::Records(vec![Proof::Bogus]),
+            Answer::Records(vec![Proof::Secure, Proof::Indeterminate]),
+            Answer::NoRecords(Some(Proof::Bogus)),
+            Answer::Error("SERVFAIL".into()),
+        ] {
+            assert!(matches!(c(a.clone()), Verdict::Failed(_)), "{a:?}");
+        }
+    }
+
+    #[test]
+    fn a_path_that_strips_dnssec_makes_bogus_answers_insecure_but_not_errors() {
+        let stripped = || DnssecPath::Stripped;
+        assert_eq!(classify(&Answer::Bogus, stripped), Verdict::Insecure);
+        assert_eq!(
+            classify(&Answer::Records(vec![Proof::Indeterminate]), stripped),
+            Verdict::Insecure
+        );
+        assert!(matches!(
+            classify(&Answer::Error("timed out".into()), stripped),
+            Verdict::Failed(_)
+        ));
+        // Secure and plain answers never need the path checked.
+        let unasked = || -> DnssecPath { panic!("path consulted") };
+        assert_eq!(
+            classify(&Answer::Records(vec![Proof::Secure]), unasked),
+            Verdict::Secure
+        );
+        assert_eq!(
+            classify(&Answer::NoRecords(None), unasked),
+            Verdict::Insecure
+        );
     }
 
     #[test]

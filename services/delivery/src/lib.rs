@@ -11,6 +11,8 @@
 //!   for the certificate check in `tls.rs`.
 //! - `mtasts.rs`: MTA-STS (RFC 8461): TXT and policy parsing, MX pattern matching, and
 //!   the per-node policy cache that fetches policies over HTTPS.
+//! - `lease.rs`: the queue lease an attempt runs under: renewal, loss signal, the
+//!   check before `DATA`.
 //! - `dsn.rs`: RFC 3464 delivery status notifications.
 //! - `dkim.rs`: per-domain DKIM keys (RSA-2048 and Ed25519), signing, DNS records.
 //!
@@ -23,6 +25,7 @@ pub mod client;
 pub mod dane;
 pub mod dkim;
 pub mod dsn;
+pub mod lease;
 pub mod mtasts;
 pub mod route;
 pub mod tls;
@@ -122,4 +125,7 @@ pub enum DeliveryError {
     Setup(String),
     #[error(transparent)]
     Store(#[from] mailfleet_storage::StoreError),
+    /// The entry's lease was lost mid-attempt: the attempt stopped and recorded nothing.
+    #[error("queue lease on entry {0} lost; attempt stopped")]
+    LeaseLost(mailfleet_storage::QueueId),
 }

@@ -1,27 +1,39 @@
 //! The queue manager: finds due entries, takes each under a `Coordinator` lease, delivers
-//! it, records each recipient's outcome, sends DSNs and removes finished entries.
+//! it, records each recipient's outcome, queues DSNs and removes finished entries.
 //!
 //! - **One worker per entry.** The lease `delivery:queue:<id>` is taken before the entry is
 //!   read and renewed every third of its TTL while the delivery runs; any number of nodes
 //!   can poll the same queue. A worker that dies stops renewing; after the TTL another
 //!   takes the entry and retries the recipients still `Queued`. (A remote server that
 //!   accepted the message just before the crash may then get it twice: SMTP cannot avoid
-//!   that, RFC 5321 §6.1.) A renewal that finds the lease lost is logged; the attempt in
-//!   progress still finishes, so a worker stalled longer than the TTL can overlap another
-//!   (fencing tokens are not checked by the queue writes yet).
+//!   that, RFC 5321 §6.1.) A worker that learns its lease is lost (a renewal refused, or
+//!   none confirmed for a whole TTL) cancels the SMTP attempt in flight, dropping the
+//!   connection before the end of DATA, and records nothing; the client also renews the
+//!   lease right before `DATA` and sends nothing when it cannot (`lease.rs`). Every queue
+//!   write carries the lease's fencing token, so a stale worker cannot overwrite a newer
+//!   holder's writes.
+//! - **Claimed, then recorded at once.** Before a domain's recipients are attempted, the
+//!   attempt is claimed in the store: their attempt count grows and their next attempt
+//!   moves to the backoff time, so a crash mid-attempt neither loses the count nor makes
+//!   the entry due again at once. Afterwards every outcome of the attempt, and every DSN
+//!   it owes, is written in one transaction (`record_outbound_attempt`): either all of it
+//!   or nothing, so a failed write never leaves some recipients recorded and others not,
+//!   and a DSN is queued exactly once.
 //! - **Bounded.** At most `max_concurrent` entries are in flight per node (a semaphore,
 //!   taken before the lease so a busy node does not hoard leases), and each poll asks for
 //!   at most [`POLL_BATCH`] entries.
 //! - **Retries.** A temporary failure waits `retry_base * 2^(attempts-1)`, capped at
 //!   `retry_max`; once the message is older than `max_lifetime` a temporary failure is
 //!   final.
-//! - **Bounces.** Recipients that fail for good get one DSN per attempt, sent before their
-//!   state is recorded (a crash in between repeats the DSN rather than losing it); never for
-//!   the null sender.
+//! - **Bounces.** Recipients that fail for good get one DSN per attempt, queued as an
+//!   entry with the null sender in the same transaction as their state; never for the null
+//!   sender. A DSN entry whose recipient is local is delivered to that INBOX by the worker
+//!   (at once when the sender is local, otherwise on the poll), a remote one over SMTP.
 
 use crate::client::{self, ClientSettings, HostTls, RcptResult, TlsMode, Transaction};
-use crate::dane::{DaneResolver, TlsaStatus};
+use crate::dane::{DaneResolver, MxSecurity, TlsaStatus};
 use crate::dsn::{self, FailedRecipient};
+use crate::lease::LeaseGuard;
 use crate::mtasts::{self, PolicyCache};
 use crate::route::{Hop, Route, Router};
 use crate::Settings;
@@ -81,6 +93,16 @@ enum DanePlan {
     Tls(HostTls),
     /// The host is not used this attempt (bogus or failed TLSA lookup).
     Skip(String),
+}
+
+/// What every step of one attempt on one entry needs to know.
+struct AttemptCtx<'a> {
+    msg: &'a OutboundMessage,
+    /// The lease token the attempt's queue writes carry.
+    fence: Option<u64>,
+    /// The lease itself, when the attempt runs under one: confirmed before `DATA`.
+    guard: Option<&'a LeaseGuard>,
+    now: i64,
 }
 
 /// What one attempt decided for one recipient.
@@ -292,33 +314,59 @@ impl Worker {
             .remove(&id);
     }
 
-    /// Delivers one entry while holding its lease, renewing it in the background.
+    /// Delivers one entry while holding its lease, renewing it in the background. A lost
+    /// lease stops the attempt (see [`Worker::deliver_guarded`]).
     async fn deliver_leased(&self, id: QueueId, lease: Lease) {
-        let coord = self.inner.stores.coord.clone();
-        let ttl = self.inner.settings.lease_ttl;
-        let renew_lease = lease.clone();
-        let renewer = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(ttl / 3);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                match coord.renew_lease(&renew_lease, ttl).await {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        tracing::warn!(queue_id = %renew_lease.key, "queue lease lost");
-                        return;
-                    }
-                    Err(e) => tracing::warn!(error = %e, "queue lease renewal failed"),
-                }
-            }
+        let guard = Arc::new(LeaseGuard::new(
+            self.inner.stores.coord.clone(),
+            lease,
+            self.inner.settings.lease_ttl,
+        ));
+        let renewer = tokio::spawn({
+            let g = guard.clone();
+            async move { g.keep_renewed().await }
         });
-        if let Err(e) = self.deliver_fenced(id, Some(lease.token)).await {
+        if let Err(e) = self.deliver_guarded(id, Some(&guard)).await {
             tracing::warn!(queue_id = %id, error = %e, "delivery attempt failed; will retry");
         }
         renewer.abort();
-        if let Err(e) = self.inner.stores.coord.release_lease(&lease).await {
-            tracing::warn!(queue_id = %id, error = %e, "queue lease release failed");
+        if !guard.is_lost() {
+            if let Err(e) = self.inner.stores.coord.release_lease(guard.lease()).await {
+                tracing::warn!(queue_id = %id, error = %e, "queue lease release failed");
+            }
         }
+    }
+
+    /// Takes the lease on `id` and delivers it now, if this node is not delivering it
+    /// already and nobody else holds it; otherwise leaves it to whoever does, or to the
+    /// next poll.
+    async fn deliver_now(&self, id: QueueId) {
+        {
+            let mut f = self
+                .inner
+                .in_flight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if !f.insert(id) {
+                return;
+            }
+        }
+        let lease = self
+            .inner
+            .stores
+            .coord
+            .acquire_lease(
+                &lease_key(id),
+                &self.inner.holder,
+                self.inner.settings.lease_ttl,
+            )
+            .await;
+        match lease {
+            Ok(Some(l)) => self.deliver_leased(id, l).await,
+            Ok(None) => {}
+            Err(e) => tracing::warn!(queue_id = %id, error = %e, "queue lease failed"),
+        }
+        self.done(id);
     }
 
     /// One attempt for every due recipient of an entry. The caller must hold the entry's
@@ -335,6 +383,29 @@ impl Worker {
         id: QueueId,
         fence: Option<u64>,
     ) -> Result<(), crate::DeliveryError> {
+        self.deliver_with(id, fence, None).await
+    }
+
+    /// [`Worker::deliver_fenced`] under `guard`'s lease (its token is the fence): when the
+    /// lease is lost the SMTP attempt is cancelled where it stands (the connection is
+    /// dropped, so no end of DATA is ever sent) and nothing is recorded, since the entry
+    /// belongs to the new holder now. The attempt's claim stays: the entry is not due again
+    /// before its backoff. The client also confirms the lease right before `DATA`.
+    pub async fn deliver_guarded(
+        &self,
+        id: QueueId,
+        guard: Option<&LeaseGuard>,
+    ) -> Result<(), crate::DeliveryError> {
+        self.deliver_with(id, guard.map(LeaseGuard::token), guard)
+            .await
+    }
+
+    async fn deliver_with(
+        &self,
+        id: QueueId,
+        fence: Option<u64>,
+        guard: Option<&LeaseGuard>,
+    ) -> Result<(), crate::DeliveryError> {
         let meta = &self.inner.stores.meta;
         // Re-read under the lease: another worker may have finished it meanwhile.
         let Some(msg) = meta.get_outbound(id).await? else {
@@ -349,9 +420,31 @@ impl Worker {
             .collect();
         if !due.is_empty() {
             let blob = self.inner.stores.blobs.get(&msg.blob).await?;
-            let body = self.prepare(&msg, &blob).await;
-            let outcomes = self.attempt(&msg, &due, &body).await;
-            self.record(&msg, outcomes, &body, now, fence).await?;
+            let ctx = AttemptCtx {
+                msg: &msg,
+                fence,
+                guard,
+                now,
+            };
+            let attempt = self.attempt(&ctx, &due, &blob);
+            let (outcomes, stopped) = match guard {
+                Some(g) => tokio::select! {
+                    out = attempt => out,
+                    _ = g.lost() => return Err(crate::DeliveryError::LeaseLost(id)),
+                },
+                None => attempt.await,
+            };
+            if guard.is_some_and(LeaseGuard::is_lost) {
+                return Err(crate::DeliveryError::LeaseLost(id));
+            }
+            let dsns = self.record(&msg, outcomes, &blob, now, fence).await?;
+            if let Some(e) = stopped {
+                return Err(e);
+            }
+            // A DSN to a local sender goes to its INBOX now rather than a poll later.
+            for dsn in dsns {
+                Box::pin(self.deliver_now(dsn)).await;
+            }
         }
         // Finished when nobody is left waiting.
         if let Some(m) = meta.get_outbound(id).await? {
@@ -366,6 +459,39 @@ impl Worker {
                 tracing::info!(queue_id = %id, "queue entry finished");
             }
         }
+        Ok(())
+    }
+
+    /// Claims the attempt for `rcpts` in the store before anything is sent: their attempt
+    /// is counted and their next attempt moved to the backoff a temporary failure would
+    /// get. A worker that crashes mid-attempt thus leaves the entry resting until then
+    /// instead of due at once (a tight retry loop against a host that kills it), and the
+    /// crashed attempt still counts.
+    async fn claim(
+        &self,
+        ctx: &AttemptCtx<'_>,
+        rcpts: &[String],
+    ) -> Result<(), crate::DeliveryError> {
+        let s = &self.inner.settings;
+        let claims = rcpts
+            .iter()
+            .map(|a| {
+                let attempts = ctx
+                    .msg
+                    .recipients
+                    .iter()
+                    .find(|r| &r.address == a)
+                    .map(|r| r.attempts)
+                    .unwrap_or(0);
+                let delay = backoff(s.retry_base, s.retry_max, attempts);
+                (a.clone(), ctx.now.saturating_add(delay.as_secs() as i64))
+            })
+            .collect();
+        self.inner
+            .stores
+            .meta
+            .claim_outbound_attempt(ctx.msg.id, ctx.fence, claims)
+            .await?;
         Ok(())
     }
 
@@ -411,11 +537,34 @@ impl Worker {
         }
     }
 
-    /// Routes and sends to each recipient domain in turn.
-    async fn attempt(&self, msg: &OutboundMessage, due: &[String], body: &[u8]) -> Vec<Outcome> {
-        let mut by_domain: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    /// Routes and sends to each recipient domain in turn; recipients of a null-sender
+    /// entry (a DSN) that are local go to their INBOX instead. Returns the outcomes so far,
+    /// and the store error that stopped the attempt early if one did (a failed claim: no
+    /// later domain is tried).
+    async fn attempt(
+        &self,
+        ctx: &AttemptCtx<'_>,
+        due: &[String],
+        blob: &Bytes,
+    ) -> (Vec<Outcome>, Option<crate::DeliveryError>) {
         let mut out = Vec::new();
-        for r in due {
+        let remote = if ctx.msg.sender.is_empty() {
+            match self.deliver_local(ctx, due, blob).await {
+                Ok((done, remote)) => {
+                    out.extend(done);
+                    remote
+                }
+                Err(e) => return (out, Some(e)),
+            }
+        } else {
+            due.to_vec()
+        };
+        if remote.is_empty() {
+            return (out, None);
+        }
+        let body = self.prepare(ctx.msg, blob).await;
+        let mut by_domain: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for r in remote {
             match r.rsplit_once('@') {
                 Some((_, d)) => by_domain
                     .entry(d.to_ascii_lowercase())
@@ -429,18 +578,93 @@ impl Worker {
             }
         }
         for (domain, rcpts) in by_domain {
-            out.extend(self.attempt_domain(msg, &domain, rcpts, body).await);
+            match self.attempt_domain(ctx, &domain, rcpts, &body).await {
+                Ok(o) => out.extend(o),
+                Err(e) => return (out, Some(e)),
+            }
         }
-        out
+        (out, None)
     }
 
+    /// Delivers the local recipients among `due` (of a null-sender entry: a DSN queued for
+    /// a local sender) to their INBOX; returns their outcomes and the recipients left for
+    /// SMTP. Local delivery is claimed like an SMTP attempt, and is at least once like one:
+    /// a crash between the append and the record delivers again on the retry.
+    async fn deliver_local(
+        &self,
+        ctx: &AttemptCtx<'_>,
+        due: &[String],
+        blob: &Bytes,
+    ) -> Result<(Vec<Outcome>, Vec<String>), crate::DeliveryError> {
+        let stores = &self.inner.stores;
+        let mut local = Vec::new();
+        let mut remote = Vec::new();
+        for r in due {
+            match Address::parse(r) {
+                Ok(a) => match mailfleet_smtp::local::resolve(stores.meta.as_ref(), &a).await? {
+                    mailfleet_smtp::local::Resolution::NotLocal => remote.push(r.clone()),
+                    res => local.push((r.clone(), res)),
+                },
+                // Not an address the directory knows: SMTP routing decides (and refuses).
+                Err(_) => remote.push(r.clone()),
+            }
+        }
+        if local.is_empty() {
+            return Ok((Vec::new(), remote));
+        }
+        let names: Vec<String> = local.iter().map(|(a, _)| a.clone()).collect();
+        self.claim(ctx, &names).await?;
+        // Final delivery adds the envelope sender (RFC 5321 §4.4); a DSN's is `<>`.
+        let message = if blob.len() >= 12 && blob[..12].eq_ignore_ascii_case(b"return-path:") {
+            blob.clone()
+        } else {
+            let mut m = format!("Return-Path: <{}>\r\n", ctx.msg.sender).into_bytes();
+            m.extend_from_slice(blob);
+            Bytes::from(m)
+        };
+        let mut out = Vec::with_capacity(local.len());
+        for (address, res) in local {
+            let result = match res {
+                mailfleet_smtp::local::Resolution::Local(rcpts) => {
+                    match mailfleet_smtp::local::deliver(
+                        stores,
+                        &rcpts,
+                        message.clone(),
+                        ctx.now,
+                        false,
+                    )
+                    .await
+                    {
+                        Ok(_) => {
+                            tracing::info!(queue_id = %ctx.msg.id, rcpt = %address, "delivered locally");
+                            RcptResult::Accepted("250 2.0.0 delivered locally".into())
+                        }
+                        Err(e) => {
+                            RcptResult::Temporary(format!("451 4.3.0 local delivery failed: {e}"))
+                        }
+                    }
+                }
+                _ => RcptResult::Permanent("550 5.1.1 no such local user".into()),
+            };
+            out.push(Outcome {
+                address,
+                result,
+                remote: None,
+            });
+        }
+        Ok((out, remote))
+    }
+
+    /// One domain's recipients: limits, routing, the claim, then each host in turn.
+    /// `Err` only when the claim could not be written (nothing was sent).
     async fn attempt_domain(
         &self,
-        msg: &OutboundMessage,
+        ctx: &AttemptCtx<'_>,
         domain: &str,
         rcpts: Vec<String>,
         body: &[u8],
-    ) -> Vec<Outcome> {
+    ) -> Result<Vec<Outcome>, crate::DeliveryError> {
+        let msg = ctx.msg;
         let every = |result: RcptResult, remote: Option<String>| -> Vec<Outcome> {
             rcpts
                 .iter()
@@ -452,11 +676,11 @@ impl Worker {
                 .collect()
         };
         // Per-destination limits: a domain at its limit is skipped this round. Its
-        // recipients get no outcome, so they stay queued and due, untouched, for the next
-        // poll: no attempt is counted and no backoff grows.
+        // recipients get no outcome and no claim, so they stay queued and due, untouched,
+        // for the next poll: no attempt is counted and no backoff grows.
         let Some(_slot) = self.destination_slot(domain) else {
             tracing::debug!(domain, "destination concurrency limit reached; waiting");
-            return Vec::new();
+            return Ok(Vec::new());
         };
         let per_minute = self.inner.settings.max_per_destination_per_minute;
         if per_minute > 0 {
@@ -469,30 +693,32 @@ impl Worker {
             {
                 Ok(n) if n > u64::from(per_minute) => {
                     tracing::debug!(domain, "destination rate limit reached; waiting");
-                    return Vec::new();
+                    return Ok(Vec::new());
                 }
                 Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(domain, error = %e, "destination rate count failed; waiting");
-                    return Vec::new();
+                    return Ok(Vec::new());
                 }
             }
         }
+        self.claim(ctx, &rcpts).await?;
         let hops = match self.inner.router.route(domain).await {
             Ok(Route::Hosts(h)) => h,
             Ok(Route::Refused(why)) => {
-                return every(RcptResult::Permanent(format!("550 {why}")), None)
+                return Ok(every(RcptResult::Permanent(format!("550 {why}")), None))
             }
-            Err(e) => return every(RcptResult::Temporary(format!("451 4.4.3 {e}")), None),
+            Err(e) => return Ok(every(RcptResult::Temporary(format!("451 4.4.3 {e}")), None)),
         };
         let hops = match self.plan_hosts(domain, hops).await {
             Ok(h) => h,
-            Err(refusal) => return every(RcptResult::Temporary(refusal), None),
+            Err(refusal) => return Ok(every(RcptResult::Temporary(refusal), None)),
         };
         let tx = Transaction {
             sender: &msg.sender,
             recipients: &rcpts,
             message: body,
+            lease: ctx.guard,
         };
         let mut last = String::from("451 4.4.1 no host could be reached");
         for (hop, tls) in &hops {
@@ -523,7 +749,7 @@ impl Worker {
                 .await
                 {
                     Ok(results) => {
-                        return rcpts
+                        return Ok(rcpts
                             .iter()
                             .zip(results)
                             .map(|(a, result)| Outcome {
@@ -531,7 +757,7 @@ impl Worker {
                                 result,
                                 remote: Some(hop.host.clone()),
                             })
-                            .collect();
+                            .collect());
                     }
                     Err(e) => {
                         tracing::info!(host = %hop.host, %addr, error = %e, "host unusable; trying the next");
@@ -544,40 +770,49 @@ impl Worker {
                 }
             }
         }
-        every(RcptResult::Temporary(last), None)
+        Ok(every(RcptResult::Temporary(last), None))
     }
 
     /// The hosts to try, each with its TLS, or with the temporary failure that rules it out
     /// this attempt; `Err` when no host is left at all.
     ///
-    /// DANE is decided first, per host: a host with usable, DNSSEC-secure TLSA records (or
-    /// a secure TLSA RRset without usable ones, or a bogus one) is settled by DANE, and
+    /// DANE is decided first (RFC 7672 §2.2). The validated MX lookup is tri-state: a
+    /// secure MX RRset replaces the routing resolver's hosts with the validated ones (a
+    /// forged answer to the non-validating lookup must not add a host); an insecure one
+    /// leaves the hosts to MTA-STS or opportunistic TLS; a bogus or failed one defers the
+    /// whole domain with `451 4.7.5`. Then per validated host: usable, secure TLSA records
+    /// (or a secure TLSA RRset without usable ones, or a bogus one) settle it by DANE, and
     /// MTA-STS, which DANE takes precedence over (RFC 8461 §2), applies only to the others.
     async fn plan_hosts(
         &self,
         domain: &str,
         hops: Vec<Hop>,
     ) -> Result<Vec<(Hop, Result<HostTls, String>)>, String> {
+        let mut hops = hops;
         let mut plans = Vec::with_capacity(hops.len());
         match &self.inner.dane {
-            Some(dane) if self.inner.router.is_dns_routed(domain) => {
-                let secure = dane.secure_mx_hosts(domain).await;
-                for hop in &hops {
-                    let plan = if secure.contains(&hop.host.to_ascii_lowercase()) {
-                        match dane.tlsa(&hop.host, domain).await {
+            Some(dane) if self.inner.router.is_dns_routed(domain) => match dane.mx(domain).await {
+                MxSecurity::Failed(why) => return Err(format!("451 4.7.5 DANE: {why}")),
+                MxSecurity::Insecure => plans.extend(hops.iter().map(|_| DanePlan::None)),
+                MxSecurity::Secure(validated) => {
+                    hops = secure_hops(&validated, self.inner.settings.mx_port);
+                    if hops.is_empty() {
+                        return Err(format!(
+                            "451 4.7.5 DANE: the secure MX records of {domain} name no usable host"
+                        ));
+                    }
+                    for hop in &hops {
+                        plans.push(match dane.tlsa(&hop.host, domain).await {
                             TlsaStatus::Unprotected => DanePlan::None,
                             TlsaStatus::Unusable => {
                                 DanePlan::Tls(HostTls::Mode(TlsMode::Opportunistic))
                             }
                             TlsaStatus::Required(e) => DanePlan::Tls(HostTls::Dane(e)),
                             TlsaStatus::Failed(e) => DanePlan::Skip(format!("451 4.7.5 DANE: {e}")),
-                        }
-                    } else {
-                        DanePlan::None
-                    };
-                    plans.push(plan);
+                        });
+                    }
                 }
-            }
+            },
             _ => plans.extend(hops.iter().map(|_| DanePlan::None)),
         }
         let others: Vec<Hop> = hops
@@ -655,15 +890,19 @@ impl Worker {
         }
     }
 
-    /// Writes each recipient's new state, sending the DSN for final failures first.
+    /// Writes every recipient's new state and queues the attempt's DSNs in one store
+    /// transaction ([`mailfleet_storage::MetadataStore::record_outbound_attempt`]): a
+    /// failure writes neither, so the retry neither resends to a recipient recorded as
+    /// accepted nor repeats a DSN. Returns the DSN entries for local senders, which the
+    /// caller delivers at once.
     async fn record(
         &self,
         msg: &OutboundMessage,
         outcomes: Vec<Outcome>,
-        body: &[u8],
+        blob: &[u8],
         now: i64,
         fence: Option<u64>,
-    ) -> Result<(), crate::DeliveryError> {
+    ) -> Result<Vec<QueueId>, crate::DeliveryError> {
         let s = &self.inner.settings;
         let age = now.saturating_sub(msg.created_at);
         let expired = age >= s.max_lifetime.as_secs() as i64;
@@ -752,47 +991,75 @@ impl Worker {
             };
             updates.push((o.address, update));
         }
+        if updates.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The DSN reports what was sent, without the Return-Path final delivery added.
+        let body = strip_return_path(blob);
+        let mut dsns = Vec::new();
         if !failed.is_empty() {
-            self.bounce(msg, &failed, body, now, dsn::Kind::Failure)
-                .await?;
+            dsns.extend(
+                self.dsn_entry(msg, &failed, body, now, dsn::Kind::Failure)
+                    .await?,
+            );
         }
         if !delayed.is_empty() {
             let until = msg
                 .created_at
                 .saturating_add(s.max_lifetime.as_secs() as i64);
-            self.bounce(
-                msg,
-                &delayed,
-                body,
-                now,
-                dsn::Kind::Delay {
-                    will_retry_until: until,
-                },
-            )
-            .await?;
+            let kind = dsn::Kind::Delay {
+                will_retry_until: until,
+            };
+            dsns.extend(self.dsn_entry(msg, &delayed, body, now, kind).await?);
         }
-        for (address, update) in updates {
+        let queued = self
+            .inner
+            .stores
+            .meta
+            .record_outbound_attempt(msg.id, fence, updates, dsns)
+            .await?;
+        for q in &queued {
+            tracing::info!(queue_id = %msg.id, dsn_queue_id = %q, sender = %msg.sender, "DSN queued");
+        }
+        if queued.is_empty() || !self.sender_is_local(&msg.sender).await {
+            return Ok(Vec::new());
+        }
+        Ok(queued)
+    }
+
+    /// Whether the envelope sender's domain is hosted here (its DSNs are delivered at once).
+    async fn sender_is_local(&self, sender: &str) -> bool {
+        let Some((_, domain)) = sender.rsplit_once('@') else {
+            return false;
+        };
+        matches!(
             self.inner
                 .stores
                 .meta
-                .update_outbound_recipient(msg.id, &address, update)
-                .await?;
-        }
-        Ok(())
+                .get_domain(&domain.to_ascii_lowercase())
+                .await,
+            Ok(Some(_))
+        )
     }
 
-    /// Sends a DSN for `failed` to the envelope sender: into its INBOX when the sender is
-    /// local, through the queue otherwise (with the null sender, so a DSN never bounces).
-    async fn bounce(
+    /// The queue entry of a DSN for `failed` to the envelope sender, with the null sender
+    /// (so a DSN never bounces), its body already stored; `None` for the null sender or an
+    /// unusable sender address. The entry is queued with the attempt's outcomes; the worker
+    /// delivers it like any other, into the INBOX when the sender is local.
+    async fn dsn_entry(
         &self,
         msg: &OutboundMessage,
         failed: &[FailedRecipient],
         body: &[u8],
         now: i64,
         kind: dsn::Kind,
-    ) -> Result<(), crate::DeliveryError> {
+    ) -> Result<Option<NewOutbound>, crate::DeliveryError> {
         if msg.sender.is_empty() {
-            return Ok(());
+            return Ok(None);
+        }
+        if Address::parse(&msg.sender).is_err() {
+            tracing::warn!(sender = %msg.sender, "bad sender address; no DSN sent");
+            return Ok(None);
         }
         let s = &self.inner.settings;
         let dsn = dsn::build(
@@ -811,50 +1078,24 @@ impl Worker {
             now,
             msg.id.0 as u64 ^ rand::random::<u64>(),
         );
-        let stores = &self.inner.stores;
-        let local = match Address::parse(&msg.sender) {
-            Ok(a) => mailfleet_smtp::local::resolve(stores.meta.as_ref(), &a).await?,
-            Err(_) => {
-                tracing::warn!(sender = %msg.sender, "bad sender address; no DSN sent");
-                return Ok(());
-            }
-        };
-        match local {
-            mailfleet_smtp::local::Resolution::Local(rcpts) => {
-                let mut m = b"Return-Path: <>\r\n".to_vec();
-                m.extend_from_slice(&dsn);
-                mailfleet_smtp::local::deliver(stores, &rcpts, Bytes::from(m), now, false)
-                    .await
-                    .map_err(|e| crate::DeliveryError::Setup(format!("DSN delivery: {e}")))?;
-                tracing::info!(queue_id = %msg.id, sender = %msg.sender, "DSN delivered locally");
-            }
-            mailfleet_smtp::local::Resolution::UnknownUser => {
-                tracing::warn!(sender = %msg.sender, "sender no longer exists; no DSN sent");
-            }
-            mailfleet_smtp::local::Resolution::NotLocal => {
-                let size = dsn.len() as u64;
-                let blob = stores.put_blob(Bytes::from(dsn)).await?;
-                let q = stores
-                    .meta
-                    .enqueue_outbound(NewOutbound {
-                        blob,
-                        size,
-                        sender: String::new(),
-                        account: None,
-                        envid: None,
-                        ret: None,
-                        recipients: vec![NewOutboundRecipient {
-                            address: msg.sender.clone(),
-                            notify: None,
-                            orcpt: None,
-                        }],
-                        created_at: now,
-                    })
-                    .await?;
-                tracing::info!(queue_id = %msg.id, dsn_queue_id = %q.id, "DSN queued");
-            }
-        }
-        Ok(())
+        let size = dsn.len() as u64;
+        // Stored (and pinned) before the record that references it: a record that fails
+        // leaves an unreferenced blob, which the orphan sweep removes.
+        let blob = self.inner.stores.put_blob(Bytes::from(dsn)).await?;
+        Ok(Some(NewOutbound {
+            blob,
+            size,
+            sender: String::new(),
+            account: None,
+            envid: None,
+            ret: None,
+            recipients: vec![NewOutboundRecipient {
+                address: msg.sender.clone(),
+                notify: None,
+                orcpt: None,
+            }],
+            created_at: now,
+        }))
     }
 }
 
@@ -871,6 +1112,20 @@ pub fn wants_failure_dsn(notify: Option<&str>) -> bool {
         n.split(',')
             .any(|k| k.trim().eq_ignore_ascii_case("FAILURE"))
     })
+}
+
+/// The hops for a domain whose MX RRset validated: exactly its hosts, in preference order,
+/// without the null MX (`.`, RFC 7505) or duplicates.
+fn secure_hops(validated: &[String], port: u16) -> Vec<Hop> {
+    let mut seen = HashSet::new();
+    validated
+        .iter()
+        .filter(|h| !h.is_empty() && seen.insert(h.as_str()))
+        .map(|h| Hop {
+            host: h.clone(),
+            port,
+        })
+        .collect()
 }
 
 fn lease_key(id: QueueId) -> String {
@@ -940,6 +1195,25 @@ mod tests {
         assert!(wants_failure_dsn(Some("SUCCESS,failure")));
         assert!(!wants_failure_dsn(Some("NEVER")));
         assert!(!wants_failure_dsn(Some("DELAY")));
+    }
+
+    #[test]
+    fn only_validated_mx_hosts_are_used() {
+        let hops = secure_hops(
+            &[
+                "mx1.d.test".into(),
+                "".into(),
+                "mx2.d.test".into(),
+                "mx1.d.test".into(),
+            ],
+            2525,
+        );
+        let hosts: Vec<(&str, u16)> = hops.iter().map(|h| (h.host.as_str(), h.port)).collect();
+        assert_eq!(hosts, [("mx1.d.test", 2525), ("mx2.d.test", 2525)]);
+        assert!(
+            secure_hops(&["".into()], 25).is_empty(),
+            "a null MX names no host"
+        );
     }
 
     #[test]

@@ -129,6 +129,8 @@ struct ZoneSpec {
     tlsa: (u8, Vec<u8>),
     /// Sign that TLSA RRset with a key nobody trusts (a forgery: validation is bogus).
     forge_tlsa: bool,
+    /// Likewise for the MX RRset of `dane.test`.
+    forge_mx: bool,
 }
 
 fn build_zone(key: &ZoneKey, spec: &ZoneSpec) -> Zone {
@@ -193,7 +195,9 @@ fn build_zone(key: &ZoneKey, spec: &ZoneSpec) -> Zone {
     let rogue = zone_key();
     for k in signed {
         let records = &zone.rrsets[&k];
-        let sig = if spec.forge_tlsa && k.1 == RecordType::TLSA {
+        let forged = (spec.forge_tlsa && k.1 == RecordType::TLSA)
+            || (spec.forge_mx && k.1 == RecordType::MX);
+        let sig = if forged {
             sign(&rogue.key, key.tag, records)
         } else {
             sign(&key.key, key.tag, records)
@@ -206,7 +210,7 @@ fn build_zone(key: &ZoneKey, spec: &ZoneSpec) -> Zone {
 /// Answers from `zone` over UDP: RRSIGs only when the query sets DO; NODATA for other types
 /// of known names (with the SOA and any NSEC of the name, signed, in the authority
 /// section); NXDOMAIN for unknown names.
-async fn start_dns(zone: Zone) -> SocketAddr {
+async fn start_dns(zone: Zone, strip: bool) -> SocketAddr {
     let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind dns");
     let addr = socket.local_addr().expect("dns addr");
     tokio::spawn(async move {
@@ -218,7 +222,8 @@ async fn start_dns(zone: Zone) -> SocketAddr {
             let Ok(query) = Message::from_vec(&buf[..n]) else {
                 continue;
             };
-            let dnssec = query.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok);
+            // A stripping path answers as if DO were never set: no RRSIG, no NSEC.
+            let dnssec = !strip && query.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok);
             let mut reply = Message::new(query.metadata.id, MessageType::Response, OpCode::Query);
             reply.metadata.authoritative = true;
             reply.metadata.recursion_desired = query.metadata.recursion_desired;
@@ -284,6 +289,11 @@ enum Tlsa {
     Forged,
     /// `1 1 1` (PKIX-EE, which SMTP does not use) of the sink's key.
     Unusable,
+    /// `3 1 1` of the sink's key, but the MX RRset of `dane.test` carries a forged
+    /// signature.
+    ForgedMx,
+    /// `3 1 1` of some other key, served by a DNS path that strips every DNSSEC record.
+    Stripped,
 }
 
 /// One scenario: the zone with `tlsa`, the MX a sink with or without STARTTLS.
@@ -295,13 +305,14 @@ async fn fixture(tlsa: Tlsa, starttls: bool) -> Fixture {
     std::fs::write(&anchor, format!(". {TTL} IN DNSKEY {}\n", key.dnskey)).expect("anchor");
     let spec = ZoneSpec {
         tlsa: match tlsa {
-            Tlsa::Matching | Tlsa::Forged => (3, cert.spki_sha256.clone()),
-            Tlsa::Other => (3, self::cert().spki_sha256),
+            Tlsa::Matching | Tlsa::Forged | Tlsa::ForgedMx => (3, cert.spki_sha256.clone()),
+            Tlsa::Other | Tlsa::Stripped => (3, self::cert().spki_sha256),
             Tlsa::Unusable => (1, cert.spki_sha256.clone()),
         },
         forge_tlsa: tlsa == Tlsa::Forged,
+        forge_mx: tlsa == Tlsa::ForgedMx,
     };
-    let dns = start_dns(build_zone(&key, &spec)).await;
+    let dns = start_dns(build_zone(&key, &spec), tlsa == Tlsa::Stripped).await;
     let (mx_port, sink) = start_sink(starttls.then(|| acceptor(&cert))).await;
     let stores = mailfleet_storage::embedded::open(dir.path(), 16).expect("stores");
     let settings = Settings {
@@ -481,4 +492,36 @@ async fn without_dane_the_signed_zone_is_opportunistic() {
         "delivered and dequeued"
     );
     assert_eq!(f.sink.messages.lock().expect("lock").len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bogus_mx_rrset_defers_instead_of_falling_back() {
+    // The MX has no STARTTLS: the old fallback to opportunistic TLS would have delivered
+    // in plain text.
+    let f = fixture(Tlsa::ForgedMx, false).await;
+    let entry = deliver_one(&f, SIGNED).await.expect("still queued");
+    let err = last_error(&entry);
+    assert!(err.starts_with("451 4.7.5 DANE"), "{err}");
+    assert!(err.contains("MX records of dane.test"), "{err}");
+    assert_eq!(
+        f.sink.connections.load(Ordering::SeqCst),
+        0,
+        "MX never contacted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resolver_that_strips_dnssec_makes_every_domain_insecure() {
+    // The signed zone's TLSA record matches nothing and the MX offers no STARTTLS: with
+    // DNSSEC stripped nothing can be secure, so this is plain delivery, not a deferral.
+    let f = fixture(Tlsa::Stripped, false).await;
+    let entry = deliver_one(&f, SIGNED).await;
+    assert!(
+        entry.is_none(),
+        "delivered and dequeued: {:?}",
+        entry.map(|e| last_error(&e))
+    );
+    let got = f.sink.messages.lock().expect("lock").clone();
+    assert_eq!(got.len(), 1);
+    assert!(!got[0].0, "plain text: no TLS on offer");
 }

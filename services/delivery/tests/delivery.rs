@@ -2,8 +2,16 @@
 //! accepts, defers once (`451` then `250`) or refuses (`550`) recipients.
 
 use bytes::Bytes;
+#[path = "support/failing_meta.rs"]
+mod failing_meta;
+
+use async_trait::async_trait;
+use failing_meta::FailingMeta;
 use mailfleet_delivery::{Settings, Worker};
-use mailfleet_storage::{NewOutbound, NewOutboundRecipient, QueueId, RecipientState, Stores, Uid};
+use mailfleet_storage::{
+    coord::MailboxEvent, AccountId, Coordinator, Lease, NewOutbound, NewOutboundRecipient, QueueId,
+    RecipientState, StoreError, StoreResult, Stores, Subscription, Uid,
+};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,7 +27,12 @@ enum Mode {
     /// `451` to every RCPT.
     DeferAlways,
     Refuse,
+    /// Like `Accept`, but each RCPT reply comes only after [`STALL`]: a tarpit.
+    StallRcpt,
 }
+
+/// How long a `StallRcpt` sink sits on each RCPT.
+const STALL: Duration = Duration::from_secs(3);
 
 #[derive(Default)]
 struct Sink {
@@ -73,7 +86,11 @@ async fn start_sink(mode: Mode) -> (u16, Arc<Sink>) {
                         b"250 2.1.0 ok\r\n"
                     } else if cmd.starts_with("RCPT") {
                         let n = s.rcpts_seen.fetch_add(1, Ordering::SeqCst);
+                        if mode == Mode::StallRcpt {
+                            tokio::time::sleep(STALL).await;
+                        }
                         match mode {
+                            Mode::StallRcpt => b"250 2.1.5 ok\r\n",
                             Mode::Accept => b"250 2.1.5 ok\r\n",
                             Mode::DeferOnce if n == 0 => b"451 4.3.0 try again later\r\n",
                             Mode::DeferOnce => b"250 2.1.5 ok\r\n",
@@ -618,4 +635,341 @@ async fn a_worker_whose_lease_was_taken_over_cannot_write() {
         q.recipients[0].attempts, 1,
         "the stale attempt recorded nothing"
     );
+}
+
+/// Queues MESSAGE from alice to `rcpts`.
+async fn enqueue_to(stores: &Stores, rcpts: &[&str]) -> QueueId {
+    let blob = stores
+        .blobs
+        .put(Bytes::from_static(MESSAGE.as_bytes()))
+        .await
+        .expect("blob");
+    stores
+        .meta
+        .enqueue_outbound(NewOutbound {
+            blob,
+            size: MESSAGE.len() as u64,
+            sender: "alice@local.test".into(),
+            account: None,
+            envid: None,
+            ret: None,
+            recipients: rcpts
+                .iter()
+                .map(|a| NewOutboundRecipient {
+                    address: a.to_string(),
+                    notify: None,
+                    orcpt: None,
+                })
+                .collect(),
+            created_at: now(),
+        })
+        .await
+        .expect("enqueue")
+        .id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_record_leaves_nothing_and_the_retry_neither_resends_nor_duplicates_dsns() {
+    let (port, sink) = start_sink(Mode::Accept).await;
+    let (refuse_port, _refuser) = start_sink(Mode::Refuse).await;
+    let (defer_port, _deferrer) = start_sink(Mode::DeferAlways).await;
+    let mut f = fixture(port).await;
+    for (domain, port) in [("refuse.test", refuse_port), ("defer.test", defer_port)] {
+        f.settings
+            .routes
+            .insert(domain.into(), format!("127.0.0.1:{port}"));
+    }
+    let failing = Arc::new(FailingMeta {
+        inner: f.stores.meta.clone(),
+        armed: Mutex::new(None),
+    });
+    let stores = Stores {
+        blobs: f.stores.blobs.clone(),
+        meta: failing.clone(),
+        coord: f.stores.coord.clone(),
+    };
+    let id = enqueue_to(
+        &stores,
+        &["bob@remote.test", "carol@refuse.test", "dave@defer.test"],
+    )
+    .await;
+    let worker = Worker::new(stores.clone(), f.settings.clone()).expect("worker");
+
+    // The store fails as the attempt's outcomes are written.
+    failing.arm("record_outbound_attempt", 1);
+    worker.deliver(id).await.expect_err("the record fails");
+    assert_eq!(sink.messages.lock().expect("lock").len(), 1, "bob got it");
+    let q = f
+        .stores
+        .meta
+        .get_outbound(id)
+        .await
+        .expect("get")
+        .expect("queued");
+    for r in &q.recipients {
+        assert_eq!(r.state, RecipientState::Queued, "no partial state: {r:?}");
+        assert!(r.last_error.is_none(), "no partial state: {r:?}");
+        assert_eq!(r.attempts, 1, "the claim counted the attempt: {r:?}");
+        assert!(r.next_attempt > now(), "and moved it to the backoff: {r:?}");
+    }
+    assert!(alice_inbox(&f.stores).await.is_empty(), "no DSN delivered");
+    let entries = f
+        .stores
+        .meta
+        .list_outbound(QueueId(0), 100)
+        .await
+        .expect("list");
+    assert_eq!(entries.len(), 1, "no DSN entry queued: {entries:?}");
+    assert_eq!(
+        worker.poll_once().await.expect("poll"),
+        0,
+        "not due again at once"
+    );
+
+    // The retry records everything at once: bob delivered, carol bounced (one DSN), dave
+    // deferred.
+    f.stores
+        .meta
+        .reschedule_outbound(id, 0)
+        .await
+        .expect("retry now");
+    worker.deliver(id).await.expect("retry");
+    assert_eq!(sink.messages.lock().expect("lock").len(), 2);
+    let q = f
+        .stores
+        .meta
+        .get_outbound(id)
+        .await
+        .expect("get")
+        .expect("dave waits");
+    let states: Vec<_> = q.recipients.iter().map(|r| r.state).collect();
+    assert_eq!(
+        states,
+        [
+            RecipientState::Delivered,
+            RecipientState::Failed,
+            RecipientState::Queued
+        ]
+    );
+    let inbox = alice_inbox(&f.stores).await;
+    assert_eq!(inbox.len(), 1, "one DSN");
+    assert!(inbox[0].contains("Final-Recipient: rfc822; carol@refuse.test"));
+    assert_eq!(
+        f.stores
+            .meta
+            .list_outbound(QueueId(0), 100)
+            .await
+            .expect("list")
+            .len(),
+        1,
+        "the DSN entry was delivered and removed"
+    );
+
+    // Later attempts are dave's alone: bob gets nothing more, carol no second DSN.
+    for _ in 0..2 {
+        f.stores
+            .meta
+            .reschedule_outbound(id, 0)
+            .await
+            .expect("retry now");
+        worker.deliver(id).await.expect("retry");
+    }
+    assert_eq!(
+        sink.messages.lock().expect("lock").len(),
+        2,
+        "bob not resent"
+    );
+    assert_eq!(alice_inbox(&f.stores).await.len(), 1, "no duplicate DSN");
+    let q = f
+        .stores
+        .meta
+        .get_outbound(id)
+        .await
+        .expect("get")
+        .expect("dave waits");
+    assert_eq!(q.recipients[0].attempts, 2);
+    assert_eq!(q.recipients[2].attempts, 4);
+}
+
+/// A coordinator the test can cut off from this worker: while `partitioned`, renewals
+/// fail as if the network to it were down; everything else goes to `inner`.
+struct Partitionable {
+    inner: Arc<dyn Coordinator>,
+    partitioned: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait]
+impl Coordinator for Partitionable {
+    async fn publish(&self, event: MailboxEvent) -> StoreResult<()> {
+        self.inner.publish(event).await
+    }
+    async fn subscribe(&self, account: AccountId) -> StoreResult<Subscription> {
+        self.inner.subscribe(account).await
+    }
+    async fn acquire_lease(
+        &self,
+        key: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> StoreResult<Option<Lease>> {
+        self.inner.acquire_lease(key, holder, ttl).await
+    }
+    async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> StoreResult<bool> {
+        if self.partitioned.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("partitioned".into()));
+        }
+        self.inner.renew_lease(lease, ttl).await
+    }
+    async fn release_lease(&self, lease: &Lease) -> StoreResult<()> {
+        self.inner.release_lease(lease).await
+    }
+    async fn incr_counter(&self, key: &str, window: Duration) -> StoreResult<u64> {
+        self.inner.incr_counter(key, window).await
+    }
+    async fn get_counter(&self, key: &str, window: Duration) -> StoreResult<u64> {
+        self.inner.get_counter(key, window).await
+    }
+    async fn decr_counter(&self, key: &str, window: Duration) -> StoreResult<u64> {
+        self.inner.decr_counter(key, window).await
+    }
+    async fn mark(&self, key: &str, ttl: Duration) -> StoreResult<()> {
+        self.inner.mark(key, ttl).await
+    }
+    async fn is_marked(&self, key: &str) -> StoreResult<bool> {
+        self.inner.is_marked(key).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_lease_stops_the_attempt_before_data() {
+    let (port, sink) = start_sink(Mode::StallRcpt).await;
+    let mut f = fixture(port).await;
+    f.settings.lease_ttl = Duration::from_millis(900);
+    f.settings.command_timeout = Duration::from_secs(10);
+    let coord = Arc::new(Partitionable {
+        inner: f.stores.coord.clone(),
+        partitioned: false.into(),
+    });
+    let stores = Stores {
+        blobs: f.stores.blobs.clone(),
+        meta: f.stores.meta.clone(),
+        coord: coord.clone(),
+    };
+    let id = enqueue(&stores).await;
+    let worker = Worker::new(stores.clone(), f.settings.clone()).expect("worker");
+    assert_eq!(worker.poll_once().await.expect("poll"), 1);
+    for _ in 0..100 {
+        if sink.rcpts_seen.load(Ordering::SeqCst) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(sink.rcpts_seen.load(Ordering::SeqCst), 1, "stalled at RCPT");
+    // The worker is cut off from the coordinator while the sink stalls; its lease lapses
+    // and another node takes the entry.
+    coord.partitioned.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let other = f
+        .stores
+        .coord
+        .acquire_lease(
+            &format!("delivery:queue:{id}"),
+            "other-node",
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("acquire")
+        .expect("the lapsed lease is free");
+    coord.partitioned.store(false, Ordering::SeqCst);
+    // Past the stall: a worker still going would have sent DATA by now.
+    tokio::time::sleep(STALL + Duration::from_millis(500)).await;
+    assert!(
+        sink.messages.lock().expect("lock").is_empty(),
+        "the stale worker sent the message"
+    );
+    let q = f
+        .stores
+        .meta
+        .get_outbound(id)
+        .await
+        .expect("get")
+        .expect("queued");
+    assert_eq!(
+        q.recipients[0].state,
+        RecipientState::Queued,
+        "not marked delivered"
+    );
+    assert!(
+        q.recipients[0].last_error.is_none(),
+        "the stale worker recorded nothing"
+    );
+    assert!(
+        f.stores
+            .coord
+            .renew_lease(&other, Duration::from_secs(30))
+            .await
+            .expect("renew"),
+        "the new holder keeps the lease"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_confirms_the_lease_right_before_data() {
+    use mailfleet_delivery::client::{
+        self, ClientSettings, HostTls, RcptResult, TlsMode, Transaction,
+    };
+    use mailfleet_delivery::lease::LeaseGuard;
+    let (port, sink) = start_sink(Mode::Accept).await;
+    let coord: Arc<dyn Coordinator> =
+        Arc::new(mailfleet_storage::coord::local::LocalCoordinator::new());
+    let ttl = Duration::from_millis(100);
+    let mine = coord
+        .acquire_lease("delivery:queue:1", "me", ttl)
+        .await
+        .expect("acquire")
+        .expect("free");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    coord
+        .acquire_lease("delivery:queue:1", "other-node", Duration::from_secs(30))
+        .await
+        .expect("acquire")
+        .expect("lapsed");
+    // The loss is not signalled yet: only the check before DATA can catch it.
+    let guard = LeaseGuard::new(coord, mine, ttl);
+    assert!(!guard.is_lost());
+    let settings = ClientSettings {
+        helo: "mx.local.test".into(),
+        connect_timeout: Duration::from_secs(5),
+        command_timeout: Duration::from_secs(5),
+        tls: None,
+        verified_tls: None,
+    };
+    let rcpts = vec!["bob@remote.test".to_string()];
+    let tx = Transaction {
+        sender: "alice@local.test",
+        recipients: &rcpts,
+        message: b"Subject: x\r\n\r\nbody\r\n",
+        lease: Some(&guard),
+    };
+    let results = client::deliver(
+        &settings,
+        &client::ConnectionCache::new(Duration::ZERO),
+        format!("127.0.0.1:{port}").parse().expect("addr"),
+        "127.0.0.1",
+        &HostTls::Mode(TlsMode::Opportunistic),
+        &tx,
+    )
+    .await
+    .expect("host usable");
+    assert!(
+        matches!(&results[0], RcptResult::Temporary(r) if r.contains("lease lost")),
+        "{results:?}"
+    );
+    assert!(guard.is_lost());
+    assert_eq!(
+        sink.rcpts_seen.load(Ordering::SeqCst),
+        1,
+        "got as far as RCPT"
+    );
+    assert!(sink.messages.lock().expect("lock").is_empty(), "no DATA");
 }

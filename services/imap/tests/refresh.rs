@@ -373,6 +373,27 @@ impl MetadataStore for FailingMeta {
         self.check("reschedule_outbound")?;
         self.inner.reschedule_outbound(id, at).await
     }
+    async fn claim_outbound_attempt(
+        &self,
+        id: crate::QueueId,
+        fence: Option<u64>,
+        claims: Vec<(String, i64)>,
+    ) -> StoreResult<()> {
+        self.check("claim_outbound_attempt")?;
+        self.inner.claim_outbound_attempt(id, fence, claims).await
+    }
+    async fn record_outbound_attempt(
+        &self,
+        id: crate::QueueId,
+        fence: Option<u64>,
+        updates: Vec<(String, crate::RecipientUpdate)>,
+        dsns: Vec<crate::NewOutbound>,
+    ) -> StoreResult<Vec<crate::QueueId>> {
+        self.check("record_outbound_attempt")?;
+        self.inner
+            .record_outbound_attempt(id, fence, updates, dsns)
+            .await
+    }
 }
 
 /// Accepts any password for an existing account: login is not what is tested here.

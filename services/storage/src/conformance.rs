@@ -1447,3 +1447,192 @@ pub async fn metadata_outbound_delivery(meta: &dyn MetadataStore) {
     meta.delete_outbound(early.id, None).await.expect("delete");
     meta.delete_outbound(late.id, None).await.expect("delete");
 }
+
+/// One delivery attempt's writes: the claim before connecting and the record after, which
+/// writes every recipient outcome and queues the DSNs in one transaction, all or nothing,
+/// refused as a whole for a stale lease token.
+pub async fn metadata_outbound_attempts(meta: &dyn MetadataStore) {
+    use crate::{NewOutbound, NewOutboundRecipient, QueueId, RecipientState, RecipientUpdate};
+    let rcpt = |address: &str| NewOutboundRecipient {
+        address: address.into(),
+        notify: None,
+        orcpt: None,
+    };
+    let base = 4_100_000_000;
+    let entry = meta
+        .enqueue_outbound(NewOutbound {
+            blob: BlobId::of(unique("attempted message ").as_bytes()),
+            size: 10,
+            sender: "s@attempt.example".into(),
+            account: None,
+            envid: None,
+            ret: None,
+            recipients: vec![
+                rcpt("a@x.example"),
+                rcpt("b@x.example"),
+                rcpt("c@x.example"),
+            ],
+            created_at: base,
+        })
+        .await
+        .expect("enqueue");
+    let id = entry.id;
+    let dsn_to = unique("sender-") + "@attempt.example";
+    let dsn = || NewOutbound {
+        blob: BlobId::of(unique("dsn ").as_bytes()),
+        size: 5,
+        sender: String::new(),
+        account: None,
+        envid: None,
+        ret: None,
+        recipients: vec![rcpt(&dsn_to)],
+        created_at: base,
+    };
+    let dsn_entries = || async {
+        let mut found = Vec::new();
+        for m in meta.list_outbound(id, 10_000).await.expect("list") {
+            if m.recipients.iter().any(|r| r.address == dsn_to) {
+                found.push(m);
+            }
+        }
+        found
+    };
+    let update = |state, next_attempt, warned: bool| RecipientUpdate {
+        state,
+        next_attempt,
+        last_error: Some("why".into()),
+        delay_warned: warned,
+        fence: None,
+    };
+    let mine = |ids: Vec<QueueId>| ids.into_iter().filter(|i| *i == id).count();
+
+    // The claim counts the attempt and moves every recipient to the backoff time.
+    let all = |at: i64| {
+        ["a@x.example", "b@x.example", "c@x.example"]
+            .iter()
+            .map(|a| (a.to_string(), at))
+            .collect::<Vec<_>>()
+    };
+    meta.claim_outbound_attempt(id, Some(100), all(base + 600))
+        .await
+        .expect("claim");
+    let m = meta.get_outbound(id).await.expect("get").expect("exists");
+    assert!(m.recipients.iter().all(|r| r.attempts == 1
+        && r.next_attempt == base + 600
+        && r.state == RecipientState::Queued));
+    assert_eq!(
+        mine(meta.due_outbound(base + 599, 10_000).await.expect("due")),
+        0
+    );
+    assert_eq!(
+        mine(meta.due_outbound(base + 600, 10_000).await.expect("due")),
+        1
+    );
+    assert!(matches!(
+        meta.claim_outbound_attempt(id, Some(99), all(base)).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        meta.claim_outbound_attempt(QueueId(i64::MAX), None, all(base))
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    // A record naming a recipient that does not exist writes nothing at all.
+    let outcomes = |third: &str| {
+        vec![
+            (
+                "a@x.example".to_string(),
+                update(RecipientState::Delivered, base, false),
+            ),
+            (
+                "b@x.example".to_string(),
+                update(RecipientState::Failed, base, false),
+            ),
+            (
+                third.to_string(),
+                update(RecipientState::Queued, base + 900, true),
+            ),
+        ]
+    };
+    assert!(matches!(
+        meta.record_outbound_attempt(id, Some(100), outcomes("zz@x.example"), vec![dsn()])
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    // A stale lease token writes nothing either.
+    assert!(matches!(
+        meta.record_outbound_attempt(id, Some(99), outcomes("c@x.example"), vec![dsn()])
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    let m = meta.get_outbound(id).await.expect("get").expect("exists");
+    assert!(
+        m.recipients
+            .iter()
+            .all(|r| r.state == RecipientState::Queued
+                && r.next_attempt == base + 600
+                && r.last_error.is_none()
+                && !r.delay_warned),
+        "a failed record leaves no partial state: {m:?}"
+    );
+    assert!(dsn_entries().await.is_empty(), "and queues no DSN");
+
+    // The whole record at once: states, the DSN entry, attempts not counted twice.
+    let queued = meta
+        .record_outbound_attempt(id, Some(100), outcomes("c@x.example"), vec![dsn()])
+        .await
+        .expect("record");
+    assert_eq!(queued.len(), 1);
+    let found = dsn_entries().await;
+    assert_eq!(found.len(), 1, "one DSN entry");
+    assert_eq!(found[0].id, queued[0]);
+    assert_eq!(found[0].sender, "");
+    assert_eq!(found[0].recipients[0].state, RecipientState::Queued);
+    let m = meta.get_outbound(id).await.expect("get").expect("exists");
+    let states: Vec<_> = m.recipients.iter().map(|r| (r.state, r.attempts)).collect();
+    assert_eq!(
+        states,
+        vec![
+            (RecipientState::Delivered, 1),
+            (RecipientState::Failed, 1),
+            (RecipientState::Queued, 1)
+        ]
+    );
+    assert!(m.recipients[2].delay_warned);
+    assert_eq!(m.recipients[2].next_attempt, base + 900);
+    assert_eq!(
+        mine(meta.due_outbound(base + 899, 10_000).await.expect("due")),
+        0
+    );
+    assert_eq!(
+        mine(meta.due_outbound(base + 900, 10_000).await.expect("due")),
+        1
+    );
+
+    // The next claim leaves finished recipients alone.
+    meta.claim_outbound_attempt(id, Some(101), all(base + 2000))
+        .await
+        .expect("claim");
+    let m = meta.get_outbound(id).await.expect("get").expect("exists");
+    let got: Vec<_> = m.recipients.iter().map(|r| (r.state, r.attempts)).collect();
+    assert_eq!(
+        got,
+        vec![
+            (RecipientState::Delivered, 1),
+            (RecipientState::Failed, 1),
+            (RecipientState::Queued, 2)
+        ]
+    );
+    assert_eq!(m.recipients[2].next_attempt, base + 2000);
+    // Token 101 wrote: 100 is stale now, for records as for claims.
+    assert!(matches!(
+        meta.record_outbound_attempt(id, Some(100), Vec::new(), vec![dsn()])
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(dsn_entries().await.len(), 1);
+
+    meta.delete_outbound(queued[0], None).await.expect("delete");
+    meta.delete_outbound(id, None).await.expect("delete");
+}

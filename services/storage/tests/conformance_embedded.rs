@@ -118,6 +118,13 @@ async fn sqlite_outbound_delivery() {
     conformance::metadata_outbound_delivery(&meta).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_outbound_attempts() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let meta = SqliteMetadataStore::open(dir.path().join("m.sqlite3"), 16).expect("open");
+    conformance::metadata_outbound_attempts(&meta).await;
+}
+
 /// Mail at rest is private: blobs and the database 0600, directories 0700, whatever the
 /// umask (the test process runs with the usual 022, which made them 0644/0755), and a data
 /// directory left world-readable by an older build is tightened at open.

@@ -45,6 +45,7 @@ async fn scylla_metadata_conformance() {
     conformance::metadata_credentials(meta.as_ref()).await;
     conformance::metadata_outbound_queue(meta.as_ref()).await;
     conformance::metadata_outbound_delivery(meta.as_ref()).await;
+    conformance::metadata_outbound_attempts(meta.as_ref()).await;
     let blob_dir = tempfile::tempdir().expect("tmp");
     let stores = mailfleet_storage::Stores {
         blobs: Arc::new(

@@ -282,6 +282,33 @@ pub trait MetadataStore: Send + Sync + 'static {
         address: &str,
         update: crate::RecipientUpdate,
     ) -> StoreResult<()>;
+    /// Claims an attempt before it starts: each listed recipient that is still `Queued`
+    /// gets `attempts + 1` and its next attempt moved to the given time (the backoff a
+    /// temporary failure would get), so a worker that crashes mid-attempt neither loses
+    /// the count nor lets the entry come due again at once. Recipients not `Queued` are
+    /// left alone. One transaction; `NotFound` when the entry or a listed recipient does
+    /// not exist; `fence` as in [`crate::RecipientUpdate::fence`].
+    async fn claim_outbound_attempt(
+        &self,
+        id: crate::QueueId,
+        fence: Option<u64>,
+        claims: Vec<(String, i64)>,
+    ) -> StoreResult<()>;
+    /// Records every outcome of one attempt and queues its DSNs, all in one transaction:
+    /// either every recipient state and every DSN entry is written, or nothing is. Each
+    /// update sets state, next attempt, last error and (sticky) `delay_warned`; `attempts`
+    /// is not counted again, [`Self::claim_outbound_attempt`] counted it. The `fence`
+    /// argument is checked once for the whole write (each update's own `fence` is not
+    /// consulted). `NotFound` when the entry or a recipient does not exist, `Conflict` on
+    /// a stale fence; in both cases nothing is written. Returns the DSN entries' ids in
+    /// input order; each DSN's blob must be stored (and pinned) already.
+    async fn record_outbound_attempt(
+        &self,
+        id: crate::QueueId,
+        fence: Option<u64>,
+        updates: Vec<(String, crate::RecipientUpdate)>,
+        dsns: Vec<crate::NewOutbound>,
+    ) -> StoreResult<Vec<crate::QueueId>>;
     /// Removes an entry; returns its blob if no longer referenced (for the orphan sweep).
     /// `fence` as in [`crate::RecipientUpdate::fence`].
     async fn delete_outbound(

@@ -38,6 +38,7 @@ use scylla::deserialize::row::DeserializeRow;
 use scylla::policies::load_balancing::DefaultPolicy;
 use scylla::response::query_result::QueryResult;
 use scylla::serialize::row::SerializeRow;
+use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::{Consistency, SerialConsistency};
 use scylla::value::{Counter, CqlValue, Row};
@@ -283,6 +284,27 @@ impl Db {
             first.as_ref().and_then(|r| r.columns.first()),
             Some(Some(CqlValue::Boolean(true)))
         ))
+    }
+
+    /// A logged batch of idempotent writes: the coordinator writes the batch log first,
+    /// so once it is accepted every statement applies, even across partitions (a failed
+    /// coordinator's batch is replayed), and a batch that fails before that applies none.
+    async fn logged_batch(
+        &self,
+        stmts: Vec<(&'static str, Vec<Option<CqlValue>>)>,
+    ) -> StoreResult<()> {
+        if stmts.is_empty() {
+            return Ok(());
+        }
+        let mut batch = Batch::new(BatchType::Logged);
+        let mut values = Vec::with_capacity(stmts.len());
+        for (cql, v) in stmts {
+            batch.append_statement(self.stmt(cql, true).await?);
+            values.push(v);
+        }
+        batch.set_is_idempotent(true);
+        self.session.batch(&batch, values).await.map_err(db_err)?;
+        Ok(())
     }
 
     /// The first row, if any.
@@ -1436,6 +1458,91 @@ impl ScyllaMetadataStore {
             .one("SELECT id FROM outbound WHERE id = ?", (id.0,))
             .await?;
         Ok(row.is_some())
+    }
+
+    /// The batch statements that move a recipient's entry in the due index, as
+    /// [`Self::reindex_due`] does one by one.
+    fn due_moves(
+        id: crate::QueueId,
+        seq: i32,
+        old: Option<i64>,
+        new: Option<i64>,
+        out: &mut Vec<(&'static str, Vec<Option<CqlValue>>)>,
+    ) {
+        if old == new {
+            return;
+        }
+        let key = |at: i64| {
+            vec![
+                Some(CqlValue::Int(QUEUE_SHARD)),
+                Some(CqlValue::BigInt(at)),
+                Some(CqlValue::BigInt(id.0)),
+                Some(CqlValue::Int(seq)),
+            ]
+        };
+        if let Some(at) = new {
+            out.push((
+                "INSERT INTO outbound_due (shard, next_attempt, queue_id, seq) \
+                 VALUES (?, ?, ?, ?)",
+                key(at),
+            ));
+        }
+        if let Some(at) = old {
+            out.push((
+                "DELETE FROM outbound_due WHERE shard = ? AND next_attempt = ? \
+                 AND queue_id = ? AND seq = ?",
+                key(at),
+            ));
+        }
+    }
+
+    /// The batch statements that create queue entry `id` from `msg` (its blob reference is
+    /// taken separately: a counter cannot share a batch with other writes).
+    fn entry_rows(
+        id: i64,
+        msg: &crate::NewOutbound,
+        out: &mut Vec<(&'static str, Vec<Option<CqlValue>>)>,
+    ) {
+        let text = |s: &str| Some(CqlValue::Text(s.to_string()));
+        for (seq, r) in msg.recipients.iter().enumerate() {
+            out.push((
+                "INSERT INTO outbound_rcpts (queue_id, seq, address, state, attempts, \
+                 next_attempt, notify, orcpt) VALUES (?, ?, ?, 0, 0, ?, ?, ?)",
+                vec![
+                    Some(CqlValue::BigInt(id)),
+                    Some(CqlValue::Int(seq as i32)),
+                    text(&r.address),
+                    Some(CqlValue::BigInt(msg.created_at)),
+                    r.notify.as_deref().and_then(text),
+                    r.orcpt.as_deref().and_then(text),
+                ],
+            ));
+            Self::due_moves(
+                crate::QueueId(id),
+                seq as i32,
+                None,
+                Some(msg.created_at),
+                out,
+            );
+        }
+        out.push((
+            "INSERT INTO outbound (id, blob_id, size, sender, account_id, envid, ret, \
+             created_at, fence) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)",
+            vec![
+                Some(CqlValue::BigInt(id)),
+                text(msg.blob.as_str()),
+                Some(CqlValue::BigInt(msg.size.min(i64::MAX as u64) as i64)),
+                text(&msg.sender),
+                msg.account.map(|a| CqlValue::BigInt(a.0)),
+                msg.envid.as_deref().and_then(text),
+                msg.ret.and_then(|r| text(r.as_str())),
+                Some(CqlValue::BigInt(msg.created_at)),
+            ],
+        ));
+        out.push((
+            "INSERT INTO outbound_ids (shard, id) VALUES (?, ?)",
+            vec![Some(CqlValue::Int(QUEUE_SHARD)), Some(CqlValue::BigInt(id))],
+        ));
     }
 
     /// Moves a recipient's entry in the due index (only `Queued` recipients are in it).
@@ -2869,6 +2976,106 @@ impl MetadataStore for ScyllaMetadataStore {
         let was = (old.state == crate::RecipientState::Queued).then_some(old.next_attempt);
         let now = (update.state == crate::RecipientState::Queued).then_some(update.next_attempt);
         self.reindex_due(id, seq, was, now).await
+    }
+
+    async fn claim_outbound_attempt(
+        &self,
+        id: crate::QueueId,
+        fence: Option<u64>,
+        claims: Vec<(String, i64)>,
+    ) -> StoreResult<()> {
+        if !self.outbound_exists(id).await? {
+            return Err(StoreError::NotFound(format!("queue entry {id}")));
+        }
+        self.check_fence(id, fence).await?;
+        let current = self.load_recipients(id).await?;
+        let mut stmts = Vec::new();
+        for (address, at) in &claims {
+            let (seq, old) = current
+                .iter()
+                .find(|(_, r)| &r.address == address)
+                .ok_or_else(|| {
+                    StoreError::NotFound(format!("recipient {address} of queue entry {id}"))
+                })?;
+            if old.state != crate::RecipientState::Queued {
+                continue;
+            }
+            // Read-modify-write of `attempts` under the entry's lease, as in
+            // `update_outbound_recipient`.
+            stmts.push((
+                "UPDATE outbound_rcpts SET attempts = ?, next_attempt = ? \
+                 WHERE queue_id = ? AND seq = ?",
+                vec![
+                    Some(CqlValue::Int((old.attempts as i32).saturating_add(1))),
+                    Some(CqlValue::BigInt(*at)),
+                    Some(CqlValue::BigInt(id.0)),
+                    Some(CqlValue::Int(*seq)),
+                ],
+            ));
+            Self::due_moves(id, *seq, Some(old.next_attempt), Some(*at), &mut stmts);
+        }
+        self.db.logged_batch(stmts).await
+    }
+
+    async fn record_outbound_attempt(
+        &self,
+        id: crate::QueueId,
+        fence: Option<u64>,
+        updates: Vec<(String, crate::RecipientUpdate)>,
+        dsns: Vec<crate::NewOutbound>,
+    ) -> StoreResult<Vec<crate::QueueId>> {
+        for d in &dsns {
+            if d.recipients.is_empty() {
+                return Err(StoreError::Invalid(
+                    "a queued message needs a recipient".into(),
+                ));
+            }
+        }
+        if !self.outbound_exists(id).await? {
+            return Err(StoreError::NotFound(format!("queue entry {id}")));
+        }
+        // The fence first, as every fenced queue write takes it: an LWT cannot share a
+        // logged batch with writes to other partitions.
+        self.check_fence(id, fence).await?;
+        let current = self.load_recipients(id).await?;
+        let mut stmts = Vec::new();
+        // Every recipient is looked up before anything is written: a missing one fails the
+        // whole record with nothing applied.
+        for (address, update) in &updates {
+            let (seq, old) = current
+                .iter()
+                .find(|(_, r)| &r.address == address)
+                .ok_or_else(|| {
+                    StoreError::NotFound(format!("recipient {address} of queue entry {id}"))
+                })?;
+            stmts.push((
+                "UPDATE outbound_rcpts SET state = ?, next_attempt = ?, last_error = ?, \
+                 delay_warned = ? WHERE queue_id = ? AND seq = ?",
+                vec![
+                    Some(CqlValue::Int(state_code(update.state))),
+                    Some(CqlValue::BigInt(update.next_attempt)),
+                    update.last_error.clone().map(CqlValue::Text),
+                    Some(CqlValue::Boolean(old.delay_warned || update.delay_warned)),
+                    Some(CqlValue::BigInt(id.0)),
+                    Some(CqlValue::Int(*seq)),
+                ],
+            ));
+            let was = (old.state == crate::RecipientState::Queued).then_some(old.next_attempt);
+            let now =
+                (update.state == crate::RecipientState::Queued).then_some(update.next_attempt);
+            Self::due_moves(id, *seq, was, now, &mut stmts);
+        }
+        let mut ids = Vec::with_capacity(dsns.len());
+        for d in &dsns {
+            let dsn_id = self.next_id("outbound").await?;
+            // Before the batch, as in `enqueue_outbound`: a failure after it leaks a
+            // reference (the blob is kept), never an entry whose blob the sweep could take.
+            self.take_blob(d.blob.as_str()).await?;
+            Self::entry_rows(dsn_id, d, &mut stmts);
+            ids.push(crate::QueueId(dsn_id));
+        }
+        self.db.logged_batch(stmts).await?;
+        Ok(ids)
     }
 
     async fn delete_outbound(

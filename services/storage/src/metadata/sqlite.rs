@@ -1971,48 +1971,7 @@ impl MetadataStore for SqliteMetadataStore {
             ));
         }
         self.write(move |c| {
-            let id: i64 = c
-                .query_row(
-                    "INSERT INTO outbound (blob_id, size, sender, account_id, envid, ret, created_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING id",
-                    params![
-                        msg.blob.as_str(),
-                        msg.size as i64,
-                        msg.sender,
-                        msg.account.map(|a| a.0),
-                        msg.envid,
-                        msg.ret.map(|r| r.as_str()),
-                        msg.created_at
-                    ],
-                    |r| r.get(0),
-                )
-                .map_err(db_err)?;
-            for (seq, r) in msg.recipients.iter().enumerate() {
-                c.prepare_cached(
-                    "INSERT INTO outbound_rcpts (queue_id, seq, address, state, next_attempt, \
-                     notify, orcpt) VALUES (?1, ?2, ?3, 0, ?4, ?5, ?6)",
-                )
-                .map_err(db_err)?
-                .execute(params![id, seq as i64, r.address, msg.created_at, r.notify, r.orcpt])
-                .map_err(|e| match db_err(e) {
-                    StoreError::Conflict(_) => {
-                        StoreError::Invalid(format!("recipient {} listed twice", r.address))
-                    }
-                    o => o,
-                })?;
-            }
-            // The queue holds the blob like a mailbox does: the orphan sweep must not take it.
-            c.prepare_cached(
-                "INSERT INTO blobs (blob_id, refcount) VALUES (?1, 1) \
-                 ON CONFLICT (blob_id) DO UPDATE SET refcount = refcount + 1",
-            )
-            .map_err(db_err)?
-            .execute([msg.blob.as_str()])
-            .map_err(db_err)?;
-            c.prepare_cached("DELETE FROM blob_orphans WHERE blob_id = ?1")
-                .map_err(db_err)?
-                .execute([msg.blob.as_str()])
-                .map_err(db_err)?;
+            let id = insert_outbound(c, &msg)?;
             load_outbound(c, crate::QueueId(id))?
                 .ok_or_else(|| StoreError::Corrupt(format!("queue entry {id} vanished")))
         })
@@ -2086,6 +2045,84 @@ impl MetadataStore for SqliteMetadataStore {
         .await
     }
 
+    async fn claim_outbound_attempt(
+        &self,
+        id: crate::QueueId,
+        fence: Option<u64>,
+        claims: Vec<(String, i64)>,
+    ) -> StoreResult<()> {
+        self.write(move |c| {
+            require_outbound(c, id)?;
+            check_fence(c, id, fence)?;
+            for (address, at) in &claims {
+                let state: i64 = c
+                    .prepare_cached(
+                        "SELECT state FROM outbound_rcpts WHERE queue_id = ?1 AND address = ?2",
+                    )
+                    .map_err(db_err)?
+                    .query_row(params![id.0, address], |r| r.get(0))
+                    .optional()
+                    .map_err(db_err)?
+                    .ok_or_else(|| {
+                        StoreError::NotFound(format!("recipient {address} of queue entry {id}"))
+                    })?;
+                if state != recipient_state_code(crate::RecipientState::Queued) {
+                    continue;
+                }
+                c.prepare_cached(
+                    "UPDATE outbound_rcpts SET attempts = attempts + 1, next_attempt = ?1 \
+                     WHERE queue_id = ?2 AND address = ?3",
+                )
+                .map_err(db_err)?
+                .execute(params![at, id.0, address])
+                .map_err(db_err)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn record_outbound_attempt(
+        &self,
+        id: crate::QueueId,
+        fence: Option<u64>,
+        updates: Vec<(String, crate::RecipientUpdate)>,
+        dsns: Vec<crate::NewOutbound>,
+    ) -> StoreResult<Vec<crate::QueueId>> {
+        self.write(move |c| {
+            require_outbound(c, id)?;
+            check_fence(c, id, fence)?;
+            for (address, update) in &updates {
+                let n = c
+                    .prepare_cached(
+                        "UPDATE outbound_rcpts SET state = ?1, next_attempt = ?2, \
+                         last_error = ?3, delay_warned = MAX(delay_warned, ?4) \
+                         WHERE queue_id = ?5 AND address = ?6",
+                    )
+                    .map_err(db_err)?
+                    .execute(params![
+                        recipient_state_code(update.state),
+                        update.next_attempt,
+                        update.last_error,
+                        update.delay_warned,
+                        id.0,
+                        address
+                    ])
+                    .map_err(db_err)?;
+                if n == 0 {
+                    // The savepoint rolls back the updates already made: all or nothing.
+                    return Err(StoreError::NotFound(format!(
+                        "recipient {address} of queue entry {id}"
+                    )));
+                }
+            }
+            dsns.iter()
+                .map(|d| insert_outbound(c, d).map(crate::QueueId))
+                .collect()
+        })
+        .await
+    }
+
     async fn delete_outbound(
         &self,
         id: crate::QueueId,
@@ -2148,6 +2185,78 @@ impl MetadataStore for SqliteMetadataStore {
 }
 
 // ---------- credentials and outbound queue rows ----------
+
+/// Inserts a queue entry, its recipients and its blob reference; returns its id. Runs
+/// inside the caller's transaction ([`MetadataStore::enqueue_outbound`], and the DSNs of
+/// [`MetadataStore::record_outbound_attempt`]).
+fn insert_outbound(c: &Connection, msg: &crate::NewOutbound) -> StoreResult<i64> {
+    if msg.recipients.is_empty() {
+        return Err(StoreError::Invalid(
+            "a queued message needs a recipient".into(),
+        ));
+    }
+    let id: i64 = c
+        .query_row(
+            "INSERT INTO outbound (blob_id, size, sender, account_id, envid, ret, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING id",
+            params![
+                msg.blob.as_str(),
+                msg.size as i64,
+                msg.sender,
+                msg.account.map(|a| a.0),
+                msg.envid,
+                msg.ret.map(|r| r.as_str()),
+                msg.created_at
+            ],
+            |r| r.get(0),
+        )
+        .map_err(db_err)?;
+    for (seq, r) in msg.recipients.iter().enumerate() {
+        c.prepare_cached(
+            "INSERT INTO outbound_rcpts (queue_id, seq, address, state, next_attempt, \
+             notify, orcpt) VALUES (?1, ?2, ?3, 0, ?4, ?5, ?6)",
+        )
+        .map_err(db_err)?
+        .execute(params![
+            id,
+            seq as i64,
+            r.address,
+            msg.created_at,
+            r.notify,
+            r.orcpt
+        ])
+        .map_err(|e| match db_err(e) {
+            StoreError::Conflict(_) => {
+                StoreError::Invalid(format!("recipient {} listed twice", r.address))
+            }
+            o => o,
+        })?;
+    }
+    // The queue holds the blob like a mailbox does: the orphan sweep must not take it.
+    c.prepare_cached(
+        "INSERT INTO blobs (blob_id, refcount) VALUES (?1, 1) \
+         ON CONFLICT (blob_id) DO UPDATE SET refcount = refcount + 1",
+    )
+    .map_err(db_err)?
+    .execute([msg.blob.as_str()])
+    .map_err(db_err)?;
+    c.prepare_cached("DELETE FROM blob_orphans WHERE blob_id = ?1")
+        .map_err(db_err)?
+        .execute([msg.blob.as_str()])
+        .map_err(db_err)?;
+    Ok(id)
+}
+
+/// `NotFound` unless queue entry `id` exists.
+fn require_outbound(c: &Connection, id: crate::QueueId) -> StoreResult<()> {
+    c.prepare_cached("SELECT id FROM outbound WHERE id = ?1")
+        .map_err(db_err)?
+        .query_row([id.0], |r| r.get::<_, i64>(0))
+        .optional()
+        .map_err(db_err)?
+        .map(|_| ())
+        .ok_or_else(|| StoreError::NotFound(format!("queue entry {id}")))
+}
 
 /// Refuses a queue write from a lease older than one that already wrote to the entry, and
 /// records `fence` otherwise. Runs inside the write's transaction, so check and record are
