@@ -312,6 +312,32 @@ pub enum DnssecPath {
     Stripped,
 }
 
+/// What the resolver path is, given what the root check just `observed` and whether the
+/// path has validated before (`seen`/`remember` read and set that memory): a path that
+/// validated once counts as validating for good, so signatures stripped later (an attack,
+/// not a configuration) cannot turn bogus answers into insecure ones.
+fn sticky_path<M>(
+    memory: &M,
+    observed: DnssecPath,
+    seen: impl Fn(&M) -> bool,
+    remember: impl Fn(&M),
+) -> DnssecPath {
+    match observed {
+        DnssecPath::Validating => {
+            remember(memory);
+            DnssecPath::Validating
+        }
+        DnssecPath::Stripped if seen(memory) => {
+            tracing::warn!("the resolver path validated DNSSEC before and no longer does; treating bogus answers as bogus (deferring)");
+            DnssecPath::Validating
+        }
+        DnssecPath::Stripped => {
+            tracing::warn!("the resolver path does not carry DNSSEC (the root zone does not validate); DANE cannot apply");
+            DnssecPath::Stripped
+        }
+    }
+}
+
 /// The DANE decision for one answer; `path` is only consulted when the answer is bogus or
 /// indeterminate (the caller checks it lazily, then).
 pub fn classify(answer: &Answer, path: impl FnOnce() -> DnssecPath) -> Verdict {
@@ -339,6 +365,11 @@ pub fn classify(answer: &Answer, path: impl FnOnce() -> DnssecPath) -> Verdict {
 /// are used.
 pub struct DaneResolver {
     resolver: TokioResolver,
+    /// Set once the root zone has validated through this path. From then on a path that
+    /// stops validating is not "a forwarder without DNSSEC" (the configuration did not
+    /// change) but someone stripping signatures in between, so bogus answers stay bogus
+    /// and defer: the stripped-path leniency only covers a path that never validated.
+    validated_once: std::sync::atomic::AtomicBool,
 }
 
 impl DaneResolver {
@@ -355,24 +386,31 @@ impl DaneResolver {
         let resolver = builder
             .build()
             .map_err(|e| format!("building the DNSSEC resolver: {e}"))?;
-        Ok(Self { resolver })
+        Ok(Self {
+            resolver,
+            validated_once: std::sync::atomic::AtomicBool::new(false),
+        })
     }
 
     /// Whether the root zone's SOA validates: see [`DnssecPath`]. (Not its DNSKEY RRset:
     /// keys that are the trust anchor count as secure without a signature.)
     async fn path(&self) -> DnssecPath {
-        match self.resolver.lookup(".", RecordType::SOA).await {
+        use std::sync::atomic::Ordering;
+        let observed = match self.resolver.lookup(".", RecordType::SOA).await {
             Ok(l)
                 if !l.answers().is_empty()
                     && l.answers().iter().all(|r| r.proof == Proof::Secure) =>
             {
                 DnssecPath::Validating
             }
-            _ => {
-                tracing::warn!("the resolver path does not carry DNSSEC (the root zone does not validate); DANE cannot apply");
-                DnssecPath::Stripped
-            }
-        }
+            _ => DnssecPath::Stripped,
+        };
+        sticky_path(
+            &self.validated_once,
+            observed,
+            |o| o.load(Ordering::Relaxed),
+            |o| o.store(true, Ordering::Relaxed),
+        )
     }
 
     /// [`classify`], checking the resolver path only when the answer looks bogus.
@@ -609,6 +647,22 @@ mod tests {
         ] {
             assert!(matches!(c(a.clone()), Verdict::Failed(_)), "{a:?}");
         }
+    }
+
+    #[test]
+    fn a_path_that_validated_once_never_becomes_lenient() {
+        use std::cell::Cell;
+        let seen = Cell::new(false);
+        let path = |observed| sticky_path(&seen, observed, |m| m.get(), |m| m.set(true));
+        assert_eq!(path(DnssecPath::Stripped), DnssecPath::Stripped);
+        assert_eq!(path(DnssecPath::Validating), DnssecPath::Validating);
+        // Signatures stripped after the path was seen validating: still validating, so a
+        // bogus answer defers instead of downgrading.
+        assert_eq!(path(DnssecPath::Stripped), DnssecPath::Validating);
+        assert_eq!(
+            classify(&Answer::Bogus, || path(DnssecPath::Stripped)),
+            Verdict::Failed("DNSSEC validation failed (bogus)".into())
+        );
     }
 
     #[test]
