@@ -432,6 +432,11 @@ def servers(tmp_path_factory):
             # Both servers are on loopback; LOGIN without STARTTLS keeps the scripts identical.
             "MAILFLEET_IMAP__ALLOW_PLAINTEXT_AUTH": "true",
             "MAILFLEET_IMAP__STARTTLS": "false",
+            # The scripts' deliberate failed logins must not trip the per-IP throttle (and
+            # Dovecot has none configured either).
+            "MAILFLEET_AUTH__MAX_FAILURES_PER_IP": "1000",
+            "MAILFLEET_AUTH__MAX_FAILURES_PER_ACCOUNT": "1000",
+            "MAILFLEET_AUTH__DELAY_BASE_MS": "0",
         },
     )
     try:
