@@ -1,0 +1,641 @@
+"""Differential test: the same IMAP command scripts against Dovecot and against Mailfleet.
+
+Every script in ``tests/imap-diff/*.imap`` (one per area: rev1 basics, SELECT/STATUS, FETCH,
+SEARCH, CONDSTORE, LIST-EXTENDED, error cases...; the format is described in
+``tests/imap-diff/README.md``) runs line by line over raw sockets against a throw-away Dovecot
+(Debian's dovecot-imapd, configured by ``dovecot_server.py``) and a Mailfleet started in
+embedded mode, each script as its own freshly created user, so scripts cannot disturb each
+other. Most scripts first ``!include fixture.imap``, which APPENDs the same ten messages (from
+``services/mime/tests/corpus``) with the same INTERNALDATE and flags.
+
+Each command's answer is normalised (``imapwire.normalise_command``), then the two are
+compared. Normalised away, because the servers may legitimately differ there:
+
+* the greeting's and every OK/NO/BAD's human-readable text (status and response code name
+  are kept), untagged ``OK`` responses that carry only text, and the continuation text;
+* capability lists (``* CAPABILITY``, ``[CAPABILITY ...]``) and ``* ID`` contents;
+* UIDVALIDITY values (also inside APPENDUID/COPYUID and STATUS), and the arguments of
+  BADCHARSET and REFERRAL codes;
+* MODSEQ and HIGHESTMODSEQ values: each becomes its rank among the modseqs of the same
+  command, so equality and order within one answer are still compared;
+* the order of untagged responses (compared as a sorted list), of the items within a FETCH
+  response (a dict), and of flags in a flag list (a set); sequence sets (in ESEARCH ALL,
+  VANISHED, COPYUID, APPENDUID, MODIFIED) are compared as the sets of numbers they denote;
+* quoted string versus literal for the same bytes, and the case of media type names in
+  BODY/BODYSTRUCTURE (case-insensitive per RFC 2045);
+* ``\\Recent``: dropped from flag lists, and RECENT counts are not compared. Mailfleet does
+  not keep it (IMAP4rev2 removed it; docs/imap.md, "Known differences"); the commands whose
+  *result* depends on it (SEARCH RECENT/NEW) are in the table below;
+* the quota root's name (Dovecot: ``"User quota"``, Mailfleet: ``""``);
+* an INTERNALDATE within 36 hours of now (set by an APPEND without a date).
+
+The mailbox hierarchy separator is the same on both (Dovecot is configured with ``/``).
+
+What still differs must be in ``EXPECTED_DIFFERENCES`` (key ``script:tag``) with its reason:
+"mailfleet bug: ..." for a Mailfleet defect, anything else for a difference the RFCs allow or
+a Dovecot-specific behaviour. The test fails on a difference that is not in the table and on a
+table entry that no longer differs, so the table, and docs/imap.md's "Differences from Dovecot"
+that lists it, stay true.
+
+Skipped when ``/usr/sbin/dovecot`` (or ``$MAILFLEET_DOVECOT``) is missing or is not 2.3.
+Run: ``MAILFLEET_BIN=$CARGO_TARGET_DIR/debug/mailfleet python3 -m pytest -q
+tests/e2e/test_imap_dovecot_diff.py``; ``MAILFLEET_IMAPDIFF_REPORT=path`` also writes every
+command's normalised answers from both servers to ``path``.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import pprint
+import re
+
+import pytest
+
+import dovecot_server
+from conftest import REPO, Server, mailfleet_bin
+from imapwire import Connection, Literal, Result, capture_variables, normalise_command, parse_script, substitute
+
+SCRIPTS = REPO / "tests" / "imap-diff"
+CORPUS = REPO / "services" / "mime" / "tests" / "corpus"
+PASSWORD = "Diff-Horse-Battery-9"
+DOMAIN = "example.test"
+MIN_COMMANDS = 300
+
+# The capabilities both servers advertise after login, and the script that exercises each.
+# The test fails if both servers start offering one that is not listed here.
+COVERAGE = {
+    "IMAP4REV1": "01-basic.imap",
+    "LITERAL+": "12-append.imap",
+    "SASL-IR": "01-basic.imap",
+    "ID": "16-id-enable.imap",
+    "ENABLE": "16-id-enable.imap",
+    "IDLE": "17-idle.imap",
+    "NAMESPACE": "15-namespace.imap",
+    "UNSELECT": "19-unselect-close.imap",
+    "UIDPLUS": "10-copy-move.imap",
+    "MOVE": "10-copy-move.imap",
+    "CONDSTORE": "09-condstore.imap",
+    "QRESYNC": "09-condstore.imap",
+    "SORT": "07-sort.imap",
+    "QUOTA": "18-quota.imap",
+    "STATUS=SIZE": "02-select-status.imap",
+    "BINARY": "04-bodystructure-binary.imap",
+    "SPECIAL-USE": "13-list.imap",
+    "CHILDREN": "13-list.imap",
+    "ESEARCH": "06-esearch.imap",
+    "LIST-EXTENDED": "13-list.imap",
+    "LIST-STATUS": "13-list.imap",
+    "WITHIN": "05-search.imap",
+}
+
+def verb_of(source: str) -> str:
+    """The command name of a script line ("UID FETCH" for UID commands), upper-cased."""
+    words = source.split()
+    if words and words[0].startswith("2:"):
+        words = words[1:] if words[0] == "2:" else [words[0][2:]] + words[1:]
+    words = words[1:3]
+    if not words:
+        return ""
+    if words[0].upper() == "UID" and len(words) > 1:
+        return "UID " + words[1].upper()
+    return words[0].upper()
+
+
+# Response codes RFC 5530 and RFC 9051 section 7.1 leave optional, which the servers send in
+# different places (Dovecot often answers NO without a code, Mailfleet says NONEXISTENT).
+OPTIONAL_CODES = {
+    "NONEXISTENT", "ALREADYEXISTS", "CLIENTBUG", "CANNOT", "SERVERBUG", "UNAVAILABLE",
+    "NOPERM", "INUSE", "LIMIT", "PARSE", "HASCHILDREN", "EXPUNGEISSUED", "CONTACTADMIN",
+}
+
+
+def _drop_codes(result: tuple, source: str) -> tuple:
+    verb = verb_of(source)
+    status, code, untagged = result
+    if code and code[0] in OPTIONAL_CODES:
+        code = None
+    return (status, code, untagged)
+
+
+def _drop_closed(result: tuple, source: str) -> tuple:
+    verb = verb_of(source)
+    status, code, untagged = result
+    return (status, code, tuple(u for u in untagged if u != ("OK", ("CLOSED",))))
+
+
+def _system_flags_only(result: tuple, source: str) -> tuple:
+    verb = verb_of(source)
+    status, code, untagged = result
+    out = []
+    for u in untagged:
+        if u[0] == "FLAGS" or (u[0] == "OK" and u[1] and u[1][0] == "PERMANENTFLAGS"):
+            if verb not in ("SELECT", "EXAMINE"):
+                continue
+            if u[0] == "FLAGS":
+                u = ("FLAGS", tuple(f for f in u[1] if f.startswith("\\")))
+            else:
+                u = ("OK", ("PERMANENTFLAGS", tuple(f for f in u[1][1] if f.startswith("\\"))))
+        out.append(u)
+    return (status, code, tuple(sorted(out, key=repr)))
+
+
+def _modseq_rank_only(result: tuple, source: str) -> tuple:
+    verb = verb_of(source)
+    def walk(x):
+        if isinstance(x, str) and x.startswith("<modseq "):
+            return "<modseq>"
+        if isinstance(x, tuple):
+            return tuple(walk(y) for y in x)
+        return x
+
+    status, code, untagged = result
+    return (status, walk(code), tuple(sorted((walk(u) for u in untagged), key=repr)))
+
+
+def _without_marked(result: tuple, source: str) -> tuple:
+    verb = verb_of(source)
+    status, code, untagged = result
+    out = []
+    for u in untagged:
+        if u[0] in ("LIST", "LSUB"):
+            u = (u[0], tuple(a for a in u[1] if a not in ("\\marked", "\\unmarked"))) + u[2:]
+        out.append(u)
+    return (status, code, tuple(sorted(out, key=repr)))
+
+
+def _list_attributes_without(names: set[str], unless: str | None = None, only_if: str | None = None):
+    """A rule dropping some LIST/LSUB attributes, except in commands that mention `unless`
+    (and only in commands that mention `only_if`)."""
+
+    def transform(result: tuple, source: str) -> tuple:
+        if unless and unless in source.upper():
+            return result
+        if only_if and only_if not in source.upper():
+            return result
+        status, code, untagged = result
+        out = []
+        for u in untagged:
+            if u[0] in ("LIST", "LSUB"):
+                u = (u[0], tuple(a for a in u[1] if a not in names)) + u[2:]
+            out.append(u)
+        return (status, code, tuple(sorted(out, key=repr)))
+
+    return transform
+
+
+def _unsolicited_fetch_without_uid(result: tuple, source: str) -> tuple:
+    verb = verb_of(source)
+    status, code, untagged = result
+    if verb in ("FETCH", "UID FETCH", "STORE", "UID STORE"):
+        return result
+    out = []
+    for u in untagged:
+        if u[0] == "FETCH":
+            u = ("FETCH", u[1], tuple(item for item in u[2] if item[0] != "UID"))
+        out.append(u)
+    return (status, code, tuple(sorted(out, key=repr)))
+
+
+# Differences that recur across many commands, as transformations applied to both normalised
+# answers when they differ: name -> (reason, transformation). A command whose answers become
+# equal after some of these is covered by them. A rule that no command needs fails the test.
+KNOWN_RULES = {
+    "optional-response-codes": (
+        "response codes such as NONEXISTENT, ALREADYEXISTS and CLIENTBUG are optional "
+        "(RFC 5530); Mailfleet sends them where Dovecot often answers with text only",
+        _drop_codes,
+    ),
+    "closed-response-code": (
+        "mailfleet bug: a SELECT or EXAMINE that closes the selected mailbox sends no untagged "
+        "OK [CLOSED] (RFC 9051 section 6.3.2 requires it, as RFC 7162 does for QRESYNC)",
+        _drop_closed,
+    ),
+    "keywords-in-flags": (
+        "mailfleet bug: FLAGS and PERMANENTFLAGS list only the system flags, not the keywords "
+        "in use in the mailbox, and no new FLAGS response is sent when a STORE or APPEND "
+        "creates a keyword (RFC 9051 section 7.3.5 allows the minimum, but clients such as "
+        "Thunderbird learn the mailbox's keywords from FLAGS)",
+        _system_flags_only,
+    ),
+    "uid-in-unsolicited-fetch": (
+        "Mailfleet adds UID to the FETCH responses that report another session's flag "
+        "changes (at NOOP, IDLE...); the RFCs allow any data items in an unsolicited FETCH",
+        _unsolicited_fetch_without_uid,
+    ),
+    "marked-attributes": (
+        "Dovecot adds \\Marked and \\Unmarked to LIST responses; RFC 9051 section 7.3.1 "
+        "makes them optional and Mailfleet does not track them",
+        _without_marked,
+    ),
+    "children-attributes": (
+        "Mailfleet always sends \\HasChildren or \\HasNoChildren; Dovecot leaves them out "
+        "of LSUB and of extended LISTs without RETURN (CHILDREN). Both are allowed "
+        "(RFC 5258 lets the server return them unasked)",
+        _list_attributes_without({"\\haschildren", "\\hasnochildren"}),
+    ),
+    "subscribed-in-plain-list": (
+        "Mailfleet marks subscribed mailboxes \\Subscribed in every LIST; Dovecot only when "
+        "SUBSCRIBED is asked for. Unrequested attributes are allowed (RFC 5258)",
+        _list_attributes_without({"\\subscribed"}, unless="SUBSCRIBED"),
+    ),
+    "special-use-unrequested": (
+        "Mailfleet sends the SPECIAL-USE attributes in every LIST; Dovecot leaves them out of "
+        "an extended LIST without RETURN (SPECIAL-USE). RFC 6154 allows both",
+        _list_attributes_without(
+            {"\\sent", "\\drafts", "\\junk", "\\trash", "\\archive"}, unless="SPECIAL-USE", only_if="LIST"
+        ),
+    ),
+    "superiors-are-mailboxes": (
+        "CREATE a/b/c and CREATE a/: Dovecot makes the missing superiors \\Noselect "
+        "placeholders, Mailfleet makes them real mailboxes. RFC 9051 section 6.3.4 asks for "
+        "the superiors to exist (SHOULD) and allows either",
+        _list_attributes_without({"\\noselect"}),
+    ),
+    "modseq-granularity": (
+        "Dovecot enables modseq tracking for a mailbox lazily, giving every message that has "
+        "not changed since the same MODSEQ; Mailfleet gives each APPEND its own. Both are "
+        "valid (RFC 7162 only asks modseqs to grow with each change)",
+        _modseq_rank_only,
+    ),
+}
+
+# "script:tag" -> reason. "mailfleet bug: ..." entries are defects to fix in services/imap;
+# the others are differences the RFCs allow. Every entry is also in docs/imap.md.
+EXPECTED_DIFFERENCES: dict[str, str] = {
+    # SELECT / STATUS
+    "02-select-status.imap:b010": "mailfleet bug: STATUS with an empty item list is answered OK; "
+    "the RFC 9051 grammar (status-att-list) needs at least one item, Dovecot answers BAD",
+    # BINARY (RFC 3516)
+    "04-bodystructure-binary.imap:d020": "mailfleet bug: BINARY[] (the whole message) returns only "
+    "the body, without the header",
+    "04-bodystructure-binary.imap:d021": "mailfleet bug: BINARY.SIZE[] is the size of the body, not "
+    "of the whole message (same cause as d020)",
+    "04-bodystructure-binary.imap:d023": "mailfleet bug: the answer to BINARY.PEEK[2]<0.4> is named "
+    "BINARY[2] instead of BINARY[2]<0> (a partial fetch echoes its origin, RFC 3516 section 4.2)",
+    "04-bodystructure-binary.imap:d028": "BINARY[2.MIME] is not in RFC 3516's grammar (only part "
+    "numbers): Mailfleet answers BAD, Dovecot serves the MIME header",
+    # SEARCH
+    "05-search.imap:e037": "mailfleet bug: SEARCH BCC nobody matches 'Bcc: Hidden: (nobody) ;' - "
+    "the address keys match the header's comments; RFC 9051 section 6.4.4 defines them on the "
+    "envelope's address fields, which have no comments (Dovecot: no match)",
+    "05-search.imap:e043": "mailfleet bug: SEARCH BODY does not look into an attached "
+    "message/rfc822 (message 6 forwards one that says 'Friday'); the body of a message includes "
+    "its attached messages (Dovecot matches 1 and 6)",
+    "05-search.imap:e055": "design: \\Recent is not kept (docs/imap.md, Known differences), so "
+    "SEARCH NEW never matches; Dovecot keeps \\Recent as IMAP4rev1 asks",
+    "05-search.imap:e056": "design: \\Recent is not kept, so SEARCH OLD matches every message",
+    "05-search.imap:e057": "design: \\Recent is not kept, so SEARCH RECENT never matches",
+    "05-search.imap:e064": "SEARCH 20:30 in a mailbox of 10 messages: Mailfleet answers BAD, as RFC "
+    "3501/9051 section 2.3.1.2 says a server should for sequence numbers beyond the mailbox; Dovecot "
+    "returns an empty result",
+    # SORT (RFC 5256)
+    "07-sort.imap:g009": "mailfleet bug: SORT (SUBJECT) compares base subjects case-sensitively "
+    "('Rechnung' before 'quoted-printable ...'); RFC 5256 sorts with i;unicode-casemap",
+    "07-sort.imap:g010": "mailfleet bug: SORT (REVERSE SUBJECT), same case-sensitive comparison",
+    "07-sort.imap:g014": "mailfleet bug: SORT (SUBJECT DATE), same case-sensitive comparison",
+    "07-sort.imap:g012": "mailfleet bug: SORT (TO) sorts a To: that is a group ('Engineering: "
+    "...;', message 8) as an empty address (first); Dovecot sorts it by the group name",
+    "07-sort.imap:g024": "mailfleet bug: SORT (DISPLAYTO), the same group handling as g012",
+    "07-sort.imap:g013": "mailfleet bug: SORT (CC) sorts 'Cc: undisclosed-recipients:;' as no "
+    "address; Dovecot sorts it by the group name",
+    # STORE and flags
+    "08-store.imap:h027": "STORE 1 +FLAGS without a flag list is not in the grammar: Mailfleet "
+    "answers BAD, Dovecot OK",
+    "08-store.imap:h033": "STORE in a mailbox opened with EXAMINE: Mailfleet answers NO "
+    "[READ-ONLY], Dovecot OK without changing anything; both allowed",
+    "08-store.imap:h037": "mailfleet bug: keywords are case-sensitive in Mailfleet: STORE (... $x "
+    "$X) keeps both, Dovecot (like Cyrus) treats flag names case-insensitively and keeps one",
+    "08-store.imap:h038": "mailfleet bug: the two keywords of h037 are stored (same cause)",
+    "08-store.imap:h012": "mailfleet bug: +FLAGS ($important) on a message with $Important adds a "
+    "second keyword (same cause as h037)",
+    "08-store.imap:h023": "mailfleet bug: STORE +FLAGS (\\Recent) is accepted and \\Recent is then "
+    "shown as a flag of the message; a client cannot set \\Recent (RFC 3501 section 2.3.2), "
+    "Dovecot answers BAD",
+    "08-store.imap:h024": "mailfleet bug: STORE accepts the undefined system flag \\Bogus and "
+    "stores it (PERMANENTFLAGS does not list it); names starting with \\ are reserved for "
+    "future standards (RFC 9051 section 2.3.2), Dovecot answers BAD",
+    # CONDSTORE / QRESYNC (RFC 7162)
+    "09-condstore.imap:i016": "mailfleet bug: SEARCH RETURN (MIN MAX) with a MODSEQ criterion "
+    "has no MODSEQ in its ESEARCH response (RFC 7162 asks for the highest mod-sequence "
+    "of the matched messages)",
+    "09-condstore.imap:i023": "mailfleet bug: with QRESYNC enabled the untagged FETCH sent for a "
+    "STORE has no UID; QRESYNC clients need the UID in every untagged FETCH (RFC 7162; Dovecot "
+    "and Apache James send it)",
+    "09-condstore.imap:i030": "STORE -FLAGS (\\Draft) on a message without \\Draft: Mailfleet "
+    "answers with a FETCH of the unchanged flags, Dovecot sends none; both allowed",
+    # COPY / MOVE / EXPUNGE in a read-only mailbox
+    "10-copy-move.imap:j020": "MOVE out of a mailbox opened with EXAMINE: Mailfleet answers NO "
+    "[READ-ONLY] (a MOVE expunges), Dovecot moves the message",
+    "11-expunge.imap:k015": "EXPUNGE in a mailbox opened with EXAMINE: Mailfleet answers NO "
+    "[READ-ONLY], Dovecot OK without expunging; both allowed",
+    "11-expunge.imap:k016": "UID EXPUNGE in a mailbox opened with EXAMINE: as k015",
+    # APPEND
+    "12-append.imap:l006": "APPEND date-time '1-Jan-2000 ...' (one-digit day without the leading "
+    "space) is not in the grammar (date-day-fixed): Mailfleet answers BAD, Dovecot accepts it",
+    "12-append.imap:l011": "mailfleet bug: APPEND with the flag \\Recent is accepted (Dovecot: BAD; "
+    "a client cannot set \\Recent)",
+    "12-append.imap:l012": "APPEND with the date 32-Jan-2024: Mailfleet answers BAD, Dovecot "
+    "accepts the impossible date",
+    "12-append.imap:l015": "mailfleet bug: APPEND accepts the undefined system flag \\Bogus "
+    "(as h024)",
+    # LIST / LSUB (RFC 3501, RFC 5258)
+    "13-list.imap:m019": "mailfleet bug: LSUB \"\" % with Work/Projects subscribed and Work not "
+    "must return Work with \\Noselect (RFC 3501 section 6.3.9); Mailfleet returns nothing",
+    "13-list.imap:m022": "mailfleet bug: LIST (SUBSCRIBED RECURSIVEMATCH) \"\" % does not return "
+    "Work with CHILDINFO (\"SUBSCRIBED\") for its subscribed child (RFC 5258)",
+    "13-list.imap:m037": "mailfleet bug: RECURSIVEMATCH as the only selection option must be "
+    "answered BAD (RFC 5258); Mailfleet lists every mailbox",
+    # CREATE / DELETE / RENAME
+    "14-mailboxes.imap:n018": "DELETE Beta, created as the superior of Beta/Gamma/Delta: a "
+    "\\Noselect placeholder in Dovecot (NO), a real mailbox in Mailfleet (OK); see rule "
+    "superiors-are-mailboxes",
+    "14-mailboxes.imap:n019": "mailfleet bug: after DELETE of a mailbox that has inferiors, the name "
+    "disappears, leaving Beta/Gamma without a parent in LIST; RFC 9051 section 6.3.5 keeps the "
+    "name with \\Noselect",
+    "14-mailboxes.imap:n036": "CREATE Lit after CREATE Lit/It: Dovecot turns its \\Noselect "
+    "placeholder into a mailbox, Mailfleet's Lit already is one (NO [ALREADYEXISTS]); see rule "
+    "superiors-are-mailboxes",
+    "14-mailboxes.imap:n037": "SELECT Epsilon (the renamed superior Beta/Gamma): a \\Noselect "
+    "placeholder in Dovecot (NO), a mailbox in Mailfleet (OK); same cause",
+    "14-mailboxes.imap:n039": "RENAME Sent: Dovecot refuses (its Sent exists only in the "
+    "configuration until first used: NO [NONEXISTENT]); Mailfleet renames it",
+    "14-mailboxes.imap:n040": "after n039: Mailfleet lists Sent-Renamed with its \\Sent attribute, "
+    "Dovecot still lists Sent",
+    # Arguments the grammar does not allow, which Dovecot ignores
+    "15-namespace.imap:o007": "NAMESPACE with an argument: Mailfleet BAD (the grammar has none), "
+    "Dovecot ignores it",
+    "19-unselect-close.imap:t017": "UNSELECT with an argument: Mailfleet BAD, Dovecot ignores it",
+    "20-errors-syntax.imap:u004": "SELECT with extra arguments: Mailfleet BAD, Dovecot ignores them",
+    "20-errors-syntax.imap:u016": "BODY[]<5> (a partial without length) is not in the grammar: "
+    "Mailfleet BAD, Dovecot returns from octet 5 on",
+    "23-errors-syntax-more.imap:u034": "NOOP with an argument: Mailfleet BAD, Dovecot ignores it",
+    "23-errors-syntax-more.imap:u035": "CAPABILITY with an argument: Mailfleet BAD, Dovecot "
+    "ignores it",
+    "23-errors-syntax-more.imap:u036": "LOGOUT with an argument: Mailfleet BAD, Dovecot logs out",
+    # ID / ENABLE
+    "16-id-enable.imap:p003": "ID (\"name\") with no value: Mailfleet BAD (RFC 2971 needs "
+    "field/value pairs), Dovecot ignores it",
+    "16-id-enable.imap:p004": "ENABLE before login: Mailfleet BAD (RFC 5161: "
+    "authenticated state only), Dovecot OK with an empty ENABLED",
+    "16-id-enable.imap:p008": "ID without its argument: Mailfleet BAD, Dovecot OK",
+    "16-id-enable.imap:p011": "ENABLE of an unknown extension: Mailfleet sends an empty "
+    "'* ENABLED', Dovecot none; both allowed",
+    "16-id-enable.imap:p012": "ENABLE without an argument: Mailfleet BAD (the grammar needs one), "
+    "Dovecot OK",
+    "16-id-enable.imap:p014": "ENABLE IMAP4rev2: Mailfleet speaks IMAP4rev2, Dovecot 2.3 does not",
+    # QUOTA (RFC 9208)
+    "18-quota.imap:s002": "quota usage in KiB: 4732 bytes are 4 for Mailfleet (rounded down), 5 "
+    "for Dovecot (rounded up); RFC 9208 does not say how to round",
+    "18-quota.imap:s003": "quota rounding, as s002",
+    "18-quota.imap:s007": "quota rounding, as s002",
+    "18-quota.imap:s010": "quota rounding, as s002",
+    "18-quota.imap:s004": "GETQUOTAROOT of a nonexistent mailbox: Mailfleet NO [NONEXISTENT], "
+    "Dovecot answers with the user's quota root",
+    "21-errors-state.imap:v028": "GETQUOTAROOT of a nonexistent mailbox, as s004",
+    # Two sessions
+    "22-sessions.imap:w005": "another session's flag change is reported by Dovecot during FETCH, "
+    "by Mailfleet at the next NOOP; servers may hold it back",
+    "22-sessions.imap:x007": "Mailfleet adds UID to the FETCH reporting the other session's flag "
+    "change inside this STORE (see rule uid-in-unsolicited-fetch)",
+    "22-sessions.imap:w010": "mailfleet bug: UID FETCH 1 FLAGS right after another session cleared "
+    "\\Flagged answers with the old flags (\\Flagged \\Seen), then sends the change; the "
+    "answer should carry the current flags",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Servers
+
+
+def _scripts() -> list[pathlib.Path]:
+    return sorted(p for p in SCRIPTS.glob("*.imap") if p.name != "fixture.imap")
+
+
+def _user(script: pathlib.Path) -> str:
+    return f"alice{script.name.split('-', 1)[0]}@{DOMAIN}"
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    if not os.access(dovecot_server.DOVECOT, os.X_OK):
+        pytest.skip(f"{dovecot_server.DOVECOT} is not installed (Debian package dovecot-imapd)")
+    if dovecot_server.version()[:2] != (2, 3):
+        pytest.skip("the Dovecot configuration is written for Dovecot 2.3")
+    if not os.path.exists(mailfleet_bin()):
+        pytest.skip(f"no mailfleet binary at {mailfleet_bin()} (set MAILFLEET_BIN)")
+    users = {_user(s): PASSWORD for s in _scripts()}
+    dovecot = dovecot_server.Dovecot(users)
+    mailfleet = Server(
+        tmp_path_factory.mktemp("imapdiff") / "data",
+        extra_env={
+            # Both servers are on loopback; LOGIN without STARTTLS keeps the scripts identical.
+            "MAILFLEET_IMAP__ALLOW_PLAINTEXT_AUTH": "true",
+            "MAILFLEET_IMAP__STARTTLS": "false",
+            # The scripts' deliberate failed logins must not trip the per-IP throttle (and
+            # Dovecot has none configured either).
+            "MAILFLEET_AUTH__MAX_FAILURES_PER_IP": "1000",
+            "MAILFLEET_AUTH__MAX_FAILURES_PER_ACCOUNT": "1000",
+            "MAILFLEET_AUTH__DELAY_BASE_MS": "0",
+        },
+    )
+    try:
+        mailfleet.cli("domain", "add", DOMAIN)
+        for user in users:
+            mailfleet.cli("user", "add", user, "--quota", "1G", "--password-stdin", stdin=PASSWORD + "\n")
+        mailfleet.start()
+        yield {"dovecot": dovecot.port, "mailfleet": mailfleet.imap_port}
+    finally:
+        mailfleet.stop()
+        dovecot.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# Running a script
+
+# Commands that make the session use CONDSTORE (RFC 7162 section 3.1).
+CONDSTORE_ENABLING = re.compile(r"\b(CONDSTORE|QRESYNC|MODSEQ|CHANGEDSINCE|UNCHANGEDSINCE|HIGHESTMODSEQ)\b", re.I)
+
+
+class Run:
+    """One script against one server: results by key, in order."""
+
+    def __init__(self, port: int, user: str) -> None:
+        self.port = port
+        self.variables = {"USER": user, "PASS": PASSWORD}
+        self.conns: dict[int, Connection] = {}
+        self.results: dict[str, tuple[str, Result, list[bytes]]] = {}
+        self.greetings = 0
+        # Connections whose session has used CONDSTORE (see normalise_command).
+        self.condstore: set[int] = set()
+
+    def connect(self, n: int) -> Connection:
+        if n not in self.conns:
+            c = Connection(self.port)
+            self.conns[n] = c
+            self.greetings += 1
+            self.record(f"<greeting {self.greetings}>", "(connect)", [c.greeting], "*")
+        return self.conns[n]
+
+    def record(self, key: str, source: str, responses: list[bytes], tag: str, conn: int = 1) -> None:
+        assert key not in self.results, f"{key} twice"
+        capture_variables(responses, self.variables)
+        if tag == "*":
+            # A greeting: only its status counts (OK, PREAUTH or BYE).
+            status = responses[0].split(b" ")[1].decode().upper() if responses else "<none>"
+            self.results[key] = (source, Result(status, None, ()), responses)
+        else:
+            result = normalise_command(tag, responses, condstore=conn in self.condstore, verb=verb_of(source))
+            self.results[key] = (source, result, responses)
+
+    def run(self, steps, prefix: str = "") -> None:
+        open_cmd: dict[int, tuple[str, str]] = {}
+        for step in steps:
+            if step.kind == "reconnect":
+                if 1 in self.conns:
+                    self.conns.pop(1).close()
+                self.condstore.discard(1)
+                self.connect(1)
+                continue
+            if step.kind == "include":
+                self.run(parse_script(SCRIPTS / step.tag, CORPUS, counted=False), prefix=step.tag + "/")
+                continue
+            conn = self.connect(step.conn)
+            if step.kind == "continue":
+                tag, source = open_cmd.pop(step.conn)
+                responses = conn.send_continuation(step.parts[0], step.wait_untagged)
+            else:
+                assert step.conn not in open_cmd, f"line {step.line_no}: command still waiting for '>'"
+                tag, source = step.tag, step.source
+                if CONDSTORE_ENABLING.search(source):
+                    self.condstore.add(step.conn)
+                parts = [
+                    substitute(p, self.variables)
+                    if isinstance(p, bytes)
+                    else Literal(substitute(p.data, self.variables), p.non_sync)
+                    for p in step.parts
+                ]
+                responses = conn.send_command(step.tag, parts)
+            if responses is None:
+                open_cmd[step.conn] = (tag, source)
+                continue
+            self.record(prefix + tag, source, responses, tag, step.conn)
+        assert not open_cmd, f"commands left waiting for a continuation line: {open_cmd}"
+
+    def close(self) -> None:
+        for c in self.conns.values():
+            c.close()
+
+
+def run_script(port: int, script: pathlib.Path) -> Run:
+    r = Run(port, _user(script))
+    try:
+        r.connect(1)
+        r.run(parse_script(script, CORPUS))
+    finally:
+        r.close()
+    return r
+
+
+def _show(raw: list[bytes]) -> str:
+    out = []
+    for line in raw:
+        text = line.decode("utf-8", "replace")
+        out.append(text if len(text) < 400 else text[:400] + "...")
+    return "\n      ".join(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tests
+
+
+def test_scripts_send_enough_commands():
+    """The scripts hold at least MIN_COMMANDS commands, fixture loading not counted."""
+    total = sum(
+        1 for s in _scripts() for step in parse_script(s, CORPUS) if step.kind == "command"
+    )
+    assert total >= MIN_COMMANDS, f"only {total} commands in {SCRIPTS}"
+
+
+def test_docs_list_every_difference():
+    """docs/imap.md's "Differences from Dovecot" names every rule and table entry, and no other."""
+    doc = (REPO / "docs" / "imap.md").read_text()
+    section = doc.split("## Differences from Dovecot", 1)[1]
+    missing = [k for k in list(KNOWN_RULES) + list(EXPECTED_DIFFERENCES) if f"`{k}`" not in section]
+    assert not missing, f"not in docs/imap.md: {missing}"
+    listed = set(re.findall(r"^\| `([0-9][0-9]-[^`]+\.imap:[^`]+)`", section, re.M))
+    extra = sorted(listed - set(EXPECTED_DIFFERENCES))
+    assert not extra, f"docs/imap.md lists differences the test does not expect: {extra}"
+
+
+def test_every_shared_capability_has_a_script(servers):
+    caps = {}
+    user = _user(_scripts()[0])
+    for name, port in servers.items():
+        c = Connection(port)
+        try:
+            login = c.send_command("a", [f"a LOGIN {user} {PASSWORD}".encode()])
+            assert login and login[-1].startswith(b"a OK"), (name, login)
+            responses = c.send_command("b", [b"b CAPABILITY"])
+        finally:
+            c.close()
+        line = next(x for x in responses if x.upper().startswith(b"* CAPABILITY "))
+        caps[name] = {w.decode().upper() for w in line.split()[2:]}
+    shared = caps["dovecot"] & caps["mailfleet"]
+    missing = sorted(c for c in shared if c not in COVERAGE and not c.startswith("AUTH="))
+    assert not missing, f"both servers offer {missing}: add a script and list it in COVERAGE"
+    for cap, script in COVERAGE.items():
+        assert (SCRIPTS / script).exists(), f"{cap}: {script} missing"
+
+
+def test_dovecot_and_mailfleet_answer_alike(servers):
+    differences: dict[str, str] = {}
+    rules_used: set[str] = set()
+    keys_seen: set[str] = set()
+    report = []
+    for script in _scripts():
+        runs = {name: run_script(port, script) for name, port in servers.items()}
+        dov, mf = runs["dovecot"].results, runs["mailfleet"].results
+        for key in list(dov) + [k for k in mf if k not in dov]:
+            full = f"{script.name}:{key}"
+            keys_seen.add(full)
+            d, m = dov.get(key), mf.get(key)
+            source = (d or m)[0]
+            dn = d[1].as_tuple() if d else None
+            mn = m[1].as_tuple() if m else None
+            report.append(f"{full}  {source}\n  dovecot:   {dn}\n  mailfleet: {mn}")
+            if dn != mn and dn and mn and full not in EXPECTED_DIFFERENCES:
+                for rule, (_, transform) in KNOWN_RULES.items():
+                    dt, mt = transform(dn, source), transform(mn, source)
+                    if (dt, mt) != (dn, mn):
+                        rules_used.add(rule)
+                    dn, mn = dt, mt
+                    if dn == mn:
+                        break
+            if dn != mn:
+                differences[full] = (
+                    f"{full}: {source}\n"
+                    f"  dovecot:   {pprint.pformat(dn, width=200)}\n"
+                    f"  mailfleet: {pprint.pformat(mn, width=200)}\n"
+                    f"  dovecot raw:\n      {_show(d[2]) if d else '-'}\n"
+                    f"  mailfleet raw:\n      {_show(m[2]) if m else '-'}"
+                )
+    if os.environ.get("MAILFLEET_IMAPDIFF_REPORT"):
+        pathlib.Path(os.environ["MAILFLEET_IMAPDIFF_REPORT"]).write_text("\n".join(report) + "\n")
+    unexpected = [text for key, text in differences.items() if key not in EXPECTED_DIFFERENCES]
+    stale = [
+        f"{key} ({reason})"
+        for key, reason in EXPECTED_DIFFERENCES.items()
+        if key not in differences
+    ]
+    unknown = [k for k in EXPECTED_DIFFERENCES if k not in keys_seen]
+    stale += [f"rule {name}" for name in KNOWN_RULES if name not in rules_used]
+    problems = []
+    if unexpected:
+        problems.append(f"{len(unexpected)} differences not in EXPECTED_DIFFERENCES:\n\n" + "\n\n".join(unexpected))
+    if stale:
+        problems.append("EXPECTED_DIFFERENCES entries that no longer differ (remove them here and "
+                        "in docs/imap.md):\n  " + "\n  ".join(stale))
+    if unknown:
+        problems.append("EXPECTED_DIFFERENCES keys naming no command: " + ", ".join(unknown))
+    assert not problems, "\n\n".join(problems)
