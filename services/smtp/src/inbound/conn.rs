@@ -42,7 +42,7 @@ pub struct ConnLimits {
 const READ_CHUNK: usize = 16 * 1024;
 
 /// Room left in a message buffer reserved to the declared size for the trace headers
-/// cleanup puts on top, so adding them does not reallocate.
+/// cleanup puts on top, so adding them does not reallocate (and copy) the message.
 const TRACE_HEADROOM: usize = 2048;
 
 enum LineRead {
@@ -167,10 +167,14 @@ impl Conn {
     /// Reads exactly `size` octets, keeping them only if `keep`. A kept chunk has been
     /// checked against the size limit and reserved by the session, so its buffer is
     /// allocated whole and filled from the socket directly.
-    async fn read_chunk(&mut self, size: u64, keep: bool) -> Option<Option<BytesMut>> {
+    /// The last chunk gets room for the trace headers too (it is the whole message when
+    /// the client sends one chunk).
+    async fn read_chunk(&mut self, size: u64, keep: bool, last: bool) -> Option<Option<BytesMut>> {
         let mut remaining = size;
-        let mut data = keep
-            .then(|| BytesMut::with_capacity((size as usize).min(self.limits.max_message_size)));
+        let mut data = keep.then(|| {
+            let size = (size as usize).min(self.limits.max_message_size);
+            BytesMut::with_capacity(if last { size + TRACE_HEADROOM } else { size })
+        });
         let whole = Instant::now() + self.limits.data_deadline;
         loop {
             let take = (self.buf.len() as u64).min(remaining) as usize;
@@ -293,7 +297,7 @@ pub async fn serve_connection(
                     response = session.data_end(end).await;
                 }
                 Next::Bdat { size, last, keep } => {
-                    let Some(chunk) = conn.read_chunk(size, keep).await else {
+                    let Some(chunk) = conn.read_chunk(size, keep, last).await else {
                         conn.queue(&[Reply::timeout()]);
                         let _ = conn.flush().await;
                         return Ok(());

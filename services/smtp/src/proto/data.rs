@@ -24,6 +24,9 @@
 
 use bytes::BytesMut;
 
+/// Most capacity [`DataReceiver::with_capacity`] allocates beyond the size limit.
+pub const SPARE: usize = 4096;
+
 /// How DATA ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DataEnd {
@@ -64,12 +67,13 @@ impl DataReceiver {
         Self::with_capacity(max, max.min(64 * 1024))
     }
 
-    /// A receiver whose buffer is allocated for `capacity` bytes (capped at `max`) up front,
-    /// so a message of the size the client declared is decoded without reallocating.
+    /// A receiver whose buffer is allocated for `capacity` bytes up front, so a message of
+    /// the size the client declared is decoded without reallocating. The capacity is capped
+    /// at `max` plus [`SPARE`]: room for what the caller adds to the message afterwards.
     pub fn with_capacity(max: usize, capacity: usize) -> Self {
         Self {
             state: State::LineStart { crlf: true },
-            out: BytesMut::with_capacity(capacity.min(max)),
+            out: BytesMut::with_capacity(capacity.min(max.saturating_add(SPARE))),
             max,
             too_big: false,
             saw_bare_line_end: false,
