@@ -328,6 +328,10 @@ pub struct SmtpConfig {
     pub data_deadline_secs: u64,
     /// Whether `STARTTLS` is offered on plain listeners.
     pub starttls: bool,
+    /// Message bytes all SMTP sessions of the process (inbound and submission) may hold
+    /// in memory at once, from the first DATA/BDAT byte (or the `SIZE=` declared at MAIL)
+    /// until the message is handed off. Past it, `452 4.3.1`.
+    pub max_inflight_bytes: usize,
 }
 
 impl Default for SmtpConfig {
@@ -346,6 +350,7 @@ impl Default for SmtpConfig {
             data_timeout_secs: 180,
             data_deadline_secs: 900,
             starttls: true,
+            max_inflight_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -717,6 +722,12 @@ impl Config {
         if self.smtp.max_message_size < 1024 {
             return err("smtp.max_message_size", "must be at least 1024 bytes");
         }
+        if self.smtp.max_inflight_bytes < self.smtp.max_message_size {
+            return err(
+                "smtp.max_inflight_bytes",
+                "must be at least smtp.max_message_size (else a message of the largest size is never accepted)",
+            );
+        }
         if self.smtp.max_connections < 1 {
             return err("smtp.max_connections", "must be at least 1");
         }
@@ -1015,6 +1026,28 @@ mod tests {
         assert_eq!(c.smtp.max_recipients, 100);
         assert_eq!(c.smtp.listen[0].ip().to_string(), "127.0.0.1");
         assert!(c.smtp.listen[0].port() > 1024);
+        assert_eq!(c.smtp.max_inflight_bytes, 256 * 1024 * 1024);
+    }
+
+    /// Hardening item 9: the in-flight budget is a key, and one smaller than the largest
+    /// message (which could then never be accepted) is refused.
+    #[test]
+    fn inflight_budget_is_configurable_and_checked() {
+        let c = Config::load(
+            None,
+            env(&[("MAILFLEET_SMTP__MAX_INFLIGHT_BYTES", "104857600")]),
+        )
+        .expect("valid");
+        assert_eq!(c.smtp.max_inflight_bytes, 100 * 1024 * 1024);
+        let e = Config::load(
+            None,
+            env(&[
+                ("MAILFLEET_SMTP__MAX_MESSAGE_SIZE", "2048"),
+                ("MAILFLEET_SMTP__MAX_INFLIGHT_BYTES", "1024"),
+            ]),
+        )
+        .expect_err("budget below the message size");
+        assert!(e.to_string().contains("smtp.max_inflight_bytes"), "{e}");
     }
 
     #[test]

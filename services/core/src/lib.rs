@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`address`]: parsing and normalising mailbox addresses (RFC 5321 paths, SMTPUTF8).
+//! - [`budget`]: a process-wide cap on bytes held in memory, shared by sessions.
 //! - [`config`]: the TOML configuration with environment overrides, parsed once at the edge
 //!   into small typed structs.
 //! - [`credentials`]: argon2id password hashing and the password policy.
@@ -11,6 +12,7 @@
 //! - [`shutdown`]: the one shutdown signal that fans out from the binary to every task.
 
 pub mod address;
+pub mod budget;
 pub mod config;
 pub mod credentials;
 pub mod framing;

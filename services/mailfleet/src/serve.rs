@@ -65,7 +65,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         data_deadline: Duration::from_secs(smtp.data_deadline_secs),
         tls_handshake_timeout: Duration::from_secs(30),
     };
-    let pipeline = Pipeline::new(stores.clone(), config.server.hostname.clone());
+    // One budget for the message bytes of every SMTP session of the process: the
+    // pipeline is cloned into the inbound and the submission listeners, and the clones
+    // share it (`smtp.max_inflight_bytes`).
+    let pipeline = Pipeline::new(stores.clone(), config.server.hostname.clone())
+        .with_inflight_budget(mailfleet_core::budget::ByteBudget::new(
+            smtp.max_inflight_bytes,
+        ));
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
     // One count per client address across every listener of the node (SMTP, submission,
     // IMAP, POP3, HTTP), as Postfix's anvil keeps one per client.

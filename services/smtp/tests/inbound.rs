@@ -1,6 +1,7 @@
 //! Black-box tests of inbound SMTP: raw bytes through the connection driver over an
 //! in-memory pipe, against the real embedded store. No network.
 
+use mailfleet_core::budget::ByteBudget;
 use mailfleet_core::shutdown::Shutdown;
 use mailfleet_smtp::inbound::{serve_connection, ConnLimits, Session, SessionConfig};
 use mailfleet_smtp::pipeline::Pipeline;
@@ -15,6 +16,8 @@ struct Harness {
     stores: Stores,
     cfg: Arc<SessionConfig>,
     limits: ConnLimits,
+    /// Shared by every connection of the harness, as one process's listeners share it.
+    budget: ByteBudget,
 }
 
 impl Harness {
@@ -66,6 +69,15 @@ impl Harness {
             stores,
             cfg: Arc::new(cfg),
             limits,
+            budget: ByteBudget::unlimited(),
+        }
+    }
+
+    /// A harness whose connections share an in-flight budget of `bytes`.
+    async fn with_budget(bytes: usize) -> Self {
+        Self {
+            budget: ByteBudget::new(bytes),
+            ..Self::new().await
         }
     }
 
@@ -74,7 +86,8 @@ impl Harness {
         let (client, server) = tokio::io::duplex(1 << 20);
         let session = Session::new(
             self.cfg.clone(),
-            Pipeline::new(self.stores.clone(), "mx.example.test"),
+            Pipeline::new(self.stores.clone(), "mx.example.test")
+                .with_inflight_budget(self.budget.clone()),
             "192.0.2.7".parse().expect("ip"),
         );
         let task = tokio::spawn(serve_connection(
@@ -753,4 +766,170 @@ async fn per_client_transaction_rate_is_limited_across_connections() {
     // The session survives and other commands still work.
     assert!(b.cmd("NOOP").await.starts_with("250"));
     assert!(b.cmd("QUIT").await.starts_with("221"));
+}
+
+/// Waits (bounded) until the budget shows `at_least` bytes in use: the server has read
+/// and charged what the client sent.
+async fn until_in_use(budget: &ByteBudget, at_least: usize) {
+    for _ in 0..500 {
+        if budget.in_use() >= at_least {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!(
+        "the server never held {at_least} bytes (holds {})",
+        budget.in_use()
+    );
+}
+
+fn message_of(len: usize, subject: &str) -> Vec<u8> {
+    let mut m = format!("Subject: {subject}\r\n\r\n").into_bytes();
+    while m.len() < len {
+        m.extend_from_slice(&[b'x'; 78]);
+        m.extend_from_slice(b"\r\n");
+    }
+    m
+}
+
+/// Hardening item 9: two sessions whose messages together exceed the process's in-flight
+/// budget. The one that runs out gets `452 4.3.1` and keeps a usable connection; the other
+/// is delivered; nothing stays charged afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inflight_budget_refuses_the_session_that_runs_out_with_452() {
+    let h = Harness::with_budget(64 * 1024).await;
+    let (mut a, ta) = greet(&h).await;
+    let (mut b, tb) = greet(&h).await;
+    for c in [&mut a, &mut b] {
+        assert!(c.cmd("MAIL FROM:<s@remote.test>").await.starts_with("250"));
+        assert!(c.cmd("RCPT TO:<bob@example.test>").await.starts_with("250"));
+        assert!(c.cmd("DATA").await.starts_with("354"));
+    }
+    // A sends 40 KiB and stalls before its final dot: the server holds it.
+    let body_a = message_of(40 * 1024, "first");
+    a.send(&body_a).await;
+    until_in_use(&h.budget, 40 * 1024).await;
+    // B's 40 KiB does not fit beside it.
+    let mut body_b = message_of(40 * 1024, "second");
+    body_b.extend_from_slice(b".\r\n");
+    b.send(&body_b).await;
+    let refused = b.line().await;
+    assert!(
+        refused.starts_with("452 4.3.1 Insufficient system resources"),
+        "{refused}"
+    );
+    assert!(
+        h.budget.in_use() < 48 * 1024,
+        "the refused message gave its bytes back at once: {}",
+        h.budget.in_use()
+    );
+    a.send(b".\r\n").await;
+    let accepted = a.line().await;
+    assert!(accepted.starts_with("250 2.0.0 Ok: queued"), "{accepted}");
+    assert_eq!(
+        h.budget.in_use(),
+        0,
+        "A's bytes are given back once handed off"
+    );
+
+    // The refused session is still usable: RSET, then the same message goes through.
+    assert!(b.cmd("RSET").await.starts_with("250"));
+    assert!(b.cmd("MAIL FROM:<s@remote.test>").await.starts_with("250"));
+    assert!(b.cmd("RCPT TO:<bob@example.test>").await.starts_with("250"));
+    assert!(b.cmd("DATA").await.starts_with("354"));
+    b.send(&body_b).await;
+    let retried = b.line().await;
+    assert!(retried.starts_with("250 2.0.0 Ok: queued"), "{retried}");
+
+    let inbox = h.inbox("bob@example.test").await;
+    assert_eq!(inbox.len(), 2);
+    assert!(inbox
+        .iter()
+        .any(|m| m.ends_with(&body_a[body_a.len() - 200..])));
+    for c in [&mut a, &mut b] {
+        assert!(c.cmd("QUIT").await.starts_with("221"));
+    }
+    ta.await.expect("no panic").expect("clean end");
+    tb.await.expect("no panic").expect("clean end");
+    assert_eq!(h.budget.in_use(), 0, "nothing stays charged");
+}
+
+/// Hardening item 9: `SIZE=` is taken from the budget at MAIL. Beyond what the budget can
+/// hold: `452 4.3.1` there and then; beyond the message size limit: `552 5.3.4`, as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declared_size_is_reserved_at_mail_from() {
+    let h = Harness::with_budget(64 * 1024).await;
+    let (mut a, _ta) = greet(&h).await;
+    let (mut b, _tb) = greet(&h).await;
+    assert!(a
+        .cmd("MAIL FROM:<s@remote.test> SIZE=2000000")
+        .await
+        .starts_with("552 5.3.4"));
+    let big = a.cmd("MAIL FROM:<s@remote.test> SIZE=100000").await;
+    assert!(big.starts_with("452 4.3.1"), "{big}");
+    assert_eq!(h.budget.in_use(), 0);
+
+    assert!(a
+        .cmd("MAIL FROM:<s@remote.test> SIZE=40000")
+        .await
+        .starts_with("250"));
+    assert_eq!(h.budget.in_use(), 40000, "reserved up front");
+    let second = b.cmd("MAIL FROM:<s@remote.test> SIZE=40000").await;
+    assert!(second.starts_with("452 4.3.1"), "{second}");
+    assert!(a.cmd("RSET").await.starts_with("250"));
+    assert_eq!(h.budget.in_use(), 0, "RSET gives the reservation back");
+    assert!(b
+        .cmd("MAIL FROM:<s@remote.test> SIZE=40000")
+        .await
+        .starts_with("250"));
+    assert!(b.cmd("RCPT TO:<bob@example.test>").await.starts_with("250"));
+    assert!(b.cmd("DATA").await.starts_with("354"));
+    let mut body = message_of(39_000, "declared");
+    body.extend_from_slice(b".\r\n");
+    b.send(&body).await;
+    assert!(b.line().await.starts_with("250 2.0.0 Ok: queued"));
+    assert_eq!(h.budget.in_use(), 0);
+    // A connection that drops mid-transaction gives its reservation back too.
+    assert!(a
+        .cmd("MAIL FROM:<s@remote.test> SIZE=30000")
+        .await
+        .starts_with("250"));
+    assert_eq!(h.budget.in_use(), 30000);
+    drop(a);
+    _ta.await.expect("no panic").expect("clean end");
+    assert_eq!(h.budget.in_use(), 0, "dropped with the session");
+}
+
+/// Hardening item 9: a BDAT chunk the budget cannot cover is refused with `452 4.3.1`
+/// before it is held (read off the wire and dropped), and the session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bdat_chunk_beyond_the_budget_gets_452() {
+    let h = Harness::with_budget(64 * 1024).await;
+    let (mut a, _ta) = greet(&h).await;
+    let (mut b, _tb) = greet(&h).await;
+    assert!(a
+        .cmd("MAIL FROM:<s@remote.test> SIZE=50000")
+        .await
+        .starts_with("250"));
+    assert!(b.cmd("MAIL FROM:<s@remote.test>").await.starts_with("250"));
+    assert!(b.cmd("RCPT TO:<bob@example.test>").await.starts_with("250"));
+    let chunk = message_of(20_000, "chunked");
+    let mut cmd = format!("BDAT {} LAST\r\n", chunk.len()).into_bytes();
+    cmd.extend_from_slice(&chunk);
+    b.send(&cmd).await;
+    let refused = b.line().await;
+    assert!(refused.starts_with("452 4.3.1"), "{refused}");
+    assert!(
+        b.cmd("NOOP").await.starts_with("250"),
+        "the chunk was drained"
+    );
+    assert_eq!(h.budget.in_use(), 50000, "only A's reservation");
+    assert!(a.cmd("RSET").await.starts_with("250"));
+    assert!(b.cmd("MAIL FROM:<s@remote.test>").await.starts_with("250"));
+    assert!(b.cmd("RCPT TO:<bob@example.test>").await.starts_with("250"));
+    b.send(&cmd).await;
+    assert!(b.line().await.starts_with("250 2.0.0 Ok: queued"));
+    assert_eq!(h.budget.in_use(), 0);
+    let inbox = h.inbox("bob@example.test").await;
+    assert!(inbox[0].ends_with(&chunk), "delivered whole");
 }

@@ -4,10 +4,15 @@
 //! [`DataReceiver`]) and BDAT chunks, applies the RFC 5321 §4.5.3.2 timeouts, performs
 //! the STARTTLS upgrade, and hands each event to the [`Session`]. It is generic over the
 //! stream so tests drive it through an in-memory pipe.
+//!
+//! Message bytes are charged to the in-flight budget through the session before they are
+//! kept: for DATA, before each block of the read buffer is decoded; for BDAT, the session
+//! reserves the whole chunk before it is read, and the chunk is then read from the socket
+//! straight into its own buffer (not through the read buffer).
 
 use super::session::{Next, Response, Session};
 use crate::proto::{DataEnd, DataReceiver, Reply};
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use mailfleet_core::shutdown::Shutdown;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -35,6 +40,10 @@ pub struct ConnLimits {
 
 /// Size of each socket read.
 const READ_CHUNK: usize = 16 * 1024;
+
+/// Room left in a message buffer reserved to the declared size for the trace headers
+/// cleanup puts on top, so adding them does not reallocate (and copy) the message.
+const TRACE_HEADROOM: usize = 2048;
 
 enum LineRead {
     Line(Vec<u8>),
@@ -118,11 +127,27 @@ impl Conn {
         (Instant::now() + self.limits.data_timeout).min(whole)
     }
 
-    async fn read_data(&mut self) -> Option<DataEnd> {
-        let mut rx = DataReceiver::new(self.limits.max_message_size);
+    /// Reads until `<CRLF>.<CRLF>`. Before each block is decoded, the session is asked to
+    /// cover what the message would then hold (decoding never produces more bytes than it
+    /// reads); when it cannot, the message is dropped and the rest only drained.
+    async fn read_data(&mut self, session: &mut Session) -> Option<DataEnd> {
+        let max = self.limits.max_message_size;
+        let hint = session.message_size_hint();
+        let capacity = if hint > 0 {
+            hint.saturating_add(TRACE_HEADROOM)
+        } else {
+            max.min(64 * 1024)
+        };
+        let mut rx = DataReceiver::with_capacity(max, capacity);
         let whole = Instant::now() + self.limits.data_deadline;
         loop {
             if !self.buf.is_empty() {
+                if !rx.is_discarding() {
+                    let upto = rx.len().saturating_add(self.buf.len()).min(max);
+                    if !session.reserve_message_bytes(upto) {
+                        rx.discard();
+                    }
+                }
                 let (used, end) = rx.feed(&self.buf);
                 self.buf.advance(used);
                 if let Some(end) = end {
@@ -139,10 +164,17 @@ impl Conn {
         }
     }
 
-    /// Reads exactly `size` octets, keeping them only if `keep`.
-    async fn read_chunk(&mut self, size: u64, keep: bool) -> Option<Option<Vec<u8>>> {
+    /// Reads exactly `size` octets, keeping them only if `keep`. A kept chunk has been
+    /// checked against the size limit and reserved by the session, so its buffer is
+    /// allocated whole and filled from the socket directly.
+    /// The last chunk gets room for the trace headers too (it is the whole message when
+    /// the client sends one chunk).
+    async fn read_chunk(&mut self, size: u64, keep: bool, last: bool) -> Option<Option<BytesMut>> {
         let mut remaining = size;
-        let mut data = keep.then(|| Vec::with_capacity(size.min(1 << 20) as usize));
+        let mut data = keep.then(|| {
+            let size = (size as usize).min(self.limits.max_message_size);
+            BytesMut::with_capacity(if last { size + TRACE_HEADROOM } else { size })
+        });
         let whole = Instant::now() + self.limits.data_deadline;
         loop {
             let take = (self.buf.len() as u64).min(remaining) as usize;
@@ -156,9 +188,23 @@ impl Conn {
             if remaining == 0 {
                 return Some(data);
             }
-            match self.fill(self.data_wait(whole)).await {
-                Ok(true) => {}
-                _ => return None,
+            let deadline = self.data_wait(whole);
+            match data.as_mut() {
+                Some(d) => {
+                    // At most the rest of the chunk, so pipelined commands after it stay
+                    // on the socket for the read buffer.
+                    let want = usize::try_from(remaining).unwrap_or(usize::MAX);
+                    let mut limited = d.limit(want);
+                    let read = self.io.read_buf(&mut limited);
+                    match tokio::time::timeout_at(deadline, read).await {
+                        Ok(Ok(n)) if n > 0 => remaining -= n as u64,
+                        _ => return None,
+                    }
+                }
+                None => match self.fill(deadline).await {
+                    Ok(true) => {}
+                    _ => return None,
+                },
             }
         }
     }
@@ -242,7 +288,7 @@ pub async fn serve_connection(
                 }
                 Next::Data => {
                     conn.flush().await?;
-                    let Some(end) = conn.read_data().await else {
+                    let Some(end) = conn.read_data(&mut session).await else {
                         // Timeout or disconnect mid-message: nothing is kept.
                         conn.queue(&[Reply::timeout()]);
                         let _ = conn.flush().await;
@@ -251,7 +297,7 @@ pub async fn serve_connection(
                     response = session.data_end(end).await;
                 }
                 Next::Bdat { size, last, keep } => {
-                    let Some(chunk) = conn.read_chunk(size, keep).await else {
+                    let Some(chunk) = conn.read_chunk(size, keep, last).await else {
                         conn.queue(&[Reply::timeout()]);
                         let _ = conn.flush().await;
                         return Ok(());

@@ -11,12 +11,23 @@
 //! only over TLS, `MAIL` requires a login, the envelope sender must belong to the account
 //! (`553 5.7.1` otherwise), and recipients in domains not hosted here are accepted for the
 //! outbound queue instead of being refused as relaying.
+//!
+//! # Memory
+//! A transaction holds a [`Reservation`] on the process's in-flight byte budget
+//! ([`Pipeline::inflight`]): the `SIZE=` declared at MAIL up front, then more as DATA bytes
+//! arrive ([`Session::reserve_message_bytes`]) or before each BDAT chunk is read. When the
+//! budget cannot cover it, the message is refused with `452 4.3.1` (at MAIL, at the end of
+//! DATA, or for the BDAT chunk), its bytes are dropped at once, and the session goes on.
+//! The reservation is given back when the message has been handed off or refused, on RSET,
+//! and when the connection drops (it lives in the transaction).
 
 use crate::pipeline::{AcceptedRecipient, Envelope, Pipeline, PipelineError, RcptVerdict};
 use crate::proto::command::{Command, CommandError, MailParams, Path, RcptParams};
 use crate::proto::{DataEnd, Reply};
+use bytes::BytesMut;
 use mailfleet_auth::sasl::{Exchange, Mechanism, SaslError, Step};
 use mailfleet_auth::{AuthError, Authenticator, LoginRequest, Protocol};
+use mailfleet_core::budget::Reservation;
 use mailfleet_core::Address;
 use mailfleet_storage::Account;
 use std::net::IpAddr;
@@ -81,6 +92,15 @@ enum Greeting {
     Ehlo,
 }
 
+/// Why a message is being refused while its bytes are still read off the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Refusal {
+    /// Over `max_message_size` (552 5.3.4).
+    TooBig,
+    /// The in-flight byte budget could not cover it (452 4.3.1).
+    NoMemory,
+}
+
 /// The mail transaction in progress (between MAIL and the end of DATA/BDAT LAST).
 #[derive(Debug)]
 struct Transaction {
@@ -88,9 +108,24 @@ struct Transaction {
     params: MailParams,
     recipients: Vec<AcceptedRecipient>,
     /// BDAT chunks received so far; `None` until the first BDAT.
-    bdat: Option<Vec<u8>>,
-    /// A BDAT chunk was refused: the rest of the chunks are read and refused until LAST.
-    bdat_failed: bool,
+    bdat: Option<BytesMut>,
+    /// Set when a chunk (BDAT) or the data (DATA) is refused: the rest is read and refused
+    /// until LAST (BDAT) or the final dot (DATA).
+    refused: Option<Refusal>,
+    /// The message's bytes against the in-flight budget.
+    reservation: Reservation,
+}
+
+impl Transaction {
+    /// Refuses the message: what is held is dropped and its budget given back now, not
+    /// when the client gets around to the end of it.
+    fn refuse(&mut self, why: Refusal) {
+        self.refused = Some(why);
+        if let Some(b) = self.bdat.as_mut() {
+            *b = BytesMut::new();
+        }
+        self.reservation.release();
+    }
 }
 
 /// Submission mode: who logged in, and the SASL exchange in progress.
@@ -503,6 +538,17 @@ impl Session {
                 ));
             }
         }
+        // The declared size is taken from the budget now, as Postfix checks queue space at
+        // MAIL: a sender told 452 here has sent nothing it must send again. Not an error:
+        // the client did nothing wrong.
+        let declared = params.size.map_or(0, |s| s as usize);
+        let reservation = match self.pipeline.inflight().try_reserve(declared) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::info!(error = %e, "MAIL refused: in-flight budget");
+                return Response::one(Reply::insufficient_resources());
+            }
+        };
         let mail_from = match path {
             Path::Null => None,
             Path::Postmaster => return self.error(Reply::syntax("bad sender")),
@@ -522,7 +568,8 @@ impl Session {
             params,
             recipients: Vec::new(),
             bdat: None,
-            bdat_failed: false,
+            refused: None,
+            reservation,
         });
         Response::one(Reply::new(250, "2.1.0", "Sender OK"))
     }
@@ -643,27 +690,69 @@ impl Session {
         }
     }
 
-    /// DATA ended (or overflowed). Delivers the message and answers.
+    /// Bytes to allocate for the message up front: the declared `SIZE=`, already reserved.
+    pub fn message_size_hint(&self) -> usize {
+        self.tx
+            .as_ref()
+            .and_then(|tx| tx.params.size)
+            .map_or(0, |s| (s as usize).min(self.cfg.max_message_size))
+    }
+
+    /// DATA is about to hold `total` bytes of message: grows the transaction's reservation
+    /// to cover them. `false` means the budget is spent: the caller drops what it holds
+    /// and reads the rest to the final dot, and [`Self::data_end`] answers `452 4.3.1`.
+    pub fn reserve_message_bytes(&mut self, total: usize) -> bool {
+        let Some(tx) = self.tx.as_mut() else {
+            return false;
+        };
+        if tx.refused.is_some() {
+            return false;
+        }
+        match tx.reservation.try_grow_to(total) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::info!(error = %e, "message refused: in-flight budget");
+                tx.refuse(Refusal::NoMemory);
+                false
+            }
+        }
+    }
+
+    /// DATA ended (or overflowed, or was dropped for want of memory). Delivers the message
+    /// and answers.
     pub async fn data_end(&mut self, end: DataEnd) -> Response {
         let Some(tx) = self.tx.take() else {
             return self.error(Reply::bad_sequence("No transaction"));
         };
-        match end {
-            DataEnd::TooBig => self.error(Reply::new(
+        match (end, tx.refused) {
+            (_, Some(Refusal::NoMemory)) => Response::one(Reply::insufficient_resources()),
+            (DataEnd::TooBig, _) => self.error(Reply::new(
                 552,
                 "5.3.4",
                 "Message size exceeds fixed maximum message size",
             )),
-            DataEnd::Complete(raw) => self.finish(tx, raw).await,
+            (DataEnd::Complete(raw), _) => self.finish(tx, raw).await,
         }
     }
 
+    /// BDAT: decides whether the chunk will be kept before a byte of it is read, and takes
+    /// its size from the budget then, so a refused chunk is never held.
     fn bdat(&mut self, size: u64, last: bool) -> Response {
         let max = self.cfg.max_message_size as u64;
-        let keep = match &self.tx {
-            Some(tx) if !tx.recipients.is_empty() && !tx.bdat_failed => {
+        let keep = match self.tx.as_mut() {
+            Some(tx) if !tx.recipients.is_empty() && tx.refused.is_none() => {
                 let so_far = tx.bdat.as_ref().map_or(0, |b| b.len() as u64);
-                so_far.saturating_add(size) <= max
+                let total = so_far.saturating_add(size);
+                if total > max {
+                    tx.refuse(Refusal::TooBig);
+                    false
+                } else if let Err(e) = tx.reservation.try_grow_to(total as usize) {
+                    tracing::info!(error = %e, "BDAT chunk refused: in-flight budget");
+                    tx.refuse(Refusal::NoMemory);
+                    false
+                } else {
+                    true
+                }
             }
             _ => false,
         };
@@ -674,29 +763,36 @@ impl Session {
     }
 
     /// A BDAT chunk was read: `data` is `None` when it was discarded.
-    pub async fn bdat_chunk(&mut self, data: Option<Vec<u8>>, last: bool) -> Response {
+    pub async fn bdat_chunk(&mut self, data: Option<BytesMut>, last: bool) -> Response {
         let Some(tx) = self.tx.as_mut() else {
             return self.error(Reply::bad_sequence("Need MAIL command"));
         };
         if tx.recipients.is_empty() {
             return self.error(Reply::new(554, "5.5.1", "No valid recipients"));
         }
-        let Some(chunk) = data.filter(|_| !tx.bdat_failed) else {
-            tx.bdat_failed = true;
-            tx.bdat.get_or_insert_with(Vec::new).clear();
+        let Some(chunk) = data.filter(|_| tx.refused.is_none()) else {
+            let why = tx.refused.unwrap_or(Refusal::TooBig);
+            tx.refuse(why);
+            tx.bdat.get_or_insert_with(BytesMut::new);
             if last {
                 self.tx = None;
             }
-            return self.error(Reply::new(
-                552,
-                "5.3.4",
-                "Message size exceeds fixed maximum message size",
-            ));
+            return match why {
+                Refusal::NoMemory => Response::one(Reply::insufficient_resources()),
+                Refusal::TooBig => self.error(Reply::new(
+                    552,
+                    "5.3.4",
+                    "Message size exceeds fixed maximum message size",
+                )),
+            };
         };
-        let buf = tx.bdat.get_or_insert_with(Vec::new);
-        buf.extend_from_slice(&chunk);
+        let n = chunk.len();
+        match tx.bdat.as_mut() {
+            // The first chunk becomes the message buffer; later ones are appended.
+            Some(buf) => buf.unsplit(chunk),
+            None => tx.bdat = Some(chunk),
+        }
         if !last {
-            let n = chunk.len();
             return Response::one(Reply::new(250, "2.0.0", format!("{n} octets received")));
         }
         let Some(mut tx) = self.tx.take() else {
@@ -718,7 +814,9 @@ impl Session {
         format!("{base}{tls}{auth}")
     }
 
-    async fn finish(&mut self, tx: Transaction, raw: Vec<u8>) -> Response {
+    async fn finish(&mut self, tx: Transaction, raw: BytesMut) -> Response {
+        // Held until the pipeline has handed the message off (or refused it).
+        let _reservation = tx.reservation;
         self.id_counter += 1;
         let id = format!("{}{:02X}", self.session_id, self.id_counter);
         let env = Envelope {
@@ -733,7 +831,7 @@ impl Session {
             envid: tx.params.envid.clone(),
             ret: tx.params.ret.clone(),
         };
-        match self.pipeline.accept(&env, &raw).await {
+        match self.pipeline.accept(&env, raw).await {
             Ok(()) => {
                 self.messages += 1;
                 Response::one(Reply::new(250, "2.0.0", format!("Ok: queued as {id}")))

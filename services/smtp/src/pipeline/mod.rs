@@ -18,7 +18,8 @@ pub mod header;
 pub mod submission;
 
 use crate::local::{self, DeliveryError, Recipient, Resolution};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use mailfleet_core::budget::ByteBudget;
 use mailfleet_core::Address;
 use mailfleet_storage::{Account, NewOutbound, NewOutboundRecipient, StoreError, Stores};
 use std::net::IpAddr;
@@ -86,18 +87,37 @@ pub enum PipelineError {
     Header(#[from] header::HeaderError),
 }
 
+/// The inbound pipeline. One is built per process and cloned into every SMTP listener
+/// (inbound and submission), so what the clones share is per process: the stores and the
+/// in-flight byte budget.
 #[derive(Clone)]
 pub struct Pipeline {
     stores: Stores,
     hostname: String,
+    inflight: ByteBudget,
 }
 
 impl Pipeline {
+    /// A pipeline with no in-flight limit; see [`Self::with_inflight_budget`].
     pub fn new(stores: Stores, hostname: impl Into<String>) -> Self {
         Self {
             stores,
             hostname: hostname.into(),
+            inflight: ByteBudget::unlimited(),
         }
+    }
+
+    /// Bounds the message bytes that every session using this pipeline (and its clones)
+    /// holds at once (`smtp.max_inflight_bytes`).
+    pub fn with_inflight_budget(mut self, budget: ByteBudget) -> Self {
+        self.inflight = budget;
+        self
+    }
+
+    /// The in-flight byte budget sessions charge received messages to, from the first byte
+    /// (or the `SIZE=` declared at MAIL) until [`Self::accept`] returns.
+    pub fn inflight(&self) -> &ByteBudget {
+        &self.inflight
     }
 
     pub fn hostname(&self) -> &str {
@@ -179,17 +199,39 @@ impl Pipeline {
 
     /// Cleans up and delivers a received message. Returns once it is durable for every
     /// recipient.
-    pub async fn accept(&self, env: &Envelope, raw: &[u8]) -> Result<(), PipelineError> {
-        let body = cleanup::normalize_line_endings(raw);
+    ///
+    /// `raw` is the buffer the message was decoded into; it is edited in place and frozen,
+    /// so the bytes the store writes are the bytes that came off the socket, moved at most
+    /// once in memory.
+    ///
+    /// # Copies of an accepted message (hardening item 9)
+    /// Full copies of the message from the socket read buffer to the store's `put`:
+    ///
+    /// | step | before | after |
+    /// |---|---|---|
+    /// | DATA: read buffer → dot-unstuffed message | 1 (a `Vec` that grew by doubling from 64 KiB, each growth another copy) | 1 (one `BytesMut` reserved to the declared `SIZE=`) |
+    /// | BDAT: read buffer → chunk → message | 2 (chunk `Vec`, then appended to the message `Vec`) | 1 (read from the socket into the chunk; the first chunk *is* the message, later ones are appended) |
+    /// | bare CR/LF → CRLF | 1 (always, into a new `Vec`) | 0 when line ends are already CRLF (the usual case); else rewritten in place |
+    /// | submission: missing `From:`/`Date:`/`Message-ID:` | 1 (new `Vec`) | 0 (joins the next step) |
+    /// | `Return-Path:`/`Received:` on top | 1 (trace + body into a new `Vec`) | 1 in-place move (no second buffer) |
+    /// | store put, MIME analysis, queue | 0 (`Bytes`, shared) | 0 (`Bytes`, shared) |
+    /// | **total, inbound DATA** | **3 copies, 3 buffers alive at once** (decoded, normalised, with trace) | **1 copy + 1 in-place move, 1 buffer** |
+    /// | **total, submission BDAT** | **5 copies** | **1 copy + 1 in-place move, 1 buffer** |
+    ///
+    /// What is held is charged to the process's in-flight budget ([`Self::inflight`]) by
+    /// the session, until this returns.
+    pub async fn accept(&self, env: &Envelope, raw: BytesMut) -> Result<(), PipelineError> {
+        let mut message = raw;
+        cleanup::normalize_line_endings(&mut message);
         // One reading of the header section for every stage below (see [`header`]); a
         // section that does not split cleanly is refused before any stage acts on it.
-        let hops = cleanup::count_received(&body)?;
+        let hops = cleanup::count_received(&message)?;
         if hops > cleanup::MAX_HOPS {
             return Err(PipelineError::Loop(hops));
         }
-        let body = match &env.submitter {
-            Some(account) => self.submitted(env, account, body).await?,
-            None => body,
+        let added = match &env.submitter {
+            Some(account) => self.submitted(env, account, &message).await?,
+            None => None,
         };
         let return_path = env
             .mail_from
@@ -213,9 +255,12 @@ impl Pipeline {
                 date: chrono::Utc::now(),
             },
         );
-        let mut message = Vec::with_capacity(trace.len() + body.len());
-        message.extend_from_slice(&trace);
-        message.extend_from_slice(&body);
+        // Trace on top and missing fields at the end of the header section, in one move.
+        match &added {
+            Some((at, fields)) => cleanup::insert_all(&mut message, &[(0, &trace), (*at, fields)]),
+            None => cleanup::insert_all(&mut message, &[(0, &trace)]),
+        }
+        let message = message.freeze();
 
         // Several RCPTs may lead to one account (an alias and the account itself): it gets
         // one copy, as users expect.
@@ -232,7 +277,6 @@ impl Pipeline {
         // some (a bounded overshoot of one message).
         let enforce = targets.len() == 1 && !env.recipients.iter().any(|r| r.remote);
         let now = chrono::Utc::now().timestamp();
-        let message = Bytes::from(message);
         if !targets.is_empty() {
             match local::deliver(&self.stores, &targets, message.clone(), now, enforce).await {
                 Ok(d) => {
@@ -312,14 +356,15 @@ impl Pipeline {
     }
 
     /// Cleanup for submitted messages: checks every `From:` address against the
-    /// submitter, then adds missing `Date:`, `Message-ID:` and `From:` fields.
+    /// submitter, then says which of `Date:`, `Message-ID:` and `From:` to add, and where
+    /// (the caller inserts them with the trace headers).
     async fn submitted(
         &self,
         env: &Envelope,
         account: &Account,
-        body: Vec<u8>,
-    ) -> Result<Vec<u8>, PipelineError> {
-        let froms = submission::from_addresses(&body).map_err(|e| match e {
+        body: &[u8],
+    ) -> Result<Option<(usize, Vec<u8>)>, PipelineError> {
+        let froms = submission::from_addresses(body).map_err(|e| match e {
             submission::FromError::Header(h) => PipelineError::Header(h),
             submission::FromError::Unparseable => {
                 PipelineError::SenderNotOwned("in the From header".into())
@@ -335,7 +380,7 @@ impl Pipeline {
             .as_ref()
             .map(|a| a.to_string())
             .unwrap_or_else(|| account.address.clone());
-        Ok(cleanup::add_missing_headers(
+        Ok(cleanup::missing_headers(
             body,
             &[
                 ("From", format!("<{from}>")),

@@ -13,13 +13,27 @@
 //!
 //! The receiver is incremental: feed it whatever bytes arrived; it returns how many it used,
 //! leaving bytes after the end (pipelined commands) to the caller.
+//!
+//! # Memory
+//! The message is decoded into one [`BytesMut`], reserved up front to the size the client
+//! declared (see [`DataReceiver::with_capacity`]); that buffer is the message from here to
+//! the store (the pipeline edits it in place and freezes it). [`DataReceiver::len`] tells
+//! the caller how much it holds, so the caller can charge it to a memory budget, and
+//! [`DataReceiver::discard`] drops it when the budget says no, while the rest of the
+//! message is still read to its end.
+
+use bytes::BytesMut;
+
+/// Most capacity [`DataReceiver::with_capacity`] allocates beyond the size limit.
+pub const SPARE: usize = 4096;
 
 /// How DATA ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DataEnd {
     /// The message, dot-stuffing removed, line ends as received.
-    Complete(Vec<u8>),
-    /// The message exceeded the size limit; its bytes were read and discarded.
+    Complete(BytesMut),
+    /// The message was not kept: it exceeded the size limit, or the caller called
+    /// [`DataReceiver::discard`]. Its bytes were read and thrown away up to the end.
     TooBig,
 }
 
@@ -40,7 +54,7 @@ enum State {
 #[derive(Debug)]
 pub struct DataReceiver {
     state: State,
-    out: Vec<u8>,
+    out: BytesMut,
     max: usize,
     too_big: bool,
     /// Whether any bare CR or LF was seen (logged: it is how smuggling attempts look).
@@ -50,13 +64,43 @@ pub struct DataReceiver {
 impl DataReceiver {
     /// A receiver for a message of at most `max` bytes (after un-stuffing).
     pub fn new(max: usize) -> Self {
+        Self::with_capacity(max, max.min(64 * 1024))
+    }
+
+    /// A receiver whose buffer is allocated for `capacity` bytes up front, so a message of
+    /// the size the client declared is decoded without reallocating. The capacity is capped
+    /// at `max` plus [`SPARE`]: room for what the caller adds to the message afterwards.
+    pub fn with_capacity(max: usize, capacity: usize) -> Self {
         Self {
             state: State::LineStart { crlf: true },
-            out: Vec::with_capacity(max.min(64 * 1024)),
+            out: BytesMut::with_capacity(capacity.min(max.saturating_add(SPARE))),
             max,
             too_big: false,
             saw_bare_line_end: false,
         }
+    }
+
+    /// Decoded bytes held so far (0 once discarding).
+    pub fn len(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.out.is_empty()
+    }
+
+    /// Whether the message is being thrown away (too big, or [`Self::discard`]ed).
+    pub fn is_discarding(&self) -> bool {
+        self.too_big
+    }
+
+    /// Frees what was decoded and keeps nothing more; the end is still found (so the bytes
+    /// after it are read as commands) and reported as [`DataEnd::TooBig`]. The caller knows
+    /// why it discarded and answers accordingly.
+    pub fn discard(&mut self) {
+        self.too_big = true;
+        self.out = BytesMut::new();
     }
 
     fn emit(&mut self, bytes: &[u8]) {
@@ -64,8 +108,7 @@ impl DataReceiver {
             return;
         }
         if self.out.len() + bytes.len() > self.max {
-            self.too_big = true;
-            self.out = Vec::new();
+            self.discard();
             return;
         }
         self.out.extend_from_slice(bytes);
@@ -178,7 +221,7 @@ mod tests {
 
     fn complete(input: &[u8]) -> Vec<u8> {
         match run(input, 1 << 20) {
-            (_, Some(DataEnd::Complete(v))) => v,
+            (_, Some(DataEnd::Complete(v))) => v.to_vec(),
             other => panic!("not complete: {other:?}"),
         }
     }
@@ -199,7 +242,27 @@ mod tests {
         let input = b"body\r\n.\r\nMAIL FROM:<x@y>\r\n";
         let (used, end) = run(input, 1024);
         assert_eq!(&input[used..], b"MAIL FROM:<x@y>\r\n");
-        assert_eq!(end, Some(DataEnd::Complete(b"body\r\n".to_vec())));
+        assert_eq!(
+            end,
+            Some(DataEnd::Complete(BytesMut::from(&b"body\r\n"[..])))
+        );
+    }
+
+    /// Hardening item 9: the caller can see what is held and drop it mid-message (its
+    /// memory budget ran out); the end is still found, so pipelined commands survive.
+    #[test]
+    fn discard_frees_the_message_and_still_finds_the_end() {
+        let mut r = DataReceiver::with_capacity(1 << 20, 4096);
+        assert!(r.out.capacity() >= 4096, "reserved to the declared size");
+        let (used, end) = r.feed(b"Subject: x\r\n\r\n..abc\r\n");
+        assert_eq!((used, end), (21, None));
+        assert_eq!(r.len(), b"Subject: x\r\n\r\n.abc\r\n".len());
+        r.discard();
+        assert!(r.is_discarding() && r.is_empty());
+        let input = b"more\r\n.\r\nRSET\r\n";
+        let (used, end) = r.feed(input);
+        assert_eq!(end, Some(DataEnd::TooBig));
+        assert_eq!(&input[used..], b"RSET\r\n");
     }
 
     #[test]

@@ -69,6 +69,11 @@ impl Reply {
     pub fn temp_failure() -> Self {
         Self::new(451, "4.3.0", "Temporary failure, please try again later")
     }
+    /// The server cannot hold the message now (RFC 3463 4.3.1): the in-flight memory
+    /// budget is spent. Temporary, so the sender retries later.
+    pub fn insufficient_resources() -> Self {
+        Self::new(452, "4.3.1", "Insufficient system resources")
+    }
     pub fn too_many_errors() -> Self {
         Self::new(421, "4.7.0", "Too many errors, closing connection")
     }
