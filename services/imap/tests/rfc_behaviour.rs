@@ -507,15 +507,15 @@ async fn list_extended_subscribed_and_recursivematch() {
 
     let r = c.ok("e LIST (SUBSCRIBED) \"\" *").await;
     assert!(
-        has(&r, "* LIST (\\Subscribed \\NonExistent) \"/\" Top/Mid/Leaf"),
+        has(&r, "* LIST (\\NonExistent \\Subscribed) \"/\" Top/Mid/Leaf"),
         "{r:?}"
     );
     assert!(
-        has(&r, "* LIST (\\Subscribed \\HasChildren) \"/\" Baz"),
+        has(&r, "* LIST (\\HasChildren \\Subscribed) \"/\" Baz"),
         "{r:?}"
     );
     assert!(
-        has(&r, "* LIST (\\Subscribed \\HasNoChildren) \"/\" Foo/Bar"),
+        has(&r, "* LIST (\\HasNoChildren \\Subscribed) \"/\" Foo/Bar"),
         "{r:?}"
     );
     assert_eq!(r.len(), 5, "{r:?}");
@@ -531,7 +531,7 @@ async fn list_extended_subscribed_and_recursivematch() {
     assert!(
         has(
             &r,
-            "* LIST (\\Subscribed \\HasChildren) \"/\" Baz (\"CHILDINFO\" (\"SUBSCRIBED\"))"
+            "* LIST (\\HasChildren \\Subscribed) \"/\" Baz (\"CHILDINFO\" (\"SUBSCRIBED\"))"
         ),
         "{r:?}"
     );
@@ -546,7 +546,7 @@ async fn list_extended_subscribed_and_recursivematch() {
 
     let r = c.ok("g LIST (SUBSCRIBED RECURSIVEMATCH) \"\" %/%").await;
     assert!(
-        has(&r, "* LIST (\\Subscribed \\HasNoChildren) \"/\" Foo/Bar"),
+        has(&r, "* LIST (\\HasNoChildren \\Subscribed) \"/\" Foo/Bar"),
         "{r:?}"
     );
     assert!(

@@ -611,10 +611,8 @@ impl Session {
             if !is_sub && !below.any(|d| !matcher.matches(d)) {
                 continue;
             }
+            // In plain LIST's order: children, special use, then \Subscribed.
             let mut items = Vec::new();
-            if is_sub {
-                items.extend(attr("Subscribed"));
-            }
             match boxes.iter().find(|b| b.name == name) {
                 None => items.extend(attr("NonExistent")),
                 Some(b) => {
@@ -626,6 +624,9 @@ impl Session {
                     }));
                     items.extend(b.special_use.and_then(special_attr));
                 }
+            }
+            if is_sub {
+                items.extend(attr("Subscribed"));
             }
             out.push(ListEntry {
                 name: name.to_string(),
