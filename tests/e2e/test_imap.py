@@ -440,6 +440,9 @@ def test_append_literal8(server):
     lines = raw_command(c, b"FETCH 1 (BINARY.PEEK[2] BODY.PEEK[1])")
     text = b"".join(lines)
     assert b"BINARY[2] ~{6}\r\n\x00\x01\x02zz\xff BODY[1] {5}\r\nhello)" in text, text
+    # A literal cannot carry NUL (RFC 9051 §4.3): BODY[] shows it as 0x80, as Dovecot does.
+    typ, data = c.fetch("1", "(BODY.PEEK[2])")
+    assert data[0][1] == b"\x80\x01\x02zz\xff", data
     assert c.noop()[0] == "OK"
     c.logout()
 

@@ -477,6 +477,15 @@ async fn append_accepts_a_literal8_with_binary_content() {
         String::from_utf8_lossy(&raw)
     );
     assert!(String::from_utf8_lossy(&raw).contains(&format!("RFC822.SIZE {}", msg.len())));
+    // A literal cannot carry NUL: BODY[] shows it as 0x80 (as Dovecot does).
+    c.send(b"c2 FETCH 1 (BODY.PEEK[2])\r\n").await;
+    let raw = c.until_raw("c2").await;
+    let want = b"BODY[2] {6}\r\n\x80\x01\x02zz\xff)";
+    assert!(
+        raw.windows(want.len()).any(|w| w == want.as_slice()),
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
     // Non-synchronizing literal8 too (LITERAL+).
     let plus = "Subject: plus\r\n\r\nhi\r\n";
     c.send(format!("d APPEND INBOX ~{{{}+}}\r\n{plus}\r\n", plus.len()).as_bytes())

@@ -263,8 +263,14 @@ fn datetime(ts: i64) -> Option<DateTime> {
     DateTime::try_from(dt).ok()
 }
 
-fn nstring(bytes: Vec<u8>) -> NString<'static> {
-    // Message bytes go out as literals: they may hold anything a quoted string cannot.
+fn nstring(mut bytes: Vec<u8>) -> NString<'static> {
+    // Message bytes go out as literals: they may hold anything a quoted string cannot,
+    // except NUL (RFC 9051 §4.3). A message appended as a literal8 (RFC 3516 §4.4) may
+    // hold NULs; BODY[] shows them as 0x80, as Dovecot does, and BINARY[] gives the exact
+    // octets in a literal8.
+    for b in bytes.iter_mut().filter(|b| **b == 0) {
+        *b = 0x80;
+    }
     NString(Some(IString::Literal(Literal::unvalidated(bytes))))
 }
 
