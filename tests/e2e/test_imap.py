@@ -309,3 +309,213 @@ def test_hostile_list_pattern_and_preauth_literal(server):
     line = f.readline()
     assert line.startswith(b"a1 NO [TOOBIG]"), line
     raw.close()
+
+
+def raw_command(c, line: bytes, literal: bytes | None = None) -> list[bytes]:
+    """Sends one command on imaplib's (TLS) socket and returns every line up to its tagged
+    completion: for what imaplib cannot express (literal8, extended LIST/SEARCH output)."""
+    tag = c._new_tag()
+    c.send(tag + b" " + line + b"\r\n")
+    if literal is not None:
+        assert c.readline().startswith(b"+"), "continuation"
+        c.send(literal + b"\r\n")
+    lines = []
+    while True:
+        l = c.readline()
+        assert l, f"connection closed after {lines}"
+        lines.append(l)
+        if l.startswith(tag + b" "):
+            return lines
+
+
+def test_recent_is_recent_in_one_session(server):
+    """RFC 3501 §2.3.2: the first session to select the mailbox after mail arrived gets
+    \\Recent; a second session does not; new mail is recent where it is noticed first."""
+    deliver(server, "alice@example.test", "recent one")
+    deliver(server, "alice@example.test", "recent two")
+    a = login(server)
+    a.select("INBOX")
+    assert a.untagged_responses.pop("RECENT") == [b"2"]
+    typ, data = a.fetch("1", "(FLAGS)")
+    assert b"\\Recent" in data[0], data
+    assert a.search(None, "RECENT")[1] == [b"1 2"]
+    a.store("1", "+FLAGS", "(\\Seen)")
+    assert a.search(None, "NEW")[1] == [b"2"]
+    b = login(server)
+    b.select("INBOX")
+    assert b.untagged_responses.pop("RECENT") == [b"0"]
+    assert b.search(None, "OLD")[1] == [b"1 2"]
+    deliver(server, "alice@example.test", "recent three")
+    b.untagged_responses.clear()
+    b.noop()
+    assert b.untagged_responses.get("EXISTS") == [b"3"] and b.untagged_responses.get("RECENT") == [b"1"], b.untagged_responses
+    assert b"\\Recent" in b.fetch("3", "(FLAGS)")[1][0]
+    a.untagged_responses.clear()
+    a.noop()
+    assert a.untagged_responses.get("RECENT") == [b"2"], a.untagged_responses
+    assert b"\\Recent" not in a.fetch("3", "(FLAGS)")[1][0]
+    typ, data = b.copy("1", "INBOX")
+    assert b.untagged_responses.get("RECENT")[-1] == b"2", b.untagged_responses
+    # IMAP4rev2 has no \Recent: no RECENT response.
+    v2 = login(server)
+    v2._simple_command("ENABLE", "IMAP4rev2")
+    v2.untagged_responses.clear()
+    v2.select("INBOX")
+    assert "RECENT" not in v2.untagged_responses, v2.untagged_responses
+    for c in (a, b, v2):
+        c.logout()
+
+
+def test_sent_dates_use_the_date_as_written(server):
+    c = login(server)
+    c.append("INBOX", None, None, b"Date: Mon, 1 Jan 2024 23:30:00 -0500\r\nSubject: late\r\n\r\nx\r\n")
+    c.select("INBOX")
+    assert c.search(None, "SENTON", "1-Jan-2024")[1] == [b"1"]
+    assert c.search(None, "SENTON", "2-Jan-2024")[1] == [b""]
+    assert c.search(None, "SENTSINCE", "2-Jan-2024")[1] == [b""]
+    assert c.search(None, "SENTBEFORE", "2-Jan-2024")[1] == [b"1"]
+    c.logout()
+
+
+def test_condstore_after_fetch_modseq(server):
+    for i in range(3):
+        deliver(server, "alice@example.test", f"cs {i}")
+    c = login(server)
+    c.select("INBOX")
+    tag = c._new_tag()
+    lines = raw_command(c, b"FETCH 1 (MODSEQ)")
+    assert lines[-1].split(b" ")[1:3] == [b"OK", b"[HIGHESTMODSEQ"], lines
+    typ, data = c.store("1", "+FLAGS", "(\\Flagged)")
+    assert b"MODSEQ (" in data[0], data
+    m1 = int(re.search(rb"MODSEQ \((\d+)\)", data[0]).group(1))
+    lines = raw_command(c, b"SEARCH RETURN (ALL) MODSEQ 1")
+    assert any(l.endswith(b" ALL 1:3 MODSEQ %d\r\n" % m1) for l in lines), lines
+    typ, data = c.search(None, "MODSEQ", "1")
+    assert data == [b"1 2 3 (MODSEQ %d)" % m1], data
+    c.logout()
+
+
+FIVE_PARTS = (
+    b'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="B"\r\n\r\n'
+    b"--B\r\nContent-Type: text/plain\r\n\r\npart one\r\n"
+    b"--B\r\nContent-Type: text/plain\r\n\r\npart two\r\n"
+    b"--B\r\nContent-Type: message/rfc822\r\n\r\n"
+    b'Subject: inner\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="I"\r\n\r\n'
+    b"--I\r\nContent-Type: text/plain\r\n\r\ninner text\r\n"
+    b"--I\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+    b"aW5uZXIgZGVjb2RlZA==\r\n--I--\r\n"
+    b"--B\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+    b"caf=C3=A9 =3D soft=\r\nbreak\r\n"
+    b"--B\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+    b"SGVsbG8sIGJp\r\nbmFyeSB3b3JsZA==\r\n--B--\r\n"
+)
+
+
+def test_binary_partials(server):
+    c = login(server)
+    c.append("INBOX", None, None, FIVE_PARTS)
+    c.select("INBOX")
+    typ, data = c.fetch("1", "(BINARY.PEEK[5]<0.7> BINARY.SIZE[5])")
+    assert data[0] == (b"1 (BINARY[5]<0> {7}", b"Hello, "), data
+    assert b"BINARY.SIZE[5] 19" in data[1], data
+    typ, data = c.fetch("1", "(BINARY.PEEK[4])")
+    assert data[0][1] == "café = softbreak".encode(), data
+    typ, data = c.fetch("1", "(BINARY.PEEK[3.2]<6.7> BINARY.SIZE[3.2])")
+    assert data[0] == (b"1 (BINARY[3.2]<6> {7}", b"decoded"), data
+    assert b"BINARY.SIZE[3.2] 13" in data[1], data
+    c.logout()
+
+
+def test_append_literal8(server):
+    msg = (
+        b'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="B"\r\n\r\n'
+        b"--B\r\nContent-Type: text/plain\r\n\r\nhello\r\n"
+        b"--B\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: binary\r\n\r\n"
+        b"\x00\x01\x02zz\xff\r\n--B--\r\n"
+    )
+    c = login(server)
+    lines = raw_command(c, b"APPEND INBOX ~{%d}" % len(msg), msg)
+    assert b"OK [APPENDUID" in lines[-1], lines
+    c.select("INBOX")
+    lines = raw_command(c, b"FETCH 1 (BINARY.PEEK[2] BODY.PEEK[1])")
+    text = b"".join(lines)
+    assert b"BINARY[2] ~{6}\r\n\x00\x01\x02zz\xff BODY[1] {5}\r\nhello)" in text, text
+    # A literal cannot carry NUL (RFC 9051 §4.3): BODY[] shows it as 0x80, as Dovecot does.
+    typ, data = c.fetch("1", "(BODY.PEEK[2])")
+    assert data[0][1] == b"\x80\x01\x02zz\xff", data
+    assert c.noop()[0] == "OK"
+    c.logout()
+
+
+def test_list_extended_subscribed_and_lsub(server):
+    c = login(server)
+    for name in ("Foo/Bar", "Top/Leaf"):
+        c.create(name)
+    for name in ("Foo/Bar", "Top/Leaf"):
+        c.subscribe(name)
+    c.delete("Top/Leaf")
+    c.delete("Top")
+    lines = raw_command(c, b'LIST (RECURSIVEMATCH) "" *')
+    assert b" BAD " in lines[-1], lines
+    lines = raw_command(c, b'LIST (SUBSCRIBED) "" *')
+    assert b'* LIST (\\NonExistent \\Subscribed) "/" Top/Leaf\r\n' in lines, lines
+    lines = raw_command(c, b'LIST (SUBSCRIBED RECURSIVEMATCH) "" %')
+    assert b'* LIST (\\HasChildren) "/" Foo ("CHILDINFO" ("SUBSCRIBED"))\r\n' in lines, lines
+    assert b'* LIST (\\NonExistent) "/" Top ("CHILDINFO" ("SUBSCRIBED"))\r\n' in lines, lines
+    typ, data = c.lsub('""', "%")
+    assert b'(\\Noselect) "/" Foo' in data and b'(\\Noselect) "/" Top' in data, data
+    assert c.noop()[0] == "OK"
+    c.logout()
+
+
+def test_sort_subject_address_and_search_from(server):
+    c = login(server)
+    for frm, subject in [
+        (b"b@a.test", b"Re: banana"),
+        (b"=?utf-8?q?J=C3=BCrgen?= <a@z.test>", b"[list] Apple (fwd)"),
+        (b"a@b.test", b"Fwd: cherry"),
+    ]:
+        c.append("INBOX", None, None, b"From: " + frm + b"\r\nSubject: " + subject + b"\r\n\r\nx\r\n")
+    c.select("INBOX")
+    assert c.sort("(SUBJECT)", "UTF-8", "ALL")[1] == [b"2 1 3"]
+    assert c.sort("(FROM)", "UTF-8", "ALL")[1] == [b"3 2 1"]
+    c.literal = "Jürgen <a@z".encode()
+    assert c.search("UTF-8", "FROM")[1] == [b"2"]
+    assert c.search(None, "FROM", "rgen")[1] == [b"2"]
+    c.logout()
+
+
+def test_esearch_past_the_end_is_ok_and_the_session_lives(server):
+    for i in range(2):
+        deliver(server, "alice@example.test", f"end {i}")
+    c = login(server)
+    c.select("INBOX")
+    lines = raw_command(c, b"SEARCH RETURN () 1000")
+    assert lines[0] == b'* ESEARCH (TAG "%s")\r\n' % lines[-1].split(b" ")[0], lines
+    assert b" OK " in lines[-1], lines
+    assert c.search(None, "1000")[1] == [b""]
+    for bad in (b"FETCH 1000 FLAGS", b"STORE 99 +FLAGS (\\Seen)", b'LIST (RECURSIVEMATCH) "" *'):
+        lines = raw_command(c, bad)
+        assert b" BAD " in lines[-1] and not any(l.startswith(b"* BYE") for l in lines), lines
+    assert c.noop()[0] == "OK"
+    assert c.fetch("1", "(UID)")[0] == "OK"
+    c.logout()
+
+
+def test_new_keywords_are_announced(server):
+    deliver(server, "alice@example.test", "kw")
+    a = login(server)
+    b = login(server)
+    a.select("INBOX")
+    b.select("INBOX")
+    lines = raw_command(a, b"STORE 1 +FLAGS ($Label1)")
+    flags = next(i for i, l in enumerate(lines) if l.startswith(b"* FLAGS ("))
+    perm = next(i for i, l in enumerate(lines) if l.startswith(b"* OK [PERMANENTFLAGS ("))
+    fetch = next(i for i, l in enumerate(lines) if b" FETCH " in l)
+    assert b"$Label1" in lines[flags] and b"$Label1 \\*)]" in lines[perm] and flags < fetch and perm < fetch, lines
+    lines = raw_command(b, b"NOOP")
+    flags = next(i for i, l in enumerate(lines) if l.startswith(b"* FLAGS ("))
+    fetch = next(i for i, l in enumerate(lines) if b" FETCH " in l)
+    assert b"$Label1" in lines[flags] and flags < fetch, lines
+    a.logout()
+    b.logout()

@@ -22,6 +22,9 @@ pub struct ViewMessage {
     pub modseq: ModSeq,
     pub size: u64,
     pub internal_date: i64,
+    /// `\Recent` in this session (RFC 3501 §2.3.2): this session claimed the message
+    /// through the store's recent watermark (or peeks at it, for EXAMINE).
+    pub recent: bool,
 }
 
 impl From<MessageMeta> for ViewMessage {
@@ -32,7 +35,48 @@ impl From<MessageMeta> for ViewMessage {
             modseq: m.modseq,
             size: m.size,
             internal_date: m.internal_date,
+            recent: false,
         }
+    }
+}
+
+/// How a session takes part in `\Recent` (RFC 3501 §2.3.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecentMode {
+    /// SELECT by an IMAP4rev1 client: claims new messages through
+    /// [`mailfleet_storage::MetadataStore::claim_recent`], so each is recent in exactly one
+    /// session cluster-wide.
+    Claim,
+    /// EXAMINE: shows the messages nobody claimed yet as recent, without claiming them
+    /// (RFC 3501 §6.3.2: EXAMINE must not make messages lose `\Recent`).
+    Peek,
+    /// IMAP4rev2 enabled: RFC 9051 has no `\Recent`; the session neither reports nor claims.
+    Off,
+}
+
+/// Keywords already announced to the client in an untagged FLAGS response, so a FETCH never
+/// shows one the client was not told of (RFC 9051 §7.3.5).
+#[derive(Debug, Default)]
+pub struct Keywords {
+    seen: std::collections::HashSet<String>,
+    list: Vec<String>,
+}
+
+impl Keywords {
+    /// Adds the keywords of `flags`; true when one was new.
+    pub fn learn(&mut self, flags: &Flags) -> bool {
+        let mut new = false;
+        for f in flags.iter().filter(|f| !f.starts_with('\\')) {
+            if self.seen.insert(f.to_ascii_lowercase()) {
+                self.list.push(f.to_string());
+                new = true;
+            }
+        }
+        new
+    }
+
+    pub fn list(&self) -> &[String] {
+        &self.list
     }
 }
 
@@ -43,6 +87,11 @@ pub struct Update {
     pub expunged: Vec<(u32, Uid)>,
     /// The new message count, when messages were added.
     pub exists: Option<u32>,
+    /// The number of recent messages, sent after EXISTS (IMAP4rev1 sessions only).
+    pub recent: Option<u32>,
+    /// A changed or new message carries a keyword not announced yet: FLAGS and
+    /// PERMANENTFLAGS go out before the FETCH responses.
+    pub new_keywords: bool,
     /// Messages whose flags changed (by UID).
     pub flags_changed: Vec<Uid>,
 }
@@ -59,6 +108,8 @@ pub struct Selected {
     pub known_modseq: ModSeq,
     /// Expunges seen in the store but not yet reported.
     pending_expunges: Vec<Uid>,
+    pub recent_mode: RecentMode,
+    pub keywords: Keywords,
 }
 
 /// Messages read from the store per query when loading a mailbox.
@@ -69,6 +120,7 @@ impl Selected {
         stores: &Stores,
         mailbox: &mailfleet_storage::Mailbox,
         read_only: bool,
+        recent_mode: RecentMode,
     ) -> StoreResult<Self> {
         let mut messages = Vec::with_capacity(mailbox.message_count as usize);
         let mut after = Uid(0);
@@ -85,6 +137,17 @@ impl Selected {
         // The mailbox row was read before the messages, so changes committed in between
         // are replayed by the first refresh; replaying is harmless (see `refresh`).
         let next_uid = messages.last().map(|m| Uid(m.uid.0 + 1)).unwrap_or(Uid(1));
+        let max_uid = messages.last().map_or(Uid(0), |m| m.uid);
+        if let Some(old) = claim(stores, mailbox.id, recent_mode, max_uid).await? {
+            let first = messages.partition_point(|m| m.uid <= old);
+            for m in &mut messages[first..] {
+                m.recent = true;
+            }
+        }
+        let mut keywords = Keywords::default();
+        for m in &messages {
+            keywords.learn(&m.flags);
+        }
         Ok(Self {
             id: mailbox.id,
             name: mailbox.name.clone(),
@@ -94,7 +157,14 @@ impl Selected {
             messages,
             known_modseq: mailbox.highest_modseq,
             pending_expunges: Vec::new(),
+            recent_mode,
+            keywords,
         })
+    }
+
+    /// Number of messages recent in this session.
+    pub fn recent_count(&self) -> u32 {
+        self.messages.iter().filter(|m| m.recent).count() as u32
     }
 
     pub fn len(&self) -> u32 {
@@ -178,6 +248,19 @@ impl Selected {
             };
             read.push((c, meta));
         }
+        // New messages are claimed (or peeked at) as recent before the view changes; a
+        // failed claim leaves the view as it was. The store raised the watermark only if
+        // the claim succeeded, and a claim that succeeded but whose answer was lost makes
+        // those messages recent nowhere, which is the safe side of "exactly one session".
+        let newest = read
+            .iter()
+            .filter(|(c, m)| m.is_some() && self.seq_of(c.uid).is_none())
+            .map(|(c, _)| c.uid)
+            .max();
+        let recent_above = match newest {
+            Some(up_to) => claim(stores, self.id, self.recent_mode, up_to).await?,
+            None => None,
+        };
         // Phase 2: apply, infallibly.
         let mut update = Update::default();
         let mut added = 0;
@@ -190,9 +273,14 @@ impl Selected {
                 }
                 ChangeKind::Appended | ChangeKind::FlagsChanged => {
                     if let Some(meta) = meta {
-                        if let Some(m) = self.get_mut(c.uid) {
+                        let known = self.messages.binary_search_by_key(&c.uid, |m| m.uid);
+                        if let Ok(i) = known {
+                            let m = &mut self.messages[i];
                             if m.modseq < meta.modseq {
                                 let changed = m.flags != meta.flags;
+                                if self.keywords.learn(&meta.flags) {
+                                    update.new_keywords = true;
+                                }
                                 m.flags = meta.flags;
                                 m.modseq = meta.modseq;
                                 if changed {
@@ -201,13 +289,18 @@ impl Selected {
                             }
                         } else {
                             added += 1;
+                            let mut meta: ViewMessage = meta.into();
+                            meta.recent = recent_above.is_some_and(|old| meta.uid > old);
+                            if self.keywords.learn(&meta.flags) {
+                                update.new_keywords = true;
+                            }
                             // Appended out of UID order cannot happen (UIDs only grow);
                             // insert in place anyway rather than corrupt the numbering.
                             let pos = self
                                 .messages
                                 .binary_search_by_key(&c.uid, |m| m.uid)
                                 .unwrap_or_else(|p| p);
-                            self.messages.insert(pos, meta.into());
+                            self.messages.insert(pos, meta);
                         }
                     }
                 }
@@ -222,6 +315,9 @@ impl Selected {
         }
         if added > 0 {
             update.exists = Some(self.len());
+            if self.recent_mode != RecentMode::Off {
+                update.recent = Some(self.recent_count());
+            }
         }
         update.flags_changed.retain(|u| self.seq_of(*u).is_some());
         Ok(update)
@@ -256,6 +352,22 @@ impl Selected {
     /// Flushes held-back expunges when they may be reported.
     pub fn take_expunges(&mut self) -> Vec<(u32, Uid)> {
         self.apply_expunges()
+    }
+}
+
+/// Claims (or peeks at) the messages of `mailbox` up to `up_to` as recent: the old
+/// watermark, above which the messages are recent in this session; `None` when the session
+/// keeps no `\Recent`.
+async fn claim(
+    stores: &Stores,
+    mailbox: MailboxId,
+    mode: RecentMode,
+    up_to: Uid,
+) -> StoreResult<Option<Uid>> {
+    match mode {
+        RecentMode::Off => Ok(None),
+        RecentMode::Peek => stores.meta.claim_recent(mailbox, Uid(0)).await.map(Some),
+        RecentMode::Claim => stores.meta.claim_recent(mailbox, up_to).await.map(Some),
     }
 }
 

@@ -175,6 +175,9 @@ pub(crate) struct Enabled {
     pub condstore: bool,
     pub qresync: bool,
     pub utf8: bool,
+    /// ENABLE IMAP4rev2 (RFC 9051 §6.3.1): the session speaks IMAP4rev2 only, which has no
+    /// `\Recent` and no RECENT response.
+    pub rev2: bool,
 }
 
 pub struct Session {
@@ -515,6 +518,28 @@ impl Session {
             sel,
             &update,
             self.enabled,
+        ))
+    }
+
+    /// Turns CONDSTORE on because a command used it (RFC 7162 §3.1: a "CONDSTORE enabling
+    /// command"). True when this command is the one that enabled it with a mailbox
+    /// selected: its completion must then carry `[HIGHESTMODSEQ n]` (RFC 7162 §3.1.2).
+    pub(crate) fn enable_condstore(&mut self) -> bool {
+        let newly = !self.enabled.condstore && matches!(self.state, State::Selected(_));
+        self.enabled.condstore = true;
+        newly
+    }
+
+    /// `[HIGHESTMODSEQ n]` of the selected mailbox, for the completion of the command that
+    /// enabled CONDSTORE.
+    pub(crate) fn highest_modseq_code(
+        &self,
+    ) -> Option<imap_codec::imap_types::response::Code<'static>> {
+        let State::Selected(sel) = &self.state else {
+            return None;
+        };
+        Some(imap_codec::imap_types::response::Code::HighestModSeq(
+            std::num::NonZeroU64::new(sel.highest_modseq().0).unwrap_or(std::num::NonZeroU64::MIN),
         ))
     }
 

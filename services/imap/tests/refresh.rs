@@ -240,6 +240,10 @@ impl MetadataStore for FailingMeta {
         self.check("move_messages")?;
         self.inner.move_messages(account, source, uids, dest).await
     }
+    async fn claim_recent(&self, mailbox: MailboxId, up_to: Uid) -> StoreResult<Uid> {
+        self.check("claim_recent")?;
+        self.inner.claim_recent(mailbox, up_to).await
+    }
     async fn subscribe(&self, account: AccountId, name: &str) -> StoreResult<()> {
         self.check("subscribe")?;
         self.inner.subscribe(account, name).await

@@ -329,6 +329,9 @@ async fn idle_reports_a_new_message_and_ends_on_done() {
         .await
         .expect("an update within 5 s");
     assert_eq!(line, "* 4 EXISTS");
+    // The session claimed the first three at SELECT and notices the new one first: all
+    // four are recent here (RFC 3501 §2.3.2).
+    assert_eq!(c.line().await, "* 4 RECENT");
     c.send("DONE\r\n").await;
     assert!(c.line().await.starts_with("i OK"));
 }

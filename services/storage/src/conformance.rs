@@ -816,6 +816,76 @@ pub async fn metadata_concurrent_appends(meta: std::sync::Arc<dyn MetadataStore>
     meta.delete_domain(&domain).await.expect("cleanup domain");
 }
 
+/// The `\Recent` watermark ([`MetadataStore::claim_recent`]): a claim returns the old
+/// watermark and never lowers it, a peek (`Uid(0)`) changes nothing, and of many sessions
+/// claiming at once every UID goes to exactly one.
+pub async fn metadata_recent_claims(meta: std::sync::Arc<dyn MetadataStore>) {
+    let (account, inbox, _) = account_with_messages(meta.as_ref(), 0).await;
+    assert_eq!(
+        meta.claim_recent(inbox.id, Uid(0)).await.expect("peek"),
+        Uid(0)
+    );
+    assert_eq!(
+        meta.claim_recent(inbox.id, Uid(3)).await.expect("claim"),
+        Uid(0)
+    );
+    assert_eq!(
+        meta.claim_recent(inbox.id, Uid(2)).await.expect("lower"),
+        Uid(3)
+    );
+    assert_eq!(
+        meta.claim_recent(inbox.id, Uid(0)).await.expect("peek"),
+        Uid(3)
+    );
+    assert_eq!(
+        meta.claim_recent(inbox.id, Uid(5)).await.expect("raise"),
+        Uid(3)
+    );
+    let other = meta
+        .create_mailbox(account.id, &unique("recent"), None)
+        .await
+        .expect("second mailbox");
+    assert_eq!(
+        meta.claim_recent(other.id, Uid(0))
+            .await
+            .expect("independent"),
+        Uid(0)
+    );
+    let mut tasks = Vec::new();
+    for up_to in 6..=25u32 {
+        let meta = meta.clone();
+        tasks.push(tokio::spawn(async move {
+            let old = meta
+                .claim_recent(inbox.id, Uid(up_to))
+                .await
+                .expect("concurrent claim");
+            (old.0, up_to)
+        }));
+    }
+    let mut claimed = vec![0u32; 26];
+    for t in tasks {
+        let (old, up_to) = t.await.expect("task");
+        for uid in old + 1..=up_to {
+            claimed[uid as usize] += 1;
+        }
+    }
+    assert!(
+        claimed[6..].iter().all(|n| *n == 1),
+        "each UID recent in exactly one session: {claimed:?}"
+    );
+    assert_eq!(
+        meta.claim_recent(inbox.id, Uid(0)).await.expect("peek"),
+        Uid(25)
+    );
+    meta.delete_mailbox(account.id, other.id)
+        .await
+        .expect("delete");
+    assert!(matches!(
+        meta.claim_recent(other.id, Uid(1)).await,
+        Err(crate::StoreError::NotFound(_))
+    ));
+}
+
 /// Publish/subscribe, leases with fencing tokens, counters.
 pub async fn coordinator(coord: &dyn Coordinator) {
     let account = AccountId(rand::random::<i32>().unsigned_abs() as i64);

@@ -28,6 +28,14 @@ async fn sqlite_concurrent_appends() {
     conformance::metadata_concurrent_appends(meta).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_recent_claims() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let meta: Arc<dyn MetadataStore> =
+        Arc::new(SqliteMetadataStore::open(dir.path().join("m.sqlite3"), 8).expect("open"));
+    conformance::metadata_recent_claims(meta).await;
+}
+
 #[tokio::test]
 async fn local_coordinator() {
     conformance::coordinator(&LocalCoordinator::new()).await;

@@ -177,7 +177,10 @@ impl Session {
                     self.enabled.utf8 = true;
                     enabled.push(c);
                 }
-                "IMAP4REV2" => enabled.push(c),
+                "IMAP4REV2" => {
+                    self.enabled.rev2 = true;
+                    enabled.push(c);
+                }
                 _ => {}
             }
         }

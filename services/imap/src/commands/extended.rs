@@ -13,7 +13,7 @@
 //! the command, so the codec stays the parser of record.
 
 use crate::response::{self, Resp};
-use crate::session::{Outcome, Session};
+use crate::session::{Outcome, Session, State};
 use imap_codec::imap_types::command::{Command, CommandBody};
 use imap_codec::imap_types::flag::FlagNameAttribute;
 use imap_codec::imap_types::response::{Data, Response, StatusKind};
@@ -36,6 +36,9 @@ pub struct ListOpts {
     pub subscribed: bool,
     /// `SPECIAL-USE` selection: only mailboxes with a special use.
     pub special_use: bool,
+    /// `RECURSIVEMATCH`: also parents of matching children (RFC 5258 §3.5); only valid
+    /// with another selection option.
+    pub recursive: bool,
     /// `STATUS (...)` return option: the item names, as the client wrote them.
     pub status: Option<String>,
 }
@@ -166,7 +169,8 @@ pub fn preparse(message: &[u8]) -> Option<Extended> {
             match o.to_ascii_uppercase().as_str() {
                 "SUBSCRIBED" => opts.subscribed = true,
                 "SPECIAL-USE" => opts.special_use = true,
-                "REMOTE" | "RECURSIVEMATCH" => {}
+                "RECURSIVEMATCH" => opts.recursive = true,
+                "REMOTE" => {}
                 _ => return None,
             }
         }
@@ -208,8 +212,15 @@ pub fn preparse(message: &[u8]) -> Option<Extended> {
     Some(Extended::List { plain, opts })
 }
 
-/// Renders `* ESEARCH` (RFC 4731 §3.1) from the numbers a SEARCH found.
-fn esearch_line(tag: &str, uid: bool, ids: &[u32], ret: ReturnOpts) -> Vec<u8> {
+/// Renders `* ESEARCH` (RFC 4731 §3.1) from the numbers a SEARCH found; `modseq` is the
+/// `MODSEQ` of a search with a MODSEQ key (RFC 7162 §3.1.5).
+fn esearch_line(
+    tag: &str,
+    uid: bool,
+    ids: &[u32],
+    ret: ReturnOpts,
+    modseq: Option<u64>,
+) -> Vec<u8> {
     let mut line = format!("* ESEARCH (TAG \"{tag}\")");
     if uid {
         line.push_str(" UID");
@@ -241,6 +252,9 @@ fn esearch_line(tag: &str, uid: bool, ids: &[u32], ret: ReturnOpts) -> Vec<u8> {
             .collect::<Vec<_>>()
             .join(",");
         line.push_str(&format!(" ALL {set}"));
+    }
+    if let Some(m) = modseq.filter(|_| !ids.is_empty()) {
+        line.push_str(&format!(" MODSEQ {m}"));
     }
     line.push_str("\r\n");
     line.into_bytes()
@@ -283,18 +297,43 @@ impl Session {
         };
         let uid = *uid;
         let mut outcome = self.handle(cmd).await;
-        outcome.responses = outcome
-            .responses
-            .into_iter()
-            .map(|r| match r {
-                Resp::Typed(Response::Data(Data::Search(ids, _))) => {
+        let mut responses = Vec::with_capacity(outcome.responses.len());
+        for r in std::mem::take(&mut outcome.responses) {
+            responses.push(match r {
+                Resp::Typed(Response::Data(Data::Search(ids, modseq))) => {
                     let ids: Vec<u32> = ids.iter().map(|n| n.get()).collect();
-                    Resp::Raw(esearch_line(tag.as_ref(), uid, &ids, ret))
+                    let modseq = modseq.map(|m| self.esearch_modseq(&ids, uid, ret, m.get()));
+                    Resp::Raw(esearch_line(tag.as_ref(), uid, &ids, ret, modseq))
                 }
                 other => other,
-            })
-            .collect();
+            });
+        }
+        outcome.responses = responses;
         outcome
+    }
+
+    /// ESEARCH's MODSEQ (RFC 7162 §3.1.5): the highest MODSEQ of all matches, except that
+    /// with only MIN and/or MAX asked it is the highest of the messages returned.
+    fn esearch_modseq(&self, ids: &[u32], uid: bool, ret: ReturnOpts, all: u64) -> u64 {
+        if ret.all || ret.count {
+            return all;
+        }
+        let State::Selected(sel) = &self.state else {
+            return all;
+        };
+        let returned = [ids.iter().min(), ids.iter().max()];
+        let picked = [ret.min, ret.max];
+        returned
+            .iter()
+            .zip(picked)
+            .filter(|(_, p)| *p)
+            .filter_map(|(id, _)| {
+                let id = **id.as_ref()?;
+                let seq = if uid { sel.seq_of(Uid(id))? } else { id };
+                sel.by_seq(seq).map(|m| m.modseq.0)
+            })
+            .max()
+            .unwrap_or(all)
     }
 
     /// LIST-EXTENDED: one plain LIST per pattern, filtered by the selection options, with
@@ -308,6 +347,18 @@ impl Session {
             Some(Some(items)) => Some(items),
             None => None,
         };
+        if opts.recursive && !opts.subscribed && !opts.special_use {
+            // RFC 5258 §3: RECURSIVEMATCH only qualifies another selection option.
+            return Outcome::done(vec![response::bad(
+                &tag,
+                "RECURSIVEMATCH must not be the only selection option",
+            )]);
+        }
+        if opts.subscribed {
+            return self
+                .list_extended_subscribed(tag, cmds, opts, status_items)
+                .await;
+        }
         let mut out = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for cmd in cmds {
@@ -357,6 +408,89 @@ impl Session {
                         }
                     }
                     other => out.push(other),
+                }
+            }
+        }
+        out.push(response::ok(&tag, None, "LIST completed"));
+        Outcome::done(out)
+    }
+}
+
+impl Session {
+    /// LIST (SUBSCRIBED ...): built from the subscriptions, so names that no longer exist
+    /// are listed (`\NonExistent`) and RECURSIVEMATCH can add parents with `CHILDINFO`.
+    async fn list_extended_subscribed(
+        &mut self,
+        tag: imap_codec::imap_types::core::Tag<'static>,
+        cmds: Vec<Command<'static>>,
+        opts: ListOpts,
+        status_items: Option<Vec<StatusDataItemName>>,
+    ) -> Outcome {
+        use imap_codec::imap_types::mailbox::{ListMailbox, Mailbox};
+        let mut out = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for cmd in cmds {
+            let CommandBody::List {
+                reference,
+                mailbox_wildcard,
+            } = cmd.body
+            else {
+                return Outcome::done(vec![response::bad(&tag, "Expected LIST")]);
+            };
+            let reference = match &reference {
+                Mailbox::Inbox => "INBOX".to_string(),
+                Mailbox::Other(o) => String::from_utf8_lossy(o.as_ref()).into_owned(),
+            };
+            let pattern = match &mailbox_wildcard {
+                ListMailbox::Token(t) => String::from_utf8_lossy(t.as_ref()).into_owned(),
+                ListMailbox::String(s) => String::from_utf8_lossy(s.as_ref()).into_owned(),
+            };
+            let entries = match self
+                .list_subscribed(&reference, &pattern, opts.recursive)
+                .await
+            {
+                Ok(Ok(e)) => e,
+                Ok(Err(e)) => return Outcome::done(vec![response::bad(&tag, &e.to_string())]),
+                Err(e) => {
+                    tracing::warn!(error = %e, "IMAP LIST failed on storage");
+                    return Outcome::done(vec![response::no(
+                        &tag,
+                        response::code("UNAVAILABLE"),
+                        "Temporary storage failure, try again",
+                    )]);
+                }
+            };
+            for e in entries {
+                if opts.special_use && !SPECIAL.iter().any(|s| has_attr(&e.items, s)) {
+                    continue;
+                }
+                if !seen.insert(e.name.clone()) {
+                    continue;
+                }
+                let exists = !has_attr(&e.items, "\\NonExistent");
+                let mailbox = super::mailboxes::to_mailbox(&e.name);
+                let line = response::data(Data::List {
+                    items: e.items,
+                    delimiter: imap_codec::imap_types::core::QuotedChar::try_from(super::DELIMITER)
+                        .ok(),
+                    mailbox: mailbox.clone(),
+                });
+                out.push(if e.childinfo {
+                    // imap-types has no LIST extended data: the codec's line, with the
+                    // CHILDINFO item (RFC 5258 §3.5) added before its CRLF.
+                    let mut bytes = response::encode(&line);
+                    bytes.truncate(bytes.len().saturating_sub(2));
+                    bytes.extend_from_slice(b" (\"CHILDINFO\" (\"SUBSCRIBED\"))\r\n");
+                    Resp::Raw(bytes)
+                } else {
+                    line
+                });
+                if let (Some(names), true) = (&status_items, exists) {
+                    if let Ok(st) = self.status(tag.clone(), mailbox, names.clone()).await {
+                        out.extend(st.responses.into_iter().filter(|r| {
+                            matches!(r, Resp::Typed(Response::Data(Data::Status { .. })))
+                        }));
+                    }
                 }
             }
         }

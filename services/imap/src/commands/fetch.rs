@@ -48,6 +48,8 @@ pub struct FetchJob {
     items: Vec<MessageDataItemName<'static>>,
     need: Needs,
     condstore: bool,
+    /// This FETCH enabled CONDSTORE: the tagged OK carries `[HIGHESTMODSEQ]`.
+    announce_modseq: bool,
     seen_now: Vec<Uid>,
     targets: Vec<(u32, Uid)>,
     batches: Vec<std::ops::Range<usize>>,
@@ -76,6 +78,94 @@ pub(crate) fn imap_flags(flags: &Flags) -> Vec<FlagFetch<'static>> {
         .filter_map(|f| Flag::try_from(f).ok().map(IntoStatic::into_static))
         .map(FlagFetch::Flag)
         .collect()
+}
+
+/// A view message's flags as FETCH shows them: the stored flags, plus `\Recent` when the
+/// message is recent in this session (RFC 3501 §2.3.2).
+pub(crate) fn view_flags(m: &crate::selected::ViewMessage) -> Vec<FlagFetch<'static>> {
+    let mut out = imap_flags(&m.flags);
+    if m.recent {
+        out.push(FlagFetch::Recent);
+    }
+    out
+}
+
+/// `* FLAGS (...)` and `* OK [PERMANENTFLAGS (...)]` naming the system flags and every
+/// keyword the mailbox uses (RFC 9051 §7.3.5): sent at SELECT and again, before the first
+/// FETCH that shows it, whenever a new keyword appears.
+pub(crate) fn flag_announcement(sel: &Selected) -> Vec<Resp> {
+    let mut flags = vec![
+        Flag::Answered,
+        Flag::Flagged,
+        Flag::Deleted,
+        Flag::Seen,
+        Flag::Draft,
+    ];
+    flags.extend(
+        sel.keywords
+            .list()
+            .iter()
+            .filter_map(|k| Flag::try_from(k.as_str()).ok().map(IntoStatic::into_static)),
+    );
+    let mut perm: Vec<imap_codec::imap_types::flag::FlagPerm<'static>> = Vec::new();
+    if !sel.read_only {
+        perm.extend(flags.iter().cloned().map(Into::into));
+        perm.push(imap_codec::imap_types::flag::FlagPerm::Asterisk);
+    }
+    vec![
+        response::data(Data::Flags(flags)),
+        response::untagged_ok(
+            Some(imap_codec::imap_types::response::Code::PermanentFlags(perm)),
+            if sel.read_only {
+                "Read-only mailbox"
+            } else {
+                "Flags permitted"
+            },
+        ),
+    ]
+}
+
+/// A FETCH response, with the `<origin>` of BINARY partials (RFC 3516 §4.2), which
+/// imap-types cannot express: each item is still encoded by imap-codec (as a one-item
+/// FETCH whose frame is cut off), and only the origin is inserted after its section.
+pub(crate) fn fetch_response(
+    seq: u32,
+    data: Vec<(MessageDataItem<'static>, Option<u32>)>,
+) -> Option<Resp> {
+    if data.iter().all(|(_, o)| o.is_none()) {
+        let items = Vec1::try_from(data.into_iter().map(|(d, _)| d).collect::<Vec<_>>()).ok()?;
+        return Some(response::data(Data::Fetch {
+            seq: nz(seq),
+            items,
+        }));
+    }
+    let prefix = format!("* {seq} FETCH (");
+    let mut out = prefix.clone().into_bytes();
+    for (i, (item, origin)) in data.into_iter().enumerate() {
+        let one = response::encode(&response::data(Data::Fetch {
+            seq: nz(seq),
+            items: Vec1::from(item),
+        }));
+        let body = one
+            .strip_prefix(prefix.as_bytes())?
+            .strip_suffix(b")\r\n")?;
+        if i > 0 {
+            out.push(b' ');
+        }
+        match origin {
+            Some(o) => {
+                // `BINARY[1.2] ...`: the section holds digits and dots only, so the first
+                // `]` ends it.
+                let close = body.iter().position(|b| *b == b']')?;
+                out.extend_from_slice(&body[..=close]);
+                out.extend_from_slice(format!("<{o}>").as_bytes());
+                out.extend_from_slice(&body[close + 1..]);
+            }
+            None => out.extend_from_slice(body),
+        }
+    }
+    out.extend_from_slice(b")\r\n");
+    Some(Resp::Raw(out))
 }
 
 fn nz(n: u32) -> NonZeroU32 {
@@ -125,7 +215,7 @@ pub(crate) fn flags_response(
     if with_uid {
         items.push(MessageDataItem::Uid(nz(m.uid.0)));
     }
-    items.push(MessageDataItem::Flags(imap_flags(&m.flags)));
+    items.push(MessageDataItem::Flags(view_flags(m)));
     if modseq {
         items.push(MessageDataItem::ModSeq(
             NonZeroU64::new(m.modseq.0).unwrap_or(NonZeroU64::MIN),
@@ -140,6 +230,9 @@ pub(crate) fn flags_response(
 /// Untagged responses for a refresh of the selected mailbox.
 pub(crate) fn render_update(sel: &Selected, update: &Update, enabled: Enabled) -> Vec<Resp> {
     let mut out = Vec::new();
+    if update.new_keywords {
+        out.extend(flag_announcement(sel));
+    }
     if enabled.qresync {
         let uids: Vec<Uid> = update.expunged.iter().map(|(_, u)| *u).collect();
         if let Some(set) = uid_set(&uids) {
@@ -156,6 +249,9 @@ pub(crate) fn render_update(sel: &Selected, update: &Update, enabled: Enabled) -
     if let Some(n) = update.exists {
         out.push(response::data(Data::Exists(n)));
     }
+    if let Some(n) = update.recent.filter(|_| !enabled.rev2) {
+        out.push(response::data(Data::Recent(n)));
+    }
     for uid in &update.flags_changed {
         out.extend(flags_response(sel, *uid, true, enabled.condstore));
     }
@@ -167,8 +263,14 @@ fn datetime(ts: i64) -> Option<DateTime> {
     DateTime::try_from(dt).ok()
 }
 
-fn nstring(bytes: Vec<u8>) -> NString<'static> {
-    // Message bytes go out as literals: they may hold anything a quoted string cannot.
+fn nstring(mut bytes: Vec<u8>) -> NString<'static> {
+    // Message bytes go out as literals: they may hold anything a quoted string cannot,
+    // except NUL (RFC 9051 §4.3). A message appended as a literal8 (RFC 3516 §4.4) may
+    // hold NULs; BODY[] shows them as 0x80, as Dovecot does, and BINARY[] gives the exact
+    // octets in a literal8.
+    for b in bytes.iter_mut().filter(|b| **b == 0) {
+        *b = 0x80;
+    }
     NString(Some(IString::Literal(Literal::unvalidated(bytes))))
 }
 
@@ -346,13 +448,14 @@ impl Session {
         let mut vanished = false;
         for m in modifiers {
             match m {
-                FetchModifier::ChangedSince(v) => {
-                    changed_since = Some(ModSeq(v.get()));
-                    self.enabled.condstore = true;
-                }
+                FetchModifier::ChangedSince(v) => changed_since = Some(ModSeq(v.get())),
                 FetchModifier::Vanished => vanished = true,
             }
         }
+        // CHANGEDSINCE and the MODSEQ item are CONDSTORE enabling commands (RFC 7162 §3.1).
+        let announce_modseq = (changed_since.is_some()
+            || items.contains(&MessageDataItemName::ModSeq))
+            && self.enable_condstore();
         if vanished && (!uid || changed_since.is_none() || !self.enabled.qresync) {
             return Ok(Outcome::done(vec![response::bad(
                 &tag,
@@ -469,6 +572,7 @@ impl Session {
             items,
             need,
             condstore,
+            announce_modseq,
             seen_now,
             targets,
             batches,
@@ -556,24 +660,27 @@ impl Session {
             let mut data = Vec::with_capacity(items.len());
             for item in items {
                 if let Some(d) = render_item(item, m, raw, summary) {
-                    data.push(d);
+                    let origin = match item {
+                        MessageDataItemName::Binary {
+                            partial: Some((start, _)),
+                            ..
+                        } => Some(*start),
+                        _ => None,
+                    };
+                    data.push((d, origin));
                 }
             }
             let seen_now = job.seen_now.contains(u);
             if seen_now && !items.contains(&MessageDataItemName::Flags) {
-                data.push(MessageDataItem::Flags(imap_flags(&m.flags)));
+                data.push((MessageDataItem::Flags(view_flags(m)), None));
             }
             if job.condstore && !items.contains(&MessageDataItemName::ModSeq) && seen_now {
-                data.push(MessageDataItem::ModSeq(
-                    NonZeroU64::new(m.modseq.0).unwrap_or(NonZeroU64::MIN),
+                data.push((
+                    MessageDataItem::ModSeq(NonZeroU64::new(m.modseq.0).unwrap_or(NonZeroU64::MIN)),
+                    None,
                 ));
             }
-            if let Ok(items) = Vec1::try_from(data) {
-                out.push(response::data(Data::Fetch {
-                    seq: nz(*seq),
-                    items,
-                }));
-            }
+            out.extend(fetch_response(*seq, data));
         }
         Ok(out)
     }
@@ -594,9 +701,14 @@ impl Session {
             ));
             return Ok(out);
         }
+        let code = if job.announce_modseq {
+            self.highest_modseq_code()
+        } else {
+            None
+        };
         out.push(response::ok(
             &job.tag,
-            None,
+            code,
             if job.uid {
                 "UID FETCH completed"
             } else {
@@ -651,7 +763,7 @@ fn render_item(
 ) -> Option<MessageDataItem<'static>> {
     Some(match item {
         MessageDataItemName::Uid => MessageDataItem::Uid(nz(m.uid.0)),
-        MessageDataItemName::Flags => MessageDataItem::Flags(imap_flags(&m.flags)),
+        MessageDataItemName::Flags => MessageDataItem::Flags(view_flags(m)),
         MessageDataItemName::InternalDate => {
             MessageDataItem::InternalDate(datetime(m.internal_date)?)
         }
@@ -702,12 +814,19 @@ fn render_item(
             let path: Vec<u32> = section.iter().map(|n| n.get()).collect();
             let decoded = binary(raw?, summary?, &path).unwrap_or_default();
             let (bytes, _) = partial(decoded, *range);
-            MessageDataItem::Binary {
-                section: section.clone(),
-                value: imap_codec::imap_types::core::NString8::Literal8(Literal8 {
+            // literal8 only when the octets hold a NUL, which a literal cannot carry
+            // (RFC 3516 §4.3); otherwise a plain literal, as Dovecot answers.
+            let value = if bytes.contains(&0) {
+                imap_codec::imap_types::core::NString8::Literal8(Literal8 {
                     data: bytes.into(),
                     mode: imap_codec::imap_types::core::LiteralMode::Sync,
-                }),
+                })
+            } else {
+                imap_codec::imap_types::core::NString8::NString(nstring(bytes))
+            };
+            MessageDataItem::Binary {
+                section: section.clone(),
+                value,
             }
         }
         MessageDataItemName::BinarySize { section } => {

@@ -3,12 +3,12 @@
 
 use super::{mailbox_name, ListPattern, DELIMITER};
 use crate::response::{self, code};
-use crate::selected::Selected;
+use crate::selected::{RecentMode, Selected};
 use crate::session::{Outcome, Session, State};
 use imap_codec::imap_types::command::SelectParameter;
 use imap_codec::imap_types::core::{AString, Atom, QuotedChar, Tag, Vec1};
 use imap_codec::imap_types::extensions::quota::{QuotaGet, Resource};
-use imap_codec::imap_types::flag::{Flag, FlagNameAttribute, FlagPerm};
+use imap_codec::imap_types::flag::FlagNameAttribute;
 use imap_codec::imap_types::mailbox::{ListMailbox, Mailbox};
 use imap_codec::imap_types::response::{Code, Data};
 use imap_codec::imap_types::sequence::SequenceSet;
@@ -34,6 +34,32 @@ fn nz(n: u32) -> NonZeroU32 {
 
 pub(crate) fn to_mailbox(name: &str) -> Mailbox<'static> {
     Mailbox::try_from(name.to_string()).unwrap_or(Mailbox::Inbox)
+}
+
+/// The RFC 6154 attribute of a special-use mailbox (INBOX has none).
+fn special_attr(su: SpecialUse) -> Option<FlagNameAttribute<'static>> {
+    attr(match su {
+        SpecialUse::Sent => "Sent",
+        SpecialUse::Drafts => "Drafts",
+        SpecialUse::Junk => "Junk",
+        SpecialUse::Trash => "Trash",
+        SpecialUse::Archive => "Archive",
+        SpecialUse::Inbox => return None,
+    })
+}
+
+/// The proper ancestors of a name: `a/b/c` → `a`, `a/b`.
+fn ancestors(name: &str) -> impl Iterator<Item = &str> {
+    name.match_indices(DELIMITER).map(move |(i, _)| &name[..i])
+}
+
+/// One name of a LIST (SUBSCRIBED) answer (RFC 5258 §3).
+#[derive(Debug)]
+pub(crate) struct ListEntry {
+    pub name: String,
+    pub items: Vec<FlagNameAttribute<'static>>,
+    /// RECURSIVEMATCH: a descendant is subscribed (`CHILDINFO ("SUBSCRIBED")`).
+    pub childinfo: bool,
 }
 
 impl Session {
@@ -82,24 +108,21 @@ impl Session {
                 }
             }
         }
-        let sel = Selected::load(&self.stores, &mb, read_only).await?;
+        let recent_mode = if self.enabled.rev2 {
+            RecentMode::Off
+        } else if read_only {
+            RecentMode::Peek
+        } else {
+            RecentMode::Claim
+        };
+        let sel = Selected::load(&self.stores, &mb, read_only, recent_mode).await?;
         let (_unseen, first_unseen) = sel.unseen();
         out.push(response::data(Data::Exists(sel.len())));
-        out.push(response::data(Data::Recent(0)));
-        let system = [
-            Flag::Answered,
-            Flag::Flagged,
-            Flag::Deleted,
-            Flag::Seen,
-            Flag::Draft,
-        ];
-        out.push(response::data(Data::Flags(system.to_vec())));
-        let mut perm: Vec<FlagPerm<'static>> = system.iter().cloned().map(FlagPerm::from).collect();
-        perm.push(FlagPerm::Asterisk);
-        out.push(response::untagged_ok(
-            Some(Code::PermanentFlags(if read_only { vec![] } else { perm })),
-            "Flags permitted",
-        ));
+        if recent_mode != RecentMode::Off {
+            out.push(response::data(Data::Recent(sel.recent_count())));
+        }
+        // FLAGS and PERMANENTFLAGS name the keywords in use too (RFC 9051 §7.3.5).
+        out.extend(super::fetch::flag_announcement(&sel));
         if let Some(first) = first_unseen {
             out.push(response::untagged_ok(
                 Some(Code::Unseen(nz(first))),
@@ -483,6 +506,32 @@ impl Session {
         let boxes = self.stores.meta.list_mailboxes(acct).await?;
         let subscribed = self.stores.meta.subscriptions(acct).await?;
         let mut out = Vec::new();
+        if lsub {
+            // RFC 3501 §6.3.9: a parent the pattern matches that is not subscribed itself,
+            // whose subscribed descendant the pattern does not match (`%` stops at the
+            // delimiter), is listed with \Noselect.
+            let mut parents: Vec<&str> = Vec::new();
+            for s in &subscribed {
+                if matcher.matches(s) {
+                    continue;
+                }
+                for a in ancestors(s) {
+                    if matcher.matches(a)
+                        && !subscribed.iter().any(|x| x == a)
+                        && !parents.contains(&a)
+                    {
+                        parents.push(a);
+                    }
+                }
+            }
+            for p in parents {
+                out.push(response::data(Data::Lsub {
+                    items: attr("Noselect").into_iter().collect(),
+                    delimiter,
+                    mailbox: to_mailbox(p),
+                }));
+            }
+        }
         let names: Vec<(String, Option<SpecialUse>)> = if lsub {
             subscribed.iter().map(|n| (n.clone(), None)).collect()
         } else {
@@ -503,17 +552,7 @@ impl Session {
             } else {
                 "HasNoChildren"
             }));
-            if let Some(su) = special.filter(|s| *s != SpecialUse::Inbox) {
-                let a = match su {
-                    SpecialUse::Sent => "Sent",
-                    SpecialUse::Drafts => "Drafts",
-                    SpecialUse::Junk => "Junk",
-                    SpecialUse::Trash => "Trash",
-                    SpecialUse::Archive => "Archive",
-                    SpecialUse::Inbox => "Inbox",
-                };
-                items.extend(attr(a));
-            }
+            items.extend(special.and_then(special_attr));
             if !lsub && subscribed.contains(&name) {
                 items.extend(attr("Subscribed"));
             }
@@ -536,6 +575,68 @@ impl Session {
         Ok(Outcome::done(out))
     }
 
+    /// LIST (SUBSCRIBED) for one pattern (RFC 5258 §3): every subscribed name the pattern
+    /// matches, existing or not (`\NonExistent`); with RECURSIVEMATCH also the parents
+    /// whose subscribed descendants the pattern does not match, and `CHILDINFO` on every
+    /// name with a subscribed descendant (as Dovecot answers).
+    pub(crate) async fn list_subscribed(
+        &self,
+        reference: &str,
+        pattern: &str,
+        recursive: bool,
+    ) -> StoreResult<Result<Vec<ListEntry>, super::PatternError>> {
+        let matcher = match ListPattern::new(&format!("{reference}{pattern}")) {
+            Ok(m) => m,
+            Err(e) => return Ok(Err(e)),
+        };
+        let acct = self.acct()?.id;
+        let boxes = self.stores.meta.list_mailboxes(acct).await?;
+        let subscribed = self.stores.meta.subscriptions(acct).await?;
+        let mut names: std::collections::BTreeSet<&str> =
+            subscribed.iter().map(String::as_str).collect();
+        if recursive {
+            for s in &subscribed {
+                names.extend(ancestors(s));
+            }
+        }
+        let mut out = Vec::new();
+        for name in names {
+            if !matcher.matches(name) {
+                continue;
+            }
+            let is_sub = subscribed.iter().any(|s| s == name);
+            let prefix = format!("{name}{DELIMITER}");
+            let mut below = subscribed.iter().filter(|s| s.starts_with(&prefix));
+            let childinfo = recursive && below.clone().next().is_some();
+            if !is_sub && !below.any(|d| !matcher.matches(d)) {
+                continue;
+            }
+            // In plain LIST's order: children, special use, then \Subscribed.
+            let mut items = Vec::new();
+            match boxes.iter().find(|b| b.name == name) {
+                None => items.extend(attr("NonExistent")),
+                Some(b) => {
+                    let children = boxes.iter().any(|c| c.name.starts_with(&prefix));
+                    items.extend(attr(if children {
+                        "HasChildren"
+                    } else {
+                        "HasNoChildren"
+                    }));
+                    items.extend(b.special_use.and_then(special_attr));
+                }
+            }
+            if is_sub {
+                items.extend(attr("Subscribed"));
+            }
+            out.push(ListEntry {
+                name: name.to_string(),
+                items,
+                childinfo,
+            });
+        }
+        Ok(Ok(out))
+    }
+
     pub(crate) async fn status(
         &mut self,
         tag: Tag<'static>,
@@ -555,6 +656,11 @@ impl Session {
             .any(|i| matches!(i, StatusDataItemName::Unseen | StatusDataItemName::Size));
         let usage = if needs_usage {
             Some(self.stores.meta.mailbox_usage(mb.id).await?)
+        } else {
+            None
+        };
+        let recent = if items.contains(&StatusDataItemName::Recent) {
+            Some(self.recent_in(&mb).await?)
         } else {
             None
         };
@@ -582,7 +688,7 @@ impl Session {
         for item in items {
             values.push(match item {
                 StatusDataItemName::Messages => StatusDataItem::Messages(mb.message_count as u32),
-                StatusDataItemName::Recent => StatusDataItem::Recent(0),
+                StatusDataItemName::Recent => StatusDataItem::Recent(recent.unwrap_or(0)),
                 StatusDataItemName::UidNext => StatusDataItem::UidNext(nz(mb.uid_next.0)),
                 StatusDataItemName::UidValidity => StatusDataItem::UidValidity(nz(mb.uid_validity)),
                 StatusDataItemName::Unseen => {
@@ -605,6 +711,26 @@ impl Session {
             }),
             response::ok(&tag, None, "STATUS completed"),
         ]))
+    }
+
+    /// STATUS RECENT: the messages nobody claimed yet (above the recent watermark), plus
+    /// those recent in this session when it has the mailbox selected.
+    async fn recent_in(&self, mb: &StoreMailbox) -> StoreResult<u32> {
+        let mark = self.stores.meta.claim_recent(mb.id, Uid(0)).await?;
+        let mut n = match &self.state {
+            State::Selected(sel) if sel.id == mb.id && sel.recent_mode == RecentMode::Claim => {
+                sel.recent_count()
+            }
+            _ => 0,
+        };
+        let mut after = mark;
+        loop {
+            let page = self.stores.meta.list_messages(mb.id, after, 5000).await?;
+            let Some(last) = page.last() else { break };
+            after = last.uid;
+            n += page.len() as u32;
+        }
+        Ok(n)
     }
 
     fn quota_data(&self) -> Option<Data<'static>> {

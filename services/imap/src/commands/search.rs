@@ -4,7 +4,7 @@
 //! body keys parse the message (mail-parser) and compare decoded text case-insensitively, as
 //! RFC 9051 §6.4.4 asks. A message is parsed at most once per command.
 
-use super::{in_set, seq_set_valid};
+use super::in_set;
 use crate::response;
 use crate::selected::{Selected, ViewMessage};
 use crate::session::{Outcome, Session, State};
@@ -77,18 +77,23 @@ fn depth(key: &SearchKey<'_>) -> usize {
     }
 }
 
-fn address_text(a: Option<&mail_parser::Address<'_>>) -> String {
-    let Some(a) = a else { return String::new() };
-    a.iter()
-        .map(|x| {
-            format!(
-                "{} <{}>",
-                x.name().unwrap_or_default(),
-                x.address().unwrap_or_default()
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
+/// Whether an address header matches a FROM/TO/CC/BCC key: a substring (case-insensitive,
+/// RFC 2047 decoded) of any address's display name, of its `local@domain`, of the
+/// `Name <local@domain>` form, or of the decoded header text as written.
+fn address_matches(
+    parsed: &Message<'_>,
+    header: &str,
+    a: Option<&mail_parser::Address<'_>>,
+    needle: &str,
+) -> bool {
+    let forms = a.into_iter().flat_map(|a| a.iter()).any(|x| {
+        let name = x.name().unwrap_or_default();
+        let addr = x.address().unwrap_or_default();
+        contains(name, needle)
+            || contains(addr, needle)
+            || contains(&format!("{name} <{addr}>"), needle)
+    });
+    forms || contains(&header_text(parsed, header), needle)
 }
 
 /// Everything a key may look at for one message.
@@ -140,10 +145,12 @@ fn body_text(parsed: &Message<'_>) -> String {
     out
 }
 
+/// The Date: header's calendar date as written, disregarding time and timezone (RFC 3501
+/// §6.4.4, RFC 9051 §6.4.4): `Mon, 1 Jan 2024 23:30 -0500` is on 1 Jan 2024, though it is 2
+/// Jan in UTC.
 fn sent_date(c: &Candidate<'_>) -> Option<NaiveDate> {
-    c.parsed
-        .and_then(|p| p.date())
-        .and_then(|d| day_of(d.to_timestamp()))
+    let d = c.parsed?.date()?;
+    NaiveDate::from_ymd_opt(i32::from(d.year), u32::from(d.month), u32::from(d.day))
 }
 
 fn matches(key: &SearchKey<'_>, c: &Candidate<'_>) -> bool {
@@ -164,9 +171,10 @@ fn matches(key: &SearchKey<'_>, c: &Candidate<'_>) -> bool {
         Undraft => !f("\\Draft"),
         Unflagged => !f("\\Flagged"),
         Unseen => !f("\\Seen"),
-        // Mailfleet does not keep \Recent (IMAP4rev2 removed it): nothing is recent.
-        Recent | New => false,
-        Old => true,
+        // \Recent as this session holds it (RFC 3501 §6.4.4: NEW is RECENT UNSEEN).
+        Recent => c.msg.recent,
+        New => c.msg.recent && !f("\\Seen"),
+        Old => !c.msg.recent,
         Keyword(k) => f(k.as_ref()),
         Unkeyword(k) => !f(k.as_ref()),
         Larger(n) => c.msg.size > u64::from(*n),
@@ -190,10 +198,10 @@ fn matches(key: &SearchKey<'_>, c: &Candidate<'_>) -> bool {
             let Some(p) = c.parsed else { return false };
             let needle = lower(s.as_ref());
             match key {
-                Bcc(_) => contains(&address_text(p.bcc()), &needle),
-                Cc(_) => contains(&address_text(p.cc()), &needle),
-                From(_) => contains(&address_text(p.from()), &needle),
-                To(_) => contains(&address_text(p.to()), &needle),
+                Bcc(_) => address_matches(p, "Bcc", p.bcc(), &needle),
+                Cc(_) => address_matches(p, "Cc", p.cc(), &needle),
+                From(_) => address_matches(p, "From", p.from(), &needle),
+                To(_) => address_matches(p, "To", p.to(), &needle),
                 Subject(_) => contains(p.subject().unwrap_or_default(), &needle),
                 Body(_) => contains(&body_text(p), &needle),
                 _ => {
@@ -298,21 +306,15 @@ impl Session {
             )]));
         }
         let uses_modseq = uses_modseq(&key);
-        if uses_modseq {
-            self.enabled.condstore = true;
-        }
+        let announce_modseq = uses_modseq && self.enable_condstore();
         let State::Selected(sel) = &self.state else {
             return Ok(Outcome::done(vec![response::bad(
                 &tag,
                 "No mailbox selected",
             )]));
         };
-        if !uid && !seq_keys_valid(&key, sel) {
-            return Ok(Outcome::done(vec![response::bad(
-                &tag,
-                "Invalid message sequence number",
-            )]));
-        }
+        // Sequence numbers past the end match nothing (as Dovecot answers): a SEARCH is a
+        // question, and `SEARCH 1000` in a smaller mailbox has an empty answer, not an error.
         let mut hits: Vec<NonZeroU32> = Vec::new();
         let mut max_modseq = 0u64;
         Self::evaluate(
@@ -335,9 +337,14 @@ impl Session {
         };
         let mut out = vec![response::data(Data::Search(hits, modseq))];
         out.extend(self.pending_updates(uid).await?);
+        let code = if announce_modseq {
+            self.highest_modseq_code()
+        } else {
+            None
+        };
         out.push(response::ok(
             &tag,
-            None,
+            code,
             if uid {
                 "UID SEARCH completed"
             } else {
@@ -440,19 +447,22 @@ enum SortValue {
     Text(String),
 }
 
+/// The sort key of an address header (RFC 5256 §3): the first mailbox's local part, then
+/// its domain, compared case-insensitively; DISPLAYFROM/DISPLAYTO (RFC 5957) use the display
+/// name, falling back to the address.
 fn first_mailbox(a: Option<&mail_parser::Address<'_>>, display: bool) -> String {
     let Some(first) = a.and_then(|a| a.first()) else {
         return String::new();
     };
     if display {
-        if let Some(n) = first.name() {
+        if let Some(n) = first.name().filter(|n| !n.trim().is_empty()) {
             return n.to_lowercase();
         }
     }
-    first
-        .address()
-        .map(|x| x.split('@').next().unwrap_or(x).to_lowercase())
-        .unwrap_or_default()
+    let addr = first.address().unwrap_or_default();
+    let (local, domain) = addr.rsplit_once('@').unwrap_or((addr, ""));
+    // NUL separates the two keys, so "ab" + "c.test" never ties with "a" + "bc.test".
+    format!("{}\0{}", local.to_lowercase(), domain.to_lowercase())
 }
 
 fn sort_value(key: &SortKey, m: &ViewMessage, p: Option<&Message<'_>>) -> SortValue {
@@ -464,9 +474,13 @@ fn sort_value(key: &SortKey, m: &ViewMessage, p: Option<&Message<'_>>) -> SortVa
                 .map(|d| d.to_timestamp())
                 .unwrap_or(m.internal_date),
         ),
-        SortKey::Subject => SortValue::Text(mailfleet_mime::base_subject(
-            p.and_then(|p| p.subject()).unwrap_or_default(),
-        )),
+        // The base subject (RFC 5256 §2.1) of the decoded subject, compared
+        // case-insensitively (i;unicode-casemap as Dovecot does; "i;ascii-casemap" folds
+        // the same for ASCII).
+        SortKey::Subject => SortValue::Text(
+            mailfleet_mime::base_subject(p.and_then(|p| p.subject()).unwrap_or_default())
+                .to_lowercase(),
+        ),
         SortKey::From => SortValue::Text(first_mailbox(p.and_then(|p| p.from()), false)),
         SortKey::To => SortValue::Text(first_mailbox(p.and_then(|p| p.to()), false)),
         SortKey::Cc => SortValue::Text(first_mailbox(p.and_then(|p| p.cc()), false)),
@@ -482,15 +496,5 @@ fn uses_modseq(key: &SearchKey<'_>) -> bool {
         SearchKey::Not(k) => uses_modseq(k),
         SearchKey::Or(a, b) => uses_modseq(a) || uses_modseq(b),
         _ => false,
-    }
-}
-
-fn seq_keys_valid(key: &SearchKey<'_>, sel: &Selected) -> bool {
-    match key {
-        SearchKey::SequenceSet(s) => seq_set_valid(sel, s) || sel.is_empty(),
-        SearchKey::And(v) => v.as_ref().iter().all(|k| seq_keys_valid(k, sel)),
-        SearchKey::Not(k) => seq_keys_valid(k, sel),
-        SearchKey::Or(a, b) => seq_keys_valid(a, sel) && seq_keys_valid(b, sel),
-        _ => true,
     }
 }

@@ -31,10 +31,10 @@ impl Session {
             .iter()
             .map(|StoreModifier::UnchangedSince(v)| *v)
             .next();
-        if unchanged_since.is_some() {
-            self.enabled.condstore = true;
-        }
+        let announce_modseq = unchanged_since.is_some() && self.enable_condstore();
         let condstore = self.enabled.condstore;
+        // With QRESYNC every unsolicited FETCH carries the UID (RFC 7162 §3.2.4).
+        let with_uid = uid || self.enabled.qresync;
         let State::Selected(sel) = &mut self.state else {
             return Ok(Outcome::done(vec![response::bad(
                 &tag,
@@ -94,24 +94,30 @@ impl Session {
             .collect();
         let mut out = Vec::new();
         let mut last_modseq = None;
+        let mut new_keywords = false;
         for c in &changed {
             if let Some(m) = sel.get_mut(c.uid) {
                 m.flags = c.flags.clone();
                 m.modseq = c.modseq;
             }
+            new_keywords |= sel.keywords.learn(&c.flags);
             last_modseq = Some(c.modseq);
+        }
+        if new_keywords {
+            // The client learns of a new keyword before a FETCH shows it (RFC 9051 §7.3.5).
+            out.extend(super::fetch::flag_announcement(sel));
         }
         let sel_id = sel.id;
         if resp == StoreResponse::Answer {
             // Report every targeted message that is still there, changed or not, as
             // RFC 9051 §6.4.6 shows; with CONDSTORE the MODSEQ too.
             for u in &allowed {
-                out.extend(flags_response(sel, *u, uid, condstore));
+                out.extend(flags_response(sel, *u, with_uid, condstore));
             }
         } else if condstore {
             // .SILENT with CONDSTORE still reports MODSEQ of changed messages (RFC 7162).
             for c in &changed {
-                out.extend(flags_response(sel, c.uid, uid, true));
+                out.extend(flags_response(sel, c.uid, with_uid, true));
             }
         }
         if !changed.is_empty() {
@@ -119,7 +125,11 @@ impl Session {
         }
         out.extend(self.pending_updates(uid).await?);
         let code = if modified.is_empty() {
-            None
+            if announce_modseq {
+                self.highest_modseq_code()
+            } else {
+                None
+            }
         } else {
             // MODIFIED lists what failed the UNCHANGEDSINCE test (UIDs for UID STORE).
             let ids: Vec<Uid> = if uid {

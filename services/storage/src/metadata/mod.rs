@@ -182,6 +182,16 @@ pub trait MetadataStore: Send + Sync + 'static {
         dest: MailboxId,
     ) -> StoreResult<(Vec<Copied>, Expunged)>;
 
+    /// Claims the `\Recent` messages of a mailbox (RFC 3501 §2.3.2): raises the mailbox's
+    /// recent watermark to `up_to` when it is below, and returns the watermark as it was.
+    /// The caller (the IMAP session that selected the mailbox and has seen UIDs up to
+    /// `up_to`) treats the messages with UIDs above the returned value, up to `up_to`, as
+    /// recent in its session. The compare-and-raise is atomic, so of several sessions (on
+    /// any node) claiming at once, each message is recent in exactly one of them. `up_to`
+    /// of `Uid(0)` only reads the watermark (EXAMINE, STATUS). A mailbox never claimed has
+    /// watermark 0. `NotFound` when the mailbox does not exist.
+    async fn claim_recent(&self, mailbox: MailboxId, up_to: Uid) -> StoreResult<Uid>;
+
     // ---- subscriptions (names, which need not exist: RFC 9051 §6.3.7) ----
     async fn subscribe(&self, account: AccountId, name: &str) -> StoreResult<()>;
     async fn unsubscribe(&self, account: AccountId, name: &str) -> StoreResult<()>;

@@ -57,7 +57,7 @@ pub const BUCKET_SHIFT: u32 = 16;
 pub const ID_BLOCK: i64 = 100;
 
 /// Schema version recorded in `schema_version`; migrations run in order up to it.
-const SCHEMA_VERSION: i32 = 2;
+const SCHEMA_VERSION: i32 = 3;
 
 /// Tables of schema version 1. `{ks}` is replaced by the keyspace name.
 const SCHEMA_V1: &[&str] = &[
@@ -122,6 +122,12 @@ const SCHEMA_V2: &[&str] = &[
     "ALTER TABLE {ks}.blob_orphans ADD claimed bigint",
     "ALTER TABLE {ks}.totp_secrets ADD last_step bigint",
 ];
+
+/// Schema version 3: the `\Recent` watermark of each mailbox, raised by compare-and-set
+/// (see [`MetadataStore::claim_recent`]). A table of its own, so the LWTs on it never
+/// contend with the mailbox row's writers.
+const SCHEMA_V3: &[&str] =
+    &["CREATE TABLE IF NOT EXISTS {ks}.recent_marks (mailbox_id bigint PRIMARY KEY, uid bigint)"];
 
 /// How long a pin lasts: far longer than a put and an append take, and the sweep's grace
 /// period is checked against the pin's time as well.
@@ -203,7 +209,16 @@ fn state_from(code: i32) -> StoreResult<crate::RecipientState> {
 }
 
 /// Reads that feed a compare-and-set; run at SERIAL (LOCAL_SERIAL).
-const SERIAL_READS: &[&str] = &[LEDGER_READ, SEQUENCE_READ, ORPHAN_READ, TOTP_STEP_READ];
+const SERIAL_READS: &[&str] = &[
+    LEDGER_READ,
+    SEQUENCE_READ,
+    ORPHAN_READ,
+    TOTP_STEP_READ,
+    RECENT_READ,
+];
+/// The recent watermark, read serially so the compare-and-set that raises it builds on the
+/// last accepted claim.
+const RECENT_READ: &str = "SELECT uid FROM recent_marks WHERE mailbox_id = ?";
 const TOTP_STEP_READ: &str = "SELECT secret, last_step FROM totp_secrets WHERE account_id = ?";
 /// The orphan record and its claim, read serially: pins and appends must see a claim the
 /// sweep's LWT has just made.
@@ -1058,6 +1073,14 @@ impl ScyllaMetadataStore {
                     (current.id.0,),
                 )
                 .await?;
+            // An LWT like the claims it ends (mixing plain writes with LWTs on one row
+            // breaks their ordering).
+            self.db
+                .lwt(
+                    "DELETE FROM recent_marks WHERE mailbox_id = ? IF EXISTS",
+                    (current.id.0,),
+                )
+                .await?;
             Ok(orphaned)
         }
         .await;
@@ -1626,6 +1649,14 @@ async fn migrate(session: &Session, ks: &str) -> StoreResult<()> {
                     return Err(db_err(e));
                 }
             }
+        }
+    }
+    if version < 3 {
+        for stmt in SCHEMA_V3 {
+            session
+                .query_unpaged(stmt.replace("{ks}", ks), ())
+                .await
+                .map_err(db_err)?;
         }
     }
     if version < SCHEMA_VERSION {
@@ -2742,6 +2773,48 @@ impl MetadataStore for ScyllaMetadataStore {
 
     /// A serial read and an LWT on the value read (`IF last_step = ?`, null included),
     /// retried a few times under contention: two logins with the same code cannot both win.
+    async fn claim_recent(&self, mailbox: MailboxId, up_to: Uid) -> StoreResult<Uid> {
+        if self.mailbox(mailbox).await?.is_none() {
+            return Err(StoreError::NotFound(format!("mailbox {mailbox}")));
+        }
+        let up_to = i64::from(up_to.0);
+        let as_uid = |v: i64| Uid(u32::try_from(v.max(0)).unwrap_or(u32::MAX));
+        for _ in 0..8 {
+            let row: Option<(Option<i64>,)> = self.db.one(RECENT_READ, (mailbox.0,)).await?;
+            let old = row.and_then(|r| r.0);
+            let current = old.unwrap_or(0);
+            // Nothing to claim: answering with the watermark read is safe even if another
+            // claim raised it since, because the caller then finds no UID in (current,
+            // up_to].
+            if up_to <= current {
+                return Ok(as_uid(current));
+            }
+            let won = match old {
+                None => self
+                    .db
+                    .lwt(
+                        "INSERT INTO recent_marks (mailbox_id, uid) VALUES (?, ?) IF NOT EXISTS",
+                        (mailbox.0, up_to),
+                    )
+                    .await?,
+                Some(o) => {
+                    self.db
+                        .lwt(
+                            "UPDATE recent_marks SET uid = ? WHERE mailbox_id = ? IF uid = ?",
+                            (up_to, mailbox.0, o),
+                        )
+                        .await?
+                }
+            };
+            if won {
+                return Ok(as_uid(current));
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "mailbox {mailbox}: recent watermark contended"
+        )))
+    }
+
     async fn accept_totp_step(&self, account: AccountId, step: u64) -> StoreResult<bool> {
         let step = i64::try_from(step)
             .map_err(|_| StoreError::Invalid(format!("TOTP step {step} out of range")))?;

@@ -22,7 +22,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// Schema version stored in `PRAGMA user_version`; migrations run in order up to it.
-const SCHEMA_VERSION: i64 = 5;
+const SCHEMA_VERSION: i64 = 6;
 
 const SCHEMA_V1: &str = r#"
 CREATE TABLE domains (
@@ -341,6 +341,14 @@ ALTER TABLE blob_orphans ADD COLUMN claimed INTEGER;
 ALTER TABLE totp_secrets ADD COLUMN last_step INTEGER;
 "#;
 
+/// v6: the `\Recent` watermark of each mailbox (see [`MetadataStore::claim_recent`]).
+const SCHEMA_V6: &str = r#"
+CREATE TABLE recent_marks (
+    mailbox_id INTEGER PRIMARY KEY,
+    uid INTEGER NOT NULL
+);
+"#;
+
 fn migrate(conn: &Connection) -> StoreResult<()> {
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
@@ -377,6 +385,12 @@ fn migrate(conn: &Connection) -> StoreResult<()> {
     if version < 5 {
         conn.execute_batch(&format!(
             "BEGIN IMMEDIATE; {SCHEMA_V5} PRAGMA user_version = 5; COMMIT;"
+        ))
+        .map_err(db_err)?;
+    }
+    if version < 6 {
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {SCHEMA_V6} PRAGMA user_version = 6; COMMIT;"
         ))
         .map_err(db_err)?;
     }
@@ -639,6 +653,8 @@ fn purge_mailbox(conn: &Connection, mailbox: i64) -> StoreResult<Vec<BlobId>> {
     conn.execute("DELETE FROM messages WHERE mailbox_id = ?1", [mailbox])
         .map_err(db_err)?;
     conn.execute("DELETE FROM changes WHERE mailbox_id = ?1", [mailbox])
+        .map_err(db_err)?;
+    conn.execute("DELETE FROM recent_marks WHERE mailbox_id = ?1", [mailbox])
         .map_err(db_err)?;
     let blobs: Vec<String> = rows.into_iter().map(|r| r.0).collect();
     release_blobs(conn, &blobs)
@@ -1890,6 +1906,42 @@ impl MetadataStore for SqliteMetadataStore {
                 })
                 .optional()
                 .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn claim_recent(&self, mailbox: MailboxId, up_to: Uid) -> StoreResult<Uid> {
+        self.write(move |c| {
+            let exists: i64 = c
+                .query_row(
+                    "SELECT COUNT(*) FROM mailboxes WHERE id = ?1",
+                    [mailbox.0],
+                    |r| r.get(0),
+                )
+                .map_err(db_err)?;
+            if exists == 0 {
+                return Err(StoreError::NotFound(format!("mailbox {mailbox}")));
+            }
+            // One write transaction: the read and the raise cannot interleave with another
+            // session's claim.
+            let old: i64 = c
+                .query_row(
+                    "SELECT uid FROM recent_marks WHERE mailbox_id = ?1",
+                    [mailbox.0],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db_err)?
+                .unwrap_or(0);
+            if i64::from(up_to.0) > old {
+                c.execute(
+                    "INSERT INTO recent_marks (mailbox_id, uid) VALUES (?1, ?2) \
+                     ON CONFLICT (mailbox_id) DO UPDATE SET uid = excluded.uid",
+                    params![mailbox.0, i64::from(up_to.0)],
+                )
+                .map_err(db_err)?;
+            }
+            Ok(Uid(u32::try_from(old).unwrap_or(u32::MAX)))
         })
         .await
     }

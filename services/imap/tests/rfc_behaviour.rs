@@ -1,0 +1,723 @@
+//! Protocol behaviours checked against the RFCs (and Dovecot's answers) over an in-memory
+//! pipe, against the real embedded store: `\Recent`, SENT* dates, CONDSTORE after
+//! enabling, BINARY partials and literal8 APPEND, LIST-EXTENDED and LSUB, SORT keys and
+//! address search, ESEARCH past the end, keyword announcements.
+
+use async_trait::async_trait;
+use mailfleet_core::shutdown::Shutdown;
+use mailfleet_imap::{serve_connection, ConnLimits, ImapConfig, LoginError, LoginService, Session};
+use mailfleet_storage::metadata::QuotaPolicy;
+use mailfleet_storage::{Account, AccountId, Flags, MailboxId, NewMessage, Stores};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+/// Any password logs in: these tests are about what happens after login.
+struct AnyPassword(Stores);
+
+#[async_trait]
+impl LoginService for AnyPassword {
+    async fn login(&self, user: &str, _: &str, _: IpAddr) -> Result<Account, LoginError> {
+        self.0
+            .meta
+            .get_account(user)
+            .await
+            .map_err(|_| LoginError::Unavailable)?
+            .ok_or(LoginError::Invalid)
+    }
+}
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    stores: Stores,
+    account: AccountId,
+    inbox: MailboxId,
+}
+
+impl Harness {
+    async fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tmp");
+        let stores = mailfleet_storage::embedded::open(dir.path(), 64).expect("stores");
+        stores
+            .meta
+            .create_domain("example.test")
+            .await
+            .expect("domain");
+        let acct = stores
+            .meta
+            .create_account("alice@example.test", "x", 0)
+            .await
+            .expect("account");
+        let inbox = stores
+            .meta
+            .get_mailbox(acct.id, "INBOX")
+            .await
+            .expect("get")
+            .expect("inbox");
+        Harness {
+            _dir: dir,
+            stores,
+            account: acct.id,
+            inbox: inbox.id,
+        }
+    }
+
+    /// Delivers `raw` to INBOX, as the delivery service does (no session involved).
+    async fn deliver(&self, raw: &str) {
+        let blob = self
+            .stores
+            .blobs
+            .put(bytes::Bytes::from(raw.to_string()))
+            .await
+            .expect("blob");
+        self.stores
+            .meta
+            .append(
+                vec![NewMessage {
+                    account: self.account,
+                    mailbox: self.inbox,
+                    blob,
+                    size: raw.len() as u64,
+                    internal_date: 1_700_000_000,
+                    flags: Flags::default(),
+                    summary: None,
+                }],
+                QuotaPolicy::Allow,
+            )
+            .await
+            .expect("append");
+    }
+
+    async fn deliver_plain(&self, n: usize) {
+        for i in 0..n {
+            self.deliver(&format!(
+                "From: a@remote.test\r\nSubject: msg {i}\r\n\r\nbody {i}\r\n"
+            ))
+            .await;
+        }
+    }
+
+    /// A logged-in client.
+    async fn client(&self) -> Client {
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let cfg = Arc::new(ImapConfig {
+            hostname: "mx.example.test".into(),
+            starttls: false,
+            plaintext_auth_without_tls: true,
+            max_message_size: 1 << 20,
+            max_failed_logins: 3,
+            idle_timeout: Duration::from_secs(1800),
+            user_sessions: mailfleet_imap::UserSessions::new(20),
+        });
+        let session = Session::new(
+            cfg,
+            self.stores.clone(),
+            Arc::new(AnyPassword(self.stores.clone())),
+            "192.0.2.9".parse().expect("ip"),
+            false,
+        );
+        let limits = ConnLimits {
+            max_literal: 1 << 20,
+            max_command: (1 << 20) + 65536,
+            max_errors: 5,
+            tls_handshake_timeout: Duration::from_secs(5),
+            idle_recheck: Duration::from_secs(60),
+        };
+        tokio::spawn(serve_connection(
+            Box::new(server),
+            session,
+            limits,
+            None,
+            Shutdown::never(),
+        ));
+        let mut c = Client {
+            io: client,
+            buf: Vec::new(),
+        };
+        c.line().await;
+        let r = c.cmd("a0 LOGIN alice@example.test x").await;
+        assert!(r.last().expect("line").starts_with("a0 OK"), "{r:?}");
+        c
+    }
+}
+
+struct Client {
+    io: DuplexStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    async fn send(&mut self, s: &[u8]) {
+        self.io.write_all(s).await.expect("write");
+    }
+
+    /// One line with its CRLF, as bytes.
+    async fn raw_line(&mut self) -> Vec<u8> {
+        loop {
+            if let Some(p) = self.buf.iter().position(|b| *b == b'\n') {
+                return self.buf.drain(..=p).collect();
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout(Duration::from_secs(20), self.io.read(&mut chunk))
+                .await
+                .expect("server answered in time")
+                .expect("read");
+            assert!(n > 0, "connection closed");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    async fn line(&mut self) -> String {
+        let l = self.raw_line().await;
+        String::from_utf8_lossy(&l).trim_end().to_string()
+    }
+
+    /// Every byte up to and including the tagged completion of `tag`.
+    async fn until_raw(&mut self, tag: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        loop {
+            let l = self.raw_line().await;
+            let done = l.starts_with(format!("{tag} ").as_bytes());
+            out.extend_from_slice(&l);
+            if done {
+                return out;
+            }
+        }
+    }
+
+    /// Sends one command line (the tag is its first word) and returns the answer's lines.
+    async fn cmd(&mut self, line: &str) -> Vec<String> {
+        let tag = line.split(' ').next().expect("tag").to_string();
+        self.send(format!("{line}\r\n").as_bytes()).await;
+        let raw = self.until_raw(&tag).await;
+        String::from_utf8_lossy(&raw)
+            .split("\r\n")
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Like [`Self::cmd`], and asserts the command completed OK.
+    async fn ok(&mut self, line: &str) -> Vec<String> {
+        let r = self.cmd(line).await;
+        let tag = line.split(' ').next().expect("tag");
+        assert!(
+            r.last()
+                .is_some_and(|l| l.starts_with(&format!("{tag} OK"))),
+            "{line}: {r:?}"
+        );
+        r
+    }
+}
+
+fn has(lines: &[String], want: &str) -> bool {
+    lines.iter().any(|l| l == want)
+}
+
+fn position(lines: &[String], prefix: &str) -> usize {
+    lines
+        .iter()
+        .position(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no line starting {prefix:?} in {lines:?}"))
+}
+
+// ---- 1. \Recent (RFC 3501 §2.3.2) ----
+
+/// The first session to SELECT the mailbox after messages arrived gets them as `\Recent`;
+/// a second session does not; EXAMINE sees what nobody claimed without claiming it; new
+/// mail goes to the session that notices it first; an IMAP4rev2 session neither reports
+/// nor claims.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recent_belongs_to_exactly_one_session() {
+    let h = Harness::new().await;
+    h.deliver_plain(3).await;
+    let mut a = h.client().await;
+    let r = a.ok("a1 SELECT INBOX").await;
+    assert!(has(&r, "* 3 RECENT"), "{r:?}");
+    let r = a.ok("a2 FETCH 1:* FLAGS").await;
+    assert!(has(&r, "* 1 FETCH (FLAGS (\\Recent))"), "{r:?}");
+    a.ok("a3 STORE 1 +FLAGS.SILENT (\\Seen)").await;
+    assert!(has(&a.ok("a4 SEARCH RECENT").await, "* SEARCH 1 2 3"));
+    assert!(has(&a.ok("a5 SEARCH NEW").await, "* SEARCH 2 3"));
+    assert!(has(&a.ok("a6 SEARCH OLD").await, "* SEARCH"));
+
+    let mut b = h.client().await;
+    let r = b.ok("b1 SELECT INBOX").await;
+    assert!(has(&r, "* 0 RECENT"), "{r:?}");
+    let r = b.ok("b2 FETCH 2 FLAGS").await;
+    assert!(has(&r, "* 2 FETCH (FLAGS ())"), "{r:?}");
+    assert!(has(&b.ok("b3 SEARCH OLD").await, "* SEARCH 1 2 3"));
+    let r = b.ok("b4 STATUS Sent (RECENT)").await;
+    assert!(has(&r, "* STATUS Sent (RECENT 0)"), "{r:?}");
+
+    // New mail: recent in the session that notices it first (B here), not in A.
+    h.deliver_plain(1).await;
+    let mut e = h.client().await;
+    let r = e.ok("e1 EXAMINE INBOX").await;
+    assert!(
+        has(&r, "* 1 RECENT"),
+        "EXAMINE sees the unclaimed message: {r:?}"
+    );
+    let r = e.ok("e1b STATUS INBOX (RECENT)").await;
+    assert!(has(&r, "* STATUS INBOX (RECENT 1)"), "{r:?}");
+    let r = b.ok("b5 NOOP").await;
+    assert!(
+        position(&r, "* 4 EXISTS") < position(&r, "* 1 RECENT"),
+        "EXAMINE did not claim it: {r:?}"
+    );
+    let r = b.ok("b6 FETCH 4 FLAGS").await;
+    assert!(has(&r, "* 4 FETCH (FLAGS (\\Recent))"), "{r:?}");
+    let r = a.ok("a7 NOOP").await;
+    assert!(has(&r, "* 4 EXISTS") && has(&r, "* 3 RECENT"), "{r:?}");
+    assert!(has(&a.ok("a8 SEARCH RECENT").await, "* SEARCH 1 2 3"));
+
+    // COPY and APPEND into the selected mailbox: the new messages are recent here.
+    let r = b.ok("b7 COPY 1 INBOX").await;
+    assert!(has(&r, "* 5 EXISTS") && has(&r, "* 2 RECENT"), "{r:?}");
+    let appended = "Subject: appended\r\n\r\nx\r\n";
+    b.send(format!("b8 APPEND INBOX {{{}}}\r\n", appended.len()).as_bytes())
+        .await;
+    assert!(b.line().await.starts_with('+'));
+    b.send(format!("{appended}\r\n").as_bytes()).await;
+    let r = String::from_utf8_lossy(&b.until_raw("b8").await).into_owned();
+    assert!(r.contains("* 6 EXISTS\r\n* 3 RECENT\r\n"), "{r}");
+    assert!(has(&b.ok("b9 SEARCH RECENT").await, "* SEARCH 4 5 6"));
+
+    // IMAP4rev2 has no \Recent: no RECENT response, and nothing is claimed.
+    h.deliver_plain(1).await;
+    let mut v2 = h.client().await;
+    v2.ok("c1 ENABLE IMAP4rev2").await;
+    let r = v2.ok("c2 SELECT INBOX").await;
+    assert!(!r.iter().any(|l| l.ends_with(" RECENT")), "{r:?}");
+    let r = v2.ok("c3 FETCH 7 FLAGS").await;
+    assert!(has(&r, "* 7 FETCH (FLAGS ())"), "{r:?}");
+    let mut d = h.client().await;
+    let r = d.ok("d1 SELECT INBOX").await;
+    assert!(
+        has(&r, "* 1 RECENT"),
+        "the rev2 session left it recent: {r:?}"
+    );
+}
+
+// ---- 2. SENT* by the header's calendar date (RFC 3501 §6.4.4) ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sent_dates_compare_the_date_as_written() {
+    let h = Harness::new().await;
+    // 23:30 at -0500 is 04:30 UTC on 2 Jan; 00:30 at +1300 is 11:30 UTC on 31 Dec.
+    h.deliver("Date: Mon, 1 Jan 2024 23:30:00 -0500\r\nSubject: late\r\n\r\nx\r\n")
+        .await;
+    h.deliver("Date: Mon, 1 Jan 2024 00:30:00 +1300\r\nSubject: early\r\n\r\nx\r\n")
+        .await;
+    let mut c = h.client().await;
+    c.ok("a SELECT INBOX").await;
+    assert!(has(
+        &c.ok("b SEARCH SENTON 1-Jan-2024").await,
+        "* SEARCH 1 2"
+    ));
+    assert!(has(&c.ok("c SEARCH SENTON 2-Jan-2024").await, "* SEARCH"));
+    assert!(has(&c.ok("d SEARCH SENTON 31-Dec-2023").await, "* SEARCH"));
+    assert!(has(
+        &c.ok("e SEARCH SENTBEFORE 2-Jan-2024").await,
+        "* SEARCH 1 2"
+    ));
+    assert!(has(
+        &c.ok("f SEARCH SENTSINCE 2-Jan-2024").await,
+        "* SEARCH"
+    ));
+    assert!(has(
+        &c.ok("g SEARCH SENTSINCE 1-Jan-2024").await,
+        "* SEARCH 1 2"
+    ));
+}
+
+// ---- 3. CONDSTORE after enabling (RFC 7162 §3.1) ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn condstore_enabled_by_fetch_modseq() {
+    let h = Harness::new().await;
+    h.deliver_plain(3).await;
+    let mut c = h.client().await;
+    c.ok("a SELECT INBOX").await;
+    let r = c.ok("b FETCH 1 MODSEQ").await;
+    assert!(
+        r.last()
+            .expect("tagged")
+            .starts_with("b OK [HIGHESTMODSEQ "),
+        "the enabling FETCH announces HIGHESTMODSEQ: {r:?}"
+    );
+    let r = c.ok("c STORE 1 +FLAGS (\\Flagged)").await;
+    let fetch = &r[position(&r, "* 1 FETCH")];
+    assert!(
+        fetch.contains("\\Flagged") && fetch.contains("MODSEQ ("),
+        "{r:?}"
+    );
+    let m1: u64 = fetch
+        .split("MODSEQ (")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .and_then(|s| s.parse().ok())
+        .expect("modseq");
+    // A second enabling command announces nothing more.
+    let r = c.ok("d FETCH 1 MODSEQ").await;
+    assert_eq!(r.last().expect("tagged"), "d OK FETCH completed");
+    let r = c.ok("e SEARCH RETURN (ALL) MODSEQ 1").await;
+    assert!(
+        has(&r, &format!("* ESEARCH (TAG \"e\") ALL 1:3 MODSEQ {m1}")),
+        "{r:?}"
+    );
+    let r = c.ok("f SEARCH RETURN (MAX) MODSEQ 1").await;
+    let max = r
+        .iter()
+        .find(|l| l.starts_with("* ESEARCH"))
+        .expect("esearch");
+    assert!(
+        max.starts_with("* ESEARCH (TAG \"f\") MAX 3 MODSEQ ") && !max.ends_with(&format!(" {m1}")),
+        "MAX alone gives the MODSEQ of message 3: {max}"
+    );
+    assert!(has(
+        &c.ok("g SEARCH MODSEQ 1").await,
+        &format!("* SEARCH 1 2 3 (MODSEQ {m1})")
+    ));
+    // SEARCH MODSEQ in a fresh session is an enabling command too.
+    let mut d = h.client().await;
+    d.ok("a SELECT INBOX").await;
+    let r = d.ok("b UID SEARCH MODSEQ 1").await;
+    assert!(
+        r.last()
+            .expect("tagged")
+            .starts_with("b OK [HIGHESTMODSEQ "),
+        "{r:?}"
+    );
+}
+
+// ---- 4. BINARY partials (RFC 3516) ----
+
+const FIVE_PARTS: &str = "MIME-Version: 1.0\r\n\
+Content-Type: multipart/mixed; boundary=\"B\"\r\n\r\n\
+--B\r\nContent-Type: text/plain\r\n\r\npart one\r\n\
+--B\r\nContent-Type: text/plain\r\n\r\npart two\r\n\
+--B\r\nContent-Type: message/rfc822\r\n\r\n\
+Subject: inner\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"I\"\r\n\r\n\
+--I\r\nContent-Type: text/plain\r\n\r\ninner text\r\n\
+--I\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n\
+aW5uZXIgZGVjb2RlZA==\r\n\
+--I--\r\n\
+--B\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n\
+caf=C3=A9 =3D soft=\r\nbreak\r\n\
+--B\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n\
+SGVsbG8sIGJp\r\nbmFyeSB3b3JsZA==\r\n\
+--B--\r\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_partials_carry_their_origin() {
+    let h = Harness::new().await;
+    h.deliver(FIVE_PARTS).await;
+    let mut c = h.client().await;
+    c.ok("a SELECT INBOX").await;
+    c.send(b"b FETCH 1 (BINARY.PEEK[5]<0.7> BINARY.SIZE[5])\r\n")
+        .await;
+    let r = String::from_utf8_lossy(&c.until_raw("b").await).into_owned();
+    assert!(
+        r.contains("* 1 FETCH (BINARY[5]<0> {7}\r\nHello,  BINARY.SIZE[5] 19)\r\n"),
+        "{r}"
+    );
+    c.send(b"c FETCH 1 (BINARY.PEEK[5]<7.100>)\r\n").await;
+    let r = String::from_utf8_lossy(&c.until_raw("c").await).into_owned();
+    assert!(r.contains("BINARY[5]<7> {12}\r\nbinary world)"), "{r}");
+    c.send(b"d FETCH 1 (BINARY.PEEK[4] BINARY.SIZE[4])\r\n")
+        .await;
+    let r = String::from_utf8_lossy(&c.until_raw("d").await).into_owned();
+    assert!(
+        r.contains("BINARY[4] {17}\r\ncaf\u{e9} = softbreak BINARY.SIZE[4] 17)"),
+        "{r}"
+    );
+    // Inside the encapsulated message: part 3.2 is the inner multipart's base64 part.
+    c.send(b"e FETCH 1 (BINARY.PEEK[3.2]<6.7> BINARY.SIZE[3.2])\r\n")
+        .await;
+    let r = String::from_utf8_lossy(&c.until_raw("e").await).into_owned();
+    assert!(
+        r.contains("BINARY[3.2]<6> {7}\r\ndecoded BINARY.SIZE[3.2] 13)"),
+        "{r}"
+    );
+    c.send(b"f FETCH 1 (BINARY.PEEK[3.1] UID)\r\n").await;
+    let r = String::from_utf8_lossy(&c.until_raw("f").await).into_owned();
+    assert!(r.contains("BINARY[3.1] {10}\r\ninner text UID 1)"), "{r}");
+}
+
+// ---- 5. APPEND with a literal8 (RFC 3516 §4.4) ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_accepts_a_literal8_with_binary_content() {
+    let h = Harness::new().await;
+    let mut c = h.client().await;
+    let mut msg = b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"B\"\r\n\r\n\
+--B\r\nContent-Type: text/plain\r\n\r\nhello\r\n\
+--B\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: binary\r\n\r\n"
+        .to_vec();
+    msg.extend_from_slice(b"\x00\x01\x02zz\xff");
+    msg.extend_from_slice(b"\r\n--B--\r\n");
+    c.send(format!("a APPEND INBOX (\\Seen) ~{{{}}}\r\n", msg.len()).as_bytes())
+        .await;
+    assert!(c.line().await.starts_with('+'), "continuation for literal8");
+    c.send(&msg).await;
+    c.send(b"\r\n").await;
+    let r = String::from_utf8_lossy(&c.until_raw("a").await).into_owned();
+    assert!(r.contains("a OK [APPENDUID "), "{r}");
+    c.ok("b SELECT INBOX").await;
+    c.send(b"c FETCH 1 (BINARY.PEEK[2] BODY.PEEK[1] RFC822.SIZE)\r\n")
+        .await;
+    let raw = c.until_raw("c").await;
+    let mut want = b"BINARY[2] ~{6}\r\n\x00\x01\x02zz\xff".to_vec();
+    want.extend_from_slice(b" BODY[1] {5}\r\nhello");
+    assert!(
+        raw.windows(want.len()).any(|w| w == want.as_slice()),
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
+    assert!(String::from_utf8_lossy(&raw).contains(&format!("RFC822.SIZE {}", msg.len())));
+    // A literal cannot carry NUL: BODY[] shows it as 0x80 (as Dovecot does).
+    c.send(b"c2 FETCH 1 (BODY.PEEK[2])\r\n").await;
+    let raw = c.until_raw("c2").await;
+    let want = b"BODY[2] {6}\r\n\x80\x01\x02zz\xff)";
+    assert!(
+        raw.windows(want.len()).any(|w| w == want.as_slice()),
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
+    // Non-synchronizing literal8 too (LITERAL+).
+    let plus = "Subject: plus\r\n\r\nhi\r\n";
+    c.send(format!("d APPEND INBOX ~{{{}+}}\r\n{plus}\r\n", plus.len()).as_bytes())
+        .await;
+    let r = String::from_utf8_lossy(&c.until_raw("d").await).into_owned();
+    assert!(r.contains("d OK [APPENDUID "), "{r}");
+}
+
+// ---- 6. LIST-EXTENDED (RFC 5258) and LSUB (RFC 3501 §6.3.9) ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_extended_subscribed_and_recursivematch() {
+    let h = Harness::new().await;
+    let mut c = h.client().await;
+    for name in ["Foo/Bar", "Baz/Qux/Deep", "Top/Mid/Leaf"] {
+        c.ok(&format!("a CREATE {name}")).await;
+    }
+    for name in ["Foo/Bar", "Baz/Qux/Deep", "Top/Mid/Leaf", "Baz"] {
+        c.ok(&format!("b SUBSCRIBE {name}")).await;
+    }
+    c.ok("c DELETE Top/Mid/Leaf").await;
+    c.ok("c DELETE Top/Mid").await;
+    c.ok("c DELETE Top").await;
+
+    let r = c.cmd("d LIST (RECURSIVEMATCH) \"\" *").await;
+    assert!(r.last().expect("tagged").starts_with("d BAD"), "{r:?}");
+    assert!(c.ok("d2 NOOP").await.len() == 1);
+
+    let r = c.ok("e LIST (SUBSCRIBED) \"\" *").await;
+    assert!(
+        has(&r, "* LIST (\\NonExistent \\Subscribed) \"/\" Top/Mid/Leaf"),
+        "{r:?}"
+    );
+    assert!(
+        has(&r, "* LIST (\\HasChildren \\Subscribed) \"/\" Baz"),
+        "{r:?}"
+    );
+    assert!(
+        has(&r, "* LIST (\\HasNoChildren \\Subscribed) \"/\" Foo/Bar"),
+        "{r:?}"
+    );
+    assert_eq!(r.len(), 5, "{r:?}");
+
+    let r = c.ok("f LIST (SUBSCRIBED RECURSIVEMATCH) \"\" %").await;
+    assert!(
+        has(
+            &r,
+            "* LIST (\\HasChildren) \"/\" Foo (\"CHILDINFO\" (\"SUBSCRIBED\"))"
+        ),
+        "{r:?}"
+    );
+    assert!(
+        has(
+            &r,
+            "* LIST (\\HasChildren \\Subscribed) \"/\" Baz (\"CHILDINFO\" (\"SUBSCRIBED\"))"
+        ),
+        "{r:?}"
+    );
+    assert!(
+        has(
+            &r,
+            "* LIST (\\NonExistent) \"/\" Top (\"CHILDINFO\" (\"SUBSCRIBED\"))"
+        ),
+        "{r:?}"
+    );
+    assert_eq!(r.len(), 4, "{r:?}");
+
+    let r = c.ok("g LIST (SUBSCRIBED RECURSIVEMATCH) \"\" %/%").await;
+    assert!(
+        has(&r, "* LIST (\\HasNoChildren \\Subscribed) \"/\" Foo/Bar"),
+        "{r:?}"
+    );
+    assert!(
+        has(
+            &r,
+            "* LIST (\\HasChildren) \"/\" Baz/Qux (\"CHILDINFO\" (\"SUBSCRIBED\"))"
+        ),
+        "{r:?}"
+    );
+    assert!(
+        has(
+            &r,
+            "* LIST (\\NonExistent) \"/\" Top/Mid (\"CHILDINFO\" (\"SUBSCRIBED\"))"
+        ),
+        "{r:?}"
+    );
+    assert_eq!(r.len(), 4, "{r:?}");
+
+    let r = c.ok("h LSUB \"\" %").await;
+    assert!(has(&r, "* LSUB (\\Noselect) \"/\" Foo"), "{r:?}");
+    assert!(has(&r, "* LSUB (\\Noselect) \"/\" Top"), "{r:?}");
+    assert!(
+        r.iter()
+            .any(|l| l.starts_with("* LSUB (") && l.ends_with(" Baz") && !l.contains("Noselect")),
+        "{r:?}"
+    );
+    assert_eq!(r.len(), 4, "{r:?}");
+    let r = c.ok("i LSUB \"\" Baz/%").await;
+    assert!(has(&r, "* LSUB (\\Noselect) \"/\" Baz/Qux"), "{r:?}");
+    assert_eq!(r.len(), 2, "{r:?}");
+    let r = c.ok("j LSUB \"\" *").await;
+    assert!(!r.iter().any(|l| l.contains("Noselect")), "{r:?}");
+    assert_eq!(r.len(), 5, "{r:?}");
+}
+
+// ---- 7. SORT keys (RFC 5256) and address search ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sort_by_base_subject_and_address_and_search_addresses() {
+    let h = Harness::new().await;
+    for (from, subject) in [
+        ("b@a.test", "Re: banana"),
+        (
+            "=?utf-8?q?J=C3=BCrgen_M=C3=BCller?= <a@z.test>",
+            "[list] Apple (fwd)",
+        ),
+        ("\"Doe, Jane\" <a@b.test>", "Fwd: =?utf-8?q?cherry?="),
+        ("c@c.test", "DATES   \t and  figs"),
+    ] {
+        h.deliver(&format!(
+            "From: {from}\r\nTo: x@y.test\r\nSubject: {subject}\r\n\r\nx\r\n"
+        ))
+        .await;
+    }
+    let mut c = h.client().await;
+    c.ok("a SELECT INBOX").await;
+    assert!(has(
+        &c.ok("b SORT (SUBJECT) UTF-8 ALL").await,
+        "* SORT 2 1 3 4"
+    ));
+    assert!(has(
+        &c.ok("c SORT (FROM) UTF-8 ALL").await,
+        "* SORT 3 2 1 4"
+    ));
+    assert!(has(
+        &c.ok("d SORT (REVERSE FROM) UTF-8 ALL").await,
+        "* SORT 4 1 2 3"
+    ));
+    for (key, needle, want) in [
+        ("FROM", "rgen m", "* SEARCH 2"),
+        ("FROM", "J\u{fc}rgen M\u{fc}ller <a@z", "* SEARCH 2"),
+        ("FROM", "doe, jane", "* SEARCH 3"),
+        ("FROM", "a@", "* SEARCH 2 3"),
+        ("FROM", "z.test", "* SEARCH 2"),
+        ("TO", "x@y", "* SEARCH 1 2 3 4"),
+        ("CC", "x", "* SEARCH"),
+    ] {
+        // The needle as a non-synchronizing literal: it may be UTF-8.
+        c.send(
+            format!(
+                "e SEARCH CHARSET UTF-8 {key} {{{}+}}\r\n{needle}\r\n",
+                needle.len()
+            )
+            .as_bytes(),
+        )
+        .await;
+        let r: Vec<String> = String::from_utf8_lossy(&c.until_raw("e").await)
+            .split("\r\n")
+            .map(str::to_string)
+            .collect();
+        assert!(has(&r, want), "{key} {needle}: {r:?}");
+    }
+}
+
+// ---- 8. ESEARCH past the end, and BAD never ends a session ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_past_the_end_is_empty_and_the_session_goes_on() {
+    let h = Harness::new().await;
+    h.deliver_plain(3).await;
+    let mut c = h.client().await;
+    c.ok("a SELECT INBOX").await;
+    let r = c.ok("b SEARCH RETURN () 1000").await;
+    assert!(has(&r, "* ESEARCH (TAG \"b\")"), "{r:?}");
+    let r = c.ok("c SEARCH RETURN (COUNT) 2:1000").await;
+    assert!(has(&r, "* ESEARCH (TAG \"c\") COUNT 2"), "{r:?}");
+    assert!(has(&c.ok("d SEARCH 1000").await, "* SEARCH"));
+    // BADs of every kind, below the error limit (5): the session stays usable.
+    for bad in [
+        "e FETCH 1000 FLAGS",
+        "f SEARCH RETURN (BOGUS) ALL",
+        "g LIST (RECURSIVEMATCH) \"\" *",
+        "h NONSENSE",
+    ] {
+        let r = c.cmd(bad).await;
+        assert!(r.last().expect("reply").contains(" BAD "), "{bad}: {r:?}");
+        assert!(!r.iter().any(|l| l.starts_with("* BYE")), "{bad}: {r:?}");
+    }
+    // Commands the server answers BAD itself do not count towards the limit.
+    for i in 0..10 {
+        let r = c.cmd(&format!("i{i} STORE 1000 +FLAGS (\\Seen)")).await;
+        assert!(r.last().expect("reply").contains(" BAD "), "{r:?}");
+    }
+    let r = c.ok("j FETCH 1 UID").await;
+    assert!(has(&r, "* 1 FETCH (UID 1)"), "{r:?}");
+}
+
+// ---- 9. New keywords are announced (RFC 9051 §7.3.5) ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_keywords_are_announced_before_the_fetch_that_uses_them() {
+    let h = Harness::new().await;
+    h.deliver_plain(2).await;
+    let mut a = h.client().await;
+    let mut b = h.client().await;
+    a.ok("a1 SELECT INBOX").await;
+    b.ok("b1 SELECT INBOX").await;
+    let r = a.ok("a2 STORE 1 +FLAGS ($Label1)").await;
+    let flags = position(&r, "* FLAGS (");
+    assert_eq!(
+        r[flags],
+        "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Label1)"
+    );
+    let perm = position(&r, "* OK [PERMANENTFLAGS (");
+    assert!(r[perm].contains("$Label1 \\*)]"), "{r:?}");
+    assert!(flags < position(&r, "* 1 FETCH") && perm < position(&r, "* 1 FETCH"));
+    // The same keyword again is not announced again.
+    let r = a.ok("a3 STORE 2 +FLAGS ($Label1)").await;
+    assert!(!r.iter().any(|l| l.starts_with("* FLAGS")), "{r:?}");
+    // The other session learns it at its next refresh, before the FETCH.
+    let r = b.ok("b2 NOOP").await;
+    let flags = position(&r, "* FLAGS (");
+    assert!(r[flags].ends_with("$Label1)"), "{r:?}");
+    assert!(flags < position(&r, "* 1 FETCH"), "{r:?}");
+    // A new session is told at SELECT.
+    let mut c = h.client().await;
+    let r = c.ok("c1 SELECT INBOX").await;
+    assert!(
+        has(
+            &r,
+            "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Label1)"
+        ),
+        "{r:?}"
+    );
+}
