@@ -48,4 +48,4 @@ echo "== end-to-end tests"
 cargo build -p mailfleet --locked
 export MAILFLEET_BIN="$CARGO_TARGET_DIR/debug/mailfleet"
 # The Dovecot differential test is named by path (it is not a test_*.py module).
-python3 -m pytest -q -p no:cacheprovider tests/e2e services/mime/tests/dovecot_diff.py
+python3 -m pytest -q -p no:cacheprovider tests/e2e services/mime/tests/dovecot_diff.py tests/terraform
