@@ -1,13 +1,10 @@
 //! Delivery against a real SMTP peer: a small sink started in the test on 127.0.0.1 that
 //! accepts, defers once (`451` then `250`) or refuses (`550`) recipients.
 
-use bytes::Bytes;
-#[path = "support/failing_meta.rs"]
-mod failing_meta;
-
 use async_trait::async_trait;
-use failing_meta::FailingMeta;
+use bytes::Bytes;
 use mailfleet_delivery::{Settings, Worker};
+use mailfleet_storage::fault::FailingMeta;
 use mailfleet_storage::{
     coord::MailboxEvent, AccountId, Coordinator, Lease, NewOutbound, NewOutboundRecipient, QueueId,
     RecipientState, StoreError, StoreResult, Stores, Subscription, Uid,
@@ -679,10 +676,7 @@ async fn a_failed_record_leaves_nothing_and_the_retry_neither_resends_nor_duplic
             .routes
             .insert(domain.into(), format!("127.0.0.1:{port}"));
     }
-    let failing = Arc::new(FailingMeta {
-        inner: f.stores.meta.clone(),
-        armed: Mutex::new(None),
-    });
+    let failing = FailingMeta::new(f.stores.meta.clone());
     let stores = Stores {
         blobs: f.stores.blobs.clone(),
         meta: failing.clone(),

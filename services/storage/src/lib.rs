@@ -27,6 +27,7 @@ pub mod coord;
 pub mod credentials;
 pub mod embedded;
 pub mod error;
+pub mod fault;
 pub mod metadata;
 pub mod open;
 pub mod private_fs;

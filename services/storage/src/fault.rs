@@ -1,9 +1,11 @@
 //! A [`MetadataStore`] that delegates to a real one and fails a chosen call, for tests of
-//! what a failed write leaves behind (the pattern of services/imap/tests/refresh.rs).
+//! what a failed read or write leaves behind (a refresh that fails part-way, an outbound
+//! record that fails). One copy here, behind the `testing` feature, so every test that
+//! needs it gets every trait method delegated: a new store method is added once.
 
+use crate::metadata::{Expunged, MetadataStore, QuotaPolicy};
+use crate::*;
 use async_trait::async_trait;
-use mailfleet_storage::metadata::{Expunged, QuotaPolicy};
-use mailfleet_storage::*;
 use std::sync::{Arc, Mutex};
 
 /// Delegates to `inner`, failing the `n`th call (1-based) of the armed method.
@@ -13,6 +15,15 @@ pub struct FailingMeta {
 }
 
 impl FailingMeta {
+    /// Wraps `inner`; nothing fails until [`FailingMeta::arm`].
+    pub fn new(inner: Arc<dyn MetadataStore>) -> Arc<Self> {
+        Arc::new(Self {
+            inner,
+            armed: Mutex::new(None),
+        })
+    }
+
+    /// Makes the `nth` next call (1-based) of `method` fail with `StoreError::Unavailable`.
     pub fn arm(&self, method: &'static str, nth: usize) {
         *self.armed.lock().expect("lock") = Some((method, nth));
     }
@@ -171,7 +182,7 @@ impl MetadataStore for FailingMeta {
         op: FlagOp,
         flags: &Flags,
         unchanged_since: ModSeq,
-    ) -> StoreResult<mailfleet_storage::metadata::ConditionalStore> {
+    ) -> StoreResult<crate::metadata::ConditionalStore> {
         self.check("store_flags")?;
         self.inner
             .store_flags_unchanged_since(mailbox, uids, op, flags, unchanged_since)
@@ -234,6 +245,10 @@ impl MetadataStore for FailingMeta {
         self.check("move_messages")?;
         self.inner.move_messages(account, source, uids, dest).await
     }
+    async fn claim_recent(&self, mailbox: MailboxId, up_to: Uid) -> StoreResult<Uid> {
+        self.check("claim_recent")?;
+        self.inner.claim_recent(mailbox, up_to).await
+    }
     async fn subscribe(&self, account: AccountId, name: &str) -> StoreResult<()> {
         self.check("subscribe")?;
         self.inner.subscribe(account, name).await
@@ -265,15 +280,12 @@ impl MetadataStore for FailingMeta {
     async fn create_app_password(
         &self,
         account: AccountId,
-        new: mailfleet_storage::NewAppPassword,
-    ) -> StoreResult<mailfleet_storage::AppPassword> {
+        new: crate::NewAppPassword,
+    ) -> StoreResult<crate::AppPassword> {
         self.check("create_app_password")?;
         self.inner.create_app_password(account, new).await
     }
-    async fn list_app_passwords(
-        &self,
-        account: AccountId,
-    ) -> StoreResult<Vec<mailfleet_storage::AppPassword>> {
+    async fn list_app_passwords(&self, account: AccountId) -> StoreResult<Vec<crate::AppPassword>> {
         self.check("list_app_passwords")?;
         self.inner.list_app_passwords(account).await
     }
@@ -281,7 +293,7 @@ impl MetadataStore for FailingMeta {
         &self,
         account: AccountId,
         tag: &str,
-    ) -> StoreResult<Option<mailfleet_storage::AppPassword>> {
+    ) -> StoreResult<Option<crate::AppPassword>> {
         self.check("find_app_password")?;
         self.inner.find_app_password(account, tag).await
     }
@@ -289,26 +301,19 @@ impl MetadataStore for FailingMeta {
         self.check("revoke_app_password")?;
         self.inner.revoke_app_password(account, name).await
     }
-    async fn touch_app_password(
-        &self,
-        id: mailfleet_storage::AppPasswordId,
-        at: i64,
-    ) -> StoreResult<()> {
+    async fn touch_app_password(&self, id: crate::AppPasswordId, at: i64) -> StoreResult<()> {
         self.check("touch_app_password")?;
         self.inner.touch_app_password(id, at).await
     }
     async fn set_totp_secret(
         &self,
         account: AccountId,
-        secret: Option<mailfleet_storage::TotpSecret>,
+        secret: Option<crate::TotpSecret>,
     ) -> StoreResult<()> {
         self.check("set_totp_secret")?;
         self.inner.set_totp_secret(account, secret).await
     }
-    async fn totp_secret(
-        &self,
-        account: AccountId,
-    ) -> StoreResult<Option<mailfleet_storage::TotpSecret>> {
+    async fn totp_secret(&self, account: AccountId) -> StoreResult<Option<crate::TotpSecret>> {
         self.check("totp_secret")?;
         self.inner.totp_secret(account).await
     }
@@ -330,31 +335,31 @@ impl MetadataStore for FailingMeta {
     }
     async fn enqueue_outbound(
         &self,
-        msg: mailfleet_storage::NewOutbound,
-    ) -> StoreResult<mailfleet_storage::OutboundMessage> {
+        msg: crate::NewOutbound,
+    ) -> StoreResult<crate::OutboundMessage> {
         self.check("enqueue_outbound")?;
         self.inner.enqueue_outbound(msg).await
     }
     async fn get_outbound(
         &self,
-        id: mailfleet_storage::QueueId,
-    ) -> StoreResult<Option<mailfleet_storage::OutboundMessage>> {
+        id: crate::QueueId,
+    ) -> StoreResult<Option<crate::OutboundMessage>> {
         self.check("get_outbound")?;
         self.inner.get_outbound(id).await
     }
     async fn list_outbound(
         &self,
-        after: mailfleet_storage::QueueId,
+        after: crate::QueueId,
         limit: usize,
-    ) -> StoreResult<Vec<mailfleet_storage::OutboundMessage>> {
+    ) -> StoreResult<Vec<crate::OutboundMessage>> {
         self.check("list_outbound")?;
         self.inner.list_outbound(after, limit).await
     }
     async fn update_outbound_recipient(
         &self,
-        id: mailfleet_storage::QueueId,
+        id: crate::QueueId,
         address: &str,
-        update: mailfleet_storage::RecipientUpdate,
+        update: crate::RecipientUpdate,
     ) -> StoreResult<()> {
         self.check("update_outbound_recipient")?;
         self.inner
@@ -363,31 +368,23 @@ impl MetadataStore for FailingMeta {
     }
     async fn delete_outbound(
         &self,
-        id: mailfleet_storage::QueueId,
+        id: crate::QueueId,
         fence: Option<u64>,
     ) -> StoreResult<Vec<BlobId>> {
         self.check("delete_outbound")?;
         self.inner.delete_outbound(id, fence).await
     }
-    async fn due_outbound(
-        &self,
-        now: i64,
-        limit: usize,
-    ) -> StoreResult<Vec<mailfleet_storage::QueueId>> {
+    async fn due_outbound(&self, now: i64, limit: usize) -> StoreResult<Vec<crate::QueueId>> {
         self.check("due_outbound")?;
         self.inner.due_outbound(now, limit).await
     }
-    async fn reschedule_outbound(
-        &self,
-        id: mailfleet_storage::QueueId,
-        at: i64,
-    ) -> StoreResult<usize> {
+    async fn reschedule_outbound(&self, id: crate::QueueId, at: i64) -> StoreResult<usize> {
         self.check("reschedule_outbound")?;
         self.inner.reschedule_outbound(id, at).await
     }
     async fn claim_outbound_attempt(
         &self,
-        id: mailfleet_storage::QueueId,
+        id: crate::QueueId,
         fence: Option<u64>,
         claims: Vec<(String, i64)>,
     ) -> StoreResult<()> {
@@ -396,11 +393,11 @@ impl MetadataStore for FailingMeta {
     }
     async fn record_outbound_attempt(
         &self,
-        id: mailfleet_storage::QueueId,
+        id: crate::QueueId,
         fence: Option<u64>,
-        updates: Vec<(String, mailfleet_storage::RecipientUpdate)>,
-        dsns: Vec<mailfleet_storage::NewOutbound>,
-    ) -> StoreResult<Vec<mailfleet_storage::QueueId>> {
+        updates: Vec<(String, crate::RecipientUpdate)>,
+        dsns: Vec<crate::NewOutbound>,
+    ) -> StoreResult<Vec<crate::QueueId>> {
         self.check("record_outbound_attempt")?;
         self.inner
             .record_outbound_attempt(id, fence, updates, dsns)
