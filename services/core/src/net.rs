@@ -7,6 +7,7 @@
 //! listener knows when the last one has finished, and shutdown stops accepting at once,
 //! then gives open sessions a grace period.
 
+use crate::proxy::{ProxyError, ProxyProtocol, RefuseProxyHeader};
 use crate::shutdown::Shutdown;
 use std::collections::HashMap;
 use std::future::Future;
@@ -157,14 +158,55 @@ pub struct AcceptLoop {
     pub per_ip: PerIpLimit,
     pub shutdown: Shutdown,
     pub grace: Duration,
+    /// `Some` when `server.proxy_protocol` is on: trusted peers must send a PROXY header
+    /// (read before TLS and before the greeting), others must not.
+    pub proxy: Option<Arc<ProxyProtocol>>,
 }
 
-/// A new connection handed to the protocol: the stream, the peer, and the TLS description
-/// when the listener is implicit-TLS.
+/// A new connection handed to the protocol: the stream, the client, and the TLS
+/// description when the listener is implicit-TLS.
 pub struct Accepted {
     pub io: Box<dyn Io>,
+    /// The client: the address a trusted load balancer's PROXY header carried, else the
+    /// TCP peer. Every limit, log line and trace header uses this one.
     pub peer: SocketAddr,
+    /// The load balancer the connection came through, when it sent a PROXY header.
+    pub proxied_by: Option<SocketAddr>,
     pub tls: Option<String>,
+}
+
+/// Reads the PROXY header of a trusted balancer's connection and counts the connection
+/// under the client it names. `None` when the connection is to be dropped: no valid
+/// header in time (logged), or the client is over its per-address cap (told so, with the
+/// protocol's busy line, as a direct client would be).
+async fn proxied_client(
+    proxy: &ProxyProtocol,
+    stream: &mut tokio::net::TcpStream,
+    balancer: SocketAddr,
+    per_ip: &PerIpLimit,
+    busy: &'static [u8],
+) -> Option<(SocketAddr, PerIpGuard)> {
+    let client = match proxy.accept(stream, balancer).await {
+        Ok(client) => client,
+        // A balancer's plain TCP health check connects and closes without a header.
+        Err(e @ ProxyError::Closed) => {
+            tracing::debug!(peer = %balancer, error = %e, "connection from a trusted proxy closed");
+            return None;
+        }
+        Err(e) => {
+            tracing::warn!(peer = %balancer, error = %e, "connection from a trusted proxy closed: no valid PROXY header");
+            return None;
+        }
+    };
+    if client != balancer {
+        tracing::info!(client = %client, proxy = %balancer, "PROXY header accepted");
+    }
+    let Some(guard) = per_ip.try_acquire(client.ip()) else {
+        tracing::info!(peer = %client, proxy = %balancer, "connection refused: too many from this address");
+        let _ = tokio::time::timeout(BUSY_WRITE_TIMEOUT, stream.write_all(busy)).await;
+        return None;
+    };
+    Some((client, guard))
 }
 
 impl AcceptLoop {
@@ -203,10 +245,18 @@ impl AcceptLoop {
                     let _ = tokio::time::timeout(BUSY_WRITE_TIMEOUT, stream.write_all(busy)).await;
                 });
             };
-            let Some(ip_guard) = self.per_ip.try_acquire(peer.ip()) else {
-                tracing::info!(peer = %peer, "connection refused: too many from this address");
-                refuse(stream, self.busy_reply);
-                continue;
+            // A trusted load balancer's connection is counted under the client address its
+            // header carries, once read; every other connection under its own peer now.
+            let from_proxy = self.proxy.as_ref().filter(|p| p.is_trusted(peer.ip())).cloned();
+            let early_guard = if from_proxy.is_some() {
+                None
+            } else {
+                let Some(g) = self.per_ip.try_acquire(peer.ip()) else {
+                    tracing::info!(peer = %peer, "connection refused: too many from this address");
+                    refuse(stream, self.busy_reply);
+                    continue;
+                };
+                Some(g)
             };
             let Ok(permit) = limit.clone().try_acquire_owned() else {
                 refuse(stream, self.busy_reply);
@@ -216,16 +266,36 @@ impl AcceptLoop {
             let done = done_tx.clone();
             let tls = self.implicit_tls.clone();
             let handshake_timeout = self.tls_handshake_timeout;
+            let refuse_headers = self.proxy.is_some() && from_proxy.is_none();
+            let per_ip = self.per_ip.clone();
+            let busy = self.busy_reply;
             tokio::spawn(async move {
                 let _permit = permit;
-                let _ip_guard = ip_guard;
                 let _done = done;
-                let io: Box<dyn Io> = Box::new(stream);
+                let mut stream = stream;
+                let (peer, proxied_by, _ip_guard) = match (from_proxy, early_guard) {
+                    (Some(proxy), _) => {
+                        let Some((client, guard)) =
+                            proxied_client(&proxy, &mut stream, peer, &per_ip, busy).await
+                        else {
+                            return;
+                        };
+                        (client, Some(peer), guard)
+                    }
+                    (None, Some(guard)) => (peer, None, guard),
+                    (None, None) => return,
+                };
+                let io: Box<dyn Io> = if refuse_headers {
+                    Box::new(RefuseProxyHeader::new(stream, peer))
+                } else {
+                    Box::new(stream)
+                };
                 let accepted = match tls {
                     Some(acceptor) => match tls_handshake(&acceptor, io, handshake_timeout).await {
                         Some((io, desc)) => Accepted {
                             io,
                             peer,
+                            proxied_by,
                             tls: Some(desc),
                         },
                         None => return,
@@ -233,6 +303,7 @@ impl AcceptLoop {
                     None => Accepted {
                         io,
                         peer,
+                        proxied_by,
                         tls: None,
                     },
                 };
@@ -290,6 +361,7 @@ mod tests {
             per_ip: per_ip.clone(),
             shutdown,
             grace: Duration::from_secs(1),
+            proxy: None,
         };
         tokio::spawn(accept.run(|mut a: Accepted| async move {
             let _ = a.io.write_all(b"HELLO\r\n").await;

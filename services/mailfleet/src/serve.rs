@@ -76,6 +76,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // One count per client address across every listener of the node (SMTP, submission,
     // IMAP, POP3, HTTP), as Postfix's anvil keeps one per client.
     let per_ip = mailfleet_core::net::PerIpLimit::new(config.server.max_connections_per_ip);
+    // PROXY protocol for every mail listener (not HTTP): one policy for the node.
+    let proxy = config.server.proxy().map(Arc::new);
 
     let mut tasks = Vec::new();
     for (listener, implicit) in bind_all("smtp", &smtp.listen, &smtp.listen_tls).await? {
@@ -90,6 +92,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 .filter(|_| kind == ListenerKind::ImplicitTls || smtp.starttls),
             max_connections: smtp.max_connections,
             per_ip: per_ip.clone(),
+            proxy: proxy.clone(),
             shutdown: shutdown.clone(),
             grace,
             submission: None,
@@ -112,6 +115,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             &shutdown,
             grace,
             &per_ip,
+            &proxy,
         )
         .await?,
     );
@@ -121,6 +125,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         shutdown: &shutdown,
         grace,
         per_ip: per_ip.clone(),
+        proxy: proxy.clone(),
     };
     tasks.extend(
         more.submission(&config, &session, limits, &pipeline)
@@ -176,6 +181,7 @@ async fn imap_listeners(
     shutdown: &mailfleet_core::shutdown::Shutdown,
     grace: Duration,
     per_ip: &mailfleet_core::net::PerIpLimit,
+    proxy: &Option<Arc<mailfleet_core::proxy::ProxyProtocol>>,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     let imap = &config.imap;
     let session = Arc::new(mailfleet_imap::ImapConfig {
@@ -207,6 +213,7 @@ async fn imap_listeners(
             login: login.clone(),
             max_connections: imap.max_connections,
             per_ip: per_ip.clone(),
+            proxy: proxy.clone(),
             shutdown: shutdown.clone(),
             grace,
         };
@@ -307,6 +314,7 @@ struct Listeners<'a> {
     shutdown: &'a mailfleet_core::shutdown::Shutdown,
     grace: Duration,
     per_ip: mailfleet_core::net::PerIpLimit,
+    proxy: Option<Arc<mailfleet_core::proxy::ProxyProtocol>>,
 }
 
 impl Listeners<'_> {
@@ -337,6 +345,7 @@ impl Listeners<'_> {
                 tls: Some(self.acceptor.clone()),
                 max_connections: sub.max_connections,
                 per_ip: self.per_ip.clone(),
+                proxy: self.proxy.clone(),
                 shutdown: self.shutdown.clone(),
                 grace: self.grace,
                 submission: Some(self.authenticator.clone()),
@@ -380,6 +389,7 @@ impl Listeners<'_> {
                     .filter(|_| kind == ListenerKind::ImplicitTls || pop3.starttls),
                 max_connections: pop3.max_connections,
                 per_ip: self.per_ip.clone(),
+                proxy: self.proxy.clone(),
                 shutdown: self.shutdown.clone(),
                 grace: self.grace,
             };
