@@ -398,4 +398,108 @@ mod tests {
         );
         assert_eq!(per_ip.current("127.0.0.1".parse().expect("ip")), 3);
     }
+    /// A v2 PROXY header for a TCP/IPv4 client, built by hand.
+    fn v2_header(command: u8, client: [u8; 4], port: u16) -> Vec<u8> {
+        let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+        h.extend_from_slice(&[0x20 | command, 0x11, 0, 12]);
+        h.extend_from_slice(&client);
+        h.extend_from_slice(&[127, 0, 0, 1]);
+        h.extend_from_slice(&port.to_be_bytes());
+        h.extend_from_slice(&25u16.to_be_bytes());
+        h
+    }
+
+    /// PROXY protocol over real loopback TCP, with only 127.0.0.1 trusted: the carried
+    /// client is the session's peer and is what the per-address cap counts (the
+    /// balancer's own address is not); LOCAL keeps the balancer; a trusted peer without a
+    /// header is closed before the greeting; an untrusted peer is served, unless it sends
+    /// a header, which closes it before the session reads anything.
+    #[tokio::test]
+    async fn accept_loop_takes_the_client_from_a_trusted_proxy_header() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (_trigger, shutdown) = crate::shutdown::ShutdownController::new();
+        let per_ip = PerIpLimit::new(1);
+        let trusted = crate::proxy::parse_networks(&["127.0.0.1/32".into()]).expect("nets");
+        let accept = AcceptLoop {
+            listener,
+            implicit_tls: None,
+            tls_handshake_timeout: Duration::from_secs(5),
+            max_connections: 100,
+            busy_reply: b"BUSY\r\n",
+            per_ip: per_ip.clone(),
+            shutdown,
+            grace: Duration::from_secs(1),
+            proxy: Some(Arc::new(ProxyProtocol::new(
+                trusted,
+                Duration::from_secs(2),
+            ))),
+        };
+        tokio::spawn(accept.run(|mut a: Accepted| async move {
+            let via = a.proxied_by.map(|p| p.ip().to_string()).unwrap_or_default();
+            let hello = format!("HELLO {} via {via}\r\n", a.peer);
+            let _ = a.io.write_all(hello.as_bytes()).await;
+            let mut b = [0u8; 64];
+            if let Ok(n @ 1..) = a.io.read(&mut b).await {
+                let _ = a.io.write_all(format!("GOT {n}\r\n").as_bytes()).await;
+                let _ = a.io.read(&mut b).await;
+            }
+        }));
+        /// Connects from `src`, sends `first`, and returns what the server says before
+        /// it closes or goes quiet for 300 ms; the socket stays open in a task.
+        async fn talk(src: &str, dst: SocketAddr, first: &[u8]) -> String {
+            let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+            sock.bind(format!("{src}:0").parse().expect("src"))
+                .expect("bind");
+            let mut s = sock.connect(dst).await.expect("connect");
+            s.write_all(first).await.expect("send");
+            let mut out = Vec::new();
+            let mut buf = [0u8; 128];
+            while let Ok(Ok(n @ 1..)) =
+                tokio::time::timeout(Duration::from_millis(300), s.read(&mut buf)).await
+            {
+                out.extend_from_slice(&buf[..n]);
+            }
+            tokio::spawn(async move {
+                let _ = s.read(&mut buf).await;
+            });
+            String::from_utf8_lossy(&out).into_owned()
+        }
+        let mut first = v2_header(1, [203, 0, 113, 7], 40000);
+        first.extend_from_slice(b"EHLO\r\n");
+        assert_eq!(
+            talk("127.0.0.1", addr, &first).await,
+            "HELLO 203.0.113.7:40000 via 127.0.0.1\r\nGOT 6\r\n",
+            "the carried client, and the bytes after the header are the session's"
+        );
+        assert_eq!(per_ip.current("203.0.113.7".parse().expect("ip")), 1);
+        assert_eq!(per_ip.current("127.0.0.1".parse().expect("ip")), 0);
+        // The cap is 1 per client: the same carried client again is busy, another is not.
+        assert_eq!(
+            talk("127.0.0.1", addr, &v2_header(1, [203, 0, 113, 7], 40001)).await,
+            "BUSY\r\n"
+        );
+        assert_eq!(
+            talk("127.0.0.1", addr, &v2_header(1, [198, 51, 100, 9], 40002)).await,
+            "HELLO 198.51.100.9:40002 via 127.0.0.1\r\n"
+        );
+        // LOCAL (a health check): the balancer's own address.
+        let local = talk("127.0.0.1", addr, &v2_header(0, [0, 0, 0, 0], 0)).await;
+        assert!(local.starts_with("HELLO 127.0.0.1:"), "{local}");
+        // A trusted peer that does not send a header gets nothing and is closed.
+        assert_eq!(talk("127.0.0.1", addr, b"EHLO x\r\n").await, "");
+        // An untrusted peer is a direct client...
+        let direct = talk("127.0.0.2", addr, b"EHLO\r\n").await;
+        assert!(
+            direct.starts_with("HELLO 127.0.0.2:") && direct.ends_with("GOT 6\r\n"),
+            "{direct}"
+        );
+        // ...until it sends a header: then the session's read fails, nothing is echoed.
+        let forged = talk("127.0.0.3", addr, &v2_header(1, [203, 0, 113, 8], 1)).await;
+        assert!(
+            forged.starts_with("HELLO 127.0.0.3:") && !forged.contains("GOT"),
+            "{forged}"
+        );
+        assert_eq!(per_ip.current("203.0.113.8".parse().expect("ip")), 0);
+    }
 }
