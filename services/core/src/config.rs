@@ -1084,7 +1084,10 @@ mod tests {
         assert_eq!(p.header_timeout().as_secs(), 5);
         for vars in [
             vec![("MAILFLEET_SERVER__PROXY_PROTOCOL", "true")],
-            vec![("MAILFLEET_SERVER__PROXY_TRUSTED_NETWORKS", "[\"10.0.0.0/40\"]")],
+            vec![(
+                "MAILFLEET_SERVER__PROXY_TRUSTED_NETWORKS",
+                "[\"10.0.0.0/40\"]",
+            )],
         ] {
             let e = Config::load(None, env(&vars)).expect_err("invalid");
             assert!(

@@ -247,7 +247,11 @@ impl AcceptLoop {
             };
             // A trusted load balancer's connection is counted under the client address its
             // header carries, once read; every other connection under its own peer now.
-            let from_proxy = self.proxy.as_ref().filter(|p| p.is_trusted(peer.ip())).cloned();
+            let from_proxy = self
+                .proxy
+                .as_ref()
+                .filter(|p| p.is_trusted(peer.ip()))
+                .cloned();
             let early_guard = if from_proxy.is_some() {
                 None
             } else {

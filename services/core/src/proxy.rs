@@ -480,12 +480,8 @@ mod tests {
 
     #[test]
     fn trusted_networks_match_v4_v6_and_mapped() {
-        let nets = parse_networks(&[
-            "10.0.0.0/8".into(),
-            "fd00::/8".into(),
-            "192.0.2.5".into(),
-        ])
-        .expect("valid");
+        let nets = parse_networks(&["10.0.0.0/8".into(), "fd00::/8".into(), "192.0.2.5".into()])
+            .expect("valid");
         let p = ProxyProtocol::new(nets, Duration::from_secs(5));
         for ip in ["10.1.2.3", "fd12::1", "192.0.2.5", "::ffff:10.9.9.9"] {
             assert!(p.is_trusted(ip.parse().expect("ip")), "{ip}");

@@ -106,19 +106,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         stores.clone(),
         mailfleet_auth::AuthPolicy::from_config(&config.auth),
     );
-    tasks.extend(
-        imap_listeners(
-            &config,
-            &stores,
-            &authenticator,
-            &acceptor,
-            &shutdown,
-            grace,
-            &per_ip,
-            &proxy,
-        )
-        .await?,
-    );
     let more = Listeners {
         authenticator: &authenticator,
         acceptor: &acceptor,
@@ -127,6 +114,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         per_ip: per_ip.clone(),
         proxy: proxy.clone(),
     };
+    tasks.extend(imap_listeners(&config, &stores, &more).await?);
     tasks.extend(
         more.submission(&config, &session, limits, &pipeline)
             .await?,
@@ -176,13 +164,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 async fn imap_listeners(
     config: &Config,
     stores: &Stores,
-    authenticator: &mailfleet_auth::Authenticator,
-    acceptor: &tokio_rustls::TlsAcceptor,
-    shutdown: &mailfleet_core::shutdown::Shutdown,
-    grace: Duration,
-    per_ip: &mailfleet_core::net::PerIpLimit,
-    proxy: &Option<Arc<mailfleet_core::proxy::ProxyProtocol>>,
+    shared: &Listeners<'_>,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let (authenticator, acceptor, shutdown, grace) = (
+        shared.authenticator,
+        shared.acceptor,
+        shared.shutdown,
+        shared.grace,
+    );
+    let (per_ip, proxy) = (&shared.per_ip, &shared.proxy);
     let imap = &config.imap;
     let session = Arc::new(mailfleet_imap::ImapConfig {
         hostname: config.server.hostname.clone(),
@@ -307,7 +297,7 @@ async fn blob_gc(stores: Stores, mut shutdown: mailfleet_core::shutdown::Shutdow
     }
 }
 
-/// What the submission and POP3 listeners share.
+/// What the IMAP, submission and POP3 listeners share.
 struct Listeners<'a> {
     authenticator: &'a mailfleet_auth::Authenticator,
     acceptor: &'a tokio_rustls::TlsAcceptor,
