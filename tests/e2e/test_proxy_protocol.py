@@ -52,6 +52,17 @@ class ProxiedSMTP(smtplib.SMTP):
         return connect(port, self._header, self._source)
 
 
+class ProxiedSMTPS(smtplib.SMTP_SSL):
+    """smtplib on the implicit-TLS submission port, the PROXY header before TLS."""
+
+    def __init__(self, port, header):
+        self._header = header
+        super().__init__("127.0.0.1", port, timeout=30, context=CTX)
+
+    def _get_socket(self, host, port, timeout):
+        return self.context.wrap_socket(connect(port, self._header), server_hostname=host)
+
+
 class ProxiedIMAPS(imaplib.IMAP4_SSL):
     """imaplib on an implicit-TLS port: the header goes first, before the ClientHello."""
 
@@ -138,6 +149,21 @@ def test_failed_logins_throttle_the_carried_client_only(proxied):
     assert "Too many failed logins" in login("203.0.113.7", PASSWORD)
     # ...while another client behind the same balancer (same TCP peer) logs in.
     assert login("198.51.100.9", PASSWORD) == "OK"
+
+
+def test_failed_smtp_auth_throttles_the_carried_client_only(proxied):
+    def auth(client, password):
+        with ProxiedSMTPS(proxied.submissions_port, v2_header(client, 50001, dst_port=465)) as s:
+            try:
+                s.login(ALICE, password)
+                return 235
+            except smtplib.SMTPAuthenticationError as e:
+                return e.smtp_code
+
+    codes = [auth("203.0.113.7", f"guess-{i}") for i in range(6)]
+    assert codes[0] == 535 and 454 in codes, codes
+    assert auth("203.0.113.7", PASSWORD) == 454, "throttled client refused"
+    assert auth("198.51.100.9", PASSWORD) == 235, "another carried client is not"
 
 
 def test_local_command_keeps_the_balancer_address(proxied):

@@ -6,6 +6,11 @@
 //! off instead of spinning, every session holds a clone of a completion sender so the
 //! listener knows when the last one has finished, and shutdown stops accepting at once,
 //! then gives open sessions a grace period.
+//!
+//! With `server.proxy_protocol`, a connection from a trusted load balancer is counted
+//! against the per-address cap only once its PROXY header ([`crate::proxy`]) has named the
+//! client, and under that client; the header is read in the connection's own task, so a
+//! slow balancer never holds up the accept loop.
 
 use crate::proxy::{ProxyError, ProxyProtocol, RefuseProxyHeader};
 use crate::shutdown::Shutdown;
