@@ -78,17 +78,23 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
-    /// The PROXY protocol policy, when `proxy_protocol` is on.
-    pub fn proxy(&self) -> Option<crate::proxy::ProxyProtocol> {
+    /// The PROXY protocol policy, when `proxy_protocol` is on; an error (naming the key)
+    /// when a trusted network does not parse, which [`Config::load`] has already refused.
+    pub fn proxy(&self) -> Result<Option<crate::proxy::ProxyProtocol>, ConfigError> {
         if !self.proxy_protocol {
-            return None;
+            return Ok(None);
         }
-        // validate() has parsed the list already.
-        let nets = crate::proxy::parse_networks(&self.proxy_trusted_networks).ok()?;
-        Some(crate::proxy::ProxyProtocol::new(
+        let nets =
+            crate::proxy::parse_networks(&self.proxy_trusted_networks).map_err(|message| {
+                ConfigError::Key {
+                    key: "server.proxy_trusted_networks".into(),
+                    message,
+                }
+            })?;
+        Ok(Some(crate::proxy::ProxyProtocol::new(
             nets,
             std::time::Duration::from_secs(self.proxy_header_timeout_secs),
-        ))
+        )))
     }
 }
 
@@ -1065,7 +1071,7 @@ mod tests {
     #[test]
     fn proxy_protocol_keys() {
         let c = Config::load(None, vec![]).expect("defaults");
-        assert!(c.server.proxy().is_none());
+        assert!(c.server.proxy().expect("valid").is_none());
         let c = Config::load(
             None,
             env(&[
@@ -1077,7 +1083,7 @@ mod tests {
             ]),
         )
         .expect("valid");
-        let p = c.server.proxy().expect("on");
+        let p = c.server.proxy().expect("valid").expect("on");
         assert!(p.is_trusted("10.2.3.4".parse().expect("ip")));
         assert!(p.is_trusted("fd00::5".parse().expect("ip")));
         assert!(!p.is_trusted("192.0.2.2".parse().expect("ip")));

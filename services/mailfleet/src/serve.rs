@@ -77,7 +77,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // IMAP, POP3, HTTP), as Postfix's anvil keeps one per client.
     let per_ip = mailfleet_core::net::PerIpLimit::new(config.server.max_connections_per_ip);
     // PROXY protocol for every mail listener (not HTTP): one policy for the node.
-    let proxy = config.server.proxy().map(Arc::new);
+    let proxy = config.server.proxy()?.map(Arc::new);
 
     let mut tasks = Vec::new();
     for (listener, implicit) in bind_all("smtp", &smtp.listen, &smtp.listen_tls).await? {
