@@ -65,6 +65,37 @@ pub struct ServerConfig {
     /// listener of this node; past it a connection gets the protocol's "too busy" line
     /// and is closed. 0 = no limit.
     pub max_connections_per_ip: usize,
+    /// Whether the mail listeners (SMTP, submission, IMAP, POP3; plain and implicit TLS)
+    /// expect a PROXY protocol header (v2, or v1) from `proxy_trusted_networks`, as
+    /// Dovecot's `haproxy_trusted_networks`: a connection from those networks must start
+    /// with one, and the client address it carries is the session's; any other connection
+    /// is a direct client and is closed if it sends one. The HTTP listener never takes one.
+    pub proxy_protocol: bool,
+    /// The load balancers' networks, CIDR (`10.0.0.0/8`, `fd00::/8`) or single addresses.
+    pub proxy_trusted_networks: Vec<String>,
+    /// Seconds a trusted peer has to send the whole PROXY header before it is closed.
+    pub proxy_header_timeout_secs: u64,
+}
+
+impl ServerConfig {
+    /// The PROXY protocol policy, when `proxy_protocol` is on; an error (naming the key)
+    /// when a trusted network does not parse, which [`Config::load`] has already refused.
+    pub fn proxy(&self) -> Result<Option<crate::proxy::ProxyProtocol>, ConfigError> {
+        if !self.proxy_protocol {
+            return Ok(None);
+        }
+        let nets =
+            crate::proxy::parse_networks(&self.proxy_trusted_networks).map_err(|message| {
+                ConfigError::Key {
+                    key: "server.proxy_trusted_networks".into(),
+                    message,
+                }
+            })?;
+        Ok(Some(crate::proxy::ProxyProtocol::new(
+            nets,
+            std::time::Duration::from_secs(self.proxy_header_timeout_secs),
+        )))
+    }
 }
 
 impl Default for ServerConfig {
@@ -74,6 +105,9 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("./mailfleet-data"),
             shutdown_grace_secs: 30,
             max_connections_per_ip: 100,
+            proxy_protocol: false,
+            proxy_trusted_networks: Vec::new(),
+            proxy_header_timeout_secs: 5,
         }
     }
 }
@@ -710,6 +744,18 @@ impl Config {
         if crate::address::normalize_domain(&self.server.hostname).is_err() {
             return err("server.hostname", "is not a valid host name");
         }
+        if let Err(message) = crate::proxy::parse_networks(&self.server.proxy_trusted_networks) {
+            return err("server.proxy_trusted_networks", &message);
+        }
+        if self.server.proxy_protocol && self.server.proxy_trusted_networks.is_empty() {
+            return err(
+                "server.proxy_trusted_networks",
+                "must list the load balancers' networks when server.proxy_protocol is true",
+            );
+        }
+        if self.server.proxy_header_timeout_secs == 0 {
+            return err("server.proxy_header_timeout_secs", "must be positive");
+        }
         if self.smtp.max_recipients < 1 {
             return err("smtp.max_recipients", "must be at least 1");
         }
@@ -1018,6 +1064,43 @@ mod tests {
         assert_eq!(redact_url("rediss://:pw@h:1"), "rediss://:<redacted>@h:1");
         assert_eq!(redact_url("redis://user@h/0"), "redis://user@h/0");
         assert_eq!(redact_url("redis://u:p@ss@h/0"), "redis://u:<redacted>@h/0");
+    }
+
+    /// PROXY protocol keys: off by default, a CIDR list from the environment, and an
+    /// unparsable network or an empty list with the option on named at start.
+    #[test]
+    fn proxy_protocol_keys() {
+        let c = Config::load(None, vec![]).expect("defaults");
+        assert!(c.server.proxy().expect("valid").is_none());
+        let c = Config::load(
+            None,
+            env(&[
+                ("MAILFLEET_SERVER__PROXY_PROTOCOL", "true"),
+                (
+                    "MAILFLEET_SERVER__PROXY_TRUSTED_NETWORKS",
+                    "[\"10.0.0.0/8\", \"fd00::/8\", \"192.0.2.1\"]",
+                ),
+            ]),
+        )
+        .expect("valid");
+        let p = c.server.proxy().expect("valid").expect("on");
+        assert!(p.is_trusted("10.2.3.4".parse().expect("ip")));
+        assert!(p.is_trusted("fd00::5".parse().expect("ip")));
+        assert!(!p.is_trusted("192.0.2.2".parse().expect("ip")));
+        assert_eq!(p.header_timeout().as_secs(), 5);
+        for vars in [
+            vec![("MAILFLEET_SERVER__PROXY_PROTOCOL", "true")],
+            vec![(
+                "MAILFLEET_SERVER__PROXY_TRUSTED_NETWORKS",
+                "[\"10.0.0.0/40\"]",
+            )],
+        ] {
+            let e = Config::load(None, env(&vars)).expect_err("invalid");
+            assert!(
+                e.to_string().contains("server.proxy_trusted_networks"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! - [`credentials`]: argon2id password hashing and the password policy.
 //! - [`tls`]: rustls server configuration with certificates reloaded from disk.
 //! - [`net`]: the byte-stream type, TLS handshakes and the accept loop every listener uses.
+//! - [`proxy`]: the PROXY protocol header (v2 and v1) in front of mail listeners, with
+//!   the trusted-network model.
 //! - [`framing`]: line framing under a length cap and a deadline, for line protocols.
 //! - [`shutdown`]: the one shutdown signal that fans out from the binary to every task.
 
@@ -17,6 +19,7 @@ pub mod config;
 pub mod credentials;
 pub mod framing;
 pub mod net;
+pub mod proxy;
 pub mod shutdown;
 pub mod tls;
 

@@ -6,7 +6,13 @@
 //! off instead of spinning, every session holds a clone of a completion sender so the
 //! listener knows when the last one has finished, and shutdown stops accepting at once,
 //! then gives open sessions a grace period.
+//!
+//! With `server.proxy_protocol`, a connection from a trusted load balancer is counted
+//! against the per-address cap only once its PROXY header ([`crate::proxy`]) has named the
+//! client, and under that client; the header is read in the connection's own task, so a
+//! slow balancer never holds up the accept loop.
 
+use crate::proxy::{ProxyError, ProxyProtocol, RefuseProxyHeader};
 use crate::shutdown::Shutdown;
 use std::collections::HashMap;
 use std::future::Future;
@@ -157,14 +163,55 @@ pub struct AcceptLoop {
     pub per_ip: PerIpLimit,
     pub shutdown: Shutdown,
     pub grace: Duration,
+    /// `Some` when `server.proxy_protocol` is on: trusted peers must send a PROXY header
+    /// (read before TLS and before the greeting), others must not.
+    pub proxy: Option<Arc<ProxyProtocol>>,
 }
 
-/// A new connection handed to the protocol: the stream, the peer, and the TLS description
-/// when the listener is implicit-TLS.
+/// A new connection handed to the protocol: the stream, the client, and the TLS
+/// description when the listener is implicit-TLS.
 pub struct Accepted {
     pub io: Box<dyn Io>,
+    /// The client: the address a trusted load balancer's PROXY header carried, else the
+    /// TCP peer. Every limit, log line and trace header uses this one.
     pub peer: SocketAddr,
+    /// The load balancer the connection came through, when it sent a PROXY header.
+    pub proxied_by: Option<SocketAddr>,
     pub tls: Option<String>,
+}
+
+/// Reads the PROXY header of a trusted balancer's connection and counts the connection
+/// under the client it names. `None` when the connection is to be dropped: no valid
+/// header in time (logged), or the client is over its per-address cap (told so, with the
+/// protocol's busy line, as a direct client would be).
+async fn proxied_client(
+    proxy: &ProxyProtocol,
+    stream: &mut tokio::net::TcpStream,
+    balancer: SocketAddr,
+    per_ip: &PerIpLimit,
+    busy: &'static [u8],
+) -> Option<(SocketAddr, PerIpGuard)> {
+    let client = match proxy.accept(stream, balancer).await {
+        Ok(client) => client,
+        // A balancer's plain TCP health check connects and closes without a header.
+        Err(e @ ProxyError::Closed) => {
+            tracing::debug!(peer = %balancer, error = %e, "connection from a trusted proxy closed");
+            return None;
+        }
+        Err(e) => {
+            tracing::warn!(peer = %balancer, error = %e, "connection from a trusted proxy closed: no valid PROXY header");
+            return None;
+        }
+    };
+    if client != balancer {
+        tracing::info!(client = %client, proxy = %balancer, "PROXY header accepted");
+    }
+    let Some(guard) = per_ip.try_acquire(client.ip()) else {
+        tracing::info!(peer = %client, proxy = %balancer, "connection refused: too many from this address");
+        let _ = tokio::time::timeout(BUSY_WRITE_TIMEOUT, stream.write_all(busy)).await;
+        return None;
+    };
+    Some((client, guard))
 }
 
 impl AcceptLoop {
@@ -203,10 +250,22 @@ impl AcceptLoop {
                     let _ = tokio::time::timeout(BUSY_WRITE_TIMEOUT, stream.write_all(busy)).await;
                 });
             };
-            let Some(ip_guard) = self.per_ip.try_acquire(peer.ip()) else {
-                tracing::info!(peer = %peer, "connection refused: too many from this address");
-                refuse(stream, self.busy_reply);
-                continue;
+            // A trusted load balancer's connection is counted under the client address its
+            // header carries, once read; every other connection under its own peer now.
+            let from_proxy = self
+                .proxy
+                .as_ref()
+                .filter(|p| p.is_trusted(peer.ip()))
+                .cloned();
+            let early_guard = if from_proxy.is_some() {
+                None
+            } else {
+                let Some(g) = self.per_ip.try_acquire(peer.ip()) else {
+                    tracing::info!(peer = %peer, "connection refused: too many from this address");
+                    refuse(stream, self.busy_reply);
+                    continue;
+                };
+                Some(g)
             };
             let Ok(permit) = limit.clone().try_acquire_owned() else {
                 refuse(stream, self.busy_reply);
@@ -216,16 +275,36 @@ impl AcceptLoop {
             let done = done_tx.clone();
             let tls = self.implicit_tls.clone();
             let handshake_timeout = self.tls_handshake_timeout;
+            let refuse_headers = self.proxy.is_some() && from_proxy.is_none();
+            let per_ip = self.per_ip.clone();
+            let busy = self.busy_reply;
             tokio::spawn(async move {
                 let _permit = permit;
-                let _ip_guard = ip_guard;
                 let _done = done;
-                let io: Box<dyn Io> = Box::new(stream);
+                let mut stream = stream;
+                let (peer, proxied_by, _ip_guard) = match (from_proxy, early_guard) {
+                    (Some(proxy), _) => {
+                        let Some((client, guard)) =
+                            proxied_client(&proxy, &mut stream, peer, &per_ip, busy).await
+                        else {
+                            return;
+                        };
+                        (client, Some(peer), guard)
+                    }
+                    (None, Some(guard)) => (peer, None, guard),
+                    (None, None) => return,
+                };
+                let io: Box<dyn Io> = if refuse_headers {
+                    Box::new(RefuseProxyHeader::new(stream, peer))
+                } else {
+                    Box::new(stream)
+                };
                 let accepted = match tls {
                     Some(acceptor) => match tls_handshake(&acceptor, io, handshake_timeout).await {
                         Some((io, desc)) => Accepted {
                             io,
                             peer,
+                            proxied_by,
                             tls: Some(desc),
                         },
                         None => return,
@@ -233,6 +312,7 @@ impl AcceptLoop {
                     None => Accepted {
                         io,
                         peer,
+                        proxied_by,
                         tls: None,
                     },
                 };
@@ -290,6 +370,7 @@ mod tests {
             per_ip: per_ip.clone(),
             shutdown,
             grace: Duration::from_secs(1),
+            proxy: None,
         };
         tokio::spawn(accept.run(|mut a: Accepted| async move {
             let _ = a.io.write_all(b"HELLO\r\n").await;
@@ -325,5 +406,109 @@ mod tests {
             "another address gets in"
         );
         assert_eq!(per_ip.current("127.0.0.1".parse().expect("ip")), 3);
+    }
+    /// A v2 PROXY header for a TCP/IPv4 client, built by hand.
+    fn v2_header(command: u8, client: [u8; 4], port: u16) -> Vec<u8> {
+        let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+        h.extend_from_slice(&[0x20 | command, 0x11, 0, 12]);
+        h.extend_from_slice(&client);
+        h.extend_from_slice(&[127, 0, 0, 1]);
+        h.extend_from_slice(&port.to_be_bytes());
+        h.extend_from_slice(&25u16.to_be_bytes());
+        h
+    }
+
+    /// PROXY protocol over real loopback TCP, with only 127.0.0.1 trusted: the carried
+    /// client is the session's peer and is what the per-address cap counts (the
+    /// balancer's own address is not); LOCAL keeps the balancer; a trusted peer without a
+    /// header is closed before the greeting; an untrusted peer is served, unless it sends
+    /// a header, which closes it before the session reads anything.
+    #[tokio::test]
+    async fn accept_loop_takes_the_client_from_a_trusted_proxy_header() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (_trigger, shutdown) = crate::shutdown::ShutdownController::new();
+        let per_ip = PerIpLimit::new(1);
+        let trusted = crate::proxy::parse_networks(&["127.0.0.1/32".into()]).expect("nets");
+        let accept = AcceptLoop {
+            listener,
+            implicit_tls: None,
+            tls_handshake_timeout: Duration::from_secs(5),
+            max_connections: 100,
+            busy_reply: b"BUSY\r\n",
+            per_ip: per_ip.clone(),
+            shutdown,
+            grace: Duration::from_secs(1),
+            proxy: Some(Arc::new(ProxyProtocol::new(
+                trusted,
+                Duration::from_secs(2),
+            ))),
+        };
+        tokio::spawn(accept.run(|mut a: Accepted| async move {
+            let via = a.proxied_by.map(|p| p.ip().to_string()).unwrap_or_default();
+            let hello = format!("HELLO {} via {via}\r\n", a.peer);
+            let _ = a.io.write_all(hello.as_bytes()).await;
+            let mut b = [0u8; 64];
+            if let Ok(n @ 1..) = a.io.read(&mut b).await {
+                let _ = a.io.write_all(format!("GOT {n}\r\n").as_bytes()).await;
+                let _ = a.io.read(&mut b).await;
+            }
+        }));
+        /// Connects from `src`, sends `first`, and returns what the server says before
+        /// it closes or goes quiet for 300 ms; the socket stays open in a task.
+        async fn talk(src: &str, dst: SocketAddr, first: &[u8]) -> String {
+            let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+            sock.bind(format!("{src}:0").parse().expect("src"))
+                .expect("bind");
+            let mut s = sock.connect(dst).await.expect("connect");
+            s.write_all(first).await.expect("send");
+            let mut out = Vec::new();
+            let mut buf = [0u8; 128];
+            while let Ok(Ok(n @ 1..)) =
+                tokio::time::timeout(Duration::from_millis(300), s.read(&mut buf)).await
+            {
+                out.extend_from_slice(&buf[..n]);
+            }
+            tokio::spawn(async move {
+                let _ = s.read(&mut buf).await;
+            });
+            String::from_utf8_lossy(&out).into_owned()
+        }
+        let mut first = v2_header(1, [203, 0, 113, 7], 40000);
+        first.extend_from_slice(b"EHLO\r\n");
+        assert_eq!(
+            talk("127.0.0.1", addr, &first).await,
+            "HELLO 203.0.113.7:40000 via 127.0.0.1\r\nGOT 6\r\n",
+            "the carried client, and the bytes after the header are the session's"
+        );
+        assert_eq!(per_ip.current("203.0.113.7".parse().expect("ip")), 1);
+        assert_eq!(per_ip.current("127.0.0.1".parse().expect("ip")), 0);
+        // The cap is 1 per client: the same carried client again is busy, another is not.
+        assert_eq!(
+            talk("127.0.0.1", addr, &v2_header(1, [203, 0, 113, 7], 40001)).await,
+            "BUSY\r\n"
+        );
+        assert_eq!(
+            talk("127.0.0.1", addr, &v2_header(1, [198, 51, 100, 9], 40002)).await,
+            "HELLO 198.51.100.9:40002 via 127.0.0.1\r\n"
+        );
+        // LOCAL (a health check): the balancer's own address.
+        let local = talk("127.0.0.1", addr, &v2_header(0, [0, 0, 0, 0], 0)).await;
+        assert!(local.starts_with("HELLO 127.0.0.1:"), "{local}");
+        // A trusted peer that does not send a header gets nothing and is closed.
+        assert_eq!(talk("127.0.0.1", addr, b"EHLO x\r\n").await, "");
+        // An untrusted peer is a direct client...
+        let direct = talk("127.0.0.2", addr, b"EHLO\r\n").await;
+        assert!(
+            direct.starts_with("HELLO 127.0.0.2:") && direct.ends_with("GOT 6\r\n"),
+            "{direct}"
+        );
+        // ...until it sends a header: then the session's read fails, nothing is echoed.
+        let forged = talk("127.0.0.3", addr, &v2_header(1, [203, 0, 113, 8], 1)).await;
+        assert!(
+            forged.starts_with("HELLO 127.0.0.3:") && !forged.contains("GOT"),
+            "{forged}"
+        );
+        assert_eq!(per_ip.current("203.0.113.8".parse().expect("ip")), 0);
     }
 }

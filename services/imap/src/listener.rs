@@ -23,6 +23,8 @@ pub struct Listener {
     pub max_connections: usize,
     /// The node's per-client-address connection cap, shared by every listener.
     pub per_ip: mailfleet_core::net::PerIpLimit,
+    /// `server.proxy_protocol`: PROXY headers from trusted load balancers.
+    pub proxy: Option<Arc<mailfleet_core::proxy::ProxyProtocol>>,
     pub shutdown: Shutdown,
     pub grace: Duration,
 }
@@ -42,6 +44,7 @@ impl Listener {
             per_ip: self.per_ip.clone(),
             shutdown: self.shutdown.clone(),
             grace: self.grace,
+            proxy: self.proxy.clone(),
         };
         let starttls = if self.implicit_tls { None } else { self.tls };
         let (config, limits, stores, login, shutdown) = (

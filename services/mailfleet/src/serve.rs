@@ -76,6 +76,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // One count per client address across every listener of the node (SMTP, submission,
     // IMAP, POP3, HTTP), as Postfix's anvil keeps one per client.
     let per_ip = mailfleet_core::net::PerIpLimit::new(config.server.max_connections_per_ip);
+    // PROXY protocol for every mail listener (not HTTP): one policy for the node.
+    let proxy = config.server.proxy()?.map(Arc::new);
 
     let mut tasks = Vec::new();
     for (listener, implicit) in bind_all("smtp", &smtp.listen, &smtp.listen_tls).await? {
@@ -90,6 +92,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 .filter(|_| kind == ListenerKind::ImplicitTls || smtp.starttls),
             max_connections: smtp.max_connections,
             per_ip: per_ip.clone(),
+            proxy: proxy.clone(),
             shutdown: shutdown.clone(),
             grace,
             submission: None,
@@ -103,25 +106,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         stores.clone(),
         mailfleet_auth::AuthPolicy::from_config(&config.auth),
     );
-    tasks.extend(
-        imap_listeners(
-            &config,
-            &stores,
-            &authenticator,
-            &acceptor,
-            &shutdown,
-            grace,
-            &per_ip,
-        )
-        .await?,
-    );
     let more = Listeners {
         authenticator: &authenticator,
         acceptor: &acceptor,
         shutdown: &shutdown,
         grace,
         per_ip: per_ip.clone(),
+        proxy: proxy.clone(),
     };
+    tasks.extend(imap_listeners(&config, &stores, &more).await?);
     tasks.extend(
         more.submission(&config, &session, limits, &pipeline)
             .await?,
@@ -171,12 +164,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 async fn imap_listeners(
     config: &Config,
     stores: &Stores,
-    authenticator: &mailfleet_auth::Authenticator,
-    acceptor: &tokio_rustls::TlsAcceptor,
-    shutdown: &mailfleet_core::shutdown::Shutdown,
-    grace: Duration,
-    per_ip: &mailfleet_core::net::PerIpLimit,
+    shared: &Listeners<'_>,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let (authenticator, acceptor, shutdown, grace) = (
+        shared.authenticator,
+        shared.acceptor,
+        shared.shutdown,
+        shared.grace,
+    );
+    let (per_ip, proxy) = (&shared.per_ip, &shared.proxy);
     let imap = &config.imap;
     let session = Arc::new(mailfleet_imap::ImapConfig {
         hostname: config.server.hostname.clone(),
@@ -207,6 +203,7 @@ async fn imap_listeners(
             login: login.clone(),
             max_connections: imap.max_connections,
             per_ip: per_ip.clone(),
+            proxy: proxy.clone(),
             shutdown: shutdown.clone(),
             grace,
         };
@@ -300,13 +297,14 @@ async fn blob_gc(stores: Stores, mut shutdown: mailfleet_core::shutdown::Shutdow
     }
 }
 
-/// What the submission and POP3 listeners share.
+/// What the IMAP, submission and POP3 listeners share.
 struct Listeners<'a> {
     authenticator: &'a mailfleet_auth::Authenticator,
     acceptor: &'a tokio_rustls::TlsAcceptor,
     shutdown: &'a mailfleet_core::shutdown::Shutdown,
     grace: Duration,
     per_ip: mailfleet_core::net::PerIpLimit,
+    proxy: Option<Arc<mailfleet_core::proxy::ProxyProtocol>>,
 }
 
 impl Listeners<'_> {
@@ -337,6 +335,7 @@ impl Listeners<'_> {
                 tls: Some(self.acceptor.clone()),
                 max_connections: sub.max_connections,
                 per_ip: self.per_ip.clone(),
+                proxy: self.proxy.clone(),
                 shutdown: self.shutdown.clone(),
                 grace: self.grace,
                 submission: Some(self.authenticator.clone()),
@@ -380,6 +379,7 @@ impl Listeners<'_> {
                     .filter(|_| kind == ListenerKind::ImplicitTls || pop3.starttls),
                 max_connections: pop3.max_connections,
                 per_ip: self.per_ip.clone(),
+                proxy: self.proxy.clone(),
                 shutdown: self.shutdown.clone(),
                 grace: self.grace,
             };
