@@ -721,3 +721,28 @@ async fn new_keywords_are_announced_before_the_fetch_that_uses_them() {
         "{r:?}"
     );
 }
+
+// ---- 10. SELECT closing the selected mailbox (RFC 9051 §6.3.2) ----
+
+/// A SELECT or EXAMINE while a mailbox is selected starts with `* OK [CLOSED]`, before the
+/// new mailbox's EXISTS, also without QRESYNC and also when the new SELECT fails; the
+/// first SELECT of a session has none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn select_that_closes_a_mailbox_sends_closed_first() {
+    let h = Harness::new().await;
+    h.deliver_plain(1).await;
+    let mut a = h.client().await;
+    let r = a.ok("a1 SELECT INBOX").await;
+    assert!(!r.iter().any(|l| l.contains("[CLOSED]")), "{r:?}");
+    let r = a.ok("a2 EXAMINE Sent").await;
+    assert!(r[0].starts_with("* OK [CLOSED]"), "{r:?}");
+    let r = a.ok("a3 SELECT INBOX").await;
+    assert!(r[0].starts_with("* OK [CLOSED]"), "{r:?}");
+    assert!(position(&r, "* OK [CLOSED]") < position(&r, "* 1 EXISTS"));
+    let r = a.cmd("a4 SELECT Nonexistent").await;
+    assert!(r[0].starts_with("* OK [CLOSED]"), "{r:?}");
+    assert!(r.last().expect("tagged").starts_with("a4 NO"), "{r:?}");
+    // Now nothing is selected: the next SELECT closes nothing.
+    let r = a.ok("a5 SELECT INBOX").await;
+    assert!(!r.iter().any(|l| l.contains("[CLOSED]")), "{r:?}");
+}
