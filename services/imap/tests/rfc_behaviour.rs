@@ -746,3 +746,53 @@ async fn select_that_closes_a_mailbox_sends_closed_first() {
     let r = a.ok("a5 SELECT INBOX").await;
     assert!(!r.iter().any(|l| l.contains("[CLOSED]")), "{r:?}");
 }
+
+// ---- 11. BINARY[] is the whole message (RFC 3516 §4.2) ----
+
+/// `BINARY[]` and `BINARY.SIZE[]` cover the header too, as `BODY[]` does: the message as
+/// stored when its top level has no transfer encoding, the header and the decoded body when
+/// it is base64 or quoted-printable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_of_the_whole_message_includes_the_header() {
+    let h = Harness::new().await;
+    let plain = "From: a@remote.test\r\nSubject: whole\r\n\r\nbody text\r\n";
+    h.deliver(plain).await;
+    h.deliver(
+        "From: a@remote.test\r\nMIME-Version: 1.0\r\nContent-Type: text/plain\r\n\
+Content-Transfer-Encoding: base64\r\n\r\naGVsbG8gd29ybGQ=\r\n",
+    )
+    .await;
+    h.deliver(FIVE_PARTS).await;
+    let mut c = h.client().await;
+    c.ok("a SELECT INBOX").await;
+    c.send(b"b FETCH 1 (BINARY.PEEK[] BINARY.SIZE[])\r\n").await;
+    let r = String::from_utf8_lossy(&c.until_raw("b").await).into_owned();
+    assert!(
+        r.contains(&format!(
+            "* 1 FETCH (BINARY[] {{{}}}\r\n{plain} BINARY.SIZE[] {})",
+            plain.len(),
+            plain.len()
+        )),
+        "{r}"
+    );
+    c.send(b"c FETCH 2 (BINARY.PEEK[] BINARY.SIZE[])\r\n").await;
+    let r = String::from_utf8_lossy(&c.until_raw("c").await).into_owned();
+    let header = "From: a@remote.test\r\nMIME-Version: 1.0\r\nContent-Type: text/plain\r\n\
+Content-Transfer-Encoding: base64\r\n\r\n";
+    let want = format!("{header}hello world");
+    assert!(
+        r.contains(&format!(
+            "BINARY[] {{{}}}\r\n{want} BINARY.SIZE[] {})",
+            want.len(),
+            want.len()
+        )),
+        "{r}"
+    );
+    c.send(b"d FETCH 3 (BINARY.SIZE[] RFC822.SIZE)\r\n").await;
+    let r = String::from_utf8_lossy(&c.until_raw("d").await).into_owned();
+    let n = FIVE_PARTS.len();
+    assert!(
+        r.contains(&format!("BINARY.SIZE[] {n}")) && r.contains(&format!("RFC822.SIZE {n}")),
+        "{r}"
+    );
+}

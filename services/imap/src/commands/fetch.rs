@@ -740,9 +740,28 @@ fn find_part<'a>(root: &'a mailfleet_mime::Part, path: &[u32]) -> Option<&'a mai
     Some(part)
 }
 
-/// BINARY[section]: the part's content with its transfer encoding removed.
+/// BINARY[section]: the part's content with its transfer encoding removed. `BINARY[]` is
+/// the whole message (RFC 3516 §4.2, as BODY[] is): its header as stored, then its body
+/// decoded.
 fn binary(raw: &[u8], summary: &MessageSummary, path: &[u32]) -> Option<Vec<u8>> {
-    let part = find_part(&summary.root, path)?;
+    if path.is_empty() {
+        let root = &summary.root;
+        let encoding = root.encoding_or_default();
+        if !encoding.eq_ignore_ascii_case(b"base64")
+            && !encoding.eq_ignore_ascii_case(b"quoted-printable")
+        {
+            return Some(raw.to_vec());
+        }
+        let header_end = (root.body_start as usize).min(raw.len());
+        let mut whole = raw[..header_end].to_vec();
+        whole.extend(part_binary(raw, root)?);
+        return Some(whole);
+    }
+    part_binary(raw, find_part(&summary.root, path)?)
+}
+
+/// One part's body with its Content-Transfer-Encoding removed.
+fn part_binary(raw: &[u8], part: &mailfleet_mime::Part) -> Option<Vec<u8>> {
     let (start, end) = (part.body_start as usize, part.body_end as usize);
     let body = raw.get(start.min(raw.len())..end.min(raw.len()))?;
     let encoding = part.encoding_or_default();
