@@ -796,3 +796,17 @@ Content-Transfer-Encoding: base64\r\n\r\n";
         "{r}"
     );
 }
+
+// ---- 12. STATUS needs an item (RFC 9051 §9, status-att-list) ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_with_an_empty_item_list_is_bad() {
+    let h = Harness::new().await;
+    h.deliver_plain(2).await;
+    let mut c = h.client().await;
+    let r = c.cmd("a STATUS INBOX ()").await;
+    assert_eq!(r.len(), 1, "no STATUS data: {r:?}");
+    assert!(r[0].starts_with("a BAD"), "{r:?}");
+    let r = c.ok("b STATUS INBOX (MESSAGES)").await;
+    assert!(has(&r, "* STATUS INBOX (MESSAGES 2)"), "{r:?}");
+}
