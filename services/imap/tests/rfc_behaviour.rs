@@ -810,3 +810,48 @@ async fn status_with_an_empty_item_list_is_bad() {
     let r = c.ok("b STATUS INBOX (MESSAGES)").await;
     assert!(has(&r, "* STATUS INBOX (MESSAGES 2)"), "{r:?}");
 }
+
+// ---- 13. Keywords are case-insensitive (RFC 9051 §2.3.2) ----
+
+/// The flags of `* n FETCH (FLAGS (...))` in `lines`, sorted (their order is not significant).
+fn fetch_flags(lines: &[String], n: u32) -> Vec<String> {
+    let prefix = format!("* {n} FETCH (FLAGS (");
+    let line = &lines[position(lines, &prefix)];
+    let inner = &line[prefix.len()..line.find("))").expect("end of flags")];
+    let mut flags: Vec<String> = inner.split_whitespace().map(str::to_string).collect();
+    flags.sort();
+    flags
+}
+
+/// `$x` and `$X` are one keyword: a STORE naming both keeps the first, adding another
+/// spelling changes nothing, a second message gets the spelling the session already
+/// knows, and removing any spelling removes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keywords_differing_in_case_are_one_keyword() {
+    let h = Harness::new().await;
+    h.deliver_plain(2).await;
+    let mut c = h.client().await;
+    c.ok("a SELECT INBOX").await;
+    let r = c.ok("b STORE 1 FLAGS (\\Seen \\Seen $x $X)").await;
+    assert_eq!(fetch_flags(&r, 1), ["$x", "\\Recent", "\\Seen"], "{r:?}");
+    let r = c.ok("c STORE 1 +FLAGS ($X)").await;
+    assert_eq!(fetch_flags(&r, 1), ["$x", "\\Recent", "\\Seen"], "{r:?}");
+    let r = c.ok("d STORE 2 +FLAGS ($X)").await;
+    assert_eq!(fetch_flags(&r, 2), ["$x", "\\Recent"], "{r:?}");
+    assert!(
+        !r.iter().any(|l| l.starts_with("* FLAGS")),
+        "no new keyword: {r:?}"
+    );
+    let r = c.ok("e STORE 1:2 -FLAGS ($X)").await;
+    assert_eq!(fetch_flags(&r, 1), ["\\Recent", "\\Seen"], "{r:?}");
+    assert_eq!(fetch_flags(&r, 2), ["\\Recent"], "{r:?}");
+    let mut other = h.client().await;
+    let r = other.ok("f SELECT INBOX").await;
+    assert!(
+        has(
+            &r,
+            "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)"
+        ),
+        "{r:?}"
+    );
+}

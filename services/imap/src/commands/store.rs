@@ -61,7 +61,10 @@ impl Session {
                 "Too many flags",
             )]));
         }
-        let flags = Flags::new(flags.iter().map(|f| f.to_string()));
+        let flags = Flags::new(flags.iter().map(|f| {
+            let f = f.to_string();
+            sel.keywords.spelling(&f).map_or(f, str::to_string)
+        }));
         let targets: Vec<Uid> = resolve(sel, &set, uid)
             .into_iter()
             .map(|(_, u)| u)
