@@ -855,3 +855,36 @@ async fn keywords_differing_in_case_are_one_keyword() {
         "{r:?}"
     );
 }
+
+// ---- 14. Flags a client cannot set (RFC 3501 §2.3.2, RFC 9051 §2.3.2) ----
+
+/// STORE and APPEND of `\Recent` (the server's to set) or of an undefined system flag such
+/// as `\Bogus` are BAD and change nothing, as Dovecot answers; a keyword is still fine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recent_and_undefined_system_flags_cannot_be_set() {
+    let h = Harness::new().await;
+    h.deliver_plain(1).await;
+    let mut c = h.client().await;
+    c.ok("a SELECT INBOX").await;
+    for (tag, flag) in [("b", "\\Recent"), ("c", "\\Bogus")] {
+        let r = c
+            .cmd(&format!("{tag} STORE 1 +FLAGS (\\Seen {flag})"))
+            .await;
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert!(r[0].starts_with(&format!("{tag} BAD")), "{r:?}");
+    }
+    let r = c.ok("d FETCH 1 FLAGS").await;
+    assert_eq!(fetch_flags(&r, 1), ["\\Recent"], "nothing stored: {r:?}");
+    for (tag, flag) in [("e", "\\Recent"), ("f", "\\Bogus")] {
+        c.send(format!("{tag} APPEND INBOX ({flag}) {{3+}}\r\nx\r\n\r\n").as_bytes())
+            .await;
+        let r = String::from_utf8_lossy(&c.until_raw(tag).await).into_owned();
+        assert!(r.starts_with(&format!("{tag} BAD")), "{r}");
+    }
+    let r = c.ok("g STATUS INBOX (MESSAGES)").await;
+    assert!(
+        has(&r, "* STATUS INBOX (MESSAGES 1)"),
+        "nothing appended: {r:?}"
+    );
+    c.ok("h APPEND INBOX ($Fine \\Seen) {3+}\r\nx\r\n").await;
+}

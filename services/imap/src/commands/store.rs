@@ -41,6 +41,12 @@ impl Session {
                 "No mailbox selected",
             )]));
         };
+        if let Some(flag) = super::unsettable_flag(&flags) {
+            return Ok(Outcome::done(vec![response::bad(
+                &tag,
+                &format!("{flag} cannot be set by a client"),
+            )]));
+        }
         if sel.read_only {
             return Ok(Outcome::done(vec![response::no(
                 &tag,
