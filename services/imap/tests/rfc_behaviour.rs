@@ -888,3 +888,28 @@ async fn recent_and_undefined_system_flags_cannot_be_set() {
     );
     c.ok("h APPEND INBOX ($Fine \\Seen) {3+}\r\nx\r\n").await;
 }
+
+// ---- 15. SEARCH address keys ignore header comments (RFC 9051 §6.4.4) ----
+
+/// FROM/TO/CC/BCC look at the addresses (the envelope's fields), not at comments in the
+/// header; a parenthesis inside a quoted display name is part of the name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_address_keys_do_not_match_comments() {
+    let h = Harness::new().await;
+    h.deliver("From: a@remote.test\r\nBcc: Hidden: (nobody) ;\r\nSubject: one\r\n\r\nx\r\n")
+        .await;
+    h.deliver(
+        "From: \"Bob (Sales)\" <bob@remote.test>\r\nTo: undisclosed:;\r\nSubject: two\r\n\r\nx\r\n",
+    )
+    .await;
+    let mut c = h.client().await;
+    c.ok("a SELECT INBOX").await;
+    assert!(has(&c.ok("b SEARCH BCC nobody").await, "* SEARCH"));
+    assert!(has(
+        &c.ok("d SEARCH FROM remote.test").await,
+        "* SEARCH 1 2"
+    ));
+    assert!(has(&c.ok("e SEARCH FROM sales").await, "* SEARCH 2"));
+    assert!(has(&c.ok("f SEARCH BCC hidden").await, "* SEARCH 1"));
+    assert!(has(&c.ok("g SEARCH TO nobody").await, "* SEARCH"));
+}

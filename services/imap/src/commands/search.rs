@@ -79,21 +79,60 @@ fn depth(key: &SearchKey<'_>) -> usize {
 
 /// Whether an address header matches a FROM/TO/CC/BCC key: a substring (case-insensitive,
 /// RFC 2047 decoded) of any address's display name, of its `local@domain`, of the
-/// `Name <local@domain>` form, or of the decoded header text as written.
+/// `Name <local@domain>` form, or of the decoded header text as written without its
+/// comments: the keys are defined on the envelope's address fields (RFC 9051 §6.4.4),
+/// which carry no comments, so `Bcc: Hidden: (nobody) ;` does not match `nobody`.
 fn address_matches(
     parsed: &Message<'_>,
     header: &str,
     a: Option<&mail_parser::Address<'_>>,
     needle: &str,
 ) -> bool {
+    // An entry without an address is no envelope address: the parser makes one of a
+    // comment standing alone, as in the empty group `Hidden: (nobody) ;`.
     let forms = a.into_iter().flat_map(|a| a.iter()).any(|x| {
+        let Some(addr) = x.address().filter(|a| !a.is_empty()) else {
+            return false;
+        };
         let name = x.name().unwrap_or_default();
-        let addr = x.address().unwrap_or_default();
         contains(name, needle)
             || contains(addr, needle)
             || contains(&format!("{name} <{addr}>"), needle)
     });
-    forms || contains(&header_text(parsed, header), needle)
+    forms || contains(&without_comments(&header_text(parsed, header)), needle)
+}
+
+/// `text` without its RFC 5322 comments (`(...)`, nested, with `\` quoting), leaving
+/// quoted strings, where a parenthesis is just a character, alone.
+fn without_comments(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let (mut depth, mut quoted, mut escaped) = (0usize, false, false);
+    for ch in text.chars() {
+        if escaped {
+            escaped = false;
+            if depth == 0 {
+                out.push(ch);
+            }
+            continue;
+        }
+        match ch {
+            '\\' if quoted || depth > 0 => {
+                escaped = true;
+                if depth == 0 {
+                    out.push(ch);
+                }
+            }
+            '"' if depth == 0 => {
+                quoted = !quoted;
+                out.push(ch);
+            }
+            '(' if !quoted => depth += 1,
+            ')' if !quoted && depth > 0 => depth -= 1,
+            _ if depth == 0 => out.push(ch),
+            _ => {}
+        }
+    }
+    out
 }
 
 /// Everything a key may look at for one message.
