@@ -913,3 +913,33 @@ async fn search_address_keys_do_not_match_comments() {
     assert!(has(&c.ok("f SEARCH BCC hidden").await, "* SEARCH 1"));
     assert!(has(&c.ok("g SEARCH TO nobody").await, "* SEARCH"));
 }
+
+// ---- 16. SEARCH BODY/TEXT look into attached messages (RFC 9051 §6.4.4) ----
+
+/// The body of a message includes the message/rfc822 it forwards: BODY and TEXT find words
+/// of the attached message's body (and TEXT of its header); the outer message's own text is
+/// still searched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_body_includes_attached_messages() {
+    let h = Harness::new().await;
+    h.deliver(
+        "From: a@remote.test\r\nSubject: fwd\r\nMIME-Version: 1.0\r\n\
+Content-Type: multipart/mixed; boundary=\"B\"\r\n\r\n\
+--B\r\nContent-Type: text/plain\r\n\r\nsee below\r\n\
+--B\r\nContent-Type: message/rfc822\r\n\r\n\
+From: c@inner.test\r\nSubject: inner topic\r\n\r\nmeet on Friday\r\n\
+--B--\r\n",
+    )
+    .await;
+    h.deliver_plain(1).await;
+    let mut c = h.client().await;
+    c.ok("a SELECT INBOX").await;
+    assert!(has(&c.ok("b SEARCH BODY friday").await, "* SEARCH 1"));
+    assert!(has(&c.ok("c SEARCH TEXT friday").await, "* SEARCH 1"));
+    assert!(has(
+        &c.ok("d SEARCH TEXT \"inner topic\"").await,
+        "* SEARCH 1"
+    ));
+    assert!(has(&c.ok("e SEARCH BODY below").await, "* SEARCH 1"));
+    assert!(has(&c.ok("f SEARCH BODY body").await, "* SEARCH 2"));
+}

@@ -166,7 +166,32 @@ fn decode_words(v: &str) -> String {
         .unwrap_or_else(|| v.to_string())
 }
 
+/// How deep [`body_text`] follows message/rfc822 attachments inside attachments.
+const MAX_ATTACHED_DEPTH: usize = 8;
+
+/// The text a BODY or TEXT key searches: the message's text (or, without any, HTML)
+/// bodies, then every attached message/rfc822, its header and its body (RFC 9051 §6.4.4:
+/// the body of a message includes the messages it carries, as Dovecot searches them).
 fn body_text(parsed: &Message<'_>) -> String {
+    let mut out = String::new();
+    push_body_text(parsed, &mut out, 0);
+    out
+}
+
+fn push_body_text(parsed: &Message<'_>, out: &mut String, depth: usize) {
+    out.push_str(&own_body_text(parsed));
+    if depth >= MAX_ATTACHED_DEPTH {
+        return;
+    }
+    for inner in parsed.attachments().filter_map(|a| a.message()) {
+        let raw = inner.raw_message();
+        out.push_str(&String::from_utf8_lossy(&raw[..find_header_end(raw)]));
+        out.push('\n');
+        push_body_text(inner, out, depth + 1);
+    }
+}
+
+fn own_body_text(parsed: &Message<'_>) -> String {
     let mut out = String::new();
     for i in 0..parsed.text_body_count() {
         if let Some(t) = parsed.body_text(i) {
