@@ -943,3 +943,29 @@ From: c@inner.test\r\nSubject: inner topic\r\n\r\nmeet on Friday\r\n\
     assert!(has(&c.ok("e SEARCH BODY below").await, "* SEARCH 1"));
     assert!(has(&c.ok("f SEARCH BODY body").await, "* SEARCH 2"));
 }
+
+// ---- 17. SORT by an address header that is a group (RFC 5256 §3) ----
+
+/// A To: or Cc: that starts with a group sorts by the group's name (its envelope's first
+/// address is the group marker), for TO, CC and DISPLAYTO, also for an empty group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sort_by_a_group_address_uses_the_group_name() {
+    let h = Harness::new().await;
+    h.deliver("From: a@x.test\r\nTo: Engineering: alice@x.test, zed@x.test;\r\nCc: undisclosed-recipients:;\r\nSubject: 1\r\n\r\nx\r\n").await;
+    h.deliver("From: a@x.test\r\nTo: dave@x.test\r\nCc: carol@x.test\r\nSubject: 2\r\n\r\nx\r\n")
+        .await;
+    h.deliver(
+        "From: a@x.test\r\nTo: Fred <fred@x.test>\r\nCc: zoe@x.test\r\nSubject: 3\r\n\r\nx\r\n",
+    )
+    .await;
+    let mut c = h.client().await;
+    c.ok("a SELECT INBOX").await;
+    // alice < dave < engineering < fred: the group sorts by its name, not its first member.
+    assert!(has(&c.ok("b SORT (TO) UTF-8 ALL").await, "* SORT 2 1 3"));
+    assert!(has(
+        &c.ok("c SORT (DISPLAYTO) UTF-8 ALL").await,
+        "* SORT 2 1 3"
+    ));
+    // carol < undisclosed-recipients < zoe: the empty group is not an empty address.
+    assert!(has(&c.ok("d SORT (CC) UTF-8 ALL").await, "* SORT 2 1 3"));
+}

@@ -513,8 +513,20 @@ enum SortValue {
 
 /// The sort key of an address header (RFC 5256 §3): the first mailbox's local part, then
 /// its domain, compared case-insensitively; DISPLAYFROM/DISPLAYTO (RFC 5957) use the display
-/// name, falling back to the address.
+/// name, falling back to the address. When the header starts with a group, its first
+/// envelope address is the group's start marker, whose mailbox part is the group name
+/// (RFC 9051 §7.5.2), so `To: Engineering: a@x, b@y;` sorts as `engineering`, and the empty
+/// `Cc: undisclosed-recipients:;` as `undisclosed-recipients` (as Dovecot sorts).
 fn first_mailbox(a: Option<&mail_parser::Address<'_>>, display: bool) -> String {
+    let group_name = a
+        .and_then(|a| a.as_group())
+        .and_then(|groups| groups.first())
+        .and_then(|g| g.name.as_deref())
+        .filter(|n| !n.trim().is_empty());
+    if let Some(name) = group_name {
+        let name = name.trim().to_lowercase();
+        return if display { name } else { format!("{name}\0") };
+    }
     let Some(first) = a.and_then(|a| a.first()) else {
         return String::new();
     };
