@@ -969,3 +969,26 @@ async fn sort_by_a_group_address_uses_the_group_name() {
     // carol < undisclosed-recipients < zoe: the empty group is not an empty address.
     assert!(has(&c.ok("d SORT (CC) UTF-8 ALL").await, "* SORT 2 1 3"));
 }
+
+// ---- 18. UID FETCH after another session's change (RFC 9051 §7.5.1) ----
+
+/// A UID FETCH FLAGS right after another session changed the flags answers with the
+/// current flags: the change is reported before the answer, never an old answer followed
+/// by the change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uid_fetch_answers_with_the_current_flags() {
+    let h = Harness::new().await;
+    h.deliver_plain(2).await;
+    let mut a = h.client().await;
+    let mut b = h.client().await;
+    a.ok("a1 SELECT INBOX").await;
+    a.ok("a2 STORE 1 +FLAGS (\\Seen \\Flagged)").await;
+    b.ok("b1 SELECT INBOX").await;
+    b.ok("b2 STORE 1 -FLAGS (\\Flagged)").await;
+    let r = a.ok("a3 UID FETCH 1 FLAGS").await;
+    let fetches: Vec<&String> = r.iter().filter(|l| l.starts_with("* 1 FETCH")).collect();
+    assert!(!fetches.is_empty(), "{r:?}");
+    for l in &fetches {
+        assert!(!l.contains("\\Flagged"), "stale flags: {r:?}");
+    }
+}

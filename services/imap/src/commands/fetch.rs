@@ -472,6 +472,16 @@ impl Session {
         {
             items.push(MessageDataItemName::ModSeq);
         }
+        // UID FETCH brings the view up to date first (new mail, expunges and flag changes
+        // may all be reported by a UID command, RFC 9051 §7.5.1), so the answer carries the
+        // flags as they are now, not as they were before another session's change (which
+        // would then be reported after the answer, contradicting it). A FETCH by sequence
+        // number keeps the view the client numbered against until it is done.
+        let mut out = if uid {
+            self.pending_updates(true).await?
+        } else {
+            Vec::new()
+        };
         let enabled = self.enabled;
         let State::Selected(sel) = &mut self.state else {
             return Ok(Outcome::done(vec![response::bad(
@@ -480,10 +490,8 @@ impl Session {
             )]));
         };
         if !uid && !seq_set_valid(sel, &set) {
-            return Ok(Outcome::done(vec![response::bad(
-                &tag,
-                "Invalid message sequence number",
-            )]));
+            out.push(response::bad(&tag, "Invalid message sequence number"));
+            return Ok(Outcome::done(out));
         }
         let mut targets = resolve(sel, &set, uid);
         if let Some(since) = changed_since {
@@ -492,7 +500,6 @@ impl Session {
         let need = needs(&items);
         let read_only = sel.read_only;
         let sel_id = sel.id;
-        let mut out = Vec::new();
 
         if vanished {
             if let Some(since) = changed_since {
