@@ -1,7 +1,10 @@
 //! Protocol behaviours checked against the RFCs (and Dovecot's answers) over an in-memory
 //! pipe, against the real embedded store: `\Recent`, SENT* dates, CONDSTORE after
 //! enabling, BINARY partials and literal8 APPEND, LIST-EXTENDED and LSUB, SORT keys and
-//! address search, ESEARCH past the end, keyword announcements.
+//! address search, ESEARCH past the end, keyword announcements; and the fixes the Dovecot
+//! differential test found: SELECT's `[CLOSED]`, BINARY[] of the whole message, STATUS (),
+//! case-insensitive keywords, unsettable flags, address keys and comments, BODY inside
+//! attached messages, SORT by a group, UID FETCH after another session's change.
 
 use async_trait::async_trait;
 use mailfleet_core::shutdown::Shutdown;
