@@ -396,7 +396,7 @@ def expand_set(value) -> tuple:
 
 def _flags(values) -> tuple:
     """A flag list as a set: order is not significant; \\Recent is dropped (see the test's
-    docstring: Mailfleet does not keep it, as IMAP4rev2 allows)."""
+    docstring: which session holds a message as recent is not compared)."""
     if not isinstance(values, list):
         return ("<not a list>", repr(values))
     return tuple(sorted({str(v) for v in values if str(v).lower() != "\\recent"}, key=str.lower))
@@ -558,6 +558,19 @@ def _esearch(values: list) -> tuple:
     return tuple(out)
 
 
+def _list_extended_items(items):
+    """A LIST response's extended items (RFC 5258 mbox-list-extended): each item's tag is an
+    astring, so an atom CHILDINFO and a quoted "CHILDINFO" are the same tag."""
+    if not isinstance(items, list):
+        return items
+    return [
+        (x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x)).upper()
+        if i % 2 == 0 and isinstance(x, (bytes, str))
+        else x
+        for i, x in enumerate(items)
+    ]
+
+
 def normalise_untagged(values: list) -> tuple | None:
     """One untagged response; None for one that carries nothing comparable."""
     if not values:
@@ -590,7 +603,7 @@ def normalise_untagged(values: list) -> tuple | None:
         attrs = tuple(sorted(a.lower() for a in attrs))
         delim = rest[1] if len(rest) > 1 else None
         name = _inbox(rest[2] if len(rest) > 2 else None)
-        ext = _freeze(rest[3:])
+        ext = _freeze([_list_extended_items(x) for x in rest[3:]])
         return (kind, attrs, delim, name) + ((ext,) if ext else ())
     if kind == "STATUS":
         name = _inbox(rest[0])

@@ -21,11 +21,13 @@ compared. Normalised away, because the servers may legitimately differ there:
 * the order of untagged responses (compared as a sorted list), of the items within a FETCH
   response (a dict), and of flags in a flag list (a set); sequence sets (in ESEARCH ALL,
   VANISHED, COPYUID, APPENDUID, MODIFIED) are compared as the sets of numbers they denote;
-* quoted string versus literal for the same bytes, and the case of media type names in
-  BODY/BODYSTRUCTURE (case-insensitive per RFC 2045);
-* ``\\Recent``: dropped from flag lists, and RECENT counts are not compared. Mailfleet does
-  not keep it (IMAP4rev2 removed it; docs/imap.md, "Known differences"); the commands whose
-  *result* depends on it (SEARCH RECENT/NEW) are in the table below;
+* quoted string versus literal for the same bytes, atom versus quoted string for the tag of
+  a LIST extended item (an astring, RFC 5258: ``CHILDINFO`` or ``"CHILDINFO"``), and the
+  case of media type names in BODY/BODYSTRUCTURE (case-insensitive per RFC 2045);
+* ``\\Recent``: dropped from flag lists, and RECENT responses and counts are not compared.
+  Both servers keep it, but differ in when they report a changed count (Dovecot also after
+  an EXPUNGE or MOVE, Mailfleet not in an IMAP4rev2 session); SEARCH RECENT/NEW/OLD are
+  compared;
 * the quota root's name (Dovecot: ``"User quota"``, Mailfleet: ``""``);
 * an INTERNALDATE within 36 hours of now (set by an APPEND without a date).
 
@@ -118,12 +120,6 @@ def _drop_codes(result: tuple, source: str) -> tuple:
     return (status, code, untagged)
 
 
-def _drop_closed(result: tuple, source: str) -> tuple:
-    verb = verb_of(source)
-    status, code, untagged = result
-    return (status, code, tuple(u for u in untagged if u != ("OK", ("CLOSED",))))
-
-
 def _system_flags_only(result: tuple, source: str) -> tuple:
     verb = verb_of(source)
     status, code, untagged = result
@@ -206,16 +202,11 @@ KNOWN_RULES = {
         "(RFC 5530); Mailfleet sends them where Dovecot often answers with text only",
         _drop_codes,
     ),
-    "closed-response-code": (
-        "mailfleet bug: a SELECT or EXAMINE that closes the selected mailbox sends no untagged "
-        "OK [CLOSED] (RFC 9051 section 6.3.2 requires it, as RFC 7162 does for QRESYNC)",
-        _drop_closed,
-    ),
     "keywords-in-flags": (
-        "mailfleet bug: FLAGS and PERMANENTFLAGS list only the system flags, not the keywords "
-        "in use in the mailbox, and no new FLAGS response is sent when a STORE or APPEND "
-        "creates a keyword (RFC 9051 section 7.3.5 allows the minimum, but clients such as "
-        "Thunderbird learn the mailbox's keywords from FLAGS)",
+        "Dovecot's FLAGS and PERMANENTFLAGS name every keyword the mailbox has known (kept "
+        "after no message holds it any more, and added with a new FLAGS even by SEARCH KEYWORD "
+        "of an unknown one); Mailfleet's name the keywords its messages hold. Both are allowed "
+        "(RFC 9051 section 7.3.5)",
         _system_flags_only,
     ),
     "uid-in-unsolicited-fetch": (
@@ -264,64 +255,26 @@ KNOWN_RULES = {
 # the others are differences the RFCs allow. Every entry is also in docs/imap.md.
 EXPECTED_DIFFERENCES: dict[str, str] = {
     # SELECT / STATUS
-    "02-select-status.imap:b010": "mailfleet bug: STATUS with an empty item list is answered OK; "
-    "the RFC 9051 grammar (status-att-list) needs at least one item, Dovecot answers BAD",
+    "02-select-status.imap:b026": "SELECT without a mailbox name: both answer BAD, but Dovecot first closes the selected "
+    "mailbox (OK [CLOSED]); Mailfleet does not run a command it cannot parse, so the mailbox "
+    "stays selected",
+    "02-select-status.imap:b027": "after b026 Mailfleet still has a mailbox selected, so this EXAMINE starts with OK "
+    "[CLOSED]; Dovecot closed it at b026",
     # BINARY (RFC 3516)
-    "04-bodystructure-binary.imap:d020": "mailfleet bug: BINARY[] (the whole message) returns only "
-    "the body, without the header",
-    "04-bodystructure-binary.imap:d021": "mailfleet bug: BINARY.SIZE[] is the size of the body, not "
-    "of the whole message (same cause as d020)",
-    "04-bodystructure-binary.imap:d023": "mailfleet bug: the answer to BINARY.PEEK[2]<0.4> is named "
-    "BINARY[2] instead of BINARY[2]<0> (a partial fetch echoes its origin, RFC 3516 section 4.2)",
     "04-bodystructure-binary.imap:d028": "BINARY[2.MIME] is not in RFC 3516's grammar (only part "
     "numbers): Mailfleet answers BAD, Dovecot serves the MIME header",
     # SEARCH
-    "05-search.imap:e037": "mailfleet bug: SEARCH BCC nobody matches 'Bcc: Hidden: (nobody) ;' - "
-    "the address keys match the header's comments; RFC 9051 section 6.4.4 defines them on the "
-    "envelope's address fields, which have no comments (Dovecot: no match)",
-    "05-search.imap:e043": "mailfleet bug: SEARCH BODY does not look into an attached "
-    "message/rfc822 (message 6 forwards one that says 'Friday'); the body of a message includes "
-    "its attached messages (Dovecot matches 1 and 6)",
-    "05-search.imap:e055": "design: \\Recent is not kept (docs/imap.md, Known differences), so "
-    "SEARCH NEW never matches; Dovecot keeps \\Recent as IMAP4rev1 asks",
-    "05-search.imap:e056": "design: \\Recent is not kept, so SEARCH OLD matches every message",
-    "05-search.imap:e057": "design: \\Recent is not kept, so SEARCH RECENT never matches",
-    "05-search.imap:e064": "SEARCH 20:30 in a mailbox of 10 messages: Mailfleet answers BAD, as RFC "
-    "3501/9051 section 2.3.1.2 says a server should for sequence numbers beyond the mailbox; Dovecot "
-    "returns an empty result",
     # SORT (RFC 5256)
-    "07-sort.imap:g009": "mailfleet bug: SORT (SUBJECT) compares base subjects case-sensitively "
-    "('Rechnung' before 'quoted-printable ...'); RFC 5256 sorts with i;unicode-casemap",
-    "07-sort.imap:g010": "mailfleet bug: SORT (REVERSE SUBJECT), same case-sensitive comparison",
-    "07-sort.imap:g014": "mailfleet bug: SORT (SUBJECT DATE), same case-sensitive comparison",
-    "07-sort.imap:g012": "mailfleet bug: SORT (TO) sorts a To: that is a group ('Engineering: "
-    "...;', message 8) as an empty address (first); Dovecot sorts it by the group name",
-    "07-sort.imap:g024": "mailfleet bug: SORT (DISPLAYTO), the same group handling as g012",
-    "07-sort.imap:g013": "mailfleet bug: SORT (CC) sorts 'Cc: undisclosed-recipients:;' as no "
-    "address; Dovecot sorts it by the group name",
     # STORE and flags
     "08-store.imap:h027": "STORE 1 +FLAGS without a flag list is not in the grammar: Mailfleet "
     "answers BAD, Dovecot OK",
     "08-store.imap:h033": "STORE in a mailbox opened with EXAMINE: Mailfleet answers NO "
     "[READ-ONLY], Dovecot OK without changing anything; both allowed",
-    "08-store.imap:h037": "mailfleet bug: keywords are case-sensitive in Mailfleet: STORE (... $x "
-    "$X) keeps both, Dovecot (like Cyrus) treats flag names case-insensitively and keeps one",
-    "08-store.imap:h038": "mailfleet bug: the two keywords of h037 are stored (same cause)",
-    "08-store.imap:h012": "mailfleet bug: +FLAGS ($important) on a message with $Important adds a "
-    "second keyword (same cause as h037)",
-    "08-store.imap:h023": "mailfleet bug: STORE +FLAGS (\\Recent) is accepted and \\Recent is then "
-    "shown as a flag of the message; a client cannot set \\Recent (RFC 3501 section 2.3.2), "
-    "Dovecot answers BAD",
-    "08-store.imap:h024": "mailfleet bug: STORE accepts the undefined system flag \\Bogus and "
-    "stores it (PERMANENTFLAGS does not list it); names starting with \\ are reserved for "
-    "future standards (RFC 9051 section 2.3.2), Dovecot answers BAD",
+    "08-store.imap:h012": "+FLAGS ($important) after $Important was removed from every message "
+    "(h015): Dovecot stores the spelling the mailbox first knew ($Important), Mailfleet, which "
+    "keeps no keyword list apart from its messages', the one given; keywords are "
+    "case-insensitive, so both are the same keyword (see rule keywords-in-flags)",
     # CONDSTORE / QRESYNC (RFC 7162)
-    "09-condstore.imap:i016": "mailfleet bug: SEARCH RETURN (MIN MAX) with a MODSEQ criterion "
-    "has no MODSEQ in its ESEARCH response (RFC 7162 asks for the highest mod-sequence "
-    "of the matched messages)",
-    "09-condstore.imap:i023": "mailfleet bug: with QRESYNC enabled the untagged FETCH sent for a "
-    "STORE has no UID; QRESYNC clients need the UID in every untagged FETCH (RFC 7162; Dovecot "
-    "and Apache James send it)",
     "09-condstore.imap:i030": "STORE -FLAGS (\\Draft) on a message without \\Draft: Mailfleet "
     "answers with a FETCH of the unchanged flags, Dovecot sends none; both allowed",
     # COPY / MOVE / EXPUNGE in a read-only mailbox
@@ -333,19 +286,9 @@ EXPECTED_DIFFERENCES: dict[str, str] = {
     # APPEND
     "12-append.imap:l006": "APPEND date-time '1-Jan-2000 ...' (one-digit day without the leading "
     "space) is not in the grammar (date-day-fixed): Mailfleet answers BAD, Dovecot accepts it",
-    "12-append.imap:l011": "mailfleet bug: APPEND with the flag \\Recent is accepted (Dovecot: BAD; "
-    "a client cannot set \\Recent)",
     "12-append.imap:l012": "APPEND with the date 32-Jan-2024: Mailfleet answers BAD, Dovecot "
     "accepts the impossible date",
-    "12-append.imap:l015": "mailfleet bug: APPEND accepts the undefined system flag \\Bogus "
-    "(as h024)",
     # LIST / LSUB (RFC 3501, RFC 5258)
-    "13-list.imap:m019": "mailfleet bug: LSUB \"\" % with Work/Projects subscribed and Work not "
-    "must return Work with \\Noselect (RFC 3501 section 6.3.9); Mailfleet returns nothing",
-    "13-list.imap:m022": "mailfleet bug: LIST (SUBSCRIBED RECURSIVEMATCH) \"\" % does not return "
-    "Work with CHILDINFO (\"SUBSCRIBED\") for its subscribed child (RFC 5258)",
-    "13-list.imap:m037": "mailfleet bug: RECURSIVEMATCH as the only selection option must be "
-    "answered BAD (RFC 5258); Mailfleet lists every mailbox",
     # CREATE / DELETE / RENAME
     "14-mailboxes.imap:n018": "DELETE Beta, created as the superior of Beta/Gamma/Delta: a "
     "\\Noselect placeholder in Dovecot (NO), a real mailbox in Mailfleet (OK); see rule "
@@ -366,7 +309,12 @@ EXPECTED_DIFFERENCES: dict[str, str] = {
     "15-namespace.imap:o007": "NAMESPACE with an argument: Mailfleet BAD (the grammar has none), "
     "Dovecot ignores it",
     "19-unselect-close.imap:t017": "UNSELECT with an argument: Mailfleet BAD, Dovecot ignores it",
+    "19-unselect-close.imap:t019": "after t017 and t018 (UNSELECT/CLOSE with an argument: BAD in Mailfleet, run by Dovecot) "
+    "INBOX is still selected in Mailfleet, so this SELECT starts with OK [CLOSED]",
     "20-errors-syntax.imap:u004": "SELECT with extra arguments: Mailfleet BAD, Dovecot ignores them",
+    "20-errors-syntax.imap:u005": "after u003 and u004 (SELECT with a bad argument list: Dovecot closes the selected "
+    "mailbox, see b026) INBOX is still selected in Mailfleet, so this SELECT starts with OK "
+    "[CLOSED]",
     "20-errors-syntax.imap:u016": "BODY[]<5> (a partial without length) is not in the grammar: "
     "Mailfleet BAD, Dovecot returns from octet 5 on",
     "23-errors-syntax-more.imap:u034": "NOOP with an argument: Mailfleet BAD, Dovecot ignores it",
@@ -398,9 +346,9 @@ EXPECTED_DIFFERENCES: dict[str, str] = {
     "by Mailfleet at the next NOOP; servers may hold it back",
     "22-sessions.imap:x007": "Mailfleet adds UID to the FETCH reporting the other session's flag "
     "change inside this STORE (see rule uid-in-unsolicited-fetch)",
-    "22-sessions.imap:w010": "mailfleet bug: UID FETCH 1 FLAGS right after another session cleared "
-    "\\Flagged answers with the old flags (\\Flagged \\Seen), then sends the change; the "
-    "answer should carry the current flags",
+    "22-sessions.imap:w010": "UID FETCH 1 FLAGS right after another session cleared \\Flagged: "
+    "both report the change and answer with the current flags; Mailfleet adds UID to the "
+    "FETCH reporting the change (see rule uid-in-unsolicited-fetch)",
 }
 
 

@@ -58,7 +58,8 @@ pub enum RecentMode {
 /// shows one the client was not told of (RFC 9051 §7.3.5).
 #[derive(Debug, Default)]
 pub struct Keywords {
-    seen: std::collections::HashSet<String>,
+    /// Lower-cased keyword -> its index in `list`.
+    seen: std::collections::HashMap<String, usize>,
     list: Vec<String>,
 }
 
@@ -67,12 +68,22 @@ impl Keywords {
     pub fn learn(&mut self, flags: &Flags) -> bool {
         let mut new = false;
         for f in flags.iter().filter(|f| !f.starts_with('\\')) {
-            if self.seen.insert(f.to_ascii_lowercase()) {
+            let key = f.to_ascii_lowercase();
+            if !self.seen.contains_key(&key) {
+                self.seen.insert(key, self.list.len());
                 self.list.push(f.to_string());
                 new = true;
             }
         }
         new
+    }
+
+    /// The spelling this session already knows `flag` by, if it differs only in case:
+    /// keywords are case-insensitive (RFC 9051 §2.3.2), so a STORE of `$label1` onto a
+    /// mailbox that shows `$Label1` stores `$Label1`.
+    pub fn spelling(&self, flag: &str) -> Option<&str> {
+        let i = *self.seen.get(&flag.to_ascii_lowercase())?;
+        Some(self.list[i].as_str())
     }
 
     pub fn list(&self) -> &[String] {

@@ -410,6 +410,11 @@ impl Session {
                 reference,
                 mailbox_wildcard,
             } => self.list(tag, reference, mailbox_wildcard, true).await,
+            // imap-codec parses `STATUS box ()`, but the grammar (status-att-list, RFC 9051
+            // §9) needs at least one item, and Dovecot answers BAD too.
+            CommandBody::Status { item_names, .. } if item_names.is_empty() => Ok(Outcome::done(
+                vec![response::bad(&tag, "STATUS needs at least one item")],
+            )),
             CommandBody::Status {
                 mailbox,
                 item_names,

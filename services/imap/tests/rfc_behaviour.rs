@@ -1,7 +1,10 @@
 //! Protocol behaviours checked against the RFCs (and Dovecot's answers) over an in-memory
 //! pipe, against the real embedded store: `\Recent`, SENT* dates, CONDSTORE after
 //! enabling, BINARY partials and literal8 APPEND, LIST-EXTENDED and LSUB, SORT keys and
-//! address search, ESEARCH past the end, keyword announcements.
+//! address search, ESEARCH past the end, keyword announcements; and the fixes the Dovecot
+//! differential test found: SELECT's `[CLOSED]`, BINARY[] of the whole message, STATUS (),
+//! case-insensitive keywords, unsettable flags, address keys and comments, BODY inside
+//! attached messages, SORT by a group, UID FETCH after another session's change.
 
 use async_trait::async_trait;
 use mailfleet_core::shutdown::Shutdown;
@@ -720,4 +723,275 @@ async fn new_keywords_are_announced_before_the_fetch_that_uses_them() {
         ),
         "{r:?}"
     );
+}
+
+// ---- 10. SELECT closing the selected mailbox (RFC 9051 §6.3.2) ----
+
+/// A SELECT or EXAMINE while a mailbox is selected starts with `* OK [CLOSED]`, before the
+/// new mailbox's EXISTS, also without QRESYNC and also when the new SELECT fails; the
+/// first SELECT of a session has none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn select_that_closes_a_mailbox_sends_closed_first() {
+    let h = Harness::new().await;
+    h.deliver_plain(1).await;
+    let mut a = h.client().await;
+    let r = a.ok("a1 SELECT INBOX").await;
+    assert!(!r.iter().any(|l| l.contains("[CLOSED]")), "{r:?}");
+    let r = a.ok("a2 EXAMINE Sent").await;
+    assert!(r[0].starts_with("* OK [CLOSED]"), "{r:?}");
+    let r = a.ok("a3 SELECT INBOX").await;
+    assert!(r[0].starts_with("* OK [CLOSED]"), "{r:?}");
+    assert!(position(&r, "* OK [CLOSED]") < position(&r, "* 1 EXISTS"));
+    let r = a.cmd("a4 SELECT Nonexistent").await;
+    assert!(r[0].starts_with("* OK [CLOSED]"), "{r:?}");
+    assert!(r.last().expect("tagged").starts_with("a4 NO"), "{r:?}");
+    // Now nothing is selected: the next SELECT closes nothing.
+    let r = a.ok("a5 SELECT INBOX").await;
+    assert!(!r.iter().any(|l| l.contains("[CLOSED]")), "{r:?}");
+}
+
+// ---- 11. BINARY[] is the whole message (RFC 3516 §4.2) ----
+
+/// `BINARY[]` and `BINARY.SIZE[]` cover the header too, as `BODY[]` does: the message as
+/// stored when its top level has no transfer encoding, the header and the decoded body when
+/// it is base64 or quoted-printable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_of_the_whole_message_includes_the_header() {
+    let h = Harness::new().await;
+    let plain = "From: a@remote.test\r\nSubject: whole\r\n\r\nbody text\r\n";
+    h.deliver(plain).await;
+    h.deliver(
+        "From: a@remote.test\r\nMIME-Version: 1.0\r\nContent-Type: text/plain\r\n\
+Content-Transfer-Encoding: base64\r\n\r\naGVsbG8gd29ybGQ=\r\n",
+    )
+    .await;
+    h.deliver(FIVE_PARTS).await;
+    let mut c = h.client().await;
+    c.ok("a SELECT INBOX").await;
+    c.send(b"b FETCH 1 (BINARY.PEEK[] BINARY.SIZE[])\r\n").await;
+    let r = String::from_utf8_lossy(&c.until_raw("b").await).into_owned();
+    assert!(
+        r.contains(&format!(
+            "* 1 FETCH (BINARY[] {{{}}}\r\n{plain} BINARY.SIZE[] {})",
+            plain.len(),
+            plain.len()
+        )),
+        "{r}"
+    );
+    c.send(b"c FETCH 2 (BINARY.PEEK[] BINARY.SIZE[])\r\n").await;
+    let r = String::from_utf8_lossy(&c.until_raw("c").await).into_owned();
+    let header = "From: a@remote.test\r\nMIME-Version: 1.0\r\nContent-Type: text/plain\r\n\
+Content-Transfer-Encoding: base64\r\n\r\n";
+    let want = format!("{header}hello world");
+    assert!(
+        r.contains(&format!(
+            "BINARY[] {{{}}}\r\n{want} BINARY.SIZE[] {})",
+            want.len(),
+            want.len()
+        )),
+        "{r}"
+    );
+    c.send(b"d FETCH 3 (BINARY.SIZE[] RFC822.SIZE)\r\n").await;
+    let r = String::from_utf8_lossy(&c.until_raw("d").await).into_owned();
+    let n = FIVE_PARTS.len();
+    assert!(
+        r.contains(&format!("BINARY.SIZE[] {n}")) && r.contains(&format!("RFC822.SIZE {n}")),
+        "{r}"
+    );
+}
+
+// ---- 12. STATUS needs an item (RFC 9051 §9, status-att-list) ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_with_an_empty_item_list_is_bad() {
+    let h = Harness::new().await;
+    h.deliver_plain(2).await;
+    let mut c = h.client().await;
+    let r = c.cmd("a STATUS INBOX ()").await;
+    assert_eq!(r.len(), 1, "no STATUS data: {r:?}");
+    assert!(r[0].starts_with("a BAD"), "{r:?}");
+    let r = c.ok("b STATUS INBOX (MESSAGES)").await;
+    assert!(has(&r, "* STATUS INBOX (MESSAGES 2)"), "{r:?}");
+}
+
+// ---- 13. Keywords are case-insensitive (RFC 9051 §2.3.2) ----
+
+/// The flags of `* n FETCH (FLAGS (...))` in `lines`, sorted (their order is not significant).
+fn fetch_flags(lines: &[String], n: u32) -> Vec<String> {
+    let prefix = format!("* {n} FETCH (FLAGS (");
+    let line = &lines[position(lines, &prefix)];
+    let inner = &line[prefix.len()..line.find("))").expect("end of flags")];
+    let mut flags: Vec<String> = inner.split_whitespace().map(str::to_string).collect();
+    flags.sort();
+    flags
+}
+
+/// `$x` and `$X` are one keyword: a STORE naming both keeps the first, adding another
+/// spelling changes nothing, a second message gets the spelling the session already
+/// knows, and removing any spelling removes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keywords_differing_in_case_are_one_keyword() {
+    let h = Harness::new().await;
+    h.deliver_plain(2).await;
+    let mut c = h.client().await;
+    c.ok("a SELECT INBOX").await;
+    let r = c.ok("b STORE 1 FLAGS (\\Seen \\Seen $x $X)").await;
+    assert_eq!(fetch_flags(&r, 1), ["$x", "\\Recent", "\\Seen"], "{r:?}");
+    let r = c.ok("c STORE 1 +FLAGS ($X)").await;
+    assert_eq!(fetch_flags(&r, 1), ["$x", "\\Recent", "\\Seen"], "{r:?}");
+    let r = c.ok("d STORE 2 +FLAGS ($X)").await;
+    assert_eq!(fetch_flags(&r, 2), ["$x", "\\Recent"], "{r:?}");
+    assert!(
+        !r.iter().any(|l| l.starts_with("* FLAGS")),
+        "no new keyword: {r:?}"
+    );
+    let r = c.ok("e STORE 1:2 -FLAGS ($X)").await;
+    assert_eq!(fetch_flags(&r, 1), ["\\Recent", "\\Seen"], "{r:?}");
+    assert_eq!(fetch_flags(&r, 2), ["\\Recent"], "{r:?}");
+    let mut other = h.client().await;
+    let r = other.ok("f SELECT INBOX").await;
+    assert!(
+        has(
+            &r,
+            "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)"
+        ),
+        "{r:?}"
+    );
+}
+
+// ---- 14. Flags a client cannot set (RFC 3501 §2.3.2, RFC 9051 §2.3.2) ----
+
+/// STORE and APPEND of `\Recent` (the server's to set) or of an undefined system flag such
+/// as `\Bogus` are BAD and change nothing, as Dovecot answers; a keyword is still fine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recent_and_undefined_system_flags_cannot_be_set() {
+    let h = Harness::new().await;
+    h.deliver_plain(1).await;
+    let mut c = h.client().await;
+    c.ok("a SELECT INBOX").await;
+    for (tag, flag) in [("b", "\\Recent"), ("c", "\\Bogus")] {
+        let r = c
+            .cmd(&format!("{tag} STORE 1 +FLAGS (\\Seen {flag})"))
+            .await;
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert!(r[0].starts_with(&format!("{tag} BAD")), "{r:?}");
+    }
+    let r = c.ok("d FETCH 1 FLAGS").await;
+    assert_eq!(fetch_flags(&r, 1), ["\\Recent"], "nothing stored: {r:?}");
+    for (tag, flag) in [("e", "\\Recent"), ("f", "\\Bogus")] {
+        c.send(format!("{tag} APPEND INBOX ({flag}) {{3+}}\r\nx\r\n\r\n").as_bytes())
+            .await;
+        let r = String::from_utf8_lossy(&c.until_raw(tag).await).into_owned();
+        assert!(r.starts_with(&format!("{tag} BAD")), "{r}");
+    }
+    let r = c.ok("g STATUS INBOX (MESSAGES)").await;
+    assert!(
+        has(&r, "* STATUS INBOX (MESSAGES 1)"),
+        "nothing appended: {r:?}"
+    );
+    c.ok("h APPEND INBOX ($Fine \\Seen) {3+}\r\nx\r\n").await;
+}
+
+// ---- 15. SEARCH address keys ignore header comments (RFC 9051 §6.4.4) ----
+
+/// FROM/TO/CC/BCC look at the addresses (the envelope's fields), not at comments in the
+/// header; a parenthesis inside a quoted display name is part of the name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_address_keys_do_not_match_comments() {
+    let h = Harness::new().await;
+    h.deliver("From: a@remote.test\r\nBcc: Hidden: (nobody) ;\r\nSubject: one\r\n\r\nx\r\n")
+        .await;
+    h.deliver(
+        "From: \"Bob (Sales)\" <bob@remote.test>\r\nTo: undisclosed:;\r\nSubject: two\r\n\r\nx\r\n",
+    )
+    .await;
+    let mut c = h.client().await;
+    c.ok("a SELECT INBOX").await;
+    assert!(has(&c.ok("b SEARCH BCC nobody").await, "* SEARCH"));
+    assert!(has(
+        &c.ok("d SEARCH FROM remote.test").await,
+        "* SEARCH 1 2"
+    ));
+    assert!(has(&c.ok("e SEARCH FROM sales").await, "* SEARCH 2"));
+    assert!(has(&c.ok("f SEARCH BCC hidden").await, "* SEARCH 1"));
+    assert!(has(&c.ok("g SEARCH TO nobody").await, "* SEARCH"));
+}
+
+// ---- 16. SEARCH BODY/TEXT look into attached messages (RFC 9051 §6.4.4) ----
+
+/// The body of a message includes the message/rfc822 it forwards: BODY and TEXT find words
+/// of the attached message's body (and TEXT of its header); the outer message's own text is
+/// still searched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_body_includes_attached_messages() {
+    let h = Harness::new().await;
+    h.deliver(
+        "From: a@remote.test\r\nSubject: fwd\r\nMIME-Version: 1.0\r\n\
+Content-Type: multipart/mixed; boundary=\"B\"\r\n\r\n\
+--B\r\nContent-Type: text/plain\r\n\r\nsee below\r\n\
+--B\r\nContent-Type: message/rfc822\r\n\r\n\
+From: c@inner.test\r\nSubject: inner topic\r\n\r\nmeet on Friday\r\n\
+--B--\r\n",
+    )
+    .await;
+    h.deliver_plain(1).await;
+    let mut c = h.client().await;
+    c.ok("a SELECT INBOX").await;
+    assert!(has(&c.ok("b SEARCH BODY friday").await, "* SEARCH 1"));
+    assert!(has(&c.ok("c SEARCH TEXT friday").await, "* SEARCH 1"));
+    assert!(has(
+        &c.ok("d SEARCH TEXT \"inner topic\"").await,
+        "* SEARCH 1"
+    ));
+    assert!(has(&c.ok("e SEARCH BODY below").await, "* SEARCH 1"));
+    assert!(has(&c.ok("f SEARCH BODY body").await, "* SEARCH 2"));
+}
+
+// ---- 17. SORT by an address header that is a group (RFC 5256 §3) ----
+
+/// A To: or Cc: that starts with a group sorts by the group's name (its envelope's first
+/// address is the group marker), for TO, CC and DISPLAYTO, also for an empty group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sort_by_a_group_address_uses_the_group_name() {
+    let h = Harness::new().await;
+    h.deliver("From: a@x.test\r\nTo: Engineering: alice@x.test, zed@x.test;\r\nCc: undisclosed-recipients:;\r\nSubject: 1\r\n\r\nx\r\n").await;
+    h.deliver("From: a@x.test\r\nTo: dave@x.test\r\nCc: carol@x.test\r\nSubject: 2\r\n\r\nx\r\n")
+        .await;
+    h.deliver(
+        "From: a@x.test\r\nTo: Fred <fred@x.test>\r\nCc: zoe@x.test\r\nSubject: 3\r\n\r\nx\r\n",
+    )
+    .await;
+    let mut c = h.client().await;
+    c.ok("a SELECT INBOX").await;
+    // alice < dave < engineering < fred: the group sorts by its name, not its first member.
+    assert!(has(&c.ok("b SORT (TO) UTF-8 ALL").await, "* SORT 2 1 3"));
+    assert!(has(
+        &c.ok("c SORT (DISPLAYTO) UTF-8 ALL").await,
+        "* SORT 2 1 3"
+    ));
+    // carol < undisclosed-recipients < zoe: the empty group is not an empty address.
+    assert!(has(&c.ok("d SORT (CC) UTF-8 ALL").await, "* SORT 2 1 3"));
+}
+
+// ---- 18. UID FETCH after another session's change (RFC 9051 §7.5.1) ----
+
+/// A UID FETCH FLAGS right after another session changed the flags answers with the
+/// current flags: the change is reported before the answer, never an old answer followed
+/// by the change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uid_fetch_answers_with_the_current_flags() {
+    let h = Harness::new().await;
+    h.deliver_plain(2).await;
+    let mut a = h.client().await;
+    let mut b = h.client().await;
+    a.ok("a1 SELECT INBOX").await;
+    a.ok("a2 STORE 1 +FLAGS (\\Seen \\Flagged)").await;
+    b.ok("b1 SELECT INBOX").await;
+    b.ok("b2 STORE 1 -FLAGS (\\Flagged)").await;
+    let r = a.ok("a3 UID FETCH 1 FLAGS").await;
+    let fetches: Vec<&String> = r.iter().filter(|l| l.starts_with("* 1 FETCH")).collect();
+    assert!(!fetches.is_empty(), "{r:?}");
+    for l in &fetches {
+        assert!(!l.contains("\\Flagged"), "stale flags: {r:?}");
+    }
 }

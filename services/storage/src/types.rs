@@ -156,18 +156,23 @@ pub struct Mailbox {
 }
 
 /// Message flags as stored: system flags (`\Seen`...) and keywords, kept sorted and unique.
+/// Unique ignoring ASCII case: flag names are case-insensitive (RFC 9051 §2.3.2), so `$x` and
+/// `$X` are one keyword and a message never holds both.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Flags(Vec<String>);
 
 impl Flags {
+    /// The flags of `flags`, without empty or blank names; of names equal but for case, the
+    /// first one given is kept (so adding `$important` to `$Important` keeps `$Important`).
     pub fn new<I: IntoIterator<Item = S>, S: Into<String>>(flags: I) -> Self {
+        let mut seen = std::collections::HashSet::new();
         let mut v: Vec<String> = flags
             .into_iter()
             .map(Into::into)
             .filter(|f: &String| !f.is_empty() && !f.contains(char::is_whitespace))
+            .filter(|f| seen.insert(f.to_ascii_lowercase()))
             .collect();
         v.sort();
-        v.dedup();
         Flags(v)
     }
 
@@ -264,4 +269,17 @@ pub enum FlagOp {
     Replace,
     Add,
     Remove,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Flags;
+
+    #[test]
+    fn flags_differing_only_in_case_are_one_flag_and_the_first_spelling_wins() {
+        let f = Flags::new(["$Important", "\\Seen", "$important", "\\seen", "$X", "$x"]);
+        assert_eq!(f.iter().collect::<Vec<_>>(), ["$Important", "$X", "\\Seen"]);
+        assert!(f.contains("$IMPORTANT"));
+        assert_eq!(Flags::from_storage(&f.to_storage()), f);
+    }
 }

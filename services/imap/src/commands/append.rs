@@ -41,6 +41,12 @@ impl Session {
                 "Empty message",
             )]));
         }
+        if let Some(flag) = super::unsettable_flag(&flags) {
+            return Ok(Outcome::done(vec![response::bad(
+                &tag,
+                &format!("{flag} cannot be set by a client"),
+            )]));
+        }
         if flags.len() > super::store::MAX_KEYWORDS {
             return Ok(Outcome::done(vec![response::no(
                 &tag,

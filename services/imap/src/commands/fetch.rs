@@ -472,6 +472,16 @@ impl Session {
         {
             items.push(MessageDataItemName::ModSeq);
         }
+        // UID FETCH brings the view up to date first (new mail, expunges and flag changes
+        // may all be reported by a UID command, RFC 9051 §7.5.1), so the answer carries the
+        // flags as they are now, not as they were before another session's change (which
+        // would then be reported after the answer, contradicting it). A FETCH by sequence
+        // number keeps the view the client numbered against until it is done.
+        let mut out = if uid {
+            self.pending_updates(true).await?
+        } else {
+            Vec::new()
+        };
         let enabled = self.enabled;
         let State::Selected(sel) = &mut self.state else {
             return Ok(Outcome::done(vec![response::bad(
@@ -480,10 +490,8 @@ impl Session {
             )]));
         };
         if !uid && !seq_set_valid(sel, &set) {
-            return Ok(Outcome::done(vec![response::bad(
-                &tag,
-                "Invalid message sequence number",
-            )]));
+            out.push(response::bad(&tag, "Invalid message sequence number"));
+            return Ok(Outcome::done(out));
         }
         let mut targets = resolve(sel, &set, uid);
         if let Some(since) = changed_since {
@@ -492,7 +500,6 @@ impl Session {
         let need = needs(&items);
         let read_only = sel.read_only;
         let sel_id = sel.id;
-        let mut out = Vec::new();
 
         if vanished {
             if let Some(since) = changed_since {
@@ -740,9 +747,28 @@ fn find_part<'a>(root: &'a mailfleet_mime::Part, path: &[u32]) -> Option<&'a mai
     Some(part)
 }
 
-/// BINARY[section]: the part's content with its transfer encoding removed.
+/// BINARY[section]: the part's content with its transfer encoding removed. `BINARY[]` is
+/// the whole message (RFC 3516 §4.2, as BODY[] is): its header as stored, then its body
+/// decoded.
 fn binary(raw: &[u8], summary: &MessageSummary, path: &[u32]) -> Option<Vec<u8>> {
-    let part = find_part(&summary.root, path)?;
+    if path.is_empty() {
+        let root = &summary.root;
+        let encoding = root.encoding_or_default();
+        if !encoding.eq_ignore_ascii_case(b"base64")
+            && !encoding.eq_ignore_ascii_case(b"quoted-printable")
+        {
+            return Some(raw.to_vec());
+        }
+        let header_end = (root.body_start as usize).min(raw.len());
+        let mut whole = raw[..header_end].to_vec();
+        whole.extend(part_binary(raw, root)?);
+        return Some(whole);
+    }
+    part_binary(raw, find_part(&summary.root, path)?)
+}
+
+/// One part's body with its Content-Transfer-Encoding removed.
+fn part_binary(raw: &[u8], part: &mailfleet_mime::Part) -> Option<Vec<u8>> {
     let (start, end) = (part.body_start as usize, part.body_end as usize);
     let body = raw.get(start.min(raw.len())..end.min(raw.len()))?;
     let encoding = part.encoding_or_default();

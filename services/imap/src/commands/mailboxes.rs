@@ -76,14 +76,16 @@ impl Session {
         read_only: bool,
     ) -> StoreResult<Outcome> {
         let mut out = Vec::new();
+        // Closing the selected mailbox is announced before anything about the new one, so a
+        // client can tell which mailbox the following responses belong to (RFC 9051 §6.3.2;
+        // RFC 7162 §3.2.11 asks the same of QRESYNC sessions). Also when the new SELECT fails:
+        // the old mailbox is closed either way.
         if matches!(self.state, State::Selected(_)) {
             self.state = State::Authenticated;
-            if self.enabled.qresync {
-                out.push(response::untagged_ok(
-                    Some(Code::Closed),
-                    "Previous mailbox closed",
-                ));
-            }
+            out.push(response::untagged_ok(
+                Some(Code::Closed),
+                "Previous mailbox closed",
+            ));
         }
         let name = mailbox_name(&mailbox);
         let Some(mb) = self.find_mailbox(&name).await? else {

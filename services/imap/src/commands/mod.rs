@@ -11,6 +11,7 @@ pub mod search;
 pub mod store;
 
 use crate::selected::Selected;
+use imap_codec::imap_types::flag::Flag;
 use imap_codec::imap_types::mailbox::Mailbox;
 use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
 use mailfleet_storage::Uid;
@@ -108,6 +109,17 @@ pub fn resolve(sel: &Selected, set: &SequenceSet, uid: bool) -> Vec<(u32, Uid)> 
             index.contains(key).then_some((seq, m.uid))
         })
         .collect()
+}
+
+/// The first flag of a STORE or APPEND that a client may not set: `\Recent` (the server's
+/// alone, RFC 3501 §2.3.2) or a `\name` that is no system flag (such names are reserved for
+/// future standards, RFC 9051 §2.3.2). The command is answered BAD, as Dovecot does, rather
+/// than storing a flag PERMANENTFLAGS does not offer.
+pub fn unsettable_flag(flags: &[Flag<'_>]) -> Option<String> {
+    flags
+        .iter()
+        .find(|f| matches!(f, Flag::Extension(_)))
+        .map(ToString::to_string)
 }
 
 /// A sequence-number set is invalid when it names a number beyond the mailbox (RFC 9051

@@ -79,21 +79,60 @@ fn depth(key: &SearchKey<'_>) -> usize {
 
 /// Whether an address header matches a FROM/TO/CC/BCC key: a substring (case-insensitive,
 /// RFC 2047 decoded) of any address's display name, of its `local@domain`, of the
-/// `Name <local@domain>` form, or of the decoded header text as written.
+/// `Name <local@domain>` form, or of the decoded header text as written without its
+/// comments: the keys are defined on the envelope's address fields (RFC 9051 §6.4.4),
+/// which carry no comments, so `Bcc: Hidden: (nobody) ;` does not match `nobody`.
 fn address_matches(
     parsed: &Message<'_>,
     header: &str,
     a: Option<&mail_parser::Address<'_>>,
     needle: &str,
 ) -> bool {
+    // An entry without an address is no envelope address: the parser makes one of a
+    // comment standing alone, as in the empty group `Hidden: (nobody) ;`.
     let forms = a.into_iter().flat_map(|a| a.iter()).any(|x| {
+        let Some(addr) = x.address().filter(|a| !a.is_empty()) else {
+            return false;
+        };
         let name = x.name().unwrap_or_default();
-        let addr = x.address().unwrap_or_default();
         contains(name, needle)
             || contains(addr, needle)
             || contains(&format!("{name} <{addr}>"), needle)
     });
-    forms || contains(&header_text(parsed, header), needle)
+    forms || contains(&without_comments(&header_text(parsed, header)), needle)
+}
+
+/// `text` without its RFC 5322 comments (`(...)`, nested, with `\` quoting), leaving
+/// quoted strings, where a parenthesis is just a character, alone.
+fn without_comments(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let (mut depth, mut quoted, mut escaped) = (0usize, false, false);
+    for ch in text.chars() {
+        if escaped {
+            escaped = false;
+            if depth == 0 {
+                out.push(ch);
+            }
+            continue;
+        }
+        match ch {
+            '\\' if quoted || depth > 0 => {
+                escaped = true;
+                if depth == 0 {
+                    out.push(ch);
+                }
+            }
+            '"' if depth == 0 => {
+                quoted = !quoted;
+                out.push(ch);
+            }
+            '(' if !quoted => depth += 1,
+            ')' if !quoted && depth > 0 => depth -= 1,
+            _ if depth == 0 => out.push(ch),
+            _ => {}
+        }
+    }
+    out
 }
 
 /// Everything a key may look at for one message.
@@ -127,7 +166,32 @@ fn decode_words(v: &str) -> String {
         .unwrap_or_else(|| v.to_string())
 }
 
+/// How deep [`body_text`] follows message/rfc822 attachments inside attachments.
+const MAX_ATTACHED_DEPTH: usize = 8;
+
+/// The text a BODY or TEXT key searches: the message's text (or, without any, HTML)
+/// bodies, then every attached message/rfc822, its header and its body (RFC 9051 §6.4.4:
+/// the body of a message includes the messages it carries, as Dovecot searches them).
 fn body_text(parsed: &Message<'_>) -> String {
+    let mut out = String::new();
+    push_body_text(parsed, &mut out, 0);
+    out
+}
+
+fn push_body_text(parsed: &Message<'_>, out: &mut String, depth: usize) {
+    out.push_str(&own_body_text(parsed));
+    if depth >= MAX_ATTACHED_DEPTH {
+        return;
+    }
+    for inner in parsed.attachments().filter_map(|a| a.message()) {
+        let raw = inner.raw_message();
+        out.push_str(&String::from_utf8_lossy(&raw[..find_header_end(raw)]));
+        out.push('\n');
+        push_body_text(inner, out, depth + 1);
+    }
+}
+
+fn own_body_text(parsed: &Message<'_>) -> String {
     let mut out = String::new();
     for i in 0..parsed.text_body_count() {
         if let Some(t) = parsed.body_text(i) {
@@ -449,8 +513,20 @@ enum SortValue {
 
 /// The sort key of an address header (RFC 5256 §3): the first mailbox's local part, then
 /// its domain, compared case-insensitively; DISPLAYFROM/DISPLAYTO (RFC 5957) use the display
-/// name, falling back to the address.
+/// name, falling back to the address. When the header starts with a group, its first
+/// envelope address is the group's start marker, whose mailbox part is the group name
+/// (RFC 9051 §7.5.2), so `To: Engineering: a@x, b@y;` sorts as `engineering`, and the empty
+/// `Cc: undisclosed-recipients:;` as `undisclosed-recipients` (as Dovecot sorts).
 fn first_mailbox(a: Option<&mail_parser::Address<'_>>, display: bool) -> String {
+    let group_name = a
+        .and_then(|a| a.as_group())
+        .and_then(|groups| groups.first())
+        .and_then(|g| g.name.as_deref())
+        .filter(|n| !n.trim().is_empty());
+    if let Some(name) = group_name {
+        let name = name.trim().to_lowercase();
+        return if display { name } else { format!("{name}\0") };
+    }
     let Some(first) = a.and_then(|a| a.first()) else {
         return String::new();
     };

@@ -41,6 +41,12 @@ impl Session {
                 "No mailbox selected",
             )]));
         };
+        if let Some(flag) = super::unsettable_flag(&flags) {
+            return Ok(Outcome::done(vec![response::bad(
+                &tag,
+                &format!("{flag} cannot be set by a client"),
+            )]));
+        }
         if sel.read_only {
             return Ok(Outcome::done(vec![response::no(
                 &tag,
@@ -61,7 +67,10 @@ impl Session {
                 "Too many flags",
             )]));
         }
-        let flags = Flags::new(flags.iter().map(|f| f.to_string()));
+        let flags = Flags::new(flags.iter().map(|f| {
+            let f = f.to_string();
+            sel.keywords.spelling(&f).map_or(f, str::to_string)
+        }));
         let targets: Vec<Uid> = resolve(sel, &set, uid)
             .into_iter()
             .map(|(_, u)| u)
