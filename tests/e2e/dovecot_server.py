@@ -157,15 +157,19 @@ service imap-login {{
     return conf
 
 
-class Dovecot:
-    """A Dovecot started in the foreground (-F) from a private configuration."""
+class DovecotProcess:
+    """A Dovecot started in the foreground (-F) from a private configuration in a fresh
+    temporary directory; ``configure(root, port)`` writes that configuration and returns
+    its path. Shared by this module's differential IMAP test and by
+    services/mime/tests/dovecot_diff.py, which each bring their own configuration; the
+    port picker is the caller's, so their port ranges stay apart."""
 
-    def __init__(self, users: dict[str, str]) -> None:
-        self.root = pathlib.Path(tempfile.mkdtemp(prefix="mailfleet-imapdiff-dovecot-"))
+    def __init__(self, configure, port: int, prefix: str = "mailfleet-dovecot-") -> None:
+        self.root = pathlib.Path(tempfile.mkdtemp(prefix=prefix))
         # Dovecot's auth process runs as its own user when we are root: it must reach passwd.
         self.root.chmod(0o755)
-        self.port = _free_port()
-        self.conf = write_config(self.root, self.port, users)
+        self.port = port
+        self.conf = configure(self.root, self.port)
         # Output goes to a file: a pipe nobody reads could fill up and block Dovecot.
         with open(self.root / "stderr.log", "wb") as stderr:
             self.proc = subprocess.Popen(
@@ -203,3 +207,15 @@ class Dovecot:
                 self.proc.kill()
                 self.proc.wait()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+class Dovecot(DovecotProcess):
+    """The differential test's Dovecot: sdbox, separator "/", the special-use mailboxes and
+    a quota, one passwd-file user per entry of ``users``."""
+
+    def __init__(self, users: dict[str, str]) -> None:
+        super().__init__(
+            lambda root, port: write_config(root, port, users),
+            _free_port(),
+            prefix="mailfleet-imapdiff-dovecot-",
+        )

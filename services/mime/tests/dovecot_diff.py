@@ -37,10 +37,12 @@ import re
 import shutil
 import socket
 import subprocess
-import tempfile
-import time
+import sys
 
 import pytest
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[3] / "tests" / "e2e"))
+from dovecot_server import DovecotProcess  # noqa: E402
 
 # MAILFLEET_DOVECOT points at another Dovecot binary (a local build, another distribution).
 DOVECOT = os.environ.get("MAILFLEET_DOVECOT", "/usr/sbin/dovecot")
@@ -205,57 +207,17 @@ service imap-login {{
     return conf
 
 
-class Dovecot:
-    """A Dovecot started in the foreground (-F) from a private configuration."""
+class Dovecot(DovecotProcess):
+    """A Dovecot from this test's minimal configuration (``write_config``); starting,
+    waiting for its port and stopping are ``tests/e2e/dovecot_server.py``'s."""
 
     def __init__(self) -> None:
-        self.root = pathlib.Path(tempfile.mkdtemp(prefix="mailfleet-dovecot-"))
-        # Dovecot's auth process runs as its own user when we are root: it must reach passwd.
-        self.root.chmod(0o755)
-        self.port = _free_port()
-        self.conf = write_config(self.root, self.port)
-        # Output goes to a file: a pipe nobody reads could fill up and block Dovecot.
-        with open(self.root / "stderr.log", "wb") as stderr:
-            self.proc = subprocess.Popen(
-                [DOVECOT, "-F", "-c", str(self.conf)],
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-            )
-        deadline = time.monotonic() + 20
-        while True:
-            if self.proc.poll() is not None:
-                err = (self.root / "stderr.log").read_text(errors="replace")
-                log = self.log()
-                self.stop()
-                raise RuntimeError(f"dovecot exited: {err}\n{log}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    log = self.log()
-                    self.stop()
-                    raise RuntimeError(f"dovecot did not listen on {self.port}\n{log}")
-                time.sleep(0.1)
-
-    def log(self) -> str:
-        path = self.root / "dovecot.log"
-        return path.read_text(errors="replace") if path.exists() else ""
+        super().__init__(write_config, _free_port())
 
     def connect(self) -> imaplib.IMAP4:
         imap = imaplib.IMAP4("127.0.0.1", self.port, timeout=30)
         imap.login(USER, PASSWORD)
         return imap
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        shutil.rmtree(self.root, ignore_errors=True)
 
 
 def append(imap: imaplib.IMAP4, raw: bytes) -> str:
