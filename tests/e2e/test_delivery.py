@@ -202,7 +202,10 @@ def test_deferring_peer_gets_the_message_exactly_once(tmp_path):
 
         def deferred():
             q = server.cli_json("queue", "list")
-            return q and q[0]["recipients"][0]["attempts"] >= 1 and q[0]
+            # An attempt is counted when it is claimed (before connecting) and its outcome
+            # is written when it ends: wait for the outcome, not just the count.
+            r = q and q[0]["recipients"][0]
+            return r and r["attempts"] >= 1 and r["last_error"] and q[0]
         entry = wait_for("a deferred attempt", deferred)
         r = entry["recipients"][0]
         assert r["state"] == "queued" and r["last_error"].startswith("451 4.3.0"), r
