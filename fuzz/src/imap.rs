@@ -102,6 +102,7 @@ pub fn session(input: &[u8]) -> crate::Outcome {
             max_failed_logins: 3,
             idle_timeout: Duration::from_secs(1800),
             user_sessions: mailfleet_imap::UserSessions::new(4),
+            views: mailfleet_imap::SharedViews::new(),
         });
         let login: Arc<dyn LoginService> = Arc::new(world.auth.clone());
         let session = Session::new(

@@ -519,3 +519,44 @@ def test_new_keywords_are_announced(server):
     assert b"$Label1" in lines[flags] and flags < fetch, lines
     a.logout()
     b.logout()
+
+
+def test_many_sessions_on_one_mailbox_share_a_view_and_each_see_every_change(server):
+    """Sessions on one mailbox share one message list in the server (services/imap/src/
+    views.rs); each must still be told exactly what changed since it last looked."""
+    owner = login(server)
+    owner.create("SharedView")
+    for i in range(30):
+        owner.append("SharedView", None, None, f"Subject: sv {i}\r\n\r\nbody {i}\r\n".encode())
+    sessions = [login(server) for _ in range(8)]
+    for s in sessions:
+        typ, data = s.select("SharedView")
+        assert typ == "OK" and data == [b"30"], data
+    a, b = sessions[0], sessions[1]
+    a.store("5", "+FLAGS", "(\\Flagged)")
+    b.store("10", "+FLAGS", "(\\Deleted)")
+    b.expunge()
+    owner.append("SharedView", None, None, b"Subject: sv new\r\n\r\nnew\r\n")
+    owner.append("SharedView", None, None, b"Subject: sv new 2\r\n\r\nnew\r\n")
+    for n, s in enumerate(sessions):
+        s.untagged_responses.clear()
+        s.noop()
+        got = s.untagged_responses
+        if n != 1:
+            assert got.get("EXPUNGE") == [b"10"], (n, got)
+        assert got.get("EXISTS") == [b"31"], (n, got)
+        if n >= 2:
+            assert any(b"\\Flagged" in r for r in got.get("FETCH", [])), (n, got)
+    uids = None
+    for s in sessions:
+        s.untagged_responses.clear()
+        typ, data = s.uid("SEARCH", "FLAGGED")
+        assert data == [b"5"], data
+        typ, data = s.fetch("1:*", "(UID)")
+        if uids is None:
+            uids = data
+        assert data == uids and len(data) == 31
+    for s in sessions:
+        s.logout()
+    owner.delete("SharedView")
+    owner.logout()

@@ -5,6 +5,8 @@
 //!   free of sockets; [`commands`] adds one file per command family.
 //! - [`selected`]: the selected mailbox as one session sees it (sequence numbers, flags,
 //!   MODSEQs), refreshed from the store's change log.
+//! - [`views`]: the message lists of selected mailboxes, shared by the sessions of one
+//!   process, each keeping only what differs.
 //! - [`conn`]: the socket side: framing with imap-codec's fragmentizer, literals, STARTTLS,
 //!   AUTHENTICATE continuation, IDLE, timeouts.
 //! - [`listener`]: accept loop with connection cap and graceful shutdown.
@@ -21,7 +23,9 @@ pub mod listener;
 pub mod response;
 pub mod selected;
 pub mod session;
+pub mod views;
 
 pub use conn::{serve_connection, ConnLimits};
 pub use listener::Listener;
 pub use session::{ImapConfig, LoginError, LoginService, Session, UserSessions};
+pub use views::SharedViews;

@@ -2,29 +2,33 @@
 //! MODSEQs, kept in step with the store.
 //!
 //! IMAP numbers messages 1..n in UID order and lets each session decide when it learns of
-//! changes; so every session holds its own view. The view is refreshed from the store's
-//! change log ([`MetadataStore::changes_since`]), whose cost depends on the number of
+//! changes; so every session has its own view. The views of the sessions of one process on
+//! the same mailbox share their messages ([`crate::views`]): a view is a clone of the shared
+//! snapshot plus what differs (held-back expunges, `\Recent`). It is refreshed from the
+//! store's change log ([`MetadataStore::changes_since`]), whose cost depends on the number of
 //! changes, not on the size of the mailbox. Expunges are held back while a command that must
 //! not renumber messages is running (RFC 9051 §7.5.1) and delivered at the next point where
 //! they are allowed.
+//!
+//! [`MetadataStore::changes_since`]: mailfleet_storage::MetadataStore::changes_since
 
+use crate::views::{self, Applied, Master, Messages, SharedViews};
 use mailfleet_storage::{
     ChangeKind, Flags, MailboxId, MessageMeta, ModSeq, StoreResult, Stores, Uid,
 };
 use std::num::NonZeroU32;
+use std::sync::Arc;
 
 /// One message in the view. Kept small (no blob id: bodies are located when read), since
-/// every session holds one per message of its selected mailbox.
-#[derive(Clone, Debug)]
+/// a process holds one per message of every selected mailbox. `\Recent` is per session, so
+/// it is not here but in [`Selected`].
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ViewMessage {
     pub uid: Uid,
     pub flags: Flags,
     pub modseq: ModSeq,
     pub size: u64,
     pub internal_date: i64,
-    /// `\Recent` in this session (RFC 3501 §2.3.2): this session claimed the message
-    /// through the store's recent watermark (or peeks at it, for EXAMINE).
-    pub recent: bool,
 }
 
 impl From<MessageMeta> for ViewMessage {
@@ -35,7 +39,6 @@ impl From<MessageMeta> for ViewMessage {
             modseq: m.modseq,
             size: m.size,
             internal_date: m.internal_date,
-            recent: false,
         }
     }
 }
@@ -64,6 +67,18 @@ pub struct Keywords {
 }
 
 impl Keywords {
+    fn from_list(list: &[String]) -> Self {
+        let mut k = Self::default();
+        for f in list {
+            let key = f.to_ascii_lowercase();
+            if !k.seen.contains_key(&key) {
+                k.seen.insert(key, k.list.len());
+                k.list.push(f.clone());
+            }
+        }
+        k
+    }
+
     /// Adds the keywords of `flags`; true when one was new.
     pub fn learn(&mut self, flags: &Flags) -> bool {
         let mut new = false;
@@ -107,6 +122,50 @@ pub struct Update {
     pub flags_changed: Vec<Uid>,
 }
 
+/// A message of the view with its `\Recent` state in this session.
+#[derive(Clone, Copy, Debug)]
+pub struct Msg<'a> {
+    msg: &'a ViewMessage,
+    /// `\Recent` in this session (RFC 3501 §2.3.2): this session claimed the message through
+    /// the store's recent watermark (or peeks at it, for EXAMINE).
+    pub recent: bool,
+}
+
+impl std::ops::Deref for Msg<'_> {
+    type Target = ViewMessage;
+    fn deref(&self) -> &ViewMessage {
+        self.msg
+    }
+}
+
+/// The UIDs recent in this session, as inclusive ranges: each claim of the recent watermark
+/// hands a session one contiguous range (RFC 3501 §2.3.2), so a few ranges describe any
+/// number of recent messages, where a flag per message would cost every shared view.
+#[derive(Clone, Debug, Default)]
+struct RecentSet(Vec<(Uid, Uid)>);
+
+impl RecentSet {
+    /// Adds `lo..=hi`, merging with the last range when they touch.
+    fn add(&mut self, lo: Uid, hi: Uid) {
+        if lo > hi {
+            return;
+        }
+        if let Some(last) = self.0.last_mut() {
+            if lo.0 <= last.1 .0.saturating_add(1) && hi >= last.0 {
+                last.0 = last.0.min(lo);
+                last.1 = last.1.max(hi);
+                return;
+            }
+        }
+        self.0.push((lo, hi));
+        self.0.sort_unstable();
+    }
+
+    fn contains(&self, uid: Uid) -> bool {
+        self.0.iter().any(|(lo, hi)| *lo <= uid && uid <= *hi)
+    }
+}
+
 #[derive(Debug)]
 pub struct Selected {
     pub id: MailboxId,
@@ -114,68 +173,78 @@ pub struct Selected {
     pub read_only: bool,
     pub uid_validity: u32,
     pub uid_next: Uid,
-    messages: Vec<ViewMessage>,
+    /// A clone of the shared snapshot, changed here only by this session's own STOREs and
+    /// held-back expunges (see [`crate::views`]).
+    messages: Messages,
     /// Everything up to this MODSEQ is reflected in the view.
     pub known_modseq: ModSeq,
     /// Expunges seen in the store but not yet reported.
     pending_expunges: Vec<Uid>,
     pub recent_mode: RecentMode,
     pub keywords: Keywords,
+    recent: RecentSet,
+    /// The shared view this session replays.
+    master: Arc<Master>,
+    /// The snapshot of `master` this view was last brought to.
+    at: u64,
+    /// The view read the change log itself (it fell behind the master's history); it
+    /// rejoins the shared view once equal to a snapshot.
+    alone: bool,
 }
-
-/// Messages read from the store per query when loading a mailbox.
-const PAGE: usize = 5000;
 
 impl Selected {
     pub async fn load(
         stores: &Stores,
+        views: &SharedViews,
         mailbox: &mailfleet_storage::Mailbox,
         read_only: bool,
         recent_mode: RecentMode,
     ) -> StoreResult<Self> {
-        let mut messages = Vec::with_capacity(mailbox.message_count as usize);
-        let mut after = Uid(0);
-        loop {
-            let page = stores.meta.list_messages(mailbox.id, after, PAGE).await?;
-            let Some(last) = page.last() else { break };
-            after = last.uid;
-            let n = page.len();
-            messages.extend(page.into_iter().map(ViewMessage::from));
-            if n < PAGE {
-                break;
-            }
-        }
-        // The mailbox row was read before the messages, so changes committed in between
-        // are replayed by the first refresh; replaying is harmless (see `refresh`).
-        let next_uid = messages.last().map(|m| Uid(m.uid.0 + 1)).unwrap_or(Uid(1));
+        let master = views.open(stores, mailbox).await?;
+        // A master loaded earlier by another session is brought up to date: SELECT sees
+        // everything committed before it.
+        let snap = master.advance(stores, u64::MAX).await?.latest;
+        let messages = snap.messages.clone();
         let max_uid = messages.last().map_or(Uid(0), |m| m.uid);
+        let mut recent = RecentSet::default();
         if let Some(old) = claim(stores, mailbox.id, recent_mode, max_uid).await? {
-            let first = messages.partition_point(|m| m.uid <= old);
-            for m in &mut messages[first..] {
-                m.recent = true;
-            }
-        }
-        let mut keywords = Keywords::default();
-        for m in &messages {
-            keywords.learn(&m.flags);
+            recent.add(Uid(old.0.saturating_add(1)), max_uid);
         }
         Ok(Self {
             id: mailbox.id,
             name: mailbox.name.clone(),
             read_only,
             uid_validity: mailbox.uid_validity,
-            uid_next: mailbox.uid_next.max(next_uid),
+            uid_next: snap.uid_next.max(mailbox.uid_next),
             messages,
-            known_modseq: mailbox.highest_modseq,
+            known_modseq: snap.modseq,
             pending_expunges: Vec::new(),
             recent_mode,
-            keywords,
+            keywords: Keywords::from_list(&snap.keywords),
+            recent,
+            at: snap.seqno,
+            master,
+            alone: false,
         })
+    }
+
+    /// Whether this view is the shared snapshot itself (not a copy of its own): what the
+    /// sharing saves, for tests and diagnostics.
+    pub async fn shares_snapshot(&self) -> bool {
+        self.master.latest().await.messages.ptr_eq(&self.messages)
     }
 
     /// Number of messages recent in this session.
     pub fn recent_count(&self) -> u32 {
-        self.messages.iter().filter(|m| m.recent).count() as u32
+        self.recent
+            .0
+            .iter()
+            .map(|(lo, hi)| {
+                let a = views::find(&self.messages, *lo).unwrap_or_else(|p| p);
+                let b = views::find(&self.messages, *hi).map_or_else(|p| p, |i| i + 1);
+                b.saturating_sub(a) as u32
+            })
+            .sum()
     }
 
     pub fn len(&self) -> u32 {
@@ -186,24 +255,34 @@ impl Selected {
         self.messages.is_empty()
     }
 
-    pub fn messages(&self) -> &[ViewMessage] {
-        &self.messages
+    /// The messages in sequence order.
+    pub fn messages(&self) -> impl Iterator<Item = Msg<'_>> + '_ {
+        self.messages.iter().map(|m| self.wrap(m))
+    }
+
+    fn wrap<'a>(&self, msg: &'a ViewMessage) -> Msg<'a> {
+        Msg {
+            msg,
+            recent: self.recent_mode != RecentMode::Off && self.recent.contains(msg.uid),
+        }
     }
 
     /// The 1-based sequence number of `uid`.
     pub fn seq_of(&self, uid: Uid) -> Option<u32> {
+        views::find(&self.messages, uid).ok().map(|i| i as u32 + 1)
+    }
+
+    pub fn by_seq(&self, seq: u32) -> Option<Msg<'_>> {
         self.messages
-            .binary_search_by_key(&uid, |m| m.uid)
-            .ok()
-            .map(|i| i as u32 + 1)
+            .get(seq.checked_sub(1)? as usize)
+            .map(|m| self.wrap(m))
     }
 
-    pub fn by_seq(&self, seq: u32) -> Option<&ViewMessage> {
-        self.messages.get(seq.checked_sub(1)? as usize)
-    }
-
+    /// The message `uid`, for this session's own flag changes (STORE, FETCH setting
+    /// `\Seen`); the change is in the store already and reaches the shared view at the next
+    /// refresh.
     pub fn get_mut(&mut self, uid: Uid) -> Option<&mut ViewMessage> {
-        let i = self.messages.binary_search_by_key(&uid, |m| m.uid).ok()?;
+        let i = views::find(&self.messages, uid).ok()?;
         self.messages.get_mut(i)
     }
 
@@ -237,86 +316,42 @@ impl Selected {
     /// holds a message the client was not told EXISTS for; the next refresh replays the
     /// same changes.
     pub async fn refresh(&mut self, stores: &Stores, allow_expunge: bool) -> StoreResult<Update> {
-        let changes = stores
-            .meta
-            .changes_since(self.id, self.known_modseq)
-            .await?;
-        // Phase 1: read what the changes point at; nothing in `self` changes yet.
-        let mut read: Vec<(mailfleet_storage::Change, Option<MessageMeta>)> =
-            Vec::with_capacity(changes.len());
-        for c in changes {
-            let meta = match c.kind {
-                ChangeKind::Expunged => None,
-                ChangeKind::Appended | ChangeKind::FlagsChanged => {
-                    let known = self.seq_of(c.uid).is_some();
-                    if !known && c.uid < self.uid_next && c.kind == ChangeKind::FlagsChanged {
-                        // A message below our UIDNEXT we never saw was already gone.
-                        None
-                    } else {
-                        stores.meta.get_message(self.id, c.uid).await?
-                    }
-                }
-            };
-            read.push((c, meta));
-        }
+        let advanced = self.master.advance(stores, self.at).await?;
+        let latest = advanced.latest;
+        let owned;
+        let batches: Vec<&[Applied]> = match (&advanced.batches, self.alone) {
+            (Some(b), false) => b.iter().map(|b| &b[..]).collect(),
+            _ => {
+                // Behind the kept history: read the change log as an unshared view would.
+                owned = read_alone(stores, self).await?;
+                vec![&owned[..]]
+            }
+        };
         // New messages are claimed (or peeked at) as recent before the view changes; a
         // failed claim leaves the view as it was. The store raised the watermark only if
         // the claim succeeded, and a claim that succeeded but whose answer was lost makes
         // those messages recent nowhere, which is the safe side of "exactly one session".
-        let newest = read
+        let newest = batches
             .iter()
-            .filter(|(c, m)| m.is_some() && self.seq_of(c.uid).is_none())
-            .map(|(c, _)| c.uid)
+            .flat_map(|b| b.iter())
+            .filter(|a| a.msg.is_some() && self.seq_of(a.uid).is_none())
+            .map(|a| a.uid)
             .max();
         let recent_above = match newest {
-            Some(up_to) => claim(stores, self.id, self.recent_mode, up_to).await?,
+            Some(up_to) => claim(stores, self.id, self.recent_mode, up_to)
+                .await?
+                .map(|old| (old, up_to)),
             None => None,
         };
-        // Phase 2: apply, infallibly.
+        // Apply, infallibly.
         let mut update = Update::default();
         let mut added = 0;
-        for (c, meta) in read {
-            match c.kind {
-                ChangeKind::Expunged => {
-                    if self.seq_of(c.uid).is_some() && !self.pending_expunges.contains(&c.uid) {
-                        self.pending_expunges.push(c.uid);
-                    }
-                }
-                ChangeKind::Appended | ChangeKind::FlagsChanged => {
-                    if let Some(meta) = meta {
-                        let known = self.messages.binary_search_by_key(&c.uid, |m| m.uid);
-                        if let Ok(i) = known {
-                            let m = &mut self.messages[i];
-                            if m.modseq < meta.modseq {
-                                let changed = m.flags != meta.flags;
-                                if self.keywords.learn(&meta.flags) {
-                                    update.new_keywords = true;
-                                }
-                                m.flags = meta.flags;
-                                m.modseq = meta.modseq;
-                                if changed {
-                                    update.flags_changed.push(c.uid);
-                                }
-                            }
-                        } else {
-                            added += 1;
-                            let mut meta: ViewMessage = meta.into();
-                            meta.recent = recent_above.is_some_and(|old| meta.uid > old);
-                            if self.keywords.learn(&meta.flags) {
-                                update.new_keywords = true;
-                            }
-                            // Appended out of UID order cannot happen (UIDs only grow);
-                            // insert in place anyway rather than corrupt the numbering.
-                            let pos = self
-                                .messages
-                                .binary_search_by_key(&c.uid, |m| m.uid)
-                                .unwrap_or_else(|p| p);
-                            self.messages.insert(pos, meta);
-                        }
-                    }
-                }
-            }
-            self.known_modseq = self.known_modseq.max(c.modseq);
+        for a in batches.iter().flat_map(|b| b.iter()) {
+            added += usize::from(self.apply(a, &mut update));
+            self.known_modseq = self.known_modseq.max(a.modseq);
+        }
+        if let Some((old, up_to)) = recent_above {
+            self.recent.add(Uid(old.0.saturating_add(1)), up_to);
         }
         if let Some(last) = self.messages.last() {
             self.uid_next = self.uid_next.max(Uid(last.uid.0 + 1));
@@ -331,7 +366,71 @@ impl Selected {
             }
         }
         update.flags_changed.retain(|u| self.seq_of(*u).is_some());
+        self.rejoin(&latest, advanced.batches.is_some() && !self.alone);
         Ok(update)
+    }
+
+    /// Applies one change to this view; true when it added a message.
+    fn apply(&mut self, a: &Applied, update: &mut Update) -> bool {
+        match (a.kind, &a.msg) {
+            (ChangeKind::Expunged, _) => {
+                if self.seq_of(a.uid).is_some() && !self.pending_expunges.contains(&a.uid) {
+                    self.pending_expunges.push(a.uid);
+                }
+                false
+            }
+            (_, Some(msg)) => {
+                if self.keywords.learn(&msg.flags) {
+                    update.new_keywords = true;
+                }
+                match views::find(&self.messages, a.uid) {
+                    Ok(i) => {
+                        if let Some(m) = self.messages.get_mut(i) {
+                            if m.modseq < msg.modseq {
+                                if m.flags != msg.flags {
+                                    update.flags_changed.push(a.uid);
+                                }
+                                *m = msg.clone();
+                            }
+                        }
+                        false
+                    }
+                    // UIDs only grow, so this is the end; insert in place anyway rather
+                    // than corrupt the numbering.
+                    Err(pos) => {
+                        self.messages.insert(pos, msg.clone());
+                        true
+                    }
+                }
+            }
+            (_, None) => false,
+        }
+    }
+
+    /// Makes this view the shared snapshot again when it holds nothing of its own: after
+    /// replaying the master's batches it equals the snapshot by construction; after reading
+    /// the change log alone it is compared first.
+    fn rejoin(&mut self, latest: &Arc<views::Snapshot>, replayed: bool) {
+        if !self.pending_expunges.is_empty() {
+            // Held-back expunges: the view keeps messages the snapshot no longer has.
+            if replayed {
+                self.at = latest.seqno;
+            }
+            return;
+        }
+        if replayed {
+            debug_assert!(
+                self.messages == latest.messages,
+                "a view that replayed the master's batches equals its snapshot"
+            );
+        } else if self.known_modseq != latest.modseq || self.messages != latest.messages {
+            self.alone = true;
+            return;
+        }
+        self.messages = latest.messages.clone();
+        self.known_modseq = latest.modseq;
+        self.at = latest.seqno;
+        self.alone = false;
     }
 
     /// Removes held-back expunges; returns (sequence number at removal, UID) in the order
@@ -364,6 +463,37 @@ impl Selected {
     pub fn take_expunges(&mut self) -> Vec<(u32, Uid)> {
         self.apply_expunges()
     }
+}
+
+/// The changes since `sel`'s MODSEQ read from the store by one session, for a view that
+/// fell behind the shared history.
+async fn read_alone(stores: &Stores, sel: &Selected) -> StoreResult<Vec<Applied>> {
+    let changes = stores.meta.changes_since(sel.id, sel.known_modseq).await?;
+    let mut out = Vec::with_capacity(changes.len());
+    for c in changes {
+        let msg = match c.kind {
+            ChangeKind::Expunged => None,
+            ChangeKind::Appended | ChangeKind::FlagsChanged => {
+                let known = sel.seq_of(c.uid).is_some();
+                if !known && c.uid < sel.uid_next && c.kind == ChangeKind::FlagsChanged {
+                    None
+                } else {
+                    stores
+                        .meta
+                        .get_message(sel.id, c.uid)
+                        .await?
+                        .map(ViewMessage::from)
+                }
+            }
+        };
+        out.push(Applied {
+            kind: c.kind,
+            uid: c.uid,
+            modseq: c.modseq,
+            msg,
+        });
+    }
+    Ok(out)
 }
 
 /// Claims (or peeks at) the messages of `mailbox` up to `up_to` as recent: the old

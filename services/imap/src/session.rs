@@ -127,6 +127,8 @@ pub struct ImapConfig {
     pub idle_timeout: Duration,
     /// Open sessions per account on this node.
     pub user_sessions: Arc<UserSessions>,
+    /// Selected mailboxes' message lists, shared by this server's sessions.
+    pub views: Arc<crate::views::SharedViews>,
 }
 
 /// What the driver does after sending the responses.

@@ -150,6 +150,7 @@ fn connect_with(
         max_failed_logins: 3,
         idle_timeout: Duration::from_secs(1800),
         user_sessions: sessions.unwrap_or_else(|| mailfleet_imap::UserSessions::new(2)),
+        views: mailfleet_imap::SharedViews::new(),
     });
     let session = Session::new(
         cfg,

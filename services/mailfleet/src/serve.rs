@@ -182,6 +182,7 @@ async fn imap_listeners(
         max_failed_logins: config.auth.max_attempts_per_connection.max(1),
         idle_timeout: Duration::from_secs(imap.idle_timeout_secs),
         user_sessions: mailfleet_imap::UserSessions::new(imap.max_sessions_per_user),
+        views: mailfleet_imap::SharedViews::new(),
     });
     let limits = mailfleet_imap::ConnLimits {
         max_literal: imap.max_message_size,

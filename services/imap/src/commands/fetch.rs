@@ -82,7 +82,7 @@ pub(crate) fn imap_flags(flags: &Flags) -> Vec<FlagFetch<'static>> {
 
 /// A view message's flags as FETCH shows them: the stored flags, plus `\Recent` when the
 /// message is recent in this session (RFC 3501 §2.3.2).
-pub(crate) fn view_flags(m: &crate::selected::ViewMessage) -> Vec<FlagFetch<'static>> {
+pub(crate) fn view_flags(m: &crate::selected::Msg<'_>) -> Vec<FlagFetch<'static>> {
     let mut out = imap_flags(&m.flags);
     if m.recent {
         out.push(FlagFetch::Recent);
@@ -215,7 +215,7 @@ pub(crate) fn flags_response(
     if with_uid {
         items.push(MessageDataItem::Uid(nz(m.uid.0)));
     }
-    items.push(MessageDataItem::Flags(view_flags(m)));
+    items.push(MessageDataItem::Flags(view_flags(&m)));
     if modseq {
         items.push(MessageDataItem::ModSeq(
             NonZeroU64::new(m.modseq.0).unwrap_or(NonZeroU64::MIN),
@@ -666,7 +666,7 @@ impl Session {
             let summary = summaries.get(u);
             let mut data = Vec::with_capacity(items.len());
             for item in items {
-                if let Some(d) = render_item(item, m, raw, summary) {
+                if let Some(d) = render_item(item, &m, raw, summary) {
                     let origin = match item {
                         MessageDataItemName::Binary {
                             partial: Some((start, _)),
@@ -679,7 +679,7 @@ impl Session {
             }
             let seen_now = job.seen_now.contains(u);
             if seen_now && !items.contains(&MessageDataItemName::Flags) {
-                data.push((MessageDataItem::Flags(view_flags(m)), None));
+                data.push((MessageDataItem::Flags(view_flags(&m)), None));
             }
             if job.condstore && !items.contains(&MessageDataItemName::ModSeq) && seen_now {
                 data.push((
@@ -783,7 +783,7 @@ fn part_binary(raw: &[u8], part: &mailfleet_mime::Part) -> Option<Vec<u8>> {
 
 fn render_item(
     item: &MessageDataItemName<'static>,
-    m: &crate::selected::ViewMessage,
+    m: &crate::selected::Msg<'_>,
     raw: Option<&Bytes>,
     summary: Option<&MessageSummary>,
 ) -> Option<MessageDataItem<'static>> {
@@ -956,6 +956,7 @@ mod streaming_tests {
             max_failed_logins: 3,
             idle_timeout: std::time::Duration::from_secs(1800),
             user_sessions: UserSessions::new(2),
+            views: crate::views::SharedViews::new(),
         });
         let login = Arc::new(AnyPassword(stores.clone()));
         let mut s = Session::new(cfg, stores, login, "192.0.2.1".parse().expect("ip"), true);

@@ -117,7 +117,8 @@ impl Session {
         } else {
             RecentMode::Claim
         };
-        let sel = Selected::load(&self.stores, &mb, read_only, recent_mode).await?;
+        let sel =
+            Selected::load(&self.stores, &self.cfg.views, &mb, read_only, recent_mode).await?;
         let (_unseen, first_unseen) = sel.unseen();
         out.push(response::data(Data::Exists(sel.len())));
         if recent_mode != RecentMode::Off {

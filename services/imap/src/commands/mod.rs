@@ -101,7 +101,6 @@ pub fn resolve(sel: &Selected, set: &SequenceSet, uid: bool) -> Vec<(u32, Uid)> 
     };
     let index = SetIndex::new(set, largest);
     sel.messages()
-        .iter()
         .enumerate()
         .filter_map(|(i, m)| {
             let seq = i as u32 + 1;

@@ -6,7 +6,7 @@
 
 use super::in_set;
 use crate::response;
-use crate::selected::{Selected, ViewMessage};
+use crate::selected::{Msg, Selected, ViewMessage};
 use crate::session::{Outcome, Session, State};
 use chrono::NaiveDate;
 use imap_codec::imap_types::core::{Charset, Tag, Vec1};
@@ -138,7 +138,7 @@ fn without_comments(text: &str) -> String {
 /// Everything a key may look at for one message.
 struct Candidate<'a> {
     seq: u32,
-    msg: &'a ViewMessage,
+    msg: Msg<'a>,
     parsed: Option<&'a Message<'a>>,
     raw: Option<&'a [u8]>,
     largest_seq: u32,
@@ -310,7 +310,7 @@ impl Session {
         let largest_seq = sel.len();
         let largest_uid = sel.max_uid().map_or(0, |u| u.get());
         let parser = MessageParser::default();
-        for (i, m) in sel.messages().iter().enumerate() {
+        for (i, m) in sel.messages().enumerate() {
             let seq = i as u32 + 1;
             // A message another session expunged since the last refresh has no body to
             // look at: it matches what its flags and numbers match, and no text key.
@@ -329,7 +329,7 @@ impl Session {
                 largest_uid,
             };
             if matches(criteria, &c) {
-                visit(seq, m, parsed.as_ref());
+                visit(seq, &m, parsed.as_ref());
             }
         }
         Ok(())
