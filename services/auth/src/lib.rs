@@ -35,6 +35,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app_password;
+mod cache;
 pub mod sasl;
 pub mod throttle;
 pub mod totp;
@@ -108,6 +109,10 @@ pub struct AuthPolicy {
     pub max_attempts_per_connection: u32,
     /// Most argon2id verifications running at once.
     pub max_concurrent_hashes: usize,
+    /// How long a successful verification is remembered (zero: not at all), and how many
+    /// are remembered at once (see [`cache`]).
+    pub login_cache_ttl: Duration,
+    pub login_cache_entries: usize,
 }
 
 impl AuthPolicy {
@@ -127,6 +132,8 @@ impl AuthPolicy {
             },
             max_attempts_per_connection: c.max_attempts_per_connection.max(1),
             max_concurrent_hashes: hashes.max(1),
+            login_cache_ttl: Duration::from_secs(c.login_cache_secs),
+            login_cache_entries: c.login_cache_entries,
         }
     }
 }
@@ -155,6 +162,9 @@ struct Inner {
     /// Password hashes verified so far (for metrics, and to show that an unknown user
     /// costs exactly what a wrong password costs).
     verifications: std::sync::atomic::AtomicU64,
+    /// Recent successful verifications (`None`: caching is off).
+    cache: Option<cache::LoginCache>,
+    cache_hits: std::sync::atomic::AtomicU64,
 }
 
 type HashJob = Box<dyn FnOnce() + Send>;
@@ -275,6 +285,7 @@ impl Authenticator {
     pub fn new(stores: Stores, policy: AuthPolicy) -> Self {
         let hashing = Semaphore::new(policy.max_concurrent_hashes);
         let pool = HashPool::new(policy.max_concurrent_hashes);
+        let policy_cache = (policy.login_cache_ttl, policy.login_cache_entries);
         Self {
             inner: Arc::new(Inner {
                 stores,
@@ -282,6 +293,8 @@ impl Authenticator {
                 hashing,
                 pool,
                 verifications: std::sync::atomic::AtomicU64::new(0),
+                cache: cache::LoginCache::new(policy_cache.0, policy_cache.1),
+                cache_hits: std::sync::atomic::AtomicU64::new(0),
             }),
         }
     }
@@ -400,8 +413,12 @@ impl Authenticator {
                 .map(|a| (normalised, a)),
             None => None,
         };
+        if let Some(hit) = self.cached(username, password, &account, app.as_ref(), second_factor) {
+            return Ok(Ok((account, hit)));
+        }
         let main_hash = account.password_hash.clone();
         let candidate = password.to_string();
+        let app_normalised = app.as_ref().map(|(n, _)| n.clone()).unwrap_or_default();
         let outcome = self
             .verify(move || {
                 if let Some((normalised, app)) = app {
@@ -421,7 +438,92 @@ impl Authenticator {
                 }
             })
             .await?;
+        if let (Some(cache), Ok(how)) = (&self.inner.cache, &outcome) {
+            let (login, matched) = match how {
+                Verified::Main => (
+                    cache::Login {
+                        username,
+                        password,
+                        credential: cache::Credential::Main {
+                            hash: &account.password_hash,
+                        },
+                        second_factor,
+                    },
+                    cache::Matched::Main,
+                ),
+                Verified::App(app) => (
+                    cache::Login {
+                        username,
+                        password: &app_normalised,
+                        credential: cache::Credential::App {
+                            id: app.id,
+                            hash: &app.hash,
+                        },
+                        second_factor,
+                    },
+                    cache::Matched::App(app.id),
+                ),
+            };
+            cache.insert(&login, matched);
+        }
         Ok(outcome.map(|how| (account, how)))
+    }
+
+    /// The credential this exact login matched within the cache lifetime, if it did; the
+    /// same rules as the verification below (an app password first; the main password only
+    /// without TOTP).
+    fn cached(
+        &self,
+        username: &str,
+        password: &str,
+        account: &Account,
+        app: Option<&(String, AppPassword)>,
+        second_factor: bool,
+    ) -> Option<Verified> {
+        let cache = self.inner.cache.as_ref()?;
+        if let Some((normalised, app)) = app {
+            let login = cache::Login {
+                username,
+                password: normalised,
+                credential: cache::Credential::App {
+                    id: app.id,
+                    hash: &app.hash,
+                },
+                second_factor,
+            };
+            if cache.hit(&login) == Some(cache::Matched::App(app.id)) {
+                self.note_cache_hit();
+                return Some(Verified::App(app.clone()));
+            }
+        }
+        if second_factor {
+            return None;
+        }
+        let login = cache::Login {
+            username,
+            password,
+            credential: cache::Credential::Main {
+                hash: &account.password_hash,
+            },
+            second_factor,
+        };
+        (cache.hit(&login) == Some(cache::Matched::Main)).then(|| {
+            self.note_cache_hit();
+            Verified::Main
+        })
+    }
+
+    fn note_cache_hit(&self) {
+        self.inner
+            .cache_hits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Logins answered from the cache of recent successes (no password verification).
+    pub fn cache_hits(&self) -> u64 {
+        self.inner
+            .cache_hits
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Runs password verification on the hashing threads, within the concurrency limit.

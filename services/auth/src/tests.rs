@@ -40,6 +40,8 @@ fn policy(per_ip: u64, per_account: u64, delay_ms: u64) -> AuthPolicy {
         delay_max_ms: delay_ms * 8,
         max_attempts_per_connection: 3,
         max_concurrent_hashes: 2,
+        login_cache_secs: 300,
+        login_cache_entries: 100,
     })
 }
 
@@ -435,4 +437,122 @@ async fn a_flood_against_an_account_does_not_lock_out_its_known_addresses() {
     auth.authenticate(req("bob@example.test", PASSWORD, "192.0.2.99"))
         .await
         .expect("other accounts are unaffected");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_login_is_answered_from_the_cache_of_successes() {
+    let f = fixture().await;
+    let auth = Authenticator::new(f.stores.clone(), policy(100, 100, 0));
+    auth.authenticate(req("alice@example.test", PASSWORD, "192.0.2.20"))
+        .await
+        .expect("first login");
+    let verified = auth.verifications();
+    for _ in 0..5 {
+        auth.authenticate(req("Alice@example.test", PASSWORD, "192.0.2.21"))
+            .await
+            .expect("again");
+    }
+    assert_eq!(auth.verifications(), verified, "no hashing for a cached success");
+    assert_eq!(auth.cache_hits(), 5);
+    // A wrong password is never answered from the cache: verified, refused, counted.
+    assert_eq!(
+        auth.authenticate(req("alice@example.test", "wrong-password", "192.0.2.20"))
+            .await,
+        Err(AuthError::InvalidCredentials)
+    );
+    assert_eq!(auth.verifications(), verified + 1);
+    // Another account with the same password is its own entry.
+    auth.authenticate(req("bob@example.test", PASSWORD, "192.0.2.20"))
+        .await
+        .expect("bob");
+    assert_eq!(auth.verifications(), verified + 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_change_app_password_revocation_or_totp_takes_effect_at_once() {
+    let f = fixture().await;
+    let auth = Authenticator::new(f.stores.clone(), policy(100, 100, 0));
+    let alice = f
+        .stores
+        .meta
+        .get_account("alice@example.test")
+        .await
+        .expect("get")
+        .expect("alice");
+    // Main password, cached, then changed (as another node would: through the store).
+    auth.authenticate(req("alice@example.test", PASSWORD, "192.0.2.30"))
+        .await
+        .expect("login");
+    let new = "Brand-New-Passw0rd-here";
+    f.stores
+        .meta
+        .set_password_hash("alice@example.test", &hash_password(new).expect("hash"))
+        .await
+        .expect("change");
+    assert_eq!(
+        auth.authenticate(req("alice@example.test", PASSWORD, "192.0.2.30"))
+            .await,
+        Err(AuthError::InvalidCredentials),
+        "the old password stops working at once"
+    );
+    auth.authenticate(req("alice@example.test", new, "192.0.2.30"))
+        .await
+        .expect("new password");
+    // An app password, cached, then revoked.
+    let (_, generated) = app_password::create(f.stores.meta.as_ref(), alice.id, "phone", 1)
+        .await
+        .expect("create");
+    for _ in 0..2 {
+        auth.authenticate(req("alice@example.test", &generated.display(), "192.0.2.30"))
+            .await
+            .expect("app password");
+    }
+    assert!(auth.cache_hits() >= 1);
+    f.stores
+        .meta
+        .revoke_app_password(alice.id, "phone")
+        .await
+        .expect("revoke");
+    assert_eq!(
+        auth.authenticate(req("alice@example.test", &generated.display(), "192.0.2.30"))
+            .await,
+        Err(AuthError::InvalidCredentials),
+        "a revoked app password stops working at once"
+    );
+    // The main password, cached, then TOTP turned on: protocol logins need an app password.
+    auth.authenticate(req("alice@example.test", new, "192.0.2.30"))
+        .await
+        .expect("cached again");
+    f.stores
+        .meta
+        .set_totp_secret(
+            alice.id,
+            Some(TotpSecret {
+                secret: totp::generate_secret(),
+                created_at: 1,
+            }),
+        )
+        .await
+        .expect("enable totp");
+    assert_eq!(
+        auth.authenticate(req("alice@example.test", new, "192.0.2.30"))
+            .await,
+        Err(AuthError::InvalidCredentials),
+        "TOTP applies at once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_cache_off_every_login_is_verified() {
+    let f = fixture().await;
+    let mut p = policy(100, 100, 0);
+    p.login_cache_ttl = Duration::ZERO;
+    let auth = Authenticator::new(f.stores.clone(), p);
+    for _ in 0..3 {
+        auth.authenticate(req("alice@example.test", PASSWORD, "192.0.2.40"))
+            .await
+            .expect("login");
+    }
+    assert_eq!(auth.verifications(), 3);
+    assert_eq!(auth.cache_hits(), 0);
 }

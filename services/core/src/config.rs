@@ -520,6 +520,12 @@ pub struct AuthConfig {
     /// Most password hashes verified at once (each argon2id verification takes ~19 MiB);
     /// 0 means the number of CPUs.
     pub max_concurrent_hashes: usize,
+    /// How long a successful password verification is remembered, so the same login again
+    /// skips the hash; 0 turns the cache off. A password change, an app password's
+    /// revocation or TOTP being turned on takes effect at once whatever this is.
+    pub login_cache_secs: u64,
+    /// Most successful logins remembered at once.
+    pub login_cache_entries: usize,
 }
 
 impl Default for AuthConfig {
@@ -532,6 +538,8 @@ impl Default for AuthConfig {
             delay_max_ms: 4000,
             max_attempts_per_connection: 3,
             max_concurrent_hashes: 0,
+            login_cache_secs: 300,
+            login_cache_entries: 10_000,
         }
     }
 }
