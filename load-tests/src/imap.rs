@@ -720,6 +720,56 @@ pub enum Scenario {
     Fetch,
     Append,
     Idle,
+    /// Persistent sessions running a weighted mix of commands ([`MIX`]).
+    Mix,
+    /// The same mix, with LOGOUT and a new LOGIN + SELECT every [`CHURN_OPS`] commands.
+    Churn,
+}
+
+/// The command mix of the `mix` and `churn` scenarios, in percent: what a mail client does
+/// in a day, dominated by reading and flagging. EXPUNGE removes a message the same
+/// connection appended (`UID STORE +FLAGS.SILENT (\Deleted)` then `UID EXPUNGE`, counted
+/// as one operation), so the mailbox keeps its size; with nothing of its own to expunge a
+/// connection sends NOOP instead.
+pub const MIX: [(MixOp, u32); 8] = [
+    (MixOp::Fetch, 35),
+    (MixOp::Store, 20),
+    (MixOp::Append, 10),
+    (MixOp::Expunge, 10),
+    (MixOp::Status, 10),
+    (MixOp::List, 5),
+    (MixOp::Select, 5),
+    (MixOp::Noop, 5),
+];
+
+/// Commands per session in the `churn` scenario before LOGOUT and a new login.
+pub const CHURN_OPS: u64 = 10;
+
+/// One kind of operation of the mix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MixOp {
+    Fetch,
+    Store,
+    Append,
+    Expunge,
+    Status,
+    List,
+    Select,
+    Noop,
+}
+
+impl MixOp {
+    /// The operation for a roll in `0..100`.
+    pub fn pick(roll: u32) -> MixOp {
+        let mut acc = 0;
+        for (op, weight) in MIX {
+            acc += weight;
+            if roll < acc {
+                return op;
+            }
+        }
+        MixOp::Noop
+    }
 }
 
 impl Scenario {
@@ -728,6 +778,8 @@ impl Scenario {
             Scenario::Fetch => "fetch",
             Scenario::Append => "append",
             Scenario::Idle => "idle",
+            Scenario::Mix => "mix",
+            Scenario::Churn => "churn",
         }
     }
 
@@ -737,6 +789,7 @@ impl Scenario {
             Scenario::Fetch => "fetches",
             Scenario::Append => "appends",
             Scenario::Idle => "logins",
+            Scenario::Mix | Scenario::Churn => "commands",
         }
     }
 }
@@ -1446,7 +1499,9 @@ pub async fn run_imap_load(cfg: ImapLoadConfig) -> anyhow::Result<ImapLoadReport
     cfg.validate()?;
     let addrs = resolve(&cfg.targets).await?;
     match cfg.scenario {
-        Scenario::Fetch | Scenario::Append => run_ops(cfg, addrs).await.map(ImapLoadReport::Ops),
+        Scenario::Fetch | Scenario::Append | Scenario::Mix | Scenario::Churn => {
+            run_ops(cfg, addrs).await.map(ImapLoadReport::Ops)
+        }
         Scenario::Idle => run_idle(cfg, addrs).await.map(ImapLoadReport::Idle),
     }
 }
@@ -1531,6 +1586,22 @@ impl OpsStats {
 struct Ready {
     conn: Conn,
     uids: Vec<u32>,
+    /// Messages this connection appended (mix): the only ones it expunges, so no other
+    /// connection's FETCH can miss.
+    own: Vec<u32>,
+    /// Operations done in this session.
+    ops: u64,
+}
+
+/// How a session's run of operations ended.
+#[derive(Debug, PartialEq, Eq)]
+enum SessionEnd {
+    /// Budget or time used up.
+    Done,
+    /// The connection broke.
+    Broken,
+    /// `churn`: log out and in again.
+    Churn,
 }
 
 enum Setup {
@@ -1579,7 +1650,10 @@ async fn setup(shared: &Shared, id: usize, stats: &mut OpsStats) -> Setup {
     stats.sessions += 1;
     stats.mailbox_messages = stats.mailbox_messages.max(exists);
     let mut uids = Vec::new();
-    if cfg.scenario == Scenario::Fetch {
+    if matches!(
+        cfg.scenario,
+        Scenario::Fetch | Scenario::Mix | Scenario::Churn
+    ) {
         match conn
             .command("UID SEARCH ALL")
             .await
@@ -1597,7 +1671,12 @@ async fn setup(shared: &Shared, id: usize, stats: &mut OpsStats) -> Setup {
             return Setup::Stop;
         }
     }
-    Setup::Ready(Box::new(Ready { conn, uids }))
+    Setup::Ready(Box::new(Ready {
+        conn,
+        uids,
+        own: Vec::new(),
+        ops: 0,
+    }))
 }
 
 /// One connection's work. The first setup happens before the start barrier so that
@@ -1625,11 +1704,17 @@ async fn ops_worker(shared: Arc<Shared>, id: usize, mut stats: OpsStats) -> OpsS
             }
             Setup::Ready(mut ready) => {
                 backoff = BACKOFF_MIN;
-                if run_session_ops(&shared, &mut ready, &mut rng, &mut stats).await {
-                    ready.conn.logout().await;
-                    break;
+                match run_session_ops(&shared, &mut ready, &mut rng, &mut stats).await {
+                    SessionEnd::Done => {
+                        ready.conn.logout().await;
+                        break;
+                    }
+                    SessionEnd::Churn => {
+                        ready.conn.logout().await;
+                        state = setup(&shared, id, &mut stats).await;
+                    }
+                    SessionEnd::Broken => state = Setup::Retry,
                 }
-                state = Setup::Retry;
             }
         }
     }
@@ -1644,18 +1729,20 @@ fn seed(id: usize) -> u64 {
     nanos ^ ((id as u64 + 1).wrapping_mul(0x2545_F491_4F6C_DD1D))
 }
 
-/// Runs operations until the budget or the time is used up (returns true) or the
-/// connection breaks (returns false).
+/// Runs operations until the budget or the time is used up, the connection breaks, or
+/// (churn) the session has done its share.
 async fn run_session_ops(
     shared: &Shared,
     ready: &mut Ready,
     rng: &mut Rng,
     stats: &mut OpsStats,
-) -> bool {
+) -> SessionEnd {
     while let Some(seq) = shared.claim() {
         let started = Instant::now();
+        ready.ops += 1;
         let result = match shared.cfg.scenario {
             Scenario::Fetch => fetch_one(shared, ready, rng).await,
+            Scenario::Mix | Scenario::Churn => mix_one(shared, ready, rng, seq).await,
             _ => append_one(shared, &mut ready.conn, seq).await,
         };
         match result {
@@ -1667,17 +1754,102 @@ async fn run_session_ops(
             }
             Err(ImapError::Deadline) => {
                 stats.interrupted += 1;
-                return true;
+                return SessionEnd::Done;
             }
             Err(e) => {
                 stats.op_failed(&e);
                 if !e.connection_usable() {
-                    return false;
+                    return SessionEnd::Broken;
                 }
             }
         }
+        if shared.cfg.scenario == Scenario::Churn && ready.ops >= CHURN_OPS {
+            return if shared.budget_left() {
+                SessionEnd::Churn
+            } else {
+                SessionEnd::Done
+            };
+        }
     }
-    true
+    SessionEnd::Done
+}
+
+/// One operation of the mix; returns response and literal bytes.
+async fn mix_one(
+    shared: &Shared,
+    ready: &mut Ready,
+    rng: &mut Rng,
+    seq: u64,
+) -> Result<(usize, usize), ImapError> {
+    let mailbox = quote(&shared.cfg.mailbox);
+    let op = MixOp::pick(rng.below(100) as u32);
+    let ex = match op {
+        MixOp::Fetch => return fetch_one(shared, ready, rng).await,
+        MixOp::Append => {
+            let message = shared.template.render(seq, SystemTime::now());
+            let conn = &mut ready.conn;
+            let tag = conn.tag();
+            conn.send(format!("{tag} APPEND {mailbox} {{{}}}\r\n", message.len()).as_bytes())
+                .await?;
+            conn.until_continuation(&tag).await?;
+            let mut wire = message;
+            wire.extend_from_slice(b"\r\n");
+            conn.send(&wire).await?;
+            let ex = conn.until_tagged(&tag).await?.into_ok()?;
+            if let Some(uid) = appended_uid(&ex.done) {
+                ready.own.push(uid);
+            }
+            ex
+        }
+        MixOp::Store => {
+            let uid = ready.uids[rng.below(ready.uids.len())];
+            let sign = if rng.below(2) == 0 { '+' } else { '-' };
+            ready
+                .conn
+                .command(&format!("UID STORE {uid} {sign}FLAGS (\\Flagged)"))
+                .await?
+                .into_ok()?
+        }
+        MixOp::Expunge => match ready.own.pop() {
+            Some(uid) => {
+                let mut ex = ready
+                    .conn
+                    .command(&format!("UID STORE {uid} +FLAGS.SILENT (\\Deleted)"))
+                    .await?
+                    .into_ok()?;
+                let done = ready
+                    .conn
+                    .command(&format!("UID EXPUNGE {uid}"))
+                    .await?
+                    .into_ok()?;
+                ex.wire_len += done.wire_len;
+                ex
+            }
+            None => ready.conn.command("NOOP").await?.into_ok()?,
+        },
+        MixOp::Status => ready
+            .conn
+            .command(&format!("STATUS {mailbox} (MESSAGES UNSEEN UIDNEXT)"))
+            .await?
+            .into_ok()?,
+        MixOp::List => ready.conn.command("LIST \"\" \"*\"").await?.into_ok()?,
+        MixOp::Select => ready
+            .conn
+            .command(&format!("SELECT {mailbox}"))
+            .await?
+            .into_ok()?,
+        MixOp::Noop => ready.conn.command("NOOP").await?.into_ok()?,
+    };
+    Ok((ex.wire_len, ex.literal_bytes()))
+}
+
+/// The UID in a tagged `OK [APPENDUID <validity> <uid>]` (RFC 4315).
+pub fn appended_uid(done: &ImapResponse) -> Option<u32> {
+    if done.code() != Some("APPENDUID") {
+        return None;
+    }
+    let inner = done.text().split_once('[')?.1.split_once(']')?.0;
+    inner.split(' ').nth(2)?.parse().ok()
 }
 
 /// `UID FETCH <random uid> (<items>)`; returns response and literal bytes.
@@ -1745,6 +1917,10 @@ async fn run_ops(cfg: ImapLoadConfig, addrs: Vec<SocketAddr>) -> anyhow::Result<
         MessageTemplate::for_generator("imap-load", "sender@load.test", &[rcpt], cfg.message_size);
     let command = match cfg.scenario {
         Scenario::Fetch => format!("UID FETCH <random uid> {}", cfg.fetch_list()),
+        Scenario::Mix => "mix of FETCH, STORE, APPEND, EXPUNGE, STATUS, LIST, SELECT, NOOP".into(),
+        Scenario::Churn => format!(
+            "mix of FETCH, STORE, APPEND, EXPUNGE, STATUS, LIST, SELECT, NOOP; new LOGIN every {CHURN_OPS}"
+        ),
         _ => format!(
             "APPEND {} {{~{} bytes}} (synchronizing literal)",
             quote(&cfg.mailbox),
@@ -2090,5 +2266,33 @@ mod tests {
             seen[rng.below(7)] = true;
         }
         assert!(seen.iter().all(|&s| s));
+    }
+
+    #[test]
+    fn the_mix_has_its_stated_weights() {
+        assert_eq!(MIX.iter().map(|(_, w)| w).sum::<u32>(), 100);
+        let mut counts = std::collections::HashMap::new();
+        for roll in 0..100 {
+            *counts.entry(MixOp::pick(roll)).or_insert(0u32) += 1;
+        }
+        for (op, weight) in MIX {
+            assert_eq!(counts[&op], weight, "{op:?}");
+        }
+    }
+
+    #[test]
+    fn appenduid_is_read_from_the_completion() {
+        let done = |text: &str| ImapResponse {
+            kind: ResponseKind::Tagged("L1".into()),
+            lines: vec![text.into()],
+            literals: vec![],
+            wire_len: 0,
+        };
+        assert_eq!(
+            appended_uid(&done("OK [APPENDUID 38505 3955] APPEND completed")),
+            Some(3955)
+        );
+        assert_eq!(appended_uid(&done("OK APPEND completed")), None);
+        assert_eq!(appended_uid(&done("NO [TRYCREATE] no mailbox")), None);
     }
 }

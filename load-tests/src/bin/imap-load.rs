@@ -19,6 +19,11 @@ enum ScenarioArg {
     Append,
     /// Many connections in IDLE; reports server memory.
     Idle,
+    /// Persistent sessions running a weighted command mix (FETCH, STORE, APPEND, EXPUNGE,
+    /// STATUS, LIST, SELECT, NOOP).
+    Mix,
+    /// The same mix with LOGOUT and a new LOGIN every 10 commands.
+    Churn,
 }
 
 /// IMAP load generator for Mailfleet.
@@ -103,6 +108,8 @@ impl Args {
             ScenarioArg::Fetch => Scenario::Fetch,
             ScenarioArg::Append => Scenario::Append,
             ScenarioArg::Idle => Scenario::Idle,
+            ScenarioArg::Mix => Scenario::Mix,
+            ScenarioArg::Churn => Scenario::Churn,
         };
         let default_secs = if matches!(scenario, Scenario::Idle) {
             900

@@ -41,8 +41,13 @@ pub(crate) struct Login<'a> {
 }
 
 pub(crate) enum Credential<'a> {
-    Main { hash: &'a str },
-    App { id: mailfleet_storage::AppPasswordId, hash: &'a str },
+    Main {
+        hash: &'a str,
+    },
+    App {
+        id: mailfleet_storage::AppPasswordId,
+        hash: &'a str,
+    },
 }
 
 type Key = [u8; 32];
@@ -136,7 +141,11 @@ impl LoginCache {
 
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).map.len()
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map
+            .len()
     }
 }
 
@@ -157,7 +166,10 @@ mod tests {
     fn a_hit_needs_the_same_password_credential_and_totp_state() {
         let c = LoginCache::new(Duration::from_secs(60), 10).expect("on");
         c.insert(&login("pw", "$argon2id$a", false), Matched::Main);
-        assert_eq!(c.hit(&login("pw", "$argon2id$a", false)), Some(Matched::Main));
+        assert_eq!(
+            c.hit(&login("pw", "$argon2id$a", false)),
+            Some(Matched::Main)
+        );
         assert_eq!(c.hit(&login("pw2", "$argon2id$a", false)), None);
         assert_eq!(c.hit(&login("pw", "$argon2id$b", false)), None, "new hash");
         assert_eq!(c.hit(&login("pw", "$argon2id$a", true)), None, "TOTP on");
@@ -181,7 +193,11 @@ mod tests {
             c.insert(&login("pw", h, false), Matched::Main);
             assert!(c.len() <= 3);
         }
-        assert_eq!(c.hit(&login("pw", "h0", false)), None, "evicted, oldest first");
+        assert_eq!(
+            c.hit(&login("pw", "h0", false)),
+            None,
+            "evicted, oldest first"
+        );
         assert_eq!(c.hit(&login("pw", "h9", false)), Some(Matched::Main));
         std::thread::sleep(Duration::from_millis(40));
         assert_eq!(c.hit(&login("pw", "h9", false)), None, "expired");

@@ -452,7 +452,11 @@ async fn a_repeated_login_is_answered_from_the_cache_of_successes() {
             .await
             .expect("again");
     }
-    assert_eq!(auth.verifications(), verified, "no hashing for a cached success");
+    assert_eq!(
+        auth.verifications(),
+        verified,
+        "no hashing for a cached success"
+    );
     assert_eq!(auth.cache_hits(), 5);
     // A wrong password is never answered from the cache: verified, refused, counted.
     assert_eq!(
@@ -503,9 +507,13 @@ async fn a_password_change_app_password_revocation_or_totp_takes_effect_at_once(
         .await
         .expect("create");
     for _ in 0..2 {
-        auth.authenticate(req("alice@example.test", &generated.display(), "192.0.2.30"))
-            .await
-            .expect("app password");
+        auth.authenticate(req(
+            "alice@example.test",
+            &generated.display(),
+            "192.0.2.30",
+        ))
+        .await
+        .expect("app password");
     }
     assert!(auth.cache_hits() >= 1);
     f.stores
@@ -514,8 +522,12 @@ async fn a_password_change_app_password_revocation_or_totp_takes_effect_at_once(
         .await
         .expect("revoke");
     assert_eq!(
-        auth.authenticate(req("alice@example.test", &generated.display(), "192.0.2.30"))
-            .await,
+        auth.authenticate(req(
+            "alice@example.test",
+            &generated.display(),
+            "192.0.2.30"
+        ))
+        .await,
         Err(AuthError::InvalidCredentials),
         "a revoked app password stops working at once"
     );
