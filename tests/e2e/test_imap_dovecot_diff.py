@@ -89,6 +89,7 @@ COVERAGE = {
     "LIST-EXTENDED": "13-list.imap",
     "LIST-STATUS": "13-list.imap",
     "WITHIN": "05-search.imap",
+    "NOTIFY": "29-notify.imap",
 }
 
 def verb_of(source: str) -> str:
