@@ -499,7 +499,7 @@ pub async fn serve_connection(
         }
         let mut outcome = outcome;
         if session.notify_active() && matches!(outcome.next, Next::Command) {
-            // NOTIFY: what happened elsewhere goes out before the tagged reply (RFC 5465 §3).
+            // NOTIFY: what happened elsewhere goes out before the tagged reply (RFC 5465).
             let extra = session.notify_updates(false).await;
             if !extra.is_empty() {
                 let at = outcome.responses.len().saturating_sub(1);

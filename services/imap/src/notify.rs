@@ -12,15 +12,15 @@
 //! - **When**: at the end of every command (before its tagged reply), between commands as
 //!   soon as a notification arrives (the driver waits for input and notifications
 //!   together), and during IDLE. For the selected mailbox, `SELECTED` reports expunges at
-//!   once and `SELECTED-DELAYED` holds them until a command that may renumber (RFC 5465
-//!   §6.2); without a selected filter, the selected mailbox is reported only as base IMAP
+//!   once and `SELECTED-DELAYED` holds them until a command that may renumber (RFC 5465);
+//!   without a selected filter, the selected mailbox is reported only as base IMAP
 //!   requires (at command completion).
-//! - **What**: other mailboxes' message events as `STATUS (MESSAGES UIDNEXT UIDVALIDITY
-//!   UNSEEN)` (with HIGHESTMODSEQ when FlagChange is asked for, RFC 5465 §5.2-5.3, the items
-//!   Dovecot sends); MailboxName as LIST (`\NonExistent` for a deleted mailbox, `OLDNAME`
-//!   for a renamed one, RFC 5465 §5.4); SubscriptionChange as LIST with or without
-//!   `\Subscribed` (§5.5). When more would be queued than [`MAX_QUEUED`], the session gets
-//!   `* OK [NOTIFICATIONOVERFLOW]` and NOTIFY is off (RFC 5465 §5.8).
+//! - **What**: other mailboxes' message events as `STATUS (MESSAGES UIDNEXT UNSEEN)` (with
+//!   HIGHESTMODSEQ when FlagChange is asked for, RFC 5465, the items Dovecot sends;
+//!   `SET STATUS` adds UIDVALIDITY); MailboxName as LIST (`\NonExistent` for a deleted mailbox, `OLDNAME`
+//!   for a renamed one, RFC 5465); SubscriptionChange as LIST with or without
+//!   `\Subscribed`. When more would be queued than [`MAX_QUEUED`], the session gets
+//!   `* OK [NOTIFICATIONOVERFLOW]` and NOTIFY is off (RFC 5465).
 
 use crate::response::{self, Resp};
 use crate::session::{Session, State};
@@ -48,7 +48,7 @@ pub const MAX_QUEUED: usize = 2000;
 /// Longest NOTIFY command, in bytes (also bounded by the command size limit).
 pub const MAX_COMMAND: usize = 16 * 1024;
 
-/// Events a filter asks for (RFC 5465 §5).
+/// Events a filter asks for (RFC 5465).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Events {
     pub new: bool,
@@ -64,7 +64,7 @@ impl Events {
     }
 }
 
-/// The mailboxes an event group names (RFC 5465 §6.1).
+/// The mailboxes an event group names (RFC 5465).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Filter {
     /// Mailboxes mail is delivered to: Mailfleet delivers to INBOX only.
@@ -95,7 +95,7 @@ pub struct SelectedSpec {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Spec {
-    /// `SET STATUS`: STATUS for every watched mailbox before the tagged OK (RFC 5465 §3).
+    /// `SET STATUS`: STATUS for every watched mailbox before the tagged OK (RFC 5465).
     pub status: bool,
     pub selected: Option<SelectedSpec>,
     pub groups: Vec<Group>,
@@ -111,7 +111,7 @@ pub enum NotifyCmd {
 /// Why a NOTIFY was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Refusal {
-    /// Syntax or a rule of RFC 5465 §5 broken: BAD.
+    /// Syntax or a rule of RFC 5465 broken: BAD.
     Bad(String),
     /// Events this server does not support: NO [BADEVENT (...)].
     BadEvent,
@@ -119,7 +119,7 @@ pub enum Refusal {
     Overflow,
 }
 
-/// The events Mailfleet supports, for BADEVENT's list (RFC 5465 §8: the code lists the
+/// The events Mailfleet supports, for BADEVENT's list (RFC 5465: the code lists the
 /// events the server supports).
 pub const SUPPORTED: &str = "MessageNew MessageExpunge FlagChange MailboxName SubscriptionChange";
 
@@ -364,7 +364,7 @@ fn parse_args(args: &[u8]) -> Result<NotifyCmd, Refusal> {
             }
             _ => return Err(bad("Expected events or NONE")),
         }
-        // RFC 5465 §5: MessageNew and MessageExpunge go together, and FlagChange needs them.
+        // RFC 5465: MessageNew and MessageExpunge go together, and FlagChange needs them.
         if events.new != events.expunge {
             return Err(bad("MessageNew and MessageExpunge must be together"));
         }
@@ -512,8 +512,11 @@ impl Notify {
         })
     }
 
+    /// FlagChange asked for anywhere (the selected filter included): STATUS then carries
+    /// HIGHESTMODSEQ, as in Dovecot.
     fn uses_flags(&self) -> bool {
         self.spec.groups.iter().any(|g| g.events.flags)
+            || self.spec.selected.as_ref().is_some_and(|s| s.events.flags)
     }
 
     fn wants_subscriptions(&self) -> bool {
@@ -691,7 +694,7 @@ impl Session {
         let mut out = Vec::new();
         if n.spec.status {
             for b in watched.iter().filter(|b| Some(b.id) != selected) {
-                out.push(self.notify_status(b, n.uses_flags()).await?);
+                out.push(self.notify_status(b, n.uses_flags(), true).await?);
             }
         }
         n.boxes = boxes.iter().map(|b| (b.id, snap(b))).collect();
@@ -705,20 +708,25 @@ impl Session {
         }
     }
 
-    /// `STATUS name (MESSAGES UIDNEXT UIDVALIDITY UNSEEN [HIGHESTMODSEQ])`.
+    /// `STATUS name (MESSAGES UIDNEXT [UIDVALIDITY] UNSEEN [HIGHESTMODSEQ])`: with
+    /// UIDVALIDITY for `SET STATUS` (the client learns the mailbox), without it for a change
+    /// (RFC 5465 asks for UIDNEXT and MESSAGES; Dovecot sends these items).
     async fn notify_status(
         &self,
         b: &mailfleet_storage::Mailbox,
         modseq: bool,
+        validity: bool,
     ) -> StoreResult<Resp> {
         let usage = self.stores.meta.mailbox_usage(b.id).await?;
         let nz = |v: u32| std::num::NonZeroU32::new(v).unwrap_or(std::num::NonZeroU32::MIN);
         let mut items = vec![
             StatusDataItem::Messages(b.message_count as u32),
             StatusDataItem::UidNext(nz(b.uid_next.0)),
-            StatusDataItem::UidValidity(nz(b.uid_validity)),
-            StatusDataItem::Unseen(usage.unseen as u32),
         ];
+        if validity {
+            items.push(StatusDataItem::UidValidity(nz(b.uid_validity)));
+        }
+        items.push(StatusDataItem::Unseen(usage.unseen as u32));
         if modseq || self.enabled.condstore {
             items.push(StatusDataItem::HighestModSeq(b.highest_modseq.0));
         }
@@ -853,7 +861,7 @@ impl Session {
                 mailbox: crate::commands::mailboxes::to_mailbox(name),
             })
         };
-        // MailboxName (RFC 5465 §5.4): created, deleted, renamed.
+        // MailboxName (RFC 5465): created, deleted, renamed.
         let current: HashMap<MailboxId, &mailfleet_storage::Mailbox> =
             boxes.iter().map(|b| (b.id, b)).collect();
         for b in &boxes {
@@ -879,7 +887,7 @@ impl Session {
             match old {
                 None => out.push(line),
                 Some(old) => {
-                    // RFC 5465 §5.4: a rename carries the old name as OLDNAME; imap-types
+                    // RFC 5465: a rename carries the old name as OLDNAME; imap-types
                     // has no LIST extended data, so the item is added to the codec's line.
                     let wire = if self.mutf7_names() {
                         crate::mutf7::encode(&old)
@@ -912,7 +920,7 @@ impl Session {
                 ));
             }
         }
-        // SubscriptionChange (RFC 5465 §5.5).
+        // SubscriptionChange (RFC 5465).
         for name in subscribed.symmetric_difference(&n.subscribed) {
             let events = n
                 .matches(name, &subscribed)
@@ -931,7 +939,7 @@ impl Session {
             }));
             out.push(list_line(name, items, now));
         }
-        // Message events of other mailboxes (RFC 5465 §5.2, §5.3): STATUS.
+        // Message events of other mailboxes (RFC 5465): STATUS.
         let selected = self.selected_id();
         let mut watched = 0usize;
         for b in &boxes {
@@ -956,7 +964,7 @@ impl Session {
             let expunged = b.message_count < old.messages + arrived;
             let flags = !new && !expunged;
             if (new && events.new) || (expunged && events.expunge) || (flags && events.flags) {
-                out.push(self.notify_status(b, n.uses_flags()).await?);
+                out.push(self.notify_status(b, n.uses_flags(), false).await?);
             }
         }
         if watched > MAX_WATCHED {
@@ -970,7 +978,7 @@ impl Session {
         Ok(())
     }
 
-    /// MessageNew's FETCH (RFC 5465 §5.2) for messages of the selected mailbox the client
+    /// MessageNew's FETCH (RFC 5465) for messages of the selected mailbox the client
     /// has been told EXISTS of and not yet got the FETCH for.
     async fn notify_fetch_new(
         &mut self,
