@@ -444,7 +444,7 @@ pub async fn serve_connection(
             }
             Ok(Decoded::Plain(cmd)) => match crate::mutf7::command_in(cmd, session.mutf7_names()) {
                 Ok(cmd) => session.handle(cmd).await,
-                Err(cmd) => crate::session::Outcome::done(vec![invalid_name(&cmd.tag)]),
+                Err(cmd) => crate::session::Outcome::done(vec![invalid_name(&cmd)]),
             },
             Ok(Decoded::Search(cmd, ret)) => session.esearch(cmd, ret).await,
             Ok(Decoded::Notify(tag, cmd)) => session.notify_command(tag, cmd).await,
@@ -457,7 +457,12 @@ pub async fn serve_connection(
                     .collect::<Result<Vec<_>, _>>()
                 {
                     Ok(cmds) => session.list_extended(cmds, opts).await,
-                    Err(_) => crate::session::Outcome::done(tag.iter().map(invalid_name).collect()),
+                    // A pattern no valid name can match: nothing is listed.
+                    Err(_) => crate::session::Outcome::done(
+                        tag.iter()
+                            .map(|t| response::ok(t, None, "LIST completed"))
+                            .collect(),
+                    ),
                 }
             }
             Ok(Decoded::Invalid) => {
@@ -591,12 +596,19 @@ fn compress_reply(tag: &Tag<'static>, authenticated: bool, active: bool) -> (Res
 /// §5.1.3; a client that did not enable UTF8=ACCEPT), or not valid UTF-8 (one that did).
 /// NO, as Dovecot answers: the command is well-formed, the name is not one the server can
 /// have.
-fn invalid_name(tag: &Tag<'static>) -> Resp {
-    response::no(
-        tag,
-        None,
-        "Mailbox name is not valid modified UTF-7 or UTF-8",
-    )
+///
+/// LIST and LSUB are answered OK with nothing listed, as Dovecot does: a pattern that is not
+/// valid modified UTF-7 matches no mailbox.
+fn invalid_name(cmd: &imap_codec::imap_types::command::Command<'static>) -> Resp {
+    match cmd.body {
+        CommandBody::List { .. } => response::ok(&cmd.tag, None, "LIST completed"),
+        CommandBody::Lsub { .. } => response::ok(&cmd.tag, None, "LSUB completed"),
+        _ => response::no(
+            &cmd.tag,
+            None,
+            "Mailbox name is not valid modified UTF-7 or UTF-8",
+        ),
+    }
 }
 
 /// Whether the responses end a command with a tagged BAD.

@@ -434,6 +434,9 @@ async fn modified_utf7_and_utf8_accept() {
         let r = a.cmd(&format!("m6 {bad}")).await;
         assert!(r[0].starts_with("m6 NO"), "{bad}: {r:?}");
     }
+    // A LIST pattern no valid name can match lists nothing (as Dovecot answers).
+    let r = a.ok("m6b LIST \"\" &AGE-*").await;
+    assert_eq!(r.len(), 1, "{r:?}");
     let r = a.ok("m7 CAPABILITY").await;
     assert!(r[0].contains(" UTF8=ACCEPT"), "{r:?}");
     let r = a.ok("m8 ENABLE UTF8=ACCEPT").await;
