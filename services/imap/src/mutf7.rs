@@ -206,7 +206,7 @@ fn list_mailbox_in(m: ListMailbox<'static>, mutf7: bool) -> Option<ListMailbox<'
 pub fn command_in(
     cmd: Command<'static>,
     mutf7: bool,
-) -> Result<Command<'static>, Command<'static>> {
+) -> Result<Command<'static>, Box<Command<'static>>> {
     let mailbox_in = |m: Mailbox<'static>| mailbox_in(m, mutf7);
     let list_mailbox_in = |m: ListMailbox<'static>| list_mailbox_in(m, mutf7);
     let Command { tag, body } = cmd;
@@ -312,7 +312,7 @@ pub fn command_in(
     };
     match converted {
         Some(body) => Ok(Command { tag, body }),
-        None => Err(Command { tag, body }),
+        None => Err(Box::new(Command { tag, body })),
     }
 }
 
@@ -352,7 +352,7 @@ pub fn response_out(r: &Resp, mutf7: bool) -> Option<Resp> {
             mailbox,
         } => Data::List {
             items: items.clone(),
-            delimiter: delimiter.clone(),
+            delimiter: *delimiter,
             mailbox: mailbox_out(mailbox, mutf7)?,
         },
         Data::Lsub {
@@ -361,7 +361,7 @@ pub fn response_out(r: &Resp, mutf7: bool) -> Option<Resp> {
             mailbox,
         } => Data::Lsub {
             items: items.clone(),
-            delimiter: delimiter.clone(),
+            delimiter: *delimiter,
             mailbox: mailbox_out(mailbox, mutf7)?,
         },
         Data::Status { mailbox, items } => Data::Status {

@@ -264,7 +264,7 @@ fn parse_args(args: &[u8]) -> Result<NotifyCmd, Refusal> {
     if !args.starts_with(b" ") {
         return Err(bad("NOTIFY needs SET or NONE"));
     }
-    let toks = tokens(args).map_err(|m| Refusal::Bad(m))?;
+    let toks = tokens(args).map_err(Refusal::Bad)?;
     let mut it = toks.iter().peekable();
     match it.next().and_then(word) {
         Some(w) if w.eq_ignore_ascii_case("NONE") => {
@@ -857,7 +857,7 @@ impl Session {
             }
             response::data(Data::List {
                 items,
-                delimiter: delimiter.clone(),
+                delimiter,
                 mailbox: crate::commands::mailboxes::to_mailbox(name),
             })
         };
