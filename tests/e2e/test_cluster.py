@@ -374,3 +374,33 @@ def _fetch_ok(session, seq):
     typ, data = session.fetch(seq, "(BODY.PEEK[TEXT])")
     assert typ == "OK", data
     return typ, data
+
+
+def test_notify_on_b_hears_of_smtp_on_a_and_of_a_mailbox_created_on_a(cluster):
+    """NOTIFY (RFC 5465) across nodes: B learns through Redis, between commands."""
+    sock = socket.create_connection(("127.0.0.1", cluster.b.imap_port), timeout=10)
+    f = sock.makefile("rwb")
+
+    def cmd(line: bytes, tag: bytes):
+        f.write(line + b"\r\n")
+        f.flush()
+        while True:
+            got = f.readline()
+            assert got, "connection closed"
+            if got.startswith(tag + b" "):
+                return got
+
+    assert f.readline().startswith(b"* OK")
+    assert b"OK" in cmd(f"a LOGIN {USER} {PASSWORD}".encode(), b"a")
+    assert b"OK" in cmd(b"b NOTIFY SET (INBOXES (MessageNew MessageExpunge)) "
+                        b"(PERSONAL (MailboxName))", b"b")
+    sock.settimeout(5)
+    send(cluster.a, message(1, "notify"))
+    line = f.readline()
+    assert line.startswith(b"* STATUS INBOX (MESSAGES 1 UIDNEXT 2 "), line
+    c = imap(cluster.a)
+    assert c.create("FromA")[0] == "OK"
+    c.logout()
+    line = f.readline()
+    assert line.strip() == b'* LIST (\\HasNoChildren) "/" FromA', line
+    sock.close()

@@ -89,6 +89,7 @@ COVERAGE = {
     "LIST-EXTENDED": "13-list.imap",
     "LIST-STATUS": "13-list.imap",
     "WITHIN": "05-search.imap",
+    "NOTIFY": "29-notify.imap",
 }
 
 def verb_of(source: str) -> str:
@@ -349,6 +350,16 @@ EXPECTED_DIFFERENCES: dict[str, str] = {
     "22-sessions.imap:w010": "UID FETCH 1 FLAGS right after another session cleared \\Flagged: "
     "both report the change and answer with the current flags; Mailfleet adds UID to the "
     "FETCH reporting the change (see rule uid-in-unsolicited-fetch)",
+    # NOTIFY (RFC 5465)
+    "29-notify.imap:n010": "BADEVENT's event list: RFC 5465's grammar puts it in parentheses (Mailfleet lists the events it supports); Dovecot names the unsupported event without parentheses",
+    "29-notify.imap:n011": "BADEVENT's event list, as n010",
+    "29-notify.imap:n014": "NOTIFY SET without an event group is not in RFC 5465's grammar (event-groups is 1*event-group): Mailfleet answers BAD, Dovecot OK",
+    "29-notify.imap:n035": "another session's flag change during IDLE with NOTIFY FlagChange: Dovecot adds MODSEQ though the client never enabled CONDSTORE (RFC 7162 section 3.1 sends MODSEQ only after a CONDSTORE enabling command); Mailfleet adds UID (see rule uid-in-unsolicited-fetch)",
+    "29-notify.imap:n040": "NOTIFY MailboxName: another session's CREATE is reported by Mailfleet (RFC 5465); Dovecot 2.3 sent nothing within 5 s",
+    "29-notify.imap:n041": "NOTIFY MailboxName: another session's RENAME, reported by Mailfleet with OLDNAME, as n040",
+    "29-notify.imap:n042": "NOTIFY MailboxName: another session's DELETE, reported by Mailfleet with \\NonExistent, as n040",
+    # Modified UTF-7 names
+    "30-mutf7.imap:u028": "quota usage in KiB: two 16-byte messages are 0 for Mailfleet (rounded down), 1 for Dovecot (rounded up), as 18-quota.imap:s002",
 }
 
 

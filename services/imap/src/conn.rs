@@ -11,6 +11,7 @@ use crate::session::{Next, Session};
 use imap_codec::fragmentizer::{
     DecodeMessageError, FragmentInfo, Fragmentizer, LiteralAnnouncement,
 };
+use imap_codec::imap_types::command::CommandBody;
 use imap_codec::imap_types::core::{LiteralMode, Tag};
 use imap_codec::imap_types::IntoStatic;
 use imap_codec::{AuthenticateDataCodec, CommandCodec, IdleDoneCodec};
@@ -65,6 +66,9 @@ enum Input {
     Shutdown,
     /// The connection must close; the reason was already sent.
     Close,
+    /// A change notification arrived for NOTIFY while no command was being read; `true`
+    /// when the coordinator is gone.
+    Notify(bool),
 }
 
 /// Whether the command being framed is APPEND, the only command whose literal may be as
@@ -82,22 +86,39 @@ struct Conn {
     frag: Fragmentizer,
     limits: ConnLimits,
     buf: Vec<u8>,
+    /// COMPRESS=DEFLATE (RFC 4978) once negotiated: both directions from then on. Inside
+    /// TLS when TLS is in use, since `io` is the TLS stream.
+    deflate: Option<Box<crate::deflate::Deflate>>,
+    /// Mailbox names in responses are encoded in modified UTF-7 (the session did not
+    /// enable UTF8=ACCEPT), or else sent as quoted UTF-8; see [`crate::mutf7`].
+    mutf7: bool,
 }
 
 impl Conn {
     async fn write(&mut self, responses: &[Resp]) -> std::io::Result<()> {
         let mut out = Vec::new();
         for r in responses {
-            out.extend_from_slice(&response::encode(r));
+            match crate::mutf7::response_out(r, self.mutf7) {
+                Some(wire) => out.extend_from_slice(&response::encode(&wire)),
+                None => out.extend_from_slice(&response::encode(r)),
+            }
         }
         if !out.is_empty() {
-            self.io.write_all(&out).await?;
+            self.write_raw(&out).await?;
         }
         self.io.flush().await
     }
 
+    /// Writes one batch; with COMPRESS, compressed and sync-flushed so the client can read
+    /// all of it at once (RFC 4978 §4).
     async fn write_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.io.write_all(bytes).await?;
+        match self.deflate.as_mut() {
+            Some(z) => {
+                let packed = z.compress(bytes);
+                self.io.write_all(&packed).await?;
+            }
+            None => self.io.write_all(bytes).await?,
+        }
         self.io.flush().await
     }
 
@@ -122,6 +143,7 @@ impl Conn {
         shutdown: &mut Shutdown,
         idle: bool,
         authenticated: bool,
+        mut wake: Option<&mut mailfleet_storage::Subscription>,
     ) -> std::io::Result<Input> {
         let mut deadline: Option<tokio::time::Instant> = (!self.frag.message_bytes().is_empty()
             && !self.frag.is_message_complete())
@@ -210,14 +232,45 @@ impl Conn {
                     }
                 }
                 None => {
+                    // With COMPRESS, input is inflated one chunk at a time, and only when
+                    // the fragmentizer has used up the last one: a decompression bomb meets
+                    // the limits above chunk by chunk (see `crate::deflate`).
+                    if let Some(z) = self.deflate.as_mut() {
+                        match z.inflate(&mut self.buf) {
+                            Ok(0) => {}
+                            Ok(n) => {
+                                deadline.get_or_insert_with(|| {
+                                    tokio::time::Instant::now() + COMMAND_DEADLINE
+                                });
+                                let chunk = self.buf[..n].to_vec();
+                                self.frag.enqueue_bytes(&chunk);
+                                continue;
+                            }
+                            Err(e) => {
+                                tracing::debug!(error = %e, "COMPRESS input refused");
+                                return Ok(Input::Eof);
+                            }
+                        }
+                    }
                     let now = tokio::time::Instant::now();
                     let idle_end = now + timeout;
                     let until = deadline.map_or(idle_end, |d| d.min(idle_end));
                     let read = self.io.read(&mut self.buf);
+                    // NOTIFY (RFC 5465): between commands, a change notification ends the
+                    // wait so the session can report it; only the socket read is raced,
+                    // and only while no command is partly read.
+                    let between = self.frag.message_bytes().is_empty();
+                    let woken = async {
+                        match wake.as_deref_mut() {
+                            Some(s) if between => s.next().await.is_none(),
+                            _ => std::future::pending().await,
+                        }
+                    };
                     let n = if idle {
                         tokio::select! {
                             r = tokio::time::timeout_at(until, read) => r,
                             _ = shutdown.wait() => return Ok(Input::Shutdown),
+                            gone = woken => return Ok(Input::Notify(gone)),
                         }
                     } else {
                         tokio::time::timeout_at(until, read).await
@@ -225,6 +278,12 @@ impl Conn {
                     match n {
                         Ok(Ok(0)) | Ok(Err(_)) => return Ok(Input::Eof),
                         Ok(Ok(n)) => {
+                            if let Some(z) = self.deflate.as_mut() {
+                                // Inflated at the top of the loop; the deadline starts
+                                // with the first inflated byte.
+                                z.feed(&self.buf[..n]);
+                                continue;
+                            }
                             deadline.get_or_insert_with(|| {
                                 tokio::time::Instant::now() + COMMAND_DEADLINE
                             });
@@ -253,6 +312,10 @@ enum Decoded {
     List(
         Vec<imap_codec::imap_types::command::Command<'static>>,
         crate::commands::extended::ListOpts,
+    ),
+    Notify(
+        Tag<'static>,
+        Result<crate::notify::NotifyCmd, crate::notify::Refusal>,
     ),
     Invalid,
 }
@@ -293,6 +356,8 @@ pub async fn serve_connection(
         frag: Fragmentizer::new(limits.max_command),
         limits,
         buf: vec![0; READ_CHUNK],
+        deflate: None,
+        mutf7: true,
     };
     let greeting = session.greeting();
     conn.write_raw(&greeting).await?;
@@ -302,10 +367,22 @@ pub async fn serve_connection(
         let timeout = session.inactivity_timeout();
         let authenticated = session.is_authenticated();
         match conn
-            .next_message(timeout, &mut shutdown, true, authenticated)
+            .next_message(
+                timeout,
+                &mut shutdown,
+                true,
+                authenticated,
+                session.notify_subscription(),
+            )
             .await?
         {
             Input::Message => {}
+            Input::Notify(gone) => {
+                session.notify_woken(gone);
+                let out = session.notify_updates(true).await;
+                conn.write(&out).await?;
+                continue;
+            }
             Input::Eof | Input::Close => return Ok(()),
             Input::Timeout => {
                 return conn
@@ -323,6 +400,15 @@ pub async fn serve_connection(
         }
         let decoded = match conn.frag.decode_message(&CommandCodec::default()) {
             Ok(cmd) => Ok(Decoded::Plain(cmd.into_static())),
+            // NOTIFY (RFC 5465), which the codec does not know.
+            Err(DecodeMessageError::DecodingFailure(_))
+                if crate::notify::parse(conn.frag.message_bytes()).is_some() =>
+            {
+                match crate::notify::parse(conn.frag.message_bytes()) {
+                    Some((tag, cmd)) => Ok(Decoded::Notify(tag, cmd)),
+                    None => Ok(Decoded::Invalid),
+                }
+            }
             Err(DecodeMessageError::DecodingFailure(_))
                 if extended_decode(conn.frag.message_bytes()).is_some() =>
             {
@@ -341,9 +427,44 @@ pub async fn serve_connection(
             }
         };
         let outcome = match decoded {
-            Ok(Decoded::Plain(cmd)) => session.handle(cmd).await,
+            Ok(Decoded::Plain(cmd))
+                if matches!(cmd.body, CommandBody::Compress { .. }) && authenticated =>
+            {
+                let (reply, start) =
+                    compress_reply(&cmd.tag, session.is_authenticated(), conn.deflate.is_some());
+                conn.write(&[reply]).await?;
+                if start {
+                    // Compression starts right after the OK's CRLF (RFC 4978 §3). Bytes the
+                    // client pipelined behind COMPRESS were sent before it saw the OK, so
+                    // they cannot be compressed data: they are dropped (as at STARTTLS).
+                    conn.frag = Fragmentizer::new(limits.max_command);
+                    conn.deflate = Some(Box::default());
+                }
+                continue;
+            }
+            Ok(Decoded::Plain(cmd)) => match crate::mutf7::command_in(cmd, session.mutf7_names()) {
+                Ok(cmd) => session.handle(cmd).await,
+                Err(cmd) => crate::session::Outcome::done(vec![invalid_name(&cmd)]),
+            },
             Ok(Decoded::Search(cmd, ret)) => session.esearch(cmd, ret).await,
-            Ok(Decoded::List(cmds, opts)) => session.list_extended(cmds, opts).await,
+            Ok(Decoded::Notify(tag, cmd)) => session.notify_command(tag, cmd).await,
+            Ok(Decoded::List(cmds, opts)) => {
+                let tag = cmds.first().map(|c| c.tag.clone());
+                let mutf7 = session.mutf7_names();
+                match cmds
+                    .into_iter()
+                    .map(|c| crate::mutf7::command_in(c, mutf7))
+                    .collect::<Result<Vec<_>, _>>()
+                {
+                    Ok(cmds) => session.list_extended(cmds, opts).await,
+                    // A pattern no valid name can match: nothing is listed.
+                    Err(_) => crate::session::Outcome::done(
+                        tag.iter()
+                            .map(|t| response::ok(t, None, "LIST completed"))
+                            .collect(),
+                    ),
+                }
+            }
             Ok(Decoded::Invalid) => {
                 conn.write(&[response::untagged_bad("Syntax error in command")])
                     .await?;
@@ -381,7 +502,17 @@ pub async fn serve_connection(
                 return Ok(());
             }
         }
+        let mut outcome = outcome;
+        if session.notify_active() && matches!(outcome.next, Next::Command) {
+            // NOTIFY: what happened elsewhere goes out before the tagged reply (RFC 5465).
+            let extra = session.notify_updates(false).await;
+            if !extra.is_empty() {
+                let at = outcome.responses.len().saturating_sub(1);
+                outcome.responses.splice(at..at, extra);
+            }
+        }
         conn.write(&outcome.responses).await?;
+        conn.mutf7 = session.mutf7_names();
         match outcome.next {
             Next::Command => {}
             Next::Close => {
@@ -407,7 +538,7 @@ pub async fn serve_connection(
             Next::AuthenticateData { tag } => {
                 conn.write_raw(b"+ \r\n").await?;
                 match conn
-                    .next_message(timeout, &mut shutdown, false, false)
+                    .next_message(timeout, &mut shutdown, false, false, None)
                     .await?
                 {
                     Input::Message => {}
@@ -437,6 +568,46 @@ pub async fn serve_connection(
                 }
             }
         }
+    }
+}
+
+/// The answer to `COMPRESS DEFLATE` (RFC 4978 §3), and whether compression starts after it.
+/// COMPRESS is valid once logged in (`command-auth`, also in the selected state); a second
+/// one is refused with `[COMPRESSIONACTIVE]`.
+fn compress_reply(tag: &Tag<'static>, authenticated: bool, active: bool) -> (Resp, bool) {
+    use imap_codec::imap_types::response::Code;
+    if !authenticated {
+        (response::bad(tag, "Log in first"), false)
+    } else if active {
+        (
+            response::no(
+                tag,
+                Some(Code::CompressionActive),
+                "Compression already active",
+            ),
+            false,
+        )
+    } else {
+        (response::ok(tag, None, "DEFLATE active"), true)
+    }
+}
+
+/// The answer to a command whose mailbox name is not valid modified UTF-7 (RFC 3501
+/// §5.1.3; a client that did not enable UTF8=ACCEPT), or not valid UTF-8 (one that did).
+/// NO, as Dovecot answers: the command is well-formed, the name is not one the server can
+/// have.
+///
+/// LIST and LSUB are answered OK with nothing listed, as Dovecot does: a pattern that is not
+/// valid modified UTF-7 matches no mailbox.
+fn invalid_name(cmd: &imap_codec::imap_types::command::Command<'static>) -> Resp {
+    match cmd.body {
+        CommandBody::List { .. } => response::ok(&cmd.tag, None, "LIST completed"),
+        CommandBody::Lsub { .. } => response::ok(&cmd.tag, None, "LSUB completed"),
+        _ => response::no(
+            &cmd.tag,
+            None,
+            "Mailbox name is not valid modified UTF-7 or UTF-8",
+        ),
     }
 }
 
@@ -471,7 +642,7 @@ async fn idle(
             }
         };
         tokio::select! {
-            input = conn.next_message(Duration::from_secs(u64::MAX / 4), shutdown, true, true) => {
+            input = conn.next_message(Duration::from_secs(u64::MAX / 4), shutdown, true, true, None) => {
                 match input? {
                     Input::Message => {
                         let done = conn.frag.decode_message(&IdleDoneCodec::default()).is_ok();
@@ -487,18 +658,23 @@ async fn idle(
                         conn.write(&[response::bye("Server shutting down")]).await?;
                         return Ok(false);
                     }
-                    Input::Eof | Input::Timeout | Input::Deadline | Input::Close => return Ok(false),
+                    Input::Eof | Input::Timeout | Input::Deadline | Input::Close
+                    | Input::Notify(_) => return Ok(false),
                 }
             }
             ev = event => {
                 if ev.is_none() {
                     sub = None;
                 }
-                let updates = session.pending_updates(true).await.unwrap_or_default();
+                session.notify_woken(false);
+                let mut updates = session.pending_updates(true).await.unwrap_or_default();
+                updates.extend(session.notify_updates(false).await);
                 conn.write(&updates).await?;
             }
             _ = recheck.tick() => {
-                let updates = session.pending_updates(true).await.unwrap_or_default();
+                session.notify_woken(false);
+                let mut updates = session.pending_updates(true).await.unwrap_or_default();
+                updates.extend(session.notify_updates(false).await);
                 conn.write(&updates).await?;
             }
             _ = tokio::time::sleep_until(deadline) => {

@@ -19,7 +19,10 @@
 
 pub mod commands;
 pub mod conn;
+pub mod deflate;
 pub mod listener;
+pub mod mutf7;
+pub mod notify;
 pub mod response;
 pub mod selected;
 pub mod session;

@@ -197,6 +197,8 @@ pub struct Session {
     pub(crate) fetch_job: Option<Box<crate::commands::fetch::FetchJob>>,
     /// Response bytes a FETCH batch may hold (see [`crate::commands::fetch::BATCH_OUTPUT_BYTES`]).
     pub(crate) fetch_batch_bytes: u64,
+    /// NOTIFY SET in effect (RFC 5465), see [`crate::notify`].
+    pub(crate) notify: Option<Box<crate::notify::Notify>>,
 }
 
 impl Session {
@@ -220,6 +222,7 @@ impl Session {
             slot: None,
             fetch_job: None,
             fetch_batch_bytes: crate::commands::fetch::BATCH_OUTPUT_BYTES,
+            notify: None,
         }
     }
 
@@ -307,6 +310,16 @@ impl Session {
             other("LIST-STATUS"),
             Capability::Within,
         ]);
+        if self.account.is_some() {
+            // RFC 4978; handled by the connection driver (crate::conn), after login only.
+            caps.push(Capability::Compress {
+                algorithm:
+                    imap_codec::imap_types::extensions::compress::CompressionAlgorithm::Deflate,
+            });
+            // RFC 5465, crate::notify; RFC 6855, crate::mutf7.
+            caps.push(other("NOTIFY"));
+        }
+        caps.push(other("UTF8=ACCEPT"));
         caps
     }
 

@@ -478,7 +478,9 @@ impl Session {
                 out.push(if e.childinfo {
                     // imap-types has no LIST extended data: the codec's line, with the
                     // CHILDINFO item (RFC 5258 §3.5) added before its CRLF.
-                    let mut bytes = response::encode(&line);
+                    // Mailbox names are encoded here, as the driver only encodes typed responses.
+                    let wire = crate::mutf7::response_out(&line, self.mutf7_names());
+                    let mut bytes = response::encode(wire.as_ref().unwrap_or(&line));
                     bytes.truncate(bytes.len().saturating_sub(2));
                     bytes.extend_from_slice(b" (\"CHILDINFO\" (\"SUBSCRIBED\"))\r\n");
                     Resp::Raw(bytes)

@@ -457,6 +457,8 @@ impl Session {
         } else {
             self.stores.meta.unsubscribe(acct, &name).await?;
         }
+        // NOTIFY's SubscriptionChange (RFC 5465) in other sessions, on any node.
+        self.notify_mailboxes().await;
         Ok(Outcome::done(vec![response::ok(
             &tag,
             None,
