@@ -108,6 +108,7 @@ impl Harness {
             max_failed_logins: 3,
             idle_timeout: Duration::from_secs(1800),
             user_sessions: mailfleet_imap::UserSessions::new(20),
+            views: mailfleet_imap::SharedViews::new(),
         });
         let session = Session::new(
             cfg,
@@ -162,6 +163,7 @@ impl Harness {
             max_failed_logins: 3,
             idle_timeout: Duration::from_secs(1800),
             user_sessions: mailfleet_imap::UserSessions::new(20),
+            views: mailfleet_imap::SharedViews::new(),
         });
         let session = Session::new(
             cfg,
