@@ -246,9 +246,9 @@ impl Conn {
 /// [`crate::commands::extended`].
 enum Decoded {
     Plain(imap_codec::imap_types::command::Command<'static>),
-    Search(
+    SearchExt(
         imap_codec::imap_types::command::Command<'static>,
-        crate::commands::extended::ReturnOpts,
+        crate::commands::searchext::Ext,
     ),
     List(
         Vec<imap_codec::imap_types::command::Command<'static>>,
@@ -265,11 +265,13 @@ fn decode_plain(bytes: &[u8]) -> Option<imap_codec::imap_types::command::Command
     }
 }
 
-/// ESEARCH and LIST-EXTENDED forms the codec refused, rewritten and decoded by it.
+/// ESEARCH (and SEARCHRES, ESORT, CONTEXT, PARTIAL) and LIST-EXTENDED forms the codec refused, rewritten and decoded by it.
 fn extended_decode(bytes: &[u8]) -> Option<Decoded> {
     use crate::commands::extended::{preparse, Extended};
+    if let Some((cmd, ext)) = crate::commands::searchext::decode_message(bytes, decode_plain) {
+        return Some(Decoded::SearchExt(cmd, ext));
+    }
     match preparse(bytes)? {
-        Extended::Search { plain, ret } => Some(Decoded::Search(decode_plain(&plain)?, ret)),
         Extended::List { plain, opts } => {
             let cmds = plain
                 .iter()
@@ -342,7 +344,7 @@ pub async fn serve_connection(
         };
         let outcome = match decoded {
             Ok(Decoded::Plain(cmd)) => session.handle(cmd).await,
-            Ok(Decoded::Search(cmd, ret)) => session.esearch(cmd, ret).await,
+            Ok(Decoded::SearchExt(cmd, ext)) => session.search_ext(cmd, ext).await,
             Ok(Decoded::List(cmds, opts)) => session.list_extended(cmds, opts).await,
             Ok(Decoded::Invalid) => {
                 conn.write(&[response::untagged_bad("Syntax error in command")])
