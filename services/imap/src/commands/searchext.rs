@@ -775,8 +775,8 @@ impl Session {
             .unwrap_or(all)
     }
 
-    /// CANCELUPDATE (RFC 5267 §4.3): ends the named UPDATE searches; an unknown tag makes
-    /// the whole command BAD.
+    /// CANCELUPDATE (RFC 5267 §4.3): ends the named UPDATE searches; a tag naming no live
+    /// search fails the whole command (`NO`, as Dovecot answers) and cancels nothing.
     fn cancel_update(
         &mut self,
         tag: &imap_codec::imap_types::core::Tag<'static>,
@@ -787,7 +787,7 @@ impl Session {
         }
         let known = |t: &String| self.search_state.contexts.iter().any(|c| &c.tag == t);
         if !tags.iter().all(known) {
-            return Outcome::done(vec![response::bad(tag, "Unknown search update tag")]);
+            return Outcome::done(vec![response::no(tag, None, "Unknown search update tag")]);
         }
         self.search_state.contexts.retain(|c| !tags.contains(&c.tag));
         Outcome::done(vec![response::ok(tag, None, "CANCELUPDATE completed")])
