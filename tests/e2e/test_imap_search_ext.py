@@ -160,6 +160,18 @@ def test_searchres_saved_result(server):
     assert data[0] in (None, b"")
     typ, data = c.fetch("$", "(UID)")
     assert typ == "OK" and data[0] in (None, b"")
+    # A SEARCH with SAVE may use the previous result in its criteria (RFC 5182 section 2.2).
+    c._simple_command("SEARCH", "RETURN", "(SAVE)", "SEEN")
+    c._simple_command("SEARCH", "RETURN", "(SAVE ALL)", "$", "UNSEEN")
+    lines = esearch(c)
+    assert lines and all(b" ALL " not in line for line in lines), lines
+    typ, data = c.search(None, "$")
+    assert data[0] in (None, b"")
+    c._simple_command("SEARCH", "RETURN", "(SAVE)", "SEEN")
+    c._simple_command("SEARCH", "RETURN", "(SAVE)", "OR", "$", "FLAGGED")
+    typ, data = c.search(None, "$")
+    _, expected = c.search(None, "OR", "SEEN", "FLAGGED")
+    assert data == expected
     # COPY and MOVE of $.
     c._simple_command("SEARCH", "RETURN", "(SAVE)", "SUBJECT", "orphan")
     typ, _ = c.copy("$", "Archive")

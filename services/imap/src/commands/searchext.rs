@@ -582,10 +582,14 @@ impl Session {
             _ => None,
         };
         let sorted = matches!(ext.kind, Kind::Sort(_));
-        // A failed SEARCH with SAVE leaves the saved result empty (RFC 5182 §2.1).
-        if ret.is_some_and(|r| r.save) {
-            self.search_state.saved.clear();
-        }
+        // A failed SEARCH with SAVE leaves the saved result empty (RFC 5182 §2.1), but its
+        // own `$` still means the previous result (RFC 5182 §2.2: `SEARCH RETURN (SAVE) $ ...`).
+        let save = ret.is_some_and(|r| r.save);
+        let previous = if save {
+            std::mem::take(&mut self.search_state.saved)
+        } else {
+            Vec::new()
+        };
         let State::Selected(sel) = &self.state else {
             return Outcome::done(vec![response::bad(&tag, "No mailbox selected")]);
         };
@@ -606,7 +610,12 @@ impl Session {
             }
         }
         let cmd = if ext.saved {
-            match substitute(cmd, sel, &self.search_state.saved) {
+            let saved = if save {
+                &previous
+            } else {
+                &self.search_state.saved
+            };
+            match substitute(cmd, sel, saved) {
                 Substituted::Run(c) => c,
                 Substituted::Empty(c) => {
                     let name = c.body.name();
