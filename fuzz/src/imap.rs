@@ -50,7 +50,7 @@ pub fn codec(input: &[u8]) -> crate::Outcome {
 fn rewritten(bytes: &[u8]) -> String {
     let tag = bytes.split(|b| *b == b' ').next().unwrap_or_default();
     let codec = |b: &[u8]| match CommandCodec::default().decode(b) {
-        Ok((rest, cmd)) if rest.is_empty() => {
+        Ok((b"", cmd)) => {
             use imap_codec::imap_types::IntoStatic;
             Some(cmd.into_static())
         }
