@@ -1,6 +1,7 @@
 //! The IMAP command path the server runs on every message: imap-codec's fragmentizer frames
 //! lines and literals, the command codec decodes them, and what it refuses goes through
-//! Mailfleet's ESEARCH / LIST-EXTENDED rewriter (`commands::extended`).
+//! Mailfleet's rewriters: ESEARCH, SEARCHRES, ESORT, CONTEXT, PARTIAL
+//! (`commands::searchext`) and LIST-EXTENDED (`commands::extended`).
 
 use imap_codec::decode::Decoder;
 use imap_codec::encode::Encoder;
@@ -8,6 +9,7 @@ use imap_codec::fragmentizer::{DecodeMessageError, Fragmentizer};
 use imap_codec::imap_types::command::CommandBody;
 use imap_codec::CommandCodec;
 use mailfleet_imap::commands::extended::{preparse, Extended};
+use mailfleet_imap::commands::searchext::{self, Kind};
 
 /// The framing limit the server uses by default (`imap.max_command_size`).
 const MAX_MESSAGE: u32 = 64 * 1024;
@@ -47,22 +49,36 @@ pub fn codec(input: &[u8]) -> crate::Outcome {
 
 fn rewritten(bytes: &[u8]) -> String {
     let tag = bytes.split(|b| *b == b' ').next().unwrap_or_default();
+    let codec = |b: &[u8]| match CommandCodec::default().decode(b) {
+        Ok((b"", cmd)) => {
+            use imap_codec::imap_types::IntoStatic;
+            Some(cmd.into_static())
+        }
+        _ => None,
+    };
+    if let Some((cmd, ext)) = searchext::decode_message(bytes, codec) {
+        assert_eq!(
+            cmd.tag.as_ref().as_bytes(),
+            tag,
+            "a search rewrite keeps the tag"
+        );
+        let fits = match (&ext.kind, &cmd.body) {
+            (Kind::Search(_), CommandBody::Search { .. }) => true,
+            (Kind::Sort(_), CommandBody::Sort { .. }) => true,
+            (Kind::CancelUpdate(_) | Kind::SaveFailed, CommandBody::Noop) => true,
+            (Kind::Plain, _) => ext.saved,
+            _ => false,
+        };
+        assert!(
+            fits,
+            "rewrite {:?} decoded as {}",
+            ext.kind,
+            cmd.body.name()
+        );
+        return "search-ext".into();
+    }
     match preparse(bytes) {
         None => "refused".into(),
-        Some(Extended::Search { plain, .. }) => {
-            assert!(plain.starts_with(tag), "ESEARCH rewrite keeps the tag");
-            match CommandCodec::default().decode(&plain) {
-                Ok((_, cmd)) => {
-                    assert!(
-                        matches!(cmd.body, CommandBody::Search { .. }),
-                        "an ESEARCH rewrite decodes as SEARCH, got {:?}",
-                        cmd.body.name()
-                    );
-                    "esearch".into()
-                }
-                Err(_) => "esearch-refused".into(),
-            }
-        }
         Some(Extended::List { plain, .. }) => {
             assert!(!plain.is_empty(), "LIST-EXTENDED has at least one pattern");
             for p in &plain {

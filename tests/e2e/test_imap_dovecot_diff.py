@@ -90,6 +90,11 @@ COVERAGE = {
     "LIST-STATUS": "13-list.imap",
     "WITHIN": "05-search.imap",
     "NOTIFY": "29-notify.imap",
+    "THREAD=ORDEREDSUBJECT": "24-thread.imap",
+    "THREAD=REFERENCES": "24-thread.imap",
+    "ESORT": "25-esort-context.imap",
+    "CONTEXT=SEARCH": "25-esort-context.imap",
+    "SEARCHRES": "26-searchres.imap",
 }
 
 def verb_of(source: str) -> str:
@@ -342,6 +347,13 @@ EXPECTED_DIFFERENCES: dict[str, str] = {
     "18-quota.imap:s004": "GETQUOTAROOT of a nonexistent mailbox: Mailfleet NO [NONEXISTENT], "
     "Dovecot answers with the user's quota root",
     "21-errors-state.imap:v028": "GETQUOTAROOT of a nonexistent mailbox, as s004",
+    # ESORT, CONTEXT=SEARCH, PARTIAL, SEARCHRES
+    "25-esort-context.imap:e047": "SEARCH RETURN (PARTIAL -1:-3): negative ranges (the last results) are "
+    "RFC 9394's PARTIAL, which Mailfleet offers; Dovecot 2.3 implements RFC 5267's positive ranges only (BAD)",
+    "25-esort-context.imap:e048": "UID SEARCH RETURN (PARTIAL -2:-4 COUNT): as e047",
+    "26-searchres.imap:s056": "SEARCH $ after a SEARCH RETURN (SAVE) that failed on its syntax (s055, BAD): "
+    "RFC 5182 section 2.1 has a failed SEARCH with SAVE empty the saved result, as Mailfleet does; "
+    "Dovecot 2.3 keeps the previous one",
     # Two sessions
     "22-sessions.imap:w005": "another session's flag change is reported by Dovecot during FETCH, "
     "by Mailfleet at the next NOOP; servers may hold it back",

@@ -305,9 +305,9 @@ impl Conn {
 /// [`crate::commands::extended`].
 enum Decoded {
     Plain(imap_codec::imap_types::command::Command<'static>),
-    Search(
+    SearchExt(
         imap_codec::imap_types::command::Command<'static>,
-        crate::commands::extended::ReturnOpts,
+        crate::commands::searchext::Ext,
     ),
     List(
         Vec<imap_codec::imap_types::command::Command<'static>>,
@@ -328,11 +328,13 @@ fn decode_plain(bytes: &[u8]) -> Option<imap_codec::imap_types::command::Command
     }
 }
 
-/// ESEARCH and LIST-EXTENDED forms the codec refused, rewritten and decoded by it.
+/// ESEARCH (and SEARCHRES, ESORT, CONTEXT, PARTIAL) and LIST-EXTENDED forms the codec refused, rewritten and decoded by it.
 fn extended_decode(bytes: &[u8]) -> Option<Decoded> {
     use crate::commands::extended::{preparse, Extended};
+    if let Some((cmd, ext)) = crate::commands::searchext::decode_message(bytes, decode_plain) {
+        return Some(Decoded::SearchExt(cmd, ext));
+    }
     match preparse(bytes)? {
-        Extended::Search { plain, ret } => Some(Decoded::Search(decode_plain(&plain)?, ret)),
         Extended::List { plain, opts } => {
             let cmds = plain
                 .iter()
@@ -446,7 +448,13 @@ pub async fn serve_connection(
                 Ok(cmd) => session.handle(cmd).await,
                 Err(cmd) => crate::session::Outcome::done(vec![invalid_name(&cmd)]),
             },
-            Ok(Decoded::Search(cmd, ret)) => session.esearch(cmd, ret).await,
+            // `$` commands (COPY $ name, MOVE $ name) carry mailbox names too.
+            Ok(Decoded::SearchExt(cmd, ext)) => {
+                match crate::mutf7::command_in(cmd, session.mutf7_names()) {
+                    Ok(cmd) => session.search_ext(cmd, ext).await,
+                    Err(cmd) => crate::session::Outcome::done(vec![invalid_name(&cmd)]),
+                }
+            }
             Ok(Decoded::Notify(tag, cmd)) => session.notify_command(tag, cmd).await,
             Ok(Decoded::List(cmds, opts)) => {
                 let tag = cmds.first().map(|c| c.tag.clone());

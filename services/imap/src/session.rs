@@ -199,6 +199,8 @@ pub struct Session {
     pub(crate) fetch_batch_bytes: u64,
     /// NOTIFY SET in effect (RFC 5465), see [`crate::notify`].
     pub(crate) notify: Option<Box<crate::notify::Notify>>,
+    /// SEARCHRES's saved result and the live CONTEXT=SEARCH updates.
+    pub(crate) search_state: crate::commands::searchext::SearchState,
 }
 
 impl Session {
@@ -223,6 +225,7 @@ impl Session {
             fetch_job: None,
             fetch_batch_bytes: crate::commands::fetch::BATCH_OUTPUT_BYTES,
             notify: None,
+            search_state: Default::default(),
         }
     }
 
@@ -269,6 +272,7 @@ impl Session {
     pub fn capabilities(&self) -> Vec<Capability<'static>> {
         use imap_codec::imap_types::auth::AuthMechanism;
         use imap_codec::imap_types::extensions::quota::Resource;
+        use imap_codec::imap_types::extensions::thread::ThreadingAlgorithm;
         let mut caps = vec![Capability::Imap4Rev1, other("IMAP4rev2")];
         if self.account.is_none() {
             if self.cfg.starttls && !self.tls {
@@ -299,6 +303,12 @@ impl Session {
             Capability::CondStore,
             Capability::QResync,
             Capability::Sort(None),
+            Capability::Thread(ThreadingAlgorithm::OrderedSubject),
+            Capability::Thread(ThreadingAlgorithm::References),
+            other("ESORT"),
+            other("SEARCHRES"),
+            other("CONTEXT=SEARCH"),
+            other("PARTIAL"),
             Capability::Quota,
             Capability::QuotaRes(Resource::Storage),
             Capability::StatusSize,
@@ -407,11 +417,17 @@ impl Session {
             CommandBody::Select {
                 mailbox,
                 parameters,
-            } => self.select(tag, mailbox, parameters, false).await,
+            } => {
+                self.search_state.reset();
+                self.select(tag, mailbox, parameters, false).await
+            }
             CommandBody::Examine {
                 mailbox,
                 parameters,
-            } => self.select(tag, mailbox, parameters, true).await,
+            } => {
+                self.search_state.reset();
+                self.select(tag, mailbox, parameters, true).await
+            }
             CommandBody::Create { mailbox } => self.create(tag, mailbox).await,
             CommandBody::Delete { mailbox } => self.delete(tag, mailbox).await,
             CommandBody::Rename { from, to } => self.rename(tag, from, to).await,
@@ -463,8 +479,14 @@ impl Session {
         }
         match body {
             CommandBody::Check => self.noop(tag).await,
-            CommandBody::Close => self.close(tag, true).await,
-            CommandBody::Unselect => self.close(tag, false).await,
+            CommandBody::Close => {
+                self.search_state.reset();
+                self.close(tag, true).await
+            }
+            CommandBody::Unselect => {
+                self.search_state.reset();
+                self.close(tag, false).await
+            }
             CommandBody::Expunge => self.expunge(tag, None).await,
             CommandBody::ExpungeUid { sequence_set } => self.expunge(tag, Some(sequence_set)).await,
             CommandBody::Fetch {
@@ -511,6 +533,15 @@ impl Session {
                 self.sort(tag, sort_criteria, charset, search_criteria, uid)
                     .await
             }
+            CommandBody::Thread {
+                algorithm,
+                charset,
+                search_criteria,
+                uid,
+            } => {
+                self.thread(tag, algorithm, charset, search_criteria, uid)
+                    .await
+            }
             _ => Ok(Outcome::done(vec![response::bad(
                 &tag,
                 "Command not supported",
@@ -533,12 +564,18 @@ impl Session {
         let State::Selected(sel) = &mut self.state else {
             return Ok(vec![]);
         };
+        let before = crate::commands::searchext::snapshot(&self.search_state, sel);
         let update = sel.refresh(&self.stores, allow_expunge).await?;
-        Ok(crate::commands::fetch::render_update(
+        let mut out = crate::commands::fetch::render_update(sel, &update, self.enabled);
+        crate::commands::searchext::context_updates(
+            &self.stores,
             sel,
-            &update,
-            self.enabled,
-        ))
+            &mut self.search_state,
+            &before,
+            &mut out,
+        )
+        .await?;
+        Ok(out)
     }
 
     /// Turns CONDSTORE on because a command used it (RFC 7162 §3.1: a "CONDSTORE enabling

@@ -1,9 +1,8 @@
 //! Command forms the IMAP codec (imap-codec 2.0.0-alpha.10) does not parse yet, handled by
 //! rewriting them into forms it does parse.
 //!
-//! - ESEARCH (RFC 4731, part of IMAP4rev2): `[UID] SEARCH RETURN (MIN MAX COUNT ALL) ...`.
-//!   The `RETURN (...)` clause is cut out, the rest is decoded by the codec as a plain
-//!   SEARCH, and the answer is an `* ESEARCH` response.
+//! - ESEARCH (RFC 4731, part of IMAP4rev2) and the extensions built on it (SEARCHRES,
+//!   ESORT, CONTEXT, PARTIAL): see [`super::searchext`].
 //! - LIST-EXTENDED (RFC 5258) and LIST-STATUS (RFC 5819): selection options before the
 //!   reference, several patterns in parentheses, and `RETURN (SUBSCRIBED CHILDREN
 //!   SPECIAL-USE STATUS (...))`. Each pattern becomes a plain LIST for the codec.
@@ -13,21 +12,11 @@
 //! the command, so the codec stays the parser of record.
 
 use crate::response::{self, Resp};
-use crate::session::{Outcome, Session, State};
+use crate::session::{Outcome, Session};
 use imap_codec::imap_types::command::{Command, CommandBody};
 use imap_codec::imap_types::flag::FlagNameAttribute;
 use imap_codec::imap_types::response::{Data, Response, StatusKind};
 use imap_codec::imap_types::status::StatusDataItemName;
-use mailfleet_storage::Uid;
-
-/// ESEARCH result options.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ReturnOpts {
-    pub min: bool,
-    pub max: bool,
-    pub count: bool,
-    pub all: bool,
-}
 
 /// LIST-EXTENDED options.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -45,14 +34,12 @@ pub struct ListOpts {
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Extended {
-    /// A plain SEARCH command to decode, and the RETURN options.
-    Search { plain: Vec<u8>, ret: ReturnOpts },
     /// Plain LIST commands (one per pattern) and the options.
     List { plain: Vec<Vec<u8>>, opts: ListOpts },
 }
 
 /// Splits a line into top-level tokens: atoms, quoted strings and parenthesised groups.
-fn tokens(line: &str) -> Option<Vec<&str>> {
+pub(crate) fn tokens(line: &str) -> Option<Vec<&str>> {
     let b = line.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
@@ -109,7 +96,7 @@ fn tokens(line: &str) -> Option<Vec<&str>> {
     Some(out)
 }
 
-fn inner(group: &str) -> Option<&str> {
+pub(crate) fn inner(group: &str) -> Option<&str> {
     group.strip_prefix('(')?.strip_suffix(')')
 }
 
@@ -130,35 +117,6 @@ pub fn preparse(message: &[u8]) -> Option<Extended> {
         i += 1;
     }
     let verb = rest.get(i)?;
-    if verb.eq_ignore_ascii_case("SEARCH") && rest.get(i + 1)?.eq_ignore_ascii_case("RETURN") {
-        let opts = inner(rest.get(i + 2)?)?;
-        let mut ret = ReturnOpts::default();
-        for o in opts.split_whitespace() {
-            match o.to_ascii_uppercase().as_str() {
-                "MIN" => ret.min = true,
-                "MAX" => ret.max = true,
-                "COUNT" => ret.count = true,
-                "ALL" => ret.all = true,
-                _ => return None,
-            }
-        }
-        if ret == ReturnOpts::default() {
-            ret.all = true;
-        }
-        let criteria = rest.get(i + 3..)?;
-        if criteria.is_empty() {
-            return None;
-        }
-        let plain = format!(
-            "{tag} {}SEARCH {}\r\n",
-            if uid { "UID " } else { "" },
-            criteria.join(" ")
-        );
-        return Some(Extended::Search {
-            plain: plain.into_bytes(),
-            ret,
-        });
-    }
     if uid || !verb.eq_ignore_ascii_case("LIST") {
         return None;
     }
@@ -212,54 +170,6 @@ pub fn preparse(message: &[u8]) -> Option<Extended> {
     Some(Extended::List { plain, opts })
 }
 
-/// Renders `* ESEARCH` (RFC 4731 §3.1) from the numbers a SEARCH found; `modseq` is the
-/// `MODSEQ` of a search with a MODSEQ key (RFC 7162 §3.1.5).
-fn esearch_line(
-    tag: &str,
-    uid: bool,
-    ids: &[u32],
-    ret: ReturnOpts,
-    modseq: Option<u64>,
-) -> Vec<u8> {
-    let mut line = format!("* ESEARCH (TAG \"{tag}\")");
-    if uid {
-        line.push_str(" UID");
-    }
-    if ret.min {
-        if let Some(m) = ids.iter().min() {
-            line.push_str(&format!(" MIN {m}"));
-        }
-    }
-    if ret.max {
-        if let Some(m) = ids.iter().max() {
-            line.push_str(&format!(" MAX {m}"));
-        }
-    }
-    if ret.count {
-        line.push_str(&format!(" COUNT {}", ids.len()));
-    }
-    if ret.all && !ids.is_empty() {
-        let as_uids: Vec<Uid> = ids.iter().map(|n| Uid(*n)).collect();
-        let set = super::fetch::ranges(&as_uids)
-            .into_iter()
-            .map(|(a, b)| {
-                if a == b {
-                    a.to_string()
-                } else {
-                    format!("{a}:{b}")
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(",");
-        line.push_str(&format!(" ALL {set}"));
-    }
-    if let Some(m) = modseq.filter(|_| !ids.is_empty()) {
-        line.push_str(&format!(" MODSEQ {m}"));
-    }
-    line.push_str("\r\n");
-    line.into_bytes()
-}
-
 fn status_names(list: &str) -> Option<Vec<StatusDataItemName>> {
     let inner = list.strip_prefix('(')?.strip_suffix(')')?;
     inner
@@ -289,53 +199,6 @@ fn has_attr(items: &[FlagNameAttribute<'_>], name: &str) -> bool {
 const SPECIAL: [&str; 5] = ["\\Sent", "\\Drafts", "\\Junk", "\\Trash", "\\Archive"];
 
 impl Session {
-    /// SEARCH RETURN (...): a SEARCH whose answer is an ESEARCH response.
-    pub async fn esearch(&mut self, cmd: Command<'static>, ret: ReturnOpts) -> Outcome {
-        let tag = cmd.tag.clone();
-        let CommandBody::Search { uid, .. } = &cmd.body else {
-            return Outcome::done(vec![response::bad(&tag, "Expected SEARCH")]);
-        };
-        let uid = *uid;
-        let mut outcome = self.handle(cmd).await;
-        let mut responses = Vec::with_capacity(outcome.responses.len());
-        for r in std::mem::take(&mut outcome.responses) {
-            responses.push(match r {
-                Resp::Typed(Response::Data(Data::Search(ids, modseq))) => {
-                    let ids: Vec<u32> = ids.iter().map(|n| n.get()).collect();
-                    let modseq = modseq.map(|m| self.esearch_modseq(&ids, uid, ret, m.get()));
-                    Resp::Raw(esearch_line(tag.as_ref(), uid, &ids, ret, modseq))
-                }
-                other => other,
-            });
-        }
-        outcome.responses = responses;
-        outcome
-    }
-
-    /// ESEARCH's MODSEQ (RFC 7162 §3.1.5): the highest MODSEQ of all matches, except that
-    /// with only MIN and/or MAX asked it is the highest of the messages returned.
-    fn esearch_modseq(&self, ids: &[u32], uid: bool, ret: ReturnOpts, all: u64) -> u64 {
-        if ret.all || ret.count {
-            return all;
-        }
-        let State::Selected(sel) = &self.state else {
-            return all;
-        };
-        let returned = [ids.iter().min(), ids.iter().max()];
-        let picked = [ret.min, ret.max];
-        returned
-            .iter()
-            .zip(picked)
-            .filter(|(_, p)| *p)
-            .filter_map(|(id, _)| {
-                let id = **id.as_ref()?;
-                let seq = if uid { sel.seq_of(Uid(id))? } else { id };
-                sel.by_seq(seq).map(|m| m.modseq.0)
-            })
-            .max()
-            .unwrap_or(all)
-    }
-
     /// LIST-EXTENDED: one plain LIST per pattern, filtered by the selection options, with
     /// STATUS responses after each listed mailbox for LIST-STATUS.
     pub async fn list_extended(&mut self, cmds: Vec<Command<'static>>, opts: ListOpts) -> Outcome {
@@ -504,25 +367,6 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn esearch() {
-        let e = preparse(b"a UID SEARCH RETURN (MIN COUNT) UNSEEN SUBJECT \"x y\"\r\n");
-        assert_eq!(
-            e,
-            Some(Extended::Search {
-                plain: b"a UID SEARCH UNSEEN SUBJECT \"x y\"\r\n".to_vec(),
-                ret: ReturnOpts {
-                    min: true,
-                    count: true,
-                    ..Default::default()
-                }
-            })
-        );
-        let e = preparse(b"b SEARCH RETURN () ALL\r\n");
-        assert!(matches!(e, Some(Extended::Search { ret, .. }) if ret.all));
-        assert_eq!(preparse(b"c SEARCH ALL\r\n"), None);
-    }
 
     #[test]
     fn list_extended() {

@@ -8,7 +8,9 @@ pub mod extended;
 pub mod fetch;
 pub mod mailboxes;
 pub mod search;
+pub mod searchext;
 pub mod store;
+pub mod thread;
 
 use crate::selected::Selected;
 use imap_codec::imap_types::flag::Flag;

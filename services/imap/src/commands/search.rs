@@ -299,7 +299,7 @@ fn find_header_end(raw: &[u8]) -> usize {
 impl Session {
     /// The messages matching `criteria`, as (sequence number, message) pairs, with each
     /// parsed message handed to `visit` (used by SORT for its keys).
-    async fn evaluate(
+    pub(crate) async fn evaluate(
         stores: &Stores,
         sel: &Selected,
         criteria: &SearchKey<'_>,
@@ -335,7 +335,46 @@ impl Session {
         Ok(())
     }
 
-    fn check_charset(charset: &Option<Charset<'_>>) -> bool {
+    /// The UIDs among `uids` that match `criteria` (for CONTEXT=SEARCH updates, which look
+    /// only at the messages that changed): only those messages are read.
+    pub(crate) async fn evaluate_uids(
+        stores: &Stores,
+        sel: &Selected,
+        criteria: &SearchKey<'_>,
+        uids: &std::collections::BTreeSet<mailfleet_storage::Uid>,
+    ) -> StoreResult<std::collections::BTreeSet<mailfleet_storage::Uid>> {
+        let parse = needs_parse(criteria);
+        let largest_seq = sel.len();
+        let largest_uid = sel.max_uid().map_or(0, |u| u.get());
+        let parser = MessageParser::default();
+        let mut out = std::collections::BTreeSet::new();
+        for uid in uids {
+            let Some(seq) = sel.seq_of(*uid) else {
+                continue;
+            };
+            let Some(m) = sel.by_seq(seq) else { continue };
+            let raw = if parse {
+                sel.read_body_if_present(stores, m.uid).await?
+            } else {
+                None
+            };
+            let parsed = raw.as_ref().and_then(|r| parser.parse(r.as_ref()));
+            let c = Candidate {
+                seq,
+                msg: m,
+                parsed: parsed.as_ref(),
+                raw: raw.as_deref(),
+                largest_seq,
+                largest_uid,
+            };
+            if matches(criteria, &c) {
+                out.insert(*uid);
+            }
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn check_charset(charset: &Option<Charset<'_>>) -> bool {
         charset.as_ref().is_none_or(|c| {
             let c = c.as_ref().to_ascii_uppercase();
             c == "UTF-8" || c == "US-ASCII"
@@ -563,6 +602,18 @@ fn sort_value(key: &SortKey, m: &ViewMessage, p: Option<&Message<'_>>) -> SortVa
         SortKey::DisplayFrom => SortValue::Text(first_mailbox(p.and_then(|p| p.from()), true)),
         SortKey::DisplayTo => SortValue::Text(first_mailbox(p.and_then(|p| p.to()), true)),
     }
+}
+
+/// Why a search key tree is refused (too many keys, too deep), for THREAD and the
+/// extended forms that share SEARCH's limits.
+pub(crate) fn check_limits(key: &SearchKey<'_>) -> Option<&'static str> {
+    if key_count(key) > MAX_SEARCH_KEYS + 1 {
+        return Some("Too many search keys");
+    }
+    if depth(key) > MAX_DEPTH {
+        return Some("Search too deeply nested");
+    }
+    None
 }
 
 fn uses_modseq(key: &SearchKey<'_>) -> bool {
