@@ -89,6 +89,9 @@ COVERAGE = {
     "LIST-EXTENDED": "13-list.imap",
     "LIST-STATUS": "13-list.imap",
     "WITHIN": "05-search.imap",
+    "MULTIAPPEND": "27-multiappend.imap",
+    "SAVEDATE": "28-savedate-preview.imap",
+    "PREVIEW": "28-savedate-preview.imap",
 }
 
 def verb_of(source: str) -> str:

@@ -305,6 +305,14 @@ impl Session {
             other("LIST-STATUS"),
             Capability::Within,
         ]);
+        // Message extensions (commands/msgext.rs, commands/message_ext.rs).
+        caps.extend([
+            other("MULTIAPPEND"),
+            other("REPLACE"),
+            other("UNAUTHENTICATE"),
+            other("SAVEDATE"),
+            other("PREVIEW"),
+        ]);
         caps
     }
 
