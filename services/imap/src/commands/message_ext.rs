@@ -10,7 +10,7 @@ use bytes::Bytes;
 use imap_codec::imap_types::command::{Command, CommandBody};
 use imap_codec::imap_types::core::{IString, NString, Tag, Vec1};
 use imap_codec::imap_types::fetch::MessageDataItem;
-use imap_codec::imap_types::response::{Code, Data};
+use imap_codec::imap_types::response::Data;
 use mailfleet_mime::MessageSummary;
 use mailfleet_storage::{MailboxId, StoreResult, Stores, Uid};
 use std::collections::HashMap;
