@@ -352,6 +352,12 @@ EXPECTED_DIFFERENCES: dict[str, str] = {
     "22-sessions.imap:w010": "UID FETCH 1 FLAGS right after another session cleared \\Flagged: "
     "both report the change and answer with the current flags; Mailfleet adds UID to the "
     "FETCH reporting the change (see rule uid-in-unsolicited-fetch)",
+    # SAVEDATE / PREVIEW
+    "28-savedate-preview.imap:sp023": "SEARCH SAVEDON 31-Feb-2024 (an impossible date): Mailfleet "
+    "answers BAD, as for ON and for APPEND (see l012), Dovecot searches and finds nothing",
+    "28-savedate-preview.imap:sp048": "FETCH PREVIEW (FUZZY): FUZZY is not a modifier of RFC 8970 "
+    "(only LAZY is; PREVIEW=FUZZY named an algorithm in its drafts): Mailfleet answers BAD, "
+    "Dovecot serves the preview",
 }
 
 

@@ -106,11 +106,12 @@ impl Session {
         let mut new = Vec::with_capacity(prepared.len());
         for p in prepared {
             let for_parse = p.data.clone();
-            let summary = tokio::task::spawn_blocking(move || {
-                mailfleet_mime::analyze(&for_parse).to_bytes()
-            })
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("message analysis failed: {e}")))?;
+            let summary =
+                tokio::task::spawn_blocking(move || mailfleet_mime::analyze(&for_parse).to_bytes())
+                    .await
+                    .map_err(|e| {
+                        StoreError::Unavailable(format!("message analysis failed: {e}"))
+                    })?;
             let size = p.data.len() as u64;
             let blob = self.stores.put_blob(p.data).await?;
             new.push(NewMessage {
@@ -136,7 +137,9 @@ impl Session {
             Err(e) => return Err(e),
         };
         if appended.len() != count {
-            return Err(StoreError::Corrupt("append returned too few messages".into()));
+            return Err(StoreError::Corrupt(
+                "append returned too few messages".into(),
+            ));
         }
         self.notify(mb.id, appended.iter().map(|a| a.modseq).max())
             .await;

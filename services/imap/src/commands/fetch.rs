@@ -661,15 +661,9 @@ impl Session {
         } else {
             HashMap::new()
         };
-        let extras = super::message_ext::fetch_extras(
-            &self.stores,
-            sel,
-            extra,
-            &uids,
-            &blobs,
-            &summaries,
-        )
-        .await?;
+        let extras =
+            super::message_ext::fetch_extras(&self.stores, sel, extra, &uids, &blobs, &summaries)
+                .await?;
         for (seq, u) in batch {
             let Some(m) = sel.by_seq(*seq) else { continue };
             if job.gone.contains(u) || (need.summary && !summaries.contains_key(u)) {

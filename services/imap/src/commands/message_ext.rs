@@ -52,9 +52,7 @@ fn encode_item(item: MessageDataItem<'static>) -> Option<Vec<u8>> {
 fn savedate_item(ts: Option<i64>) -> Vec<u8> {
     let value = ts
         .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
-        .and_then(|d| {
-            imap_codec::imap_types::datetime::DateTime::try_from(d.fixed_offset()).ok()
-        })
+        .and_then(|d| imap_codec::imap_types::datetime::DateTime::try_from(d.fixed_offset()).ok())
         .and_then(|d| encode_item(MessageDataItem::InternalDate(d)))
         .and_then(|b| b.strip_prefix(b"INTERNALDATE ").map(<[u8]>::to_vec));
     let mut out = b"SAVEDATE ".to_vec();

@@ -89,7 +89,9 @@ pub enum MsgExt {
         messages: Vec<Command<'static>>,
     },
     /// More than [`MAX_MULTIAPPEND_MESSAGES`] messages.
-    TooManyMessages { tag: Tag<'static> },
+    TooManyMessages {
+        tag: Tag<'static>,
+    },
     /// REPLACE (`uid` false: a sequence number) and the APPEND of the replacement.
     Replace {
         tag: Tag<'static>,
@@ -97,14 +99,19 @@ pub enum MsgExt {
         number: NonZeroU32,
         append: Command<'static>,
     },
-    Unauthenticate { tag: Tag<'static> },
+    Unauthenticate {
+        tag: Tag<'static>,
+    },
     /// A FETCH without its extension items, decoded, and the items to add.
     Fetch {
         cmd: Command<'static>,
         extra: FetchExtra,
     },
     /// A SEARCH/SORT with save-date keys, to be resolved and decoded by the session.
-    Search { tag: Tag<'static>, pieces: Vec<Piece> },
+    Search {
+        tag: Tag<'static>,
+        pieces: Vec<Piece>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -324,7 +331,12 @@ fn multiappend(body: &[u8], tag: Tag<'static>, tag_raw: &[u8], args: &[Tok]) -> 
     let messages = spans
         .into_iter()
         .map(|(s, e)| {
-            let cmd = decode(&line(&[tag_raw, b"APPEND", mailbox.text(body), &body[s..e]]))?;
+            let cmd = decode(&line(&[
+                tag_raw,
+                b"APPEND",
+                mailbox.text(body),
+                &body[s..e],
+            ]))?;
             matches!(cmd.body, CommandBody::Append { .. }).then_some(cmd)
         })
         .collect::<Option<Vec<_>>>()?;
@@ -677,11 +689,7 @@ mod tests {
             b"r REPLACE 1 INBOX {1}\r\nx {1}\r\ny\r\n",
             b"r REPLACE 99999999999 INBOX {1}\r\nx\r\n",
         ] {
-            assert!(
-                preparse(bad).is_none(),
-                "{}",
-                String::from_utf8_lossy(bad)
-            );
+            assert!(preparse(bad).is_none(), "{}", String::from_utf8_lossy(bad));
         }
     }
 
@@ -698,9 +706,9 @@ mod tests {
 
     #[test]
     fn fetch_items_are_cut_out() {
-        let Some(MsgExt::Fetch { cmd, extra }) =
-            preparse(b"f1 FETCH 1:* (FLAGS SAVEDATE BODY.PEEK[HEADER.FIELDS (A B)] PREVIEW (LAZY))\r\n")
-        else {
+        let Some(MsgExt::Fetch { cmd, extra }) = preparse(
+            b"f1 FETCH 1:* (FLAGS SAVEDATE BODY.PEEK[HEADER.FIELDS (A B)] PREVIEW (LAZY))\r\n",
+        ) else {
             panic!("not parsed")
         };
         assert_eq!(
