@@ -256,7 +256,7 @@ fn tokens(b: &[u8], start: usize, end: usize, depth: usize) -> Option<Vec<Tok>> 
 
 fn decode(bytes: &[u8]) -> Option<Command<'static>> {
     match CommandCodec::default().decode(bytes) {
-        Ok((rest, cmd)) if rest.is_empty() => Some(cmd.into_static()),
+        Ok((b"", cmd)) => Some(cmd.into_static()),
         _ => None,
     }
 }
@@ -277,9 +277,7 @@ pub fn preparse(message: &[u8]) -> Option<MsgExt> {
     }
     let tag_raw = tag_tok.text(body);
     // The codec checks the tag.
-    let tag = match decode(&line(&[tag_raw, b"NOOP"]))? {
-        Command { tag, .. } => tag,
-    };
+    let tag = decode(&line(&[tag_raw, b"NOOP"]))?.tag;
     let uid = rest.first().is_some_and(|t| t.is(body, "UID"));
     let rest = if uid { &rest[1..] } else { rest };
     let verb = rest.first()?;
