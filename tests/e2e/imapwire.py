@@ -465,7 +465,8 @@ def _fetch_items(attrs: list) -> dict:
             val = _flags(val)
         elif key == "MODSEQ" and isinstance(val, list) and val:
             val = [ModSeq(val[0])] if isinstance(val[0], int) else val
-        elif key == "INTERNALDATE":
+        elif key in ("INTERNALDATE", "SAVEDATE"):
+            # A save date (RFC 8514) is "now" for every message these scripts save.
             val = _internaldate(val)
         elif key in ("BODYSTRUCTURE", "BODY"):
             val = _upper_media_types(val)

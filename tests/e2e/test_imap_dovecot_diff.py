@@ -95,6 +95,9 @@ COVERAGE = {
     "ESORT": "25-esort-context.imap",
     "CONTEXT=SEARCH": "25-esort-context.imap",
     "SEARCHRES": "26-searchres.imap",
+    "MULTIAPPEND": "27-multiappend.imap",
+    "SAVEDATE": "28-savedate-preview.imap",
+    "PREVIEW": "28-savedate-preview.imap",
 }
 
 def verb_of(source: str) -> str:
@@ -372,6 +375,12 @@ EXPECTED_DIFFERENCES: dict[str, str] = {
     "29-notify.imap:n042": "NOTIFY MailboxName: another session's DELETE, reported by Mailfleet with \\NonExistent, as n040",
     # Modified UTF-7 names
     "30-mutf7.imap:u028": "quota usage in KiB: two 16-byte messages are 0 for Mailfleet (rounded down), 1 for Dovecot (rounded up), as 18-quota.imap:s002",
+    # SAVEDATE / PREVIEW
+    "28-savedate-preview.imap:sp023": "SEARCH SAVEDON 31-Feb-2024 (an impossible date): Mailfleet "
+    "answers BAD, as for ON and for APPEND (see l012), Dovecot searches and finds nothing",
+    "28-savedate-preview.imap:sp048": "FETCH PREVIEW (FUZZY): FUZZY is not a modifier of RFC 8970 "
+    "(only LAZY is; PREVIEW=FUZZY named an algorithm in its drafts): Mailfleet answers BAD, "
+    "Dovecot serves the preview",
 }
 
 

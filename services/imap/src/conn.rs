@@ -71,14 +71,19 @@ enum Input {
     Notify(bool),
 }
 
-/// Whether the command being framed is APPEND, the only command whose literal may be as
-/// large as a message. Looks at the verb after the tag on the first line.
+/// Whether the command being framed is APPEND (or REPLACE / UID REPLACE, RFC 8508), the
+/// only commands whose literal may be as large as a message. Looks at the verb after the
+/// tag on the first line.
 fn is_append(message: &[u8]) -> bool {
     let mut words = message.split(|b| *b == b' ' || *b == b'\r' || *b == b'\n');
     let _tag = words.next();
-    words
-        .next()
-        .is_some_and(|v| v.eq_ignore_ascii_case(b"APPEND"))
+    let verb = words.next().unwrap_or_default();
+    let verb = if verb.eq_ignore_ascii_case(b"UID") {
+        words.next().unwrap_or_default()
+    } else {
+        verb
+    };
+    verb.eq_ignore_ascii_case(b"APPEND") || verb.eq_ignore_ascii_case(b"REPLACE")
 }
 
 struct Conn {
@@ -172,7 +177,13 @@ impl Conn {
                     let allowed = if !authenticated {
                         PREAUTH_MAX_LITERAL
                     } else if is_append(self.frag.message_bytes()) {
-                        self.limits.max_literal
+                        // MULTIAPPEND (RFC 3502): all the messages of one command share
+                        // the command limit; a literal that would pass it is refused
+                        // before it is sent.
+                        let used = self.frag.message_bytes().len() as u32;
+                        self.limits
+                            .max_literal
+                            .min(self.limits.max_command.saturating_sub(used))
                     } else {
                         self.command_limit() as u32
                     };
@@ -317,6 +328,9 @@ enum Decoded {
         Tag<'static>,
         Result<crate::notify::NotifyCmd, crate::notify::Refusal>,
     ),
+    /// MULTIAPPEND, REPLACE, UNAUTHENTICATE, SAVEDATE and PREVIEW
+    /// ([`crate::commands::msgext`]).
+    Message(crate::commands::msgext::MsgExt),
     Invalid,
 }
 
@@ -416,6 +430,13 @@ pub async fn serve_connection(
             {
                 Ok(extended_decode(conn.frag.message_bytes()).unwrap_or(Decoded::Invalid))
             }
+            Err(DecodeMessageError::DecodingFailure(_))
+                if crate::commands::msgext::preparse(conn.frag.message_bytes()).is_some() =>
+            {
+                crate::commands::msgext::preparse(conn.frag.message_bytes())
+                    .map(Decoded::Message)
+                    .ok_or((None, false))
+            }
             Err(e) => {
                 let tag = conn.frag.decode_tag().map(|t| t.into_static());
                 Err((
@@ -473,6 +494,7 @@ pub async fn serve_connection(
                     ),
                 }
             }
+            Ok(Decoded::Message(ext)) => session.message_ext(ext).await,
             Ok(Decoded::Invalid) => {
                 conn.write(&[response::untagged_bad("Syntax error in command")])
                     .await?;

@@ -330,6 +330,14 @@ impl Session {
             caps.push(other("NOTIFY"));
         }
         caps.push(other("UTF8=ACCEPT"));
+        // Message extensions (commands/msgext.rs, commands/message_ext.rs).
+        caps.extend([
+            other("MULTIAPPEND"),
+            other("REPLACE"),
+            other("UNAUTHENTICATE"),
+            other("SAVEDATE"),
+            other("PREVIEW"),
+        ]);
         caps
     }
 

@@ -27,6 +27,12 @@ pub struct MessageSummary {
     pub root: Part,
     /// Decoded fields for SEARCH, SORT, THREAD and JMAP.
     pub decoded: Decoded,
+    /// The preview text (IMAP PREVIEW, RFC 8970; see [`crate::preview()`]). `None` in
+    /// summaries stored before previews were computed: they stay readable (the field is
+    /// optional, so [`SUMMARY_VERSION`] did not change) and the preview is computed when
+    /// first asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview: Option<String>,
 }
 
 /// Why cached summary bytes could not be used. Either way the message should be analysed
@@ -50,12 +56,14 @@ pub fn analyze(raw: &[u8]) -> MessageSummary {
     let (root, fields) = scan::scan(raw);
     let envelope = Envelope::from_fields(&fields);
     let decoded = Decoded::from_envelope(&envelope);
+    let preview = crate::preview::preview(raw, &root);
     MessageSummary {
         version: SUMMARY_VERSION,
         size: u64::try_from(raw.len()).unwrap_or(u64::MAX),
         envelope,
         root,
         decoded,
+        preview: Some(preview),
     }
 }
 
@@ -89,6 +97,21 @@ impl MessageSummary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Summaries stored before previews existed have no `preview` field: still readable.
+    #[test]
+    fn summaries_without_a_preview_stay_readable() {
+        let raw = b"Subject: x\r\n\r\nHello  there\r\n";
+        let summary = analyze(raw);
+        assert_eq!(summary.preview.as_deref(), Some("Hello there"));
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&summary.to_bytes()).expect("json");
+        json.as_object_mut().expect("object").remove("preview");
+        let old = MessageSummary::from_bytes(&serde_json::to_vec(&json).expect("json"))
+            .expect("an old summary is readable");
+        assert_eq!(old.preview, None);
+        assert_eq!(old.root, summary.root);
+    }
 
     #[test]
     fn round_trips_and_refuses_other_versions() {

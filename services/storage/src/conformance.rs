@@ -816,6 +816,88 @@ pub async fn metadata_concurrent_appends(meta: std::sync::Arc<dyn MetadataStore>
     meta.delete_domain(&domain).await.expect("cleanup domain");
 }
 
+/// Save dates (IMAP SAVEDATE, RFC 8514, [`MetadataStore::message_save_dates`]): an append
+/// records when it happened; a copy and a move give the new message a save date of their
+/// own, at or after the original's; missing UIDs are left out.
+pub async fn metadata_save_dates(meta: &dyn MetadataStore) {
+    let domain = format!("{}.test", unique("sd"));
+    meta.create_domain(&domain).await.expect("domain");
+    let a = meta
+        .create_account(&format!("s@{domain}"), "h", 0)
+        .await
+        .expect("account");
+    let inbox = meta
+        .get_mailbox(a.id, "INBOX")
+        .await
+        .expect("get")
+        .expect("inbox");
+    let trash = meta
+        .get_mailbox(a.id, "Trash")
+        .await
+        .expect("get")
+        .expect("trash");
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64)
+    };
+    let before = now();
+    let new = |i: u32| NewMessage {
+        account: a.id,
+        mailbox: inbox.id,
+        blob: BlobId::of(format!("save-date {i}").as_bytes()),
+        size: 10,
+        // An INTERNALDATE long ago: the save date is not the internal date.
+        internal_date: 1_000_000_000,
+        flags: Flags::default(),
+        summary: None,
+    };
+    let appended = meta
+        .append(vec![new(1), new(2)], QuotaPolicy::Enforce)
+        .await
+        .expect("append");
+    let after = now();
+    let uids: Vec<Uid> = appended.iter().map(|x| x.uid).collect();
+    let mut asked = uids.clone();
+    asked.push(Uid(999));
+    let dates = meta
+        .message_save_dates(inbox.id, &asked)
+        .await
+        .expect("save dates");
+    assert_eq!(dates.len(), 2, "the missing UID is left out: {dates:?}");
+    for (uid, d) in &dates {
+        assert!(uids.contains(uid));
+        let d = d.expect("an appended message has a save date");
+        assert!(before <= d && d <= after, "{d} not in {before}..={after}");
+    }
+    let copied = meta
+        .copy_messages(a.id, inbox.id, &uids[..1], trash.id)
+        .await
+        .expect("copy");
+    let (moved, _) = meta
+        .move_messages(a.id, inbox.id, &uids[1..], trash.id)
+        .await
+        .expect("move");
+    let end = now();
+    let dest: Vec<Uid> = copied.iter().chain(&moved).map(|c| c.dest.uid).collect();
+    let dates = meta
+        .message_save_dates(trash.id, &dest)
+        .await
+        .expect("save dates");
+    assert_eq!(dates.len(), 2);
+    for (_, d) in dates {
+        let d = d.expect("a copied or moved message has a save date");
+        assert!(before <= d && d <= end, "{d}");
+    }
+    assert!(meta
+        .message_save_dates(inbox.id, &uids[1..])
+        .await
+        .expect("moved away")
+        .is_empty());
+    meta.delete_account(&a.address).await.expect("cleanup");
+    meta.delete_domain(&domain).await.expect("cleanup domain");
+}
+
 /// The `\Recent` watermark ([`MetadataStore::claim_recent`]): a claim returns the old
 /// watermark and never lowers it, a peek (`Uid(0)`) changes nothing, and of many sessions
 /// claiming at once every UID goes to exactly one.

@@ -225,6 +225,14 @@ impl MetadataStore for FailingMeta {
         self.check("set_message_summary")?;
         self.inner.set_message_summary(mailbox, uid, summary).await
     }
+    async fn message_save_dates(
+        &self,
+        mailbox: MailboxId,
+        uids: &[Uid],
+    ) -> StoreResult<Vec<(Uid, Option<i64>)>> {
+        self.check("message_save_dates")?;
+        self.inner.message_save_dates(mailbox, uids).await
+    }
     async fn copy_messages(
         &self,
         account: AccountId,

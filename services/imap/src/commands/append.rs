@@ -1,7 +1,8 @@
-//! APPEND with UIDPLUS's APPENDUID (RFC 4315).
+//! APPEND with UIDPLUS's APPENDUID (RFC 4315), MULTIAPPEND (RFC 3502, several messages in
+//! one atomic APPEND) and the storing part of REPLACE (RFC 8508).
 
 use super::mailbox_name;
-use crate::response;
+use crate::response::{self, Resp};
 use crate::session::{Outcome, Session};
 use bytes::Bytes;
 use imap_codec::imap_types::core::Tag;
@@ -9,10 +10,24 @@ use imap_codec::imap_types::datetime::DateTime;
 use imap_codec::imap_types::extensions::binary::LiteralOrLiteral8;
 use imap_codec::imap_types::flag::Flag;
 use imap_codec::imap_types::mailbox::Mailbox;
-use imap_codec::imap_types::response::Code;
+use imap_codec::imap_types::response::{Code, CodeOther};
 use mailfleet_storage::metadata::QuotaPolicy;
-use mailfleet_storage::{Flags, NewMessage, StoreError, StoreResult};
+use mailfleet_storage::{Appended, Flags, NewMessage, StoreError, StoreResult};
 use std::num::NonZeroU32;
+
+/// One message of an APPEND, checked and ready to store.
+pub(crate) struct Prepared {
+    data: Bytes,
+    flags: Flags,
+    internal_date: i64,
+}
+
+/// An APPEND message's parts, as the codec decoded them.
+pub(crate) type AppendParts = (
+    Vec<Flag<'static>>,
+    Option<DateTime>,
+    LiteralOrLiteral8<'static>,
+);
 
 impl Session {
     pub(crate) async fn append(
@@ -23,98 +38,158 @@ impl Session {
         date: Option<DateTime>,
         message: LiteralOrLiteral8<'static>,
     ) -> StoreResult<Outcome> {
+        self.append_many(tag, mailbox, vec![(flags, date, message)])
+            .await
+    }
+
+    /// Checks one message of an APPEND: size, flags. The error is the command's answer.
+    fn prepare_message(
+        &self,
+        tag: &Tag<'static>,
+        (flags, date, message): AppendParts,
+    ) -> Result<Prepared, Resp> {
         let data: Vec<u8> = match message {
             LiteralOrLiteral8::Literal(l) => l.into_inner().into_owned(),
             LiteralOrLiteral8::Literal8(l) => l.data.into_owned(),
         };
         if data.len() > self.cfg.max_message_size {
-            return Ok(Outcome::done(vec![response::no(
-                &tag,
-                Some(Code::TooBig),
-                "Message too large",
-            )]));
+            return Err(response::no(tag, Some(Code::TooBig), "Message too large"));
         }
         if data.is_empty() {
-            return Ok(Outcome::done(vec![response::no(
-                &tag,
-                None,
-                "Empty message",
-            )]));
+            return Err(response::no(tag, None, "Empty message"));
         }
         if let Some(flag) = super::unsettable_flag(&flags) {
-            return Ok(Outcome::done(vec![response::bad(
-                &tag,
+            return Err(response::bad(
+                tag,
                 &format!("{flag} cannot be set by a client"),
-            )]));
+            ));
         }
         if flags.len() > super::store::MAX_KEYWORDS {
-            return Ok(Outcome::done(vec![response::no(
-                &tag,
-                response::code("LIMIT"),
-                "Too many flags",
-            )]));
+            return Err(response::no(tag, response::code("LIMIT"), "Too many flags"));
         }
-        let account = self.acct()?.id;
-        let name = mailbox_name(&mailbox);
-        let Some(mb) = self.stores.meta.get_mailbox(account, &name).await? else {
-            return Ok(Outcome::done(vec![response::no(
-                &tag,
-                Some(Code::TryCreate),
-                "No such mailbox",
-            )]));
-        };
         let internal_date = date
             .map(|d| d.as_ref().timestamp())
             .unwrap_or_else(|| chrono::Utc::now().timestamp());
-        let data = Bytes::from(data);
-        let for_parse = data.clone();
-        let summary =
-            tokio::task::spawn_blocking(move || mailfleet_mime::analyze(&for_parse).to_bytes())
-                .await
-                .map_err(|e| StoreError::Unavailable(format!("message analysis failed: {e}")))?;
-        let size = data.len() as u64;
-        let blob = self.stores.put_blob(data).await?;
-        let flags = Flags::new(flags.iter().map(|f| f.to_string()));
-        let appended = match self
-            .stores
-            .meta
-            .append(
-                vec![NewMessage {
-                    account,
-                    mailbox: mb.id,
-                    blob,
-                    size,
-                    internal_date,
-                    flags,
-                    summary: Some(summary),
-                }],
-                QuotaPolicy::Enforce,
-            )
-            .await
-        {
+        Ok(Prepared {
+            data: Bytes::from(data),
+            flags: Flags::new(flags.iter().map(|f| f.to_string())),
+            internal_date,
+        })
+    }
+
+    /// Stores the messages of one APPEND (several with MULTIAPPEND, RFC 3502) in one
+    /// store transaction: all of them or none, with the quota checked for all together.
+    /// `Ok(Err(resp))` is a refusal to send as the command's answer; `Ok(Ok(..))` the
+    /// mailbox and where each message landed.
+    pub(crate) async fn store_appends(
+        &mut self,
+        tag: &Tag<'static>,
+        mailbox: &Mailbox<'static>,
+        messages: Vec<AppendParts>,
+    ) -> StoreResult<Result<(mailfleet_storage::Mailbox, Vec<Appended>), Resp>> {
+        let mut prepared = Vec::with_capacity(messages.len());
+        for m in messages {
+            match self.prepare_message(tag, m) {
+                Ok(p) => prepared.push(p),
+                Err(r) => return Ok(Err(r)),
+            }
+        }
+        let account = self.acct()?.id;
+        let name = mailbox_name(mailbox);
+        let Some(mb) = self.stores.meta.get_mailbox(account, &name).await? else {
+            return Ok(Err(response::no(
+                tag,
+                Some(Code::TryCreate),
+                "No such mailbox",
+            )));
+        };
+        let mut new = Vec::with_capacity(prepared.len());
+        for p in prepared {
+            let for_parse = p.data.clone();
+            let summary =
+                tokio::task::spawn_blocking(move || mailfleet_mime::analyze(&for_parse).to_bytes())
+                    .await
+                    .map_err(|e| {
+                        StoreError::Unavailable(format!("message analysis failed: {e}"))
+                    })?;
+            let size = p.data.len() as u64;
+            let blob = self.stores.put_blob(p.data).await?;
+            new.push(NewMessage {
+                account,
+                mailbox: mb.id,
+                blob,
+                size,
+                internal_date: p.internal_date,
+                flags: p.flags,
+                summary: Some(summary),
+            });
+        }
+        let count = new.len();
+        let appended = match self.stores.meta.append(new, QuotaPolicy::Enforce).await {
             Ok(a) => a,
             Err(StoreError::QuotaExceeded(_)) => {
-                return Ok(Outcome::done(vec![response::no(
-                    &tag,
+                return Ok(Err(response::no(
+                    tag,
                     Some(Code::OverQuota),
                     "Quota exceeded",
-                )]))
+                )))
             }
             Err(e) => return Err(e),
         };
-        let Some(a) = appended.first() else {
-            return Err(StoreError::Corrupt("append returned nothing".into()));
+        if appended.len() != count {
+            return Err(StoreError::Corrupt(
+                "append returned too few messages".into(),
+            ));
+        }
+        self.notify(mb.id, appended.iter().map(|a| a.modseq).max())
+            .await;
+        Ok(Ok((mb, appended)))
+    }
+
+    /// APPEND of one message or (MULTIAPPEND) several, answered with APPENDUID and the UIDs
+    /// in order (RFC 4315 §3: a uid-set for several).
+    pub(crate) async fn append_many(
+        &mut self,
+        tag: Tag<'static>,
+        mailbox: Mailbox<'static>,
+        messages: Vec<AppendParts>,
+    ) -> StoreResult<Outcome> {
+        let (mb, appended) = match self.store_appends(&tag, &mailbox, messages).await? {
+            Ok(done) => done,
+            Err(refusal) => return Ok(Outcome::done(vec![refusal])),
         };
-        self.notify(mb.id, Some(a.modseq)).await;
         let mut out = self.pending_updates(false).await?;
         out.push(response::ok(
             &tag,
-            Some(Code::AppendUid {
-                uid_validity: NonZeroU32::new(mb.uid_validity).unwrap_or(NonZeroU32::MIN),
-                uid: NonZeroU32::new(a.uid.0).unwrap_or(NonZeroU32::MIN),
-            }),
+            Some(append_uid_code(mb.uid_validity, &appended)),
             "APPEND completed",
         ));
         Ok(Outcome::done(out))
     }
+}
+
+/// `APPENDUID validity uid-set` (RFC 4315 §3), the UIDs in the order of the messages: they
+/// ascend, so the set is their ranges.
+pub(crate) fn append_uid_code(uid_validity: u32, appended: &[Appended]) -> Code<'static> {
+    if let [one] = appended {
+        return Code::AppendUid {
+            uid_validity: NonZeroU32::new(uid_validity).unwrap_or(NonZeroU32::MIN),
+            uid: NonZeroU32::new(one.uid.0).unwrap_or(NonZeroU32::MIN),
+        };
+    }
+    let uids: Vec<mailfleet_storage::Uid> = appended.iter().map(|a| a.uid).collect();
+    let set = super::fetch::ranges(&uids)
+        .into_iter()
+        .map(|(a, b)| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}:{b}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    Code::Other(CodeOther::unvalidated(
+        format!("APPENDUID {} {set}", uid_validity.max(1)).into_bytes(),
+    ))
 }

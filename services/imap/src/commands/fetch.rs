@@ -57,6 +57,8 @@ pub struct FetchJob {
     /// Messages expunged by another session, left out of the responses.
     gone: std::collections::HashSet<Uid>,
     sel_id: mailfleet_storage::MailboxId,
+    /// SAVEDATE and PREVIEW, which the codec does not parse (see [`super::msgext`]).
+    pub(crate) extra: super::msgext::FetchExtra,
 }
 
 /// Whether an item returns message data (and so holds up to a message in memory).
@@ -586,6 +588,7 @@ impl Session {
             next: 0,
             gone: Default::default(),
             sel_id,
+            extra: Default::default(),
         }));
         Ok(Outcome {
             responses: out,
@@ -649,11 +652,18 @@ impl Session {
                 }
             }
         }
-        let summaries = if need.summary {
+        let extra = job.extra;
+        // PREVIEW needs the summary; PREVIEW (LAZY) only what is stored (RFC 8970 §3.1).
+        let summaries = if need.summary || extra.preview == Some(false) {
             summaries(&self.stores, sel, &uids, &blobs).await?
+        } else if extra.preview == Some(true) {
+            super::message_ext::stored_summaries(&self.stores, sel.id, &uids).await?
         } else {
             HashMap::new()
         };
+        let extras =
+            super::message_ext::fetch_extras(&self.stores, sel, extra, &uids, &blobs, &summaries)
+                .await?;
         for (seq, u) in batch {
             let Some(m) = sel.by_seq(*seq) else { continue };
             if job.gone.contains(u) || (need.summary && !summaries.contains_key(u)) {
@@ -666,6 +676,9 @@ impl Session {
             let summary = summaries.get(u);
             let mut data = Vec::with_capacity(items.len());
             for item in items {
+                if extra.drop_uid && *item == MessageDataItemName::Uid {
+                    continue;
+                }
                 if let Some(d) = render_item(item, &m, raw, summary) {
                     let origin = match item {
                         MessageDataItemName::Binary {
@@ -687,7 +700,12 @@ impl Session {
                     None,
                 ));
             }
-            out.extend(fetch_response(*seq, data));
+            match extras.get(u) {
+                Some(raw_items) => out.extend(super::message_ext::fetch_response_with(
+                    *seq, data, raw_items,
+                )),
+                None => out.extend(fetch_response(*seq, data)),
+            }
         }
         Ok(out)
     }

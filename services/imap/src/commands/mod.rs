@@ -7,6 +7,8 @@ pub mod expunge;
 pub mod extended;
 pub mod fetch;
 pub mod mailboxes;
+pub mod message_ext;
+pub mod msgext;
 pub mod search;
 pub mod searchext;
 pub mod store;

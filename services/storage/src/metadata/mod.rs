@@ -192,6 +192,17 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// watermark 0. `NotFound` when the mailbox does not exist.
     async fn claim_recent(&self, mailbox: MailboxId, up_to: Uid) -> StoreResult<Uid>;
 
+    // ---- save dates (IMAP SAVEDATE, RFC 8514) ----
+    /// When each of the given messages was saved into `mailbox` (Unix seconds): the time
+    /// of the append, copy or move that put it there, recorded by the store inside that
+    /// write (a copy or move gets a new save date, unlike its INTERNALDATE). `None` for a
+    /// message stored before save dates were recorded. Missing UIDs are left out.
+    async fn message_save_dates(
+        &self,
+        mailbox: MailboxId,
+        uids: &[Uid],
+    ) -> StoreResult<Vec<(Uid, Option<i64>)>>;
+
     // ---- subscriptions (names, which need not exist: RFC 9051 §6.3.7) ----
     async fn subscribe(&self, account: AccountId, name: &str) -> StoreResult<()>;
     async fn unsubscribe(&self, account: AccountId, name: &str) -> StoreResult<()>;

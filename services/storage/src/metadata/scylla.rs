@@ -57,7 +57,7 @@ pub const BUCKET_SHIFT: u32 = 16;
 pub const ID_BLOCK: i64 = 100;
 
 /// Schema version recorded in `schema_version`; migrations run in order up to it.
-const SCHEMA_VERSION: i32 = 3;
+const SCHEMA_VERSION: i32 = 4;
 
 /// Tables of schema version 1. `{ks}` is replaced by the keyspace name.
 const SCHEMA_V1: &[&str] = &[
@@ -128,6 +128,11 @@ const SCHEMA_V2: &[&str] = &[
 /// contend with the mailbox row's writers.
 const SCHEMA_V3: &[&str] =
     &["CREATE TABLE IF NOT EXISTS {ks}.recent_marks (mailbox_id bigint PRIMARY KEY, uid bigint)"];
+
+/// Schema version 4: the save date of each message (IMAP SAVEDATE, RFC 8514), written by
+/// every append, copy and move; null in rows written before. An `ALTER TABLE ... ADD`, so
+/// an "already exists" error (a concurrent migration) is not a failure, as for version 2.
+const SCHEMA_V4: &[&str] = &["ALTER TABLE {ks}.messages ADD save_date bigint"];
 
 /// How long a pin lasts: far longer than a put and an append take, and the sweep's grace
 /// period is checked against the pin's time as well.
@@ -909,7 +914,7 @@ impl ScyllaMetadataStore {
         self.db
             .run(
                 "INSERT INTO messages (mailbox_id, bucket, uid, modseq, blob_id, size, \
-                 internal_date, flags, summary) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 internal_date, flags, summary, save_date) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     mailbox.0,
                     bucket(uid.0 as u64),
@@ -920,6 +925,8 @@ impl ScyllaMetadataStore {
                     m.internal_date,
                     m.flags.as_str(),
                     m.summary.as_deref(),
+                    // The save date (RFC 8514): now, for an append as for a copy or move.
+                    now_secs(),
                 ),
             )
             .await?;
@@ -1659,6 +1666,16 @@ async fn migrate(session: &Session, ks: &str) -> StoreResult<()> {
                 .map_err(db_err)?;
         }
     }
+    if version < 4 {
+        for stmt in SCHEMA_V4 {
+            if let Err(e) = session.query_unpaged(stmt.replace("{ks}", ks), ()).await {
+                let text = e.to_string().to_ascii_lowercase();
+                if !(text.contains("already exist") || text.contains("conflicts with")) {
+                    return Err(db_err(e));
+                }
+            }
+        }
+    }
     if version < SCHEMA_VERSION {
         session
             .query_unpaged(
@@ -2393,6 +2410,27 @@ impl MetadataStore for ScyllaMetadataStore {
                 .await?;
             if let Some((Some(s),)) = row {
                 out.push((uid, s));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn message_save_dates(
+        &self,
+        mailbox: MailboxId,
+        uids: &[Uid],
+    ) -> StoreResult<Vec<(Uid, Option<i64>)>> {
+        let mut out = Vec::with_capacity(uids.len());
+        for &uid in uids {
+            let row: Option<(Option<i64>,)> = self
+                .db
+                .one(
+                    "SELECT save_date FROM messages WHERE mailbox_id = ? AND bucket = ? AND uid = ?",
+                    (mailbox.0, bucket(uid.0 as u64), uid.0 as i64),
+                )
+                .await?;
+            if let Some((d,)) = row {
+                out.push((uid, d));
             }
         }
         Ok(out)

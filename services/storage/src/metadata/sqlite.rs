@@ -22,7 +22,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// Schema version stored in `PRAGMA user_version`; migrations run in order up to it.
-const SCHEMA_VERSION: i64 = 6;
+const SCHEMA_VERSION: i64 = 7;
 
 const SCHEMA_V1: &str = r#"
 CREATE TABLE domains (
@@ -369,6 +369,12 @@ CREATE TABLE recent_marks (
 );
 "#;
 
+/// v7: the save date of each message (IMAP SAVEDATE, RFC 8514), set by every append, copy
+/// and move. NULL for messages stored before this version.
+const SCHEMA_V7: &str = r#"
+ALTER TABLE messages ADD COLUMN save_date INTEGER;
+"#;
+
 fn migrate(conn: &Connection) -> StoreResult<()> {
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
@@ -411,6 +417,12 @@ fn migrate(conn: &Connection) -> StoreResult<()> {
     if version < 6 {
         conn.execute_batch(&format!(
             "BEGIN IMMEDIATE; {SCHEMA_V6} PRAGMA user_version = 6; COMMIT;"
+        ))
+        .map_err(db_err)?;
+    }
+    if version < 7 {
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {SCHEMA_V7} PRAGMA user_version = 7; COMMIT;"
         ))
         .map_err(db_err)?;
     }
@@ -762,7 +774,8 @@ fn insert_message(
         )));
     }
     c.prepare_cached(&format!(
-        "INSERT INTO messages ({MESSAGE_COLS}, summary) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+        "INSERT INTO messages ({MESSAGE_COLS}, summary, save_date) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
     ))
     .map_err(db_err)?
     .execute(params![
@@ -773,7 +786,9 @@ fn insert_message(
         m.size,
         m.internal_date,
         m.flags,
-        m.summary
+        m.summary,
+        // The save date (RFC 8514): now, for an append as for a copy or move.
+        now_secs()
     ])
     .map_err(db_err)?;
     c.prepare_cached(
@@ -1591,6 +1606,31 @@ impl MetadataStore for SqliteMetadataStore {
                     .map_err(db_err)?
                 {
                     out.push((uid, s));
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn message_save_dates(
+        &self,
+        mailbox: MailboxId,
+        uids: &[Uid],
+    ) -> StoreResult<Vec<(Uid, Option<i64>)>> {
+        let uids = uids.to_vec();
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached("SELECT save_date FROM messages WHERE mailbox_id = ?1 AND uid = ?2")
+                .map_err(db_err)?;
+            let mut out = Vec::with_capacity(uids.len());
+            for uid in uids {
+                if let Some(d) = stmt
+                    .query_row(params![mailbox.0, uid.0], |r| r.get::<_, Option<i64>>(0))
+                    .optional()
+                    .map_err(db_err)?
+                {
+                    out.push((uid, d));
                 }
             }
             Ok(out)
