@@ -119,7 +119,7 @@ disable_plaintext_auth = no
 auth_failure_delay = 0
 first_valid_uid = 0
 mail_location = sdbox:~/mail
-mail_plugins = quota
+mail_plugins = quota acl
 passdb {{
   driver = passwd-file
   args = scheme=PLAIN {passwd}
@@ -134,13 +134,25 @@ namespace inbox {{
   prefix =
 {specials}
 }}
+# Other users' mailboxes shared through ACLs, under Mailfleet's prefix
+# ("Other Users/<address>/<mailbox>"); acl_shared_dict records who shares what with whom.
+namespace shared {{
+  type = shared
+  separator = /
+  prefix = Other Users/%%u/
+  location = sdbox:%%h/mail
+  subscriptions = no
+  list = children
+}}
 plugin {{
+  acl = vfile
+  acl_shared_dict = file:{root / 'shared-mailboxes.db'}
   quota = count:User quota
   quota_rule = *:storage=1G
   quota_vsizes = yes
 }}
 protocol imap {{
-  mail_plugins = $mail_plugins imap_quota
+  mail_plugins = $mail_plugins imap_quota imap_acl
 }}
 service imap-login {{
   {login_chroot}

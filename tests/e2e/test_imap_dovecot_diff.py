@@ -89,6 +89,8 @@ COVERAGE = {
     "LIST-EXTENDED": "13-list.imap",
     "LIST-STATUS": "13-list.imap",
     "WITHIN": "05-search.imap",
+    "ACL": "31-acl.imap",
+    "RIGHTS=TEXK": "31-acl.imap",
 }
 
 def verb_of(source: str) -> str:
@@ -373,6 +375,8 @@ def servers(tmp_path_factory):
     if not os.path.exists(mailfleet_bin()):
         pytest.skip(f"no mailfleet binary at {mailfleet_bin()} (set MAILFLEET_BIN)")
     users = {_user(s): PASSWORD for s in _scripts()}
+    # The grantee of 31-acl.imap's shared mailboxes (its second connection).
+    users["bob31@" + DOMAIN] = PASSWORD
     dovecot = dovecot_server.Dovecot(users)
     mailfleet = Server(
         tmp_path_factory.mktemp("imapdiff") / "data",

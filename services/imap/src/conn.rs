@@ -254,6 +254,11 @@ enum Decoded {
         Vec<imap_codec::imap_types::command::Command<'static>>,
         crate::commands::extended::ListOpts,
     ),
+    /// An ACL command (RFC 4314), parsed by [`crate::commands::acl::preparse`].
+    Acl(
+        Tag<'static>,
+        crate::commands::acl::AclCommand,
+    ),
     Invalid,
 }
 
@@ -328,6 +333,12 @@ pub async fn serve_connection(
             {
                 Ok(extended_decode(conn.frag.message_bytes()).unwrap_or(Decoded::Invalid))
             }
+            Err(DecodeMessageError::DecodingFailure(_))
+                if crate::commands::acl::preparse(conn.frag.message_bytes()).is_some() =>
+            {
+                Ok(crate::commands::acl::preparse(conn.frag.message_bytes())
+                    .map_or(Decoded::Invalid, |(t, c)| Decoded::Acl(t, c)))
+            }
             Err(e) => {
                 let tag = conn.frag.decode_tag().map(|t| t.into_static());
                 Err((
@@ -344,6 +355,7 @@ pub async fn serve_connection(
             Ok(Decoded::Plain(cmd)) => session.handle(cmd).await,
             Ok(Decoded::Search(cmd, ret)) => session.esearch(cmd, ret).await,
             Ok(Decoded::List(cmds, opts)) => session.list_extended(cmds, opts).await,
+            Ok(Decoded::Acl(tag, cmd)) => session.acl_command(tag, cmd).await,
             Ok(Decoded::Invalid) => {
                 conn.write(&[response::untagged_bad("Syntax error in command")])
                     .await?;

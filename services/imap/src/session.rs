@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use imap_codec::imap_types::command::{Command, CommandBody};
 use imap_codec::imap_types::core::Tag;
 use imap_codec::imap_types::response::{Capability, Data};
-use mailfleet_storage::{Account, Stores};
+use mailfleet_storage::{Account, AccountId, MailboxId, Stores};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -195,6 +195,11 @@ pub struct Session {
     pub(crate) fetch_job: Option<Box<crate::commands::fetch::FetchJob>>,
     /// Response bytes a FETCH batch may hold (see [`crate::commands::fetch::BATCH_OUTPUT_BYTES`]).
     pub(crate) fetch_batch_bytes: u64,
+    /// Owners of the other accounts' mailboxes this session resolved (ACL, RFC 4314), so
+    /// change notifications go to the owner's channel (see [`Session::owner_of`]).
+    pub(crate) mailbox_owners: std::collections::HashMap<MailboxId, AccountId>,
+    /// The user's rights on the selected mailbox (all, for an own mailbox).
+    pub(crate) selected_rights: crate::commands::acl::Rights,
 }
 
 impl Session {
@@ -218,6 +223,8 @@ impl Session {
             slot: None,
             fetch_job: None,
             fetch_batch_bytes: crate::commands::fetch::BATCH_OUTPUT_BYTES,
+            mailbox_owners: Default::default(),
+            selected_rights: crate::commands::acl::Rights::ALL,
         }
     }
 
@@ -304,6 +311,9 @@ impl Session {
             Capability::ListExtended,
             other("LIST-STATUS"),
             Capability::Within,
+            // RFC 4314: texk are the rights beyond RFC 2086's.
+            other("ACL"),
+            other("RIGHTS=texk"),
         ]);
         caps
     }
@@ -566,8 +576,12 @@ pub(crate) fn other(name: &'static str) -> Capability<'static> {
 impl Session {
     /// A subscription to change notifications of the logged-in account (for IDLE).
     pub async fn change_subscription(&self) -> Option<mailfleet_storage::Subscription> {
-        let account = self.account.as_ref()?;
-        match self.stores.coord.subscribe(account.id).await {
+        // Events are keyed by the mailbox owner's account: for a shared mailbox, the owner's.
+        let account = match &self.state {
+            State::Selected(sel) => self.owner_of(sel.id)?,
+            _ => self.account.as_ref()?.id,
+        };
+        match self.stores.coord.subscribe(account).await {
             Ok(s) => Some(s),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot subscribe to changes; IDLE falls back to polling");

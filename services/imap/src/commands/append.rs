@@ -54,15 +54,21 @@ impl Session {
                 "Too many flags",
             )]));
         }
-        let account = self.acct()?.id;
         let name = mailbox_name(&mailbox);
-        let Some(mb) = self.stores.meta.get_mailbox(account, &name).await? else {
-            return Ok(Outcome::done(vec![response::no(
-                &tag,
-                Some(Code::TryCreate),
-                "No such mailbox",
-            )]));
+        // `i` on the target (RFC 4314 §4); the message counts against the owner's quota.
+        let target = match self.access(&name, "i", false).await? {
+            Ok(t) => t,
+            Err(super::acl::Refusal::Missing) => {
+                return Ok(Outcome::done(vec![response::no(
+                    &tag,
+                    Some(Code::TryCreate),
+                    "No such mailbox",
+                )]))
+            }
+            Err(refusal) => return Ok(Outcome::done(vec![refusal.no(&tag)])),
         };
+        let account = target.owner;
+        let mb = target.mailbox;
         let internal_date = date
             .map(|d| d.as_ref().timestamp())
             .unwrap_or_else(|| chrono::Utc::now().timestamp());
@@ -74,7 +80,10 @@ impl Session {
                 .map_err(|e| StoreError::Unavailable(format!("message analysis failed: {e}")))?;
         let size = data.len() as u64;
         let blob = self.stores.put_blob(data).await?;
-        let flags = Flags::new(flags.iter().map(|f| f.to_string()));
+        let flags = super::acl::permitted_flags(
+            Flags::new(flags.iter().map(|f| f.to_string())),
+            target.rights,
+        );
         let appended = match self
             .stores
             .meta

@@ -1,5 +1,6 @@
 //! IMAP commands, one file per family. Each adds methods to [`crate::session::Session`].
 
+pub mod acl;
 pub mod append;
 pub mod auth;
 pub mod copy;
