@@ -145,7 +145,9 @@ namespace shared {{
   list = children
 }}
 plugin {{
-  acl = vfile
+  # No ACL cache: a grantee's session must see a SETACL at once, as in Mailfleet.
+  acl = vfile::cache_secs=0
+  acl_anyone = allow
   acl_shared_dict = file:{root / 'shared-mailboxes.db'}
   quota = count:User quota
   quota_rule = *:storage=1G

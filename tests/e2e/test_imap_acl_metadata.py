@@ -78,7 +78,7 @@ def test_owner_grants_grantee_lists_selects_and_is_refused(server):
     # Read-only sharing: l and r.
     assert alice.setacl("Team", BOB, "lr")[0] == "OK"
     typ, data = alice.getacl("Team")
-    assert data[0] == f"Team {ALICE} lrwstipekxacd {BOB} lr".encode()
+    assert data[0] == f"Team {BOB} lr {ALICE} lrwstipekxacd".encode()
     typ, data = bob.list('""', "*")
     names = b"\n".join(data)
     assert f'"Other Users/{ALICE}/Team"'.encode() in names

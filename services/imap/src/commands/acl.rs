@@ -345,11 +345,7 @@ impl Session {
                 out.push(response::ok(tag, None, "MYRIGHTS completed"));
             }
             AclCommand::GetAcl { .. } => {
-                let mut line = format!(
-                    "* ACL {wire_name} {} {}",
-                    astring(owner_addr.as_bytes()),
-                    Rights::ALL.wire()
-                );
+                let mut line = format!("* ACL {wire_name}");
                 for e in self.stores.meta.get_acl(t.mailbox.id).await? {
                     let r = Rights::parse(&e.rights).unwrap_or_default();
                     line.push_str(&format!(
@@ -358,6 +354,12 @@ impl Session {
                         r.wire()
                     ));
                 }
+                // The owner's implicit entry last, as Dovecot lists it.
+                line.push_str(&format!(
+                    " {} {}",
+                    astring(owner_addr.as_bytes()),
+                    Rights::ALL.wire()
+                ));
                 out.push(raw(line));
                 out.push(response::ok(tag, None, "GETACL completed"));
             }

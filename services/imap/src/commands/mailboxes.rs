@@ -409,6 +409,7 @@ impl Session {
                 .await?;
         } else {
             self.stores.meta.delete_mailbox(mb.account, mb.id).await?;
+            self.prune_placeholders(mb.account, &mb.name).await?;
         }
         self.notify_mailboxes().await;
         Ok(Outcome::done(vec![response::ok(
@@ -477,6 +478,7 @@ impl Session {
                 let new = format!("{to}{DELIMITER}{}", &c.name[prefix.len()..]);
                 self.stores.meta.rename_mailbox(acct, c.id, &new).await?;
             }
+            self.prune_placeholders(acct, &from).await?;
         }
         self.notify_mailboxes().await;
         Ok(Outcome::done(vec![response::ok(
@@ -484,6 +486,27 @@ impl Session {
             None,
             "RENAME completed",
         )]))
+    }
+
+    /// Removes the `\Noselect` placeholders above `name` that no longer have inferiors
+    /// (after DELETE or RENAME took the last one): a placeholder exists only to keep its
+    /// inferiors reachable (RFC 3501 §6.3.4), as in Dovecot.
+    async fn prune_placeholders(&self, acct: mailfleet_storage::AccountId, name: &str) -> StoreResult<()> {
+        let mut all = self.stores.meta.list_mailboxes(acct).await?;
+        let mut up: Vec<&str> = ancestors(name).collect();
+        up.reverse();
+        for a in up {
+            let prefix = format!("{a}{DELIMITER}");
+            let Some(ph) = all.iter().find(|m| m.name == a && m.noselect).cloned() else {
+                break;
+            };
+            if all.iter().any(|m| m.name.starts_with(&prefix)) {
+                break;
+            }
+            self.stores.meta.delete_mailbox(acct, ph.id).await?;
+            all.retain(|m| m.id != ph.id);
+        }
+        Ok(())
     }
 
     pub(crate) async fn subscribe(
