@@ -314,6 +314,8 @@ impl Session {
             // RFC 4314: texk are the rights beyond RFC 2086's.
             other("ACL"),
             other("RIGHTS=texk"),
+            // RFC 5464: mailbox and server annotations.
+            Capability::Metadata,
         ]);
         caps
     }
@@ -437,6 +439,15 @@ impl Session {
             } => self.append(tag, mailbox, flags, date, message).await,
             CommandBody::GetQuota { root } => self.get_quota(tag, root).await,
             CommandBody::GetQuotaRoot { mailbox } => self.get_quota_root(tag, mailbox).await,
+            CommandBody::GetMetadata {
+                options,
+                mailbox,
+                entries,
+            } => self.get_metadata(tag, options, mailbox, entries).await,
+            CommandBody::SetMetadata {
+                mailbox,
+                entry_values,
+            } => self.set_metadata(tag, mailbox, entry_values).await,
             CommandBody::Idle => Ok(Outcome {
                 responses: vec![],
                 next: Next::Idle { tag },

@@ -8,6 +8,7 @@ pub mod expunge;
 pub mod extended;
 pub mod fetch;
 pub mod mailboxes;
+pub mod metadata;
 pub mod search;
 pub mod store;
 
