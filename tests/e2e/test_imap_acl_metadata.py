@@ -18,6 +18,9 @@ CTX.verify_mode = ssl.CERT_NONE
 
 # imaplib has GETACL, SETACL, DELETEACL and MYRIGHTS but not LISTRIGHTS.
 imaplib.Commands.setdefault("LISTRIGHTS", ("AUTH", "SELECTED"))
+# Nor METADATA's commands (RFC 5464).
+imaplib.Commands.setdefault("GETMETADATA", ("AUTH", "SELECTED"))
+imaplib.Commands.setdefault("SETMETADATA", ("AUTH", "SELECTED"))
 
 ALICE = "alice@example.test"
 BOB = "bob@example.test"
@@ -261,3 +264,94 @@ def test_delete_of_a_parent_keeps_it_as_noselect(server):
     typ, data = c.list('""', "Parent*")
     assert data == [None]
     c.logout()
+
+
+def metadata(c, *args):
+    """GETMETADATA; returns (status, [untagged METADATA data], tagged text)."""
+    # imaplib files `[METADATA ...]` response codes under the same key: start clean.
+    c.untagged_responses.pop("METADATA", None)
+    typ, data = c._simple_command("GETMETADATA", *args)
+    _, md = c._untagged_response(typ, data, "METADATA")
+    return typ, [m for m in md if m is not None], data
+
+
+def test_metadata_private_shared_server_depth_maxsize_and_limits(server):
+    alice = login(server, ALICE)
+    typ, data = alice.capability()
+    assert b"METADATA" in data[0].split()
+    alice.create("Notes")
+    typ, data = alice._simple_command(
+        "SETMETADATA", "Notes", '(/private/comment "mine" /shared/comment "ours")'
+    )
+    assert typ == "OK"
+    typ, md, _ = metadata(alice, "Notes", "(/private/comment /shared/comment)")
+    assert typ == "OK"
+    joined = b" ".join(x if isinstance(x, bytes) else b"".join(x) for x in md)
+    assert b'/private/comment "mine"' in joined and b'/shared/comment "ours"' in joined
+    # A missing entry is NIL.
+    typ, md, _ = metadata(alice, "Notes", "/private/missing")
+    assert md == [b"Notes (/private/missing NIL)"]
+    # DEPTH and MAXSIZE.
+    alice._simple_command(
+        "SETMETADATA", "Notes", '(/private/vendor/a "1" /private/vendor/a/b "22" /private/vendor/c "333")'
+    )
+    typ, md, _ = metadata(alice, "(DEPTH 1)", "Notes", "/private/vendor")
+    assert b"/private/vendor/a " in md[0] and b"/private/vendor/c" in md[0]
+    assert b"/private/vendor/a/b" not in md[0]
+    typ, md, _ = metadata(alice, "(DEPTH infinity)", "Notes", "/private/vendor")
+    assert b"/private/vendor/a/b" in md[0]
+    typ, md, data = metadata(alice, "(MAXSIZE 2 DEPTH infinity)", "Notes", "/private/vendor")
+    assert b"/private/vendor/c" not in md[0]
+    assert b"[METADATA LONGENTRIES 3]" in data[0]
+    # Removing with NIL.
+    alice._simple_command("SETMETADATA", "Notes", "(/private/vendor/c NIL)")
+    typ, md, _ = metadata(alice, "Notes", "/private/vendor/c")
+    assert md == [b"Notes (/private/vendor/c NIL)"]
+    # Server entries: /private is the user's, /shared/admin is the server's.
+    assert alice._simple_command("SETMETADATA", '""', '(/private/comment "srv")')[0] == "OK"
+    typ, md, _ = metadata(alice, '""', "(/private/comment /shared/admin)")
+    assert b'/private/comment "srv"' in md[0] and b"mailto:postmaster@" in md[0]
+    typ, data = alice._simple_command("SETMETADATA", '""', '(/shared/comment "x")')
+    assert typ == "NO"
+    # Limits: value size (MAXSIZE code) and entry count (TOOMANY).
+    big = "x" * (32 * 1024 + 1)
+    typ, data = alice._simple_command("SETMETADATA", "Notes", f"(/private/big {{{len(big)}+}}\r\n{big})")
+    assert typ == "NO" and b"[METADATA MAXSIZE 32768]" in data[0]
+    entries = " ".join(f'/private/n{i} "v"' for i in range(101))
+    typ, data = alice._simple_command("SETMETADATA", "Notes", f"({entries})")
+    assert typ == "NO" and b"[METADATA TOOMANY]" in data[0]
+    # Invalid names are BAD (imaplib raises).
+    with pytest.raises(imaplib.IMAP4.error):
+        alice._simple_command("SETMETADATA", "Notes", '(/other/x "1")')
+    # Metadata moves with RENAME and goes with DELETE.
+    assert alice.rename("Notes", "Renamed")[0] == "OK"
+    typ, md, _ = metadata(alice, "Renamed", "/shared/comment")
+    assert md == [b'Renamed (/shared/comment "ours")']
+    assert alice.delete("Renamed")[0] == "OK"
+    alice.create("Renamed")
+    typ, md, _ = metadata(alice, "Renamed", "/shared/comment")
+    assert md == [b"Renamed (/shared/comment NIL)"]
+    typ, md, _ = metadata(alice, "Nonexistent", "/shared/comment")
+    assert typ == "NO"
+    alice.logout()
+
+
+def test_metadata_on_a_shared_mailbox_follows_the_rights(server):
+    alice = login(server, ALICE)
+    alice.create("Board")
+    alice._simple_command("SETMETADATA", "Board", '(/shared/comment "team board")')
+    alice.setacl("Board", BOB, "lr")
+    bob = login(server, BOB)
+    name = f'"Other Users/{ALICE}/Board"'
+    typ, md, _ = metadata(bob, name, "/shared/comment")
+    assert typ == "OK" and b'"team board"' in md[0]
+    # Writing /shared needs w; /private entries are bob's own.
+    typ, data = bob._simple_command("SETMETADATA", name, '(/shared/comment "bob")')
+    assert typ == "NO" and code_of((typ, data)) == b"NOPERM"
+    assert bob._simple_command("SETMETADATA", name, '(/private/comment "bob only")')[0] == "OK"
+    typ, md, _ = metadata(alice, "Board", "/private/comment")
+    assert md == [b"Board (/private/comment NIL)"]
+    typ, md, _ = metadata(bob, name, "/private/comment")
+    assert b'"bob only"' in md[0]
+    alice.logout()
+    bob.logout()
