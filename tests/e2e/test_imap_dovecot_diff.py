@@ -91,6 +91,7 @@ COVERAGE = {
     "WITHIN": "05-search.imap",
     "ACL": "31-acl.imap",
     "RIGHTS=TEXK": "31-acl.imap",
+    "METADATA": "32-metadata.imap",
 }
 
 def verb_of(source: str) -> str:
@@ -212,6 +213,19 @@ def _rights_as_sets(result: tuple, source: str) -> tuple:
     return (status, code, tuple(sorted(out, key=repr)))
 
 
+def _metadata_entries_sorted(result: tuple, source: str) -> tuple:
+    """METADATA responses with their (entry, value) pairs in name order."""
+    status, code, untagged = result
+    out = []
+    for u in untagged:
+        if isinstance(u, tuple) and u[:1] == ("METADATA",) and len(u) == 3 and isinstance(u[2], tuple):
+            items = u[2]
+            pairs = sorted(zip(items[0::2], items[1::2]), key=repr)
+            u = u[:2] + (tuple(x for p in pairs for x in p),)
+        out.append(u)
+    return (status, code, tuple(sorted(out, key=repr)))
+
+
 # Differences that recur across many commands, as transformations applied to both normalised
 # answers when they differ: name -> (reason, transformation). A command whose answers become
 # equal after some of these is covered by them. A rule that no command needs fails the test.
@@ -266,6 +280,11 @@ KNOWN_RULES = {
         "a rights string is a set (RFC 4314 section 2.1 gives no order): Dovecot writes the "
         "letters in the order they were granted, Mailfleet in one fixed order",
         _rights_as_sets,
+    ),
+    "metadata-order": (
+        "the entries of a METADATA response come in no defined order (RFC 5464 section 4.4); "
+        "Dovecot's order varies, Mailfleet's is by name",
+        _metadata_entries_sorted,
     ),
     "modseq-granularity": (
         "Dovecot enables modseq tracking for a mailbox lazily, giving every message that has "
@@ -331,6 +350,9 @@ EXPECTED_DIFFERENCES: dict[str, str] = {
     "no longer does (and SELECT of it fails in both, p061)",
     "31-acl.imap:p067": "MYRIGHTS with an extra argument: Mailfleet answers BAD (RFC 4314 "
     "section 3.8's grammar has one), Dovecot ignores it",
+    # METADATA (RFC 5464)
+    "32-metadata.imap:q052": "SETMETADATA with an empty entry list: Mailfleet answers BAD (RFC "
+    "5464 section 5.4's grammar needs at least one entry), Dovecot OK",
     "14-mailboxes.imap:n036": "CREATE Lit after CREATE Lit/It: Dovecot turns its \\Noselect "
     "placeholder into a mailbox, Mailfleet's Lit already is one (NO [ALREADYEXISTS]); see rule "
     "superiors-are-mailboxes",

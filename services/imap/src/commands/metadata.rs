@@ -189,17 +189,19 @@ impl Session {
         let mut longest: Option<u32> = None;
         for req in &requested {
             let req_l = req.to_ascii_lowercase();
+            // Anything stored for this request, returned or left out by MAXSIZE.
             let mut found = false;
             for (name, value) in &stored {
                 if !selected(name, &req_l, &depth) {
                     continue;
                 }
-                found |= *name == req_l;
+                found = true;
                 if max_size.is_some_and(|m| value.len() as u64 > m as u64) {
                     longest = Some(longest.unwrap_or(0).max(value.len() as u32));
                     continue;
                 }
-                let shown = if *name == req_l { req.clone() } else { name.clone() };
+                // Names are answered as stored (lowercased), as Dovecot does.
+                let shown = name.clone();
                 if values.iter().any(|v| v.entry.as_ref() == shown.as_bytes()) {
                     continue;
                 }
@@ -211,10 +213,10 @@ impl Session {
                     });
                 }
             }
-            // A requested entry that has no value is answered NIL (as Dovecot does).
-            let too_long = stored.iter().any(|(n, _)| *n == req_l);
-            if !found && !too_long && !values.iter().any(|v| v.entry.as_ref() == req.as_bytes()) {
-                if let Ok(Ok(entry)) = AString::try_from(req.clone()).map(Entry::try_from) {
+            // A requested entry with no value and no selected descendant is answered NIL
+            // (as Dovecot does).
+            if !found && !values.iter().any(|v| v.entry.as_ref() == req_l.as_bytes()) {
+                if let Ok(Ok(entry)) = AString::try_from(req_l.clone()).map(Entry::try_from) {
                     values.push(EntryValue {
                         entry,
                         value: NString8::NString(NString(None)),
