@@ -255,10 +255,7 @@ enum Decoded {
         crate::commands::extended::ListOpts,
     ),
     /// An ACL command (RFC 4314), parsed by [`crate::commands::acl::preparse`].
-    Acl(
-        Tag<'static>,
-        crate::commands::acl::AclCommand,
-    ),
+    Acl(Tag<'static>, crate::commands::acl::AclCommand),
     Invalid,
 }
 

@@ -1746,12 +1746,20 @@ pub async fn metadata_acl_and_annotations(meta: &dyn MetadataStore) {
     )
     .await
     .expect("metadata on parent");
-    let before = meta.get_mailbox(owner.id, "parent").await.expect("get").expect("parent");
+    let before = meta
+        .get_mailbox(owner.id, "parent")
+        .await
+        .expect("get")
+        .expect("parent");
     assert!(!before.noselect);
     meta.set_mailbox_noselect(owner.id, parent.id, true)
         .await
         .expect("to placeholder");
-    let ph = meta.get_mailbox(owner.id, "parent").await.expect("get").expect("kept");
+    let ph = meta
+        .get_mailbox(owner.id, "parent")
+        .await
+        .expect("get")
+        .expect("kept");
     assert!(ph.noselect, "the name stays as a placeholder");
     assert_eq!(ph.message_count, 0);
     assert!(meta
@@ -1760,7 +1768,11 @@ pub async fn metadata_acl_and_annotations(meta: &dyn MetadataStore) {
         .expect("list")
         .is_empty());
     assert!(meta.get_acl(parent.id).await.expect("acl").is_empty());
-    assert!(meta.get_metadata(parent_scope).await.expect("md").is_empty());
+    assert!(meta
+        .get_metadata(parent_scope)
+        .await
+        .expect("md")
+        .is_empty());
     assert!(meta
         .shared_with(&grantee.address)
         .await
@@ -1769,9 +1781,16 @@ pub async fn metadata_acl_and_annotations(meta: &dyn MetadataStore) {
     meta.set_mailbox_noselect(owner.id, parent.id, false)
         .await
         .expect("back to a mailbox");
-    let again = meta.get_mailbox(owner.id, "parent").await.expect("get").expect("back");
+    let again = meta
+        .get_mailbox(owner.id, "parent")
+        .await
+        .expect("get")
+        .expect("back");
     assert!(!again.noselect);
-    assert_ne!(again.uid_validity, ph.uid_validity, "a new mailbox, a new UIDVALIDITY");
+    assert_ne!(
+        again.uid_validity, ph.uid_validity,
+        "a new mailbox, a new UIDVALIDITY"
+    );
     assert!(matches!(
         meta.set_mailbox_noselect(grantee.id, parent.id, true).await,
         Err(StoreError::NotFound(_))

@@ -267,12 +267,12 @@ impl Session {
             if !rights.has("l") {
                 continue;
             }
-            if !owners.contains_key(&owner.0) {
+            if let std::collections::btree_map::Entry::Vacant(slot) = owners.entry(owner.0) {
                 let Some(acct) = self.stores.meta.get_account_by_id(owner).await? else {
                     continue;
                 };
                 let boxes = self.stores.meta.list_mailboxes(owner).await?;
-                owners.insert(owner.0, (acct.address, boxes));
+                slot.insert((acct.address, boxes));
             }
             let Some((addr, boxes)) = owners.get(&owner.0) else {
                 continue;
@@ -428,7 +428,11 @@ impl Session {
         if id == owner_addr {
             // The owner's rights are all the rights and cannot change (RFC 4314 §3.7
             // lists them as required), so no owner locks itself out of its mailbox.
-            return Ok(response::no(tag, None, "The owner's rights cannot be changed"));
+            return Ok(response::no(
+                tag,
+                None,
+                "The owner's rights cannot be changed",
+            ));
         }
         let current = self
             .stores
@@ -691,7 +695,10 @@ impl Session {
 
 /// The flags a user with `rights` may set: RFC 4314 §4 has APPEND and COPY drop, without
 /// failing, `\Seen` without `s`, `\Deleted` without `t` and the others without `w`.
-pub(crate) fn permitted_flags(flags: mailfleet_storage::Flags, rights: Rights) -> mailfleet_storage::Flags {
+pub(crate) fn permitted_flags(
+    flags: mailfleet_storage::Flags,
+    rights: Rights,
+) -> mailfleet_storage::Flags {
     mailfleet_storage::Flags::new(flags.iter().filter(|f| {
         let need = if f.eq_ignore_ascii_case("\\Seen") {
             "s"
@@ -949,21 +956,39 @@ mod tests {
 
     #[test]
     fn rights_parse_map_obsolete_letters_and_refuse_unknown_ones() {
-        assert_eq!(Rights::parse("lr").map(Rights::letters).as_deref(), Some("lr"));
-        assert_eq!(Rights::parse("c").map(Rights::letters).as_deref(), Some("k"));
-        assert_eq!(Rights::parse("d").map(Rights::letters).as_deref(), Some("tex"));
-        assert_eq!(Rights::parse("ral").map(Rights::letters).as_deref(), Some("lra"));
+        assert_eq!(
+            Rights::parse("lr").map(Rights::letters).as_deref(),
+            Some("lr")
+        );
+        assert_eq!(
+            Rights::parse("c").map(Rights::letters).as_deref(),
+            Some("k")
+        );
+        assert_eq!(
+            Rights::parse("d").map(Rights::letters).as_deref(),
+            Some("tex")
+        );
+        assert_eq!(
+            Rights::parse("ral").map(Rights::letters).as_deref(),
+            Some("lra")
+        );
         assert_eq!(Rights::parse("lz"), None);
         assert_eq!(Rights::ALL.letters(), "lrwstipekxa");
         assert_eq!(Rights::ALL.wire(), "lrwstipekxacd");
-        assert_eq!(Rights::parse("lrt").map(Rights::wire).as_deref(), Some("lrtd"));
+        assert_eq!(
+            Rights::parse("lrt").map(Rights::wire).as_deref(),
+            Some("lrtd")
+        );
         let lr = Rights::parse("lr").unwrap_or_default();
         assert!(lr.has("l") && lr.has("rl") && !lr.has("i") && lr.has(""));
         assert_eq!(
             lr.union(Rights::parse("w").unwrap_or_default()).letters(),
             "lrw"
         );
-        assert_eq!(lr.minus(Rights::parse("l").unwrap_or_default()).letters(), "r");
+        assert_eq!(
+            lr.minus(Rights::parse("l").unwrap_or_default()).letters(),
+            "r"
+        );
     }
 
     #[test]

@@ -91,7 +91,10 @@ impl Session {
             }
         };
         // RFC 4314 §4: a user who may change nothing in the mailbox gets it read-only.
-        let read_only = read_only || !["s", "w", "t", "e", "i"].iter().any(|r| target.rights.has(r));
+        let read_only = read_only
+            || !["s", "w", "t", "e", "i"]
+                .iter()
+                .any(|r| target.rights.has(r));
         self.selected_rights = target.rights;
         let mb = target.mailbox;
         let mut qresync = None;
@@ -491,7 +494,11 @@ impl Session {
     /// Removes the `\Noselect` placeholders above `name` that no longer have inferiors
     /// (after DELETE or RENAME took the last one): a placeholder exists only to keep its
     /// inferiors reachable (RFC 3501 §6.3.4), as in Dovecot.
-    async fn prune_placeholders(&self, acct: mailfleet_storage::AccountId, name: &str) -> StoreResult<()> {
+    async fn prune_placeholders(
+        &self,
+        acct: mailfleet_storage::AccountId,
+        name: &str,
+    ) -> StoreResult<()> {
         let mut all = self.stores.meta.list_mailboxes(acct).await?;
         let mut up: Vec<&str> = ancestors(name).collect();
         up.reverse();
@@ -831,7 +838,6 @@ pub(crate) fn quota_of(acct: &mailfleet_storage::Account, root: &str) -> Option<
 }
 
 impl Session {
-
     /// Re-reads the account so quota figures are current.
     async fn refresh_account(&mut self) -> StoreResult<()> {
         let id = self.acct()?.id;

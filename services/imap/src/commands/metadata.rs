@@ -255,7 +255,10 @@ impl Session {
                 )]));
             }
             let value = value_of(&ev.value);
-            if value.as_ref().is_some_and(|v| v.len() as u64 > MAX_VALUE as u64) {
+            if value
+                .as_ref()
+                .is_some_and(|v| v.len() as u64 > MAX_VALUE as u64)
+            {
                 return Ok(Outcome::done(vec![response::no(
                     &tag,
                     metadata_code(MetadataCode::MaxSize(MAX_VALUE)),
@@ -272,12 +275,11 @@ impl Session {
             writes.into_iter().partition(|(n, _)| is_private(n));
         match &target {
             // RFC 5464 §3.3 (with ACL): private entries need `l`, shared ones `w`.
-            Some(t) => {
+            Some(t)
                 if (!private.is_empty() && !t.rights.has("l"))
-                    || (!shared.is_empty() && !t.rights.has("w"))
-                {
-                    return Ok(Outcome::done(vec![Refusal::NoPerm.no(&tag)]));
-                }
+                    || (!shared.is_empty() && !t.rights.has("w")) =>
+            {
+                return Ok(Outcome::done(vec![Refusal::NoPerm.no(&tag)]));
             }
             None if !shared.is_empty() => {
                 return Ok(Outcome::done(vec![response::no(
@@ -286,7 +288,7 @@ impl Session {
                     "Server /shared entries are set by the administrator",
                 )]));
             }
-            None => {}
+            _ => {}
         }
         let limits = MetadataLimits {
             max_entries: MAX_ENTRIES,
@@ -335,7 +337,10 @@ mod tests {
         assert!(!valid_entry("/private/a%", false));
         assert!(!valid_entry("/private/a b", false));
         assert!(!valid_entry("/privatex", false));
-        assert!(!valid_entry(&format!("/private/{}", "x".repeat(300)), false));
+        assert!(!valid_entry(
+            &format!("/private/{}", "x".repeat(300)),
+            false
+        ));
     }
 
     #[test]

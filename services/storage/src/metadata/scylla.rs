@@ -1122,7 +1122,8 @@ impl ScyllaMetadataStore {
     async fn drop_acl_and_metadata(&self, mailbox: MailboxId) -> StoreResult<()> {
         let entries = self.get_acl(mailbox).await?;
         for e in entries {
-            self.write_acl(AccountId(0), mailbox, &e.identifier, "").await?;
+            self.write_acl(AccountId(0), mailbox, &e.identifier, "")
+                .await?;
         }
         self.db
             .run(
@@ -3512,7 +3513,12 @@ impl MetadataStore for ScyllaMetadataStore {
                 (Some(m), Some(v)) => (
                     "INSERT INTO mailbox_metadata (mailbox_id, account_id, name, value) \
                      VALUES (?, ?, ?, ?)",
-                    vec![Some(CqlValue::BigInt(m.0)), a.clone(), n, Some(CqlValue::Blob(v))],
+                    vec![
+                        Some(CqlValue::BigInt(m.0)),
+                        a.clone(),
+                        n,
+                        Some(CqlValue::Blob(v)),
+                    ],
                 ),
                 (Some(m), None) => (
                     "DELETE FROM mailbox_metadata WHERE mailbox_id = ? AND account_id = ? \
@@ -3575,4 +3581,3 @@ mod tests {
         assert!(state_from(9).is_err());
     }
 }
-

@@ -2424,9 +2424,11 @@ impl MetadataStore for SqliteMetadataStore {
             let (a, m) = (scope.account.0, scope.mailbox.map_or(0, |m| m.0));
             if let Some(mb) = scope.mailbox {
                 let exists: i64 = c
-                    .query_row("SELECT COUNT(*) FROM mailboxes WHERE id = ?1", [mb.0], |r| {
-                        r.get(0)
-                    })
+                    .query_row(
+                        "SELECT COUNT(*) FROM mailboxes WHERE id = ?1",
+                        [mb.0],
+                        |r| r.get(0),
+                    )
                     .map_err(db_err)?;
                 if exists == 0 {
                     return Err(StoreError::NotFound(format!("mailbox {mb}")));
