@@ -4,7 +4,9 @@ The configuration is written into a temporary directory: plaintext LOGIN (loopba
 passwd-file with one line per user, sdbox mail storage under the same directory, the hierarchy
 separator ``/`` (Mailfleet's), the mailboxes every Mailfleet account starts with (Sent, Drafts,
 Junk, Trash, Archive with their SPECIAL-USE attributes, created but, like Mailfleet's,
-not subscribed), and a 1 GiB storage quota so QUOTA has something to report.
+not subscribed), a 1 GiB storage quota so QUOTA has something to report, the acl and
+imap_acl plugins with a shared namespace ``Other Users/<user>/`` (as Mailfleet's), and
+METADATA with a file attribute dict.
 
 Written for Dovecot 2.3 (Debian 12, what CI installs). Dovecot 2.4 renamed most of these
 settings; with 2.4 the test is skipped rather than run against a half-understood configuration.
@@ -119,7 +121,8 @@ disable_plaintext_auth = no
 auth_failure_delay = 0
 first_valid_uid = 0
 mail_location = sdbox:~/mail
-mail_plugins = quota
+mail_attribute_dict = file:%h/dovecot-attributes
+mail_plugins = quota acl
 passdb {{
   driver = passwd-file
   args = scheme=PLAIN {passwd}
@@ -134,13 +137,29 @@ namespace inbox {{
   prefix =
 {specials}
 }}
+# Other users' mailboxes shared through ACLs, under Mailfleet's prefix
+# ("Other Users/<address>/<mailbox>"); acl_shared_dict records who shares what with whom.
+namespace shared {{
+  type = shared
+  separator = /
+  prefix = Other Users/%%u/
+  location = sdbox:%%h/mail
+  subscriptions = no
+  list = children
+}}
 plugin {{
+  # No ACL cache: a grantee's session must see a SETACL at once, as in Mailfleet.
+  acl = vfile::cache_secs=0
+  acl_anyone = allow
+  acl_shared_dict = file:{root / 'shared-mailboxes.db'}
   quota = count:User quota
   quota_rule = *:storage=1G
   quota_vsizes = yes
 }}
 protocol imap {{
-  mail_plugins = $mail_plugins imap_quota
+  mail_plugins = $mail_plugins imap_quota imap_acl
+  # METADATA (RFC 5464), kept in a per-user file dict.
+  imap_metadata = yes
 }}
 service imap-login {{
   {login_chroot}

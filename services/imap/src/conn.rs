@@ -331,6 +331,8 @@ enum Decoded {
     /// MULTIAPPEND, REPLACE, UNAUTHENTICATE, SAVEDATE and PREVIEW
     /// ([`crate::commands::msgext`]).
     Message(crate::commands::msgext::MsgExt),
+    /// An ACL command (RFC 4314), parsed by [`crate::commands::acl::preparse`].
+    Acl(Tag<'static>, crate::commands::acl::AclCommand),
     Invalid,
 }
 
@@ -437,6 +439,12 @@ pub async fn serve_connection(
                     .map(Decoded::Message)
                     .ok_or((None, false))
             }
+            Err(DecodeMessageError::DecodingFailure(_))
+                if crate::commands::acl::preparse(conn.frag.message_bytes()).is_some() =>
+            {
+                Ok(crate::commands::acl::preparse(conn.frag.message_bytes())
+                    .map_or(Decoded::Invalid, |(t, c)| Decoded::Acl(t, c)))
+            }
             Err(e) => {
                 let tag = conn.frag.decode_tag().map(|t| t.into_static());
                 Err((
@@ -495,6 +503,7 @@ pub async fn serve_connection(
                 }
             }
             Ok(Decoded::Message(ext)) => session.message_ext(ext).await,
+            Ok(Decoded::Acl(tag, cmd)) => session.acl_command(tag, cmd).await,
             Ok(Decoded::Invalid) => {
                 conn.write(&[response::untagged_bad("Syntax error in command")])
                     .await?;

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use imap_codec::imap_types::command::{Command, CommandBody};
 use imap_codec::imap_types::core::Tag;
 use imap_codec::imap_types::response::{Capability, Data};
-use mailfleet_storage::{Account, Stores};
+use mailfleet_storage::{Account, AccountId, MailboxId, Stores};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -201,6 +201,11 @@ pub struct Session {
     pub(crate) notify: Option<Box<crate::notify::Notify>>,
     /// SEARCHRES's saved result and the live CONTEXT=SEARCH updates.
     pub(crate) search_state: crate::commands::searchext::SearchState,
+    /// Owners of the other accounts' mailboxes this session resolved (ACL, RFC 4314), so
+    /// change notifications go to the owner's channel (see [`Session::owner_of`]).
+    pub(crate) mailbox_owners: std::collections::HashMap<MailboxId, AccountId>,
+    /// The user's rights on the selected mailbox (all, for an own mailbox).
+    pub(crate) selected_rights: crate::commands::acl::Rights,
 }
 
 impl Session {
@@ -226,6 +231,8 @@ impl Session {
             fetch_batch_bytes: crate::commands::fetch::BATCH_OUTPUT_BYTES,
             notify: None,
             search_state: Default::default(),
+            mailbox_owners: Default::default(),
+            selected_rights: crate::commands::acl::Rights::ALL,
         }
     }
 
@@ -319,6 +326,11 @@ impl Session {
             Capability::ListExtended,
             other("LIST-STATUS"),
             Capability::Within,
+            // RFC 4314: texk are the rights beyond RFC 2086's.
+            other("ACL"),
+            other("RIGHTS=texk"),
+            // RFC 5464: mailbox and server annotations.
+            Capability::Metadata,
         ]);
         if self.account.is_some() {
             // RFC 4978; handled by the connection driver (crate::conn), after login only.
@@ -466,6 +478,15 @@ impl Session {
             } => self.append(tag, mailbox, flags, date, message).await,
             CommandBody::GetQuota { root } => self.get_quota(tag, root).await,
             CommandBody::GetQuotaRoot { mailbox } => self.get_quota_root(tag, mailbox).await,
+            CommandBody::GetMetadata {
+                options,
+                mailbox,
+                entries,
+            } => self.get_metadata(tag, options, mailbox, entries).await,
+            CommandBody::SetMetadata {
+                mailbox,
+                entry_values,
+            } => self.set_metadata(tag, mailbox, entry_values).await,
             CommandBody::Idle => Ok(Outcome {
                 responses: vec![],
                 next: Next::Idle { tag },
@@ -626,8 +647,12 @@ pub(crate) fn other(name: &'static str) -> Capability<'static> {
 impl Session {
     /// A subscription to change notifications of the logged-in account (for IDLE).
     pub async fn change_subscription(&self) -> Option<mailfleet_storage::Subscription> {
-        let account = self.account.as_ref()?;
-        match self.stores.coord.subscribe(account.id).await {
+        // Events are keyed by the mailbox owner's account: for a shared mailbox, the owner's.
+        let account = match &self.state {
+            State::Selected(sel) => self.owner_of(sel.id)?,
+            _ => self.account.as_ref()?.id,
+        };
+        match self.stores.coord.subscribe(account).await {
             Ok(s) => Some(s),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot subscribe to changes; IDLE falls back to polling");

@@ -1788,3 +1788,275 @@ pub async fn metadata_outbound_attempts(meta: &dyn MetadataStore) {
     meta.delete_outbound(queued[0], None).await.expect("delete");
     meta.delete_outbound(id, None).await.expect("delete");
 }
+
+/// `\Noselect` placeholders, ACLs with their reverse lookup, and metadata entries: what
+/// IMAP's DELETE of a parent, ACL (RFC 4314) and METADATA (RFC 5464) rely on.
+pub async fn metadata_acl_and_annotations(meta: &dyn MetadataStore) {
+    let (owner, inbox, uids) = account_with_messages(meta, 2).await;
+    let domain = owner.address.split('@').nth(1).expect("domain").to_string();
+    let grantee = meta
+        .create_account(&format!("grantee@{domain}"), "h", 0)
+        .await
+        .expect("create grantee");
+
+    // A placeholder keeps its name and loses its messages, ACL and metadata.
+    let parent = meta
+        .create_mailbox(owner.id, "parent", None)
+        .await
+        .expect("create parent");
+    meta.create_mailbox(owner.id, "parent/child", None)
+        .await
+        .expect("create child");
+    meta.copy_messages(owner.id, inbox.id, &uids, parent.id)
+        .await
+        .expect("copy");
+    meta.set_acl(owner.id, parent.id, &grantee.address, "lr")
+        .await
+        .expect("acl on parent");
+    let parent_scope = MetadataScope {
+        account: owner.id,
+        mailbox: Some(parent.id),
+    };
+    let limits = MetadataLimits {
+        max_entries: 3,
+        max_bytes: 1000,
+    };
+    meta.set_metadata(
+        parent_scope,
+        vec![("/shared/comment".into(), Some(b"parent".to_vec()))],
+        limits,
+    )
+    .await
+    .expect("metadata on parent");
+    let before = meta
+        .get_mailbox(owner.id, "parent")
+        .await
+        .expect("get")
+        .expect("parent");
+    assert!(!before.noselect);
+    meta.set_mailbox_noselect(owner.id, parent.id, true)
+        .await
+        .expect("to placeholder");
+    let ph = meta
+        .get_mailbox(owner.id, "parent")
+        .await
+        .expect("get")
+        .expect("kept");
+    assert!(ph.noselect, "the name stays as a placeholder");
+    assert_eq!(ph.message_count, 0);
+    assert!(meta
+        .list_messages(parent.id, Uid(0), 10)
+        .await
+        .expect("list")
+        .is_empty());
+    assert!(meta.get_acl(parent.id).await.expect("acl").is_empty());
+    assert!(meta
+        .get_metadata(parent_scope)
+        .await
+        .expect("md")
+        .is_empty());
+    assert!(meta
+        .shared_with(&grantee.address)
+        .await
+        .expect("shared")
+        .is_empty());
+    meta.set_mailbox_noselect(owner.id, parent.id, false)
+        .await
+        .expect("back to a mailbox");
+    let again = meta
+        .get_mailbox(owner.id, "parent")
+        .await
+        .expect("get")
+        .expect("back");
+    assert!(!again.noselect);
+    assert_ne!(
+        again.uid_validity, ph.uid_validity,
+        "a new mailbox, a new UIDVALIDITY"
+    );
+    assert!(matches!(
+        meta.set_mailbox_noselect(grantee.id, parent.id, true).await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    // ACLs, in both directions.
+    let shared = meta
+        .create_mailbox(owner.id, "shared", None)
+        .await
+        .expect("create shared");
+    meta.set_acl(owner.id, shared.id, &grantee.address, "lrs")
+        .await
+        .expect("grant");
+    meta.set_acl(owner.id, shared.id, "anyone", "l")
+        .await
+        .expect("grant anyone");
+    meta.set_acl(owner.id, shared.id, &grantee.address, "lrsw")
+        .await
+        .expect("replace");
+    assert!(matches!(
+        meta.set_acl(grantee.id, shared.id, "x@y.test", "l").await,
+        Err(StoreError::NotFound(_))
+    ));
+    let mut acl = meta.get_acl(shared.id).await.expect("get acl");
+    acl.sort_by(|a, b| a.identifier.cmp(&b.identifier));
+    assert_eq!(
+        acl,
+        vec![
+            AclEntry {
+                identifier: "anyone".into(),
+                rights: "l".into()
+            },
+            AclEntry {
+                identifier: grantee.address.clone(),
+                rights: "lrsw".into()
+            },
+        ]
+    );
+    assert_eq!(
+        meta.shared_with(&grantee.address).await.expect("shared"),
+        vec![SharedMailbox {
+            owner: owner.id,
+            mailbox: shared.id,
+            rights: "lrsw".into()
+        }]
+    );
+    // Rights follow the mailbox through a rename (they are kept by id).
+    meta.rename_mailbox(owner.id, shared.id, "renamed")
+        .await
+        .expect("rename");
+    assert_eq!(meta.get_acl(shared.id).await.expect("acl").len(), 2);
+    meta.set_acl(owner.id, shared.id, "anyone", "")
+        .await
+        .expect("remove");
+    assert_eq!(meta.get_acl(shared.id).await.expect("acl").len(), 1);
+
+    // Metadata: per scope, limits enforced in the write, all or nothing.
+    let own = MetadataScope {
+        account: owner.id,
+        mailbox: Some(shared.id),
+    };
+    let theirs = MetadataScope {
+        account: grantee.id,
+        mailbox: Some(shared.id),
+    };
+    let server = MetadataScope {
+        account: grantee.id,
+        mailbox: None,
+    };
+    meta.set_metadata(
+        own,
+        vec![
+            ("/shared/comment".into(), Some(b"hello".to_vec())),
+            ("/private/comment".into(), Some(b"mine".to_vec())),
+        ],
+        limits,
+    )
+    .await
+    .expect("set");
+    meta.set_metadata(
+        theirs,
+        vec![("/private/comment".into(), Some(b"theirs".to_vec()))],
+        limits,
+    )
+    .await
+    .expect("set theirs");
+    meta.set_metadata(
+        server,
+        vec![("/private/vendor/x".into(), Some(vec![0, 1, 2]))],
+        limits,
+    )
+    .await
+    .expect("set server");
+    assert_eq!(
+        meta.get_metadata(own).await.expect("get"),
+        vec![
+            ("/private/comment".to_string(), b"mine".to_vec()),
+            ("/shared/comment".to_string(), b"hello".to_vec()),
+        ]
+    );
+    assert_eq!(
+        meta.get_metadata(theirs).await.expect("get"),
+        vec![("/private/comment".to_string(), b"theirs".to_vec())]
+    );
+    assert_eq!(
+        meta.get_metadata(server).await.expect("get"),
+        vec![("/private/vendor/x".to_string(), vec![0, 1, 2])]
+    );
+    // Too many entries: refused, and nothing of the write is kept.
+    assert!(matches!(
+        meta.set_metadata(
+            own,
+            vec![
+                ("/shared/a".into(), Some(b"1".to_vec())),
+                ("/shared/b".into(), Some(b"2".to_vec())),
+            ],
+            limits,
+        )
+        .await,
+        Err(StoreError::QuotaExceeded(_))
+    ));
+    assert_eq!(meta.get_metadata(own).await.expect("get").len(), 2);
+    // Too many bytes.
+    assert!(matches!(
+        meta.set_metadata(
+            own,
+            vec![("/shared/big".into(), Some(vec![b'x'; 2000]))],
+            limits,
+        )
+        .await,
+        Err(StoreError::QuotaExceeded(_))
+    ));
+    // Replace and remove.
+    meta.set_metadata(
+        own,
+        vec![
+            ("/shared/comment".into(), Some(b"changed".to_vec())),
+            ("/private/comment".into(), None),
+        ],
+        limits,
+    )
+    .await
+    .expect("replace and remove");
+    assert_eq!(
+        meta.get_metadata(own).await.expect("get"),
+        vec![("/shared/comment".to_string(), b"changed".to_vec())]
+    );
+    assert!(matches!(
+        meta.set_metadata(
+            MetadataScope {
+                account: owner.id,
+                mailbox: Some(MailboxId(i64::MAX - 7)),
+            },
+            vec![("/shared/x".into(), Some(b"1".to_vec()))],
+            limits,
+        )
+        .await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    // Deleting the mailbox takes its ACL and every user's metadata on it.
+    meta.delete_mailbox(owner.id, shared.id)
+        .await
+        .expect("delete");
+    assert!(meta.get_acl(shared.id).await.expect("acl").is_empty());
+    assert!(meta.get_metadata(own).await.expect("md").is_empty());
+    assert!(meta.get_metadata(theirs).await.expect("md").is_empty());
+    assert!(meta
+        .shared_with(&grantee.address)
+        .await
+        .expect("shared")
+        .is_empty());
+
+    // Deleting the grantee's account drops the rights granted to its address.
+    let other = meta
+        .create_mailbox(owner.id, "other", None)
+        .await
+        .expect("create other");
+    meta.set_acl(owner.id, other.id, &grantee.address, "lr")
+        .await
+        .expect("grant");
+    meta.delete_account(&grantee.address)
+        .await
+        .expect("delete grantee");
+    assert!(meta.get_acl(other.id).await.expect("acl").is_empty());
+    assert!(meta.get_metadata(server).await.expect("md").is_empty());
+}

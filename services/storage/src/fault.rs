@@ -411,4 +411,45 @@ impl MetadataStore for FailingMeta {
             .record_outbound_attempt(id, fence, updates, dsns)
             .await
     }
+
+    async fn set_mailbox_noselect(
+        &self,
+        account: AccountId,
+        id: MailboxId,
+        noselect: bool,
+    ) -> StoreResult<Vec<BlobId>> {
+        self.check("set_mailbox_noselect")?;
+        self.inner.set_mailbox_noselect(account, id, noselect).await
+    }
+    async fn set_acl(
+        &self,
+        owner: AccountId,
+        mailbox: MailboxId,
+        identifier: &str,
+        rights: &str,
+    ) -> StoreResult<()> {
+        self.check("set_acl")?;
+        self.inner.set_acl(owner, mailbox, identifier, rights).await
+    }
+    async fn get_acl(&self, mailbox: MailboxId) -> StoreResult<Vec<AclEntry>> {
+        self.check("get_acl")?;
+        self.inner.get_acl(mailbox).await
+    }
+    async fn shared_with(&self, identifier: &str) -> StoreResult<Vec<SharedMailbox>> {
+        self.check("shared_with")?;
+        self.inner.shared_with(identifier).await
+    }
+    async fn get_metadata(&self, scope: MetadataScope) -> StoreResult<Vec<(String, Vec<u8>)>> {
+        self.check("get_metadata")?;
+        self.inner.get_metadata(scope).await
+    }
+    async fn set_metadata(
+        &self,
+        scope: MetadataScope,
+        entries: Vec<(String, Option<Vec<u8>>)>,
+        limits: MetadataLimits,
+    ) -> StoreResult<()> {
+        self.check("set_metadata")?;
+        self.inner.set_metadata(scope, entries, limits).await
+    }
 }

@@ -153,6 +153,10 @@ pub struct Mailbox {
     pub uid_next: Uid,
     pub highest_modseq: ModSeq,
     pub message_count: u64,
+    /// The name is kept only as a hierarchy placeholder that holds no messages (IMAP's
+    /// `\Noselect`, RFC 3501 §6.3.4: what DELETE leaves of a mailbox with children). See
+    /// [`crate::MetadataStore::set_mailbox_noselect`].
+    pub noselect: bool,
 }
 
 /// Message flags as stored: system flags (`\Seen`...) and keywords, kept sorted and unique.
@@ -269,6 +273,44 @@ pub enum FlagOp {
     Replace,
     Add,
     Remove,
+}
+
+// ---- access control lists and mailbox metadata ----
+
+/// One entry of a mailbox's access control list (RFC 4314 §2): an identifier (an account's
+/// address, `anyone` or `authenticated`) and the rights it holds, as a string of the right
+/// letters (`lrswipkxtea`). Storage keeps the letters as given; their meaning is IMAP's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AclEntry {
+    pub identifier: String,
+    pub rights: String,
+}
+
+/// A mailbox of another account that an identifier holds rights on (the reverse view of
+/// [`AclEntry`], for "mailboxes shared with me").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SharedMailbox {
+    pub owner: AccountId,
+    pub mailbox: MailboxId,
+    pub rights: String,
+}
+
+/// Where a metadata entry (RFC 5464) is kept: the account it belongs to (the mailbox
+/// owner's for `/shared` entries, the user's own for `/private` ones) and the mailbox, or
+/// `None` for server entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MetadataScope {
+    pub account: AccountId,
+    pub mailbox: Option<MailboxId>,
+}
+
+/// Bounds a metadata write must respect, checked by the store in the write itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MetadataLimits {
+    /// Most entries one scope may hold after the write.
+    pub max_entries: usize,
+    /// Most bytes (names plus values) one scope may hold after the write.
+    pub max_bytes: u64,
 }
 
 #[cfg(test)]

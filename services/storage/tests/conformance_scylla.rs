@@ -45,6 +45,7 @@ async fn scylla_metadata_conformance() {
     conformance::metadata_recent_claims(meta.clone()).await;
     conformance::metadata_save_dates(meta.as_ref()).await;
     conformance::metadata_credentials(meta.as_ref()).await;
+    conformance::metadata_acl_and_annotations(meta.as_ref()).await;
     conformance::metadata_outbound_queue(meta.as_ref()).await;
     conformance::metadata_outbound_delivery(meta.as_ref()).await;
     conformance::metadata_outbound_attempts(meta.as_ref()).await;

@@ -94,15 +94,21 @@ impl Session {
                 Err(r) => return Ok(Err(r)),
             }
         }
-        let account = self.acct()?.id;
         let name = mailbox_name(mailbox);
-        let Some(mb) = self.stores.meta.get_mailbox(account, &name).await? else {
-            return Ok(Err(response::no(
-                tag,
-                Some(Code::TryCreate),
-                "No such mailbox",
-            )));
+        // `i` on the target (RFC 4314 §4); the messages count against the owner's quota.
+        let target = match self.access(&name, "i", false).await? {
+            Ok(t) => t,
+            Err(super::acl::Refusal::Missing) => {
+                return Ok(Err(response::no(
+                    tag,
+                    Some(Code::TryCreate),
+                    "No such mailbox",
+                )))
+            }
+            Err(refusal) => return Ok(Err(refusal.no(tag))),
         };
+        let account = target.owner;
+        let mb = target.mailbox;
         let mut new = Vec::with_capacity(prepared.len());
         for p in prepared {
             let for_parse = p.data.clone();
@@ -120,7 +126,7 @@ impl Session {
                 blob,
                 size,
                 internal_date: p.internal_date,
-                flags: p.flags,
+                flags: super::acl::permitted_flags(p.flags, target.rights),
                 summary: Some(summary),
             });
         }

@@ -219,10 +219,19 @@ impl Session {
                 )]
             })
             .unwrap_or_default();
+        // Other users' mailboxes shared through ACLs (RFC 4314) live under this prefix.
+        let other = IString::try_from(format!("{}{}", super::acl::OTHER_USERS, super::DELIMITER))
+            .map(|prefix| {
+                vec![Namespace::new(
+                    prefix,
+                    QuotedChar::try_from(super::DELIMITER).ok(),
+                )]
+            })
+            .unwrap_or_default();
         Outcome::done(vec![
             response::data(Data::Namespace {
                 personal,
-                other: vec![],
+                other,
                 shared: vec![],
             }),
             response::ok(&tag, None, "NAMESPACE completed"),

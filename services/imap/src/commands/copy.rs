@@ -22,15 +22,35 @@ impl Session {
         uid: bool,
         is_move: bool,
     ) -> StoreResult<Outcome> {
-        let account = self.acct()?.id;
         let dest_name = mailbox_name(&mailbox);
-        let Some(dest) = self.stores.meta.get_mailbox(account, &dest_name).await? else {
+        // `i` on the destination (RFC 4314 §4).
+        let target = match self.access(&dest_name, "i", false).await? {
+            Ok(t) => t,
+            Err(super::acl::Refusal::Missing) => {
+                return Ok(Outcome::done(vec![response::no(
+                    &tag,
+                    Some(Code::TryCreate),
+                    "No such destination mailbox",
+                )]))
+            }
+            Err(refusal) => return Ok(Outcome::done(vec![refusal.no(&tag)])),
+        };
+        if is_move && !self.selected_has("te") {
             return Ok(Outcome::done(vec![response::no(
                 &tag,
-                Some(Code::TryCreate),
-                "No such destination mailbox",
+                response::code("NOPERM"),
+                "Permission denied (MOVE needs the t and e rights)",
             )]));
+        }
+        let source_owner = match &self.state {
+            State::Selected(sel) => self.owner_of(sel.id),
+            _ => None,
         };
+        // Within one account with every right, the store copies in one transaction; else
+        // (another account's quota, or rights that drop flags) message by message.
+        let direct = source_owner == Some(target.owner) && target.rights == super::acl::Rights::ALL;
+        let account = target.owner;
+        let dest = target.mailbox.clone();
         let State::Selected(sel) = &mut self.state else {
             return Ok(Outcome::done(vec![response::bad(
                 &tag,
@@ -55,7 +75,9 @@ impl Session {
             .map(|(_, u)| u)
             .collect();
         let source = sel.id;
-        let result = if is_move {
+        let result = if !direct {
+            self.copy_across(source, &uids, &target, is_move).await
+        } else if is_move {
             self.stores
                 .meta
                 .move_messages(account, source, &uids, dest.id)

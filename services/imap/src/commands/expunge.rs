@@ -26,6 +26,13 @@ impl Session {
                 "Mailbox is read-only",
             )]));
         }
+        if !self.selected_rights.has("e") {
+            return Ok(Outcome::done(vec![response::no(
+                &tag,
+                response::code("NOPERM"),
+                "Permission denied (no expunge right)",
+            )]));
+        }
         // The session's view only narrows UID EXPUNGE to its set; which messages carry
         // \Deleted is decided by the store, inside its transaction (RFC 9051 §6.4.3: another
         // session may have cleared the flag since this one last looked).

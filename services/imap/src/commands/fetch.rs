@@ -500,7 +500,8 @@ impl Session {
             targets.retain(|(seq, _)| sel.by_seq(*seq).is_some_and(|m| m.modseq > since));
         }
         let need = needs(&items);
-        let read_only = sel.read_only;
+        // Without the `s` right a FETCH does not set \Seen (RFC 4314 §4).
+        let read_only = sel.read_only || !self.selected_rights.has("s");
         let sel_id = sel.id;
 
         if vanished {

@@ -63,11 +63,6 @@ pub(crate) struct ListEntry {
 }
 
 impl Session {
-    async fn find_mailbox(&self, name: &str) -> StoreResult<Option<StoreMailbox>> {
-        let acct = self.acct()?.id;
-        self.stores.meta.get_mailbox(acct, name).await
-    }
-
     pub(crate) async fn select(
         &mut self,
         tag: Tag<'static>,
@@ -88,10 +83,20 @@ impl Session {
             ));
         }
         let name = mailbox_name(&mailbox);
-        let Some(mb) = self.find_mailbox(&name).await? else {
-            out.push(response::no(&tag, code("NONEXISTENT"), "No such mailbox"));
-            return Ok(Outcome::done(out));
+        let target = match self.access(&name, "r", false).await? {
+            Ok(t) => t,
+            Err(refusal) => {
+                out.push(refusal.no(&tag));
+                return Ok(Outcome::done(out));
+            }
         };
+        // RFC 4314 §4: a user who may change nothing in the mailbox gets it read-only.
+        let read_only = read_only
+            || !["s", "w", "t", "e", "i"]
+                .iter()
+                .any(|r| target.rights.has(r));
+        self.selected_rights = target.rights;
+        let mb = target.mailbox;
         let mut qresync = None;
         for p in parameters {
             match p {
@@ -219,7 +224,7 @@ impl Session {
     pub(crate) async fn close(&mut self, tag: Tag<'static>, expunge: bool) -> StoreResult<Outcome> {
         if expunge {
             if let State::Selected(sel) = &self.state {
-                if !sel.read_only {
+                if !sel.read_only && self.selected_rights.has("e") {
                     // By the flags stored now, not the view's (see EXPUNGE).
                     let gone = self.stores.meta.expunge_deleted(sel.id, None).await?;
                     if !gone.uids.is_empty() {
@@ -242,11 +247,11 @@ impl Session {
 
     /// Tells other sessions (on any node) that a mailbox changed.
     pub(crate) async fn notify(&self, mailbox: MailboxId, modseq: Option<ModSeq>) {
-        let Some(account) = self.account.as_ref() else {
+        let Some(account) = self.owner_of(mailbox) else {
             return;
         };
         let event = mailfleet_storage::coord::MailboxEvent::Changed {
-            account: account.id,
+            account,
             mailbox,
             modseq: modseq.unwrap_or(ModSeq(0)),
         };
@@ -287,8 +292,25 @@ impl Session {
                 "Invalid mailbox name",
             )]));
         }
-        let acct = self.acct()?.id;
+        // Names in the other users' namespace: `k` on the parent (RFC 4314 §4).
+        let (acct, name) = match self.create_scope(&tag, &name).await? {
+            Ok(scope) => scope,
+            Err(refusal) => return Ok(Outcome::done(vec![refusal])),
+        };
         let existing = self.stores.meta.list_mailboxes(acct).await?;
+        if let Some(ph) = existing.iter().find(|m| m.name == name && m.noselect) {
+            // CREATE of a `\Noselect` placeholder's name makes it a mailbox again.
+            self.stores
+                .meta
+                .set_mailbox_noselect(acct, ph.id, false)
+                .await?;
+            self.notify_mailboxes().await;
+            return Ok(Outcome::done(vec![response::ok(
+                &tag,
+                None,
+                "CREATE completed",
+            )]));
+        }
         if existing.iter().any(|m| m.name == name) {
             return Ok(Outcome::done(vec![response::no(
                 &tag,
@@ -353,17 +375,46 @@ impl Session {
                 "INBOX cannot be deleted",
             )]));
         }
-        let Some(mb) = self.find_mailbox(&name).await? else {
+        let mb = match self.access(&name, "x", true).await? {
+            Ok(t) => t.mailbox,
+            Err(refusal) => return Ok(Outcome::done(vec![refusal.no(&tag)])),
+        };
+        if mb.name == "INBOX" {
             return Ok(Outcome::done(vec![response::no(
                 &tag,
-                code("NONEXISTENT"),
-                "No such mailbox",
+                None,
+                "INBOX cannot be deleted",
             )]));
-        };
+        }
+        let prefix = format!("{}{DELIMITER}", mb.name);
+        let has_children = self
+            .stores
+            .meta
+            .list_mailboxes(mb.account)
+            .await?
+            .iter()
+            .any(|m| m.name.starts_with(&prefix));
+        // RFC 3501 §6.3.4: a mailbox with inferiors loses its messages and keeps its name
+        // as `\Noselect`; deleting such a placeholder while it has inferiors is an error.
+        if has_children && mb.noselect {
+            return Ok(Outcome::done(vec![response::no(
+                &tag,
+                None,
+                "Mailbox has inferior hierarchical names",
+            )]));
+        }
         if matches!(&self.state, State::Selected(s) if s.id == mb.id) {
             self.state = State::Authenticated;
         }
-        self.stores.meta.delete_mailbox(mb.account, mb.id).await?;
+        if has_children {
+            self.stores
+                .meta
+                .set_mailbox_noselect(mb.account, mb.id, true)
+                .await?;
+        } else {
+            self.stores.meta.delete_mailbox(mb.account, mb.id).await?;
+            self.prune_placeholders(mb.account, &mb.name).await?;
+        }
         self.notify_mailboxes().await;
         Ok(Outcome::done(vec![response::ok(
             &tag,
@@ -386,7 +437,10 @@ impl Session {
                 "Invalid target name",
             )]));
         }
-        let acct = self.acct()?.id;
+        let (acct, from, to) = match self.rename_scope(&tag, &from, &to).await? {
+            Ok(scope) => scope,
+            Err(refusal) => return Ok(Outcome::done(vec![refusal])),
+        };
         let all = self.stores.meta.list_mailboxes(acct).await?;
         let Some(src) = all.iter().find(|m| m.name == from) else {
             return Ok(Outcome::done(vec![response::no(
@@ -428,6 +482,7 @@ impl Session {
                 let new = format!("{to}{DELIMITER}{}", &c.name[prefix.len()..]);
                 self.stores.meta.rename_mailbox(acct, c.id, &new).await?;
             }
+            self.prune_placeholders(acct, &from).await?;
         }
         self.notify_mailboxes().await;
         Ok(Outcome::done(vec![response::ok(
@@ -435,6 +490,31 @@ impl Session {
             None,
             "RENAME completed",
         )]))
+    }
+
+    /// Removes the `\Noselect` placeholders above `name` that no longer have inferiors
+    /// (after DELETE or RENAME took the last one): a placeholder exists only to keep its
+    /// inferiors reachable (RFC 3501 §6.3.4), as in Dovecot.
+    async fn prune_placeholders(
+        &self,
+        acct: mailfleet_storage::AccountId,
+        name: &str,
+    ) -> StoreResult<()> {
+        let mut all = self.stores.meta.list_mailboxes(acct).await?;
+        let mut up: Vec<&str> = ancestors(name).collect();
+        up.reverse();
+        for a in up {
+            let prefix = format!("{a}{DELIMITER}");
+            let Some(ph) = all.iter().find(|m| m.name == a && m.noselect).cloned() else {
+                break;
+            };
+            if all.iter().any(|m| m.name.starts_with(&prefix)) {
+                break;
+            }
+            self.stores.meta.delete_mailbox(acct, ph.id).await?;
+            all.retain(|m| m.id != ph.id);
+        }
+        Ok(())
     }
 
     pub(crate) async fn subscribe(
@@ -446,12 +526,8 @@ impl Session {
         let name = mailbox_name(&mailbox);
         let acct = self.acct()?.id;
         if on {
-            if self.find_mailbox(&name).await?.is_none() {
-                return Ok(Outcome::done(vec![response::no(
-                    &tag,
-                    code("NONEXISTENT"),
-                    "No such mailbox",
-                )]));
+            if let Err(refusal) = self.access(&name, "l", true).await? {
+                return Ok(Outcome::done(vec![refusal.no(&tag)]));
             }
             self.stores.meta.subscribe(acct, &name).await?;
         } else {
@@ -552,6 +628,9 @@ impl Session {
             let prefix = format!("{name}{DELIMITER}");
             let children = boxes.iter().any(|b| b.name.starts_with(&prefix));
             let mut items: Vec<FlagNameAttribute<'static>> = Vec::new();
+            if boxes.iter().any(|b| b.name == name && b.noselect) {
+                items.push(FlagNameAttribute::Noselect);
+            }
             items.extend(attr(if children {
                 "HasChildren"
             } else {
@@ -575,6 +654,9 @@ impl Session {
                     mailbox,
                 }
             }));
+        }
+        if !lsub {
+            out.extend(self.list_other_users(&matcher, &subscribed).await?);
         }
         out.push(response::ok(&tag, None, done));
         Ok(Outcome::done(out))
@@ -649,12 +731,9 @@ impl Session {
         items: Vec<StatusDataItemName>,
     ) -> StoreResult<Outcome> {
         let name = mailbox_name(&mailbox);
-        let Some(mb) = self.find_mailbox(&name).await? else {
-            return Ok(Outcome::done(vec![response::no(
-                &tag,
-                code("NONEXISTENT"),
-                "No such mailbox",
-            )]));
+        let mb = match self.access(&name, "r", false).await? {
+            Ok(t) => t.mailbox,
+            Err(refusal) => return Ok(Outcome::done(vec![refusal.no(&tag)])),
         };
         let needs_usage = items
             .iter()
@@ -739,7 +818,13 @@ impl Session {
     }
 
     fn quota_data(&self) -> Option<Data<'static>> {
-        let acct = self.account.as_ref()?;
+        quota_of(self.account.as_ref()?, "")
+    }
+}
+
+/// The QUOTA response for `acct`'s storage under the root name `root`.
+pub(crate) fn quota_of(acct: &mailfleet_storage::Account, root: &str) -> Option<Data<'static>> {
+    {
         if acct.quota_bytes == 0 {
             return None;
         }
@@ -749,11 +834,13 @@ impl Session {
             acct.quota_bytes / 1024,
         );
         Some(Data::Quota {
-            root: AString::try_from("").ok()?,
+            root: AString::try_from(root.to_string()).ok()?,
             quotas: Vec1::from(q),
         })
     }
+}
 
+impl Session {
     /// Re-reads the account so quota figures are current.
     async fn refresh_account(&mut self) -> StoreResult<()> {
         let id = self.acct()?.id;
@@ -770,12 +857,13 @@ impl Session {
     ) -> StoreResult<Outcome> {
         self.refresh_account().await?;
         let name = mailbox_name(&mailbox);
-        if self.find_mailbox(&name).await?.is_none() {
-            return Ok(Outcome::done(vec![response::no(
-                &tag,
-                code("NONEXISTENT"),
-                "No such mailbox",
-            )]));
+        let target = match self.access(&name, "", true).await? {
+            Ok(t) => t,
+            Err(refusal) => return Ok(Outcome::done(vec![refusal.no(&tag)])),
+        };
+        if target.shared {
+            // A shared mailbox counts against its owner's quota.
+            return self.shared_quota_root(&tag, &name, target.owner).await;
         }
         let quota = self.quota_data();
         let roots = if quota.is_some() {
@@ -798,6 +886,10 @@ impl Session {
         root: AString<'static>,
     ) -> StoreResult<Outcome> {
         self.refresh_account().await?;
+        let root_name = String::from_utf8_lossy(root.as_ref()).into_owned();
+        if let Some((owner, _)) = super::acl::split_other(&root_name) {
+            return self.shared_quota(&tag, &owner).await;
+        }
         if !root.as_ref().is_empty() {
             return Ok(Outcome::done(vec![response::no(
                 &tag,

@@ -1,5 +1,6 @@
 //! IMAP commands, one file per family. Each adds methods to [`crate::session::Session`].
 
+pub mod acl;
 pub mod append;
 pub mod auth;
 pub mod copy;
@@ -8,6 +9,7 @@ pub mod extended;
 pub mod fetch;
 pub mod mailboxes;
 pub mod message_ext;
+pub mod metadata;
 pub mod msgext;
 pub mod search;
 pub mod searchext;

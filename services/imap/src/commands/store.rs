@@ -54,6 +54,23 @@ impl Session {
                 "Mailbox is read-only",
             )]));
         }
+        // RFC 4314 §4: `s` for \Seen, `t` for \Deleted, `w` for every other flag; a
+        // replacement may clear any flag, so it needs all three.
+        let denied = flags.iter().any(|f| {
+            let need = match f {
+                Flag::Seen => "s",
+                Flag::Deleted => "t",
+                _ => "w",
+            };
+            !self.selected_rights.has(need)
+        }) || (kind == StoreType::Replace && !self.selected_rights.has("swt"));
+        if denied {
+            return Ok(Outcome::done(vec![response::no(
+                &tag,
+                response::code("NOPERM"),
+                "Permission denied for these flags",
+            )]));
+        }
         if !uid && !seq_set_valid(sel, &set) {
             return Ok(Outcome::done(vec![response::bad(
                 &tag,

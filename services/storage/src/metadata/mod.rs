@@ -347,4 +347,42 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// "retry now"), without counting an attempt. Returns how many recipients moved;
     /// `NotFound` when the entry does not exist.
     async fn reschedule_outbound(&self, id: crate::QueueId, at: i64) -> StoreResult<usize>;
+
+    // ---- mailbox placeholders, access control lists, metadata (IMAP ACL and METADATA) ----
+    /// Turns a mailbox into a `\Noselect` placeholder (`true`): its messages, change log,
+    /// ACL and metadata go, as DELETE of a mailbox with children asks (RFC 3501 §6.3.4);
+    /// returns blobs left unreferenced. `false` makes a placeholder a mailbox again (CREATE
+    /// of its name), with a new UIDVALIDITY. `NotFound` when the account has no such
+    /// mailbox.
+    async fn set_mailbox_noselect(
+        &self,
+        account: AccountId,
+        id: MailboxId,
+        noselect: bool,
+    ) -> StoreResult<Vec<BlobId>>;
+    /// Sets the rights of `identifier` on a mailbox of `owner`, replacing what it had;
+    /// empty `rights` removes the entry. Kept in both directions (by mailbox and by
+    /// identifier) so [`Self::shared_with`] is one lookup. `NotFound` when the owner has no
+    /// such mailbox.
+    async fn set_acl(
+        &self,
+        owner: AccountId,
+        mailbox: MailboxId,
+        identifier: &str,
+        rights: &str,
+    ) -> StoreResult<()>;
+    /// The ACL of a mailbox, by identifier.
+    async fn get_acl(&self, mailbox: MailboxId) -> StoreResult<Vec<AclEntry>>;
+    /// Every mailbox on which `identifier` has an entry, with its rights.
+    async fn shared_with(&self, identifier: &str) -> StoreResult<Vec<SharedMailbox>>;
+    /// The metadata entries of a scope, by name.
+    async fn get_metadata(&self, scope: MetadataScope) -> StoreResult<Vec<(String, Vec<u8>)>>;
+    /// Sets (`Some`) or removes (`None`) entries of a scope, all or none. `QuotaExceeded`
+    /// (and nothing written) when the scope would hold more than the limits allow.
+    async fn set_metadata(
+        &self,
+        scope: MetadataScope,
+        entries: Vec<(String, Option<Vec<u8>>)>,
+        limits: MetadataLimits,
+    ) -> StoreResult<()>;
 }

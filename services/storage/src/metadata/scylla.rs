@@ -57,7 +57,7 @@ pub const BUCKET_SHIFT: u32 = 16;
 pub const ID_BLOCK: i64 = 100;
 
 /// Schema version recorded in `schema_version`; migrations run in order up to it.
-const SCHEMA_VERSION: i32 = 4;
+const SCHEMA_VERSION: i32 = 5;
 
 /// Tables of schema version 1. `{ks}` is replaced by the keyspace name.
 const SCHEMA_V1: &[&str] = &[
@@ -133,6 +133,23 @@ const SCHEMA_V3: &[&str] =
 /// every append, copy and move; null in rows written before. An `ALTER TABLE ... ADD`, so
 /// an "already exists" error (a concurrent migration) is not a failure, as for version 2.
 const SCHEMA_V4: &[&str] = &["ALTER TABLE {ks}.messages ADD save_date bigint"];
+
+/// Schema version 5: `\Noselect` placeholders, mailbox ACLs (RFC 4314) kept twice — by
+/// mailbox (`acl`, read by GETACL and rights checks) and by identifier (`acl_by_identifier`,
+/// "mailboxes shared with me", read at LIST) — written together in logged batches, and
+/// metadata entries (RFC 5464): per mailbox in one partition (so they go with the mailbox in
+/// one delete, and RENAME, which keeps the id, keeps them), server entries per account.
+const SCHEMA_V5: &[&str] = &[
+    "ALTER TABLE {ks}.mailboxes ADD noselect boolean",
+    "CREATE TABLE IF NOT EXISTS {ks}.acl (mailbox_id bigint, identifier text, owner_id bigint, \
+     rights text, PRIMARY KEY (mailbox_id, identifier))",
+    "CREATE TABLE IF NOT EXISTS {ks}.acl_by_identifier (identifier text, mailbox_id bigint, \
+     owner_id bigint, rights text, PRIMARY KEY (identifier, mailbox_id))",
+    "CREATE TABLE IF NOT EXISTS {ks}.mailbox_metadata (mailbox_id bigint, account_id bigint, \
+     name text, value blob, PRIMARY KEY (mailbox_id, account_id, name))",
+    "CREATE TABLE IF NOT EXISTS {ks}.server_metadata (account_id bigint, name text, \
+     value blob, PRIMARY KEY (account_id, name))",
+];
 
 /// How long a pin lasts: far longer than a put and an append take, and the sweep's grace
 /// period is checked against the pin's time as well.
@@ -397,7 +414,17 @@ impl RangeLedger for ScyllaLedger {
     }
 }
 
-type MailboxRow = (i64, i64, String, Option<String>, i64, i64, i64, i64);
+type MailboxRow = (
+    i64,
+    i64,
+    String,
+    Option<String>,
+    i64,
+    i64,
+    i64,
+    i64,
+    Option<bool>,
+);
 type AccountRow = (i64, i64, String, String, i64);
 type MessageRow = (i64, i64, String, i64, i64, String);
 /// blob_id, size, internal_date, flags, summary.
@@ -414,6 +441,7 @@ fn mailbox_from(r: MailboxRow) -> Mailbox {
         uid_next: Uid(r.5 as u32),
         highest_modseq: ModSeq(r.6 as u64),
         message_count: r.7.max(0) as u64,
+        noselect: r.8.unwrap_or(false),
     }
 }
 
@@ -714,7 +742,7 @@ impl ScyllaMetadataStore {
             .db
             .one(
                 "SELECT id, account_id, name, special_use, uid_validity, uid_next, \
-                 highest_modseq, message_count FROM mailboxes WHERE id = ?",
+                 highest_modseq, message_count, noselect FROM mailboxes WHERE id = ?",
                 (id.0,),
             )
             .await?;
@@ -791,6 +819,7 @@ impl ScyllaMetadataStore {
             uid_next: Uid(1),
             highest_modseq: ModSeq(1),
             message_count: 0,
+            noselect: false,
         })
     }
 
@@ -1071,6 +1100,7 @@ impl ScyllaMetadataStore {
                     (current.account.0, current.name.as_str()),
                 )
                 .await?;
+            self.drop_acl_and_metadata(current.id).await?;
             self.db
                 .run("DELETE FROM mailboxes WHERE id = ?", (current.id.0,))
                 .await?;
@@ -1093,6 +1123,69 @@ impl ScyllaMetadataStore {
         .await;
         w.finish().await;
         result
+    }
+
+    /// Removes a mailbox's ACL (both tables) and every user's metadata on it.
+    async fn drop_acl_and_metadata(&self, mailbox: MailboxId) -> StoreResult<()> {
+        let entries = self.get_acl(mailbox).await?;
+        for e in entries {
+            self.write_acl(AccountId(0), mailbox, &e.identifier, "")
+                .await?;
+        }
+        self.db
+            .run(
+                "DELETE FROM mailbox_metadata WHERE mailbox_id = ?",
+                (mailbox.0,),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Writes (or, with empty rights, removes) one ACL entry in both tables at once.
+    async fn write_acl(
+        &self,
+        owner: AccountId,
+        mailbox: MailboxId,
+        identifier: &str,
+        rights: &str,
+    ) -> StoreResult<()> {
+        let (m, id) = (
+            Some(CqlValue::BigInt(mailbox.0)),
+            Some(CqlValue::Text(identifier.to_string())),
+        );
+        if rights.is_empty() {
+            self.db
+                .logged_batch(vec![
+                    (
+                        "DELETE FROM acl WHERE mailbox_id = ? AND identifier = ?",
+                        vec![m.clone(), id.clone()],
+                    ),
+                    (
+                        "DELETE FROM acl_by_identifier WHERE identifier = ? AND mailbox_id = ?",
+                        vec![id, m],
+                    ),
+                ])
+                .await
+        } else {
+            let (o, r) = (
+                Some(CqlValue::BigInt(owner.0)),
+                Some(CqlValue::Text(rights.to_string())),
+            );
+            self.db
+                .logged_batch(vec![
+                    (
+                        "INSERT INTO acl (mailbox_id, identifier, owner_id, rights) \
+                         VALUES (?, ?, ?, ?)",
+                        vec![m.clone(), id.clone(), o.clone(), r.clone()],
+                    ),
+                    (
+                        "INSERT INTO acl_by_identifier (identifier, mailbox_id, owner_id, rights) \
+                         VALUES (?, ?, ?, ?)",
+                        vec![id, m, o, r],
+                    ),
+                ])
+                .await
+        }
     }
 
     async fn delete_alias_rows(&self, source: &str, target: &str) -> StoreResult<()> {
@@ -1666,8 +1759,11 @@ async fn migrate(session: &Session, ks: &str) -> StoreResult<()> {
                 .map_err(db_err)?;
         }
     }
-    if version < 4 {
-        for stmt in SCHEMA_V4 {
+    for (v, stmts) in [(4, SCHEMA_V4), (5, SCHEMA_V5)] {
+        if version >= v {
+            continue;
+        }
+        for stmt in stmts {
             if let Err(e) = session.query_unpaged(stmt.replace("{ks}", ks), ()).await {
                 let text = e.to_string().to_ascii_lowercase();
                 if !(text.contains("already exist") || text.contains("conflicts with")) {
@@ -1897,6 +1993,13 @@ impl MetadataStore for ScyllaMetadataStore {
             .await?;
         self.db
             .run("DELETE FROM sender_grants WHERE account_id = ?", (a,))
+            .await?;
+        // Rights granted to the address must not pass to a new account of that name.
+        for s in self.shared_with(&address).await? {
+            self.write_acl(s.owner, s.mailbox, &address, "").await?;
+        }
+        self.db
+            .run("DELETE FROM server_metadata WHERE account_id = ?", (a,))
             .await?;
         // The address goes last so a half-done delete can be finished by running it again.
         self.db
@@ -3279,6 +3382,192 @@ impl MetadataStore for ScyllaMetadataStore {
             moved += 1;
         }
         Ok(moved)
+    }
+
+    // ---- mailbox placeholders, ACLs, metadata ----
+
+    async fn set_mailbox_noselect(
+        &self,
+        account: AccountId,
+        id: MailboxId,
+        noselect: bool,
+    ) -> StoreResult<Vec<BlobId>> {
+        let mb = self.owned_mailbox(account, id).await?;
+        // Under the mailbox's lease, like every writer of its messages and counters.
+        let w = self.alloc.writer(mb.id).await?;
+        let result = async {
+            let current = self
+                .mailbox(mb.id)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("mailbox {id}")))?;
+            let orphaned = if noselect {
+                let o = self.purge_mailbox(&w, &current).await?;
+                self.drop_acl_and_metadata(id).await?;
+                o
+            } else {
+                Vec::new()
+            };
+            // A mailbox made again from a placeholder is a new mailbox: a new UIDVALIDITY.
+            let validity = if !noselect && current.noselect {
+                (current.uid_validity % 0x7fff_fffe) + 1
+            } else {
+                current.uid_validity
+            };
+            let count = if noselect {
+                0
+            } else {
+                current.message_count as i64
+            };
+            w.check_time()?;
+            self.db
+                .run(
+                    "UPDATE mailboxes SET noselect = ?, message_count = ?, uid_validity = ? \
+                     WHERE id = ?",
+                    (noselect, count, validity as i64, id.0),
+                )
+                .await?;
+            Ok(orphaned)
+        }
+        .await;
+        w.finish().await;
+        result
+    }
+
+    async fn set_acl(
+        &self,
+        owner: AccountId,
+        mailbox: MailboxId,
+        identifier: &str,
+        rights: &str,
+    ) -> StoreResult<()> {
+        self.owned_mailbox(owner, mailbox).await?;
+        self.write_acl(owner, mailbox, identifier, rights).await
+    }
+
+    async fn get_acl(&self, mailbox: MailboxId) -> StoreResult<Vec<AclEntry>> {
+        let rows: Vec<(String, String)> = self
+            .db
+            .all(
+                "SELECT identifier, rights FROM acl WHERE mailbox_id = ?",
+                (mailbox.0,),
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(identifier, rights)| AclEntry { identifier, rights })
+            .collect())
+    }
+
+    async fn shared_with(&self, identifier: &str) -> StoreResult<Vec<SharedMailbox>> {
+        let rows: Vec<(i64, i64, String)> = self
+            .db
+            .all(
+                "SELECT owner_id, mailbox_id, rights FROM acl_by_identifier WHERE identifier = ?",
+                (identifier,),
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(o, m, rights)| SharedMailbox {
+                owner: AccountId(o),
+                mailbox: MailboxId(m),
+                rights,
+            })
+            .collect())
+    }
+
+    async fn get_metadata(&self, scope: MetadataScope) -> StoreResult<Vec<(String, Vec<u8>)>> {
+        let mut rows: Vec<(String, Vec<u8>)> = match scope.mailbox {
+            Some(m) => {
+                self.db
+                    .all(
+                        "SELECT name, value FROM mailbox_metadata \
+                         WHERE mailbox_id = ? AND account_id = ?",
+                        (m.0, scope.account.0),
+                    )
+                    .await?
+            }
+            None => {
+                self.db
+                    .all(
+                        "SELECT name, value FROM server_metadata WHERE account_id = ?",
+                        (scope.account.0,),
+                    )
+                    .await?
+            }
+        };
+        rows.sort();
+        Ok(rows)
+    }
+
+    async fn set_metadata(
+        &self,
+        scope: MetadataScope,
+        entries: Vec<(String, Option<Vec<u8>>)>,
+        limits: MetadataLimits,
+    ) -> StoreResult<()> {
+        if let Some(m) = scope.mailbox {
+            if self.mailbox(m).await?.is_none() {
+                return Err(StoreError::NotFound(format!("mailbox {m}")));
+            }
+        }
+        // The limits are checked against the entries read here: two writers racing in one
+        // scope may each pass and together exceed them by one command's entries (bounded,
+        // since each command's size is). The entries themselves go in one logged batch.
+        let mut current: HashMap<String, usize> = self
+            .get_metadata(scope)
+            .await?
+            .into_iter()
+            .map(|(n, v)| {
+                let len = n.len() + v.len();
+                (n, len)
+            })
+            .collect();
+        for (name, value) in &entries {
+            match value {
+                Some(v) => current.insert(name.clone(), name.len() + v.len()),
+                None => current.remove(name),
+            };
+        }
+        let bytes: usize = current.values().sum();
+        if current.len() > limits.max_entries || bytes as u64 > limits.max_bytes {
+            return Err(StoreError::QuotaExceeded(format!(
+                "metadata: {} entries, {bytes} bytes",
+                current.len()
+            )));
+        }
+        let a = Some(CqlValue::BigInt(scope.account.0));
+        let mut stmts = Vec::with_capacity(entries.len());
+        for (name, value) in entries {
+            let n = Some(CqlValue::Text(name));
+            let stmt: (&'static str, Vec<Option<CqlValue>>) = match (scope.mailbox, value) {
+                (Some(m), Some(v)) => (
+                    "INSERT INTO mailbox_metadata (mailbox_id, account_id, name, value) \
+                     VALUES (?, ?, ?, ?)",
+                    vec![
+                        Some(CqlValue::BigInt(m.0)),
+                        a.clone(),
+                        n,
+                        Some(CqlValue::Blob(v)),
+                    ],
+                ),
+                (Some(m), None) => (
+                    "DELETE FROM mailbox_metadata WHERE mailbox_id = ? AND account_id = ? \
+                     AND name = ?",
+                    vec![Some(CqlValue::BigInt(m.0)), a.clone(), n],
+                ),
+                (None, Some(v)) => (
+                    "INSERT INTO server_metadata (account_id, name, value) VALUES (?, ?, ?)",
+                    vec![a.clone(), n, Some(CqlValue::Blob(v))],
+                ),
+                (None, None) => (
+                    "DELETE FROM server_metadata WHERE account_id = ? AND name = ?",
+                    vec![a.clone(), n],
+                ),
+            };
+            stmts.push(stmt);
+        }
+        self.db.logged_batch(stmts).await
     }
 }
 

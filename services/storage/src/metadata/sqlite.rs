@@ -22,7 +22,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// Schema version stored in `PRAGMA user_version`; migrations run in order up to it.
-const SCHEMA_VERSION: i64 = 7;
+const SCHEMA_VERSION: i64 = 8;
 
 const SCHEMA_V1: &str = r#"
 CREATE TABLE domains (
@@ -375,6 +375,29 @@ const SCHEMA_V7: &str = r#"
 ALTER TABLE messages ADD COLUMN save_date INTEGER;
 "#;
 
+/// v8: `\Noselect` placeholders, mailbox ACLs (RFC 4314) with their reverse index by
+/// identifier, and metadata entries (RFC 5464). `mailbox_id` 0 in `metadata` is a server
+/// entry (mailbox ids start at 1).
+const SCHEMA_V8: &str = r#"
+ALTER TABLE mailboxes ADD COLUMN noselect INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE acl (
+    mailbox_id INTEGER NOT NULL,
+    identifier TEXT NOT NULL,
+    owner_id INTEGER NOT NULL,
+    rights TEXT NOT NULL,
+    PRIMARY KEY (mailbox_id, identifier)
+) WITHOUT ROWID;
+CREATE INDEX acl_identifier ON acl(identifier);
+CREATE TABLE metadata (
+    account_id INTEGER NOT NULL,
+    mailbox_id INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    value BLOB NOT NULL,
+    PRIMARY KEY (account_id, mailbox_id, name)
+) WITHOUT ROWID;
+CREATE INDEX metadata_mailbox ON metadata(mailbox_id);
+"#;
+
 fn migrate(conn: &Connection) -> StoreResult<()> {
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
@@ -423,6 +446,12 @@ fn migrate(conn: &Connection) -> StoreResult<()> {
     if version < 7 {
         conn.execute_batch(&format!(
             "BEGIN IMMEDIATE; {SCHEMA_V7} PRAGMA user_version = 7; COMMIT;"
+        ))
+        .map_err(db_err)?;
+    }
+    if version < 8 {
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {SCHEMA_V8} PRAGMA user_version = 8; COMMIT;"
         ))
         .map_err(db_err)?;
     }
@@ -563,8 +592,8 @@ fn account_by_address(conn: &Connection, address: &str) -> StoreResult<Option<Ac
     .map_err(db_err)
 }
 
-const MAILBOX_COLS: &str =
-    "id, account_id, name, special_use, uid_validity, uid_next, highest_modseq, message_count";
+const MAILBOX_COLS: &str = "id, account_id, name, special_use, uid_validity, uid_next, \
+     highest_modseq, message_count, noselect";
 
 fn mailbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Mailbox> {
     let special: Option<String> = r.get(3)?;
@@ -577,6 +606,7 @@ fn mailbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Mailbox> {
         uid_next: Uid(r.get::<_, i64>(5)? as u32),
         highest_modseq: ModSeq(r.get::<_, i64>(6)? as u64),
         message_count: r.get::<_, i64>(7)? as u64,
+        noselect: r.get::<_, i64>(8)? != 0,
     })
 }
 
@@ -687,6 +717,11 @@ fn purge_mailbox(conn: &Connection, mailbox: i64) -> StoreResult<Vec<BlobId>> {
     conn.execute("DELETE FROM changes WHERE mailbox_id = ?1", [mailbox])
         .map_err(db_err)?;
     conn.execute("DELETE FROM recent_marks WHERE mailbox_id = ?1", [mailbox])
+        .map_err(db_err)?;
+    // The ACL and the metadata (every user's) go with the mailbox (RFC 4314, RFC 5464 §3).
+    conn.execute("DELETE FROM acl WHERE mailbox_id = ?1", [mailbox])
+        .map_err(db_err)?;
+    conn.execute("DELETE FROM metadata WHERE mailbox_id = ?1", [mailbox])
         .map_err(db_err)?;
     let blobs: Vec<String> = rows.into_iter().map(|r| r.0).collect();
     release_blobs(conn, &blobs)
@@ -1200,6 +1235,11 @@ impl MetadataStore for SqliteMetadataStore {
                 [acct.id.0],
             )
             .map_err(db_err)?;
+            // Rights granted to the address must not pass to a new account of that name.
+            c.execute("DELETE FROM acl WHERE identifier = ?1", [&address])
+                .map_err(db_err)?;
+            c.execute("DELETE FROM metadata WHERE account_id = ?1", [acct.id.0])
+                .map_err(db_err)?;
             c.execute("DELETE FROM accounts WHERE id = ?1", [acct.id.0])
                 .map_err(db_err)?;
             // Aliases pointing at the account would otherwise resolve to nothing.
@@ -2291,6 +2331,201 @@ impl MetadataStore for SqliteMetadataStore {
                 params![at, id.0],
             )
             .map_err(db_err)
+        })
+        .await
+    }
+
+    // ---- mailbox placeholders, ACLs, metadata ----
+
+    async fn set_mailbox_noselect(
+        &self,
+        account: AccountId,
+        id: MailboxId,
+        noselect: bool,
+    ) -> StoreResult<Vec<BlobId>> {
+        self.write(move |c| {
+            let owned: i64 = c
+                .query_row(
+                    "SELECT COUNT(*) FROM mailboxes WHERE id = ?1 AND account_id = ?2",
+                    params![id.0, account.0],
+                    |r| r.get(0),
+                )
+                .map_err(db_err)?;
+            if owned == 0 {
+                return Err(StoreError::NotFound(format!("mailbox {id}")));
+            }
+            let orphaned = if noselect {
+                purge_mailbox(c, id.0)?
+            } else {
+                Vec::new()
+            };
+            // A mailbox made again from a placeholder is a new mailbox: a new UIDVALIDITY
+            // (RFC 9051 §2.3.1.1), above the old one so it differs.
+            c.execute(
+                "UPDATE mailboxes SET noselect = ?1, \
+                 message_count = CASE WHEN ?1 = 1 THEN 0 ELSE message_count END, \
+                 uid_validity = CASE WHEN ?1 = 0 AND noselect = 1 \
+                 THEN (uid_validity % 2147483646) + 1 ELSE uid_validity END WHERE id = ?2",
+                params![noselect as i64, id.0],
+            )
+            .map_err(db_err)?;
+            Ok(orphaned)
+        })
+        .await
+    }
+
+    async fn set_acl(
+        &self,
+        owner: AccountId,
+        mailbox: MailboxId,
+        identifier: &str,
+        rights: &str,
+    ) -> StoreResult<()> {
+        let (identifier, rights) = (identifier.to_string(), rights.to_string());
+        self.write(move |c| {
+            let owned: i64 = c
+                .query_row(
+                    "SELECT COUNT(*) FROM mailboxes WHERE id = ?1 AND account_id = ?2",
+                    params![mailbox.0, owner.0],
+                    |r| r.get(0),
+                )
+                .map_err(db_err)?;
+            if owned == 0 {
+                return Err(StoreError::NotFound(format!("mailbox {mailbox}")));
+            }
+            if rights.is_empty() {
+                c.execute(
+                    "DELETE FROM acl WHERE mailbox_id = ?1 AND identifier = ?2",
+                    params![mailbox.0, identifier],
+                )
+            } else {
+                c.execute(
+                    "INSERT INTO acl (mailbox_id, identifier, owner_id, rights) \
+                     VALUES (?1, ?2, ?3, ?4) ON CONFLICT (mailbox_id, identifier) \
+                     DO UPDATE SET rights = excluded.rights",
+                    params![mailbox.0, identifier, owner.0, rights],
+                )
+            }
+            .map_err(db_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_acl(&self, mailbox: MailboxId) -> StoreResult<Vec<AclEntry>> {
+        self.read(move |c| {
+            let mut s = c
+                .prepare_cached(
+                    "SELECT identifier, rights FROM acl WHERE mailbox_id = ?1 ORDER BY identifier",
+                )
+                .map_err(db_err)?;
+            let rows = s
+                .query_map([mailbox.0], |r| {
+                    Ok(AclEntry {
+                        identifier: r.get(0)?,
+                        rights: r.get(1)?,
+                    })
+                })
+                .map_err(db_err)?;
+            rows.collect::<Result<_, _>>().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn shared_with(&self, identifier: &str) -> StoreResult<Vec<SharedMailbox>> {
+        let identifier = identifier.to_string();
+        self.read(move |c| {
+            let mut s = c
+                .prepare_cached(
+                    "SELECT owner_id, mailbox_id, rights FROM acl WHERE identifier = ?1 \
+                     ORDER BY mailbox_id",
+                )
+                .map_err(db_err)?;
+            let rows = s
+                .query_map([identifier], |r| {
+                    Ok(SharedMailbox {
+                        owner: AccountId(r.get(0)?),
+                        mailbox: MailboxId(r.get(1)?),
+                        rights: r.get(2)?,
+                    })
+                })
+                .map_err(db_err)?;
+            rows.collect::<Result<_, _>>().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn get_metadata(&self, scope: MetadataScope) -> StoreResult<Vec<(String, Vec<u8>)>> {
+        self.read(move |c| {
+            let mut s = c
+                .prepare_cached(
+                    "SELECT name, value FROM metadata WHERE account_id = ?1 AND mailbox_id = ?2 \
+                     ORDER BY name",
+                )
+                .map_err(db_err)?;
+            let rows = s
+                .query_map(
+                    params![scope.account.0, scope.mailbox.map_or(0, |m| m.0)],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .map_err(db_err)?;
+            rows.collect::<Result<_, _>>().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn set_metadata(
+        &self,
+        scope: MetadataScope,
+        entries: Vec<(String, Option<Vec<u8>>)>,
+        limits: MetadataLimits,
+    ) -> StoreResult<()> {
+        self.write(move |c| {
+            let (a, m) = (scope.account.0, scope.mailbox.map_or(0, |m| m.0));
+            if let Some(mb) = scope.mailbox {
+                let exists: i64 = c
+                    .query_row(
+                        "SELECT COUNT(*) FROM mailboxes WHERE id = ?1",
+                        [mb.0],
+                        |r| r.get(0),
+                    )
+                    .map_err(db_err)?;
+                if exists == 0 {
+                    return Err(StoreError::NotFound(format!("mailbox {mb}")));
+                }
+            }
+            // The writer runs one job at a time and a failed job is rolled back, so the
+            // limit check below sees every committed entry and a refused write leaves none.
+            for (name, value) in &entries {
+                match value {
+                    Some(v) => c.execute(
+                        "INSERT INTO metadata (account_id, mailbox_id, name, value) \
+                         VALUES (?1, ?2, ?3, ?4) ON CONFLICT (account_id, mailbox_id, name) \
+                         DO UPDATE SET value = excluded.value",
+                        params![a, m, name, v],
+                    ),
+                    None => c.execute(
+                        "DELETE FROM metadata WHERE account_id = ?1 AND mailbox_id = ?2 \
+                         AND name = ?3",
+                        params![a, m, name],
+                    ),
+                }
+                .map_err(db_err)?;
+            }
+            let (count, bytes): (i64, i64) = c
+                .query_row(
+                    "SELECT COUNT(*), COALESCE(SUM(LENGTH(name) + LENGTH(value)), 0) \
+                     FROM metadata WHERE account_id = ?1 AND mailbox_id = ?2",
+                    params![a, m],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .map_err(db_err)?;
+            if count as usize > limits.max_entries || bytes as u64 > limits.max_bytes {
+                return Err(StoreError::QuotaExceeded(format!(
+                    "metadata of mailbox {m}: {count} entries, {bytes} bytes"
+                )));
+            }
+            Ok(())
         })
         .await
     }
