@@ -43,6 +43,7 @@ async fn scylla_metadata_conformance() {
     conformance::metadata_store(meta.as_ref()).await;
     conformance::metadata_concurrent_appends(meta.clone()).await;
     conformance::metadata_recent_claims(meta.clone()).await;
+    conformance::metadata_text_index(meta.as_ref()).await;
     conformance::metadata_credentials(meta.as_ref()).await;
     conformance::metadata_outbound_queue(meta.as_ref()).await;
     conformance::metadata_outbound_delivery(meta.as_ref()).await;

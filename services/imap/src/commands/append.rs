@@ -68,10 +68,15 @@ impl Session {
             .unwrap_or_else(|| chrono::Utc::now().timestamp());
         let data = Bytes::from(data);
         let for_parse = data.clone();
-        let summary =
-            tokio::task::spawn_blocking(move || mailfleet_mime::analyze(&for_parse).to_bytes())
-                .await
-                .map_err(|e| StoreError::Unavailable(format!("message analysis failed: {e}")))?;
+        let (summary, text) = tokio::task::spawn_blocking(move || {
+            let ix = mailfleet_mime::search_text::index_pieces(&for_parse);
+            (
+                mailfleet_mime::analyze(&for_parse).to_bytes(),
+                mailfleet_storage::MessageText::from_pairs(ix.pieces, ix.complete),
+            )
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("message analysis failed: {e}")))?;
         let size = data.len() as u64;
         let blob = self.stores.put_blob(data).await?;
         let flags = Flags::new(flags.iter().map(|f| f.to_string()));
@@ -105,6 +110,16 @@ impl Session {
         let Some(a) = appended.first() else {
             return Err(StoreError::Corrupt("append returned nothing".into()));
         };
+        // Best effort: a message whose indexing failed stays pending in the index, and
+        // SEARCH then parses it (`mailfleet admin reindex` indexes it later).
+        if let Err(e) = self
+            .stores
+            .meta
+            .index_text(mb.id, vec![(a.uid, text)])
+            .await
+        {
+            tracing::warn!(error = %e, "full-text indexing failed");
+        }
         self.notify(mb.id, Some(a.modseq)).await;
         let mut out = self.pending_updates(false).await?;
         out.push(response::ok(
