@@ -103,7 +103,9 @@ pub fn message(i: usize, body_size: usize) -> Vec<u8> {
         "update", "deadline", "team", "quarter", "design", "release", "feedback", "draft",
         "agenda", "travel", "contract", "support", "network", "server", "customer", "order",
     ];
-    let mut x = (i as u64).wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut x = (i as u64)
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let mut next = || {
         x ^= x >> 33;
         x = x.wrapping_mul(0xff51afd7ed558ccd);
@@ -174,7 +176,10 @@ impl Client {
                 break;
             }
         }
-        if !out.last().is_some_and(|l| l.starts_with(&format!("{tag} OK"))) {
+        if !out
+            .last()
+            .is_some_and(|l| l.starts_with(&format!("{tag} OK")))
+        {
             bail!("{line}: {:?}", out.last());
         }
         Ok(out)
@@ -245,7 +250,10 @@ pub async fn run_search_bench(cfg: &SearchBenchConfig) -> anyhow::Result<SearchB
         bail!("--messages must be 1..={MAX_MESSAGES}");
     }
     let tmp = tempfile::tempdir()?;
-    let dir = cfg.data_dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+    let dir = cfg
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| tmp.path().to_path_buf());
     let stores = mailfleet_storage::embedded::open(&dir, 64)?;
     stores.meta.create_domain("example.test").await?;
     let user = "bench@example.test";

@@ -97,7 +97,10 @@ impl Harness {
                 .meta
                 .index_text(
                     self.inbox,
-                    vec![(appended[0].uid, MessageText::from_pairs(ix.pieces, ix.complete))],
+                    vec![(
+                        appended[0].uid,
+                        MessageText::from_pairs(ix.pieces, ix.complete),
+                    )],
                 )
                 .await
                 .expect("index");
@@ -217,7 +220,6 @@ impl Client {
     }
 }
 
-
 fn corpus() -> Vec<Vec<u8>> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../mime/tests/corpus");
     let mut files: Vec<_> = std::fs::read_dir(&dir)
@@ -226,7 +228,10 @@ fn corpus() -> Vec<Vec<u8>> {
         .filter(|p| p.extension().is_some_and(|x| x == "eml"))
         .collect();
     files.sort();
-    files.iter().map(|p| std::fs::read(p).expect("read")).collect()
+    files
+        .iter()
+        .map(|p| std::fs::read(p).expect("read"))
+        .collect()
 }
 
 /// `s` as an IMAP literal (LITERAL+), so any string can be sent.
@@ -291,7 +296,9 @@ async fn indexed_search_answers_as_the_scan_does() {
             if i % 3 != 0 {
                 continue;
             }
-            let Some(p) = parser.parse(m.as_slice()) else { continue };
+            let Some(p) = parser.parse(m.as_slice()) else {
+                continue;
+            };
             for t in field_texts(&p, m, *field).iter().take(3) {
                 needles_of(t, &mut needles);
             }
@@ -326,13 +333,21 @@ async fn indexed_search_answers_as_the_scan_does() {
                 .unwrap_or_else(|| format!("no SEARCH response: {r:?}"))
         };
         assert_eq!(hits(&ra), hits(&rb), "{c}");
-        assert!(ra.last().is_some_and(|l| l.starts_with(&format!("t{i} OK"))), "{c}: {ra:?}");
+        assert!(
+            ra.last()
+                .is_some_and(|l| l.starts_with(&format!("t{i} OK"))),
+            "{c}: {ra:?}"
+        );
         if hits(&ra) != "* SEARCH" {
             nonempty += 1;
         }
     }
     assert!(commands.len() > 300, "{} commands", commands.len());
-    assert!(nonempty > commands.len() / 3, "{nonempty} of {} found something", commands.len());
+    assert!(
+        nonempty > commands.len() / 3,
+        "{nonempty} of {} found something",
+        commands.len()
+    );
 
     // SORT goes through the same evaluation.
     let sort = "z UID SORT (SUBJECT) UTF-8 OR BODY {5+}\r\nhello SUBJECT {4+}\r\ntest";

@@ -469,7 +469,11 @@ const REINDEX_BATCH: usize = 200;
 /// (those stored before the index existed, or whose indexing failed at delivery), of one
 /// account or of all. Safe while the server runs: each message is read, its texts
 /// extracted and recorded, one batch at a time; running it again does only what is left.
-pub async fn reindex(config: &Config, address: Option<String>, json_out: bool) -> anyhow::Result<()> {
+pub async fn reindex(
+    config: &Config,
+    address: Option<String>,
+    json_out: bool,
+) -> anyhow::Result<()> {
     let stores = open(config).await?;
     let accounts = match address {
         Some(a) => vec![account_id(&stores, &a).await?],

@@ -115,7 +115,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Alias(c) => runtime.block_on(admin::alias(&config, c, cli.json)),
         Command::Mailbox(c) => runtime.block_on(admin::mailbox(&config, c, cli.json)),
         Command::Message(c) => runtime.block_on(admin::message(&config, c, cli.json)),
-        Command::Reindex { address } => runtime.block_on(admin::reindex(&config, address, cli.json)),
+        Command::Reindex { address } => {
+            runtime.block_on(admin::reindex(&config, address, cli.json))
+        }
         Command::AppPassword(c) => runtime.block_on(security::app_password(&config, c, cli.json)),
         Command::Totp(c) => runtime.block_on(security::totp_cmd(&config, c, cli.json)),
         Command::SendAs(c) => runtime.block_on(security::send_as(&config, c, cli.json)),

@@ -322,7 +322,10 @@ X-Tag: one\r\nX-Tag: Two\r\n\r\nHello WORLD\r\n";
         assert!(texts_match(&texts(SearchField::To), "carol@"));
         assert!(texts_match(&texts(SearchField::Body), "hello world"));
         assert!(texts_match(&texts(SearchField::Header), "x-tag: one"));
-        assert_eq!(texts(SearchField::Field("x-TAG")), vec!["one\nTwo".to_string()]);
+        assert_eq!(
+            texts(SearchField::Field("x-TAG")),
+            vec!["one\nTwo".to_string()]
+        );
         assert!(texts(SearchField::Field("X-Missing")).is_empty());
     }
 

@@ -1890,7 +1890,12 @@ pub async fn metadata_text_index(meta: &dyn MetadataStore) {
     let body = b"Subject: late\r\n\r\nlate\r\n";
     let late = meta
         .append(
-            vec![message_with(&account, &inbox, &BlobId::of(body), body.len())],
+            vec![message_with(
+                &account,
+                &inbox,
+                &BlobId::of(body),
+                body.len(),
+            )],
             QuotaPolicy::Enforce,
         )
         .await
@@ -1919,8 +1924,8 @@ pub async fn metadata_text_index(meta: &dyn MetadataStore) {
         .await
         .expect("unindexed")
         .is_empty());
-    assert!(meta
-        .search_text(inbox.id, &[], "hello")
-        .await
-        .is_err(), "a search names at least one field");
+    assert!(
+        meta.search_text(inbox.id, &[], "hello").await.is_err(),
+        "a search names at least one field"
+    );
 }

@@ -72,7 +72,9 @@ impl MessageText {
             )));
         }
         if self.pieces.iter().any(|p| p.field.len() > 255) {
-            return Err(crate::StoreError::Invalid("index field name too long".into()));
+            return Err(crate::StoreError::Invalid(
+                "index field name too long".into(),
+            ));
         }
         Ok(())
     }

@@ -57,8 +57,7 @@ const DOCS_READ_FIELDS: &str =
 const DOCS_INSERT: &str =
     "INSERT INTO fts_docs (mailbox_id, uid, field, seq, text) VALUES (?, ?, ?, ?, ?)";
 const DOCS_DELETE: &str = "DELETE FROM fts_docs WHERE mailbox_id = ? AND uid = ?";
-const POSTING_INSERT: &str =
-    "INSERT INTO fts_postings (mailbox_id, gram, uid) VALUES (?, ?, ?)";
+const POSTING_INSERT: &str = "INSERT INTO fts_postings (mailbox_id, gram, uid) VALUES (?, ?, ?)";
 const POSTING_DELETE: &str =
     "DELETE FROM fts_postings WHERE mailbox_id = ? AND gram = ? AND uid = ?";
 const POSTING_READ: &str = "SELECT uid FROM fts_postings WHERE mailbox_id = ? AND gram = ?";
@@ -125,10 +124,8 @@ impl ScyllaMetadataStore {
 
     /// The stored texts of one message.
     async fn fts_docs(&self, mailbox: MailboxId, uid: Uid) -> StoreResult<Vec<TextPiece>> {
-        let rows: Vec<(String, i32, String)> = self
-            .db
-            .all(DOCS_READ, (mailbox.0, uid.0 as i64))
-            .await?;
+        let rows: Vec<(String, i32, String)> =
+            self.db.all(DOCS_READ, (mailbox.0, uid.0 as i64)).await?;
         Ok(rows
             .into_iter()
             .map(|(field, _, text)| TextPiece { field, text })
@@ -139,7 +136,9 @@ impl ScyllaMetadataStore {
     /// texts, pending mark.
     pub(super) async fn fts_remove(&self, mailbox: MailboxId, uid: Uid) -> StoreResult<()> {
         self.fts_clear(mailbox, uid).await?;
-        self.db.run(PENDING_DELETE, (mailbox.0, uid.0 as i64)).await?;
+        self.db
+            .run(PENDING_DELETE, (mailbox.0, uid.0 as i64))
+            .await?;
         Ok(())
     }
 
@@ -204,7 +203,9 @@ impl ScyllaMetadataStore {
         )
         .await?;
         if text.complete && all_grams {
-            self.db.run(PENDING_DELETE, (mailbox.0, uid.0 as i64)).await?;
+            self.db
+                .run(PENDING_DELETE, (mailbox.0, uid.0 as i64))
+                .await?;
         } else {
             self.db
                 .run(PENDING_INSERT, (mailbox.0, uid.0 as i64, 1i32))
@@ -385,9 +386,7 @@ pub(super) async fn backfill_pending(
         .query_iter(format!("SELECT mailbox_id, uid FROM {ks}.messages"), ())
         .await
         .map_err(db_err)?;
-    let mut rows = pager
-        .rows_stream::<(i64, i64)>()
-        .map_err(super::row_err)?;
+    let mut rows = pager.rows_stream::<(i64, i64)>().map_err(super::row_err)?;
     while let Some(row) = rows.next().await {
         let (mailbox, uid) = row.map_err(db_err)?;
         session
