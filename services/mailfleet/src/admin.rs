@@ -448,20 +448,6 @@ pub async fn message(config: &Config, cmd: MessageCmd, json_out: bool) -> anyhow
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::parse_size;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("1024").expect("n"), 1024);
-        assert_eq!(parse_size("2K").expect("k"), 2048);
-        assert_eq!(parse_size("1g").expect("g"), 1 << 30);
-        assert!(parse_size("abc").is_err());
-        assert!(parse_size("99999999999T").is_err());
-    }
-}
-
 /// Messages reindexed per store call.
 const REINDEX_BATCH: usize = 200;
 
@@ -530,4 +516,18 @@ pub async fn reindex(
         anyhow::bail!("{failed} messages could not be read; they stay unindexed");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1024").expect("n"), 1024);
+        assert_eq!(parse_size("2K").expect("k"), 2048);
+        assert_eq!(parse_size("1g").expect("g"), 1 << 30);
+        assert!(parse_size("abc").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
 }
