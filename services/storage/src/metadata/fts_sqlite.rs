@@ -168,7 +168,9 @@ pub(super) fn search(
         .map_err(db_err)?;
     let marks: Vec<String> = (0..fields.len()).map(|i| format!("?{}", i + 3)).collect();
     let sql = format!(
-        "SELECT DISTINCT d.uid FROM fts_text JOIN fts_docs d ON d.id = fts_text.rowid \
+        // CROSS JOIN keeps the FTS match as the outer loop: otherwise the planner may walk
+        // every text of the mailbox and test each against the match.
+        "SELECT DISTINCT d.uid FROM fts_text CROSS JOIN fts_docs d ON d.id = fts_text.rowid \
          WHERE fts_text MATCH ?1 AND d.mailbox_id = ?2 AND d.field IN ({}) ORDER BY d.uid",
         marks.join(", ")
     );
