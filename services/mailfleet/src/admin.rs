@@ -448,6 +448,76 @@ pub async fn message(config: &Config, cmd: MessageCmd, json_out: bool) -> anyhow
     Ok(())
 }
 
+/// Messages reindexed per store call.
+const REINDEX_BATCH: usize = 200;
+
+/// `mailfleet reindex [ADDRESS]`: indexes for full-text search the messages that are not
+/// (those stored before the index existed, or whose indexing failed at delivery), of one
+/// account or of all. Safe while the server runs: each message is read, its texts
+/// extracted and recorded, one batch at a time; running it again does only what is left.
+pub async fn reindex(
+    config: &Config,
+    address: Option<String>,
+    json_out: bool,
+) -> anyhow::Result<()> {
+    let stores = open(config).await?;
+    let accounts = match address {
+        Some(a) => vec![account_id(&stores, &a).await?],
+        None => stores
+            .meta
+            .list_accounts(None)
+            .await?
+            .into_iter()
+            .map(|a| a.id)
+            .collect(),
+    };
+    let (mut indexed, mut failed) = (0u64, 0u64);
+    for account in accounts {
+        for mb in stores.meta.list_mailboxes(account).await? {
+            let mut after = Uid(0);
+            loop {
+                let page = stores
+                    .meta
+                    .unindexed_messages(mb.id, after, REINDEX_BATCH)
+                    .await?;
+                let Some(last) = page.last() else { break };
+                after = *last;
+                let mut batch = Vec::with_capacity(page.len());
+                for uid in page {
+                    let Some(meta) = stores.meta.get_message(mb.id, uid).await? else {
+                        continue; // expunged meanwhile
+                    };
+                    let bytes = match stores.blobs.get(&meta.blob).await {
+                        Ok(b) => b,
+                        Err(e) => {
+                            eprintln!("mailbox {} UID {}: {e}", mb.name, uid.0);
+                            failed += 1;
+                            continue;
+                        }
+                    };
+                    let text = tokio::task::spawn_blocking(move || {
+                        let ix = mailfleet_mime::search_text::index_pieces(&bytes);
+                        mailfleet_storage::MessageText::from_pairs(ix.pieces, ix.complete)
+                    })
+                    .await?;
+                    batch.push((uid, text));
+                }
+                indexed += batch.len() as u64;
+                stores.meta.index_text(mb.id, batch).await?;
+            }
+        }
+    }
+    if json_out {
+        println!("{}", json!({"indexed": indexed, "failed": failed}));
+    } else {
+        println!("indexed {indexed} messages, {failed} failed");
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} messages could not be read; they stay unindexed");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::parse_size;

@@ -55,6 +55,12 @@ enum Command {
     Mailbox(admin::MailboxCmd),
     #[command(subcommand)]
     Message(admin::MessageCmd),
+    /// Index for full-text search the messages that are not yet (stored before the index
+    /// existed, or whose indexing failed), of one account or of all.
+    Reindex {
+        /// Only this account.
+        address: Option<String>,
+    },
     /// App passwords: one per device, usable where the account password is.
     #[command(subcommand)]
     AppPassword(security::AppPasswordCmd),
@@ -109,6 +115,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Alias(c) => runtime.block_on(admin::alias(&config, c, cli.json)),
         Command::Mailbox(c) => runtime.block_on(admin::mailbox(&config, c, cli.json)),
         Command::Message(c) => runtime.block_on(admin::message(&config, c, cli.json)),
+        Command::Reindex { address } => {
+            runtime.block_on(admin::reindex(&config, address, cli.json))
+        }
         Command::AppPassword(c) => runtime.block_on(security::app_password(&config, c, cli.json)),
         Command::Totp(c) => runtime.block_on(security::totp_cmd(&config, c, cli.json)),
         Command::SendAs(c) => runtime.block_on(security::send_as(&config, c, cli.json)),

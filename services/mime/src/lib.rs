@@ -38,6 +38,7 @@
 //! header.rs     header lines, fields, unfolding, whitespace normalisation
 //! decode.rs     Decoded: RFC 2047 decoding, dates, RFC 5256 base subject
 //! section.rs    section(): BODY[...] by offsets
+//! search_text.rs  the texts SEARCH keys look at; full-text index entries
 //! imap.rs       conversion to imap-types and wire encoding
 //! octets.rs     Octets: header bytes kept exactly
 //! bin/mime-dump.rs  prints ENVELOPE and BODYSTRUCTURE of .eml files
@@ -55,6 +56,7 @@ mod part;
 mod preview;
 mod rfc822;
 mod scan;
+pub mod search_text;
 mod section;
 mod summary;
 

@@ -2060,3 +2060,226 @@ pub async fn metadata_acl_and_annotations(meta: &dyn MetadataStore) {
     assert!(meta.get_acl(other.id).await.expect("acl").is_empty());
     assert!(meta.get_metadata(server).await.expect("md").is_empty());
 }
+
+/// The full-text index: pending messages, exact substring answers per field, the
+/// needle-length floor, replacement, and entries carried by COPY/MOVE and removed by
+/// expunge and mailbox deletion.
+pub async fn metadata_text_index(meta: &dyn MetadataStore) {
+    use crate::text_index::{MessageText, TextMatches, TextPiece};
+    fn text(pieces: &[(&str, &str)], complete: bool) -> MessageText {
+        MessageText {
+            pieces: pieces
+                .iter()
+                .map(|(f, t)| TextPiece {
+                    field: f.to_string(),
+                    text: t.to_string(),
+                })
+                .collect(),
+            complete,
+        }
+    }
+    let fields = |f: &[&str]| -> Vec<String> { f.iter().map(|s| s.to_string()).collect() };
+    let (account, inbox, uids) = account_with_messages(meta, 3).await;
+    let other = meta
+        .create_mailbox(account.id, "Other", None)
+        .await
+        .expect("create mailbox");
+    let search = |mb: MailboxId, f: &[&str], needle: &str| {
+        let f = fields(f);
+        let needle = needle.to_string();
+        async move {
+            meta.search_text(mb, &f, &needle)
+                .await
+                .expect("search_text")
+        }
+    };
+    let answer = |matched: &[Uid], unverified: &[Uid]| {
+        Some(TextMatches {
+            matched: matched.to_vec(),
+            unverified: unverified.to_vec(),
+        })
+    };
+
+    // Not indexed yet: every message is unverified, and listed for the reindex.
+    assert_eq!(
+        search(inbox.id, &["body"], "hello").await,
+        answer(&[], &uids),
+        "appended messages are pending"
+    );
+    assert_eq!(
+        meta.unindexed_messages(inbox.id, Uid(0), 10)
+            .await
+            .expect("unindexed"),
+        uids
+    );
+    assert_eq!(
+        meta.unindexed_messages(inbox.id, uids[0], 1)
+            .await
+            .expect("unindexed after"),
+        vec![uids[1]]
+    );
+
+    meta.index_text(
+        inbox.id,
+        vec![
+            (
+                uids[0],
+                text(
+                    &[
+                        ("subject", "greetings"),
+                        ("body", "hello world, say \"hi\" now"),
+                    ],
+                    true,
+                ),
+            ),
+            (uids[1], text(&[("body", "goodbye grüße")], true)),
+            // Indexed incompletely: found where its texts say so, unverified otherwise.
+            (uids[2], text(&[("subject", "hello there")], false)),
+            (Uid(9999), text(&[("body", "no such message")], true)),
+        ],
+    )
+    .await
+    .expect("index_text");
+    assert_eq!(
+        search(inbox.id, &["body"], "hello").await,
+        answer(&[uids[0]], &[uids[2]])
+    );
+    assert_eq!(
+        search(inbox.id, &["subject"], "hello").await,
+        answer(&[uids[2]], &[])
+    );
+    assert_eq!(
+        search(inbox.id, &["subject", "body"], "ello").await,
+        answer(&[uids[0], uids[2]], &[])
+    );
+    assert_eq!(
+        search(inbox.id, &["body"], "lo wor").await,
+        answer(&[uids[0]], &[uids[2]]),
+        "substrings across words"
+    );
+    assert_eq!(
+        search(inbox.id, &["body"], "\"hi\"").await,
+        answer(&[uids[0]], &[uids[2]]),
+        "quotes are plain characters"
+    );
+    assert_eq!(
+        search(inbox.id, &["body"], "üße").await,
+        answer(&[uids[1]], &[uids[2]]),
+        "code points, not bytes"
+    );
+    assert_eq!(
+        search(inbox.id, &["body"], "HELLO").await,
+        answer(&[], &[uids[2]]),
+        "exact: case folding is the caller's"
+    );
+    assert_eq!(
+        search(inbox.id, &["body"], "world!").await,
+        answer(&[], &[uids[2]])
+    );
+    assert_eq!(
+        search(inbox.id, &["body"], "no such").await,
+        answer(&[], &[uids[2]]),
+        "texts of a message that does not exist are not kept"
+    );
+    assert_eq!(search(inbox.id, &["body"], "he").await, None, "too short");
+    assert!(meta
+        .unindexed_messages(inbox.id, Uid(0), 10)
+        .await
+        .expect("unindexed")
+        .is_empty());
+
+    // COPY carries entries (and the incomplete mark), MOVE too.
+    let copied = meta
+        .copy_messages(account.id, inbox.id, &[uids[0], uids[2]], other.id)
+        .await
+        .expect("copy");
+    let (c0, c2) = (copied[0].dest.uid, copied[1].dest.uid);
+    assert_eq!(
+        search(other.id, &["body"], "hello").await,
+        answer(&[c0], &[c2])
+    );
+    assert_eq!(
+        search(other.id, &["subject"], "there").await,
+        answer(&[c2], &[])
+    );
+    let (moved, _) = meta
+        .move_messages(account.id, inbox.id, &[uids[1]], other.id)
+        .await
+        .expect("move");
+    let m1 = moved[0].dest.uid;
+    assert_eq!(
+        search(other.id, &["body"], "goodbye").await,
+        answer(&[m1], &[c2])
+    );
+    assert_eq!(
+        search(inbox.id, &["body"], "goodbye").await,
+        answer(&[], &[uids[2]]),
+        "a moved message leaves the source's index"
+    );
+
+    // Expunge removes entries; indexing again replaces them.
+    meta.expunge(inbox.id, &[uids[0]]).await.expect("expunge");
+    assert_eq!(
+        search(inbox.id, &["body"], "hello").await,
+        answer(&[], &[uids[2]])
+    );
+    meta.index_text(inbox.id, vec![(uids[2], text(&[("body", "fresh")], true))])
+        .await
+        .expect("reindex");
+    assert_eq!(
+        search(inbox.id, &["subject"], "hello").await,
+        answer(&[], &[])
+    );
+    assert_eq!(
+        search(inbox.id, &["body"], "fresh").await,
+        answer(&[uids[2]], &[])
+    );
+    assert_eq!(
+        search(other.id, &["body"], "hello").await,
+        answer(&[c0], &[c2]),
+        "copies are independent of their originals"
+    );
+
+    // A copy of a message never indexed is pending as well.
+    let body = b"Subject: late\r\n\r\nlate\r\n";
+    let late = meta
+        .append(
+            vec![message_with(
+                &account,
+                &inbox,
+                &BlobId::of(body),
+                body.len(),
+            )],
+            QuotaPolicy::Enforce,
+        )
+        .await
+        .expect("append")[0]
+        .uid;
+    let late_copy = meta
+        .copy_messages(account.id, inbox.id, &[late], other.id)
+        .await
+        .expect("copy pending")[0]
+        .dest
+        .uid;
+    assert_eq!(
+        meta.unindexed_messages(other.id, Uid(0), 10)
+            .await
+            .expect("unindexed"),
+        vec![late_copy]
+    );
+
+    // Deleting the mailbox removes its entries.
+    meta.delete_mailbox(account.id, other.id)
+        .await
+        .expect("delete mailbox");
+    assert_eq!(search(other.id, &["body"], "hello").await, answer(&[], &[]));
+    assert!(meta
+        .unindexed_messages(other.id, Uid(0), 10)
+        .await
+        .expect("unindexed")
+        .is_empty());
+    assert!(
+        meta.search_text(inbox.id, &[], "hello").await.is_err(),
+        "a search names at least one field"
+    );
+}

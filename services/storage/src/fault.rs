@@ -257,6 +257,32 @@ impl MetadataStore for FailingMeta {
         self.check("claim_recent")?;
         self.inner.claim_recent(mailbox, up_to).await
     }
+    async fn index_text(
+        &self,
+        mailbox: MailboxId,
+        entries: Vec<(Uid, MessageText)>,
+    ) -> StoreResult<()> {
+        self.check("index_text")?;
+        self.inner.index_text(mailbox, entries).await
+    }
+    async fn search_text(
+        &self,
+        mailbox: MailboxId,
+        fields: &[String],
+        needle: &str,
+    ) -> StoreResult<Option<TextMatches>> {
+        self.check("search_text")?;
+        self.inner.search_text(mailbox, fields, needle).await
+    }
+    async fn unindexed_messages(
+        &self,
+        mailbox: MailboxId,
+        after: Uid,
+        limit: usize,
+    ) -> StoreResult<Vec<Uid>> {
+        self.check("unindexed_messages")?;
+        self.inner.unindexed_messages(mailbox, after, limit).await
+    }
     async fn subscribe(&self, account: AccountId, name: &str) -> StoreResult<()> {
         self.check("subscribe")?;
         self.inner.subscribe(account, name).await

@@ -13,6 +13,7 @@
 //! - [`metadata`]: the [`MetadataStore`] trait, the SQLite and ScyllaDB backends.
 //! - [`coord`]: the [`Coordinator`] trait, the in-process and Redis backends.
 //! - [`credentials`]: app passwords, TOTP secrets (records only; `mailfleet-auth` decides).
+//! - [`text_index`]: the full-text index's records (texts per message, search answers).
 //! - [`queue`]: outbound queue records (a blob, an envelope, per-recipient state).
 //! - [`conformance`]: the suite every backend must pass; backends' tests call it.
 //! - [`embedded`]: opens the three embedded backends under one data directory.
@@ -32,6 +33,7 @@ pub mod metadata;
 pub mod open;
 pub mod private_fs;
 pub mod queue;
+pub mod text_index;
 pub mod types;
 
 pub use blob::BlobStore;
@@ -43,6 +45,7 @@ pub use queue::{
     DsnRet, NewOutbound, NewOutboundRecipient, OutboundMessage, OutboundRecipient, QueueId,
     RecipientState, RecipientUpdate,
 };
+pub use text_index::{MessageText, TextMatches, TextPiece};
 pub use types::*;
 
 use std::sync::Arc;

@@ -50,6 +50,13 @@ async fn sqlite_acl_and_annotations() {
     conformance::metadata_acl_and_annotations(&meta).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_text_index() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let meta = SqliteMetadataStore::open(dir.path().join("m.sqlite3"), 8).expect("open");
+    conformance::metadata_text_index(&meta).await;
+}
+
 #[tokio::test]
 async fn local_coordinator() {
     conformance::coordinator(&LocalCoordinator::new()).await;

@@ -110,14 +110,19 @@ impl Session {
         let account = target.owner;
         let mb = target.mailbox;
         let mut new = Vec::with_capacity(prepared.len());
+        let mut texts = Vec::with_capacity(prepared.len());
         for p in prepared {
             let for_parse = p.data.clone();
-            let summary =
-                tokio::task::spawn_blocking(move || mailfleet_mime::analyze(&for_parse).to_bytes())
-                    .await
-                    .map_err(|e| {
-                        StoreError::Unavailable(format!("message analysis failed: {e}"))
-                    })?;
+            let (summary, text) = tokio::task::spawn_blocking(move || {
+                let ix = mailfleet_mime::search_text::index_pieces(&for_parse);
+                (
+                    mailfleet_mime::analyze(&for_parse).to_bytes(),
+                    mailfleet_storage::MessageText::from_pairs(ix.pieces, ix.complete),
+                )
+            })
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("message analysis failed: {e}")))?;
+            texts.push(text);
             let size = p.data.len() as u64;
             let blob = self.stores.put_blob(p.data).await?;
             new.push(NewMessage {
@@ -146,6 +151,12 @@ impl Session {
             return Err(StoreError::Corrupt(
                 "append returned too few messages".into(),
             ));
+        }
+        // Best effort: a message whose indexing failed stays pending in the index, and
+        // SEARCH then parses it (`mailfleet reindex` indexes it later).
+        let entries = appended.iter().map(|a| a.uid).zip(texts).collect();
+        if let Err(e) = self.stores.meta.index_text(mb.id, entries).await {
+            tracing::warn!(error = %e, "full-text indexing failed");
         }
         self.notify(mb.id, appended.iter().map(|a| a.modseq).max())
             .await;

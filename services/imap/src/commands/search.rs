@@ -1,8 +1,11 @@
 //! SEARCH and SORT (RFC 5256), with every RFC 9051 search key and CONDSTORE's MODSEQ.
 //!
-//! Keys on flags, sizes, dates and UIDs are answered from the session's view; header and
-//! body keys parse the message (mail-parser) and compare decoded text case-insensitively, as
-//! RFC 9051 §6.4.4 asks. A message is parsed at most once per command.
+//! Keys on flags, sizes, dates and UIDs are answered from the session's view. Header and
+//! body keys compare decoded text case-insensitively, as RFC 9051 §6.4.4 asks, on the texts
+//! `mailfleet_mime::search_text` names: from the store's full-text index where it can answer
+//! (strings of three characters or more, messages indexed completely), which holds exactly
+//! those texts folded, otherwise by parsing the message (mail-parser). A message is parsed
+//! at most once per command.
 
 use super::in_set;
 use crate::response;
@@ -14,6 +17,7 @@ use imap_codec::imap_types::extensions::sort::{SortCriterion, SortKey};
 use imap_codec::imap_types::response::{Code, Data};
 use imap_codec::imap_types::search::SearchKey;
 use mail_parser::{Message, MessageParser};
+use mailfleet_mime::search_text::{self, field_texts, texts_match, SearchField};
 use mailfleet_storage::{StoreResult, Stores};
 use std::num::{NonZeroU32, NonZeroU64};
 
@@ -44,27 +48,11 @@ fn key_count(key: &SearchKey<'_>) -> usize {
 }
 
 fn lower(s: &[u8]) -> String {
-    String::from_utf8_lossy(s).to_lowercase()
-}
-
-fn contains(hay: &str, needle: &str) -> bool {
-    hay.to_lowercase().contains(needle)
+    search_text::fold(&String::from_utf8_lossy(s))
 }
 
 fn day_of(ts: i64) -> Option<NaiveDate> {
     chrono::DateTime::from_timestamp(ts, 0).map(|d| d.date_naive())
-}
-
-fn needs_parse(key: &SearchKey<'_>) -> bool {
-    use SearchKey::*;
-    match key {
-        And(v) => v.as_ref().iter().any(needs_parse),
-        Not(k) => needs_parse(k),
-        Or(a, b) => needs_parse(a) || needs_parse(b),
-        Bcc(_) | Body(_) | Cc(_) | From(_) | Header(..) | Subject(_) | Text(_) | To(_)
-        | SentBefore(_) | SentOn(_) | SentSince(_) => true,
-        _ => false,
-    }
 }
 
 fn depth(key: &SearchKey<'_>) -> usize {
@@ -77,64 +65,6 @@ fn depth(key: &SearchKey<'_>) -> usize {
     }
 }
 
-/// Whether an address header matches a FROM/TO/CC/BCC key: a substring (case-insensitive,
-/// RFC 2047 decoded) of any address's display name, of its `local@domain`, of the
-/// `Name <local@domain>` form, or of the decoded header text as written without its
-/// comments: the keys are defined on the envelope's address fields (RFC 9051 §6.4.4),
-/// which carry no comments, so `Bcc: Hidden: (nobody) ;` does not match `nobody`.
-fn address_matches(
-    parsed: &Message<'_>,
-    header: &str,
-    a: Option<&mail_parser::Address<'_>>,
-    needle: &str,
-) -> bool {
-    // An entry without an address is no envelope address: the parser makes one of a
-    // comment standing alone, as in the empty group `Hidden: (nobody) ;`.
-    let forms = a.into_iter().flat_map(|a| a.iter()).any(|x| {
-        let Some(addr) = x.address().filter(|a| !a.is_empty()) else {
-            return false;
-        };
-        let name = x.name().unwrap_or_default();
-        contains(name, needle)
-            || contains(addr, needle)
-            || contains(&format!("{name} <{addr}>"), needle)
-    });
-    forms || contains(&without_comments(&header_text(parsed, header)), needle)
-}
-
-/// `text` without its RFC 5322 comments (`(...)`, nested, with `\` quoting), leaving
-/// quoted strings, where a parenthesis is just a character, alone.
-fn without_comments(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let (mut depth, mut quoted, mut escaped) = (0usize, false, false);
-    for ch in text.chars() {
-        if escaped {
-            escaped = false;
-            if depth == 0 {
-                out.push(ch);
-            }
-            continue;
-        }
-        match ch {
-            '\\' if quoted || depth > 0 => {
-                escaped = true;
-                if depth == 0 {
-                    out.push(ch);
-                }
-            }
-            '"' if depth == 0 => {
-                quoted = !quoted;
-                out.push(ch);
-            }
-            '(' if !quoted => depth += 1,
-            ')' if !quoted && depth > 0 => depth -= 1,
-            _ if depth == 0 => out.push(ch),
-            _ => {}
-        }
-    }
-    out
-}
-
 /// Everything a key may look at for one message.
 struct Candidate<'a> {
     seq: u32,
@@ -143,70 +73,8 @@ struct Candidate<'a> {
     raw: Option<&'a [u8]>,
     largest_seq: u32,
     largest_uid: u32,
-}
-
-fn header_text(parsed: &Message<'_>, name: &str) -> String {
-    parsed
-        .headers_raw()
-        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| {
-            // Decode RFC 2047 words the way the parser does for known headers.
-            let unfolded: String = v.replace("\r\n", "").replace('\n', "");
-            decode_words(&unfolded)
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-fn decode_words(v: &str) -> String {
-    let synthetic = format!("X: {v}\r\n\r\n");
-    MessageParser::default()
-        .parse(synthetic.as_bytes())
-        .and_then(|m| m.header("X").and_then(|h| h.as_text()).map(str::to_string))
-        .unwrap_or_else(|| v.to_string())
-}
-
-/// How deep [`body_text`] follows message/rfc822 attachments inside attachments.
-const MAX_ATTACHED_DEPTH: usize = 8;
-
-/// The text a BODY or TEXT key searches: the message's text (or, without any, HTML)
-/// bodies, then every attached message/rfc822, its header and its body (RFC 9051 §6.4.4:
-/// the body of a message includes the messages it carries, as Dovecot searches them).
-fn body_text(parsed: &Message<'_>) -> String {
-    let mut out = String::new();
-    push_body_text(parsed, &mut out, 0);
-    out
-}
-
-fn push_body_text(parsed: &Message<'_>, out: &mut String, depth: usize) {
-    out.push_str(&own_body_text(parsed));
-    if depth >= MAX_ATTACHED_DEPTH {
-        return;
-    }
-    for inner in parsed.attachments().filter_map(|a| a.message()) {
-        let raw = inner.raw_message();
-        out.push_str(&String::from_utf8_lossy(&raw[..find_header_end(raw)]));
-        out.push('\n');
-        push_body_text(inner, out, depth + 1);
-    }
-}
-
-fn own_body_text(parsed: &Message<'_>) -> String {
-    let mut out = String::new();
-    for i in 0..parsed.text_body_count() {
-        if let Some(t) = parsed.body_text(i) {
-            out.push_str(&t);
-            out.push('\n');
-        }
-    }
-    if out.is_empty() {
-        for i in 0..parsed.html_body_count() {
-            if let Some(t) = parsed.body_html(i) {
-                out.push_str(&t);
-            }
-        }
-    }
-    out
+    /// What the full-text index answered for text keys of this command.
+    index: &'a IndexAnswers,
 }
 
 /// The Date: header's calendar date as written, disregarding time and timezone (RFC 3501
@@ -258,42 +126,156 @@ fn matches(key: &SearchKey<'_>, c: &Candidate<'_>) -> bool {
         ModSequence { modseq, .. } => c.msg.modseq.0 >= *modseq,
         Not(k) => !matches(k, c),
         Or(a, b) => matches(a, c) || matches(b, c),
-        Bcc(s) | Cc(s) | From(s) | To(s) | Subject(s) | Body(s) | Text(s) => {
-            let Some(p) = c.parsed else { return false };
-            let needle = lower(s.as_ref());
-            match key {
-                Bcc(_) => address_matches(p, "Bcc", p.bcc(), &needle),
-                Cc(_) => address_matches(p, "Cc", p.cc(), &needle),
-                From(_) => address_matches(p, "From", p.from(), &needle),
-                To(_) => address_matches(p, "To", p.to(), &needle),
-                Subject(_) => contains(p.subject().unwrap_or_default(), &needle),
-                Body(_) => contains(&body_text(p), &needle),
-                _ => {
-                    // TEXT: header and body.
-                    let header_hit = c.raw.is_some_and(|r| {
-                        let end = find_header_end(r);
-                        contains(&String::from_utf8_lossy(&r[..end]), &needle)
-                    });
-                    header_hit || contains(&body_text(p), &needle)
-                }
+        Bcc(_) | Cc(_) | From(_) | To(_) | Subject(_) | Body(_) | Text(_) | Header(..) => {
+            if let Some(known) = c.index.answer(key, c.msg.uid.0) {
+                return known;
             }
-        }
-        Header(name, value) => {
-            let Some(p) = c.parsed else { return false };
-            let name = String::from_utf8_lossy(name.as_ref()).into_owned();
-            let text = header_text(p, &name);
-            let present = p.headers_raw().any(|(n, _)| n.eq_ignore_ascii_case(&name));
-            // An empty string matches every message that has the field (RFC 9051).
-            present && contains(&text, &lower(value.as_ref()))
+            let (Some(p), Some(raw), Some(k)) = (c.parsed, c.raw, TextKey::of(key)) else {
+                return false;
+            };
+            k.fields()
+                .into_iter()
+                .any(|f| texts_match(&field_texts(p, raw, f), &k.needle))
         }
     }
 }
 
-fn find_header_end(raw: &[u8]) -> usize {
-    raw.windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|p| p + 4)
-        .unwrap_or(raw.len())
+/// A key on a message's text: the fields it looks at and its folded string.
+struct TextKey {
+    fields: &'static [SearchField<'static>],
+    /// HEADER's field name.
+    header: Option<String>,
+    needle: String,
+}
+
+impl TextKey {
+    /// `None` for keys that are not on text. TEXT is the header block or the body (RFC
+    /// 9051 §6.4.4).
+    fn of(key: &SearchKey<'_>) -> Option<Self> {
+        use SearchKey::*;
+        let (fields, s): (&'static [SearchField<'static>], _) = match key {
+            Bcc(s) => (&[SearchField::Bcc], s),
+            Cc(s) => (&[SearchField::Cc], s),
+            From(s) => (&[SearchField::From], s),
+            To(s) => (&[SearchField::To], s),
+            Subject(s) => (&[SearchField::Subject], s),
+            Body(s) => (&[SearchField::Body], s),
+            Text(s) => (&[SearchField::Header, SearchField::Body], s),
+            Header(name, value) => {
+                return Some(Self {
+                    fields: &[],
+                    header: Some(String::from_utf8_lossy(name.as_ref()).into_owned()),
+                    needle: lower(value.as_ref()),
+                })
+            }
+            _ => return None,
+        };
+        Some(Self {
+            fields,
+            header: None,
+            needle: lower(s.as_ref()),
+        })
+    }
+
+    fn fields(&self) -> Vec<SearchField<'_>> {
+        let mut out = self.fields.to_vec();
+        out.extend(self.header.as_deref().map(SearchField::Field));
+        out
+    }
+}
+
+/// Full-text index lookups made by one command, at most: each is a store query.
+const MAX_INDEX_LOOKUPS: usize = 16;
+
+/// The index's answers for the text keys of one command, keyed by the key's address in
+/// the criteria tree (which outlives the command's evaluation).
+#[derive(Default)]
+struct IndexAnswers {
+    by_key: std::collections::HashMap<usize, IndexAnswer>,
+}
+
+struct IndexAnswer {
+    matched: std::collections::HashSet<u32>,
+    unverified: std::collections::HashSet<u32>,
+}
+
+fn key_addr(key: &SearchKey<'_>) -> usize {
+    std::ptr::from_ref(key) as usize
+}
+
+impl IndexAnswers {
+    /// Looks up the text keys of `criteria` (up to [`MAX_INDEX_LOOKUPS`]) in the store's
+    /// full-text index. A key the index cannot answer (a string under three characters) is
+    /// left to the scan, and so is every key of a message the index reports unverified.
+    async fn lookup(
+        stores: &Stores,
+        mailbox: mailfleet_storage::MailboxId,
+        criteria: &SearchKey<'_>,
+    ) -> StoreResult<Self> {
+        let mut out = Self::default();
+        let mut stack = vec![criteria];
+        let mut lookups = 0;
+        while let Some(k) = stack.pop() {
+            match k {
+                SearchKey::And(v) => stack.extend(v.as_ref().iter()),
+                SearchKey::Not(k) => stack.push(k),
+                SearchKey::Or(a, b) => {
+                    stack.push(a);
+                    stack.push(b);
+                }
+                _ => {
+                    let Some(t) = TextKey::of(k) else {
+                        continue;
+                    };
+                    if lookups >= MAX_INDEX_LOOKUPS
+                        || !mailfleet_storage::text_index::answerable(&t.needle)
+                    {
+                        continue;
+                    }
+                    lookups += 1;
+                    let names: Vec<String> = t.fields().iter().map(|f| f.index_name()).collect();
+                    if let Some(m) = stores.meta.search_text(mailbox, &names, &t.needle).await? {
+                        out.by_key.insert(
+                            key_addr(k),
+                            IndexAnswer {
+                                matched: m.matched.iter().map(|u| u.0).collect(),
+                                unverified: m.unverified.iter().map(|u| u.0).collect(),
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The index's verdict on `key` for message `uid`: `None` when the message must be
+    /// looked at (no answer for this key, or the message is not indexed completely).
+    fn answer(&self, key: &SearchKey<'_>, uid: u32) -> Option<bool> {
+        let a = self.by_key.get(&key_addr(key))?;
+        if a.matched.contains(&uid) {
+            Some(true)
+        } else if a.unverified.contains(&uid) {
+            None
+        } else {
+            Some(false)
+        }
+    }
+
+    /// Whether evaluating `key` for `uid` needs the parsed message.
+    fn needs_parse(&self, key: &SearchKey<'_>, uid: u32) -> bool {
+        use SearchKey::*;
+        match key {
+            And(v) => v.as_ref().iter().any(|k| self.needs_parse(k, uid)),
+            Not(k) => self.needs_parse(k, uid),
+            Or(a, b) => self.needs_parse(a, uid) || self.needs_parse(b, uid),
+            Bcc(_) | Body(_) | Cc(_) | From(_) | Header(..) | Subject(_) | Text(_) | To(_) => {
+                self.answer(key, uid).is_none()
+            }
+            SentBefore(_) | SentOn(_) | SentSince(_) => true,
+            _ => false,
+        }
+    }
 }
 
 impl Session {
@@ -306,29 +288,43 @@ impl Session {
         mut visit: impl FnMut(u32, &ViewMessage, Option<&Message<'_>>),
         parse_all: bool,
     ) -> StoreResult<()> {
-        let parse = parse_all || needs_parse(criteria);
+        // Text keys are answered from the full-text index where it can (see
+        // `IndexAnswers`); a message is read and parsed only when a key still needs it, or
+        // (`parse_all`, SORT) when it matched and its sort keys are needed.
+        let index = IndexAnswers::lookup(stores, sel.id, criteria).await?;
         let largest_seq = sel.len();
         let largest_uid = sel.max_uid().map_or(0, |u| u.get());
         let parser = MessageParser::default();
         for (i, m) in sel.messages().enumerate() {
             let seq = i as u32 + 1;
-            // A message another session expunged since the last refresh has no body to
-            // look at: it matches what its flags and numbers match, and no text key.
-            let raw = if parse {
-                sel.read_body_if_present(stores, m.uid).await?
-            } else {
-                None
+            let parse = index.needs_parse(criteria, m.uid.0);
+            let hit = {
+                // A message another session expunged since the last refresh has no body to
+                // look at: it matches what its flags and numbers match, and no text key.
+                let raw = if parse {
+                    sel.read_body_if_present(stores, m.uid).await?
+                } else {
+                    None
+                };
+                let parsed = raw.as_ref().and_then(|r| parser.parse(r.as_ref()));
+                let c = Candidate {
+                    seq,
+                    msg: m,
+                    parsed: parsed.as_ref(),
+                    raw: raw.as_deref(),
+                    largest_seq,
+                    largest_uid,
+                    index: &index,
+                };
+                let hit = matches(criteria, &c);
+                if hit && (parse || !parse_all) {
+                    visit(seq, &m, parsed.as_ref());
+                }
+                hit
             };
-            let parsed = raw.as_ref().and_then(|r| parser.parse(r.as_ref()));
-            let c = Candidate {
-                seq,
-                msg: m,
-                parsed: parsed.as_ref(),
-                raw: raw.as_deref(),
-                largest_seq,
-                largest_uid,
-            };
-            if matches(criteria, &c) {
+            if hit && !parse && parse_all {
+                let raw = sel.read_body_if_present(stores, m.uid).await?;
+                let parsed = raw.as_ref().and_then(|r| parser.parse(r.as_ref()));
                 visit(seq, &m, parsed.as_ref());
             }
         }
@@ -343,7 +339,8 @@ impl Session {
         criteria: &SearchKey<'_>,
         uids: &std::collections::BTreeSet<mailfleet_storage::Uid>,
     ) -> StoreResult<std::collections::BTreeSet<mailfleet_storage::Uid>> {
-        let parse = needs_parse(criteria);
+        // A few changed messages: scanned, not looked up in the index.
+        let index = IndexAnswers::default();
         let largest_seq = sel.len();
         let largest_uid = sel.max_uid().map_or(0, |u| u.get());
         let parser = MessageParser::default();
@@ -353,7 +350,7 @@ impl Session {
                 continue;
             };
             let Some(m) = sel.by_seq(seq) else { continue };
-            let raw = if parse {
+            let raw = if index.needs_parse(criteria, uid.0) {
                 sel.read_body_if_present(stores, m.uid).await?
             } else {
                 None
@@ -366,6 +363,7 @@ impl Session {
                 raw: raw.as_deref(),
                 largest_seq,
                 largest_uid,
+                index: &index,
             };
             if matches(criteria, &c) {
                 out.insert(*uid);

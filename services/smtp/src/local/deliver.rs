@@ -8,7 +8,7 @@ use super::resolve::Recipient;
 use bytes::Bytes;
 use mailfleet_storage::coord::MailboxEvent;
 use mailfleet_storage::metadata::QuotaPolicy;
-use mailfleet_storage::{Appended, Flags, NewMessage, StoreError, Stores};
+use mailfleet_storage::{Appended, Flags, MessageText, NewMessage, StoreError, Stores};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
@@ -48,11 +48,17 @@ pub async fn deliver(
     }
     // Parse once at delivery so IMAP/JMAP never re-parse to answer header-level fetches.
     // Parsing is CPU work proportional to the message: keep it off the async workers.
+    // The full-text index's texts are extracted in the same pass.
     let for_parse = message.clone();
-    let summary =
-        tokio::task::spawn_blocking(move || mailfleet_mime::analyze(&for_parse).to_bytes())
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("message analysis failed: {e}")))?;
+    let (summary, text) = tokio::task::spawn_blocking(move || {
+        let ix = mailfleet_mime::search_text::index_pieces(&for_parse);
+        (
+            mailfleet_mime::analyze(&for_parse).to_bytes(),
+            MessageText::from_pairs(ix.pieces, ix.complete),
+        )
+    })
+    .await
+    .map_err(|e| StoreError::Unavailable(format!("message analysis failed: {e}")))?;
     let blob = stores.put_blob(message).await?;
     let messages = batch
         .iter()
@@ -76,6 +82,17 @@ pub async fn deliver(
         Err(StoreError::QuotaExceeded(who)) => return Err(DeliveryError::QuotaExceeded(who)),
         Err(e) => return Err(e.into()),
     };
+    for a in &appended {
+        // Best effort as well: a message whose indexing failed stays pending, and searches
+        // then look at it by parsing it (the reindex indexes it later).
+        if let Err(e) = stores
+            .meta
+            .index_text(a.mailbox, vec![(a.uid, text.clone())])
+            .await
+        {
+            tracing::warn!(error = %e, "full-text indexing failed");
+        }
+    }
     for (a, (account, _)) in appended.iter().zip(&batch) {
         // Notification is best effort: sessions also re-check on their own schedule, and a
         // coordinator outage must not turn a durable delivery into a failure.

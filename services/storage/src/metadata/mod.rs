@@ -3,6 +3,7 @@
 //! Every write method is one transaction: it either happens completely and durably before
 //! the returned future resolves, or not at all.
 
+mod fts_sqlite;
 pub mod scylla;
 pub mod sqlite;
 
@@ -202,6 +203,38 @@ pub trait MetadataStore: Send + Sync + 'static {
         mailbox: MailboxId,
         uids: &[Uid],
     ) -> StoreResult<Vec<(Uid, Option<i64>)>>;
+
+    // ---- full-text index (see `crate::text_index`) ----
+    /// Records the texts of messages of `mailbox` for [`Self::search_text`], replacing
+    /// what was recorded for them. Messages that no longer exist are skipped. A message
+    /// appended (or copied from a message never indexed) is pending until this is called
+    /// for it.
+    async fn index_text(
+        &self,
+        mailbox: MailboxId,
+        entries: Vec<(Uid, crate::MessageText)>,
+    ) -> StoreResult<()>;
+    /// The messages of `mailbox` with a text in one of `fields` of which `needle` is a
+    /// substring (exact, code point for code point: fold case before indexing and
+    /// searching), plus the messages the index cannot answer for. `None` when the index
+    /// cannot answer this needle at all (shorter than
+    /// [`crate::text_index::MIN_NEEDLE_CHARS`]); the caller then looks at every message.
+    /// Copies and moves carry a message's entries along; expunge and mailbox deletion
+    /// remove them.
+    async fn search_text(
+        &self,
+        mailbox: MailboxId,
+        fields: &[String],
+        needle: &str,
+    ) -> StoreResult<Option<crate::TextMatches>>;
+    /// Messages of `mailbox` never indexed (pending, as opposed to indexed incompletely),
+    /// with UIDs above `after`, in UID order, at most `limit`: the reindex walks them.
+    async fn unindexed_messages(
+        &self,
+        mailbox: MailboxId,
+        after: Uid,
+        limit: usize,
+    ) -> StoreResult<Vec<Uid>>;
 
     // ---- subscriptions (names, which need not exist: RFC 9051 §6.3.7) ----
     async fn subscribe(&self, account: AccountId, name: &str) -> StoreResult<()>;

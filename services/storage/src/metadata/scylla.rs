@@ -23,6 +23,8 @@
 //!   and writes, SERIAL (LOCAL_SERIAL) for LWTs; idempotent statements are marked so the
 //!   driver may retry them, counter updates and LWTs are not.
 
+mod fts;
+
 use super::{ConditionalStore, Expunged, MetadataStore, QuotaPolicy};
 use crate::alloc::{AllocConfig, LedgerState, MailboxWriter, RangeAllocator, RangeLedger};
 use crate::coord::Coordinator;
@@ -57,7 +59,7 @@ pub const BUCKET_SHIFT: u32 = 16;
 pub const ID_BLOCK: i64 = 100;
 
 /// Schema version recorded in `schema_version`; migrations run in order up to it.
-const SCHEMA_VERSION: i32 = 5;
+const SCHEMA_VERSION: i32 = 6;
 
 /// Tables of schema version 1. `{ks}` is replaced by the keyspace name.
 const SCHEMA_V1: &[&str] = &[
@@ -940,6 +942,12 @@ impl ScyllaMetadataStore {
         self.take_blob(&m.blob).await?;
         // Every statement starts with at least the safety margin of lease left.
         w.check_time()?;
+        // Pending in the full-text index before the row exists: a message is never in
+        // the mailbox without being either indexed or pending.
+        self.db
+            .run(fts::PENDING_INSERT, (mailbox.0, uid.0 as i64, 0i32))
+            .await?;
+        w.check_time()?;
         self.db
             .run(
                 "INSERT INTO messages (mailbox_id, bucket, uid, modseq, blob_id, size, \
@@ -1004,6 +1012,9 @@ impl ScyllaMetadataStore {
             Some(ModSeq(row.1 as u64)),
         )
         .await?;
+        // Index entries after the row: left behind by a failure, they name a UID that
+        // no longer exists (and is never reused), which searches check against.
+        self.fts_remove(mailbox, uid).await?;
         Ok(Some((row.2, row.3, modseq)))
     }
 
@@ -1081,6 +1092,9 @@ impl ScyllaMetadataStore {
                 )
                 .await?;
         }
+        w.check_time()?;
+        self.fts_drop_mailbox(mb.id, rows.iter().map(|r| Uid(r.0 as u32)).collect())
+            .await?;
         let blobs: Vec<String> = rows.into_iter().map(|r| r.2).collect();
         self.release_blobs(&blobs).await
     }
@@ -1417,6 +1431,7 @@ impl ScyllaMetadataStore {
             let appended = self
                 .insert_message(&mut writers[dest_idx], &fields, &mut dst_delta)
                 .await?;
+            self.fts_copy(source, uid, dest, appended.uid).await?;
             copied.push(Copied {
                 source_uid: uid,
                 dest: appended,
@@ -1770,6 +1785,18 @@ async fn migrate(session: &Session, ks: &str) -> StoreResult<()> {
                     return Err(db_err(e));
                 }
             }
+        }
+    }
+    if version < 6 {
+        for stmt in fts::SCHEMA_V6 {
+            session
+                .query_unpaged(stmt.replace("{ks}", ks), ())
+                .await
+                .map_err(db_err)?;
+        }
+        // Messages stored before the index existed are pending until reindexed.
+        if version > 0 {
+            fts::backfill_pending(session, ks).await?;
         }
     }
     if version < SCHEMA_VERSION {
@@ -2575,6 +2602,32 @@ impl MetadataStore for ScyllaMetadataStore {
         dest: MailboxId,
     ) -> StoreResult<(Vec<Copied>, Expunged)> {
         self.copy(account, source, uids, dest, true).await
+    }
+
+    async fn index_text(
+        &self,
+        mailbox: MailboxId,
+        entries: Vec<(Uid, crate::MessageText)>,
+    ) -> StoreResult<()> {
+        self.fts_index(mailbox, entries).await
+    }
+
+    async fn search_text(
+        &self,
+        mailbox: MailboxId,
+        fields: &[String],
+        needle: &str,
+    ) -> StoreResult<Option<crate::TextMatches>> {
+        self.fts_search(mailbox, fields, needle).await
+    }
+
+    async fn unindexed_messages(
+        &self,
+        mailbox: MailboxId,
+        after: Uid,
+        limit: usize,
+    ) -> StoreResult<Vec<Uid>> {
+        self.fts_unindexed(mailbox, after, limit).await
     }
 
     async fn subscribe(&self, account: AccountId, name: &str) -> StoreResult<()> {

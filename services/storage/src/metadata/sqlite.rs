@@ -22,7 +22,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// Schema version stored in `PRAGMA user_version`; migrations run in order up to it.
-const SCHEMA_VERSION: i64 = 8;
+const SCHEMA_VERSION: i64 = 9;
 
 const SCHEMA_V1: &str = r#"
 CREATE TABLE domains (
@@ -181,7 +181,7 @@ fn now_secs() -> i64 {
         .unwrap_or(0)
 }
 
-fn db_err(e: rusqlite::Error) -> StoreError {
+pub(super) fn db_err(e: rusqlite::Error) -> StoreError {
     match &e {
         rusqlite::Error::SqliteFailure(f, _)
             if f.code == rusqlite::ErrorCode::ConstraintViolation =>
@@ -452,6 +452,13 @@ fn migrate(conn: &Connection) -> StoreResult<()> {
     if version < 8 {
         conn.execute_batch(&format!(
             "BEGIN IMMEDIATE; {SCHEMA_V8} PRAGMA user_version = 8; COMMIT;"
+        ))
+        .map_err(db_err)?;
+    }
+    if version < 9 {
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {} PRAGMA user_version = 9; COMMIT;",
+            super::fts_sqlite::SCHEMA_V9
         ))
         .map_err(db_err)?;
     }
@@ -936,6 +943,8 @@ fn copy_tx(
             .map_err(db_err)?;
         let Some(fields) = row else { continue };
         let dest_appended = insert_message(c, account, dest, &fields, !remove, !remove)?;
+        // The copy's index entries are the original's (its row's trigger made it pending).
+        super::fts_sqlite::copy_entries(c, source, uid, dest, dest_appended.uid)?;
         copied.push(Copied {
             source_uid: uid,
             dest: dest_appended,
@@ -1716,6 +1725,40 @@ impl MetadataStore for SqliteMetadataStore {
     ) -> StoreResult<(Vec<Copied>, Expunged)> {
         let uids = uids.to_vec();
         self.write(move |c| copy_tx(c, account, source, &uids, dest, true))
+            .await
+    }
+
+    async fn index_text(
+        &self,
+        mailbox: MailboxId,
+        entries: Vec<(Uid, crate::MessageText)>,
+    ) -> StoreResult<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        self.write(move |c| super::fts_sqlite::index_text_tx(c, mailbox, &entries))
+            .await
+    }
+
+    async fn search_text(
+        &self,
+        mailbox: MailboxId,
+        fields: &[String],
+        needle: &str,
+    ) -> StoreResult<Option<crate::TextMatches>> {
+        let fields = fields.to_vec();
+        let needle = needle.to_string();
+        self.read(move |c| super::fts_sqlite::search(c, mailbox, &fields, &needle))
+            .await
+    }
+
+    async fn unindexed_messages(
+        &self,
+        mailbox: MailboxId,
+        after: Uid,
+        limit: usize,
+    ) -> StoreResult<Vec<Uid>> {
+        self.read(move |c| super::fts_sqlite::unindexed(c, mailbox, after, limit))
             .await
     }
 
