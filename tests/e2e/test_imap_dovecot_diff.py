@@ -303,6 +303,18 @@ KNOWN_RULES = {
     ),
 }
 
+# Rules and entries whose Dovecot side varies from run to run (Dovecot's METADATA entry order;
+# its file-based acl_shared_dict, written after the SETACL answer, so the grantee's "Other
+# Users" LIST may or may not lag one change behind). They must never cover a difference
+# they do not describe, but not differing in one run is not an error.
+VARYING = {
+    "metadata-order",
+    "31-acl.imap:p023",
+    "31-acl.imap:p024",
+    "31-acl.imap:p025",
+    "31-acl.imap:p060",
+}
+
 # "script:tag" -> reason. "mailfleet bug: ..." entries are defects to fix in services/imap;
 # the others are differences the RFCs allow. Every entry is also in docs/imap.md.
 EXPECTED_DIFFERENCES: dict[str, str] = {
@@ -665,10 +677,12 @@ def test_dovecot_and_mailfleet_answer_alike(servers):
     stale = [
         f"{key} ({reason})"
         for key, reason in EXPECTED_DIFFERENCES.items()
-        if key not in differences
+        if key not in differences and key not in VARYING
     ]
     unknown = [k for k in EXPECTED_DIFFERENCES if k not in keys_seen]
-    stale += [f"rule {name}" for name in KNOWN_RULES if name not in rules_used]
+    stale += [
+        f"rule {name}" for name in KNOWN_RULES if name not in rules_used and name not in VARYING
+    ]
     problems = []
     if unexpected:
         problems.append(f"{len(unexpected)} differences not in EXPECTED_DIFFERENCES:\n\n" + "\n\n".join(unexpected))
