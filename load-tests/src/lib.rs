@@ -24,6 +24,7 @@ use tokio::time::Instant;
 
 pub mod hostile;
 pub mod imap;
+pub mod pop3;
 pub mod search;
 
 // ---------------------------------------------------------------------------------------

@@ -677,11 +677,11 @@ async fn a_failed_record_leaves_nothing_and_the_retry_neither_resends_nor_duplic
             .insert(domain.into(), format!("127.0.0.1:{port}"));
     }
     let failing = FailingMeta::new(f.stores.meta.clone());
-    let stores = Stores {
-        blobs: f.stores.blobs.clone(),
-        meta: failing.clone(),
-        coord: f.stores.coord.clone(),
-    };
+    let stores = Stores::new(
+        f.stores.blobs.clone(),
+        failing.clone(),
+        f.stores.coord.clone(),
+    );
     let id = enqueue_to(
         &stores,
         &["bob@remote.test", "carol@refuse.test", "dave@defer.test"],
@@ -844,11 +844,7 @@ async fn a_lost_lease_stops_the_attempt_before_data() {
         inner: f.stores.coord.clone(),
         partitioned: false.into(),
     });
-    let stores = Stores {
-        blobs: f.stores.blobs.clone(),
-        meta: f.stores.meta.clone(),
-        coord: coord.clone(),
-    };
+    let stores = Stores::new(f.stores.blobs.clone(), f.stores.meta.clone(), coord.clone());
     let id = enqueue(&stores).await;
     let worker = Worker::new(stores.clone(), f.settings.clone()).expect("worker");
     assert_eq!(worker.poll_once().await.expect("poll"), 1);

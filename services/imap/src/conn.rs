@@ -39,6 +39,12 @@ pub struct ConnLimits {
 
 const READ_CHUNK: usize = 16 * 1024;
 
+/// The read buffer between commands. Commands are short; a read that fills this grows the
+/// buffer to [`READ_CHUNK`] for the rest of the command (a literal is coming), and it
+/// shrinks back once the command is complete, so an idle session holds 1 KiB, not 16
+/// (issue 11: idle sessions of at most 8 KiB).
+const SMALL_READ: usize = 1024;
+
 /// Largest literal accepted before login. RFC 7888 §4 explains why a server should not
 /// invite large literals from a client it does not know yet; 4096 is LITERAL-'s bound, and
 /// holds any user name, password or SASL response.
@@ -239,6 +245,9 @@ impl Conn {
                 }
                 Some(_) => {
                     if self.frag.is_message_complete() {
+                        if self.buf.len() > SMALL_READ {
+                            self.buf = vec![0; SMALL_READ];
+                        }
                         return Ok(Input::Message);
                     }
                 }
@@ -298,8 +307,10 @@ impl Conn {
                             deadline.get_or_insert_with(|| {
                                 tokio::time::Instant::now() + COMMAND_DEADLINE
                             });
-                            let chunk = self.buf[..n].to_vec();
-                            self.frag.enqueue_bytes(&chunk);
+                            self.frag.enqueue_bytes(&self.buf[..n]);
+                            if n == self.buf.len() && n < READ_CHUNK {
+                                self.buf = vec![0; READ_CHUNK];
+                            }
                         }
                         Err(_) if deadline.is_some_and(|d| d <= idle_end) => {
                             return Ok(Input::Deadline)
@@ -373,7 +384,7 @@ pub async fn serve_connection(
         io,
         frag: Fragmentizer::new(limits.max_command),
         limits,
-        buf: vec![0; READ_CHUNK],
+        buf: vec![0; SMALL_READ],
         deflate: None,
         mutf7: true,
     };
@@ -397,7 +408,7 @@ pub async fn serve_connection(
             Input::Message => {}
             Input::Notify(gone) => {
                 session.notify_woken(gone);
-                let out = session.notify_updates(true).await;
+                let out = Box::pin(session.notify_updates(true)).await;
                 conn.write(&out).await?;
                 continue;
             }
@@ -474,17 +485,17 @@ pub async fn serve_connection(
                 continue;
             }
             Ok(Decoded::Plain(cmd)) => match crate::mutf7::command_in(cmd, session.mutf7_names()) {
-                Ok(cmd) => session.handle(cmd).await,
+                Ok(cmd) => Box::pin(session.handle(cmd)).await,
                 Err(cmd) => crate::session::Outcome::done(vec![invalid_name(&cmd)]),
             },
             // `$` commands (COPY $ name, MOVE $ name) carry mailbox names too.
             Ok(Decoded::SearchExt(cmd, ext)) => {
                 match crate::mutf7::command_in(cmd, session.mutf7_names()) {
-                    Ok(cmd) => session.search_ext(cmd, ext).await,
+                    Ok(cmd) => Box::pin(session.search_ext(cmd, ext)).await,
                     Err(cmd) => crate::session::Outcome::done(vec![invalid_name(&cmd)]),
                 }
             }
-            Ok(Decoded::Notify(tag, cmd)) => session.notify_command(tag, cmd).await,
+            Ok(Decoded::Notify(tag, cmd)) => Box::pin(session.notify_command(tag, cmd)).await,
             Ok(Decoded::List(cmds, opts)) => {
                 let tag = cmds.first().map(|c| c.tag.clone());
                 let mutf7 = session.mutf7_names();
@@ -493,7 +504,7 @@ pub async fn serve_connection(
                     .map(|c| crate::mutf7::command_in(c, mutf7))
                     .collect::<Result<Vec<_>, _>>()
                 {
-                    Ok(cmds) => session.list_extended(cmds, opts).await,
+                    Ok(cmds) => Box::pin(session.list_extended(cmds, opts)).await,
                     // A pattern no valid name can match: nothing is listed.
                     Err(_) => crate::session::Outcome::done(
                         tag.iter()
@@ -502,8 +513,8 @@ pub async fn serve_connection(
                     ),
                 }
             }
-            Ok(Decoded::Message(ext)) => session.message_ext(ext).await,
-            Ok(Decoded::Acl(tag, cmd)) => session.acl_command(tag, cmd).await,
+            Ok(Decoded::Message(ext)) => Box::pin(session.message_ext(ext)).await,
+            Ok(Decoded::Acl(tag, cmd)) => Box::pin(session.acl_command(tag, cmd)).await,
             Ok(Decoded::Invalid) => {
                 conn.write(&[response::untagged_bad("Syntax error in command")])
                     .await?;
@@ -544,7 +555,7 @@ pub async fn serve_connection(
         let mut outcome = outcome;
         if session.notify_active() && matches!(outcome.next, Next::Command) {
             // NOTIFY: what happened elsewhere goes out before the tagged reply (RFC 5465).
-            let extra = session.notify_updates(false).await;
+            let extra = Box::pin(session.notify_updates(false)).await;
             if !extra.is_empty() {
                 let at = outcome.responses.len().saturating_sub(1);
                 outcome.responses.splice(at..at, extra);
@@ -588,21 +599,21 @@ pub async fn serve_connection(
                     .decode_message(&AuthenticateDataCodec::default())
                     .ok()
                     .map(|d| d.into_static());
-                let outcome = session.authenticate_data(tag, data).await;
+                let outcome = Box::pin(session.authenticate_data(tag, data)).await;
                 conn.write(&outcome.responses).await?;
                 if matches!(outcome.next, Next::Close) {
                     return Ok(());
                 }
             }
             Next::Fetch => loop {
-                let (batch, last) = session.fetch_step().await;
+                let (batch, last) = Box::pin(session.fetch_step()).await;
                 conn.write(&batch).await?;
                 if last {
                     break;
                 }
             },
             Next::Idle { tag } => {
-                if !idle(&mut conn, &mut session, tag, &mut shutdown).await? {
+                if !Box::pin(idle(&mut conn, &mut session, tag, &mut shutdown)).await? {
                     return Ok(());
                 }
             }
@@ -666,9 +677,11 @@ async fn idle(
     tag: Tag<'static>,
     shutdown: &mut Shutdown,
 ) -> std::io::Result<bool> {
-    let mut sub = session.change_subscription().await;
+    let mut sub = Box::pin(session.change_subscription()).await;
     conn.write_raw(b"+ idling\r\n").await?;
-    let initial = session.pending_updates(true).await.unwrap_or_default();
+    let initial = Box::pin(session.pending_updates(true))
+        .await
+        .unwrap_or_default();
     conn.write(&initial).await?;
     let deadline = tokio::time::Instant::now() + session.inactivity_timeout();
     let mut recheck = tokio::time::interval(conn.limits.idle_recheck);
@@ -706,14 +719,14 @@ async fn idle(
                     sub = None;
                 }
                 session.notify_woken(false);
-                let mut updates = session.pending_updates(true).await.unwrap_or_default();
-                updates.extend(session.notify_updates(false).await);
+                let mut updates = Box::pin(session.pending_updates(true)).await.unwrap_or_default();
+                updates.extend(Box::pin(session.notify_updates(false)).await);
                 conn.write(&updates).await?;
             }
             _ = recheck.tick() => {
                 session.notify_woken(false);
-                let mut updates = session.pending_updates(true).await.unwrap_or_default();
-                updates.extend(session.notify_updates(false).await);
+                let mut updates = Box::pin(session.pending_updates(true)).await.unwrap_or_default();
+                updates.extend(Box::pin(session.notify_updates(false)).await);
                 conn.write(&updates).await?;
             }
             _ = tokio::time::sleep_until(deadline) => {

@@ -76,11 +76,7 @@ async fn a_refresh_that_fails_part_way_leaves_the_view_as_the_client_knows_it() 
     let dir = tempfile::tempdir().expect("tmp");
     let real = mailfleet_storage::embedded::open(dir.path(), 64).expect("stores");
     let failing = FailingMeta::new(real.meta.clone());
-    let stores = Stores {
-        blobs: real.blobs.clone(),
-        meta: failing.clone(),
-        coord: real.coord.clone(),
-    };
+    let stores = Stores::new(real.blobs.clone(), failing.clone(), real.coord.clone());
     stores
         .meta
         .create_domain("example.test")

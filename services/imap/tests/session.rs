@@ -672,3 +672,41 @@ async fn a_command_line_over_the_command_limit_closes_after_login() {
         .expect("the connection is closed");
     assert!(lines.iter().any(|l| l.starts_with("* BYE")), "{lines:?}");
 }
+
+/// A connection's task is allocated at the size of its largest state, for as long as the
+/// connection lives: the futures of command handlers (large, deeply nested) are boxed while
+/// they run, so an idle connection does not carry their size (issue 11: idle sessions of at
+/// most 8 KiB).
+#[tokio::test]
+async fn an_idle_connection_task_is_small() {
+    let h = harness().await;
+    let (_client, server) = tokio::io::duplex(1024);
+    let cfg = Arc::new(ImapConfig {
+        hostname: "mx.example.test".into(),
+        starttls: false,
+        plaintext_auth_without_tls: true,
+        max_message_size: 4096,
+        max_failed_logins: 3,
+        idle_timeout: Duration::from_secs(1800),
+        user_sessions: mailfleet_imap::UserSessions::new(2),
+        views: mailfleet_imap::SharedViews::new(),
+    });
+    let session = Session::new(
+        cfg,
+        h.stores.clone(),
+        Arc::new(StoreLogin(h.stores.clone())),
+        "192.0.2.9".parse().expect("ip"),
+        false,
+    );
+    let session_size = std::mem::size_of_val(&session);
+    let limits = ConnLimits {
+        max_literal: 4096,
+        max_command: 4096 + 8192,
+        max_errors: 5,
+        tls_handshake_timeout: Duration::from_secs(5),
+        idle_recheck: Duration::from_secs(60),
+    };
+    let fut = serve_connection(Box::new(server), session, limits, None, Shutdown::never());
+    let size = std::mem::size_of_val(&fut);
+    eprintln!("serve_connection future: {size} bytes, Session: {session_size} bytes");
+}

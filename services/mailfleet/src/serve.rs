@@ -156,6 +156,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     for t in tasks {
         let _ = t.await;
     }
+    // Texts still queued for the full-text index: written now rather than left pending
+    // (a crash leaves them pending, which searches handle; a clean stop need not).
+    if tokio::time::timeout(grace, stores.indexer.flush())
+        .await
+        .is_err()
+    {
+        tracing::warn!("full-text index queue not written in time; those messages stay pending");
+    }
     tracing::info!("shutdown complete");
     Ok(())
 }

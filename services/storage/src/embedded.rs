@@ -16,12 +16,12 @@ use std::sync::Arc;
 
 pub fn open(data_dir: &Path, group_commit_max: usize) -> StoreResult<Stores> {
     crate::private_fs::create_dir_all(data_dir)?;
-    Ok(Stores {
-        blobs: Arc::new(FsBlobStore::open(data_dir.join("blobs"))?),
-        meta: Arc::new(SqliteMetadataStore::open(
+    Ok(Stores::new(
+        Arc::new(FsBlobStore::open(data_dir.join("blobs"))?),
+        Arc::new(SqliteMetadataStore::open(
             data_dir.join("metadata.sqlite3"),
             group_commit_max,
         )?),
-        coord: Arc::new(LocalCoordinator::new()),
-    })
+        Arc::new(LocalCoordinator::new()),
+    ))
 }

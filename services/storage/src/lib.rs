@@ -14,6 +14,7 @@
 //! - [`coord`]: the [`Coordinator`] trait, the in-process and Redis backends.
 //! - [`credentials`]: app passwords, TOTP secrets (records only; `mailfleet-auth` decides).
 //! - [`text_index`]: the full-text index's records (texts per message, search answers).
+//! - [`indexer`]: writes messages' texts to the index off the delivery path, in batches.
 //! - [`queue`]: outbound queue records (a blob, an envelope, per-recipient state).
 //! - [`conformance`]: the suite every backend must pass; backends' tests call it.
 //! - [`embedded`]: opens the three embedded backends under one data directory.
@@ -29,6 +30,7 @@ pub mod credentials;
 pub mod embedded;
 pub mod error;
 pub mod fault;
+pub mod indexer;
 pub mod metadata;
 pub mod open;
 pub mod private_fs;
@@ -56,9 +58,25 @@ pub struct Stores {
     pub blobs: Arc<dyn BlobStore>,
     pub meta: Arc<dyn MetadataStore>,
     pub coord: Arc<dyn Coordinator>,
+    /// Writes new messages' texts to the full-text index in the background.
+    pub indexer: indexer::TextIndexer,
 }
 
 impl Stores {
+    pub fn new(
+        blobs: Arc<dyn BlobStore>,
+        meta: Arc<dyn MetadataStore>,
+        coord: Arc<dyn Coordinator>,
+    ) -> Self {
+        let indexer = indexer::TextIndexer::new(meta.clone());
+        Stores {
+            blobs,
+            meta,
+            coord,
+            indexer,
+        }
+    }
+
     /// Stores a message body that a message is about to reference: pins it first (see
     /// [`MetadataStore::pin_blob`]), so the orphan sweep cannot delete bytes that were
     /// already there between this put and the append that references them. Every writer

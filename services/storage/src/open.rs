@@ -64,5 +64,5 @@ pub async fn open(cfg: &StorageConfig, data_dir: &Path) -> StoreResult<Stores> {
                 .map_err(|e| context("storage.scylla", e))?,
         ),
     };
-    Ok(Stores { blobs, meta, coord })
+    Ok(Stores::new(blobs, meta, coord))
 }

@@ -51,12 +51,10 @@ async fn scylla_metadata_conformance() {
     conformance::metadata_outbound_delivery(meta.as_ref()).await;
     conformance::metadata_outbound_attempts(meta.as_ref()).await;
     let blob_dir = tempfile::tempdir().expect("tmp");
-    let stores = mailfleet_storage::Stores {
-        blobs: Arc::new(
-            mailfleet_storage::blob::fs::FsBlobStore::open(blob_dir.path()).expect("blobs"),
-        ),
-        meta: meta.clone(),
-        coord: Arc::new(LocalCoordinator::new()),
-    };
+    let stores = mailfleet_storage::Stores::new(
+        Arc::new(mailfleet_storage::blob::fs::FsBlobStore::open(blob_dir.path()).expect("blobs")),
+        meta.clone(),
+        Arc::new(LocalCoordinator::new()),
+    );
     conformance::blob_gc_races(&stores).await;
 }

@@ -152,12 +152,11 @@ impl Session {
                 "append returned too few messages".into(),
             ));
         }
-        // Best effort: a message whose indexing failed stays pending in the index, and
-        // SEARCH then parses it (`mailfleet reindex` indexes it later).
+        // Written in the background (`mailfleet_storage::indexer`): until then the messages
+        // are pending in the index and SEARCH parses them (`mailfleet reindex` indexes
+        // what a crash left pending).
         let entries = appended.iter().map(|a| a.uid).zip(texts).collect();
-        if let Err(e) = self.stores.meta.index_text(mb.id, entries).await {
-            tracing::warn!(error = %e, "full-text indexing failed");
-        }
+        self.stores.indexer.submit(mb.id, entries).await;
         self.notify(mb.id, appended.iter().map(|a| a.modseq).max())
             .await;
         Ok(Ok((mb, appended)))

@@ -83,15 +83,13 @@ pub async fn deliver(
         Err(e) => return Err(e.into()),
     };
     for a in &appended {
-        // Best effort as well: a message whose indexing failed stays pending, and searches
-        // then look at it by parsing it (the reindex indexes it later).
-        if let Err(e) = stores
-            .meta
-            .index_text(a.mailbox, vec![(a.uid, text.clone())])
-            .await
-        {
-            tracing::warn!(error = %e, "full-text indexing failed");
-        }
+        // Written in the background (`mailfleet_storage::indexer`): the message is durable
+        // now, and until its texts are written it is pending in the index, which searches
+        // look at directly.
+        stores
+            .indexer
+            .submit(a.mailbox, vec![(a.uid, text.clone())])
+            .await;
     }
     for (a, (account, _)) in appended.iter().zip(&batch) {
         // Notification is best effort: sessions also re-check on their own schedule, and a
