@@ -996,3 +996,79 @@ async fn uid_fetch_answers_with_the_current_flags() {
         assert!(!l.contains("\\Flagged"), "stale flags: {r:?}");
     }
 }
+
+// ---- 19. CONTEXT=SORT (RFC 5267 §4.3) ----
+
+/// A SORT with UPDATE stays live: additions come as ADDTO pairs whose positions place each
+/// run of new messages in the sorted list, removals (flag changes, expunges) as REMOVEFROM
+/// pairs at the positions they had, before the EXPUNGE responses, for UID and
+/// sequence-number contexts; CANCELUPDATE ends them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sort_contexts_send_positioned_updates() {
+    let h = Harness::new().await;
+    for s in ["msg c", "msg a", "msg e"] {
+        h.deliver(&format!("From: a@x.test\r\nSubject: {s}\r\n\r\nx\r\n"))
+            .await;
+    }
+    let mut c = h.client().await;
+    assert!(c
+        .ok("a CAPABILITY")
+        .await
+        .iter()
+        .any(|l| l.starts_with("* CAPABILITY") && l.contains(" CONTEXT=SORT")));
+    c.ok("b SELECT INBOX").await;
+    let r = c
+        .ok("s1 UID SORT RETURN (UPDATE ALL) (SUBJECT) UTF-8 UNSEEN")
+        .await;
+    assert!(has(&r, "* ESEARCH (TAG \"s1\") UID ALL 2,1,3"), "{r:?}");
+    let r = c
+        .ok("s2 SORT RETURN (UPDATE COUNT) (REVERSE SUBJECT) UTF-8 ALL")
+        .await;
+    assert!(has(&r, "* ESEARCH (TAG \"s2\") COUNT 3"), "{r:?}");
+    // A tag in use by a live update search is BAD (RFC 5267 §4.3).
+    let r = c.cmd("s2 SORT RETURN (UPDATE) (SUBJECT) UTF-8 ALL").await;
+    assert!(r.last().is_some_and(|l| l.starts_with("s2 BAD")), "{r:?}");
+
+    // Two new messages: a b f, sorted a(2) b(4) c(1) e(3) f(5) / reversed f e c b a.
+    for s in ["msg b", "msg f"] {
+        h.deliver(&format!("From: a@x.test\r\nSubject: {s}\r\n\r\nx\r\n"))
+            .await;
+    }
+    let r = c.ok("n1 NOOP").await;
+    let exists = position(&r, "* 5 EXISTS");
+    let add1 = position(&r, "* ESEARCH (TAG \"s1\") UID ADDTO (2 4 5 5)");
+    let add2 = position(&r, "* ESEARCH (TAG \"s2\") ADDTO (1 5 4 4)");
+    assert!(exists < add1 && exists < add2, "{r:?}");
+
+    // Message 1 (c, third in s1's list) is seen: it leaves the UNSEEN context.
+    let mut r = c.ok("f1 STORE 1 +FLAGS (\\Seen)").await;
+    r.extend(c.ok("n2 NOOP").await);
+    assert!(
+        has(&r, "* ESEARCH (TAG \"s1\") UID REMOVEFROM (3 1)"),
+        "{r:?}"
+    );
+    assert!(!r.iter().any(|l| l.contains("TAG \"s2\"")), "{r:?}");
+
+    // Expunging message 2 (a): first in s1, last in s2, reported before the EXPUNGE.
+    c.ok("f2 STORE 2 +FLAGS.SILENT (\\Deleted)").await;
+    let r = c.ok("x1 EXPUNGE").await;
+    let expunge = position(&r, "* 2 EXPUNGE");
+    let rm1 = position(&r, "* ESEARCH (TAG \"s1\") UID REMOVEFROM (1 2)");
+    let rm2 = position(&r, "* ESEARCH (TAG \"s2\") REMOVEFROM (5 2)");
+    assert!(rm1 < expunge && rm2 < expunge, "{r:?}");
+
+    // A later addition in the middle of both lists: "msg d" goes between c and e.
+    h.deliver("From: a@x.test\r\nSubject: msg d\r\n\r\nx\r\n")
+        .await;
+    let r = c.ok("n3 NOOP").await;
+    // s1 (UNSEEN, UID): b(4) e(3) f(5) -> b d e f; s2 (seq, reversed): f(4) e(2) c(1) b(3)
+    // -> f e d c b, d being message 5 now.
+    assert!(has(&r, "* ESEARCH (TAG \"s1\") UID ADDTO (2 6)"), "{r:?}");
+    assert!(has(&r, "* ESEARCH (TAG \"s2\") ADDTO (3 5)"), "{r:?}");
+
+    c.ok("c1 CANCELUPDATE \"s1\" \"s2\"").await;
+    h.deliver("From: a@x.test\r\nSubject: msg 0\r\n\r\nx\r\n")
+        .await;
+    let r = c.ok("n4 NOOP").await;
+    assert!(!r.iter().any(|l| l.starts_with("* ESEARCH")), "{r:?}");
+}
