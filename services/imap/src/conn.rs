@@ -502,7 +502,12 @@ pub async fn serve_connection(
                     ),
                 }
             }
-            Ok(Decoded::Message(ext)) => session.message_ext(ext).await,
+            Ok(Decoded::Message(ext)) => {
+                match crate::mutf7::message_ext_in(ext, session.mutf7_names()) {
+                    Ok(ext) => session.message_ext(ext).await,
+                    Err(cmd) => crate::session::Outcome::done(vec![invalid_name(&cmd)]),
+                }
+            }
             Ok(Decoded::Acl(tag, cmd)) => session.acl_command(tag, cmd).await,
             Ok(Decoded::Invalid) => {
                 conn.write(&[response::untagged_bad("Syntax error in command")])
