@@ -101,8 +101,13 @@ impl Harness {
         }
     }
 
-    /// A logged-in client.
+    /// A client logged in as alice.
     async fn client(&self) -> Client {
+        self.client_as("alice@example.test").await
+    }
+
+    /// A client logged in as `user`.
+    async fn client_as(&self, user: &str) -> Client {
         let (client, server) = tokio::io::duplex(1 << 16);
         let cfg = Arc::new(ImapConfig {
             hostname: "mx.example.test".into(),
@@ -140,7 +145,7 @@ impl Harness {
             buf: Vec::new(),
         };
         c.line().await;
-        let r = c.cmd("a0 LOGIN alice@example.test x").await;
+        let r = c.cmd(&format!("a0 LOGIN {user} x")).await;
         assert!(r.last().expect("line").starts_with("a0 OK"), "{r:?}");
         c
     }
@@ -1071,4 +1076,151 @@ async fn sort_contexts_send_positioned_updates() {
         .await;
     let r = c.ok("n4 NOOP").await;
     assert!(!r.iter().any(|l| l.starts_with("* ESEARCH")), "{r:?}");
+}
+
+// ---- 20. The public namespace `Shared/` (RFC 2342, RFC 4314) ----
+
+/// The public account's folders appear under `Shared/` for the users of its domain, with
+/// the rights their ACLs give (`anyone`, `authenticated`, an address): NAMESPACE, LIST,
+/// SELECT, APPEND, COPY, STATUS, CREATE, MYRIGHTS and GETACL check them as for
+/// `Other Users/`; the same folders are not reachable under `Other Users/public@...`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_folders_under_shared() {
+    let h = Harness::new().await;
+    h.deliver_plain(1).await;
+    let meta = &h.stores.meta;
+    meta.create_account("bob@example.test", "x", 0)
+        .await
+        .expect("bob");
+    let public = meta
+        .create_account("public@example.test", "!", 0)
+        .await
+        .expect("public");
+    let news = meta
+        .create_mailbox(public.id, "News", None)
+        .await
+        .expect("news");
+    let local = meta
+        .create_mailbox(public.id, "News/Local", None)
+        .await
+        .expect("local");
+    let hidden = meta
+        .create_mailbox(public.id, "Board", None)
+        .await
+        .expect("board");
+    meta.set_acl(public.id, news.id, "anyone", "lr")
+        .await
+        .expect("acl");
+    meta.set_acl(public.id, local.id, "authenticated", "lrswik")
+        .await
+        .expect("acl");
+    meta.set_acl(public.id, hidden.id, "bob@example.test", "lra")
+        .await
+        .expect("acl");
+
+    let mut a = h.client().await;
+    assert!(has(
+        &a.ok("n NAMESPACE").await,
+        "* NAMESPACE ((\"\" \"/\")) ((\"Other Users/\" \"/\")) ((\"Shared/\" \"/\"))"
+    ));
+    let r = a.ok("l1 LIST \"\" \"Shared*\"").await;
+    assert!(
+        has(&r, "* LIST (\\Noselect \\HasChildren) \"/\" Shared"),
+        "{r:?}"
+    );
+    assert!(has(&r, "* LIST (\\HasChildren) \"/\" Shared/News"), "{r:?}");
+    assert!(
+        has(&r, "* LIST (\\HasNoChildren) \"/\" Shared/News/Local"),
+        "{r:?}"
+    );
+    assert!(
+        !r.iter().any(|l| l.contains("Board")),
+        "alice may not see Board: {r:?}"
+    );
+    let r = a.ok("l2 LIST \"\" \"Other Users/*\"").await;
+    assert!(!r.iter().any(|l| l.contains("public@")), "{r:?}");
+    let r = a
+        .cmd("s0 SELECT \"Other Users/public@example.test/News\"")
+        .await;
+    assert!(
+        r.last()
+            .is_some_and(|l| l.starts_with("s0 NO [NONEXISTENT]")),
+        "{r:?}"
+    );
+    let r = a.cmd("s1 SELECT Shared/Board").await;
+    assert!(
+        r.last()
+            .is_some_and(|l| l.starts_with("s1 NO [NONEXISTENT]")),
+        "{r:?}"
+    );
+
+    assert!(has(
+        &a.ok("m1 MYRIGHTS Shared/News").await,
+        "* MYRIGHTS Shared/News lr"
+    ));
+    let r = a.cmd("g1 GETACL Shared/News").await;
+    assert!(
+        r.last().is_some_and(|l| l.starts_with("g1 NO [NOPERM]")),
+        "{r:?}"
+    );
+    // No `i` on News; `i` on News/Local.
+    let r = a.cmd("p1 APPEND Shared/News {3+}\r\nabc").await;
+    assert!(
+        r.last().is_some_and(|l| l.starts_with("p1 NO [NOPERM]")),
+        "{r:?}"
+    );
+    let r = a
+        .ok("p2 APPEND Shared/News/Local {24+}\r\nSubject: hello\r\n\r\nbody\r\n")
+        .await;
+    assert!(r.last().is_some_and(|l| l.contains("[APPENDUID ")), "{r:?}");
+    a.ok("s2 SELECT INBOX").await;
+    a.ok("c1 COPY 1 Shared/News/Local").await;
+    let r = a.cmd("c2 COPY 1 Shared/News").await;
+    assert!(
+        r.last().is_some_and(|l| l.starts_with("c2 NO [NOPERM]")),
+        "{r:?}"
+    );
+    // Top-level public folders come from the admin tool; below one with `k`, users may.
+    let r = a.cmd("k1 CREATE Shared/Mine").await;
+    assert!(r.last().is_some_and(|l| l.starts_with("k1 NO")), "{r:?}");
+    let r = a.cmd("k2 CREATE Shared").await;
+    assert!(
+        r.last().is_some_and(|l| l.starts_with("k2 NO [CANNOT]")),
+        "{r:?}"
+    );
+    a.ok("k3 CREATE Shared/News/Local/Sub").await;
+
+    // Bob, another user of the domain, sees what alice put there and her new folder (it
+    // took its parent's ACL); Board's ACL names him.
+    let mut b = h.client_as("bob@example.test").await;
+    assert!(has(
+        &b.ok("t1 STATUS Shared/News/Local (MESSAGES)").await,
+        "* STATUS Shared/News/Local (MESSAGES 2)"
+    ));
+    assert!(has(
+        &b.ok("t2 MYRIGHTS Shared/News/Local/Sub").await,
+        "* MYRIGHTS Shared/News/Local/Sub lrwsikc"
+    ));
+    let r = b.ok("t3 GETACL Shared/Board").await;
+    assert!(
+        r.iter()
+            .any(|l| l.starts_with("* ACL Shared/Board ") && l.contains(" bob@example.test lra")),
+        "{r:?}"
+    );
+    b.ok("t4 SETACL Shared/Board anyone lr").await;
+    b.ok("t5 SELECT Shared/News/Local").await;
+    let r = b.ok("t6 FETCH 1:* (RFC822.SIZE)").await;
+    assert_eq!(
+        r.iter()
+            .filter(|l| l.starts_with("* ") && l.contains(" FETCH "))
+            .count(),
+        2,
+        "{r:?}"
+    );
+    // Alice now sees Board too.
+    let r = a.ok("l3 LIST \"\" \"Shared/%\"").await;
+    assert!(
+        has(&r, "* LIST (\\HasNoChildren) \"/\" Shared/Board"),
+        "{r:?}"
+    );
 }
