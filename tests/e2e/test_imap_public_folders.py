@@ -66,7 +66,8 @@ def test_two_users_share_a_public_folder(server):
     typ, data = a.myrights("Shared/News")
     assert data == [b"Shared/News lrwsi"], data
     typ, data = a.append("Shared/Board", None, None, MSG)
-    assert typ == "NO" and b"NONEXISTENT" in data[0], data
+    # Answered as for a mailbox that does not exist (RFC 4314 section 6).
+    assert typ == "NO" and b"TRYCREATE" in data[0], data
 
     b = login(server, BOB)
     typ, data = b.select("Shared/News")
