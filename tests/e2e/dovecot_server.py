@@ -5,7 +5,8 @@ passwd-file with one line per user, sdbox mail storage under the same directory,
 separator ``/`` (Mailfleet's), the mailboxes every Mailfleet account starts with (Sent, Drafts,
 Junk, Trash, Archive with their SPECIAL-USE attributes, created but, like Mailfleet's,
 not subscribed), a 1 GiB storage quota so QUOTA has something to report, the acl and
-imap_acl plugins with a shared namespace ``Other Users/<user>/`` (as Mailfleet's), and
+imap_acl plugins with a shared namespace ``Other Users/<user>/`` (as Mailfleet's), an empty
+public namespace ``Shared/`` (as Mailfleet's NAMESPACE lists), and
 METADATA with a file attribute dict.
 
 Written for Dovecot 2.3 (Debian 12, what CI installs). Dovecot 2.4 renamed most of these
@@ -73,9 +74,10 @@ def _mail_owner() -> tuple[int, int]:
 
 def write_config(root: pathlib.Path, port: int, users: dict[str, str]) -> pathlib.Path:
     uid, gid = _mail_owner()
-    for d in ("run", "state", "home"):
+    for d in ("run", "state", "home", "public"):
         (root / d).mkdir()
     os.chown(root / "home", uid, gid)
+    os.chown(root / "public", uid, gid)
     passwd = root / "passwd"
     passwd.write_text(
         "".join(
@@ -144,6 +146,16 @@ namespace shared {{
   separator = /
   prefix = Other Users/%%u/
   location = sdbox:%%h/mail
+  subscriptions = no
+  list = children
+}}
+# Public folders under Mailfleet's prefix "Shared/" (no folder is created in it: NAMESPACE
+# lists it, LIST shows it only with children, as Mailfleet does).
+namespace public {{
+  type = public
+  separator = /
+  prefix = Shared/
+  location = sdbox:{root / 'public'}
   subscriptions = no
   list = children
 }}

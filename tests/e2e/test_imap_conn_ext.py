@@ -241,3 +241,59 @@ def test_mailbox_names_in_modified_utf7_and_utf8(server):
     typ, data = c.list('""', "Stra*")
     assert data == [b'(\\HasNoChildren) "/" Stra&AN8-e'], data
     c.logout()
+
+
+def with_literal(c: Raw, head: bytes, data: bytes, tail: bytes) -> list[bytes]:
+    """Sends ``head`` ending in a synchronizing literal announcement, waits for the
+    continuation request, then the literal's data and ``tail``; returns the answer."""
+    tag = head.split(b" ", 1)[0]
+    c.send(head + b"\r\n")
+    cont = c.line()
+    assert cont.startswith(b"+"), cont
+    c.send(data + tail + b"\r\n")
+    out = []
+    while True:
+        got = c.line()
+        out.append(got)
+        if got.startswith(tag + b" "):
+            return out
+
+
+def test_append_utf8_data_item_and_multiappend_names(server):
+    """RFC 6855 section 4: APPEND's ``UTF8 (~{n})`` data item is BAD before ENABLE
+    UTF8=ACCEPT and stores the message as sent after it; MULTIAPPEND and REPLACE take
+    modified UTF-7 mailbox names like APPEND does."""
+    msg = "From: j\u00f6rg@example.test\r\nSubject: Gr\u00fc\u00dfe\r\n\r\nhallo\r\n".encode()
+    c = logged_in(server)
+    r = with_literal(c, b"a1 APPEND INBOX UTF8 (~{%d}" % len(msg), msg, b")")
+    assert r[-1].startswith(b"a1 BAD"), r
+    assert c.cmd(b"e ENABLE UTF8=ACCEPT")[-1].startswith(b"e OK")
+    r = with_literal(c, b"a2 APPEND INBOX (\\Seen) UTF8 (~{%d}" % len(msg), msg, b")")
+    assert r[-1].startswith(b"a2 OK [APPENDUID "), r
+    # One plain and one UTF8 message in one MULTIAPPEND (LITERAL+ throughout).
+    r = c.cmd(b"a3 APPEND INBOX {1+}\r\nx UTF8 (~{%d+}\r\n" % len(msg) + msg + b")")
+    assert r[-1].startswith(b"a3 OK [APPENDUID "), r
+    assert c.cmd(b"s SELECT INBOX")[-1].startswith(b"s OK")
+    r = c.cmd(b"f FETCH 1:3 (RFC822.SIZE)")
+    assert any(b"* 1 FETCH (RFC822.SIZE %d)" % len(msg) in x for x in r), r
+    assert any(b"* 3 FETCH (RFC822.SIZE %d)" % len(msg) in x for x in r), r
+    c.close()
+
+    # An IMAP4rev1 session: MULTIAPPEND and REPLACE into a modified UTF-7 name.
+    c = logged_in(server)
+    assert c.cmd(b"c CREATE Entw&APw-rfe")[-1].startswith(b"c OK")
+    r = c.cmd(b"m APPEND Entw&APw-rfe {1+}\r\nx (\\Seen) {1+}\r\ny")
+    assert r[-1].startswith(b"m OK [APPENDUID "), r
+    r = c.cmd(b"t STATUS Entw&APw-rfe (MESSAGES)")
+    assert b"* STATUS Entw&APw-rfe (MESSAGES 2)" in r, r
+    assert c.cmd(b"s SELECT Entw&APw-rfe")[-1].startswith(b"s OK")
+    r = c.cmd(b"r REPLACE 1 Entw&APw-rfe {1+}\r\nz")
+    assert r[-1].startswith(b"r OK"), r
+    r = c.cmd(b"t2 STATUS INBOX (MESSAGES)")
+    assert r[-1].startswith(b"t2 OK"), r
+    r = c.cmd(b"f FETCH 1:* (RFC822.SIZE)")
+    assert sum(1 for x in r if x.startswith(b"* ") and b" FETCH " in x) == 2, r
+    # Not valid modified UTF-7 (an encoded 'a'): the name is refused, nothing stored.
+    r = c.cmd(b"m2 APPEND &AGE- {1+}\r\nx {1+}\r\ny")
+    assert r[-1].startswith(b"m2 NO"), r
+    c.close()

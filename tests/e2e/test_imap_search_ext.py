@@ -1,4 +1,4 @@
-"""THREAD, ESORT, CONTEXT=SEARCH, PARTIAL and SEARCHRES against a running Mailfleet, with
+"""THREAD, ESORT, CONTEXT=SEARCH, CONTEXT=SORT, PARTIAL and SEARCHRES against a running Mailfleet, with
 Python's imaplib (RFC 5256, 5267, 9394, 5182)."""
 
 import imaplib
@@ -68,7 +68,10 @@ def esearch(c):
 def test_capabilities_are_advertised(server):
     c = login(server)
     caps = set(c.capabilities)
-    for cap in ("THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES", "ESORT", "CONTEXT=SEARCH", "PARTIAL", "SEARCHRES"):
+    for cap in (
+        "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES", "ESORT", "CONTEXT=SEARCH", "CONTEXT=SORT", "PARTIAL",
+        "SEARCHRES",
+    ):
         assert cap in caps, cap
     c.logout()
 
@@ -252,3 +255,51 @@ def test_context_limit_and_cancel(server):
     typ, _ = c._simple_command("CANCELUPDATE", f'"{tags[0]}"')
     assert typ == "NO"
     c.logout()
+
+
+def raw(c, tag, command):
+    """Sends one command line on the (TLS) socket and returns every response line up to and
+    including the tagged one, in order (imaplib's own dispatch would sort them by kind)."""
+    c.send(f"{tag} {command}\r\n".encode())
+    lines = []
+    while True:
+        line = c.readline().rstrip(b"\r\n")
+        lines.append(line)
+        if line.startswith(f"{tag} ".encode()):
+            return lines
+
+
+def test_context_sort_positions(server):
+    """CONTEXT=SORT (RFC 5267 section 4.3): ADDTO and REMOVEFROM of a live SORT carry the
+    position in the sorted list; REMOVEFROM of an expunged message comes before its EXPUNGE."""
+    c = login(server)
+    populate(c)  # by DATE: 7 3 5 1 2 4 6; unseen: 2 4 6
+    other = login(server)
+    other.select("INBOX")
+    r = raw(c, "s1", "UID SORT RETURN (UPDATE ALL) (DATE) UTF-8 UNSEEN")
+    assert r[-1].startswith(b"s1 OK") and b'* ESEARCH (TAG "s1") UID ALL 2,4,6' in r, r
+    r = raw(c, "s2", "SORT RETURN (UPDATE PARTIAL 1:2) (REVERSE DATE) UTF-8 ALL")
+    assert r[-1].startswith(b"s2 OK") and b'* ESEARCH (TAG "s2") PARTIAL (1:2 6,4)' in r, r
+    # A new unseen message dated 10:30: first of s1 (before 2 at 11:00), fourth of s2.
+    typ, _ = other.append("INBOX", "()", None, msg("n", "New", "Mon, 12 Feb 2024 10:30:00 +0000"))
+    assert typ == "OK"
+    r = raw(c, "n1", "NOOP")
+    assert b'* ESEARCH (TAG "s1") UID ADDTO (1 8)' in r, r
+    assert b'* ESEARCH (TAG "s2") ADDTO (4 8)' in r, r
+    assert r.index(b"* 8 EXISTS") < r.index(b'* ESEARCH (TAG "s2") ADDTO (4 8)'), r
+    # Message 4 is seen in the other session: third in s1 (8 2 4 6).
+    other.store("4", "+FLAGS", "(\\Seen)")
+    r = raw(c, "n2", "NOOP")
+    assert b'* ESEARCH (TAG "s1") UID REMOVEFROM (3 4)' in r, r
+    # Message 7 (the oldest, last of s2) expunged by this session.
+    raw(c, "d1", "STORE 7 +FLAGS.SILENT (\\Deleted)")
+    r = raw(c, "x1", "EXPUNGE")
+    assert r[-1].startswith(b"x1 OK"), r
+    assert r.index(b'* ESEARCH (TAG "s2") REMOVEFROM (8 7)') < r.index(b"* 7 EXPUNGE"), r
+    r = raw(c, "c1", 'CANCELUPDATE "s1" "s2"')
+    assert r[-1].startswith(b"c1 OK"), r
+    other.store("2", "+FLAGS", "(\\Seen)")
+    r = raw(c, "n3", "NOOP")
+    assert not any(x.startswith(b"* ESEARCH") for x in r), r
+    c.logout()
+    other.logout()

@@ -513,7 +513,12 @@ pub async fn serve_connection(
                     ),
                 }
             }
-            Ok(Decoded::Message(ext)) => Box::pin(session.message_ext(ext)).await,
+            Ok(Decoded::Message(ext)) => {
+                match crate::mutf7::message_ext_in(ext, session.mutf7_names()) {
+                    Ok(ext) => Box::pin(session.message_ext(ext)).await,
+                    Err(cmd) => crate::session::Outcome::done(vec![invalid_name(&cmd)]),
+                }
+            }
             Ok(Decoded::Acl(tag, cmd)) => Box::pin(session.acl_command(tag, cmd)).await,
             Ok(Decoded::Invalid) => {
                 conn.write(&[response::untagged_bad("Syntax error in command")])

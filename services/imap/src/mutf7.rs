@@ -17,6 +17,7 @@ use imap_codec::imap_types::command::{Command, CommandBody};
 use imap_codec::imap_types::mailbox::{ListMailbox, Mailbox};
 use imap_codec::imap_types::response::{Data, Response};
 
+use crate::commands::msgext::MsgExt;
 use crate::response::Resp;
 
 /// Why a name is not valid modified UTF-7.
@@ -316,6 +317,42 @@ pub fn command_in(
     }
 }
 
+/// [`command_in`] for the commands of [`crate::commands::msgext`]: MULTIAPPEND's and
+/// REPLACE's mailbox name sits in the APPENDs they were split into (the other commands
+/// there carry none). `Err` with the first command whose name is not valid.
+pub fn message_ext_in(ext: MsgExt, mutf7: bool) -> Result<MsgExt, Box<Command<'static>>> {
+    Ok(match ext {
+        MsgExt::MultiAppend { tag, messages } => MsgExt::MultiAppend {
+            tag,
+            messages: messages
+                .into_iter()
+                .map(|m| command_in(m, mutf7))
+                .collect::<Result<_, _>>()?,
+        },
+        MsgExt::Replace {
+            tag,
+            uid,
+            number,
+            append,
+        } => MsgExt::Replace {
+            tag,
+            uid,
+            number,
+            append: command_in(append, mutf7)?,
+        },
+        MsgExt::Append { cmd } => MsgExt::Append {
+            cmd: command_in(cmd, mutf7)?,
+        },
+        // Without UTF8=ACCEPT the session refuses the command (BAD) whatever its names.
+        ext @ MsgExt::Utf8 { .. } if mutf7 => ext,
+        MsgExt::Utf8 { tag, inner } => MsgExt::Utf8 {
+            tag,
+            inner: Box::new(message_ext_in(*inner, mutf7)?),
+        },
+        other => other,
+    })
+}
+
 /// A mailbox name of a response as the wire needs it, or `None` when it goes as it is:
 /// modified UTF-7 for a session without UTF8=ACCEPT; for one with it, a quoted UTF-8 string
 /// (RFC 6855 §3) rather than the literal the codec would pick for a non-ASCII string.
@@ -388,6 +425,46 @@ impl crate::session::Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn append_mailbox(cmd: &Command<'static>) -> String {
+        match &cmd.body {
+            CommandBody::Append { mailbox, .. } => crate::commands::mailbox_name(mailbox),
+            other => panic!("not an APPEND: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn multiappend_and_replace_names_are_decoded() {
+        use crate::commands::msgext::preparse;
+        let ext = preparse(b"a APPEND Entw&APw-rfe {1}\r\nx {1}\r\ny\r\n").expect("parsed");
+        let Ok(MsgExt::MultiAppend { messages, .. }) = message_ext_in(ext, true) else {
+            panic!("not converted")
+        };
+        assert!(messages.iter().all(|m| append_mailbox(m) == "Entwürfe"));
+        let ext = preparse(b"r UID REPLACE 3 &ZeVnLIqe- {1}\r\nx\r\n").expect("parsed");
+        let Ok(MsgExt::Replace { append, .. }) = message_ext_in(ext, true) else {
+            panic!("not converted")
+        };
+        assert_eq!(append_mailbox(&append), "日本語");
+        // Not valid modified UTF-7: refused; with UTF8=ACCEPT the same name is literal.
+        let bad = b"b APPEND Entw&APw {1}\r\nx {1}\r\ny\r\n";
+        assert!(message_ext_in(preparse(bad).expect("parsed"), true).is_err());
+        let Ok(MsgExt::MultiAppend { messages, .. }) =
+            message_ext_in(preparse(bad).expect("parsed"), false)
+        else {
+            panic!("not kept")
+        };
+        assert_eq!(append_mailbox(&messages[0]), "Entw&APw");
+        // Inside the UTF8 data form (UTF8=ACCEPT enabled: names are UTF-8, `&` is itself).
+        let ext = preparse(b"u APPEND Tom&Jerry UTF8 (~{1}\r\nx)\r\n").expect("parsed");
+        let Ok(MsgExt::Utf8 { inner, .. }) = message_ext_in(ext, false) else {
+            panic!("not converted")
+        };
+        let MsgExt::Append { cmd } = *inner else {
+            panic!("not an APPEND")
+        };
+        assert_eq!(append_mailbox(&cmd), "Tom&Jerry");
+    }
 
     #[test]
     fn rfc3501_examples() {

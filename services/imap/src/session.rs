@@ -315,6 +315,7 @@ impl Session {
             other("ESORT"),
             other("SEARCHRES"),
             other("CONTEXT=SEARCH"),
+            other("CONTEXT=SORT"),
             other("PARTIAL"),
             Capability::Quota,
             Capability::QuotaRes(Resource::Storage),

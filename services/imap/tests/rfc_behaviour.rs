@@ -101,8 +101,13 @@ impl Harness {
         }
     }
 
-    /// A logged-in client.
+    /// A client logged in as alice.
     async fn client(&self) -> Client {
+        self.client_as("alice@example.test").await
+    }
+
+    /// A client logged in as `user`.
+    async fn client_as(&self, user: &str) -> Client {
         let (client, server) = tokio::io::duplex(1 << 16);
         let cfg = Arc::new(ImapConfig {
             hostname: "mx.example.test".into(),
@@ -140,7 +145,7 @@ impl Harness {
             buf: Vec::new(),
         };
         c.line().await;
-        let r = c.cmd("a0 LOGIN alice@example.test x").await;
+        let r = c.cmd(&format!("a0 LOGIN {user} x")).await;
         assert!(r.last().expect("line").starts_with("a0 OK"), "{r:?}");
         c
     }
@@ -995,4 +1000,227 @@ async fn uid_fetch_answers_with_the_current_flags() {
     for l in &fetches {
         assert!(!l.contains("\\Flagged"), "stale flags: {r:?}");
     }
+}
+
+// ---- 19. CONTEXT=SORT (RFC 5267 §4.3) ----
+
+/// A SORT with UPDATE stays live: additions come as ADDTO pairs whose positions place each
+/// run of new messages in the sorted list, removals (flag changes, expunges) as REMOVEFROM
+/// pairs at the positions they had, before the EXPUNGE responses, for UID and
+/// sequence-number contexts; CANCELUPDATE ends them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sort_contexts_send_positioned_updates() {
+    let h = Harness::new().await;
+    for s in ["msg c", "msg a", "msg e"] {
+        h.deliver(&format!("From: a@x.test\r\nSubject: {s}\r\n\r\nx\r\n"))
+            .await;
+    }
+    let mut c = h.client().await;
+    assert!(c
+        .ok("a CAPABILITY")
+        .await
+        .iter()
+        .any(|l| l.starts_with("* CAPABILITY") && l.contains(" CONTEXT=SORT")));
+    c.ok("b SELECT INBOX").await;
+    let r = c
+        .ok("s1 UID SORT RETURN (UPDATE ALL) (SUBJECT) UTF-8 UNSEEN")
+        .await;
+    assert!(has(&r, "* ESEARCH (TAG \"s1\") UID ALL 2,1,3"), "{r:?}");
+    let r = c
+        .ok("s2 SORT RETURN (UPDATE COUNT) (REVERSE SUBJECT) UTF-8 ALL")
+        .await;
+    assert!(has(&r, "* ESEARCH (TAG \"s2\") COUNT 3"), "{r:?}");
+    // A tag in use by a live update search is BAD (RFC 5267 §4.3).
+    let r = c.cmd("s2 SORT RETURN (UPDATE) (SUBJECT) UTF-8 ALL").await;
+    assert!(r.last().is_some_and(|l| l.starts_with("s2 BAD")), "{r:?}");
+
+    // Two new messages: a b f, sorted a(2) b(4) c(1) e(3) f(5) / reversed f e c b a.
+    for s in ["msg b", "msg f"] {
+        h.deliver(&format!("From: a@x.test\r\nSubject: {s}\r\n\r\nx\r\n"))
+            .await;
+    }
+    let r = c.ok("n1 NOOP").await;
+    let exists = position(&r, "* 5 EXISTS");
+    let add1 = position(&r, "* ESEARCH (TAG \"s1\") UID ADDTO (2 4 5 5)");
+    let add2 = position(&r, "* ESEARCH (TAG \"s2\") ADDTO (1 5 4 4)");
+    assert!(exists < add1 && exists < add2, "{r:?}");
+
+    // Message 1 (c, third in s1's list) is seen: it leaves the UNSEEN context.
+    let mut r = c.ok("f1 STORE 1 +FLAGS (\\Seen)").await;
+    r.extend(c.ok("n2 NOOP").await);
+    assert!(
+        has(&r, "* ESEARCH (TAG \"s1\") UID REMOVEFROM (3 1)"),
+        "{r:?}"
+    );
+    assert!(!r.iter().any(|l| l.contains("TAG \"s2\"")), "{r:?}");
+
+    // Expunging message 2 (a): first in s1, last in s2, reported before the EXPUNGE.
+    c.ok("f2 STORE 2 +FLAGS.SILENT (\\Deleted)").await;
+    let r = c.ok("x1 EXPUNGE").await;
+    let expunge = position(&r, "* 2 EXPUNGE");
+    let rm1 = position(&r, "* ESEARCH (TAG \"s1\") UID REMOVEFROM (1 2)");
+    let rm2 = position(&r, "* ESEARCH (TAG \"s2\") REMOVEFROM (5 2)");
+    assert!(rm1 < expunge && rm2 < expunge, "{r:?}");
+
+    // A later addition in the middle of both lists: "msg d" goes between c and e.
+    h.deliver("From: a@x.test\r\nSubject: msg d\r\n\r\nx\r\n")
+        .await;
+    let r = c.ok("n3 NOOP").await;
+    // s1 (UNSEEN, UID): b(4) e(3) f(5) -> b d e f; s2 (seq, reversed): f(4) e(2) c(1) b(3)
+    // -> f e d c b, d being message 5 now.
+    assert!(has(&r, "* ESEARCH (TAG \"s1\") UID ADDTO (2 6)"), "{r:?}");
+    assert!(has(&r, "* ESEARCH (TAG \"s2\") ADDTO (3 5)"), "{r:?}");
+
+    c.ok("c1 CANCELUPDATE \"s1\" \"s2\"").await;
+    h.deliver("From: a@x.test\r\nSubject: msg 0\r\n\r\nx\r\n")
+        .await;
+    let r = c.ok("n4 NOOP").await;
+    assert!(!r.iter().any(|l| l.starts_with("* ESEARCH")), "{r:?}");
+}
+
+// ---- 20. The public namespace `Shared/` (RFC 2342, RFC 4314) ----
+
+/// The public account's folders appear under `Shared/` for the users of its domain, with
+/// the rights their ACLs give (`anyone`, `authenticated`, an address): NAMESPACE, LIST,
+/// SELECT, APPEND, COPY, STATUS, CREATE, MYRIGHTS and GETACL check them as for
+/// `Other Users/`; the same folders are not reachable under `Other Users/public@...`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_folders_under_shared() {
+    let h = Harness::new().await;
+    h.deliver_plain(1).await;
+    let meta = &h.stores.meta;
+    meta.create_account("bob@example.test", "x", 0)
+        .await
+        .expect("bob");
+    let public = meta
+        .create_account("public@example.test", "!", 0)
+        .await
+        .expect("public");
+    let news = meta
+        .create_mailbox(public.id, "News", None)
+        .await
+        .expect("news");
+    let local = meta
+        .create_mailbox(public.id, "News/Local", None)
+        .await
+        .expect("local");
+    let hidden = meta
+        .create_mailbox(public.id, "Board", None)
+        .await
+        .expect("board");
+    meta.set_acl(public.id, news.id, "anyone", "lr")
+        .await
+        .expect("acl");
+    meta.set_acl(public.id, local.id, "authenticated", "lrswik")
+        .await
+        .expect("acl");
+    meta.set_acl(public.id, hidden.id, "bob@example.test", "lra")
+        .await
+        .expect("acl");
+
+    let mut a = h.client().await;
+    assert!(has(
+        &a.ok("n NAMESPACE").await,
+        "* NAMESPACE ((\"\" \"/\")) ((\"Other Users/\" \"/\")) ((\"Shared/\" \"/\"))"
+    ));
+    let r = a.ok("l1 LIST \"\" \"Shared*\"").await;
+    assert!(
+        has(&r, "* LIST (\\Noselect \\HasChildren) \"/\" Shared"),
+        "{r:?}"
+    );
+    assert!(has(&r, "* LIST (\\HasChildren) \"/\" Shared/News"), "{r:?}");
+    assert!(
+        has(&r, "* LIST (\\HasNoChildren) \"/\" Shared/News/Local"),
+        "{r:?}"
+    );
+    assert!(
+        !r.iter().any(|l| l.contains("Board")),
+        "alice may not see Board: {r:?}"
+    );
+    let r = a.ok("l2 LIST \"\" \"Other Users/*\"").await;
+    assert!(!r.iter().any(|l| l.contains("public@")), "{r:?}");
+    let r = a
+        .cmd("s0 SELECT \"Other Users/public@example.test/News\"")
+        .await;
+    assert!(
+        r.last()
+            .is_some_and(|l| l.starts_with("s0 NO [NONEXISTENT]")),
+        "{r:?}"
+    );
+    let r = a.cmd("s1 SELECT Shared/Board").await;
+    assert!(
+        r.last()
+            .is_some_and(|l| l.starts_with("s1 NO [NONEXISTENT]")),
+        "{r:?}"
+    );
+
+    assert!(has(
+        &a.ok("m1 MYRIGHTS Shared/News").await,
+        "* MYRIGHTS Shared/News lr"
+    ));
+    let r = a.cmd("g1 GETACL Shared/News").await;
+    assert!(
+        r.last().is_some_and(|l| l.starts_with("g1 NO [NOPERM]")),
+        "{r:?}"
+    );
+    // No `i` on News; `i` on News/Local.
+    let r = a.cmd("p1 APPEND Shared/News {3+}\r\nabc").await;
+    assert!(
+        r.last().is_some_and(|l| l.starts_with("p1 NO [NOPERM]")),
+        "{r:?}"
+    );
+    let r = a
+        .ok("p2 APPEND Shared/News/Local {24+}\r\nSubject: hello\r\n\r\nbody\r\n")
+        .await;
+    assert!(r.last().is_some_and(|l| l.contains("[APPENDUID ")), "{r:?}");
+    a.ok("s2 SELECT INBOX").await;
+    a.ok("c1 COPY 1 Shared/News/Local").await;
+    let r = a.cmd("c2 COPY 1 Shared/News").await;
+    assert!(
+        r.last().is_some_and(|l| l.starts_with("c2 NO [NOPERM]")),
+        "{r:?}"
+    );
+    // Top-level public folders come from the admin tool; below one with `k`, users may.
+    let r = a.cmd("k1 CREATE Shared/Mine").await;
+    assert!(r.last().is_some_and(|l| l.starts_with("k1 NO")), "{r:?}");
+    let r = a.cmd("k2 CREATE Shared").await;
+    assert!(
+        r.last().is_some_and(|l| l.starts_with("k2 NO [CANNOT]")),
+        "{r:?}"
+    );
+    a.ok("k3 CREATE Shared/News/Local/Sub").await;
+
+    // Bob, another user of the domain, sees what alice put there and her new folder (it
+    // took its parent's ACL); Board's ACL names him.
+    let mut b = h.client_as("bob@example.test").await;
+    assert!(has(
+        &b.ok("t1 STATUS Shared/News/Local (MESSAGES)").await,
+        "* STATUS Shared/News/Local (MESSAGES 2)"
+    ));
+    assert!(has(
+        &b.ok("t2 MYRIGHTS Shared/News/Local/Sub").await,
+        "* MYRIGHTS Shared/News/Local/Sub lrwsikc"
+    ));
+    let r = b.ok("t3 GETACL Shared/Board").await;
+    assert!(
+        r.iter()
+            .any(|l| l.starts_with("* ACL Shared/Board ") && l.contains(" bob@example.test lra")),
+        "{r:?}"
+    );
+    b.ok("t4 SETACL Shared/Board anyone lr").await;
+    b.ok("t5 SELECT Shared/News/Local").await;
+    let r = b.ok("t6 FETCH 1:* (RFC822.SIZE)").await;
+    assert_eq!(
+        r.iter()
+            .filter(|l| l.starts_with("* ") && l.contains(" FETCH "))
+            .count(),
+        2,
+        "{r:?}"
+    );
+    // Alice now sees Board too.
+    let r = a.ok("l3 LIST \"\" \"Shared/%\"").await;
+    assert!(
+        has(&r, "* LIST (\\HasNoChildren) \"/\" Shared/Board"),
+        "{r:?}"
+    );
 }

@@ -13,6 +13,7 @@
 
 mod admin;
 mod outbound;
+mod public;
 mod security;
 mod serve;
 mod telemetry;
@@ -55,6 +56,9 @@ enum Command {
     Mailbox(admin::MailboxCmd),
     #[command(subcommand)]
     Message(admin::MessageCmd),
+    /// Public folders: a domain's mailboxes shown to its users under `Shared/`.
+    #[command(subcommand)]
+    PublicFolder(public::PublicFolderCmd),
     /// Index for full-text search the messages that are not yet (stored before the index
     /// existed, or whose indexing failed), of one account or of all.
     Reindex {
@@ -115,6 +119,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Alias(c) => runtime.block_on(admin::alias(&config, c, cli.json)),
         Command::Mailbox(c) => runtime.block_on(admin::mailbox(&config, c, cli.json)),
         Command::Message(c) => runtime.block_on(admin::message(&config, c, cli.json)),
+        Command::PublicFolder(c) => runtime.block_on(public::public_folder(&config, c, cli.json)),
         Command::Reindex { address } => {
             runtime.block_on(admin::reindex(&config, address, cli.json))
         }

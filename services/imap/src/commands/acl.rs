@@ -10,6 +10,16 @@
 //! about the mailbox (`NO [NONEXISTENT]`, as for a mailbox that does not exist); one
 //! with `l` is told `NO [NOPERM]`.
 //!
+//! The public namespace `Shared/` (RFC 2342's third namespace, like Dovecot's public
+//! namespace) holds mailboxes no user owns: each domain's public folders belong to its
+//! reserved account `public@<domain>` ([`PUBLIC_LOCAL_PART`], created by
+//! `mailfleet public-folder create`, with no usable password), and its mailbox `X` is
+//! `Shared/X` to every user of that domain, with the rights its ACL gives them (usually
+//! through `anyone` or `authenticated`). [`split_shared`] maps both namespaces to
+//! (owner, mailbox), so resolving, the rights checks and LIST work the same for both;
+//! the public account's mailboxes are not reachable under `Other Users/` for the users of
+//! its domain, so each mailbox has one name.
+//!
 //! The ACL commands are not parsed by imap-codec (this version has no ACL types); they are
 //! recognised here after the codec refused a command ([`preparse`]), with the IMAP string
 //! grammar (atom, quoted string, literal) for their arguments, and answered with responses
@@ -25,6 +35,11 @@ use std::collections::BTreeMap;
 
 /// The other users' namespace prefix (without its delimiter), advertised by NAMESPACE.
 pub const OTHER_USERS: &str = "Other Users";
+/// The public namespace prefix (without its delimiter), advertised by NAMESPACE.
+pub const PUBLIC: &str = "Shared";
+/// The local part of a domain's public-folders account: `public@<domain>` owns what the
+/// users of `<domain>` see under `Shared/`.
+pub const PUBLIC_LOCAL_PART: &str = "public";
 /// Most ACL entries one mailbox may hold (SETACL beyond is `NO [LIMIT]`).
 pub const MAX_ACL_ENTRIES: usize = 100;
 /// Longest identifier accepted (an address is at most 254 octets).
@@ -160,6 +175,58 @@ pub(crate) fn other_name(owner: &str, local: &str) -> String {
     format!("{OTHER_USERS}{DELIMITER}{owner}{DELIMITER}{local}")
 }
 
+/// The public-folders account of the domain of `address` (`public@<domain>`).
+pub fn public_owner(address: &str) -> Option<String> {
+    let (_, domain) = address.rsplit_once('@')?;
+    (!domain.is_empty()).then(|| format!("{PUBLIC_LOCAL_PART}@{}", domain.to_ascii_lowercase()))
+}
+
+/// A name in the public namespace → the public account's mailbox name: `Shared/News/x`
+/// → `News/x`; the prefix alone (`Shared`) gives an empty name.
+pub(crate) fn split_public(name: &str) -> Option<String> {
+    if name == PUBLIC {
+        return Some(String::new());
+    }
+    let rest = name.strip_prefix(PUBLIC)?.strip_prefix(DELIMITER)?;
+    if rest.is_empty() {
+        return None;
+    }
+    Some(if rest.eq_ignore_ascii_case("INBOX") {
+        "INBOX".to_string()
+    } else {
+        rest.to_string()
+    })
+}
+
+/// A name in either shared namespace, as the user `me` sees it, → (owner address, owner's
+/// mailbox name); `None` for a personal name.
+pub(crate) fn split_shared(name: &str, me: &str) -> Option<(String, String)> {
+    match split_public(name) {
+        Some(local) => Some((public_owner(me)?, local)),
+        None if name == format!("{PUBLIC}{DELIMITER}") => Some((public_owner(me)?, String::new())),
+        None => split_other(name),
+    }
+}
+
+/// The name `me` sees for `owner`'s mailbox `local`: under `Shared/` for the public account
+/// of `me`'s domain, under `Other Users/<owner>/` otherwise.
+pub(crate) fn shared_name(me: &str, owner: &str, local: &str) -> String {
+    if public_owner(me).as_deref() == Some(owner) {
+        format!("{PUBLIC}{DELIMITER}{local}")
+    } else {
+        other_name(owner, local)
+    }
+}
+
+/// The quota root of `owner`'s storage as `me` names it: `Shared` or `Other Users/<owner>`.
+pub(crate) fn shared_root(me: &str, owner: &str) -> String {
+    if public_owner(me).as_deref() == Some(owner) {
+        PUBLIC.to_string()
+    } else {
+        format!("{OTHER_USERS}{DELIMITER}{owner}")
+    }
+}
+
 /// The identifiers whose ACL entries apply to a logged-in user (RFC 4314 §2).
 fn identifiers(address: &str) -> [&str; 3] {
     [address, "anyone", "authenticated"]
@@ -184,7 +251,11 @@ impl Session {
     /// commands resolve names (see the module documentation).
     pub(crate) async fn resolve(&mut self, name: &str) -> StoreResult<Option<Target>> {
         let me = self.acct()?.clone();
-        let Some((owner_addr, local)) = split_other(name) else {
+        // The public account's mailboxes have one name for its domain's users: `Shared/`.
+        if split_other(name).is_some_and(|(o, _)| public_owner(&me.address) == Some(o)) {
+            return Ok(None);
+        }
+        let Some((owner_addr, local)) = split_shared(name, &me.address) else {
             return Ok(self
                 .stores
                 .meta
@@ -279,7 +350,7 @@ impl Session {
             };
             if let Some(mb) = boxes.iter().find(|b| b.id.0 == mbid) {
                 self.mailbox_owners.insert(mb.id, owner);
-                out.push((other_name(addr, &mb.name), mb.clone(), rights));
+                out.push((shared_name(&me.address, addr, &mb.name), mb.clone(), rights));
             }
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
@@ -506,27 +577,63 @@ impl Session {
         tag: &Tag<'static>,
         name: &str,
     ) -> StoreResult<Result<(AccountId, String), Resp>> {
-        if name == OTHER_USERS {
+        if name == OTHER_USERS || name == PUBLIC {
             return Ok(Err(response::no(
                 tag,
                 code("CANNOT"),
-                "Reserved for the other users' namespace",
+                "Reserved for a shared namespace",
             )));
         }
-        let Some((_, local)) = split_other(name) else {
+        let me = self.acct()?.address.clone();
+        let Some((_, local)) = split_shared(name, &me) else {
             return Ok(Ok((self.acct()?.id, name.to_string())));
         };
         let Some((parent, _)) = name.rsplit_once(DELIMITER) else {
             return Ok(Err(Refusal::NoPerm.no(tag)));
         };
         if !local.contains(DELIMITER) {
-            // Directly under the owner: there is no mailbox whose `k` would allow it.
+            // Directly under the owner (or `Shared/`): there is no mailbox whose `k` would
+            // allow it; public folders are made by `mailfleet public-folder create`.
             return Ok(Err(Refusal::NoPerm.no(tag)));
         }
         match self.access(parent, "k", true).await? {
             Ok(t) => Ok(Ok((t.owner, local))),
             Err(r) => Ok(Err(r.no(tag))),
         }
+    }
+
+    /// A public folder a user created (under `Shared/`, with `k` on its parent) starts
+    /// with its parent's ACL, as Dovecot's ACLs do: with none, nobody (its creator
+    /// included) could reach it, the public account having no user.
+    pub(crate) async fn inherit_public_acl(
+        &mut self,
+        acct: AccountId,
+        name: &str,
+        mb: &StoreMailbox,
+    ) -> StoreResult<()> {
+        let me = self.acct()?.clone();
+        if acct == me.id {
+            return Ok(());
+        }
+        let Some(owner) = self.stores.meta.get_account_by_id(acct).await? else {
+            return Ok(());
+        };
+        if public_owner(&me.address).as_deref() != Some(owner.address.as_str()) {
+            return Ok(());
+        }
+        let Some((parent, _)) = name.rsplit_once(DELIMITER) else {
+            return Ok(());
+        };
+        let Some(parent) = self.stores.meta.get_mailbox(acct, parent).await? else {
+            return Ok(());
+        };
+        for e in self.stores.meta.get_acl(parent.id).await? {
+            self.stores
+                .meta
+                .set_acl(acct, mb.id, &e.identifier, &e.rights)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Where RENAME happens: (account, old name, new name in that account). Both names
@@ -545,8 +652,10 @@ impl Session {
                 "Cannot rename between namespaces or onto the namespace prefix",
             )
         };
-        match (split_other(from), split_other(to)) {
-            (None, None) if to != OTHER_USERS && from != OTHER_USERS => {
+        let me = self.acct()?.address.clone();
+        let reserved = |n: &str| n == OTHER_USERS || n == PUBLIC;
+        match (split_shared(from, &me), split_shared(to, &me)) {
+            (None, None) if !reserved(to) && !reserved(from) => {
                 Ok(Ok((self.acct()?.id, from.to_string(), to.to_string())))
             }
             (Some((o1, l1)), Some((o2, l2))) if o1 == o2 && !l1.is_empty() && !l2.is_empty() => {
@@ -638,7 +747,8 @@ impl Session {
         let Some(acct) = self.stores.meta.get_account_by_id(owner).await? else {
             return Ok(Outcome::done(vec![Refusal::Missing.no(tag)]));
         };
-        let root = format!("{OTHER_USERS}{DELIMITER}{}", acct.address);
+        let me = self.acct()?.address.clone();
+        let root = shared_root(&me, &acct.address);
         let quota = super::mailboxes::quota_of(&acct, &root);
         let roots = if quota.is_some() {
             AString::try_from(root.clone()).ok().into_iter().collect()
@@ -654,23 +764,25 @@ impl Session {
         Ok(Outcome::done(out))
     }
 
-    /// GETQUOTA of `Other Users/<owner>`: only for a user the owner shares a mailbox with.
+    /// GETQUOTA of `Other Users/<owner>` or `Shared`: only for a user the owner shares a
+    /// mailbox with.
     pub(crate) async fn shared_quota(
         &mut self,
         tag: &Tag<'static>,
         owner: &str,
     ) -> StoreResult<Outcome> {
+        let me = self.acct()?.address.clone();
         let visible = self
             .shared_mailboxes()
             .await?
             .iter()
-            .any(|(n, _, _)| split_other(n).is_some_and(|(o, _)| o == owner));
+            .any(|(n, _, _)| split_shared(n, &me).is_some_and(|(o, _)| o == owner));
         let acct = if visible {
             self.stores.meta.get_account(owner).await?
         } else {
             None
         };
-        let root = format!("{OTHER_USERS}{DELIMITER}{owner}");
+        let root = shared_root(&me, owner);
         match acct.and_then(|a| super::mailboxes::quota_of(&a, &root)) {
             Some(d) => Ok(Outcome::done(vec![
                 response::data(d),

@@ -228,11 +228,20 @@ impl Session {
                 )]
             })
             .unwrap_or_default();
+        // Public folders (no owner among the users: `acl.rs`) live under this one.
+        let shared = IString::try_from(format!("{}{}", super::acl::PUBLIC, super::DELIMITER))
+            .map(|prefix| {
+                vec![Namespace::new(
+                    prefix,
+                    QuotedChar::try_from(super::DELIMITER).ok(),
+                )]
+            })
+            .unwrap_or_default();
         Outcome::done(vec![
             response::data(Data::Namespace {
                 personal,
                 other,
-                shared: vec![],
+                shared,
             }),
             response::ok(&tag, None, "NAMESPACE completed"),
         ])

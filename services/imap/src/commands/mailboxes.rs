@@ -337,7 +337,7 @@ impl Session {
             }
         }
         match self.stores.meta.create_mailbox(acct, &name, None).await {
-            Ok(_) => {}
+            Ok(mb) => self.inherit_public_acl(acct, &name, &mb).await?,
             Err(StoreError::Conflict(_)) => {
                 return Ok(Outcome::done(vec![response::no(
                     &tag,
@@ -887,7 +887,8 @@ impl Session {
     ) -> StoreResult<Outcome> {
         self.refresh_account().await?;
         let root_name = String::from_utf8_lossy(root.as_ref()).into_owned();
-        if let Some((owner, _)) = super::acl::split_other(&root_name) {
+        let me = self.acct()?.address.clone();
+        if let Some((owner, _)) = super::acl::split_shared(&root_name, &me) {
             return self.shared_quota(&tag, &owner).await;
         }
         if !root.as_ref().is_empty() {

@@ -185,13 +185,17 @@ impl Session {
     /// Runs a command of [`msgext`], answering a storage failure as [`Session::handle`]
     /// does.
     pub async fn message_ext(&mut self, ext: MsgExt) -> Outcome {
-        let tag = match &ext {
-            MsgExt::MultiAppend { tag, .. }
-            | MsgExt::TooManyMessages { tag }
-            | MsgExt::Replace { tag, .. }
-            | MsgExt::Unauthenticate { tag }
-            | MsgExt::Search { tag, .. } => tag.clone(),
-            MsgExt::Fetch { cmd, .. } => cmd.tag.clone(),
+        let tag = ext.tag().clone();
+        // RFC 6855 §4: the UTF8 APPEND data item exists only once UTF8=ACCEPT is enabled.
+        let ext = match ext {
+            MsgExt::Utf8 { .. } if self.is_authenticated() && !self.enabled.utf8 => {
+                return Outcome::done(vec![response::bad(
+                    &tag,
+                    "APPEND data UTF8 (...) needs ENABLE UTF8=ACCEPT",
+                )]);
+            }
+            MsgExt::Utf8 { inner, .. } => *inner,
+            other => other,
         };
         match self.run_message_ext(ext).await {
             Ok(o) => o,
@@ -208,17 +212,18 @@ impl Session {
 
     async fn run_message_ext(&mut self, ext: MsgExt) -> StoreResult<Outcome> {
         if !self.is_authenticated() {
-            let tag = match &ext {
-                MsgExt::MultiAppend { tag, .. }
-                | MsgExt::TooManyMessages { tag }
-                | MsgExt::Replace { tag, .. }
-                | MsgExt::Unauthenticate { tag }
-                | MsgExt::Search { tag, .. } => tag.clone(),
-                MsgExt::Fetch { cmd, .. } => cmd.tag.clone(),
-            };
-            return Ok(Outcome::done(vec![response::bad(&tag, "Log in first")]));
+            return Ok(Outcome::done(vec![response::bad(
+                ext.tag(),
+                "Log in first",
+            )]));
         }
         match ext {
+            MsgExt::Append { cmd } => Ok(self.handle(cmd).await),
+            // Unwrapped by `message_ext`; preparse never nests it.
+            MsgExt::Utf8 { tag, .. } => Ok(Outcome::done(vec![response::bad(
+                &tag,
+                "Syntax error in command",
+            )])),
             MsgExt::MultiAppend { tag, messages } => {
                 let mut mailbox = None;
                 let mut parts = Vec::with_capacity(messages.len());

@@ -14,6 +14,10 @@
 //!   knows (`(UID set)` of the messages it matches, `(NOT ALL)`, `ALL`), computed from the
 //!   stored save dates of the selected mailbox, and decodes the result.
 //!
+//! - APPEND data `UTF8 (~{n}...)` (RFC 6855 §4), in APPEND, MULTIAPPEND and REPLACE: becomes
+//!   the literal8 it wraps, and the command is marked [`MsgExt::Utf8`], which the session
+//!   accepts only after `ENABLE UTF8=ACCEPT` (else `BAD`).
+//!
 //! Everything here is free of sockets and state; the tokenizer walks a complete command
 //! (as framed by the connection, literals included) and never recurses deeper than
 //! [`MAX_DEPTH`] parentheses.
@@ -112,6 +116,32 @@ pub enum MsgExt {
         tag: Tag<'static>,
         pieces: Vec<Piece>,
     },
+    /// A single-message APPEND, as decoded by the codec (only inside [`MsgExt::Utf8`]).
+    Append {
+        cmd: Command<'static>,
+    },
+    /// An APPEND, MULTIAPPEND or REPLACE whose messages were (some of them) given as
+    /// `UTF8 (literal8)` (RFC 6855 §4): `inner` is the command with each such message as
+    /// its plain literal8.
+    Utf8 {
+        tag: Tag<'static>,
+        inner: Box<MsgExt>,
+    },
+}
+
+impl MsgExt {
+    /// The tag of the command.
+    pub fn tag(&self) -> &Tag<'static> {
+        match self {
+            MsgExt::MultiAppend { tag, .. }
+            | MsgExt::TooManyMessages { tag }
+            | MsgExt::Replace { tag, .. }
+            | MsgExt::Unauthenticate { tag }
+            | MsgExt::Search { tag, .. }
+            | MsgExt::Utf8 { tag, .. } => tag,
+            MsgExt::Fetch { cmd, .. } | MsgExt::Append { cmd } => &cmd.tag,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -269,6 +299,102 @@ fn line(parts: &[&[u8]]) -> Vec<u8> {
 
 /// Recognises one of this module's commands in a complete framed command.
 pub fn preparse(message: &[u8]) -> Option<MsgExt> {
+    match strip_utf8_data(message) {
+        Utf8Data::Absent => preparse_plain(message),
+        Utf8Data::Invalid => None,
+        Utf8Data::Rewritten(plain) => {
+            let inner = match preparse_plain(&plain) {
+                Some(ext @ (MsgExt::MultiAppend { .. } | MsgExt::TooManyMessages { .. })) => ext,
+                Some(ext @ MsgExt::Replace { .. }) => ext,
+                Some(_) => return None,
+                // One message: a plain APPEND now, which the codec decodes.
+                None => {
+                    let cmd = decode(&plain)?;
+                    if !matches!(cmd.body, CommandBody::Append { .. }) {
+                        return None;
+                    }
+                    MsgExt::Append { cmd }
+                }
+            };
+            Some(MsgExt::Utf8 {
+                tag: inner.tag().clone(),
+                inner: Box::new(inner),
+            })
+        }
+    }
+}
+
+/// What [`strip_utf8_data`] found.
+#[derive(Debug, PartialEq, Eq)]
+enum Utf8Data {
+    /// Not an APPEND/REPLACE with `UTF8 (...)` data.
+    Absent,
+    /// `UTF8` where a message goes, but not followed by `(literal8)`: a syntax error.
+    Invalid,
+    /// The command with each `UTF8 (~{n}...)` replaced by its `~{n}...`.
+    Rewritten(Vec<u8>),
+}
+
+/// Finds RFC 6855's `append-data =/ "UTF8" SP "(" literal8 ")"` in an APPEND (each of a
+/// MULTIAPPEND's messages) or [UID] REPLACE, after the mailbox name (which may itself be
+/// `UTF8`). Only the atom `UTF8` among the message arguments is looked at: flags are a
+/// group, the date a quoted string, the message a literal.
+fn strip_utf8_data(message: &[u8]) -> Utf8Data {
+    let Some(body) = message.strip_suffix(b"\r\n") else {
+        return Utf8Data::Absent;
+    };
+    let Some(toks) = tokens(body, 0, body.len(), 0) else {
+        return Utf8Data::Absent;
+    };
+    let uid = toks.get(1).is_some_and(|t| t.is(body, "UID"));
+    let v = 1 + usize::from(uid);
+    let Some(verb) = toks.get(v) else {
+        return Utf8Data::Absent;
+    };
+    // APPEND tag mailbox ...; REPLACE tag number mailbox ...
+    let first_message_arg = if !uid && verb.is(body, "APPEND") {
+        v + 2
+    } else if verb.is(body, "REPLACE") {
+        v + 3
+    } else {
+        return Utf8Data::Absent;
+    };
+    let args = toks.get(first_message_arg..).unwrap_or_default();
+    if !args.iter().any(|t| t.is(body, "UTF8")) {
+        return Utf8Data::Absent;
+    }
+    let mut out = Vec::with_capacity(message.len());
+    let mut copied = 0;
+    let mut i = 0;
+    while i < args.len() {
+        let t = args[i];
+        if !t.is(body, "UTF8") {
+            i += 1;
+            continue;
+        }
+        let Some(group) = args.get(i + 1).filter(|g| g.kind == Kind::Group) else {
+            return Utf8Data::Invalid;
+        };
+        let inner = match tokens(body, group.start + 1, group.end - 1, 1) {
+            Some(inner) => inner,
+            None => return Utf8Data::Invalid,
+        };
+        match inner.as_slice() {
+            [lit] if lit.kind == Kind::Literal && body[lit.start] == b'~' => {
+                out.extend_from_slice(&body[copied..t.start]);
+                out.extend_from_slice(lit.text(body));
+                copied = group.end;
+            }
+            _ => return Utf8Data::Invalid,
+        }
+        i += 2;
+    }
+    out.extend_from_slice(&body[copied..]);
+    out.extend_from_slice(b"\r\n");
+    Utf8Data::Rewritten(out)
+}
+
+fn preparse_plain(message: &[u8]) -> Option<MsgExt> {
     let body = message.strip_suffix(b"\r\n")?;
     let toks = tokens(body, 0, body.len(), 0)?;
     let (tag_tok, rest) = toks.split_first()?;
@@ -689,6 +815,73 @@ mod tests {
         ] {
             assert!(preparse(bad).is_none(), "{}", String::from_utf8_lossy(bad));
         }
+    }
+
+    #[test]
+    fn utf8_append_data() {
+        // APPEND: the UTF8 data item becomes its literal8; the command is marked.
+        let Some(MsgExt::Utf8 { tag, inner }) =
+            preparse("u1 APPEND INBOX (\\Seen) UTF8 (~{5}\r\nhé!!)\r\n".as_bytes())
+        else {
+            panic!("not parsed")
+        };
+        assert_eq!(tag.as_ref(), "u1");
+        let MsgExt::Append { cmd } = *inner else {
+            panic!("not an APPEND")
+        };
+        assert_eq!(append_parts(&cmd), ("INBOX".into(), 1, 5, false));
+        // A mailbox named UTF8 is a mailbox, not a data item.
+        let Some(MsgExt::Utf8 { inner, .. }) =
+            preparse(b"u2 APPEND UTF8 \"01-Feb-2024 10:00:00 +0000\" UTF8 (~{2+}\r\nxy)\r\n")
+        else {
+            panic!("not parsed")
+        };
+        let MsgExt::Append { cmd } = *inner else {
+            panic!("not an APPEND")
+        };
+        assert_eq!(append_parts(&cmd), ("UTF8".into(), 0, 2, true));
+        assert!(preparse(b"u3 APPEND UTF8 {2}\r\nxy\r\n").is_none());
+        // MULTIAPPEND with one UTF8 message among plain ones.
+        let Some(MsgExt::Utf8 { inner, .. }) =
+            preparse(b"u4 APPEND Drafts {1}\r\na UTF8 (~{2}\r\nbc) (\\Seen) {1}\r\nd\r\n")
+        else {
+            panic!("not parsed")
+        };
+        let MsgExt::MultiAppend { messages, .. } = *inner else {
+            panic!("not a MULTIAPPEND")
+        };
+        let lens: Vec<usize> = messages.iter().map(|m| append_parts(m).2).collect();
+        assert_eq!(lens, vec![1, 2, 1]);
+        // REPLACE and UID REPLACE.
+        let Some(MsgExt::Utf8 { inner, .. }) =
+            preparse(b"u5 UID REPLACE 7 INBOX UTF8 (~{3}\r\nabc)\r\n")
+        else {
+            panic!("not parsed")
+        };
+        let MsgExt::Replace {
+            uid,
+            number,
+            append,
+            ..
+        } = *inner
+        else {
+            panic!("not a REPLACE")
+        };
+        assert!(uid && number.get() == 7);
+        assert_eq!(append_parts(&append), ("INBOX".into(), 0, 3, false));
+        // RFC 6855 §4: UTF8 wraps exactly one literal8.
+        for bad in [
+            &b"b APPEND INBOX UTF8 ({2}\r\nxy)\r\n"[..],
+            b"b APPEND INBOX UTF8 ~{2}\r\nxy\r\n",
+            b"b APPEND INBOX UTF8 (~{1}\r\nx ~{1}\r\ny)\r\n",
+            b"b APPEND INBOX UTF8 ()\r\n",
+            b"b APPEND INBOX UTF8\r\n",
+            b"b APPEND INBOX UTF8 (\\Seen) {1}\r\nx\r\n",
+        ] {
+            assert!(preparse(bad).is_none(), "{}", String::from_utf8_lossy(bad));
+        }
+        // Other commands are not looked at.
+        assert!(preparse(b"s SEARCH UTF8 (~{1}\r\nx)\r\n").is_none());
     }
 
     #[test]

@@ -331,26 +331,29 @@ impl Session {
         Ok(())
     }
 
-    /// The UIDs among `uids` that match `criteria` (for CONTEXT=SEARCH updates, which look
-    /// only at the messages that changed): only those messages are read.
-    pub(crate) async fn evaluate_uids(
+    /// The UIDs among `uids` that match `criteria` (for CONTEXT=SEARCH and CONTEXT=SORT
+    /// updates, which look only at the messages that changed), each with its sort keys
+    /// under `sort` (empty for a SEARCH): only those messages are read.
+    pub(crate) async fn evaluate_uids_sorted(
         stores: &Stores,
         sel: &Selected,
         criteria: &SearchKey<'_>,
         uids: &std::collections::BTreeSet<mailfleet_storage::Uid>,
-    ) -> StoreResult<std::collections::BTreeSet<mailfleet_storage::Uid>> {
+        sort: &[SortCriterion],
+    ) -> StoreResult<std::collections::BTreeMap<mailfleet_storage::Uid, Vec<SortValue>>> {
         // A few changed messages: scanned, not looked up in the index.
         let index = IndexAnswers::default();
         let largest_seq = sel.len();
         let largest_uid = sel.max_uid().map_or(0, |u| u.get());
         let parser = MessageParser::default();
-        let mut out = std::collections::BTreeSet::new();
+        let mut out = std::collections::BTreeMap::new();
         for uid in uids {
             let Some(seq) = sel.seq_of(*uid) else {
                 continue;
             };
             let Some(m) = sel.by_seq(seq) else { continue };
-            let raw = if index.needs_parse(criteria, uid.0) {
+            let parse = index.needs_parse(criteria, uid.0);
+            let raw = if parse {
                 sel.read_body_if_present(stores, m.uid).await?
             } else {
                 None
@@ -365,9 +368,19 @@ impl Session {
                 largest_uid,
                 index: &index,
             };
-            if matches(criteria, &c) {
-                out.insert(*uid);
+            if !matches(criteria, &c) {
+                continue;
             }
+            let values = if sort.is_empty() {
+                Vec::new()
+            } else if parse {
+                sort_values(sort, &m, parsed.as_ref())
+            } else {
+                let raw = sel.read_body_if_present(stores, m.uid).await?;
+                let parsed = raw.as_ref().and_then(|r| parser.parse(r.as_ref()));
+                sort_values(sort, &m, parsed.as_ref())
+            };
+            out.insert(*uid, values);
         }
         Ok(out)
     }
@@ -503,30 +516,28 @@ impl Session {
             sel,
             &key,
             |seq, m, parsed| {
-                let values = criteria
-                    .iter()
-                    .map(|c| sort_value(&c.key, m, parsed))
-                    .collect();
-                rows.push((values, seq, m.uid.0));
+                rows.push((sort_values(&criteria, m, parsed), seq, m.uid.0));
             },
             true,
         )
         .await?;
-        rows.sort_by(|a, b| {
-            for (i, c) in criteria.iter().enumerate() {
-                let ord = a.0[i].cmp(&b.0[i]);
-                let ord = if c.reverse { ord.reverse() } else { ord };
-                if ord != std::cmp::Ordering::Equal {
-                    return ord;
-                }
-            }
-            // Ties are broken by sequence number (RFC 5256 §3).
-            a.1.cmp(&b.1)
-        });
+        // Ties are broken by sequence number (RFC 5256 §3).
+        rows.sort_by(|a, b| compare_sort_values(&criteria, &a.0, &b.0).then(a.1.cmp(&b.1)));
         let ids: Vec<NonZeroU32> = rows
             .iter()
             .filter_map(|r| NonZeroU32::new(if uid { r.2 } else { r.1 }))
             .collect();
+        // An extended SORT with UPDATE (CONTEXT=SORT) keeps the sorted result with its
+        // keys, to place later additions (commands/searchext.rs).
+        if self.search_state.want_sort_rows {
+            self.search_state.sort_rows = Some(SortRows {
+                criteria: criteria.clone(),
+                rows: rows
+                    .into_iter()
+                    .map(|(values, _, u)| (values, mailfleet_storage::Uid(u)))
+                    .collect(),
+            });
+        }
         let mut out = vec![response::data(Data::Sort(ids, None))];
         out.extend(self.pending_updates(uid).await?);
         out.push(response::ok(
@@ -542,10 +553,44 @@ impl Session {
     }
 }
 
+/// One sort key of one message.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum SortValue {
+pub(crate) enum SortValue {
     Num(i64),
     Text(String),
+}
+
+/// A sorted result with the keys of each message, in sort order (for CONTEXT=SORT).
+#[derive(Clone, Debug)]
+pub(crate) struct SortRows {
+    pub criteria: Vec<SortCriterion>,
+    pub rows: Vec<(Vec<SortValue>, mailfleet_storage::Uid)>,
+}
+
+/// The order of two messages' sort keys under `criteria` (REVERSE applied); the caller
+/// breaks ties by sequence number, or equivalently by UID, which orders a view the same.
+pub(crate) fn compare_sort_values(
+    criteria: &[SortCriterion],
+    a: &[SortValue],
+    b: &[SortValue],
+) -> std::cmp::Ordering {
+    for (i, c) in criteria.iter().enumerate() {
+        let ord = a.get(i).cmp(&b.get(i));
+        let ord = if c.reverse { ord.reverse() } else { ord };
+        if ord != std::cmp::Ordering::Equal {
+            return ord;
+        }
+    }
+    std::cmp::Ordering::Equal
+}
+
+/// The sort keys of one message.
+pub(crate) fn sort_values(
+    criteria: &[SortCriterion],
+    m: &ViewMessage,
+    p: Option<&Message<'_>>,
+) -> Vec<SortValue> {
+    criteria.iter().map(|c| sort_value(&c.key, m, p)).collect()
 }
 
 /// The sort key of an address header (RFC 5256 §3): the first mailbox's local part, then

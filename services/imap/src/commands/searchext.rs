@@ -17,6 +17,7 @@
 //! extensions need, the saved result and the live UPDATE contexts, is [`SearchState`].
 
 use super::extended::tokens;
+use super::search::{compare_sort_values, SortRows};
 use crate::response::{self, Resp};
 use crate::selected::Selected;
 use crate::session::{Outcome, Session, State};
@@ -36,6 +37,9 @@ pub const PLACEHOLDER: u32 = u32::MAX;
 pub const MAX_CONTEXTS: usize = 8;
 /// Tags one CANCELUPDATE may name.
 pub const MAX_CANCEL_TAGS: usize = 64;
+/// Results a SORT context keeps with their sort keys (memory per context); a larger result
+/// is answered, but its updates are refused with `NO [NOUPDATE]` (RFC 5267 §4.3.1).
+pub const MAX_SORT_CONTEXT_RESULTS: usize = 100_000;
 
 /// A PARTIAL range (RFC 9394 §3): positions in the result, 1-based, `lo <= hi`; `last`
 /// counts from the end (`-1:-100` is the last hundred).
@@ -331,6 +335,9 @@ pub struct Context {
     criteria: SearchKey<'static>,
     result: BTreeSet<Uid>,
     seen_modseq: u64,
+    /// For a SORT context (CONTEXT=SORT): the result in sort order with each message's
+    /// keys, so updates carry positions (RFC 5267 §4.3.3).
+    order: Option<SortRows>,
 }
 
 /// The per-session state of the search extensions.
@@ -340,6 +347,10 @@ pub struct SearchState {
     /// never names another message.
     pub saved: Vec<Uid>,
     pub contexts: Vec<Context>,
+    /// Set while an extended SORT with UPDATE runs: SORT then leaves its sorted rows in
+    /// `sort_rows` for the new context.
+    pub(crate) want_sort_rows: bool,
+    pub(crate) sort_rows: Option<SortRows>,
 }
 
 impl SearchState {
@@ -592,21 +603,15 @@ impl Session {
         let State::Selected(sel) = &self.state else {
             return Outcome::done(vec![response::bad(&tag, "No mailbox selected")]);
         };
-        if ret.is_some_and(|r| r.update) {
-            if sorted {
-                return Outcome::done(vec![response::bad(
-                    &tag,
-                    "UPDATE is supported for SEARCH only (CONTEXT=SEARCH)",
-                )]);
-            }
-            if self
+        // RFC 5267 §4.3: a tag already used by a live UPDATE search is BAD.
+        if ret.is_some_and(|r| r.update)
+            && self
                 .search_state
                 .contexts
                 .iter()
                 .any(|c| c.tag == tag.as_ref())
-            {
-                return Outcome::done(vec![response::bad(&tag, "Duplicate search update tag")]);
-            }
+        {
+            return Outcome::done(vec![response::bad(&tag, "Duplicate search update tag")]);
         }
         let cmd = if ext.saved {
             let saved = if save {
@@ -638,7 +643,12 @@ impl Session {
             } => (*uid, search_criteria.clone()),
             _ => return Outcome::done(vec![response::bad(&tag, "Expected SEARCH or SORT")]),
         };
+        let keep_rows = sorted && ret.update;
+        self.search_state.want_sort_rows = keep_rows;
+        self.search_state.sort_rows = None;
         let mut outcome = self.handle(cmd).await;
+        self.search_state.want_sort_rows = false;
+        let sort_rows = self.search_state.sort_rows.take();
         let ok = tagged_ok(&outcome.responses);
         let mut responses = Vec::with_capacity(outcome.responses.len() + 1);
         let mut found: Option<Vec<u32>> = None;
@@ -673,6 +683,7 @@ impl Session {
                 &ret,
                 sorted,
                 criteria,
+                sort_rows,
                 &mut responses,
             );
         }
@@ -691,6 +702,7 @@ impl Session {
         ret: &ReturnOpts,
         sorted: bool,
         criteria: imap_codec::imap_types::core::Vec1<SearchKey<'static>>,
+        sort_rows: Option<SortRows>,
         responses: &mut Vec<Resp>,
     ) {
         let State::Selected(sel) = &self.state else {
@@ -726,18 +738,21 @@ impl Session {
             self.search_state.saved = saved;
         }
         if ret.update {
-            if self.search_state.contexts.len() >= MAX_CONTEXTS {
-                // The answer stands; only the updates are refused (RFC 5267 §4.2).
+            // The answer stands; only the updates are refused (RFC 5267 §4.3.1).
+            let refusal = if self.search_state.contexts.len() >= MAX_CONTEXTS {
+                Some("Too many UPDATE searches")
+            } else if sorted && ids.len() > MAX_SORT_CONTEXT_RESULTS {
+                Some("Too many results to keep sorted")
+            } else if sorted && sort_rows.is_none() {
+                Some("Sorted result not available for updates")
+            } else {
+                None
+            };
+            if let Some(text) = refusal {
                 let pos = responses.len().saturating_sub(1);
                 responses.insert(
                     pos,
-                    Resp::Raw(
-                        format!(
-                            "* NO [NOUPDATE {}] Too many UPDATE searches\r\n",
-                            quoted(tag)
-                        )
-                        .into_bytes(),
-                    ),
+                    Resp::Raw(format!("* NO [NOUPDATE {}] {text}\r\n", quoted(tag)).into_bytes()),
                 );
                 return;
             }
@@ -748,6 +763,7 @@ impl Session {
                 criteria: SearchKey::And(criteria),
                 result,
                 seen_modseq: view_modseq(sel),
+                order: if sorted { sort_rows } else { None },
             });
         }
     }
@@ -815,7 +831,9 @@ pub fn snapshot(state: &SearchState, sel: &Selected) -> std::collections::HashMa
 /// messages changed or added since each context last looked (MODSEQ above its mark) are
 /// evaluated again, the expunged ones removed. REMOVEFROM lines go before the refresh's
 /// EXPUNGE responses (their numbers are the ones before the expunges), ADDTO lines after
-/// everything (numbers after them). The position is 0: SEARCH results have no order.
+/// everything (numbers after them). A SEARCH context uses position 0 (its results have no
+/// order); a SORT context gives each run of messages its position in the sorted list
+/// (§4.3.3, §4.3.4), so a client applying the pairs in order keeps the list sorted.
 pub async fn context_updates(
     stores: &Stores,
     sel: &Selected,
@@ -835,19 +853,22 @@ pub async fn context_updates(
             .filter(|m| m.modseq.0 > c.seen_modseq)
             .map(|m| m.uid)
             .collect();
+        let sort = c.order.as_ref().map_or(&[][..], |o| &o.criteria[..]);
         let matching = if changed.is_empty() {
-            BTreeSet::new()
+            std::collections::BTreeMap::new()
         } else {
-            Session::evaluate_uids(stores, sel, &c.criteria, &changed).await?
+            Session::evaluate_uids_sorted(stores, sel, &c.criteria, &changed, sort).await?
         };
-        let mut removed: Vec<Uid> = c
+        let removed: BTreeSet<Uid> = c
             .result
             .iter()
-            .filter(|u| sel.seq_of(**u).is_none() || (changed.contains(u) && !matching.contains(u)))
+            .filter(|u| {
+                sel.seq_of(**u).is_none() || (changed.contains(u) && !matching.contains_key(u))
+            })
             .copied()
             .collect();
-        let added: Vec<Uid> = matching
-            .iter()
+        let added: BTreeSet<Uid> = matching
+            .keys()
             .filter(|u| !c.result.contains(u))
             .copied()
             .collect();
@@ -856,8 +877,9 @@ pub async fn context_updates(
         }
         c.result.extend(added.iter().copied());
         c.seen_modseq = now;
+        let uid_cmd = c.uid;
         let num = |u: &Uid, old: bool| -> Option<u32> {
-            if c.uid {
+            if uid_cmd {
                 Some(u.0)
             } else if old {
                 before.get(u).copied().or_else(|| sel.seq_of(*u))
@@ -865,26 +887,57 @@ pub async fn context_updates(
                 sel.seq_of(*u)
             }
         };
-        removed.sort_unstable();
-        let r: Vec<u32> = removed.iter().filter_map(|u| num(u, true)).collect();
-        let a: Vec<u32> = added.iter().filter_map(|u| num(u, false)).collect();
+        // (position, messages in result order) pairs.
+        let (remove_pairs, add_pairs) = match &mut c.order {
+            None => {
+                let mut r: Vec<u32> = removed.iter().filter_map(|u| num(u, true)).collect();
+                let mut a: Vec<u32> = added.iter().filter_map(|u| num(u, false)).collect();
+                r.sort_unstable();
+                a.sort_unstable();
+                let pair = |v: Vec<u32>| if v.is_empty() { vec![] } else { vec![(0, v)] };
+                (pair(r), pair(a))
+            }
+            Some(order) => {
+                let old: Vec<Uid> = order.rows.iter().map(|r| r.1).collect();
+                let r = removal_pairs(&old, &removed);
+                order.rows.retain(|r| !removed.contains(&r.1));
+                let mut new_rows: Vec<_> = matching
+                    .into_iter()
+                    .filter(|(u, _)| added.contains(u))
+                    .map(|(u, v)| (v, u))
+                    .collect();
+                let criteria = &order.criteria;
+                let cmp = |a: &(Vec<super::search::SortValue>, Uid),
+                           b: &(Vec<super::search::SortValue>, Uid)| {
+                    compare_sort_values(criteria, &a.0, &b.0).then(a.1.cmp(&b.1))
+                };
+                new_rows.sort_by(cmp);
+                order.rows = merge_sorted(std::mem::take(&mut order.rows), new_rows, cmp);
+                let now_list: Vec<Uid> = order.rows.iter().map(|r| r.1).collect();
+                let a = addition_pairs(&now_list, &added);
+                let numbered = |pairs: Vec<(usize, Vec<Uid>)>, old: bool| {
+                    pairs
+                        .into_iter()
+                        .map(|(p, us)| (p, us.iter().filter_map(|u| num(u, old)).collect()))
+                        .filter(|(_, v): &(usize, Vec<u32>)| !v.is_empty())
+                        .collect::<Vec<_>>()
+                };
+                (numbered(r, true), numbered(a, false))
+            }
+        };
         let head = format!(
             "* ESEARCH (TAG {}){}",
             quoted(&c.tag),
             if c.uid { " UID" } else { "" }
         );
-        if !r.is_empty() {
-            let mut r = r;
-            r.sort_unstable();
+        if !remove_pairs.is_empty() {
             removes.push(Resp::Raw(
-                format!("{head} REMOVEFROM (0 {})\r\n", runs(&r)).into_bytes(),
+                format!("{head} REMOVEFROM ({})\r\n", pairs_text(&remove_pairs)).into_bytes(),
             ));
         }
-        if !a.is_empty() {
-            let mut a = a;
-            a.sort_unstable();
+        if !add_pairs.is_empty() {
             adds.push(Resp::Raw(
-                format!("{head} ADDTO (0 {})\r\n", runs(&a)).into_bytes(),
+                format!("{head} ADDTO ({})\r\n", pairs_text(&add_pairs)).into_bytes(),
             ));
         }
     }
@@ -893,6 +946,79 @@ pub async fn context_updates(
     }
     out.extend(adds);
     Ok(())
+}
+
+/// `position set position set ...`, each set in result order (RFC 5267 §4.3.2).
+fn pairs_text(pairs: &[(usize, Vec<u32>)]) -> String {
+    pairs
+        .iter()
+        .map(|(p, v)| format!("{p} {}", runs(v)))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The REMOVEFROM pairs taking `removed` out of the sorted list `rows` (RFC 5267 §4.3.4):
+/// one pair per run of adjacent removed messages, whose position is where its first message
+/// stands once the earlier pairs are applied (the pairs are applied in order).
+fn removal_pairs(rows: &[Uid], removed: &BTreeSet<Uid>) -> Vec<(usize, Vec<Uid>)> {
+    let mut pairs: Vec<(usize, Vec<Uid>)> = Vec::new();
+    let mut kept = 0usize;
+    let mut in_run = false;
+    for u in rows {
+        if removed.contains(u) {
+            if !in_run {
+                pairs.push((kept + 1, Vec::new()));
+                in_run = true;
+            }
+            if let Some(last) = pairs.last_mut() {
+                last.1.push(*u);
+            }
+        } else {
+            kept += 1;
+            in_run = false;
+        }
+    }
+    pairs
+}
+
+/// The ADDTO pairs that insert `added` into the sorted list to give `rows` (RFC 5267
+/// §4.3.3): one pair per run of adjacent new messages, at the position its first message
+/// has in `rows`, which it has once the earlier pairs are applied.
+fn addition_pairs(rows: &[Uid], added: &BTreeSet<Uid>) -> Vec<(usize, Vec<Uid>)> {
+    let mut pairs: Vec<(usize, Vec<Uid>)> = Vec::new();
+    let mut in_run = false;
+    for (i, u) in rows.iter().enumerate() {
+        if added.contains(u) {
+            if !in_run {
+                pairs.push((i + 1, Vec::new()));
+                in_run = true;
+            }
+            if let Some(last) = pairs.last_mut() {
+                last.1.push(*u);
+            }
+        } else {
+            in_run = false;
+        }
+    }
+    pairs
+}
+
+/// Merges two lists sorted by `cmp` into one.
+fn merge_sorted<T>(a: Vec<T>, b: Vec<T>, cmp: impl Fn(&T, &T) -> std::cmp::Ordering) -> Vec<T> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let mut a = a.into_iter().peekable();
+    let mut b = b.into_iter().peekable();
+    loop {
+        let take_a = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) => cmp(x, y) != std::cmp::Ordering::Greater,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => break,
+        };
+        let next = if take_a { a.next() } else { b.next() };
+        out.extend(next);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -1022,6 +1148,83 @@ mod tests {
             String::from_utf8(line).unwrap(),
             "* ESEARCH (TAG \"t3\") PARTIAL (5:6 NIL)\r\n"
         );
+    }
+
+    /// What a client does with the pairs (RFC 5267 §4.3.3, §4.3.4), applied in order.
+    fn apply_removes(list: &mut Vec<Uid>, pairs: &[(usize, Vec<Uid>)]) {
+        for (p, us) in pairs {
+            let at = p - 1;
+            assert_eq!(&list[at..at + us.len()], &us[..], "removal at {p}");
+            list.drain(at..at + us.len());
+        }
+    }
+
+    fn apply_adds(list: &mut Vec<Uid>, pairs: &[(usize, Vec<Uid>)]) {
+        for (p, us) in pairs {
+            let at = p - 1;
+            assert!(at <= list.len());
+            list.splice(at..at, us.iter().copied());
+        }
+    }
+
+    fn uids(v: &[u32]) -> Vec<Uid> {
+        v.iter().map(|&u| Uid(u)).collect()
+    }
+
+    #[test]
+    fn sorted_context_positions() {
+        // The RFC 5267 §4.3.3 example: 2731:2733 added before 2734:2735, one pair.
+        let now = uids(&[2731, 2732, 2733, 2734, 2735]);
+        let added: BTreeSet<Uid> = uids(&[2731, 2732, 2733]).into_iter().collect();
+        let pairs = addition_pairs(&now, &added);
+        assert_eq!(pairs, vec![(1, uids(&[2731, 2732, 2733]))]);
+        assert_eq!(pairs_text(&[(1, vec![2731, 2732, 2733])]), "1 2731:2733");
+        // Removals in a sorted (not numeric) order: positions after the earlier pairs.
+        let old = uids(&[5, 3, 9, 1, 7]);
+        let removed: BTreeSet<Uid> = uids(&[3, 1, 7]).into_iter().collect();
+        let pairs = removal_pairs(&old, &removed);
+        assert_eq!(pairs, vec![(2, uids(&[3])), (3, uids(&[1, 7]))]);
+        let mut list = old.clone();
+        apply_removes(&mut list, &pairs);
+        assert_eq!(list, uids(&[5, 9]));
+        assert_eq!(pairs_text(&[(3, vec![9, 7, 8])]), "3 9,7:8");
+    }
+
+    #[test]
+    fn sorted_context_updates_keep_the_client_list() {
+        // Every removal/addition pattern over small lists: the client's list, after the
+        // REMOVEFROM then ADDTO pairs, equals the server's.
+        let mut seed = 7u64;
+        let mut next = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as u32
+        };
+        for _ in 0..500 {
+            let n = (next() % 12) as usize;
+            // A sorted order: values are random keys; list sorted by (key, uid).
+            let mut rows: Vec<(u32, Uid)> = (1..=n as u32).map(|u| (next() % 4, Uid(u))).collect();
+            rows.sort();
+            let old: Vec<Uid> = rows.iter().map(|r| r.1).collect();
+            let removed: BTreeSet<Uid> = old.iter().filter(|_| next() % 3 == 0).copied().collect();
+            rows.retain(|r| !removed.contains(&r.1));
+            let fresh: Vec<(u32, Uid)> = (0..next() % 5)
+                .map(|i| (next() % 4, Uid(100 + i)))
+                .collect();
+            let added: BTreeSet<Uid> = fresh.iter().map(|r| r.1).collect();
+            let mut fresh = fresh;
+            fresh.sort();
+            let merged = merge_sorted(rows, fresh, |a, b| a.cmp(b));
+            let mut expect = merged.clone();
+            expect.sort();
+            assert_eq!(merged, expect);
+            let now: Vec<Uid> = merged.iter().map(|r| r.1).collect();
+            let mut client = old.clone();
+            apply_removes(&mut client, &removal_pairs(&old, &removed));
+            apply_adds(&mut client, &addition_pairs(&now, &added));
+            assert_eq!(client, now);
+        }
     }
 
     #[test]
