@@ -261,7 +261,10 @@ fn needles_of(text: &str, out: &mut Vec<String>) {
 /// Messages with attachments whose text BODY and TEXT find, built in code.
 fn with_attachments() -> Vec<Vec<u8>> {
     use mailfleet_mime::samples;
-    let pdf = samples::pdf(&["Quarterly figures for Zanzibar", "Pineapple exports rose"], true);
+    let pdf = samples::pdf(
+        &["Quarterly figures for Zanzibar", "Pineapple exports rose"],
+        true,
+    );
     let plain_pdf = samples::pdf(&["Uncompressed page about Kilimanjaro"], false);
     let inner = samples::message_with_attachment(
         "inner",
@@ -438,7 +441,17 @@ async fn indexed_search_answers_as_the_scan_does() {
     );
 
     // Attachment words are found, by both.
-    for word in ["zanzibar", "TIMBUKTU", "ulaanbaatar", "valparaiso", "reykjavik", "okavango", "ouagadougou", "montevideo", "kilimanjaro"] {
+    for word in [
+        "zanzibar",
+        "TIMBUKTU",
+        "ulaanbaatar",
+        "valparaiso",
+        "reykjavik",
+        "okavango",
+        "ouagadougou",
+        "montevideo",
+        "kilimanjaro",
+    ] {
         let line = format!("w UID SEARCH BODY {word}");
         let ra = a.ok(&line).await;
         assert_ne!(ra[0], "* SEARCH", "{word}");
@@ -456,8 +469,20 @@ async fn indexed_search_answers_as_the_scan_does() {
 async fn search_body_finds_a_word_only_in_a_pdf_attachment() {
     use mailfleet_mime::samples;
     let pdf = samples::pdf(&["The secret word is Xylophonist"], true);
-    let with = samples::message_with_attachment("report", "see attached", "application/pdf", "r.pdf", &pdf);
-    let without = samples::message_with_attachment("other", "no pdf here", "image/png", "i.png", b"\x89PNG\r\n\x1a\nnot text");
+    let with = samples::message_with_attachment(
+        "report",
+        "see attached",
+        "application/pdf",
+        "r.pdf",
+        &pdf,
+    );
+    let without = samples::message_with_attachment(
+        "other",
+        "no pdf here",
+        "image/png",
+        "i.png",
+        b"\x89PNG\r\n\x1a\nnot text",
+    );
     for index in [true, false] {
         let h = Harness::new().await;
         h.deliver(&without, index).await;

@@ -57,7 +57,9 @@ pub fn pdf_with_content(content: &[u8], compressed: bool) -> Vec<u8> {
         out.extend_from_slice(b"\nendobj\n");
     }
     let xref = out.len();
-    out.extend_from_slice(format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes());
+    out.extend_from_slice(
+        format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes(),
+    );
     for o in offsets {
         out.extend_from_slice(format!("{o:010} 00000 n \n").as_bytes());
     }
@@ -74,8 +76,7 @@ pub fn pdf_with_content(content: &[u8], compressed: bool) -> Vec<u8> {
 /// A zip of `(name, content)` entries, deflated.
 pub fn zip(entries: &[(&str, &[u8])]) -> Vec<u8> {
     let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
-    let opts =
-        SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+    let opts = SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
     for (name, data) in entries {
         w.start_file(*name, opts).expect("in memory");
         w.write_all(data).expect("in memory");
@@ -97,7 +98,10 @@ const CONTENT_TYPES: &[u8] = br#"<?xml version="1.0" encoding="UTF-8" standalone
 pub fn docx(paragraphs: &[&str]) -> Vec<u8> {
     let mut body = String::new();
     for p in paragraphs {
-        let mid = (0..=p.len() / 2).rev().find(|i| p.is_char_boundary(*i)).unwrap_or(0);
+        let mid = (0..=p.len() / 2)
+            .rev()
+            .find(|i| p.is_char_boundary(*i))
+            .unwrap_or(0);
         body.push_str(&format!(
             "<w:p><w:r><w:t xml:space=\"preserve\">{}</w:t></w:r><w:r><w:rPr><w:b/></w:rPr><w:t>{}</w:t></w:r></w:p>",
             xml_escape(&p[..mid]),

@@ -247,7 +247,11 @@ pub struct AttachmentTexts {
 /// The attachments of `parsed` that [`attachment_texts`] reads, in order, with the
 /// messages carried (to depth [`MAX_ATTACHED_DEPTH`]): every attachment that is no body
 /// part and no message/rfc822, up to [`extract::MAX_EXTRACTED_ATTACHMENTS`].
-fn extractable_parts<'a>(parsed: &'a Message<'a>, out: &mut Vec<&'a mail_parser::MessagePart<'a>>, depth: usize) {
+fn extractable_parts<'a>(
+    parsed: &'a Message<'a>,
+    out: &mut Vec<&'a mail_parser::MessagePart<'a>>,
+    depth: usize,
+) {
     for id in &parsed.attachments {
         if out.len() >= extract::MAX_EXTRACTED_ATTACHMENTS {
             return;

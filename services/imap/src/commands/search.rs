@@ -169,7 +169,11 @@ impl TextKey {
             Subject(s) => (&[SearchField::Subject], s),
             Body(s) => (&[SearchField::Body, SearchField::Attachments], s),
             Text(s) => (
-                &[SearchField::Header, SearchField::Body, SearchField::Attachments],
+                &[
+                    SearchField::Header,
+                    SearchField::Body,
+                    SearchField::Attachments,
+                ],
                 s,
             ),
             Header(name, value) => {
@@ -315,8 +319,7 @@ async fn scan_attachments(
     let (Some(raw), Some(parsed)) = (raw, parsed) else {
         return Ok(None);
     };
-    if !index.needs_attachments(criteria, uid) || !search_text::may_have_attachment_text(parsed)
-    {
+    if !index.needs_attachments(criteria, uid) || !search_text::may_have_attachment_text(parsed) {
         return Ok(None);
     }
     let raw = raw.clone();

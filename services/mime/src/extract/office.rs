@@ -81,7 +81,9 @@ impl Format {
                 ],
             ),
             Self::Xlsx => name == "xl/sharedStrings.xml" || in_dir("xl/worksheets/", &["sheet"]),
-            Self::Pptx => in_dir("ppt/slides/", &["slide"]) || in_dir("ppt/notesSlides/", &["notesSlide"]),
+            Self::Pptx => {
+                in_dir("ppt/slides/", &["slide"]) || in_dir("ppt/notesSlides/", &["notesSlide"])
+            }
             Self::Odf => name == "content.xml",
         }
     }
@@ -233,17 +235,42 @@ mod tests {
 
     #[test]
     fn office_documents_give_their_text() {
-        let d = binary_text(&docx(&["Invoice for Zebulon & Co", "second paragraph"]), &mut Budget::for_message());
-        assert!(d.text.contains("Invoice for Zebulon & Co\n"), "{:?}", d.text);
+        let d = binary_text(
+            &docx(&["Invoice for Zebulon & Co", "second paragraph"]),
+            &mut Budget::for_message(),
+        );
+        assert!(
+            d.text.contains("Invoice for Zebulon & Co\n"),
+            "{:?}",
+            d.text
+        );
         assert!(d.text.contains("second paragraph"), "{:?}", d.text);
-        assert!(!d.text.contains("HYPERLINK"), "field codes are not text: {:?}", d.text);
-        let x = binary_text(&xlsx(&["Budget 2026", "Total <net>"]), &mut Budget::for_message());
-        assert!(x.text.contains("Budget 2026\nTotal <net>\n"), "{:?}", x.text);
+        assert!(
+            !d.text.contains("HYPERLINK"),
+            "field codes are not text: {:?}",
+            d.text
+        );
+        let x = binary_text(
+            &xlsx(&["Budget 2026", "Total <net>"]),
+            &mut Budget::for_message(),
+        );
+        assert!(
+            x.text.contains("Budget 2026\nTotal <net>\n"),
+            "{:?}",
+            x.text
+        );
         assert!(x.text.contains("inline cell"), "{:?}", x.text);
         let p = binary_text(&pptx("Roadmap slide"), &mut Budget::for_message());
         assert!(p.text.contains("Roadmap slide"), "{:?}", p.text);
-        let o = binary_text(&odt(&["Minutes of the meeting", "Ünïcode"]), &mut Budget::for_message());
-        assert!(o.text.contains("Minutes of the meeting\nÜnïcode"), "{:?}", o.text);
+        let o = binary_text(
+            &odt(&["Minutes of the meeting", "Ünïcode"]),
+            &mut Budget::for_message(),
+        );
+        assert!(
+            o.text.contains("Minutes of the meeting\nÜnïcode"),
+            "{:?}",
+            o.text
+        );
     }
 
     #[test]
@@ -260,9 +287,10 @@ mod tests {
             let _ = binary_text(&bad, &mut Budget::for_message());
         }
         // Malformed XML inside a valid zip.
-        let z = zip(&[
-            ("word/document.xml", b"<w:document><w:t>kept</w:t><w:t>unclosed <<&bogus; </w:p>"),
-        ]);
+        let z = zip(&[(
+            "word/document.xml",
+            b"<w:document><w:t>kept</w:t><w:t>unclosed <<&bogus; </w:p>",
+        )]);
         let e = binary_text(&z, &mut Budget::for_message());
         assert!(e.text.contains("kept"), "{:?}", e.text);
     }
@@ -282,7 +310,8 @@ mod tests {
         }
         w.write_all(b"</w:t></w:document>").expect("write");
         w.start_file("word/header1.xml", opts).expect("start");
-        w.write_all(b"<w:hdr><w:p><w:t>header survives</w:t></w:p></w:hdr>").expect("write");
+        w.write_all(b"<w:hdr><w:p><w:t>header survives</w:t></w:p></w:hdr>")
+            .expect("write");
         let data = w.finish().expect("finish").into_inner();
         assert!(data.len() < 1 << 20, "{}", data.len());
         let started = Instant::now();
@@ -291,7 +320,10 @@ mod tests {
         assert!(e.text.contains("header survives"), "{:?}", e.text);
         assert!(started.elapsed() < Duration::from_secs(30));
         // A small message budget stops it earlier still.
-        let e = binary_text(&data, &mut Budget::with(1 << 20, 1 << 20, Duration::from_secs(60)));
+        let e = binary_text(
+            &data,
+            &mut Budget::with(1 << 20, 1 << 20, Duration::from_secs(60)),
+        );
         assert!(!e.text.contains("bombtext"));
     }
 }

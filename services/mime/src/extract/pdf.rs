@@ -65,7 +65,9 @@ pub(super) fn text(data: &[u8], sink: &mut Sink, budget: &mut Budget) -> Result<
                     continue;
                 }
                 budget.step(64)?;
-                let enc = font.get_font_encoding_with_limit(&doc, MAX_CMAP_INFLATE).ok();
+                let enc = font
+                    .get_font_encoding_with_limit(&doc, MAX_CMAP_INFLATE)
+                    .ok();
                 encodings.insert(key, enc);
             }
             by_name.insert(name, key);
@@ -101,7 +103,11 @@ pub(super) fn text(data: &[u8], sink: &mut Sink, budget: &mut Budget) -> Result<
                 }
                 "\"" => {
                     newline(sink)?;
-                    show(sink, current, op.operands.get(2).map(std::slice::from_ref).unwrap_or(&[]))?;
+                    show(
+                        sink,
+                        current,
+                        op.operands.get(2).map(std::slice::from_ref).unwrap_or(&[]),
+                    )?;
                 }
                 "T*" | "ET" => newline(sink)?,
                 // A move to another line (a vertical offset) ends the line.
@@ -179,18 +185,25 @@ fn memchr_count(hay: &[u8], needle: &[u8]) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use crate::samples::{pdf, pdf_with_content};
     use super::super::{binary_text, Budget};
+    use crate::samples::{pdf, pdf_with_content};
     use std::time::{Duration, Instant};
 
     #[test]
     fn extracts_the_shown_strings() {
         for compressed in [false, true] {
-            let data = pdf(&["Quarterly report", "Zanzibar (pineapple) \\ totals"], compressed);
+            let data = pdf(
+                &["Quarterly report", "Zanzibar (pineapple) \\ totals"],
+                compressed,
+            );
             let e = binary_text(&data, &mut Budget::for_message());
             assert!(e.complete);
             assert!(e.text.contains("Quarterly report"), "{:?}", e.text);
-            assert!(e.text.contains("Zanzibar (pineapple) \\ totals"), "{:?}", e.text);
+            assert!(
+                e.text.contains("Zanzibar (pineapple) \\ totals"),
+                "{:?}",
+                e.text
+            );
             // The lines stay apart: a search does not match across them.
             assert!(!e.text.contains("reportZanzibar"), "{:?}", e.text);
         }
@@ -240,14 +253,21 @@ mod tests {
         let data = pdf_with_content(&content, true);
         assert!(data.len() < 1 << 20, "{}", data.len());
         let started = Instant::now();
-        let e = binary_text(&data, &mut Budget::with(16 << 20, 1 << 30, Duration::from_secs(60)));
+        let e = binary_text(
+            &data,
+            &mut Budget::with(16 << 20, 1 << 30, Duration::from_secs(60)),
+        );
         assert!(e.complete);
         // The page is over the budget: nothing of it is decoded.
         assert!(!e.text.contains("bombword"));
         assert!(started.elapsed() < Duration::from_secs(30));
         // Within a larger budget the same page is read.
         let e = binary_text(&data, &mut Budget::for_message());
-        assert!(e.text.contains("bombword"), "{:?}", &e.text[..e.text.len().min(100)]);
+        assert!(
+            e.text.contains("bombword"),
+            "{:?}",
+            &e.text[..e.text.len().min(100)]
+        );
     }
 
     #[test]
@@ -259,6 +279,9 @@ mod tests {
 
     #[test]
     fn counts_keywords() {
-        assert_eq!(super::memchr_count(b"stream endstream streamx", b"stream"), 3);
+        assert_eq!(
+            super::memchr_count(b"stream endstream streamx", b"stream"),
+            3
+        );
     }
 }
