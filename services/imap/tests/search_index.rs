@@ -2,7 +2,10 @@
 //! corpus (services/mime/tests/corpus) is stored twice, indexed in one store and left
 //! unindexed (so every text key parses every message) in the other, and the same searches,
 //! on every text key with strings taken from the messages themselves, in other case, with
-//! NOT and OR, and shorter than the index answers, must get the same answers.
+//! NOT and OR, and shorter than the index answers, must get the same answers. Messages
+//! with attachments (PDF, docx, xlsx, pptx, odt, text and HTML files, a PDF inside an
+//! attached message) are added to the corpus, and BODY/TEXT are searched for strings of
+//! the attachments' text too.
 
 use async_trait::async_trait;
 use mailfleet_core::shutdown::Shutdown;
@@ -255,12 +258,96 @@ fn needles_of(text: &str, out: &mut Vec<String>) {
     }
 }
 
+/// Messages with attachments whose text BODY and TEXT find, built in code.
+fn with_attachments() -> Vec<Vec<u8>> {
+    use mailfleet_mime::samples;
+    let pdf = samples::pdf(
+        &["Quarterly figures for Zanzibar", "Pineapple exports rose"],
+        true,
+    );
+    let plain_pdf = samples::pdf(&["Uncompressed page about Kilimanjaro"], false);
+    let inner = samples::message_with_attachment(
+        "inner",
+        "the inner body",
+        "application/pdf",
+        "nested.pdf",
+        &samples::pdf(&["Nested attachment mentions Okavango"], true),
+    );
+    let mut forwarded = b"From: Cy <cy@example.test>\r\nSubject: fwd\r\nMIME-Version: 1.0\r\n\
+Content-Type: multipart/mixed; boundary=\"o\"\r\n\r\n--o\r\nContent-Type: text/plain\r\n\r\n\
+see attached\r\n--o\r\nContent-Type: message/rfc822\r\n\r\n"
+        .to_vec();
+    forwarded.extend_from_slice(&inner);
+    forwarded.extend_from_slice(b"\r\n--o--\r\n");
+    vec![
+        samples::message_with_attachment("pdf", "see the report", "application/pdf", "q.pdf", &pdf),
+        samples::message_with_attachment(
+            "pdf-plain",
+            "another one",
+            "application/octet-stream",
+            "k.pdf",
+            &plain_pdf,
+        ),
+        samples::message_with_attachment(
+            "docx",
+            "the contract",
+            "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+            "c.docx",
+            &samples::docx(&["Lease agreement for Timbuktu", "Signed by both parties"]),
+        ),
+        samples::message_with_attachment(
+            "xlsx",
+            "the budget",
+            "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+            "b.xlsx",
+            &samples::xlsx(&["Revenue Ulaanbaatar", "Costs"]),
+        ),
+        samples::message_with_attachment(
+            "pptx",
+            "the deck",
+            "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+            "d.pptx",
+            &samples::pptx("Roadmap for Valparaiso"),
+        ),
+        samples::message_with_attachment(
+            "odt",
+            "the minutes",
+            "application/vnd.oasis.opendocument.text",
+            "m.odt",
+            &samples::odt(&["Minutes from Reykjavik", "Ünïcode line"]),
+        ),
+        samples::message_with_attachment(
+            "csv",
+            "the data",
+            "text/csv",
+            "d.csv",
+            b"city,count\nMontevideo,12\n",
+        ),
+        samples::message_with_attachment(
+            "html",
+            "the page",
+            "text/html",
+            "p.html",
+            b"<html><body><p>Visit <b>Ouagadougou</b> &amp; more</p></body></html>",
+        ),
+        samples::message_with_attachment(
+            "garbage-pdf",
+            "broken file",
+            "application/pdf",
+            "x.pdf",
+            &pdf[..pdf.len() / 2],
+        ),
+        forwarded,
+    ]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn indexed_search_answers_as_the_scan_does() {
     let indexed = Harness::new().await;
     let scanned = Harness::new().await;
-    let messages = corpus();
+    let mut messages = corpus();
     assert!(messages.len() > 50, "corpus found");
+    messages.extend(with_attachments());
     for m in &messages {
         indexed.deliver(m, true).await;
         scanned.deliver(m, false).await;
@@ -287,14 +374,17 @@ async fn indexed_search_answers_as_the_scan_does() {
         ("TEXT", SearchField::Header),
         ("HEADER Message-ID", SearchField::Field("Message-ID")),
         ("HEADER Content-Type", SearchField::Field("Content-Type")),
+        ("BODY", SearchField::Attachments),
+        ("TEXT", SearchField::Attachments),
     ];
     let parser = mail_parser::MessageParser::default();
     let mut commands: Vec<String> = Vec::new();
     for (key, field) in keys {
         let mut needles = Vec::new();
         for (i, m) in messages.iter().enumerate() {
-            // Every third message, to bound the run time (the scan parses all of them).
-            if i % 3 != 0 {
+            // Every third message, to bound the run time (the scan parses all of them);
+            // every message for attachments, which few messages have.
+            if i % 3 != 0 && *field != SearchField::Attachments {
                 continue;
             }
             let Some(p) = parser.parse(m.as_slice()) else {
@@ -350,7 +440,66 @@ async fn indexed_search_answers_as_the_scan_does() {
         commands.len()
     );
 
+    // Attachment words are found, by both.
+    for word in [
+        "zanzibar",
+        "TIMBUKTU",
+        "ulaanbaatar",
+        "valparaiso",
+        "reykjavik",
+        "okavango",
+        "ouagadougou",
+        "montevideo",
+        "kilimanjaro",
+    ] {
+        let line = format!("w UID SEARCH BODY {word}");
+        let ra = a.ok(&line).await;
+        assert_ne!(ra[0], "* SEARCH", "{word}");
+        assert_eq!(ra[0], b.ok(&line).await[0], "{word}");
+    }
+
     // SORT goes through the same evaluation.
     let sort = "z UID SORT (SUBJECT) UTF-8 OR BODY {5+}\r\nhello SUBJECT {4+}\r\ntest";
     assert_eq!(a.cmd(sort).await[0], b.cmd(sort).await[0]);
+}
+
+/// A word only present in a PDF attachment is found by SEARCH BODY and TEXT, from the
+/// index and by the scan; not by SUBJECT, and not in the message without the PDF.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_body_finds_a_word_only_in_a_pdf_attachment() {
+    use mailfleet_mime::samples;
+    let pdf = samples::pdf(&["The secret word is Xylophonist"], true);
+    let with = samples::message_with_attachment(
+        "report",
+        "see attached",
+        "application/pdf",
+        "r.pdf",
+        &pdf,
+    );
+    let without = samples::message_with_attachment(
+        "other",
+        "no pdf here",
+        "image/png",
+        "i.png",
+        b"\x89PNG\r\n\x1a\nnot text",
+    );
+    for index in [true, false] {
+        let h = Harness::new().await;
+        h.deliver(&without, index).await;
+        h.deliver(&with, index).await;
+        let mut c = h.client().await;
+        c.ok("s SELECT INBOX").await;
+        for (cmd, want) in [
+            ("UID SEARCH BODY xylophonist", "* SEARCH 2"),
+            ("UID SEARCH TEXT XYLOPHONIST", "* SEARCH 2"),
+            ("UID SEARCH BODY \"word is xylo\"", "* SEARCH 2"),
+            ("UID SEARCH NOT BODY xylophonist", "* SEARCH 1"),
+            ("UID SEARCH SUBJECT xylophonist", "* SEARCH"),
+            ("UID SEARCH BODY xy", "* SEARCH 2"),
+            ("UID SEARCH BODY png", "* SEARCH"),
+        ] {
+            let r = c.ok(&format!("t {cmd}")).await;
+            assert_eq!(r[0], want, "{cmd} (indexed: {index})");
+        }
+    }
 }

@@ -455,9 +455,12 @@ const REINDEX_BATCH: usize = 200;
 /// (those stored before the index existed, or whose indexing failed at delivery), of one
 /// account or of all. Safe while the server runs: each message is read, its texts
 /// extracted and recorded, one batch at a time; running it again does only what is left.
+/// With `all`, every message is indexed again, replacing its entries: after an upgrade
+/// that indexes more of a message (the attachments' text), for messages indexed before.
 pub async fn reindex(
     config: &Config,
     address: Option<String>,
+    all: bool,
     json_out: bool,
 ) -> anyhow::Result<()> {
     let stores = open(config).await?;
@@ -476,10 +479,20 @@ pub async fn reindex(
         for mb in stores.meta.list_mailboxes(account).await? {
             let mut after = Uid(0);
             loop {
-                let page = stores
-                    .meta
-                    .unindexed_messages(mb.id, after, REINDEX_BATCH)
-                    .await?;
+                let page: Vec<Uid> = if all {
+                    stores
+                        .meta
+                        .list_messages(mb.id, after, REINDEX_BATCH)
+                        .await?
+                        .into_iter()
+                        .map(|m| m.uid)
+                        .collect()
+                } else {
+                    stores
+                        .meta
+                        .unindexed_messages(mb.id, after, REINDEX_BATCH)
+                        .await?
+                };
                 let Some(last) = page.last() else { break };
                 after = *last;
                 let mut batch = Vec::with_capacity(page.len());

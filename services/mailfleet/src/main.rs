@@ -64,6 +64,10 @@ enum Command {
     Reindex {
         /// Only this account.
         address: Option<String>,
+        /// Every message, indexed or not (after an upgrade that indexes more of a message,
+        /// such as attachments' text).
+        #[arg(long)]
+        all: bool,
     },
     /// App passwords: one per device, usable where the account password is.
     #[command(subcommand)]
@@ -120,8 +124,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Mailbox(c) => runtime.block_on(admin::mailbox(&config, c, cli.json)),
         Command::Message(c) => runtime.block_on(admin::message(&config, c, cli.json)),
         Command::PublicFolder(c) => runtime.block_on(public::public_folder(&config, c, cli.json)),
-        Command::Reindex { address } => {
-            runtime.block_on(admin::reindex(&config, address, cli.json))
+        Command::Reindex { address, all } => {
+            runtime.block_on(admin::reindex(&config, address, all, cli.json))
         }
         Command::AppPassword(c) => runtime.block_on(security::app_password(&config, c, cli.json)),
         Command::Totp(c) => runtime.block_on(security::totp_cmd(&config, c, cli.json)),

@@ -39,6 +39,8 @@
 //! decode.rs     Decoded: RFC 2047 decoding, dates, RFC 5256 base subject
 //! section.rs    section(): BODY[...] by offsets
 //! search_text.rs  the texts SEARCH keys look at; full-text index entries
+//! extract/      attachments' text: text/*, PDF (lopdf), OOXML and ODF (zip, quick-xml)
+//! samples.rs    small PDF/docx/xlsx/pptx/odt built in code, for tests (feature `samples`)
 //! imap.rs       conversion to imap-types and wire encoding
 //! octets.rs     Octets: header bytes kept exactly
 //! bin/mime-dump.rs  prints ENVELOPE and BODYSTRUCTURE of .eml files
@@ -48,6 +50,7 @@
 mod address;
 mod decode;
 mod envelope;
+pub mod extract;
 mod header;
 pub mod imap;
 mod octets;
@@ -55,6 +58,8 @@ mod params;
 mod part;
 mod preview;
 mod rfc822;
+#[cfg(any(test, feature = "samples"))]
+pub mod samples;
 mod scan;
 pub mod search_text;
 mod section;

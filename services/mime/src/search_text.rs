@@ -14,13 +14,23 @@
 //! - BODY: the message's text bodies (mail-parser's text body parts; HTML parts turned to
 //!   text; raw HTML when a message has only HTML bodies that it cannot turn into text), then
 //!   each attached message/rfc822: its header as written and its body, recursively.
-//! - TEXT: BODY's text or the top-level header block as written.
+//! - Attachments (BODY and TEXT look at them too, as Dovecot's fts plugins do): the text
+//!   of each attachment that is not a body part, [`crate::extract`] says how: `text/*`
+//!   parts (HTML turned to text), PDFs, OOXML and ODF documents, in the message and in the
+//!   messages it carries. Within the limits of docs/limits.md (size, text kept, steps).
+//! - TEXT: BODY's texts or the top-level header block as written.
 //! - HEADER name: the decoded values of that field.
 //!
-//! Not searched, and not indexed: attachments that are not message/rfc822 (text/* parts
-//! with `Content-Disposition: attachment`, PDFs, office documents, images).
+//! Not searched, and not indexed: images, archives, other binary attachments, and the
+//! attachments over the extraction limits.
+//!
+//! Extracting an attachment's text costs CPU (a PDF, an office document): it happens in
+//! [`index_pieces`], which callers run off async workers, and in the IMAP scan, which
+//! asks for [`attachment_texts`] on a blocking thread only when a BODY or TEXT key is not
+//! answered by the index and [`may_have_attachment_text`] says there is something to read.
 
-use mail_parser::{Message, MessageParser};
+use crate::extract;
+use mail_parser::{Message, MessageParser, PartType};
 
 /// Case folding for search: both the searched text and the key's string are folded with
 /// it, so "ß" or "İ" fold the same way on both sides (Unicode lowercase mapping).
@@ -38,6 +48,9 @@ pub enum SearchField<'a> {
     Bcc,
     /// The body text (BODY, and TEXT's body half).
     Body,
+    /// The text extracted from attachments (BODY and TEXT look at it too), one text per
+    /// attachment.
+    Attachments,
     /// The top-level header block as written (TEXT's header half).
     Header,
     /// One header field by name (HEADER), compared ASCII case-insensitively.
@@ -55,6 +68,7 @@ impl SearchField<'_> {
             SearchField::Cc => "cc".into(),
             SearchField::Bcc => "bcc".into(),
             SearchField::Body => "body".into(),
+            SearchField::Attachments => "attachment".into(),
             SearchField::Header => "header".into(),
             SearchField::Field(name) => format!("h:{}", name.to_ascii_lowercase()),
         }
@@ -63,7 +77,9 @@ impl SearchField<'_> {
 
 /// The texts `field` looks at in a message (not folded). A key matches when its folded
 /// string is a substring of one of them, folded; a HEADER key with an empty string
-/// matches when the list is not empty (the field is present).
+/// matches when the list is not empty (the field is present). For
+/// [`SearchField::Attachments`] this extracts the attachments' text (CPU work: see the
+/// module documentation).
 pub fn field_texts(parsed: &Message<'_>, raw: &[u8], field: SearchField<'_>) -> Vec<String> {
     match field {
         SearchField::Subject => vec![parsed.subject().unwrap_or_default().to_string()],
@@ -72,6 +88,7 @@ pub fn field_texts(parsed: &Message<'_>, raw: &[u8], field: SearchField<'_>) -> 
         SearchField::Cc => address_texts(parsed, "Cc", parsed.cc()),
         SearchField::Bcc => address_texts(parsed, "Bcc", parsed.bcc()),
         SearchField::Body => vec![body_text(parsed)],
+        SearchField::Attachments => attachment_texts(parsed).texts,
         SearchField::Header => {
             vec![String::from_utf8_lossy(&raw[..find_header_end(raw)]).into_owned()]
         }
@@ -217,6 +234,91 @@ fn own_body_text(parsed: &Message<'_>) -> String {
     out
 }
 
+/// The attachments' texts of a message, and whether they are all there.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AttachmentTexts {
+    /// One text per attachment that gave one, in MIME order, nested messages' in place.
+    pub texts: Vec<String>,
+    /// False when the wall-clock budget stopped an extraction ([`extract::Extracted`]):
+    /// the index then marks the message incomplete.
+    pub complete: bool,
+}
+
+/// The attachments of `parsed` that [`attachment_texts`] reads, in order, with the
+/// messages carried (to depth [`MAX_ATTACHED_DEPTH`]): every attachment that is no body
+/// part and no message/rfc822, up to [`extract::MAX_EXTRACTED_ATTACHMENTS`].
+fn extractable_parts<'a>(
+    parsed: &'a Message<'a>,
+    out: &mut Vec<&'a mail_parser::MessagePart<'a>>,
+    depth: usize,
+) {
+    for id in &parsed.attachments {
+        if out.len() >= extract::MAX_EXTRACTED_ATTACHMENTS {
+            return;
+        }
+        if parsed.text_body.contains(id) || parsed.html_body.contains(id) {
+            continue;
+        }
+        let Some(part) = parsed.parts.get(*id as usize) else {
+            continue;
+        };
+        match &part.body {
+            PartType::Message(inner) => {
+                if depth < MAX_ATTACHED_DEPTH {
+                    extractable_parts(inner, out, depth + 1);
+                }
+            }
+            PartType::Text(_) | PartType::Html(_) => out.push(part),
+            PartType::Binary(b) | PartType::InlineBinary(b) => {
+                if b.len() <= extract::MAX_EXTRACT_INPUT && extract::sniff(b).is_some() {
+                    out.push(part);
+                }
+            }
+            PartType::Multipart(_) => {}
+        }
+    }
+}
+
+/// Whether `parsed` has an attachment [`attachment_texts`] would read (cheap: looks at
+/// the parts' types and first bytes only).
+pub fn may_have_attachment_text(parsed: &Message<'_>) -> bool {
+    let mut parts = Vec::new();
+    extractable_parts(parsed, &mut parts, 0);
+    !parts.is_empty()
+}
+
+/// The text of each attachment of `parsed` (see [`extractable_parts`]), within one
+/// message's [`extract::Budget`]. CPU work for PDFs and office documents: call it off
+/// async workers.
+pub fn attachment_texts(parsed: &Message<'_>) -> AttachmentTexts {
+    let mut parts = Vec::new();
+    extractable_parts(parsed, &mut parts, 0);
+    let mut out = AttachmentTexts {
+        texts: Vec::new(),
+        complete: true,
+    };
+    if parts.is_empty() {
+        return out;
+    }
+    let mut budget = extract::Budget::for_message();
+    for part in parts {
+        let text = match &part.body {
+            PartType::Text(t) => extract::text_part(t, false),
+            PartType::Html(t) => extract::text_part(t, true),
+            PartType::Binary(b) | PartType::InlineBinary(b) => {
+                let e = extract::binary_text(b, &mut budget);
+                out.complete &= e.complete;
+                e.text
+            }
+            _ => String::new(),
+        };
+        if !text.trim().is_empty() {
+            out.texts.push(text);
+        }
+    }
+    out
+}
+
 /// The length of the header block of `raw`, its blank line included (all of `raw` when
 /// there is no blank line).
 pub fn find_header_end(raw: &[u8]) -> usize {
@@ -246,8 +348,8 @@ pub struct IndexPieces {
 }
 
 /// The index entries of a raw message, from the same texts [`field_texts`] gives the scan.
-/// Short fields come first and the body last, so a message over [`MAX_INDEXED_TEXT`] keeps
-/// its headers indexed. CPU work proportional to the message: call it off async workers.
+/// Short fields come first, then the body, and the attachments last, so a message over
+/// [`MAX_INDEXED_TEXT`] keeps its headers and body indexed. CPU work proportional to the message: call it off async workers.
 pub fn index_pieces(raw: &[u8]) -> IndexPieces {
     let mut out = IndexPieces {
         pieces: Vec::new(),
@@ -278,10 +380,18 @@ pub fn index_pieces(raw: &[u8]) -> IndexPieces {
     fields.extend(names.iter().map(|n| SearchField::Field(n.as_str())));
     fields.push(SearchField::Header);
     fields.push(SearchField::Body);
+    fields.push(SearchField::Attachments);
     let mut total = 0usize;
     for field in fields {
         let name = field.index_name();
-        for text in field_texts(&parsed, raw, field) {
+        let texts = if field == SearchField::Attachments {
+            let a = attachment_texts(&parsed);
+            out.complete &= a.complete;
+            a.texts
+        } else {
+            field_texts(&parsed, raw, field)
+        };
+        for text in texts {
             let folded = fold(&text);
             if folded.is_empty() {
                 continue;

@@ -6,6 +6,11 @@
 //! (strings of three characters or more, messages indexed completely), which holds exactly
 //! those texts folded, otherwise by parsing the message (mail-parser). A message is parsed
 //! at most once per command.
+//!
+//! BODY and TEXT also look at the text of attachments (`search_text::attachment_texts`:
+//! text parts, PDFs, office documents), in the index and in the scan alike. The scan
+//! extracts it on a blocking thread, and only for a message that a BODY or TEXT key could
+//! not have answered from the index and that has such an attachment.
 
 use super::in_set;
 use crate::response;
@@ -75,6 +80,8 @@ struct Candidate<'a> {
     largest_uid: u32,
     /// What the full-text index answered for text keys of this command.
     index: &'a IndexAnswers,
+    /// The attachments' texts, when a key needs them (extracted off the async workers).
+    attachments: Option<&'a [String]>,
 }
 
 /// The Date: header's calendar date as written, disregarding time and timezone (RFC 3501
@@ -133,9 +140,10 @@ fn matches(key: &SearchKey<'_>, c: &Candidate<'_>) -> bool {
             let (Some(p), Some(raw), Some(k)) = (c.parsed, c.raw, TextKey::of(key)) else {
                 return false;
             };
-            k.fields()
-                .into_iter()
-                .any(|f| texts_match(&field_texts(p, raw, f), &k.needle))
+            k.fields().into_iter().any(|f| match f {
+                SearchField::Attachments => texts_match(c.attachments.unwrap_or(&[]), &k.needle),
+                _ => texts_match(&field_texts(p, raw, f), &k.needle),
+            })
         }
     }
 }
@@ -150,7 +158,7 @@ struct TextKey {
 
 impl TextKey {
     /// `None` for keys that are not on text. TEXT is the header block or the body (RFC
-    /// 9051 §6.4.4).
+    /// 9051 §6.4.4); the body, for BODY and TEXT, includes the attachments' text.
     fn of(key: &SearchKey<'_>) -> Option<Self> {
         use SearchKey::*;
         let (fields, s): (&'static [SearchField<'static>], _) = match key {
@@ -159,8 +167,15 @@ impl TextKey {
             From(s) => (&[SearchField::From], s),
             To(s) => (&[SearchField::To], s),
             Subject(s) => (&[SearchField::Subject], s),
-            Body(s) => (&[SearchField::Body], s),
-            Text(s) => (&[SearchField::Header, SearchField::Body], s),
+            Body(s) => (&[SearchField::Body, SearchField::Attachments], s),
+            Text(s) => (
+                &[
+                    SearchField::Header,
+                    SearchField::Body,
+                    SearchField::Attachments,
+                ],
+                s,
+            ),
             Header(name, value) => {
                 return Some(Self {
                     fields: &[],
@@ -262,6 +277,19 @@ impl IndexAnswers {
         }
     }
 
+    /// Whether evaluating `key` for `uid` may need the attachments' texts: a BODY or TEXT
+    /// key the index did not answer.
+    fn needs_attachments(&self, key: &SearchKey<'_>, uid: u32) -> bool {
+        use SearchKey::*;
+        match key {
+            And(v) => v.as_ref().iter().any(|k| self.needs_attachments(k, uid)),
+            Not(k) => self.needs_attachments(k, uid),
+            Or(a, b) => self.needs_attachments(a, uid) || self.needs_attachments(b, uid),
+            Body(_) | Text(_) => self.answer(key, uid).is_none(),
+            _ => false,
+        }
+    }
+
     /// Whether evaluating `key` for `uid` needs the parsed message.
     fn needs_parse(&self, key: &SearchKey<'_>, uid: u32) -> bool {
         use SearchKey::*;
@@ -276,6 +304,36 @@ impl IndexAnswers {
             _ => false,
         }
     }
+}
+
+/// The attachments' texts of a message being scanned, when a key of `criteria` may need
+/// them and the message has an attachment to read: extracted on a blocking thread (PDFs
+/// and office documents cost CPU), from a fresh parse of `raw` there.
+async fn scan_attachments(
+    index: &IndexAnswers,
+    criteria: &SearchKey<'_>,
+    uid: u32,
+    raw: Option<&bytes::Bytes>,
+    parsed: Option<&Message<'_>>,
+) -> StoreResult<Option<Vec<String>>> {
+    let (Some(raw), Some(parsed)) = (raw, parsed) else {
+        return Ok(None);
+    };
+    if !index.needs_attachments(criteria, uid) || !search_text::may_have_attachment_text(parsed) {
+        return Ok(None);
+    }
+    let raw = raw.clone();
+    let texts = tokio::task::spawn_blocking(move || {
+        MessageParser::default()
+            .parse(raw.as_ref())
+            .map(|p| search_text::attachment_texts(&p).texts)
+            .unwrap_or_default()
+    })
+    .await
+    .map_err(|e| {
+        mailfleet_storage::StoreError::Unavailable(format!("attachment text extraction: {e}"))
+    })?;
+    Ok(Some(texts))
 }
 
 impl Session {
@@ -307,6 +365,9 @@ impl Session {
                     None
                 };
                 let parsed = raw.as_ref().and_then(|r| parser.parse(r.as_ref()));
+                let attachments =
+                    scan_attachments(&index, criteria, m.uid.0, raw.as_ref(), parsed.as_ref())
+                        .await?;
                 let c = Candidate {
                     seq,
                     msg: m,
@@ -315,6 +376,7 @@ impl Session {
                     largest_seq,
                     largest_uid,
                     index: &index,
+                    attachments: attachments.as_deref(),
                 };
                 let hit = matches(criteria, &c);
                 if hit && (parse || !parse_all) {
@@ -359,6 +421,8 @@ impl Session {
                 None
             };
             let parsed = raw.as_ref().and_then(|r| parser.parse(r.as_ref()));
+            let attachments =
+                scan_attachments(&index, criteria, uid.0, raw.as_ref(), parsed.as_ref()).await?;
             let c = Candidate {
                 seq,
                 msg: m,
@@ -367,6 +431,7 @@ impl Session {
                 largest_seq,
                 largest_uid,
                 index: &index,
+                attachments: attachments.as_deref(),
             };
             if !matches(criteria, &c) {
                 continue;
