@@ -61,11 +61,26 @@ fn db_err(e: rusqlite::Error) -> StoreError {
 }
 
 /// Replaces the texts of the given messages (inside the writer's transaction).
+///
+/// The texts are staged in temporary tables and moved into `fts_docs` by one statement per
+/// call, not one per text. Why: FTS5 writes its in-memory segment to disk at every
+/// statement savepoint, so a statement per text made it flush (and later merge) once per
+/// text of every message: ~31% of the server's CPU in an SMTP ingest profile. One
+/// statement makes it one flush per batch of messages.
 pub(super) fn index_text_tx(
     c: &Connection,
     mailbox: MailboxId,
     entries: &[(Uid, MessageText)],
 ) -> StoreResult<()> {
+    c.execute_batch(
+        "CREATE TEMP TABLE IF NOT EXISTS fts_stage_msgs \
+             (uid INTEGER PRIMARY KEY, complete INTEGER NOT NULL); \
+         CREATE TEMP TABLE IF NOT EXISTS fts_stage \
+             (uid INTEGER NOT NULL, field TEXT NOT NULL, text TEXT NOT NULL); \
+         DELETE FROM temp.fts_stage_msgs; DELETE FROM temp.fts_stage;",
+    )
+    .map_err(db_err)?;
+    let mut staged = 0usize;
     for (uid, text) in entries {
         text.validate()?;
         let exists = c
@@ -76,34 +91,47 @@ pub(super) fn index_text_tx(
         if !exists {
             continue;
         }
-        c.prepare_cached("DELETE FROM fts_docs WHERE mailbox_id = ?1 AND uid = ?2")
+        // A UID given twice: its last texts win, as with one call per entry.
+        c.prepare_cached("DELETE FROM temp.fts_stage WHERE uid = ?1")
             .map_err(db_err)?
-            .execute(params![mailbox.0, uid.0])
+            .execute([uid.0])
             .map_err(db_err)?;
+        c.prepare_cached(
+            "INSERT OR REPLACE INTO temp.fts_stage_msgs (uid, complete) VALUES (?1, ?2)",
+        )
+        .map_err(db_err)?
+        .execute(params![uid.0, text.complete])
+        .map_err(db_err)?;
         let mut insert = c
-            .prepare_cached(
-                "INSERT INTO fts_docs (mailbox_id, uid, field, text) VALUES (?1, ?2, ?3, ?4)",
-            )
+            .prepare_cached("INSERT INTO temp.fts_stage (uid, field, text) VALUES (?1, ?2, ?3)")
             .map_err(db_err)?;
         for p in &text.pieces {
             insert
-                .execute(params![mailbox.0, uid.0, p.field, p.text])
+                .execute(params![uid.0, p.field, p.text])
                 .map_err(db_err)?;
         }
-        if text.complete {
-            c.prepare_cached("DELETE FROM fts_pending WHERE mailbox_id = ?1 AND uid = ?2")
-                .map_err(db_err)?
-                .execute(params![mailbox.0, uid.0])
-                .map_err(db_err)?;
-        } else {
-            c.prepare_cached(
-                "INSERT OR REPLACE INTO fts_pending (mailbox_id, uid, reason) VALUES (?1, ?2, 1)",
-            )
-            .map_err(db_err)?
-            .execute(params![mailbox.0, uid.0])
-            .map_err(db_err)?;
-        }
+        staged += 1;
     }
+    if staged == 0 {
+        return Ok(());
+    }
+    for sql in [
+        "DELETE FROM fts_docs WHERE mailbox_id = ?1 \
+         AND uid IN (SELECT uid FROM temp.fts_stage_msgs)",
+        "INSERT INTO fts_docs (mailbox_id, uid, field, text) \
+         SELECT ?1, uid, field, text FROM temp.fts_stage ORDER BY rowid",
+        "DELETE FROM fts_pending WHERE mailbox_id = ?1 \
+         AND uid IN (SELECT uid FROM temp.fts_stage_msgs WHERE complete)",
+        "INSERT OR REPLACE INTO fts_pending (mailbox_id, uid, reason) \
+         SELECT ?1, uid, 1 FROM temp.fts_stage_msgs WHERE NOT complete",
+    ] {
+        c.prepare_cached(sql)
+            .map_err(db_err)?
+            .execute([mailbox.0])
+            .map_err(db_err)?;
+    }
+    c.execute_batch("DELETE FROM temp.fts_stage_msgs; DELETE FROM temp.fts_stage;")
+        .map_err(db_err)?;
     Ok(())
 }
 
