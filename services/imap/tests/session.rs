@@ -136,12 +136,11 @@ fn connect(h: &Harness, plaintext_ok: bool) -> Client {
     connect_with(h, plaintext_ok, None)
 }
 
-fn connect_with(
+fn new_session(
     h: &Harness,
     plaintext_ok: bool,
     sessions: Option<Arc<mailfleet_imap::UserSessions>>,
-) -> Client {
-    let (client, server) = tokio::io::duplex(1 << 16);
+) -> Session {
     let cfg = Arc::new(ImapConfig {
         hostname: "mx.example.test".into(),
         starttls: false,
@@ -152,24 +151,35 @@ fn connect_with(
         user_sessions: sessions.unwrap_or_else(|| mailfleet_imap::UserSessions::new(2)),
         views: mailfleet_imap::SharedViews::new(),
     });
-    let session = Session::new(
+    Session::new(
         cfg,
         h.stores.clone(),
         Arc::new(StoreLogin(h.stores.clone())),
         "192.0.2.9".parse().expect("ip"),
         false,
-    );
-    let limits = ConnLimits {
+    )
+}
+
+fn test_limits() -> ConnLimits {
+    ConnLimits {
         max_literal: 4096,
         max_command: 4096 + 8192,
         max_errors: 5,
         tls_handshake_timeout: Duration::from_secs(5),
         idle_recheck: Duration::from_secs(60),
-    };
+    }
+}
+
+fn connect_with(
+    h: &Harness,
+    plaintext_ok: bool,
+    sessions: Option<Arc<mailfleet_imap::UserSessions>>,
+) -> Client {
+    let (client, server) = tokio::io::duplex(1 << 16);
     tokio::spawn(serve_connection(
         Box::new(server),
-        session,
-        limits,
+        new_session(h, plaintext_ok, sessions),
+        test_limits(),
         None,
         Shutdown::never(),
     ));
@@ -681,31 +691,9 @@ async fn a_command_line_over_the_command_limit_closes_after_login() {
 async fn an_idle_connection_task_is_small() {
     let h = harness().await;
     let (_client, server) = tokio::io::duplex(1024);
-    let cfg = Arc::new(ImapConfig {
-        hostname: "mx.example.test".into(),
-        starttls: false,
-        plaintext_auth_without_tls: true,
-        max_message_size: 4096,
-        max_failed_logins: 3,
-        idle_timeout: Duration::from_secs(1800),
-        user_sessions: mailfleet_imap::UserSessions::new(2),
-        views: mailfleet_imap::SharedViews::new(),
-    });
-    let session = Session::new(
-        cfg,
-        h.stores.clone(),
-        Arc::new(StoreLogin(h.stores.clone())),
-        "192.0.2.9".parse().expect("ip"),
-        false,
-    );
+    let session = new_session(&h, true, None);
     let session_size = std::mem::size_of_val(&session);
-    let limits = ConnLimits {
-        max_literal: 4096,
-        max_command: 4096 + 8192,
-        max_errors: 5,
-        tls_handshake_timeout: Duration::from_secs(5),
-        idle_recheck: Duration::from_secs(60),
-    };
+    let limits = test_limits();
     let fut = serve_connection(Box::new(server), session, limits, None, Shutdown::never());
     let size = std::mem::size_of_val(&fut);
     eprintln!("serve_connection future: {size} bytes, Session: {session_size} bytes");
