@@ -768,6 +768,55 @@ mod tests {
     }
 
     #[test]
+    fn object_id_items_and_keys() {
+        let Some(MsgExt::Fetch { extra, cmd }) =
+            preparse(b"f1 UID FETCH 1:* (EMAILID FLAGS THREADID)\r\n")
+        else {
+            panic!("not parsed")
+        };
+        assert!(extra.emailid && extra.threadid && !extra.savedate && !extra.drop_uid);
+        assert!(matches!(cmd.body, CommandBody::Fetch { uid: true, .. }));
+        let Some(MsgExt::Fetch { extra, .. }) = preparse(b"f2 FETCH 1 EMAILID\r\n") else {
+            panic!("not parsed")
+        };
+        assert!(extra.emailid && extra.drop_uid);
+        let Some(MsgExt::Search { pieces, .. }) =
+            preparse(b"s1 UID SEARCH OR EMAILID E12 (THREADID T_3-x) SUBJECT EMAILID\r\n")
+        else {
+            panic!("not parsed")
+        };
+        assert_eq!(
+            keys(&pieces),
+            vec![
+                SaveKey::EmailId("E12".into()),
+                SaveKey::ThreadId("T_3-x".into())
+            ]
+        );
+        let text = assemble(&pieces, |_| b"ALL".to_vec());
+        assert_eq!(text, b"s1 UID SEARCH OR ALL (ALL) SUBJECT EMAILID\r\n");
+        // Not an objectid: quoted, bad characters, missing.
+        assert!(preparse(b"s2 SEARCH EMAILID \"E1\"\r\n").is_none());
+        assert!(preparse(b"s3 SEARCH THREADID T!1\r\n").is_none());
+        assert!(preparse(b"s4 SEARCH THREADID\r\n").is_none());
+        let Some(MsgExt::Status { cmd }) = preparse(b"t1 STATUS INBOX (MESSAGES MAILBOXID)\r\n")
+        else {
+            panic!("not parsed")
+        };
+        let CommandBody::Status { item_names, .. } = cmd.body else {
+            panic!()
+        };
+        assert_eq!(item_names.len(), 1);
+        let Some(MsgExt::Status { cmd }) = preparse(b"t2 STATUS \"a b\" (MAILBOXID)\r\n") else {
+            panic!("not parsed")
+        };
+        assert!(
+            matches!(cmd.body, CommandBody::Status { ref item_names, .. } if item_names.is_empty())
+        );
+        assert!(preparse(b"t3 STATUS INBOX (MESSAGES)\r\n").is_none());
+        assert!(preparse(b"t4 STATUS INBOX (MAILBOXID NOPE)\r\n").is_none());
+    }
+
+    #[test]
     fn fetch_items_are_cut_out() {
         let Some(MsgExt::Fetch { cmd, extra }) = preparse(
             b"f1 FETCH 1:* (FLAGS SAVEDATE BODY.PEEK[HEADER.FIELDS (A B)] PREVIEW (LAZY))\r\n",
@@ -779,7 +828,8 @@ mod tests {
             FetchExtra {
                 savedate: true,
                 preview: Some(true),
-                drop_uid: false
+                drop_uid: false,
+                ..Default::default()
             }
         );
         let CommandBody::Fetch {
