@@ -125,6 +125,7 @@ pub async fn world() -> World {
                         internal_date: 1_790_000_000 + i as i64,
                         flags,
                         summary: None,
+                        refs: Default::default(),
                     }],
                     QuotaPolicy::Enforce,
                 )

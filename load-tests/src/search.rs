@@ -290,6 +290,7 @@ pub async fn run_search_bench(cfg: &SearchBenchConfig) -> anyhow::Result<SearchB
                             internal_date: 1_704_103_200,
                             flags: Flags::default(),
                             summary: None,
+                            refs: Default::default(),
                         })
                         .collect(),
                     QuotaPolicy::Allow,

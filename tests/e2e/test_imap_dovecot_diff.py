@@ -132,6 +132,14 @@ def _drop_codes(result: tuple, source: str) -> tuple:
     return (status, code, untagged)
 
 
+def _without_mailboxid(result: tuple, source: str) -> tuple:
+    status, code, untagged = result
+    if code and code[0] == "MAILBOXID":
+        code = None
+    untagged = tuple(u for u in untagged if not (u[0] == "OK" and u[1] and u[1][0] == "MAILBOXID"))
+    return (status, code, untagged)
+
+
 def _system_flags_only(result: tuple, source: str) -> tuple:
     verb = verb_of(source)
     status, code, untagged = result
@@ -294,6 +302,11 @@ KNOWN_RULES = {
         "the entries of a METADATA response come in no defined order (RFC 5464 section 4.4); "
         "Dovecot's order varies, Mailfleet's is by name",
         _metadata_entries_sorted,
+    ),
+    "mailboxid-codes": (
+        "Mailfleet offers OBJECTID (RFC 8474) and names a mailbox's MAILBOXID in the OK of "
+        "CREATE and in an untagged OK at SELECT/EXAMINE; Dovecot 2.3 has no OBJECTID",
+        _without_mailboxid,
     ),
     "modseq-granularity": (
         "Dovecot enables modseq tracking for a mailbox lazily, giving every message that has "

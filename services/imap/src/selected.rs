@@ -169,6 +169,9 @@ impl RecentSet {
 #[derive(Debug)]
 pub struct Selected {
     pub id: MailboxId,
+    /// The account that owns the mailbox (another user's for a shared one): the scope of
+    /// SEARCH EMAILID / THREADID lookups.
+    pub owner: mailfleet_storage::AccountId,
     pub name: String,
     pub read_only: bool,
     pub uid_validity: u32,
@@ -212,6 +215,7 @@ impl Selected {
         }
         Ok(Self {
             id: mailbox.id,
+            owner: mailbox.account,
             name: mailbox.name.clone(),
             read_only,
             uid_validity: mailbox.uid_validity,

@@ -350,6 +350,8 @@ impl Session {
             other("UNAUTHENTICATE"),
             other("SAVEDATE"),
             other("PREVIEW"),
+            // MAILBOXID, EMAILID, THREADID (RFC 8474; mailfleet_storage::object_id).
+            other("OBJECTID"),
         ]);
         caps
     }

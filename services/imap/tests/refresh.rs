@@ -45,6 +45,7 @@ async fn append(stores: &Stores, account: AccountId, mailbox: MailboxId, i: u32)
                 internal_date: 1_700_000_000,
                 flags: Flags::default(),
                 summary: None,
+                refs: Default::default(),
             }],
             QuotaPolicy::Allow,
         )

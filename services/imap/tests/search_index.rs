@@ -89,6 +89,7 @@ impl Harness {
                     internal_date: 1_700_000_000,
                     flags: Flags::default(),
                     summary: None,
+                    refs: Default::default(),
                 }],
                 QuotaPolicy::Allow,
             )

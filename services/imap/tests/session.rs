@@ -86,6 +86,7 @@ async fn harness() -> Harness {
                     internal_date: 1_700_000_000 + i,
                     flags: Flags::default(),
                     summary: None,
+                    refs: Default::default(),
                 }],
                 QuotaPolicy::Enforce,
             )
@@ -322,6 +323,7 @@ async fn idle_reports_a_new_message_and_ends_on_done() {
                 internal_date: 0,
                 flags: Flags::default(),
                 summary: None,
+                refs: Default::default(),
             }],
             QuotaPolicy::Allow,
         )

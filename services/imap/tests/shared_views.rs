@@ -56,6 +56,7 @@ impl Fixture {
                 internal_date: 1_700_000_000,
                 flags: Flags::default(),
                 summary: None,
+                refs: Default::default(),
             })
             .collect();
         self.stores

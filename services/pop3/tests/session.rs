@@ -94,6 +94,7 @@ impl Harness {
                     internal_date: 0,
                     flags: Flags::default(),
                     summary: None,
+                    refs: Default::default(),
                 }],
                 QuotaPolicy::Allow,
             )

@@ -184,6 +184,7 @@ pub async fn metadata_store(meta: &dyn MetadataStore) {
         internal_date: 1_700_000_000,
         flags: Flags::default(),
         summary: None,
+        refs: Default::default(),
     };
     let first = meta
         .append(vec![msg(inbox.id), msg(inbox.id)], QuotaPolicy::Enforce)
@@ -525,6 +526,7 @@ async fn account_with_messages(meta: &dyn MetadataStore, n: usize) -> (Account, 
                 internal_date: 1_700_000_000,
                 flags: Flags::default(),
                 summary: None,
+                refs: Default::default(),
             }
         })
         .collect();
@@ -648,6 +650,7 @@ fn message_with(account: &Account, mailbox: &Mailbox, blob: &BlobId, size: usize
         internal_date: 1_700_000_000,
         flags: Flags::default(),
         summary: None,
+        refs: Default::default(),
     }
 }
 
@@ -798,6 +801,7 @@ pub async fn metadata_concurrent_appends(meta: std::sync::Arc<dyn MetadataStore>
                     internal_date: 0,
                     flags: Flags::default(),
                     summary: None,
+                    refs: Default::default(),
                 }],
                 QuotaPolicy::Enforce,
             )
@@ -851,6 +855,7 @@ pub async fn metadata_save_dates(meta: &dyn MetadataStore) {
         internal_date: 1_000_000_000,
         flags: Flags::default(),
         summary: None,
+        refs: Default::default(),
     };
     let appended = meta
         .append(vec![new(1), new(2)], QuotaPolicy::Enforce)
@@ -895,6 +900,267 @@ pub async fn metadata_save_dates(meta: &dyn MetadataStore) {
         .expect("moved away")
         .is_empty());
     meta.delete_account(&a.address).await.expect("cleanup");
+    meta.delete_domain(&domain).await.expect("cleanup domain");
+}
+
+/// Object ids (IMAP OBJECTID, RFC 8474; [`MetadataStore::message_object_ids`],
+/// [`MetadataStore::find_by_object_id`]): every append gets a new EMAILID (also for the same
+/// bytes delivered twice), COPY and MOVE keep EMAILID and THREADID, RENAME keeps the
+/// MAILBOXID and a new mailbox never gets an old one, messages that refer to each other
+/// (In-Reply-To, References, also a reply stored before its parent) share a thread, and
+/// lookups by id find every copy, per mailbox or account-wide, never another account's.
+pub async fn metadata_object_ids(meta: &dyn MetadataStore) {
+    use crate::object_id::{is_valid, mailbox_object_id};
+    let domain = format!("{}.test", unique("oid"));
+    meta.create_domain(&domain).await.expect("domain");
+    let a = meta
+        .create_account(&format!("o@{domain}"), "h", 0)
+        .await
+        .expect("account");
+    let other = meta
+        .create_account(&format!("p@{domain}"), "h", 0)
+        .await
+        .expect("account");
+    let inbox = meta
+        .get_mailbox(a.id, "INBOX")
+        .await
+        .expect("get")
+        .expect("inbox");
+    let trash = meta
+        .get_mailbox(a.id, "Trash")
+        .await
+        .expect("get")
+        .expect("trash");
+    let header = |id: &str, parent: Option<&str>, refs: &[&str]| {
+        let mut h = format!("Message-ID: <{id}>\r\n");
+        if let Some(p) = parent {
+            h.push_str(&format!("In-Reply-To: <{p}>\r\n"));
+        }
+        if !refs.is_empty() {
+            let r: Vec<String> = refs.iter().map(|r| format!("<{r}>")).collect();
+            h.push_str(&format!("References: {}\r\n", r.join("\r\n ")));
+        }
+        h.push_str("Subject: t\r\n\r\nbody\r\n");
+        h
+    };
+    let new = |acct: &Account, mb: &Mailbox, raw: &str| NewMessage {
+        account: acct.id,
+        mailbox: mb.id,
+        blob: BlobId::of(raw.as_bytes()),
+        size: raw.len() as u64,
+        internal_date: 1_700_000_000,
+        flags: Flags::default(),
+        summary: None,
+        refs: crate::MessageRefs::from_message(raw.as_bytes()),
+    };
+    let tag = unique("");
+    let root = format!("root-{tag}@x");
+    let reply = format!("reply-{tag}@x");
+    let orphan_child = format!("child-{tag}@x");
+    let late_parent = format!("late-{tag}@x");
+    let raws = [
+        header(&root, None, &[]),
+        // The same bytes twice: two emails, one thread (one Message-ID).
+        header(&root, None, &[]),
+        header(&reply, Some(&root), &[&root]),
+        // Refers to its parent only through References, nearest last.
+        header(&format!("deep-{tag}@x"), None, &[&root, &reply]),
+        // A reply stored before its parent: the parent joins the reply's thread.
+        header(&orphan_child, Some(&late_parent), &[&late_parent]),
+        header(&late_parent, None, &[]),
+        // Unrelated.
+        header(&format!("alone-{tag}@x"), None, &[]),
+    ];
+    let appended = meta
+        .append(
+            raws.iter().map(|r| new(&a, &inbox, r)).collect(),
+            QuotaPolicy::Enforce,
+        )
+        .await
+        .expect("append");
+    let uids: Vec<Uid> = appended.iter().map(|x| x.uid).collect();
+    let mut asked = uids.clone();
+    asked.push(Uid(9999));
+    let ids: Vec<(Uid, crate::MessageObjectIds)> = meta
+        .message_object_ids(inbox.id, &asked)
+        .await
+        .expect("ids");
+    assert_eq!(
+        ids.len(),
+        uids.len(),
+        "the missing UID is left out: {ids:?}"
+    );
+    let by_uid: std::collections::HashMap<Uid, crate::MessageObjectIds> = ids.into_iter().collect();
+    let of = |i: usize| by_uid[&uids[i]].clone();
+    for i in 0..uids.len() {
+        let x = of(i);
+        assert!(
+            is_valid(&x.email_id) && x.email_id.starts_with('E'),
+            "{x:?}"
+        );
+        assert!(
+            is_valid(&x.thread_id) && x.thread_id.starts_with('T'),
+            "{x:?}"
+        );
+    }
+    let emails: std::collections::HashSet<String> =
+        (0..uids.len()).map(|i| of(i).email_id).collect();
+    assert_eq!(emails.len(), uids.len(), "every append is a new email");
+    for i in 1..4 {
+        assert_eq!(
+            of(i).thread_id,
+            of(0).thread_id,
+            "message {i} is in the thread"
+        );
+    }
+    assert_eq!(
+        of(5).thread_id,
+        of(4).thread_id,
+        "the late parent joins its reply"
+    );
+    assert_ne!(of(4).thread_id, of(0).thread_id);
+    assert_ne!(of(6).thread_id, of(0).thread_id);
+    assert_ne!(of(6).thread_id, of(4).thread_id);
+
+    // COPY and MOVE keep both ids.
+    let copied = meta
+        .copy_messages(a.id, inbox.id, &uids[..1], trash.id)
+        .await
+        .expect("copy");
+    let (moved, _) = meta
+        .move_messages(a.id, inbox.id, &uids[2..3], trash.id)
+        .await
+        .expect("move");
+    let dest = [copied[0].dest.uid, moved[0].dest.uid];
+    let in_trash: std::collections::HashMap<Uid, crate::MessageObjectIds> = meta
+        .message_object_ids(trash.id, &dest)
+        .await
+        .expect("ids")
+        .into_iter()
+        .collect();
+    assert_eq!(
+        in_trash[&dest[0]],
+        of(0),
+        "a copy keeps EMAILID and THREADID"
+    );
+    assert_eq!(
+        in_trash[&dest[1]],
+        of(2),
+        "a move keeps EMAILID and THREADID"
+    );
+
+    // Lookups by id: every mailbox, one mailbox, never another account's.
+    let found = meta
+        .find_by_object_id(a.id, None, &of(0).email_id, 100)
+        .await
+        .expect("find");
+    let mut want = vec![(inbox.id, uids[0]), (trash.id, dest[0])];
+    want.sort();
+    assert_eq!(found, want);
+    let found = meta
+        .find_by_object_id(a.id, Some(trash.id), &of(0).email_id, 100)
+        .await
+        .expect("find");
+    assert_eq!(found, vec![(trash.id, dest[0])]);
+    let moved_away = meta
+        .find_by_object_id(a.id, None, &of(2).email_id, 100)
+        .await
+        .expect("find");
+    assert_eq!(
+        moved_away,
+        vec![(trash.id, dest[1])],
+        "the moved original is gone"
+    );
+    let thread = meta
+        .find_by_object_id(a.id, Some(inbox.id), &of(0).thread_id, 100)
+        .await
+        .expect("find");
+    assert_eq!(
+        thread,
+        vec![
+            (inbox.id, uids[0]),
+            (inbox.id, uids[1]),
+            (inbox.id, uids[3])
+        ]
+    );
+    let limited = meta
+        .find_by_object_id(a.id, None, &of(0).thread_id, 2)
+        .await
+        .expect("find");
+    assert_eq!(limited.len(), 2);
+    assert!(meta
+        .find_by_object_id(other.id, None, &of(0).email_id, 100)
+        .await
+        .expect("find")
+        .is_empty());
+    assert!(meta
+        .find_by_object_id(a.id, None, "Enothing", 100)
+        .await
+        .expect("find")
+        .is_empty());
+    assert!(meta
+        .find_by_object_id(a.id, None, &mailbox_object_id(&inbox), 100)
+        .await
+        .expect("find")
+        .is_empty());
+    // Another account delivering the same message gets its own thread.
+    let theirs = meta
+        .get_mailbox(other.id, "INBOX")
+        .await
+        .expect("get")
+        .expect("inbox");
+    let t = meta
+        .append(vec![new(&other, &theirs, &raws[2])], QuotaPolicy::Enforce)
+        .await
+        .expect("append");
+    let t_ids = meta
+        .message_object_ids(theirs.id, &[t[0].uid])
+        .await
+        .expect("ids");
+    assert_ne!(t_ids[0].1.thread_id, of(0).thread_id);
+
+    // MAILBOXID: kept by RENAME, never given to another mailbox.
+    let mb = meta
+        .create_mailbox(a.id, &format!("box-{tag}"), None)
+        .await
+        .expect("create");
+    let mid = mailbox_object_id(&mb);
+    assert!(is_valid(&mid) && mid.starts_with('M'), "{mid}");
+    meta.rename_mailbox(a.id, mb.id, &format!("renamed-{tag}"))
+        .await
+        .expect("rename");
+    let renamed = meta
+        .get_mailbox(a.id, &format!("renamed-{tag}"))
+        .await
+        .expect("get")
+        .expect("renamed");
+    assert_eq!(
+        mailbox_object_id(&renamed),
+        mid,
+        "RENAME keeps the MAILBOXID"
+    );
+    meta.delete_mailbox(a.id, mb.id).await.expect("delete");
+    let again = meta
+        .create_mailbox(a.id, &format!("renamed-{tag}"), None)
+        .await
+        .expect("create again");
+    assert_ne!(
+        mailbox_object_id(&again),
+        mid,
+        "a new mailbox gets a new MAILBOXID"
+    );
+    let all: Vec<String> = meta
+        .list_mailboxes(a.id)
+        .await
+        .expect("list")
+        .iter()
+        .map(mailbox_object_id)
+        .collect();
+    let distinct: std::collections::HashSet<&String> = all.iter().collect();
+    assert_eq!(distinct.len(), all.len());
+
+    meta.delete_account(&a.address).await.expect("cleanup");
+    meta.delete_account(&other.address).await.expect("cleanup");
     meta.delete_domain(&domain).await.expect("cleanup domain");
 }
 
@@ -1356,6 +1622,7 @@ pub async fn metadata_outbound_queue(meta: &dyn MetadataStore) {
                 internal_date: 0,
                 flags: Flags::default(),
                 summary: None,
+                refs: Default::default(),
             }],
             QuotaPolicy::Enforce,
         )

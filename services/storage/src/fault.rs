@@ -233,6 +233,26 @@ impl MetadataStore for FailingMeta {
         self.check("message_save_dates")?;
         self.inner.message_save_dates(mailbox, uids).await
     }
+    async fn message_object_ids(
+        &self,
+        mailbox: MailboxId,
+        uids: &[Uid],
+    ) -> StoreResult<Vec<(Uid, crate::MessageObjectIds)>> {
+        self.check("message_object_ids")?;
+        self.inner.message_object_ids(mailbox, uids).await
+    }
+    async fn find_by_object_id(
+        &self,
+        account: AccountId,
+        mailbox: Option<MailboxId>,
+        id: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<(MailboxId, Uid)>> {
+        self.check("find_by_object_id")?;
+        self.inner
+            .find_by_object_id(account, mailbox, id, limit)
+            .await
+    }
     async fn copy_messages(
         &self,
         account: AccountId,

@@ -207,6 +207,7 @@ mod tests {
                         internal_date: 0,
                         flags: Flags::default(),
                         summary: None,
+                        refs: Default::default(),
                     }],
                     crate::metadata::QuotaPolicy::Allow,
                 )

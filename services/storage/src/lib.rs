@@ -12,6 +12,7 @@
 //! - [`blob`]: the [`BlobStore`] trait, the local-directory and S3 backends.
 //! - [`metadata`]: the [`MetadataStore`] trait, the SQLite and ScyllaDB backends.
 //! - [`coord`]: the [`Coordinator`] trait, the in-process and Redis backends.
+//! - [`object_id`]: MAILBOXID, EMAILID and THREADID (IMAP OBJECTID, RFC 8474; JMAP ids).
 //! - [`credentials`]: app passwords, TOTP secrets (records only; `mailfleet-auth` decides).
 //! - [`text_index`]: the full-text index's records (texts per message, search answers).
 //! - [`indexer`]: writes messages' texts to the index off the delivery path, in batches.
@@ -32,6 +33,7 @@ pub mod error;
 pub mod fault;
 pub mod indexer;
 pub mod metadata;
+pub mod object_id;
 pub mod open;
 pub mod private_fs;
 pub mod queue;
@@ -43,6 +45,7 @@ pub use coord::{Coordinator, Lease, Subscription};
 pub use credentials::{AppPassword, AppPasswordId, NewAppPassword, TotpSecret};
 pub use error::{StoreError, StoreResult};
 pub use metadata::MetadataStore;
+pub use object_id::{MessageObjectIds, MessageRefs, ObjectIdKind};
 pub use queue::{
     DsnRet, NewOutbound, NewOutboundRecipient, OutboundMessage, OutboundRecipient, QueueId,
     RecipientState, RecipientUpdate,

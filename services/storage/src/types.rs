@@ -224,6 +224,10 @@ pub struct NewMessage {
     /// produced by `mailfleet-mime`, cached so reading headers never re-parses the blob.
     /// Opaque to storage.
     pub summary: Option<Vec<u8>>,
+    /// Message-ID, In-Reply-To and References, read from the header by the caller
+    /// ([`crate::MessageRefs::from_message`]): the store files the message into a thread
+    /// with them (THREADID, RFC 8474). Empty: a thread of its own.
+    pub refs: crate::MessageRefs,
 }
 
 /// Counts of a mailbox that are not kept as running totals (IMAP STATUS, JMAP Mailbox).

@@ -44,6 +44,13 @@ async fn sqlite_save_dates() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_object_ids() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let meta = SqliteMetadataStore::open(dir.path().join("m.sqlite3"), 8).expect("open");
+    conformance::metadata_object_ids(&meta).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_acl_and_annotations() {
     let dir = tempfile::tempdir().expect("tmp");
     let meta = SqliteMetadataStore::open(dir.path().join("m.sqlite3"), 8).expect("open");
@@ -100,6 +107,7 @@ async fn sqlite_survives_reopen_and_gc_deletes_orphans() {
                 internal_date: 0,
                 flags: Flags::default(),
                 summary: None,
+                refs: Default::default(),
             }],
             mailfleet_storage::metadata::QuotaPolicy::Enforce,
         )
@@ -200,6 +208,7 @@ async fn data_at_rest_is_private() {
                 internal_date: 0,
                 flags: Flags::default(),
                 summary: None,
+                refs: Default::default(),
             }],
             mailfleet_storage::metadata::QuotaPolicy::Enforce,
         )

@@ -863,6 +863,9 @@ impl Session {
                 internal_date: m.internal_date,
                 flags: permitted_flags(m.flags.clone(), target.rights),
                 summary: summaries.get(&m.uid).cloned(),
+                // A copy into another account is a new email there (new EMAILID) and
+                // starts a thread of its own: its header is not read again here.
+                refs: Default::default(),
             });
         }
         let appended = if news.is_empty() {

@@ -113,11 +113,13 @@ impl Session {
         let mut texts = Vec::with_capacity(prepared.len());
         for p in prepared {
             let for_parse = p.data.clone();
-            let (summary, text) = tokio::task::spawn_blocking(move || {
+            let (summary, text, refs) = tokio::task::spawn_blocking(move || {
                 let ix = mailfleet_mime::search_text::index_pieces(&for_parse);
                 (
                     mailfleet_mime::analyze(&for_parse).to_bytes(),
                     mailfleet_storage::MessageText::from_pairs(ix.pieces, ix.complete),
+                    // Thread keys for THREADID (RFC 8474).
+                    mailfleet_storage::MessageRefs::from_message(&for_parse),
                 )
             })
             .await
@@ -133,6 +135,7 @@ impl Session {
                 internal_date: p.internal_date,
                 flags: super::acl::permitted_flags(p.flags, target.rights),
                 summary: Some(summary),
+                refs,
             });
         }
         let count = new.len();

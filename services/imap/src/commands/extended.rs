@@ -170,10 +170,16 @@ pub fn preparse(message: &[u8]) -> Option<Extended> {
     Some(Extended::List { plain, opts })
 }
 
-fn status_names(list: &str) -> Option<Vec<StatusDataItemName>> {
+/// The STATUS items of LIST-STATUS, and whether MAILBOXID (RFC 8474 §4.2, which the codec
+/// does not know) is among them.
+fn status_names(list: &str) -> Option<(Vec<StatusDataItemName>, bool)> {
     let inner = list.strip_prefix('(')?.strip_suffix(')')?;
-    inner
+    let mailbox_id = inner
         .split_whitespace()
+        .any(|n| n.eq_ignore_ascii_case("MAILBOXID"));
+    let names: Option<Vec<StatusDataItemName>> = inner
+        .split_whitespace()
+        .filter(|n| !n.eq_ignore_ascii_case("MAILBOXID"))
         .map(|n| {
             Some(match n.to_ascii_uppercase().as_str() {
                 "MESSAGES" => StatusDataItemName::Messages,
@@ -187,7 +193,8 @@ fn status_names(list: &str) -> Option<Vec<StatusDataItemName>> {
                 _ => return None,
             })
         })
-        .collect()
+        .collect();
+    Some((names?, mailbox_id))
 }
 
 fn has_attr(items: &[FlagNameAttribute<'_>], name: &str) -> bool {
@@ -251,12 +258,16 @@ impl Session {
                             delimiter,
                             mailbox: mailbox.clone(),
                         }));
-                        if let (Some(names), true) = (&status_items, selectable) {
-                            let st = self.status(tag.clone(), mailbox, names.clone()).await;
+                        if let (Some((names, mailbox_id)), true) = (&status_items, selectable) {
+                            let st = self
+                                .status_with(tag.clone(), mailbox, names.clone(), *mailbox_id)
+                                .await;
                             if let Ok(st) = st {
-                                out.extend(st.responses.into_iter().filter(|r| {
-                                    matches!(r, Resp::Typed(Response::Data(Data::Status { .. })))
-                                }));
+                                out.extend(
+                                    st.responses
+                                        .into_iter()
+                                        .filter(super::mailboxes::is_status_data),
+                                );
                             }
                         }
                     }
@@ -287,7 +298,7 @@ impl Session {
         tag: imap_codec::imap_types::core::Tag<'static>,
         cmds: Vec<Command<'static>>,
         opts: ListOpts,
-        status_items: Option<Vec<StatusDataItemName>>,
+        status_items: Option<(Vec<StatusDataItemName>, bool)>,
     ) -> Outcome {
         use imap_codec::imap_types::mailbox::{ListMailbox, Mailbox};
         let mut out = Vec::new();
@@ -350,11 +361,16 @@ impl Session {
                 } else {
                     line
                 });
-                if let (Some(names), true) = (&status_items, exists) {
-                    if let Ok(st) = self.status(tag.clone(), mailbox, names.clone()).await {
-                        out.extend(st.responses.into_iter().filter(|r| {
-                            matches!(r, Resp::Typed(Response::Data(Data::Status { .. })))
-                        }));
+                if let (Some((names, mailbox_id)), true) = (&status_items, exists) {
+                    if let Ok(st) = self
+                        .status_with(tag.clone(), mailbox, names.clone(), *mailbox_id)
+                        .await
+                    {
+                        out.extend(
+                            st.responses
+                                .into_iter()
+                                .filter(super::mailboxes::is_status_data),
+                        );
                     }
                 }
             }

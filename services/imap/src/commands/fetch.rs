@@ -961,6 +961,7 @@ mod streaming_tests {
                         internal_date: 1_700_000_000,
                         flags: Flags::default(),
                         summary: None,
+                        refs: Default::default(),
                     }],
                     QuotaPolicy::Allow,
                 )

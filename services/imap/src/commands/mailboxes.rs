@@ -2,7 +2,7 @@
 //! LSUB, STATUS, GETQUOTA, GETQUOTAROOT.
 
 use super::{mailbox_name, ListPattern, DELIMITER};
-use crate::response::{self, code};
+use crate::response::{self, code, Resp};
 use crate::selected::{RecentMode, Selected};
 use crate::session::{Outcome, Session, State};
 use imap_codec::imap_types::command::SelectParameter;
@@ -10,7 +10,7 @@ use imap_codec::imap_types::core::{AString, Atom, QuotedChar, Tag, Vec1};
 use imap_codec::imap_types::extensions::quota::{QuotaGet, Resource};
 use imap_codec::imap_types::flag::FlagNameAttribute;
 use imap_codec::imap_types::mailbox::{ListMailbox, Mailbox};
-use imap_codec::imap_types::response::{Code, Data};
+use imap_codec::imap_types::response::{Code, CodeOther, Data};
 use imap_codec::imap_types::sequence::SequenceSet;
 use imap_codec::imap_types::status::{StatusDataItem, StatusDataItemName};
 use mailfleet_storage::{
@@ -151,6 +151,7 @@ impl Session {
             )),
             "Highest",
         ));
+        out.push(response::untagged_ok(mailbox_id_code(&mb), "Mailbox id"));
         if let Some((validity, since, known)) = qresync {
             if validity.get() == sel.uid_validity {
                 out.extend(
@@ -305,9 +306,16 @@ impl Session {
                 .set_mailbox_noselect(acct, ph.id, false)
                 .await?;
             self.notify_mailboxes().await;
+            // A new UIDVALIDITY, so a new MAILBOXID: it is a new mailbox.
+            let code = self
+                .stores
+                .meta
+                .get_mailbox(acct, &name)
+                .await?
+                .and_then(|mb| mailbox_id_code(&mb));
             return Ok(Outcome::done(vec![response::ok(
                 &tag,
-                None,
+                code,
                 "CREATE completed",
             )]));
         }
@@ -336,8 +344,11 @@ impl Session {
                 }
             }
         }
-        match self.stores.meta.create_mailbox(acct, &name, None).await {
-            Ok(mb) => self.inherit_public_acl(acct, &name, &mb).await?,
+        let created = match self.stores.meta.create_mailbox(acct, &name, None).await {
+            Ok(mb) => {
+                self.inherit_public_acl(acct, &name, &mb).await?;
+                mb
+            }
             Err(StoreError::Conflict(_)) => {
                 return Ok(Outcome::done(vec![response::no(
                     &tag,
@@ -353,11 +364,12 @@ impl Session {
                 )]))
             }
             Err(e) => return Err(e),
-        }
+        };
         self.notify_mailboxes().await;
+        // RFC 8474 §4.1: the tagged OK of CREATE names the new mailbox's MAILBOXID.
         Ok(Outcome::done(vec![response::ok(
             &tag,
-            None,
+            mailbox_id_code(&created),
             "CREATE completed",
         )]))
     }
@@ -730,6 +742,18 @@ impl Session {
         mailbox: Mailbox<'static>,
         items: Vec<StatusDataItemName>,
     ) -> StoreResult<Outcome> {
+        self.status_with(tag, mailbox, items, false).await
+    }
+
+    /// STATUS, with the MAILBOXID item (RFC 8474 §4.2) when `mailbox_id`: the codec has no
+    /// such item, so the response is the codec's line with it added.
+    pub(crate) async fn status_with(
+        &mut self,
+        tag: Tag<'static>,
+        mailbox: Mailbox<'static>,
+        items: Vec<StatusDataItemName>,
+        mailbox_id: bool,
+    ) -> StoreResult<Outcome> {
         let name = mailbox_name(&mailbox);
         let mb = match self.access(&name, "r", false).await? {
             Ok(t) => t.mailbox,
@@ -788,11 +812,32 @@ impl Session {
                 }
             });
         }
+        let no_items = values.is_empty();
+        let mut line = response::data(Data::Status {
+            mailbox: to_mailbox(&name),
+            items: values.into(),
+        });
+        if mailbox_id {
+            // Mailbox names are encoded here, as the driver only encodes typed responses.
+            let wire = crate::mutf7::response_out(&line, self.mutf7_names());
+            let bytes = response::encode(wire.as_ref().unwrap_or(&line));
+            if let Some(head) = bytes.strip_suffix(b")\r\n") {
+                let mut raw = head.to_vec();
+                if !no_items {
+                    raw.push(b' ');
+                }
+                raw.extend(
+                    format!(
+                        "MAILBOXID ({}))\r\n",
+                        mailfleet_storage::object_id::mailbox_object_id(&mb)
+                    )
+                    .bytes(),
+                );
+                line = Resp::Raw(raw);
+            }
+        }
         Ok(Outcome::done(vec![
-            response::data(Data::Status {
-                mailbox: to_mailbox(&name),
-                items: values.into(),
-            }),
+            line,
             response::ok(&tag, None, "STATUS completed"),
         ]))
     }
@@ -919,5 +964,25 @@ pub(crate) fn flag_op(kind: imap_codec::imap_types::flag::StoreType) -> FlagOp {
         StoreType::Replace => FlagOp::Replace,
         StoreType::Add => FlagOp::Add,
         StoreType::Remove => FlagOp::Remove,
+    }
+}
+
+/// `MAILBOXID (id)` (RFC 8474 §4.1), for SELECT/EXAMINE's untagged OK and CREATE's tagged
+/// OK. The id is an atom of [A-Za-z0-9_-], so the code is valid as written.
+pub(crate) fn mailbox_id_code(mb: &StoreMailbox) -> Option<Code<'static>> {
+    let text = format!(
+        "MAILBOXID ({})",
+        mailfleet_storage::object_id::mailbox_object_id(mb)
+    );
+    Some(Code::Other(CodeOther::unvalidated(text.into_bytes())))
+}
+
+/// Whether `r` is a STATUS data response (typed, or the raw line of [`Session::status_with`]
+/// with MAILBOXID), which LIST-STATUS passes on.
+pub(crate) fn is_status_data(r: &Resp) -> bool {
+    match r {
+        Resp::Typed(imap_codec::imap_types::response::Response::Data(Data::Status { .. })) => true,
+        Resp::Raw(b) => b.starts_with(b"* STATUS "),
+        _ => false,
     }
 }

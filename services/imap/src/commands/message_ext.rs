@@ -1,6 +1,7 @@
 //! The session side of the commands [`super::msgext`] parses: MULTIAPPEND (RFC 3502),
 //! REPLACE (RFC 8508), UNAUTHENTICATE (RFC 8437), FETCH SAVEDATE (RFC 8514) and PREVIEW
-//! (RFC 8970), and the SAVEDATE search keys.
+//! (RFC 8970), FETCH EMAILID and THREADID (RFC 8474), the SAVEDATE and object-id search
+//! keys, and STATUS MAILBOXID.
 
 use super::msgext::{self, FetchExtra, MsgExt, Piece, SaveKey};
 use crate::response::{self, Resp};
@@ -100,6 +101,26 @@ pub(crate) async fn fetch_extras(
                 .push(savedate_item(dates.get(uid).copied().flatten()));
         }
     }
+    if extra.emailid || extra.threadid {
+        let ids: HashMap<Uid, mailfleet_storage::MessageObjectIds> = stores
+            .meta
+            .message_object_ids(sel.id, uids)
+            .await?
+            .into_iter()
+            .collect();
+        for uid in uids {
+            // An id is an atom of [A-Za-z0-9_-] (the store makes them so): written bare in
+            // parentheses (RFC 8474 §7: `"EMAILID" SP "(" objectid ")"`).
+            let Some(x) = ids.get(uid) else { continue };
+            let items = out.entry(*uid).or_default();
+            if extra.emailid {
+                items.push(format!("EMAILID ({})", x.email_id).into_bytes());
+            }
+            if extra.threadid {
+                items.push(format!("THREADID ({})", x.thread_id).into_bytes());
+            }
+        }
+    }
     if let Some(lazy) = extra.preview {
         for uid in uids {
             let text = match summaries.get(uid) {
@@ -166,6 +187,10 @@ pub(crate) fn fetch_response_with(
 fn save_day(save: Option<i64>, internal: i64) -> Option<chrono::NaiveDate> {
     chrono::DateTime::from_timestamp(save.unwrap_or(internal), 0).map(|d| d.date_naive())
 }
+
+/// Most messages one EMAILID or THREADID search key matches in a mailbox (a thread larger
+/// than this is answered with its first messages by UID).
+const MAX_OBJECT_ID_MATCHES: usize = 100_000;
 
 fn uid_list(uids: &[Uid]) -> String {
     super::fetch::ranges(uids)
@@ -267,6 +292,19 @@ impl Session {
                 Ok(outcome)
             }
             MsgExt::Search { tag, pieces } => self.search_save_keys(tag, pieces).await,
+            MsgExt::Status { cmd } => {
+                let tag = cmd.tag.clone();
+                match cmd.body {
+                    CommandBody::Status {
+                        mailbox,
+                        item_names,
+                    } => {
+                        self.status_with(tag, mailbox, item_names.into_owned(), true)
+                            .await
+                    }
+                    _ => Ok(Outcome::done(vec![response::bad(&tag, "Expected STATUS")])),
+                }
+            }
         }
     }
 
@@ -391,7 +429,35 @@ impl Session {
         pieces: Vec<Piece>,
     ) -> StoreResult<Outcome> {
         let mut days: Vec<(Uid, Option<chrono::NaiveDate>)> = Vec::new();
+        let dated = pieces.iter().any(|p| {
+            matches!(
+                p,
+                Piece::Key(SaveKey::Before(_) | SaveKey::On(_) | SaveKey::Since(_))
+            )
+        });
+        // EMAILID / THREADID: the messages of the selected mailbox with that id, looked
+        // up in the store's index (never a scan of the mailbox).
+        let mut by_id: HashMap<String, Vec<Uid>> = HashMap::new();
         if let State::Selected(sel) = &self.state {
+            for p in &pieces {
+                if let Piece::Key(SaveKey::EmailId(id) | SaveKey::ThreadId(id)) = p {
+                    let found = self
+                        .stores
+                        .meta
+                        .find_by_object_id(sel.owner, Some(sel.id), id, MAX_OBJECT_ID_MATCHES)
+                        .await?;
+                    // Only what this session's view holds (a message appended since is
+                    // not in it yet).
+                    let uids = found
+                        .into_iter()
+                        .map(|(_, u)| u)
+                        .filter(|u| sel.seq_of(*u).is_some())
+                        .collect();
+                    by_id.insert(id.clone(), uids);
+                }
+            }
+        }
+        if let (true, State::Selected(sel)) = (dated, &self.state) {
             let uids: Vec<Uid> = sel.messages().map(|m| m.uid).collect();
             let mut dates: HashMap<Uid, Option<i64>> = HashMap::new();
             for chunk in uids.chunks(500) {
@@ -409,11 +475,16 @@ impl Session {
             if *key == SaveKey::Supported {
                 return b"ALL".to_vec();
             }
-            let matched: Vec<Uid> = days
-                .iter()
-                .filter(|(_, d)| d.is_some_and(|d| key.matches(d)))
-                .map(|(u, _)| *u)
-                .collect();
+            let matched: Vec<Uid> = match key {
+                SaveKey::EmailId(id) | SaveKey::ThreadId(id) => {
+                    by_id.get(id).cloned().unwrap_or_default()
+                }
+                _ => days
+                    .iter()
+                    .filter(|(_, d)| d.is_some_and(|d| key.matches(d)))
+                    .map(|(u, _)| *u)
+                    .collect(),
+            };
             if matched.is_empty() {
                 b"(NOT ALL)".to_vec()
             } else {

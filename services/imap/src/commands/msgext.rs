@@ -9,10 +9,14 @@
 //! - UNAUTHENTICATE (RFC 8437): the tag is checked by decoding `tag NOOP`.
 //! - FETCH items SAVEDATE (RFC 8514) and PREVIEW / PREVIEW (LAZY) (RFC 8970): cut out of
 //!   the item list; the rest is decoded by the codec, and the session adds the items.
-//! - SEARCH / SORT keys SAVEDBEFORE, SAVEDON, SAVEDSINCE and SAVEDATESUPPORTED (RFC 8514):
-//!   cut out of the criteria; the session replaces each by an equivalent key the codec
-//!   knows (`(UID set)` of the messages it matches, `(NOT ALL)`, `ALL`), computed from the
-//!   stored save dates of the selected mailbox, and decodes the result.
+//! - FETCH items EMAILID and THREADID (RFC 8474 §5), cut out likewise.
+//! - SEARCH / SORT keys SAVEDBEFORE, SAVEDON, SAVEDSINCE and SAVEDATESUPPORTED (RFC 8514),
+//!   and EMAILID and THREADID (RFC 8474 §6): cut out of the criteria; the session replaces
+//!   each by an equivalent key the codec knows (`(UID set)` of the messages it matches,
+//!   `(NOT ALL)`, `ALL`), computed from the stored save dates or object ids of the selected
+//!   mailbox, and decodes the result.
+//! - STATUS item MAILBOXID (RFC 8474 §4.2): cut out of the item list; the rest is decoded
+//!   by the codec and the session adds the item.
 //!
 //! - APPEND data `UTF8 (~{n}...)` (RFC 6855 §4), in APPEND, MULTIAPPEND and REPLACE: becomes
 //!   the literal8 it wraps, and the command is marked [`MsgExt::Utf8`], which the session
@@ -45,6 +49,10 @@ pub struct FetchExtra {
     pub savedate: bool,
     /// `PREVIEW`: `Some(lazy)` (RFC 8970 §3).
     pub preview: Option<bool>,
+    /// `EMAILID` (RFC 8474 §5.1).
+    pub emailid: bool,
+    /// `THREADID` (RFC 8474 §5.2).
+    pub threadid: bool,
     /// The client asked only for extension items: `UID` was put in so the codec had an item
     /// list to parse, and is not answered (unless it is a UID FETCH, which always is).
     pub drop_uid: bool,
@@ -52,19 +60,24 @@ pub struct FetchExtra {
 
 impl FetchExtra {
     pub fn any(&self) -> bool {
-        self.savedate || self.preview.is_some()
+        self.savedate || self.preview.is_some() || self.emailid || self.threadid
     }
 }
 
-/// A save-date search key (RFC 8514 §4.3), compared by calendar date (UTC), disregarding
-/// time, like BEFORE/ON/SINCE with INTERNALDATE (RFC 3501 §6.4.4).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A search key the session resolves: a save-date key (RFC 8514 §4.3), compared by
+/// calendar date (UTC), disregarding time, like BEFORE/ON/SINCE with INTERNALDATE (RFC 3501
+/// §6.4.4), or an object-id key (RFC 8474 §6).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SaveKey {
     Before(NaiveDate),
     On(NaiveDate),
     Since(NaiveDate),
     /// Matches every message of a mailbox that keeps save dates (all of them, here).
     Supported,
+    /// `EMAILID objectid`: the messages with that EMAILID.
+    EmailId(String),
+    /// `THREADID objectid`: the messages of that thread.
+    ThreadId(String),
 }
 
 impl SaveKey {
@@ -74,6 +87,7 @@ impl SaveKey {
             SaveKey::On(d) => day == *d,
             SaveKey::Since(d) => day >= *d,
             SaveKey::Supported => true,
+            SaveKey::EmailId(_) | SaveKey::ThreadId(_) => false,
         }
     }
 }
@@ -111,7 +125,12 @@ pub enum MsgExt {
         cmd: Command<'static>,
         extra: FetchExtra,
     },
-    /// A SEARCH/SORT with save-date keys, to be resolved and decoded by the session.
+    /// A STATUS with MAILBOXID, decoded without it.
+    Status {
+        cmd: Command<'static>,
+    },
+    /// A SEARCH/SORT with save-date or object-id keys, to be resolved and decoded by the
+    /// session.
     Search {
         tag: Tag<'static>,
         pieces: Vec<Piece>,
@@ -139,7 +158,7 @@ impl MsgExt {
             | MsgExt::Unauthenticate { tag }
             | MsgExt::Search { tag, .. }
             | MsgExt::Utf8 { tag, .. } => tag,
-            MsgExt::Fetch { cmd, .. } | MsgExt::Append { cmd } => &cmd.tag,
+            MsgExt::Fetch { cmd, .. } | MsgExt::Append { cmd } | MsgExt::Status { cmd } => &cmd.tag,
         }
     }
 }
@@ -422,7 +441,33 @@ fn preparse_plain(message: &[u8]) -> Option<MsgExt> {
     if verb.is(body, "SEARCH") || verb.is(body, "SORT") {
         return search(body, tag, verb, &rest[1..]);
     }
+    if !uid && verb.is(body, "STATUS") {
+        return status(body, tag_raw, &rest[1..]);
+    }
     None
+}
+
+/// `STATUS mailbox (items)` with `MAILBOXID` among the items: decoded without it (an
+/// empty list when it was the only one, which the session then answers alone).
+fn status(body: &[u8], tag_raw: &[u8], args: &[Tok]) -> Option<MsgExt> {
+    let [mailbox, items] = args else {
+        return None;
+    };
+    if items.kind != Kind::Group {
+        return None;
+    }
+    let listed = tokens(body, items.start + 1, items.end - 1, 1)?;
+    if !listed.iter().any(|t| t.is(body, "MAILBOXID")) {
+        return None;
+    }
+    let kept: Vec<&[u8]> = listed
+        .iter()
+        .filter(|t| !t.is(body, "MAILBOXID"))
+        .map(|t| t.text(body))
+        .collect();
+    let list = [b"(".as_slice(), &kept.join(&b' '), b")"].concat();
+    let cmd = decode(&line(&[tag_raw, b"STATUS", mailbox.text(body), &list]))?;
+    matches!(cmd.body, CommandBody::Status { .. }).then_some(MsgExt::Status { cmd })
 }
 
 fn multiappend(body: &[u8], tag: Tag<'static>, tag_raw: &[u8], args: &[Tok]) -> Option<MsgExt> {
@@ -518,6 +563,10 @@ fn fetch(body: &[u8], tag_raw: &[u8], uid: bool, args: &[Tok]) -> Option<MsgExt>
         let t = listed[k];
         if t.is(body, "SAVEDATE") {
             extra.savedate = true;
+        } else if t.is(body, "EMAILID") {
+            extra.emailid = true;
+        } else if t.is(body, "THREADID") {
+            extra.threadid = true;
         } else if t.is(body, "PREVIEW") {
             let mut lazy = false;
             // `PREVIEW (LAZY)`: the modifiers of RFC 8970 §3; only LAZY is defined.
@@ -644,6 +693,22 @@ fn find_keys(
             let arg = toks.get(k + 1).ok_or(())?;
             let date = search_date(body, arg).ok_or(())?;
             found.push((t.start, arg.end, make(date)));
+            k += 2;
+            continue;
+        }
+        if t.is(body, "EMAILID") || t.is(body, "THREADID") {
+            // `objectid` (RFC 8474 §7): an atom of 1-255 of [A-Za-z0-9_-].
+            let arg = toks.get(k + 1).ok_or(())?;
+            let text = std::str::from_utf8(arg.text(body)).map_err(|_| ())?;
+            if arg.kind != Kind::Atom || !mailfleet_storage::object_id::is_valid(text) {
+                return Err(());
+            }
+            let key = if t.is(body, "EMAILID") {
+                SaveKey::EmailId(text.to_string())
+            } else {
+                SaveKey::ThreadId(text.to_string())
+            };
+            found.push((t.start, arg.end, key));
             k += 2;
             continue;
         }
@@ -896,6 +961,55 @@ mod tests {
     }
 
     #[test]
+    fn object_id_items_and_keys() {
+        let Some(MsgExt::Fetch { extra, cmd }) =
+            preparse(b"f1 UID FETCH 1:* (EMAILID FLAGS THREADID)\r\n")
+        else {
+            panic!("not parsed")
+        };
+        assert!(extra.emailid && extra.threadid && !extra.savedate && !extra.drop_uid);
+        assert!(matches!(cmd.body, CommandBody::Fetch { uid: true, .. }));
+        let Some(MsgExt::Fetch { extra, .. }) = preparse(b"f2 FETCH 1 EMAILID\r\n") else {
+            panic!("not parsed")
+        };
+        assert!(extra.emailid && extra.drop_uid);
+        let Some(MsgExt::Search { pieces, .. }) =
+            preparse(b"s1 UID SEARCH OR EMAILID E12 (THREADID T_3-x) SUBJECT EMAILID\r\n")
+        else {
+            panic!("not parsed")
+        };
+        assert_eq!(
+            keys(&pieces),
+            vec![
+                SaveKey::EmailId("E12".into()),
+                SaveKey::ThreadId("T_3-x".into())
+            ]
+        );
+        let text = assemble(&pieces, |_| b"ALL".to_vec());
+        assert_eq!(text, b"s1 UID SEARCH OR ALL (ALL) SUBJECT EMAILID\r\n");
+        // Not an objectid: quoted, bad characters, missing.
+        assert!(preparse(b"s2 SEARCH EMAILID \"E1\"\r\n").is_none());
+        assert!(preparse(b"s3 SEARCH THREADID T!1\r\n").is_none());
+        assert!(preparse(b"s4 SEARCH THREADID\r\n").is_none());
+        let Some(MsgExt::Status { cmd }) = preparse(b"t1 STATUS INBOX (MESSAGES MAILBOXID)\r\n")
+        else {
+            panic!("not parsed")
+        };
+        let CommandBody::Status { item_names, .. } = cmd.body else {
+            panic!()
+        };
+        assert_eq!(item_names.len(), 1);
+        let Some(MsgExt::Status { cmd }) = preparse(b"t2 STATUS \"a b\" (MAILBOXID)\r\n") else {
+            panic!("not parsed")
+        };
+        assert!(
+            matches!(cmd.body, CommandBody::Status { ref item_names, .. } if item_names.is_empty())
+        );
+        assert!(preparse(b"t3 STATUS INBOX (MESSAGES)\r\n").is_none());
+        assert!(preparse(b"t4 STATUS INBOX (MAILBOXID NOPE)\r\n").is_none());
+    }
+
+    #[test]
     fn fetch_items_are_cut_out() {
         let Some(MsgExt::Fetch { cmd, extra }) = preparse(
             b"f1 FETCH 1:* (FLAGS SAVEDATE BODY.PEEK[HEADER.FIELDS (A B)] PREVIEW (LAZY))\r\n",
@@ -907,7 +1021,8 @@ mod tests {
             FetchExtra {
                 savedate: true,
                 preview: Some(true),
-                drop_uid: false
+                drop_uid: false,
+                ..Default::default()
             }
         );
         let CommandBody::Fetch {
@@ -953,7 +1068,7 @@ mod tests {
         pieces
             .iter()
             .filter_map(|p| match p {
-                Piece::Key(k) => Some(*k),
+                Piece::Key(k) => Some(k.clone()),
                 _ => None,
             })
             .collect()

@@ -50,11 +50,13 @@ pub async fn deliver(
     // Parsing is CPU work proportional to the message: keep it off the async workers.
     // The full-text index's texts are extracted in the same pass.
     let for_parse = message.clone();
-    let (summary, text) = tokio::task::spawn_blocking(move || {
+    // The thread keys (THREADID, RFC 8474) are read in the same pass.
+    let (summary, text, refs) = tokio::task::spawn_blocking(move || {
         let ix = mailfleet_mime::search_text::index_pieces(&for_parse);
         (
             mailfleet_mime::analyze(&for_parse).to_bytes(),
             MessageText::from_pairs(ix.pieces, ix.complete),
+            mailfleet_storage::MessageRefs::from_message(&for_parse),
         )
     })
     .await
@@ -70,6 +72,7 @@ pub async fn deliver(
             internal_date,
             flags: Flags::default(),
             summary: Some(summary.clone()),
+            refs: refs.clone(),
         })
         .collect();
     let policy = if enforce_quota {

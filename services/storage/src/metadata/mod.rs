@@ -204,6 +204,26 @@ pub trait MetadataStore: Send + Sync + 'static {
         uids: &[Uid],
     ) -> StoreResult<Vec<(Uid, Option<i64>)>>;
 
+    // ---- object ids (IMAP OBJECTID, RFC 8474; JMAP ids; see `crate::object_id`) ----
+    /// The EMAILID and THREADID of each of the given messages of `mailbox`, assigned by
+    /// [`Self::append`] and carried along by [`Self::copy_messages`] and
+    /// [`Self::move_messages`]. Missing UIDs are left out.
+    async fn message_object_ids(
+        &self,
+        mailbox: MailboxId,
+        uids: &[Uid],
+    ) -> StoreResult<Vec<(Uid, crate::MessageObjectIds)>>;
+    /// The messages of `account` whose EMAILID (an `E...` id) or THREADID (a `T...` id)
+    /// is `id`, in (mailbox, UID) order, at most `limit`; only those in `mailbox` when it
+    /// is given. Empty for an id no message has (or of another kind).
+    async fn find_by_object_id(
+        &self,
+        account: AccountId,
+        mailbox: Option<MailboxId>,
+        id: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<(MailboxId, Uid)>>;
+
     // ---- full-text index (see `crate::text_index`) ----
     /// Records the texts of messages of `mailbox` for [`Self::search_text`], replacing
     /// what was recorded for them. Messages that no longer exist are skipped. A message

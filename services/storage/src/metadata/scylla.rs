@@ -59,7 +59,7 @@ pub const BUCKET_SHIFT: u32 = 16;
 pub const ID_BLOCK: i64 = 100;
 
 /// Schema version recorded in `schema_version`; migrations run in order up to it.
-const SCHEMA_VERSION: i32 = 6;
+const SCHEMA_VERSION: i32 = 7;
 
 /// Tables of schema version 1. `{ks}` is replaced by the keyspace name.
 const SCHEMA_V1: &[&str] = &[
@@ -151,6 +151,22 @@ const SCHEMA_V5: &[&str] = &[
      name text, value blob, PRIMARY KEY (mailbox_id, account_id, name))",
     "CREATE TABLE IF NOT EXISTS {ks}.server_metadata (account_id bigint, name text, \
      value blob, PRIMARY KEY (account_id, name))",
+];
+
+/// Schema version 7: object ids (IMAP OBJECTID, RFC 8474; see [`crate::object_id`]).
+/// Each message row gets its EMAILID and THREADID (null in rows written before: those have
+/// the deterministic legacy ids, computed when read, and a copy or move writes them out).
+/// `thread_index` maps an account's message-ids to threads, one partition per key so a
+/// lookup is one read; `object_members` lists the messages of each EMAILID and THREADID
+/// (the answer to SEARCH EMAILID/THREADID and to JMAP), written with each message row and
+/// checked against it when read (an entry whose message is gone is dropped then).
+const SCHEMA_V7: &[&str] = &[
+    "ALTER TABLE {ks}.messages ADD email_id text",
+    "ALTER TABLE {ks}.messages ADD thread_id text",
+    "CREATE TABLE IF NOT EXISTS {ks}.thread_index (account_id bigint, message_id text, \
+     thread_id text, PRIMARY KEY ((account_id, message_id)))",
+    "CREATE TABLE IF NOT EXISTS {ks}.object_members (account_id bigint, object_id text, \
+     mailbox_id bigint, uid bigint, PRIMARY KEY ((account_id, object_id), mailbox_id, uid))",
 ];
 
 /// How long a pin lasts: far longer than a put and an append take, and the sweep's grace
@@ -429,8 +445,16 @@ type MailboxRow = (
 );
 type AccountRow = (i64, i64, String, String, i64);
 type MessageRow = (i64, i64, String, i64, i64, String);
-/// blob_id, size, internal_date, flags, summary.
-type FieldsRow = (String, i64, i64, String, Option<Vec<u8>>);
+/// blob_id, size, internal_date, flags, summary, email_id, thread_id.
+type FieldsRow = (
+    String,
+    i64,
+    i64,
+    String,
+    Option<Vec<u8>>,
+    Option<String>,
+    Option<String>,
+);
 type AppPasswordRow = (i64, String, String, String, i64, Option<i64>);
 
 fn mailbox_from(r: MailboxRow) -> Mailbox {
@@ -478,6 +502,10 @@ struct StoredFields {
     internal_date: i64,
     flags: String,
     summary: Option<Vec<u8>>,
+    /// EMAILID and THREADID: new for an append, the original's for a copy or move.
+    ids: crate::MessageObjectIds,
+    /// The account, for the `object_members` entries.
+    account: AccountId,
 }
 
 /// What a write did to one mailbox, applied to its row when the write ends.
@@ -926,6 +954,73 @@ impl ScyllaMetadataStore {
         Ok(())
     }
 
+    /// A new message's EMAILID and THREADID, as the SQLite store gives them (see
+    /// `assign_object_ids` there): the next id of the `email` sequence, and the thread of
+    /// the first of its keys the account's index knows, else a new one. Keys not yet
+    /// indexed are recorded with the thread; two messages indexing the same new key at once
+    /// may each start a thread (the later write wins for messages after them).
+    async fn assign_object_ids(
+        &self,
+        account: AccountId,
+        refs: &crate::MessageRefs,
+    ) -> StoreResult<crate::MessageObjectIds> {
+        let email_id = crate::object_id::email_id(self.next_id("email").await?);
+        let keys = refs.keys();
+        let mut thread_id = None;
+        let mut missing = Vec::new();
+        for k in &keys {
+            let row: Option<(String,)> = self
+                .db
+                .one(
+                    "SELECT thread_id FROM thread_index WHERE account_id = ? AND message_id = ?",
+                    (account.0, *k),
+                )
+                .await?;
+            match row {
+                Some((t,)) => {
+                    thread_id.get_or_insert(t);
+                }
+                None => missing.push(*k),
+            }
+        }
+        let thread_id = thread_id.unwrap_or_else(|| crate::object_id::thread_id_for(&email_id));
+        for k in missing {
+            self.db
+                .run(
+                    "INSERT INTO thread_index (account_id, message_id, thread_id) VALUES (?, ?, ?)",
+                    (account.0, k, thread_id.as_str()),
+                )
+                .await?;
+        }
+        Ok(crate::MessageObjectIds {
+            email_id,
+            thread_id,
+        })
+    }
+
+    /// The stored ids of one message (the legacy ones for a row written before ids).
+    async fn read_object_ids(
+        &self,
+        mailbox: MailboxId,
+        uid: Uid,
+    ) -> StoreResult<Option<crate::MessageObjectIds>> {
+        let row: Option<(Option<String>, Option<String>)> = self
+            .db
+            .one(
+                "SELECT email_id, thread_id FROM messages \
+                 WHERE mailbox_id = ? AND bucket = ? AND uid = ?",
+                (mailbox.0, bucket(uid.0 as u64), uid.0 as i64),
+            )
+            .await?;
+        Ok(row.map(|(e, t)| {
+            let legacy = crate::object_id::legacy_ids(mailbox, uid);
+            crate::MessageObjectIds {
+                email_id: e.unwrap_or(legacy.email_id),
+                thread_id: t.unwrap_or(legacy.thread_id),
+            }
+        }))
+    }
+
     /// Inserts one message under `w`'s lease: new UID and MODSEQ, blob reference, change.
     async fn insert_message(
         &self,
@@ -951,7 +1046,8 @@ impl ScyllaMetadataStore {
         self.db
             .run(
                 "INSERT INTO messages (mailbox_id, bucket, uid, modseq, blob_id, size, \
-                 internal_date, flags, summary, save_date) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 internal_date, flags, summary, save_date, email_id, thread_id) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     mailbox.0,
                     bucket(uid.0 as u64),
@@ -964,9 +1060,21 @@ impl ScyllaMetadataStore {
                     m.summary.as_deref(),
                     // The save date (RFC 8514): now, for an append as for a copy or move.
                     now_secs(),
+                    m.ids.email_id.as_str(),
+                    m.ids.thread_id.as_str(),
                 ),
             )
             .await?;
+        for object_id in [&m.ids.email_id, &m.ids.thread_id] {
+            w.check_time()?;
+            self.db
+                .run(
+                    "INSERT INTO object_members (account_id, object_id, mailbox_id, uid) \
+                     VALUES (?, ?, ?, ?)",
+                    (m.account.0, object_id.as_str(), mailbox.0, uid.0 as i64),
+                )
+                .await?;
+        }
         // Counted as soon as the row exists, so a failure later still moves UIDNEXT past it.
         delta.last_uid = Some(uid.0);
         delta.last_modseq = Some(modseq.0);
@@ -1386,12 +1494,13 @@ impl ScyllaMetadataStore {
             let row: Option<FieldsRow> = self
                 .db
                 .one(
-                    "SELECT blob_id, size, internal_date, flags, summary FROM messages \
-                     WHERE mailbox_id = ? AND bucket = ? AND uid = ?",
+                    "SELECT blob_id, size, internal_date, flags, summary, email_id, thread_id \
+                     FROM messages WHERE mailbox_id = ? AND bucket = ? AND uid = ?",
                     (source.0, bucket(uid.0 as u64), uid.0 as i64),
                 )
                 .await?;
             if let Some(r) = row {
+                let legacy = crate::object_id::legacy_ids(source, uid);
                 found.push((
                     uid,
                     StoredFields {
@@ -1400,6 +1509,12 @@ impl ScyllaMetadataStore {
                         internal_date: r.2,
                         flags: r.3,
                         summary: r.4,
+                        // The copy is the same email (RFC 8474 §5.1).
+                        ids: crate::MessageObjectIds {
+                            email_id: r.5.unwrap_or(legacy.email_id),
+                            thread_id: r.6.unwrap_or(legacy.thread_id),
+                        },
+                        account,
                     },
                 ));
             }
@@ -1797,6 +1912,16 @@ async fn migrate(session: &Session, ks: &str) -> StoreResult<()> {
         // Messages stored before the index existed are pending until reindexed.
         if version > 0 {
             fts::backfill_pending(session, ks).await?;
+        }
+    }
+    if version < 7 {
+        for stmt in SCHEMA_V7 {
+            if let Err(e) = session.query_unpaged(stmt.replace("{ks}", ks), ()).await {
+                let text = e.to_string().to_ascii_lowercase();
+                if !(text.contains("already exist") || text.contains("conflicts with")) {
+                    return Err(db_err(e));
+                }
+            }
         }
     }
     if version < SCHEMA_VERSION {
@@ -2304,6 +2429,14 @@ impl MetadataStore for ScyllaMetadataStore {
                 return Err(StoreError::QuotaExceeded(acct.address));
             }
         }
+        // Object ids before the leases are taken: the thread lookups are reads of their own
+        // and must not eat into a lease. An append that fails later leaves index entries
+        // naming a thread no message has yet, which a later message may join: harmless.
+        let mut ids = Vec::with_capacity(messages.len());
+        for m in &messages {
+            ids.push(self.assign_object_ids(m.account, &m.refs).await?);
+        }
+        let mut ids = ids.into_iter();
         let mut writers = self.alloc.writers(&mailboxes).await?;
         let result = async {
             let mut before = HashMap::new();
@@ -2331,6 +2464,10 @@ impl MetadataStore for ScyllaMetadataStore {
                     internal_date: m.internal_date,
                     flags: m.flags.to_storage(),
                     summary: m.summary.clone(),
+                    ids: ids
+                        .next()
+                        .ok_or_else(|| StoreError::Invalid("object ids".into()))?,
+                    account: m.account,
                 };
                 let count_before = delta.count;
                 let r = self.insert_message(&mut writers[idx], &fields, delta).await;
@@ -2561,6 +2698,93 @@ impl MetadataStore for ScyllaMetadataStore {
                 .await?;
             if let Some((d,)) = row {
                 out.push((uid, d));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn message_object_ids(
+        &self,
+        mailbox: MailboxId,
+        uids: &[Uid],
+    ) -> StoreResult<Vec<(Uid, crate::MessageObjectIds)>> {
+        let mut out = Vec::with_capacity(uids.len());
+        for &uid in uids {
+            if let Some(ids) = self.read_object_ids(mailbox, uid).await? {
+                out.push((uid, ids));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn find_by_object_id(
+        &self,
+        account: AccountId,
+        mailbox: Option<MailboxId>,
+        id: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<(MailboxId, Uid)>> {
+        let Some(kind) = crate::ObjectIdKind::of(id) else {
+            return Ok(Vec::new());
+        };
+        let rows: Vec<(i64, i64)> = match mailbox {
+            Some(mb) => {
+                self.db
+                    .all(
+                        "SELECT mailbox_id, uid FROM object_members \
+                         WHERE account_id = ? AND object_id = ? AND mailbox_id = ?",
+                        (account.0, id, mb.0),
+                    )
+                    .await?
+            }
+            None => {
+                self.db
+                    .all(
+                        "SELECT mailbox_id, uid FROM object_members \
+                         WHERE account_id = ? AND object_id = ?",
+                        (account.0, id),
+                    )
+                    .await?
+            }
+        };
+        let mut candidates: Vec<(MailboxId, Uid, bool)> = rows
+            .into_iter()
+            .map(|(m, u)| (MailboxId(m), Uid(u as u32), true))
+            .collect();
+        // A message stored before object ids has no entry: its legacy id names it.
+        if let Some((m, u)) = crate::object_id::parse_legacy(id) {
+            if mailbox.is_none_or(|mb| mb == m) && !candidates.iter().any(|c| (c.0, c.1) == (m, u))
+            {
+                if let Some(mb) = self.mailbox(m).await? {
+                    if mb.account == account {
+                        candidates.push((m, u, false));
+                    }
+                }
+            }
+        }
+        candidates.sort_by_key(|c| (c.0, c.1));
+        let mut out = Vec::new();
+        for (m, u, indexed) in candidates {
+            if out.len() >= limit {
+                break;
+            }
+            let ids = self.read_object_ids(m, u).await?;
+            let matches = ids.is_some_and(|ids| match kind {
+                crate::ObjectIdKind::Email => ids.email_id == id,
+                crate::ObjectIdKind::Thread => ids.thread_id == id,
+            });
+            if matches {
+                out.push((m, u));
+            } else if indexed {
+                // The message was expunged or moved away (UIDs are never reused, so the
+                // entry can never name another message): drop it.
+                self.db
+                    .run(
+                        "DELETE FROM object_members WHERE account_id = ? AND object_id = ? \
+                         AND mailbox_id = ? AND uid = ?",
+                        (account.0, id, m.0, u.0 as i64),
+                    )
+                    .await?;
             }
         }
         Ok(out)

@@ -13,6 +13,7 @@
 use super::{ConditionalStore, Expunged, MetadataStore, QuotaPolicy};
 use crate::private_fs;
 use crate::types::*;
+use crate::MessageObjectIds;
 use crate::{StoreError, StoreResult};
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
@@ -22,7 +23,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// Schema version stored in `PRAGMA user_version`; migrations run in order up to it.
-const SCHEMA_VERSION: i64 = 10;
+const SCHEMA_VERSION: i64 = 11;
 
 const SCHEMA_V1: &str = r#"
 CREATE TABLE domains (
@@ -513,6 +514,31 @@ CREATE TABLE metadata (
 CREATE INDEX metadata_mailbox ON metadata(mailbox_id);
 "#;
 
+/// v11: object ids (IMAP OBJECTID, RFC 8474; see [`crate::object_id`]). Each message gets
+/// its EMAILID and THREADID in its row (messages stored before get their deterministic
+/// legacy ids here, each its own thread); `thread_index` maps an account's message-ids to
+/// threads; `id_sequences` numbers EMAILIDs. The indexes answer SEARCH EMAILID/THREADID
+/// and JMAP's lookups by id.
+const SCHEMA_V11: &str = r#"
+ALTER TABLE messages ADD COLUMN email_id TEXT;
+ALTER TABLE messages ADD COLUMN thread_id TEXT;
+UPDATE messages SET email_id = 'E' || mailbox_id || '_' || uid,
+    thread_id = 'T' || mailbox_id || '_' || uid;
+CREATE INDEX messages_email_id ON messages(email_id);
+CREATE INDEX messages_thread_id ON messages(thread_id);
+CREATE TABLE thread_index (
+    account_id INTEGER NOT NULL,
+    message_id TEXT NOT NULL,
+    thread_id TEXT NOT NULL,
+    PRIMARY KEY (account_id, message_id)
+) WITHOUT ROWID;
+CREATE TABLE id_sequences (
+    name TEXT PRIMARY KEY,
+    next INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT INTO id_sequences (name, next) VALUES ('email', 1);
+"#;
+
 fn migrate(conn: &Connection) -> StoreResult<()> {
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
@@ -580,6 +606,12 @@ fn migrate(conn: &Connection) -> StoreResult<()> {
     if version < 10 {
         conn.execute_batch(&format!(
             "BEGIN IMMEDIATE; {SCHEMA_MAILBOX_COUNTS} PRAGMA user_version = 10; COMMIT;"
+        ))
+        .map_err(db_err)?;
+    }
+    if version < 11 {
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {SCHEMA_V11} PRAGMA user_version = 11; COMMIT;"
         ))
         .map_err(db_err)?;
     }
@@ -896,6 +928,64 @@ struct StoredFields {
     internal_date: i64,
     flags: String,
     summary: Option<Vec<u8>>,
+    /// EMAILID and THREADID: new for an append ([`assign_object_ids`]), the original's
+    /// for a copy or move.
+    ids: MessageObjectIds,
+}
+
+/// Gives a new message its EMAILID (the next of the store's sequence) and THREADID: the
+/// thread of the first of its keys (its own Message-ID, then what it refers to, nearest
+/// first) the account's thread index knows, else a new thread named after the message.
+/// Every key not yet indexed is recorded with the thread, so later replies to it, and
+/// messages that arrive before their parent, join it. Threads are not merged when the
+/// keys name several (the first found wins).
+fn assign_object_ids(
+    c: &Connection,
+    account: AccountId,
+    refs: &crate::MessageRefs,
+) -> StoreResult<MessageObjectIds> {
+    let n: i64 = c
+        .prepare_cached(
+            "UPDATE id_sequences SET next = next + 1 WHERE name = 'email' RETURNING next - 1",
+        )
+        .map_err(db_err)?
+        .query_row([], |r| r.get(0))
+        .map_err(db_err)?;
+    let email_id = crate::object_id::email_id(n);
+    let keys = refs.keys();
+    let mut thread_id = None;
+    {
+        let mut find = c
+            .prepare_cached(
+                "SELECT thread_id FROM thread_index WHERE account_id = ?1 AND message_id = ?2",
+            )
+            .map_err(db_err)?;
+        for k in &keys {
+            if let Some(t) = find
+                .query_row(params![account.0, k], |r| r.get::<_, String>(0))
+                .optional()
+                .map_err(db_err)?
+            {
+                thread_id = Some(t);
+                break;
+            }
+        }
+    }
+    let thread_id = thread_id.unwrap_or_else(|| crate::object_id::thread_id_for(&email_id));
+    let mut put = c
+        .prepare_cached(
+            "INSERT OR IGNORE INTO thread_index (account_id, message_id, thread_id) \
+             VALUES (?1, ?2, ?3)",
+        )
+        .map_err(db_err)?;
+    for k in &keys {
+        put.execute(params![account.0, k, thread_id])
+            .map_err(db_err)?;
+    }
+    Ok(MessageObjectIds {
+        email_id,
+        thread_id,
+    })
 }
 
 /// Adds one message to a mailbox: next UID, new MODSEQ, blob reference, quota usage (when
@@ -937,8 +1027,8 @@ fn insert_message(
         )));
     }
     c.prepare_cached(&format!(
-        "INSERT INTO messages ({MESSAGE_COLS}, summary, save_date) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+        "INSERT INTO messages ({MESSAGE_COLS}, summary, save_date, email_id, thread_id) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
     ))
     .map_err(db_err)?
     .execute(params![
@@ -951,7 +1041,9 @@ fn insert_message(
         m.flags,
         m.summary,
         // The save date (RFC 8514): now, for an append as for a copy or move.
-        now_secs()
+        now_secs(),
+        m.ids.email_id,
+        m.ids.thread_id
     ])
     .map_err(db_err)?;
     c.prepare_cached(
@@ -1047,17 +1139,24 @@ fn copy_tx(
     for uid in sorted {
         let row: Option<StoredFields> = c
             .prepare_cached(
-                "SELECT blob_id, size, internal_date, flags, summary FROM messages \
-                 WHERE mailbox_id = ?1 AND uid = ?2",
+                "SELECT blob_id, size, internal_date, flags, summary, email_id, thread_id \
+                 FROM messages WHERE mailbox_id = ?1 AND uid = ?2",
             )
             .map_err(db_err)?
             .query_row(params![source.0, uid.0], |r| {
+                let legacy = crate::object_id::legacy_ids(source, uid);
                 Ok(StoredFields {
                     blob: r.get(0)?,
                     size: r.get(1)?,
                     internal_date: r.get(2)?,
                     flags: r.get(3)?,
                     summary: r.get(4)?,
+                    // The copy is the same email (RFC 8474 §5.1: COPY and MOVE keep
+                    // the EMAILID and THREADID).
+                    ids: MessageObjectIds {
+                        email_id: r.get::<_, Option<String>>(5)?.unwrap_or(legacy.email_id),
+                        thread_id: r.get::<_, Option<String>>(6)?.unwrap_or(legacy.thread_id),
+                    },
                 })
             })
             .optional()
@@ -1370,6 +1469,11 @@ impl MetadataStore for SqliteMetadataStore {
                 .map_err(db_err)?;
             c.execute("DELETE FROM metadata WHERE account_id = ?1", [acct.id.0])
                 .map_err(db_err)?;
+            c.execute(
+                "DELETE FROM thread_index WHERE account_id = ?1",
+                [acct.id.0],
+            )
+            .map_err(db_err)?;
             c.execute("DELETE FROM accounts WHERE id = ?1", [acct.id.0])
                 .map_err(db_err)?;
             // Aliases pointing at the account would otherwise resolve to nothing.
@@ -1584,6 +1688,7 @@ impl MetadataStore for SqliteMetadataStore {
         self.write(move |c| {
             let mut out = Vec::with_capacity(messages.len());
             for m in &messages {
+                let ids = assign_object_ids(c, m.account, &m.refs)?;
                 out.push(insert_message(
                     c,
                     m.account,
@@ -1594,6 +1699,7 @@ impl MetadataStore for SqliteMetadataStore {
                         internal_date: m.internal_date,
                         flags: m.flags.to_storage(),
                         summary: m.summary.clone(),
+                        ids,
                     },
                     quota == QuotaPolicy::Enforce,
                     true,
@@ -1805,6 +1911,79 @@ impl MetadataStore for SqliteMetadataStore {
                 }
             }
             Ok(out)
+        })
+        .await
+    }
+
+    async fn message_object_ids(
+        &self,
+        mailbox: MailboxId,
+        uids: &[Uid],
+    ) -> StoreResult<Vec<(Uid, MessageObjectIds)>> {
+        let uids = uids.to_vec();
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT email_id, thread_id FROM messages WHERE mailbox_id = ?1 AND uid = ?2",
+                )
+                .map_err(db_err)?;
+            let mut out = Vec::with_capacity(uids.len());
+            for uid in uids {
+                let row = stmt
+                    .query_row(params![mailbox.0, uid.0], |r| {
+                        Ok((
+                            r.get::<_, Option<String>>(0)?,
+                            r.get::<_, Option<String>>(1)?,
+                        ))
+                    })
+                    .optional()
+                    .map_err(db_err)?;
+                if let Some((e, t)) = row {
+                    let legacy = crate::object_id::legacy_ids(mailbox, uid);
+                    out.push((
+                        uid,
+                        MessageObjectIds {
+                            email_id: e.unwrap_or(legacy.email_id),
+                            thread_id: t.unwrap_or(legacy.thread_id),
+                        },
+                    ));
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn find_by_object_id(
+        &self,
+        account: AccountId,
+        mailbox: Option<MailboxId>,
+        id: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<(MailboxId, Uid)>> {
+        let sql = match crate::ObjectIdKind::of(id) {
+            Some(crate::ObjectIdKind::Email) => {
+                "SELECT m.mailbox_id, m.uid FROM messages m JOIN mailboxes b \
+                 ON b.id = m.mailbox_id WHERE m.email_id = ?1 AND b.account_id = ?2 \
+                 AND (?3 IS NULL OR m.mailbox_id = ?3) ORDER BY m.mailbox_id, m.uid LIMIT ?4"
+            }
+            Some(crate::ObjectIdKind::Thread) => {
+                "SELECT m.mailbox_id, m.uid FROM messages m JOIN mailboxes b \
+                 ON b.id = m.mailbox_id WHERE m.thread_id = ?1 AND b.account_id = ?2 \
+                 AND (?3 IS NULL OR m.mailbox_id = ?3) ORDER BY m.mailbox_id, m.uid LIMIT ?4"
+            }
+            None => return Ok(Vec::new()),
+        };
+        let id = id.to_string();
+        let limit = limit.min(i64::MAX as usize) as i64;
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(sql).map_err(db_err)?;
+            let rows = stmt
+                .query_map(params![id, account.0, mailbox.map(|m| m.0), limit], |r| {
+                    Ok((MailboxId(r.get(0)?), Uid(r.get::<_, i64>(1)? as u32)))
+                })
+                .map_err(db_err)?;
+            rows.collect::<Result<_, _>>().map_err(db_err)
         })
         .await
     }
@@ -2961,6 +3140,7 @@ mod tests {
                 Flags::default()
             },
             summary: None,
+            refs: Default::default(),
         };
         let appended = meta
             .append(
