@@ -472,23 +472,17 @@ impl Selected {
 /// The changes since `sel`'s MODSEQ read from the store by one session, for a view that
 /// fell behind the shared history.
 async fn read_alone(stores: &Stores, sel: &Selected) -> StoreResult<Vec<Applied>> {
-    let changes = stores.meta.changes_since(sel.id, sel.known_modseq).await?;
+    let changes = stores
+        .meta
+        .changes_with_messages(sel.id, sel.known_modseq)
+        .await?;
     let mut out = Vec::with_capacity(changes.len());
-    for c in changes {
+    for (c, msg) in changes {
+        let known = sel.seq_of(c.uid).is_some();
         let msg = match c.kind {
             ChangeKind::Expunged => None,
-            ChangeKind::Appended | ChangeKind::FlagsChanged => {
-                let known = sel.seq_of(c.uid).is_some();
-                if !known && c.uid < sel.uid_next && c.kind == ChangeKind::FlagsChanged {
-                    None
-                } else {
-                    stores
-                        .meta
-                        .get_message(sel.id, c.uid)
-                        .await?
-                        .map(ViewMessage::from)
-                }
-            }
+            ChangeKind::FlagsChanged if !known && c.uid < sel.uid_next => None,
+            ChangeKind::Appended | ChangeKind::FlagsChanged => msg.map(ViewMessage::from),
         };
         out.push(Applied {
             kind: c.kind,

@@ -254,24 +254,19 @@ async fn read_changes(
     mailbox: MailboxId,
     snap: &Snapshot,
 ) -> StoreResult<Vec<Applied>> {
-    let changes = stores.meta.changes_since(mailbox, snap.modseq).await?;
+    // One query for the changes and the messages they point at (not one read per change).
+    let changes = stores
+        .meta
+        .changes_with_messages(mailbox, snap.modseq)
+        .await?;
     let mut out = Vec::with_capacity(changes.len());
-    for c in changes {
+    for (c, msg) in changes {
+        let known = find(&snap.messages, c.uid).is_ok();
         let msg = match c.kind {
             ChangeKind::Expunged => None,
-            ChangeKind::Appended | ChangeKind::FlagsChanged => {
-                let known = find(&snap.messages, c.uid).is_ok();
-                if !known && c.uid < snap.uid_next && c.kind == ChangeKind::FlagsChanged {
-                    // A message below UIDNEXT that the view never held was already gone.
-                    None
-                } else {
-                    stores
-                        .meta
-                        .get_message(mailbox, c.uid)
-                        .await?
-                        .map(ViewMessage::from)
-                }
-            }
+            // A message below UIDNEXT that the view never held was already gone.
+            ChangeKind::FlagsChanged if !known && c.uid < snap.uid_next => None,
+            ChangeKind::Appended | ChangeKind::FlagsChanged => msg.map(ViewMessage::from),
         };
         out.push(Applied {
             kind: c.kind,

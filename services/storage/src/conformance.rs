@@ -540,6 +540,94 @@ async fn account_with_messages(meta: &dyn MetadataStore, n: usize) -> (Account, 
     (account, inbox, uids)
 }
 
+/// The change log as views read it: `changes_with_messages` agrees with `changes_since`
+/// plus `get_message`, an empty answer is never stale (a change right after one is seen by
+/// the next read, whatever was read before), and EXPUNGE removes exactly the `\Deleted`
+/// messages (all of them, or those of a UID set) however large the mailbox.
+pub async fn metadata_change_log_reads(meta: &dyn MetadataStore) {
+    let (_, inbox, uids) = account_with_messages(meta, 40).await;
+    let all = meta
+        .changes_with_messages(inbox.id, ModSeq(0))
+        .await
+        .expect("changes with messages");
+    assert_eq!(all.len(), 40);
+    for (c, m) in &all {
+        assert_eq!(c.kind, ChangeKind::Appended);
+        let stored = meta.get_message(inbox.id, c.uid).await.expect("get");
+        assert_eq!(m, &stored, "uid {}", c.uid.0);
+    }
+    let plain = meta
+        .changes_since(inbox.id, ModSeq(0))
+        .await
+        .expect("changes");
+    assert_eq!(
+        plain,
+        all.iter().map(|(c, _)| c.clone()).collect::<Vec<_>>()
+    );
+
+    // Nothing after the newest change; then each write is seen by the very next read.
+    let mut newest = all.iter().map(|(c, _)| c.modseq).max().expect("changes");
+    for (round, &uid) in uids.iter().take(5).enumerate() {
+        for _ in 0..2 {
+            assert!(
+                meta.changes_since(inbox.id, newest)
+                    .await
+                    .expect("changes")
+                    .is_empty(),
+                "round {round}: nothing changed"
+            );
+        }
+        let changed = meta
+            .store_flags(inbox.id, &[uid], FlagOp::Add, &Flags::new(["\\Deleted"]))
+            .await
+            .expect("store");
+        let after = meta
+            .changes_with_messages(inbox.id, newest)
+            .await
+            .expect("changes with messages");
+        assert_eq!(
+            after.len(),
+            1,
+            "round {round}: the flag change is seen at once"
+        );
+        assert_eq!(after[0].0.uid, uid);
+        assert_eq!(after[0].0.kind, ChangeKind::FlagsChanged);
+        assert_eq!(after[0].0.modseq, changed[0].modseq);
+        let m = after[0].1.as_ref().expect("the message is still there");
+        assert!(m.flags.contains("\\Deleted"));
+        newest = changed[0].modseq;
+    }
+
+    // UID EXPUNGE of a set: only its \Deleted members.
+    let gone = meta
+        .expunge_deleted(inbox.id, Some(&[uids[0], uids[10], uids[20]]))
+        .await
+        .expect("uid expunge");
+    assert_eq!(gone.uids, [uids[0]], "uids 10 and 20 are not \\Deleted");
+    // EXPUNGE: the other deleted ones, nothing else.
+    let gone = meta.expunge_deleted(inbox.id, None).await.expect("expunge");
+    assert_eq!(gone.uids, uids[1..5].to_vec());
+    assert!(meta
+        .expunge_deleted(inbox.id, None)
+        .await
+        .expect("expunge again")
+        .uids
+        .is_empty());
+    let after = meta
+        .changes_with_messages(inbox.id, newest)
+        .await
+        .expect("changes after expunge");
+    assert_eq!(after.len(), 5);
+    assert!(after
+        .iter()
+        .all(|(c, m)| c.kind == ChangeKind::Expunged && m.is_none()));
+    let left = meta
+        .list_messages(inbox.id, Uid(0), 1000)
+        .await
+        .expect("list");
+    assert_eq!(left.len(), 35);
+}
+
 /// Conditional writes decide by what is stored when they run, not by what a caller saw
 /// earlier: EXPUNGE by the current `\Deleted` flag (RFC 9051 §6.4.3), STORE
 /// UNCHANGEDSINCE by the current MODSEQ (RFC 7162 §3.1.3). Each case replays two IMAP

@@ -37,6 +37,13 @@ async fn sqlite_recent_claims() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_change_log_reads() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let meta = SqliteMetadataStore::open(dir.path().join("m.sqlite3"), 8).expect("open");
+    conformance::metadata_change_log_reads(&meta).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_save_dates() {
     let dir = tempfile::tempdir().expect("tmp");
     let meta = SqliteMetadataStore::open(dir.path().join("m.sqlite3"), 8).expect("open");

@@ -4,6 +4,7 @@
 //! the returned future resolves, or not at all.
 
 mod fts_sqlite;
+mod modseq_hint;
 pub mod scylla;
 pub mod sqlite;
 
@@ -148,6 +149,26 @@ pub trait MetadataStore: Send + Sync + 'static {
     ) -> StoreResult<Expunged>;
     /// The latest change of every UID changed after `since`, in MODSEQ order.
     async fn changes_since(&self, mailbox: MailboxId, since: ModSeq) -> StoreResult<Vec<Change>>;
+    /// [`changes_since`](Self::changes_since) with, for each change that is not an
+    /// expunge, the message as it is now (`None` when it is gone since). What a view needs
+    /// to advance; a backend that can join the two answers in one round trip instead of one
+    /// per change.
+    async fn changes_with_messages(
+        &self,
+        mailbox: MailboxId,
+        since: ModSeq,
+    ) -> StoreResult<Vec<(Change, Option<MessageMeta>)>> {
+        let changes = self.changes_since(mailbox, since).await?;
+        let mut out = Vec::with_capacity(changes.len());
+        for c in changes {
+            let msg = match c.kind {
+                ChangeKind::Expunged => None,
+                _ => self.get_message(mailbox, c.uid).await?,
+            };
+            out.push((c, msg));
+        }
+        Ok(out)
+    }
 
     /// Message count, unseen count and total size of a mailbox.
     async fn mailbox_usage(&self, mailbox: MailboxId) -> StoreResult<MailboxUsage>;

@@ -10,6 +10,7 @@
 //! which WAL lets run beside the writer. Other processes (the admin CLI) can open the same
 //! file; SQLite's locking and the busy timeout serialise them with the server.
 
+use super::modseq_hint::ModseqHints;
 use super::{ConditionalStore, Expunged, MetadataStore, QuotaPolicy};
 use crate::private_fs;
 use crate::types::*;
@@ -23,7 +24,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// Schema version stored in `PRAGMA user_version`; migrations run in order up to it.
-const SCHEMA_VERSION: i64 = 11;
+const SCHEMA_VERSION: i64 = 12;
 
 const SCHEMA_V1: &str = r#"
 CREATE TABLE domains (
@@ -164,6 +165,8 @@ pub struct SqliteMetadataStore {
     /// Idle read connections, and the permits that bound how many exist (idle or in use).
     readers: Arc<Mutex<Vec<Connection>>>,
     reader_slots: Arc<tokio::sync::Semaphore>,
+    /// Lets `changes_since` answer "nothing" without a query (see [`ModseqHints`]).
+    hints: ModseqHints,
 }
 
 /// Read connections. A read waits for a free one rather than opening another: opening a
@@ -298,6 +301,8 @@ impl SqliteMetadataStore {
         // Checkpoints are the checkpointer's (see [`checkpointer`]), not the writer's.
         conn.pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(db_err)?;
+        let hints = ModseqHints::default();
+        hints.install(&conn).map_err(db_err)?;
         let (stop_checkpoints, stop_rx) = mpsc::channel::<()>();
         let checkpoint_path = path.clone();
         let checkpoint_thread = std::thread::Builder::new()
@@ -317,7 +322,68 @@ impl SqliteMetadataStore {
             checkpoints: Mutex::new(Some((stop_checkpoints, checkpoint_thread))),
             readers: Arc::new(Mutex::new(Vec::new())),
             reader_slots: Arc::new(tokio::sync::Semaphore::new(MAX_READERS)),
+            hints,
         })
+    }
+
+    /// The change log after `since`, and (`with_messages`) each changed message joined in
+    /// the same query. Answers from [`ModseqHints`] without a query when nothing changed.
+    async fn read_changes(
+        &self,
+        mailbox: MailboxId,
+        since: ModSeq,
+        with_messages: bool,
+    ) -> StoreResult<Vec<(Change, Option<MessageMeta>)>> {
+        if self.hints.nothing_after(mailbox, since) {
+            return Ok(Vec::new());
+        }
+        let hints = self.hints.clone();
+        self.read(move |c| {
+            // Read before the changes: any change committed after this has raised the
+            // bound already (see `ModseqHints`), so the bound learned here is never low.
+            let highest: Option<i64> = c
+                .prepare_cached("SELECT highest_modseq FROM mailboxes WHERE id = ?1")
+                .map_err(db_err)?
+                .query_row([mailbox.0], |r| r.get(0))
+                .optional()
+                .map_err(db_err)?;
+            if let Some(h) = highest {
+                hints.learn(mailbox, ModSeq(h.max(0) as u64));
+            }
+            let sql = if with_messages {
+                "SELECT c.modseq, c.uid, c.kind, m.mailbox_id, m.uid, m.modseq, m.blob_id, \
+                 m.size, m.internal_date, m.flags FROM changes c \
+                 LEFT JOIN messages m ON c.kind != 2 AND m.mailbox_id = c.mailbox_id \
+                 AND m.uid = c.uid \
+                 WHERE c.mailbox_id = ?1 AND c.modseq > ?2 ORDER BY c.modseq"
+            } else {
+                "SELECT modseq, uid, kind FROM changes WHERE mailbox_id = ?1 AND modseq > ?2 \
+                 ORDER BY modseq"
+            };
+            let mut s = c.prepare_cached(sql).map_err(db_err)?;
+            let rows = s
+                .query_map(params![mailbox.0, since.0 as i64], |r| {
+                    let kind = match r.get::<_, i64>(2)? {
+                        0 => ChangeKind::Appended,
+                        1 => ChangeKind::FlagsChanged,
+                        _ => ChangeKind::Expunged,
+                    };
+                    let change = Change {
+                        modseq: ModSeq(r.get::<_, i64>(0)? as u64),
+                        uid: Uid(r.get::<_, i64>(1)? as u32),
+                        kind,
+                    };
+                    let msg = if with_messages && r.get_ref(3)? != rusqlite::types::ValueRef::Null {
+                        Some(message_row_at(r, 3)?)
+                    } else {
+                        None
+                    };
+                    Ok((change, msg))
+                })
+                .map_err(db_err)?;
+            rows.collect::<Result<_, _>>().map_err(db_err)
+        })
+        .await
     }
 
     /// Runs `f` in the writer's next group commit.
@@ -539,6 +605,19 @@ CREATE TABLE id_sequences (
 INSERT INTO id_sequences (name, next) VALUES ('email', 1);
 "#;
 
+/// v12: a partial index of the messages that may carry `\Deleted` (the same LIKE test
+/// EXPUNGE filters with, so the planner can use it), so EXPUNGE reads those messages
+/// instead of scanning the mailbox: an EXPUNGE cost ~11% of the server's CPU in the IMAP mix
+/// profile on 200-message mailboxes, and grew with the mailbox.
+const SCHEMA_V12: &str = r#"
+CREATE INDEX messages_deleted ON messages(mailbox_id, uid)
+    WHERE flags LIKE '%\Deleted%' ESCAPE '!';
+"#;
+
+/// UIDs an EXPUNGE with a UID set looks up one by one; a larger set reads the deleted
+/// messages from the partial index instead.
+const EXPUNGE_LOOKUPS: usize = 64;
+
 fn migrate(conn: &Connection) -> StoreResult<()> {
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
@@ -612,6 +691,12 @@ fn migrate(conn: &Connection) -> StoreResult<()> {
     if version < 11 {
         conn.execute_batch(&format!(
             "BEGIN IMMEDIATE; {SCHEMA_V11} PRAGMA user_version = 11; COMMIT;"
+        ))
+        .map_err(db_err)?;
+    }
+    if version < 12 {
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {SCHEMA_V12} PRAGMA user_version = 12; COMMIT;"
         ))
         .map_err(db_err)?;
     }
@@ -773,21 +858,26 @@ fn mailbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Mailbox> {
 const MESSAGE_COLS: &str = "mailbox_id, uid, modseq, blob_id, size, internal_date, flags";
 
 fn message_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MessageMeta> {
-    let blob: String = r.get(3)?;
-    let flags: String = r.get(6)?;
+    message_row_at(r, 0)
+}
+
+/// A message from the [`MESSAGE_COLS`] starting at column `at`.
+fn message_row_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<MessageMeta> {
+    let blob: String = r.get(at + 3)?;
+    let flags: String = r.get(at + 6)?;
     Ok(MessageMeta {
-        mailbox: MailboxId(r.get(0)?),
-        uid: Uid(r.get::<_, i64>(1)? as u32),
-        modseq: ModSeq(r.get::<_, i64>(2)? as u64),
+        mailbox: MailboxId(r.get(at)?),
+        uid: Uid(r.get::<_, i64>(at + 1)? as u32),
+        modseq: ModSeq(r.get::<_, i64>(at + 2)? as u64),
         blob: BlobId::parse(&blob).ok_or_else(|| {
             rusqlite::Error::FromSqlConversionFailure(
-                3,
+                at + 3,
                 rusqlite::types::Type::Text,
                 format!("bad blob id {blob}").into(),
             )
         })?,
-        size: r.get::<_, i64>(4)? as u64,
-        internal_date: r.get(5)?,
+        size: r.get::<_, i64>(at + 4)? as u64,
+        internal_date: r.get(at + 5)?,
         flags: Flags::from_storage(&flags),
     })
 }
@@ -889,12 +979,12 @@ fn purge_mailbox(conn: &Connection, mailbox: i64) -> StoreResult<Vec<BlobId>> {
 
 /// Takes the next MODSEQ of a mailbox.
 fn next_modseq(conn: &Connection, mailbox: MailboxId) -> StoreResult<ModSeq> {
-    conn.query_row(
+    conn.prepare_cached(
         "UPDATE mailboxes SET highest_modseq = highest_modseq + 1 WHERE id = ?1 \
          RETURNING highest_modseq",
-        [mailbox.0],
-        |r| r.get::<_, i64>(0),
     )
+    .map_err(db_err)?
+    .query_row([mailbox.0], |r| r.get::<_, i64>(0))
     .optional()
     .map_err(db_err)?
     .map(|m| ModSeq(m as u64))
@@ -913,10 +1003,11 @@ fn record_change(
         ChangeKind::FlagsChanged => 1,
         ChangeKind::Expunged => 2,
     };
-    conn.execute(
+    conn.prepare_cached(
         "INSERT OR REPLACE INTO changes (mailbox_id, uid, modseq, kind) VALUES (?1, ?2, ?3, ?4)",
-        params![mailbox.0, uid.0, modseq.0 as i64, k],
     )
+    .map_err(db_err)?
+    .execute(params![mailbox.0, uid.0, modseq.0 as i64, k])
     .map_err(db_err)?;
     Ok(())
 }
@@ -1793,16 +1884,42 @@ impl MetadataStore for SqliteMetadataStore {
             // Read the flags inside the writer's transaction: nothing else writes between
             // this read and the removal, so a flag cleared by another session a moment ago
             // keeps its message.
-            let candidates: Vec<(i64, String)> = c
-                .prepare_cached(
-                    "SELECT uid, flags FROM messages WHERE mailbox_id = ?1 \
-                     AND flags LIKE '%\\Deleted%' ESCAPE '!' ORDER BY uid",
-                )
-                .map_err(db_err)?
-                .query_map([mailbox.0], |r| Ok((r.get(0)?, r.get(1)?)))
-                .map_err(db_err)?
-                .collect::<Result<_, _>>()
-                .map_err(db_err)?;
+            // Only the messages that may carry \\Deleted are read: the partial index
+            // `messages_deleted` (schema v12) holds just those, so the cost follows the
+            // number of deleted messages, not the mailbox's size. With `only` (UID EXPUNGE),
+            // the named messages are looked up one by one when there are fewer of them.
+            let candidates: Vec<(i64, String)> = match &only {
+                Some(o) if o.len() <= EXPUNGE_LOOKUPS => {
+                    let mut s = c
+                        .prepare_cached(
+                            "SELECT uid, flags FROM messages WHERE mailbox_id = ?1 AND uid = ?2",
+                        )
+                        .map_err(db_err)?;
+                    let mut found = Vec::with_capacity(o.len());
+                    for u in o {
+                        if let Some(row) = s
+                            .query_row(params![mailbox.0, u.0], |r| Ok((r.get(0)?, r.get(1)?)))
+                            .optional()
+                            .map_err(db_err)?
+                        {
+                            found.push(row);
+                        }
+                    }
+                    found.sort_unstable();
+                    found
+                }
+                _ => c
+                    .prepare_cached(
+                        "SELECT uid, flags FROM messages INDEXED BY messages_deleted \
+                         WHERE mailbox_id = ?1 AND flags LIKE '%\\Deleted%' ESCAPE '!' \
+                         ORDER BY uid",
+                    )
+                    .map_err(db_err)?
+                    .query_map([mailbox.0], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .map_err(db_err)?
+                    .collect::<Result<_, _>>()
+                    .map_err(db_err)?,
+            };
             let uids: Vec<Uid> = candidates
                 .into_iter()
                 .filter(|(_, f)| Flags::from_storage(f).contains("\\Deleted"))
@@ -1815,30 +1932,20 @@ impl MetadataStore for SqliteMetadataStore {
     }
 
     async fn changes_since(&self, mailbox: MailboxId, since: ModSeq) -> StoreResult<Vec<Change>> {
-        self.read(move |c| {
-            let mut s = c
-                .prepare_cached(
-                    "SELECT modseq, uid, kind FROM changes WHERE mailbox_id = ?1 AND modseq > ?2 \
-                     ORDER BY modseq",
-                )
-                .map_err(db_err)?;
-            let rows = s
-                .query_map(params![mailbox.0, since.0 as i64], |r| {
-                    let kind = match r.get::<_, i64>(2)? {
-                        0 => ChangeKind::Appended,
-                        1 => ChangeKind::FlagsChanged,
-                        _ => ChangeKind::Expunged,
-                    };
-                    Ok(Change {
-                        modseq: ModSeq(r.get::<_, i64>(0)? as u64),
-                        uid: Uid(r.get::<_, i64>(1)? as u32),
-                        kind,
-                    })
-                })
-                .map_err(db_err)?;
-            rows.collect::<Result<_, _>>().map_err(db_err)
-        })
-        .await
+        Ok(self
+            .read_changes(mailbox, since, false)
+            .await?
+            .into_iter()
+            .map(|(c, _)| c)
+            .collect())
+    }
+
+    async fn changes_with_messages(
+        &self,
+        mailbox: MailboxId,
+        since: ModSeq,
+    ) -> StoreResult<Vec<(Change, Option<MessageMeta>)>> {
+        self.read_changes(mailbox, since, true).await
     }
 
     async fn mailbox_usage(&self, mailbox: MailboxId) -> StoreResult<MailboxUsage> {
