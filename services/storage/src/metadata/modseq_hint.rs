@@ -10,22 +10,98 @@
 //! `mailboxes.highest_modseq` (every MODSEQ a change gets is taken there), *inside* the
 //! transaction, so the bound is raised before the change commits and is never below a
 //! committed MODSEQ. A rolled-back transaction leaves the bound too high, which only costs a
-//! query. A mailbox the process has not written to since it started has no bound and is
-//! queried; the answer then gives it one. Sound because in embedded mode this process's
-//! writer is the only one that changes messages (the admin CLI only reads them; the cluster
-//! backends do not use this).
+//! query. A mailbox the process has not written to has no bound and is queried; the answer
+//! then gives it one.
+//!
+//! That holds only while this process's writer is the database's only one. Several
+//! front-ends may share one SQLite file (a small cluster on one host), and the admin CLI
+//! opens it too. So every process holds a shared `flock` on `<database>.writers`, and the
+//! bounds are used only while this process can convert it to an exclusive one (checked at
+//! open and by the checkpointer every 250 ms). When another process appears the bounds are
+//! dropped and every read queries, as before; when it is gone they start afresh. Between a
+//! newcomer's open and the next check, one of its changes can be reported up to 250 ms late
+//! here (never lost: it is in the change log, and read once the bounds are dropped).
 
 use crate::types::{MailboxId, ModSeq};
 use std::collections::HashMap;
+use std::fs::File;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// The bounds, shared by the writer connection's trigger function and the readers.
 #[derive(Debug, Default, Clone)]
 pub(super) struct ModseqHints {
     bounds: Arc<Mutex<HashMap<i64, u64>>>,
+    state: Arc<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// True while this process is the database's only writer (see the module doc).
+    enabled: AtomicBool,
+    /// Bumped whenever `enabled` flips: an answer read under another epoch is not learned.
+    epoch: AtomicU64,
+    /// The shared lock on `<database>.writers`; `None` in tests (always alone).
+    lock: Mutex<Option<File>>,
 }
 
 impl ModseqHints {
+    /// Takes this process's shared lock beside the database at `db`, and uses the bounds if
+    /// no other process holds one.
+    pub(super) fn open(db: &Path) -> std::io::Result<Self> {
+        let mut p = db.as_os_str().to_owned();
+        p.push(".writers");
+        let file = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(Path::new(&p))?
+        };
+        file.lock_shared()?;
+        let hints = Self::default();
+        *hints.state.lock.lock().unwrap_or_else(|e| e.into_inner()) = Some(file);
+        hints.check_alone();
+        Ok(hints)
+    }
+
+    /// Uses the bounds while no other process holds the lock; drops them when one does.
+    pub(super) fn check_alone(&self) {
+        let guard = self.state.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let alone = match guard.as_ref() {
+            None => true,
+            Some(f) => {
+                // Converting shared → exclusive fails while another process holds it shared;
+                // a failed conversion may drop our lock, so it is taken shared again either way.
+                let alone = f.try_lock().is_ok();
+                if let Err(e) = f.lock_shared() {
+                    tracing::warn!(error = %e, "could not retake the writers lock");
+                    false
+                } else {
+                    alone
+                }
+            }
+        };
+        drop(guard);
+        if alone != self.state.enabled.load(Ordering::SeqCst) {
+            self.bounds
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
+            self.state.epoch.fetch_add(1, Ordering::SeqCst);
+            self.state.enabled.store(alone, Ordering::SeqCst);
+        }
+    }
+
+    /// The epoch a read begins in, to hand to [`learn`](Self::learn).
+    pub(super) fn epoch(&self) -> u64 {
+        self.state.epoch.load(Ordering::SeqCst)
+    }
+
     /// Called (through the trigger) for each MODSEQ the writer takes.
     pub(super) fn raise(&self, mailbox: i64, modseq: u64) {
         let mut b = self.bounds.lock().unwrap_or_else(|p| p.into_inner());
@@ -35,15 +111,22 @@ impl ModseqHints {
 
     /// True when no change of `mailbox` can have a MODSEQ above `since`.
     pub(super) fn nothing_after(&self, mailbox: MailboxId, since: ModSeq) -> bool {
+        if !self.state.enabled.load(Ordering::SeqCst) {
+            return false;
+        }
         let b = self.bounds.lock().unwrap_or_else(|p| p.into_inner());
         b.get(&mailbox.0).is_some_and(|&bound| since.0 >= bound)
     }
 
     /// Records what a query found: every change of `mailbox` committed before the query
     /// began has a MODSEQ of at most `seen`. Only fills a missing bound: a bound the writer
-    /// set meanwhile is newer.
-    pub(super) fn learn(&self, mailbox: MailboxId, seen: ModSeq) {
+    /// set meanwhile is newer. Ignored unless the bounds were in use, in the same epoch,
+    /// since before the query.
+    pub(super) fn learn(&self, mailbox: MailboxId, seen: ModSeq, epoch: u64) {
         let mut b = self.bounds.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.state.enabled.load(Ordering::SeqCst) || self.epoch() != epoch {
+            return;
+        }
         b.entry(mailbox.0).or_insert(seen.0);
     }
 
@@ -99,19 +182,50 @@ mod tests {
     #[test]
     fn bounds_only_grow_and_a_query_only_fills_a_missing_one() {
         let h = ModseqHints::default();
+        h.check_alone();
+        let e = h.epoch();
         let mb = MailboxId(7);
         assert!(!h.nothing_after(mb, ModSeq(100)), "unknown mailbox: query");
-        h.learn(mb, ModSeq(5));
+        h.learn(mb, ModSeq(5), e);
         assert!(h.nothing_after(mb, ModSeq(5)));
         assert!(!h.nothing_after(mb, ModSeq(4)));
         h.raise(7, 9);
         assert!(!h.nothing_after(mb, ModSeq(5)));
-        h.learn(mb, ModSeq(6)); // an older query's answer must not lower the bound
+        h.learn(mb, ModSeq(6), e); // an older query's answer must not lower the bound
         assert!(!h.nothing_after(mb, ModSeq(8)));
         assert!(h.nothing_after(mb, ModSeq(9)));
         h.raise(7, 8); // never lowered
         assert!(!h.nothing_after(mb, ModSeq(8)));
         h.forget(7);
         assert!(!h.nothing_after(mb, ModSeq(9)));
+    }
+
+    #[test]
+    fn a_second_process_on_the_database_turns_the_bounds_off_until_it_is_gone() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let db = dir.path().join("m.sqlite3");
+        let a = ModseqHints::open(&db).expect("open a");
+        let mb = MailboxId(1);
+        a.learn(mb, ModSeq(3), a.epoch());
+        assert!(a.nothing_after(mb, ModSeq(3)), "alone: bounds used");
+        // Another process (another open file description: flock treats it alike).
+        let b = ModseqHints::open(&db).expect("open b");
+        assert!(!b.nothing_after(mb, ModSeq(3)), "b is not alone");
+        a.check_alone();
+        assert!(!a.nothing_after(mb, ModSeq(3)), "a saw b: bounds dropped");
+        let stale = a.epoch();
+        drop(b);
+        a.check_alone();
+        assert!(
+            a.state.enabled.load(Ordering::SeqCst),
+            "b gone: bounds back"
+        );
+        a.learn(mb, ModSeq(3), stale);
+        assert!(
+            !a.nothing_after(mb, ModSeq(3)),
+            "an answer read in an earlier epoch is not learned"
+        );
+        a.learn(mb, ModSeq(3), a.epoch());
+        assert!(a.nothing_after(mb, ModSeq(3)));
     }
 }

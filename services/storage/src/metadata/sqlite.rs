@@ -247,7 +247,10 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 /// in the SMTP ingest profile, and a latency spike for the writes of that batch). A
 /// PASSIVE checkpoint here never blocks the writer or readers; it copies what no reader
 /// still needs, and the writer restarts the log once all of it was copied.
-fn checkpointer(path: PathBuf, stop: mpsc::Receiver<()>) {
+///
+/// It also re-checks, each time, whether this process is still the database's only writer
+/// (see [`ModseqHints`]).
+fn checkpointer(path: PathBuf, hints: ModseqHints, stop: mpsc::Receiver<()>) {
     let conn = match Connection::open(&path).and_then(|c| configure(&c).map(|()| c)) {
         Ok(c) => c,
         Err(e) => {
@@ -263,6 +266,7 @@ fn checkpointer(path: PathBuf, stop: mpsc::Receiver<()>) {
         if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
             tracing::warn!(error = %e, "sqlite checkpoint failed");
         }
+        hints.check_alone();
         if last {
             return;
         }
@@ -301,13 +305,14 @@ impl SqliteMetadataStore {
         // Checkpoints are the checkpointer's (see [`checkpointer`]), not the writer's.
         conn.pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(db_err)?;
-        let hints = ModseqHints::default();
+        let hints = ModseqHints::open(&path)?;
         hints.install(&conn).map_err(db_err)?;
         let (stop_checkpoints, stop_rx) = mpsc::channel::<()>();
         let checkpoint_path = path.clone();
+        let checkpoint_hints = hints.clone();
         let checkpoint_thread = std::thread::Builder::new()
             .name("mailfleet-sqlite-checkpoint".into())
-            .spawn(move || checkpointer(checkpoint_path, stop_rx))
+            .spawn(move || checkpointer(checkpoint_path, checkpoint_hints, stop_rx))
             .map_err(|e| StoreError::Unavailable(format!("checkpoint thread: {e}")))?;
         let (tx, rx) = mpsc::channel::<Job>();
         let max = group_commit_max.max(1);
@@ -338,6 +343,7 @@ impl SqliteMetadataStore {
             return Ok(Vec::new());
         }
         let hints = self.hints.clone();
+        let epoch = hints.epoch();
         self.read(move |c| {
             // Read before the changes: any change committed after this has raised the
             // bound already (see `ModseqHints`), so the bound learned here is never low.
@@ -348,7 +354,7 @@ impl SqliteMetadataStore {
                 .optional()
                 .map_err(db_err)?;
             if let Some(h) = highest {
-                hints.learn(mailbox, ModSeq(h.max(0) as u64));
+                hints.learn(mailbox, ModSeq(h.max(0) as u64), epoch);
             }
             let sql = if with_messages {
                 "SELECT c.modseq, c.uid, c.kind, m.mailbox_id, m.uid, m.modseq, m.blob_id, \
