@@ -97,6 +97,11 @@ impl ModseqHints {
         }
     }
 
+    /// Whether the bounds are in use (a read that could not learn one skips reading it).
+    pub(super) fn enabled(&self) -> bool {
+        self.state.enabled.load(Ordering::SeqCst)
+    }
+
     /// The epoch a read begins in, to hand to [`learn`](Self::learn).
     pub(super) fn epoch(&self) -> u64 {
         self.state.epoch.load(Ordering::SeqCst)

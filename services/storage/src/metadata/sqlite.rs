@@ -344,15 +344,20 @@ impl SqliteMetadataStore {
         }
         let hints = self.hints.clone();
         let epoch = hints.epoch();
+        let learn = hints.enabled();
         self.read(move |c| {
             // Read before the changes: any change committed after this has raised the
             // bound already (see `ModseqHints`), so the bound learned here is never low.
-            let highest: Option<i64> = c
-                .prepare_cached("SELECT highest_modseq FROM mailboxes WHERE id = ?1")
-                .map_err(db_err)?
-                .query_row([mailbox.0], |r| r.get(0))
-                .optional()
-                .map_err(db_err)?;
+            // Not read when the bounds are off (another process writes the file).
+            let highest: Option<i64> = if !learn {
+                None
+            } else {
+                c.prepare_cached("SELECT highest_modseq FROM mailboxes WHERE id = ?1")
+                    .map_err(db_err)?
+                    .query_row([mailbox.0], |r| r.get(0))
+                    .optional()
+                    .map_err(db_err)?
+            };
             if let Some(h) = highest {
                 hints.learn(mailbox, ModSeq(h.max(0) as u64), epoch);
             }
