@@ -318,10 +318,15 @@ KNOWN_RULES = {
 
 # Rules and entries whose Dovecot side varies from run to run (Dovecot's METADATA entry order;
 # its file-based acl_shared_dict, written after the SETACL answer, so the grantee's "Other
-# Users" LIST may or may not lag one change behind). They must never cover a difference
-# they do not describe, but not differing in one run is not an error.
+# Users" LIST may or may not lag one change behind; its NOTIFY MailboxName events for another
+# session's CREATE/RENAME/DELETE, which usually do not arrive within the 5 s IDLE window but
+# did in one CI run on a loaded machine). They must never cover a difference they do not
+# describe, but not differing in one run is not an error.
 VARYING = {
     "metadata-order",
+    "29-notify.imap:n040",
+    "29-notify.imap:n041",
+    "29-notify.imap:n042",
     "31-acl.imap:p023",
     "31-acl.imap:p024",
     "31-acl.imap:p025",
@@ -452,7 +457,7 @@ EXPECTED_DIFFERENCES: dict[str, str] = {
     "29-notify.imap:n011": "BADEVENT's event list, as n010",
     "29-notify.imap:n014": "NOTIFY SET without an event group is not in RFC 5465's grammar (event-groups is 1*event-group): Mailfleet answers BAD, Dovecot OK",
     "29-notify.imap:n035": "another session's flag change during IDLE with NOTIFY FlagChange: Dovecot adds MODSEQ though the client never enabled CONDSTORE (RFC 7162 section 3.1 sends MODSEQ only after a CONDSTORE enabling command); Mailfleet adds UID (see rule uid-in-unsolicited-fetch)",
-    "29-notify.imap:n040": "NOTIFY MailboxName: another session's CREATE is reported by Mailfleet (RFC 5465); Dovecot 2.3 sent nothing within 5 s",
+    "29-notify.imap:n040": "NOTIFY MailboxName: another session's CREATE is reported by Mailfleet (RFC 5465); Dovecot 2.3 usually sent nothing within 5 s (varies: see VARYING)",
     "29-notify.imap:n041": "NOTIFY MailboxName: another session's RENAME, reported by Mailfleet with OLDNAME, as n040",
     "29-notify.imap:n042": "NOTIFY MailboxName: another session's DELETE, reported by Mailfleet with \\NonExistent, as n040",
     # Modified UTF-7 names
