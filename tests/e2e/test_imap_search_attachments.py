@@ -143,7 +143,7 @@ def test_attachment_text_is_searched_indexed_scanned_and_reindexed(server):
     c.logout()
 
     # The attachments' text is in the index, under its own field.
-    db = sqlite3.connect(server.data_dir / "metadata.sqlite3")
+    db = sqlite3.connect(server.data_dir / "metadata.sqlite3.fts")
     fields = {r[0] for r in db.execute("SELECT DISTINCT field FROM fts_docs")}
     assert "attachment" in fields, fields
     db.close()
@@ -151,10 +151,15 @@ def test_attachment_text_is_searched_indexed_scanned_and_reindexed(server):
     # Unindexed (as before the index existed): the scan extracts the same text.
     server.stop()
     db = sqlite3.connect(server.data_dir / "metadata.sqlite3")
-    db.execute("DELETE FROM fts_docs")
     db.execute("INSERT OR REPLACE INTO fts_pending SELECT mailbox_id, uid, 0 FROM messages")
     db.commit()
     db.close()
+    # The texts live in the index file beside the database.
+    index = sqlite3.connect(server.data_dir / "metadata.sqlite3.fts")
+    index.execute("DELETE FROM fts_docs")
+    index.execute("DELETE FROM fts_indexed")
+    index.commit()
+    index.close()
     server.start()
     c = login(server)
     c.select("INBOX")

@@ -140,10 +140,15 @@ def test_unindexed_messages_are_scanned_then_reindexed(server):
     # index existed.
     server.stop()
     db = sqlite3.connect(server.data_dir / "metadata.sqlite3")
-    db.execute("DELETE FROM fts_docs")
     db.execute("INSERT OR REPLACE INTO fts_pending SELECT mailbox_id, uid, 0 FROM messages")
     db.commit()
     db.close()
+    # The texts live in the index file beside the database.
+    index = sqlite3.connect(server.data_dir / "metadata.sqlite3.fts")
+    index.execute("DELETE FROM fts_docs")
+    index.execute("DELETE FROM fts_indexed")
+    index.commit()
+    index.close()
     server.start()
     c = login(server)
     c.select("INBOX")
@@ -153,6 +158,8 @@ def test_unindexed_messages_are_scanned_then_reindexed(server):
     assert run_searches(c) == WANT
     db = sqlite3.connect(server.data_dir / "metadata.sqlite3")
     assert db.execute("SELECT COUNT(*) FROM fts_pending").fetchone()[0] == 0
-    assert db.execute("SELECT COUNT(DISTINCT uid) FROM fts_docs").fetchone()[0] == 4
     db.close()
+    index = sqlite3.connect(server.data_dir / "metadata.sqlite3.fts")
+    assert index.execute("SELECT COUNT(DISTINCT uid) FROM fts_docs").fetchone()[0] == 4
+    index.close()
     c.logout()

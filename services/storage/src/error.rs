@@ -2,7 +2,7 @@
 //! `Unavailable` to a temporary failure (SMTP 451, IMAP `NO [UNAVAILABLE]`), `NotFound` and
 //! `Conflict` to the matching permanent answer, `QuotaExceeded` to 452/552.
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{0} not found")]
     NotFound(String),

@@ -10,6 +10,7 @@
 //! which WAL lets run beside the writer. Other processes (the admin CLI) can open the same
 //! file; SQLite's locking and the busy timeout serialise them with the server.
 
+use super::fts_sqlite::{self, IndexJob, MainWrite};
 use super::modseq_hint::ModseqHints;
 use super::{ConditionalStore, Expunged, MetadataStore, QuotaPolicy};
 use crate::private_fs;
@@ -24,7 +25,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// Schema version stored in `PRAGMA user_version`; migrations run in order up to it.
-const SCHEMA_VERSION: i64 = 12;
+const SCHEMA_VERSION: i64 = 13;
 
 const SCHEMA_V1: &str = r#"
 CREATE TABLE domains (
@@ -167,6 +168,10 @@ pub struct SqliteMetadataStore {
     reader_slots: Arc<tokio::sync::Semaphore>,
     /// Lets `changes_since` answer "nothing" without a query (see [`ModseqHints`]).
     hints: ModseqHints,
+    /// The full-text index file (`<path>.fts`) and its writer thread (see `fts_sqlite`).
+    index_path: PathBuf,
+    index: Mutex<Option<mpsc::Sender<IndexJob>>>,
+    index_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// Read connections. A read waits for a free one rather than opening another: opening a
@@ -287,13 +292,17 @@ impl SqliteMetadataStore {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e.into()),
         }
-        for suffix in ["", "-wal", "-shm"] {
-            let mut p = path.clone().into_os_string();
-            p.push(suffix);
-            match private_fs::restrict(Path::new(&p), private_fs::FILE_MODE) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e.into()),
+        let index_path = fts_sqlite::index_path(&path);
+        let index_created = fts_sqlite::create_index(&index_path)?;
+        for file in [&path, &index_path] {
+            for suffix in ["", "-wal", "-shm"] {
+                let mut p = file.clone().into_os_string();
+                p.push(suffix);
+                match private_fs::restrict(Path::new(&p), private_fs::FILE_MODE) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e.into()),
+                }
             }
         }
         let conn = Connection::open(&path).map_err(db_err)?;
@@ -301,7 +310,23 @@ impl SqliteMetadataStore {
             .map_err(db_err)?;
         configure(&conn).map_err(db_err)?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-        migrate(&conn)?;
+        let version_before: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(db_err)?;
+        migrate(&conn, &index_path)?;
+        if index_created && version_before >= 13 {
+            let pending: i64 = conn
+                .query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0))
+                .map_err(db_err)?;
+            tracing::warn!(
+                index = %index_path.display(),
+                messages = pending,
+                "the full-text index file was missing: every message is searched directly \
+                 until `mailfleet reindex` indexes it again"
+            );
+            conn.execute_batch(fts_sqlite::RESET_PENDING)
+                .map_err(db_err)?;
+        }
         // Checkpoints are the checkpointer's (see [`checkpointer`]), not the writer's.
         conn.pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(db_err)?;
@@ -320,6 +345,7 @@ impl SqliteMetadataStore {
             .name("mailfleet-sqlite-writer".into())
             .spawn(move || writer_loop(conn, rx, max))
             .map_err(|e| StoreError::Unavailable(format!("writer thread: {e}")))?;
+        let (index_tx, index_thread) = start_index(&path, &index_path, tx.clone())?;
         Ok(Self {
             path,
             writer: Mutex::new(Some(tx)),
@@ -328,7 +354,38 @@ impl SqliteMetadataStore {
             readers: Arc::new(Mutex::new(Vec::new())),
             reader_slots: Arc::new(tokio::sync::Semaphore::new(MAX_READERS)),
             hints,
+            index_path,
+            index: Mutex::new(Some(index_tx)),
+            index_thread: Mutex::new(Some(index_thread)),
         })
+    }
+
+    /// Sends a job to the full-text index thread and waits for its answer.
+    async fn index_job(
+        &self,
+        job: impl FnOnce(oneshot::Sender<StoreResult<()>>) -> IndexJob,
+    ) -> StoreResult<()> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let guard = self.index.lock().unwrap_or_else(|p| p.into_inner());
+            let sender = guard
+                .as_ref()
+                .ok_or_else(|| StoreError::Unavailable("metadata store closed".into()))?;
+            sender
+                .send(job(tx))
+                .map_err(|_| StoreError::Unavailable("full-text index writer stopped".into()))?;
+        }
+        rx.await
+            .map_err(|_| StoreError::Unavailable("full-text index writer dropped a job".into()))?
+    }
+
+    /// Waits for the index thread to apply the `fts_work` a copy or a move just committed,
+    /// so the copies are searchable when the command returns. A failure (logged by the
+    /// index thread) leaves them pending, which searches handle: never an error here.
+    async fn copied_texts(&self, any: bool) {
+        if any {
+            let _ = self.index_job(IndexJob::Work).await;
+        }
     }
 
     /// The change log after `since`, and (`with_messages`) each changed message joined in
@@ -439,6 +496,7 @@ impl SqliteMetadataStore {
             .map_err(|_| StoreError::Unavailable("metadata store closed".into()))?;
         let pool = self.readers.clone();
         let path = self.path.clone();
+        let index_path = self.index_path.clone();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let pooled = pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
@@ -452,6 +510,7 @@ impl SqliteMetadataStore {
                     .map_err(db_err)?;
                     configure(&c).map_err(db_err)?;
                     c.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+                    fts_sqlite::attach(&c, &index_path)?;
                     c
                 }
             };
@@ -467,6 +526,16 @@ impl SqliteMetadataStore {
 
 impl Drop for SqliteMetadataStore {
     fn drop(&mut self) {
+        // The index thread first: it finishes what is queued, which may need the writer.
+        self.index.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(h) = self
+            .index_thread
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            let _ = h.join();
+        }
         // Closing the channel lets the writer finish what is queued and exit.
         self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(h) = self
@@ -629,7 +698,12 @@ CREATE INDEX messages_deleted ON messages(mailbox_id, uid)
 /// messages from the partial index instead.
 const EXPUNGE_LOOKUPS: usize = 64;
 
-fn migrate(conn: &Connection) -> StoreResult<()> {
+fn migrate(conn: &Connection, index_path: &Path) -> StoreResult<()> {
+    migrate_to(conn, index_path, SCHEMA_VERSION)
+}
+
+/// Migrates up to `target` (below [`SCHEMA_VERSION`] only in tests of a migration).
+fn migrate_to(conn: &Connection, index_path: &Path, target: i64) -> StoreResult<()> {
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .map_err(db_err)?;
@@ -638,80 +712,135 @@ fn migrate(conn: &Connection) -> StoreResult<()> {
             "database schema version {version} is newer than this build ({SCHEMA_VERSION})"
         )));
     }
-    if version < 1 {
+    if version < 1 && target >= 1 {
         conn.execute_batch(&format!(
             "BEGIN IMMEDIATE; {SCHEMA_V1} PRAGMA user_version = 1; COMMIT;"
         ))
         .map_err(db_err)?;
     }
-    if version < 2 {
+    if version < 2 && target >= 2 {
         conn.execute_batch(&format!(
             "BEGIN IMMEDIATE; {SCHEMA_V2} PRAGMA user_version = 2; COMMIT;"
         ))
         .map_err(db_err)?;
     }
-    if version < 3 {
+    if version < 3 && target >= 3 {
         conn.execute_batch(&format!(
             "BEGIN IMMEDIATE; {SCHEMA_V3} PRAGMA user_version = 3; COMMIT;"
         ))
         .map_err(db_err)?;
     }
-    if version < 4 {
+    if version < 4 && target >= 4 {
         conn.execute_batch(&format!(
             "BEGIN IMMEDIATE; {SCHEMA_V4} PRAGMA user_version = 4; COMMIT;"
         ))
         .map_err(db_err)?;
     }
-    if version < 5 {
+    if version < 5 && target >= 5 {
         conn.execute_batch(&format!(
             "BEGIN IMMEDIATE; {SCHEMA_V5} PRAGMA user_version = 5; COMMIT;"
         ))
         .map_err(db_err)?;
     }
-    if version < 6 {
+    if version < 6 && target >= 6 {
         conn.execute_batch(&format!(
             "BEGIN IMMEDIATE; {SCHEMA_V6} PRAGMA user_version = 6; COMMIT;"
         ))
         .map_err(db_err)?;
     }
-    if version < 7 {
+    if version < 7 && target >= 7 {
         conn.execute_batch(&format!(
             "BEGIN IMMEDIATE; {SCHEMA_V7} PRAGMA user_version = 7; COMMIT;"
         ))
         .map_err(db_err)?;
     }
-    if version < 8 {
+    if version < 8 && target >= 8 {
         conn.execute_batch(&format!(
             "BEGIN IMMEDIATE; {SCHEMA_V8} PRAGMA user_version = 8; COMMIT;"
         ))
         .map_err(db_err)?;
     }
-    if version < 9 {
+    if version < 9 && target >= 9 {
         conn.execute_batch(&format!(
             "BEGIN IMMEDIATE; {} PRAGMA user_version = 9; COMMIT;",
             super::fts_sqlite::SCHEMA_V9
         ))
         .map_err(db_err)?;
     }
-    if version < 10 {
+    if version < 10 && target >= 10 {
         conn.execute_batch(&format!(
             "BEGIN IMMEDIATE; {SCHEMA_MAILBOX_COUNTS} PRAGMA user_version = 10; COMMIT;"
         ))
         .map_err(db_err)?;
     }
-    if version < 11 {
+    if version < 11 && target >= 11 {
         conn.execute_batch(&format!(
             "BEGIN IMMEDIATE; {SCHEMA_V11} PRAGMA user_version = 11; COMMIT;"
         ))
         .map_err(db_err)?;
     }
-    if version < 12 {
+    if version < 12 && target >= 12 {
         conn.execute_batch(&format!(
             "BEGIN IMMEDIATE; {SCHEMA_V12} PRAGMA user_version = 12; COMMIT;"
         ))
         .map_err(db_err)?;
     }
+    if version < 13 && target >= 13 {
+        fts_sqlite::attach(conn, index_path)?;
+        let moved = conn
+            .execute_batch(&format!(
+                "BEGIN IMMEDIATE; {} PRAGMA main.user_version = 13; COMMIT;",
+                fts_sqlite::SCHEMA_V13_MOVE
+            ))
+            .map_err(db_err);
+        if moved.is_err() && !conn.is_autocommit() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        conn.execute_batch("DETACH DATABASE fts").map_err(db_err)?;
+        moved?;
+    }
     Ok(())
+}
+
+/// Starts the full-text index thread: its own connection to the index file and a read
+/// connection to the database; its metadata writes go through `writer` and are waited for.
+fn start_index(
+    path: &Path,
+    index_path: &Path,
+    writer: mpsc::Sender<Job>,
+) -> StoreResult<(mpsc::Sender<IndexJob>, std::thread::JoinHandle<()>)> {
+    let index = Connection::open(index_path).map_err(db_err)?;
+    configure(&index).map_err(db_err)?;
+    index.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    let meta = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(db_err)?;
+    configure(&meta).map_err(db_err)?;
+    let main: MainWrite = Box::new(move |f| {
+        let (done_tx, done_rx) = mpsc::sync_channel::<StoreResult<()>>(1);
+        let job: Job = Box::new(move |conn| {
+            let result = f(conn);
+            let ok = result.is_ok();
+            let completion: Completion = Box::new(move |commit| {
+                let _ = done_tx.send(commit.and(result));
+            });
+            (ok, completion)
+        });
+        writer
+            .send(job)
+            .map_err(|_| StoreError::Unavailable("metadata writer stopped".into()))?;
+        done_rx
+            .recv()
+            .map_err(|_| StoreError::Unavailable("metadata writer dropped a write".into()))?
+    });
+    let (tx, rx) = mpsc::channel::<IndexJob>();
+    let handle = std::thread::Builder::new()
+        .name("mailfleet-sqlite-fts".into())
+        .spawn(move || fts_sqlite::run(index, meta, rx, main))
+        .map_err(|e| StoreError::Unavailable(format!("index thread: {e}")))?;
+    Ok((tx, handle))
 }
 
 fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, max: usize) {
@@ -1265,8 +1394,15 @@ fn copy_tx(
             .map_err(db_err)?;
         let Some(fields) = row else { continue };
         let dest_appended = insert_message(c, account, dest, &fields, !remove, !remove)?;
-        // The copy's index entries are the original's (its row's trigger made it pending).
-        super::fts_sqlite::copy_entries(c, source, uid, dest, dest_appended.uid)?;
+        // The copy's index entries are the original's: copied by the index thread (the
+        // copy's row's trigger made it pending until then).
+        c.prepare_cached(
+            "INSERT INTO fts_work (mailbox_id, uid, src_mailbox_id, src_uid) \
+             VALUES (?1, ?2, ?3, ?4)",
+        )
+        .map_err(db_err)?
+        .execute(params![dest.0, dest_appended.uid.0, source.0, uid.0])
+        .map_err(db_err)?;
         copied.push(Copied {
             source_uid: uid,
             dest: dest_appended,
@@ -2131,8 +2267,11 @@ impl MetadataStore for SqliteMetadataStore {
         dest: MailboxId,
     ) -> StoreResult<Vec<Copied>> {
         let uids = uids.to_vec();
-        self.write(move |c| Ok(copy_tx(c, account, source, &uids, dest, false)?.0))
-            .await
+        let copied = self
+            .write(move |c| Ok(copy_tx(c, account, source, &uids, dest, false)?.0))
+            .await?;
+        self.copied_texts(!copied.is_empty()).await;
+        Ok(copied)
     }
 
     async fn move_messages(
@@ -2143,8 +2282,11 @@ impl MetadataStore for SqliteMetadataStore {
         dest: MailboxId,
     ) -> StoreResult<(Vec<Copied>, Expunged)> {
         let uids = uids.to_vec();
-        self.write(move |c| copy_tx(c, account, source, &uids, dest, true))
-            .await
+        let moved = self
+            .write(move |c| copy_tx(c, account, source, &uids, dest, true))
+            .await?;
+        self.copied_texts(!moved.0.is_empty()).await;
+        Ok(moved)
     }
 
     async fn index_text(
@@ -2155,8 +2297,12 @@ impl MetadataStore for SqliteMetadataStore {
         if entries.is_empty() {
             return Ok(());
         }
-        self.write(move |c| super::fts_sqlite::index_text_tx(c, mailbox, &entries))
-            .await
+        self.index_job(move |done| IndexJob::Texts {
+            mailbox,
+            entries,
+            done,
+        })
+        .await
     }
 
     async fn search_text(
@@ -3197,6 +3343,190 @@ fn load_outbound(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    async fn search(
+        meta: &SqliteMetadataStore,
+        mailbox: MailboxId,
+        needle: &str,
+    ) -> (Vec<u32>, Vec<u32>) {
+        let r = meta
+            .search_text(mailbox, &["body".into()], needle)
+            .await
+            .expect("search")
+            .expect("answerable");
+        (
+            r.matched.iter().map(|u| u.0).collect(),
+            r.unverified.iter().map(|u| u.0).collect(),
+        )
+    }
+
+    /// A database of schema v12 kept its index in its own file: after the upgrade the texts
+    /// are in the index file, found by a search, and what was pending still is.
+    #[tokio::test]
+    async fn an_upgrade_moves_the_index_into_its_own_file() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("m.sqlite3");
+        let index = fts_sqlite::index_path(&path);
+        {
+            let c = Connection::open(&path).expect("open");
+            c.pragma_update(None, "journal_mode", "WAL").expect("wal");
+            fts_sqlite::create_index(&index).expect("index file");
+            migrate_to(&c, &index, 12).expect("v12");
+            c.execute_batch(
+                "INSERT INTO domains (id, name, created_at) VALUES (1, 'example.test', 0);
+                 INSERT INTO accounts (id, domain_id, address, password_hash, created_at)
+                     VALUES (1, 1, 'a@example.test', 'x', 0);
+                 INSERT INTO mailboxes (id, account_id, name, uid_validity, uid_next)
+                     VALUES (1, 1, 'INBOX', 1, 3);
+                 INSERT INTO messages (mailbox_id, uid, modseq, blob_id, size, internal_date)
+                     VALUES (1, 1, 1, 'b1', 10, 0), (1, 2, 2, 'b2', 10, 0);
+                 INSERT INTO fts_docs (mailbox_id, uid, field, text)
+                     VALUES (1, 1, 'body', 'zebra stripes');
+                 DELETE FROM fts_pending WHERE uid = 1;",
+            )
+            .expect("v12 rows");
+        }
+        let meta = SqliteMetadataStore::open(&path, 16).expect("upgrade");
+        assert_eq!(
+            search(&meta, MailboxId(1), "zebra").await,
+            (vec![1], vec![2])
+        );
+        let c = Connection::open(&path).expect("open");
+        let tables: i64 = c
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name IN ('fts_docs', 'fts_text')",
+                [],
+                |r| r.get(0),
+            )
+            .expect("tables");
+        assert_eq!(tables, 0, "the index left the metadata database");
+        let i = Connection::open(&index).expect("index");
+        let docs: i64 = i
+            .query_row("SELECT COUNT(*) FROM fts_docs", [], |r| r.get(0))
+            .expect("docs");
+        assert_eq!(docs, 1);
+    }
+
+    /// A database whose index file is gone (restored from a backup of the database alone)
+    /// trusts no texts: every message is pending again, and the reindex list has them all.
+    #[tokio::test]
+    async fn a_missing_index_file_makes_every_message_pending() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("m.sqlite3");
+        let (inbox, uid) = {
+            let meta = SqliteMetadataStore::open(&path, 16).expect("open");
+            meta.create_domain("example.test").await.expect("domain");
+            let acct = meta
+                .create_account("a@example.test", "$argon2id$x", 0)
+                .await
+                .expect("account");
+            let inbox = meta.get_mailbox(acct.id, "INBOX").await.unwrap().unwrap();
+            let uid = meta
+                .append(
+                    vec![NewMessage {
+                        account: acct.id,
+                        mailbox: inbox.id,
+                        blob: BlobId::of(b"m"),
+                        size: 1,
+                        internal_date: 0,
+                        flags: Flags::default(),
+                        summary: None,
+                        refs: Default::default(),
+                    }],
+                    QuotaPolicy::Allow,
+                )
+                .await
+                .expect("append")[0]
+                .uid;
+            let text = crate::MessageText::from_pairs(vec![("body".into(), "zebra".into())], true);
+            meta.index_text(inbox.id, vec![(uid, text)])
+                .await
+                .expect("index");
+            assert_eq!(
+                search(&meta, inbox.id, "zebra").await,
+                (vec![uid.0], vec![])
+            );
+            (inbox.id, uid)
+        };
+        let index = fts_sqlite::index_path(&path);
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = index.clone().into_os_string();
+            p.push(suffix);
+            let _ = std::fs::remove_file(p);
+        }
+        let meta = SqliteMetadataStore::open(&path, 16).expect("reopen");
+        assert_eq!(search(&meta, inbox, "zebra").await, (vec![], vec![uid.0]));
+        assert_eq!(
+            meta.unindexed_messages(inbox, Uid(0), 10)
+                .await
+                .expect("unindexed"),
+            vec![uid]
+        );
+    }
+
+    /// An expunged message is never a match (its texts wait in `fts_work`), and the index
+    /// thread then drops its texts from the index file.
+    #[tokio::test]
+    async fn an_expunged_messages_texts_leave_the_index_file() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("m.sqlite3");
+        let meta = SqliteMetadataStore::open(&path, 16).expect("open");
+        meta.create_domain("example.test").await.expect("domain");
+        let acct = meta
+            .create_account("a@example.test", "$argon2id$x", 0)
+            .await
+            .expect("account");
+        let inbox = meta.get_mailbox(acct.id, "INBOX").await.unwrap().unwrap();
+        let new = |i: u64| NewMessage {
+            account: acct.id,
+            mailbox: inbox.id,
+            blob: BlobId::of(format!("m{i}").as_bytes()),
+            size: 100,
+            internal_date: 0,
+            flags: Flags::default(),
+            summary: None,
+            refs: Default::default(),
+        };
+        let uids: Vec<Uid> = meta
+            .append(vec![new(0), new(1)], QuotaPolicy::Allow)
+            .await
+            .expect("append")
+            .iter()
+            .map(|a| a.uid)
+            .collect();
+        let text = |w: &str| crate::MessageText::from_pairs(vec![("body".into(), w.into())], true);
+        meta.index_text(
+            inbox.id,
+            vec![(uids[0], text("zebra one")), (uids[1], text("zebra two"))],
+        )
+        .await
+        .expect("index");
+        assert_eq!(
+            search(&meta, inbox.id, "zebra").await,
+            (vec![uids[0].0, uids[1].0], vec![])
+        );
+        meta.expunge(inbox.id, &[uids[0]]).await.expect("expunge");
+        assert_eq!(
+            search(&meta, inbox.id, "zebra").await,
+            (vec![uids[1].0], vec![]),
+            "an expunged message is no match, even before its texts are dropped"
+        );
+        meta.index_job(IndexJob::Work).await.expect("work");
+        let i = Connection::open(fts_sqlite::index_path(&path)).expect("index");
+        let left: Vec<u32> = i
+            .prepare("SELECT DISTINCT uid FROM fts_docs ORDER BY uid")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(left, vec![uids[1].0]);
+        let work: i64 = Connection::open(&path)
+            .unwrap()
+            .query_row("SELECT COUNT(*) FROM fts_work", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(work, 0, "applied work is deleted");
+    }
 
     /// What the counters must equal: the scan `mailbox_usage` did before schema v10.
     fn scanned(path: &Path, mailbox: MailboxId) -> MailboxUsage {
