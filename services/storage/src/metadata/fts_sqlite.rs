@@ -222,6 +222,7 @@ pub(super) fn run(
     rx: std::sync::mpsc::Receiver<IndexJob>,
     main: MainWrite,
 ) {
+    lower_priority();
     loop {
         let mut jobs = Vec::new();
         let last = match rx.recv_timeout(WORK_EVERY) {
@@ -242,6 +243,24 @@ pub(super) fn run(
         if last {
             return;
         }
+    }
+}
+
+/// Niceness of the index thread: the scheduler then gives the cores to deliveries and
+/// IMAP commands first when they compete. Indexing is derived work that may lag (a lagging
+/// message is pending, so searches stay exact); the queue in front of it is bounded, so a
+/// sustained overload still slows submitters down to the index's pace rather than letting
+/// the lag grow without end.
+const INDEX_NICENESS: i32 = 10;
+
+/// Lowers this thread's scheduling priority (on Linux `setpriority` on a thread id applies
+/// to that thread alone). Best effort: a failure only leaves the default priority.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) =
+        rustix::process::setpriority_process(Some(rustix::thread::gettid()), INDEX_NICENESS)
+    {
+        tracing::debug!(error = %e, "could not lower the full-text index thread's priority");
     }
 }
 

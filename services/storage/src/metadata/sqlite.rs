@@ -336,13 +336,13 @@ impl SqliteMetadataStore {
         let checkpoint_path = path.clone();
         let checkpoint_hints = hints.clone();
         let checkpoint_thread = std::thread::Builder::new()
-            .name("mailfleet-sqlite-checkpoint".into())
+            .name("mf-sqlite-ckpt".into())
             .spawn(move || checkpointer(checkpoint_path, checkpoint_hints, stop_rx))
             .map_err(|e| StoreError::Unavailable(format!("checkpoint thread: {e}")))?;
         let (tx, rx) = mpsc::channel::<Job>();
         let max = group_commit_max.max(1);
         let handle = std::thread::Builder::new()
-            .name("mailfleet-sqlite-writer".into())
+            .name("mf-sqlite-write".into())
             .spawn(move || writer_loop(conn, rx, max))
             .map_err(|e| StoreError::Unavailable(format!("writer thread: {e}")))?;
         let (index_tx, index_thread) = start_index(&path, &index_path, tx.clone())?;
@@ -837,7 +837,7 @@ fn start_index(
     });
     let (tx, rx) = mpsc::channel::<IndexJob>();
     let handle = std::thread::Builder::new()
-        .name("mailfleet-sqlite-fts".into())
+        .name("mf-sqlite-fts".into())
         .spawn(move || fts_sqlite::run(index, meta, rx, main))
         .map_err(|e| StoreError::Unavailable(format!("index thread: {e}")))?;
     Ok((tx, handle))
