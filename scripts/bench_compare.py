@@ -95,18 +95,26 @@ def seed_imap(port: int, names: list[str], per_user: int, size: int) -> None:
     which both servers offer). imaplib waits for a continuation and then an answer per
     APPEND, ~20 messages/s here: most of a full run went into seeding."""
     for user in names:
-        c = imaplib.IMAP4("127.0.0.1", port)
-        c.login(user, PASSWORD)
-        caps = c.capability()[1][0].split()  # after login: LITERAL+ is offered from here
-        assert b"LITERAL+" in caps, caps
-        sock = c.socket()
+        seed_range(port, user, range(per_user), size)
+
+
+def seed_range(port: int, user: str, numbers: range, size: int) -> None:
+    """One connection APPENDs messages `numbers` of `user`, in chunks of 1,000 (so the
+    answers never fill the socket buffers while the requests are still being sent)."""
+    c = imaplib.IMAP4("127.0.0.1", port)
+    c.login(user, PASSWORD)
+    caps = c.capability()[1][0].split()  # after login: LITERAL+ is offered from here
+    assert b"LITERAL+" in caps, caps
+    sock = c.socket()
+    for start in range(numbers.start, numbers.stop, 1000):
+        chunk_numbers = range(start, min(start + 1000, numbers.stop))
         out = bytearray()
-        for i in range(per_user):
+        for i in chunk_numbers:
             m = message(user, i, size)
             out += f"s{i} APPEND INBOX {{{len(m)}+}}\r\n".encode() + m + b"\r\n"
         sock.sendall(bytes(out))
         done, buf = 0, b""
-        while done < per_user:
+        while done < len(chunk_numbers):
             chunk = sock.recv(65536)
             assert chunk, f"seeding {user}: connection closed after {done} answers"
             buf += chunk
@@ -115,7 +123,20 @@ def seed_imap(port: int, names: list[str], per_user: int, size: int) -> None:
                 if line.startswith(b"s"):
                     assert b" OK " in line, f"seeding {user}: {line!r}"
                     done += 1
-        c.logout()
+    c.logout()
+
+
+def seed_big(port: int, user: str, count: int, size: int, connections: int = 10) -> None:
+    """`count` messages into one INBOX over several connections (group commits batch them)."""
+    import threading
+    step = -(-count // connections)
+    threads = [threading.Thread(target=seed_range,
+                                args=(port, user, range(k, min(k + step, count)), size))
+               for k in range(0, count, step)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
 
 
 # ---- Dovecot ----
@@ -346,6 +367,14 @@ def imap_load(port: int, scenario: str, args) -> dict:
                      "--items", "FLAGS BODY.PEEK[]", "--duration-secs", "300"], PASSWORD)
 
 
+def imap_load_one(port: int, user: str, args) -> dict:
+    """The mix with every session on one account's INBOX."""
+    return run_tool([str(RELEASE / "imap-load"), "--scenario", "mix",
+                     "--target", f"127.0.0.1:{port}", "--connections", str(args.imap_clients),
+                     "--count", str(args.imap_count), "--user", user,
+                     "--items", "FLAGS BODY.PEEK[]", "--duration-secs", "300"], PASSWORD)
+
+
 def pop3_load(port: int, args) -> dict:
     return run_tool([str(RELEASE / "pop3-load"), "--target", f"127.0.0.1:{port}",
                      "--workers", str(args.pop3_workers), "--users", str(args.users),
@@ -370,7 +399,7 @@ def commands_per_sec(res: dict) -> float:
     return float(res["ops_per_sec"])
 
 
-LOADS = ("mix", "churn", "pop3", "idle", "smtp", "churn-plain")
+LOADS = ("mix", "churn", "pop3", "idle", "smtp", "churn-plain", "big")
 
 
 def main() -> None:
@@ -387,9 +416,13 @@ def main() -> None:
     p.add_argument("--smtp-messages", type=int, default=5000)
     p.add_argument("--idle-sessions", type=int, default=2000)
     p.add_argument("--skip-postfix", action="store_true")
+    p.add_argument("--big-messages", type=int, default=100_000,
+                   help="messages in the one INBOX of the `big` load (the mix on it, beside "
+                        "the same mix on a --messages-per-user INBOX)")
     p.add_argument("--json", type=Path, help="also write every raw result here")
-    p.add_argument("--only", default=",".join(LOADS),
-                   help=f"comma-separated loads to run, of: {', '.join(LOADS)}")
+    p.add_argument("--only", default=",".join(load for load in LOADS if load != "big"),
+                   help=f"comma-separated loads to run, of: {', '.join(LOADS)} (default: all "
+                        "but big, which seeds --big-messages into each server first)")
     args = p.parse_args()
     only = set(args.only.split(","))
     if only - set(LOADS):
@@ -397,11 +430,15 @@ def main() -> None:
     if args.quick:
         args.messages_per_user, args.imap_count, args.churn_count = 20, 2000, 500
         args.pop3_sessions, args.smtp_messages, args.idle_sessions = 40, 500, 200
+        args.big_messages = 2000
     for tool in ("mailfleet", "imap-load", "pop3-load", "smtp-load"):
         if not (RELEASE / tool).exists():
             sys.exit(f"{RELEASE / tool} missing: cargo build --release -p mailfleet "
                      "-p mailfleet-load-tests")
     names = users(args.users)
+    big_user = "big@" + DOMAIN
+    small_user = "small@" + DOMAIN
+    all_names = names + [big_user, small_user]
     results: dict[str, dict] = {}
     rows: list[tuple[str, str, str, str]] = []
 
@@ -413,13 +450,13 @@ def main() -> None:
     tmp.chmod(0o755)
     mf = Server(tmp / "mailfleet", MAILFLEET_ENV)
     mf.cli("domain", "add", DOMAIN)
-    for u in names:
+    for u in all_names:
         mf.cli("user", "add", u, "--password-stdin", stdin=PASSWORD + "\n")
     db = sqlite3.connect(tmp / "mailfleet" / "metadata.sqlite3")
     hashes = dict(db.execute("SELECT address, password_hash FROM accounts"))
     db.close()
     mf.start()
-    dovecot = start_dovecot({u: "{ARGON2ID}" + hashes[u] for u in names})
+    dovecot = start_dovecot({u: "{ARGON2ID}" + hashes[u] for u in all_names})
     try:
         if only & {"mix", "churn", "pop3", "churn-plain"}:
             print(f"== seeding {args.users} users x {args.messages_per_user} messages",
@@ -476,6 +513,24 @@ def main() -> None:
                     results[label]["durable_per_sec"],
                     rate(results["mailfleet_smtp"], "msgs_per_sec"), "msg/s")
 
+        if "big" in only:
+            # The same mix, 50 sessions on one INBOX: first a small one, then a large one.
+            print(f"== seeding {small_user} ({args.messages_per_user}) and {big_user} "
+                  f"({args.big_messages})", flush=True)
+            for port in (mf.imap_port, dovecot.port):
+                t0 = time.time()
+                seed_range(port, small_user, range(args.messages_per_user), 10240)
+                seed_big(port, big_user, args.big_messages, 10240)
+                print(f"    port {port}: {time.time() - t0:.0f} s", flush=True)
+            for label, user in (("small", small_user), ("big", big_user)):
+                print(f"== IMAP mix on one {label} INBOX", flush=True)
+                for server, port in (("dovecot", dovecot.port), ("mailfleet", mf.imap_port)):
+                    results[f"{server}_mix_{label}"] = imap_load_one(port, user, args)
+            for label, count in (("small", args.messages_per_user), ("big", args.big_messages)):
+                row(f"IMAP mix, {args.imap_clients} sessions on one {count:,}-message INBOX "
+                    "(commands/s)", commands_per_sec(results[f"dovecot_mix_{label}"]),
+                    commands_per_sec(results[f"mailfleet_mix_{label}"]), "cmd/s")
+
         if "churn-plain" in only:
             print("== IMAP churn, Dovecot with plaintext passwords", flush=True)
             dovecot.stop()
@@ -493,8 +548,8 @@ def main() -> None:
     idle = results.get("mailfleet_idle", {})
     print()
     print(f"Run of {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-          f"{os.cpu_count()} cores, release build; command: python3 scripts/bench_compare.py"
-          + (" --quick" if args.quick else ""))
+          f"{os.cpu_count()} cores, release build; command: "
+          + " ".join(["python3", "scripts/bench_compare.py", *sys.argv[1:]]))
     print()
     print("| load | Dovecot / Postfix | Mailfleet | ratio |")
     print("|---|---|---|---|")

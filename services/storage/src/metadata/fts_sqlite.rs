@@ -41,8 +41,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::sync::oneshot;
 
-/// Schema version 9: the full-text index. Every message already stored is pending (the
-/// reindex, `mailfleet admin reindex`, indexes them).
+/// Schema version 9: the full-text index, then in the metadata database (a migration text:
+/// frozen, so it repeats what [`INDEX_SCHEMA`] now creates in the index file). Every message
+/// already stored is pending (`mailfleet reindex` indexes them).
 pub(super) const SCHEMA_V9: &str = r#"
 CREATE TABLE fts_docs (
     id INTEGER PRIMARY KEY,

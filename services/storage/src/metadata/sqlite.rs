@@ -3360,6 +3360,49 @@ mod tests {
         )
     }
 
+    /// A store at `path` with one account: the store, the account and its INBOX.
+    async fn store_with_inbox(path: &Path) -> (SqliteMetadataStore, AccountId, MailboxId) {
+        let meta = SqliteMetadataStore::open(path, 16).expect("open");
+        meta.create_domain("example.test").await.expect("domain");
+        let acct = meta
+            .create_account("a@example.test", "$argon2id$x", 0)
+            .await
+            .expect("account");
+        let inbox = meta.get_mailbox(acct.id, "INBOX").await.unwrap().unwrap();
+        (meta, acct.id, inbox.id)
+    }
+
+    /// `n` small unflagged messages appended to `mailbox`; their UIDs.
+    async fn append_plain(
+        meta: &SqliteMetadataStore,
+        account: AccountId,
+        mailbox: MailboxId,
+        n: u64,
+    ) -> Vec<Uid> {
+        let messages = (0..n)
+            .map(|i| NewMessage {
+                account,
+                mailbox,
+                blob: BlobId::of(format!("m{i}").as_bytes()),
+                size: 100,
+                internal_date: 0,
+                flags: Flags::default(),
+                summary: None,
+                refs: Default::default(),
+            })
+            .collect();
+        meta.append(messages, QuotaPolicy::Allow)
+            .await
+            .expect("append")
+            .iter()
+            .map(|a| a.uid)
+            .collect()
+    }
+
+    fn body_text(words: &str) -> crate::MessageText {
+        crate::MessageText::from_pairs(vec![("body".into(), words.into())], true)
+    }
+
     /// A database of schema v12 kept its index in its own file: after the upgrade the texts
     /// are in the index file, found by a search, and what was pending still is.
     #[tokio::test]
@@ -3414,39 +3457,13 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let path = dir.path().join("m.sqlite3");
         let (inbox, uid) = {
-            let meta = SqliteMetadataStore::open(&path, 16).expect("open");
-            meta.create_domain("example.test").await.expect("domain");
-            let acct = meta
-                .create_account("a@example.test", "$argon2id$x", 0)
-                .await
-                .expect("account");
-            let inbox = meta.get_mailbox(acct.id, "INBOX").await.unwrap().unwrap();
-            let uid = meta
-                .append(
-                    vec![NewMessage {
-                        account: acct.id,
-                        mailbox: inbox.id,
-                        blob: BlobId::of(b"m"),
-                        size: 1,
-                        internal_date: 0,
-                        flags: Flags::default(),
-                        summary: None,
-                        refs: Default::default(),
-                    }],
-                    QuotaPolicy::Allow,
-                )
-                .await
-                .expect("append")[0]
-                .uid;
-            let text = crate::MessageText::from_pairs(vec![("body".into(), "zebra".into())], true);
-            meta.index_text(inbox.id, vec![(uid, text)])
+            let (meta, account, inbox) = store_with_inbox(&path).await;
+            let uid = append_plain(&meta, account, inbox, 1).await[0];
+            meta.index_text(inbox, vec![(uid, body_text("zebra"))])
                 .await
                 .expect("index");
-            assert_eq!(
-                search(&meta, inbox.id, "zebra").await,
-                (vec![uid.0], vec![])
-            );
-            (inbox.id, uid)
+            assert_eq!(search(&meta, inbox, "zebra").await, (vec![uid.0], vec![]));
+            (inbox, uid)
         };
         let index = fts_sqlite::index_path(&path);
         for suffix in ["", "-wal", "-shm"] {
@@ -3470,44 +3487,24 @@ mod tests {
     async fn an_expunged_messages_texts_leave_the_index_file() {
         let dir = tempfile::tempdir().expect("tmp");
         let path = dir.path().join("m.sqlite3");
-        let meta = SqliteMetadataStore::open(&path, 16).expect("open");
-        meta.create_domain("example.test").await.expect("domain");
-        let acct = meta
-            .create_account("a@example.test", "$argon2id$x", 0)
-            .await
-            .expect("account");
-        let inbox = meta.get_mailbox(acct.id, "INBOX").await.unwrap().unwrap();
-        let new = |i: u64| NewMessage {
-            account: acct.id,
-            mailbox: inbox.id,
-            blob: BlobId::of(format!("m{i}").as_bytes()),
-            size: 100,
-            internal_date: 0,
-            flags: Flags::default(),
-            summary: None,
-            refs: Default::default(),
-        };
-        let uids: Vec<Uid> = meta
-            .append(vec![new(0), new(1)], QuotaPolicy::Allow)
-            .await
-            .expect("append")
-            .iter()
-            .map(|a| a.uid)
-            .collect();
-        let text = |w: &str| crate::MessageText::from_pairs(vec![("body".into(), w.into())], true);
+        let (meta, account, inbox) = store_with_inbox(&path).await;
+        let uids = append_plain(&meta, account, inbox, 2).await;
         meta.index_text(
-            inbox.id,
-            vec![(uids[0], text("zebra one")), (uids[1], text("zebra two"))],
+            inbox,
+            vec![
+                (uids[0], body_text("zebra one")),
+                (uids[1], body_text("zebra two")),
+            ],
         )
         .await
         .expect("index");
         assert_eq!(
-            search(&meta, inbox.id, "zebra").await,
+            search(&meta, inbox, "zebra").await,
             (vec![uids[0].0, uids[1].0], vec![])
         );
-        meta.expunge(inbox.id, &[uids[0]]).await.expect("expunge");
+        meta.expunge(inbox, &[uids[0]]).await.expect("expunge");
         assert_eq!(
-            search(&meta, inbox.id, "zebra").await,
+            search(&meta, inbox, "zebra").await,
             (vec![uids[1].0], vec![]),
             "an expunged message is no match, even before its texts are dropped"
         );
