@@ -19,7 +19,8 @@ by imaplib). Then each load runs against each server:
 - SMTP ingest: `smtp-load` into Mailfleet (its 250 comes after the message is in the
   mailbox) and into Postfix (timed until the last message is in the Dovecot or Maildir
   mailbox, so both figures mean "durable in the mailbox");
-- IMAP idle memory (Mailfleet only: Dovecot runs a process per session).
+- IMAP idle memory, plain and implicit TLS, each on a freshly started server (Mailfleet
+  only: Dovecot runs a process per session).
 
     apt-get install dovecot-imapd dovecot-pop3d dovecot-lmtpd postfix
     cargo build --release -p mailfleet -p mailfleet-load-tests
@@ -492,10 +493,25 @@ def main() -> None:
                 rate(results["mailfleet_pop3"], "retr_per_sec"), "RETR/s")
 
         if "idle" in only:
+            # Each idle figure is over a freshly started server's baseline: memory the
+            # loads before it touched would otherwise hide in the "before" reading.
+            mf.stop()
+            mf.start()
             print("== IMAP idle memory (Mailfleet)", flush=True)
             results["mailfleet_idle"] = run_tool(
                 [str(RELEASE / "imap-load"), "--scenario", "idle",
                  "--target", f"127.0.0.1:{mf.imap_port}",
+                 "--connections", str(args.idle_sessions),
+                 "--user", USER, "--users", str(args.users), "--hold-secs", "3",
+                 "--server-pid", str(mf.proc.pid)], PASSWORD)
+            mf.stop()
+            mf.start()
+            print("== IMAP idle memory over implicit TLS (Mailfleet)", flush=True)
+            results["mailfleet_idle_tls"] = run_tool(
+                [str(RELEASE / "imap-load"), "--scenario", "idle",
+                 "--target", f"127.0.0.1:{mf.imaps_port}",
+                 "--tls-ca", str(tmp / "mailfleet" / "tls" / "self-signed.crt"),
+                 "--tls-name", "mx.example.test",
                  "--connections", str(args.idle_sessions),
                  "--user", USER, "--users", str(args.users), "--hold-secs", "3",
                  "--server-pid", str(mf.proc.pid)], PASSWORD)
@@ -558,6 +574,10 @@ def main() -> None:
     if idle:
         print(f"| IMAP IDLE, {idle['idling']} plain sessions | a process per session | "
               f"{idle['rss_per_connection_kib']:.1f} KiB per extra session | |")
+    idle_tls = results.get("mailfleet_idle_tls", {})
+    if idle_tls:
+        print(f"| IMAP IDLE, {idle_tls['idling']} implicit-TLS sessions | a process per session | "
+              f"{idle_tls['rss_per_connection_kib']:.1f} KiB per extra session | |")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

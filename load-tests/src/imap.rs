@@ -28,7 +28,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, bail, Context as _};
 use hdrhistogram::Histogram;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch, Barrier};
 use tokio::time::Instant;
@@ -830,6 +829,8 @@ pub struct ImapLoadConfig {
     /// Longest wait for any single connect, write or response.
     pub io_timeout: Duration,
     pub read_limits: ReadLimits,
+    /// Connect with implicit TLS (the targets are port-993-style listeners).
+    pub tls: Option<TlsTarget>,
 }
 
 impl Default for ImapLoadConfig {
@@ -853,6 +854,7 @@ impl Default for ImapLoadConfig {
             max_server_rss_kib: None,
             io_timeout: Duration::from_secs(30),
             read_limits: ReadLimits::default(),
+            tls: None,
         }
     }
 }
@@ -938,9 +940,62 @@ where
 }
 
 /// An established IMAP connection.
+/// Either half of a plain TCP or a TLS connection.
+type ReadSide = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
+type WriteSide = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
+
+/// Implicit TLS (port-993 style) for the load's connections: the client configuration
+/// trusting the server's certificate, and the name to check it against.
+#[derive(Clone)]
+pub struct TlsTarget {
+    pub connector: tokio_rustls::TlsConnector,
+    pub name: rustls_pki_types::ServerName<'static>,
+}
+
+impl std::fmt::Debug for TlsTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsTarget")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl TlsTarget {
+    /// Trusts only the certificates in `ca_pem` (a self-signed server's own certificate,
+    /// for a test server) and checks them against `name`.
+    pub fn from_pem_file(ca_pem: &std::path::Path, name: &str) -> anyhow::Result<Self> {
+        use rustls_pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pki_types::CertificateDer::pem_file_iter(ca_pem)
+            .with_context(|| format!("reading {}", ca_pem.display()))?
+        {
+            let cert = cert.with_context(|| format!("a certificate in {}", ca_pem.display()))?;
+            roots
+                .add(cert)
+                .with_context(|| format!("a certificate in {}", ca_pem.display()))?;
+        }
+        if roots.is_empty() {
+            bail!("no certificate in {}", ca_pem.display());
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let name = rustls_pki_types::ServerName::try_from(name.to_string())
+            .with_context(|| format!("bad TLS server name {name:?}"))?;
+        Ok(Self {
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            name,
+        })
+    }
+}
+
 struct Conn {
-    reader: BufReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
+    reader: BufReader<ReadSide>,
+    writer: WriteSide,
     next_tag: u64,
     deadline: Instant,
     io_timeout: Duration,
@@ -955,6 +1010,7 @@ impl Conn {
         io_timeout: Duration,
         limits: ReadLimits,
         buffer: usize,
+        tls: Option<&TlsTarget>,
     ) -> Result<Conn, (&'static str, ImapError)> {
         let stream = bounded(deadline, io_timeout, async {
             TcpStream::connect(addr).await.map_err(ImapError::from)
@@ -963,7 +1019,24 @@ impl Conn {
         .map_err(|e| ("connect", e))?;
         // Commands are small writes; without NODELAY Nagle would add delayed-ACK stalls.
         let _ = stream.set_nodelay(true);
-        let (r, w) = stream.into_split();
+        let (r, w): (ReadSide, WriteSide) = match tls {
+            None => {
+                let (r, w) = stream.into_split();
+                (Box::new(r), Box::new(w))
+            }
+            Some(t) => {
+                let tls = bounded(deadline, io_timeout, async {
+                    t.connector
+                        .connect(t.name.clone(), stream)
+                        .await
+                        .map_err(ImapError::from)
+                })
+                .await
+                .map_err(|e| ("tls", e))?;
+                let (r, w) = tokio::io::split(tls);
+                (Box::new(r), Box::new(w))
+            }
+        };
         let mut conn = Conn {
             reader: BufReader::with_capacity(buffer, r),
             writer: w,
@@ -1634,6 +1707,7 @@ async fn setup(shared: &Shared, id: usize, stats: &mut OpsStats) -> Setup {
         cfg.io_timeout,
         cfg.read_limits,
         buffer,
+        cfg.tls.as_ref(),
     )
     .await
     {
@@ -2024,6 +2098,7 @@ async fn idle_connection(
             cfg.io_timeout,
             cfg.read_limits,
             IDLE_BUFFER,
+            cfg.tls.as_ref(),
         )
         .await?;
         conn.login_select(&cfg.user_for(id), &cfg.password, &cfg.mailbox)
@@ -2196,6 +2271,21 @@ async fn run_idle(cfg: ImapLoadConfig, addrs: Vec<SocketAddr>) -> anyhow::Result
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn tls_target_trusts_the_given_certificate_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        mailfleet_core::tls::generate_self_signed("mx.example.test", &cert, &key)
+            .expect("generate");
+        let target = TlsTarget::from_pem_file(&cert, "mx.example.test").expect("load");
+        assert_eq!(format!("{target:?}"), r#"TlsTarget { name: DnsName("mx.example.test") }"#);
+        std::fs::write(&key, "").expect("empty");
+        let empty = TlsTarget::from_pem_file(&key, "mx.example.test").expect_err("no cert");
+        assert!(format!("{empty:#}").contains("no certificate"), "{empty:#}");
+        assert!(TlsTarget::from_pem_file(&cert, "not a name!").is_err());
+    }
+
     use super::*;
 
     #[test]

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use mailfleet_load_tests::imap::{run_imap_load, ImapLoadConfig, Scenario};
+use mailfleet_load_tests::imap::{run_imap_load, ImapLoadConfig, Scenario, TlsTarget};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum ScenarioArg {
@@ -97,13 +97,22 @@ struct Args {
     #[arg(long, value_name = "MIB")]
     max_server_rss_mib: Option<u64>,
 
+    /// Connect with implicit TLS, trusting only the certificates in this PEM file (for a
+    /// test server, its own self-signed certificate): the targets are port-993 listeners.
+    #[arg(long, value_name = "PEM")]
+    tls_ca: Option<std::path::PathBuf>,
+
+    /// Name the server's certificate is checked against (with --tls-ca).
+    #[arg(long, default_value = "localhost")]
+    tls_name: String,
+
     /// Also print the results as one JSON line after the table.
     #[arg(long)]
     json: bool,
 }
 
 impl Args {
-    fn into_config(self) -> ImapLoadConfig {
+    fn into_config(self) -> anyhow::Result<ImapLoadConfig> {
         let scenario = match self.scenario {
             ScenarioArg::Fetch => Scenario::Fetch,
             ScenarioArg::Append => Scenario::Append,
@@ -117,7 +126,7 @@ impl Args {
             120
         };
         let usize_of = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
-        ImapLoadConfig {
+        Ok(ImapLoadConfig {
             scenario,
             targets: self.targets,
             connections: usize_of(self.connections),
@@ -133,8 +142,12 @@ impl Args {
             hold: Duration::from_secs(self.hold_secs),
             server_pid: self.server_pid,
             max_server_rss_kib: self.max_server_rss_mib.map(|m| m.saturating_mul(1024)),
+            tls: match &self.tls_ca {
+                Some(ca) => Some(TlsTarget::from_pem_file(ca, &self.tls_name)?),
+                None => None,
+            },
             ..ImapLoadConfig::default()
-        }
+        })
     }
 }
 
@@ -142,7 +155,14 @@ impl Args {
 async fn main() -> ExitCode {
     let args = Args::parse();
     let json = args.json;
-    match run_imap_load(args.into_config()).await {
+    let cfg = match args.into_config() {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("imap-load: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match run_imap_load(cfg).await {
         Ok(report) => {
             print!("{}", report.table());
             if json {
