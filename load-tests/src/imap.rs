@@ -2279,7 +2279,10 @@ mod tests {
         mailfleet_core::tls::generate_self_signed("mx.example.test", &cert, &key)
             .expect("generate");
         let target = TlsTarget::from_pem_file(&cert, "mx.example.test").expect("load");
-        assert_eq!(format!("{target:?}"), r#"TlsTarget { name: DnsName("mx.example.test") }"#);
+        assert_eq!(
+            format!("{target:?}"),
+            r#"TlsTarget { name: DnsName("mx.example.test") }"#
+        );
         std::fs::write(&key, "").expect("empty");
         let empty = TlsTarget::from_pem_file(&key, "mx.example.test").expect_err("no cert");
         assert!(format!("{empty:#}").contains("no certificate"), "{empty:#}");
