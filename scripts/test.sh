@@ -41,6 +41,9 @@ command -v mbsync >/dev/null 2>&1 || missing+=(isync)
 command -v cc >/dev/null 2>&1 || missing+=(gcc)
 # Redis is the cluster coordinator (services/storage/tests/conformance_redis.rs, tests/e2e).
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+# A real Prometheus scrapes the server and evaluates the shipped dashboards and alert rules
+# (tests/e2e/test_metrics_prometheus.py); promtool checks and unit-tests the rules.
+command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 if [ "${#missing[@]}" -gt 0 ]; then
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null

@@ -44,6 +44,7 @@ use mailfleet_core::config::AuthConfig;
 use mailfleet_core::credentials::{hash_password, verify_password};
 use mailfleet_core::Address;
 use mailfleet_storage::{Account, AppPassword, StoreError, Stores};
+use mailfleet_telemetry::{LoginResult, RateLimit};
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -59,6 +60,17 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    /// The protocol a login counts under in the metrics (`None`: not counted; HTTP
+    /// logins have no front-end yet).
+    fn metrics(self) -> Option<mailfleet_telemetry::Protocol> {
+        match self {
+            Protocol::Imap => Some(mailfleet_telemetry::Protocol::Imap),
+            Protocol::Pop3 => Some(mailfleet_telemetry::Protocol::Pop3),
+            Protocol::Submission => Some(mailfleet_telemetry::Protocol::Submission),
+            Protocol::Http => None,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Imap => "imap",
@@ -76,6 +88,8 @@ pub struct LoginRequest<'a> {
     pub password: &'a str,
     pub remote_ip: IpAddr,
     pub protocol: Protocol,
+    /// How the client presented the credentials (for `mailfleet_logins_total`).
+    pub mechanism: mailfleet_telemetry::Mechanism,
 }
 
 impl std::fmt::Debug for LoginRequest<'_> {
@@ -85,6 +99,7 @@ impl std::fmt::Debug for LoginRequest<'_> {
             .field("password", &"<redacted>")
             .field("remote_ip", &self.remote_ip)
             .field("protocol", &self.protocol)
+            .field("mechanism", &self.mechanism)
             .finish()
     }
 }
@@ -310,24 +325,55 @@ impl Authenticator {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Checks one login. See the crate documentation for the rules.
+    /// Checks one login. See the crate documentation for the rules. Every attempt is
+    /// counted in `mailfleet_logins_total`, with the reason a failure had.
     pub async fn authenticate(&self, req: LoginRequest<'_>) -> Result<Account, AuthError> {
+        let (result, why) = self.authenticate_counted(req).await;
+        if let Some(protocol) = req.protocol.metrics() {
+            mailfleet_telemetry::metrics().login(protocol, req.mechanism, why);
+        }
+        result
+    }
+
+    async fn authenticate_counted(
+        &self,
+        req: LoginRequest<'_>,
+    ) -> (Result<Account, AuthError>, LoginResult) {
+        match self.authenticate_inner(req).await {
+            Ok(account) => (Ok(account), LoginResult::Success),
+            Err((e, why)) => (Err(e), why),
+        }
+    }
+
+    async fn authenticate_inner(
+        &self,
+        req: LoginRequest<'_>,
+    ) -> Result<Account, (AuthError, LoginResult)> {
+        let temp = |e: AuthError| (e, LoginResult::TemporaryFailure);
         let username = normalize_username(req.username);
         let limits = &self.inner.policy.limits;
         let coord = self.inner.stores.coord.as_ref();
         // Counted before verifying, so parallel attempts cannot all slip under the limit.
         let reservation = match throttle::reserve(coord, limits, req.remote_ip, &username)
             .await
-            .map_err(temporary)?
+            .map_err(|e| temp(temporary(e)))?
         {
-            throttle::Gate::Refuse(retry_after) => {
+            throttle::Gate::Refuse { retry_after, by } => {
+                let why = match by {
+                    throttle::Limit::Address => LoginResult::Throttled,
+                    throttle::Limit::Account => LoginResult::Locked,
+                };
+                mailfleet_telemetry::metrics().rate_limit_hit(match by {
+                    throttle::Limit::Address => RateLimit::LoginAddress,
+                    throttle::Limit::Account => RateLimit::LoginAccount,
+                });
                 tracing::warn!(
                     protocol = req.protocol.as_str(),
                     ip = %req.remote_ip,
                     user = ?username,
                     "login refused: too many failed logins"
                 );
-                return Err(AuthError::Throttled { retry_after });
+                return Err((AuthError::Throttled { retry_after }, why));
             }
             throttle::Gate::Proceed { delay, reservation } => {
                 if !delay.is_zero() {
@@ -341,7 +387,7 @@ impl Authenticator {
             Err(e) => {
                 // Nothing was decided: the attempt does not count as a failure.
                 throttle::release(coord, limits, reservation).await;
-                return Err(e);
+                return Err(temp(e));
             }
         };
         match checked {
@@ -376,7 +422,12 @@ impl Authenticator {
                     reason = failure.as_str(),
                     "authentication failed"
                 );
-                Err(AuthError::InvalidCredentials)
+                let why = match failure {
+                    Failure::UnknownUser => LoginResult::UnknownUser,
+                    Failure::BadPassword => LoginResult::BadPassword,
+                    Failure::MainPasswordNeedsSecondFactor => LoginResult::SecondFactorRequired,
+                };
+                Err((AuthError::InvalidCredentials, why))
             }
         }
     }

@@ -65,6 +65,14 @@ pub enum Mechanism {
 }
 
 impl Mechanism {
+    /// The label a login through this mechanism counts under.
+    pub fn metrics(self) -> mailfleet_telemetry::Mechanism {
+        match self {
+            Mechanism::Plain => mailfleet_telemetry::Mechanism::Plain,
+            Mechanism::Login => mailfleet_telemetry::Mechanism::SaslLogin,
+        }
+    }
+
     /// Case-insensitive mechanism name as sent by the client.
     pub fn parse(name: &str) -> Result<Self, SaslError> {
         if name.eq_ignore_ascii_case("PLAIN") {
@@ -188,6 +196,7 @@ pub enum Step {
 #[derive(Clone, Debug)]
 pub struct Exchange {
     state: State,
+    mechanism: Mechanism,
 }
 
 #[derive(Clone, Debug)]
@@ -203,6 +212,7 @@ impl Exchange {
     /// (RFC 4954 `AUTH PLAIN <b64>`, RFC 5034, RFC 4959), still base64-encoded.
     pub fn start(mechanism: Mechanism, initial: Option<&[u8]>) -> (Self, Step) {
         let mut ex = Exchange {
+            mechanism,
             state: match mechanism {
                 Mechanism::Plain => State::Plain,
                 Mechanism::Login => State::LoginUser,
@@ -214,6 +224,11 @@ impl Exchange {
             (_, Some(line)) => ex.step(line),
         };
         (ex, step)
+    }
+
+    /// The mechanism the exchange was started with.
+    pub fn mechanism(&self) -> Mechanism {
+        self.mechanism
     }
 
     /// Feeds one client line (base64, or `*` to cancel).

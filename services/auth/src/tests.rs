@@ -55,6 +55,7 @@ fn req<'a>(user: &'a str, password: &'a str, from: &str) -> LoginRequest<'a> {
         password,
         remote_ip: ip(from),
         protocol: Protocol::Imap,
+        mechanism: mailfleet_telemetry::Mechanism::Plain,
     }
 }
 

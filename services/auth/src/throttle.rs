@@ -66,8 +66,18 @@ pub enum Gate {
         delay: Duration,
         reservation: Reservation,
     },
-    /// Refuse without verifying; the window ends in this long.
-    Refuse(Duration),
+    /// Refuse without verifying; the window ends in `retry_after`. `by` says which limit
+    /// refused (the address's or the account's), for the metrics.
+    Refuse { retry_after: Duration, by: Limit },
+}
+
+/// The limit that refused an attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Limit {
+    /// Too many failures from the client's network (or from it for this user name).
+    Address,
+    /// Too many failures for the account from everywhere: it is locked for the window.
+    Account,
 }
 
 /// The network an address is counted under: the address itself for IPv4, its /64 for IPv6
@@ -136,7 +146,10 @@ pub async fn reserve(
     ip: IpAddr,
     username: &str,
 ) -> Result<Gate, StoreError> {
-    let refuse = || Gate::Refuse(window_remaining(limits.window));
+    let refuse = |by| Gate::Refuse {
+        retry_after: window_remaining(limits.window),
+        by,
+    };
     let mut reservation = Reservation::default();
     let known = !username.is_empty() && coord.is_marked(&known_key(ip, username)).await?;
     let first = if known {
@@ -148,7 +161,7 @@ pub async fn reserve(
     reservation.keys.push(first);
     if n > limits.max_failures_per_ip {
         release(coord, limits, reservation).await;
-        return Ok(refuse());
+        return Ok(refuse(Limit::Address));
     }
     if !known {
         let key = user_key(username);
@@ -158,7 +171,7 @@ pub async fn reserve(
                 reservation.keys.push(key);
                 if m > limits.max_failures_per_account {
                     release(coord, limits, reservation).await;
-                    return Ok(refuse());
+                    return Ok(refuse(Limit::Account));
                 }
             }
             Err(e) => {

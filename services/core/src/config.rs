@@ -33,7 +33,7 @@ pub struct Config {
     pub http: HttpConfig,
 }
 
-/// The HTTP listener: health probes now; JMAP, webmail and metrics share it later.
+/// The HTTP listener: health probes and metrics now; JMAP and webmail share it later.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
@@ -41,6 +41,9 @@ pub struct HttpConfig {
     pub listen: Vec<SocketAddr>,
     /// Deadline for each backend check of `/readyz`.
     pub readiness_timeout_ms: u64,
+    /// Serve `GET /metrics` (Prometheus text format). Counting goes on either way; this
+    /// only decides whether the page is served.
+    pub metrics: bool,
 }
 
 impl Default for HttpConfig {
@@ -48,6 +51,7 @@ impl Default for HttpConfig {
         Self {
             listen: vec!["127.0.0.1:8080".parse().expect("literal address")],
             readiness_timeout_ms: 2000,
+            metrics: true,
         }
     }
 }

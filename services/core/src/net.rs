@@ -14,6 +14,7 @@
 
 use crate::proxy::{ProxyError, ProxyProtocol, RefuseProxyHeader};
 use crate::shutdown::Shutdown;
+use mailfleet_telemetry::{ListenerMetrics, Protocol, RefuseReason, TlsOutcome};
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -43,23 +44,41 @@ pub fn describe_tls(conn: &ServerConnection) -> String {
     }
 }
 
+/// The metrics outcome of a completed handshake: its negotiated version.
+fn tls_outcome(conn: &ServerConnection) -> TlsOutcome {
+    match conn.protocol_version() {
+        Some(ProtocolVersion::TLSv1_3) => TlsOutcome::Tls13,
+        Some(ProtocolVersion::TLSv1_2) => TlsOutcome::Tls12,
+        _ => TlsOutcome::OtherVersion,
+    }
+}
+
 /// Performs a server-side TLS handshake on `io` within `timeout`; returns the TLS stream
-/// and its description, or `None` when the handshake failed or timed out.
+/// and its description, or `None` when the handshake failed or timed out. Every
+/// handshake is counted under `protocol` (`mailfleet_tls_handshakes_total`).
 pub async fn tls_handshake(
     acceptor: &TlsAcceptor,
     io: Box<dyn Io>,
     timeout: Duration,
+    protocol: Protocol,
 ) -> Option<(Box<dyn Io>, String)> {
+    let metrics = mailfleet_telemetry::metrics();
     match tokio::time::timeout(timeout, acceptor.accept(io)).await {
         Ok(Ok(stream)) => {
-            let desc = describe_tls(stream.get_ref().1);
+            let conn = stream.get_ref().1;
+            metrics.tls_handshake(protocol, tls_outcome(conn));
+            let desc = describe_tls(conn);
             Some((Box::new(stream), desc))
         }
         Ok(Err(e)) => {
+            metrics.tls_handshake(protocol, TlsOutcome::Failed);
             tracing::debug!(error = %e, "TLS handshake failed");
             None
         }
-        Err(_) => None,
+        Err(_) => {
+            metrics.tls_handshake(protocol, TlsOutcome::TimedOut);
+            None
+        }
     }
 }
 
@@ -166,6 +185,8 @@ pub struct AcceptLoop {
     /// `Some` when `server.proxy_protocol` is on: trusted peers must send a PROXY header
     /// (read before TLS and before the greeting), others must not.
     pub proxy: Option<Arc<ProxyProtocol>>,
+    /// This listener's connection series (`mailfleet_connections_*`), resolved once.
+    pub metrics: ListenerMetrics,
 }
 
 /// A new connection handed to the protocol: the stream, the client, and the TLS
@@ -190,6 +211,7 @@ async fn proxied_client(
     balancer: SocketAddr,
     per_ip: &PerIpLimit,
     busy: &'static [u8],
+    metrics: &ListenerMetrics,
 ) -> Option<(SocketAddr, PerIpGuard)> {
     let client = match proxy.accept(stream, balancer).await {
         Ok(client) => client,
@@ -207,6 +229,7 @@ async fn proxied_client(
         tracing::info!(client = %client, proxy = %balancer, "PROXY header accepted");
     }
     let Some(guard) = per_ip.try_acquire(client.ip()) else {
+        metrics.refused(RefuseReason::PerIp);
         tracing::info!(peer = %client, proxy = %balancer, "connection refused: too many from this address");
         let _ = tokio::time::timeout(BUSY_WRITE_TIMEOUT, stream.write_all(busy)).await;
         return None;
@@ -261,6 +284,7 @@ impl AcceptLoop {
                 None
             } else {
                 let Some(g) = self.per_ip.try_acquire(peer.ip()) else {
+                    self.metrics.refused(RefuseReason::PerIp);
                     tracing::info!(peer = %peer, "connection refused: too many from this address");
                     refuse(stream, self.busy_reply);
                     continue;
@@ -268,6 +292,7 @@ impl AcceptLoop {
                 Some(g)
             };
             let Ok(permit) = limit.clone().try_acquire_owned() else {
+                self.metrics.refused(RefuseReason::MaxConnections);
                 refuse(stream, self.busy_reply);
                 continue;
             };
@@ -278,6 +303,7 @@ impl AcceptLoop {
             let refuse_headers = self.proxy.is_some() && from_proxy.is_none();
             let per_ip = self.per_ip.clone();
             let busy = self.busy_reply;
+            let metrics = self.metrics.clone();
             tokio::spawn(async move {
                 let _permit = permit;
                 let _done = done;
@@ -285,7 +311,8 @@ impl AcceptLoop {
                 let (peer, proxied_by, _ip_guard) = match (from_proxy, early_guard) {
                     (Some(proxy), _) => {
                         let Some((client, guard)) =
-                            proxied_client(&proxy, &mut stream, peer, &per_ip, busy).await
+                            proxied_client(&proxy, &mut stream, peer, &per_ip, busy, &metrics)
+                                .await
                         else {
                             return;
                         };
@@ -294,21 +321,28 @@ impl AcceptLoop {
                     (None, Some(guard)) => (peer, None, guard),
                     (None, None) => return,
                 };
+                // Counted from here (the client is known and admitted) until the session
+                // ends, TLS handshake included.
+                let _active = metrics.opened();
                 let io: Box<dyn Io> = if refuse_headers {
                     Box::new(RefuseProxyHeader::new(stream, peer))
                 } else {
                     Box::new(stream)
                 };
                 let accepted = match tls {
-                    Some(acceptor) => match tls_handshake(&acceptor, io, handshake_timeout).await {
-                        Some((io, desc)) => Accepted {
-                            io,
-                            peer,
-                            proxied_by,
-                            tls: Some(desc),
-                        },
-                        None => return,
-                    },
+                    Some(acceptor) => {
+                        match tls_handshake(&acceptor, io, handshake_timeout, metrics.protocol())
+                            .await
+                        {
+                            Some((io, desc)) => Accepted {
+                                io,
+                                peer,
+                                proxied_by,
+                                tls: Some(desc),
+                            },
+                            None => return,
+                        }
+                    }
                     None => Accepted {
                         io,
                         peer,
@@ -371,6 +405,11 @@ mod tests {
             shutdown,
             grace: Duration::from_secs(1),
             proxy: None,
+            // Series no other test of this binary touches, so the counts below are exact.
+            metrics: mailfleet_telemetry::metrics().listener(
+                Protocol::Submission,
+                mailfleet_telemetry::ListenerKind::ImplicitTls,
+            ),
         };
         tokio::spawn(accept.run(|mut a: Accepted| async move {
             let _ = a.io.write_all(b"HELLO\r\n").await;
@@ -406,6 +445,14 @@ mod tests {
             "another address gets in"
         );
         assert_eq!(per_ip.current("127.0.0.1".parse().expect("ip")), 3);
+        let text = mailfleet_telemetry::metrics().render().expect("render");
+        for line in [
+            r#"mailfleet_connections_refused_total{listener="implicit_tls",protocol="submission",reason="per_ip"} 1"#,
+            r#"mailfleet_connections_total{listener="implicit_tls",protocol="submission"} 4"#,
+            r#"mailfleet_connections_active{listener="implicit_tls",protocol="submission"} 4"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+        }
     }
     /// A v2 PROXY header for a TCP/IPv4 client, built by hand.
     fn v2_header(command: u8, client: [u8; 4], port: u16) -> Vec<u8> {
@@ -443,6 +490,8 @@ mod tests {
                 trusted,
                 Duration::from_secs(2),
             ))),
+            metrics: mailfleet_telemetry::metrics()
+                .listener(Protocol::Smtp, mailfleet_telemetry::ListenerKind::Plain),
         };
         tokio::spawn(accept.run(|mut a: Accepted| async move {
             let via = a.proxied_by.map(|p| p.ip().to_string()).unwrap_or_default();

@@ -133,7 +133,23 @@ pub fn load_certified_key(src: &CertSource) -> Result<CertifiedKey, TlsError> {
         path: src.key.clone(),
         message: format!("does not match the certificate: {e}"),
     })?;
+    publish_expiry(&certified.cert);
     Ok(certified)
+}
+
+/// Sets `mailfleet_tls_certificate_expiry_timestamp_seconds` to the server certificate's
+/// notAfter (label `certificate="server"`: every listener serves the one chain). An
+/// unreadable date is logged and leaves the series out, which the "certificate expiring"
+/// alert then cannot see; the handshake itself is rustls's business.
+fn publish_expiry(chain: &[CertificateDer<'static>]) {
+    let Some(leaf) = chain.first() else { return };
+    match x509_parser::parse_x509_certificate(leaf.as_ref()) {
+        Ok((_, cert)) => {
+            let not_after = cert.validity().not_after.timestamp();
+            mailfleet_telemetry::metrics().set_certificates(&[("server".to_string(), not_after)]);
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read the certificate's expiry date"),
+    }
 }
 
 /// The certificate resolver shared by every listener.

@@ -44,6 +44,7 @@ use mailfleet_storage::{
     Lease, NewOutbound, NewOutboundRecipient, OutboundMessage, QueueId, RecipientState,
     RecipientUpdate, Stores,
 };
+use mailfleet_telemetry::{DeliveryResult, DeliveryTls, RateLimit};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -657,12 +658,40 @@ impl Worker {
 
     /// One domain's recipients: limits, routing, the claim, then each host in turn.
     /// `Err` only when the claim could not be written (nothing was sent).
+    /// One domain's attempt, counted in `mailfleet_delivery_attempts_total`: one per
+    /// recipient outcome, under the TLS the last host tried was held to (`none` when no
+    /// host was reached, or the host did not offer STARTTLS to an opportunistic attempt is
+    /// not told apart from one that did: the policy is what the label says).
     async fn attempt_domain(
         &self,
         ctx: &AttemptCtx<'_>,
         domain: &str,
         rcpts: Vec<String>,
         body: &[u8],
+    ) -> Result<Vec<Outcome>, crate::DeliveryError> {
+        let used = std::sync::Mutex::new(DeliveryTls::None);
+        let out = self
+            .attempt_domain_inner(ctx, domain, rcpts, body, &used)
+            .await?;
+        let m = mailfleet_telemetry::metrics();
+        for o in &out {
+            let result = match o.result {
+                RcptResult::Accepted(_) => DeliveryResult::Delivered,
+                RcptResult::Temporary(_) => DeliveryResult::Deferred,
+                RcptResult::Permanent(_) => DeliveryResult::Bounced,
+            };
+            m.delivery_attempt(result, *used.lock().unwrap_or_else(|p| p.into_inner()));
+        }
+        Ok(out)
+    }
+
+    async fn attempt_domain_inner(
+        &self,
+        ctx: &AttemptCtx<'_>,
+        domain: &str,
+        rcpts: Vec<String>,
+        body: &[u8],
+        used: &std::sync::Mutex<DeliveryTls>,
     ) -> Result<Vec<Outcome>, crate::DeliveryError> {
         let msg = ctx.msg;
         let every = |result: RcptResult, remote: Option<String>| -> Vec<Outcome> {
@@ -679,6 +708,8 @@ impl Worker {
         // recipients get no outcome and no claim, so they stay queued and due, untouched,
         // for the next poll: no attempt is counted and no backoff grows.
         let Some(_slot) = self.destination_slot(domain) else {
+            mailfleet_telemetry::metrics()
+                .rate_limit_hit(RateLimit::DeliveryDestinationConcurrency);
             tracing::debug!(domain, "destination concurrency limit reached; waiting");
             return Ok(Vec::new());
         };
@@ -692,6 +723,8 @@ impl Worker {
                 .await
             {
                 Ok(n) if n > u64::from(per_minute) => {
+                    mailfleet_telemetry::metrics()
+                        .rate_limit_hit(RateLimit::DeliveryDestinationRate);
                     tracing::debug!(domain, "destination rate limit reached; waiting");
                     return Ok(Vec::new());
                 }
@@ -736,6 +769,11 @@ impl Worker {
                     last = format!("451 4.4.3 {e}");
                     continue;
                 }
+            };
+            *used.lock().unwrap_or_else(|p| p.into_inner()) = match tls {
+                HostTls::Dane(_) => DeliveryTls::Dane,
+                HostTls::Mode(TlsMode::Required) => DeliveryTls::MtaSts,
+                HostTls::Mode(_) => DeliveryTls::Opportunistic,
             };
             for addr in addrs {
                 match client::deliver(
@@ -1082,6 +1120,7 @@ impl Worker {
         // Stored (and pinned) before the record that references it: a record that fails
         // leaves an unreferenced blob, which the orphan sweep removes.
         let blob = self.inner.stores.put_blob(Bytes::from(dsn)).await?;
+        mailfleet_telemetry::metrics().dsn_sent(kind != dsn::Kind::Failure);
         Ok(Some(NewOutbound {
             blob,
             size,

@@ -9,6 +9,12 @@
 //!   stops sending new connections to a node that cannot reach its stores, and sends them
 //!   again by itself once the check passes.
 //!
+//! - `GET /metrics` ([`metrics_router`], on unless `http.metrics = false`): every metric
+//!   of the process ([`mailfleet_telemetry`]) in the Prometheus text format. It is on the
+//!   probe listener because that is the one a cluster's scraper already reaches, and it
+//!   needs no authentication for the same reason the probes do not: the listener is meant
+//!   for the cluster network, and no label carries an address, a user or a mailbox.
+//!
 //! Sockets stay in [`serve`]; [`router`] is plain axum, tested without a network.
 
 use axum::extract::State;
@@ -39,6 +45,66 @@ pub fn router(stores: Stores, readiness_timeout: Duration) -> Router {
             stores,
             readiness_timeout,
         })
+}
+
+/// `GET /metrics`, merged into [`router`] when metrics are on. Each scrape first brings
+/// the gauges that are read rather than counted up to date: `mailfleet_ready` (the
+/// `/readyz` check) and the outbound queue's depth and age (one query of the metadata
+/// store), each within `readiness_timeout`; a store that does not answer leaves the
+/// queue gauges as they were and `mailfleet_ready` at 0.
+pub fn metrics_router(stores: Stores, readiness_timeout: Duration) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(AppState {
+            stores,
+            readiness_timeout,
+        })
+}
+
+/// Sets `mailfleet_ready` and the queue gauges.
+async fn refresh_gauges(state: &AppState) {
+    let m = mailfleet_telemetry::metrics();
+    let ready = match tokio::time::timeout(state.readiness_timeout, state.stores.check()).await {
+        Ok(checks) => checks.iter().all(|(_, r)| r.is_ok()),
+        Err(_) => false,
+    };
+    m.set_ready(ready);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let stats = tokio::time::timeout(
+        state.readiness_timeout,
+        state.stores.meta.outbound_queue_stats(now),
+    )
+    .await;
+    match stats {
+        Ok(Ok(q)) => {
+            let age = |since: Option<i64>| {
+                Duration::from_secs(since.map_or(0, |s| u64::try_from(now - s).unwrap_or(0)))
+            };
+            m.set_queue("due", q.due, age(q.due_since));
+            m.set_queue("deferred", q.deferred, age(q.oldest_deferred));
+        }
+        Ok(Err(e)) => tracing::warn!(error = %e, "reading the queue for the metrics failed"),
+        Err(_) => tracing::warn!("reading the queue for the metrics timed out"),
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> axum::response::Response {
+    refresh_gauges(&state).await;
+    let m = mailfleet_telemetry::metrics();
+    match m.render() {
+        Ok(text) => ([(axum::http::header::CONTENT_TYPE, m.content_type())], text).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "rendering metrics failed");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("rendering metrics failed: {e}\n"),
+            )
+                .into_response()
+        }
+    }
 }
 
 async fn healthz() -> &'static str {
@@ -240,5 +306,67 @@ mod tests {
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
         assert_eq!(body["checks"]["blobs"]["ok"], false, "{body}");
         assert_eq!(body["checks"]["metadata"]["ok"], true, "{body}");
+    }
+
+    /// `GET /metrics` answers in the Prometheus text format with the families every
+    /// front-end counts in, and with what was counted.
+    #[tokio::test]
+    async fn metrics_are_served_in_prometheus_text_format() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let stores = mailfleet_storage::embedded::open(dir.path(), 8).expect("stores");
+        let m = mailfleet_telemetry::metrics();
+        m.imap.record(
+            m.imap.command("NOOP"),
+            mailfleet_telemetry::ImapStatus::Ok,
+            Duration::ZERO,
+        );
+        let app = router(stores.clone(), Duration::from_secs(5))
+            .merge(metrics_router(stores, Duration::from_secs(5)));
+        let resp = app
+            .oneshot(Request::get("/metrics").body(Body::empty()).expect("req"))
+            .await
+            .expect("resp");
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(
+            resp.headers()
+                .get(axum::http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok()),
+            Some("text/plain; version=0.0.4")
+        );
+        let bytes = axum::body::to_bytes(resp.into_body(), 16 << 20)
+            .await
+            .expect("body");
+        let text = String::from_utf8(bytes.to_vec()).expect("utf-8");
+        for (family, kind) in [
+            ("mailfleet_build_info", "gauge"),
+            ("mailfleet_connections_active", "gauge"),
+            ("mailfleet_connections_total", "counter"),
+            ("mailfleet_tls_handshakes_total", "counter"),
+            ("mailfleet_commands_total", "counter"),
+            ("mailfleet_command_duration_seconds", "histogram"),
+            ("mailfleet_smtp_messages_accepted_total", "counter"),
+            ("mailfleet_smtp_delivery_duration_seconds", "histogram"),
+            ("process_resident_memory_bytes", "gauge"),
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {family} {kind}\n")),
+                "{family} ({kind}) missing"
+            );
+        }
+        let noop = r#"mailfleet_commands_total{command="NOOP",protocol="imap",result="ok"} "#;
+        let count: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix(noop))
+            .and_then(|v| v.parse().ok())
+            .expect("the NOOP series");
+        assert!(count >= 1.0, "{count}");
+        // Without the metrics router (`http.metrics = false`) there is no such page.
+        let dir = tempfile::tempdir().expect("tmp");
+        let stores = mailfleet_storage::embedded::open(dir.path(), 8).expect("stores");
+        let resp = router(stores, Duration::from_secs(5))
+            .oneshot(Request::get("/metrics").body(Body::empty()).expect("req"))
+            .await
+            .expect("resp");
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
     }
 }

@@ -17,6 +17,7 @@ use imap_codec::imap_types::IntoStatic;
 use imap_codec::{AuthenticateDataCodec, CommandCodec, IdleDoneCodec};
 use mailfleet_core::net::{placeholder_io, tls_handshake, Io};
 use mailfleet_core::shutdown::Shutdown;
+use mailfleet_telemetry::{CommandId, ImapStatus};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::TlsAcceptor;
@@ -103,10 +104,70 @@ struct Conn {
     /// Mailbox names in responses are encoded in modified UTF-7 (the session did not
     /// enable UTF8=ACCEPT), or else sent as quoted UTF-8; see [`crate::mutf7`].
     mutf7: bool,
+    /// The command being answered and when it arrived: counted when its tagged status is
+    /// written (`mailfleet_commands_total`, `mailfleet_command_duration_seconds`).
+    pending: Option<(CommandId, std::time::Instant)>,
+}
+
+/// The command name of a framed message, for the metrics: the word after the tag, or the
+/// one after `UID` (`UID FETCH` counts as `FETCH`). Resolved against the fixed table, so
+/// whatever a client sends maps to a known name or `other`.
+fn command_of(message: &[u8]) -> CommandId {
+    let table = &mailfleet_telemetry::metrics().imap;
+    let mut words = message.split(|b| *b == b' ' || *b == b'\r' || *b == b'\n');
+    let _tag = words.next();
+    let verb = words.next().unwrap_or_default();
+    let verb = if verb.eq_ignore_ascii_case(b"UID") {
+        words.next().unwrap_or_default()
+    } else {
+        verb
+    };
+    std::str::from_utf8(verb).map_or(table.other(), |v| table.command(v))
+}
+
+/// The status of a tagged completion among `r` (typed, or a raw line `tag OK ...`).
+fn tagged_status(r: &Resp) -> Option<ImapStatus> {
+    use imap_codec::imap_types::response::{Response, Status, StatusKind};
+    let kind = match r {
+        Resp::Typed(Response::Status(Status::Tagged(t))) => t.body.kind,
+        Resp::Typed(_) => return None,
+        Resp::Raw(bytes) => {
+            let mut words = bytes.split(|b| *b == b' ' || *b == b'\r' || *b == b'\n');
+            match words.next() {
+                None | Some(b"*") | Some(b"+") | Some(b"") => return None,
+                Some(_) => {}
+            }
+            match words.next().unwrap_or_default() {
+                b"OK" => StatusKind::Ok,
+                b"NO" => StatusKind::No,
+                b"BAD" => StatusKind::Bad,
+                _ => return None,
+            }
+        }
+    };
+    Some(match kind {
+        StatusKind::Ok => ImapStatus::Ok,
+        StatusKind::No => ImapStatus::No,
+        StatusKind::Bad => ImapStatus::Bad,
+    })
 }
 
 impl Conn {
+    /// Counts the pending command with `status` (a reply without a tag ends it too).
+    fn finish_command(&mut self, status: ImapStatus) {
+        if let Some((cmd, started)) = self.pending.take() {
+            mailfleet_telemetry::metrics()
+                .imap
+                .record(cmd, status, started.elapsed());
+        }
+    }
+
     async fn write(&mut self, responses: &[Resp]) -> std::io::Result<()> {
+        if self.pending.is_some() {
+            if let Some(status) = responses.iter().rev().find_map(tagged_status) {
+                self.finish_command(status);
+            }
+        }
         let mut out = Vec::new();
         for r in responses {
             match crate::mutf7::response_out(r, self.mutf7) {
@@ -387,6 +448,7 @@ pub async fn serve_connection(
         buf: vec![0; SMALL_READ],
         deflate: None,
         mutf7: true,
+        pending: None,
     };
     let greeting = session.greeting();
     conn.write_raw(&greeting).await?;
@@ -405,7 +467,12 @@ pub async fn serve_connection(
             )
             .await?
         {
-            Input::Message => {}
+            Input::Message => {
+                conn.pending = Some((
+                    command_of(conn.frag.message_bytes()),
+                    std::time::Instant::now(),
+                ));
+            }
             Input::Notify(gone) => {
                 session.notify_woken(gone);
                 let out = Box::pin(session.notify_updates(true)).await;
@@ -521,6 +588,7 @@ pub async fn serve_connection(
             }
             Ok(Decoded::Acl(tag, cmd)) => Box::pin(session.acl_command(tag, cmd)).await,
             Ok(Decoded::Invalid) => {
+                conn.finish_command(ImapStatus::Bad);
                 conn.write(&[response::untagged_bad("Syntax error in command")])
                     .await?;
                 continue;
@@ -537,7 +605,10 @@ pub async fn serve_connection(
                         "Command too large",
                     ),
                     (Some(t), false) => response::bad(&t, "Syntax error in command"),
-                    (None, _) => response::untagged_bad("Syntax error in command"),
+                    (None, _) => {
+                        conn.finish_command(ImapStatus::Bad);
+                        response::untagged_bad("Syntax error in command")
+                    }
                 };
                 if errors >= limits.max_errors || preauth_bad >= PREAUTH_MAX_BAD_COMMANDS {
                     conn.write(&[reply, response::bye("Too many errors")])
@@ -582,8 +653,13 @@ pub async fn serve_connection(
                 // if they came over TLS.
                 conn.frag = Fragmentizer::new(limits.max_command);
                 let io = std::mem::replace(&mut conn.io, placeholder_io());
-                let Some((io, _desc)) =
-                    tls_handshake(&acceptor, io, limits.tls_handshake_timeout).await
+                let Some((io, _desc)) = tls_handshake(
+                    &acceptor,
+                    io,
+                    limits.tls_handshake_timeout,
+                    mailfleet_telemetry::Protocol::Imap,
+                )
+                .await
                 else {
                     return Ok(());
                 };

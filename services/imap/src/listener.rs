@@ -45,6 +45,10 @@ impl Listener {
             shutdown: self.shutdown.clone(),
             grace: self.grace,
             proxy: self.proxy.clone(),
+            metrics: mailfleet_telemetry::metrics().listener(
+                mailfleet_telemetry::Protocol::Imap,
+                mailfleet_telemetry::ListenerKind::from_implicit_tls(self.implicit_tls),
+            ),
         };
         let starttls = if self.implicit_tls { None } else { self.tls };
         let (config, limits, stores, login, shutdown) = (

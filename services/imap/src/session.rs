@@ -26,6 +26,19 @@ pub trait LoginService: Send + Sync + 'static {
         password: &str,
         remote_ip: IpAddr,
     ) -> Result<Account, LoginError>;
+
+    /// [`Self::login`], told how the client presented the credentials (the production
+    /// service counts logins by mechanism; test doubles need not care).
+    async fn login_with(
+        &self,
+        username: &str,
+        password: &str,
+        remote_ip: IpAddr,
+        mechanism: mailfleet_telemetry::Mechanism,
+    ) -> Result<Account, LoginError> {
+        let _ = mechanism;
+        self.login(username, password, remote_ip).await
+    }
 }
 
 /// The production login service: argon2id, app passwords, TOTP policy and throttling.
@@ -37,11 +50,28 @@ impl LoginService for mailfleet_auth::Authenticator {
         password: &str,
         remote_ip: IpAddr,
     ) -> Result<Account, LoginError> {
+        self.login_with(
+            username,
+            password,
+            remote_ip,
+            mailfleet_telemetry::Mechanism::ImapLogin,
+        )
+        .await
+    }
+
+    async fn login_with(
+        &self,
+        username: &str,
+        password: &str,
+        remote_ip: IpAddr,
+        mechanism: mailfleet_telemetry::Mechanism,
+    ) -> Result<Account, LoginError> {
         let req = mailfleet_auth::LoginRequest {
             username,
             password,
             remote_ip,
             protocol: mailfleet_auth::Protocol::Imap,
+            mechanism,
         };
         self.authenticate(req).await.map_err(|e| match e {
             mailfleet_auth::AuthError::InvalidCredentials => LoginError::Invalid,

@@ -127,10 +127,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tasks.push(tokio::spawn(worker.run(shutdown.clone())));
     }
 
-    let probes = mailfleet_http::router(
+    let mut probes = mailfleet_http::router(
         stores.clone(),
         Duration::from_millis(config.http.readiness_timeout_ms),
     );
+    if config.http.metrics {
+        probes = probes.merge(mailfleet_http::metrics_router(
+            stores.clone(),
+            Duration::from_millis(config.http.readiness_timeout_ms),
+        ));
+    }
     for (listener, _) in bind_all("http", &config.http.listen, &[]).await? {
         tasks.push(tokio::spawn(mailfleet_http::serve(
             listener,

@@ -102,8 +102,13 @@ async fn drive(
                     return Ok(());
                 };
                 let io = conn.take_for_upgrade();
-                let Some((io, desc)) =
-                    tls_handshake(&acceptor, io, limits.tls_handshake_timeout).await
+                let Some((io, desc)) = tls_handshake(
+                    &acceptor,
+                    io,
+                    limits.tls_handshake_timeout,
+                    mailfleet_telemetry::Protocol::Pop3,
+                )
+                .await
                 else {
                     return Ok(());
                 };

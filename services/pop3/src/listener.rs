@@ -62,6 +62,10 @@ impl Listener {
             shutdown: self.shutdown.clone(),
             grace: self.grace,
             proxy: self.proxy.clone(),
+            metrics: mailfleet_telemetry::metrics().listener(
+                mailfleet_telemetry::Protocol::Pop3,
+                mailfleet_telemetry::ListenerKind::from_implicit_tls(implicit),
+            ),
         };
         let cfg = self.session;
         let stores = self.stores;

@@ -238,7 +238,37 @@ impl Session {
     }
 
     /// One client line without its line end.
+    /// One client line and its answer, counted in `mailfleet_commands_total` under its
+    /// command name (a SASL response line under AUTH) and its status; a `+ ` continuation
+    /// is not an answer and is not counted.
     pub async fn line(&mut self, line: &[u8]) -> Response {
+        let started = std::time::Instant::now();
+        let table = &mailfleet_telemetry::metrics().pop3;
+        let cmd = if matches!(&self.state, State::Authorization { sasl: Some(_), .. }) {
+            table.command("AUTH")
+        } else {
+            let name = line
+                .split(|b| b.is_ascii_whitespace())
+                .next()
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .unwrap_or("");
+            table.command(name)
+        };
+        let response = self.line_inner(line).await;
+        let status = if response.data.starts_with(b"+OK") {
+            Some(mailfleet_telemetry::Pop3Status::Ok)
+        } else if response.data.starts_with(b"-ERR") {
+            Some(mailfleet_telemetry::Pop3Status::Err)
+        } else {
+            None
+        };
+        if let Some(status) = status {
+            table.record(cmd, status, started.elapsed());
+        }
+        response
+    }
+
+    async fn line_inner(&mut self, line: &[u8]) -> Response {
         if let State::Authorization { sasl, .. } = &mut self.state {
             if let Some(mut exchange) = sasl.take() {
                 let step = exchange.step(line);
@@ -311,7 +341,10 @@ impl Session {
                 match user {
                     None => self.error(proto::err(None, "USER first")),
                     Some(_) if !self.plaintext_ok() => self.error(plaintext_refused()),
-                    Some(name) => self.login(&name, &password).await,
+                    Some(name) => {
+                        self.login(&name, &password, mailfleet_telemetry::Mechanism::UserPass)
+                            .await
+                    }
                 }
             }
             Command::Auth(None) => {
@@ -359,7 +392,11 @@ impl Session {
                 }
                 Response::one(proto::continuation(&c))
             }
-            Step::Done(creds) => self.login(&creds.username, &creds.password).await,
+            Step::Done(creds) => {
+                let mechanism = exchange.mechanism().metrics();
+                self.login(&creds.username, &creds.password, mechanism)
+                    .await
+            }
             Step::Failed(sasl::SaslError::Cancelled) => {
                 Response::one(proto::err(None, "Authentication cancelled"))
             }
@@ -380,12 +417,18 @@ impl Session {
         Response::one(data)
     }
 
-    async fn login(&mut self, username: &str, password: &str) -> Response {
+    async fn login(
+        &mut self,
+        username: &str,
+        password: &str,
+        mechanism: mailfleet_telemetry::Mechanism,
+    ) -> Response {
         let req = LoginRequest {
             username,
             password,
             remote_ip: self.remote_ip,
             protocol: Protocol::Pop3,
+            mechanism,
         };
         match self.auth.authenticate(req).await {
             Ok(account) => self.open_maildrop(account).await,

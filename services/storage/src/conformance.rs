@@ -1955,6 +1955,88 @@ pub async fn metadata_outbound_delivery(meta: &dyn MetadataStore) {
     meta.delete_outbound(late.id, None).await.expect("delete");
 }
 
+/// The queue's depth and age by state: due entries (a queued recipient whose attempt is
+/// now or past) with how long they have been due, deferred ones with the oldest's age;
+/// delivered and failed recipients do not count. Compared as differences, since other
+/// tests' entries may share the store.
+pub async fn metadata_outbound_stats(meta: &dyn MetadataStore) {
+    use crate::{NewOutbound, NewOutboundRecipient, RecipientState, RecipientUpdate};
+    let new = |at: i64, rcpts: &[&str]| NewOutbound {
+        blob: BlobId::of(unique("stats message ").as_bytes()),
+        size: 10,
+        sender: "s@stats.example".into(),
+        account: None,
+        envid: None,
+        ret: None,
+        recipients: rcpts
+            .iter()
+            .map(|a| NewOutboundRecipient {
+                address: (*a).into(),
+                notify: None,
+                orcpt: None,
+            })
+            .collect(),
+        created_at: at,
+    };
+    let update = |state, next_attempt| RecipientUpdate {
+        state,
+        next_attempt,
+        last_error: None,
+        delay_warned: false,
+        fence: None,
+    };
+    // Far in the future, so every other entry is due (and older) at `now`.
+    let now = 4_100_000_000;
+    let before = meta.outbound_queue_stats(now).await.expect("stats");
+    let due = meta
+        .enqueue_outbound(new(now - 100, &["a@x.example", "b@x.example"]))
+        .await
+        .expect("enqueue");
+    let deferred = meta
+        .enqueue_outbound(new(now - 50, &["c@x.example"]))
+        .await
+        .expect("enqueue");
+    meta.update_outbound_recipient(
+        deferred.id,
+        "c@x.example",
+        update(RecipientState::Queued, now + 600),
+    )
+    .await
+    .expect("defer");
+    let after = meta.outbound_queue_stats(now).await.expect("stats");
+    assert_eq!(after.due, before.due + 1, "{before:?} {after:?}");
+    assert_eq!(after.deferred, before.deferred + 1, "{before:?} {after:?}");
+    let since = after.due_since.expect("a due entry");
+    assert!(since <= now - 100, "{after:?}");
+    if before.due == 0 {
+        assert_eq!(since, now - 100);
+    }
+    if before.deferred == 0 {
+        assert_eq!(after.oldest_deferred, Some(now - 50));
+    }
+    // One recipient delivered, the other failed: nothing of the entry is left to do.
+    meta.update_outbound_recipient(
+        due.id,
+        "a@x.example",
+        update(RecipientState::Delivered, now),
+    )
+    .await
+    .expect("delivered");
+    meta.update_outbound_recipient(due.id, "b@x.example", update(RecipientState::Failed, now))
+        .await
+        .expect("failed");
+    let done = meta.outbound_queue_stats(now).await.expect("stats");
+    assert_eq!(done.due, before.due, "{done:?}");
+    assert_eq!(done.deferred, before.deferred + 1, "{done:?}");
+    // The same entry, seen an hour later, is due.
+    let later = meta.outbound_queue_stats(now + 3600).await.expect("stats");
+    assert!(later.due > before.due, "{later:?}");
+    meta.delete_outbound(due.id, None).await.expect("delete");
+    meta.delete_outbound(deferred.id, None)
+        .await
+        .expect("delete");
+}
+
 /// One delivery attempt's writes: the claim before connecting and the record after, which
 /// writes every recipient outcome and queues the DSNs in one transaction, all or nothing,
 /// refused as a whole for a stale lease token.

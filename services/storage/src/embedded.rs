@@ -10,6 +10,7 @@
 use crate::blob::fs::FsBlobStore;
 use crate::coord::local::LocalCoordinator;
 use crate::metadata::sqlite::SqliteMetadataStore;
+use crate::metered::{MeteredBlobs, MeteredCoordinator, MeteredMeta};
 use crate::{StoreResult, Stores};
 use std::path::Path;
 use std::sync::Arc;
@@ -17,11 +18,14 @@ use std::sync::Arc;
 pub fn open(data_dir: &Path, group_commit_max: usize) -> StoreResult<Stores> {
     crate::private_fs::create_dir_all(data_dir)?;
     Ok(Stores::new(
-        Arc::new(FsBlobStore::open(data_dir.join("blobs"))?),
-        Arc::new(SqliteMetadataStore::open(
-            data_dir.join("metadata.sqlite3"),
-            group_commit_max,
-        )?),
-        Arc::new(LocalCoordinator::new()),
+        MeteredBlobs::wrap(Arc::new(FsBlobStore::open(data_dir.join("blobs"))?), "fs"),
+        MeteredMeta::wrap(
+            Arc::new(SqliteMetadataStore::open(
+                data_dir.join("metadata.sqlite3"),
+                group_commit_max,
+            )?),
+            "sqlite",
+        ),
+        MeteredCoordinator::wrap(Arc::new(LocalCoordinator::new()), "local"),
     ))
 }

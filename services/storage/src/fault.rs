@@ -432,6 +432,10 @@ impl MetadataStore for FailingMeta {
         self.check("due_outbound")?;
         self.inner.due_outbound(now, limit).await
     }
+    async fn outbound_queue_stats(&self, now: i64) -> StoreResult<crate::QueueStats> {
+        self.check("outbound_queue_stats")?;
+        self.inner.outbound_queue_stats(now).await
+    }
     async fn reschedule_outbound(&self, id: crate::QueueId, at: i64) -> StoreResult<usize> {
         self.check("reschedule_outbound")?;
         self.inner.reschedule_outbound(id, at).await

@@ -20,6 +20,7 @@
 //! - [`conformance`]: the suite every backend must pass; backends' tests call it.
 //! - [`embedded`]: opens the three embedded backends under one data directory.
 //! - [`open`]: opens whichever backends the configuration names.
+//! - [`metered`]: the layer that measures every store call (latency, errors, leases).
 //! - [`alloc`]: UID/MODSEQ range allocation for metadata stores without transactions.
 //! - [`private_fs`]: files and directories created private (mail at rest is not world-readable).
 
@@ -33,6 +34,7 @@ pub mod error;
 pub mod fault;
 pub mod indexer;
 pub mod metadata;
+pub mod metered;
 pub mod object_id;
 pub mod open;
 pub mod private_fs;
@@ -48,7 +50,7 @@ pub use metadata::MetadataStore;
 pub use object_id::{MessageObjectIds, MessageRefs, ObjectIdKind};
 pub use queue::{
     DsnRet, NewOutbound, NewOutboundRecipient, OutboundMessage, OutboundRecipient, QueueId,
-    RecipientState, RecipientUpdate,
+    QueueStats, RecipientState, RecipientUpdate,
 };
 pub use text_index::{MessageText, TextMatches, TextPiece};
 pub use types::*;

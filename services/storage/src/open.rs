@@ -9,6 +9,7 @@ use crate::coord::local::LocalCoordinator;
 use crate::coord::redis::RedisCoordinator;
 use crate::metadata::scylla::ScyllaMetadataStore;
 use crate::metadata::sqlite::SqliteMetadataStore;
+use crate::metered::{MeteredBlobs, MeteredCoordinator, MeteredMeta};
 use crate::{BlobStore, Coordinator, MetadataStore, StoreError, StoreResult, Stores};
 use mailfleet_core::config::{BlobBackend, CoordinationBackend, MetadataBackend, StorageConfig};
 use std::path::Path;
@@ -21,21 +22,34 @@ pub async fn open(cfg: &StorageConfig, data_dir: &Path) -> StoreResult<Stores> {
         StoreError::Invalid(m) => StoreError::Invalid(format!("[{section}]: {m}")),
         other => other,
     };
+    // Each backend is wrapped in the metered layer (`crate::metered`) under its name.
     let coord: Arc<dyn Coordinator> = match cfg.coordination {
-        CoordinationBackend::Local => Arc::new(LocalCoordinator::new()),
-        CoordinationBackend::Redis => Arc::new(
-            RedisCoordinator::connect(&cfg.redis)
-                .await
-                .map_err(|e| context("storage.redis", e))?,
+        CoordinationBackend::Local => {
+            MeteredCoordinator::wrap(Arc::new(LocalCoordinator::new()), "local")
+        }
+        CoordinationBackend::Redis => MeteredCoordinator::wrap(
+            Arc::new(
+                RedisCoordinator::connect(&cfg.redis)
+                    .await
+                    .map_err(|e| context("storage.redis", e))?,
+            ),
+            "redis",
         ),
     };
     let blobs: Arc<dyn BlobStore> = match cfg.blobs {
-        BlobBackend::Local => Arc::new(FsBlobStore::open(data_dir.join("blobs"))?),
+        BlobBackend::Local => {
+            MeteredBlobs::wrap(Arc::new(FsBlobStore::open(data_dir.join("blobs"))?), "fs")
+        }
         BlobBackend::S3 => {
-            let s3: Arc<dyn BlobStore> = Arc::new(
-                S3BlobStore::connect(&cfg.s3)
-                    .await
-                    .map_err(|e| context("storage.s3", e))?,
+            // Metered under the cache: the S3 series are real S3 calls, and the cache
+            // counts its hits itself.
+            let s3: Arc<dyn BlobStore> = MeteredBlobs::wrap(
+                Arc::new(
+                    S3BlobStore::connect(&cfg.s3)
+                        .await
+                        .map_err(|e| context("storage.s3", e))?,
+                ),
+                "s3",
             );
             match cfg.blob_cache_mib {
                 0 => s3,
@@ -52,16 +66,22 @@ pub async fn open(cfg: &StorageConfig, data_dir: &Path) -> StoreResult<Stores> {
             let max = cfg.group_commit_max;
             // Opening runs migrations and may wait on another process's lock: not on the
             // async threads.
-            Arc::new(
-                tokio::task::spawn_blocking(move || SqliteMetadataStore::open(path, max))
-                    .await
-                    .map_err(|e| StoreError::Unavailable(format!("opening SQLite: {e}")))??,
+            MeteredMeta::wrap(
+                Arc::new(
+                    tokio::task::spawn_blocking(move || SqliteMetadataStore::open(path, max))
+                        .await
+                        .map_err(|e| StoreError::Unavailable(format!("opening SQLite: {e}")))??,
+                ),
+                "sqlite",
             )
         }
-        MetadataBackend::Scylla => Arc::new(
-            ScyllaMetadataStore::connect(&cfg.scylla, coord.clone())
-                .await
-                .map_err(|e| context("storage.scylla", e))?,
+        MetadataBackend::Scylla => MeteredMeta::wrap(
+            Arc::new(
+                ScyllaMetadataStore::connect(&cfg.scylla, coord.clone())
+                    .await
+                    .map_err(|e| context("storage.scylla", e))?,
+            ),
+            "scylla",
         ),
     };
     Ok(Stores::new(blobs, meta, coord))

@@ -136,3 +136,38 @@ pub struct RecipientUpdate {
     /// outcome. `None` (the admin CLI) skips the check.
     pub fence: Option<u64>,
 }
+
+/// The outbound queue at a glance: what the `mailfleet_queue_*` gauges show.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Entries with a `Queued` recipient whose next attempt is now or past.
+    pub due: u64,
+    /// The earliest next attempt among due entries (Unix seconds): how long the queue has
+    /// been behind is `now - due_since`.
+    pub due_since: Option<i64>,
+    /// Entries with `Queued` recipients that all wait for a later retry.
+    pub deferred: u64,
+    /// When the oldest deferred entry was queued (Unix seconds).
+    pub oldest_deferred: Option<i64>,
+}
+
+impl QueueStats {
+    /// Counts one entry whose queued recipients' earliest next attempt is `next` (`None`:
+    /// nothing left to deliver), for backends that compute the figures by listing.
+    pub fn add(&mut self, now: i64, next: Option<i64>, created_at: i64) {
+        match next {
+            Some(next) if next <= now => {
+                self.due += 1;
+                self.due_since = Some(self.due_since.map_or(next, |s| s.min(next)));
+            }
+            Some(_) => {
+                self.deferred += 1;
+                self.oldest_deferred = Some(
+                    self.oldest_deferred
+                        .map_or(created_at, |c| c.min(created_at)),
+                );
+            }
+            None => {}
+        }
+    }
+}

@@ -160,6 +160,7 @@ async fn sqlite_outbound_delivery() {
     let dir = tempfile::tempdir().expect("tmp");
     let meta = SqliteMetadataStore::open(dir.path().join("m.sqlite3"), 16).expect("open");
     conformance::metadata_outbound_delivery(&meta).await;
+    conformance::metadata_outbound_stats(&meta).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -51,6 +51,7 @@ async fn scylla_metadata_conformance() {
     conformance::metadata_acl_and_annotations(meta.as_ref()).await;
     conformance::metadata_outbound_queue(meta.as_ref()).await;
     conformance::metadata_outbound_delivery(meta.as_ref()).await;
+    conformance::metadata_outbound_stats(meta.as_ref()).await;
     conformance::metadata_outbound_attempts(meta.as_ref()).await;
     let blob_dir = tempfile::tempdir().expect("tmp");
     let stores = mailfleet_storage::Stores::new(

@@ -42,7 +42,8 @@ impl Session {
         }
         let user = String::from_utf8_lossy(username.as_ref()).into_owned();
         let pass = String::from_utf8_lossy(password.declassify().as_ref()).into_owned();
-        self.finish_login(tag, &user, &pass).await
+        self.finish_login(tag, &user, &pass, mailfleet_telemetry::Mechanism::ImapLogin)
+            .await
     }
 
     pub(crate) async fn cmd_authenticate(
@@ -107,11 +108,22 @@ impl Session {
         }
         let user = String::from_utf8_lossy(authc).into_owned();
         let pass = String::from_utf8_lossy(pass).into_owned();
-        self.finish_login(tag, &user, &pass).await
+        self.finish_login(tag, &user, &pass, mailfleet_telemetry::Mechanism::Plain)
+            .await
     }
 
-    async fn finish_login(&mut self, tag: Tag<'static>, user: &str, pass: &str) -> Outcome {
-        match self.login.login(user, pass, self.remote_ip).await {
+    async fn finish_login(
+        &mut self,
+        tag: Tag<'static>,
+        user: &str,
+        pass: &str,
+        mechanism: mailfleet_telemetry::Mechanism,
+    ) -> Outcome {
+        match self
+            .login
+            .login_with(user, pass, self.remote_ip, mechanism)
+            .await
+        {
             Ok(account) => {
                 let Some(slot) = self.cfg.user_sessions.acquire(account.id) else {
                     return Outcome::done(vec![response::no(

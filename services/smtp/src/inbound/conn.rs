@@ -317,6 +317,7 @@ pub async fn serve_connection(
                         &acceptor,
                         io,
                         limits.tls_handshake_timeout,
+                        session.metrics_protocol(),
                     )
                     .await
                     else {

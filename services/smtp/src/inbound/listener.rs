@@ -62,6 +62,14 @@ impl Listener {
             shutdown: self.shutdown.clone(),
             grace: self.grace,
             proxy: self.proxy.clone(),
+            metrics: mailfleet_telemetry::metrics().listener(
+                if self.submission.is_some() {
+                    mailfleet_telemetry::Protocol::Submission
+                } else {
+                    mailfleet_telemetry::Protocol::Smtp
+                },
+                mailfleet_telemetry::ListenerKind::from_implicit_tls(implicit),
+            ),
         };
         let cfg = self.session;
         let pipeline = self.pipeline;

@@ -30,6 +30,7 @@ use mailfleet_auth::{AuthError, Authenticator, LoginRequest, Protocol};
 use mailfleet_core::budget::Reservation;
 use mailfleet_core::Address;
 use mailfleet_storage::Account;
+use mailfleet_telemetry::{MessageRefusal, SmtpReplyClass};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -195,6 +196,15 @@ impl Session {
         self.tls = Some(description);
     }
 
+    /// The protocol this session counts under in the metrics.
+    pub fn metrics_protocol(&self) -> mailfleet_telemetry::Protocol {
+        if self.submission.is_some() {
+            mailfleet_telemetry::Protocol::Submission
+        } else {
+            mailfleet_telemetry::Protocol::Smtp
+        }
+    }
+
     pub fn is_tls(&self) -> bool {
         self.tls.is_some()
     }
@@ -238,7 +248,52 @@ impl Session {
     }
 
     /// One command line, without its line end.
+    /// One command line and its reply, counted in `mailfleet_commands_total` under its verb
+    /// (a SASL response line under AUTH) and the class of its last reply. DATA's 354 and a
+    /// BDAT chunk's wait are not counted here: the command counts once, when the message
+    /// is answered ([`Self::data_end`], [`Self::bdat_chunk`]).
     pub async fn command_line(&mut self, line: &[u8]) -> Response {
+        let started = std::time::Instant::now();
+        let table = self.command_metrics();
+        let cmd = if self.submission.as_ref().is_some_and(|s| s.sasl.is_some()) {
+            table.command("AUTH")
+        } else {
+            let verb = line
+                .split(|b| b.is_ascii_whitespace())
+                .next()
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .unwrap_or("");
+            table.command(verb)
+        };
+        let response = self.command_line_inner(line).await;
+        let data_started = matches!(response.next, Next::Data | Next::Bdat { .. });
+        if let (Some(last), false) = (response.replies.last(), data_started) {
+            table.record(cmd, SmtpReplyClass::from_code(last.code), started.elapsed());
+        }
+        response
+    }
+
+    /// Counts the answer to a message's data (end of DATA, a BDAT chunk).
+    fn record_data_reply(&self, verb: &str, started: std::time::Instant, response: &Response) {
+        let table = self.command_metrics();
+        if let Some(last) = response.replies.last() {
+            table.record(
+                table.command(verb),
+                SmtpReplyClass::from_code(last.code),
+                started.elapsed(),
+            );
+        }
+    }
+
+    fn command_metrics(&self) -> &'static mailfleet_telemetry::CommandTable<SmtpReplyClass> {
+        mailfleet_telemetry::metrics().smtp_commands(self.submission.is_some())
+    }
+
+    fn message_metrics(&self) -> &'static mailfleet_telemetry::SmtpMessageMetrics {
+        mailfleet_telemetry::metrics().messages(self.submission.is_some())
+    }
+
+    async fn command_line_inner(&mut self, line: &[u8]) -> Response {
         // A line during an AUTH exchange is a SASL response, not a command.
         if let Some(mut exchange) = self.submission.as_mut().and_then(|s| s.sasl.take()) {
             let step = exchange.step(line);
@@ -335,7 +390,11 @@ impl Session {
                 }
                 Response::one(Reply::new(334, "", c))
             }
-            Step::Done(creds) => self.login(&creds.username, &creds.password).await,
+            Step::Done(creds) => {
+                let mechanism = exchange.mechanism().metrics();
+                self.login(&creds.username, &creds.password, mechanism)
+                    .await
+            }
             Step::Failed(SaslError::Cancelled) => {
                 self.error(Reply::new(501, "5.7.0", "Authentication cancelled"))
             }
@@ -350,7 +409,12 @@ impl Session {
         }
     }
 
-    async fn login(&mut self, username: &str, password: &str) -> Response {
+    async fn login(
+        &mut self,
+        username: &str,
+        password: &str,
+        mechanism: mailfleet_telemetry::Mechanism,
+    ) -> Response {
         let Some(auth) = self.submission.as_ref().map(|s| s.auth.clone()) else {
             return self.error(Reply::new(
                 503,
@@ -363,6 +427,7 @@ impl Session {
             password,
             remote_ip: self.remote_ip,
             protocol: Protocol::Submission,
+            mechanism,
         };
         match auth.authenticate(req).await {
             Ok(account) => {
@@ -481,11 +546,13 @@ impl Session {
             // through unmetered.
             match self.pipeline.count_client_transaction(self.remote_ip).await {
                 Ok(n) if n > u64::from(ip_limit) => {
+                    mailfleet_telemetry::metrics()
+                        .rate_limit_hit(mailfleet_telemetry::RateLimit::SmtpClient);
                     return Response::one(Reply::new(
                         450,
                         "4.7.1",
                         format!("Too many messages from {}, try again later", self.remote_ip),
-                    ))
+                    ));
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -721,16 +788,29 @@ impl Session {
     /// DATA ended (or overflowed, or was dropped for want of memory). Delivers the message
     /// and answers.
     pub async fn data_end(&mut self, end: DataEnd) -> Response {
+        let started = std::time::Instant::now();
+        let response = self.data_end_inner(end).await;
+        self.record_data_reply("DATA", started, &response);
+        response
+    }
+
+    async fn data_end_inner(&mut self, end: DataEnd) -> Response {
         let Some(tx) = self.tx.take() else {
             return self.error(Reply::bad_sequence("No transaction"));
         };
         match (end, tx.refused) {
-            (_, Some(Refusal::NoMemory)) => Response::one(Reply::insufficient_resources()),
-            (DataEnd::TooBig, _) => self.error(Reply::new(
-                552,
-                "5.3.4",
-                "Message size exceeds fixed maximum message size",
-            )),
+            (_, Some(Refusal::NoMemory)) => {
+                self.message_metrics().refused(MessageRefusal::NoMemory);
+                Response::one(Reply::insufficient_resources())
+            }
+            (DataEnd::TooBig, _) => {
+                self.message_metrics().refused(MessageRefusal::TooBig);
+                self.error(Reply::new(
+                    552,
+                    "5.3.4",
+                    "Message size exceeds fixed maximum message size",
+                ))
+            }
             (DataEnd::Complete(raw), _) => self.finish(tx, raw).await,
         }
     }
@@ -764,6 +844,13 @@ impl Session {
 
     /// A BDAT chunk was read: `data` is `None` when it was discarded.
     pub async fn bdat_chunk(&mut self, data: Option<BytesMut>, last: bool) -> Response {
+        let started = std::time::Instant::now();
+        let response = self.bdat_chunk_inner(data, last).await;
+        self.record_data_reply("BDAT", started, &response);
+        response
+    }
+
+    async fn bdat_chunk_inner(&mut self, data: Option<BytesMut>, last: bool) -> Response {
         let Some(tx) = self.tx.as_mut() else {
             return self.error(Reply::bad_sequence("Need MAIL command"));
         };
@@ -776,6 +863,10 @@ impl Session {
             tx.bdat.get_or_insert_with(BytesMut::new);
             if last {
                 self.tx = None;
+                self.message_metrics().refused(match why {
+                    Refusal::NoMemory => MessageRefusal::NoMemory,
+                    Refusal::TooBig => MessageRefusal::TooBig,
+                });
             }
             return match why {
                 Refusal::NoMemory => Response::one(Reply::insufficient_resources()),
@@ -831,7 +922,23 @@ impl Session {
             envid: tx.params.envid.clone(),
             ret: tx.params.ret.clone(),
         };
-        match self.pipeline.accept(&env, raw).await {
+        let bytes = raw.len();
+        let started = std::time::Instant::now();
+        let result = self.pipeline.accept(&env, raw).await;
+        let metrics = self.message_metrics();
+        match &result {
+            Ok(()) => metrics.accepted(bytes, started.elapsed()),
+            Err(e) => metrics.refused(match e {
+                PipelineError::Loop(_) => MessageRefusal::Loop,
+                PipelineError::Quota(_) => MessageRefusal::Quota,
+                PipelineError::Header(_) => MessageRefusal::MalformedHeader,
+                PipelineError::SenderNotOwned(_) => MessageRefusal::SenderNotOwned,
+                PipelineError::Store(_) | PipelineError::Delivery(_) => {
+                    MessageRefusal::TemporaryFailure
+                }
+            }),
+        }
+        match result {
             Ok(()) => {
                 self.messages += 1;
                 Response::one(Reply::new(250, "2.0.0", format!("Ok: queued as {id}")))

@@ -63,7 +63,11 @@ impl BlobStore for CachedBlobStore {
     }
 
     async fn get(&self, id: &BlobId) -> StoreResult<Bytes> {
-        if let Some(b) = self.cache.get(id) {
+        let cached = self.cache.get(id);
+        mailfleet_telemetry::metrics()
+            .storage
+            .blob_cache(cached.is_some());
+        if let Some(b) = cached {
             return Ok(b);
         }
         let data = self.inner.get(id).await?;
@@ -72,7 +76,11 @@ impl BlobStore for CachedBlobStore {
     }
 
     async fn get_range(&self, id: &BlobId, range: Range<u64>) -> StoreResult<Bytes> {
-        if let Some(b) = self.cache.get(id) {
+        let cached = self.cache.get(id);
+        mailfleet_telemetry::metrics()
+            .storage
+            .blob_cache(cached.is_some());
+        if let Some(b) = cached {
             let len = b.len() as u64;
             let start = range.start.min(len) as usize;
             let end = range.end.clamp(range.start.min(len), len) as usize;

@@ -125,14 +125,35 @@ fn channel_name(prefix: &str, account: AccountId) -> String {
 }
 
 /// Wire form of an event: short text, so other tools (redis-cli MONITOR) can read it.
+/// The last field is when it was published (Unix microseconds), for
+/// `mailfleet_coordinator_event_lag_seconds`; a reader that does not know it ignores it.
 fn encode(event: &MailboxEvent) -> String {
+    let at = unix_micros();
     match event {
         MailboxEvent::Changed {
             mailbox, modseq, ..
-        } => format!("c {} {}", mailbox.0, modseq.0),
-        MailboxEvent::MailboxesChanged { .. } => "m".into(),
-        MailboxEvent::Resync { .. } => "r".into(),
+        } => format!("c {} {} {at}", mailbox.0, modseq.0),
+        MailboxEvent::MailboxesChanged { .. } => format!("m {at}"),
+        MailboxEvent::Resync { .. } => format!("r {at}"),
     }
+}
+
+fn unix_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// How long ago an event was published, from its last field; `None` for an event without
+/// one or from a node whose clock is ahead of ours.
+fn event_age(payload: &str) -> Option<Duration> {
+    let position = match payload.split(' ').next()? {
+        "c" => 3,
+        _ => 1,
+    };
+    let at: u64 = payload.split(' ').nth(position)?.parse().ok()?;
+    unix_micros().checked_sub(at).map(Duration::from_micros)
 }
 
 fn decode(account: AccountId, payload: &str) -> Option<MailboxEvent> {
@@ -281,10 +302,14 @@ async fn dispatch(prefix: String, mut rx: mpsc::UnboundedReceiver<PushInfo>, cha
                 else {
                     continue;
                 };
-                let Some(event) = decode(account, &String::from_utf8_lossy(payload)) else {
+                let payload = String::from_utf8_lossy(payload);
+                let Some(event) = decode(account, &payload) else {
                     tracing::warn!(channel = %ch, "ignoring an unreadable mailbox event");
                     continue;
                 };
+                if let Some(age) = event_age(&payload) {
+                    mailfleet_telemetry::metrics().storage.event_lag(age);
+                }
                 if let Some(tx) = lock(&channels).get(&account) {
                     let _ = tx.send(event);
                 }
@@ -567,6 +592,20 @@ mod tests {
             assert_eq!(decode(a, &encode(&e)), Some(e));
         }
         assert_eq!(decode(a, "c x 1"), None);
+        // Events from a node that does not stamp them still decode.
+        assert_eq!(
+            decode(a, "c 5 7"),
+            Some(MailboxEvent::Changed {
+                account: a,
+                mailbox: MailboxId(5),
+                modseq: ModSeq(7),
+            })
+        );
+        let age = event_age(&encode(&MailboxEvent::MailboxesChanged { account: a }))
+            .expect("a fresh event has an age");
+        assert!(age < Duration::from_secs(60), "{age:?}");
+        assert_eq!(event_age("c 5 7"), None, "an unstamped event has no age");
+        assert_eq!(event_age("m"), None);
         assert_eq!(decode(a, "zzz"), None);
     }
 }

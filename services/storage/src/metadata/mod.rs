@@ -417,6 +417,29 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// before `now`, oldest attempt first, at most `limit`. Delivery workers poll this; the
     /// answer is a hint, since another worker may take an entry first (leases decide).
     async fn due_outbound(&self, now: i64, limit: usize) -> StoreResult<Vec<crate::QueueId>>;
+    /// The queue's depth and age by state at `now` (the `mailfleet_queue_*` gauges, read
+    /// at each scrape). This default lists the whole queue; a backend that can count in
+    /// one query does.
+    async fn outbound_queue_stats(&self, now: i64) -> StoreResult<crate::QueueStats> {
+        let mut stats = crate::QueueStats::default();
+        let mut after = crate::QueueId(0);
+        loop {
+            let page = self.list_outbound(after, 500).await?;
+            let Some(last) = page.last() else {
+                return Ok(stats);
+            };
+            after = last.id;
+            for m in &page {
+                let next = m
+                    .recipients
+                    .iter()
+                    .filter(|r| r.state == crate::RecipientState::Queued)
+                    .map(|r| r.next_attempt)
+                    .min();
+                stats.add(now, next, m.created_at);
+            }
+        }
+    }
     /// Moves the next attempt of every `Queued` recipient of an entry to `at` (the admin's
     /// "retry now"), without counting an attempt. Returns how many recipients moved;
     /// `NotFound` when the entry does not exist.

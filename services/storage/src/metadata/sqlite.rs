@@ -852,6 +852,9 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, max: usize) {
                 Err(_) => break,
             }
         }
+        mailfleet_telemetry::metrics()
+            .storage
+            .commit_batch(batch.len());
         run_batch(&conn, batch);
     }
 }
@@ -2919,6 +2922,45 @@ impl MetadataStore for SqliteMetadataStore {
                 })
                 .map_err(db_err)?;
             rows.collect::<Result<_, _>>().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn outbound_queue_stats(&self, now: i64) -> StoreResult<crate::QueueStats> {
+        self.read(move |c| {
+            // One pass over the queued recipients (the (state, next_attempt) index), grouped
+            // per entry, then per state.
+            let mut s = c
+                .prepare_cached(
+                    "SELECT r.next <= ?1, COUNT(*), MIN(r.next), MIN(o.created_at) \
+                     FROM (SELECT queue_id, MIN(next_attempt) AS next FROM outbound_rcpts \
+                           WHERE state = 0 GROUP BY queue_id) r \
+                     JOIN outbound o ON o.id = r.queue_id GROUP BY r.next <= ?1",
+                )
+                .map_err(db_err)?;
+            let mut stats = crate::QueueStats::default();
+            let rows = s
+                .query_map([now], |r| {
+                    Ok((
+                        r.get::<_, bool>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, i64>(3)?,
+                    ))
+                })
+                .map_err(db_err)?;
+            for row in rows {
+                let (due, count, next, created) = row.map_err(db_err)?;
+                let count = u64::try_from(count).unwrap_or(0);
+                if due {
+                    stats.due = count;
+                    stats.due_since = Some(next);
+                } else {
+                    stats.deferred = count;
+                    stats.oldest_deferred = Some(created);
+                }
+            }
+            Ok(stats)
         })
         .await
     }
