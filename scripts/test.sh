@@ -11,7 +11,7 @@ export CARGO_TERM_COLOR=never
 
 # The shared build directory only grows (every build of a changed crate leaves its old test
 # binaries and incremental state behind); on a long-lived machine it filled the disk. Below
-# 20 GiB free, drop the incremental caches and test binaries not touched for two days:
+# 20 GiB free, drop the incremental caches and test binaries not touched for six hours:
 # the next build recreates what it needs.
 prune_target() {
   local free_kib
@@ -21,7 +21,7 @@ prune_target() {
     echo "== pruning $CARGO_TARGET_DIR (only $((free_kib / 1024 / 1024)) GiB free)"
     rm -rf "$CARGO_TARGET_DIR"/debug/incremental "$CARGO_TARGET_DIR"/release/incremental
     find "$CARGO_TARGET_DIR"/debug/deps "$CARGO_TARGET_DIR"/release/deps -maxdepth 1 -type f \
-      ! -name '*.*' -mtime +2 -delete 2>/dev/null || true
+      ! -name '*.*' -mmin +360 -delete 2>/dev/null || true
   fi
 }
 prune_target

@@ -82,15 +82,21 @@ enum Input {
 /// only commands whose literal may be as large as a message. Looks at the verb after the
 /// tag on the first line.
 fn is_append(message: &[u8]) -> bool {
+    let verb = verb_of(message);
+    verb.eq_ignore_ascii_case(b"APPEND") || verb.eq_ignore_ascii_case(b"REPLACE")
+}
+
+/// The command word of a framed message: the word after the tag, or the one after `UID`
+/// (`UID FETCH` is `FETCH`); empty when there is none.
+fn verb_of(message: &[u8]) -> &[u8] {
     let mut words = message.split(|b| *b == b' ' || *b == b'\r' || *b == b'\n');
     let _tag = words.next();
     let verb = words.next().unwrap_or_default();
-    let verb = if verb.eq_ignore_ascii_case(b"UID") {
+    if verb.eq_ignore_ascii_case(b"UID") {
         words.next().unwrap_or_default()
     } else {
         verb
-    };
-    verb.eq_ignore_ascii_case(b"APPEND") || verb.eq_ignore_ascii_case(b"REPLACE")
+    }
 }
 
 struct Conn {
@@ -113,16 +119,9 @@ struct Conn {
 /// one after `UID` (`UID FETCH` counts as `FETCH`). Resolved against the fixed table, so
 /// whatever a client sends maps to a known name or `other`.
 fn command_of(message: &[u8]) -> CommandId {
-    let table = &mailfleet_telemetry::metrics().imap;
-    let mut words = message.split(|b| *b == b' ' || *b == b'\r' || *b == b'\n');
-    let _tag = words.next();
-    let verb = words.next().unwrap_or_default();
-    let verb = if verb.eq_ignore_ascii_case(b"UID") {
-        words.next().unwrap_or_default()
-    } else {
-        verb
-    };
-    std::str::from_utf8(verb).map_or(table.other(), |v| table.command(v))
+    mailfleet_telemetry::metrics()
+        .imap
+        .command_bytes(verb_of(message))
 }
 
 /// The status of a tagged completion among `r` (typed, or a raw line `tag OK ...`).

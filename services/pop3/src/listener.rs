@@ -12,24 +12,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ListenerKind {
-    /// Plain TCP (port 110 style); STLS offered when an acceptor is configured.
-    Plain,
-    /// TLS from the first byte (port 995 style).
-    ImplicitTls,
-}
-
-impl ListenerKind {
-    /// The kind of a listener bound from a `listen_tls` (true) or `listen` (false) key.
-    pub fn from_implicit_tls(implicit: bool) -> Self {
-        if implicit {
-            ListenerKind::ImplicitTls
-        } else {
-            ListenerKind::Plain
-        }
-    }
-}
+/// Plain TCP (STARTTLS offered when an acceptor is configured) or TLS from the first
+/// byte; the one definition, shared with the metrics' `listener` label.
+pub use mailfleet_telemetry::ListenerKind;
 
 pub struct Listener {
     pub listener: TcpListener,
@@ -62,10 +47,8 @@ impl Listener {
             shutdown: self.shutdown.clone(),
             grace: self.grace,
             proxy: self.proxy.clone(),
-            metrics: mailfleet_telemetry::metrics().listener(
-                mailfleet_telemetry::Protocol::Pop3,
-                mailfleet_telemetry::ListenerKind::from_implicit_tls(implicit),
-            ),
+            metrics: mailfleet_telemetry::metrics()
+                .listener(mailfleet_telemetry::Protocol::Pop3, self.kind),
         };
         let cfg = self.session;
         let stores = self.stores;

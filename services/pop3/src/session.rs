@@ -237,8 +237,7 @@ impl Session {
         }
     }
 
-    /// One client line without its line end.
-    /// One client line and its answer, counted in `mailfleet_commands_total` under its
+    /// One client line (without its line end) and its answer, counted in `mailfleet_commands_total` under its
     /// command name (a SASL response line under AUTH) and its status; a `+ ` continuation
     /// is not an answer and is not counted.
     pub async fn line(&mut self, line: &[u8]) -> Response {
@@ -247,12 +246,7 @@ impl Session {
         let cmd = if matches!(&self.state, State::Authorization { sasl: Some(_), .. }) {
             table.command("AUTH")
         } else {
-            let name = line
-                .split(|b| b.is_ascii_whitespace())
-                .next()
-                .and_then(|v| std::str::from_utf8(v).ok())
-                .unwrap_or("");
-            table.command(name)
+            table.command_of_line(line)
         };
         let response = self.line_inner(line).await;
         let status = if response.data.starts_with(b"+OK") {

@@ -196,6 +196,20 @@ impl<R: CommandResult> CommandTable<R> {
         CommandId(i)
     }
 
+    /// [`Self::command`] of bytes a client sent (not UTF-8: `other`).
+    pub fn command_bytes(&self, name: &[u8]) -> CommandId {
+        std::str::from_utf8(name).map_or(self.other(), |n| self.command(n))
+    }
+
+    /// The command of a line-based protocol's command line (SMTP, POP3): its first word.
+    pub fn command_of_line(&self, line: &[u8]) -> CommandId {
+        let verb = line
+            .split(|b| b.is_ascii_whitespace())
+            .next()
+            .unwrap_or_default();
+        self.command_bytes(verb)
+    }
+
     /// The `other` command.
     pub fn other(&self) -> CommandId {
         CommandId(self.names.len())

@@ -152,6 +152,18 @@ impl Metrics {
             "Client connections closed at accept time because of a limit.",
             &["protocol", "listener", "reason"],
         )?;
+        // Every protocol and listener kind at zero: a dashboard shows an unused listener
+        // as zero connections, not as no data.
+        for p in Protocol::ALL {
+            for k in [ListenerKind::Plain, ListenerKind::ImplicitTls] {
+                let labels = [p.as_str(), k.as_str()];
+                connections_active.with_label_values(&labels);
+                connections_total.with_label_values(&labels);
+                for reason in [RefuseReason::MaxConnections, RefuseReason::PerIp] {
+                    connections_refused.with_label_values(&[labels[0], labels[1], reason.as_str()]);
+                }
+            }
+        }
         let tls = counter_vec(
             &r,
             "mailfleet_tls_handshakes_total",

@@ -11,24 +11,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ListenerKind {
-    /// Plain TCP; STARTTLS offered when an acceptor is configured.
-    Plain,
-    /// TLS from the first byte (RFC 8314).
-    ImplicitTls,
-}
-
-impl ListenerKind {
-    /// The kind of a listener bound from a `listen_tls` (true) or `listen` (false) key.
-    pub fn from_implicit_tls(implicit: bool) -> Self {
-        if implicit {
-            ListenerKind::ImplicitTls
-        } else {
-            ListenerKind::Plain
-        }
-    }
-}
+/// Plain TCP (STARTTLS offered when an acceptor is configured) or TLS from the first
+/// byte; the one definition, shared with the metrics' `listener` label.
+pub use mailfleet_telemetry::ListenerKind;
 
 pub struct Listener {
     pub listener: TcpListener,
@@ -68,7 +53,7 @@ impl Listener {
                 } else {
                     mailfleet_telemetry::Protocol::Smtp
                 },
-                mailfleet_telemetry::ListenerKind::from_implicit_tls(implicit),
+                self.kind,
             ),
         };
         let cfg = self.session;

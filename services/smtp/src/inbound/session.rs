@@ -247,8 +247,7 @@ impl Session {
         self.error(Reply::line_too_long())
     }
 
-    /// One command line, without its line end.
-    /// One command line and its reply, counted in `mailfleet_commands_total` under its verb
+    /// One command line (without its line end) and its reply, counted in `mailfleet_commands_total` under its verb
     /// (a SASL response line under AUTH) and the class of its last reply. DATA's 354 and a
     /// BDAT chunk's wait are not counted here: the command counts once, when the message
     /// is answered ([`Self::data_end`], [`Self::bdat_chunk`]).
@@ -258,12 +257,7 @@ impl Session {
         let cmd = if self.submission.as_ref().is_some_and(|s| s.sasl.is_some()) {
             table.command("AUTH")
         } else {
-            let verb = line
-                .split(|b| b.is_ascii_whitespace())
-                .next()
-                .and_then(|v| std::str::from_utf8(v).ok())
-                .unwrap_or("");
-            table.command(verb)
+            table.command_of_line(line)
         };
         let response = self.command_line_inner(line).await;
         let data_started = matches!(response.next, Next::Data | Next::Bdat { .. });
