@@ -1134,6 +1134,8 @@ impl Worker {
                 orcpt: None,
             }],
             created_at: now,
+            // The report belongs to the original message: its delivery joins that trace.
+            trace: msg.trace.clone(),
         }))
     }
 }

@@ -381,6 +381,7 @@ async fn enqueue(stores: &Stores, domain: &str) -> QueueId {
                 orcpt: None,
             }],
             created_at: now(),
+            trace: None,
         })
         .await
         .expect("enqueue")

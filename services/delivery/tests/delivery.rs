@@ -221,6 +221,7 @@ async fn enqueue(stores: &Stores) -> QueueId {
                 orcpt: None,
             }],
             created_at: now(),
+            trace: None,
         })
         .await
         .expect("enqueue")
@@ -568,6 +569,7 @@ async fn one_delay_warning_after_the_warning_time_then_none() {
                 orcpt: None,
             }],
             created_at: now() - 7200,
+            trace: None,
         })
         .await
         .expect("enqueue")
@@ -659,6 +661,7 @@ async fn enqueue_to(stores: &Stores, rcpts: &[&str]) -> QueueId {
                 })
                 .collect(),
             created_at: now(),
+            trace: None,
         })
         .await
         .expect("enqueue")

@@ -300,6 +300,7 @@ async fn enqueue(stores: &Stores) -> QueueId {
                 orcpt: None,
             }],
             created_at: now(),
+            trace: None,
         })
         .await
         .expect("enqueue")

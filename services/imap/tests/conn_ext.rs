@@ -82,6 +82,7 @@ impl Harness {
                     flags: Flags::default(),
                     summary: None,
                     refs: Default::default(),
+                    trace: None,
                 }],
                 QuotaPolicy::Allow,
             )

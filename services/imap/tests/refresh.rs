@@ -46,6 +46,7 @@ async fn append(stores: &Stores, account: AccountId, mailbox: MailboxId, i: u32)
                 flags: Flags::default(),
                 summary: None,
                 refs: Default::default(),
+                trace: None,
             }],
             QuotaPolicy::Allow,
         )

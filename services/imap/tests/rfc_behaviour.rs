@@ -86,6 +86,7 @@ impl Harness {
                     flags: Flags::default(),
                     summary: None,
                     refs: Default::default(),
+                    trace: None,
                 }],
                 QuotaPolicy::Allow,
             )

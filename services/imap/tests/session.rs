@@ -87,6 +87,7 @@ async fn harness() -> Harness {
                     flags: Flags::default(),
                     summary: None,
                     refs: Default::default(),
+                    trace: None,
                 }],
                 QuotaPolicy::Enforce,
             )
@@ -324,6 +325,7 @@ async fn idle_reports_a_new_message_and_ends_on_done() {
                 flags: Flags::default(),
                 summary: None,
                 refs: Default::default(),
+                trace: None,
             }],
             QuotaPolicy::Allow,
         )

@@ -57,6 +57,7 @@ impl Fixture {
                 flags: Flags::default(),
                 summary: None,
                 refs: Default::default(),
+                trace: None,
             })
             .collect();
         self.stores

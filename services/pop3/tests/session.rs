@@ -95,6 +95,7 @@ impl Harness {
                     flags: Flags::default(),
                     summary: None,
                     refs: Default::default(),
+                    trace: None,
                 }],
                 QuotaPolicy::Allow,
             )

@@ -185,6 +185,7 @@ pub async fn metadata_store(meta: &dyn MetadataStore) {
         flags: Flags::default(),
         summary: None,
         refs: Default::default(),
+        trace: None,
     };
     let first = meta
         .append(vec![msg(inbox.id), msg(inbox.id)], QuotaPolicy::Enforce)
@@ -527,6 +528,7 @@ async fn account_with_messages(meta: &dyn MetadataStore, n: usize) -> (Account, 
                 flags: Flags::default(),
                 summary: None,
                 refs: Default::default(),
+                trace: None,
             }
         })
         .collect();
@@ -739,6 +741,7 @@ fn message_with(account: &Account, mailbox: &Mailbox, blob: &BlobId, size: usize
         flags: Flags::default(),
         summary: None,
         refs: Default::default(),
+        trace: None,
     }
 }
 
@@ -890,6 +893,7 @@ pub async fn metadata_concurrent_appends(meta: std::sync::Arc<dyn MetadataStore>
                     flags: Flags::default(),
                     summary: None,
                     refs: Default::default(),
+                    trace: None,
                 }],
                 QuotaPolicy::Enforce,
             )
@@ -944,6 +948,7 @@ pub async fn metadata_save_dates(meta: &dyn MetadataStore) {
         flags: Flags::default(),
         summary: None,
         refs: Default::default(),
+        trace: None,
     };
     let appended = meta
         .append(vec![new(1), new(2)], QuotaPolicy::Enforce)
@@ -1040,6 +1045,7 @@ pub async fn metadata_object_ids(meta: &dyn MetadataStore) {
         flags: Flags::default(),
         summary: None,
         refs: crate::MessageRefs::from_message(raw.as_bytes()),
+        trace: None,
     };
     let tag = unique("");
     let root = format!("root-{tag}@x");
@@ -1627,6 +1633,64 @@ pub async fn metadata_credentials(meta: &dyn MetadataStore) {
 
 /// The outbound queue: durable entries with per-recipient state, a blob reference that
 /// keeps the orphan sweep away, and entries that outlive the submitting account.
+/// A W3C `traceparent` as the SMTP pipeline stores it.
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+/// The trace a message was received under is kept with it, read back for the messages
+/// that have one, and kept by COPY; a message without one is left out.
+pub async fn metadata_message_traces(meta: &dyn MetadataStore) {
+    let domain = format!("{}.test", unique("trace"));
+    meta.create_domain(&domain).await.expect("domain");
+    let a = meta
+        .create_account(&format!("t@{domain}"), "h", 0)
+        .await
+        .expect("account");
+    let inbox = meta
+        .get_mailbox(a.id, "INBOX")
+        .await
+        .expect("get")
+        .expect("inbox");
+    let archive = meta
+        .create_mailbox(a.id, "Traced copies", None)
+        .await
+        .expect("create");
+    let new = |raw: &str, trace: Option<&str>| NewMessage {
+        account: a.id,
+        mailbox: inbox.id,
+        blob: BlobId::of(raw.as_bytes()),
+        size: raw.len() as u64,
+        internal_date: 1_700_000_000,
+        flags: Flags::default(),
+        summary: None,
+        refs: Default::default(),
+        trace: trace.map(str::to_string),
+    };
+    let appended = meta
+        .append(
+            vec![new("traced", Some(TRACEPARENT)), new("appended", None)],
+            QuotaPolicy::Enforce,
+        )
+        .await
+        .expect("append");
+    let (traced, plain) = (appended[0].uid, appended[1].uid);
+    assert_eq!(
+        meta.message_traces(inbox.id, &[traced, plain, Uid(999)])
+            .await
+            .expect("traces"),
+        vec![(traced, TRACEPARENT.to_string())]
+    );
+    let copied = meta
+        .copy_messages(a.id, inbox.id, &[traced], archive.id)
+        .await
+        .expect("copy");
+    assert_eq!(
+        meta.message_traces(archive.id, &[copied[0].dest.uid])
+            .await
+            .expect("traces"),
+        vec![(copied[0].dest.uid, TRACEPARENT.to_string())]
+    );
+}
+
 pub async fn metadata_outbound_queue(meta: &dyn MetadataStore) {
     use crate::{
         DsnRet, NewOutbound, NewOutboundRecipient, QueueId, RecipientState, RecipientUpdate,
@@ -1664,6 +1728,7 @@ pub async fn metadata_outbound_queue(meta: &dyn MetadataStore) {
             rcpt("y@other.example"),
         ],
         created_at: 1_700_000_000,
+        trace: Some(TRACEPARENT.into()),
     };
     assert!(matches!(
         meta.enqueue_outbound(NewOutbound {
@@ -1688,6 +1753,7 @@ pub async fn metadata_outbound_queue(meta: &dyn MetadataStore) {
     assert_eq!(q.account, Some(a.id));
     assert_eq!(q.envid.as_deref(), Some("env-1"));
     assert_eq!(q.ret, Some(DsnRet::Headers));
+    assert_eq!(q.trace.as_deref(), Some(TRACEPARENT));
     assert_eq!(q.recipients.len(), 2);
     let first = &q.recipients[0];
     assert_eq!(first.address, "x@remote.example");
@@ -1711,6 +1777,7 @@ pub async fn metadata_outbound_queue(meta: &dyn MetadataStore) {
                 flags: Flags::default(),
                 summary: None,
                 refs: Default::default(),
+                trace: None,
             }],
             QuotaPolicy::Enforce,
         )
@@ -1872,6 +1939,7 @@ pub async fn metadata_outbound_delivery(meta: &dyn MetadataStore) {
         ret: None,
         recipients: rcpts,
         created_at: at,
+        trace: None,
     };
     // Far in the future so entries of other tests sharing the store never count.
     let base = 4_000_000_000;
@@ -1977,6 +2045,7 @@ pub async fn metadata_outbound_stats(meta: &dyn MetadataStore) {
             })
             .collect(),
         created_at: at,
+        trace: None,
     };
     let update = |state, next_attempt| RecipientUpdate {
         state,
@@ -2062,6 +2131,7 @@ pub async fn metadata_outbound_attempts(meta: &dyn MetadataStore) {
                 rcpt("c@x.example"),
             ],
             created_at: base,
+            trace: None,
         })
         .await
         .expect("enqueue");
@@ -2076,6 +2146,7 @@ pub async fn metadata_outbound_attempts(meta: &dyn MetadataStore) {
         ret: None,
         recipients: vec![rcpt(&dsn_to)],
         created_at: base,
+        trace: None,
     };
     let dsn_entries = || async {
         let mut found = Vec::new();

@@ -241,6 +241,14 @@ impl MetadataStore for FailingMeta {
         self.check("message_object_ids")?;
         self.inner.message_object_ids(mailbox, uids).await
     }
+    async fn message_traces(
+        &self,
+        mailbox: MailboxId,
+        uids: &[Uid],
+    ) -> StoreResult<Vec<(Uid, String)>> {
+        self.check("message_traces")?;
+        self.inner.message_traces(mailbox, uids).await
+    }
     async fn find_by_object_id(
         &self,
         account: AccountId,

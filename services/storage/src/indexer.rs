@@ -208,6 +208,7 @@ mod tests {
                         flags: Flags::default(),
                         summary: None,
                         refs: Default::default(),
+                        trace: None,
                     }],
                     crate::metadata::QuotaPolicy::Allow,
                 )

@@ -564,6 +564,18 @@ impl MetadataStore for MeteredMeta {
         .await
     }
 
+    async fn message_traces(
+        &self,
+        mailbox: MailboxId,
+        uids: &[Uid],
+    ) -> StoreResult<Vec<(Uid, String)>> {
+        self.timed(
+            "meta_message_traces",
+            self.inner.message_traces(mailbox, uids),
+        )
+        .await
+    }
+
     async fn find_by_object_id(
         &self,
         account: AccountId,

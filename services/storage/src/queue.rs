@@ -90,6 +90,9 @@ pub struct NewOutbound {
     pub recipients: Vec<NewOutboundRecipient>,
     /// Unix seconds; also the first attempt time of every recipient.
     pub created_at: i64,
+    /// The W3C `traceparent` of the trace the message was received under; every delivery
+    /// attempt joins it.
+    pub trace: Option<String>,
 }
 
 /// One recipient of a queued message.
@@ -118,6 +121,8 @@ pub struct OutboundMessage {
     pub envid: Option<String>,
     pub ret: Option<DsnRet>,
     pub created_at: i64,
+    /// See [`NewOutbound::trace`].
+    pub trace: Option<String>,
     /// In the order they were enqueued.
     pub recipients: Vec<OutboundRecipient>,
 }

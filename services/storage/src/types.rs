@@ -228,6 +228,10 @@ pub struct NewMessage {
     /// ([`crate::MessageRefs::from_message`]): the store files the message into a thread
     /// with them (THREADID, RFC 8474). Empty: a thread of its own.
     pub refs: crate::MessageRefs,
+    /// The W3C `traceparent` (`00-<trace id>-<span id>-<flags>`) of the trace the message
+    /// was received under, kept with it so a later read joins that trace
+    /// ([`crate::MetadataStore::message_traces`]); `None` for a message a client appended.
+    pub trace: Option<String>,
 }
 
 /// Counts of a mailbox that are not kept as running totals (IMAP STATUS, JMAP Mailbox).

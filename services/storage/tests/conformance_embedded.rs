@@ -115,6 +115,7 @@ async fn sqlite_survives_reopen_and_gc_deletes_orphans() {
                 flags: Flags::default(),
                 summary: None,
                 refs: Default::default(),
+                trace: None,
             }],
             mailfleet_storage::metadata::QuotaPolicy::Enforce,
         )
@@ -153,6 +154,13 @@ async fn sqlite_outbound_queue() {
     let dir = tempfile::tempdir().expect("tmp");
     let meta = SqliteMetadataStore::open(dir.path().join("m.sqlite3"), 16).expect("open");
     conformance::metadata_outbound_queue(&meta).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_message_traces() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let meta = SqliteMetadataStore::open(dir.path().join("m.sqlite3"), 16).expect("open");
+    conformance::metadata_message_traces(&meta).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -217,6 +225,7 @@ async fn data_at_rest_is_private() {
                 flags: Flags::default(),
                 summary: None,
                 refs: Default::default(),
+                trace: None,
             }],
             mailfleet_storage::metadata::QuotaPolicy::Enforce,
         )

@@ -866,6 +866,7 @@ impl Session {
                 // A copy into another account is a new email there (new EMAILID) and
                 // starts a thread of its own: its header is not read again here.
                 refs: Default::default(),
+                trace: None,
             });
         }
         let appended = if news.is_empty() {

@@ -136,6 +136,7 @@ impl Session {
                 flags: super::acl::permitted_flags(p.flags, target.rights),
                 summary: Some(summary),
                 refs,
+                trace: None,
             });
         }
         let count = new.len();

@@ -962,6 +962,7 @@ mod streaming_tests {
                         flags: Flags::default(),
                         summary: None,
                         refs: Default::default(),
+                        trace: None,
                     }],
                     QuotaPolicy::Allow,
                 )

@@ -73,6 +73,7 @@ pub async fn deliver(
             flags: Flags::default(),
             summary: Some(summary.clone()),
             refs: refs.clone(),
+            trace: None,
         })
         .collect();
     let policy = if enforce_quota {

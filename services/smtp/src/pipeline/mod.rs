@@ -343,6 +343,7 @@ impl Pipeline {
                     .and_then(mailfleet_storage::DsnRet::parse),
                 recipients,
                 created_at: now,
+                trace: None,
             })
             .await?;
         tracing::info!(

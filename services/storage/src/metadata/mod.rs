@@ -225,6 +225,15 @@ pub trait MetadataStore: Send + Sync + 'static {
         uids: &[Uid],
     ) -> StoreResult<Vec<(Uid, Option<i64>)>>;
 
+    /// The W3C `traceparent` each of the given messages of `mailbox` was received under
+    /// ([`crate::NewMessage::trace`]), for the messages that have one; a reader (IMAP
+    /// FETCH, POP3 RETR) joins that trace. Asked only while tracing is on.
+    async fn message_traces(
+        &self,
+        mailbox: MailboxId,
+        uids: &[Uid],
+    ) -> StoreResult<Vec<(Uid, String)>>;
+
     // ---- object ids (IMAP OBJECTID, RFC 8474; JMAP ids; see `crate::object_id`) ----
     /// The EMAILID and THREADID of each of the given messages of `mailbox`, assigned by
     /// [`Self::append`] and carried along by [`Self::copy_messages`] and

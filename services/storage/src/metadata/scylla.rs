@@ -59,7 +59,7 @@ pub const BUCKET_SHIFT: u32 = 16;
 pub const ID_BLOCK: i64 = 100;
 
 /// Schema version recorded in `schema_version`; migrations run in order up to it.
-const SCHEMA_VERSION: i32 = 7;
+const SCHEMA_VERSION: i32 = 8;
 
 /// Tables of schema version 1. `{ks}` is replaced by the keyspace name.
 const SCHEMA_V1: &[&str] = &[
@@ -167,6 +167,13 @@ const SCHEMA_V7: &[&str] = &[
      thread_id text, PRIMARY KEY ((account_id, message_id)))",
     "CREATE TABLE IF NOT EXISTS {ks}.object_members (account_id bigint, object_id text, \
      mailbox_id bigint, uid bigint, PRIMARY KEY ((account_id, object_id), mailbox_id, uid))",
+];
+
+/// v8: the W3C `traceparent` a message or queue entry was received under, so later reads
+/// and delivery attempts join its trace (null in rows written before).
+const SCHEMA_V8: &[&str] = &[
+    "ALTER TABLE {ks}.messages ADD trace text",
+    "ALTER TABLE {ks}.outbound ADD trace text",
 ];
 
 /// How long a pin lasts: far longer than a put and an append take, and the sweep's grace
@@ -445,13 +452,14 @@ type MailboxRow = (
 );
 type AccountRow = (i64, i64, String, String, i64);
 type MessageRow = (i64, i64, String, i64, i64, String);
-/// blob_id, size, internal_date, flags, summary, email_id, thread_id.
+/// blob_id, size, internal_date, flags, summary, email_id, thread_id, trace.
 type FieldsRow = (
     String,
     i64,
     i64,
     String,
     Option<Vec<u8>>,
+    Option<String>,
     Option<String>,
     Option<String>,
 );
@@ -506,6 +514,8 @@ struct StoredFields {
     ids: crate::MessageObjectIds,
     /// The account, for the `object_members` entries.
     account: AccountId,
+    /// The trace the message was received under; a copy keeps it.
+    trace: Option<String>,
 }
 
 /// What a write did to one mailbox, applied to its row when the write ends.
@@ -1046,8 +1056,8 @@ impl ScyllaMetadataStore {
         self.db
             .run(
                 "INSERT INTO messages (mailbox_id, bucket, uid, modseq, blob_id, size, \
-                 internal_date, flags, summary, save_date, email_id, thread_id) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 internal_date, flags, summary, save_date, email_id, thread_id, trace) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     mailbox.0,
                     bucket(uid.0 as u64),
@@ -1062,6 +1072,7 @@ impl ScyllaMetadataStore {
                     now_secs(),
                     m.ids.email_id.as_str(),
                     m.ids.thread_id.as_str(),
+                    m.trace.as_deref(),
                 ),
             )
             .await?;
@@ -1494,8 +1505,8 @@ impl ScyllaMetadataStore {
             let row: Option<FieldsRow> = self
                 .db
                 .one(
-                    "SELECT blob_id, size, internal_date, flags, summary, email_id, thread_id \
-                     FROM messages WHERE mailbox_id = ? AND bucket = ? AND uid = ?",
+                    "SELECT blob_id, size, internal_date, flags, summary, email_id, thread_id, \
+                     trace FROM messages WHERE mailbox_id = ? AND bucket = ? AND uid = ?",
                     (source.0, bucket(uid.0 as u64), uid.0 as i64),
                 )
                 .await?;
@@ -1515,6 +1526,7 @@ impl ScyllaMetadataStore {
                             thread_id: r.6.unwrap_or(legacy.thread_id),
                         },
                         account,
+                        trace: r.7,
                     },
                 ));
             }
@@ -1595,11 +1607,12 @@ impl ScyllaMetadataStore {
             Option<String>,
             Option<String>,
             i64,
+            Option<String>,
         );
         let head: Option<Head> = self
             .db
             .one(
-                "SELECT blob_id, size, sender, account_id, envid, ret, created_at \
+                "SELECT blob_id, size, sender, account_id, envid, ret, created_at, trace \
                  FROM outbound WHERE id = ?",
                 (id.0,),
             )
@@ -1625,6 +1638,7 @@ impl ScyllaMetadataStore {
             envid: h.4,
             ret: h.5.as_deref().and_then(crate::DsnRet::parse),
             created_at: h.6,
+            trace: h.7,
             recipients,
         }))
     }
@@ -1780,7 +1794,7 @@ impl ScyllaMetadataStore {
         }
         out.push((
             "INSERT INTO outbound (id, blob_id, size, sender, account_id, envid, ret, \
-             created_at, fence) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)",
+             created_at, trace, fence) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
             vec![
                 Some(CqlValue::BigInt(id)),
                 text(msg.blob.as_str()),
@@ -1790,6 +1804,7 @@ impl ScyllaMetadataStore {
                 msg.envid.as_deref().and_then(text),
                 msg.ret.and_then(|r| text(r.as_str())),
                 Some(CqlValue::BigInt(msg.created_at)),
+                msg.trace.as_deref().and_then(text),
             ],
         ));
         out.push((
@@ -1914,8 +1929,11 @@ async fn migrate(session: &Session, ks: &str) -> StoreResult<()> {
             fts::backfill_pending(session, ks).await?;
         }
     }
-    if version < 7 {
-        for stmt in SCHEMA_V7 {
+    for (v, stmts) in [(7, SCHEMA_V7), (8, SCHEMA_V8)] {
+        if version >= v {
+            continue;
+        }
+        for stmt in stmts {
             if let Err(e) = session.query_unpaged(stmt.replace("{ks}", ks), ()).await {
                 let text = e.to_string().to_ascii_lowercase();
                 if !(text.contains("already exist") || text.contains("conflicts with")) {
@@ -2468,6 +2486,7 @@ impl MetadataStore for ScyllaMetadataStore {
                         .next()
                         .ok_or_else(|| StoreError::Invalid("object ids".into()))?,
                     account: m.account,
+                    trace: m.trace.clone(),
                 };
                 let count_before = delta.count;
                 let r = self.insert_message(&mut writers[idx], &fields, delta).await;
@@ -2712,6 +2731,27 @@ impl MetadataStore for ScyllaMetadataStore {
         for &uid in uids {
             if let Some(ids) = self.read_object_ids(mailbox, uid).await? {
                 out.push((uid, ids));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn message_traces(
+        &self,
+        mailbox: MailboxId,
+        uids: &[Uid],
+    ) -> StoreResult<Vec<(Uid, String)>> {
+        let mut out = Vec::new();
+        for &uid in uids {
+            let row: Option<(Option<String>,)> = self
+                .db
+                .one(
+                    "SELECT trace FROM messages WHERE mailbox_id = ? AND bucket = ? AND uid = ?",
+                    (mailbox.0, bucket(uid.0 as u64), uid.0 as i64),
+                )
+                .await?;
+            if let Some((Some(t),)) = row {
+                out.push((uid, t));
             }
         }
         Ok(out)
@@ -3356,7 +3396,7 @@ impl MetadataStore for ScyllaMetadataStore {
         self.db
             .run(
                 "INSERT INTO outbound (id, blob_id, size, sender, account_id, envid, ret, \
-                 created_at, fence) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)",
+                 created_at, trace, fence) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
                 (
                     id,
                     msg.blob.as_str(),
@@ -3366,6 +3406,7 @@ impl MetadataStore for ScyllaMetadataStore {
                     msg.envid.as_deref(),
                     msg.ret.map(|r| r.as_str()),
                     msg.created_at,
+                    msg.trace.as_deref(),
                 ),
             )
             .await?;
@@ -3384,6 +3425,7 @@ impl MetadataStore for ScyllaMetadataStore {
             envid: msg.envid,
             ret: msg.ret,
             created_at: msg.created_at,
+            trace: msg.trace,
             recipients: msg
                 .recipients
                 .into_iter()

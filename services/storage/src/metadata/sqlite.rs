@@ -25,7 +25,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// Schema version stored in `PRAGMA user_version`; migrations run in order up to it.
-const SCHEMA_VERSION: i64 = 13;
+const SCHEMA_VERSION: i64 = 14;
 
 const SCHEMA_V1: &str = r#"
 CREATE TABLE domains (
@@ -694,6 +694,15 @@ CREATE INDEX messages_deleted ON messages(mailbox_id, uid)
     WHERE flags LIKE '%\Deleted%' ESCAPE '!';
 "#;
 
+/// v14: the W3C `traceparent` of the trace a message or queue entry was received under
+/// (observability): kept with the message so a later read (IMAP FETCH, POP3 RETR) and the
+/// outbound attempts join that trace. Null for rows written before, and for messages
+/// appended by a client.
+const SCHEMA_V14: &str = r#"
+ALTER TABLE messages ADD COLUMN trace TEXT;
+ALTER TABLE outbound ADD COLUMN trace TEXT;
+"#;
+
 /// UIDs an EXPUNGE with a UID set looks up one by one; a larger set reads the deleted
 /// messages from the partial index instead.
 const EXPUNGE_LOOKUPS: usize = 64;
@@ -798,6 +807,12 @@ fn migrate_to(conn: &Connection, index_path: &Path, target: i64) -> StoreResult<
         }
         conn.execute_batch("DETACH DATABASE fts").map_err(db_err)?;
         moved?;
+    }
+    if version < 14 && target >= 14 {
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {SCHEMA_V14} PRAGMA user_version = 14; COMMIT;"
+        ))
+        .map_err(db_err)?;
     }
     Ok(())
 }
@@ -1165,6 +1180,8 @@ struct StoredFields {
     /// EMAILID and THREADID: new for an append ([`assign_object_ids`]), the original's
     /// for a copy or move.
     ids: MessageObjectIds,
+    /// The trace the message was received under; a copy keeps it.
+    trace: Option<String>,
 }
 
 /// Gives a new message its EMAILID (the next of the store's sequence) and THREADID: the
@@ -1261,8 +1278,8 @@ fn insert_message(
         )));
     }
     c.prepare_cached(&format!(
-        "INSERT INTO messages ({MESSAGE_COLS}, summary, save_date, email_id, thread_id) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+        "INSERT INTO messages ({MESSAGE_COLS}, summary, save_date, email_id, thread_id, \
+         trace) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
     ))
     .map_err(db_err)?
     .execute(params![
@@ -1277,7 +1294,8 @@ fn insert_message(
         // The save date (RFC 8514): now, for an append as for a copy or move.
         now_secs(),
         m.ids.email_id,
-        m.ids.thread_id
+        m.ids.thread_id,
+        m.trace
     ])
     .map_err(db_err)?;
     c.prepare_cached(
@@ -1373,8 +1391,8 @@ fn copy_tx(
     for uid in sorted {
         let row: Option<StoredFields> = c
             .prepare_cached(
-                "SELECT blob_id, size, internal_date, flags, summary, email_id, thread_id \
-                 FROM messages WHERE mailbox_id = ?1 AND uid = ?2",
+                "SELECT blob_id, size, internal_date, flags, summary, email_id, thread_id, \
+                 trace FROM messages WHERE mailbox_id = ?1 AND uid = ?2",
             )
             .map_err(db_err)?
             .query_row(params![source.0, uid.0], |r| {
@@ -1391,6 +1409,7 @@ fn copy_tx(
                         email_id: r.get::<_, Option<String>>(5)?.unwrap_or(legacy.email_id),
                         thread_id: r.get::<_, Option<String>>(6)?.unwrap_or(legacy.thread_id),
                     },
+                    trace: r.get(7)?,
                 })
             })
             .optional()
@@ -1941,6 +1960,7 @@ impl MetadataStore for SqliteMetadataStore {
                         flags: m.flags.to_storage(),
                         summary: m.summary.clone(),
                         ids,
+                        trace: m.trace.clone(),
                     },
                     quota == QuotaPolicy::Enforce,
                     true,
@@ -2204,6 +2224,31 @@ impl MetadataStore for SqliteMetadataStore {
                             thread_id: t.unwrap_or(legacy.thread_id),
                         },
                     ));
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn message_traces(
+        &self,
+        mailbox: MailboxId,
+        uids: &[Uid],
+    ) -> StoreResult<Vec<(Uid, String)>> {
+        let uids = uids.to_vec();
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached("SELECT trace FROM messages WHERE mailbox_id = ?1 AND uid = ?2")
+                .map_err(db_err)?;
+            let mut out = Vec::new();
+            for uid in uids {
+                let trace: Option<Option<String>> = stmt
+                    .query_row(params![mailbox.0, uid.0], |r| r.get(0))
+                    .optional()
+                    .map_err(db_err)?;
+                if let Some(t) = trace.flatten() {
+                    out.push((uid, t));
                 }
             }
             Ok(out)
@@ -3194,8 +3239,8 @@ fn insert_outbound(c: &Connection, msg: &crate::NewOutbound) -> StoreResult<i64>
     }
     let id: i64 = c
         .query_row(
-            "INSERT INTO outbound (blob_id, size, sender, account_id, envid, ret, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING id",
+            "INSERT INTO outbound (blob_id, size, sender, account_id, envid, ret, created_at, \
+             trace) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING id",
             params![
                 msg.blob.as_str(),
                 msg.size as i64,
@@ -3203,7 +3248,8 @@ fn insert_outbound(c: &Connection, msg: &crate::NewOutbound) -> StoreResult<i64>
                 msg.account.map(|a| a.0),
                 msg.envid,
                 msg.ret.map(|r| r.as_str()),
-                msg.created_at
+                msg.created_at,
+                msg.trace
             ],
             |r| r.get(0),
         )
@@ -3328,7 +3374,7 @@ fn load_outbound(
 ) -> StoreResult<Option<crate::OutboundMessage>> {
     let head = c
         .prepare_cached(
-            "SELECT blob_id, size, sender, account_id, envid, ret, created_at \
+            "SELECT blob_id, size, sender, account_id, envid, ret, created_at, trace \
              FROM outbound WHERE id = ?1",
         )
         .map_err(db_err)?
@@ -3350,6 +3396,7 @@ fn load_outbound(
                 envid: r.get(4)?,
                 ret: ret.as_deref().and_then(crate::DsnRet::parse),
                 created_at: r.get(6)?,
+                trace: r.get(7)?,
                 recipients: Vec::new(),
             })
         })
@@ -3431,6 +3478,7 @@ mod tests {
                 flags: Flags::default(),
                 summary: None,
                 refs: Default::default(),
+                trace: None,
             })
             .collect();
         meta.append(messages, QuotaPolicy::Allow)
@@ -3628,6 +3676,7 @@ mod tests {
             },
             summary: None,
             refs: Default::default(),
+            trace: None,
         };
         let appended = meta
             .append(
