@@ -126,6 +126,7 @@ pub async fn world() -> World {
                         flags,
                         summary: None,
                         refs: Default::default(),
+                        trace: None,
                     }],
                     QuotaPolicy::Enforce,
                 )

@@ -291,6 +291,7 @@ pub async fn run_search_bench(cfg: &SearchBenchConfig) -> anyhow::Result<SearchB
                             flags: Flags::default(),
                             summary: None,
                             refs: Default::default(),
+                            trace: None,
                         })
                         .collect(),
                     QuotaPolicy::Allow,
