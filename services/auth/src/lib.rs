@@ -369,8 +369,11 @@ impl Authenticator {
                 });
                 tracing::warn!(
                     protocol = req.protocol.as_str(),
+                    mechanism = req.mechanism.as_str(),
+                    trace_id = mailfleet_telemetry::trace::current_trace_id(),
                     ip = %req.remote_ip,
                     user = ?username,
+                    result = why.as_str(),
                     "login refused: too many failed logins"
                 );
                 return Err((AuthError::Throttled { retry_after }, why));
@@ -399,9 +402,12 @@ impl Authenticator {
                 };
                 tracing::info!(
                     protocol = req.protocol.as_str(),
+                    mechanism = req.mechanism.as_str(),
+                    trace_id = mailfleet_telemetry::trace::current_trace_id(),
                     ip = %req.remote_ip,
                     user = %account.address,
                     %method,
+                    result = "success",
                     "login"
                 );
                 if let Verified::App(app) = how {
@@ -416,9 +422,12 @@ impl Authenticator {
                 drop(reservation);
                 tracing::warn!(
                     protocol = req.protocol.as_str(),
+                    mechanism = req.mechanism.as_str(),
+                    trace_id = mailfleet_telemetry::trace::current_trace_id(),
                     ip = %req.remote_ip,
                     user = ?username,
                     known,
+                    result = "failure",
                     reason = failure.as_str(),
                     "authentication failed"
                 );

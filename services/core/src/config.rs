@@ -31,6 +31,34 @@ pub struct Config {
     pub auth: AuthConfig,
     pub delivery: DeliveryConfig,
     pub http: HttpConfig,
+    pub tracing: TracingConfig,
+}
+
+/// OpenTelemetry trace export (OTLP over HTTP, protobuf). Off unless an endpoint is set.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracingConfig {
+    /// OTLP/HTTP traces URL, e.g. `http://otel-collector:4318/v1/traces` (plain HTTP to a
+    /// collector next to the node); empty: no export.
+    pub otlp_endpoint: String,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
+    /// Fraction of new traces sampled (0.0 to 1.0). A trace that arrives with a sampled
+    /// parent (`traceparent` on HTTP, a message's stored context) follows its parent.
+    pub sample_ratio: f64,
+    /// Seconds to wait for the exporter on each batch.
+    pub export_timeout_secs: u64,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: String::new(),
+            service_name: "mailfleet".into(),
+            sample_ratio: 1.0,
+            export_timeout_secs: 10,
+        }
+    }
 }
 
 /// The HTTP listener: health probes and metrics now; JMAP and webmail share it later.
@@ -709,6 +737,7 @@ impl Config {
         hide(&mut c.storage.scylla.password);
         c.storage.redis.url = redact_url(&c.storage.redis.url);
         c.storage.s3.endpoint = redact_url(&c.storage.s3.endpoint);
+        c.tracing.otlp_endpoint = redact_url(&c.tracing.otlp_endpoint);
         c
     }
 
@@ -767,6 +796,21 @@ impl Config {
         }
         if self.server.proxy_header_timeout_secs == 0 {
             return err("server.proxy_header_timeout_secs", "must be positive");
+        }
+        if !(0.0..=1.0).contains(&self.tracing.sample_ratio) {
+            return err("tracing.sample_ratio", "must be between 0.0 and 1.0");
+        }
+        let otlp = self.tracing.otlp_endpoint.trim();
+        // Plain HTTP only: the exporter is built without a TLS stack; the collector is
+        // expected next to the node (a sidecar or a node agent), as OpenTelemetry advises.
+        if !otlp.is_empty() && !otlp.starts_with("http://") {
+            return err(
+                "tracing.otlp_endpoint",
+                "must be an http:// URL (a nearby collector)",
+            );
+        }
+        if self.tracing.service_name.trim().is_empty() {
+            return err("tracing.service_name", "must not be empty");
         }
         if self.smtp.max_recipients < 1 {
             return err("smtp.max_recipients", "must be at least 1");

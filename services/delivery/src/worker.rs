@@ -48,9 +48,16 @@ use mailfleet_telemetry::{DeliveryResult, DeliveryTls, RateLimit};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tracing::Instrument;
 
 /// Most due entries taken from the store per poll.
 pub const POLL_BATCH: usize = 256;
+
+/// The trace id of an entry, for its log lines (`""` for entries queued before trace
+/// contexts were kept).
+fn trace_id_of(msg: &OutboundMessage) -> &str {
+    mailfleet_telemetry::trace::trace_id_of(msg.trace.as_deref().unwrap_or(""))
+}
 
 pub(crate) fn unix_now() -> i64 {
     std::time::SystemTime::now()
@@ -420,14 +427,33 @@ impl Worker {
             .map(|r| r.address.clone())
             .collect();
         if !due.is_empty() {
-            let blob = self.inner.stores.blobs.get(&msg.blob).await?;
+            // The attempt continues the trace the message was received under (stored with
+            // the queue entry), so one trace shows a message from SMTP in to SMTP out.
+            let span = tracing::debug_span!(
+                parent: None,
+                "delivery.attempt",
+                otel.name = "outbound delivery attempt",
+                otel.kind = "client",
+                smtp.queue_id = %id,
+                smtp.recipients = due.len() as i64,
+            );
+            if let Some(parent) = &msg.trace {
+                mailfleet_telemetry::trace::set_parent(&span, parent);
+            }
+            let blob = self
+                .inner
+                .stores
+                .blobs
+                .get(&msg.blob)
+                .instrument(span.clone())
+                .await?;
             let ctx = AttemptCtx {
                 msg: &msg,
                 fence,
                 guard,
                 now,
             };
-            let attempt = self.attempt(&ctx, &due, &blob);
+            let attempt = self.attempt(&ctx, &due, &blob).instrument(span.clone());
             let (outcomes, stopped) = match guard {
                 Some(g) => tokio::select! {
                     out = attempt => out,
@@ -438,7 +464,10 @@ impl Worker {
             if guard.is_some_and(LeaseGuard::is_lost) {
                 return Err(crate::DeliveryError::LeaseLost(id));
             }
-            let dsns = self.record(&msg, outcomes, &blob, now, fence).await?;
+            let dsns = self
+                .record(&msg, outcomes, &blob, now, fence)
+                .instrument(span)
+                .await?;
             if let Some(e) = stopped {
                 return Err(e);
             }
@@ -633,6 +662,7 @@ impl Worker {
                         message.clone(),
                         ctx.now,
                         false,
+                        ctx.msg.trace.as_deref(),
                     )
                     .await
                     {
@@ -670,8 +700,15 @@ impl Worker {
         body: &[u8],
     ) -> Result<Vec<Outcome>, crate::DeliveryError> {
         let used = std::sync::Mutex::new(DeliveryTls::None);
+        let span = tracing::debug_span!(
+            "delivery.domain",
+            otel.name = "deliver to domain",
+            smtp.domain = domain,
+            smtp.recipients = rcpts.len() as i64,
+        );
         let out = self
             .attempt_domain_inner(ctx, domain, rcpts, body, &used)
+            .instrument(span)
             .await?;
         let m = mailfleet_telemetry::metrics();
         for o in &out {
@@ -957,7 +994,7 @@ impl Worker {
                 .unwrap_or(0);
             let update = match &o.result {
                 RcptResult::Accepted(reply) => {
-                    tracing::info!(queue_id = %msg.id, rcpt = %o.address, relay = ?o.remote, %reply, "delivered");
+                    tracing::info!(queue_id = %msg.id, trace_id = trace_id_of(msg), rcpt = %o.address, attempt = attempts, relay = o.remote.as_deref().unwrap_or(""), %reply, "delivered");
                     RecipientUpdate {
                         state: RecipientState::Delivered,
                         next_attempt: now,
@@ -968,7 +1005,7 @@ impl Worker {
                 }
                 RcptResult::Temporary(reply) if !expired => {
                     let delay = backoff(s.retry_base, s.retry_max, attempts);
-                    tracing::info!(queue_id = %msg.id, rcpt = %o.address, %reply, retry_in_secs = delay.as_secs(), "deferred");
+                    tracing::info!(queue_id = %msg.id, trace_id = trace_id_of(msg), rcpt = %o.address, attempt = attempts, relay = o.remote.as_deref().unwrap_or(""), %reply, retry_in_secs = delay.as_secs(), "deferred");
                     let rcpt = msg.recipients.iter().find(|r| r.address == o.address);
                     // One delay warning per recipient, once it has waited `delay_warning`
                     // (Postfix's delay_warning_time), if NOTIFY allows it.
@@ -1000,7 +1037,7 @@ impl Worker {
                     } else {
                         reply.clone()
                     };
-                    tracing::info!(queue_id = %msg.id, rcpt = %o.address, %reply, "bounced");
+                    tracing::info!(queue_id = %msg.id, trace_id = trace_id_of(msg), rcpt = %o.address, attempt = attempts, relay = o.remote.as_deref().unwrap_or(""), %reply, "bounced");
                     let notify = msg
                         .recipients
                         .iter()

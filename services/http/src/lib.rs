@@ -29,6 +29,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tracing::Instrument;
 
 #[derive(Clone)]
 struct AppState {
@@ -162,12 +163,44 @@ pub async fn serve(
         inner: listener,
         per_ip,
     };
+    let router = router.layer(axum::middleware::from_fn(trace_request));
     let result = axum::serve(listener, router)
         .with_graceful_shutdown(async move { shutdown.wait().await })
         .await;
     if let Err(e) = result {
         tracing::error!(error = %e, "http listener failed");
     }
+}
+
+/// Each request is a span (`http.request`); a W3C `traceparent` header makes it a child of
+/// the caller's span, so a request traced by a proxy or a client continues its trace here.
+/// A malformed header is ignored (a new trace starts), as the W3C recommendation says.
+async fn trace_request(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let method = req.method().as_str().to_string();
+    let span = tracing::debug_span!(
+        "http.request",
+        otel.name = %format_args!("{method} {}", req.uri().path()),
+        otel.kind = "server",
+        http.request.method = %method,
+        url.path = %req.uri().path(),
+        http.response.status_code = tracing::field::Empty,
+    );
+    if let Some(parent) = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+    {
+        mailfleet_telemetry::trace::set_parent(&span, parent);
+    }
+    let response = next.run(req).instrument(span.clone()).await;
+    span.record(
+        "http.response.status_code",
+        i64::from(response.status().as_u16()),
+    );
+    response
 }
 
 /// A TCP listener that refuses (closes at once) connections from an address that already

@@ -17,10 +17,11 @@ use imap_codec::imap_types::IntoStatic;
 use imap_codec::{AuthenticateDataCodec, CommandCodec, IdleDoneCodec};
 use mailfleet_core::net::{placeholder_io, tls_handshake, Io};
 use mailfleet_core::shutdown::Shutdown;
-use mailfleet_telemetry::{CommandId, ImapStatus};
+use mailfleet_telemetry::{CommandId, CommandResult, ImapStatus};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::TlsAcceptor;
+use tracing::Instrument;
 
 /// Limits of the framing layer.
 #[derive(Clone, Copy, Debug)]
@@ -113,6 +114,10 @@ struct Conn {
     /// The command being answered and when it arrived: counted when its tagged status is
     /// written (`mailfleet_commands_total`, `mailfleet_command_duration_seconds`).
     pending: Option<(CommandId, std::time::Instant)>,
+    /// The span of the command being answered (`imap.command`, a child of the session's
+    /// span), closed with the tagged reply. Disabled unless traces are exported or the log
+    /// level is `debug`.
+    command_span: tracing::Span,
 }
 
 /// The command name of a framed message, for the metrics: the word after the tag, or the
@@ -158,6 +163,11 @@ impl Conn {
             mailfleet_telemetry::metrics()
                 .imap
                 .record(cmd, status, started.elapsed());
+            let span = std::mem::replace(&mut self.command_span, tracing::Span::none());
+            span.record("imap.status", status.label());
+            if status != ImapStatus::Ok {
+                span.record("otel.status_code", "ERROR");
+            }
         }
     }
 
@@ -448,6 +458,7 @@ pub async fn serve_connection(
         deflate: None,
         mutf7: true,
         pending: None,
+        command_span: tracing::Span::none(),
     };
     let greeting = session.greeting();
     conn.write_raw(&greeting).await?;
@@ -467,10 +478,16 @@ pub async fn serve_connection(
             .await?
         {
             Input::Message => {
-                conn.pending = Some((
-                    command_of(conn.frag.message_bytes()),
-                    std::time::Instant::now(),
-                ));
+                let cmd = command_of(conn.frag.message_bytes());
+                let name = mailfleet_telemetry::metrics().imap.label(cmd);
+                conn.command_span = tracing::debug_span!(
+                    "imap.command",
+                    otel.name = name,
+                    imap.command = name,
+                    imap.status = tracing::field::Empty,
+                    otel.status_code = tracing::field::Empty,
+                );
+                conn.pending = Some((cmd, std::time::Instant::now()));
             }
             Input::Notify(gone) => {
                 session.notify_woken(gone);
@@ -551,17 +568,29 @@ pub async fn serve_connection(
                 continue;
             }
             Ok(Decoded::Plain(cmd)) => match crate::mutf7::command_in(cmd, session.mutf7_names()) {
-                Ok(cmd) => Box::pin(session.handle(cmd)).await,
+                Ok(cmd) => {
+                    Box::pin(session.handle(cmd))
+                        .instrument(conn.command_span.clone())
+                        .await
+                }
                 Err(cmd) => crate::session::Outcome::done(vec![invalid_name(&cmd)]),
             },
             // `$` commands (COPY $ name, MOVE $ name) carry mailbox names too.
             Ok(Decoded::SearchExt(cmd, ext)) => {
                 match crate::mutf7::command_in(cmd, session.mutf7_names()) {
-                    Ok(cmd) => Box::pin(session.search_ext(cmd, ext)).await,
+                    Ok(cmd) => {
+                        Box::pin(session.search_ext(cmd, ext))
+                            .instrument(conn.command_span.clone())
+                            .await
+                    }
                     Err(cmd) => crate::session::Outcome::done(vec![invalid_name(&cmd)]),
                 }
             }
-            Ok(Decoded::Notify(tag, cmd)) => Box::pin(session.notify_command(tag, cmd)).await,
+            Ok(Decoded::Notify(tag, cmd)) => {
+                Box::pin(session.notify_command(tag, cmd))
+                    .instrument(conn.command_span.clone())
+                    .await
+            }
             Ok(Decoded::List(cmds, opts)) => {
                 let tag = cmds.first().map(|c| c.tag.clone());
                 let mutf7 = session.mutf7_names();
@@ -570,7 +599,11 @@ pub async fn serve_connection(
                     .map(|c| crate::mutf7::command_in(c, mutf7))
                     .collect::<Result<Vec<_>, _>>()
                 {
-                    Ok(cmds) => Box::pin(session.list_extended(cmds, opts)).await,
+                    Ok(cmds) => {
+                        Box::pin(session.list_extended(cmds, opts))
+                            .instrument(conn.command_span.clone())
+                            .await
+                    }
                     // A pattern no valid name can match: nothing is listed.
                     Err(_) => crate::session::Outcome::done(
                         tag.iter()
@@ -581,11 +614,19 @@ pub async fn serve_connection(
             }
             Ok(Decoded::Message(ext)) => {
                 match crate::mutf7::message_ext_in(ext, session.mutf7_names()) {
-                    Ok(ext) => Box::pin(session.message_ext(ext)).await,
+                    Ok(ext) => {
+                        Box::pin(session.message_ext(ext))
+                            .instrument(conn.command_span.clone())
+                            .await
+                    }
                     Err(cmd) => crate::session::Outcome::done(vec![invalid_name(&cmd)]),
                 }
             }
-            Ok(Decoded::Acl(tag, cmd)) => Box::pin(session.acl_command(tag, cmd)).await,
+            Ok(Decoded::Acl(tag, cmd)) => {
+                Box::pin(session.acl_command(tag, cmd))
+                    .instrument(conn.command_span.clone())
+                    .await
+            }
             Ok(Decoded::Invalid) => {
                 conn.finish_command(ImapStatus::Bad);
                 conn.write(&[response::untagged_bad("Syntax error in command")])
@@ -679,21 +720,29 @@ pub async fn serve_connection(
                     .decode_message(&AuthenticateDataCodec::default())
                     .ok()
                     .map(|d| d.into_static());
-                let outcome = Box::pin(session.authenticate_data(tag, data)).await;
+                let outcome = Box::pin(session.authenticate_data(tag, data))
+                    .instrument(conn.command_span.clone())
+                    .await;
                 conn.write(&outcome.responses).await?;
                 if matches!(outcome.next, Next::Close) {
                     return Ok(());
                 }
             }
             Next::Fetch => loop {
-                let (batch, last) = Box::pin(session.fetch_step()).await;
+                let (batch, last) = Box::pin(session.fetch_step())
+                    .instrument(conn.command_span.clone())
+                    .await;
                 conn.write(&batch).await?;
                 if last {
                     break;
                 }
             },
             Next::Idle { tag } => {
-                if !Box::pin(idle(&mut conn, &mut session, tag, &mut shutdown)).await? {
+                let span = conn.command_span.clone();
+                if !Box::pin(idle(&mut conn, &mut session, tag, &mut shutdown))
+                    .instrument(span)
+                    .await?
+                {
                     return Ok(());
                 }
             }

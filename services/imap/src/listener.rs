@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
+use tracing::Instrument;
 
 pub struct Listener {
     pub listener: TcpListener,
@@ -69,11 +70,21 @@ impl Listener {
                 );
                 let starttls = starttls.clone();
                 let shutdown = shutdown.clone();
+                let span = tracing::debug_span!(
+                    parent: None,
+                    "imap.session",
+                    otel.name = "imap session",
+                    otel.kind = "server",
+                    network.protocol.name = "imap",
+                    network.peer.address = %a.peer.ip(),
+                    network.peer.port = i64::from(a.peer.port()),
+                );
                 async move {
                     if let Err(e) = serve_connection(a.io, session, limits, starttls, shutdown).await {
                         tracing::debug!(peer = %a.peer, error = %e, "IMAP session ended with an I/O error");
                     }
                 }
+                .instrument(span)
             })
             .await;
     }

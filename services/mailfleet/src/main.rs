@@ -128,7 +128,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
-            telemetry::init(&config.log)?;
+            let _guard = telemetry::init(&config.log, &config.tracing)?;
             runtime.block_on(serve::run(config))
         }
         Command::CheckConfig => {

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
+use tracing::Instrument;
 
 /// Plain TCP (STARTTLS offered when an acceptor is configured) or TLS from the first
 /// byte; the one definition, shared with the metrics' `listener` label.
@@ -65,6 +66,15 @@ impl Listener {
                 }
                 let starttls = starttls.clone();
                 let shutdown = shutdown.clone();
+                let span = tracing::debug_span!(
+                    parent: None,
+                    "pop3.session",
+                    otel.name = "pop3 session",
+                    otel.kind = "server",
+                    network.protocol.name = "pop3",
+                    network.peer.address = %a.peer.ip(),
+                    network.peer.port = i64::from(a.peer.port()),
+                );
                 async move {
                     if let Err(e) =
                         serve_connection(a.io, session, limits, starttls, shutdown).await
@@ -72,6 +82,7 @@ impl Listener {
                         tracing::debug!(peer = %a.peer, error = %e, "POP3 session ended with an I/O error");
                     }
                 }
+                .instrument(span)
             })
             .await;
     }

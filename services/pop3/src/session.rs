@@ -26,9 +26,11 @@ use mailfleet_auth::sasl::{self, Exchange, Mechanism, Step};
 use mailfleet_auth::{AuthError, Authenticator, LoginRequest, Protocol};
 use mailfleet_storage::coord::MailboxEvent;
 use mailfleet_storage::{Account, Lease, StoreError, Stores, Uid};
+use mailfleet_telemetry::CommandResult;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 /// How long the maildrop lease lasts without renewal.
 pub const LEASE_TTL: Duration = Duration::from_secs(60);
@@ -248,7 +250,15 @@ impl Session {
         } else {
             table.command_of_line(line)
         };
-        let response = self.line_inner(line).await;
+        let name = table.label(cmd);
+        let span = tracing::debug_span!(
+            "pop3.command",
+            otel.name = name,
+            pop3.command = name,
+            pop3.status = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        let response = self.line_inner(line).instrument(span.clone()).await;
         let status = if response.data.starts_with(b"+OK") {
             Some(mailfleet_telemetry::Pop3Status::Ok)
         } else if response.data.starts_with(b"-ERR") {
@@ -258,6 +268,10 @@ impl Session {
         };
         if let Some(status) = status {
             table.record(cmd, status, started.elapsed());
+            span.record("pop3.status", status.label());
+            if status != mailfleet_telemetry::Pop3Status::Ok {
+                span.record("otel.status_code", "ERROR");
+            }
         }
         response
     }

@@ -26,6 +26,7 @@ use std::future::Future;
 use std::ops::Range;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 /// Times `call` and records it under `backend` and `op`.
 async fn timed<T>(
@@ -34,7 +35,20 @@ async fn timed<T>(
     call: impl Future<Output = StoreResult<T>>,
 ) -> StoreResult<T> {
     let start = Instant::now();
-    let r = call.await;
+    // A span only under a traced operation (a command, a message): background loops
+    // (queue polling, lease renewal) would otherwise each start a trace of their own.
+    let r = if tracing::Span::current().is_none() {
+        call.await
+    } else {
+        let span = tracing::debug_span!(
+            "storage",
+            otel.name = op,
+            otel.kind = "client",
+            db.system.name = backend,
+            db.operation.name = op,
+        );
+        call.instrument(span).await
+    };
     let backend_error = matches!(r, Err(StoreError::Unavailable(_) | StoreError::Corrupt(_)));
     mailfleet_telemetry::metrics()
         .storage

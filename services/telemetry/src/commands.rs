@@ -86,6 +86,10 @@ pub trait CommandResult: Copy {
     /// Every label value, in [`Self::index`] order.
     const LABELS: &'static [&'static str];
     fn index(self) -> usize;
+    /// The label value of `self` (also the value of a span's status attribute).
+    fn label(self) -> &'static str {
+        Self::LABELS[self.index()]
+    }
 }
 
 /// An IMAP command's tagged status.

@@ -21,8 +21,11 @@ pub mod commands;
 mod labels;
 mod registry;
 pub mod storage;
+pub mod trace;
 
-pub use commands::{CommandId, CommandTable, ImapStatus, Pop3Status, SmtpReplyClass};
+pub use commands::{
+    CommandId, CommandResult, CommandTable, ImapStatus, Pop3Status, SmtpReplyClass,
+};
 pub use labels::{
     DeliveryResult, DeliveryTls, ListenerKind, LoginResult, Mechanism, MessageRefusal, Protocol,
     RateLimit, RefuseReason, TlsOutcome,

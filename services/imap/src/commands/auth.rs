@@ -133,7 +133,7 @@ impl Session {
                     )]);
                 };
                 self.slot = Some(slot);
-                tracing::info!(user = %account.address, ip = %self.remote_ip, "IMAP login");
+                tracing::debug!(user = %account.address, ip = %self.remote_ip, "IMAP session authenticated");
                 self.account = Some(account);
                 self.state = crate::session::State::Authenticated;
                 let caps = imap_codec::imap_types::core::Vec1::try_from(self.capabilities()).ok();

@@ -26,6 +26,7 @@ use mailfleet_mime::{MessageSummary, SectionKind};
 use mailfleet_storage::{FlagOp, Flags, ModSeq, StoreResult, Uid};
 use std::collections::HashMap;
 use std::num::{NonZeroU32, NonZeroU64};
+use tracing::Instrument;
 
 /// Messages handled per batch of a FETCH.
 const BATCH_MESSAGES: usize = 200;
@@ -642,8 +643,40 @@ impl Session {
         let uids: Vec<Uid> = batch.iter().map(|(_, u)| *u).collect();
         let mut blobs: HashMap<Uid, Bytes> = HashMap::new();
         if need.blob {
+            // With traces exported, each body read is a span in the message's own trace
+            // (the one SMTP started and stored with it), linked to this command's span:
+            // the trace of a message runs from its receipt to its reading.
+            let traces: HashMap<Uid, String> = if mailfleet_telemetry::trace::exporting() {
+                match self.stores.meta.message_traces(sel.id, &uids).await {
+                    Ok(t) => t.into_iter().collect(),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "message trace contexts unavailable");
+                        HashMap::new()
+                    }
+                }
+            } else {
+                HashMap::new()
+            };
             for (_, u) in batch {
-                match sel.read_body_if_present(&self.stores, *u).await? {
+                let span = match traces.get(u) {
+                    Some(parent) => {
+                        let span = tracing::debug_span!(
+                            parent: None,
+                            "imap.fetch.message",
+                            otel.name = "imap FETCH message",
+                            imap.uid = i64::from(u.0),
+                        );
+                        mailfleet_telemetry::trace::set_parent(&span, parent);
+                        mailfleet_telemetry::trace::link_span(&span, &tracing::Span::current());
+                        span
+                    }
+                    None => tracing::Span::none(),
+                };
+                match sel
+                    .read_body_if_present(&self.stores, *u)
+                    .instrument(span)
+                    .await?
+                {
                     Some(b) => {
                         blobs.insert(*u, b);
                     }

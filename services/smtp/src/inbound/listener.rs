@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
+use tracing::Instrument;
 
 /// Plain TCP (STARTTLS offered when an acceptor is configured) or TLS from the first
 /// byte; the one definition, shared with the metrics' `listener` label.
@@ -73,11 +74,21 @@ impl Listener {
                 }
                 let starttls = starttls.clone();
                 let shutdown = shutdown.clone();
+                let span = tracing::debug_span!(
+                    parent: None,
+                    "smtp.session",
+                    otel.name = "smtp session",
+                    otel.kind = "server",
+                    network.protocol.name = "smtp",
+                    network.peer.address = %a.peer.ip(),
+                    network.peer.port = i64::from(a.peer.port()),
+                );
                 async move {
                     if let Err(e) = serve_connection(a.io, session, limits, starttls, shutdown).await {
                         tracing::debug!(peer = %a.peer, error = %e, "SMTP session ended with an I/O error");
                     }
                 }
+                .instrument(span)
             })
             .await;
     }

@@ -33,6 +33,7 @@ use mailfleet_storage::Account;
 use mailfleet_telemetry::{MessageRefusal, SmtpReplyClass};
 use std::net::IpAddr;
 use std::sync::Arc;
+use tracing::Instrument;
 
 /// Session limits and identity, from `[smtp]` and `[server]` configuration.
 #[derive(Clone, Debug)]
@@ -904,7 +905,23 @@ impl Session {
         let _reservation = tx.reservation;
         self.id_counter += 1;
         let id = format!("{}{:02X}", self.session_id, self.id_counter);
+        // Each message is a trace of its own (a session may carry many), linked to the
+        // session's span; its context is stored with the message so that the delivery
+        // attempt and an IMAP FETCH elsewhere continue it.
+        let span = tracing::debug_span!(
+            parent: None,
+            "smtp.message",
+            otel.name = "smtp message",
+            otel.kind = "server",
+            smtp.queue_id = %id,
+            smtp.recipients = tx.recipients.len() as i64,
+            smtp.submission = self.account().is_some(),
+            network.peer.address = %self.remote_ip,
+        );
+        mailfleet_telemetry::trace::link_span(&span, &tracing::Span::current());
+        let trace = mailfleet_telemetry::trace::traceparent_or_new(&span);
         let env = Envelope {
+            trace,
             mail_from: tx.mail_from,
             recipients: tx.recipients,
             helo: self.helo.clone(),
@@ -918,8 +935,29 @@ impl Session {
         };
         let bytes = raw.len();
         let started = std::time::Instant::now();
-        let result = self.pipeline.accept(&env, raw).await;
+        let result = self.pipeline.accept(&env, raw).instrument(span).await;
         let metrics = self.message_metrics();
+        let outcome = match &result {
+            Ok(()) => "accepted",
+            Err(PipelineError::Store(_) | PipelineError::Delivery(_)) => "deferred",
+            Err(_) => "refused",
+        };
+        // The one log line per transaction (docs/operations.md, "Log events").
+        tracing::info!(
+            queue_id = %id,
+            trace_id = mailfleet_telemetry::trace::trace_id_of(&env.trace),
+            client = %self.remote_ip,
+            helo = %env.helo,
+            from = %env.mail_from.as_ref().map(|a| a.to_string()).unwrap_or_default(),
+            recipients = env.recipients.len(),
+            size = bytes,
+            protocol = %env.protocol,
+            user = env.submitter.as_ref().map(|a| a.address.as_str()).unwrap_or(""),
+            result = outcome,
+            error = result.as_ref().err().map(|e| e.to_string()).unwrap_or_default(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "smtp transaction"
+        );
         match &result {
             Ok(()) => metrics.accepted(bytes, started.elapsed()),
             Err(e) => metrics.refused(match e {

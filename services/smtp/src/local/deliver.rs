@@ -9,6 +9,7 @@ use bytes::Bytes;
 use mailfleet_storage::coord::MailboxEvent;
 use mailfleet_storage::metadata::QuotaPolicy;
 use mailfleet_storage::{Appended, Flags, MessageText, NewMessage, StoreError, Stores};
+use tracing::Instrument;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
@@ -35,6 +36,7 @@ pub async fn deliver(
     message: Bytes,
     internal_date: i64,
     enforce_quota: bool,
+    trace: Option<&str>,
 ) -> Result<Delivered, DeliveryError> {
     let size = message.len() as u64;
     let mut batch = Vec::with_capacity(recipients.len());
@@ -51,6 +53,7 @@ pub async fn deliver(
     // The full-text index's texts are extracted in the same pass.
     let for_parse = message.clone();
     // The thread keys (THREADID, RFC 8474) are read in the same pass.
+    let analysis = tracing::debug_span!("mime.analyze", otel.name = "analyze message");
     let (summary, text, refs) = tokio::task::spawn_blocking(move || {
         let ix = mailfleet_mime::search_text::index_pieces(&for_parse);
         (
@@ -59,6 +62,7 @@ pub async fn deliver(
             mailfleet_storage::MessageRefs::from_message(&for_parse),
         )
     })
+    .instrument(analysis)
     .await
     .map_err(|e| StoreError::Unavailable(format!("message analysis failed: {e}")))?;
     let blob = stores.put_blob(message).await?;
@@ -73,7 +77,7 @@ pub async fn deliver(
             flags: Flags::default(),
             summary: Some(summary.clone()),
             refs: refs.clone(),
-            trace: None,
+            trace: trace.map(str::to_string),
         })
         .collect();
     let policy = if enforce_quota {

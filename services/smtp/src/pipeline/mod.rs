@@ -23,6 +23,7 @@ use mailfleet_core::budget::ByteBudget;
 use mailfleet_core::Address;
 use mailfleet_storage::{Account, NewOutbound, NewOutboundRecipient, StoreError, Stores};
 use std::net::IpAddr;
+use tracing::Instrument;
 
 /// Everything the pipeline needs to know about the SMTP transaction.
 #[derive(Clone, Debug)]
@@ -40,6 +41,9 @@ pub struct Envelope {
     /// RFC 3461 ENVID and RET given with MAIL (submission only).
     pub envid: Option<String>,
     pub ret: Option<String>,
+    /// The W3C `traceparent` of the message's trace, kept with the message and its queue
+    /// entry ([`mailfleet_telemetry::trace`]).
+    pub trace: String,
 }
 
 /// A recipient accepted at RCPT time with what it resolved to.
@@ -222,15 +226,24 @@ impl Pipeline {
     /// the session, until this returns.
     pub async fn accept(&self, env: &Envelope, raw: BytesMut) -> Result<(), PipelineError> {
         let mut message = raw;
-        cleanup::normalize_line_endings(&mut message);
-        // One reading of the header section for every stage below (see [`header`]); a
-        // section that does not split cleanly is refused before any stage acts on it.
-        let hops = cleanup::count_received(&message)?;
+        // The cleanup stage (normalising, the hop limit, a submitter's From check, trace
+        // and missing header fields) is one span; it closes when the message is frozen.
+        let stage = tracing::debug_span!("smtp.cleanup", otel.name = "cleanup");
+        let hops = stage.in_scope(|| {
+            cleanup::normalize_line_endings(&mut message);
+            // One reading of the header section for every stage below (see [`header`]); a
+            // section that does not split cleanly is refused before any stage acts on it.
+            cleanup::count_received(&message)
+        })?;
         if hops > cleanup::MAX_HOPS {
             return Err(PipelineError::Loop(hops));
         }
         let added = match &env.submitter {
-            Some(account) => self.submitted(env, account, &message).await?,
+            Some(account) => {
+                self.submitted(env, account, &message)
+                    .instrument(stage.clone())
+                    .await?
+            }
             None => None,
         };
         let return_path = env
@@ -261,6 +274,7 @@ impl Pipeline {
             None => cleanup::insert_all(&mut message, &[(0, &trace)]),
         }
         let message = message.freeze();
+        drop(stage);
 
         // Several RCPTs may lead to one account (an alias and the account itself): it gets
         // one copy, as users expect.
@@ -278,14 +292,27 @@ impl Pipeline {
         let enforce = targets.len() == 1 && !env.recipients.iter().any(|r| r.remote);
         let now = chrono::Utc::now().timestamp();
         if !targets.is_empty() {
-            match local::deliver(&self.stores, &targets, message.clone(), now, enforce).await {
+            let delivered = local::deliver(
+                &self.stores,
+                &targets,
+                message.clone(),
+                now,
+                enforce,
+                Some(&env.trace),
+            )
+            .instrument(tracing::debug_span!(
+                "smtp.deliver",
+                otel.name = "deliver locally",
+                smtp.recipients = targets.len() as i64
+            ))
+            .await;
+            match delivered {
                 Ok(d) => {
-                    tracing::info!(
-                        id = %env.id,
-                        from = %return_path,
+                    tracing::debug!(
+                        queue_id = %env.id,
                         recipients = targets.len(),
                         blob = %d.blob,
-                        "delivered"
+                        "delivered locally"
                     );
                 }
                 Err(DeliveryError::QuotaExceeded(who)) => return Err(PipelineError::Quota(who)),
@@ -306,7 +333,13 @@ impl Pipeline {
             })
             .collect();
         if !remote.is_empty() {
+            let span = tracing::debug_span!(
+                "smtp.enqueue",
+                otel.name = "queue for remote delivery",
+                smtp.recipients = remote.len() as i64
+            );
             self.enqueue(env, &return_path, message, remote, now)
+                .instrument(span)
                 .await?;
         }
         Ok(())
@@ -343,14 +376,15 @@ impl Pipeline {
                     .and_then(mailfleet_storage::DsnRet::parse),
                 recipients,
                 created_at: now,
-                trace: None,
+                trace: Some(env.trace.clone()),
             })
             .await?;
         tracing::info!(
-            id = %env.id,
+            queue_id = %env.id,
+            trace_id = mailfleet_telemetry::trace::trace_id_of(&env.trace),
+            outbound_id = %queued.id,
             from = %return_path,
             recipients = count,
-            queue_id = %queued.id,
             "queued for remote delivery"
         );
         Ok(())
