@@ -48,7 +48,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-python3 -m pip install -q --disable-pip-version-check -r tests/e2e/requirements.txt
+python3 -m pip install -q --disable-pip-version-check -r tests/e2e/requirements.txt -r tests/helm/requirements.txt
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
 # Garage, a real S3 server, for the S3 blob store and cluster tests: built once, cached
 # outside the clone (the first build takes a while).
@@ -68,4 +68,4 @@ echo "== end-to-end tests"
 cargo build -p mailfleet --locked
 export MAILFLEET_BIN="$CARGO_TARGET_DIR/debug/mailfleet"
 # The Dovecot differential test is named by path (it is not a test_*.py module).
-python3 -m pytest -q -p no:cacheprovider tests/e2e services/mime/tests/dovecot_diff.py tests/terraform
+python3 -m pytest -q -p no:cacheprovider tests/e2e services/mime/tests/dovecot_diff.py tests/terraform tests/helm
