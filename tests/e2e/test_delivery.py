@@ -152,6 +152,106 @@ def test_delivered_message_carries_a_dkim_signature_dkimpy_accepts(tmp_path):
         sink.stop()
 
 
+def dkim_records(server) -> dict[bytes, bytes]:
+    """Every DKIM TXT record `mailfleet dns records` prints, by DNS name."""
+    out = {}
+    for line in server.cli("dns", "records", "example.test").stdout.splitlines():
+        if "._domainkey." in line and not line.startswith(";"):
+            name = line.split("\t")[0].rstrip(".")
+            parts = line.split("\t")[-1]
+            out[name.encode()] = "".join(p for p in parts.split('"') if p.strip()).encode()
+    return out
+
+
+def signed_selectors(raw: bytes) -> list[str]:
+    msg = email.message_from_bytes(raw, policy=email.policy.compat32)
+    sels = []
+    for sig in msg.get_all("DKIM-Signature") or []:
+        tags = dict(t.strip().split("=", 1) for t in "".join(sig.split()).split(";") if "=" in t)
+        sels.append(tags["s"])
+    return sels
+
+
+def test_dkim_rotation_publishes_the_new_selector_before_signing_with_it(tmp_path):
+    dkim = pytest.importorskip("dkim")
+    sink = Sink(tmp_path / "sink", free_port())
+    server = start_server(tmp_path, sink.port)
+    try:
+        server.cli("dkim", "generate", "example.test")
+        rotated = server.cli_json("dkim", "rotate", "example.test")
+        states = {r["selector"]: r["state"] for r in rotated}
+        new = [s for s, st in states.items() if st == "published"]
+        assert len(new) == 2 and all(s.startswith("mailfleet-") for s in new), states
+        # Published: both generations are in DNS, the old one still signs.
+        records = dkim_records(server)
+        assert len(records) == 4, records
+        assert "(not signing)" in server.cli("dns", "records", "example.test").stdout
+
+        def deliver(subject):
+            before = set(sink.messages())
+            server.start()
+            try:
+                submit(server, subject)
+                wait_for("the queue to empty", lambda: server.cli_json("queue", "list") == [])
+            finally:
+                server.stop()
+            [path] = set(sink.messages()) - before
+            raw = crlf(path.read_bytes())
+            assert dkim.verify(raw, dnsfunc=lambda name, timeout=5: records[name.rstrip(b".")])
+            return signed_selectors(raw)
+
+        assert deliver("before activation") == ["mailfleet-rsa", "mailfleet-ed25519"]
+        server.cli("dkim", "activate", "example.test")
+        keys = {k["selector"]: k["state"] for k in server.cli_json("dkim", "list", "example.test")}
+        assert keys["mailfleet-rsa"] == "retired" and keys["mailfleet-ed25519"] == "retired"
+        assert all(keys[s] == "active" for s in new), keys
+        # The retired keys stay in DNS, so mail signed with them just before still verifies.
+        assert len(dkim_records(server)) == 4
+        after = deliver("after activation")
+        assert sorted(after) == sorted(new) and after[0].startswith("mailfleet-rsa-"), after
+    finally:
+        server.stop()
+        sink.stop()
+
+
+def test_dkim_key_files_of_an_earlier_version_keep_signing(tmp_path):
+    """Keys written as files by an earlier version are imported into the metadata store
+    (every node signs with them from there)."""
+    dkim = pytest.importorskip("dkim")
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+    sink = Sink(tmp_path / "sink", free_port())
+    server = start_server(tmp_path, sink.port)
+    kd = server.data_dir / "dkim" / "example.test"
+    kd.mkdir(parents=True)
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    (kd / "rsa.der").write_bytes(rsa_key.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption()))
+    (kd / "ed25519.der").write_bytes(ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    try:
+        server.start()
+        submit(server, "file keys")
+        wait_for("the queue to empty", lambda: server.cli_json("queue", "list") == [])
+        raw = crlf(sink.messages()[-1].read_bytes())
+        assert signed_selectors(raw) == ["mailfleet-rsa", "mailfleet-ed25519"]
+        records = dkim_records(server)
+        assert dkim.verify(raw, dnsfunc=lambda name, timeout=5: records[name.rstrip(b".")])
+        # The public key in DNS is the file's.
+        pub = rsa_key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        import base64
+        assert base64.b64encode(pub) in records[b"mailfleet-rsa._domainkey.example.test"]
+        assert [k["state"] for k in server.cli_json("dkim", "list", "example.test")] == [
+            "active", "active"]
+    finally:
+        server.stop()
+        sink.stop()
+
+
 @pytest.mark.skipif(not postfix_installed(), reason="Postfix is not installed")
 def test_dkim_signature_verifies_on_the_message_real_postfix_delivered(tmp_path):
     dkim = pytest.importorskip("dkim")

@@ -616,6 +616,12 @@ pub struct DeliveryConfig {
     /// Whether outbound mail is DKIM-signed for sender domains that have keys
     /// (`mailfleet dkim generate`).
     pub dkim_sign: bool,
+    /// Hours a rotated DKIM key is published in DNS before it signs (DNS caches must
+    /// have it by then).
+    pub dkim_publish_delay_hours: u64,
+    /// Days a replaced DKIM key stays published after it stopped signing, so mail signed
+    /// just before the switch still verifies; then it is deleted.
+    pub dkim_retire_days: u64,
     /// Most deliveries this node runs at once to one recipient domain (Postfix's
     /// `default_destination_concurrency_limit` is 20). Entries past it wait for the next poll.
     pub max_per_destination: usize,
@@ -665,6 +671,8 @@ impl Default for DeliveryConfig {
             smarthost: None,
             routes: std::collections::BTreeMap::new(),
             dkim_sign: true,
+            dkim_publish_delay_hours: 48,
+            dkim_retire_days: 7,
             max_per_destination: 20,
             max_per_destination_per_minute: 0,
             delay_warning_secs: 4 * 3600,

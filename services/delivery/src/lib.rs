@@ -14,7 +14,8 @@
 //! - `lease.rs`: the queue lease an attempt runs under: renewal, loss signal, the
 //!   check before `DATA`.
 //! - `dsn.rs`: RFC 3464 delivery status notifications.
-//! - `dkim.rs`: per-domain DKIM keys (RSA-2048 and Ed25519), signing, DNS records.
+//! - `dkim.rs`: per-domain DKIM keys (RSA-2048 and Ed25519) in the metadata store,
+//!   rotation, signing, DNS records.
 //!
 //! Not built yet (see issue 6): TLS reporting (RFC 8460), delay
 //! warnings, AUTH on static routes, DSN parameters accepted at submission.
@@ -44,7 +45,8 @@ use std::time::Duration;
 pub struct Settings {
     /// Our name in EHLO, in DSNs and in lease holder names.
     pub hostname: String,
-    /// Where DKIM keys are (`<data_dir>/dkim/`).
+    /// Where earlier versions kept DKIM key files (`<data_dir>/dkim/`), imported into the
+    /// metadata store when found.
     pub data_dir: PathBuf,
     pub max_concurrent: usize,
     pub poll_interval: Duration,
@@ -59,6 +61,8 @@ pub struct Settings {
     pub smarthost: Option<String>,
     pub routes: BTreeMap<String, String>,
     pub dkim_sign: bool,
+    /// How long rotated DKIM keys wait in DNS before signing, and stay after.
+    pub dkim_lifecycle: dkim::Lifecycle,
     pub max_per_destination: usize,
     pub max_per_destination_per_minute: u32,
     /// A delay DSN goes to the sender once a recipient has waited this long; zero = never.
@@ -103,6 +107,10 @@ impl Settings {
             smarthost: d.smarthost.clone(),
             routes: d.routes.clone(),
             dkim_sign: d.dkim_sign,
+            dkim_lifecycle: dkim::Lifecycle {
+                publish_delay: Duration::from_secs(d.dkim_publish_delay_hours * 3600),
+                retire_after: Duration::from_secs(d.dkim_retire_days * 24 * 3600),
+            },
             max_per_destination: d.max_per_destination,
             max_per_destination_per_minute: d.max_per_destination_per_minute,
             delay_warning: Duration::from_secs(d.delay_warning_secs),

@@ -91,7 +91,17 @@ struct Inner {
     mta_sts: Option<PolicyCache>,
     /// DNSSEC-validating lookups for DANE; `None` when `dane` is off.
     dane: Option<DaneResolver>,
+    /// Signing keys by sender domain, with when they were read ([`Worker::dkim_keys`]).
+    dkim: Mutex<DkimCache>,
 }
+
+type DkimCache = HashMap<String, (std::time::Instant, Option<Arc<crate::dkim::DomainKeys>>)>;
+
+/// How long a domain's signing keys are used before the store is asked again: a rotation
+/// or a new key reaches every node within this.
+const DKIM_REFRESH: Duration = Duration::from_secs(60);
+/// Domains whose keys are cached (sender domains are the hosted ones, so few).
+const DKIM_CACHE_DOMAINS: usize = 10_000;
 
 /// What DANE decided for one MX host before MTA-STS is consulted.
 enum DanePlan {
@@ -192,6 +202,7 @@ impl Worker {
                 connections,
                 mta_sts,
                 dane,
+                dkim: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -536,18 +547,18 @@ impl Worker {
         let Some(domain) = signing_domain(stripped, &msg.sender) else {
             return Bytes::copy_from_slice(stripped);
         };
-        let data_dir = self.inner.settings.data_dir.clone();
         let message = Bytes::copy_from_slice(stripped);
-        let for_sign = message.clone();
-        // Key loading and RSA signing are CPU and file work: off the async workers.
-        let signed = tokio::task::spawn_blocking(move || {
-            let keys = crate::dkim::load(&data_dir, &domain)?;
-            match keys {
-                Some(k) => k.sign(&for_sign).map(Some),
-                None => Ok(None),
+        let keys = match self.dkim_keys(&domain).await {
+            Ok(Some(k)) => k,
+            Ok(None) => return message,
+            Err(e) => {
+                tracing::warn!(domain, error = %e, "DKIM keys unavailable; sending unsigned");
+                return message;
             }
-        })
-        .await;
+        };
+        let for_sign = message.clone();
+        // RSA signing is CPU work: off the async workers.
+        let signed = tokio::task::spawn_blocking(move || keys.sign(&for_sign).map(Some)).await;
         match signed {
             Ok(Ok(Some(header))) => {
                 let mut out = Vec::with_capacity(header.len() + message.len());
@@ -565,6 +576,45 @@ impl Worker {
                 message
             }
         }
+    }
+
+    /// The keys `domain` signs with, from the metadata store, cached for
+    /// [`DKIM_REFRESH`]. Each refresh also moves the domain's keys along their lifecycle
+    /// ([`crate::dkim::advance`]) and imports key files an earlier version left in the
+    /// data directory.
+    async fn dkim_keys(
+        &self,
+        domain: &str,
+    ) -> Result<Option<Arc<crate::dkim::DomainKeys>>, crate::dkim::DkimError> {
+        if let Some((at, keys)) = self
+            .inner
+            .dkim
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(domain)
+        {
+            if at.elapsed() < DKIM_REFRESH {
+                return Ok(keys.clone());
+            }
+        }
+        let meta = self.inner.stores.meta.as_ref();
+        let now = unix_now();
+        let s = &self.inner.settings;
+        crate::dkim::import_files(meta, &s.data_dir, domain, now).await?;
+        let changed = crate::dkim::advance(meta, domain, now, s.dkim_lifecycle).await?;
+        if !changed.is_empty() {
+            tracing::info!(domain, selectors = ?changed, "DKIM keys moved along their rotation");
+        }
+        let keys = crate::dkim::signing_keys(meta, domain).await?.map(Arc::new);
+        let mut cache = self.inner.dkim.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= DKIM_CACHE_DOMAINS {
+            cache.clear();
+        }
+        cache.insert(
+            domain.to_string(),
+            (std::time::Instant::now(), keys.clone()),
+        );
+        Ok(keys)
     }
 
     /// Routes and sends to each recipient domain in turn; recipients of a null-sender

@@ -163,6 +163,7 @@ async fn fixture(port: u16) -> Fixture {
         smarthost: None,
         routes,
         dkim_sign: true,
+        dkim_lifecycle: Default::default(),
         max_per_destination: 20,
         max_per_destination_per_minute: 0,
         delay_warning: Duration::from_secs(4 * 3600),
@@ -232,7 +233,9 @@ async fn enqueue(stores: &Stores) -> QueueId {
 async fn accepted_message_is_signed_stripped_and_dequeued() {
     let (port, sink) = start_sink(Mode::Accept).await;
     let f = fixture(port).await;
-    mailfleet_delivery::dkim::generate(&f.settings.data_dir, "local.test").expect("dkim keys");
+    mailfleet_delivery::dkim::generate(f.stores.meta.as_ref(), "local.test", 0)
+        .await
+        .expect("dkim keys");
     let id = enqueue(&f.stores).await;
     let worker = Worker::new(f.stores.clone(), f.settings.clone()).expect("worker");
     worker.deliver(id).await.expect("deliver");

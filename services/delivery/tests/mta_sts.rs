@@ -242,6 +242,7 @@ async fn fixture(policy: &str, mx_tls: MxTls) -> Fixture {
         smarthost: None,
         routes: BTreeMap::new(),
         dkim_sign: false,
+        dkim_lifecycle: Default::default(),
         max_per_destination: 20,
         max_per_destination_per_minute: 0,
         delay_warning: Duration::from_secs(4 * 3600),

@@ -149,7 +149,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Totp(c) => runtime.block_on(security::totp_cmd(&config, c, cli.json)),
         Command::SendAs(c) => runtime.block_on(security::send_as(&config, c, cli.json)),
         Command::Queue(c) => runtime.block_on(security::queue(&config, c, cli.json)),
-        Command::Dkim(c) => outbound::dkim(&config, c, cli.json),
-        Command::Dns(c) => outbound::dns(&config, c),
+        Command::Dkim(c) => runtime.block_on(outbound::dkim(&config, c, cli.json)),
+        Command::Dns(c) => runtime.block_on(outbound::dns(&config, c)),
     }
 }

@@ -10,8 +10,15 @@ use serde_json::json;
 
 #[derive(Subcommand, Debug)]
 pub enum DkimCmd {
-    /// Generate the domain's DKIM keys (RSA-2048 and Ed25519) under the data directory.
+    /// Generate the domain's first DKIM keys (RSA-2048 and Ed25519); they sign at once.
     Generate { domain: String },
+    /// Add a new key pair to publish in DNS; it signs once `delivery.dkim_publish_delay_hours`
+    /// have passed (or after `dkim activate`), and the old pair is retired.
+    Rotate { domain: String },
+    /// Make the newest published keys sign now (after checking DNS answers with them).
+    Activate { domain: String },
+    /// List the domain's keys and their states.
+    List { domain: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -25,26 +32,109 @@ fn normalize(domain: &str) -> anyhow::Result<String> {
         .map_err(|e| anyhow::anyhow!("{domain}: not a valid domain: {e}"))
 }
 
-pub fn dkim(config: &Config, cmd: DkimCmd, json_out: bool) -> anyhow::Result<()> {
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+fn print_records(
+    domain: &str,
+    records: &[(String, mailfleet_storage::DkimKeyState, String)],
+    json_out: bool,
+) {
+    if json_out {
+        let v: Vec<_> = records
+            .iter()
+            .map(|(s, state, txt)| {
+                json!({"selector": s, "state": state.as_str(),
+                       "name": format!("{s}._domainkey.{domain}"), "txt": txt})
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(v));
+    } else {
+        println!("Publish (see `mailfleet dns records {domain}`):");
+        for (s, state, txt) in records {
+            println!(
+                "{s}._domainkey.{domain}. TXT \"{txt}\"   ; {}",
+                state.as_str()
+            );
+        }
+    }
+}
+
+pub async fn dkim(config: &Config, cmd: DkimCmd, json_out: bool) -> anyhow::Result<()> {
+    use mailfleet_delivery::dkim;
+    let stores = open(config).await?;
+    let meta = stores.meta.as_ref();
     match cmd {
         DkimCmd::Generate { domain } => {
             let domain = normalize(&domain)?;
-            let keys = mailfleet_delivery::dkim::generate(&config.server.data_dir, &domain)?;
-            let records = keys.dns_records()?;
+            // Keys an earlier version wrote as files are taken over rather than replaced.
+            if dkim::import_files(meta, &config.server.data_dir, &domain, now()).await? {
+                bail!(
+                    "DKIM keys for {domain} existed as files under {} and were imported; \
+                     use `mailfleet dkim rotate {domain}` for new ones",
+                    dkim::key_dir(&config.server.data_dir, &domain).display()
+                );
+            }
+            dkim::generate(meta, &domain, now()).await?;
+            if !json_out {
+                println!("DKIM keys for {domain} stored; they sign from now on.");
+            }
+            print_records(&domain, &dkim::dns_records(meta, &domain).await?, json_out);
+        }
+        DkimCmd::Rotate { domain } => {
+            let domain = normalize(&domain)?;
+            dkim::import_files(meta, &config.server.data_dir, &domain, now()).await?;
+            let new = dkim::rotate(meta, &domain, now()).await?;
+            if !json_out {
+                println!(
+                    "New DKIM keys for {domain}: {}. Publish them now; they sign after {} h \
+                     (or `mailfleet dkim activate {domain}`).",
+                    new.iter()
+                        .map(|k| k.selector.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    config.delivery.dkim_publish_delay_hours
+                );
+            }
+            print_records(&domain, &dkim::dns_records(meta, &domain).await?, json_out);
+        }
+        DkimCmd::Activate { domain } => {
+            let domain = normalize(&domain)?;
+            let changed = dkim::activate(meta, &domain, now()).await?;
+            if changed.is_empty() {
+                bail!("{domain} has no published DKIM keys waiting to sign");
+            }
             if json_out {
-                let v: Vec<_> = records
+                println!("{}", json!({"changed": changed}));
+            } else {
+                println!("Changed: {}", changed.join(", "));
+            }
+        }
+        DkimCmd::List { domain } => {
+            let domain = normalize(&domain)?;
+            let keys = meta.dkim_keys(&domain).await?;
+            if json_out {
+                let v: Vec<_> = keys
                     .iter()
-                    .map(|(s, txt)| json!({"selector": s, "name": format!("{s}._domainkey.{domain}"), "txt": txt}))
+                    .map(|k| {
+                        json!({"selector": k.selector, "algorithm": k.algorithm.as_str(),
+                               "state": k.state.as_str(), "created_at": k.created_at,
+                               "state_since": k.state_since})
+                    })
                     .collect();
                 println!("{}", serde_json::Value::Array(v));
             } else {
-                println!(
-                    "DKIM keys for {domain} written to {}",
-                    mailfleet_delivery::dkim::key_dir(&config.server.data_dir, &domain).display()
-                );
-                println!("Publish (see `mailfleet dns records {domain}`):");
-                for (s, txt) in records {
-                    println!("{s}._domainkey.{domain}. TXT \"{txt}\"");
+                for k in keys {
+                    println!(
+                        "{:32} {:15} {:9} since {}",
+                        k.selector,
+                        k.algorithm.as_str(),
+                        k.state.as_str(),
+                        chrono::DateTime::from_timestamp(k.state_since, 0)
+                            .map(|d| d.format("%Y-%m-%d %H:%M").to_string())
+                            .unwrap_or_default()
+                    );
                 }
             }
         }
@@ -52,18 +142,18 @@ pub fn dkim(config: &Config, cmd: DkimCmd, json_out: bool) -> anyhow::Result<()>
     Ok(())
 }
 
-pub fn dns(config: &Config, cmd: DnsCmd) -> anyhow::Result<()> {
+pub async fn dns(config: &Config, cmd: DnsCmd) -> anyhow::Result<()> {
+    use mailfleet_delivery::dkim;
     match cmd {
         DnsCmd::Records { domain } => {
             let domain = normalize(&domain)?;
-            let keys = mailfleet_delivery::dkim::load(&config.server.data_dir, &domain)?;
+            let stores = open(config).await?;
+            let meta = stores.meta.as_ref();
+            dkim::import_files(meta, &config.server.data_dir, &domain, now()).await?;
+            let records = dkim::dns_records(meta, &domain).await?;
             print!(
                 "{}",
-                mailfleet_delivery::dkim::zone_records(
-                    &domain,
-                    &config.server.hostname,
-                    keys.as_ref()
-                )?
+                dkim::zone_records(&domain, &config.server.hostname, &records)?
             );
         }
     }

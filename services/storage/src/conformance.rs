@@ -1691,6 +1691,110 @@ pub async fn metadata_message_traces(meta: &dyn MetadataStore) {
     );
 }
 
+/// DKIM keys: add, list in creation order, state changes, conflicts, delete; keys of one
+/// domain never show under another.
+pub async fn metadata_dkim_keys(meta: &dyn MetadataStore) {
+    use crate::{DkimAlgorithm, DkimKey, DkimKeyState};
+    let domain = format!("{}.test", unique("dkim"));
+    let other = format!("{}.test", unique("dkim-other"));
+    let key = |selector: &str, algorithm, created_at, der: &[u8]| DkimKey {
+        domain: domain.clone(),
+        selector: selector.to_string(),
+        algorithm,
+        private_der: der.to_vec(),
+        state: DkimKeyState::Active,
+        created_at,
+        state_since: created_at,
+    };
+    assert!(meta.dkim_keys(&domain).await.expect("none").is_empty());
+    let rsa = key(
+        "mailfleet-rsa",
+        DkimAlgorithm::Rsa,
+        100,
+        &[0x30, 0x82, 0, 1],
+    );
+    let ed = key(
+        "mailfleet-ed25519",
+        DkimAlgorithm::Ed25519,
+        100,
+        &[0x30, 0x2e, 0xff],
+    );
+    meta.add_dkim_key(rsa.clone()).await.expect("add rsa");
+    meta.add_dkim_key(ed.clone()).await.expect("add ed");
+    let mut dup = rsa.clone();
+    dup.private_der = vec![1, 2, 3];
+    assert!(matches!(
+        meta.add_dkim_key(dup).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let mut newer = key("mailfleet-rsa-2", DkimAlgorithm::Rsa, 200, &[9; 40]);
+    newer.state = DkimKeyState::Published;
+    meta.add_dkim_key(newer.clone()).await.expect("add newer");
+    let mut elsewhere = key("mailfleet-rsa", DkimAlgorithm::Rsa, 50, &[7]);
+    elsewhere.domain = other.clone();
+    meta.add_dkim_key(elsewhere.clone())
+        .await
+        .expect("same selector, other domain");
+
+    // Creation order, then selector; the private key bytes come back as written.
+    assert_eq!(
+        meta.dkim_keys(&domain).await.expect("list"),
+        vec![ed.clone(), rsa.clone(), newer.clone()]
+    );
+    assert_eq!(
+        meta.dkim_keys(&other).await.expect("other"),
+        vec![elsewhere]
+    );
+
+    meta.set_dkim_key_state(&domain, "mailfleet-rsa-2", DkimKeyState::Active, 300)
+        .await
+        .expect("activate");
+    meta.set_dkim_key_state(&domain, "mailfleet-rsa", DkimKeyState::Retired, 300)
+        .await
+        .expect("retire");
+    assert!(matches!(
+        meta.set_dkim_key_state(&domain, "nope", DkimKeyState::Active, 300)
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    let keys = meta.dkim_keys(&domain).await.expect("list");
+    let state = |sel: &str| {
+        keys.iter()
+            .find(|k| k.selector == sel)
+            .map(|k| (k.state, k.state_since, k.created_at))
+    };
+    assert_eq!(
+        state("mailfleet-rsa"),
+        Some((DkimKeyState::Retired, 300, 100))
+    );
+    assert_eq!(
+        state("mailfleet-rsa-2"),
+        Some((DkimKeyState::Active, 300, 200))
+    );
+    assert_eq!(
+        state("mailfleet-ed25519"),
+        Some((DkimKeyState::Active, 100, 100))
+    );
+
+    meta.delete_dkim_key(&domain, "mailfleet-rsa")
+        .await
+        .expect("delete");
+    assert!(matches!(
+        meta.delete_dkim_key(&domain, "mailfleet-rsa").await,
+        Err(StoreError::NotFound(_))
+    ));
+    let left: Vec<String> = meta
+        .dkim_keys(&domain)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|k| k.selector)
+        .collect();
+    assert_eq!(left, ["mailfleet-ed25519", "mailfleet-rsa-2"]);
+    // The other domain's key of the same selector is untouched.
+    assert_eq!(meta.dkim_keys(&other).await.expect("other").len(), 1);
+}
+
 pub async fn metadata_outbound_queue(meta: &dyn MetadataStore) {
     use crate::{
         DsnRet, NewOutbound, NewOutboundRecipient, QueueId, RecipientState, RecipientUpdate,

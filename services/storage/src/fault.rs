@@ -359,6 +359,30 @@ impl MetadataStore for FailingMeta {
         self.check("find_app_password")?;
         self.inner.find_app_password(account, tag).await
     }
+    async fn add_dkim_key(&self, key: crate::DkimKey) -> StoreResult<()> {
+        self.check("add_dkim_key")?;
+        self.inner.add_dkim_key(key).await
+    }
+    async fn dkim_keys(&self, domain: &str) -> StoreResult<Vec<crate::DkimKey>> {
+        self.check("dkim_keys")?;
+        self.inner.dkim_keys(domain).await
+    }
+    async fn set_dkim_key_state(
+        &self,
+        domain: &str,
+        selector: &str,
+        state: crate::DkimKeyState,
+        at: i64,
+    ) -> StoreResult<()> {
+        self.check("set_dkim_key_state")?;
+        self.inner
+            .set_dkim_key_state(domain, selector, state, at)
+            .await
+    }
+    async fn delete_dkim_key(&self, domain: &str, selector: &str) -> StoreResult<()> {
+        self.check("delete_dkim_key")?;
+        self.inner.delete_dkim_key(domain, selector).await
+    }
     async fn revoke_app_password(&self, account: AccountId, name: &str) -> StoreResult<()> {
         self.check("revoke_app_password")?;
         self.inner.revoke_app_password(account, name).await

@@ -37,8 +37,20 @@ async fn timed<T>(
     let start = Instant::now();
     // A span only under a traced operation (a command, a message): background loops
     // (queue polling, lease renewal) would otherwise each start a trace of their own.
+    // Writes are `debug` spans, exported with a message's trace; reads are `trace` spans,
+    // seen only in a `trace` log: exported, the reads under every IMAP command cost more
+    // throughput than they told (docs/benchmarks.md, "Metrics and traces").
     let r = if tracing::Span::current().is_none() {
         call.await
+    } else if is_read(op) {
+        let span = tracing::trace_span!(
+            "storage",
+            otel.name = op,
+            otel.kind = "client",
+            db.system.name = backend,
+            db.operation.name = op,
+        );
+        call.instrument(span).await
     } else {
         let span = tracing::debug_span!(
             "storage",
@@ -54,6 +66,34 @@ async fn timed<T>(
         .storage
         .observe(backend, op, start.elapsed(), backend_error);
     r
+}
+
+/// Whether an operation only reads (see [`timed`] for why that matters to its span).
+fn is_read(op: &str) -> bool {
+    const READ_PREFIXES: &[&str] = &[
+        "blob_get",
+        "blob_exists",
+        "meta_get_",
+        "meta_list_",
+        "meta_changes_",
+        "meta_message_",
+        "meta_find_",
+        "meta_search_",
+        "meta_due_",
+        "meta_mailbox_usage",
+        "meta_alias_targets",
+        "meta_dkim_keys",
+        "meta_totp_secret",
+        "meta_subscriptions",
+        "meta_shared_with",
+        "meta_sender_grants",
+        "meta_outbound_queue_stats",
+        "meta_orphaned_blobs",
+        "meta_unindexed_messages",
+        "coord_get_counter",
+        "coord_is_marked",
+    ];
+    READ_PREFIXES.iter().any(|p| op.starts_with(p))
 }
 
 /// The blob store operations, for their zero series.
@@ -737,6 +777,38 @@ impl MetadataStore for MeteredMeta {
         self.timed(
             "meta_find_app_password",
             self.inner.find_app_password(account, tag),
+        )
+        .await
+    }
+
+    async fn add_dkim_key(&self, key: crate::DkimKey) -> StoreResult<()> {
+        self.timed("meta_add_dkim_key", self.inner.add_dkim_key(key))
+            .await
+    }
+
+    async fn dkim_keys(&self, domain: &str) -> StoreResult<Vec<crate::DkimKey>> {
+        self.timed("meta_dkim_keys", self.inner.dkim_keys(domain))
+            .await
+    }
+
+    async fn set_dkim_key_state(
+        &self,
+        domain: &str,
+        selector: &str,
+        state: crate::DkimKeyState,
+        at: i64,
+    ) -> StoreResult<()> {
+        self.timed(
+            "meta_set_dkim_key_state",
+            self.inner.set_dkim_key_state(domain, selector, state, at),
+        )
+        .await
+    }
+
+    async fn delete_dkim_key(&self, domain: &str, selector: &str) -> StoreResult<()> {
+        self.timed(
+            "meta_delete_dkim_key",
+            self.inner.delete_dkim_key(domain, selector),
         )
         .await
     }

@@ -115,6 +115,11 @@ pub fn parse(traceparent: &str) -> Option<SpanContext> {
     sc.is_valid().then_some(sc)
 }
 
+/// Whether a `traceparent` says its trace is sampled (recorded and exported).
+pub fn is_sampled(traceparent: &str) -> bool {
+    parse(traceparent).is_some_and(|sc| sc.is_sampled())
+}
+
 /// Makes `span` (not yet entered) a child of the remote context in `traceparent`. Does
 /// nothing when spans are not exported or the value is malformed.
 pub fn set_parent(span: &Span, traceparent: &str) {
@@ -160,6 +165,12 @@ mod tests {
         assert_eq!(sc.span_id().to_string(), "00f067aa0ba902b7");
         assert!(sc.is_sampled());
         assert!(sc.is_remote());
+        assert!(is_sampled(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        ));
+        assert!(!is_sampled(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
+        ));
         assert_eq!(
             trace_id_of("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"),
             "4bf92f3577b34da6a3ce929d0e0e4736"

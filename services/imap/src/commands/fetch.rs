@@ -62,6 +62,9 @@ pub struct FetchJob {
     pub(crate) extra: super::msgext::FetchExtra,
 }
 
+/// Body reads per FETCH batch that become spans in their message's trace.
+const TRACED_PER_BATCH: usize = 32;
+
 /// Whether an item returns message data (and so holds up to a message in memory).
 fn is_body_item(item: &MessageDataItemName<'_>) -> bool {
     matches!(
@@ -646,8 +649,11 @@ impl Session {
             // With traces exported, each body read is a span in the message's own trace
             // (the one SMTP started and stored with it), linked to this command's span:
             // the trace of a message runs from its receipt to its reading.
+            // At most TRACED_PER_BATCH messages per batch get a span: a `FETCH 1:* BODY[]` of a
+            // large mailbox must not flood the exporter's bounded queue.
             let traces: HashMap<Uid, String> = if mailfleet_telemetry::trace::exporting() {
-                match self.stores.meta.message_traces(sel.id, &uids).await {
+                let traced = &uids[..uids.len().min(TRACED_PER_BATCH)];
+                match self.stores.meta.message_traces(sel.id, traced).await {
                     Ok(t) => t.into_iter().collect(),
                     Err(e) => {
                         tracing::debug!(error = %e, "message trace contexts unavailable");
@@ -658,7 +664,12 @@ impl Session {
                 HashMap::new()
             };
             for (_, u) in batch {
-                let span = match traces.get(u) {
+                // A message whose trace was not sampled (or was minted with export off)
+                // gets no span: it would be dropped at export after costing its making.
+                let sampled = traces
+                    .get(u)
+                    .filter(|p| mailfleet_telemetry::trace::is_sampled(p));
+                let span = match sampled {
                     Some(parent) => {
                         let span = tracing::debug_span!(
                             parent: None,

@@ -320,6 +320,22 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// the blob: the writer must not acknowledge and should try again shortly.
     async fn pin_blob(&self, id: &BlobId) -> StoreResult<()>;
 
+    // ---- DKIM keys (crate::dkim) ----
+    /// Adds a signing key. `Conflict` when the domain already has a key with that selector.
+    async fn add_dkim_key(&self, key: crate::DkimKey) -> StoreResult<()>;
+    /// The domain's keys (any state), oldest first (by creation time, then selector).
+    async fn dkim_keys(&self, domain: &str) -> StoreResult<Vec<crate::DkimKey>>;
+    /// Moves a key to `state` as of `at` (Unix seconds); `NotFound` when there is no such key.
+    async fn set_dkim_key_state(
+        &self,
+        domain: &str,
+        selector: &str,
+        state: crate::DkimKeyState,
+        at: i64,
+    ) -> StoreResult<()>;
+    /// Deletes a key; `NotFound` when there is no such key.
+    async fn delete_dkim_key(&self, domain: &str, selector: &str) -> StoreResult<()>;
+
     // ---- credentials ----
     /// Adds an app password. `Conflict` when the account already has one with that name or
     /// tag; `NotFound` when the account does not exist.

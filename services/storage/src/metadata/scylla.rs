@@ -59,7 +59,7 @@ pub const BUCKET_SHIFT: u32 = 16;
 pub const ID_BLOCK: i64 = 100;
 
 /// Schema version recorded in `schema_version`; migrations run in order up to it.
-const SCHEMA_VERSION: i32 = 8;
+const SCHEMA_VERSION: i32 = 9;
 
 /// Tables of schema version 1. `{ks}` is replaced by the keyspace name.
 const SCHEMA_V1: &[&str] = &[
@@ -174,6 +174,14 @@ const SCHEMA_V7: &[&str] = &[
 const SCHEMA_V8: &[&str] = &[
     "ALTER TABLE {ks}.messages ADD trace text",
     "ALTER TABLE {ks}.outbound ADD trace text",
+];
+
+/// v9: DKIM signing keys (crate::dkim), one partition per domain; every write is a
+/// lightweight transaction, so two front-ends rotating at once cannot both win.
+const SCHEMA_V9: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS {ks}.dkim_keys (domain text, selector text, algorithm text, \
+     private_der blob, state text, created_at bigint, state_since bigint, \
+     PRIMARY KEY ((domain), selector))",
 ];
 
 /// How long a pin lasts: far longer than a put and an append take, and the sweep's grace
@@ -1929,7 +1937,7 @@ async fn migrate(session: &Session, ks: &str) -> StoreResult<()> {
             fts::backfill_pending(session, ks).await?;
         }
     }
-    for (v, stmts) in [(7, SCHEMA_V7), (8, SCHEMA_V8)] {
+    for (v, stmts) in [(7, SCHEMA_V7), (8, SCHEMA_V8), (9, SCHEMA_V9)] {
         if version >= v {
             continue;
         }
@@ -3134,6 +3142,101 @@ impl MetadataStore for ScyllaMetadataStore {
         Ok(row
             .map(|r| app_password_from(account, r))
             .filter(|p| p.tag == tag))
+    }
+
+    async fn add_dkim_key(&self, key: crate::DkimKey) -> StoreResult<()> {
+        let applied = self
+            .db
+            .lwt(
+                "INSERT INTO dkim_keys (domain, selector, algorithm, private_der, state, \
+                 created_at, state_since) VALUES (?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS",
+                (
+                    key.domain.as_str(),
+                    key.selector.as_str(),
+                    key.algorithm.as_str(),
+                    key.private_der.as_slice(),
+                    key.state.as_str(),
+                    key.created_at,
+                    key.state_since,
+                ),
+            )
+            .await?;
+        if !applied {
+            return Err(StoreError::Conflict(format!(
+                "DKIM selector {} of {}",
+                key.selector, key.domain
+            )));
+        }
+        Ok(())
+    }
+
+    async fn dkim_keys(&self, domain: &str) -> StoreResult<Vec<crate::DkimKey>> {
+        type Row = (String, String, Vec<u8>, String, i64, i64);
+        let rows: Vec<Row> = self
+            .db
+            .all(
+                "SELECT selector, algorithm, private_der, state, created_at, state_since \
+                 FROM dkim_keys WHERE domain = ?",
+                (domain,),
+            )
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (selector, algorithm, private_der, state, created_at, state_since) in rows {
+            out.push(crate::DkimKey {
+                domain: domain.to_string(),
+                algorithm: crate::DkimAlgorithm::parse(&algorithm).ok_or_else(|| {
+                    StoreError::Corrupt(format!("DKIM key {selector}: algorithm {algorithm:?}"))
+                })?,
+                state: crate::DkimKeyState::parse(&state).ok_or_else(|| {
+                    StoreError::Corrupt(format!("DKIM key {selector}: state {state:?}"))
+                })?,
+                selector,
+                private_der,
+                created_at,
+                state_since,
+            });
+        }
+        out.sort_by(|a, b| (a.created_at, &a.selector).cmp(&(b.created_at, &b.selector)));
+        Ok(out)
+    }
+
+    async fn set_dkim_key_state(
+        &self,
+        domain: &str,
+        selector: &str,
+        state: crate::DkimKeyState,
+        at: i64,
+    ) -> StoreResult<()> {
+        let applied = self
+            .db
+            .lwt(
+                "UPDATE dkim_keys SET state = ?, state_since = ? WHERE domain = ? AND selector = ? \
+                 IF EXISTS",
+                (state.as_str(), at, domain, selector),
+            )
+            .await?;
+        if !applied {
+            return Err(StoreError::NotFound(format!(
+                "DKIM selector {selector} of {domain}"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn delete_dkim_key(&self, domain: &str, selector: &str) -> StoreResult<()> {
+        let applied = self
+            .db
+            .lwt(
+                "DELETE FROM dkim_keys WHERE domain = ? AND selector = ? IF EXISTS",
+                (domain, selector),
+            )
+            .await?;
+        if !applied {
+            return Err(StoreError::NotFound(format!(
+                "DKIM selector {selector} of {domain}"
+            )));
+        }
+        Ok(())
     }
 
     async fn revoke_app_password(&self, account: AccountId, name: &str) -> StoreResult<()> {

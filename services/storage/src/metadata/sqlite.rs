@@ -25,7 +25,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// Schema version stored in `PRAGMA user_version`; migrations run in order up to it.
-const SCHEMA_VERSION: i64 = 14;
+const SCHEMA_VERSION: i64 = 15;
 
 const SCHEMA_V1: &str = r#"
 CREATE TABLE domains (
@@ -703,6 +703,20 @@ ALTER TABLE messages ADD COLUMN trace TEXT;
 ALTER TABLE outbound ADD COLUMN trace TEXT;
 "#;
 
+/// v15: DKIM signing keys (crate::dkim), shared by every front-end through this store.
+const SCHEMA_V15: &str = r#"
+CREATE TABLE dkim_keys (
+    domain TEXT NOT NULL,
+    selector TEXT NOT NULL,
+    algorithm TEXT NOT NULL,
+    private_der BLOB NOT NULL,
+    state TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    state_since INTEGER NOT NULL,
+    PRIMARY KEY (domain, selector)
+) WITHOUT ROWID;
+"#;
+
 /// UIDs an EXPUNGE with a UID set looks up one by one; a larger set reads the deleted
 /// messages from the partial index instead.
 const EXPUNGE_LOOKUPS: usize = 64;
@@ -811,6 +825,12 @@ fn migrate_to(conn: &Connection, index_path: &Path, target: i64) -> StoreResult<
     if version < 14 && target >= 14 {
         conn.execute_batch(&format!(
             "BEGIN IMMEDIATE; {SCHEMA_V14} PRAGMA user_version = 14; COMMIT;"
+        ))
+        .map_err(db_err)?;
+    }
+    if version < 15 && target >= 15 {
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {SCHEMA_V15} PRAGMA user_version = 15; COMMIT;"
         ))
         .map_err(db_err)?;
     }
@@ -2584,6 +2604,122 @@ impl MetadataStore for SqliteMetadataStore {
             .query_row(params![account.0, tag], app_password_row)
             .optional()
             .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn add_dkim_key(&self, key: crate::DkimKey) -> StoreResult<()> {
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO dkim_keys (domain, selector, algorithm, private_der, state, \
+                 created_at, state_since) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    key.domain,
+                    key.selector,
+                    key.algorithm.as_str(),
+                    key.private_der,
+                    key.state.as_str(),
+                    key.created_at,
+                    key.state_since
+                ],
+            )
+            .map_err(|e| match db_err(e) {
+                StoreError::Conflict(_) => StoreError::Conflict(format!(
+                    "DKIM selector {} of {}",
+                    key.selector, key.domain
+                )),
+                other => other,
+            })?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn dkim_keys(&self, domain: &str) -> StoreResult<Vec<crate::DkimKey>> {
+        let domain = domain.to_string();
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT selector, algorithm, private_der, state, created_at, state_since \
+                     FROM dkim_keys WHERE domain = ?1 ORDER BY created_at, selector",
+                )
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map([&domain], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, i64>(4)?,
+                        r.get::<_, i64>(5)?,
+                    ))
+                })
+                .map_err(db_err)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (selector, algorithm, private_der, state, created_at, state_since) =
+                    row.map_err(db_err)?;
+                out.push(crate::DkimKey {
+                    domain: domain.clone(),
+                    algorithm: crate::DkimAlgorithm::parse(&algorithm).ok_or_else(|| {
+                        StoreError::Corrupt(format!("DKIM key {selector}: algorithm {algorithm:?}"))
+                    })?,
+                    state: crate::DkimKeyState::parse(&state).ok_or_else(|| {
+                        StoreError::Corrupt(format!("DKIM key {selector}: state {state:?}"))
+                    })?,
+                    selector,
+                    private_der,
+                    created_at,
+                    state_since,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn set_dkim_key_state(
+        &self,
+        domain: &str,
+        selector: &str,
+        state: crate::DkimKeyState,
+        at: i64,
+    ) -> StoreResult<()> {
+        let (domain, selector) = (domain.to_string(), selector.to_string());
+        self.write(move |c| {
+            let n = c
+                .execute(
+                    "UPDATE dkim_keys SET state = ?1, state_since = ?2 \
+                     WHERE domain = ?3 AND selector = ?4",
+                    params![state.as_str(), at, domain, selector],
+                )
+                .map_err(db_err)?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!(
+                    "DKIM selector {selector} of {domain}"
+                )));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_dkim_key(&self, domain: &str, selector: &str) -> StoreResult<()> {
+        let (domain, selector) = (domain.to_string(), selector.to_string());
+        self.write(move |c| {
+            let n = c
+                .execute(
+                    "DELETE FROM dkim_keys WHERE domain = ?1 AND selector = ?2",
+                    params![domain, selector],
+                )
+                .map_err(db_err)?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!(
+                    "DKIM selector {selector} of {domain}"
+                )));
+            }
+            Ok(())
         })
         .await
     }
