@@ -114,6 +114,40 @@ pub enum AuthError {
     Throttled { retry_after: Duration },
     #[error("temporary authentication failure: {0}")]
     TemporaryFailure(String),
+    /// The credentials were right, but the account may not log in here: it is suspended,
+    /// or this protocol is not among its enabled ones. Only said after a correct password,
+    /// so it tells nothing to someone guessing.
+    #[error("{0}")]
+    Disabled(Disabled),
+}
+
+/// Why a correctly authenticated account may not log in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disabled {
+    Suspended,
+    ProtocolNotEnabled,
+}
+
+impl std::fmt::Display for Disabled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Disabled::Suspended => "account is suspended",
+            Disabled::ProtocolNotEnabled => "account may not log in with this protocol",
+        })
+    }
+}
+
+impl Protocol {
+    /// Whether `account` has this protocol enabled (HTTP logins are JMAP's).
+    fn enabled_for(self, account: &Account) -> bool {
+        let p = account.settings.protocols;
+        match self {
+            Protocol::Imap => p.imap,
+            Protocol::Pop3 => p.pop3,
+            Protocol::Submission => p.submission,
+            Protocol::Http => p.jmap,
+        }
+    }
 }
 
 /// Login limits, from `[auth]`.
@@ -395,6 +429,28 @@ impl Authenticator {
         };
         match checked {
             Ok((account, how)) => {
+                let disabled = if account.settings.suspended {
+                    Some(Disabled::Suspended)
+                } else if !req.protocol.enabled_for(&account) {
+                    Some(Disabled::ProtocolNotEnabled)
+                } else {
+                    None
+                };
+                if let Some(why) = disabled {
+                    // The password was right: not a guess, so not counted as a failure.
+                    throttle::release(coord, limits, reservation).await;
+                    tracing::warn!(
+                        protocol = req.protocol.as_str(),
+                        mechanism = req.mechanism.as_str(),
+                        trace_id = mailfleet_telemetry::trace::current_trace_id(),
+                        ip = %req.remote_ip,
+                        user = %account.address,
+                        result = "disabled",
+                        reason = %why,
+                        "login refused"
+                    );
+                    return Err((AuthError::Disabled(why), LoginResult::Disabled));
+                }
                 throttle::succeeded(coord, limits, reservation, req.remote_ip, &username).await;
                 let method = match &how {
                     Verified::Main => "password".to_string(),

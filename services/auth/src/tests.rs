@@ -569,3 +569,82 @@ async fn with_the_cache_off_every_login_is_verified() {
     assert_eq!(auth.verifications(), 3);
     assert_eq!(auth.cache_hits(), 0);
 }
+
+/// A suspension or a disabled protocol refuses even a cached login at once; a wrong
+/// password on a suspended account still says only "invalid credentials"; refusals of a
+/// right password do not count towards the lockout; lifting the suspension restores logins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspended_account_or_a_disabled_protocol_is_refused_at_once() {
+    use mailfleet_storage::{AccountSettings, Protocols};
+    let f = fixture().await;
+    let auth = Authenticator::new(f.stores.clone(), policy(100, 2, 0));
+    auth.authenticate(req("alice@example.test", PASSWORD, "192.0.2.30"))
+        .await
+        .expect("login before");
+    let suspended = AccountSettings {
+        suspended: true,
+        ..Default::default()
+    };
+    f.stores
+        .meta
+        .set_account_settings("alice@example.test", &suspended)
+        .await
+        .expect("suspend");
+    for _ in 0..4 {
+        assert_eq!(
+            auth.authenticate(req("alice@example.test", PASSWORD, "192.0.2.30"))
+                .await,
+            Err(AuthError::Disabled(Disabled::Suspended))
+        );
+    }
+    assert_eq!(
+        auth.authenticate(req("alice@example.test", "wrong-password", "192.0.2.30"))
+            .await,
+        Err(AuthError::InvalidCredentials),
+        "a guess learns nothing about the suspension"
+    );
+
+    let pop3_only = AccountSettings {
+        protocols: Protocols {
+            imap: false,
+            pop3: true,
+            submission: false,
+            jmap: false,
+        },
+        ..Default::default()
+    };
+    f.stores
+        .meta
+        .set_account_settings("alice@example.test", &pop3_only)
+        .await
+        .expect("protocols");
+    assert_eq!(
+        auth.authenticate(req("alice@example.test", PASSWORD, "192.0.2.30"))
+            .await,
+        Err(AuthError::Disabled(Disabled::ProtocolNotEnabled))
+    );
+    let pop3 = LoginRequest {
+        protocol: Protocol::Pop3,
+        ..req("alice@example.test", PASSWORD, "192.0.2.30")
+    };
+    auth.authenticate(pop3).await.expect("POP3 is enabled");
+    let submission = LoginRequest {
+        protocol: Protocol::Submission,
+        ..req("alice@example.test", PASSWORD, "192.0.2.30")
+    };
+    assert_eq!(
+        auth.authenticate(submission).await,
+        Err(AuthError::Disabled(Disabled::ProtocolNotEnabled))
+    );
+
+    // Four refused right passwords and one wrong one: under the per-account limit of 2
+    // failures only if the refusals were not counted.
+    f.stores
+        .meta
+        .set_account_settings("alice@example.test", &AccountSettings::default())
+        .await
+        .expect("restore");
+    auth.authenticate(req("alice@example.test", PASSWORD, "192.0.2.31"))
+        .await
+        .expect("login after the suspension is lifted");
+}

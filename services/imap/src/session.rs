@@ -77,6 +77,7 @@ impl LoginService for mailfleet_auth::Authenticator {
             mailfleet_auth::AuthError::InvalidCredentials => LoginError::Invalid,
             mailfleet_auth::AuthError::Throttled { .. } => LoginError::Throttled,
             mailfleet_auth::AuthError::TemporaryFailure(_) => LoginError::Unavailable,
+            mailfleet_auth::AuthError::Disabled(why) => LoginError::Disabled(why),
         })
     }
 }
@@ -89,6 +90,8 @@ pub enum LoginError {
     Throttled,
     #[error("authentication temporarily unavailable")]
     Unavailable,
+    #[error("{0}")]
+    Disabled(mailfleet_auth::Disabled),
 }
 
 /// Counts open sessions per account on this node, so one user cannot take every

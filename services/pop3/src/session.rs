@@ -450,6 +450,15 @@ impl Session {
                     retry_after.as_secs().max(1)
                 ),
             )),
+            Err(AuthError::Disabled(why)) => Response::one(proto::err(
+                Some(Code::Auth),
+                match why {
+                    mailfleet_auth::Disabled::Suspended => "Account is suspended",
+                    mailfleet_auth::Disabled::ProtocolNotEnabled => {
+                        "POP3 is not enabled for this account"
+                    }
+                },
+            )),
             Err(AuthError::TemporaryFailure(e)) => {
                 tracing::warn!(error = %e, "POP3 authentication unavailable");
                 Response::one(proto::err(

@@ -1691,6 +1691,94 @@ pub async fn metadata_message_traces(meta: &dyn MetadataStore) {
     );
 }
 
+/// Account settings and owner marks: defaults on a new account, every field kept through
+/// each way of reading an account, a password or quota change leaves them alone, unknown
+/// names refused, a domain's mark set and cleared.
+pub async fn metadata_account_settings(meta: &dyn MetadataStore) {
+    use crate::{AccountSettings, Protocols};
+    let domain = format!("{}.test", unique("settings"));
+    let d = meta.create_domain(&domain).await.expect("domain");
+    assert_eq!(d.managed_by, None);
+    let address = format!("s@{domain}");
+    let a = meta
+        .create_account(&address, "h", 0)
+        .await
+        .expect("account");
+    assert_eq!(a.settings, AccountSettings::default());
+    assert_eq!(a.settings.protocols, Protocols::ALL);
+
+    let settings = AccountSettings {
+        display_name: Some("Séverine Dupont".into()),
+        suspended: true,
+        protocols: Protocols {
+            imap: true,
+            pop3: false,
+            submission: true,
+            jmap: false,
+        },
+        managed_by: Some("operator:mail/severine".into()),
+    };
+    meta.set_account_settings(&address.to_uppercase(), &settings)
+        .await
+        .expect("set settings");
+    meta.set_password_hash(&address, "h2")
+        .await
+        .expect("passwd");
+    meta.set_quota(&address, 1 << 20).await.expect("quota");
+    let by_address = meta
+        .get_account(&address)
+        .await
+        .expect("get")
+        .expect("some");
+    assert_eq!(by_address.settings, settings);
+    assert_eq!(by_address.password_hash, "h2");
+    let by_id = meta
+        .get_account_by_id(a.id)
+        .await
+        .expect("get")
+        .expect("some");
+    assert_eq!(by_id.settings, settings);
+    let listed = meta.list_accounts(Some(&domain)).await.expect("list");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].settings, settings);
+
+    // Back to the defaults: nothing of the earlier settings survives.
+    meta.set_account_settings(&address, &AccountSettings::default())
+        .await
+        .expect("reset");
+    let reset = meta
+        .get_account(&address)
+        .await
+        .expect("get")
+        .expect("some");
+    assert_eq!(reset.settings, AccountSettings::default());
+
+    assert!(matches!(
+        meta.set_account_settings(&format!("nobody@{domain}"), &settings)
+            .await,
+        Err(crate::StoreError::NotFound(_))
+    ));
+
+    meta.set_domain_managed_by(&domain, Some("operator:mail/example"))
+        .await
+        .expect("mark domain");
+    let marked = meta.get_domain(&domain).await.expect("get").expect("some");
+    assert_eq!(marked.managed_by.as_deref(), Some("operator:mail/example"));
+    let listed = meta.list_domains().await.expect("list");
+    let entry = listed.iter().find(|x| x.name == domain).expect("listed");
+    assert_eq!(entry.managed_by.as_deref(), Some("operator:mail/example"));
+    meta.set_domain_managed_by(&domain, None)
+        .await
+        .expect("unmark domain");
+    let unmarked = meta.get_domain(&domain).await.expect("get").expect("some");
+    assert_eq!(unmarked.managed_by, None);
+    assert!(matches!(
+        meta.set_domain_managed_by(&format!("{}.test", unique("absent")), Some("x"))
+            .await,
+        Err(crate::StoreError::NotFound(_))
+    ));
+}
+
 /// DKIM keys: add, list in creation order, state changes, conflicts, delete; keys of one
 /// domain never show under another.
 pub async fn metadata_dkim_keys(meta: &dyn MetadataStore) {

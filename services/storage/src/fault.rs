@@ -98,6 +98,18 @@ impl MetadataStore for FailingMeta {
         self.check("set_quota")?;
         self.inner.set_quota(address, quota_bytes).await
     }
+    async fn set_account_settings(
+        &self,
+        address: &str,
+        settings: &crate::AccountSettings,
+    ) -> StoreResult<()> {
+        self.check("set_account_settings")?;
+        self.inner.set_account_settings(address, settings).await
+    }
+    async fn set_domain_managed_by(&self, name: &str, managed_by: Option<&str>) -> StoreResult<()> {
+        self.check("set_domain_managed_by")?;
+        self.inner.set_domain_managed_by(name, managed_by).await
+    }
     async fn create_alias(&self, source: &str, target: &str) -> StoreResult<()> {
         self.check("create_alias")?;
         self.inner.create_alias(source, target).await

@@ -418,6 +418,26 @@ impl MetadataStore for MeteredMeta {
             .await
     }
 
+    async fn set_account_settings(
+        &self,
+        address: &str,
+        settings: &crate::AccountSettings,
+    ) -> StoreResult<()> {
+        self.timed(
+            "meta_set_account_settings",
+            self.inner.set_account_settings(address, settings),
+        )
+        .await
+    }
+
+    async fn set_domain_managed_by(&self, name: &str, managed_by: Option<&str>) -> StoreResult<()> {
+        self.timed(
+            "meta_set_domain_managed_by",
+            self.inner.set_domain_managed_by(name, managed_by),
+        )
+        .await
+    }
+
     async fn create_alias(&self, source: &str, target: &str) -> StoreResult<()> {
         self.timed("meta_create_alias", self.inner.create_alias(source, target))
             .await

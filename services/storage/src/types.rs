@@ -71,6 +71,8 @@ impl fmt::Display for BlobId {
 pub struct Domain {
     pub id: DomainId,
     pub name: String,
+    /// Who manages the domain (see [`AccountSettings::managed_by`]).
+    pub managed_by: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,6 +87,65 @@ pub struct Account {
     pub quota_bytes: u64,
     pub used_bytes: u64,
     pub message_count: u64,
+    pub settings: AccountSettings,
+}
+
+/// What an account may do beyond holding mail: kept with the account so a login reads it in
+/// the same row as the password hash.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct AccountSettings {
+    /// The name shown for the account (the operator's `User.spec.displayName`).
+    pub display_name: Option<String>,
+    /// Logins are refused on every protocol; mail to the account is still delivered (a
+    /// suspension for abuse or an unpaid bill must not bounce the owner's mail).
+    pub suspended: bool,
+    /// The protocols the account may log in with.
+    pub protocols: Protocols,
+    /// Who manages the account, e.g. `operator:<namespace>/<name>`; `None`: the admin CLI.
+    /// Tools other than the owner refuse to change a managed account (mailfleet-provision).
+    pub managed_by: Option<String>,
+}
+
+/// The protocols an account may log in with (all by default).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Protocols {
+    pub imap: bool,
+    pub pop3: bool,
+    /// SMTP submission (587/465) with AUTH.
+    pub submission: bool,
+    pub jmap: bool,
+}
+
+impl Default for Protocols {
+    fn default() -> Self {
+        Protocols::ALL
+    }
+}
+
+impl Protocols {
+    pub const ALL: Protocols = Protocols {
+        imap: true,
+        pop3: true,
+        submission: true,
+        jmap: true,
+    };
+
+    /// The set as bits (imap 1, pop3 2, submission 4, jmap 8), as the stores keep it.
+    pub fn bits(self) -> u8 {
+        u8::from(self.imap)
+            | u8::from(self.pop3) << 1
+            | u8::from(self.submission) << 2
+            | u8::from(self.jmap) << 3
+    }
+
+    pub fn from_bits(bits: u8) -> Self {
+        Protocols {
+            imap: bits & 1 != 0,
+            pop3: bits & 2 != 0,
+            submission: bits & 4 != 0,
+            jmap: bits & 8 != 0,
+        }
+    }
 }
 
 impl Account {

@@ -164,6 +164,13 @@ async fn sqlite_message_traces() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_account_settings() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let meta = SqliteMetadataStore::open(dir.path().join("m.sqlite3"), 16).expect("open");
+    conformance::metadata_account_settings(&meta).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_dkim_keys() {
     let dir = tempfile::tempdir().expect("tmp");
     let meta = SqliteMetadataStore::open(dir.path().join("m.sqlite3"), 16).expect("open");

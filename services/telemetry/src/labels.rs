@@ -167,10 +167,12 @@ pub enum LoginResult {
     Locked,
     /// Nothing was decided: a storage error.
     TemporaryFailure,
+    /// The password was right, but the account is suspended or may not use this protocol.
+    Disabled,
 }
 
 impl LoginResult {
-    pub const ALL: [LoginResult; 7] = [
+    pub const ALL: [LoginResult; 8] = [
         LoginResult::Success,
         LoginResult::BadPassword,
         LoginResult::UnknownUser,
@@ -178,6 +180,7 @@ impl LoginResult {
         LoginResult::Throttled,
         LoginResult::Locked,
         LoginResult::TemporaryFailure,
+        LoginResult::Disabled,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -189,6 +192,7 @@ impl LoginResult {
             LoginResult::Throttled => "throttled",
             LoginResult::Locked => "locked",
             LoginResult::TemporaryFailure => "temporary_failure",
+            LoginResult::Disabled => "disabled",
         }
     }
 }

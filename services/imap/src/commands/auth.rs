@@ -153,6 +153,13 @@ impl Session {
                     LoginError::Unavailable => {
                         ("UNAVAILABLE", "Authentication temporarily unavailable")
                     }
+                    // RFC 5530: "the user should contact the system administrator".
+                    LoginError::Disabled(mailfleet_auth::Disabled::Suspended) => {
+                        ("CONTACTADMIN", "Account is suspended")
+                    }
+                    LoginError::Disabled(mailfleet_auth::Disabled::ProtocolNotEnabled) => {
+                        ("CONTACTADMIN", "IMAP is not enabled for this account")
+                    }
                 };
                 let mut out = vec![response::no(&tag, response::code(code), text)];
                 if self.failed_logins >= self.cfg.max_failed_logins {

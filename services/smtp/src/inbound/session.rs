@@ -444,6 +444,12 @@ impl Session {
                     retry_after.as_secs().max(1)
                 ),
             )),
+            // RFC 4954 §6: "525 5.7.13 User Account Disabled".
+            Err(AuthError::Disabled(why)) => Response::one(Reply::new(
+                525,
+                "5.7.13",
+                format!("User account disabled: {why}"),
+            )),
             Err(AuthError::TemporaryFailure(e)) => {
                 tracing::warn!(error = %e, "submission authentication unavailable");
                 Response::one(Reply::new(454, "4.7.0", "Temporary authentication failure"))

@@ -69,6 +69,14 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn delete_account(&self, address: &str) -> StoreResult<Vec<BlobId>>;
     async fn set_password_hash(&self, address: &str, password_hash: &str) -> StoreResult<()>;
     async fn set_quota(&self, address: &str, quota_bytes: u64) -> StoreResult<()>;
+    /// Replaces the account's settings (display name, suspension, protocols, owner mark).
+    async fn set_account_settings(
+        &self,
+        address: &str,
+        settings: &AccountSettings,
+    ) -> StoreResult<()>;
+    /// Marks the domain as managed by `managed_by` (or by nobody).
+    async fn set_domain_managed_by(&self, name: &str, managed_by: Option<&str>) -> StoreResult<()>;
 
     // ---- aliases ----
     /// `source` is `local@domain` or `@domain` (catch-all); its domain must be hosted.

@@ -59,7 +59,7 @@ pub const BUCKET_SHIFT: u32 = 16;
 pub const ID_BLOCK: i64 = 100;
 
 /// Schema version recorded in `schema_version`; migrations run in order up to it.
-const SCHEMA_VERSION: i32 = 9;
+const SCHEMA_VERSION: i32 = 10;
 
 /// Tables of schema version 1. `{ks}` is replaced by the keyspace name.
 const SCHEMA_V1: &[&str] = &[
@@ -182,6 +182,17 @@ const SCHEMA_V9: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS {ks}.dkim_keys (domain text, selector text, algorithm text, \
      private_der blob, state text, created_at bigint, state_since bigint, \
      PRIMARY KEY ((domain), selector))",
+];
+
+/// v10: account settings (display name, suspension, allowed protocols as bits of
+/// [`crate::Protocols`]) and the owner marks of accounts and domains. Null in rows written
+/// before reads as the defaults (not suspended, every protocol, unmanaged).
+const SCHEMA_V10: &[&str] = &[
+    "ALTER TABLE {ks}.accounts ADD display_name text",
+    "ALTER TABLE {ks}.accounts ADD suspended boolean",
+    "ALTER TABLE {ks}.accounts ADD protocols int",
+    "ALTER TABLE {ks}.accounts ADD managed_by text",
+    "ALTER TABLE {ks}.domains ADD managed_by text",
 ];
 
 /// How long a pin lasts: far longer than a put and an append take, and the sweep's grace
@@ -458,7 +469,17 @@ type MailboxRow = (
     i64,
     Option<bool>,
 );
-type AccountRow = (i64, i64, String, String, i64);
+type AccountRow = (
+    i64,
+    i64,
+    String,
+    String,
+    i64,
+    Option<String>,
+    Option<bool>,
+    Option<i32>,
+    Option<String>,
+);
 type MessageRow = (i64, i64, String, i64, i64, String);
 /// blob_id, size, internal_date, flags, summary, email_id, thread_id, trace.
 type FieldsRow = (
@@ -699,13 +720,14 @@ impl ScyllaMetadataStore {
     }
 
     async fn domain(&self, name: &str) -> StoreResult<Option<Domain>> {
-        let row: Option<(i64,)> = self
+        let row: Option<(i64, Option<String>)> = self
             .db
-            .one("SELECT id FROM domains WHERE name = ?", (name,))
+            .one("SELECT id, managed_by FROM domains WHERE name = ?", (name,))
             .await?;
         Ok(row.map(|r| Domain {
             id: DomainId(r.0),
             name: name.to_string(),
+            managed_by: r.1,
         }))
     }
 
@@ -741,8 +763,8 @@ impl ScyllaMetadataStore {
         let row: Option<AccountRow> = self
             .db
             .one(
-                "SELECT id, domain_id, address, password_hash, quota_bytes FROM accounts \
-                 WHERE id = ?",
+                "SELECT id, domain_id, address, password_hash, quota_bytes, display_name, \
+                 suspended, protocols, managed_by FROM accounts WHERE id = ?",
                 (id.0,),
             )
             .await?;
@@ -756,6 +778,15 @@ impl ScyllaMetadataStore {
             quota_bytes: r.4.max(0) as u64,
             used_bytes: used,
             message_count: count,
+            settings: AccountSettings {
+                display_name: r.5,
+                suspended: r.6.unwrap_or(false),
+                protocols: r
+                    .7
+                    .map(|b| Protocols::from_bits(b as u8))
+                    .unwrap_or_default(),
+                managed_by: r.8,
+            },
         }))
     }
 
@@ -1937,7 +1968,12 @@ async fn migrate(session: &Session, ks: &str) -> StoreResult<()> {
             fts::backfill_pending(session, ks).await?;
         }
     }
-    for (v, stmts) in [(7, SCHEMA_V7), (8, SCHEMA_V8), (9, SCHEMA_V9)] {
+    for (v, stmts) in [
+        (7, SCHEMA_V7),
+        (8, SCHEMA_V8),
+        (9, SCHEMA_V9),
+        (10, SCHEMA_V10),
+    ] {
         if version >= v {
             continue;
         }
@@ -1981,6 +2017,7 @@ impl MetadataStore for ScyllaMetadataStore {
         Ok(Domain {
             id: DomainId(id),
             name,
+            managed_by: None,
         })
     }
 
@@ -1990,12 +2027,16 @@ impl MetadataStore for ScyllaMetadataStore {
 
     async fn list_domains(&self) -> StoreResult<Vec<Domain>> {
         // Domains are few: a full scan, sorted here.
-        let rows: Vec<(String, i64)> = self.db.all("SELECT name, id FROM domains", ()).await?;
+        let rows: Vec<(String, i64, Option<String>)> = self
+            .db
+            .all("SELECT name, id, managed_by FROM domains", ())
+            .await?;
         let mut out: Vec<Domain> = rows
             .into_iter()
-            .map(|(name, id)| Domain {
+            .map(|(name, id, managed_by)| Domain {
                 id: DomainId(id),
                 name,
+                managed_by,
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -2225,6 +2266,51 @@ impl MetadataStore for ScyllaMetadataStore {
             .await?
         {
             return Err(StoreError::NotFound(format!("account {address}")));
+        }
+        Ok(())
+    }
+
+    async fn set_account_settings(
+        &self,
+        address: &str,
+        settings: &AccountSettings,
+    ) -> StoreResult<()> {
+        let address = address.to_lowercase();
+        let id = self
+            .account_id(&address)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("account {address}")))?;
+        if !self
+            .db
+            .lwt(
+                "UPDATE accounts SET display_name = ?, suspended = ?, protocols = ?, \
+                 managed_by = ? WHERE id = ? IF EXISTS",
+                (
+                    settings.display_name.as_deref(),
+                    settings.suspended,
+                    settings.protocols.bits() as i32,
+                    settings.managed_by.as_deref(),
+                    id.0,
+                ),
+            )
+            .await?
+        {
+            return Err(StoreError::NotFound(format!("account {address}")));
+        }
+        Ok(())
+    }
+
+    async fn set_domain_managed_by(&self, name: &str, managed_by: Option<&str>) -> StoreResult<()> {
+        let name = name.to_lowercase();
+        if !self
+            .db
+            .lwt(
+                "UPDATE domains SET managed_by = ? WHERE name = ? IF EXISTS",
+                (managed_by, name.as_str()),
+            )
+            .await?
+        {
+            return Err(StoreError::NotFound(format!("domain {name}")));
         }
         Ok(())
     }

@@ -25,7 +25,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// Schema version stored in `PRAGMA user_version`; migrations run in order up to it.
-const SCHEMA_VERSION: i64 = 15;
+const SCHEMA_VERSION: i64 = 16;
 
 const SCHEMA_V1: &str = r#"
 CREATE TABLE domains (
@@ -717,6 +717,18 @@ CREATE TABLE dkim_keys (
 ) WITHOUT ROWID;
 "#;
 
+/// v16: account settings (display name, suspension, allowed protocols as bits of
+/// [`crate::Protocols`]) and the owner marks of accounts and domains (`managed_by`).
+/// Added columns with defaults: a server of v15 running beside a migrated one still reads
+/// and writes its rows (it ignores the new columns).
+const SCHEMA_V16: &str = r#"
+ALTER TABLE accounts ADD COLUMN display_name TEXT;
+ALTER TABLE accounts ADD COLUMN suspended INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE accounts ADD COLUMN protocols INTEGER NOT NULL DEFAULT 15;
+ALTER TABLE accounts ADD COLUMN managed_by TEXT;
+ALTER TABLE domains ADD COLUMN managed_by TEXT;
+"#;
+
 /// UIDs an EXPUNGE with a UID set looks up one by one; a larger set reads the deleted
 /// messages from the partial index instead.
 const EXPUNGE_LOOKUPS: usize = 64;
@@ -831,6 +843,12 @@ fn migrate_to(conn: &Connection, index_path: &Path, target: i64) -> StoreResult<
     if version < 15 && target >= 15 {
         conn.execute_batch(&format!(
             "BEGIN IMMEDIATE; {SCHEMA_V15} PRAGMA user_version = 15; COMMIT;"
+        ))
+        .map_err(db_err)?;
+    }
+    if version < 16 && target >= 16 {
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {SCHEMA_V16} PRAGMA user_version = 16; COMMIT;"
         ))
         .map_err(db_err)?;
     }
@@ -990,8 +1008,8 @@ fn domain_of(address: &str) -> StoreResult<&str> {
         .ok_or_else(|| StoreError::Invalid(format!("'{address}' is not local@domain")))
 }
 
-const ACCOUNT_COLS: &str =
-    "id, domain_id, address, password_hash, quota_bytes, used_bytes, message_count";
+const ACCOUNT_COLS: &str = "id, domain_id, address, password_hash, quota_bytes, used_bytes, \
+     message_count, display_name, suspended, protocols, managed_by";
 
 fn account_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Account> {
     Ok(Account {
@@ -1002,6 +1020,20 @@ fn account_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Account> {
         quota_bytes: r.get::<_, i64>(4)? as u64,
         used_bytes: r.get::<_, i64>(5)? as u64,
         message_count: r.get::<_, i64>(6)? as u64,
+        settings: AccountSettings {
+            display_name: r.get(7)?,
+            suspended: r.get::<_, i64>(8)? != 0,
+            protocols: Protocols::from_bits(r.get::<_, i64>(9)? as u8),
+            managed_by: r.get(10)?,
+        },
+    })
+}
+
+fn domain_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Domain> {
+    Ok(Domain {
+        id: DomainId(r.get(0)?),
+        name: r.get(1)?,
+        managed_by: r.get(2)?,
     })
 }
 
@@ -1580,6 +1612,7 @@ impl MetadataStore for SqliteMetadataStore {
             Ok(Domain {
                 id: DomainId(id),
                 name,
+                managed_by: None,
             })
         })
         .await
@@ -1589,14 +1622,9 @@ impl MetadataStore for SqliteMetadataStore {
         let name = name.to_string();
         self.read(move |c| {
             c.query_row(
-                "SELECT id, name FROM domains WHERE name = ?1",
+                "SELECT id, name, managed_by FROM domains WHERE name = ?1",
                 [name],
-                |r| {
-                    Ok(Domain {
-                        id: DomainId(r.get(0)?),
-                        name: r.get(1)?,
-                    })
-                },
+                domain_row,
             )
             .optional()
             .map_err(db_err)
@@ -1607,16 +1635,9 @@ impl MetadataStore for SqliteMetadataStore {
     async fn list_domains(&self) -> StoreResult<Vec<Domain>> {
         self.read(|c| {
             let mut s = c
-                .prepare("SELECT id, name FROM domains ORDER BY name")
+                .prepare("SELECT id, name, managed_by FROM domains ORDER BY name")
                 .map_err(db_err)?;
-            let rows = s
-                .query_map([], |r| {
-                    Ok(Domain {
-                        id: DomainId(r.get(0)?),
-                        name: r.get(1)?,
-                    })
-                })
-                .map_err(db_err)?;
+            let rows = s.query_map([], domain_row).map_err(db_err)?;
             rows.collect::<Result<_, _>>().map_err(db_err)
         })
         .await
@@ -1776,6 +1797,53 @@ impl MetadataStore for SqliteMetadataStore {
                 .map_err(db_err)?;
             if n == 0 {
                 return Err(StoreError::NotFound(format!("account {address}")));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn set_account_settings(
+        &self,
+        address: &str,
+        settings: &AccountSettings,
+    ) -> StoreResult<()> {
+        let address = address.to_lowercase();
+        let st = settings.clone();
+        self.write(move |c| {
+            let n = c
+                .execute(
+                    "UPDATE accounts SET display_name = ?1, suspended = ?2, protocols = ?3, \
+                     managed_by = ?4 WHERE address = ?5",
+                    params![
+                        st.display_name,
+                        st.suspended as i64,
+                        st.protocols.bits() as i64,
+                        st.managed_by,
+                        address
+                    ],
+                )
+                .map_err(db_err)?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("account {address}")));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn set_domain_managed_by(&self, name: &str, managed_by: Option<&str>) -> StoreResult<()> {
+        let name = name.to_lowercase();
+        let owner = managed_by.map(str::to_string);
+        self.write(move |c| {
+            let n = c
+                .execute(
+                    "UPDATE domains SET managed_by = ?1 WHERE name = ?2",
+                    params![owner, name],
+                )
+                .map_err(db_err)?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("domain {name}")));
             }
             Ok(())
         })
@@ -3674,6 +3742,53 @@ mod tests {
             .query_row("SELECT COUNT(*) FROM fts_docs", [], |r| r.get(0))
             .expect("docs");
         assert_eq!(docs, 1);
+    }
+
+    /// Accounts and domains of schema v15 read with the default settings after the upgrade,
+    /// and a v15 writer's INSERT (without the new columns) still works on the new schema.
+    #[tokio::test]
+    async fn an_upgrade_gives_old_accounts_the_default_settings() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("m.sqlite3");
+        let index = fts_sqlite::index_path(&path);
+        {
+            let c = Connection::open(&path).expect("open");
+            c.pragma_update(None, "journal_mode", "WAL").expect("wal");
+            fts_sqlite::create_index(&index).expect("index file");
+            migrate_to(&c, &index, 15).expect("v15");
+            c.execute_batch(
+                "INSERT INTO domains (id, name, created_at) VALUES (1, 'example.test', 0);
+                 INSERT INTO accounts (id, domain_id, address, password_hash, created_at)
+                     VALUES (1, 1, 'a@example.test', 'x', 0);",
+            )
+            .expect("v15 rows");
+        }
+        let meta = SqliteMetadataStore::open(&path, 16).expect("upgrade");
+        let a = meta
+            .get_account("a@example.test")
+            .await
+            .expect("get")
+            .expect("account");
+        assert_eq!(a.settings, AccountSettings::default());
+        let d = meta
+            .get_domain("example.test")
+            .await
+            .expect("get")
+            .expect("domain");
+        assert_eq!(d.managed_by, None);
+        let c = Connection::open(&path).expect("open");
+        c.execute(
+            "INSERT INTO accounts (id, domain_id, address, password_hash, created_at)
+                 VALUES (2, 1, 'b@example.test', 'x', 0)",
+            [],
+        )
+        .expect("an insert of the old schema");
+        let b = meta
+            .get_account("b@example.test")
+            .await
+            .expect("get")
+            .expect("account");
+        assert_eq!(b.settings.protocols, Protocols::ALL);
     }
 
     /// A database whose index file is gone (restored from a backup of the database alone)
