@@ -18,7 +18,8 @@ def test_cli_lifecycle_and_clear_errors(tmp_path):
     r = s.cli("user", "add", "Carol@example.org", "--password", PASSWORD, check=False)
     assert r.returncode == 1 and "already exists" in r.stderr
     users = s.cli_json("user", "list")
-    assert users == [{"address": "carol@example.org", "quota_bytes": 10 << 20, "used_bytes": 0, "messages": 0}]
+    assert users == [{"address": "carol@example.org", "quota_bytes": 10 << 20, "used_bytes": 0, "messages": 0,
+                      "suspended": False, "managed_by": None}]
     boxes = {b["name"]: b["special_use"] for b in s.cli_json("mailbox", "list", "carol@example.org")}
     assert boxes == {"INBOX": "inbox", "Sent": "sent", "Drafts": "drafts", "Junk": "junk", "Trash": "trash", "Archive": "archive"}
     s.cli("alias", "add", "info@example.org", "carol@example.org")

@@ -414,3 +414,48 @@ def test_login_security_totp_requires_app_passwords(server):
     pop3s(server, user=BOB).quit()
     server.cli("totp", "disable", ALICE)
     pop3s(server).quit()
+
+
+# ---------------------------------------------------------------- suspension
+
+
+def test_a_suspended_account_keeps_receiving_but_cannot_log_in(server):
+    """`user suspend` refuses the right password on IMAP (RFC 5530 CONTACTADMIN), POP3
+    (-ERR [AUTH]) and submission (RFC 4954 525 5.7.13), while mail to the account is still
+    accepted and kept; a wrong password still gets the plain failure; `user resume` and the
+    same clients log in again and see the mail that came meanwhile."""
+    assert "suspended" in server.cli("user", "suspend", ALICE).stdout
+    assert "already suspended" in server.cli("user", "suspend", ALICE).stdout
+    [alice] = [u for u in server.cli_json("user", "list") if u["address"] == ALICE]
+    assert alice["suspended"] is True
+
+    deliver(server, ALICE, "while suspended")
+
+    with pytest.raises(imaplib.IMAP4.error) as e:
+        imap_login(server)
+    assert "CONTACTADMIN" in str(e.value) and "suspended" in str(e.value)
+    with pytest.raises(imaplib.IMAP4.error) as e:
+        imap_login(server, password="Wrong-" + PASSWORD)
+    assert "AUTHENTICATIONFAILED" in str(e.value)
+
+    with pytest.raises(poplib.error_proto) as e:
+        pop3s(server)
+    assert b"[AUTH]" in e.value.args[0] and b"suspended" in e.value.args[0]
+
+    msg = f"From: {ALICE}\r\nTo: {BOB}\r\nSubject: x\r\n\r\nx\r\n"
+    with pytest.raises(smtplib.SMTPAuthenticationError) as e:
+        submit(server, ALICE, PASSWORD, ALICE, [BOB], msg)
+    assert e.value.smtp_code == 525 and b"5.7.13" in e.value.smtp_error
+
+    # The refusals of a right password did not use up the lockout: resume, log in at once.
+    assert "is active" in server.cli("user", "resume", ALICE).stdout
+    c = imap_login(server)
+    try:
+        c.select("INBOX", readonly=True)
+        typ, data = c.search(None, "SUBJECT", '"while suspended"')
+        assert typ == "OK" and data[0].split(), "mail that came while suspended is kept"
+    finally:
+        c.logout()
+    p = pop3s(server)
+    p.quit()
+    submit(server, ALICE, PASSWORD, ALICE, [BOB], msg)

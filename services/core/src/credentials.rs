@@ -33,6 +33,23 @@ pub fn hash_password(password: &str) -> Result<String, PasswordError> {
         .map_err(|e| PasswordError::Hash(e.to_string()))
 }
 
+/// Checks that `phc` is an argon2 PHC string this build can verify against (a hash made
+/// elsewhere, given to the operator or the CLI instead of a password).
+pub fn parse_phc(phc: &str) -> Result<(), PasswordError> {
+    let parsed = PasswordHash::new(phc).map_err(|e| PasswordError::Hash(e.to_string()))?;
+    if parsed.salt.is_none() || parsed.hash.is_none() {
+        return Err(PasswordError::Hash(
+            "the hash has no salt or no output".into(),
+        ));
+    }
+    match parsed.algorithm.as_str() {
+        "argon2id" | "argon2i" | "argon2d" => Ok(()),
+        other => Err(PasswordError::Hash(format!(
+            "{other} is not an argon2 hash"
+        ))),
+    }
+}
+
 /// Checks a password against a PHC hash. A malformed hash never matches.
 pub fn verify_password(password: &str, phc: &str) -> bool {
     if password.len() > MAX_PASSWORD_LEN {

@@ -1,13 +1,15 @@
 //! The admin CLI: domains, users, aliases, and read access to mailboxes and messages.
 //!
 //! Commands work directly on the configured store, so they run beside a live server (the
-//! embedded SQLite store serialises them with the server's writes).
+//! embedded SQLite store serialises them with the server's writes). Every change goes
+//! through `mailfleet_provision` as [`Actor::Admin`]: the same validation and password
+//! policy as the operator, and a refusal to change what a Kubernetes resource manages.
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
 use mailfleet_core::config::Config;
-use mailfleet_core::credentials;
 use mailfleet_core::Address;
+use mailfleet_provision::{Actor, PasswordInput};
 use mailfleet_storage::{StoreError, Stores, Uid};
 use serde_json::json;
 use std::io::{Read, Write};
@@ -45,6 +47,10 @@ pub enum UserCmd {
     },
     /// Set the storage quota (`0` for unlimited).
     Quota { address: String, quota: String },
+    /// Refuse the account's logins on every protocol; its mail is still delivered.
+    Suspend { address: String },
+    /// Allow the account's logins again.
+    Resume { address: String },
 }
 
 #[derive(clap::Args, Debug)]
@@ -106,6 +112,16 @@ pub(crate) fn explain(e: StoreError, what: &str) -> anyhow::Error {
     }
 }
 
+/// Turns provisioning errors into the CLI's messages.
+fn explain_provision(e: mailfleet_provision::Error, what: &str) -> anyhow::Error {
+    use mailfleet_provision::Error as E;
+    match e {
+        E::Store(e) => explain(e, what),
+        E::Exists(x) => anyhow::anyhow!("{what}: {x} already exists or is in use"),
+        other => anyhow::anyhow!("{what}: {other}"),
+    }
+}
+
 /// `1024`, `500K`, `20M`, `2G`, `1T` (binary multiples).
 pub fn parse_size(s: &str) -> anyhow::Result<u64> {
     let s = s.trim();
@@ -146,12 +162,9 @@ fn read_password(arg: &PasswordArg) -> anyhow::Result<String> {
     bail!("give the password with --password-stdin (or --password)")
 }
 
-fn checked_hash(address: &Address, password: &str) -> anyhow::Result<String> {
-    let domain_words: Vec<&str> = address.domain().split('.').collect();
-    let mut inputs = vec![address.local()];
-    inputs.extend(domain_words);
-    credentials::check_password_policy(password, &inputs)?;
-    Ok(credentials::hash_password(password)?)
+/// A password typed at the CLI: plain, checked against the policy when it is set.
+fn typed_password(arg: &PasswordArg) -> anyhow::Result<PasswordInput> {
+    Ok(PasswordInput::Plain(read_password(arg)?))
 }
 
 pub(crate) fn parse_address(s: &str) -> anyhow::Result<Address> {
@@ -164,11 +177,9 @@ pub async fn domain(config: &Config, cmd: DomainCmd, json_out: bool) -> anyhow::
         DomainCmd::Add { name } => {
             let name = mailfleet_core::address::normalize_domain(&name)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
-            stores
-                .meta
-                .create_domain(&name)
+            mailfleet_provision::add_domain(stores.meta.as_ref(), &Actor::Admin, &name)
                 .await
-                .map_err(|e| explain(e, "domain add"))?;
+                .map_err(|e| explain_provision(e, "domain add"))?;
             println!("domain {name} added");
         }
         DomainCmd::List => {
@@ -183,11 +194,9 @@ pub async fn domain(config: &Config, cmd: DomainCmd, json_out: bool) -> anyhow::
             }
         }
         DomainCmd::Remove { name } => {
-            stores
-                .meta
-                .delete_domain(&name.to_lowercase())
+            mailfleet_provision::remove_domain(stores.meta.as_ref(), &Actor::Admin, &name)
                 .await
-                .map_err(|e| explain(e, "domain remove"))?;
+                .map_err(|e| explain_provision(e, "domain remove"))?;
             println!("domain {name} removed");
         }
     }
@@ -211,12 +220,16 @@ pub async fn user(config: &Config, cmd: UserCmd, json_out: bool) -> anyhow::Resu
                 );
             }
             let quota = quota.as_deref().map(parse_size).transpose()?.unwrap_or(0);
-            let hash = checked_hash(&addr, &read_password(&password)?)?;
-            stores
-                .meta
-                .create_account(&addr.key(), &hash, quota)
-                .await
-                .map_err(|e| explain(e, "user add"))?;
+            let password = typed_password(&password)?;
+            mailfleet_provision::add_account(
+                stores.meta.as_ref(),
+                &Actor::Admin,
+                &addr.key(),
+                &password,
+                quota,
+            )
+            .await
+            .map_err(|e| explain_provision(e, "user add"))?;
             println!("user {} added", addr.key());
         }
         UserCmd::List { domain } => {
@@ -226,7 +239,9 @@ pub async fn user(config: &Config, cmd: UserCmd, json_out: bool) -> anyhow::Resu
                     .iter()
                     .map(|a| {
                         json!({"address": a.address, "quota_bytes": a.quota_bytes,
-                               "used_bytes": a.used_bytes, "messages": a.message_count})
+                               "used_bytes": a.used_bytes, "messages": a.message_count,
+                               "suspended": a.settings.suspended,
+                               "managed_by": a.settings.managed_by})
                     })
                     .collect();
                 println!("{}", serde_json::Value::Array(v));
@@ -250,11 +265,13 @@ pub async fn user(config: &Config, cmd: UserCmd, json_out: bool) -> anyhow::Resu
         }
         UserCmd::Remove { address } => {
             let addr = parse_address(&address)?;
-            let orphaned = stores
-                .meta
-                .delete_account(&addr.key())
-                .await
-                .map_err(|e| explain(e, "user remove"))?;
+            let orphaned = mailfleet_provision::remove_account(
+                stores.meta.as_ref(),
+                &Actor::Admin,
+                &addr.key(),
+            )
+            .await
+            .map_err(|e| explain_provision(e, "user remove"))?;
             println!(
                 "user {} removed ({} message bodies will be deleted by the blob sweep)",
                 addr.key(),
@@ -263,27 +280,51 @@ pub async fn user(config: &Config, cmd: UserCmd, json_out: bool) -> anyhow::Resu
         }
         UserCmd::Passwd { address, password } => {
             let addr = parse_address(&address)?;
-            if stores.meta.get_account(&addr.key()).await?.is_none() {
-                bail!("user passwd: user {} does not exist", addr.key());
-            }
-            let hash = checked_hash(&addr, &read_password(&password)?)?;
-            stores
-                .meta
-                .set_password_hash(&addr.key(), &hash)
-                .await
-                .map_err(|e| explain(e, "user passwd"))?;
+            let password = typed_password(&password)?;
+            mailfleet_provision::set_password(
+                stores.meta.as_ref(),
+                &Actor::Admin,
+                &addr.key(),
+                &password,
+            )
+            .await
+            .map_err(|e| explain_provision(e, "user passwd"))?;
             println!("password of {} changed", addr.key());
         }
         UserCmd::Quota { address, quota } => {
             let addr = parse_address(&address)?;
             let bytes = parse_size(&quota)?;
-            stores
-                .meta
-                .set_quota(&addr.key(), bytes)
+            mailfleet_provision::set_quota(stores.meta.as_ref(), &Actor::Admin, &addr.key(), bytes)
                 .await
-                .map_err(|e| explain(e, "user quota"))?;
+                .map_err(|e| explain_provision(e, "user quota"))?;
             println!("quota of {} set to {bytes} bytes", addr.key());
         }
+        UserCmd::Suspend { address } => suspend(&stores, &address, true).await?,
+        UserCmd::Resume { address } => suspend(&stores, &address, false).await?,
+    }
+    Ok(())
+}
+
+async fn suspend(stores: &Stores, address: &str, suspended: bool) -> anyhow::Result<()> {
+    let addr = parse_address(address)?;
+    let what = if suspended {
+        "user suspend"
+    } else {
+        "user resume"
+    };
+    let changed = mailfleet_provision::suspend_account(
+        stores.meta.as_ref(),
+        &Actor::Admin,
+        &addr.key(),
+        suspended,
+    )
+    .await
+    .map_err(|e| explain_provision(e, what))?;
+    let state = if suspended { "suspended" } else { "active" };
+    if changed {
+        println!("user {} is {state}", addr.key());
+    } else {
+        println!("user {} was already {state}", addr.key());
     }
     Ok(())
 }
@@ -308,11 +349,14 @@ pub async fn alias(config: &Config, cmd: AliasCmd, json_out: bool) -> anyhow::Re
                     target.domain()
                 );
             }
-            stores
-                .meta
-                .create_alias(&source_key, &target.key())
-                .await
-                .map_err(|e| explain(e, "alias add"))?;
+            mailfleet_provision::add_alias(
+                stores.meta.as_ref(),
+                &Actor::Admin,
+                &source_key,
+                &target.key(),
+            )
+            .await
+            .map_err(|e| explain_provision(e, "alias add"))?;
             println!("alias {source_key} -> {} added", target.key());
         }
         AliasCmd::List { domain } => {
@@ -330,11 +374,14 @@ pub async fn alias(config: &Config, cmd: AliasCmd, json_out: bool) -> anyhow::Re
             }
         }
         AliasCmd::Remove { source, target } => {
-            stores
-                .meta
-                .delete_alias(&source, target.as_deref())
-                .await
-                .map_err(|e| explain(e, "alias remove"))?;
+            mailfleet_provision::remove_alias(
+                stores.meta.as_ref(),
+                &Actor::Admin,
+                &source,
+                target.as_deref(),
+            )
+            .await
+            .map_err(|e| explain_provision(e, "alias remove"))?;
             println!("alias {source} removed");
         }
     }
