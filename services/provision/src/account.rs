@@ -48,7 +48,7 @@ pub async fn add_account(
         .get_domain(addr.domain())
         .await?
         .ok_or_else(|| Error::NotFound(format!("domain {}", addr.domain())))?;
-    actor.check(
+    actor.check_within(
         &format!("domain {}", domain.name),
         domain.managed_by.as_deref(),
     )?;

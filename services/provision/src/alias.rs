@@ -9,7 +9,12 @@ async fn check_domain(meta: &dyn MetadataStore, actor: &Actor, source: &str) -> 
         .get_domain(domain)
         .await?
         .ok_or_else(|| Error::NotFound(format!("domain {domain}")))?;
-    actor.check(&format!("domain {domain}"), d.managed_by.as_deref())
+    // The catch-all is the domain's own; other aliases may be set by any operator resource.
+    if source.starts_with('@') {
+        actor.check(&format!("domain {domain}"), d.managed_by.as_deref())
+    } else {
+        actor.check_within(&format!("domain {domain}"), d.managed_by.as_deref())
+    }
 }
 
 /// `alias add SOURCE TARGET`.

@@ -42,6 +42,18 @@ impl Actor {
     }
 }
 
+impl Actor {
+    /// Whether the actor may add accounts and aliases *in* a domain marked `managed_by`:
+    /// the admin CLI only in unmarked domains; any operator resource in a domain managed by
+    /// the operator (a `User` lives in a `Domain` that is another resource).
+    pub fn check_within(&self, what: &str, managed_by: Option<&str>) -> Result<()> {
+        match (self, managed_by) {
+            (Actor::Operator { .. }, Some(owner)) if owner.starts_with("operator:") => Ok(()),
+            _ => self.check(what, managed_by),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
