@@ -141,6 +141,90 @@ async fn timed(
     r
 }
 
+// ---------------------------------------------------------------- status
+
+/// A resource status with conditions.
+trait Status: Clone + Default + PartialEq + serde::Serialize {
+    fn conditions(&self) -> &[crate::crd::Condition];
+    fn set(&mut self, conditions: Vec<crate::crd::Condition>, generation: Option<i64>);
+}
+
+impl Status for UserStatus {
+    fn conditions(&self) -> &[crate::crd::Condition] {
+        &self.conditions
+    }
+    fn set(&mut self, conditions: Vec<crate::crd::Condition>, generation: Option<i64>) {
+        self.conditions = conditions;
+        self.observed_generation = generation;
+    }
+}
+
+impl Status for DomainStatus {
+    fn conditions(&self) -> &[crate::crd::Condition] {
+        &self.conditions
+    }
+    fn set(&mut self, conditions: Vec<crate::crd::Condition>, generation: Option<i64>) {
+        self.conditions = conditions;
+        self.observed_generation = generation;
+    }
+}
+
+/// Turns a reconcile's outcome into the resource's status and the controller's action: the
+/// status gets the conditions (a failure keeps the last known usage, records and the like),
+/// and is applied only when it differs from the one the resource has.
+async fn settle<K, S>(
+    obj: &K,
+    current: Option<&S>,
+    outcome: Result<S, Error>,
+    resync: Duration,
+    ctx: &Context,
+) -> Result<Action, Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    S: Status,
+{
+    let previous = current.cloned().unwrap_or_default();
+    let (mut status, result) = match outcome {
+        Ok(s) => (s, Ok(Action::requeue(resync))),
+        Err(e) => (previous.clone(), Err(e)),
+    };
+    let o = match &result {
+        Ok(_) => Outcome::Ready,
+        Err(e) => Outcome::Degraded {
+            reason: e.reason(),
+            message: e.to_string(),
+        },
+    };
+    let generation = obj.meta().generation;
+    status.set(
+        conditions::next(previous.conditions(), &o, generation, &now()),
+        generation,
+    );
+    if current != Some(&status) {
+        let ns = obj.meta().namespace.as_deref().unwrap_or("default");
+        let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+        let patch = serde_json::json!({
+            "apiVersion": K::api_version(&()),
+            "kind": K::kind(&()),
+            "status": status,
+        });
+        let name = obj.meta().name.as_deref().unwrap_or("");
+        api.patch_status(
+            name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    }
+    if result.is_ok() {
+        succeeded(obj, ctx);
+    }
+    result
+}
+
 // ---------------------------------------------------------------- User
 
 pub async fn reconcile_user(user: Arc<User>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -242,41 +326,8 @@ async fn provision_user(user: &User, ctx: &Context) -> Result<UserStatus, Error>
 }
 
 async fn apply_user(user: &User, ctx: &Context) -> Result<Action, Error> {
-    let previous = user.status.clone().unwrap_or_default();
-    let generation = user.metadata.generation;
-    let (mut status, result) = match provision_user(user, ctx).await {
-        Ok(s) => (s, Ok(Action::requeue(USER_RESYNC))),
-        // A failure keeps the last known usage and mailboxes.
-        Err(e) => (previous.clone(), Err(e)),
-    };
-    let outcome = match &result {
-        Ok(_) => Outcome::Ready,
-        Err(e) => Outcome::Degraded {
-            reason: e.reason(),
-            message: e.to_string(),
-        },
-    };
-    status.conditions = conditions::next(&previous.conditions, &outcome, generation, &now());
-    status.observed_generation = generation;
-    if user.status.as_ref() != Some(&status) {
-        let ns = user.namespace().unwrap_or_else(|| "default".into());
-        let api: Api<User> = Api::namespaced(ctx.client.clone(), &ns);
-        let patch = serde_json::json!({
-            "apiVersion": "mail.mailfleet.io/v1alpha1",
-            "kind": "User",
-            "status": status,
-        });
-        api.patch_status(
-            &user.name_any(),
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await?;
-    }
-    if result.is_ok() {
-        succeeded(user, ctx);
-    }
-    result
+    let outcome = provision_user(user, ctx).await;
+    settle(user, user.status.as_ref(), outcome, USER_RESYNC, ctx).await
 }
 
 async fn cleanup_user(user: &User, ctx: &Context) -> Result<Action, Error> {
@@ -361,40 +412,8 @@ async fn provision_domain(domain: &Domain, ctx: &Context) -> Result<DomainStatus
 }
 
 async fn apply_domain(domain: &Domain, ctx: &Context) -> Result<Action, Error> {
-    let previous = domain.status.clone().unwrap_or_default();
-    let generation = domain.metadata.generation;
-    let (mut status, result) = match provision_domain(domain, ctx).await {
-        Ok(s) => (s, Ok(Action::requeue(DOMAIN_RESYNC))),
-        Err(e) => (previous.clone(), Err(e)),
-    };
-    let outcome = match &result {
-        Ok(_) => Outcome::Ready,
-        Err(e) => Outcome::Degraded {
-            reason: e.reason(),
-            message: e.to_string(),
-        },
-    };
-    status.conditions = conditions::next(&previous.conditions, &outcome, generation, &now());
-    status.observed_generation = generation;
-    if domain.status.as_ref() != Some(&status) {
-        let ns = domain.namespace().unwrap_or_else(|| "default".into());
-        let api: Api<Domain> = Api::namespaced(ctx.client.clone(), &ns);
-        let patch = serde_json::json!({
-            "apiVersion": "mail.mailfleet.io/v1alpha1",
-            "kind": "Domain",
-            "status": status,
-        });
-        api.patch_status(
-            &domain.name_any(),
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await?;
-    }
-    if result.is_ok() {
-        succeeded(domain, ctx);
-    }
-    result
+    let outcome = provision_domain(domain, ctx).await;
+    settle(domain, domain.status.as_ref(), outcome, DOMAIN_RESYNC, ctx).await
 }
 
 async fn cleanup_domain(domain: &Domain, ctx: &Context) -> Result<Action, Error> {
