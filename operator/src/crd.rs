@@ -60,6 +60,19 @@ pub struct DomainSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.contains('@')").message("catchAll must be an address"))]
     pub catch_all: Option<String>,
+    /// Domain aliases: other domains whose mail is delivered here, `local@alias` to
+    /// `local@<domainName>`. Each is hosted and managed by this resource (with MX and SPF
+    /// records in the status).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    #[x_kube(validation = Rule::new("self.all(a, a.matches('^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\\\\.)+[a-z]{2,63}$'))").message("aliases must be lowercase DNS names with at least two labels"))]
+    pub aliases: Vec<String>,
+    /// The most the quotas of the domain's accounts may add up to, as a quantity of bytes
+    /// (`100Gi`); absent or `0`: no limit. With a limit every User of the domain needs a
+    /// quota, and a User whose quota would go over it is Degraded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]+([KMGT]i?)?$')").message("quota must be a number of bytes with an optional K, M, G or T (Ki, Mi, Gi, Ti) suffix"))]
+    pub quota: Option<String>,
     /// The host published in the MX record and the autoconfig SRV records; absent: the
     /// server's `server.hostname`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -77,16 +90,38 @@ pub struct DomainSpec {
     pub deletion_policy: DeletionPolicy,
 }
 
-/// DKIM signing keys: an RSA-2048 and an Ed25519 key, kept in the shared metadata store.
+/// DKIM signing keys, kept in the shared metadata store. A change of selector or algorithms
+/// goes like a rotation: the new keys are published first and sign once DNS has had time
+/// to serve them.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DkimSpec {
+    /// The selector (`<selector>._domainkey.<domain>`); with both algorithms the keys are
+    /// `<selector>-rsa` and `<selector>-ed25519`. Absent: `mailfleet`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$')").message("selector must be 1 to 40 of a-z, 0-9 and '-', not at either end"))]
+    pub selector: Option<String>,
+    /// The signature algorithms: `rsa-sha256` (RSA-2048) and/or `ed25519-sha256`
+    /// (RFC 8463). Absent: both, as RFC 8463 advises while Ed25519 verifiers are rare.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2))]
+    #[x_kube(validation = Rule::new("self.all(a, self.exists_one(b, b == a))").message("each algorithm once"))]
+    pub algorithms: Option<Vec<DkimAlgorithmName>>,
     /// Start a rotation when the newest keys are this many days old; 0 or absent: never.
     /// A rotation publishes new selectors first and signs with them once
     /// `delivery.dkim_publish_delay_hours` have passed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self == 0 || self >= 7").message("rotationDays must be 0 or at least 7 (a rotation takes days to reach every resolver)"))]
     pub rotation_days: Option<u32>,
+}
+
+/// A DKIM signature algorithm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum DkimAlgorithmName {
+    #[serde(rename = "rsa-sha256")]
+    RsaSha256,
+    #[serde(rename = "ed25519-sha256")]
+    Ed25519Sha256,
 }
 
 /// The DMARC record published for the domain.
@@ -174,6 +209,9 @@ pub struct DomainStatus {
     /// DKIM selectors with their state (`published`, `active`, `retired`).
     #[serde(default)]
     pub dkim_selectors: Vec<String>,
+    /// The quotas of the domain's accounts added up, in bytes, when the domain has a quota.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocated_quota_bytes: Option<u64>,
 }
 
 /// A mailbox account.
@@ -232,6 +270,15 @@ pub struct UserSpec {
     /// The Secret (in the resource's namespace) holding the password, or an argon2 PHC hash
     /// of it. Changing the Secret changes the password.
     pub password_secret_ref: SecretKeyRef,
+    /// App passwords (one per device; the only passwords protocol logins accept once TOTP
+    /// is on), each read from a Secret holding one in the server's format: 20 characters
+    /// of a-z and 2-7, dashes allowed (`mailfleet app-password add` prints one; so does
+    /// `head -c 13 /dev/urandom | base32 | tr A-Z a-z | head -c 20`). Changing the Secret
+    /// replaces it; removing an entry revokes it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 50))]
+    #[x_kube(validation = Rule::new("self.all(a, self.exists_one(b, b.name == a.name))").message("app password names must be unique"))]
+    pub app_passwords: Vec<AppPasswordSpec>,
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
 }
@@ -243,6 +290,17 @@ pub enum LoginProtocol {
     Pop3,
     Submission,
     Jmap,
+}
+
+/// An app password of a User, from a Secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppPasswordSpec {
+    /// What the user sees it as ("phone", "thunderbird"); unique per User.
+    #[x_kube(validation = Rule::new("size(self) >= 1 && size(self) <= 64").message("name is 1 to 64 characters"))]
+    pub name: String,
+    /// The Secret key holding it (absent key: `password`).
+    pub secret_ref: SecretKeyRef,
 }
 
 /// A key of a Secret in the resource's namespace.
@@ -269,6 +327,17 @@ pub struct UserStatus {
     /// The account's mailboxes.
     #[serde(default)]
     pub mailboxes: Vec<String>,
+    /// The app passwords the operator set, with the `resourceVersion` of the Secret each
+    /// was read from (so an unchanged Secret costs no hash verification).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub app_passwords: Vec<AppPasswordStatus>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppPasswordStatus {
+    pub name: String,
+    pub secret_resource_version: String,
 }
 
 /// The CRDs as the YAML committed under `charts/mailfleet/crds/` (one file each).

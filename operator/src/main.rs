@@ -111,8 +111,8 @@ fn run(config: Option<PathBuf>, listen: std::net::SocketAddr) -> anyhow::Result<
             let secrets: Api<Secret> = Api::all(client.clone());
             let user_controller = Controller::new(users, watcher::Config::default());
             let user_store = user_controller.store();
-            // A changed Secret reconciles the Users that name it: that is how a password
-            // rotates.
+            // A changed Secret reconciles the Users that name it (password or app password):
+            // that is how a password rotates.
             let users_run = user_controller
                 .watches(
                     secrets,
@@ -124,7 +124,12 @@ fn run(config: Option<PathBuf>, listen: std::net::SocketAddr) -> anyhow::Result<
                             .state()
                             .into_iter()
                             .filter(|u| {
-                                u.namespace() == ns && u.spec.password_secret_ref.name == name
+                                u.namespace() == ns
+                                    && (u.spec.password_secret_ref.name == name
+                                        || u.spec
+                                            .app_passwords
+                                            .iter()
+                                            .any(|a| a.secret_ref.name == name))
                             })
                             .map(|u| ObjectRef::from_obj(u.as_ref()))
                             .collect::<Vec<_>>()

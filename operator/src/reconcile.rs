@@ -4,7 +4,10 @@
 //! server-side apply. A finalizer runs the `deletionPolicy` before the resource goes.
 
 use crate::conditions::{self, Outcome};
-use crate::crd::{DeletionPolicy, Domain, DomainStatus, LoginProtocol, User, UserStatus};
+use crate::crd::{
+    AppPasswordStatus, DeletionPolicy, DkimAlgorithmName, Domain, DomainStatus, LoginProtocol,
+    SecretKeyRef, User, UserStatus,
+};
 use crate::metrics::Metrics;
 use crate::records::{self, Lookup};
 use k8s_openapi::api::core::v1::Secret;
@@ -12,9 +15,9 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{finalizer, Event};
 use kube::{Client, Resource, ResourceExt};
-use mailfleet_delivery::dkim::Lifecycle;
+use mailfleet_delivery::dkim::{KeyChoice, Lifecycle};
 use mailfleet_provision::{self as provision, AccountSpec, Actor, DkimPolicy, PasswordInput};
-use mailfleet_storage::{MetadataStore, Protocols};
+use mailfleet_storage::{DkimAlgorithm, MetadataStore, Protocols};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -255,12 +258,14 @@ fn actor_of<K: Resource>(obj: &K) -> Actor {
     )
 }
 
-/// The password the Secret holds (a password or an argon2 hash).
-async fn password_of(user: &User, ctx: &Context) -> Result<PasswordInput, Error> {
-    let ns = user.namespace().unwrap_or_else(|| "default".into());
-    let r = &user.spec.password_secret_ref;
+/// The text a Secret key holds, and the Secret's `resourceVersion`.
+async fn secret_value(
+    ns: &str,
+    r: &SecretKeyRef,
+    ctx: &Context,
+) -> Result<(String, String), Error> {
     let key = r.key.as_deref().unwrap_or("password");
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let secret = secrets
         .get_opt(&r.name)
         .await?
@@ -272,7 +277,71 @@ async fn password_of(user: &User, ctx: &Context) -> Result<PasswordInput, Error>
         .ok_or_else(|| Error::Spec(format!("Secret {ns}/{} has no key {key:?}", r.name)))?;
     let text = std::str::from_utf8(&value.0)
         .map_err(|_| Error::Spec(format!("Secret {ns}/{} key {key:?} is not UTF-8", r.name)))?;
-    Ok(PasswordInput::detect(text)?)
+    Ok((
+        text.trim_end_matches(['\r', '\n']).to_string(),
+        secret.metadata.resource_version.unwrap_or_default(),
+    ))
+}
+
+/// The password the Secret holds (a password or an argon2 hash).
+async fn password_of(user: &User, ctx: &Context) -> Result<PasswordInput, Error> {
+    let ns = user.namespace().unwrap_or_else(|| "default".into());
+    let (text, _) = secret_value(&ns, &user.spec.password_secret_ref, ctx).await?;
+    Ok(PasswordInput::detect(&text)?)
+}
+
+/// Makes the account's operator-set app passwords those of the spec. A Secret whose
+/// `resourceVersion` is the one recorded in the status costs no hash check; one removed from the spec is revoked (app passwords the user made are never
+/// touched: only names in the last status are the operator's). True when written.
+async fn ensure_app_passwords(
+    user: &User,
+    ctx: &Context,
+    actor: &Actor,
+) -> Result<(bool, Vec<AppPasswordStatus>), Error> {
+    let ns = user.namespace().unwrap_or_else(|| "default".into());
+    let meta = ctx.meta.as_ref();
+    let address = &user.spec.address;
+    let previous: Vec<AppPasswordStatus> = user
+        .status
+        .as_ref()
+        .map(|s| s.app_passwords.clone())
+        .unwrap_or_default();
+    let account = meta
+        .get_account(address)
+        .await
+        .map_err(provision::Error::from)?
+        .ok_or_else(|| provision::Error::NotFound(format!("user {address}")))?;
+    let have: Vec<String> = meta
+        .list_app_passwords(account.id)
+        .await
+        .map_err(provision::Error::from)?
+        .into_iter()
+        .map(|a| a.name)
+        .collect();
+    let mut changed = false;
+    let mut out = Vec::new();
+    for ap in &user.spec.app_passwords {
+        let (text, version) = secret_value(&ns, &ap.secret_ref, ctx).await?;
+        let recorded = previous
+            .iter()
+            .any(|p| p.name == ap.name && p.secret_resource_version == version);
+        if !(recorded && have.contains(&ap.name)) {
+            changed |=
+                provision::ensure_app_password(meta, actor, address, &ap.name, &text, unix_now())
+                    .await?;
+        }
+        out.push(AppPasswordStatus {
+            name: ap.name.clone(),
+            secret_resource_version: version,
+        });
+    }
+    for p in previous
+        .iter()
+        .filter(|p| !user.spec.app_passwords.iter().any(|a| a.name == p.name))
+    {
+        changed |= provision::revoke_app_password(meta, actor, address, &p.name).await?;
+    }
+    Ok((changed, out))
 }
 
 fn protocols(spec: &Option<Vec<LoginProtocol>>) -> Protocols {
@@ -305,7 +374,8 @@ async fn provision_user(user: &User, ctx: &Context) -> Result<UserStatus, Error>
     let state = provision::ensure_account(meta, &actor, &spec).await?;
     let aliases =
         provision::ensure_aliases_of(meta, &actor, &spec.address, &user.spec.aliases).await?;
-    if state.changed || aliases {
+    let (app_changed, app_passwords) = ensure_app_passwords(user, ctx, &actor).await?;
+    if state.changed || aliases || app_changed {
         ctx.metrics.writes.with_label_values(&["User"]).inc();
     }
     let mut mailboxes: Vec<String> = meta
@@ -322,6 +392,7 @@ async fn provision_user(user: &User, ctx: &Context) -> Result<UserStatus, Error>
         used_bytes: state.account.used_bytes,
         messages: state.account.message_count,
         mailboxes,
+        app_passwords,
     })
 }
 
@@ -383,7 +454,35 @@ async fn provision_domain(domain: &Domain, ctx: &Context) -> Result<DomainStatus
     let mut changed = provision::ensure_domain(meta, &actor, name).await?;
     changed |=
         provision::ensure_catch_all(meta, &actor, name, domain.spec.catch_all.as_deref()).await?;
+    changed |= provision::ensure_domain_aliases(meta, &actor, name, &domain.spec.aliases).await?;
+    let quota = match &domain.spec.quota {
+        Some(q) => provision::validate::quota(q)?,
+        None => 0,
+    };
+    changed |= provision::set_domain_quota(meta, &actor, name, quota).await?;
+    let allocated_quota_bytes = if quota > 0 {
+        provision::allocated_quota(meta, name).await?
+    } else {
+        None
+    };
+    let dkim_spec = &domain.spec.dkim;
+    let algorithms: Vec<DkimAlgorithm> = match &dkim_spec.algorithms {
+        None => vec![DkimAlgorithm::Rsa, DkimAlgorithm::Ed25519],
+        Some(list) => list
+            .iter()
+            .map(|a| match a {
+                DkimAlgorithmName::RsaSha256 => DkimAlgorithm::Rsa,
+                DkimAlgorithmName::Ed25519Sha256 => DkimAlgorithm::Ed25519,
+            })
+            .collect(),
+    };
+    let choice = KeyChoice::new(
+        dkim_spec.selector.as_deref().unwrap_or("mailfleet"),
+        &algorithms,
+    )
+    .map_err(|e| Error::Spec(e.to_string()))?;
     let policy = DkimPolicy {
+        choice,
         rotate_after: domain
             .spec
             .dkim
@@ -408,6 +507,7 @@ async fn provision_domain(domain: &Domain, ctx: &Context) -> Result<DomainStatus
             .iter()
             .map(|(s, st, _)| format!("{s} ({})", st.as_str()))
             .collect(),
+        allocated_quota_bytes,
     })
 }
 
@@ -422,9 +522,17 @@ async fn cleanup_domain(domain: &Domain, ctx: &Context) -> Result<Action, Error>
     let name = &domain.spec.domain_name;
     match domain.spec.deletion_policy {
         DeletionPolicy::Retain => {
+            // Its alias domains stay hosted and pointed at it, for the administrator.
+            for a in provision::domain_aliases_of(meta, name).await? {
+                provision::release_domain(meta, &actor, &a).await?;
+            }
             provision::release_domain(meta, &actor, name).await?;
         }
         DeletionPolicy::Delete => {
+            match provision::ensure_domain_aliases(meta, &actor, name, &[]).await {
+                Ok(_) | Err(provision::Error::NotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
             // The catch-all is the domain's own; accounts must go first (their Users).
             match provision::ensure_catch_all(meta, &actor, name, None).await {
                 Ok(_) | Err(provision::Error::NotFound(_)) => {}

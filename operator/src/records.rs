@@ -28,6 +28,11 @@ pub fn wanted(
         rec("MX", format!("{d}."), "MX", format!("10 {host}.")),
         rec("SPF", format!("{d}."), "TXT", "v=spf1 mx -all".into()),
     ];
+    // Domain aliases receive here too; their SPF names the same senders.
+    for a in &spec.aliases {
+        out.push(rec("MX", format!("{a}."), "MX", format!("10 {host}.")));
+        out.push(rec("SPF", format!("{a}."), "TXT", "v=spf1 mx -all".into()));
+    }
     for (selector, _state, value) in dkim {
         out.push(rec(
             "DKIM",

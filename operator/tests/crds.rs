@@ -115,6 +115,22 @@ fn user_rules() {
         violations(&s, &catch_all, None),
         vec!["aliases are addresses; a catch-all is set on the Domain"]
     );
+    let mut apps = user("alice@example.com", "1Gi");
+    apps["spec"]["appPasswords"] = json!([
+        {"name": "phone", "secretRef": {"name": "alice-phone"}},
+        {"name": "laptop", "secretRef": {"name": "alice-laptop", "key": "pw"}}
+    ]);
+    assert!(violations(&s, &apps, None).is_empty());
+    apps["spec"]["appPasswords"][1]["name"] = json!("phone");
+    assert_eq!(
+        violations(&s, &apps, None),
+        vec!["app password names must be unique"]
+    );
+    apps["spec"]["appPasswords"][1]["name"] = json!("");
+    assert_eq!(
+        violations(&s, &apps, None),
+        vec!["name is 1 to 64 characters"]
+    );
 }
 
 #[test]
@@ -137,6 +153,27 @@ fn domain_rules() {
     assert_eq!(
         violations(&s, &d("example.org", 0), Some(&d("example.com", 0))),
         vec!["domainName is immutable"]
+    );
+    let full = json!({"spec": {
+        "domainName": "example.com", "aliases": ["example.net", "example.org"],
+        "quota": "100Gi",
+        "dkim": {"selector": "s2026", "algorithms": ["ed25519-sha256", "rsa-sha256"]}
+    }});
+    assert!(violations(&s, &full, None).is_empty());
+    let mut bad = full.clone();
+    bad["spec"]["aliases"] = json!(["Example.NET"]);
+    bad["spec"]["quota"] = json!("lots");
+    bad["spec"]["dkim"] = json!({"selector": "-x", "algorithms": ["rsa-sha256", "rsa-sha256"]});
+    let mut v = violations(&s, &bad, None);
+    v.sort();
+    assert_eq!(
+        v,
+        vec![
+            "aliases must be lowercase DNS names with at least two labels",
+            "each algorithm once",
+            "quota must be a number of bytes with an optional K, M, G or T (Ki, Mi, Gi, Ti) suffix",
+            "selector must be 1 to 40 of a-z, 0-9 and '-', not at either end",
+        ]
     );
 }
 

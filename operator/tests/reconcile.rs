@@ -90,6 +90,7 @@ fn user(generation: i64, quota: &str) -> User {
                 name: "alice-password".into(),
                 key: None,
             },
+            app_passwords: Vec::new(),
             deletion_policy: Default::default(),
         },
     );
@@ -101,9 +102,14 @@ fn user(generation: i64, quota: &str) -> User {
 }
 
 fn secret(password: &str) -> Value {
+    secret_named("alice-password", password, "1")
+}
+
+fn secret_named(name: &str, password: &str, resource_version: &str) -> Value {
     let mut s = Secret::default();
-    s.metadata.name = Some("alice-password".into());
+    s.metadata.name = Some(name.into());
     s.metadata.namespace = Some(NS.into());
+    s.metadata.resource_version = Some(resource_version.into());
     s.data = Some(
         [(
             "password".to_string(),
@@ -562,6 +568,8 @@ async fn a_domain_gets_keys_records_and_what_dns_answers() {
         DomainSpec {
             domain_name: "example.com".into(),
             catch_all: None,
+            aliases: Vec::new(),
+            quota: None,
             mx_host: None,
             dkim: Default::default(),
             dmarc: Default::default(),
@@ -617,4 +625,233 @@ async fn a_domain_gets_keys_records_and_what_dns_answers() {
             .len(),
         2
     );
+}
+
+const PHONE_PATH: &str = "/api/v1/namespaces/mail/secrets/alice-phone";
+
+/// One reconcile of `u`: the password Secret, the app password Secret (at
+/// `phone_version`, holding `phone`), then the status when it changed.
+async fn reconcile_with_phone(
+    ctx: &Arc<Context>,
+    handle: ApiHandle,
+    u: User,
+    phone: &str,
+    phone_version: &str,
+    status_write: bool,
+) -> (Option<UserStatus>, ApiHandle) {
+    let mut script = vec![expect(Method::GET, SECRET_PATH, secret(PASSWORD))];
+    if !u.spec.app_passwords.is_empty() {
+        script.push(expect(
+            Method::GET,
+            PHONE_PATH,
+            secret_named("alice-phone", phone, phone_version),
+        ));
+    }
+    if status_write {
+        script.push(expect(
+            Method::PATCH,
+            USER_STATUS_PATH,
+            serde_json::to_value(&u).expect("json"),
+        ));
+    }
+    let task = serve(handle, script);
+    reconcile::reconcile_user(Arc::new(u), ctx.clone())
+        .await
+        .expect("reconcile");
+    let (handle, bodies) = tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("done")
+        .expect("script");
+    let status = bodies
+        .last()
+        .filter(|_| status_write)
+        .map(|b| serde_json::from_value(b["status"].clone()).expect("status"));
+    (status, handle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_passwords_come_from_secrets_rotate_and_are_revoked() {
+    use mailfleet_operator::crd::AppPasswordSpec;
+    let w = world().await;
+    let (ctx, handle) = context(w.meta.clone(), FixedDns(HashMap::new()));
+    let with_phone = || {
+        let mut u = user(1, "1Gi");
+        u.spec.app_passwords = vec![AppPasswordSpec {
+            name: "phone".into(),
+            secret_ref: SecretKeyRef {
+                name: "alice-phone".into(),
+                key: None,
+            },
+        }];
+        u
+    };
+    let first = "abcd-efgh-ijkl-mnop-qrst";
+    let (status, handle) = reconcile_with_phone(&ctx, handle, with_phone(), first, "7", true).await;
+    let status = status.expect("status");
+    assert_eq!(status.app_passwords.len(), 1);
+    assert_eq!(status.app_passwords[0].secret_resource_version, "7");
+    let a = w
+        .meta
+        .get_account("alice@example.com")
+        .await
+        .expect("get")
+        .expect("account");
+    let list = w.meta.list_app_passwords(a.id).await.expect("list");
+    assert_eq!(list.len(), 1);
+    assert_eq!(
+        (list[0].name.as_str(), list[0].tag.as_str()),
+        ("phone", "abcd")
+    );
+    // A password the user made themselves is never the operator's to revoke.
+    w.meta
+        .create_app_password(
+            a.id,
+            mailfleet_storage::NewAppPassword {
+                name: "own".into(),
+                tag: "zzzz".into(),
+                hash: "x".into(),
+                created_at: 0,
+            },
+        )
+        .await
+        .expect("own");
+
+    // The same Secret version: nothing written, not even a status.
+    let writes = ctx.metrics.writes.with_label_values(&["User"]).get();
+    let mut same = with_phone();
+    same.status = Some(status.clone());
+    let (_, handle) = reconcile_with_phone(&ctx, handle, same, first, "7", false).await;
+    assert_eq!(
+        ctx.metrics.writes.with_label_values(&["User"]).get(),
+        writes
+    );
+
+    // A new Secret version with another password replaces it.
+    let mut rotated = with_phone();
+    rotated.status = Some(status);
+    let second = "wxyz-2345-6723-4567-abcd";
+    let (status, handle) = reconcile_with_phone(&ctx, handle, rotated, second, "8", true).await;
+    let status = status.expect("status");
+    assert_eq!(status.app_passwords[0].secret_resource_version, "8");
+    let list = w.meta.list_app_passwords(a.id).await.expect("list");
+    let phone = list.iter().find(|p| p.name == "phone").expect("phone");
+    assert_eq!(phone.tag, "wxyz");
+
+    // Gone from the spec: revoked; the user's own stays.
+    let mut removed = user(1, "1Gi");
+    removed.status = Some(status);
+    let (status, _handle) = reconcile_with_phone(&ctx, handle, removed, "", "0", true).await;
+    assert!(status.expect("status").app_passwords.is_empty());
+    let names: Vec<String> = w
+        .meta
+        .list_app_passwords(a.id)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    assert_eq!(names, vec!["own"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_domain_with_aliases_a_quota_and_its_own_dkim_choice_and_its_deletion() {
+    use mailfleet_operator::crd::{DkimAlgorithmName, DkimSpec};
+    let dir = tempfile::tempdir().expect("tmp");
+    let stores = mailfleet_storage::embedded::open(dir.path(), 16).expect("stores");
+    let (ctx, handle) = context(stores.meta.clone(), FixedDns(HashMap::new()));
+    let mut d = Domain::new(
+        "example",
+        DomainSpec {
+            domain_name: "example.com".into(),
+            catch_all: None,
+            aliases: vec!["example.net".into()],
+            quota: Some("10Gi".into()),
+            mx_host: None,
+            dkim: DkimSpec {
+                selector: Some("s2026".into()),
+                algorithms: Some(vec![DkimAlgorithmName::Ed25519Sha256]),
+                rotation_days: None,
+            },
+            dmarc: Default::default(),
+            mta_sts: Default::default(),
+            tls_rpt_address: None,
+            deletion_policy: mailfleet_operator::crd::DeletionPolicy::Delete,
+        },
+    );
+    d.metadata.namespace = Some(NS.into());
+    d.metadata.generation = Some(1);
+    d.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    let domain_path = "/apis/mail.mailfleet.io/v1alpha1/namespaces/mail/domains/example";
+    let status_path = format!("{domain_path}/status");
+    let task = serve(
+        handle,
+        vec![expect(
+            Method::PATCH,
+            &status_path,
+            serde_json::to_value(&d).expect("json"),
+        )],
+    );
+    reconcile::reconcile_domain(Arc::new(d.clone()), ctx.clone())
+        .await
+        .expect("reconcile");
+    let bodies = finished(task).await;
+    let status = &bodies[0]["status"];
+    let records = status["records"].as_array().expect("records");
+    let named = |name: &str, purpose: &str| {
+        records
+            .iter()
+            .filter(|r| r["name"] == name && r["purpose"] == purpose)
+            .count()
+    };
+    assert_eq!(named("example.net.", "MX"), 1, "the alias domain's MX");
+    assert_eq!(named("example.net.", "SPF"), 1);
+    assert_eq!(named("s2026._domainkey.example.com.", "DKIM"), 1);
+    assert_eq!(
+        records.iter().filter(|r| r["purpose"] == "DKIM").count(),
+        1,
+        "Ed25519 only"
+    );
+    assert_eq!(status["allocatedQuotaBytes"], 0);
+    let meta = stores.meta.as_ref();
+    assert_eq!(
+        meta.get_domain("example.com")
+            .await
+            .expect("get")
+            .expect("d")
+            .quota_bytes,
+        10 << 30
+    );
+    assert_eq!(
+        meta.alias_targets("@example.net").await.expect("t"),
+        vec!["@example.com"]
+    );
+    // A User over the domain's quota is refused by the same rules the CLI follows.
+    let too_big = mailfleet_provision::AccountSpec {
+        address: "big@example.com".into(),
+        password: Some(mailfleet_provision::PasswordInput::Plain(PASSWORD.into())),
+        quota_bytes: 11 << 30,
+        display_name: None,
+        suspended: false,
+        protocols: mailfleet_storage::Protocols::ALL,
+    };
+    assert!(
+        mailfleet_provision::ensure_account(meta, &Actor::operator(NS, "big"), &too_big)
+            .await
+            .is_err()
+    );
+
+    // Deleted with policy Delete: the alias domain goes with it.
+    d.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::now(),
+    ));
+    let (ctx, handle) = context(stores.meta.clone(), FixedDns(HashMap::new()));
+    let mut answer = serde_json::to_value(&d).expect("json");
+    answer["metadata"]["finalizers"] = json!([]);
+    let task = serve(handle, vec![expect(Method::PATCH, domain_path, answer)]);
+    reconcile::reconcile_domain(Arc::new(d), ctx)
+        .await
+        .expect("cleanup");
+    finished(task).await;
+    assert!(meta.get_domain("example.net").await.expect("get").is_none());
+    assert!(meta.get_domain("example.com").await.expect("get").is_none());
 }

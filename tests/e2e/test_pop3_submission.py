@@ -459,3 +459,49 @@ def test_a_suspended_account_keeps_receiving_but_cannot_log_in(server):
     p = pop3s(server)
     p.quit()
     submit(server, ALICE, PASSWORD, ALICE, [BOB], msg)
+
+
+# ---------------------------------------------------------------- domain alias and quota
+
+
+def test_a_domain_alias_and_a_domain_quota_from_the_cli(server):
+    """`domain add-alias` makes smtplib's mail to alice@alias.test land in alice@example.test's
+    INBOX (seen with imaplib), an unknown local part of the alias is refused at RCPT like at
+    the real domain; `domain quota` refuses while an account is unlimited and then bounds
+    the quotas `user quota` may give."""
+    out = server.cli("domain", "add-alias", "example.test", "alias.test").stdout
+    assert "domain alias of example.test" in out
+    deliver(server, "alice@alias.test", "via the alias domain")
+    with smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=30) as s:
+        s.ehlo("client.test")
+        s.mail("sender@remote.test")
+        code, _ = s.rcpt("nobody@alias.test")
+        assert code == 550
+    c = imap_login(server)
+    try:
+        c.select("INBOX", readonly=True)
+        typ, data = c.search(None, "SUBJECT", '"via the alias domain"')
+        assert typ == "OK" and data[0].split(), "delivered to the same local part"
+    finally:
+        c.logout()
+
+    users = server.cli_json("user", "list", "example.test")
+    limit = f"{len(users) + 1}G"
+    r = server.cli("domain", "quota", "example.test", limit, check=False)
+    assert r.returncode == 1 and "without a quota" in r.stderr, r.stderr
+    for u in users:
+        server.cli("user", "quota", u["address"], "1G")
+    assert "quota" in server.cli("domain", "quota", "example.test", limit).stdout
+    listed = {d["name"]: d for d in server.cli_json("domain", "list")}
+    assert listed["example.test"]["quota_bytes"] == (len(users) + 1) << 30
+    r = server.cli("user", "quota", ALICE, "3G", check=False)
+    assert r.returncode == 1 and "over the domain's quota" in r.stderr, r.stderr
+    server.cli("domain", "quota", "example.test", "0")
+    server.cli("domain", "remove-alias", "example.test", "alias.test")
+    deliver_refused = False
+    try:
+        deliver(server, "alice@alias.test", "after removal")
+    except smtplib.SMTPRecipientsRefused:
+        deliver_refused = True
+    assert deliver_refused, "the alias no longer delivers"
+    server.cli("domain", "remove", "alias.test")

@@ -214,12 +214,25 @@ def workload(docs):
 
 
 def mail_container(docs):
-    (container,) = workload(docs)["spec"]["template"]["spec"]["containers"]
+    (container,) = [c for c in workload(docs)["spec"]["template"]["spec"]["containers"] if c["name"] == "mailfleet"]
     return container
 
 
 def env_of(container) -> dict:
     return {e["name"]: e for e in container.get("env", [])}
+
+
+def secret_refs(container) -> dict:
+    """The container's variables from Secrets: name -> (Secret, key)."""
+    return {name: (e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
+            for name, e in env_of(container).items() if "secretKeyRef" in e.get("valueFrom", {})}
+
+
+def mounts_of(container) -> dict:
+    return {m["name"]: m for m in container.get("volumeMounts", [])}
+
+
+TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -465,10 +478,12 @@ def test_every_value_changes_the_output(chart):
 
 def test_embedded_default(manifests):
     docs = manifests["embedded-default"]
+    # The operator is a container of the StatefulSet's pod: no Deployment, ServiceAccount or
+    # NetworkPolicy of its own.
     assert kinds(docs) == sorted([
-        "ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "NetworkPolicy", "NetworkPolicy",
+        "ClusterRole", "ClusterRoleBinding", "ConfigMap", "NetworkPolicy",
         "PersistentVolumeClaim", "Role", "RoleBinding", "Service", "Service", "Service", "Service",
-        "ServiceAccount", "ServiceAccount", "StatefulSet",
+        "ServiceAccount", "StatefulSet",
     ])
     sts = one(docs, "StatefulSet", FULLNAME)
     assert sts["spec"]["replicas"] == 1
@@ -683,7 +698,13 @@ def test_pods_are_hardened(manifests, case):
             assert sc["capabilities"] == {"drop": ["ALL"]} and sc["seccompProfile"] == {"type": "RuntimeDefault"}
             assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
             assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
-            assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+            sidecar = container["name"] == "operator" and workload_doc["kind"] == "StatefulSet"
+            if sidecar:
+                # The pod's readiness is the server's: an operator cut off from the API server
+                # must not take the mail Service down.
+                assert "readinessProbe" not in container
+            else:
+                assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
             assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
         if workload_doc["metadata"]["name"] == FULLNAME:
             config = config_of(manifests[case])
@@ -694,20 +715,39 @@ def test_pods_are_hardened(manifests, case):
             assert {"name": "http", "containerPort": 8080, "protocol": "TCP"} in container["ports"]
 
 
-def test_operator(manifests):
-    docs = manifests["embedded-default"]
+def operator_rbac_subjects(docs) -> dict:
     name = f"{FULLNAME}-operator"
-    deploy = one(docs, "Deployment", name)
-    pod = deploy["spec"]["template"]["spec"]
-    (container,) = pod["containers"]
+    return {kind: one(docs, kind, f"{name}-{NAMESPACE}" if kind.startswith("Cluster") else name)["subjects"]
+            for kind in ("ClusterRoleBinding", "RoleBinding")}
+
+
+def check_operator_container(container, docs, port_name):
+    """What the operator container has in both layouts."""
+    assert container["name"] == "operator"
     assert container["image"] == mail_container(docs)["image"]
     assert container["command"] == ["/usr/local/bin/mailfleet-operator"] and "args" not in container
-    assert container["ports"] == [{"name": "metrics", "containerPort": 8081, "protocol": "TCP"}]
-    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
-    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
-    assert pod["serviceAccountName"] == name and pod["automountServiceAccountToken"] is True
-    one(docs, "ServiceAccount", name)
-    assert one(docs, "Service", name)["spec"]["ports"][0]["port"] == 8081
+    assert container["ports"] == [{"name": port_name, "containerPort": 8081, "protocol": "TCP"}]
+    # A container port name is an IANA service name: at most 15 characters.
+    assert len(port_name) <= 15
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port_name}
+    if "readinessProbe" in container:
+        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port_name}
+    env = env_of(container)
+    assert env["MAILFLEET_CONFIG"] == {"name": "MAILFLEET_CONFIG", "value": "/etc/mailfleet/mailfleet.toml"}
+    assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    # The same configuration file as the mail container, from the same ConfigMap.
+    mounts = mounts_of(container)
+    assert mounts["config"] == {"name": "config", "mountPath": "/etc/mailfleet/mailfleet.toml",
+                                "subPath": "mailfleet.toml", "readOnly": True}
+    assert mounts["config"] == mounts_of(mail_container(docs))["config"]
+    assert mounts["data"]["mountPath"] == config_of(docs)["server"]["data_dir"]
+    assert container["resources"] == yaml.safe_load((CHART / "values.yaml").read_text())["operator"]["resources"]
+
+
+def test_operator_rbac(manifests):
+    docs = manifests["embedded-default"]
+    name = f"{FULLNAME}-operator"
     cluster_role = one(docs, "ClusterRole")
     (rule,) = cluster_role["rules"]
     assert rule["apiGroups"] == ["mail.mailfleet.io"]
@@ -716,9 +756,10 @@ def test_operator(manifests):
     assert set(rule["verbs"]) == {"get", "list", "watch", "patch", "update"}
     binding = one(docs, "ClusterRoleBinding")
     assert binding["roleRef"]["name"] == cluster_role["metadata"]["name"]
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": name, "namespace": NAMESPACE}]
     role = one(docs, "Role", name)
     assert role["metadata"]["namespace"] == NAMESPACE
+    assert one(docs, "RoleBinding", name)["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                                         "name": name}
     grants = {(g, r, rn): set(rule["verbs"]) for rule in role["rules"] for g in rule["apiGroups"]
               for r in rule["resources"] for rn in [tuple(rule.get("resourceNames", []))]}
     assert grants == {
@@ -728,10 +769,142 @@ def test_operator(manifests):
         ("", "events", ()): {"create"},
         ("events.k8s.io", "events", ()): {"create"},
     }
-    assert one(docs, "RoleBinding", name)["subjects"] == binding["subjects"]
+    # Cluster mode binds the operator's own ServiceAccount, embedded mode the mail pods' one
+    # (the sidecar runs in their pod).
+    for case, account in (("embedded-default", FULLNAME), ("embedded-full", FULLNAME), ("cluster", name),
+                          ("cluster-inline-credentials", name)):
+        subjects = operator_rbac_subjects(manifests[case])
+        expected = [{"kind": "ServiceAccount", "name": account, "namespace": NAMESPACE}]
+        assert subjects == {"ClusterRoleBinding": expected, "RoleBinding": expected}, case
+        pod_accounts = {d["spec"]["template"]["spec"]["serviceAccountName"]
+                        for d in manifests[case] if d["kind"] in ("StatefulSet", "Deployment")
+                        and any(c["name"] == "operator" for c in d["spec"]["template"]["spec"]["containers"])}
+        assert pod_accounts == {account}, case
+        one(manifests[case], "ServiceAccount", account)
+
+
+@pytest.mark.parametrize("case", ["cluster", "cluster-inline-credentials", "terraform-contract"])
+def test_operator_deployment_in_cluster_mode(manifests, case):
+    docs = manifests[case]
+    name = f"{FULLNAME}-operator"
+    deploy = one(docs, "Deployment", name)
+    assert deploy["spec"]["replicas"] == 1
+    template = deploy["spec"]["template"]
+    pod = template["spec"]
+    (container,) = pod["containers"]
+    check_operator_container(container, docs, "metrics")
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert pod["serviceAccountName"] == name and pod["automountServiceAccountToken"] is True
+    one(docs, "ServiceAccount", name)
+    # The storage credentials of the mail pods: the same variables from the same Secrets.
+    mail = mail_container(docs)
+    assert secret_refs(container) == secret_refs(mail) and secret_refs(mail)
+    assert {n: e for n, e in env_of(container).items() if n.startswith("MAILFLEET_STORAGE__")} == \
+        {n: e for n, e in env_of(mail).items() if n.startswith("MAILFLEET_STORAGE__")}
+    # A new configuration rolls the operator pods as it rolls the mail pods.
+    mail_annotations = workload(docs)["spec"]["template"]["metadata"]["annotations"]
+    assert template["metadata"]["annotations"]["checksum/config"] == mail_annotations["checksum/config"]
+    assert re.fullmatch(r"[0-9a-f]{64}", mail_annotations["checksum/config"])
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["config"] == {"name": "config", "configMap": {"name": FULLNAME}}
+    one(docs, "ConfigMap", volumes["config"]["configMap"]["name"])
+    # server.data_dir on an emptyDir, like the cluster mail pods', and /tmp.
+    assert "emptyDir" in volumes["data"] and "persistentVolumeClaim" not in volumes["data"]
+    assert "emptyDir" in volumes["tmp"]
+    assert set(volumes) == {"config", "data", "tmp"}
+    mounts = mounts_of(container)
+    assert mounts["tmp"] == {"name": "tmp", "mountPath": "/tmp"} and "kube-api-access" not in mounts
+    assert not [d for d in docs if d["kind"] == "StatefulSet"]
+    assert [c["name"] for c in workload(docs)["spec"]["template"]["spec"]["containers"]] == ["mailfleet"]
+    service = one(docs, "Service", name)
+    assert service["spec"]["selector"] == deploy["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["ports"] == [{"name": "metrics", "port": 8081, "targetPort": "metrics", "protocol": "TCP"}]
+
+
+def test_operator_replicas_in_cluster_mode(chart):
+    docs = documents(render_raw(chart, {**CLUSTER_SECRETS, "operator": {"enabled": True, "replicaCount": 2}}))
+    assert one(docs, "Deployment", f"{FULLNAME}-operator")["spec"]["replicas"] == 2
+
+
+@pytest.mark.parametrize("case", ["embedded-default", "embedded-full"])
+def test_operator_sidecar_in_embedded_mode(manifests, case):
+    docs = manifests[case]
+    name = f"{FULLNAME}-operator"
+    # No pod of its own: only the StatefulSet's pod can mount the ReadWriteOnce claim.
+    assert not [d for d in docs if d["kind"] == "Deployment"]
+    assert not [d for d in docs if d["kind"] == "ServiceAccount" and d["metadata"]["name"] == name]
+    sts = one(docs, "StatefulSet", FULLNAME)
+    pod = sts["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["containers"]] == ["mailfleet", "operator"]
+    mail, operator = pod["containers"]
+    # `kubectl exec` and `kubectl logs` without -c still mean the server.
+    assert sts["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/default-container"] == "mailfleet"
+    check_operator_container(operator, docs, "op-metrics")
+    assert "readinessProbe" not in operator, "the pod's readiness is the server's"
+    # The same data volume (the claim) at server.data_dir as the server.
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["data"]["persistentVolumeClaim"]["claimName"] == f"{FULLNAME}-data"
+    assert mounts_of(operator)["data"] == mounts_of(mail)["data"]
+    assert mounts_of(operator)["data"]["mountPath"] == config_of(docs)["server"]["data_dir"]
+    assert "readOnly" not in mounts_of(operator)["data"]
+    # Embedded mode has no storage credentials.
+    assert secret_refs(operator) == {} == secret_refs(mail)
+    # The pod mounts no token by default; only the operator container gets the API
+    # credentials, by a projected volume in the layout kube-rs's in-cluster config reads.
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["serviceAccountName"] == FULLNAME
+    assert one(docs, "ServiceAccount", FULLNAME)["automountServiceAccountToken"] is False
+    assert mounts_of(operator)["kube-api-access"] == {"name": "kube-api-access", "mountPath": TOKEN_DIR,
+                                                      "readOnly": True}
+    assert volumes["kube-api-access"]["projected"]["sources"] == [
+        {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
+        {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+        {"downwardAPI": {"items": [{"path": "namespace",
+                                    "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
+    ]
+    for container in pod["containers"]:
+        token = [m for m in container["volumeMounts"]
+                 if m["name"] == "kube-api-access" or m["mountPath"].startswith("/var/run/secrets")]
+        assert bool(token) == (container["name"] == "operator"), container["name"]
+    # Only the mail container's port is 8080; the pod's port names are unique.
+    names = [p["name"] for c in pod["containers"] for p in c["ports"]]
+    assert len(names) == len(set(names))
+    # The operator Service reaches the operator container in the mail pod.
+    service = one(docs, "Service", name)
+    assert service["spec"]["selector"] == sts["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["ports"] == [{"name": "metrics", "port": 8081, "targetPort": "op-metrics", "protocol": "TCP"}]
+
+
+def test_operator_sidecar_follows_data_dir_and_ignores_replicas(chart):
+    docs = documents(render_raw(chart, {"server": {"dataDir": "/data/mail"},
+                                        "operator": {"enabled": True, "replicaCount": 3}}))
+    assert not [d for d in docs if d["kind"] == "Deployment"]
+    sts = one(docs, "StatefulSet", FULLNAME)
+    assert sts["spec"]["replicas"] == 1
+    containers = {c["name"]: c for c in sts["spec"]["template"]["spec"]["containers"]}
+    assert set(containers) == {"mailfleet", "operator"}
+    assert config_of(docs)["server"]["data_dir"] == "/data/mail"
+    for container in containers.values():
+        assert mounts_of(container)["data"]["mountPath"] == "/data/mail"
+
+
+def test_operator_off_renders_no_operator(chart, manifests):
     off = manifests["operator-off"]
     assert not [d for d in off if "operator" in d["metadata"]["name"]]
     assert not [d for d in off if d["kind"] in ("ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")]
+    assert not [d for d in off if d["kind"] == "Deployment"]
+    pod = one(off, "StatefulSet", FULLNAME)["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["containers"]] == ["mailfleet"]
+    assert "kube-api-access" not in {v["name"] for v in pod["volumes"]}
+    assert pod["automountServiceAccountToken"] is False
+    policy = one(off, "NetworkPolicy", FULLNAME)
+    assert {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]} & {8081} == set()
+    # Off in cluster mode too: only the mail Deployment, no operator object.
+    docs = documents(render_raw(chart, {**CLUSTER_SECRETS, "operator": {"enabled": False}}))
+    assert [d["metadata"]["name"] for d in find(docs, "Deployment")] == [FULLNAME]
+    assert not [d for d in docs if "operator" in d["metadata"]["name"]]
+    assert not [d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")]
+    assert [c["name"] for c in workload(docs)["spec"]["template"]["spec"]["containers"]] == ["mailfleet"]
 
 
 def test_network_policies(manifests):
@@ -741,23 +914,56 @@ def test_network_policies(manifests):
     assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
     public, http = policy["spec"]["ingress"]
     assert "from" not in public and sorted(p["port"] for p in public["ports"]) == sorted(CONTAINER_PORTS.values())
-    assert http["ports"] == [{"port": 8080, "protocol": "TCP"}]
+    # Embedded mode: the pod's operator container serves 8081 to the same namespaces as 8080.
+    assert http["ports"] == [{"port": 8080, "protocol": "TCP"}, {"port": 8081, "protocol": "TCP"}]
     assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}} in http["from"]
+    assert {"podSelector": {}} in http["from"]
     egress_ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]}
     assert {53, 25, 443, 6379, 9042} <= egress_ports
-    operator = one(docs, "NetworkPolicy", f"{FULLNAME}-operator")
+    # ... and reaches the API server.
+    assert {"ports": [{"port": 443, "protocol": "TCP"}, {"port": 6443, "protocol": "TCP"}]} in policy["spec"]["egress"]
+    assert [d["metadata"]["name"] for d in find(docs, "NetworkPolicy")] == [FULLNAME]
+    # Cluster mode: the mail pods' policy has neither; the operator pods have their own.
+    cluster = manifests["cluster"]
+    mail = one(cluster, "NetworkPolicy", FULLNAME)
+    assert mail["spec"]["ingress"][1]["ports"] == [{"port": 8080, "protocol": "TCP"}]
+    assert 6443 not in {p["port"] for rule in mail["spec"]["egress"] for p in rule["ports"]}
+    operator = one(cluster, "NetworkPolicy", f"{FULLNAME}-operator")
+    assert operator["spec"]["podSelector"]["matchLabels"] == \
+        one(cluster, "Deployment", f"{FULLNAME}-operator")["spec"]["selector"]["matchLabels"]
     assert operator["spec"]["ingress"][0]["ports"] == [{"port": 8081, "protocol": "TCP"}]
-    assert {443, 6443} <= {p["port"] for rule in operator["spec"]["egress"] for p in rule["ports"]}
+    operator_egress = {p["port"] for rule in operator["spec"]["egress"] for p in rule["ports"]}
+    # DNS, the API server and the stores it opens like the mail pods (networkPolicy.egressTcpPorts).
+    assert {53, 443, 6443} <= operator_egress
+    assert set(yaml.safe_load((CHART / "values.yaml").read_text())["networkPolicy"]["egressTcpPorts"]) <= operator_egress
     assert [d["metadata"]["name"] for d in find(manifests["operator-off"], "NetworkPolicy")] == [FULLNAME]
 
 
-def test_monitoring(manifests):
-    docs = manifests["embedded-full"]
+def scraped_container_ports(docs, service: dict, port_name: str) -> set[tuple[str, str, int]]:
+    """(workload, container, containerPort) behind the Service port named port_name."""
+    (port,) = [p for p in service["spec"]["ports"] if p["name"] == port_name]
+    selector = service["spec"]["selector"].items()
+    found = set()
+    for doc in docs:
+        if doc["kind"] in ("StatefulSet", "Deployment") and selector <= doc["spec"]["template"]["metadata"]["labels"].items():
+            for container in doc["spec"]["template"]["spec"]["containers"]:
+                for cport in container["ports"]:
+                    if cport["name"] == port["targetPort"]:
+                        found.add((doc["metadata"]["name"], container["name"], cport["containerPort"]))
+    return found
+
+
+@pytest.mark.parametrize("case", ["embedded-full", "cluster"])
+def test_service_monitors_reach_their_containers(manifests, case):
+    docs = manifests[case]
     monitors = {d["metadata"]["name"]: d for d in find(docs, "ServiceMonitor")}
     assert set(monitors) == {FULLNAME, f"{FULLNAME}-operator"}
     services = {d["metadata"]["name"]: d for d in find(docs, "Service")}
-    for monitor, service, job in ((FULLNAME, f"{FULLNAME}-http", "mailfleet"),
-                                  (f"{FULLNAME}-operator", f"{FULLNAME}-operator", "mailfleet-operator")):
+    operator_workload = FULLNAME if case.startswith("embedded") else f"{FULLNAME}-operator"
+    for monitor, service, job, target in (
+            (FULLNAME, f"{FULLNAME}-http", "mailfleet", {(FULLNAME, "mailfleet", 8080)}),
+            (f"{FULLNAME}-operator", f"{FULLNAME}-operator", "mailfleet-operator",
+             {(operator_workload, "operator", 8081)})):
         spec = monitors[monitor]["spec"]
         labels = services[service]["metadata"]["labels"]
         assert spec["selector"]["matchLabels"].items() <= labels.items()
@@ -768,7 +974,17 @@ def test_monitoring(manifests):
         (endpoint,) = spec["endpoints"]
         assert endpoint["port"] in port_names and endpoint["path"] == "/metrics"
         assert endpoint["relabelings"] == [{"targetLabel": "job", "replacement": job, "action": "replace"}]
-        assert monitors[monitor]["metadata"]["labels"]["release"] == "prometheus"
+        # The Service port leads to the right container: in embedded mode the operator
+        # container of the mail pod, in cluster mode the operator Deployment's.
+        assert scraped_container_ports(docs, services[service], endpoint["port"]) == target
+
+
+def test_monitoring(manifests):
+    docs = manifests["embedded-full"]
+    monitors = {d["metadata"]["name"]: d for d in find(docs, "ServiceMonitor")}
+    assert set(monitors) == {FULLNAME, f"{FULLNAME}-operator"}
+    for monitor in monitors.values():
+        assert monitor["metadata"]["labels"]["release"] == "prometheus"
     # The alert rules select job="mailfleet".
     rules_text = (CHART / "alerts" / "mailfleet.rules.yml").read_text()
     assert 'job="mailfleet"' in rules_text

@@ -69,6 +69,38 @@ app.kubernetes.io/component: operator
 {{- if eq .Values.mode "cluster" }}true{{ end }}
 {{- end }}
 
+{{/*
+Where the operator runs (with operator.enabled): in cluster mode its own Deployment
+(templates/operator.yaml); in embedded mode a second container of the StatefulSet's pod
+(_pod.tpl), because only that pod can mount the ReadWriteOnce volume holding SQLite.
+"true" for the embedded sidecar.
+*/}}
+{{- define "mailfleet.operatorSidecar" -}}
+{{- if and .Values.operator.enabled (not (include "mailfleet.cluster" .)) }}true{{ end }}
+{{- end }}
+
+{{/*
+The ServiceAccount the operator's ClusterRole and Role are bound to: its own in cluster
+mode, the mail pods' in embedded mode (the sidecar runs in their pod, and only it mounts a
+token of that account).
+*/}}
+{{- define "mailfleet.operatorServiceAccount" -}}
+{{- if include "mailfleet.cluster" . }}
+{{- include "mailfleet.operatorName" . }}
+{{- else }}
+{{- include "mailfleet.fullname" . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Name of the operator's port 8081 (metrics, probes) in its pod. Beside the mail container a
+plain "metrics" would be ambiguous; a port name has at most 15 characters (IANA service
+name), so not "operator-metrics".
+*/}}
+{{- define "mailfleet.operatorPortName" -}}
+{{- if include "mailfleet.operatorSidecar" . }}op-metrics{{ else }}metrics{{ end }}
+{{- end }}
+
 {{/* The Secret holding the certificate, or nothing for the self-signed one. */}}
 {{- define "mailfleet.tlsSecretName" -}}
 {{- if .Values.tls.existingSecret }}

@@ -154,6 +154,81 @@ pub async fn create(
     Ok((stored, generated))
 }
 
+/// Why a given app password could not be stored.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error(transparent)]
+    Create(#[from] CreateError),
+    #[error("not an app password: {LEN} characters of a-z and 2-7, dashes and spaces ignored")]
+    Shape,
+    #[error("another app password of the account starts with {0:?}; its first four characters must differ")]
+    TagTaken(String),
+}
+
+/// Stores an app password made elsewhere (a Kubernetes Secret the operator reads), under
+/// the same rules as a generated one: its shape, a tag not taken, the name, the count.
+pub async fn import(
+    meta: &dyn MetadataStore,
+    account: AccountId,
+    name: &str,
+    password: &str,
+    now: i64,
+) -> Result<AppPassword, ImportError> {
+    let name = name.trim();
+    if !valid_name(name) {
+        return Err(CreateError::InvalidName.into());
+    }
+    let (password, tag) = parse(password).ok_or(ImportError::Shape)?;
+    let existing = meta
+        .list_app_passwords(account)
+        .await
+        .map_err(CreateError::from)?;
+    if existing.len() >= MAX_PER_ACCOUNT {
+        return Err(CreateError::TooMany.into());
+    }
+    if existing.iter().any(|a| a.name == name) {
+        return Err(CreateError::Exists(name.to_string()).into());
+    }
+    if existing.iter().any(|a| a.tag == tag) {
+        return Err(ImportError::TagTaken(tag));
+    }
+    let hash = tokio::task::spawn_blocking(move || hash_password(&password))
+        .await
+        .map_err(|e| CreateError::Store(StoreError::Unavailable(format!("hashing task: {e}"))))?
+        .map_err(CreateError::from)?;
+    meta.create_app_password(
+        account,
+        NewAppPassword {
+            name: name.to_string(),
+            tag,
+            hash,
+            created_at: now,
+        },
+    )
+    .await
+    .map_err(|e| match e {
+        StoreError::Conflict(_) => CreateError::Exists(name.to_string()).into(),
+        other => CreateError::Store(other).into(),
+    })
+}
+
+/// Whether `password` is the app password `stored` (its tag, then its hash, verified on
+/// the blocking pool).
+pub async fn is_same(stored: &AppPassword, password: &str) -> bool {
+    let Some((password, tag)) = parse(password) else {
+        return false;
+    };
+    if tag != stored.tag {
+        return false;
+    }
+    let hash = stored.hash.clone();
+    tokio::task::spawn_blocking(move || {
+        mailfleet_core::credentials::verify_password(&password, &hash)
+    })
+    .await
+    .unwrap_or(false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -57,6 +57,8 @@ pub enum DkimError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Choice(String),
     #[error("DKIM keys for {0} already exist")]
     Exists(String),
     #[error("no DKIM keys for {0}")]
@@ -91,35 +93,125 @@ impl Default for Lifecycle {
     }
 }
 
-fn new_pair(
+/// Which keys a domain has: the algorithms and the selector they are named from. The
+/// default (both algorithms, selector `mailfleet`) gives the selectors every earlier
+/// version used, `mailfleet-rsa` and `mailfleet-ed25519`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyChoice {
+    /// A DNS label: `<selector>._domainkey.<domain>`. With both algorithms each key's
+    /// selector is `<selector>-rsa` / `<selector>-ed25519`; with one it is `<selector>`.
+    /// Rotated keys add `-<yyyymmddHHMM>`.
+    pub selector: String,
+    /// RSA first when both; never empty.
+    pub algorithms: Vec<DkimAlgorithm>,
+}
+
+impl Default for KeyChoice {
+    fn default() -> Self {
+        Self {
+            selector: "mailfleet".into(),
+            algorithms: vec![DkimAlgorithm::Rsa, DkimAlgorithm::Ed25519],
+        }
+    }
+}
+
+impl KeyChoice {
+    /// Checks the selector (a lowercase DNS label, room left for the suffixes) and that
+    /// there is at least one algorithm.
+    pub fn new(selector: &str, algorithms: &[DkimAlgorithm]) -> Result<Self, DkimError> {
+        let ok = !selector.is_empty()
+            && selector.len() <= 40
+            && selector
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !selector.starts_with('-')
+            && !selector.ends_with('-');
+        if !ok {
+            return Err(DkimError::Choice(format!(
+                "DKIM selector {selector:?}: 1 to 40 of a-z, 0-9 and '-', not at either end"
+            )));
+        }
+        let mut algs: Vec<DkimAlgorithm> = Vec::new();
+        for a in algorithms {
+            if !algs.contains(a) {
+                algs.push(*a);
+            }
+        }
+        if algs.is_empty() {
+            return Err(DkimError::Choice(
+                "DKIM needs at least one algorithm".into(),
+            ));
+        }
+        algs.sort();
+        Ok(Self {
+            selector: selector.to_string(),
+            algorithms: algs,
+        })
+    }
+
+    /// The selector of this choice's key of `algorithm`, before any rotation suffix.
+    pub fn selector_of(&self, algorithm: DkimAlgorithm) -> String {
+        if self.algorithms.len() == 1 {
+            return self.selector.clone();
+        }
+        match algorithm {
+            DkimAlgorithm::Rsa => format!("{}-rsa", self.selector),
+            DkimAlgorithm::Ed25519 => format!("{}-ed25519", self.selector),
+        }
+    }
+
+    /// Whether `keys` (a set created together) is what this choice makes: the same
+    /// algorithms, each under its selector (with or without a rotation suffix).
+    pub fn matches(&self, keys: &[&DkimKey]) -> bool {
+        let mut algs: Vec<DkimAlgorithm> = keys.iter().map(|k| k.algorithm).collect();
+        algs.sort();
+        algs.dedup();
+        algs == self.algorithms
+            && keys.iter().all(|k| {
+                let base = self.selector_of(k.algorithm);
+                k.selector == base
+                    || k.selector
+                        .strip_prefix(&format!("{base}-"))
+                        .is_some_and(|d| d.len() == 12 && d.bytes().all(|b| b.is_ascii_digit()))
+            })
+    }
+}
+
+fn new_set(
     domain: &str,
+    choice: &KeyChoice,
     suffix: &str,
     state: DkimKeyState,
     now: i64,
-) -> Result<[DkimKey; 2], DkimError> {
-    let rsa = DkimKeyPair::generate_rsa(RSA_BITS).map_err(|e| DkimError::Crypto(e.to_string()))?;
-    let ed = DkimKeyPair::generate_ed25519().map_err(|e| DkimError::Crypto(e.to_string()))?;
-    let key = |selector: String, algorithm, der: &[u8]| DkimKey {
-        domain: domain.to_string(),
-        selector,
-        algorithm,
-        private_der: der.to_vec(),
-        state,
-        created_at: now,
-        state_since: now,
+) -> Result<Vec<DkimKey>, DkimError> {
+    let mut out = Vec::new();
+    for algorithm in &choice.algorithms {
+        let pair = match algorithm {
+            DkimAlgorithm::Rsa => DkimKeyPair::generate_rsa(RSA_BITS),
+            DkimAlgorithm::Ed25519 => DkimKeyPair::generate_ed25519(),
+        }
+        .map_err(|e| DkimError::Crypto(e.to_string()))?;
+        out.push(DkimKey {
+            domain: domain.to_string(),
+            selector: format!("{}{suffix}", choice.selector_of(*algorithm)),
+            algorithm: *algorithm,
+            private_der: pair.private_key().to_vec(),
+            state,
+            created_at: now,
+            state_since: now,
+        });
+    }
+    Ok(out)
+}
+
+/// The keys a domain has been given most recently (those created last, in any state but
+/// retired): what [`KeyChoice::matches`] is checked against.
+pub fn newest_set(keys: &[DkimKey]) -> Vec<&DkimKey> {
+    let live = keys.iter().filter(|k| k.state != DkimKeyState::Retired);
+    let Some(newest) = live.clone().map(|k| k.created_at).max() else {
+        return Vec::new();
     };
-    Ok([
-        key(
-            format!("{RSA_SELECTOR}{suffix}"),
-            DkimAlgorithm::Rsa,
-            rsa.private_key(),
-        ),
-        key(
-            format!("{ED25519_SELECTOR}{suffix}"),
-            DkimAlgorithm::Ed25519,
-            ed.private_key(),
-        ),
-    ])
+    live.filter(|k| k.created_at == newest).collect()
 }
 
 /// Generates a domain's first keys, signing at once (there is nothing to rotate from: mail
@@ -130,18 +222,28 @@ pub async fn generate(
     domain: &str,
     now: i64,
 ) -> Result<Vec<DkimKey>, DkimError> {
+    generate_with(meta, domain, &KeyChoice::default(), now).await
+}
+
+/// [`generate`] with the given algorithms and selector.
+pub async fn generate_with(
+    meta: &dyn MetadataStore,
+    domain: &str,
+    choice: &KeyChoice,
+    now: i64,
+) -> Result<Vec<DkimKey>, DkimError> {
     let domain = domain.to_ascii_lowercase();
     if !meta.dkim_keys(&domain).await?.is_empty() {
         return Err(DkimError::Exists(domain));
     }
-    let pair = new_pair(&domain, "", DkimKeyState::Active, now)?;
+    let pair = new_set(&domain, choice, "", DkimKeyState::Active, now)?;
     for k in &pair {
         meta.add_dkim_key(k.clone()).await.map_err(|e| match e {
             StoreError::Conflict(_) => DkimError::Exists(domain.clone()),
             e => e.into(),
         })?;
     }
-    Ok(pair.into())
+    Ok(pair)
 }
 
 /// Adds a new pair for `domain` in state `published` (selectors dated `now`), to go into
@@ -152,17 +254,75 @@ pub async fn rotate(
     now: i64,
 ) -> Result<Vec<DkimKey>, DkimError> {
     let domain = domain.to_ascii_lowercase();
+    let keys = meta.dkim_keys(&domain).await?;
+    if keys.is_empty() {
+        return Err(DkimError::NoKeys(domain));
+    }
+    // The same kind of keys as the domain has now (an administrator's rotation keeps what
+    // the operator or an earlier choice set up).
+    let newest = newest_set(&keys);
+    let mut algorithms: Vec<DkimAlgorithm> = newest.iter().map(|k| k.algorithm).collect();
+    algorithms.sort();
+    algorithms.dedup();
+    let choice = match algorithms.as_slice() {
+        [one] => KeyChoice {
+            selector: strip_rotation(&newest[0].selector).to_string(),
+            algorithms: vec![*one],
+        },
+        _ => {
+            let rsa = newest
+                .iter()
+                .find(|k| k.algorithm == DkimAlgorithm::Rsa)
+                .map(|k| {
+                    strip_rotation(&k.selector)
+                        .trim_end_matches("-rsa")
+                        .to_string()
+                })
+                .unwrap_or_else(|| KeyChoice::default().selector);
+            KeyChoice {
+                selector: rsa,
+                algorithms: vec![DkimAlgorithm::Rsa, DkimAlgorithm::Ed25519],
+            }
+        }
+    };
+    rotate_with(meta, &domain, &choice, now).await
+}
+
+/// A selector without its rotation suffix (`-yyyymmddHHMM`).
+fn strip_rotation(selector: &str) -> &str {
+    match selector.rsplit_once('-') {
+        Some((base, d)) if d.len() == 12 && d.bytes().all(|b| b.is_ascii_digit()) => base,
+        _ => selector,
+    }
+}
+
+/// Adds a new set of keys as `choice` says, in state `published` (selectors dated `now`):
+/// a rotation, or a change of algorithms or selector, which goes through DNS the same way.
+/// Once it signs, the keys it replaces retire, those of algorithms it drops included.
+pub async fn rotate_with(
+    meta: &dyn MetadataStore,
+    domain: &str,
+    choice: &KeyChoice,
+    now: i64,
+) -> Result<Vec<DkimKey>, DkimError> {
+    let domain = domain.to_ascii_lowercase();
     if meta.dkim_keys(&domain).await?.is_empty() {
         return Err(DkimError::NoKeys(domain));
     }
     let date = chrono::DateTime::from_timestamp(now, 0)
         .map(|d| d.format("%Y%m%d%H%M").to_string())
         .unwrap_or_else(|| now.to_string());
-    let pair = new_pair(&domain, &format!("-{date}"), DkimKeyState::Published, now)?;
+    let pair = new_set(
+        &domain,
+        choice,
+        &format!("-{date}"),
+        DkimKeyState::Published,
+        now,
+    )?;
     for k in &pair {
         meta.add_dkim_key(k.clone()).await?;
     }
-    Ok(pair.into())
+    Ok(pair)
 }
 
 /// Makes the newest published key of each algorithm sign now, retiring the keys it
@@ -206,6 +366,36 @@ async fn promote(
             meta.set_dkim_key_state(domain, &old.selector, DkimKeyState::Retired, now)
                 .await?;
             changed.push(old.selector.clone());
+        }
+    }
+    // A set that dropped an algorithm: once it signs, the older keys of that algorithm
+    // stop signing too (they stay in DNS, retired, like any replaced key).
+    if let Some(newest) = keys
+        .iter()
+        .filter(|k| changed.contains(&k.selector) && k.state == DkimKeyState::Published)
+        .map(|k| k.created_at)
+        .max()
+    {
+        let promoted: Vec<DkimAlgorithm> = keys
+            .iter()
+            .filter(|k| k.created_at == newest && changed.contains(&k.selector))
+            .map(|k| k.algorithm)
+            .collect();
+        let set: Vec<DkimAlgorithm> = keys
+            .iter()
+            .filter(|k| k.created_at == newest)
+            .map(|k| k.algorithm)
+            .collect();
+        if promoted.len() == set.len() {
+            for old in keys.iter().filter(|k| {
+                k.created_at < newest
+                    && !set.contains(&k.algorithm)
+                    && matches!(k.state, DkimKeyState::Active | DkimKeyState::Published)
+            }) {
+                meta.set_dkim_key_state(domain, &old.selector, DkimKeyState::Retired, now)
+                    .await?;
+                changed.push(old.selector.clone());
+            }
         }
     }
     Ok(changed)

@@ -22,6 +22,14 @@ pub enum DomainCmd {
     List,
     /// Stop hosting a domain (it must have no users or aliases left).
     Remove { name: String },
+    /// Set the most the quotas of the domain's users may add up to (`100G`; `0`: no
+    /// limit). With a limit every user of the domain needs a quota of its own.
+    Quota { name: String, quota: String },
+    /// Make ALIAS a domain alias of NAME: mail to `local@ALIAS` goes to `local@NAME` (the
+    /// alias domain is hosted if it is not yet).
+    AddAlias { name: String, alias: String },
+    /// Stop ALIAS being a domain alias of NAME (it stays hosted).
+    RemoveAlias { name: String, alias: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -185,13 +193,74 @@ pub async fn domain(config: &Config, cmd: DomainCmd, json_out: bool) -> anyhow::
         DomainCmd::List => {
             let domains = stores.meta.list_domains().await?;
             if json_out {
-                let v: Vec<_> = domains.iter().map(|d| json!({"name": d.name})).collect();
+                let v: Vec<_> = domains
+                    .iter()
+                    .map(|d| {
+                        json!({"name": d.name, "quota_bytes": d.quota_bytes,
+                               "managed_by": d.managed_by})
+                    })
+                    .collect();
                 println!("{}", serde_json::Value::Array(v));
             } else {
                 for d in domains {
-                    println!("{}", d.name);
+                    match (d.quota_bytes, &d.managed_by) {
+                        (0, None) => println!("{}", d.name),
+                        (q, owner) => {
+                            let mut line = d.name.clone();
+                            if q > 0 {
+                                line.push_str(&format!("\tquota {q}"));
+                            }
+                            if let Some(o) = owner {
+                                line.push_str(&format!("\tmanaged by {o}"));
+                            }
+                            println!("{line}");
+                        }
+                    }
                 }
             }
+        }
+        DomainCmd::Quota { name, quota } => {
+            let bytes = mailfleet_provision::validate::quota(&quota)
+                .map_err(|e| explain_provision(e, "domain quota"))?;
+            mailfleet_provision::set_domain_quota(
+                stores.meta.as_ref(),
+                &Actor::Admin,
+                &name,
+                bytes,
+            )
+            .await
+            .map_err(|e| explain_provision(e, "domain quota"))?;
+            println!("domain {name}: quota {bytes} bytes");
+        }
+        DomainCmd::AddAlias { name, alias } => {
+            let meta = stores.meta.as_ref();
+            let alias_name = mailfleet_provision::validate::domain_name(&alias)
+                .map_err(|e| explain_provision(e, "domain add-alias"))?;
+            if meta.get_domain(&alias_name).await?.is_none() {
+                mailfleet_provision::add_domain(meta, &Actor::Admin, &alias_name)
+                    .await
+                    .map_err(|e| explain_provision(e, "domain add-alias"))?;
+            }
+            mailfleet_provision::add_alias(
+                meta,
+                &Actor::Admin,
+                &format!("@{alias_name}"),
+                &format!("@{name}"),
+            )
+            .await
+            .map_err(|e| explain_provision(e, "domain add-alias"))?;
+            println!("{alias_name} is now a domain alias of {name}");
+        }
+        DomainCmd::RemoveAlias { name, alias } => {
+            mailfleet_provision::remove_alias(
+                stores.meta.as_ref(),
+                &Actor::Admin,
+                &format!("@{alias}"),
+                Some(&format!("@{name}")),
+            )
+            .await
+            .map_err(|e| explain_provision(e, "domain remove-alias"))?;
+            println!("{alias} is no longer a domain alias of {name}");
         }
         DomainCmd::Remove { name } => {
             mailfleet_provision::remove_domain(stores.meta.as_ref(), &Actor::Admin, &name)

@@ -29,10 +29,27 @@ async fn existing(meta: &dyn MetadataStore, address: &str) -> Result<Account> {
         .ok_or_else(|| Error::NotFound(format!("user {address}")))
 }
 
-async fn owned(meta: &dyn MetadataStore, actor: &Actor, address: &str) -> Result<Account> {
+pub(crate) async fn owned(
+    meta: &dyn MetadataStore,
+    actor: &Actor,
+    address: &str,
+) -> Result<Account> {
     let a = existing(meta, address).await?;
     actor.check(&format!("user {address}"), a.settings.managed_by.as_deref())?;
     Ok(a)
+}
+
+/// Refuses a quota that does not fit the account's domain quota.
+async fn check_quota(
+    meta: &dyn MetadataStore,
+    addr: &mailfleet_core::Address,
+    quota_bytes: u64,
+) -> Result<()> {
+    let domain = meta
+        .get_domain(addr.domain())
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("domain {}", addr.domain())))?;
+    crate::domain::check_account_quota(meta, &domain, &addr.key(), quota_bytes).await
 }
 
 /// `user add`: creates the account (and its special mailboxes); fails if it exists.
@@ -52,6 +69,7 @@ pub async fn add_account(
         &format!("domain {}", domain.name),
         domain.managed_by.as_deref(),
     )?;
+    crate::domain::check_account_quota(meta, &domain, &addr.key(), quota_bytes).await?;
     let hash = password.to_hash(&addr).await?;
     let mut account = meta
         .create_account(&addr.key(), &hash, quota_bytes)
@@ -94,6 +112,7 @@ pub async fn set_quota(
 ) -> Result<()> {
     let addr = validate::address(address)?;
     owned(meta, actor, &addr.key()).await?;
+    check_quota(meta, &addr, quota_bytes).await?;
     Ok(meta.set_quota(&addr.key(), quota_bytes).await?)
 }
 
@@ -202,6 +221,7 @@ pub async fn ensure_account(
         }
     }
     if current.quota_bytes != spec.quota_bytes {
+        check_quota(meta, &addr, spec.quota_bytes).await?;
         meta.set_quota(&current.address, spec.quota_bytes).await?;
         changed = true;
     }

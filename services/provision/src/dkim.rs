@@ -3,13 +3,15 @@
 //! lifecycle promotes them to signing once DNS has had time to serve them.
 
 use crate::Result;
-use mailfleet_delivery::dkim::{self, Lifecycle};
+use mailfleet_delivery::dkim::{self, KeyChoice, Lifecycle};
 use mailfleet_storage::{DkimKeyState, MetadataStore};
 use std::time::Duration;
 
 /// What the domain wants of its keys.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct DkimPolicy {
+    /// The algorithms and selector; a change starts a rotation to keys that match.
+    pub choice: KeyChoice,
     /// Rotate when the newest keys are older than this; `None`: never.
     pub rotate_after: Option<Duration>,
     pub lifecycle: Lifecycle,
@@ -23,9 +25,9 @@ pub struct DkimStatus {
     pub records: Vec<(String, DkimKeyState, String)>,
 }
 
-/// Generates the domain's keys when it has none, starts a rotation when the newest key is
-/// older than `rotate_after` (and no rotation is already waiting to sign), and moves keys
-/// along their lifecycle. `now` is Unix seconds.
+/// Generates the domain's keys when it has none, starts a rotation when the newest keys
+/// are older than `rotate_after` or are not what `choice` asks for (and no rotation is
+/// already waiting to sign), and moves keys along their lifecycle. `now` is Unix seconds.
 pub async fn ensure_dkim(
     meta: &dyn MetadataStore,
     domain: &str,
@@ -36,13 +38,19 @@ pub async fn ensure_dkim(
     let keys = meta.dkim_keys(&domain).await?;
     let mut changed = false;
     if keys.is_empty() {
-        dkim::generate(meta, &domain, now).await?;
+        dkim::generate_with(meta, &domain, &policy.choice, now).await?;
         changed = true;
-    } else if let Some(age) = policy.rotate_after {
-        let pending = keys.iter().any(|k| k.state == DkimKeyState::Published);
-        let newest = keys.iter().map(|k| k.created_at).max().unwrap_or(now);
-        if !pending && newest + age.as_secs() as i64 <= now {
-            dkim::rotate(meta, &domain, now).await?;
+    } else {
+        let newest_set = dkim::newest_set(&keys);
+        let newest = newest_set.iter().map(|k| k.created_at).max().unwrap_or(now);
+        let stale = policy
+            .rotate_after
+            .is_some_and(|age| newest + age.as_secs() as i64 <= now);
+        // A set made in this same second cannot be told apart from the one to replace by
+        // its selector's date: wait a minute rather than make two.
+        let fresh = newest / 60 == now / 60;
+        if (stale || !policy.choice.matches(&newest_set)) && !fresh {
+            dkim::rotate_with(meta, &domain, &policy.choice, now).await?;
             changed = true;
         }
     }

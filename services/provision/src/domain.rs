@@ -65,3 +65,101 @@ pub async fn release_domain(meta: &dyn MetadataStore, actor: &Actor, name: &str)
         _ => Ok(false),
     }
 }
+
+/// The quotas the domain's accounts have been given, added up, leaving out `except` (the
+/// account whose quota is being changed). `None` when one of them is unlimited.
+async fn allocated(
+    meta: &dyn MetadataStore,
+    domain: &str,
+    except: Option<&str>,
+) -> Result<Option<u64>> {
+    let mut sum: u64 = 0;
+    for a in meta.list_accounts(Some(domain)).await? {
+        if Some(a.address.as_str()) == except {
+            continue;
+        }
+        if a.quota_bytes == 0 {
+            return Ok(None);
+        }
+        sum = sum.saturating_add(a.quota_bytes);
+    }
+    Ok(Some(sum))
+}
+
+/// Refuses an account quota of `quota_bytes` for `address` when its domain has a quota and
+/// the accounts' quotas would add up to more (or the account would be unlimited).
+pub(crate) async fn check_account_quota(
+    meta: &dyn MetadataStore,
+    domain: &Domain,
+    address: &str,
+    quota_bytes: u64,
+) -> Result<()> {
+    if domain.quota_bytes == 0 {
+        return Ok(());
+    }
+    let limit = domain.quota_bytes;
+    if quota_bytes == 0 {
+        return Err(Error::Invalid(format!(
+            "{address}: domain {} has a quota of {limit} bytes, so its accounts need a quota",
+            domain.name
+        )));
+    }
+    let others = allocated(meta, &domain.name, Some(address))
+        .await?
+        .unwrap_or(u64::MAX);
+    if others.saturating_add(quota_bytes) > limit {
+        return Err(Error::Invalid(format!(
+            "{address}: a quota of {quota_bytes} bytes would take the accounts of {} to {} \
+             bytes, over the domain's quota of {limit}",
+            domain.name,
+            others.saturating_add(quota_bytes)
+        )));
+    }
+    Ok(())
+}
+
+/// `domain quota NAME SIZE`, and the operator's Domain `quota`: the most the quotas of the
+/// domain's accounts may add up to (0: no limit). Refused when the accounts already have
+/// more (or an unlimited one): lower their quotas first. True when written.
+pub async fn set_domain_quota(
+    meta: &dyn MetadataStore,
+    actor: &Actor,
+    name: &str,
+    quota_bytes: u64,
+) -> Result<bool> {
+    let name = validate::domain_name(name)?;
+    let d = meta
+        .get_domain(&name)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("domain {name}")))?;
+    actor.check(&format!("domain {name}"), d.managed_by.as_deref())?;
+    if d.quota_bytes == quota_bytes {
+        return Ok(false);
+    }
+    if quota_bytes > 0 {
+        match allocated(meta, &name, None).await? {
+            None => {
+                return Err(Error::Invalid(format!(
+                    "domain {name}: an account without a quota cannot fit a domain quota; \
+                     give every account a quota first"
+                )))
+            }
+            Some(sum) if sum > quota_bytes => {
+                return Err(Error::Invalid(format!(
+                    "domain {name}: its accounts' quotas add up to {sum} bytes, more than \
+                     {quota_bytes}; lower them first"
+                )))
+            }
+            Some(_) => {}
+        }
+    }
+    meta.set_domain_quota(&name, quota_bytes).await?;
+    Ok(true)
+}
+
+/// The quotas allocated to a domain's accounts, added up (`None`: one is unlimited), for
+/// status reports.
+pub async fn allocated_quota(meta: &dyn MetadataStore, name: &str) -> Result<Option<u64>> {
+    let name = validate::domain_name(name)?;
+    allocated(meta, &name, None).await
+}

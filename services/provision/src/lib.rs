@@ -21,12 +21,14 @@
 //! - `owner.rs`: [`Actor`] and the mark check
 //! - `domain.rs`, `account.rs`, `alias.rs`: the store changes
 //! - `tests.rs`: the rules against a real embedded store
+//! - `app_password.rs`: app passwords given from outside (the operator's Secrets)
 //! - `dkim.rs`: DKIM keys through `mailfleet_delivery::dkim`, rotation by age
 
 #![forbid(unsafe_code)]
 
 mod account;
 mod alias;
+mod app_password;
 mod dkim;
 mod domain;
 mod error;
@@ -38,9 +40,15 @@ pub use account::{
     add_account, ensure_account, release_account, remove_account, set_password, set_quota,
     suspend_account, AccountSpec, AccountState,
 };
-pub use alias::{add_alias, ensure_aliases_of, ensure_catch_all, remove_alias};
+pub use alias::{
+    add_alias, domain_aliases_of, ensure_aliases_of, ensure_catch_all, ensure_domain_aliases,
+    remove_alias,
+};
+pub use app_password::{ensure_app_password, revoke_app_password};
 pub use dkim::{ensure_dkim, DkimPolicy, DkimStatus};
-pub use domain::{add_domain, ensure_domain, release_domain, remove_domain};
+pub use domain::{
+    add_domain, allocated_quota, ensure_domain, release_domain, remove_domain, set_domain_quota,
+};
 pub use error::{Error, Result};
 pub use owner::Actor;
 pub use password::PasswordInput;

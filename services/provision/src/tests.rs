@@ -237,11 +237,12 @@ async fn dkim_keys_are_made_once_and_rotated_by_age() {
         .await
         .expect("domain");
     let policy = DkimPolicy {
+        choice: Default::default(),
         rotate_after: Some(std::time::Duration::from_secs(30 * 86400)),
         lifecycle: Default::default(),
     };
     let t0 = 1_800_000_000;
-    let first = ensure_dkim(meta, "example.com", policy, t0)
+    let first = ensure_dkim(meta, "example.com", policy.clone(), t0)
         .await
         .expect("generate");
     assert!(first.changed);
@@ -249,11 +250,11 @@ async fn dkim_keys_are_made_once_and_rotated_by_age() {
     assert!(first.records.iter().all(|(_, st, txt)| *st
         == mailfleet_storage::DkimKeyState::Active
         && txt.starts_with("v=DKIM1;")));
-    let later = ensure_dkim(meta, "example.com", policy, t0 + 86400)
+    let later = ensure_dkim(meta, "example.com", policy.clone(), t0 + 86400)
         .await
         .expect("same");
     assert!(!later.changed);
-    let rotated = ensure_dkim(meta, "example.com", policy, t0 + 31 * 86400)
+    let rotated = ensure_dkim(meta, "example.com", policy.clone(), t0 + 31 * 86400)
         .await
         .expect("rotate");
     assert!(rotated.changed);
@@ -267,11 +268,287 @@ async fn dkim_keys_are_made_once_and_rotated_by_age() {
         2,
         "the new selectors are published before they sign"
     );
-    let not_again = ensure_dkim(meta, "example.com", policy, t0 + 31 * 86400 + 60)
+    let not_again = ensure_dkim(meta, "example.com", policy.clone(), t0 + 31 * 86400 + 60)
         .await
         .expect("pending");
     assert!(
         !not_again.changed,
         "no second rotation while one is waiting"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_dkim_choice_rotates_to_it_and_retires_the_dropped_algorithm() {
+    use mailfleet_delivery::dkim::KeyChoice;
+    use mailfleet_storage::{DkimAlgorithm, DkimKeyState};
+    let (_d, s) = stores().await;
+    let meta = s.meta.as_ref();
+    let op = Actor::operator("mail", "example");
+    ensure_domain(meta, &op, "example.com")
+        .await
+        .expect("domain");
+    let life = mailfleet_delivery::dkim::Lifecycle::default();
+    let both = DkimPolicy {
+        choice: KeyChoice::default(),
+        rotate_after: None,
+        lifecycle: life,
+    };
+    let t0 = 1_800_000_000;
+    ensure_dkim(meta, "example.com", both, t0)
+        .await
+        .expect("generate");
+    let rsa_only = DkimPolicy {
+        choice: KeyChoice::new("s2026", &[DkimAlgorithm::Rsa]).expect("choice"),
+        rotate_after: None,
+        lifecycle: life,
+    };
+    let switched = ensure_dkim(meta, "example.com", rsa_only.clone(), t0 + 3600)
+        .await
+        .expect("switch");
+    assert!(switched.changed);
+    let published: Vec<&str> = switched
+        .records
+        .iter()
+        .filter(|(_, st, _)| *st == DkimKeyState::Published)
+        .map(|(sel, _, _)| sel.as_str())
+        .collect();
+    assert_eq!(published.len(), 1, "{:?}", switched.records);
+    assert!(published[0].starts_with("s2026-"), "{published:?}");
+    // Unchanged until the new key has been in DNS for the publish delay.
+    let waiting = ensure_dkim(meta, "example.com", rsa_only.clone(), t0 + 7200)
+        .await
+        .expect("waiting");
+    assert!(!waiting.changed);
+    let after = t0 + 3600 + life.publish_delay.as_secs() as i64 + 1;
+    let signed = ensure_dkim(meta, "example.com", rsa_only.clone(), after)
+        .await
+        .expect("promote");
+    assert!(signed.changed);
+    let keys = mailfleet_delivery::dkim::signing_keys(meta, "example.com")
+        .await
+        .expect("keys")
+        .expect("some");
+    assert_eq!(
+        keys.selectors(),
+        vec![published[0]],
+        "only the new RSA key signs"
+    );
+    let retired = signed
+        .records
+        .iter()
+        .filter(|(_, st, _)| *st == DkimKeyState::Retired)
+        .count();
+    assert_eq!(
+        retired, 2,
+        "the old RSA and the dropped Ed25519 key: {:?}",
+        signed.records
+    );
+    assert!(
+        !ensure_dkim(meta, "example.com", rsa_only, after + 60)
+            .await
+            .expect("settled")
+            .changed
+    );
+    assert!(KeyChoice::new("Bad_Selector", &[DkimAlgorithm::Rsa]).is_err());
+    assert!(KeyChoice::new("ok", &[]).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_domain_quota_bounds_the_quotas_of_its_accounts() {
+    let (_d, s) = stores().await;
+    let meta = s.meta.as_ref();
+    let admin = Actor::Admin;
+    add_domain(meta, &admin, "example.com")
+        .await
+        .expect("domain");
+    let pw = PasswordInput::Plain(PASSWORD.into());
+    add_account(meta, &admin, "a@example.com", &pw, 0)
+        .await
+        .expect("unlimited account");
+    let e = set_domain_quota(meta, &admin, "example.com", 3 << 30)
+        .await
+        .expect_err("an unlimited account does not fit");
+    assert!(e.to_string().contains("without a quota"), "{e}");
+    set_quota(meta, &admin, "a@example.com", 2 << 30)
+        .await
+        .expect("quota");
+    assert!(set_domain_quota(meta, &admin, "example.com", 3 << 30)
+        .await
+        .expect("domain quota"));
+    assert!(!set_domain_quota(meta, &admin, "example.com", 3 << 30)
+        .await
+        .expect("same"));
+    assert_eq!(
+        meta.get_domain("example.com")
+            .await
+            .expect("get")
+            .expect("d")
+            .quota_bytes,
+        3 << 30
+    );
+    let over = add_account(meta, &admin, "b@example.com", &pw, 2 << 30)
+        .await
+        .expect_err("over");
+    assert!(
+        over.to_string().contains("over the domain's quota"),
+        "{over}"
+    );
+    assert!(add_account(meta, &admin, "b@example.com", &pw, 0)
+        .await
+        .is_err());
+    add_account(meta, &admin, "b@example.com", &pw, 1 << 30)
+        .await
+        .expect("fits exactly");
+    assert!(set_quota(meta, &admin, "b@example.com", (1 << 30) + 1)
+        .await
+        .is_err());
+    // Changing an account's own quota does not count its old quota twice.
+    set_quota(meta, &admin, "a@example.com", 2 << 30)
+        .await
+        .expect("same size again");
+    assert!(set_domain_quota(meta, &admin, "example.com", 2 << 30)
+        .await
+        .is_err());
+    assert_eq!(
+        allocated_quota(meta, "example.com").await.expect("sum"),
+        Some(3 << 30)
+    );
+    assert!(set_domain_quota(meta, &admin, "example.com", 0)
+        .await
+        .expect("no limit"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn domain_aliases_are_hosted_pointed_and_removed() {
+    let (_d, s) = stores().await;
+    let meta = s.meta.as_ref();
+    let op = Actor::operator("mail", "example");
+    ensure_domain(meta, &op, "example.com")
+        .await
+        .expect("domain");
+    let wanted = vec!["Example.NET".to_string(), "example.org".to_string()];
+    assert!(ensure_domain_aliases(meta, &op, "example.com", &wanted)
+        .await
+        .expect("aliases"));
+    assert!(!ensure_domain_aliases(meta, &op, "example.com", &wanted)
+        .await
+        .expect("again"));
+    assert_eq!(
+        domain_aliases_of(meta, "example.com").await.expect("list"),
+        vec!["example.net", "example.org"]
+    );
+    let net = meta
+        .get_domain("example.net")
+        .await
+        .expect("get")
+        .expect("hosted");
+    assert_eq!(net.managed_by.as_deref(), Some("operator:mail/example"));
+    assert_eq!(
+        meta.alias_targets("@example.net").await.expect("targets"),
+        vec!["@example.com"]
+    );
+    // The admin CLI may not take an operator's alias domain.
+    assert!(matches!(
+        add_alias(meta, &Actor::Admin, "x@example.net", "y@example.com").await,
+        Err(Error::Managed { .. })
+    ));
+    assert!(
+        ensure_domain_aliases(meta, &op, "example.com", &wanted[1..])
+            .await
+            .expect("drop one")
+    );
+    assert!(meta.get_domain("example.net").await.expect("get").is_none());
+    assert!(
+        ensure_domain_aliases(meta, &op, "example.com", &["example.com".into()])
+            .await
+            .is_err()
+    );
+    // The CLI form: a catch-all pointing at a whole domain; only a catch-all may.
+    add_domain(meta, &Actor::Admin, "a.test").await.expect("a");
+    add_domain(meta, &Actor::Admin, "b.test").await.expect("b");
+    add_alias(meta, &Actor::Admin, "@b.test", "@a.test")
+        .await
+        .expect("domain alias");
+    assert!(add_alias(meta, &Actor::Admin, "x@b.test", "@a.test")
+        .await
+        .is_err());
+    assert!(add_alias(meta, &Actor::Admin, "@a.test", "@a.test")
+        .await
+        .is_err());
+    assert!(add_alias(meta, &Actor::Admin, "@a.test", "@absent.test")
+        .await
+        .is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_passwords_given_from_outside_are_kept_by_name_and_replaced_on_change() {
+    let (_d, s) = stores().await;
+    let meta = s.meta.as_ref();
+    let op = Actor::operator("mail", "alice");
+    ensure_domain(meta, &op, "example.com")
+        .await
+        .expect("domain");
+    let a = ensure_account(meta, &op, &spec("alice@example.com"))
+        .await
+        .expect("account")
+        .account;
+    let first = "abcd-efgh-ijkl-mnop-qrst";
+    assert!(
+        ensure_app_password(meta, &op, "alice@example.com", "phone", first, 1)
+            .await
+            .expect("import")
+    );
+    assert!(!ensure_app_password(
+        meta,
+        &op,
+        "alice@example.com",
+        "phone",
+        &first.to_uppercase(),
+        2
+    )
+    .await
+    .expect("same, typed differently"));
+    let second = "wxyz-2345-6723-4567-abcd";
+    assert!(
+        ensure_app_password(meta, &op, "alice@example.com", "phone", second, 3)
+            .await
+            .expect("rotate")
+    );
+    let list = meta.list_app_passwords(a.id).await.expect("list");
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].tag, "wxyz");
+    assert!(mailfleet_core::credentials::verify_password(
+        "wxyz234567234567abcd",
+        &list[0].hash
+    ));
+    // Another name may not reuse the lookup tag; a wrong shape is refused, not stored.
+    let e = ensure_app_password(
+        meta,
+        &op,
+        "alice@example.com",
+        "laptop",
+        "wxyz-aaaa-bbbb-cccc-dddd",
+        4,
+    )
+    .await
+    .expect_err("tag taken");
+    assert!(matches!(e, Error::Invalid(_)), "{e}");
+    assert!(
+        ensure_app_password(meta, &op, "alice@example.com", "laptop", "hunter2", 4)
+            .await
+            .is_err()
+    );
+    // The CLI may not touch an account the operator manages.
+    assert!(matches!(
+        ensure_app_password(meta, &Actor::Admin, "alice@example.com", "x", first, 5).await,
+        Err(Error::Managed { .. })
+    ));
+    assert!(revoke_app_password(meta, &op, "alice@example.com", "phone")
+        .await
+        .expect("revoke"));
+    assert!(
+        !revoke_app_password(meta, &op, "alice@example.com", "phone")
+            .await
+            .expect("gone")
     );
 }

@@ -323,6 +323,42 @@ async fn plus_addressing_and_catch_all() {
     assert_eq!(h.inbox("bob@example.test").await.len(), 1);
 }
 
+/// A domain alias (`@alias.test` → `@example.test`): each local part is delivered to the
+/// same one of the other domain, subaddress included; an unknown one is refused like at
+/// the other domain; a loop of domain aliases ends in a refusal, not a hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_domain_alias_delivers_to_the_same_local_part() {
+    let h = Harness::new().await;
+    let meta = &h.stores.meta;
+    for d in ["alias.test", "loop-a.test", "loop-b.test"] {
+        meta.create_domain(d).await.expect("domain");
+    }
+    meta.create_alias("@alias.test", "@example.test")
+        .await
+        .expect("domain alias");
+    meta.create_alias("@loop-a.test", "@loop-b.test")
+        .await
+        .expect("a");
+    meta.create_alias("@loop-b.test", "@loop-a.test")
+        .await
+        .expect("b");
+    let (mut c, _t) = greet(&h).await;
+    assert!(c.cmd("MAIL FROM:<s@remote.test>").await.starts_with("250"));
+    let r = c.cmd("RCPT TO:<Alice@alias.test>").await;
+    assert!(r.starts_with("250"), "{r}");
+    let r = c.cmd("RCPT TO:<bob+news@alias.test>").await;
+    assert!(r.starts_with("250"), "{r}");
+    let r = c.cmd("RCPT TO:<nobody@alias.test>").await;
+    assert!(r.starts_with("550"), "{r}");
+    let r = c.cmd("RCPT TO:<x@loop-a.test>").await;
+    assert!(r.starts_with("550"), "{r}");
+    assert!(c.cmd("DATA").await.starts_with("354"));
+    c.send(b"Subject: via alias\r\n\r\nx\r\n.\r\n").await;
+    assert!(c.line().await.starts_with("250"));
+    assert_eq!(h.inbox("alice@example.test").await.len(), 1);
+    assert_eq!(h.inbox("bob@example.test").await.len(), 1);
+}
+
 /// Every smuggling variant is content; only one message is stored, containing the
 /// would-be second transaction as text, with every line ending normalised to CRLF.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1777,6 +1777,35 @@ pub async fn metadata_account_settings(meta: &dyn MetadataStore) {
             .await,
         Err(crate::StoreError::NotFound(_))
     ));
+
+    // The domain quota: 0 when never set, kept beside the mark, back to 0.
+    assert_eq!(unmarked.quota_bytes, 0);
+    meta.set_domain_quota(&domain.to_uppercase(), 5 << 30)
+        .await
+        .expect("domain quota");
+    meta.set_domain_managed_by(&domain, Some("operator:mail/example"))
+        .await
+        .expect("mark again");
+    let q = meta.get_domain(&domain).await.expect("get").expect("some");
+    assert_eq!(q.quota_bytes, 5 << 30);
+    assert_eq!(q.managed_by.as_deref(), Some("operator:mail/example"));
+    let listed = meta.list_domains().await.expect("list");
+    let entry = listed.iter().find(|x| x.name == domain).expect("listed");
+    assert_eq!(entry.quota_bytes, 5 << 30);
+    meta.set_domain_quota(&domain, 0).await.expect("no quota");
+    assert_eq!(
+        meta.get_domain(&domain)
+            .await
+            .expect("get")
+            .expect("some")
+            .quota_bytes,
+        0
+    );
+    assert!(matches!(
+        meta.set_domain_quota(&format!("{}.test", unique("absent")), 1)
+            .await,
+        Err(crate::StoreError::NotFound(_))
+    ));
 }
 
 /// DKIM keys: add, list in creation order, state changes, conflicts, delete; keys of one

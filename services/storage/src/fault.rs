@@ -110,6 +110,10 @@ impl MetadataStore for FailingMeta {
         self.check("set_domain_managed_by")?;
         self.inner.set_domain_managed_by(name, managed_by).await
     }
+    async fn set_domain_quota(&self, name: &str, quota_bytes: u64) -> StoreResult<()> {
+        self.check("set_domain_quota")?;
+        self.inner.set_domain_quota(name, quota_bytes).await
+    }
     async fn create_alias(&self, source: &str, target: &str) -> StoreResult<()> {
         self.check("create_alias")?;
         self.inner.create_alias(source, target).await

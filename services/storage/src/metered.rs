@@ -438,6 +438,14 @@ impl MetadataStore for MeteredMeta {
         .await
     }
 
+    async fn set_domain_quota(&self, name: &str, quota_bytes: u64) -> StoreResult<()> {
+        self.timed(
+            "meta_set_domain_quota",
+            self.inner.set_domain_quota(name, quota_bytes),
+        )
+        .await
+    }
+
     async fn create_alias(&self, source: &str, target: &str) -> StoreResult<()> {
         self.timed("meta_create_alias", self.inner.create_alias(source, target))
             .await

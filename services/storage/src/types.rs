@@ -73,6 +73,10 @@ pub struct Domain {
     pub name: String,
     /// Who manages the domain (see [`AccountSettings::managed_by`]).
     pub managed_by: Option<String>,
+    /// The most the quotas of the domain's accounts may add up to, in bytes; 0: no limit.
+    /// An allocation limit, checked when an account is added or its quota changed (what
+    /// PostfixAdmin's domain quota is), so delivery never sums a whole domain's usage.
+    pub quota_bytes: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

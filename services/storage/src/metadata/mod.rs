@@ -77,6 +77,9 @@ pub trait MetadataStore: Send + Sync + 'static {
     ) -> StoreResult<()>;
     /// Marks the domain as managed by `managed_by` (or by nobody).
     async fn set_domain_managed_by(&self, name: &str, managed_by: Option<&str>) -> StoreResult<()>;
+    /// Sets the domain's quota ([`Domain::quota_bytes`]); `NotFound` when it is not hosted.
+    /// Only stored here: the provisioning layer checks the accounts' quotas against it.
+    async fn set_domain_quota(&self, name: &str, quota_bytes: u64) -> StoreResult<()>;
 
     // ---- aliases ----
     /// `source` is `local@domain` or `@domain` (catch-all); its domain must be hosted.

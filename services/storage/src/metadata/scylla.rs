@@ -59,7 +59,7 @@ pub const BUCKET_SHIFT: u32 = 16;
 pub const ID_BLOCK: i64 = 100;
 
 /// Schema version recorded in `schema_version`; migrations run in order up to it.
-const SCHEMA_VERSION: i32 = 10;
+const SCHEMA_VERSION: i32 = 11;
 
 /// Tables of schema version 1. `{ks}` is replaced by the keyspace name.
 const SCHEMA_V1: &[&str] = &[
@@ -194,6 +194,9 @@ const SCHEMA_V10: &[&str] = &[
     "ALTER TABLE {ks}.accounts ADD managed_by text",
     "ALTER TABLE {ks}.domains ADD managed_by text",
 ];
+
+/// v11: a domain's quota (the most its accounts' quotas may add up to). Null: none.
+const SCHEMA_V11: &[&str] = &["ALTER TABLE {ks}.domains ADD quota_bytes bigint"];
 
 /// How long a pin lasts: far longer than a put and an append take, and the sweep's grace
 /// period is checked against the pin's time as well.
@@ -720,14 +723,18 @@ impl ScyllaMetadataStore {
     }
 
     async fn domain(&self, name: &str) -> StoreResult<Option<Domain>> {
-        let row: Option<(i64, Option<String>)> = self
+        let row: Option<(i64, Option<String>, Option<i64>)> = self
             .db
-            .one("SELECT id, managed_by FROM domains WHERE name = ?", (name,))
+            .one(
+                "SELECT id, managed_by, quota_bytes FROM domains WHERE name = ?",
+                (name,),
+            )
             .await?;
         Ok(row.map(|r| Domain {
             id: DomainId(r.0),
             name: name.to_string(),
             managed_by: r.1,
+            quota_bytes: r.2.unwrap_or(0).max(0) as u64,
         }))
     }
 
@@ -1973,6 +1980,7 @@ async fn migrate(session: &Session, ks: &str) -> StoreResult<()> {
         (8, SCHEMA_V8),
         (9, SCHEMA_V9),
         (10, SCHEMA_V10),
+        (11, SCHEMA_V11),
     ] {
         if version >= v {
             continue;
@@ -2018,6 +2026,7 @@ impl MetadataStore for ScyllaMetadataStore {
             id: DomainId(id),
             name,
             managed_by: None,
+            quota_bytes: 0,
         })
     }
 
@@ -2027,16 +2036,17 @@ impl MetadataStore for ScyllaMetadataStore {
 
     async fn list_domains(&self) -> StoreResult<Vec<Domain>> {
         // Domains are few: a full scan, sorted here.
-        let rows: Vec<(String, i64, Option<String>)> = self
+        let rows: Vec<(String, i64, Option<String>, Option<i64>)> = self
             .db
-            .all("SELECT name, id, managed_by FROM domains", ())
+            .all("SELECT name, id, managed_by, quota_bytes FROM domains", ())
             .await?;
         let mut out: Vec<Domain> = rows
             .into_iter()
-            .map(|(name, id, managed_by)| Domain {
+            .map(|(name, id, managed_by, quota)| Domain {
                 id: DomainId(id),
                 name,
                 managed_by,
+                quota_bytes: quota.unwrap_or(0).max(0) as u64,
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -2307,6 +2317,21 @@ impl MetadataStore for ScyllaMetadataStore {
             .lwt(
                 "UPDATE domains SET managed_by = ? WHERE name = ? IF EXISTS",
                 (managed_by, name.as_str()),
+            )
+            .await?
+        {
+            return Err(StoreError::NotFound(format!("domain {name}")));
+        }
+        Ok(())
+    }
+
+    async fn set_domain_quota(&self, name: &str, quota_bytes: u64) -> StoreResult<()> {
+        let name = name.to_lowercase();
+        if !self
+            .db
+            .lwt(
+                "UPDATE domains SET quota_bytes = ? WHERE name = ? IF EXISTS",
+                (quota_bytes as i64, name.as_str()),
             )
             .await?
         {

@@ -25,7 +25,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// Schema version stored in `PRAGMA user_version`; migrations run in order up to it.
-const SCHEMA_VERSION: i64 = 16;
+const SCHEMA_VERSION: i64 = 17;
 
 const SCHEMA_V1: &str = r#"
 CREATE TABLE domains (
@@ -729,6 +729,12 @@ ALTER TABLE accounts ADD COLUMN managed_by TEXT;
 ALTER TABLE domains ADD COLUMN managed_by TEXT;
 "#;
 
+/// v17: a domain's quota (the most its accounts' quotas may add up to; 0: none). A column
+/// with a default, so a v16 server beside a migrated one still reads its rows.
+const SCHEMA_V17: &str = r#"
+ALTER TABLE domains ADD COLUMN quota_bytes INTEGER NOT NULL DEFAULT 0;
+"#;
+
 /// UIDs an EXPUNGE with a UID set looks up one by one; a larger set reads the deleted
 /// messages from the partial index instead.
 const EXPUNGE_LOOKUPS: usize = 64;
@@ -849,6 +855,12 @@ fn migrate_to(conn: &Connection, index_path: &Path, target: i64) -> StoreResult<
     if version < 16 && target >= 16 {
         conn.execute_batch(&format!(
             "BEGIN IMMEDIATE; {SCHEMA_V16} PRAGMA user_version = 16; COMMIT;"
+        ))
+        .map_err(db_err)?;
+    }
+    if version < 17 && target >= 17 {
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {SCHEMA_V17} PRAGMA user_version = 17; COMMIT;"
         ))
         .map_err(db_err)?;
     }
@@ -1034,6 +1046,7 @@ fn domain_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Domain> {
         id: DomainId(r.get(0)?),
         name: r.get(1)?,
         managed_by: r.get(2)?,
+        quota_bytes: r.get::<_, i64>(3)?.max(0) as u64,
     })
 }
 
@@ -1613,6 +1626,7 @@ impl MetadataStore for SqliteMetadataStore {
                 id: DomainId(id),
                 name,
                 managed_by: None,
+                quota_bytes: 0,
             })
         })
         .await
@@ -1622,7 +1636,7 @@ impl MetadataStore for SqliteMetadataStore {
         let name = name.to_string();
         self.read(move |c| {
             c.query_row(
-                "SELECT id, name, managed_by FROM domains WHERE name = ?1",
+                "SELECT id, name, managed_by, quota_bytes FROM domains WHERE name = ?1",
                 [name],
                 domain_row,
             )
@@ -1635,7 +1649,7 @@ impl MetadataStore for SqliteMetadataStore {
     async fn list_domains(&self) -> StoreResult<Vec<Domain>> {
         self.read(|c| {
             let mut s = c
-                .prepare("SELECT id, name, managed_by FROM domains ORDER BY name")
+                .prepare("SELECT id, name, managed_by, quota_bytes FROM domains ORDER BY name")
                 .map_err(db_err)?;
             let rows = s.query_map([], domain_row).map_err(db_err)?;
             rows.collect::<Result<_, _>>().map_err(db_err)
@@ -1840,6 +1854,23 @@ impl MetadataStore for SqliteMetadataStore {
                 .execute(
                     "UPDATE domains SET managed_by = ?1 WHERE name = ?2",
                     params![owner, name],
+                )
+                .map_err(db_err)?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("domain {name}")));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn set_domain_quota(&self, name: &str, quota_bytes: u64) -> StoreResult<()> {
+        let name = name.to_lowercase();
+        self.write(move |c| {
+            let n = c
+                .execute(
+                    "UPDATE domains SET quota_bytes = ?1 WHERE name = ?2",
+                    params![quota_bytes as i64, name],
                 )
                 .map_err(db_err)?;
             if n == 0 {
@@ -3776,6 +3807,7 @@ mod tests {
             .expect("get")
             .expect("domain");
         assert_eq!(d.managed_by, None);
+        assert_eq!(d.quota_bytes, 0);
         let c = Connection::open(&path).expect("open");
         c.execute(
             "INSERT INTO accounts (id, domain_id, address, password_hash, created_at)
