@@ -47,6 +47,9 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 # A real Prometheus scrapes the server and evaluates the shipped dashboards and alert rules
 # (tests/e2e/test_metrics_prometheus.py); promtool checks and unit-tests the rules.
 command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+# rspamd and clamd are the spam and virus filters of tests/e2e/test_content_filter.py.
+command -v rspamd >/dev/null 2>&1 || missing+=(rspamd)
+[ -x /usr/sbin/clamd ] || missing+=(clamav-daemon)
 if [ "${#missing[@]}" -gt 0 ]; then
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null

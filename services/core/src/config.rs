@@ -398,6 +398,139 @@ pub struct SmtpConfig {
     /// in memory at once, from the first DATA/BDAT byte (or the `SIZE=` declared at MAIL)
     /// until the message is handed off. Past it, `452 4.3.1`.
     pub max_inflight_bytes: usize,
+    /// Sender authentication of inbound mail (`[smtp.authentication]`).
+    pub authentication: SenderAuthConfig,
+    /// The rspamd spam filter (`[smtp.rspamd]`); off without an address.
+    pub rspamd: Option<RspamdConfig>,
+    /// The ClamAV virus scanner (`[smtp.clamav]`); off without an address.
+    pub clamav: Option<ClamavConfig>,
+}
+
+/// What a scanner outage does to the message being scanned.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FilterOnError {
+    /// `451 4.7.1`: the sender retries; nothing unscanned gets in.
+    Tempfail,
+    /// Accept it, marked as not scanned.
+    Accept,
+}
+
+/// What rspamd's `add header` (and `rewrite subject`) action does.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SpamAction {
+    /// Deliver to the recipient's Junk mailbox.
+    Junk,
+    /// Deliver to INBOX with `X-Spam-Status: Yes`.
+    Tag,
+}
+
+/// rspamd's normal worker, asked about every inbound message (`POST /checkv2`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RspamdConfig {
+    /// `"ip:port"` of the normal worker (rspamd's default is 11333).
+    pub address: SocketAddr,
+    #[serde(default = "default_rspamd_timeout")]
+    pub timeout_secs: u64,
+    #[serde(default = "default_on_error")]
+    pub on_error: FilterOnError,
+    #[serde(default = "default_add_header")]
+    pub add_header: SpamAction,
+    /// Larger messages are not scanned (rspamd's own default limit is 50 MiB).
+    #[serde(default = "default_rspamd_max")]
+    pub max_size: usize,
+}
+
+/// clamd, asked about every message over `INSTREAM`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClamavConfig {
+    /// `"ip:port"` of clamd's TCP socket (`TCPSocket`, usually 3310).
+    pub address: SocketAddr,
+    #[serde(default = "default_clamav_timeout")]
+    pub timeout_secs: u64,
+    #[serde(default = "default_on_error")]
+    pub on_error: FilterOnError,
+    /// Larger messages are not scanned; keep it at or under clamd's `StreamMaxLength`
+    /// (25 MiB by default), which refuses longer streams.
+    #[serde(default = "default_clamav_max")]
+    pub max_size: usize,
+}
+
+fn default_rspamd_timeout() -> u64 {
+    15
+}
+fn default_clamav_timeout() -> u64 {
+    30
+}
+fn default_on_error() -> FilterOnError {
+    FilterOnError::Tempfail
+}
+fn default_add_header() -> SpamAction {
+    SpamAction::Junk
+}
+fn default_rspamd_max() -> usize {
+    20 * 1024 * 1024
+}
+fn default_clamav_max() -> usize {
+    25 * 1024 * 1024
+}
+
+/// What to do with a message whose sender domain's DMARC policy asks for it.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DmarcAction {
+    /// Refuse at the end of DATA with `550 5.7.1`.
+    Reject,
+    /// Deliver to the recipient's Junk mailbox.
+    Junk,
+    /// Deliver as usual; the verdict is only in `Authentication-Results`.
+    Tag,
+}
+
+/// SPF (RFC 7208) at MAIL and for HELO, DKIM (RFC 6376), ARC (RFC 8617) and DMARC
+/// (RFC 7489) on inbound mail, with one `Authentication-Results` header (RFC 8601).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SenderAuthConfig {
+    /// Whether inbound mail is authenticated at all.
+    pub enabled: bool,
+    /// The DNS server to ask, `"ip:port"`; unset: the system's (`/etc/resolv.conf`).
+    pub resolver: Option<SocketAddr>,
+    /// Seconds one DNS query may take before it counts as a temporary failure.
+    pub dns_timeout_secs: u64,
+    /// The authserv-id of the `Authentication-Results` header; unset: `server.hostname`.
+    pub authserv_id: Option<String>,
+    /// Clients whose mail is not authenticated (this host, a trusted relay); addresses or
+    /// CIDR networks. Their mail gets no `Authentication-Results` of ours.
+    pub skip_networks: Vec<String>,
+    /// What a DMARC failure does when the sender domain publishes `p=reject`.
+    pub dmarc_reject: DmarcAction,
+    /// What a DMARC failure does when the sender domain publishes `p=quarantine`.
+    pub dmarc_quarantine: DmarcAction,
+    /// Sender domains (RFC 5322 From) whose DMARC policy is not enforced here (the local
+    /// override list of RFC 7489 §6.7, e.g. a mailing list host the users trust).
+    pub dmarc_override_domains: Vec<String>,
+    /// Refuse at MAIL with `550 5.7.23` when SPF of the envelope sender (or of HELO) fails.
+    pub spf_fail_reject: bool,
+}
+
+impl Default for SenderAuthConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            resolver: None,
+            dns_timeout_secs: 5,
+            authserv_id: None,
+            skip_networks: vec!["127.0.0.0/8".into(), "::1/128".into()],
+            dmarc_reject: DmarcAction::Reject,
+            dmarc_quarantine: DmarcAction::Junk,
+            dmarc_override_domains: Vec::new(),
+            spf_fail_reject: false,
+        }
+    }
 }
 
 impl Default for SmtpConfig {
@@ -417,6 +550,9 @@ impl Default for SmtpConfig {
             data_deadline_secs: 900,
             starttls: true,
             max_inflight_bytes: 256 * 1024 * 1024,
+            authentication: SenderAuthConfig::default(),
+            rspamd: None,
+            clamav: None,
         }
     }
 }
@@ -795,6 +931,46 @@ impl Config {
         }
         if let Err(message) = crate::proxy::parse_networks(&self.server.proxy_trusted_networks) {
             return err("server.proxy_trusted_networks", &message);
+        }
+        for (key, timeout) in [
+            (
+                "smtp.rspamd.timeout_secs",
+                self.smtp.rspamd.as_ref().map(|r| r.timeout_secs),
+            ),
+            (
+                "smtp.clamav.timeout_secs",
+                self.smtp.clamav.as_ref().map(|c| c.timeout_secs),
+            ),
+        ] {
+            if matches!(timeout, Some(t) if t == 0 || t > 600) {
+                return err(key, "must be between 1 and 600");
+            }
+        }
+        let auth = &self.smtp.authentication;
+        if let Err(message) = crate::proxy::parse_networks(&auth.skip_networks) {
+            return err("smtp.authentication.skip_networks", &message);
+        }
+        if auth.dns_timeout_secs == 0 || auth.dns_timeout_secs > 60 {
+            return err(
+                "smtp.authentication.dns_timeout_secs",
+                "must be between 1 and 60",
+            );
+        }
+        if let Some(id) = &auth.authserv_id {
+            if id.is_empty() || !id.bytes().all(|b| b.is_ascii_graphic() && b != b';') {
+                return err(
+                    "smtp.authentication.authserv_id",
+                    "must be a non-empty token without spaces or ';'",
+                );
+            }
+        }
+        for d in &auth.dmarc_override_domains {
+            if crate::address::normalize_domain(d).is_err() {
+                return err(
+                    "smtp.authentication.dmarc_override_domains",
+                    &format!("{d:?} is not a domain name"),
+                );
+            }
         }
         if self.server.proxy_protocol && self.server.proxy_trusted_networks.is_empty() {
             return err(
@@ -1281,6 +1457,52 @@ mod tests {
             let e = Config::load(None, env(&[(&var, value)])).expect_err(key);
             let leaf = key.split('.').nth(1).unwrap_or(key);
             assert!(e.to_string().contains(leaf), "{var}: {e}");
+        }
+    }
+
+    #[test]
+    fn smtp_authentication_section() {
+        let c = Config::load(None, vec![]).expect("defaults");
+        let a = &c.smtp.authentication;
+        assert!(a.enabled && a.resolver.is_none() && !a.spf_fail_reject);
+        assert_eq!(a.dmarc_reject, DmarcAction::Reject);
+        assert_eq!(a.dmarc_quarantine, DmarcAction::Junk);
+        assert!(a.skip_networks.iter().any(|n| n == "127.0.0.0/8"));
+        let c = Config::load(
+            None,
+            env(&[
+                ("MAILFLEET_SMTP__AUTHENTICATION__RESOLVER", "127.0.0.1:5353"),
+                ("MAILFLEET_SMTP__AUTHENTICATION__DMARC_REJECT", "junk"),
+                ("MAILFLEET_SMTP__AUTHENTICATION__SKIP_NETWORKS", "[]"),
+                (
+                    "MAILFLEET_SMTP__AUTHENTICATION__DMARC_OVERRIDE_DOMAINS",
+                    "[\"lists.example\"]",
+                ),
+            ]),
+        )
+        .expect("valid");
+        let a = &c.smtp.authentication;
+        assert_eq!(a.resolver.map(|r| r.port()), Some(5353));
+        assert_eq!(a.dmarc_reject, DmarcAction::Junk);
+        assert!(a.skip_networks.is_empty());
+        for (var, value) in [
+            (
+                "MAILFLEET_SMTP__AUTHENTICATION__SKIP_NETWORKS",
+                "[\"10.0.0.0/33\"]",
+            ),
+            ("MAILFLEET_SMTP__AUTHENTICATION__DNS_TIMEOUT_SECS", "0"),
+            ("MAILFLEET_SMTP__AUTHENTICATION__AUTHSERV_ID", "\"a b\""),
+            (
+                "MAILFLEET_SMTP__AUTHENTICATION__DMARC_OVERRIDE_DOMAINS",
+                "[\"a..b\"]",
+            ),
+            ("MAILFLEET_SMTP__AUTHENTICATION__DMARC_REJECT", "\"bounce\""),
+        ] {
+            let e = Config::load(None, env(&[(var, value)])).expect_err(var);
+            assert!(
+                e.to_string().contains("authentication") || e.to_string().contains("dmarc_reject"),
+                "{var}: {e}"
+            );
         }
     }
 

@@ -713,6 +713,7 @@ impl Worker {
                         ctx.now,
                         false,
                         ctx.msg.trace.as_deref(),
+                        mailfleet_smtp::local::Folder::Inbox,
                     )
                     .await
                     {

@@ -68,10 +68,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // One budget for the message bytes of every SMTP session of the process: the
     // pipeline is cloned into the inbound and the submission listeners, and the clones
     // share it (`smtp.max_inflight_bytes`).
-    let pipeline = Pipeline::new(stores.clone(), config.server.hostname.clone())
+    let mut pipeline = Pipeline::new(stores.clone(), config.server.hostname.clone())
         .with_inflight_budget(mailfleet_core::budget::ByteBudget::new(
             smtp.max_inflight_bytes,
         ));
+    if smtp.authentication.enabled {
+        let auth = mailfleet_smtp::pipeline::authenticate::SenderAuth::new(
+            &smtp.authentication,
+            &config.server.hostname,
+        )
+        .map_err(|e| anyhow::anyhow!("smtp.authentication: {e}"))?;
+        pipeline = pipeline.with_sender_auth(auth);
+    }
+    pipeline = pipeline.with_filters(mailfleet_smtp::pipeline::filter::Filters {
+        rspamd: smtp.rspamd.clone(),
+        clamav: smtp.clamav.clone(),
+    });
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
     // One count per client address across every listener of the node (SMTP, submission,
     // IMAP, POP3, HTTP), as Postfix's anvil keeps one per client.

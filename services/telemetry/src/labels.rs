@@ -210,6 +210,10 @@ pub enum MessageRefusal {
     MalformedHeader,
     /// Submission: a `From:` the user does not own (550 5.7.1).
     SenderNotOwned,
+    /// Inbound: the sender domain's DMARC policy refuses it (550 5.7.1).
+    SenderAuthentication,
+    /// A virus (554 5.7.0) or spam (554 5.7.1) found by the content filters.
+    Content,
     /// The process's in-flight byte budget is spent (452 4.3.1).
     NoMemory,
     /// Storage or delivery failed (451): the client retries.
@@ -224,6 +228,8 @@ impl MessageRefusal {
             MessageRefusal::Quota => "quota",
             MessageRefusal::MalformedHeader => "malformed_header",
             MessageRefusal::SenderNotOwned => "sender_not_owned",
+            MessageRefusal::SenderAuthentication => "sender_authentication",
+            MessageRefusal::Content => "content",
             MessageRefusal::NoMemory => "no_memory",
             MessageRefusal::TemporaryFailure => "temporary_failure",
         }

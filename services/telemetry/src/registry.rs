@@ -528,6 +528,8 @@ impl SmtpMessageMetrics {
             MessageRefusal::Quota,
             MessageRefusal::MalformedHeader,
             MessageRefusal::SenderNotOwned,
+            MessageRefusal::SenderAuthentication,
+            MessageRefusal::Content,
             MessageRefusal::NoMemory,
             MessageRefusal::TemporaryFailure,
         ] {

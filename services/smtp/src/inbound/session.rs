@@ -21,6 +21,7 @@
 //! The reservation is given back when the message has been handed off or refused, on RSET,
 //! and when the connection drops (it lives in the transaction).
 
+use crate::pipeline::authenticate::{SpfChecks, SpfRefusal};
 use crate::pipeline::{AcceptedRecipient, Envelope, Pipeline, PipelineError, RcptVerdict};
 use crate::proto::command::{Command, CommandError, MailParams, Path, RcptParams};
 use crate::proto::{DataEnd, Reply};
@@ -107,6 +108,8 @@ enum Refusal {
 #[derive(Debug)]
 struct Transaction {
     mail_from: Option<Address>,
+    /// SPF verdicts taken at MAIL (inbound, when sender authentication applies).
+    spf: Option<SpfChecks>,
     params: MailParams,
     recipients: Vec<AcceptedRecipient>,
     /// BDAT chunks received so far; `None` until the first BDAT.
@@ -631,7 +634,27 @@ impl Session {
                 Some(a)
             }
         };
+        // SPF at MAIL (RFC 7208 §2.4): a temporary DNS failure is 451, never a pass.
+        let spf = if self.submission.is_none() {
+            match self
+                .pipeline
+                .check_spf(self.remote_ip, &self.helo, mail_from.as_ref())
+                .await
+            {
+                None => None,
+                Some(Ok(checks)) => Some(checks),
+                Some(Err(SpfRefusal::TempError(why))) => {
+                    return Response::one(Reply::new(451, "4.4.3", why));
+                }
+                Some(Err(SpfRefusal::Fail(why))) => {
+                    return self.error(Reply::new(550, "5.7.23", why));
+                }
+            }
+        } else {
+            None
+        };
         self.tx = Some(Transaction {
+            spf,
             mail_from,
             params,
             recipients: Vec::new(),
@@ -938,6 +961,7 @@ impl Session {
             submitter: self.account().cloned(),
             envid: tx.params.envid.clone(),
             ret: tx.params.ret.clone(),
+            spf: tx.spf,
         };
         let bytes = raw.len();
         let started = std::time::Instant::now();
@@ -945,7 +969,12 @@ impl Session {
         let metrics = self.message_metrics();
         let outcome = match &result {
             Ok(()) => "accepted",
-            Err(PipelineError::Store(_) | PipelineError::Delivery(_)) => "deferred",
+            Err(
+                PipelineError::Store(_)
+                | PipelineError::Delivery(_)
+                | PipelineError::AuthTempFail(_)
+                | PipelineError::FilterTempFail(_),
+            ) => "deferred",
             Err(_) => "refused",
         };
         // The one log line per transaction (docs/operations.md, "Log events").
@@ -971,9 +1000,12 @@ impl Session {
                 PipelineError::Quota(_) => MessageRefusal::Quota,
                 PipelineError::Header(_) => MessageRefusal::MalformedHeader,
                 PipelineError::SenderNotOwned(_) => MessageRefusal::SenderNotOwned,
-                PipelineError::Store(_) | PipelineError::Delivery(_) => {
-                    MessageRefusal::TemporaryFailure
-                }
+                PipelineError::AuthReject(_) => MessageRefusal::SenderAuthentication,
+                PipelineError::FilterReject(..) => MessageRefusal::Content,
+                PipelineError::Store(_)
+                | PipelineError::Delivery(_)
+                | PipelineError::AuthTempFail(_)
+                | PipelineError::FilterTempFail(_) => MessageRefusal::TemporaryFailure,
             }),
         }
         match result {
@@ -1004,6 +1036,18 @@ impl Session {
                     truncate(&from, 256)
                 ),
             )),
+            Err(PipelineError::AuthReject(why)) => {
+                self.error(Reply::new(550, "5.7.1", truncate(&why, 400)))
+            }
+            Err(PipelineError::AuthTempFail(why)) => {
+                Response::one(Reply::new(451, "4.4.3", truncate(&why, 400)))
+            }
+            Err(PipelineError::FilterReject(code, enhanced, why)) => {
+                self.error(Reply::new(code, enhanced, truncate(&why, 400)))
+            }
+            Err(PipelineError::FilterTempFail(why)) => {
+                Response::one(Reply::new(451, "4.7.1", truncate(&why, 400)))
+            }
             Err(e) => {
                 tracing::error!(%id, error = %e, "delivery failed; message not accepted");
                 Response::one(Reply::temp_failure())

@@ -28,7 +28,16 @@ pub struct Delivered {
     pub appended: Vec<Appended>,
 }
 
-/// Delivers `message` to the INBOX of every recipient. With `enforce_quota`, the whole
+/// Which mailbox of each recipient a message goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Folder {
+    Inbox,
+    /// The recipient's `\Junk` mailbox (RFC 6154), else one named `Junk`, else INBOX:
+    /// a user who deleted Junk still gets the message.
+    Junk,
+}
+
+/// Delivers `message` to the `folder` of every recipient. With `enforce_quota`, the whole
 /// delivery fails if any recipient would go over quota.
 pub async fn deliver(
     stores: &Stores,
@@ -37,16 +46,34 @@ pub async fn deliver(
     internal_date: i64,
     enforce_quota: bool,
     trace: Option<&str>,
+    folder: Folder,
 ) -> Result<Delivered, DeliveryError> {
     let size = message.len() as u64;
     let mut batch = Vec::with_capacity(recipients.len());
     for r in recipients {
-        let inbox = stores
-            .meta
-            .get_mailbox(r.account.id, "INBOX")
-            .await?
-            .ok_or_else(|| DeliveryError::NoInbox(r.account.address.clone()))?;
-        batch.push((r.account.id, inbox.id));
+        let junk = match folder {
+            Folder::Inbox => None,
+            Folder::Junk => {
+                let boxes = stores.meta.list_mailboxes(r.account.id).await?;
+                boxes
+                    .iter()
+                    .find(|m| m.special_use == Some(mailfleet_storage::SpecialUse::Junk))
+                    .or_else(|| boxes.iter().find(|m| m.name.eq_ignore_ascii_case("Junk")))
+                    .map(|m| m.id)
+            }
+        };
+        let target = match junk {
+            Some(id) => id,
+            None => {
+                stores
+                    .meta
+                    .get_mailbox(r.account.id, "INBOX")
+                    .await?
+                    .ok_or_else(|| DeliveryError::NoInbox(r.account.address.clone()))?
+                    .id
+            }
+        };
+        batch.push((r.account.id, target));
     }
     // Parse once at delivery so IMAP/JMAP never re-parse to answer header-level fetches.
     // Parsing is CPU work proportional to the message: keep it off the async workers.

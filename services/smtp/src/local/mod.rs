@@ -3,5 +3,5 @@
 pub mod deliver;
 pub mod resolve;
 
-pub use deliver::{deliver, Delivered, DeliveryError};
+pub use deliver::{deliver, Delivered, DeliveryError, Folder};
 pub use resolve::{resolve, Recipient, Resolution};

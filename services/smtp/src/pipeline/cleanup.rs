@@ -90,6 +90,21 @@ pub fn insert_all(message: &mut BytesMut, inserts: &[(usize, &[u8])]) {
     }
 }
 
+/// Removes the byte `ranges` (ascending, disjoint) from `message` in one pass (header
+/// fields a stage does not let through, e.g. a forged `Authentication-Results`).
+pub fn remove_ranges(message: &mut bytes::BytesMut, ranges: &[std::ops::Range<usize>]) {
+    if ranges.is_empty() {
+        return;
+    }
+    let mut w = ranges[0].start;
+    for (k, r) in ranges.iter().enumerate() {
+        let next = ranges.get(k + 1).map_or(message.len(), |n| n.start);
+        message.copy_within(r.end..next, w);
+        w += next - r.end;
+    }
+    message.truncate(w);
+}
+
 /// Counts `Received:` fields in the header section, as [`Header`] reads it.
 pub fn count_received(message: &[u8]) -> Result<usize, HeaderError> {
     Ok(Header::parse(message)?.count("Received"))

@@ -2,8 +2,13 @@
 //!
 //! ```text
 //! accept(envelope, raw) ──> cleanup (normalise, hop limit, trace headers)
+//!                       ──> authenticate (SPF taken at MAIL, DKIM, ARC, DMARC, iprev:
+//!                           Authentication-Results; deliver, Junk, 550 or 451)
+//!                       ──> filter (clamd: viruses; rspamd: spam; 554, 451 or Junk)
 //!                       ──> local::deliver (blob once, one metadata commit, notify)
 //! ```
+//! Sender authentication ([`authenticate`]) runs for inbound mail only (not for an
+//! authenticated submitter, nor for clients in `skip_networks`).
 //! The pipeline is also asked about recipients at RCPT time ([`Pipeline::check_recipient`]),
 //! so that unknown users, relaying and full mailboxes are refused before DATA.
 //!
@@ -13,11 +18,14 @@
 //! and remote recipients are put in the outbound queue (one blob, shared with the local
 //! copies) instead of being refused.
 
+pub mod authenticate;
 pub mod cleanup;
+pub mod filter;
 pub mod header;
 pub mod submission;
 
-use crate::local::{self, DeliveryError, Recipient, Resolution};
+use crate::local::{self, DeliveryError, Folder, Recipient, Resolution};
+use authenticate::{Disposition, SenderAuth, SpfChecks, SpfRefusal};
 use bytes::{Bytes, BytesMut};
 use mailfleet_core::budget::ByteBudget;
 use mailfleet_core::Address;
@@ -44,6 +52,8 @@ pub struct Envelope {
     /// The W3C `traceparent` of the message's trace, kept with the message and its queue
     /// entry ([`mailfleet_telemetry::trace`]).
     pub trace: String,
+    /// The SPF verdicts taken at MAIL, when sender authentication applies.
+    pub spf: Option<SpfChecks>,
 }
 
 /// A recipient accepted at RCPT time with what it resolved to.
@@ -89,6 +99,18 @@ pub enum PipelineError {
     /// The header section does not split into fields unambiguously (554 5.6.0).
     #[error("malformed header: {0}")]
     Header(#[from] header::HeaderError),
+    /// The sender domain's DMARC policy refuses the message (550 5.7.1).
+    #[error("{0}")]
+    AuthReject(String),
+    /// Sender authentication could not conclude for a temporary reason (451 4.4.3).
+    #[error("{0}")]
+    AuthTempFail(String),
+    /// A content filter refused the message for good: code, enhanced code, text.
+    #[error("{2}")]
+    FilterReject(u16, &'static str, String),
+    /// A content filter asks the sender to retry (451 4.7.1).
+    #[error("{0}")]
+    FilterTempFail(String),
 }
 
 /// The inbound pipeline. One is built per process and cloned into every SMTP listener
@@ -99,6 +121,8 @@ pub struct Pipeline {
     stores: Stores,
     hostname: String,
     inflight: ByteBudget,
+    sender_auth: Option<SenderAuth>,
+    filters: filter::Filters,
 }
 
 impl Pipeline {
@@ -108,7 +132,39 @@ impl Pipeline {
             stores,
             hostname: hostname.into(),
             inflight: ByteBudget::unlimited(),
+            sender_auth: None,
+            filters: filter::Filters::default(),
         }
+    }
+
+    /// Scans messages with clamd and rspamd as configured.
+    pub fn with_filters(mut self, filters: filter::Filters) -> Self {
+        self.filters = filters;
+        self
+    }
+
+    /// Authenticates inbound mail (`[smtp.authentication]`); without it, none is.
+    pub fn with_sender_auth(mut self, auth: SenderAuth) -> Self {
+        self.sender_auth = Some(auth);
+        self
+    }
+
+    /// The SPF stage at MAIL for an inbound (unauthenticated) client: `None` when sender
+    /// authentication does not apply to it, else the verdicts to keep with the
+    /// transaction, or why MAIL is refused.
+    pub async fn check_spf(
+        &self,
+        ip: IpAddr,
+        helo: &str,
+        mail_from: Option<&Address>,
+    ) -> Option<Result<SpfChecks, SpfRefusal>> {
+        let auth = self.sender_auth.as_ref().filter(|a| a.applies_to(ip))?;
+        let sender = mail_from.map(|a| a.to_string());
+        Some(
+            auth.check_spf(ip, helo, sender.as_deref())
+                .instrument(tracing::debug_span!("smtp.spf", otel.name = "spf"))
+                .await,
+        )
     }
 
     /// Bounds the message bytes that every session using this pipeline (and its clones)
@@ -238,6 +294,21 @@ impl Pipeline {
         if hops > cleanup::MAX_HOPS {
             return Err(PipelineError::Loop(hops));
         }
+        let (auth_results, mut folder) = match (&env.submitter, &self.sender_auth) {
+            (None, Some(auth)) if auth.applies_to(env.remote_ip) => {
+                self.authenticate(auth, env, &mut message).await?
+            }
+            _ => (None, Folder::Inbox),
+        };
+        let filter_fields = if self.filters.is_empty() {
+            None
+        } else {
+            let (fields, junk) = self.filter(env, &mut message).await?;
+            if junk {
+                folder = Folder::Junk;
+            }
+            Some(fields)
+        };
         let added = match &env.submitter {
             Some(account) => {
                 self.submitted(env, account, &message)
@@ -269,9 +340,17 @@ impl Pipeline {
             },
         );
         // Trace on top and missing fields at the end of the header section, in one move.
+        // Authentication-Results joins the trace fields on top (RFC 8601 §5).
+        let mut top = trace;
+        if let Some(ar) = &auth_results {
+            top.extend_from_slice(ar.as_bytes());
+        }
+        if let Some(fields) = &filter_fields {
+            top.extend_from_slice(fields.as_bytes());
+        }
         match &added {
-            Some((at, fields)) => cleanup::insert_all(&mut message, &[(0, &trace), (*at, fields)]),
-            None => cleanup::insert_all(&mut message, &[(0, &trace)]),
+            Some((at, fields)) => cleanup::insert_all(&mut message, &[(0, &top), (*at, fields)]),
+            None => cleanup::insert_all(&mut message, &[(0, &top)]),
         }
         let message = message.freeze();
         drop(stage);
@@ -299,6 +378,7 @@ impl Pipeline {
                 now,
                 enforce,
                 Some(&env.trace),
+                folder,
             )
             .instrument(tracing::debug_span!(
                 "smtp.deliver",
@@ -343,6 +423,112 @@ impl Pipeline {
                 .await?;
         }
         Ok(())
+    }
+
+    /// The sender-authentication stage: verifies the message, removes
+    /// `Authentication-Results` fields that claim our authserv-id, and returns our own
+    /// field with the mailbox the message goes to; refusals and deferrals are errors.
+    async fn authenticate(
+        &self,
+        auth: &SenderAuth,
+        env: &Envelope,
+        message: &mut BytesMut,
+    ) -> Result<(Option<String>, Folder), PipelineError> {
+        let span = tracing::debug_span!("smtp.authenticate", otel.name = "authenticate sender");
+        let sender = env.mail_from.as_ref().map(|a| a.to_string());
+        let spf = match &env.spf {
+            Some(spf) => spf.clone(),
+            // The session always takes SPF at MAIL; a caller that did not is checked now.
+            None => match auth
+                .check_spf(env.remote_ip, &env.helo, sender.as_deref())
+                .await
+            {
+                Ok(spf) => spf,
+                Err(SpfRefusal::TempError(why)) => return Err(PipelineError::AuthTempFail(why)),
+                Err(SpfRefusal::Fail(why)) => return Err(PipelineError::AuthReject(why)),
+            },
+        };
+        let verdict = auth
+            .verify(message, &spf, env.remote_ip, &env.helo, sender.as_deref())
+            .instrument(span)
+            .await;
+        let (action, folder) = match &verdict.disposition {
+            Disposition::Deliver => ("deliver", Folder::Inbox),
+            Disposition::Junk(_) => ("junk", Folder::Junk),
+            Disposition::Reject(_) => ("reject", Folder::Inbox),
+            Disposition::TempFail(_) => ("defer", Folder::Inbox),
+        };
+        tracing::info!(
+            queue_id = %env.id,
+            client = %env.remote_ip,
+            auth = %verdict.summary,
+            action,
+            reason = match &verdict.disposition {
+                Disposition::Deliver => "",
+                Disposition::Junk(w) | Disposition::Reject(w) | Disposition::TempFail(w) => w.as_str(),
+            },
+            "sender authentication"
+        );
+        match verdict.disposition {
+            Disposition::Reject(why) => return Err(PipelineError::AuthReject(why)),
+            Disposition::TempFail(why) => return Err(PipelineError::AuthTempFail(why)),
+            Disposition::Deliver | Disposition::Junk(_) => {}
+        }
+        let forged =
+            authenticate::forged_fields(&header::Header::parse(message)?, auth.authserv_id());
+        cleanup::remove_ranges(message, &forged);
+        Ok((Some(verdict.header), folder))
+    }
+
+    /// The filter stage: removes incoming fields named like ours, runs the scanners and
+    /// returns the fields to add and whether the message goes to Junk.
+    async fn filter(
+        &self,
+        env: &Envelope,
+        message: &mut BytesMut,
+    ) -> Result<(String, bool), PipelineError> {
+        let header = header::Header::parse(message)?;
+        let own: Vec<_> = header
+            .fields
+            .iter()
+            .filter(|f| filter::OWN_FIELDS.iter().any(|n| f.is(n)))
+            .map(|f| f.range.clone())
+            .collect();
+        drop(header);
+        cleanup::remove_ranges(message, &own);
+        let mail_from = env
+            .mail_from
+            .as_ref()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let ctx = filter::Context {
+            scan: filter::rspamd::ScanRequest {
+                ip: Some(env.remote_ip),
+                helo: &env.helo,
+                mail_from: &mail_from,
+                recipients: env
+                    .recipients
+                    .iter()
+                    .map(|r| r.address.to_string())
+                    .collect(),
+                queue_id: &env.id,
+                hostname: &self.hostname,
+            },
+            submission: env.submitter.is_some(),
+            hostname: &self.hostname,
+        };
+        let outcome = self
+            .filters
+            .run(&ctx, message)
+            .instrument(tracing::debug_span!("smtp.filter", otel.name = "filter content", smtp.queue_id = %env.id))
+            .await;
+        match outcome {
+            filter::FilterOutcome::Deliver { fields, junk } => Ok((fields, junk)),
+            filter::FilterOutcome::Reject(code, enhanced, text) => {
+                Err(PipelineError::FilterReject(code, enhanced, text))
+            }
+            filter::FilterOutcome::TempFail(text) => Err(PipelineError::FilterTempFail(text)),
+        }
     }
 
     /// Puts the remote recipients of a submitted message in the outbound queue. The blob

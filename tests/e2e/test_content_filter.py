@@ -1,0 +1,235 @@
+"""Spam and virus filtering with a real rspamd and a real clamd, started by the tests.
+
+rspamd (Debian's) runs with its stock rules and a local.d of ours: loopback ports, no
+DNS, every GTUBE pattern on, and one multimap rule that scores a marker in the Subject
+past the `add header` threshold. clamd (Debian's clamav-daemon) cannot download its
+database here, so it gets a signature file of ours matching the EICAR test file.
+"""
+
+import base64
+import shutil
+import signal
+import smtplib
+import socket
+import subprocess
+import time
+
+import pytest
+
+from conftest import PASSWORD, Server, free_port
+
+GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
+EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
+
+
+def wait_port(port, proc, what, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"{what} exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError(f"{what} did not listen on {port}")
+
+
+@pytest.fixture(scope="module")
+def rspamd(tmp_path_factory):
+    binary = shutil.which("rspamd")
+    assert binary, "rspamd is not installed (scripts/test.sh installs Debian's rspamd)"
+    d = tmp_path_factory.mktemp("rspamd")
+    port, controller, proxy = free_port(), free_port(), free_port()
+    local = d / "local.d"
+    local.mkdir()
+    (local / "worker-normal.inc").write_text(f'bind_socket = "127.0.0.1:{port}";\ncount = 1;\n')
+    (local / "worker-controller.inc").write_text(f'bind_socket = "127.0.0.1:{controller}";\n')
+    (local / "worker-proxy.inc").write_text(f'bind_socket = "127.0.0.1:{proxy}";\n')
+    (local / "logging.inc").write_text(f'type = "file";\nfilename = "{d}/rspamd.log";\nlevel = "info";\n')
+    # No DNS here: a dead resolver answers at once instead of RBL lookups timing out.
+    (local / "options.inc").write_text(
+        'dns { nameserver = ["127.0.0.1:9"]; timeout = 0.2s; retransmits = 1; }\n'
+        'gtube_patterns = "all";\n'
+    )
+    (local / "actions.conf").write_text("greylist = null;\n")
+    (d / "junk_subjects.map").write_text("/junk-marker/i\n")
+    (local / "multimap.conf").write_text(
+        "MAILFLEET_TEST_JUNK {\n"
+        '  type = "header"; header = "Subject"; regexp = true;\n'
+        f'  map = "{d}/junk_subjects.map"; score = 8.0;\n'
+        '  description = "A test marker in the Subject";\n'
+        "}\n"
+    )
+    for sub in ("db", "run"):
+        (d / sub).mkdir()
+    proc = subprocess.Popen(
+        [
+            binary, "-f", "-i", "-u", "root", "-g", "root",
+            f"--var=LOCAL_CONFDIR={d}", f"--var=DBDIR={d}/db", f"--var=RUNDIR={d}/run",
+            f"--var=LOGDIR={d}", "-c", "/etc/rspamd/rspamd.conf",
+        ],
+        stdout=open(d / "stdout.log", "wb"),
+        stderr=subprocess.STDOUT,
+    )
+    wait_port(port, proc, "rspamd")
+    yield port
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def clamd(tmp_path_factory):
+    binary = shutil.which("clamd") or "/usr/sbin/clamd"
+    d = tmp_path_factory.mktemp("clamd")
+    (d / "db").mkdir()
+    # An extended signature (ndb) of the EICAR test file, matched in any file type and,
+    # since clamd decodes MIME, in a base64 attachment too.
+    (d / "db" / "mailfleet-test.ndb").write_text(f"Eicar-Test-Signature:0:*:{EICAR.hex()}\n")
+    port = free_port()
+    (d / "clamd.conf").write_text(
+        f"DatabaseDirectory {d}/db\nTCPSocket {port}\nTCPAddr 127.0.0.1\nForeground yes\n"
+        f"LogFile {d}/clamd.log\nPidFile {d}/clamd.pid\nUser root\nStreamMaxLength 25M\n"
+    )
+    proc = subprocess.Popen([binary, "-c", str(d / "clamd.conf")], stdout=open(d / "out.log", "wb"), stderr=subprocess.STDOUT)
+    wait_port(port, proc, "clamd")
+    yield port
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def start_mx(tmp_path, env):
+    s = Server(tmp_path / "data", env)
+    s.cli("domain", "add", "example.test")
+    s.cli("user", "add", "alice@example.test", "--password-stdin", stdin=PASSWORD + "\n")
+    return s.start()
+
+
+@pytest.fixture
+def mx(tmp_path, rspamd, clamd):
+    s = start_mx(tmp_path, {
+        "MAILFLEET_SMTP__RSPAMD__ADDRESS": f"127.0.0.1:{rspamd}",
+        "MAILFLEET_SMTP__CLAMAV__ADDRESS": f"127.0.0.1:{clamd}",
+    })
+    yield s
+    s.stop()
+
+
+def message(subject, body="Hello there, this is a normal message.", extra=""):
+    return (
+        f"From: <sender@remote.test>\r\nTo: <alice@example.test>\r\nSubject: {subject}\r\n"
+        f"Date: Sun, 06 Dec 2026 10:00:00 +0000\r\nMessage-ID: <{subject.replace(' ', '-')}@remote.test>\r\n"
+        f"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n{extra}\r\n{body}\r\n"
+    ).encode()
+
+
+def with_attachment(subject, data: bytes):
+    return (
+        f"From: <sender@remote.test>\r\nTo: <alice@example.test>\r\nSubject: {subject}\r\n"
+        f"Date: Sun, 06 Dec 2026 10:00:00 +0000\r\nMessage-ID: <{subject}@remote.test>\r\n"
+        "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=BOUNDARY\r\n\r\n"
+        "--BOUNDARY\r\nContent-Type: text/plain\r\n\r\nSee the attachment.\r\n"
+        "--BOUNDARY\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n"
+        "Content-Disposition: attachment; filename=tool.com\r\n\r\n"
+    ).encode() + base64.b64encode(data) + b"\r\n--BOUNDARY--\r\n"
+
+
+def send(mx, msg):
+    with smtplib.SMTP("127.0.0.1", mx.smtp_port, timeout=60) as s:
+        s.ehlo("client.remote.test")
+        assert s.mail("sender@remote.test")[0] == 250
+        assert s.rcpt("alice@example.test")[0] == 250
+        code, text = s.data(msg)
+        return code, text.decode()
+
+
+def stored(mx, mailbox, subject):
+    for m in mx.messages("alice@example.test", mailbox):
+        raw = mx.message_bytes("alice@example.test", m["uid"], mailbox)
+        if f"Subject: {subject}\r\n".encode() in raw:
+            return raw
+    return None
+
+
+def head(raw):
+    return raw.split(b"\r\n\r\n", 1)[0].decode()
+
+
+def test_a_clean_message_is_delivered_with_the_verdicts(mx):
+    code, _ = send(mx, message("clean one"))
+    assert code == 250
+    h = head(stored(mx, "INBOX", "clean one"))
+    assert "X-Spam-Status: No, score=" in h and 'action="no action"' in h, h
+    assert "X-Virus-Scanned: clean (ClamAV) by mx.example.test" in h, h
+    assert "X-Spam-Flag" not in h
+
+
+def test_gtube_is_refused(mx):
+    code, text = send(mx, message("gtube", GTUBE))
+    assert code == 554 and "5.7.1" in text and "spam" in text, (code, text)
+    assert stored(mx, "INBOX", "gtube") is None and stored(mx, "Junk", "gtube") is None
+
+
+def test_add_header_moves_to_junk_with_the_symbols_and_forged_verdicts_removed(mx):
+    forged = "X-Spam-Status: No, score=-100\r\nX-Virus-Scanned: clean by the sender\r\n"
+    code, _ = send(mx, message("junk-marker offer", extra=forged))
+    assert code == 250
+    assert stored(mx, "INBOX", "junk-marker offer") is None
+    h = head(stored(mx, "Junk", "junk-marker offer"))
+    assert "X-Spam-Status: Yes" in h and 'action="add header"' in h, h
+    assert "X-Spam-Flag: YES" in h
+    assert "MAILFLEET_TEST_JUNK(8.00)" in h.replace("\r\n\t", " "), h
+    assert "score=-100" not in h and "by the sender" not in h, h
+
+
+def test_the_eicar_test_file_is_refused(mx):
+    code, text = send(mx, with_attachment("eicar", EICAR))
+    assert code == 554 and "5.7.0" in text and "Eicar" in text, (code, text)
+    code, text = send(mx, message("eicar inline", EICAR.decode()))
+    assert code == 554 and "5.7.0" in text, (code, text)
+    assert not mx.messages("alice@example.test")
+
+
+def test_scanner_outages_defer_by_default_and_accept_when_configured(tmp_path):
+    dead = free_port()  # nothing listens there
+    s = start_mx(tmp_path / "tempfail", {
+        "MAILFLEET_SMTP__RSPAMD__ADDRESS": f"127.0.0.1:{dead}",
+        "MAILFLEET_SMTP__CLAMAV__ADDRESS": f"127.0.0.1:{dead}",
+    })
+    try:
+        code, text = send(s, message("while down"))
+        assert code == 451 and "4.7.1" in text and "Virus scanner unavailable" in text, (code, text)
+    finally:
+        s.stop()
+    s = start_mx(tmp_path / "accept", {
+        "MAILFLEET_SMTP__RSPAMD__ADDRESS": f"127.0.0.1:{dead}",
+        "MAILFLEET_SMTP__RSPAMD__ON_ERROR": "accept",
+        "MAILFLEET_SMTP__CLAMAV__ADDRESS": f"127.0.0.1:{dead}",
+        "MAILFLEET_SMTP__CLAMAV__ON_ERROR": "accept",
+    })
+    try:
+        code, _ = send(s, message("while down"))
+        assert code == 250
+        h = head(stored(s, "INBOX", "while down"))
+        assert "X-Virus-Scanned: not scanned (scanner unavailable)" in h, h
+        assert "X-Spam-Status: Unknown, not scanned (filter unavailable)" in h, h
+    finally:
+        s.stop()
+
+
+def test_only_the_spam_filter_down_defers(tmp_path, clamd):
+    s = start_mx(tmp_path, {
+        "MAILFLEET_SMTP__RSPAMD__ADDRESS": f"127.0.0.1:{free_port()}",
+        "MAILFLEET_SMTP__CLAMAV__ADDRESS": f"127.0.0.1:{clamd}",
+    })
+    try:
+        code, text = send(s, message("spam filter down"))
+        assert code == 451 and "Spam filter unavailable" in text, (code, text)
+    finally:
+        s.stop()
