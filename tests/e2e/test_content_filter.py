@@ -1,107 +1,29 @@
-"""Spam and virus filtering with a real rspamd and a real clamd, started by the tests.
-
-rspamd (Debian's) runs with its stock rules and a local.d of ours: loopback ports, no
-DNS, every GTUBE pattern on, and one multimap rule that scores a marker in the Subject
-past the `add header` threshold. clamd (Debian's clamav-daemon) cannot download its
-database here, so it gets a signature file of ours matching the EICAR test file.
-"""
+"""Spam and virus filtering with a real rspamd and a real clamd, started by the tests
+(`scanners.py` says how they are configured)."""
 
 import base64
-import shutil
-import signal
 import smtplib
-import socket
-import subprocess
-import time
 
 import pytest
 
 from conftest import PASSWORD, Server, free_port
+from scanners import EICAR, start_clamd, start_rspamd
 
 GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
-EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
-
-
-def wait_port(port, proc, what, timeout=60):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"{what} exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise AssertionError(f"{what} did not listen on {port}")
 
 
 @pytest.fixture(scope="module")
 def rspamd(tmp_path_factory):
-    binary = shutil.which("rspamd")
-    assert binary, "rspamd is not installed (scripts/test.sh installs Debian's rspamd)"
-    d = tmp_path_factory.mktemp("rspamd")
-    port, controller, proxy = free_port(), free_port(), free_port()
-    local = d / "local.d"
-    local.mkdir()
-    (local / "worker-normal.inc").write_text(f'bind_socket = "127.0.0.1:{port}";\ncount = 1;\n')
-    (local / "worker-controller.inc").write_text(f'bind_socket = "127.0.0.1:{controller}";\n')
-    (local / "worker-proxy.inc").write_text(f'bind_socket = "127.0.0.1:{proxy}";\n')
-    (local / "logging.inc").write_text(f'type = "file";\nfilename = "{d}/rspamd.log";\nlevel = "info";\n')
-    # No DNS here: a dead resolver answers at once instead of RBL lookups timing out.
-    (local / "options.inc").write_text(
-        'dns { nameserver = ["127.0.0.1:9"]; timeout = 0.2s; retransmits = 1; }\n'
-        'gtube_patterns = "all";\n'
-    )
-    (local / "actions.conf").write_text("greylist = null;\n")
-    (d / "junk_subjects.map").write_text("/junk-marker/i\n")
-    (local / "multimap.conf").write_text(
-        "MAILFLEET_TEST_JUNK {\n"
-        '  type = "header"; header = "Subject"; regexp = true;\n'
-        f'  map = "{d}/junk_subjects.map"; score = 8.0;\n'
-        '  description = "A test marker in the Subject";\n'
-        "}\n"
-    )
-    for sub in ("db", "run"):
-        (d / sub).mkdir()
-    proc = subprocess.Popen(
-        [
-            binary, "-f", "-i", "-u", "root", "-g", "root",
-            f"--var=LOCAL_CONFDIR={d}", f"--var=DBDIR={d}/db", f"--var=RUNDIR={d}/run",
-            f"--var=LOGDIR={d}", "-c", "/etc/rspamd/rspamd.conf",
-        ],
-        stdout=open(d / "stdout.log", "wb"),
-        stderr=subprocess.STDOUT,
-    )
-    wait_port(port, proc, "rspamd")
-    yield port
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    s = start_rspamd(tmp_path_factory.mktemp("rspamd"))
+    yield s.port
+    s.stop()
 
 
 @pytest.fixture(scope="module")
 def clamd(tmp_path_factory):
-    binary = shutil.which("clamd") or "/usr/sbin/clamd"
-    d = tmp_path_factory.mktemp("clamd")
-    (d / "db").mkdir()
-    # An extended signature (ndb) of the EICAR test file, matched in any file type and,
-    # since clamd decodes MIME, in a base64 attachment too.
-    (d / "db" / "mailfleet-test.ndb").write_text(f"Eicar-Test-Signature:0:*:{EICAR.hex()}\n")
-    port = free_port()
-    (d / "clamd.conf").write_text(
-        f"DatabaseDirectory {d}/db\nTCPSocket {port}\nTCPAddr 127.0.0.1\nForeground yes\n"
-        f"LogFile {d}/clamd.log\nPidFile {d}/clamd.pid\nUser root\nStreamMaxLength 25M\n"
-    )
-    proc = subprocess.Popen([binary, "-c", str(d / "clamd.conf")], stdout=open(d / "out.log", "wb"), stderr=subprocess.STDOUT)
-    wait_port(port, proc, "clamd")
-    yield port
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    s = start_clamd(tmp_path_factory.mktemp("clamd"))
+    yield s.port
+    s.stop()
 
 
 def start_mx(tmp_path, env):

@@ -9,16 +9,15 @@ mailbox the message ended up in.
 import base64
 import json
 import smtplib
-import threading
 
 import dkim
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from dnslib import PTR, QTYPE, RCODE, RR, TXT, A
-from dnslib.server import BaseResolver, DNSLogger, DNSServer
+from dnslib import PTR, A
 
-from conftest import PASSWORD, Server, free_port
+from conftest import PASSWORD, Server
+from dnszone import start_zone, txt
 
 AUTHSERV = "mx.example.test"
 
@@ -34,33 +33,6 @@ def rsa_key():
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     return pem, base64.b64encode(der).decode()
-
-
-def txt(value: str):
-    """A TXT record split into 255-byte strings, as DNS requires."""
-    return TXT([value[i : i + 255] for i in range(0, len(value), 255)])
-
-
-class Zone(BaseResolver):
-    """A static zone; any name under tempfail.test answers SERVFAIL."""
-
-    def __init__(self, records):
-        self.records = records
-        self.queries = []
-
-    def resolve(self, request, handler):
-        reply = request.reply()
-        name = str(request.q.qname).rstrip(".").lower()
-        qtype = QTYPE[request.q.qtype]
-        self.queries.append((name, qtype))
-        if name.endswith("tempfail.test"):
-            reply.header.rcode = RCODE.SERVFAIL
-            return reply
-        for rdata in self.records.get((name, qtype), []):
-            reply.add_answer(RR(request.q.qname, request.q.qtype, rdata=rdata, ttl=60))
-        if not reply.rr and not any(n == name for n, _ in self.records):
-            reply.header.rcode = RCODE.NXDOMAIN
-        return reply
 
 
 @pytest.fixture(scope="module")
@@ -90,18 +62,9 @@ def dns(keys):
         ("client.pass.test", "A"): [A("127.0.0.1")],
         ("client.pass.test", "TXT"): [txt("v=spf1 ip4:127.0.0.1 -all")],
     }
-    zone = Zone(records)
-    port = free_port()
-    quiet = DNSLogger(log="-request,-reply,-truncated", prefix=False)
-    servers = [
-        DNSServer(zone, port=port, address="127.0.0.1", logger=quiet),
-        DNSServer(zone, port=port, address="127.0.0.1", tcp=True, logger=quiet),
-    ]
-    for s in servers:
-        s.start_thread()
-    yield port, zone
-    for s in servers:
-        s.stop()
+    running = start_zone(records)
+    yield running.port, running.zone
+    running.stop()
 
 
 @pytest.fixture
