@@ -108,6 +108,8 @@ pub enum ModelError {
     TrailingBytes,
     #[error("spam model tokens are not strictly sorted")]
     Unsorted,
+    #[error("spam model has a malformed count")]
+    BadCount,
 }
 
 /// The stable hash of a token: 64-bit FNV-1a of its UTF-8 bytes.
@@ -357,10 +359,14 @@ impl<'a> Reader<'a> {
             let b = self.take(1)?[0];
             v |= u64::from(b & 0x7f) << shift;
             if b & 0x80 == 0 {
-                return u32::try_from(v).map_err(|_| ModelError::Truncated);
+                // Only the shortest encoding is valid, so a blob has exactly one reading.
+                if b == 0 && shift > 0 {
+                    return Err(ModelError::BadCount);
+                }
+                return u32::try_from(v).map_err(|_| ModelError::BadCount);
             }
         }
-        Err(ModelError::Truncated)
+        Err(ModelError::BadCount)
     }
 }
 
@@ -529,6 +535,16 @@ mod tests {
         let mut extra = bytes.clone();
         extra.push(0);
         assert_eq!(Model::from_bytes(&extra), Err(ModelError::TrailingBytes));
+        // Non-canonical and oversized varints are refused.
+        let mut one = Model::new();
+        one.tokens.insert(1, TokenCounts { spam: 1, ham: 0 });
+        let good = one.to_bytes();
+        let mut padded = good[..25].to_vec();
+        padded.extend_from_slice(&[0x81, 0x00, 0x00]);
+        assert_eq!(Model::from_bytes(&padded), Err(ModelError::BadCount));
+        let mut huge = good[..25].to_vec();
+        huge.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x7f, 0x00]);
+        assert_eq!(Model::from_bytes(&huge), Err(ModelError::BadCount));
         // A huge claimed count with no data fails, without a huge allocation.
         let mut lying = bytes[..17].to_vec();
         lying[13..17].copy_from_slice(&u32::MAX.to_le_bytes());

@@ -20,6 +20,48 @@
 //!
 //! Training happens when a user moves a message into Junk ([`bayes::Model::train`] as spam)
 //! or out of it ([`bayes::Model::untrain`] spam, then train ham).
+//!
+//! ```
+//! use mailfleet_spam::{bayes, dnsbl, heuristics, score, tokenize, Class, Model, SpamConfig};
+//! use std::net::Ipv4Addr;
+//!
+//! let cfg = SpamConfig::default();
+//! let raw = b"From: \"support@bank.example\" <x@phish.example>\r\nTo: u@example.org\r\n\
+//!             Subject: VERIFY YOUR ACCOUNT NOW\r\n\r\nLog in at http://203.0.113.9/login\r\n";
+//! let message = mail_parser::MessageParser::default().parse(&raw[..]).unwrap();
+//! let now = 1_800_000_000;
+//!
+//! // 1. Pure analysis of the message.
+//! let tokens = tokenize::tokenize(&message, &cfg.tokenizer);
+//! let hits = heuristics::check(&message, now, &cfg.heuristics);
+//!
+//! // 2. The pipeline resolves this name and passes the A records back (here: listed, code 2).
+//! let list = dnsbl::DnsList {
+//!     zone: "zen.example.org".into(), score: 5.0, kind: dnsbl::ListKind::Block,
+//!     target: dnsbl::ListTarget::Ip, symbol: None, codes: vec![],
+//! };
+//! let name = dnsbl::ip_query_name("192.0.2.1".parse().unwrap(), &list.zone);
+//! assert_eq!(name, "1.2.0.192.zen.example.org");
+//! let dnsbl_hits: Vec<_> =
+//!     dnsbl::evaluate(&list, "192.0.2.1", &[Ipv4Addr::new(127, 0, 0, 2)]).into_iter().collect();
+//!
+//! // 3. The user's model, loaded from its blob (empty: nothing trained yet).
+//! let mut model = Model::from_bytes(&[]).unwrap();
+//! let verdict = model.classify(&tokens, &cfg.bayes);
+//! assert!(!verdict.confident);
+//!
+//! // 4. Decide.
+//! let decision = score::combine(&hits, Some(&verdict), &dnsbl_hits, &cfg.thresholds);
+//! assert_eq!(decision.action, score::Action::Junk);
+//! assert!(decision.header_value().starts_with("Yes, score="));
+//!
+//! // Later the user confirms it by moving it into Junk; store the new blob.
+//! model.train(&tokens, Class::Spam);
+//! model.prune(cfg.bayes.max_tokens);
+//! let blob: Vec<u8> = model.to_bytes();
+//! # assert_eq!(Model::from_bytes(&blob).unwrap(), model);
+//! # let _ = bayes::token_hash("x");
+//! ```
 
 pub mod bayes;
 pub mod dnsbl;

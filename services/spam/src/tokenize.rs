@@ -343,7 +343,7 @@ pub fn strip_html(html: &str) -> String {
             }
         } else if bytes[i] == b'&' {
             let rest = &html[i..];
-            let end = rest[..rest.len().min(10)].find(';');
+            let end = bounded(rest, 10).find(';');
             match end.and_then(|e| decode_entity(&rest[1..e]).map(|c| (e, c))) {
                 Some((e, c)) => {
                     out.push(c);
@@ -541,6 +541,16 @@ mod tests {
         assert!(all.contains(&"subject:café"), "{all:?}");
         assert!(all.contains(&"hello") && all.contains(&"base64"), "{all:?}");
         assert!(all.contains(&"attach:ext:exe"), "{all:?}");
+    }
+
+    #[test]
+    fn multibyte_text_never_splits_a_character() {
+        // An '&' followed by multibyte characters within the entity look-ahead window.
+        assert_eq!(strip_html("&ééééé; x"), "&ééééé; x");
+        assert_eq!(bounded("aé", 2), "a");
+        let t = toks("Subject: ümlaut ÜBER straße\r\n\r\nnaïve café 東京タワー\r\n");
+        assert!(t.iter().any(|w| w == "subject:über"), "{:?}", t.as_slice());
+        assert!(t.iter().any(|w| w == "東京タワー"), "{:?}", t.as_slice());
     }
 
     #[test]
