@@ -1,0 +1,548 @@
+//! Behaviour of whole scripts: actions, implicit keep, extensions, limits.
+
+use super::*;
+use chrono::{FixedOffset, TimeZone};
+
+pub(crate) struct Ctx {
+    pub mailboxes: Vec<&'static str>,
+    pub scripts: Vec<(&'static str, Location, &'static str)>,
+}
+
+impl Context for Ctx {
+    fn mailbox_exists(&self, name: &str) -> bool {
+        self.mailboxes.contains(&name)
+    }
+    fn include(&self, name: &str, location: Location) -> Option<String> {
+        self.scripts
+            .iter()
+            .find(|(n, l, _)| *n == name && *l == location)
+            .map(|(_, _, s)| s.to_string())
+    }
+    fn now(&self) -> chrono::DateTime<FixedOffset> {
+        FixedOffset::east_opt(3600)
+            .unwrap()
+            .with_ymd_and_hms(2026, 3, 14, 15, 9, 26)
+            .unwrap()
+    }
+}
+
+const MSG: &str = "Return-Path: <bob@example.com>\r\n\
+Received: from x by y\r\n\
+From: Bob Smith <bob@example.com>\r\n\
+To: Alice <alice@example.org>, carol+news@example.net\r\n\
+Cc: dave@example.org\r\n\
+Subject: Hello World =?UTF-8?Q?caf=C3=A9?=\r\n\
+Date: Tue, 1 Apr 2025 09:05:07 +0200\r\n\
+Message-ID: <m1@example.com>\r\n\
+X-Spam-Score: 7\r\n\
+X-Spam-Score: 2\r\n\
+Content-Type: text/plain\r\n\
+\r\n\
+This is the body. Buy now!\r\n";
+
+fn ctx() -> Ctx {
+    Ctx {
+        mailboxes: vec!["INBOX", "Junk"],
+        scripts: vec![],
+    }
+}
+
+fn env() -> Envelope<'static> {
+    Envelope {
+        from: Some("bob@example.com"),
+        to: "alice+work@example.org",
+        auth: None,
+    }
+}
+
+pub(crate) fn go_with(
+    src: &str,
+    msg: &str,
+    env: &Envelope,
+    ctx: &Ctx,
+) -> Result<Outcome, RuntimeError> {
+    let l = Limits::default();
+    let s = compile(src, &l).unwrap_or_else(|e| panic!("compile: {e}"));
+    run(&s, msg.as_bytes(), env, ctx, &l)
+}
+
+fn go(src: &str) -> Vec<Action> {
+    go_with(src, MSG, &env(), &ctx()).unwrap().actions
+}
+
+fn keep() -> Action {
+    Action::Keep { flags: vec![] }
+}
+
+fn fi(m: &str) -> Action {
+    Action::FileInto {
+        mailbox: m.into(),
+        flags: vec![],
+        create: false,
+    }
+}
+
+#[test]
+fn implicit_keep() {
+    assert_eq!(go(""), vec![keep()]);
+    let o = go_with("", MSG, &env(), &ctx()).unwrap();
+    assert!(o.implicit_keep);
+    assert_eq!(go("discard;"), vec![Action::Discard]);
+    assert_eq!(
+        go("require \"fileinto\"; fileinto \"Junk\";"),
+        vec![fi("Junk")]
+    );
+    assert_eq!(
+        go("require [\"fileinto\",\"copy\"]; fileinto :copy \"Junk\";"),
+        vec![fi("Junk"), keep()]
+    );
+    assert_eq!(
+        go("redirect \"x@example.org\";"),
+        vec![Action::Redirect {
+            address: "x@example.org".into(),
+            copy: false
+        }]
+    );
+    assert_eq!(
+        go("require \"fileinto\"; fileinto \"Junk\"; discard;"),
+        vec![fi("Junk")]
+    );
+    assert_eq!(go("keep; stop; discard;"), vec![keep()]);
+}
+
+#[test]
+fn dedup() {
+    assert_eq!(
+        go("require \"fileinto\"; fileinto \"A\"; fileinto \"A\"; keep; keep;"),
+        vec![fi("A"), keep()]
+    );
+    assert_eq!(
+        go("redirect \"x@example.org\"; redirect \"x@EXAMPLE.org\"; redirect \"X@example.org\";"),
+        vec![
+            Action::Redirect {
+                address: "x@example.org".into(),
+                copy: false
+            },
+            Action::Redirect {
+                address: "X@example.org".into(),
+                copy: false
+            }
+        ]
+    );
+    // Mailbox names are kept as written.
+    assert_eq!(
+        go("require \"fileinto\"; fileinto \"INBOX.Junk\"; fileinto \"Junk\";"),
+        vec![fi("INBOX.Junk"), fi("Junk")]
+    );
+}
+
+#[test]
+fn header_address_tests() {
+    let t = |test: &str| {
+        let a = go(&format!(
+            "require [\"fileinto\",\"subaddress\",\"relational\",\"comparator-i;ascii-numeric\",\"index\",\"regex\"]; if {test} {{ fileinto \"T\"; }}"
+        ));
+        a == vec![fi("T")]
+    };
+    assert!(t("header :contains \"subject\" \"world\""));
+    assert!(t("header :contains \"subject\" \"café\""));
+    assert!(!t(
+        "header :comparator \"i;octet\" :contains \"subject\" \"world\""
+    ));
+    assert!(t("header :matches \"subject\" \"hello*\""));
+    assert!(t("header :is \"X-Spam-Score\" \"2\""));
+    assert!(t(
+        "header :value \"gt\" :comparator \"i;ascii-numeric\" \"X-Spam-Score\" \"5\""
+    ));
+    assert!(!t(
+        "header :value \"gt\" :comparator \"i;ascii-numeric\" \"X-Spam-Score\" \"7\""
+    ));
+    assert!(t(
+        "header :count \"eq\" :comparator \"i;ascii-numeric\" \"X-Spam-Score\" \"2\""
+    ));
+    assert!(t("header :index 2 :is \"X-Spam-Score\" \"2\""));
+    assert!(t("header :index 1 :last :is \"X-Spam-Score\" \"2\""));
+    assert!(!t("header :index 1 :is \"X-Spam-Score\" \"2\""));
+    assert!(t("address :is :domain \"from\" \"EXAMPLE.com\""));
+    assert!(t("address :is :localpart \"to\" \"carol+news\""));
+    assert!(t("address :is :user \"to\" \"carol\""));
+    assert!(t("address :is :detail \"to\" \"news\""));
+    assert!(!t("address :is :detail \"cc\" \"\""));
+    assert!(t(
+        "address :count \"eq\" :comparator \"i;ascii-numeric\" [\"to\",\"cc\"] \"3\""
+    ));
+    assert!(t("exists [\"from\", \"date\"]"));
+    assert!(!t("exists [\"from\", \"x-nope\"]"));
+    assert!(t("size :over 100"));
+    assert!(t("size :under 1M"));
+    assert!(t("allof (true, not false)"));
+    assert!(!t("anyof (false, not true)"));
+    assert!(t("header :regex \"subject\" \"^hello [a-z]+\""));
+    assert!(!t("header :regex \"subject\" \"^world\""));
+}
+
+#[test]
+fn envelope_test() {
+    let t = |test: &str| {
+        go(&format!(
+            "require [\"envelope\",\"fileinto\",\"subaddress\"]; if {test} {{ fileinto \"T\"; }}"
+        )) == vec![fi("T")]
+    };
+    assert!(t("envelope :is \"from\" \"bob@example.com\""));
+    assert!(t("envelope :is :detail \"to\" \"work\""));
+    assert!(t("envelope :is :user \"to\" \"alice\""));
+    assert!(t("envelope :domain :is \"to\" \"example.org\""));
+    let null = Envelope {
+        from: None,
+        to: "alice@example.org",
+        auth: None,
+    };
+    let a = go_with(
+        "require \"envelope\"; if envelope :is \"from\" \"\" { discard; }",
+        MSG,
+        &null,
+        &ctx(),
+    )
+    .unwrap();
+    assert_eq!(a.actions, vec![Action::Discard]);
+}
+
+#[test]
+fn flags() {
+    assert_eq!(
+        go("require \"imap4flags\"; addflag \"\\\\Seen\"; addflag [\"\\\\seen\", \"a b\"]; removeflag \"a\";"),
+        vec![Action::Keep { flags: vec!["\\Seen".into(), "b".into()] }]
+    );
+    assert_eq!(
+        go("require [\"imap4flags\",\"fileinto\"]; setflag \"x\"; fileinto :flags \"y\" \"A\"; fileinto \"B\"; if hasflag \"X\" { keep; }"),
+        vec![
+            Action::FileInto { mailbox: "A".into(), flags: vec!["y".into()], create: false },
+            Action::FileInto { mailbox: "B".into(), flags: vec!["x".into()], create: false },
+            Action::Keep { flags: vec!["x".into()] },
+        ]
+    );
+    assert_eq!(
+        go("require [\"imap4flags\",\"variables\"]; addflag \"v\" \"q\"; if hasflag :is \"v\" \"q\" { keep :flags \"${v}z\"; }"),
+        vec![Action::Keep { flags: vec!["qz".into()] }]
+    );
+}
+
+#[test]
+fn variables() {
+    let a = go(r#"require ["variables","fileinto"];
+        if header :matches "from" "* <*@*>" { set "dom" "${3}"; set :upper "who" "${1}"; }
+        set :length "n" "${who}";
+        fileinto "${dom}/${who}/${n}/${unknown}x";"#);
+    assert_eq!(a, vec![fi("example.com/BOB SMITH/9/x")]);
+    let a = go(
+        r#"require ["variables","fileinto"]; set "a" "x*y"; set :quotewildcard "b" "${a}";
+        if string :matches "x*y" "${b}" { fileinto "yes"; }"#,
+    );
+    assert_eq!(a, vec![fi("yes")]);
+    let a = go(r#"require ["variables","fileinto","regex"];
+        if header :regex "subject" "^(\\w+) (\\w+)" { fileinto "${2}-${1}"; }"#);
+    assert_eq!(a, vec![fi("World-Hello")]);
+    let a = go(
+        r#"require ["variables","fileinto","relational"]; if string :count "eq" ["a","","b"] "2" { fileinto "two"; }"#,
+    );
+    assert_eq!(a, vec![fi("two")]);
+}
+
+#[test]
+fn variable_growth_bounded() {
+    let s = "require \"variables\"; set \"a\" \"xxxxxxxxxxxxxxxx\";".to_string()
+        + &"set \"a\" \"${a}${a}\";".repeat(30);
+    let o = go_with(&s, MSG, &env(), &ctx()).unwrap();
+    assert_eq!(o.actions, vec![keep()]);
+}
+
+#[test]
+fn reject_and_conflicts() {
+    assert_eq!(
+        go("require \"reject\"; reject \"go away\";"),
+        vec![Action::Reject {
+            reason: "go away".into(),
+            ereject: false
+        }]
+    );
+    assert_eq!(
+        go("require \"ereject\"; ereject \"no\";"),
+        vec![Action::Reject {
+            reason: "no".into(),
+            ereject: true
+        }]
+    );
+    let e = go_with(
+        "require [\"reject\",\"fileinto\"]; fileinto \"A\"; reject \"x\";",
+        MSG,
+        &env(),
+        &ctx(),
+    )
+    .unwrap_err();
+    assert!(e.message.contains("conflicts"), "{e}");
+    assert!(go_with(
+        "require \"reject\"; reject \"x\"; reject \"y\";",
+        MSG,
+        &env(),
+        &ctx()
+    )
+    .is_err());
+}
+
+#[test]
+fn vacation() {
+    let other = Envelope {
+        from: Some("bob@example.com"),
+        to: "zed@example.org",
+        auth: None,
+    };
+    let o = go_with(
+        "require \"vacation\"; vacation :days 3 :subject \"Away\" :addresses \"nobody@example.net\" \"I am away\";",
+        MSG,
+        &other,
+        &ctx(),
+    )
+    .unwrap();
+    assert_eq!(
+        o.vacation_suppressed.as_deref(),
+        Some("recipient not named in To/Cc/Bcc")
+    );
+    assert_eq!(o.actions, vec![keep()]);
+    let o = go_with(
+        "require \"vacation\"; vacation :addresses \"carol+news@example.net\" \"x\";",
+        MSG,
+        &other,
+        &ctx(),
+    )
+    .unwrap();
+    assert!(matches!(o.actions[0], Action::Vacation(_)));
+    let me = Envelope {
+        from: Some("bob@example.com"),
+        to: "alice@example.org",
+        auth: None,
+    };
+    let o = go_with(
+        "require \"vacation\"; vacation :days 3 :subject \"Away\" \"I am away\";",
+        MSG,
+        &me,
+        &ctx(),
+    )
+    .unwrap();
+    let Action::Vacation(v) = &o.actions[0] else {
+        panic!("{o:?}")
+    };
+    assert_eq!(v.period_seconds, 3 * 86400);
+    assert_eq!(v.to, "bob@example.com");
+    assert_eq!(v.reply_subject(), "Away");
+    assert_eq!(v.in_reply_to.as_deref(), Some("<m1@example.com>"));
+    assert_eq!(o.actions[1], keep());
+    let list = MSG.replace("X-Spam-Score: 7", "List-Id: <x.example.com>");
+    let o = go_with("require \"vacation\"; vacation \"x\";", &list, &me, &ctx()).unwrap();
+    assert_eq!(o.actions, vec![keep()]);
+    assert!(o.vacation_suppressed.unwrap().contains("mailing list"));
+    let null = Envelope {
+        from: None,
+        to: "alice@example.org",
+        auth: None,
+    };
+    let o = go_with("require \"vacation\"; vacation \"x\";", MSG, &null, &ctx()).unwrap();
+    assert_eq!(o.actions, vec![keep()]);
+    // The +detail recipient still matches alice@ in To.
+    let o = go_with(
+        "require \"vacation\"; vacation :handle \"h\" \"x\";",
+        MSG,
+        &env(),
+        &ctx(),
+    )
+    .unwrap();
+    let Action::Vacation(v) = &o.actions[0] else {
+        panic!("{o:?}")
+    };
+    assert_eq!(v.handle, "h");
+    assert_eq!(v.period_seconds, 7 * 86400);
+}
+
+#[test]
+fn editheader() {
+    let o = go_with(
+        r#"require ["editheader","fileinto","index"];
+        addheader "X-Sieve" "yes";
+        addheader :last "X-Tail" "ünï";
+        deleteheader :index 1 "X-Spam-Score";
+        deleteheader "Received";
+        if header :is "X-Sieve" "yes" { if not header :is "x-spam-score" "7" { fileinto "edited"; } }"#,
+        MSG,
+        &env(),
+        &ctx(),
+    )
+    .unwrap();
+    assert_eq!(o.actions, vec![fi("edited")]);
+    let out = String::from_utf8(apply_edits(MSG.as_bytes(), &o.header_edits)).unwrap();
+    assert!(out.starts_with("X-Sieve: yes\r\nReturn-Path"));
+    assert!(out.contains("Received: from x"));
+    assert!(!out.contains("X-Spam-Score: 7"));
+    assert!(out.contains("X-Spam-Score: 2"));
+    assert!(out.contains("X-Tail: =?UTF-8?B?"));
+    assert!(out.ends_with("\r\n\r\nThis is the body. Buy now!\r\n"));
+    let o = go_with(
+        r#"require "editheader"; deleteheader :matches "x-spam-score" "[0-9]*"; deleteheader :contains "x-spam-score" "7";"#,
+        MSG,
+        &env(),
+        &ctx(),
+    )
+    .unwrap();
+    assert_eq!(
+        o.header_edits,
+        vec![HeaderEdit::Delete {
+            name: "x-spam-score".into(),
+            occurrences: vec![1]
+        }]
+    );
+}
+
+#[test]
+fn body_test() {
+    let t = |test: &str| {
+        go(&format!(
+            "require [\"body\",\"fileinto\"]; if {test} {{ fileinto \"T\"; }}"
+        )) == vec![fi("T")]
+    };
+    assert!(t("body :contains \"buy now\""));
+    assert!(t("body :raw :contains \"Buy now\""));
+    assert!(t("body :content \"text\" :contains \"buy\""));
+    assert!(!t("body :content \"image\" :contains \"buy\""));
+    assert!(!t("body :contains \"x-spam-score\""));
+}
+
+#[test]
+fn dates() {
+    let t = |test: &str| {
+        go(&format!(
+            "require [\"date\",\"fileinto\",\"relational\"]; if {test} {{ fileinto \"T\"; }}"
+        )) == vec![fi("T")]
+    };
+    assert!(t("date :originalzone \"date\" \"hour\" \"09\""));
+    assert!(t("date :zone \"+0000\" \"date\" \"hour\" \"07\""));
+    assert!(t("date \"date\" \"hour\" \"08\""));
+    assert!(t("date :value \"ge\" \"date\" \"date\" \"2025-01-01\""));
+    assert!(t("currentdate :is \"year\" \"2026\""));
+    assert!(t("currentdate :zone \"+0000\" :is \"hour\" \"14\""));
+    assert!(!t("date :is \"x-nope\" \"year\" \"2025\""));
+}
+
+#[test]
+fn mailbox_ext() {
+    assert_eq!(
+        go("require [\"mailbox\",\"fileinto\"]; if mailboxexists \"Junk\" { fileinto :create \"New\"; }"),
+        vec![Action::FileInto { mailbox: "New".into(), flags: vec![], create: true }]
+    );
+    assert_eq!(
+        go("require [\"mailbox\",\"fileinto\"]; if mailboxexists [\"Junk\",\"Nope\"] { discard; }"),
+        vec![keep()]
+    );
+}
+
+#[test]
+fn include_ext() {
+    let c = Ctx {
+        mailboxes: vec![],
+        scripts: vec![
+            ("spam", Location::Personal, "require [\"fileinto\",\"include\",\"variables\"]; global \"box\"; fileinto \"${box}\"; return; discard;"),
+            ("g", Location::Global, "require \"include\"; include :personal \"spam\";"),
+            ("loop", Location::Personal, "require \"include\"; include \"loop\";"),
+            ("bad", Location::Personal, "foo;"),
+        ],
+    };
+    let o = go_with(
+        "require [\"include\",\"variables\"]; global \"box\"; set \"box\" \"Spam\"; include :global \"g\"; include :once \"spam\"; include :once \"spam\"; include :optional \"nope\";",
+        MSG,
+        &env(),
+        &c,
+    )
+    .unwrap();
+    assert_eq!(o.actions, vec![fi("Spam")]);
+    let e = go_with("require \"include\"; include \"loop\";", MSG, &env(), &c).unwrap_err();
+    assert!(e.message.contains("nested deeper"), "{e}");
+    let e = go_with("require \"include\"; include \"nope\";", MSG, &env(), &c).unwrap_err();
+    assert!(e.message.contains("not found"), "{e}");
+    let e = go_with("require \"include\"; include \"bad\";", MSG, &env(), &c).unwrap_err();
+    assert!(e.message.contains("unknown command"), "{e}");
+}
+
+#[test]
+fn limits() {
+    let l = Limits {
+        max_script_bytes: 10,
+        ..Limits::default()
+    };
+    assert!(compile("keep; keep; keep;", &l)
+        .unwrap_err()
+        .message
+        .contains("limit"));
+    let src = "redirect \"a@x.y\"; redirect \"b@x.y\"; redirect \"c@x.y\"; redirect \"d@x.y\"; redirect \"e@x.y\";";
+    assert!(go_with(src, MSG, &env(), &ctx())
+        .unwrap_err()
+        .message
+        .contains("redirects"));
+    let src = "require \"fileinto\";".to_string()
+        + &(0..40)
+            .map(|i| format!("fileinto \"f{i}\";"))
+            .collect::<String>();
+    assert!(go_with(&src, MSG, &env(), &ctx())
+        .unwrap_err()
+        .message
+        .contains("actions"));
+    let src = "if anyof(".to_string()
+        + &vec!["header :contains \"subject\" \"zzz\""; 1500].join(",")
+        + ") { keep; }";
+    let l = Limits {
+        max_steps: 500,
+        ..Limits::default()
+    };
+    let s = compile(&src, &Limits::default()).unwrap();
+    let e = run(&s, MSG.as_bytes(), &env(), &ctx(), &l).unwrap_err();
+    assert!(e.message.contains("steps"), "{e}");
+}
+
+/// `compile` never panics: mutated valid scripts and random bytes.
+#[test]
+fn compile_never_panics() {
+    let seeds = [
+        "require [\"fileinto\",\"variables\",\"regex\",\"relational\",\"date\",\"editheader\"];\nif header :matches \"subject\" \"*x*\" { fileinto \"${1}\"; } elsif not size :over 10K { discard; }",
+        "require \"vacation\"; vacation :days 3 :subject \"s\" text:\nhello\n.\n;",
+        "if anyof (address :all :is \"from\" \"a@b\", exists \"x\") { stop; }",
+    ];
+    let alphabet: &[u8] = b"\"\\[](){},;:# \n*/?$0123456789abcdefghijklmnopqrstuvwxyzKMG.-_";
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let l = Limits::default();
+    for i in 0..4000 {
+        let mut b: Vec<u8> = seeds[i % seeds.len()].as_bytes().to_vec();
+        if i % 4 == 3 {
+            b = (0..(rnd() % 200))
+                .map(|_| alphabet[(rnd() % alphabet.len() as u64) as usize])
+                .collect();
+        } else {
+            for _ in 0..(1 + rnd() % 6) {
+                let p = (rnd() as usize) % (b.len() + 1);
+                match rnd() % 3 {
+                    0 if p < b.len() => {
+                        b.remove(p);
+                    }
+                    1 => b.insert(p, alphabet[(rnd() % alphabet.len() as u64) as usize]),
+                    _ if p < b.len() => b[p] = alphabet[(rnd() % alphabet.len() as u64) as usize],
+                    _ => {}
+                }
+            }
+        }
+        let s = String::from_utf8_lossy(&b);
+        if let Ok(script) = compile(&s, &l) {
+            let _ = run(&script, MSG.as_bytes(), &env(), &ctx(), &l);
+        }
+    }
+}

@@ -1,0 +1,2 @@
+require ["fileinto", "variables"];
+if address :matches :domain "from" "*.*" { fileinto "from-${1}"; }

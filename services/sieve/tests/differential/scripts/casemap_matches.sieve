@@ -1,0 +1,3 @@
+require "fileinto";
+if header :matches "subject" "*WORLD" { fileinto "world"; }
+if header :matches "subject" "*e*o*" { fileinto "e-o"; }

@@ -1,0 +1,2 @@
+require ["relational", "fileinto"];
+if header :count "gt" "x-label" "10" { fileinto "strcount"; }

@@ -1,0 +1,3 @@
+require ["editheader", "fileinto"];
+deleteheader :contains "subject" "report";
+if not exists "subject" { fileinto "subject-deleted"; }

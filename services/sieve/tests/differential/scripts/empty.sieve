@@ -1,0 +1,1 @@
+# no commands: implicit keep

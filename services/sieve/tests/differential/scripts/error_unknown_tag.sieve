@@ -1,0 +1,1 @@
+if header :bogus "subject" "x" { keep; }

@@ -1,0 +1,3 @@
+require "fileinto";
+if header :matches "X-Spam-Level" "*\\**" { fileinto "stars"; }
+if header :matches "subject" "\\[*" { fileinto "bracket"; }

@@ -1,0 +1,3 @@
+require "fileinto";
+if exists ["List-Id", "List-Unsubscribe"] { fileinto "Lists"; }
+if not exists "Date" { discard; }

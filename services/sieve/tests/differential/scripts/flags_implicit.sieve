@@ -1,0 +1,4 @@
+require "imap4flags";
+setflag ["a", "b", "c"];
+removeflag "b";
+if hasflag :is "c" { addflag "\\Flagged"; }

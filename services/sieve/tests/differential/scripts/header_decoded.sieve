@@ -1,0 +1,2 @@
+require ["fileinto", "variables"];
+if header :matches "from" "*" { fileinto "h/${1}"; }

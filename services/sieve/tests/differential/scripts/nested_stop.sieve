@@ -1,0 +1,3 @@
+require "fileinto";
+if true { if exists "subject" { fileinto "a"; stop; } }
+fileinto "b";

@@ -1,0 +1,1 @@
+if header :contains "from" "bob" { redirect "bob-archive@example.org"; }

@@ -1,0 +1,2 @@
+require "reject";
+if header :contains "subject" "cheap" { reject "We do not want this."; }

@@ -1,0 +1,3 @@
+require ["reject", "fileinto"];
+fileinto "Saved";
+if header :contains "subject" "cheap" { reject "no"; }

@@ -1,0 +1,3 @@
+require ["subaddress", "fileinto"];
+if address :detail :is "to" "shop" { fileinto "shopping"; }
+if address :user :is "to" "alice" { fileinto "alice"; }

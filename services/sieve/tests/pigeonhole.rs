@@ -1,0 +1,357 @@
+//! Differential test against Pigeonhole (Dovecot's Sieve, `sieve-test`).
+//!
+//! Every script in `tests/differential/scripts` runs against every message
+//! in `tests/differential/messages` (envelope in the `.env` beside it) in
+//! both implementations; the actions are normalised (folders with flags,
+//! redirect targets, reject, discard, vacation sent or not, errors) and
+//! compared. A pair whose results differ must be listed, with the reason,
+//! in `tests/differential/expected-differences.txt`; a listed pair that no
+//! longer differs fails too, so the list stays true.
+//!
+//! Without `sieve-test` the test prints a notice and passes, unless
+//! MAILFLEET_REQUIRE_PIGEONHOLE=1 (CI installs dovecot-sieve and sets it).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use chrono::{FixedOffset, Utc};
+use mailfleet_sieve::{compile, run, Action, Context, Envelope, Limits, Location};
+
+struct Ctx;
+
+impl Context for Ctx {
+    fn mailbox_exists(&self, name: &str) -> bool {
+        name == "INBOX"
+    }
+    fn include(&self, _name: &str, _location: Location) -> Option<String> {
+        None
+    }
+    fn now(&self) -> chrono::DateTime<FixedOffset> {
+        // sieve-test runs in the machine's zone; the fixtures only use
+        // currentdate parts that do not depend on it.
+        Utc::now().fixed_offset()
+    }
+}
+
+fn sieve_test() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/bin")])
+        .map(|d| d.join("sieve-test"))
+        .find(|p| p.is_file())
+}
+
+type Norm = BTreeSet<String>;
+
+fn store(
+    map: &mut BTreeMap<String, (BTreeSet<String>, bool)>,
+    folder: &str,
+    flags: &[String],
+    create: bool,
+) {
+    let e = map.entry(folder.to_string()).or_default();
+    e.0.extend(flags.iter().map(|f| f.to_lowercase()));
+    e.1 |= create;
+}
+
+fn finish(stores: BTreeMap<String, (BTreeSet<String>, bool)>, mut rest: Norm) -> Norm {
+    let delivers = !stores.is_empty()
+        || rest
+            .iter()
+            .any(|r| r.starts_with("redirect") || r == "reject");
+    if delivers {
+        rest.remove("discard");
+    }
+    for (folder, (flags, create)) in stores {
+        let mut s = format!("store {folder}");
+        if !flags.is_empty() {
+            s.push_str(" flags[");
+            s.push_str(&flags.into_iter().collect::<Vec<_>>().join(" "));
+            s.push(']');
+        }
+        if create {
+            s.push_str(" :create");
+        }
+        rest.insert(s);
+    }
+    rest
+}
+
+fn ours(script: &str, msg: &[u8], from: &str, to: &str) -> Norm {
+    let limits = Limits::default();
+    let s = match compile(script, &limits) {
+        Ok(s) => s,
+        Err(_) => return ["compile-error".to_string()].into(),
+    };
+    let env = Envelope {
+        from: Some(from),
+        to,
+        auth: None,
+    };
+    let out = match run(&s, msg, &env, &Ctx, &limits) {
+        Ok(o) => o,
+        Err(_) => return ["error".to_string()].into(),
+    };
+    let mut stores = BTreeMap::new();
+    let mut rest = Norm::new();
+    for a in &out.actions {
+        match a {
+            Action::Keep { flags } => store(&mut stores, "INBOX", flags, false),
+            Action::FileInto {
+                mailbox,
+                flags,
+                create,
+            } => store(&mut stores, mailbox, flags, *create),
+            Action::Redirect { address, .. } => {
+                rest.insert(format!("redirect {address}"));
+            }
+            Action::Reject { .. } => {
+                rest.insert("reject".into());
+            }
+            Action::Discard => {
+                rest.insert("discard".into());
+            }
+            Action::Vacation(v) => {
+                rest.insert(format!("vacation {}s", v.period_seconds));
+            }
+        }
+    }
+    finish(stores, rest)
+}
+
+fn parse_pigeonhole(out: &str) -> Norm {
+    if out.contains("failed to compile") {
+        return ["compile-error".to_string()].into();
+    }
+    if out.contains("final result: failed") {
+        return ["error".to_string()].into();
+    }
+    let mut stores = BTreeMap::new();
+    let mut rest = Norm::new();
+    let mut current: Option<String> = None;
+    let mut vacation = false;
+    let mut seconds = String::from("?");
+    for line in out.lines() {
+        let t = line.trim();
+        if let Some(s) = t.strip_prefix("=> seconds :") {
+            seconds = s.trim().to_string();
+        }
+        if let Some(a) = t.strip_prefix("* ") {
+            current = None;
+            if let Some(f) = a.strip_prefix("store message in folder: ") {
+                store(&mut stores, f, &[], false);
+                current = Some(f.to_string());
+            } else if let Some(r) = a.strip_prefix("redirect message to: ") {
+                rest.insert(format!(
+                    "redirect {}",
+                    r.trim_start_matches('<').trim_end_matches('>')
+                ));
+            } else if a.starts_with("reject message") {
+                rest.insert("reject".into());
+            } else if a == "discard" {
+                rest.insert("discard".into());
+            } else if a.starts_with("send vacation message") {
+                vacation = true;
+            } else {
+                rest.insert(format!("unknown: {a}"));
+            }
+        } else if let (Some(f), Some(flags)) = (&current, t.strip_prefix("+ add IMAP flags: ")) {
+            let fl: Vec<String> = flags.split_whitespace().map(str::to_string).collect();
+            store(&mut stores, f, &fl, false);
+        } else if let (Some(f), true) = (&current, t.starts_with("+ create mailbox")) {
+            store(&mut stores, f, &[], true);
+        }
+    }
+    if vacation {
+        rest.insert(format!("vacation {seconds}s"));
+    }
+    finish(stores, rest)
+}
+
+fn read_dir_sorted(p: &Path, ext: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == ext))
+        .collect();
+    v.sort();
+    v
+}
+
+fn stem(p: &Path) -> String {
+    p.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+#[test]
+fn differential_against_pigeonhole() {
+    let Some(bin) = sieve_test() else {
+        if std::env::var("MAILFLEET_REQUIRE_PIGEONHOLE").as_deref() == Ok("1") {
+            panic!("sieve-test (dovecot-sieve) not found and MAILFLEET_REQUIRE_PIGEONHOLE=1");
+        }
+        println!("NOTICE: sieve-test (Pigeonhole) not installed; differential test skipped");
+        return;
+    };
+    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/differential");
+    let scripts = read_dir_sorted(&base.join("scripts"), "sieve");
+    let messages = read_dir_sorted(&base.join("messages"), "eml");
+
+    // Expected differences: "script message | reason" (message may be "*").
+    let mut expected: BTreeMap<(String, String), String> = BTreeMap::new();
+    let list = fs::read_to_string(base.join("expected-differences.txt")).unwrap_or_default();
+    for line in list
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let (pair, reason) = line
+            .split_once('|')
+            .expect("expected-differences line: script message | reason");
+        let mut w = pair.split_whitespace();
+        let (s, m) = (w.next().unwrap_or_default(), w.next().unwrap_or("*"));
+        assert!(
+            !reason.trim().is_empty(),
+            "expected difference without a reason: {line}"
+        );
+        expected.insert((s.to_string(), m.to_string()), reason.trim().to_string());
+    }
+
+    // sieve-test drops privileges to an unprivileged user: give it a world
+    // readable copy of everything and a config that names that user.
+    let work = std::env::temp_dir().join(format!("mailfleet-sieve-diff-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(&work).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&work, fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let conf = work.join("dovecot.conf");
+    fs::write(
+        &conf,
+        format!(
+            "mail_uid = nobody\nmail_gid = nogroup\nmail_location = mbox:{0}/mail:INBOX={0}/mail/inbox\n\
+             sendmail_path = /bin/true\npostmaster_address = postmaster@example.org\n\
+             plugin {{\n  sieve_extensions = +editheader +vacation-seconds\n}}\n",
+            work.display()
+        ),
+    )
+    .unwrap();
+
+    let mut total = 0;
+    let mut identical = 0;
+    let mut explained = Vec::new();
+    let mut failures = Vec::new();
+    let mut used_expectations = BTreeSet::new();
+    for m in &messages {
+        let mname = stem(m);
+        let raw = fs::read(m).unwrap();
+        let env = fs::read_to_string(m.with_extension("env")).unwrap_or_default();
+        let field = |k: &str| {
+            env.lines()
+                .find_map(|l| l.strip_prefix(k).map(|v| v.trim().to_string()))
+                .unwrap_or_else(|| panic!("{mname}.env: missing {k}"))
+        };
+        let (from, to) = (field("from "), field("to "));
+        let mcopy = work.join(format!("{mname}.eml"));
+        fs::write(&mcopy, &raw).unwrap();
+        for s in &scripts {
+            let sname = stem(s);
+            let src = fs::read_to_string(s).unwrap();
+            let scopy = work.join(format!("{sname}.sieve"));
+            fs::write(&scopy, &src).unwrap();
+            let out = Command::new(&bin)
+                .arg("-c")
+                .arg(&conf)
+                .args(["-f", &from, "-a", &to, "-r", &to])
+                .arg(&scopy)
+                .arg(&mcopy)
+                .output()
+                .expect("run sieve-test");
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let mut theirs = parse_pigeonhole(&text);
+            if theirs.iter().any(|a| a.starts_with("vacation")) {
+                // The dry run lists the vacation action before Pigeonhole's
+                // own send-time checks (list mail, Auto-Submitted, recipient
+                // not in To/Cc); execute (-e, sendmail = /bin/true) to see
+                // whether it would really answer.
+                let exec = Command::new(&bin)
+                    .arg("-c")
+                    .arg(&conf)
+                    .args(["-e", "-f", &from, "-a", &to, "-r", &to])
+                    .arg(&scopy)
+                    .arg(&mcopy)
+                    .output()
+                    .expect("run sieve-test -e");
+                let etext = format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&exec.stdout),
+                    String::from_utf8_lossy(&exec.stderr)
+                );
+                if etext.contains("discarding vacation response")
+                    || etext.contains("discarded vacation reply")
+                {
+                    theirs.retain(|a| !a.starts_with("vacation"));
+                }
+            }
+            let mine = ours(&src, &raw, &from, &to);
+            total += 1;
+            let key_exact = (sname.clone(), mname.clone());
+            let key_any = (sname.clone(), "*".to_string());
+            let exp = expected
+                .get(&key_exact)
+                .map(|r| (key_exact.clone(), r))
+                .or_else(|| expected.get(&key_any).map(|r| (key_any.clone(), r)));
+            if mine == theirs {
+                identical += 1;
+                if let Some((k, _)) = exp {
+                    if k.1 != "*" {
+                        failures.push(format!("{sname} × {mname}: listed as expected difference but identical: {mine:?}"));
+                    } else {
+                        used_expectations.insert(k);
+                    }
+                }
+            } else if let Some((k, reason)) = exp {
+                used_expectations.insert(k);
+                explained.push(format!(
+                    "{sname} × {mname}: ours {mine:?} pigeonhole {theirs:?} ({reason})"
+                ));
+            } else {
+                failures.push(format!(
+                    "{sname} × {mname}: ours {mine:?} pigeonhole {theirs:?}\n--- sieve-test output:\n{text}"
+                ));
+            }
+        }
+    }
+    for k in expected.keys() {
+        if k.1 == "*" && !used_expectations.contains(k) {
+            failures.push(format!(
+                "{} × *: listed as expected difference but never differs",
+                k.0
+            ));
+        }
+    }
+    let _ = fs::remove_dir_all(&work);
+    println!(
+        "differential: {total} pairs ({} scripts × {} messages), {identical} identical, {} expected differences",
+        scripts.len(),
+        messages.len(),
+        explained.len()
+    );
+    for e in &explained {
+        println!("  expected: {e}");
+    }
+    assert!(total >= 100, "only {total} pairs");
+    assert!(
+        failures.is_empty(),
+        "{} unexplained differences:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
