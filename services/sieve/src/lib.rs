@@ -56,6 +56,9 @@ pub struct Limits {
     pub max_variable_bytes: usize,
     /// Number of variables per scope.
     pub max_variables: usize,
+    /// How much of the decoded body the `body` test looks at; the rest is
+    /// ignored (a filter on a 50 MB attachment is not worth the time).
+    pub max_body_bytes: usize,
     /// Shortest vacation period (`:seconds` below it is raised to it):
     /// one day by default, as RFC 5230 asks for `:days` and Pigeonhole does
     /// for `:seconds`, so that two autoresponders cannot ping-pong quickly.
@@ -75,6 +78,7 @@ impl Default for Limits {
             max_regex_bytes: 1 << 20,
             max_variable_bytes: 4096,
             max_variables: 128,
+            max_body_bytes: 1 << 20,
             min_vacation_seconds: 86_400,
         }
     }

@@ -8,6 +8,7 @@
 //! work) or spend unbounded time on a large message.
 
 use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
 
 use chrono::{DateTime, FixedOffset};
 use regex::Regex;
@@ -51,6 +52,9 @@ struct Machine<'a> {
     includes: usize,
     included_once: HashSet<(Location, String)>,
     regexes: HashMap<(String, bool), Regex>,
+    /// Body texts per transform ("raw", "text", "content:<types>"), so that
+    /// many `body` tests parse the MIME structure once.
+    bodies: HashMap<String, Rc<Vec<String>>>,
     vacation_done: bool,
     suppressed: Option<String>,
     line: usize,
@@ -90,6 +94,7 @@ pub(crate) fn run(
         includes: 0,
         included_once: HashSet::new(),
         regexes: HashMap::new(),
+        bodies: HashMap::new(),
         vacation_done: false,
         suppressed: None,
         line: 0,
@@ -708,7 +713,29 @@ impl Machine<'_> {
                 } else {
                     BodyTransform::Text
                 };
-                let texts = message::body_texts(self.raw, self.body, &t);
+                let key = match &t {
+                    BodyTransform::Raw => "raw".to_string(),
+                    BodyTransform::Text => "text".to_string(),
+                    BodyTransform::Content(types) => {
+                        format!("content:{}", types.join("\0").to_ascii_lowercase())
+                    }
+                };
+                let texts = match self.bodies.get(&key) {
+                    Some(t) => Rc::clone(t),
+                    None => {
+                        let mut texts = message::body_texts(self.raw, self.body, &t);
+                        let mut budget = self.limits.max_body_bytes;
+                        for s in &mut texts {
+                            variables::truncate(s, budget);
+                            budget -= s.len();
+                        }
+                        let texts = Rc::new(texts);
+                        if self.bodies.len() < 16 {
+                            self.bodies.insert(key, Rc::clone(&texts));
+                        }
+                        texts
+                    }
+                };
                 self.compare_values(f, n, &texts, n.list_at(0), false)?
             }
             "string" => {
@@ -870,6 +897,8 @@ impl Machine<'_> {
                 _ => None,
             };
             for v in values {
+                // Long values (bodies) cost more: one step per 16 KiB.
+                self.steps += (v.len() / 16_384) as u64;
                 self.step(n.line)?;
                 let hit = match mt {
                     Mt::Is => matcher::is(cmp, v, k),

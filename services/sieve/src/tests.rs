@@ -546,3 +546,105 @@ fn compile_never_panics() {
         }
     }
 }
+
+#[test]
+fn vacation_period_floor() {
+    let me = Envelope {
+        from: Some("bob@example.com"),
+        to: "alice@example.org",
+        auth: None,
+    };
+    let src = "require [\"vacation\", \"vacation-seconds\"]; vacation :seconds 60 \"x\";";
+    let o = go_with(src, MSG, &me, &ctx()).unwrap();
+    let Action::Vacation(v) = &o.actions[0] else {
+        panic!("{o:?}")
+    };
+    assert_eq!(v.period_seconds, 86_400);
+    let l = Limits {
+        min_vacation_seconds: 0,
+        ..Limits::default()
+    };
+    let s = compile(src, &l).unwrap();
+    let o = run(&s, MSG.as_bytes(), &me, &ctx(), &l).unwrap();
+    let Action::Vacation(v) = &o.actions[0] else {
+        panic!("{o:?}")
+    };
+    assert_eq!(v.period_seconds, 60);
+    let o = go_with(
+        "require \"vacation\"; vacation :days 0 \"x\";",
+        MSG,
+        &me,
+        &ctx(),
+    )
+    .unwrap();
+    let Action::Vacation(v) = &o.actions[0] else {
+        panic!("{o:?}")
+    };
+    assert_eq!(v.period_seconds, 86_400);
+    // One vacation per run; reject and vacation exclude each other.
+    assert!(go_with(
+        "require \"vacation\"; vacation \"a\"; vacation \"b\";",
+        MSG,
+        &me,
+        &ctx()
+    )
+    .is_err());
+    assert!(go_with(
+        "require [\"vacation\",\"reject\"]; vacation \"a\"; reject \"b\";",
+        MSG,
+        &me,
+        &ctx()
+    )
+    .is_err());
+}
+
+#[test]
+fn runtime_errors_name_the_line() {
+    let e = go_with(
+        "require \"variables\";\nset \"a\" \"not an address\";\nredirect \"${a}\";",
+        MSG,
+        &env(),
+        &ctx(),
+    )
+    .unwrap_err();
+    assert_eq!(e.line, 3);
+    assert!(
+        e.to_string()
+            .starts_with("line 3: redirect: invalid address"),
+        "{e}"
+    );
+}
+
+#[test]
+fn big_body_is_bounded() {
+    let big = MSG.to_string() + &"spam spam spam spam\r\n".repeat(100_000);
+    let src = "require [\"body\",\"fileinto\"];".to_string()
+        + &"if body :contains \"zzz\" { discard; }".repeat(100)
+        + "if body :contains \"spam spam\" { fileinto \"S\"; }";
+    // 2 MB body: 1 MiB is looked at, each comparison costs 64 steps.
+    let o = go_with(&src, &big, &env(), &ctx()).unwrap();
+    assert_eq!(o.actions, vec![fi("S")]);
+    let l = Limits {
+        max_steps: 5_000,
+        ..Limits::default()
+    };
+    let s = compile(&src, &l).unwrap();
+    assert!(run(&s, big.as_bytes(), &env(), &ctx(), &l)
+        .unwrap_err()
+        .message
+        .contains("steps"));
+}
+
+#[test]
+fn capabilities_listed() {
+    for c in CAPABILITIES {
+        let src = format!("require \"{c}\";");
+        assert!(compile(&src, &Limits::default()).is_ok(), "{c}");
+    }
+    let s = compile(
+        "require [\"fileinto\", \"body\"]; keep;",
+        &Limits::default(),
+    )
+    .unwrap();
+    assert_eq!(s.required(), vec!["body", "fileinto"]);
+}

@@ -19,14 +19,22 @@ use std::process::Command;
 use chrono::{FixedOffset, Utc};
 use mailfleet_sieve::{compile, run, Action, Context, Envelope, Limits, Location};
 
-struct Ctx;
+/// Included scripts come from `tests/differential/include/{personal,global}`,
+/// the same files Pigeonhole gets as its `sieve` and `sieve_global` dirs.
+struct Ctx {
+    include_dir: PathBuf,
+}
 
 impl Context for Ctx {
     fn mailbox_exists(&self, name: &str) -> bool {
         name == "INBOX"
     }
-    fn include(&self, _name: &str, _location: Location) -> Option<String> {
-        None
+    fn include(&self, name: &str, location: Location) -> Option<String> {
+        let sub = match location {
+            Location::Personal => "personal",
+            Location::Global => "global",
+        };
+        fs::read_to_string(self.include_dir.join(sub).join(format!("{name}.sieve"))).ok()
     }
     fn now(&self) -> chrono::DateTime<FixedOffset> {
         // sieve-test runs in the machine's zone; the fixtures only use
@@ -79,7 +87,7 @@ fn finish(stores: BTreeMap<String, (BTreeSet<String>, bool)>, mut rest: Norm) ->
     rest
 }
 
-fn ours(script: &str, msg: &[u8], from: &str, to: &str) -> Norm {
+fn ours(script: &str, msg: &[u8], from: &str, to: &str, ctx: &Ctx) -> Norm {
     let limits = Limits::default();
     let s = match compile(script, &limits) {
         Ok(s) => s,
@@ -90,7 +98,7 @@ fn ours(script: &str, msg: &[u8], from: &str, to: &str) -> Norm {
         to,
         auth: None,
     };
-    let out = match run(&s, msg, &env, &Ctx, &limits) {
+    let out = match run(&s, msg, &env, ctx, &limits) {
         Ok(o) => o,
         Err(_) => return ["error".to_string()].into(),
     };
@@ -228,18 +236,30 @@ fn differential_against_pigeonhole() {
         use std::os::unix::fs::PermissionsExt;
         fs::set_permissions(&work, fs::Permissions::from_mode(0o777)).unwrap();
     }
+    let ctx = Ctx {
+        include_dir: base.join("include"),
+    };
+    for sub in ["personal", "global"] {
+        fs::create_dir_all(work.join(sub)).unwrap();
+        for f in read_dir_sorted(&base.join("include").join(sub), "sieve") {
+            fs::copy(&f, work.join(sub).join(f.file_name().unwrap())).unwrap();
+        }
+    }
     let conf = work.join("dovecot.conf");
     fs::write(
         &conf,
         format!(
             "mail_uid = nobody\nmail_gid = nogroup\nmail_location = mbox:{0}/mail:INBOX={0}/mail/inbox\n\
              sendmail_path = /bin/true\npostmaster_address = postmaster@example.org\n\
-             plugin {{\n  sieve_extensions = +editheader +vacation-seconds\n}}\n",
+             plugin {{\n  sieve = file:{0}/personal\n  sieve_global = {0}/global\n  \
+             sieve_extensions = +editheader +vacation-seconds\n}}\n",
             work.display()
         ),
     )
     .unwrap();
 
+    // MAILFLEET_DIFF_VERBOSE=1 prints every pair's normalised results.
+    let verbose = std::env::var("MAILFLEET_DIFF_VERBOSE").as_deref() == Ok("1");
     let mut total = 0;
     let mut identical = 0;
     let mut explained = Vec::new();
@@ -300,8 +320,11 @@ fn differential_against_pigeonhole() {
                     theirs.retain(|a| !a.starts_with("vacation"));
                 }
             }
-            let mine = ours(&src, &raw, &from, &to);
+            let mine = ours(&src, &raw, &from, &to, &ctx);
             total += 1;
+            if verbose {
+                println!("  {sname} × {mname}: ours {mine:?} pigeonhole {theirs:?}");
+            }
             let key_exact = (sname.clone(), mname.clone());
             let key_any = (sname.clone(), "*".to_string());
             let exp = expected

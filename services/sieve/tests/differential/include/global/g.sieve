@@ -1,0 +1,3 @@
+require ["fileinto", "include"];
+fileinto "from-global";
+include :personal "spam";

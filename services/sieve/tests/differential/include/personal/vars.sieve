@@ -1,0 +1,4 @@
+require ["include", "variables", "fileinto"];
+global "x";
+set "local" "L";
+fileinto "v-${x}-${local}";

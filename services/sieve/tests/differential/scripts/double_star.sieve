@@ -1,0 +1,2 @@
+require ["fileinto", "variables"];
+if header :matches "subject" "**o*" { fileinto "[${1}][${2}][${3}]"; }

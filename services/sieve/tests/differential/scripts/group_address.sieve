@@ -1,0 +1,3 @@
+require "fileinto";
+if address :domain :matches "to" "*.org" { fileinto "to-org"; }
+if not exists "cc" { fileinto "no-cc"; }

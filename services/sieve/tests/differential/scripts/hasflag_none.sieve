@@ -1,0 +1,3 @@
+require ["imap4flags", "fileinto"];
+if hasflag :contains "seen" { fileinto "seen"; }
+if not hasflag "x" { fileinto "unflagged"; }

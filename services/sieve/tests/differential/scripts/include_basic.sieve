@@ -1,0 +1,4 @@
+require "include";
+include :global "g";
+include :once "spam";
+keep;

@@ -1,0 +1,3 @@
+require ["include", "fileinto"];
+include :optional "nope";
+fileinto "ok";

@@ -1,0 +1,3 @@
+require "variables";
+set "a" "archive";
+redirect "${a}@example.org";

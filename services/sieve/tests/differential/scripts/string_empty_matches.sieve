@@ -1,0 +1,3 @@
+require ["variables", "fileinto"];
+if string :matches "" "*" { fileinto "empty-star"; }
+if string :matches "" "?" { fileinto "empty-q"; }

@@ -1,0 +1,6 @@
+require "vacation";
+vacation :subject "Away" text:
+Hello,
+..I am away.
+.
+;

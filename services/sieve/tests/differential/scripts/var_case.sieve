@@ -1,0 +1,3 @@
+require ["fileinto", "variables"];
+set "Box" "Mixed";
+fileinto "${BOX}-${box}";
