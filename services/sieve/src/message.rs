@@ -100,6 +100,20 @@ pub(crate) fn valid_field_name(n: &str) -> bool {
     !n.is_empty() && n.bytes().all(|c| (33..=126).contains(&c) && c != b':')
 }
 
+/// A vacation `:from`: one address, bare or `Name <addr>`, on one line.
+/// Returns it unfolded as given.
+pub(crate) fn vacation_from(v: &str) -> Option<String> {
+    if v.contains(['\r', '\n']) {
+        return None;
+    }
+    let a = addresses(v);
+    if a.len() == 1 && plausible_address(&a[0]) {
+        Some(v.trim().to_string())
+    } else {
+        None
+    }
+}
+
 /// A redirect target must at least look like local@domain.
 pub(crate) fn plausible_address(a: &str) -> bool {
     let a = a.trim();

@@ -469,8 +469,19 @@ impl Machine<'_> {
             return Err(rerr(n.line, "vacation conflicts with reject"));
         }
         self.vacation_done = true;
-        let subject = n.tag("subject").map(|v| self.s(f, v.as_str()));
-        let from = n.tag("from").map(|v| self.s(f, v.as_str()));
+        // Subject and From become header fields of the reply: one line each.
+        let subject = n
+            .tag("subject")
+            .map(|v| self.s(f, v.as_str()).replace(['\r', '\n'], " "));
+        let from = match n.tag("from") {
+            None => None,
+            Some(v) => {
+                let raw = self.s(f, v.as_str());
+                Some(message::vacation_from(&raw).ok_or_else(|| {
+                    rerr(n.line, format!("vacation: invalid :from address \"{raw}\""))
+                })?)
+            }
+        };
         let extra = n
             .tag("addresses")
             .map(|v| self.list(f, v.as_list()))

@@ -512,7 +512,8 @@ fn compile_never_panics() {
         "require \"vacation\"; vacation :days 3 :subject \"s\" text:\nhello\n.\n;",
         "if anyof (address :all :is \"from\" \"a@b\", exists \"x\") { stop; }",
     ];
-    let alphabet: &[u8] = b"\"\\[](){},;:# \n*/?$0123456789abcdefghijklmnopqrstuvwxyzKMG.-_";
+    let alphabet: &[u8] =
+        b"\"\\[](){},;:# \n*/?$0123456789abcdefghijklmnopqrstuvwxyzKMG.-_\xc3\xa9\xff";
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
     let mut rnd = move || {
         x ^= x << 13;
@@ -647,4 +648,84 @@ fn capabilities_listed() {
     )
     .unwrap();
     assert_eq!(s.required(), vec!["body", "fileinto"]);
+}
+
+/// `run` never panics on odd messages: mutated headers and bodies.
+#[test]
+fn run_never_panics_on_messages() {
+    let src = r#"require ["variables","fileinto","regex","relational","date","editheader","body","envelope","index","subaddress","vacation","imap4flags"];
+        if header :matches "subject" "*x*" { fileinto "${1}"; }
+        if address :detail :contains ["to","cc","from"] "a" { addflag "x"; }
+        if date :zone "+0000" :value "gt" "date" "year" "2000" { keep; }
+        if body :content "text" :contains "a" { stop; }
+        if header :regex "x" "^a+$" { discard; }
+        addheader "X-A" "b"; deleteheader :index 1 "to";
+        vacation "v";"#;
+    let l = Limits::default();
+    let s = compile(src, &l).unwrap();
+    let alphabet: &[u8] = b"\r\n:;<>@\"=?()., \tabcXYZ-+\xc3\xa9\xff\x00";
+    let mut x: u64 = 0x1234_5678_9ABC_DEF1;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for i in 0..2000 {
+        let mut b = MSG.as_bytes().to_vec();
+        if i % 5 == 4 {
+            b = (0..(rnd() % 400))
+                .map(|_| alphabet[(rnd() % alphabet.len() as u64) as usize])
+                .collect();
+        } else {
+            for _ in 0..(1 + rnd() % 10) {
+                let p = (rnd() as usize) % (b.len() + 1);
+                let c = alphabet[(rnd() % alphabet.len() as u64) as usize];
+                if rnd() % 2 == 0 || p == b.len() {
+                    b.insert(p, c);
+                } else {
+                    b[p] = c;
+                }
+            }
+        }
+        let _ = run(&s, &b, &env(), &ctx(), &l);
+        let _ = apply_edits(
+            &b,
+            &[HeaderEdit::Delete {
+                name: "to".into(),
+                occurrences: vec![1],
+            }],
+        );
+    }
+}
+
+#[test]
+fn vacation_from_checked() {
+    let l = Limits::default();
+    assert!(compile(
+        "require \"vacation\"; vacation :from \"not an address\" \"x\";",
+        &l
+    )
+    .is_err());
+    assert!(compile(
+        "require \"vacation\"; vacation :from \"Alice <alice@example.org>\" \"x\";",
+        &l
+    )
+    .is_ok());
+    let me = Envelope {
+        from: Some("bob@example.com"),
+        to: "alice@example.org",
+        auth: None,
+    };
+    let o = go_with(
+        "require \"vacation\"; vacation :subject \"a\r\nBcc: x@y.z\" \"x\";",
+        MSG,
+        &me,
+        &ctx(),
+    )
+    .unwrap();
+    let Action::Vacation(v) = &o.actions[0] else {
+        panic!("{o:?}")
+    };
+    assert!(!v.reply_subject().contains('\n'));
 }

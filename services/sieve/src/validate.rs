@@ -656,6 +656,17 @@ impl Validator<'_> {
                     return Err(err(n.line, format!("invalid redirect address \"{a}\"")));
                 }
             }
+            "vacation" => {
+                if let Some(from) = n.tag("from") {
+                    let from = from.as_str();
+                    if !self.has_vars(from) && crate::message::vacation_from(from).is_none() {
+                        return Err(err(
+                            n.line,
+                            format!("vacation: invalid :from address \"{from}\""),
+                        ));
+                    }
+                }
+            }
             "include" => {
                 let name = n.str_at(0);
                 if name.is_empty() || name.contains('/') {

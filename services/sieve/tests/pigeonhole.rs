@@ -11,123 +11,14 @@
 //! Without `sieve-test` the test prints a notice and passes, unless
 //! MAILFLEET_REQUIRE_PIGEONHOLE=1 (CI installs dovecot-sieve and sets it).
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use chrono::{FixedOffset, Utc};
-use mailfleet_sieve::{compile, run, Action, Context, Envelope, Limits, Location};
-
-/// Included scripts come from `tests/differential/include/{personal,global}`,
-/// the same files Pigeonhole gets as its `sieve` and `sieve_global` dirs.
-struct Ctx {
-    include_dir: PathBuf,
-}
-
-impl Context for Ctx {
-    fn mailbox_exists(&self, name: &str) -> bool {
-        name == "INBOX"
-    }
-    fn include(&self, name: &str, location: Location) -> Option<String> {
-        let sub = match location {
-            Location::Personal => "personal",
-            Location::Global => "global",
-        };
-        fs::read_to_string(self.include_dir.join(sub).join(format!("{name}.sieve"))).ok()
-    }
-    fn now(&self) -> chrono::DateTime<FixedOffset> {
-        // sieve-test runs in the machine's zone; the fixtures only use
-        // currentdate parts that do not depend on it.
-        Utc::now().fixed_offset()
-    }
-}
-
-fn sieve_test() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/bin")])
-        .map(|d| d.join("sieve-test"))
-        .find(|p| p.is_file())
-}
-
-type Norm = BTreeSet<String>;
-
-fn store(
-    map: &mut BTreeMap<String, (BTreeSet<String>, bool)>,
-    folder: &str,
-    flags: &[String],
-    create: bool,
-) {
-    let e = map.entry(folder.to_string()).or_default();
-    e.0.extend(flags.iter().map(|f| f.to_lowercase()));
-    e.1 |= create;
-}
-
-fn finish(stores: BTreeMap<String, (BTreeSet<String>, bool)>, mut rest: Norm) -> Norm {
-    let delivers = !stores.is_empty()
-        || rest
-            .iter()
-            .any(|r| r.starts_with("redirect") || r == "reject");
-    if delivers {
-        rest.remove("discard");
-    }
-    for (folder, (flags, create)) in stores {
-        let mut s = format!("store {folder}");
-        if !flags.is_empty() {
-            s.push_str(" flags[");
-            s.push_str(&flags.into_iter().collect::<Vec<_>>().join(" "));
-            s.push(']');
-        }
-        if create {
-            s.push_str(" :create");
-        }
-        rest.insert(s);
-    }
-    rest
-}
-
-fn ours(script: &str, msg: &[u8], from: &str, to: &str, ctx: &Ctx) -> Norm {
-    let limits = Limits::default();
-    let s = match compile(script, &limits) {
-        Ok(s) => s,
-        Err(_) => return ["compile-error".to_string()].into(),
-    };
-    let env = Envelope {
-        from: Some(from),
-        to,
-        auth: None,
-    };
-    let out = match run(&s, msg, &env, ctx, &limits) {
-        Ok(o) => o,
-        Err(_) => return ["error".to_string()].into(),
-    };
-    let mut stores = BTreeMap::new();
-    let mut rest = Norm::new();
-    for a in &out.actions {
-        match a {
-            Action::Keep { flags } => store(&mut stores, "INBOX", flags, false),
-            Action::FileInto {
-                mailbox,
-                flags,
-                create,
-            } => store(&mut stores, mailbox, flags, *create),
-            Action::Redirect { address, .. } => {
-                rest.insert(format!("redirect {address}"));
-            }
-            Action::Reject { .. } => {
-                rest.insert("reject".into());
-            }
-            Action::Discard => {
-                rest.insert("discard".into());
-            }
-            Action::Vacation(v) => {
-                rest.insert(format!("vacation {}s", v.period_seconds));
-            }
-        }
-    }
-    finish(stores, rest)
-}
+use common::{finish, ours, read_dir_sorted, sieve_test, stem, store, Ctx, Norm};
 
 fn parse_pigeonhole(out: &str) -> Norm {
     if out.contains("failed to compile") {
@@ -176,22 +67,6 @@ fn parse_pigeonhole(out: &str) -> Norm {
         rest.insert(format!("vacation {seconds}s"));
     }
     finish(stores, rest)
-}
-
-fn read_dir_sorted(p: &Path, ext: &str) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = fs::read_dir(p)
-        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == ext))
-        .collect();
-    v.sort();
-    v
-}
-
-fn stem(p: &Path) -> String {
-    p.file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default()
 }
 
 #[test]
