@@ -18,7 +18,7 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use common::{finish, ours, read_dir_sorted, sieve_test, stem, store, Ctx, Norm};
+use common::{finish, ours, read_dir_sorted, sieve_test, stem, store, vacation_line, Ctx, Norm};
 
 fn parse_pigeonhole(out: &str) -> Norm {
     if out.contains("failed to compile") {
@@ -32,10 +32,32 @@ fn parse_pigeonhole(out: &str) -> Norm {
     let mut current: Option<String> = None;
     let mut vacation = false;
     let mut seconds = String::from("?");
+    let (mut subject, mut from) = (None, None);
+    let mut reason: Option<Vec<&str>> = None;
+    let mut in_message = false;
     for line in out.lines() {
+        if in_message {
+            if line == "END MESSAGE" {
+                in_message = false;
+            } else if let Some(r) = reason.as_mut() {
+                r.push(line);
+            }
+            continue;
+        }
+        if line == "START MESSAGE" && vacation {
+            in_message = true;
+            reason = Some(Vec::new());
+            continue;
+        }
         let t = line.trim();
         if let Some(s) = t.strip_prefix("=> seconds :") {
             seconds = s.trim().to_string();
+        }
+        if let Some(s) = t.strip_prefix("=> subject :") {
+            subject = Some(s.trim().to_string());
+        }
+        if let Some(s) = t.strip_prefix("=> from    :") {
+            from = Some(s.trim().to_string());
         }
         if let Some(a) = t.strip_prefix("* ") {
             current = None;
@@ -47,8 +69,8 @@ fn parse_pigeonhole(out: &str) -> Norm {
                     "redirect {}",
                     r.trim_start_matches('<').trim_end_matches('>')
                 ));
-            } else if a.starts_with("reject message") {
-                rest.insert("reject".into());
+            } else if let Some(r) = a.strip_prefix("reject message with reason: ") {
+                rest.insert(format!("reject {r}"));
             } else if a == "discard" {
                 rest.insert("discard".into());
             } else if a.starts_with("send vacation message") {
@@ -64,7 +86,13 @@ fn parse_pigeonhole(out: &str) -> Norm {
         }
     }
     if vacation {
-        rest.insert(format!("vacation {seconds}s"));
+        let reason = reason.unwrap_or_default().join("\n");
+        rest.insert(vacation_line(
+            &seconds,
+            subject.as_deref(),
+            from.as_deref(),
+            &reason,
+        ));
     }
     finish(stores, rest)
 }

@@ -109,14 +109,20 @@ pub fn ours(script: &str, msg: &[u8], from: &str, to: &str, ctx: &Ctx) -> Norm {
             Action::Redirect { address, .. } => {
                 rest.insert(format!("redirect {address}"));
             }
-            Action::Reject { .. } => {
-                rest.insert("reject".into());
+            Action::Reject { reason, .. } => {
+                // sieve-test prints CR and LF of the reason as '?'.
+                rest.insert(format!("reject {}", reason.replace(['\r', '\n'], "?")));
             }
             Action::Discard => {
                 rest.insert("discard".into());
             }
             Action::Vacation(v) => {
-                rest.insert(format!("vacation {}s", v.period_seconds));
+                rest.insert(vacation_line(
+                    &v.period_seconds.to_string(),
+                    v.subject.as_deref(),
+                    v.from.as_deref(),
+                    &v.reason,
+                ));
             }
         }
     }
@@ -177,4 +183,26 @@ pub fn scripts() -> Vec<(String, String)> {
         .into_iter()
         .map(|p| (stem(&p), fs::read_to_string(&p).unwrap()))
         .collect()
+}
+
+/// The normalised vacation: period, :subject and :from if given, and the
+/// reason with line ends unified and outer blank space trimmed.
+pub fn vacation_line(
+    seconds: &str,
+    subject: Option<&str>,
+    from: Option<&str>,
+    reason: &str,
+) -> String {
+    let mut s = format!("vacation {seconds}s");
+    if let Some(x) = subject {
+        s.push_str(&format!(" subject=[{x}]"));
+    }
+    if let Some(x) = from {
+        s.push_str(&format!(" from=[{x}]"));
+    }
+    s.push_str(&format!(
+        " reason=[{}]",
+        reason.replace("\r\n", "\n").trim()
+    ));
+    s
 }
