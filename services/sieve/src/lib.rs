@@ -59,6 +59,9 @@ pub struct Limits {
     /// How much of the decoded body the `body` test looks at; the rest is
     /// ignored (a filter on a 50 MB attachment is not worth the time).
     pub max_body_bytes: usize,
+    /// Header fields the script sees; later ones are invisible to tests
+    /// (real messages have a few dozen; this bounds memory and scan time).
+    pub max_header_fields: usize,
     /// Shortest vacation period (`:seconds` below it is raised to it):
     /// one day by default, as RFC 5230 asks for `:days` and Pigeonhole does
     /// for `:seconds`, so that two autoresponders cannot ping-pong quickly.
@@ -79,6 +82,7 @@ impl Default for Limits {
             max_variable_bytes: 4096,
             max_variables: 128,
             max_body_bytes: 1 << 20,
+            max_header_fields: 2_000,
             min_vacation_seconds: 86_400,
         }
     }

@@ -15,7 +15,14 @@ pub(crate) struct Field {
 
 /// Splits a message into header fields and the body (after the empty line).
 pub(crate) fn split(raw: &[u8]) -> (Vec<Field>, &[u8]) {
+    split_limited(raw, usize::MAX)
+}
+
+/// Like [`split`], but keeps at most `max_fields` fields (the rest of the
+/// header is not visible to the script; the body is still found).
+pub(crate) fn split_limited(raw: &[u8], max_fields: usize) -> (Vec<Field>, &[u8]) {
     let mut fields: Vec<Field> = Vec::new();
+    let mut skipping = false;
     let mut i = 0;
     let mut body_start = raw.len();
     while i < raw.len() {
@@ -30,7 +37,9 @@ pub(crate) fn split(raw: &[u8]) -> (Vec<Field>, &[u8]) {
             body_start = next;
             break;
         }
-        if line[0] == b' ' || line[0] == b'\t' {
+        if skipping {
+            // Past the field limit: only look for the end of the header.
+        } else if line[0] == b' ' || line[0] == b'\t' {
             if let Some(f) = fields.last_mut() {
                 f.raw.push_str("\r\n");
                 f.raw.push_str(&String::from_utf8_lossy(line));
@@ -40,7 +49,11 @@ pub(crate) fn split(raw: &[u8]) -> (Vec<Field>, &[u8]) {
                 .trim_end()
                 .to_string();
             let value = String::from_utf8_lossy(&line[colon + 1..]).to_string();
-            fields.push(Field { name, raw: value });
+            if fields.len() >= max_fields {
+                skipping = true;
+            } else {
+                fields.push(Field { name, raw: value });
+            }
         } else if fields.is_empty() && line.starts_with(b"From ") {
             // mbox separator line: not a header field.
         } else {
@@ -247,6 +260,9 @@ mod tests {
         assert_eq!(b, b"body\r\n");
         let (f, b) = split(b"Subject: x\n\nbody");
         assert_eq!(f.len(), 1);
+        assert_eq!(b, b"body");
+        let (f, b) = split_limited(b"A: 1\r\nB: 2\r\nC: 3\r\n x\r\n\r\nbody", 2);
+        assert_eq!(f.len(), 2);
         assert_eq!(b, b"body");
     }
 

@@ -75,7 +75,7 @@ pub(crate) fn run(
     ctx: &dyn Context,
     limits: &Limits,
 ) -> Result<Outcome, RuntimeError> {
-    let (fields, body) = message::split(raw);
+    let (fields, body) = message::split_limited(raw, limits.max_header_fields);
     let mut m = Machine {
         raw,
         body,
@@ -658,6 +658,7 @@ impl Machine<'_> {
             }
             "exists" => {
                 let names = self.list(f, n.list_at(0));
+                self.scan_cost(names.len(), n.line)?;
                 names
                     .iter()
                     .all(|h| self.fields.iter().any(|x| x.name.eq_ignore_ascii_case(h)))
@@ -675,7 +676,7 @@ impl Machine<'_> {
                 let names = self.list(f, n.list_at(0));
                 let mut values = Vec::new();
                 for h in &names {
-                    for raw in self.field_values(n, h) {
+                    for raw in self.field_values(n, h)? {
                         values.push(message::decoded(&raw));
                     }
                 }
@@ -685,7 +686,7 @@ impl Machine<'_> {
                 let names = self.list(f, n.list_at(0));
                 let mut values = Vec::new();
                 for h in &names {
-                    for raw in self.field_values(n, h) {
+                    for raw in self.field_values(n, h)? {
                         for a in message::addresses(&raw) {
                             if let Some(p) = address_part(n, &a) {
                                 values.push(p);
@@ -778,7 +779,7 @@ impl Machine<'_> {
             "date" | "currentdate" => {
                 let (date, part, keys) = if n.name == "date" {
                     let h = self.s(f, n.str_at(0));
-                    let vals = self.field_values(n, &h);
+                    let vals = self.field_values(n, &h)?;
                     let d = vals
                         .iter()
                         .find_map(|v| crate::date::parse_header_date(&message::decoded(v)));
@@ -823,24 +824,31 @@ impl Machine<'_> {
 
     /// Raw values of the fields called `name`, narrowed by `:index`/`:last`
     /// (RFC 5260 §6: the Nth occurrence, counted from the end with :last).
-    fn field_values(&self, n: &Node, name: &str) -> Vec<String> {
+    /// Looking through the header costs one step per 64 fields per name.
+    fn scan_cost(&mut self, names: usize, line: usize) -> Result<(), RuntimeError> {
+        self.steps += (names as u64).saturating_mul((self.fields.len() / 64) as u64);
+        self.step(line)
+    }
+
+    fn field_values(&mut self, n: &Node, name: &str) -> Result<Vec<String>, RuntimeError> {
+        self.scan_cost(1, n.line)?;
         let all: Vec<String> = self
             .fields
             .iter()
             .filter(|x| x.name.eq_ignore_ascii_case(name))
             .map(|x| x.raw.clone())
             .collect();
-        match n.tag("index") {
+        Ok(match n.tag("index") {
             None => all,
             Some(i) => {
                 let i = usize::try_from(i.as_num()).unwrap_or(usize::MAX);
                 if i == 0 || i > all.len() {
-                    return Vec::new();
+                    return Ok(Vec::new());
                 }
                 let pos = if n.has("last") { all.len() - i } else { i - 1 };
                 vec![all[pos].clone()]
             }
-        }
+        })
     }
 
     fn regex(&mut self, pattern: &str, caseless: bool, line: usize) -> Result<Regex, RuntimeError> {

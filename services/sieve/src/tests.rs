@@ -729,3 +729,26 @@ fn vacation_from_checked() {
     };
     assert!(!v.reply_subject().contains('\n'));
 }
+
+#[test]
+fn many_header_fields_bounded() {
+    let mut m = String::new();
+    for i in 0..50_000 {
+        m.push_str(&format!("X-{i}: v\r\n"));
+    }
+    m.push_str("Subject: late\r\n\r\nbody text\r\n");
+    let src = "require [\"body\",\"fileinto\"]; if exists \"subject\" { fileinto \"seen\"; } if body :contains \"body text\" { fileinto \"body\"; }";
+    let o = go_with(src, &m, &env(), &ctx()).unwrap();
+    // The Subject is past max_header_fields: invisible, but the body is found.
+    assert_eq!(o.actions, vec![fi("body")]);
+    let l = Limits {
+        max_steps: 500,
+        ..Limits::default()
+    };
+    let src = "if anyof(".to_string() + &vec!["exists \"x-nope\""; 100].join(",") + ") { keep; }";
+    let s = compile(&src, &l).unwrap();
+    assert!(run(&s, m.as_bytes(), &env(), &ctx(), &l)
+        .unwrap_err()
+        .message
+        .contains("steps"));
+}

@@ -24,7 +24,10 @@ fn fixtures_match_golden() {
             lines.push(format!(
                 "{name} {} => {}",
                 m.name,
-                n.into_iter().collect::<Vec<_>>().join(" | ")
+                n.into_iter()
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+                    .replace('\n', "\\n")
             ));
         }
     }
