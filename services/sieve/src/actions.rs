@@ -42,7 +42,7 @@ pub struct Vacation {
     /// `:days` × 86400 or `:seconds` (RFC 6131); default 7 days; never
     /// below [`crate::Limits::min_vacation_seconds`] (1 day by default).
     pub period_seconds: u64,
-    /// The `:subject`, or `None` for the default "Auto: <original subject>"
+    /// The `:subject`, or `None` for the default "Auto: " + original subject
     /// (see [`Vacation::reply_subject`]).
     pub subject: Option<String>,
     /// `:from`, if given.

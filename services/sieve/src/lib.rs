@@ -14,6 +14,35 @@
 //!
 //! On a [`RuntimeError`], RFC 5228 §2.10.6 asks for the implicit keep:
 //! the caller should store the message in INBOX (and may log the error).
+//!
+//! ```
+//! use mailfleet_sieve::{compile, run, Action, Context, Envelope, Limits, Location};
+//!
+//! struct Ctx;
+//! impl Context for Ctx {
+//!     fn mailbox_exists(&self, _name: &str) -> bool { true }
+//!     fn include(&self, _name: &str, _location: Location) -> Option<String> { None }
+//!     fn now(&self) -> chrono::DateTime<chrono::FixedOffset> { chrono::Utc::now().fixed_offset() }
+//! }
+//!
+//! let limits = Limits::default();
+//! let script = compile(
+//!     "require \"fileinto\";\nif header :contains \"subject\" \"[SPAM]\" { fileinto \"Junk\"; }",
+//!     &limits,
+//! )
+//! .unwrap();
+//! let msg = b"From: a@example.com\r\nSubject: [SPAM] win\r\n\r\nhi\r\n";
+//! let env = Envelope { from: Some("a@example.com"), to: "me@example.org", auth: None };
+//! let out = run(&script, msg, &env, &Ctx, &limits).unwrap();
+//! assert_eq!(
+//!     out.actions,
+//!     vec![Action::FileInto { mailbox: "Junk".into(), flags: vec![], create: false }]
+//! );
+//! assert_eq!(
+//!     compile("foo;", &limits).unwrap_err().to_string(),
+//!     "line 1: unknown command \"foo\""
+//! );
+//! ```
 
 mod actions;
 mod ast;

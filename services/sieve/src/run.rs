@@ -52,7 +52,7 @@ struct Machine<'a> {
     includes: usize,
     included_once: HashSet<(Location, String)>,
     regexes: HashMap<(String, bool), Regex>,
-    /// Body texts per transform ("raw", "text", "content:<types>"), so that
+    /// Body texts per transform (`raw`, `text`, `content:<types>`), so that
     /// many `body` tests parse the MIME structure once.
     bodies: HashMap<String, Rc<Vec<String>>>,
     vacation_done: bool,

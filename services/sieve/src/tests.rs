@@ -752,3 +752,11 @@ fn many_header_fields_bounded() {
         .message
         .contains("steps"));
 }
+
+#[test]
+fn script_is_shareable() {
+    fn send_sync<T: Send + Sync + Clone>() {}
+    send_sync::<Script>();
+    send_sync::<Outcome>();
+    send_sync::<Limits>();
+}

@@ -131,22 +131,8 @@ const fn cmd(
     }
 }
 
-const fn test(
-    name: &'static str,
-    ext: &'static str,
-    tags: &'static [&'static [TagSpec]],
-    pos: &'static [K],
-    min_pos: usize,
-) -> Spec {
-    Spec {
-        name,
-        ext,
-        tags,
-        pos,
-        min_pos,
-        tests: Arity::None,
-    }
-}
+/// Tests are described like commands (a name, tags, positional kinds).
+use cmd as test;
 
 const CMP_MATCH: &[&[TagSpec]] = &[COMPARATOR, MATCH];
 const CMP_MATCH_INDEX: &[&[TagSpec]] = &[COMPARATOR, MATCH, INDEX];
