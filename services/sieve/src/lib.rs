@@ -47,6 +47,7 @@
 mod actions;
 mod ast;
 mod date;
+mod encoded;
 mod lexer;
 mod matcher;
 mod message;

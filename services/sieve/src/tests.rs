@@ -760,3 +760,22 @@ fn script_is_shareable() {
     send_sync::<Outcome>();
     send_sync::<Limits>();
 }
+
+#[test]
+fn encoded_character() {
+    assert_eq!(
+        go("require [\"encoded-character\",\"fileinto\"]; fileinto \"${hex:4a 75 6e 6b}/${unicode:1F600}\";"),
+        vec![fi("Junk/😀")]
+    );
+    // Without the require the text stays as written.
+    assert_eq!(
+        go("require \"fileinto\"; fileinto \"${hex:41}\";"),
+        vec![fi("${hex:41}")]
+    );
+    let e = compile(
+        "require \"encoded-character\";\nredirect \"${hex:ff}@x.y\";",
+        &Limits::default(),
+    )
+    .unwrap_err();
+    assert_eq!(e.line, 2);
+}

@@ -254,6 +254,7 @@ pub const CAPABILITIES: &[&str] = &[
     "regex",
     "include",
     "comparator-i;ascii-numeric",
+    "encoded-character",
 ];
 
 /// Comparators that are always available (RFC 5228 §2.7.3) and may still be
@@ -513,6 +514,14 @@ impl Validator<'_> {
         if pos.len() < spec.min_pos {
             return Err(err(line, format!("missing argument for \"{}\"", spec.name)));
         }
+        if self.caps.contains("encoded-character") {
+            for val in pos
+                .iter_mut()
+                .chain(tags.iter_mut().filter_map(|(_, v)| v.as_mut()))
+            {
+                decode_value(val).map_err(|m| err(line, m))?;
+            }
+        }
         Ok(Node {
             name: spec.name,
             line,
@@ -663,6 +672,19 @@ impl Validator<'_> {
         }
         Ok(())
     }
+}
+
+fn decode_value(v: &mut Value) -> Result<(), String> {
+    match v {
+        Value::Str(s) => *s = crate::encoded::decode(s)?,
+        Value::List(l) => {
+            for s in l {
+                *s = crate::encoded::decode(s)?;
+            }
+        }
+        Value::Num(_) => {}
+    }
+    Ok(())
 }
 
 fn check_varname(name: &str, line: usize) -> Result<(), CompileError> {
