@@ -146,6 +146,7 @@ impl Machine<'_> {
             let flags = self.flags.clone();
             self.push_keep(flags);
         }
+        merge_inbox(&mut self.actions);
         let delivers = has(&self.actions, &|a| {
             matches!(
                 a,
@@ -958,6 +959,35 @@ impl Machine<'_> {
             }
         }
         Ok(false)
+    }
+}
+
+/// `keep` and `fileinto "INBOX"` store in the same place (INBOX is
+/// case-insensitive, RFC 3501): keep only the first of them, with the union
+/// of their flags, so the message is not delivered twice.
+fn merge_inbox(actions: &mut Vec<Action>) {
+    let is_inbox = |a: &Action| match a {
+        Action::Keep { .. } => true,
+        Action::FileInto { mailbox, .. } => mailbox.eq_ignore_ascii_case("INBOX"),
+        _ => false,
+    };
+    let Some(first) = actions.iter().position(is_inbox) else {
+        return;
+    };
+    let mut extra: Vec<String> = Vec::new();
+    let mut i = first + 1;
+    while i < actions.len() {
+        if is_inbox(&actions[i]) {
+            if let Action::Keep { flags } | Action::FileInto { flags, .. } = actions.remove(i) {
+                extra.push(flags.join(" "));
+            }
+        } else {
+            i += 1;
+        }
+    }
+    if let Action::Keep { flags } | Action::FileInto { flags, .. } = &mut actions[first] {
+        extra.insert(0, flags.join(" "));
+        *flags = flag_words(&extra);
     }
 }
 

@@ -779,3 +779,15 @@ fn encoded_character() {
     .unwrap_err();
     assert_eq!(e.line, 2);
 }
+
+#[test]
+fn inbox_stored_once() {
+    assert_eq!(
+        go("require [\"fileinto\",\"imap4flags\"]; fileinto :flags \"a\" \"inbox\"; keep :flags \"b\";"),
+        vec![Action::FileInto { mailbox: "inbox".into(), flags: vec!["a".into(), "b".into()], create: false }]
+    );
+    assert_eq!(
+        go("require [\"fileinto\",\"copy\"]; fileinto :copy \"INBOX\";"),
+        vec![fi("INBOX")]
+    );
+}
