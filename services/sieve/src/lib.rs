@@ -179,6 +179,14 @@ pub trait Context {
     /// The current time in the user's zone (`currentdate`, and the zone
     /// `date` converts to when no `:zone` is given).
     fn now(&self) -> chrono::DateTime<chrono::FixedOffset>;
+    /// RFC 5183 `environment` items the caller knows ("domain", "host",
+    /// "remote-host", "remote-ip", ...). `None` falls back to the built-in
+    /// "name" (Mailfleet), "version", "location" (MDA) and "phase" (during);
+    /// an item nobody knows makes the test false.
+    fn environment(&self, name: &str) -> Option<String> {
+        let _ = name;
+        None
+    }
 }
 
 /// Compiles and validates a script.

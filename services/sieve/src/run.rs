@@ -795,6 +795,22 @@ impl Machine<'_> {
                 };
                 self.compare_values(f, n, &[v], keys, true)?
             }
+            "environment" => {
+                let item = self.s(f, n.str_at(0)).to_ascii_lowercase();
+                let value = self.ctx.environment(&item).or_else(|| {
+                    Some(match item.as_str() {
+                        "name" => "Mailfleet".to_string(),
+                        "version" => env!("CARGO_PKG_VERSION").to_string(),
+                        "location" => "MDA".to_string(),
+                        "phase" => "during".to_string(),
+                        _ => return None,
+                    })
+                });
+                match value {
+                    Some(v) => self.compare_values(f, n, &[v], n.list_at(1), true)?,
+                    None => false,
+                }
+            }
             "mailboxexists" => {
                 let names = self.list(f, n.list_at(0));
                 names.iter().all(|m| self.ctx.mailbox_exists(m))

@@ -791,3 +791,17 @@ fn inbox_stored_once() {
         vec![fi("INBOX")]
     );
 }
+
+#[test]
+fn environment_ext() {
+    let t = |test: &str| {
+        go(&format!(
+            "require [\"environment\",\"fileinto\"]; if {test} {{ fileinto \"T\"; }}"
+        )) == vec![fi("T")]
+    };
+    assert!(t("environment :is \"location\" \"MDA\""));
+    assert!(t("environment :is \"name\" \"mailfleet\""));
+    assert!(t("environment :is \"phase\" \"during\""));
+    assert!(!t("environment :matches \"remote-ip\" \"*\""));
+    assert!(compile("if environment :is \"name\" \"x\" {}", &Limits::default()).is_err());
+}

@@ -231,6 +231,13 @@ const TESTS: &[Spec] = &[
         2,
     ),
     test("mailboxexists", "mailbox", &[], &[K::List], 1),
+    test(
+        "environment",
+        "environment",
+        CMP_MATCH,
+        &[K::Str, K::List],
+        2,
+    ),
 ];
 
 /// Capabilities a script may `require`, as advertised by ManageSieve.
@@ -255,6 +262,7 @@ pub const CAPABILITIES: &[&str] = &[
     "include",
     "comparator-i;ascii-numeric",
     "encoded-character",
+    "environment",
 ];
 
 /// Comparators that are always available (RFC 5228 §2.7.3) and may still be
