@@ -1015,7 +1015,8 @@ fn same_address(a: &str, b: &str) -> bool {
     la == lb && da.eq_ignore_ascii_case(db)
 }
 
-/// editheader must not touch trace and loop-prevention fields (RFC 5293 §7).
+/// editheader does not touch trace and loop-prevention fields (RFC 5293
+/// allows protecting them; Pigeonhole does too).
 fn protected(name: &str) -> bool {
     name.eq_ignore_ascii_case("received") || name.eq_ignore_ascii_case("auto-submitted")
 }
