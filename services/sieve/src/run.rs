@@ -453,6 +453,10 @@ impl Machine<'_> {
             }
             "deleteheader" => self.deleteheader(f, n)?,
             "include" => return self.include(f, n),
+            "error" => {
+                let m = self.s(f, n.str_at(0));
+                return Err(rerr(n.line, format!("error: {m}")));
+            }
             other => return Err(rerr(n.line, format!("command \"{other}\" not implemented"))),
         }
         Ok(Flow::Next)
@@ -811,6 +815,10 @@ impl Machine<'_> {
                     None => false,
                 }
             }
+            "ihave" => n
+                .list_at(0)
+                .iter()
+                .all(|c| crate::validate::ihave_supported(c)),
             "mailboxexists" => {
                 let names = self.list(f, n.list_at(0));
                 names.iter().all(|m| self.ctx.mailbox_exists(m))

@@ -805,3 +805,37 @@ fn environment_ext() {
     assert!(!t("environment :matches \"remote-ip\" \"*\""));
     assert!(compile("if environment :is \"name\" \"x\" {}", &Limits::default()).is_err());
 }
+
+#[test]
+fn ihave_ext() {
+    // Known capability: usable inside the block without require.
+    assert_eq!(
+        go("require \"ihave\"; if ihave \"fileinto\" { fileinto \"F\"; } else { discard; }"),
+        vec![fi("F")]
+    );
+    assert_eq!(
+        go("require [\"ihave\",\"imap4flags\"]; if ihave \"imap4flags\" { addflag \"x\"; }"),
+        vec![Action::Keep {
+            flags: vec!["x".into()]
+        }]
+    );
+    // variables and encoded-character change all strings: require only.
+    assert_eq!(
+        go("require [\"ihave\",\"fileinto\",\"variables\"]; if ihave \"variables\" { fileinto \"yes\"; } else { fileinto \"no\"; }"),
+        vec![fi("no")]
+    );
+    // Unknown capability: the block is not validated and does not run.
+    assert_eq!(
+        go("require \"ihave\"; if ihave \"x-frobnicate\" { frobnicate :hard; } else { discard; }"),
+        vec![Action::Discard]
+    );
+    let e = go_with("require \"ihave\";\nerror \"no way\";", MSG, &env(), &ctx()).unwrap_err();
+    assert_eq!(e.to_string(), "line 2: error: no way");
+    assert!(compile("if ihave \"fileinto\" {}", &Limits::default()).is_err());
+    // Outside the block the capability is still not required.
+    assert!(compile(
+        "require \"ihave\"; if ihave \"fileinto\" {} fileinto \"x\";",
+        &Limits::default()
+    )
+    .is_err());
+}

@@ -167,6 +167,7 @@ const COMMANDS: &[Spec] = &[
     cmd("include", "include", &[INCLUDE], &[K::Str], 1),
     cmd("return", "include", &[], &[], 0),
     cmd("global", "include", &[], &[K::List], 1),
+    cmd("error", "ihave", &[], &[K::Str], 1),
 ];
 
 const TESTS: &[Spec] = &[
@@ -238,6 +239,7 @@ const TESTS: &[Spec] = &[
         &[K::Str, K::List],
         2,
     ),
+    test("ihave", "ihave", &[], &[K::List], 1),
 ];
 
 /// Capabilities a script may `require`, as advertised by ManageSieve.
@@ -263,6 +265,7 @@ pub const CAPABILITIES: &[&str] = &[
     "comparator-i;ascii-numeric",
     "encoded-character",
     "environment",
+    "ihave",
 ];
 
 /// Comparators that are always available (RFC 5228 §2.7.3) and may still be
@@ -286,6 +289,9 @@ fn err(line: usize, message: impl Into<String>) -> CompileError {
 pub(crate) struct Validator<'l> {
     pub caps: HashSet<String>,
     limits: &'l Limits,
+    /// Capabilities enabled inside `if ihave` blocks (RFC 5463), collected
+    /// so that the run knows e.g. that variables are in use.
+    ihave: std::cell::RefCell<HashSet<String>>,
 }
 
 /// Validates a parsed script and returns its statements and the
@@ -297,6 +303,7 @@ pub(crate) fn validate(
     let mut v = Validator {
         caps: HashSet::new(),
         limits,
+        ihave: std::cell::RefCell::new(HashSet::new()),
     };
     let mut seen_other = false;
     let mut rest = Vec::new();
@@ -314,7 +321,7 @@ pub(crate) fn validate(
                 _ => return Err(err(c.line, "require takes one string list")),
             };
             for n in names {
-                if !CAPABILITIES.contains(&n.as_str()) && !IMPLICIT_CAPS.contains(&n.as_str()) {
+                if !supported(&n) {
                     return Err(err(c.line, format!("unsupported extension \"{n}\"")));
                 }
                 v.caps.insert(n);
@@ -325,7 +332,9 @@ pub(crate) fn validate(
         }
     }
     let stmts = v.block(rest)?;
-    Ok((stmts, v.caps))
+    let mut caps = v.caps;
+    caps.extend(v.ihave.into_inner());
+    Ok((stmts, caps))
 }
 
 impl Validator<'_> {
@@ -358,7 +367,44 @@ impl Validator<'_> {
                     let Some(block) = c.block else {
                         return Err(err(c.line, format!("{name} needs a block")));
                     };
-                    let body = self.block(block)?;
+                    // `if ihave [...]`: the block may use those capabilities
+                    // as if required; if one is unknown the block can never
+                    // run and is not validated at all (RFC 5463 §4).
+                    let ihave: Option<Vec<String>> = c
+                        .tests
+                        .first()
+                        .filter(|t| t.name == "ihave" && name != "else")
+                        .map(|t| {
+                            t.args
+                                .iter()
+                                .flat_map(|a| match a {
+                                    RawArg::Str(s) => vec![s.clone()],
+                                    RawArg::List(l) => l.clone(),
+                                    _ => Vec::new(),
+                                })
+                                .collect()
+                        });
+                    let body = match &ihave {
+                        None => self.block(block)?,
+                        Some(names) if names.iter().all(|n| ihave_supported(n)) => {
+                            let child = Validator {
+                                caps: self
+                                    .caps
+                                    .iter()
+                                    .cloned()
+                                    .chain(names.iter().cloned())
+                                    .collect(),
+                                limits: self.limits,
+                                ihave: std::cell::RefCell::new(HashSet::new()),
+                            };
+                            let b = child.block(block)?;
+                            let mut mine = self.ihave.borrow_mut();
+                            mine.extend(names.iter().cloned());
+                            mine.extend(child.ihave.into_inner());
+                            b
+                        }
+                        Some(_) => Vec::new(),
+                    };
                     if name == "else" {
                         if !c.tests.is_empty() {
                             return Err(err(c.line, "else takes no test"));
@@ -693,6 +739,19 @@ fn decode_value(v: &mut Value) -> Result<(), String> {
         Value::Num(_) => {}
     }
     Ok(())
+}
+
+/// What `ihave` answers true for: every capability except those that
+/// change how every string of the script is read ("variables",
+/// "encoded-character"), which can only be `require`d (RFC 5463 §4;
+/// Pigeonhole answers the same).
+pub(crate) fn ihave_supported(name: &str) -> bool {
+    supported(name) && !matches!(name, "variables" | "encoded-character")
+}
+
+/// Whether `name` is a capability this implementation has.
+pub(crate) fn supported(name: &str) -> bool {
+    CAPABILITIES.contains(&name) || IMPLICIT_CAPS.contains(&name)
 }
 
 fn check_varname(name: &str, line: usize) -> Result<(), CompileError> {

@@ -1,0 +1,3 @@
+require ["ihave", "fileinto"];
+fileinto "before";
+if header :contains "subject" "hello" { error "refusing this one"; }
