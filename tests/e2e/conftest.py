@@ -60,6 +60,7 @@ class Server:
         self.imaps_port = free_port()
         self.pop3_port = free_port()
         self.pop3s_port = free_port()
+        self.managesieve_port = free_port()
         self.submission_port = free_port()
         self.submissions_port = free_port()
         self.http_port = free_port()
@@ -75,6 +76,7 @@ class Server:
                 "MAILFLEET_IMAP__LISTEN_TLS": f'["127.0.0.1:{self.imaps_port}"]',
                 "MAILFLEET_POP3__LISTEN": f'["127.0.0.1:{self.pop3_port}"]',
                 "MAILFLEET_POP3__LISTEN_TLS": f'["127.0.0.1:{self.pop3s_port}"]',
+                "MAILFLEET_MANAGESIEVE__LISTEN": f'["127.0.0.1:{self.managesieve_port}"]',
                 "MAILFLEET_SUBMISSION__LISTEN": f'["127.0.0.1:{self.submission_port}"]',
                 "MAILFLEET_SUBMISSION__LISTEN_TLS": f'["127.0.0.1:{self.submissions_port}"]',
                 "MAILFLEET_HTTP__LISTEN": f'["127.0.0.1:{self.http_port}"]',

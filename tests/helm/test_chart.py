@@ -43,9 +43,9 @@ KUBE_VERSIONS = ["1.25.0", "1.37.0"]
 # OpenAPI, validated against CRD_SCHEMAS below instead.
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "Certificate"}
 CONTAINER_PORTS = {"smtp": 2525, "submission": 5870, "submissions": 4650, "imap": 1430,
-                   "imaps": 9930, "pop3": 1100, "pop3s": 9950}
+                   "imaps": 9930, "pop3": 1100, "pop3s": 9950, "managesieve": 4190}
 SERVICE_PORTS = {"smtp": 25, "submission": 587, "submissions": 465, "imap": 143, "imaps": 993,
-                 "pop3": 110, "pop3s": 995}
+                 "pop3": 110, "pop3s": 995, "managesieve": 4190}
 
 S3_KEY_ID = "AKIAEXAMPLEINLINEKEY"
 S3_SECRET = "inline-s3-secret-Zq8vR2"
@@ -521,6 +521,7 @@ def test_config_is_complete_toml(manifests, case):
                                     "max_connections": 1000}
     assert config["imap"]["listen"] == ["0.0.0.0:1430"] and config["imap"]["listen_tls"] == ["0.0.0.0:9930"]
     assert config["pop3"]["listen"] == ["0.0.0.0:1100"] and config["pop3"]["listen_tls"] == ["0.0.0.0:9950"]
+    assert config["managesieve"] == {"listen": ["0.0.0.0:4190"], "max_connections": 200}
     values = CASES[case]
     assert config["server"]["hostname"] == values.get("hostname", "localhost")
     assert config["server"]["shutdown_grace_secs"] == 30
@@ -537,6 +538,7 @@ def test_config_is_complete_toml(manifests, case):
         "submission": {"listen", "listen_tls", "max_connections"},
         "imap": {"listen", "listen_tls", "max_connections"},
         "pop3": {"listen", "listen_tls", "max_connections"},
+        "managesieve": {"listen", "max_connections"},
         "delivery": {"enabled", "smarthost"},
         "http": {"listen", "metrics"},
         "tracing": {"otlp_endpoint", "sample_ratio"},

@@ -133,7 +133,7 @@ The container ports. The pods run as a non-root user without capabilities, so th
 bind ports below 1024; the mail Service maps the standard ports onto these.
 */}}
 {{- define "mailfleet.containerPorts" -}}
-{{- dict "smtp" 2525 "submission" 5870 "submissions" 4650 "imap" 1430 "imaps" 9930 "pop3" 1100 "pop3s" 9950 | toJson }}
+{{- dict "smtp" 2525 "submission" 5870 "submissions" 4650 "imap" 1430 "imaps" 9930 "pop3" 1100 "pop3s" 9950 "managesieve" 4190 | toJson }}
 {{- end }}
 
 {{/*

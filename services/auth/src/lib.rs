@@ -57,6 +57,9 @@ pub enum Protocol {
     Pop3,
     Submission,
     Http,
+    /// ManageSieve (RFC 5804). Accounts have no protocol bit of their own for it: it is
+    /// allowed where IMAP is (see [`Protocol::enabled_for`]).
+    ManageSieve,
 }
 
 impl Protocol {
@@ -67,6 +70,7 @@ impl Protocol {
             Protocol::Imap => Some(mailfleet_telemetry::Protocol::Imap),
             Protocol::Pop3 => Some(mailfleet_telemetry::Protocol::Pop3),
             Protocol::Submission => Some(mailfleet_telemetry::Protocol::Submission),
+            Protocol::ManageSieve => Some(mailfleet_telemetry::Protocol::ManageSieve),
             Protocol::Http => None,
         }
     }
@@ -77,6 +81,7 @@ impl Protocol {
             Protocol::Pop3 => "pop3",
             Protocol::Submission => "submission",
             Protocol::Http => "http",
+            Protocol::ManageSieve => "managesieve",
         }
     }
 }
@@ -139,10 +144,14 @@ impl std::fmt::Display for Disabled {
 
 impl Protocol {
     /// Whether `account` has this protocol enabled (HTTP logins are JMAP's).
+    ///
+    /// ManageSieve follows the IMAP bit: the account's `Protocols` (a stored, provisioned
+    /// record) has no ManageSieve bit, and managing the filters of a mailbox is part of
+    /// reaching it by IMAP (Dovecot and Cyrus serve both from the same login rights).
     fn enabled_for(self, account: &Account) -> bool {
         let p = account.settings.protocols;
         match self {
-            Protocol::Imap => p.imap,
+            Protocol::Imap | Protocol::ManageSieve => p.imap,
             Protocol::Pop3 => p.pop3,
             Protocol::Submission => p.submission,
             Protocol::Http => p.jmap,

@@ -27,6 +27,7 @@ pub struct Config {
     pub smtp: SmtpConfig,
     pub submission: SubmissionConfig,
     pub pop3: Pop3Config,
+    pub managesieve: ManageSieveConfig,
     pub imap: ImapConfig,
     pub auth: AuthConfig,
     pub delivery: DeliveryConfig,
@@ -620,6 +621,50 @@ impl Default for Pop3Config {
     }
 }
 
+/// ManageSieve (RFC 5804) listeners: users upload and activate their Sieve scripts.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ManageSieveConfig {
+    /// Whether the listeners below are started at all.
+    pub enabled: bool,
+    /// Plain listeners (port 4190 style); STARTTLS offered when `starttls` is true.
+    pub listen: Vec<SocketAddr>,
+    /// Implicit-TLS listeners (not in RFC 5804, but some clients and proxies use them).
+    pub listen_tls: Vec<SocketAddr>,
+    /// Whether `STARTTLS` is offered on plain listeners.
+    pub starttls: bool,
+    /// Whether AUTHENTICATE is allowed before TLS (RFC 5804 §2.1 advises not).
+    pub allow_plaintext_auth: bool,
+    /// Most simultaneous ManageSieve connections per listener.
+    pub max_connections: usize,
+    /// Longest command line in bytes outside literals, CRLF included.
+    pub max_line_length: usize,
+    /// Largest script in bytes (PUTSCRIPT, CHECKSCRIPT, HAVESPACE), also the largest
+    /// literal accepted after login.
+    pub max_script_size: usize,
+    /// Seconds a client has to send each command before the session is closed.
+    pub command_timeout_secs: u64,
+    /// Bad commands allowed per session before the connection is closed.
+    pub max_errors: u32,
+}
+
+impl Default for ManageSieveConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: vec!["127.0.0.1:4190".parse().expect("literal address")],
+            listen_tls: vec![],
+            starttls: true,
+            allow_plaintext_auth: false,
+            max_connections: 200,
+            max_line_length: 8192,
+            max_script_size: 64 * 1024,
+            command_timeout_secs: 600,
+            max_errors: 10,
+        }
+    }
+}
+
 /// IMAP (RFC 9051) listeners and session limits.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -1143,6 +1188,25 @@ impl Config {
         if self.pop3.max_messages < 1 {
             return err("pop3.max_messages", "must be at least 1");
         }
+        let ms = &self.managesieve;
+        if ms.max_connections < 1 {
+            return err("managesieve.max_connections", "must be at least 1");
+        }
+        if ms.max_line_length < 512 {
+            return err("managesieve.max_line_length", "must be at least 512");
+        }
+        if ms.max_script_size < 1024 || ms.max_script_size > 16 * 1024 * 1024 {
+            return err(
+                "managesieve.max_script_size",
+                "must be between 1024 and 16777216",
+            );
+        }
+        if ms.command_timeout_secs < 30 {
+            return err("managesieve.command_timeout_secs", "must be at least 30");
+        }
+        if ms.max_errors < 1 {
+            return err("managesieve.max_errors", "must be at least 1");
+        }
         if self.auth.max_failures_per_ip < 1 {
             return err("auth.max_failures_per_ip", "must be at least 1");
         }
@@ -1457,6 +1521,33 @@ mod tests {
             let e = Config::load(None, env(&[(&var, value)])).expect_err(key);
             let leaf = key.split('.').nth(1).unwrap_or(key);
             assert!(e.to_string().contains(leaf), "{var}: {e}");
+        }
+    }
+
+    #[test]
+    fn managesieve_section() {
+        let c = Config::load(None, vec![]).expect("defaults");
+        let m = &c.managesieve;
+        assert!(m.enabled && m.starttls && !m.allow_plaintext_auth);
+        assert_eq!(m.listen, vec!["127.0.0.1:4190".parse().expect("addr")]);
+        assert_eq!(m.max_script_size, 64 * 1024);
+        let c = Config::load(
+            None,
+            env(&[
+                ("MAILFLEET_MANAGESIEVE__ENABLED", "false"),
+                ("MAILFLEET_MANAGESIEVE__LISTEN", "[\"127.0.0.1:14190\"]"),
+            ]),
+        )
+        .expect("valid");
+        assert!(!c.managesieve.enabled);
+        assert_eq!(c.managesieve.listen[0].port(), 14190);
+        for (var, value) in [
+            ("MAILFLEET_MANAGESIEVE__MAX_SCRIPT_SIZE", "10"),
+            ("MAILFLEET_MANAGESIEVE__MAX_LINE_LENGTH", "10"),
+            ("MAILFLEET_MANAGESIEVE__MAX_ERRORS", "0"),
+        ] {
+            let e = Config::load(None, env(&[(var, value)])).expect_err(var);
+            assert!(e.to_string().contains("managesieve."), "{var}: {e}");
         }
     }
 

@@ -132,6 +132,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .await?,
     );
     tasks.extend(more.pop3(&config, &stores).await?);
+    tasks.extend(more.managesieve(&config, &stores).await?);
     if config.delivery.enabled {
         let settings = mailfleet_delivery::Settings::from_config(&config);
         let worker = mailfleet_delivery::Worker::new(stores.clone(), settings)
@@ -405,6 +406,52 @@ impl Listeners<'_> {
                 tls: Some(self.acceptor.clone())
                     .filter(|_| kind == ListenerKind::ImplicitTls || pop3.starttls),
                 max_connections: pop3.max_connections,
+                per_ip: self.per_ip.clone(),
+                proxy: self.proxy.clone(),
+                shutdown: self.shutdown.clone(),
+                grace: self.grace,
+            };
+            tasks.push(tokio::spawn(l.run()));
+        }
+        Ok(tasks)
+    }
+
+    /// Binds the `[managesieve]` listeners (none when `managesieve.enabled` is false).
+    async fn managesieve(
+        &self,
+        config: &Config,
+        stores: &Stores,
+    ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+        use mailfleet_managesieve::{ConnLimits, Listener, ListenerKind, SessionConfig};
+        let ms = &config.managesieve;
+        if !ms.enabled {
+            return Ok(Vec::new());
+        }
+        let session = Arc::new(SessionConfig {
+            hostname: config.server.hostname.clone(),
+            starttls: ms.starttls,
+            allow_plaintext_auth: ms.allow_plaintext_auth,
+            max_errors: ms.max_errors,
+            max_script_size: ms.max_script_size,
+        });
+        let limits = ConnLimits {
+            max_line: ms.max_line_length,
+            command_timeout: Duration::from_secs(ms.command_timeout_secs),
+            tls_handshake_timeout: Duration::from_secs(30),
+        };
+        let mut tasks = Vec::new();
+        for (listener, implicit) in bind_all("managesieve", &ms.listen, &ms.listen_tls).await? {
+            let kind = ListenerKind::from_implicit_tls(implicit);
+            let l = Listener {
+                listener,
+                kind,
+                session: session.clone(),
+                limits,
+                stores: stores.clone(),
+                auth: self.authenticator.clone(),
+                tls: Some(self.acceptor.clone())
+                    .filter(|_| kind == ListenerKind::ImplicitTls || ms.starttls),
+                max_connections: ms.max_connections,
                 per_ip: self.per_ip.clone(),
                 proxy: self.proxy.clone(),
                 shutdown: self.shutdown.clone(),

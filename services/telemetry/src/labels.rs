@@ -8,14 +8,16 @@ pub enum Protocol {
     Submission,
     Imap,
     Pop3,
+    ManageSieve,
 }
 
 impl Protocol {
-    pub const ALL: [Protocol; 4] = [
+    pub const ALL: [Protocol; 5] = [
         Protocol::Smtp,
         Protocol::Submission,
         Protocol::Imap,
         Protocol::Pop3,
+        Protocol::ManageSieve,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -24,6 +26,7 @@ impl Protocol {
             Protocol::Submission => "submission",
             Protocol::Imap => "imap",
             Protocol::Pop3 => "pop3",
+            Protocol::ManageSieve => "managesieve",
         }
     }
 
