@@ -119,6 +119,7 @@ pub fn session(input: &[u8]) -> crate::Outcome {
             idle_timeout: Duration::from_secs(1800),
             user_sessions: mailfleet_imap::UserSessions::new(4),
             views: mailfleet_imap::SharedViews::new(),
+            junk_training: None,
         });
         let login: Arc<dyn LoginService> = Arc::new(world.auth.clone());
         let session = Session::new(

@@ -214,6 +214,7 @@ async fn client(stores: &Stores, user: &str) -> anyhow::Result<Client> {
         idle_timeout: Duration::from_secs(1800),
         user_sessions: mailfleet_imap::UserSessions::new(20),
         views: mailfleet_imap::SharedViews::new(),
+        junk_training: None,
     });
     let session = Session::new(
         cfg,

@@ -28,6 +28,7 @@ pub struct Config {
     pub submission: SubmissionConfig,
     pub pop3: Pop3Config,
     pub managesieve: ManageSieveConfig,
+    pub sieve: SieveConfig,
     pub imap: ImapConfig,
     pub auth: AuthConfig,
     pub delivery: DeliveryConfig,
@@ -405,6 +406,13 @@ pub struct SmtpConfig {
     pub rspamd: Option<RspamdConfig>,
     /// The ClamAV virus scanner (`[smtp.clamav]`); off without an address.
     pub clamav: Option<ClamavConfig>,
+    /// The built-in spam filter (`[smtp.spam]`: heuristics, DNSBL/DNSWL, per-user Bayes,
+    /// greylisting), for installs without rspamd; off without the section, and never
+    /// run when rspamd is configured.
+    pub spam: Option<mailfleet_spam::SpamConfig>,
+    /// Spam score thresholds per recipient domain (`[smtp.spam_domains."example.org"]`),
+    /// over `[smtp.spam.thresholds]`; they apply to rspamd's score too.
+    pub spam_domains: std::collections::BTreeMap<String, mailfleet_spam::Thresholds>,
 }
 
 /// What a scanner outage does to the message being scanned.
@@ -554,6 +562,8 @@ impl Default for SmtpConfig {
             authentication: SenderAuthConfig::default(),
             rspamd: None,
             clamav: None,
+            spam: None,
+            spam_domains: Default::default(),
         }
     }
 }
@@ -577,6 +587,45 @@ impl Default for SubmissionConfig {
             listen: vec!["127.0.0.1:1587".parse().expect("literal address")],
             listen_tls: vec!["127.0.0.1:1465".parse().expect("literal address")],
             max_connections: 1000,
+        }
+    }
+}
+
+/// Sieve filtering at delivery (`[sieve]`): the global scripts and the limits every
+/// script runs under. Users' own scripts come in over ManageSieve.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SieveConfig {
+    /// Run users' active scripts at delivery.
+    pub enabled: bool,
+    /// A directory of `<name>.sieve` files: the global scripts (`include :global`, and
+    /// the ones `before`/`after` name).
+    pub global_dir: Option<std::path::PathBuf>,
+    /// Global scripts run before each user's script, in order.
+    pub before: Vec<String>,
+    /// Global scripts run after each user's script, in order.
+    pub after: Vec<String>,
+    /// Largest script (ManageSieve refuses bigger ones too).
+    pub max_script_bytes: usize,
+    /// Steps one run may take (the run-time bound).
+    pub max_steps: u64,
+    /// Actions one run may produce.
+    pub max_actions: usize,
+    /// Redirects one run may produce.
+    pub max_redirects: usize,
+}
+
+impl Default for SieveConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            global_dir: None,
+            before: Vec::new(),
+            after: Vec::new(),
+            max_script_bytes: 64 * 1024,
+            max_steps: 100_000,
+            max_actions: 32,
+            max_redirects: 4,
         }
     }
 }
@@ -1187,6 +1236,18 @@ impl Config {
         }
         if self.pop3.max_messages < 1 {
             return err("pop3.max_messages", "must be at least 1");
+        }
+        if let Some(spam) = &self.smtp.spam {
+            spam.validate().map_err(|e| ConfigError::Key {
+                key: "smtp.spam".into(),
+                message: e.to_string(),
+            })?;
+        }
+        if self.sieve.max_redirects > 32 || self.sieve.max_actions == 0 {
+            return err(
+                "sieve.max_actions",
+                "must be at least 1 (and max_redirects at most 32)",
+            );
         }
         let ms = &self.managesieve;
         if ms.max_connections < 1 {

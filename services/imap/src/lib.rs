@@ -20,6 +20,7 @@
 pub mod commands;
 pub mod conn;
 pub mod deflate;
+pub mod junk;
 pub mod listener;
 pub mod mutf7;
 pub mod notify;

@@ -162,6 +162,9 @@ pub struct ImapConfig {
     pub user_sessions: Arc<UserSessions>,
     /// Selected mailboxes' message lists, shared by this server's sessions.
     pub views: Arc<crate::views::SharedViews>,
+    /// The built-in spam filter's settings, when it runs: moves into and out of Junk
+    /// train the user's model ([`crate::junk`]).
+    pub junk_training: Option<Arc<mailfleet_spam::SpamConfig>>,
 }
 
 /// What the driver does after sending the responses.

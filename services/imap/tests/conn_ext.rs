@@ -111,6 +111,7 @@ impl Harness {
             idle_timeout: Duration::from_secs(1800),
             user_sessions: mailfleet_imap::UserSessions::new(20),
             views: mailfleet_imap::SharedViews::new(),
+            junk_training: None,
         });
         let session = Session::new(
             cfg,
@@ -166,6 +167,7 @@ impl Harness {
             idle_timeout: Duration::from_secs(1800),
             user_sessions: mailfleet_imap::UserSessions::new(20),
             views: mailfleet_imap::SharedViews::new(),
+            junk_training: None,
         });
         let session = Session::new(
             cfg,

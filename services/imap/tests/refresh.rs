@@ -108,6 +108,7 @@ async fn a_refresh_that_fails_part_way_leaves_the_view_as_the_client_knows_it() 
         idle_timeout: Duration::from_secs(1800),
         user_sessions: mailfleet_imap::UserSessions::new(2),
         views: mailfleet_imap::SharedViews::new(),
+        junk_training: None,
     });
     let session = Session::new(
         cfg,

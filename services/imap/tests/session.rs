@@ -152,6 +152,7 @@ fn new_session(
         idle_timeout: Duration::from_secs(1800),
         user_sessions: sessions.unwrap_or_else(|| mailfleet_imap::UserSessions::new(2)),
         views: mailfleet_imap::SharedViews::new(),
+        junk_training: None,
     });
     Session::new(
         cfg,

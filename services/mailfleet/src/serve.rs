@@ -72,13 +72,36 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_inflight_budget(mailfleet_core::budget::ByteBudget::new(
             smtp.max_inflight_bytes,
         ));
+    let mut dns = None;
     if smtp.authentication.enabled {
         let auth = mailfleet_smtp::pipeline::authenticate::SenderAuth::new(
             &smtp.authentication,
             &config.server.hostname,
         )
         .map_err(|e| anyhow::anyhow!("smtp.authentication: {e}"))?;
+        dns = Some(auth.resolver());
         pipeline = pipeline.with_sender_auth(auth);
+    }
+    if let Some(spam) = smtp.spam.clone().filter(|s| s.enabled) {
+        if smtp.rspamd.is_some() {
+            tracing::warn!("smtp.spam is ignored: rspamd is configured and scores the mail");
+        } else {
+            if dns.is_none() && !spam.dnsbl.lists.is_empty() {
+                anyhow::bail!("smtp.spam.dnsbl needs smtp.authentication enabled (its resolver)");
+            }
+            pipeline = pipeline.with_builtin_filter(
+                mailfleet_smtp::pipeline::filter::builtin::Builtin::new(
+                    spam,
+                    smtp.spam_domains.clone(),
+                    dns,
+                ),
+            );
+        }
+    }
+    if config.sieve.enabled {
+        let rules = mailfleet_smtp::pipeline::rules::Rules::new(&config.sieve)
+            .map_err(|e| anyhow::anyhow!("sieve: {e}"))?;
+        pipeline = pipeline.with_rules(rules);
     }
     pipeline = pipeline.with_filters(mailfleet_smtp::pipeline::filter::Filters {
         rspamd: smtp.rspamd.clone(),
@@ -210,6 +233,14 @@ async fn imap_listeners(
         idle_timeout: Duration::from_secs(imap.idle_timeout_secs),
         user_sessions: mailfleet_imap::UserSessions::new(imap.max_sessions_per_user),
         views: mailfleet_imap::SharedViews::new(),
+        // The built-in filter learns from moves into and out of Junk (rspamd, when it is
+        // the filter, learns through its own controller instead).
+        junk_training: config
+            .smtp
+            .spam
+            .clone()
+            .filter(|s| s.enabled && config.smtp.rspamd.is_none())
+            .map(Arc::new),
     });
     let limits = mailfleet_imap::ConnLimits {
         max_literal: imap.max_message_size,

@@ -73,6 +73,15 @@ pub mod tokenize;
 use serde::Deserialize;
 
 pub use bayes::{Class, Model, Verdict};
+
+/// Where callers keep a user's model: the kind and key of the per-account record
+/// ([`Model::to_bytes`] as its value). Named here so that the SMTP pipeline (which reads
+/// it) and IMAP (which trains it) agree.
+pub const MODEL_RECORD_KIND: &str = "spam-bayes";
+pub const MODEL_RECORD_KEY: &str = "model";
+/// The per-account records remembering how each message (by its blob id) was trained,
+/// so a message moved back out of Junk is untrained rather than counted twice.
+pub const TRAINED_RECORD_KIND: &str = "spam-trained";
 pub use dnsbl::{DnsList, DnsblHit, ListKind};
 pub use greylist::Greylist;
 pub use heuristics::Hit;

@@ -1446,6 +1446,253 @@ pub async fn coordinator(coord: &dyn Coordinator) {
 
 /// App passwords, TOTP secrets and sender grants: per-account uniqueness, revocation, and
 /// removal together with the account.
+/// Keyed records ([`crate::data`]): versions, compare-and-set, expiry, listing, scopes and
+/// their removal with the account.
+pub async fn metadata_records(meta: &dyn MetadataStore) {
+    use crate::{DataScope, Expect};
+    let domain = format!("{}.test", unique("r"));
+    meta.create_domain(&domain).await.expect("domain");
+    let a = meta
+        .create_account(&format!("rita@{domain}"), "h", 0)
+        .await
+        .expect("account");
+    let b = meta
+        .create_account(&format!("ron@{domain}"), "h", 0)
+        .await
+        .expect("account");
+    let (sa, sb) = (DataScope::Account(a.id), DataScope::Account(b.id));
+    let kind = unique("k");
+    assert!(meta.get_data(sa, &kind, "x").await.expect("get").is_none());
+    let v1 = meta
+        .put_data(sa, &kind, "x", b"one".to_vec(), None, Expect::Absent)
+        .await
+        .expect("create");
+    assert_eq!(v1, 1, "a new record is version 1");
+    assert!(matches!(
+        meta.put_data(sa, &kind, "x", b"dup".to_vec(), None, Expect::Absent)
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    let got = meta
+        .get_data(sa, &kind, "x")
+        .await
+        .expect("get")
+        .expect("there");
+    assert_eq!((got.value.as_slice(), got.version), (&b"one"[..], 1));
+    assert!(
+        meta.get_data(sb, &kind, "x").await.expect("get").is_none(),
+        "records of one account are not another's"
+    );
+    let v2 = meta
+        .put_data(sa, &kind, "x", b"two".to_vec(), None, Expect::Version(1))
+        .await
+        .expect("compare and set");
+    assert_eq!(v2, 2);
+    assert!(
+        matches!(
+            meta.put_data(sa, &kind, "x", b"stale".to_vec(), None, Expect::Version(1))
+                .await,
+            Err(StoreError::Conflict(_))
+        ),
+        "a writer holding an old version loses"
+    );
+    assert!(matches!(
+        meta.put_data(sa, &kind, "nope", b"v".to_vec(), None, Expect::Version(1))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    let v3 = meta
+        .put_data(sa, &kind, "x", b"three".to_vec(), None, Expect::Any)
+        .await
+        .expect("unconditional");
+    assert_eq!(v3, 3);
+    assert_eq!(
+        meta.get_data(sa, &kind, "x")
+            .await
+            .expect("get")
+            .expect("there")
+            .value,
+        b"three"
+    );
+
+    // Expiry: a record past its time reads as absent and may be created anew.
+    let past = crate::data::now() - 10;
+    let future = crate::data::now() + 3600;
+    meta.put_data(sa, &kind, "old", b"o".to_vec(), Some(past), Expect::Any)
+        .await
+        .expect("expired write");
+    assert!(meta
+        .get_data(sa, &kind, "old")
+        .await
+        .expect("get")
+        .is_none());
+    meta.put_data(
+        sa,
+        &kind,
+        "old",
+        b"n".to_vec(),
+        Some(future),
+        Expect::Absent,
+    )
+    .await
+    .expect("an expired record counts as absent");
+    let got = meta
+        .get_data(sa, &kind, "old")
+        .await
+        .expect("get")
+        .expect("there");
+    assert_eq!(got.expires_at, Some(future));
+
+    // Listing: key order, limit, only the kind asked for, no expired records.
+    for k in ["c", "a", "b"] {
+        meta.put_data(sb, &kind, k, k.as_bytes().to_vec(), None, Expect::Any)
+            .await
+            .expect("put");
+    }
+    meta.put_data(sb, &kind, "gone", b"g".to_vec(), Some(past), Expect::Any)
+        .await
+        .expect("put");
+    meta.put_data(
+        sb,
+        &format!("{kind}-other"),
+        "z",
+        b"z".to_vec(),
+        None,
+        Expect::Any,
+    )
+    .await
+    .expect("put");
+    let keys: Vec<String> = meta
+        .list_data(sb, &kind, 100)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(keys, ["a", "b", "c"]);
+    assert_eq!(meta.list_data(sb, &kind, 2).await.expect("list").len(), 2);
+
+    assert!(meta.delete_data(sb, &kind, "a").await.expect("delete"));
+    assert!(!meta
+        .delete_data(sb, &kind, "a")
+        .await
+        .expect("delete again"));
+    assert!(meta.get_data(sb, &kind, "a").await.expect("get").is_none());
+
+    // Bad names and oversized values are refused.
+    assert!(matches!(
+        meta.put_data(sa, "", "k", vec![], None, Expect::Any).await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        meta.put_data(sa, &kind, "k\n", vec![], None, Expect::Any)
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        meta.put_data(
+            sa,
+            &kind,
+            "big",
+            vec![0; crate::data::MAX_VALUE_BYTES + 1],
+            None,
+            Expect::Any
+        )
+        .await,
+        Err(StoreError::Invalid(_))
+    ));
+
+    // Global records stay when accounts go; an account's records go with it.
+    meta.put_data(
+        DataScope::Global,
+        &kind,
+        "g",
+        b"g".to_vec(),
+        None,
+        Expect::Any,
+    )
+    .await
+    .expect("global");
+    meta.delete_account(&a.address)
+        .await
+        .expect("delete account");
+    assert!(meta.get_data(sa, &kind, "x").await.expect("get").is_none());
+    assert!(meta
+        .get_data(DataScope::Global, &kind, "g")
+        .await
+        .expect("get")
+        .is_some());
+    assert!(meta
+        .delete_data(DataScope::Global, &kind, "g")
+        .await
+        .expect("delete"));
+}
+
+/// Sieve scripts kept as records ([`crate::sieve_scripts`]): one active at most, the
+/// active one cannot be deleted, renames keep it active.
+pub async fn metadata_sieve_scripts(meta: &dyn MetadataStore) {
+    use crate::sieve_scripts as ss;
+    use crate::DataScope;
+    let domain = format!("{}.test", unique("s"));
+    meta.create_domain(&domain).await.expect("domain");
+    let a = meta
+        .create_account(&format!("sam@{domain}"), "h", 0)
+        .await
+        .expect("account");
+    let scope = DataScope::Account(a.id);
+    assert!(ss::active(meta, scope).await.expect("active").is_none());
+    ss::put(meta, scope, "main", "keep;").await.expect("put");
+    ss::put(meta, scope, "other", "discard;")
+        .await
+        .expect("put");
+    assert!(matches!(
+        ss::set_active(meta, scope, Some("missing")).await,
+        Err(StoreError::NotFound(_))
+    ));
+    ss::set_active(meta, scope, Some("main"))
+        .await
+        .expect("activate");
+    let active = ss::active(meta, scope).await.expect("active").expect("one");
+    assert_eq!(
+        (active.name.as_str(), active.source.as_str()),
+        ("main", "keep;")
+    );
+    assert!(matches!(
+        ss::delete(meta, scope, "main").await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        ss::rename(meta, scope, "main", "other").await,
+        Err(StoreError::Conflict(_))
+    ));
+    ss::rename(meta, scope, "main", "renamed")
+        .await
+        .expect("rename");
+    let names: Vec<(String, bool)> = ss::list(meta, scope)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|s| (s.name, s.active))
+        .collect();
+    assert_eq!(
+        names,
+        [("other".to_string(), false), ("renamed".to_string(), true)]
+    );
+    ss::set_active(meta, scope, None).await.expect("deactivate");
+    ss::delete(meta, scope, "renamed").await.expect("delete");
+    assert!(matches!(
+        ss::delete(meta, scope, "renamed").await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        ss::put(meta, scope, "bad/name", "keep;").await,
+        Err(StoreError::Invalid(_))
+    ));
+    meta.delete_account(&a.address)
+        .await
+        .expect("delete account");
+}
+
 pub async fn metadata_credentials(meta: &dyn MetadataStore) {
     use crate::{NewAppPassword, TotpSecret};
     let domain = format!("{}.test", unique("c"));

@@ -857,6 +857,53 @@ impl MetadataStore for MeteredMeta {
         .await
     }
 
+    async fn get_data(
+        &self,
+        scope: crate::DataScope,
+        kind: &str,
+        key: &str,
+    ) -> StoreResult<Option<crate::Datum>> {
+        self.timed("meta_get_data", self.inner.get_data(scope, kind, key))
+            .await
+    }
+
+    async fn put_data(
+        &self,
+        scope: crate::DataScope,
+        kind: &str,
+        key: &str,
+        value: Vec<u8>,
+        expires_at: Option<i64>,
+        expect: crate::Expect,
+    ) -> StoreResult<u64> {
+        self.timed(
+            "meta_put_data",
+            self.inner
+                .put_data(scope, kind, key, value, expires_at, expect),
+        )
+        .await
+    }
+
+    async fn delete_data(
+        &self,
+        scope: crate::DataScope,
+        kind: &str,
+        key: &str,
+    ) -> StoreResult<bool> {
+        self.timed("meta_delete_data", self.inner.delete_data(scope, kind, key))
+            .await
+    }
+
+    async fn list_data(
+        &self,
+        scope: crate::DataScope,
+        kind: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<(String, crate::Datum)>> {
+        self.timed("meta_list_data", self.inner.list_data(scope, kind, limit))
+            .await
+    }
+
     async fn set_totp_secret(
         &self,
         account: AccountId,

@@ -48,6 +48,8 @@ async fn scylla_metadata_conformance() {
     conformance::metadata_object_ids(meta.as_ref()).await;
     conformance::metadata_message_traces(meta.as_ref()).await;
     conformance::metadata_dkim_keys(meta.as_ref()).await;
+    conformance::metadata_records(meta.as_ref()).await;
+    conformance::metadata_sieve_scripts(meta.as_ref()).await;
     conformance::metadata_account_settings(meta.as_ref()).await;
     conformance::metadata_text_index(meta.as_ref()).await;
     conformance::metadata_credentials(meta.as_ref()).await;

@@ -14,6 +14,37 @@ use mailfleet_storage::{StoreError, StoreResult, Uid};
 use std::num::NonZeroU32;
 
 impl Session {
+    /// A copy or move between Junk and another mailbox teaches the user's spam model
+    /// ([`crate::junk`]); only within one account (the model is the owner's).
+    async fn train_junk(
+        &self,
+        cfg: std::sync::Arc<mailfleet_spam::SpamConfig>,
+        account: mailfleet_storage::AccountId,
+        source: mailfleet_storage::MailboxId,
+        dest: &mailfleet_storage::Mailbox,
+        copied: &[mailfleet_storage::Copied],
+    ) {
+        if copied.is_empty() || dest.account != account {
+            return;
+        }
+        let Ok(boxes) = self.stores.meta.list_mailboxes(account).await else {
+            return;
+        };
+        let Some(from) = boxes.iter().find(|m| m.id == source) else {
+            return;
+        };
+        if let Some(class) = crate::junk::lesson(from, dest) {
+            crate::junk::train_later(
+                self.stores.clone(),
+                cfg,
+                account,
+                dest.id,
+                copied.iter().map(|c| c.dest.uid).collect(),
+                class,
+            );
+        }
+    }
+
     pub(crate) async fn copy(
         &mut self,
         tag: Tag<'static>,
@@ -101,6 +132,10 @@ impl Session {
             }
             Err(e) => return Err(e),
         };
+        if let Some(cfg) = &self.cfg.junk_training {
+            self.train_junk(cfg.clone(), account, source, &dest, &copied)
+                .await;
+        }
         let mut out = Vec::new();
         // Source UIDs ascend and so do the new ones, so the two sets pair up in order.
         let code = match (

@@ -1022,6 +1022,7 @@ mod streaming_tests {
             idle_timeout: std::time::Duration::from_secs(1800),
             user_sessions: UserSessions::new(2),
             views: crate::views::SharedViews::new(),
+            junk_training: None,
         });
         let login = Arc::new(AnyPassword(stores.clone()));
         let mut s = Session::new(cfg, stores, login, "192.0.2.1".parse().expect("ip"), true);

@@ -1001,7 +1001,9 @@ impl Session {
                 PipelineError::Header(_) => MessageRefusal::MalformedHeader,
                 PipelineError::SenderNotOwned(_) => MessageRefusal::SenderNotOwned,
                 PipelineError::AuthReject(_) => MessageRefusal::SenderAuthentication,
-                PipelineError::FilterReject(..) => MessageRefusal::Content,
+                PipelineError::FilterReject(..) | PipelineError::RulesReject(_) => {
+                    MessageRefusal::Content
+                }
                 PipelineError::Store(_)
                 | PipelineError::Delivery(_)
                 | PipelineError::AuthTempFail(_)
@@ -1047,6 +1049,20 @@ impl Session {
             }
             Err(PipelineError::FilterTempFail(why)) => {
                 Response::one(Reply::new(451, "4.7.1", truncate(&why, 400)))
+            }
+            // The reason is the user's own text (Sieve `reject`): ASCII on one line only.
+            Err(PipelineError::RulesReject(why)) => {
+                let text: String = why
+                    .chars()
+                    .map(|c| {
+                        if c.is_ascii_graphic() || c == ' ' {
+                            c
+                        } else {
+                            ' '
+                        }
+                    })
+                    .collect();
+                self.error(Reply::new(550, "5.7.1", truncate(text.trim(), 400)))
             }
             Err(e) => {
                 tracing::error!(%id, error = %e, "delivery failed; message not accepted");

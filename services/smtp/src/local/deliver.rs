@@ -29,12 +29,42 @@ pub struct Delivered {
 }
 
 /// Which mailbox of each recipient a message goes to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Folder {
     Inbox,
     /// The recipient's `\Junk` mailbox (RFC 6154), else one named `Junk`, else INBOX:
     /// a user who deleted Junk still gets the message.
     Junk,
+    /// A mailbox named by the user's Sieve script (`fileinto`). When it does not exist the
+    /// message goes to INBOX (RFC 5228 §4.1 lets the server file into INBOX instead of
+    /// losing it), unless `create` (RFC 5490 `:create`) asks for it to be made.
+    Named {
+        name: String,
+        create: bool,
+    },
+}
+
+/// One copy of a message for one recipient: where it goes and the flags it starts with
+/// (Sieve's imap4flags). A recipient may have several (`fileinto` twice).
+#[derive(Clone, Debug)]
+pub struct Placement {
+    pub recipient: Recipient,
+    pub folder: Folder,
+    pub flags: Flags,
+}
+
+impl Placement {
+    /// Every recipient into the same folder with no flags.
+    pub fn all(recipients: &[Recipient], folder: Folder) -> Vec<Placement> {
+        recipients
+            .iter()
+            .map(|r| Placement {
+                recipient: r.clone(),
+                folder: folder.clone(),
+                flags: Flags::default(),
+            })
+            .collect()
+    }
 }
 
 /// Delivers `message` to the `folder` of every recipient. With `enforce_quota`, the whole
@@ -48,32 +78,91 @@ pub async fn deliver(
     trace: Option<&str>,
     folder: Folder,
 ) -> Result<Delivered, DeliveryError> {
+    let placements = Placement::all(recipients, folder);
+    deliver_placed(
+        stores,
+        &placements,
+        message,
+        internal_date,
+        enforce_quota,
+        trace,
+    )
+    .await
+}
+
+/// The mailbox a placement names, resolved in the recipient's account.
+async fn mailbox_for(
+    stores: &Stores,
+    p: &Placement,
+) -> Result<mailfleet_storage::MailboxId, DeliveryError> {
+    let account = p.recipient.account.id;
+    let found = match &p.folder {
+        Folder::Inbox => None,
+        Folder::Junk => {
+            let boxes = stores.meta.list_mailboxes(account).await?;
+            boxes
+                .iter()
+                .find(|m| m.special_use == Some(mailfleet_storage::SpecialUse::Junk))
+                .or_else(|| boxes.iter().find(|m| m.name.eq_ignore_ascii_case("Junk")))
+                .map(|m| m.id)
+        }
+        Folder::Named { name, create } => {
+            let name = if name.eq_ignore_ascii_case("INBOX") {
+                "INBOX"
+            } else {
+                name.as_str()
+            };
+            match stores.meta.get_mailbox(account, name).await? {
+                Some(m) if !m.noselect => Some(m.id),
+                Some(_) => None,
+                None if *create => match stores.meta.create_mailbox(account, name, None).await {
+                    Ok(m) => Some(m.id),
+                    // Another delivery made it a moment ago.
+                    Err(StoreError::Conflict(_)) => {
+                        stores.meta.get_mailbox(account, name).await?.map(|m| m.id)
+                    }
+                    Err(e) => {
+                        tracing::warn!(mailbox = %name, error = %e, "fileinto :create failed; INBOX instead");
+                        None
+                    }
+                },
+                None => None,
+            }
+        }
+    };
+    match found {
+        Some(id) => Ok(id),
+        None => Ok(stores
+            .meta
+            .get_mailbox(account, "INBOX")
+            .await?
+            .ok_or_else(|| DeliveryError::NoInbox(p.recipient.account.address.clone()))?
+            .id),
+    }
+}
+
+/// Delivers `message` as placed: one blob, one metadata transaction for every copy.
+pub async fn deliver_placed(
+    stores: &Stores,
+    placements: &[Placement],
+    message: Bytes,
+    internal_date: i64,
+    enforce_quota: bool,
+    trace: Option<&str>,
+) -> Result<Delivered, DeliveryError> {
     let size = message.len() as u64;
-    let mut batch = Vec::with_capacity(recipients.len());
-    for r in recipients {
-        let junk = match folder {
-            Folder::Inbox => None,
-            Folder::Junk => {
-                let boxes = stores.meta.list_mailboxes(r.account.id).await?;
-                boxes
-                    .iter()
-                    .find(|m| m.special_use == Some(mailfleet_storage::SpecialUse::Junk))
-                    .or_else(|| boxes.iter().find(|m| m.name.eq_ignore_ascii_case("Junk")))
-                    .map(|m| m.id)
-            }
-        };
-        let target = match junk {
-            Some(id) => id,
-            None => {
-                stores
-                    .meta
-                    .get_mailbox(r.account.id, "INBOX")
-                    .await?
-                    .ok_or_else(|| DeliveryError::NoInbox(r.account.address.clone()))?
-                    .id
-            }
-        };
-        batch.push((r.account.id, target));
+    let mut batch = Vec::with_capacity(placements.len());
+    for p in placements {
+        let target = mailbox_for(stores, p).await?;
+        // Two placements landing in one mailbox (fileinto "INBOX" and keep) make one copy.
+        if !batch
+            .iter()
+            .any(|(a, m, _): &(mailfleet_storage::AccountId, _, _)| {
+                *a == p.recipient.account.id && *m == target
+            })
+        {
+            batch.push((p.recipient.account.id, target, p.flags.clone()));
+        }
     }
     // Parse once at delivery so IMAP/JMAP never re-parse to answer header-level fetches.
     // Parsing is CPU work proportional to the message: keep it off the async workers.
@@ -95,13 +184,13 @@ pub async fn deliver(
     let blob = stores.put_blob(message).await?;
     let messages = batch
         .iter()
-        .map(|(account, mailbox)| NewMessage {
+        .map(|(account, mailbox, flags)| NewMessage {
             account: *account,
             mailbox: *mailbox,
             blob: blob.clone(),
             size,
             internal_date,
-            flags: Flags::default(),
+            flags: flags.clone(),
             summary: Some(summary.clone()),
             refs: refs.clone(),
             trace: trace.map(str::to_string),
@@ -126,7 +215,7 @@ pub async fn deliver(
             .submit(a.mailbox, vec![(a.uid, text.clone())])
             .await;
     }
-    for (a, (account, _)) in appended.iter().zip(&batch) {
+    for (a, (account, _, _)) in appended.iter().zip(&batch) {
         // Notification is best effort: sessions also re-check on their own schedule, and a
         // coordinator outage must not turn a durable delivery into a failure.
         if let Err(e) = stores

@@ -3,5 +3,5 @@
 pub mod deliver;
 pub mod resolve;
 
-pub use deliver::{deliver, Delivered, DeliveryError, Folder};
+pub use deliver::{deliver, deliver_placed, Delivered, DeliveryError, Folder, Placement};
 pub use resolve::{resolve, Recipient, Resolution};

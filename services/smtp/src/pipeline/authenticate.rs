@@ -240,6 +240,12 @@ impl SenderAuth {
         })
     }
 
+    /// The stage's DNS resolver (and its cache), shared with the built-in filter's DNS
+    /// lists.
+    pub fn resolver(&self) -> mail_auth::hickory_resolver::TokioResolver {
+        self.inner.resolver.resolver().clone()
+    }
+
     pub fn authserv_id(&self) -> &str {
         &self.inner.authserv_id
     }

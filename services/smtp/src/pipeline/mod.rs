@@ -22,6 +22,7 @@ pub mod authenticate;
 pub mod cleanup;
 pub mod filter;
 pub mod header;
+pub mod rules;
 pub mod submission;
 
 use crate::local::{self, DeliveryError, Folder, Recipient, Resolution};
@@ -54,6 +55,16 @@ pub struct Envelope {
     pub trace: String,
     /// The SPF verdicts taken at MAIL, when sender authentication applies.
     pub spf: Option<SpfChecks>,
+}
+
+/// One local recipient's share of a message: what the per-recipient stages decided.
+struct TargetPlan {
+    recipient: Recipient,
+    /// The RCPT address that led to the account (as Sieve's envelope `to`).
+    rcpt: String,
+    /// Header fields only this recipient's copy carries (the spam verdict).
+    fields: String,
+    plan: rules::Plan,
 }
 
 /// A recipient accepted at RCPT time with what it resolved to.
@@ -111,6 +122,9 @@ pub enum PipelineError {
     /// A content filter asks the sender to retry (451 4.7.1).
     #[error("{0}")]
     FilterTempFail(String),
+    /// The recipient's Sieve script refused the message (`reject`, `ereject`): 550 5.7.1.
+    #[error("{0}")]
+    RulesReject(String),
 }
 
 /// The inbound pipeline. One is built per process and cloned into every SMTP listener
@@ -123,6 +137,8 @@ pub struct Pipeline {
     inflight: ByteBudget,
     sender_auth: Option<SenderAuth>,
     filters: filter::Filters,
+    builtin: Option<filter::builtin::Builtin>,
+    rules: Option<rules::Rules>,
 }
 
 impl Pipeline {
@@ -134,7 +150,22 @@ impl Pipeline {
             inflight: ByteBudget::unlimited(),
             sender_auth: None,
             filters: filter::Filters::default(),
+            builtin: None,
+            rules: None,
         }
+    }
+
+    /// Scores inbound mail with the built-in spam filter (`[smtp.spam]`), when rspamd is
+    /// not configured.
+    pub fn with_builtin_filter(mut self, builtin: filter::builtin::Builtin) -> Self {
+        self.builtin = Some(builtin);
+        self
+    }
+
+    /// Runs users' Sieve scripts (and the global ones) at local delivery.
+    pub fn with_rules(mut self, rules: rules::Rules) -> Self {
+        self.rules = Some(rules);
+        self
     }
 
     /// Scans messages with clamd and rspamd as configured.
@@ -300,7 +331,8 @@ impl Pipeline {
             }
             _ => (None, Folder::Inbox),
         };
-        let filter_fields = if self.filters.is_empty() {
+        let builtin_applies = self.builtin.is_some() && env.submitter.is_none();
+        let filter_fields = if self.filters.is_empty() && !builtin_applies {
             None
         } else {
             let (fields, junk) = self.filter(env, &mut message).await?;
@@ -356,12 +388,12 @@ impl Pipeline {
         drop(stage);
 
         // Several RCPTs may lead to one account (an alias and the account itself): it gets
-        // one copy, as users expect.
-        let mut targets: Vec<Recipient> = Vec::new();
+        // one copy, as users expect. Sieve sees the first address that led to it.
+        let mut targets: Vec<(Recipient, String)> = Vec::new();
         for r in &env.recipients {
             for t in &r.targets {
-                if !targets.iter().any(|x| x.account.id == t.account.id) {
-                    targets.push(t.clone());
+                if !targets.iter().any(|(x, _)| x.account.id == t.account.id) {
+                    targets.push((t.clone(), r.address.to_string()));
                 }
             }
         }
@@ -371,36 +403,9 @@ impl Pipeline {
         let enforce = targets.len() == 1 && !env.recipients.iter().any(|r| r.remote);
         let now = chrono::Utc::now().timestamp();
         if !targets.is_empty() {
-            let delivered = local::deliver(
-                &self.stores,
-                &targets,
-                message.clone(),
-                now,
-                enforce,
-                Some(&env.trace),
-                folder,
-            )
-            .instrument(tracing::debug_span!(
-                "smtp.deliver",
-                otel.name = "deliver locally",
-                smtp.recipients = targets.len() as i64
-            ))
-            .await;
-            match delivered {
-                Ok(d) => {
-                    tracing::debug!(
-                        queue_id = %env.id,
-                        recipients = targets.len(),
-                        blob = %d.blob,
-                        "delivered locally"
-                    );
-                }
-                Err(DeliveryError::QuotaExceeded(who)) => return Err(PipelineError::Quota(who)),
-                Err(DeliveryError::Store(e)) => return Err(PipelineError::Store(e)),
-                Err(e @ DeliveryError::NoInbox(_)) => {
-                    return Err(PipelineError::Delivery(e.to_string()))
-                }
-            }
+            let plans = self.plan_targets(env, &targets, &message, folder).await?;
+            self.carry_out(env, &return_path, plans, &message, now, enforce)
+                .await?;
         }
         let remote: Vec<NewOutboundRecipient> = env
             .recipients
@@ -421,6 +426,369 @@ impl Pipeline {
             self.enqueue(env, &return_path, message, remote, now)
                 .instrument(span)
                 .await?;
+        }
+        Ok(())
+    }
+
+    /// The per-recipient stages: the built-in spam filter's verdict (with the user's
+    /// Bayes model and the recipient domain's thresholds) and the user's rules.
+    async fn plan_targets(
+        &self,
+        env: &Envelope,
+        targets: &[(Recipient, String)],
+        message: &Bytes,
+        folder: Folder,
+    ) -> Result<Vec<TargetPlan>, PipelineError> {
+        let builtin = self
+            .builtin
+            .as_ref()
+            .filter(|_| env.submitter.is_none() && self.filters.rspamd.is_none());
+        let facts = match builtin {
+            Some(b) => Some(
+                b.analyze(message.clone(), env.remote_ip)
+                    .instrument(tracing::debug_span!(
+                        "smtp.spam",
+                        otel.name = "built-in spam filter"
+                    ))
+                    .await,
+            ),
+            None => None,
+        };
+        let sender = env.mail_from.as_ref().map(|a| a.to_string());
+        let mut plans = Vec::with_capacity(targets.len());
+        let mut rejects = 0;
+        let mut greylisted = false;
+        for (recipient, rcpt) in targets {
+            let mut fields = String::new();
+            let mut default = folder.clone();
+            if let (Some(b), Some(facts)) = (builtin, &facts) {
+                let decision = b.decide(&self.stores, facts, &recipient.account).await;
+                tracing::info!(
+                    queue_id = %env.id,
+                    rcpt = %recipient.account.address,
+                    score = decision.score,
+                    action = ?decision.action,
+                    symbols = %decision.symbols.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(","),
+                    "built-in spam filter"
+                );
+                fields.push_str(&format!(
+                    "{}: {}\r\n",
+                    mailfleet_spam::score::HEADER_NAME,
+                    decision.header_value()
+                ));
+                match decision.action {
+                    mailfleet_spam::Action::Deliver => {}
+                    mailfleet_spam::Action::Junk => default = Folder::Junk,
+                    mailfleet_spam::Action::Reject => {
+                        rejects += 1;
+                        default = Folder::Junk;
+                    }
+                    mailfleet_spam::Action::Greylist => {
+                        let verdict = b
+                            .greylist(
+                                &self.stores,
+                                env.remote_ip,
+                                sender.as_deref().unwrap_or(""),
+                                rcpt,
+                            )
+                            .await;
+                        if verdict == filter::builtin::GreylistVerdict::Defer {
+                            greylisted = true;
+                        }
+                    }
+                }
+            }
+            plans.push(TargetPlan {
+                recipient: recipient.clone(),
+                rcpt: rcpt.clone(),
+                fields,
+                plan: rules::Plan::keep(default),
+            });
+        }
+        if greylisted {
+            return Err(PipelineError::FilterTempFail(
+                "Greylisted, try again later".into(),
+            ));
+        }
+        // Refused only when every recipient's threshold says so; otherwise the ones whose
+        // threshold would refuse get it in Junk.
+        if rejects > 0 && rejects == plans.len() {
+            return Err(PipelineError::FilterReject(
+                554,
+                "5.7.1",
+                "Message refused as spam".into(),
+            ));
+        }
+        if let Some(rules) = &self.rules {
+            for t in &mut plans {
+                let default = t.plan.placements[0].0.clone();
+                // The rules see the message with this recipient's spam verdict on top.
+                let seen = if t.fields.is_empty() {
+                    message.clone()
+                } else {
+                    let mut b = Vec::with_capacity(t.fields.len() + message.len());
+                    b.extend_from_slice(t.fields.as_bytes());
+                    b.extend_from_slice(message);
+                    Bytes::from(b)
+                };
+                t.plan = rules
+                    .plan(
+                        &self.stores,
+                        &t.recipient.account,
+                        &t.rcpt,
+                        sender.as_deref(),
+                        &seen,
+                        default,
+                    )
+                    .instrument(tracing::debug_span!("smtp.sieve", otel.name = "run Sieve"))
+                    .await;
+                if !t.plan.scripts.is_empty() {
+                    tracing::info!(
+                        queue_id = %env.id,
+                        rcpt = %t.recipient.account.address,
+                        scripts = %t.plan.scripts.join(","),
+                        placements = t.plan.placements.len(),
+                        redirects = t.plan.redirects.len(),
+                        reject = t.plan.reject.is_some(),
+                        vacation = t.plan.vacation.is_some(),
+                        error = t.plan.error.as_deref().unwrap_or(""),
+                        "sieve"
+                    );
+                }
+            }
+            let refused = plans.iter().filter(|t| t.plan.reject.is_some()).count();
+            if refused == plans.len() {
+                let why = plans[0].plan.reject.clone().unwrap_or_default();
+                return Err(PipelineError::RulesReject(why));
+            }
+        }
+        Ok(plans)
+    }
+
+    /// Stores the copies the plans ask for (one blob and one transaction for every copy
+    /// of the same bytes), then sends what they ask to send: redirects, vacation replies,
+    /// rejection notices.
+    async fn carry_out(
+        &self,
+        env: &Envelope,
+        return_path: &str,
+        plans: Vec<TargetPlan>,
+        message: &Bytes,
+        now: i64,
+        enforce: bool,
+    ) -> Result<(), PipelineError> {
+        // The bytes each recipient's copy has: the shared message unless its plan adds
+        // fields or edits the header.
+        let mut variants: Vec<(Bytes, Vec<local::Placement>)> = vec![(message.clone(), Vec::new())];
+        let mut followups = Vec::new();
+        for t in plans {
+            let mut top = t.fields.clone();
+            if let Some(e) = &t.plan.error {
+                top.push_str(&format!(
+                    "{}: {}\r\n",
+                    rules::ERROR_FIELD,
+                    e.replace(['\r', '\n'], " ")
+                ));
+            }
+            let bytes = if top.is_empty() && t.plan.edits.is_empty() {
+                None
+            } else {
+                let mut b = Vec::with_capacity(top.len() + message.len());
+                b.extend_from_slice(top.as_bytes());
+                b.extend_from_slice(message);
+                if !t.plan.edits.is_empty() {
+                    b = mailfleet_sieve::apply_edits(&b, &t.plan.edits);
+                }
+                Some(Bytes::from(b))
+            };
+            let placements: Vec<local::Placement> = t
+                .plan
+                .placements
+                .iter()
+                .map(|(folder, flags)| local::Placement {
+                    recipient: t.recipient.clone(),
+                    folder: folder.clone(),
+                    flags: flags.clone(),
+                })
+                .collect();
+            let copy = match bytes.filter(|b| b != message) {
+                None => {
+                    variants[0].1.extend(placements);
+                    message.clone()
+                }
+                Some(b) => {
+                    match variants.iter_mut().find(|(v, _)| *v == b) {
+                        Some((_, p)) => p.extend(placements),
+                        None => variants.push((b.clone(), placements)),
+                    }
+                    b
+                }
+            };
+            followups.push((t, copy));
+        }
+        for (bytes, placements) in &variants {
+            if placements.is_empty() {
+                continue;
+            }
+            let delivered = local::deliver_placed(
+                &self.stores,
+                placements,
+                bytes.clone(),
+                now,
+                enforce,
+                Some(&env.trace),
+            )
+            .instrument(tracing::debug_span!(
+                "smtp.deliver",
+                otel.name = "deliver locally",
+                smtp.recipients = placements.len() as i64
+            ))
+            .await;
+            match delivered {
+                Ok(d) => {
+                    tracing::debug!(
+                        queue_id = %env.id,
+                        copies = placements.len(),
+                        blob = %d.blob,
+                        "delivered locally"
+                    );
+                }
+                Err(DeliveryError::QuotaExceeded(who)) => return Err(PipelineError::Quota(who)),
+                Err(DeliveryError::Store(e)) => return Err(PipelineError::Store(e)),
+                Err(e @ DeliveryError::NoInbox(_)) => {
+                    return Err(PipelineError::Delivery(e.to_string()))
+                }
+            }
+        }
+        // What the rules send out happens after the copies are durable; a failure here
+        // is logged, never turned into a failure of the delivery the sender was told of.
+        for (t, copy) in followups {
+            for address in &t.plan.redirects {
+                if let Err(e) = self
+                    .inject(env, Some(return_path), address, copy.clone(), now)
+                    .await
+                {
+                    tracing::warn!(queue_id = %env.id, to = %address, error = %e, "sieve redirect failed");
+                }
+            }
+            if let Some(why) = &t.plan.reject {
+                if !return_path.is_empty() {
+                    let notice =
+                        rules::rejection_notice(return_path, &t.rcpt, why, &self.hostname, &env.id);
+                    if let Err(e) = self
+                        .inject(env, None, return_path, Bytes::from(notice), now)
+                        .await
+                    {
+                        tracing::warn!(queue_id = %env.id, error = %e, "sieve rejection notice failed");
+                    }
+                }
+            }
+            if let Some(v) = &t.plan.vacation {
+                self.vacation(env, &t, v, now).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a vacation reply unless one with the same handle went to the same sender
+    /// within the script's period: the record of the last reply is created only when
+    /// absent, so two front-ends delivering at once send one reply.
+    async fn vacation(
+        &self,
+        env: &Envelope,
+        t: &TargetPlan,
+        v: &mailfleet_sieve::Vacation,
+        now: i64,
+    ) {
+        let key = rules::vacation_key(&v.handle, &v.to);
+        let expires = now + i64::try_from(v.period_seconds).unwrap_or(i64::MAX / 2);
+        let first = self
+            .stores
+            .meta
+            .put_data(
+                mailfleet_storage::DataScope::Account(t.recipient.account.id),
+                rules::VACATION_KIND,
+                &key,
+                Vec::new(),
+                Some(expires),
+                mailfleet_storage::Expect::Absent,
+            )
+            .await;
+        match first {
+            Ok(_) => {}
+            Err(StoreError::Conflict(_)) => {
+                tracing::info!(queue_id = %env.id, rcpt = %t.rcpt, "vacation: already answered this sender");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(queue_id = %env.id, error = %e, "vacation: store unavailable; no reply");
+                return;
+            }
+        }
+        let reply = rules::vacation_reply(v, &t.rcpt, &self.hostname, &env.id);
+        // RFC 5230 §5.1: the reply's envelope sender is empty, so it never bounces back.
+        match self.inject(env, None, &v.to, Bytes::from(reply), now).await {
+            Ok(()) => {
+                tracing::info!(queue_id = %env.id, rcpt = %t.rcpt, to = %v.to, "vacation reply sent")
+            }
+            Err(e) => tracing::warn!(queue_id = %env.id, error = %e, "vacation reply failed"),
+        }
+    }
+
+    /// A message this server originates (redirect, vacation, notice) to one address:
+    /// delivered here when the address is local, else queued for remote delivery with
+    /// `sender` as its envelope sender (`None`: the null sender). It does not go through
+    /// the rules again: a redirect to a local user is a plain delivery, so two users'
+    /// scripts cannot bounce a message between them forever.
+    async fn inject(
+        &self,
+        env: &Envelope,
+        sender: Option<&str>,
+        to: &str,
+        message: Bytes,
+        now: i64,
+    ) -> Result<(), PipelineError> {
+        let addr = Address::parse(to)
+            .map_err(|e| PipelineError::Delivery(format!("address {to:?}: {e}")))?;
+        match local::resolve(self.stores.meta.as_ref(), &addr).await? {
+            Resolution::Local(targets) => {
+                local::deliver(
+                    &self.stores,
+                    &targets,
+                    message,
+                    now,
+                    false,
+                    Some(&env.trace),
+                    Folder::Inbox,
+                )
+                .await
+                .map_err(|e| PipelineError::Delivery(e.to_string()))?;
+            }
+            Resolution::UnknownUser => {
+                return Err(PipelineError::Delivery(format!("no such local user {to}")));
+            }
+            Resolution::NotLocal => {
+                let size = message.len() as u64;
+                let blob = self.stores.put_blob(message).await?;
+                self.stores
+                    .meta
+                    .enqueue_outbound(NewOutbound {
+                        blob,
+                        size,
+                        sender: sender.unwrap_or("").to_string(),
+                        account: None,
+                        envid: None,
+                        ret: None,
+                        recipients: vec![NewOutboundRecipient {
+                            address: addr.to_string(),
+                            notify: None,
+                            orcpt: None,
+                        }],
+                        created_at: now,
+                        trace: Some(env.trace.clone()),
+                    })
+                    .await?;
+            }
         }
         Ok(())
     }

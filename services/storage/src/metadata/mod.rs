@@ -388,6 +388,41 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// The account's sender grants, sorted.
     async fn sender_grants(&self, account: AccountId) -> StoreResult<Vec<String>>;
 
+    // ---- keyed records (crate::data) ----
+    /// The record `kind`/`key` of `scope`; `None` when there is none or it has expired.
+    async fn get_data(
+        &self,
+        scope: crate::DataScope,
+        kind: &str,
+        key: &str,
+    ) -> StoreResult<Option<crate::Datum>>;
+    /// Writes the record when `expect` holds (an expired record counts as absent) and
+    /// returns its new version; `Conflict` when it does not hold. `expires_at` in Unix
+    /// seconds, `None` to keep it until deleted.
+    async fn put_data(
+        &self,
+        scope: crate::DataScope,
+        kind: &str,
+        key: &str,
+        value: Vec<u8>,
+        expires_at: Option<i64>,
+        expect: crate::Expect,
+    ) -> StoreResult<u64>;
+    /// Deletes the record; true when there was one.
+    async fn delete_data(
+        &self,
+        scope: crate::DataScope,
+        kind: &str,
+        key: &str,
+    ) -> StoreResult<bool>;
+    /// The unexpired records of `kind`, in key order, at most `limit`.
+    async fn list_data(
+        &self,
+        scope: crate::DataScope,
+        kind: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<(String, crate::Datum)>>;
+
     // ---- outbound queue ----
     /// Queues a message for remote recipients in one transaction, taking a reference on its
     /// blob so the orphan sweep keeps it. Every recipient starts `Queued` with its first

@@ -59,7 +59,7 @@ pub const BUCKET_SHIFT: u32 = 16;
 pub const ID_BLOCK: i64 = 100;
 
 /// Schema version recorded in `schema_version`; migrations run in order up to it.
-const SCHEMA_VERSION: i32 = 11;
+const SCHEMA_VERSION: i32 = 12;
 
 /// Tables of schema version 1. `{ks}` is replaced by the keyspace name.
 const SCHEMA_V1: &[&str] = &[
@@ -198,6 +198,14 @@ const SCHEMA_V10: &[&str] = &[
 /// v11: a domain's quota (the most its accounts' quotas may add up to). Null: none.
 const SCHEMA_V11: &[&str] = &["ALTER TABLE {ks}.domains ADD quota_bytes bigint"];
 
+/// v12: keyed records of an account or of the installation (scope 0), see [`crate::data`].
+/// One partition per scope, so deleting an account drops its records in one statement;
+/// expiry is a cell TTL as well as the stored `expires_at`.
+const SCHEMA_V12: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS {ks}.records (scope bigint, kind text, key text, value blob, \
+     version bigint, expires_at bigint, PRIMARY KEY (scope, kind, key))",
+];
+
 /// How long a pin lasts: far longer than a put and an append take, and the sweep's grace
 /// period is checked against the pin's time as well.
 const PIN_TTL_SECS: i32 = 7 * 24 * 3600;
@@ -284,7 +292,11 @@ const SERIAL_READS: &[&str] = &[
     ORPHAN_READ,
     TOTP_STEP_READ,
     RECENT_READ,
+    RECORD_VERSION_READ,
 ];
+/// A record's version, read serially: the compare-and-set that writes it builds on it.
+const RECORD_VERSION_READ: &str =
+    "SELECT version, expires_at FROM records WHERE scope = ? AND kind = ? AND key = ?";
 /// The recent watermark, read serially so the compare-and-set that raises it builds on the
 /// last accepted claim.
 const RECENT_READ: &str = "SELECT uid FROM recent_marks WHERE mailbox_id = ?";
@@ -1981,6 +1993,7 @@ async fn migrate(session: &Session, ks: &str) -> StoreResult<()> {
         (9, SCHEMA_V9),
         (10, SCHEMA_V10),
         (11, SCHEMA_V11),
+        (12, SCHEMA_V12),
     ] {
         if version >= v {
             continue;
@@ -2229,6 +2242,9 @@ impl MetadataStore for ScyllaMetadataStore {
         }
         self.db
             .run("DELETE FROM server_metadata WHERE account_id = ?", (a,))
+            .await?;
+        self.db
+            .run("DELETE FROM records WHERE scope = ?", (a,))
             .await?;
         // The address goes last so a half-done delete can be finished by running it again.
         self.db
@@ -3253,6 +3269,167 @@ impl MetadataStore for ScyllaMetadataStore {
         Ok(row
             .map(|r| app_password_from(account, r))
             .filter(|p| p.tag == tag))
+    }
+
+    async fn get_data(
+        &self,
+        scope: crate::DataScope,
+        kind: &str,
+        key: &str,
+    ) -> StoreResult<Option<crate::Datum>> {
+        let row: Option<(Vec<u8>, i64, Option<i64>)> = self
+            .db
+            .one(
+                "SELECT value, version, expires_at FROM records \
+                 WHERE scope = ? AND kind = ? AND key = ?",
+                (scope.code(), kind, key),
+            )
+            .await?;
+        let now = now_secs();
+        Ok(row.filter(|(_, _, exp)| exp.is_none_or(|e| e > now)).map(
+            |(value, version, expires_at)| crate::Datum {
+                value,
+                version: version as u64,
+                expires_at,
+            },
+        ))
+    }
+
+    async fn put_data(
+        &self,
+        scope: crate::DataScope,
+        kind: &str,
+        key: &str,
+        value: Vec<u8>,
+        expires_at: Option<i64>,
+        expect: crate::Expect,
+    ) -> StoreResult<u64> {
+        crate::data::validate(kind, key, value.len())?;
+        // TTL 0 is "no expiry" in CQL; an expiry already past still gets one second.
+        let ttl: i32 = expires_at
+            .map(|e| (e - now_secs()).clamp(1, i64::from(i32::MAX)) as i32)
+            .unwrap_or(0);
+        // Every write is a compare-and-set on the version read serially: two writers
+        // never both win, and `Any` retries the race it lost a few times.
+        for _ in 0..8 {
+            let current: Option<(i64, Option<i64>)> = self
+                .db
+                .one(RECORD_VERSION_READ, (scope.code(), kind, key))
+                .await?;
+            let now = now_secs();
+            let current = current.filter(|(_, exp)| exp.is_none_or(|e| e > now));
+            let holds = match (expect, current) {
+                (crate::Expect::Any, _) => true,
+                (crate::Expect::Absent, c) => c.is_none(),
+                (crate::Expect::Version(v), Some((c, _))) => c as u64 == v,
+                (crate::Expect::Version(_), None) => false,
+            };
+            if !holds {
+                return Err(StoreError::Conflict(format!(
+                    "record {kind}/{key}: expected {expect:?}, found {current:?}"
+                )));
+            }
+            let applied = match current {
+                None => {
+                    // An expired row may still be there when its TTL and `expires_at`
+                    // disagree by a second: drop it first.
+                    self.db
+                        .run(
+                            "DELETE FROM records WHERE scope = ? AND kind = ? AND key = ? \
+                             IF EXISTS",
+                            (scope.code(), kind, key),
+                        )
+                        .await
+                        .ok();
+                    self.db
+                        .lwt(
+                            "INSERT INTO records (scope, kind, key, value, version, expires_at) \
+                             VALUES (?, ?, ?, ?, 1, ?) IF NOT EXISTS USING TTL ?",
+                            (scope.code(), kind, key, value.as_slice(), expires_at, ttl),
+                        )
+                        .await?
+                }
+                Some((v, _)) => {
+                    self.db
+                        .lwt(
+                            "UPDATE records USING TTL ? SET value = ?, version = ?, \
+                             expires_at = ? WHERE scope = ? AND kind = ? AND key = ? \
+                             IF version = ?",
+                            (
+                                ttl,
+                                value.as_slice(),
+                                v + 1,
+                                expires_at,
+                                scope.code(),
+                                kind,
+                                key,
+                                v,
+                            ),
+                        )
+                        .await?
+                }
+            };
+            if applied {
+                return Ok(current.map(|(v, _)| v as u64 + 1).unwrap_or(1));
+            }
+            if expect != crate::Expect::Any {
+                return Err(StoreError::Conflict(format!(
+                    "record {kind}/{key}: changed by another writer"
+                )));
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "record {kind}/{key}: too many concurrent writers"
+        )))
+    }
+
+    async fn delete_data(
+        &self,
+        scope: crate::DataScope,
+        kind: &str,
+        key: &str,
+    ) -> StoreResult<bool> {
+        let there = self.get_data(scope, kind, key).await?.is_some();
+        self.db
+            .run(
+                "DELETE FROM records WHERE scope = ? AND kind = ? AND key = ?",
+                (scope.code(), kind, key),
+            )
+            .await?;
+        Ok(there)
+    }
+
+    async fn list_data(
+        &self,
+        scope: crate::DataScope,
+        kind: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<(String, crate::Datum)>> {
+        type Row = (String, Vec<u8>, i64, Option<i64>);
+        let rows: Vec<Row> = self
+            .db
+            .all(
+                "SELECT key, value, version, expires_at FROM records \
+                 WHERE scope = ? AND kind = ?",
+                (scope.code(), kind),
+            )
+            .await?;
+        let now = now_secs();
+        Ok(rows
+            .into_iter()
+            .filter(|(_, _, _, exp)| exp.is_none_or(|e| e > now))
+            .take(limit)
+            .map(|(key, value, version, expires_at)| {
+                (
+                    key,
+                    crate::Datum {
+                        value,
+                        version: version as u64,
+                        expires_at,
+                    },
+                )
+            })
+            .collect())
     }
 
     async fn add_dkim_key(&self, key: crate::DkimKey) -> StoreResult<()> {

@@ -25,7 +25,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// Schema version stored in `PRAGMA user_version`; migrations run in order up to it.
-const SCHEMA_VERSION: i64 = 17;
+const SCHEMA_VERSION: i64 = 18;
 
 const SCHEMA_V1: &str = r#"
 CREATE TABLE domains (
@@ -735,6 +735,21 @@ const SCHEMA_V17: &str = r#"
 ALTER TABLE domains ADD COLUMN quota_bytes INTEGER NOT NULL DEFAULT 0;
 "#;
 
+/// v18: keyed records of an account or of the installation (scope 0), see
+/// [`crate::data`]. No foreign key: scope 0 is no account; `delete_account` removes an
+/// account's rows.
+const SCHEMA_V18: &str = r#"
+CREATE TABLE records (
+    scope INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value BLOB NOT NULL,
+    version INTEGER NOT NULL,
+    expires_at INTEGER,
+    PRIMARY KEY (scope, kind, key)
+) WITHOUT ROWID;
+"#;
+
 /// UIDs an EXPUNGE with a UID set looks up one by one; a larger set reads the deleted
 /// messages from the partial index instead.
 const EXPUNGE_LOOKUPS: usize = 64;
@@ -861,6 +876,12 @@ fn migrate_to(conn: &Connection, index_path: &Path, target: i64) -> StoreResult<
     if version < 17 && target >= 17 {
         conn.execute_batch(&format!(
             "BEGIN IMMEDIATE; {SCHEMA_V17} PRAGMA user_version = 17; COMMIT;"
+        ))
+        .map_err(db_err)?;
+    }
+    if version < 18 && target >= 18 {
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {SCHEMA_V18} PRAGMA user_version = 18; COMMIT;"
         ))
         .map_err(db_err)?;
     }
@@ -1781,6 +1802,8 @@ impl MetadataStore for SqliteMetadataStore {
             .map_err(db_err)?;
             // Rights granted to the address must not pass to a new account of that name.
             c.execute("DELETE FROM acl WHERE identifier = ?1", [&address])
+                .map_err(db_err)?;
+            c.execute("DELETE FROM records WHERE scope = ?1", [acct.id.0])
                 .map_err(db_err)?;
             c.execute("DELETE FROM metadata WHERE account_id = ?1", [acct.id.0])
                 .map_err(db_err)?;
@@ -2949,6 +2972,152 @@ impl MetadataStore for SqliteMetadataStore {
                 )
                 .map_err(db_err)?;
             Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn get_data(
+        &self,
+        scope: crate::DataScope,
+        kind: &str,
+        key: &str,
+    ) -> StoreResult<Option<crate::Datum>> {
+        let (kind, key) = (kind.to_string(), key.to_string());
+        let now = crate::data::now();
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT value, version, expires_at FROM records \
+                 WHERE scope = ?1 AND kind = ?2 AND key = ?3 \
+                 AND (expires_at IS NULL OR expires_at > ?4)",
+            )
+            .map_err(db_err)?
+            .query_row(params![scope.code(), kind, key, now], |r| {
+                Ok(crate::Datum {
+                    value: r.get(0)?,
+                    version: r.get::<_, i64>(1)? as u64,
+                    expires_at: r.get(2)?,
+                })
+            })
+            .optional()
+            .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn put_data(
+        &self,
+        scope: crate::DataScope,
+        kind: &str,
+        key: &str,
+        value: Vec<u8>,
+        expires_at: Option<i64>,
+        expect: crate::Expect,
+    ) -> StoreResult<u64> {
+        crate::data::validate(kind, key, value.len())?;
+        let (kind, key) = (kind.to_string(), key.to_string());
+        let now = crate::data::now();
+        self.write(move |c| {
+            // One write transaction: the read of the version and the write cannot
+            // interleave with another writer's.
+            let current: Option<i64> = c
+                .prepare_cached(
+                    "SELECT version FROM records WHERE scope = ?1 AND kind = ?2 AND key = ?3 \
+                     AND (expires_at IS NULL OR expires_at > ?4)",
+                )
+                .map_err(db_err)?
+                .query_row(params![scope.code(), kind, key, now], |r| r.get(0))
+                .optional()
+                .map_err(db_err)?;
+            let holds = match (expect, current) {
+                (crate::Expect::Any, _) => true,
+                (crate::Expect::Absent, c) => c.is_none(),
+                (crate::Expect::Version(v), Some(c)) => c as u64 == v,
+                (crate::Expect::Version(_), None) => false,
+            };
+            if !holds {
+                return Err(StoreError::Conflict(format!(
+                    "record {kind}/{key}: expected {expect:?}, found version {current:?}"
+                )));
+            }
+            let version = current.unwrap_or(0) + 1;
+            c.prepare_cached(
+                "INSERT INTO records (scope, kind, key, value, version, expires_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (scope, kind, key) DO UPDATE \
+                 SET value = excluded.value, version = excluded.version, \
+                 expires_at = excluded.expires_at",
+            )
+            .map_err(db_err)?
+            .execute(params![scope.code(), kind, key, value, version, expires_at])
+            .map_err(db_err)?;
+            // Expired records of the kind go with the next write of it.
+            c.prepare_cached(
+                "DELETE FROM records WHERE scope = ?1 AND kind = ?2 AND expires_at <= ?3",
+            )
+            .map_err(db_err)?
+            .execute(params![scope.code(), kind, now])
+            .map_err(db_err)?;
+            Ok(version as u64)
+        })
+        .await
+    }
+
+    async fn delete_data(
+        &self,
+        scope: crate::DataScope,
+        kind: &str,
+        key: &str,
+    ) -> StoreResult<bool> {
+        let (kind, key) = (kind.to_string(), key.to_string());
+        let now = crate::data::now();
+        self.write(move |c| {
+            let n = c
+                .execute(
+                    "DELETE FROM records WHERE scope = ?1 AND kind = ?2 AND key = ?3 \
+                     AND (expires_at IS NULL OR expires_at > ?4)",
+                    params![scope.code(), kind, key, now],
+                )
+                .map_err(db_err)?;
+            // An expired record is not there to delete, but its row goes too.
+            c.execute(
+                "DELETE FROM records WHERE scope = ?1 AND kind = ?2 AND key = ?3",
+                params![scope.code(), kind, key],
+            )
+            .map_err(db_err)?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn list_data(
+        &self,
+        scope: crate::DataScope,
+        kind: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<(String, crate::Datum)>> {
+        let kind = kind.to_string();
+        let now = crate::data::now();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |c| {
+            let mut st = c
+                .prepare_cached(
+                    "SELECT key, value, version, expires_at FROM records \
+                     WHERE scope = ?1 AND kind = ?2 AND (expires_at IS NULL OR expires_at > ?3) \
+                     ORDER BY key LIMIT ?4",
+                )
+                .map_err(db_err)?;
+            let rows = st
+                .query_map(params![scope.code(), kind, now, limit], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        crate::Datum {
+                            value: r.get(1)?,
+                            version: r.get::<_, i64>(2)? as u64,
+                            expires_at: r.get(3)?,
+                        },
+                    ))
+                })
+                .map_err(db_err)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
         })
         .await
     }

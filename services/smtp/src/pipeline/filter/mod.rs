@@ -15,6 +15,7 @@
 //! What the scanners answer is mapped by pure functions ([`spam_disposition`]), tested
 //! without them.
 
+pub mod builtin;
 pub mod clamav;
 pub mod rspamd;
 
