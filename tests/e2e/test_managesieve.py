@@ -100,6 +100,18 @@ def test_scripts_belong_to_their_account(server):
     bob.logout()
 
 
+def test_sasl_login_mechanism(server):
+    c = Client("127.0.0.1", server.managesieve_port)
+    assert c.connect(ALICE, PASSWORD, starttls=True, authmech="LOGIN"), c.errmsg
+    # The capabilities sievelib read again after STARTTLS offer both mechanisms.
+    assert sorted(c.get_sasl_mechanisms()) == ["LOGIN", "PLAIN"]
+    # After login, no mechanism and no STARTTLS.
+    caps = c.capability().decode()
+    assert '"SASL" ""' in caps and '"STARTTLS"' not in caps and f'"OWNER" "{ALICE}"' in caps, caps
+    assert c.listscripts() == (None, [])
+    c.logout()
+
+
 def test_bad_password_is_refused(server):
     c, ok = connect(server, password="wrong-password")
     assert not ok
