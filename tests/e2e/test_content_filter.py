@@ -155,3 +155,19 @@ def test_only_the_spam_filter_down_defers(tmp_path, clamd):
         assert code == 451 and "Spam filter unavailable" in text, (code, text)
     finally:
         s.stop()
+
+
+def test_domain_thresholds_hold_rspamds_score(tmp_path, rspamd):
+    """`[smtp.spam_domains."example.test"]`: this domain junks at any score rspamd gives
+    a plain message, so the domain's threshold, not rspamd's action, decides."""
+    s = start_mx(tmp_path, {
+        "MAILFLEET_SMTP__RSPAMD__ADDRESS": f"127.0.0.1:{rspamd}",
+        "MAILFLEET_SMTP__SPAM_DOMAINS": '{ "example.test" = { junk = -50.0, reject = 1000.0 } }',
+    })
+    try:
+        code, text = send(s, message("strict domain"))
+        assert code == 250, text
+        assert stored(s, "Junk", "strict domain") is not None
+        assert stored(s, "INBOX", "strict domain") is None
+    finally:
+        s.stop()

@@ -106,6 +106,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     pipeline = pipeline.with_filters(mailfleet_smtp::pipeline::filter::Filters {
         rspamd: smtp.rspamd.clone(),
         clamav: smtp.clamav.clone(),
+        domains: smtp
+            .spam_domains
+            .iter()
+            .map(|(d, t)| (d.trim_end_matches('.').to_ascii_lowercase(), *t))
+            .collect(),
     });
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
     // One count per client address across every listener of the node (SMTP, submission,

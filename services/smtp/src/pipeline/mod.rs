@@ -884,6 +884,7 @@ impl Pipeline {
             },
             submission: env.submitter.is_some(),
             hostname: &self.hostname,
+            thresholds: self.domain_thresholds(env),
         };
         let outcome = self
             .filters
@@ -897,6 +898,24 @@ impl Pipeline {
             }
             filter::FilterOutcome::TempFail(text) => Err(PipelineError::FilterTempFail(text)),
         }
+    }
+
+    /// The thresholds of the recipients' domains when they all have the same configured
+    /// entry (the usual case: one recipient); else none, and rspamd's action stands.
+    fn domain_thresholds(&self, env: &Envelope) -> Option<mailfleet_spam::Thresholds> {
+        let mut found: Option<mailfleet_spam::Thresholds> = None;
+        for r in env.recipients.iter().filter(|r| !r.remote) {
+            let t = self
+                .filters
+                .domains
+                .get(&r.address.domain().to_ascii_lowercase())
+                .copied()?;
+            if found.is_some_and(|f| f != t) {
+                return None;
+            }
+            found = Some(t);
+        }
+        found
     }
 
     /// Puts the remote recipients of a submitted message in the outbound queue. The blob

@@ -36,6 +36,9 @@ pub const OWN_FIELDS: [&str; 4] = [
 pub struct Filters {
     pub rspamd: Option<RspamdConfig>,
     pub clamav: Option<ClamavConfig>,
+    /// Score thresholds per recipient domain (`[smtp.spam_domains]`, lower case): for a
+    /// message to such a domain, rspamd's score is held to them instead of its action.
+    pub domains: std::collections::BTreeMap<String, mailfleet_spam::Thresholds>,
 }
 
 /// What the stage decided.
@@ -73,12 +76,28 @@ pub fn spam_disposition(action: &str, add_header: SpamAction) -> SpamDisposition
     }
 }
 
+/// What rspamd's score means under a domain's own thresholds: `None` below them (then
+/// rspamd's greylist and soft-reject actions still apply).
+pub fn score_disposition(score: f64, t: &mailfleet_spam::Thresholds) -> Option<SpamDisposition> {
+    let score = score as f32;
+    if t.reject.is_some_and(|r| score >= r) {
+        Some(SpamDisposition::Reject)
+    } else if score >= t.junk {
+        Some(SpamDisposition::Junk)
+    } else {
+        None
+    }
+}
+
 /// The envelope facts the scanners see.
 pub struct Context<'a> {
     pub scan: rspamd::ScanRequest<'a>,
     /// Authenticated submission: rspamd is not asked (it scores inbound mail).
     pub submission: bool,
     pub hostname: &'a str,
+    /// The recipients' domain thresholds, when they all share one entry of
+    /// [`Filters::domains`].
+    pub thresholds: Option<mailfleet_spam::Thresholds>,
 }
 
 impl Filters {
@@ -91,7 +110,11 @@ impl Filters {
         let mut fields = String::new();
         let mut junk = false;
         // One copy for the scanners' sockets, only when one is configured.
-        let body = Bytes::copy_from_slice(message);
+        let body = if self.is_empty() {
+            Bytes::new()
+        } else {
+            Bytes::copy_from_slice(message)
+        };
         if let Some(c) = &self.clamav {
             if message.len() > c.max_size {
                 fields.push_str(&format!(
@@ -144,7 +167,11 @@ impl Filters {
                 .await
                 {
                     Ok(v) => {
-                        let d = spam_disposition(&v.action, c.add_header);
+                        let d = match &ctx.thresholds {
+                            Some(t) => score_disposition(v.score, t)
+                                .unwrap_or_else(|| spam_disposition(&v.action, c.add_header)),
+                            None => spam_disposition(&v.action, c.add_header),
+                        };
                         tracing::info!(
                             action = %v.action,
                             score = v.score,
@@ -236,6 +263,20 @@ fn fold(name: &str, value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_domain_threshold_decides_on_rspamds_score() {
+        let t = mailfleet_spam::Thresholds {
+            junk: 4.0,
+            reject: Some(9.0),
+            greylist: None,
+        };
+        assert_eq!(score_disposition(3.9, &t), None);
+        assert_eq!(score_disposition(4.0, &t), Some(SpamDisposition::Junk));
+        assert_eq!(score_disposition(9.5, &t), Some(SpamDisposition::Reject));
+        let lax = mailfleet_spam::Thresholds { reject: None, ..t };
+        assert_eq!(score_disposition(50.0, &lax), Some(SpamDisposition::Junk));
+    }
 
     #[test]
     fn rspamd_actions_map_to_replies_and_mailboxes() {
