@@ -38,7 +38,8 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v fetchmail >/dev/null 2>&1 || missing+=(fetchmail)
 command -v mbsync >/dev/null 2>&1 || missing+=(isync)
 # Dovecot is the reference oracle for ENVELOPE/BODYSTRUCTURE (services/mime/tests).
-[ -x /usr/sbin/dovecot ] || missing+=(dovecot-imapd)
+# dovecot-sieve pulls in dovecot-core alone: look for the imap binary itself.
+[ -x /usr/lib/dovecot/imap ] || missing+=(dovecot-imapd)
 # Postfix's smtp-sink is the remote peer of the outbound delivery tests (tests/e2e).
 [ -x /usr/sbin/smtp-sink ] || missing+=(postfix)
 command -v cc >/dev/null 2>&1 || missing+=(gcc)

@@ -93,6 +93,9 @@ struct Inner {
     dane: Option<DaneResolver>,
     /// Signing keys by sender domain, with when they were read ([`Worker::dkim_keys`]).
     dkim: Mutex<DkimCache>,
+    /// Where each session's TLS outcome is counted for TLS-RPT (RFC 8460); unset when
+    /// `reports.tlsrpt_enabled` is off.
+    tls_reports: std::sync::OnceLock<Arc<mailfleet_reports::TlsCollector>>,
 }
 
 type DkimCache = HashMap<String, (std::time::Instant, Option<Arc<crate::dkim::DomainKeys>>)>;
@@ -203,8 +206,42 @@ impl Worker {
                 mta_sts,
                 dane,
                 dkim: Mutex::new(HashMap::new()),
+                tls_reports: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    /// Counts the TLS outcome of every session from now on in `collector` (TLS-RPT).
+    pub fn report_tls_to(&self, collector: Arc<mailfleet_reports::TlsCollector>) {
+        let _ = self.inner.tls_reports.set(collector);
+    }
+
+    /// One session's TLS outcome, for TLS-RPT: `failure` is `None` when TLS was as the
+    /// host's policy asked.
+    fn report_tls(
+        &self,
+        domain: &str,
+        host: &str,
+        tls: Option<&HostTls>,
+        addr: Option<std::net::IpAddr>,
+        failure: Option<&str>,
+    ) {
+        let Some(c) = self.inner.tls_reports.get() else {
+            return;
+        };
+        use mailfleet_reports::TlsPolicyKind;
+        let policy = match tls {
+            Some(HostTls::Dane(_)) | None => TlsPolicyKind::Tlsa,
+            Some(HostTls::Mode(TlsMode::Required)) => TlsPolicyKind::Sts,
+            Some(HostTls::Mode(_)) => TlsPolicyKind::NoPolicyFound,
+        };
+        c.record(&mailfleet_reports::TlsSession {
+            domain,
+            policy,
+            mx_host: host,
+            receiving_ip: addr,
+            failure,
+        });
     }
 
     /// Polls the queue until `shutdown`; deliveries in flight then finish (each is bounded
@@ -847,6 +884,10 @@ impl Worker {
                 Ok(t) => t,
                 Err(refusal) => {
                     tracing::info!(host = %hop.host, error = %refusal, "host unusable; trying the next");
+                    if refusal.contains("DANE") {
+                        // A bogus or failed TLSA lookup rules the host out: a DANE failure.
+                        self.report_tls(domain, &hop.host, None, None, Some(refusal));
+                    }
                     last = refusal.clone();
                     continue;
                 }
@@ -875,6 +916,7 @@ impl Worker {
                 .await
                 {
                     Ok(results) => {
+                        self.report_tls(domain, &hop.host, Some(tls), Some(addr.ip()), None);
                         return Ok(rcpts
                             .iter()
                             .zip(results)
@@ -887,6 +929,16 @@ impl Worker {
                     }
                     Err(e) => {
                         tracing::info!(host = %hop.host, %addr, error = %e, "host unusable; trying the next");
+                        if e.tls_required {
+                            let why = e.to_string();
+                            self.report_tls(
+                                domain,
+                                &hop.host,
+                                Some(tls),
+                                Some(addr.ip()),
+                                Some(&why),
+                            );
+                        }
                         last = if e.tls_required {
                             format!("451 4.7.5 {e}")
                         } else {

@@ -14,6 +14,7 @@
 mod admin;
 mod outbound;
 mod public;
+mod reports;
 mod security;
 mod serve;
 mod telemetry;
@@ -97,6 +98,9 @@ enum Command {
     /// DNS records a domain needs.
     #[command(subcommand)]
     Dns(outbound::DnsCmd),
+    /// DMARC aggregate and TLS-RPT reports.
+    #[command(subcommand)]
+    Reports(reports::ReportsCmd),
 }
 
 fn main() -> std::process::ExitCode {
@@ -151,5 +155,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Queue(c) => runtime.block_on(security::queue(&config, c, cli.json)),
         Command::Dkim(c) => runtime.block_on(outbound::dkim(&config, c, cli.json)),
         Command::Dns(c) => runtime.block_on(outbound::dns(&config, c)),
+        Command::Reports(c) => runtime.block_on(reports::reports(&config, c, cli.json)),
     }
 }

@@ -73,6 +73,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             smtp.max_inflight_bytes,
         ));
     let mut dns = None;
+    let mut authenticator_dns = None;
+    let dmarc_reports = config.reports.dmarc_enabled.then(|| {
+        Arc::new(mailfleet_reports::DmarcCollector::new(
+            config.reports.max_rows,
+        ))
+    });
     if smtp.authentication.enabled {
         let auth = mailfleet_smtp::pipeline::authenticate::SenderAuth::new(
             &smtp.authentication,
@@ -80,7 +86,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         )
         .map_err(|e| anyhow::anyhow!("smtp.authentication: {e}"))?;
         dns = Some(auth.resolver());
+        authenticator_dns = Some(auth.authenticator());
+        if let Some(c) = &dmarc_reports {
+            auth.report_dmarc_to(c.clone());
+        }
         pipeline = pipeline.with_sender_auth(auth);
+    } else if dmarc_reports.is_some() {
+        anyhow::bail!("reports.dmarc_enabled needs smtp.authentication enabled (DMARC results)");
     }
     if let Some(spam) = smtp.spam.clone().filter(|s| s.enabled) {
         if smtp.rspamd.is_some() {
@@ -161,10 +173,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     tasks.extend(more.pop3(&config, &stores).await?);
     tasks.extend(more.managesieve(&config, &stores).await?);
+    let tls_reports = (config.reports.tlsrpt_enabled && config.delivery.enabled).then(|| {
+        Arc::new(mailfleet_reports::TlsCollector::new(
+            config.reports.max_rows,
+        ))
+    });
     if config.delivery.enabled {
         let settings = mailfleet_delivery::Settings::from_config(&config);
         let worker = mailfleet_delivery::Worker::new(stores.clone(), settings)
             .context("outbound delivery (configuration section `[delivery]`)")?;
+        if let Some(c) = &tls_reports {
+            worker.report_tls_to(c.clone());
+        }
         tasks.push(tokio::spawn(worker.run(shutdown.clone())));
     }
 
@@ -185,6 +205,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             shutdown.clone(),
             per_ip.clone(),
         )));
+    }
+
+    if dmarc_reports.is_some() || tls_reports.is_some() {
+        let dns = match authenticator_dns {
+            Some(a) => a,
+            None => mail_auth::MessageAuthenticator::new_system_conf()
+                .context("the DNS resolver of the TLS reports (the system configuration)")?,
+        };
+        let service = mailfleet_reports::ReportService {
+            stores: stores.clone(),
+            dmarc: dmarc_reports,
+            tls: tls_reports,
+            sender: mailfleet_reports::ReportSender::new(
+                stores.clone(),
+                mailfleet_reports::SenderSettings::from_config(&config),
+                Box::new(dns),
+            ),
+            flush_every: Duration::from_secs(config.reports.flush_secs),
+            send_every: Duration::from_secs(config.reports.interval_secs),
+            holder: format!("{}:{}", config.server.hostname, std::process::id()),
+        };
+        tasks.push(tokio::spawn(service.run(shutdown.clone())));
     }
 
     tokio::spawn(blob_gc(stores.clone(), shutdown.clone()));

@@ -20,6 +20,10 @@
 //! as a pass: an SPF `temperror` answers `451 4.4.3` at MAIL, and a DMARC verdict that a
 //! temporary failure could have changed answers `451 4.4.3` at the end of DATA, so the
 //! sender retries rather than the message being judged on half the evidence.
+//!
+//! When this host forwards a message it received (a Sieve `redirect`), [`SenderAuth::arc_seal`]
+//! adds an ARC set (RFC 8617 §5.1) so the next hop can trust the results we saw even though
+//! the forward breaks SPF and, often, DKIM.
 
 use super::header::Header;
 use ipnet::IpNet;
@@ -27,6 +31,7 @@ use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dmarc::verify::DmarcParameters;
 use mail_auth::dmarc::Policy as DmarcPolicy;
 use mail_auth::hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
+use mail_auth::report::ActionDisposition;
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{
     AuthenticatedMessage, AuthenticationResults, DkimResult, DmarcResult, IprevResult,
@@ -54,6 +59,8 @@ struct Inner {
     hostname: String,
     skip: Vec<IpNet>,
     policy: Policy,
+    /// Unset unless `reports.dmarc_enabled`.
+    dmarc_reports: std::sync::OnceLock<Arc<mailfleet_reports::DmarcCollector>>,
 }
 
 /// What verdicts do to a message (`[smtp.authentication]`).
@@ -236,6 +243,7 @@ impl SenderAuth {
                         .collect(),
                     spf_fail_reject: cfg.spf_fail_reject,
                 },
+                dmarc_reports: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -246,8 +254,20 @@ impl SenderAuth {
         self.inner.resolver.resolver().clone()
     }
 
+    /// The stage's `mail-auth` authenticator (sharing its resolver and cache), for the
+    /// DNS questions of the report sender.
+    pub fn authenticator(&self) -> MessageAuthenticator {
+        self.inner.resolver.clone()
+    }
+
     pub fn authserv_id(&self) -> &str {
         &self.inner.authserv_id
+    }
+
+    /// Counts the DMARC result of every message verified from now on in `collector`, for
+    /// the aggregate reports (RFC 7489 §7.2).
+    pub fn report_dmarc_to(&self, collector: Arc<mailfleet_reports::DmarcCollector>) {
+        let _ = self.inner.dmarc_reports.set(collector);
     }
 
     /// Whether mail from `ip` is authenticated (it is not from a skipped network).
@@ -365,6 +385,27 @@ impl SenderAuth {
                 .then(|| spf.mail_from.domain().to_string()),
         };
         let disposition = decide(&findings, &self.inner.policy);
+        if let Some(reports) = self.inner.dmarc_reports.get() {
+            // A deferred message comes back and is counted then.
+            let applied = match &disposition {
+                Disposition::Deliver => Some(ActionDisposition::None),
+                Disposition::Junk(_) => Some(ActionDisposition::Quarantine),
+                Disposition::Reject(_) => Some(ActionDisposition::Reject),
+                Disposition::TempFail(_) => None,
+            };
+            if let Some(applied) = applied {
+                let envelope_from = mail_from.unwrap_or(helo);
+                reports.record(
+                    &dmarc,
+                    &dkim,
+                    &spf.mail_from,
+                    ip,
+                    header_from,
+                    envelope_from,
+                    applied,
+                );
+            }
+        }
         let dkim_word = if dkim.is_empty() {
             "none"
         } else if dkim.iter().any(|d| *d.result() == DkimResult::Pass) {
@@ -391,6 +432,80 @@ impl SenderAuth {
             disposition,
             summary,
         }
+    }
+}
+
+/// The key and name an ARC set is signed with: an active RSA DKIM key of the forwarding
+/// domain (RFC 8617 §5.1 allows only `rsa-sha256`).
+pub struct ArcKey {
+    pub domain: String,
+    pub selector: String,
+    pub key: mail_auth::common::crypto::RsaKey<mail_auth::common::crypto::Sha256>,
+}
+
+/// The header fields an ARC-Message-Signature covers (those present are signed).
+const ARC_SIGNED_HEADERS: [&str; 10] = [
+    "From",
+    "To",
+    "Cc",
+    "Subject",
+    "Date",
+    "Message-ID",
+    "Reply-To",
+    "MIME-Version",
+    "Content-Type",
+    "DKIM-Signature",
+];
+
+impl SenderAuth {
+    /// The ARC set (`ARC-Seal`, `ARC-Message-Signature`, `ARC-Authentication-Results`,
+    /// CRLF-terminated) to put on top of `message` before it is forwarded.
+    ///
+    /// The checks run again on the message as it leaves (the resolver's cache answers
+    /// what the first run asked), so the set speaks for exactly those bytes: the
+    /// ARC-Authentication-Results carry the same SPF verdicts taken at MAIL, and the DKIM,
+    /// ARC and DMARC results of the forwarded copy. A chain that already failed
+    /// (`cv=fail`) is not sealed again (RFC 8617 §5.1.2): `Err` then.
+    pub async fn arc_seal(
+        &self,
+        message: &[u8],
+        spf: &SpfChecks,
+        ip: IpAddr,
+        helo: &str,
+        mail_from: Option<&str>,
+        key: ArcKey,
+    ) -> Result<String, String> {
+        let r = &self.inner.resolver;
+        let parsed = AuthenticatedMessage::parse(message)
+            .ok_or_else(|| "the message has no header to seal".to_string())?;
+        let dkim = r.verify_dkim(&parsed).await;
+        let arc = r.verify_arc(&parsed).await;
+        let mail_from_domain = match mail_from {
+            Some(s) => s.rsplit_once('@').map_or(helo, |(_, d)| d),
+            None => helo,
+        };
+        let dmarc = r
+            .verify_dmarc(DmarcParameters::new(
+                &parsed,
+                &dkim,
+                mail_from_domain,
+                &spf.mail_from,
+            ))
+            .await;
+        let header_from = parsed.from.first().map(String::as_str).unwrap_or("");
+        let results = AuthenticationResults::new(&self.inner.authserv_id)
+            .with_dkim_results(&dkim, header_from)
+            .with_spf_ehlo_result(&spf.helo, ip, helo)
+            .with_spf_mailfrom_result(&spf.mail_from, ip, mail_from.unwrap_or(""), helo)
+            .with_arc_result(&arc, ip)
+            .with_dmarc_result(&dmarc);
+        let set = mail_auth::arc::ArcSealer::from_key(key.key)
+            .domain(key.domain)
+            .selector(key.selector)
+            .headers(ARC_SIGNED_HEADERS)
+            .seal(&parsed, &results, &arc)
+            .map_err(|e| format!("ARC seal: {e}"))?;
+        Ok(set.to_header())
     }
 }
 

@@ -18,6 +18,7 @@
 //! and remote recipients are put in the outbound queue (one blob, shared with the local
 //! copies) instead of being refused.
 
+pub mod arc;
 pub mod authenticate;
 pub mod cleanup;
 pub mod filter;
@@ -664,8 +665,16 @@ impl Pipeline {
         // is logged, never turned into a failure of the delivery the sender was told of.
         for (t, copy) in followups {
             for address in &t.plan.redirects {
+                let forwarder = t.rcpt.rsplit_once('@').map(|(_, d)| d);
                 if let Err(e) = self
-                    .inject(env, Some(return_path), address, copy.clone(), now)
+                    .inject(
+                        env,
+                        Some(return_path),
+                        address,
+                        copy.clone(),
+                        now,
+                        forwarder,
+                    )
                     .await
                 {
                     tracing::warn!(queue_id = %env.id, to = %address, error = %e, "sieve redirect failed");
@@ -676,7 +685,7 @@ impl Pipeline {
                     let notice =
                         rules::rejection_notice(return_path, &t.rcpt, why, &self.hostname, &env.id);
                     if let Err(e) = self
-                        .inject(env, None, return_path, Bytes::from(notice), now)
+                        .inject(env, None, return_path, Bytes::from(notice), now, None)
                         .await
                     {
                         tracing::warn!(queue_id = %env.id, error = %e, "sieve rejection notice failed");
@@ -727,7 +736,10 @@ impl Pipeline {
         }
         let reply = rules::vacation_reply(v, &t.rcpt, &self.hostname, &env.id);
         // RFC 5230 §5.1: the reply's envelope sender is empty, so it never bounces back.
-        match self.inject(env, None, &v.to, Bytes::from(reply), now).await {
+        match self
+            .inject(env, None, &v.to, Bytes::from(reply), now, None)
+            .await
+        {
             Ok(()) => {
                 tracing::info!(queue_id = %env.id, rcpt = %t.rcpt, to = %v.to, "vacation reply sent")
             }
@@ -739,7 +751,8 @@ impl Pipeline {
     /// delivered here when the address is local, else queued for remote delivery with
     /// `sender` as its envelope sender (`None`: the null sender). It does not go through
     /// the rules again: a redirect to a local user is a plain delivery, so two users'
-    /// scripts cannot bounce a message between them forever.
+    /// scripts cannot bounce a message between them forever. A received message that
+    /// `forwarder` (a hosted domain) sends on to another host is ARC-sealed by it first.
     async fn inject(
         &self,
         env: &Envelope,
@@ -747,6 +760,7 @@ impl Pipeline {
         to: &str,
         message: Bytes,
         now: i64,
+        forwarder: Option<&str>,
     ) -> Result<(), PipelineError> {
         let addr = Address::parse(to)
             .map_err(|e| PipelineError::Delivery(format!("address {to:?}: {e}")))?;
@@ -768,6 +782,10 @@ impl Pipeline {
                 return Err(PipelineError::Delivery(format!("no such local user {to}")));
             }
             Resolution::NotLocal => {
+                let message = match forwarder {
+                    Some(domain) => self.arc_sealed(env, domain, message).await,
+                    None => message,
+                };
                 let size = message.len() as u64;
                 let blob = self.stores.put_blob(message).await?;
                 self.stores
@@ -791,6 +809,53 @@ impl Pipeline {
             }
         }
         Ok(())
+    }
+
+    /// `message` with an ARC set of `domain` on top, when sender authentication applied to
+    /// it and the domain has an active RSA DKIM key; else `message` as it is (a forward
+    /// without a seal is what every forwarder without ARC sends).
+    async fn arc_sealed(&self, env: &Envelope, domain: &str, message: Bytes) -> Bytes {
+        let (Some(auth), Some(spf), None) = (&self.sender_auth, &env.spf, &env.submitter) else {
+            return message;
+        };
+        if !auth.applies_to(env.remote_ip) {
+            return message;
+        }
+        let key = match arc::key(self.stores.meta.as_ref(), domain).await {
+            Ok(Some(k)) => k,
+            Ok(None) => {
+                tracing::debug!(queue_id = %env.id, domain, "no active RSA DKIM key: forward not ARC-sealed");
+                return message;
+            }
+            Err(e) => {
+                tracing::warn!(queue_id = %env.id, domain, error = %e, "ARC key not read: forward not sealed");
+                return message;
+            }
+        };
+        let sender = env.mail_from.as_ref().map(|a| a.to_string());
+        match auth
+            .arc_seal(
+                &message,
+                spf,
+                env.remote_ip,
+                &env.helo,
+                sender.as_deref(),
+                key,
+            )
+            .await
+        {
+            Ok(set) => {
+                tracing::info!(queue_id = %env.id, domain, "forward ARC-sealed");
+                let mut out = Vec::with_capacity(set.len() + message.len());
+                out.extend_from_slice(set.as_bytes());
+                out.extend_from_slice(&message);
+                Bytes::from(out)
+            }
+            Err(e) => {
+                tracing::info!(queue_id = %env.id, domain, error = %e, "forward not ARC-sealed");
+                message
+            }
+        }
     }
 
     /// The sender-authentication stage: verifies the message, removes
