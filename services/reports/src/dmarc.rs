@@ -254,7 +254,7 @@ impl DmarcCollector {
                         DMARC_KIND,
                         &rkey,
                         value,
-                        None,
+                        Some(crate::record_expiry()),
                         Expect::Absent,
                     )
                     .await

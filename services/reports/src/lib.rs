@@ -49,6 +49,13 @@ pub fn day_bounds(day: &str) -> Option<(i64, i64)> {
     Some((begin, begin + 86_399))
 }
 
+/// When a stored record expires: a day that could not be sent within a week (DNS down,
+/// reports turned off since) is dropped rather than kept forever; reports older than that
+/// are of no use to the domain owner anyway.
+pub(crate) fn record_expiry() -> i64 {
+    unix_now() + 8 * 86_400
+}
+
 /// Unix seconds now.
 pub fn unix_now() -> i64 {
     mailfleet_storage::data::now()

@@ -584,4 +584,82 @@ mod tests {
         );
         assert_eq!(parsed.report_id, "1970-01-01.example.net@mx.example.test");
     }
+
+    /// Answers every destination as authorised; no TLS-RPT record anywhere.
+    struct AllowAll;
+
+    #[async_trait::async_trait]
+    impl ReportDns for AllowAll {
+        async fn dmarc_authorized(&self, _domain: &str, addrs: &[String]) -> Option<Vec<String>> {
+            Some(addrs.to_vec())
+        }
+        async fn tlsrpt_rua(&self, _domain: &str) -> Result<Vec<ReportUri>, String> {
+            Ok(Vec::new())
+        }
+    }
+
+    /// Two nodes count for the same domain and day; one run on the embedded store sends
+    /// one report with both nodes' counts, from the null sender, and deletes the records.
+    #[tokio::test]
+    async fn two_nodes_counts_make_one_report_through_the_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let stores = mailfleet_storage::embedded::open(dir.path(), 16).expect("stores");
+        let d = dmarc_output(
+            "example.org",
+            "v=DMARC1; p=none; rua=mailto:agg@example.org",
+            true,
+        );
+        let ip = "192.0.2.7".parse().unwrap();
+        let day1 = 86_400 * 20_000 + 100;
+        for (node, n) in [(DmarcCollector::new(10), 3), (DmarcCollector::new(10), 4)] {
+            for _ in 0..n {
+                node.record_at(
+                    day1,
+                    &d,
+                    &[],
+                    &spf("example.org"),
+                    ip,
+                    "a@example.org",
+                    "b@example.org",
+                    ActionDisposition::None,
+                );
+            }
+            assert_eq!(node.flush(stores.meta.as_ref()).await.unwrap(), 1);
+        }
+        let sender = ReportSender::new(stores.clone(), settings(), Box::new(AllowAll));
+        // The same day is not closed yet.
+        assert_eq!(
+            sender.run_once(day1 + 10, false).await,
+            RunSummary::default()
+        );
+        let sum = sender.run_once(day1 + 86_400, false).await;
+        assert_eq!(sum.dmarc_reports, 1, "{sum:?}");
+        let queued = stores
+            .meta
+            .list_outbound(mailfleet_storage::QueueId(0), 10)
+            .await
+            .unwrap();
+        assert_eq!(queued.len(), 1);
+        assert_eq!(queued[0].sender, "", "reports leave from the null sender");
+        assert_eq!(queued[0].recipients[0].address, "agg@example.org");
+        let raw = stores.blobs.get(&queued[0].blob).await.unwrap();
+        let msg = mail_parser::MessageParser::default()
+            .parse(&raw[..])
+            .expect("message");
+        let gz = msg
+            .attachment(0)
+            .expect("the report is attached")
+            .contents();
+        let mut xml = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(gz), &mut xml).unwrap();
+        let report = Report::parse_xml(&xml).expect("report XML");
+        let counts: u32 = report.records().iter().map(|r| r.count()).sum();
+        assert_eq!(counts, 7, "both nodes' counts");
+        assert!(stores
+            .meta
+            .list_data(DataScope::Global, DMARC_KIND, 10)
+            .await
+            .unwrap()
+            .is_empty());
+    }
 }

@@ -259,7 +259,7 @@ impl TlsCollector {
                     TLSRPT_KIND,
                     &rkey,
                     value,
-                    None,
+                    Some(crate::record_expiry()),
                     Expect::Absent,
                 )
                 .await
