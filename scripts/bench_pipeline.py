@@ -11,7 +11,9 @@ Modes, each on a fresh embedded data directory, interleaved round by round:
 - `auth`: SPF (HELO and MAIL FROM), DKIM, ARC, DMARC and iprev against a DNS zone served
   on loopback by dnslib (`tests/e2e/dnszone.py`: SPF pass for the load's sender domain,
   a DMARC `p=none` record, a PTR that resolves back); the load's messages are unsigned;
-- `auth+clamd`: the same, and every message scanned by a real clamd (the tests' one-
+- `auth+builtin`: the same, and the built-in spam filter (header/structure heuristics and
+  the recipient's Bayes model, untrained here; no DNS lists);
+- `auth+clamd`: the same (without the built-in filter), and every message scanned by a real clamd (the tests' one-
   signature database: clamd's scanning cost without the full ClamAV database's);
 - `auth+clamd+rspamd`: the same, and every message scored by a real rspamd (Debian's stock
   rules, two normal workers, no DNS: `tests/e2e/scanners.py`).
@@ -44,7 +46,7 @@ from dnszone import start_zone, txt  # noqa: E402
 from scanners import start_clamd, start_rspamd  # noqa: E402
 
 USER = "load@example.test"
-MODES = ["off", "auth", "auth+clamd", "auth+clamd+rspamd"]
+MODES = ["off", "auth", "auth+builtin", "auth+clamd", "auth+clamd+rspamd"]
 
 
 def run_load(port: int, messages: int) -> dict:
@@ -69,6 +71,9 @@ def one_run(mode: str, dns_port: int, scanners: dict, messages: int) -> dict:
     else:
         env["MAILFLEET_SMTP__AUTHENTICATION__RESOLVER"] = f"127.0.0.1:{dns_port}"
         env["MAILFLEET_SMTP__AUTHENTICATION__SKIP_NETWORKS"] = "[]"
+    if "builtin" in mode:
+        # The built-in filter (heuristics and the user's Bayes model; no DNS lists).
+        env["MAILFLEET_SMTP__SPAM__ENABLED"] = "true"
     if "clamd" in mode:
         env["MAILFLEET_SMTP__CLAMAV__ADDRESS"] = f"127.0.0.1:{scanners['clamd'].port}"
     if "rspamd" in mode:

@@ -40,6 +40,7 @@ use crate::Settings;
 use bytes::Bytes;
 use mailfleet_core::shutdown::Shutdown;
 use mailfleet_core::Address;
+use mailfleet_reports::TlsPolicyKind;
 use mailfleet_storage::{
     Lease, NewOutbound, NewOutboundRecipient, OutboundMessage, QueueId, RecipientState,
     RecipientUpdate, Stores,
@@ -105,6 +106,16 @@ type DkimCache = HashMap<String, (std::time::Instant, Option<Arc<crate::dkim::Do
 const DKIM_REFRESH: Duration = Duration::from_secs(60);
 /// Domains whose keys are cached (sender domains are the hosted ones, so few).
 const DKIM_CACHE_DOMAINS: usize = 10_000;
+
+/// The policy type a host's TLS stands for in a TLS report (RFC 8460 §4.4): an MTA-STS
+/// policy in `testing` mode is still an STS policy.
+fn policy_kind(tls: &HostTls) -> TlsPolicyKind {
+    match tls {
+        HostTls::Dane(_) | HostTls::Mode(TlsMode::Dane) => TlsPolicyKind::Tlsa,
+        HostTls::Mode(TlsMode::Required | TlsMode::Testing) => TlsPolicyKind::Sts,
+        HostTls::Mode(_) => TlsPolicyKind::NoPolicyFound,
+    }
+}
 
 /// What DANE decided for one MX host before MTA-STS is consulted.
 enum DanePlan {
@@ -222,26 +233,19 @@ impl Worker {
         &self,
         domain: &str,
         host: &str,
-        tls: Option<&HostTls>,
+        policy: mailfleet_reports::TlsPolicyKind,
         addr: Option<std::net::IpAddr>,
         failure: Option<&str>,
     ) {
-        let Some(c) = self.inner.tls_reports.get() else {
-            return;
-        };
-        use mailfleet_reports::TlsPolicyKind;
-        let policy = match tls {
-            Some(HostTls::Dane(_)) | None => TlsPolicyKind::Tlsa,
-            Some(HostTls::Mode(TlsMode::Required)) => TlsPolicyKind::Sts,
-            Some(HostTls::Mode(_)) => TlsPolicyKind::NoPolicyFound,
-        };
-        c.record(&mailfleet_reports::TlsSession {
-            domain,
-            policy,
-            mx_host: host,
-            receiving_ip: addr,
-            failure,
-        });
+        if let Some(c) = self.inner.tls_reports.get() {
+            c.record(&mailfleet_reports::TlsSession {
+                domain,
+                policy,
+                mx_host: host,
+                receiving_ip: addr,
+                failure,
+            });
+        }
     }
 
     /// Polls the queue until `shutdown`; deliveries in flight then finish (each is bounded
@@ -886,7 +890,13 @@ impl Worker {
                     tracing::info!(host = %hop.host, error = %refusal, "host unusable; trying the next");
                     if refusal.contains("DANE") {
                         // A bogus or failed TLSA lookup rules the host out: a DANE failure.
-                        self.report_tls(domain, &hop.host, None, None, Some(refusal));
+                        self.report_tls(
+                            domain,
+                            &hop.host,
+                            TlsPolicyKind::Tlsa,
+                            None,
+                            Some(refusal),
+                        );
                     }
                     last = refusal.clone();
                     continue;
@@ -916,7 +926,7 @@ impl Worker {
                 .await
                 {
                     Ok(results) => {
-                        self.report_tls(domain, &hop.host, Some(tls), Some(addr.ip()), None);
+                        self.report_tls(domain, &hop.host, policy_kind(tls), Some(addr.ip()), None);
                         return Ok(rcpts
                             .iter()
                             .zip(results)
@@ -934,7 +944,7 @@ impl Worker {
                             self.report_tls(
                                 domain,
                                 &hop.host,
-                                Some(tls),
+                                policy_kind(tls),
                                 Some(addr.ip()),
                                 Some(&why),
                             );
@@ -1057,6 +1067,13 @@ impl Worker {
                     hops.into_iter().partition(|h| policy.allows(&h.host));
                 for hop in &refused {
                     tracing::info!(domain, mx = %hop.host, "MTA-STS: MX not in the policy; skipped");
+                    self.report_tls(
+                        domain,
+                        &hop.host,
+                        TlsPolicyKind::Sts,
+                        None,
+                        Some("MX not in the MTA-STS policy"),
+                    );
                 }
                 if allowed.is_empty() {
                     return Err(format!(

@@ -469,3 +469,70 @@ async fn a_failed_refetch_keeps_the_cached_policy() {
     assert_eq!(f.fetches.load(Ordering::SeqCst), 2, "the refetch was tried");
     assert_eq!(f.sink.messages.lock().expect("lock").len(), 1);
 }
+
+/// The TLS-RPT counts (RFC 8460) the worker's sessions leave, as the report sender reads
+/// them from the store.
+async fn tls_counts(
+    f: &Fixture,
+    c: &mailfleet_reports::TlsCollector,
+) -> Vec<mailfleet_reports::tlsrpt::StoredTls> {
+    c.flush(f.stores.meta.as_ref()).await.expect("flush");
+    f.stores
+        .meta
+        .list_data(
+            mailfleet_storage::DataScope::Global,
+            mailfleet_reports::TLSRPT_KIND,
+            100,
+        )
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|(_, d)| serde_json::from_slice(&d.value).expect("stored counts"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_are_counted_for_tls_reports() {
+    use mail_auth::report::tlsrpt::ResultType;
+    use mailfleet_reports::TlsPolicyKind;
+    // Verified TLS under an enforced policy: a success of the STS policy.
+    let f = fixture(&policy("enforce", "*.sts.test"), MxTls::Trusted).await;
+    let c = Arc::new(mailfleet_reports::TlsCollector::new(100));
+    let worker = Worker::new(f.stores.clone(), f.settings.clone()).expect("worker");
+    worker.report_tls_to(c.clone());
+    let id = enqueue(&f.stores).await;
+    worker.deliver(id).await.expect("deliver");
+    let counts = tls_counts(&f, &c).await;
+    assert_eq!(counts.len(), 1, "{counts:?}");
+    assert_eq!(counts[0].domain, "sts.test");
+    assert_eq!(counts[0].policy, TlsPolicyKind::Sts);
+    assert_eq!(counts[0].success, 1);
+    assert!(counts[0].failures.is_empty());
+
+    // A certificate the worker cannot verify: a failure of that type, with the MX.
+    let f = fixture(&policy("enforce", MX_HOST), MxTls::Untrusted).await;
+    let c = Arc::new(mailfleet_reports::TlsCollector::new(100));
+    let worker = Worker::new(f.stores.clone(), f.settings.clone()).expect("worker");
+    worker.report_tls_to(c.clone());
+    let id = enqueue(&f.stores).await;
+    worker.deliver(id).await.expect("deliver");
+    let counts = tls_counts(&f, &c).await;
+    assert_eq!(counts.len(), 1, "{counts:?}");
+    assert_eq!(counts[0].success, 0);
+    let failure = &counts[0].failures[0];
+    let entry = f
+        .stores
+        .meta
+        .get_outbound(id)
+        .await
+        .expect("get")
+        .expect("queued");
+    let why = entry.recipients[0].last_error.clone().unwrap_or_default();
+    assert_eq!(failure.failed_session_count, 1);
+    assert_eq!(
+        failure.result_type,
+        ResultType::CertificateNotTrusted,
+        "{failure:?}: {why}"
+    );
+    assert_eq!(failure.receiving_mx_hostname.as_deref(), Some(MX_HOST));
+}

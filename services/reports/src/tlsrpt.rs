@@ -114,6 +114,9 @@ pub fn classify_failure(policy: TlsPolicyKind, why: &str) -> ResultType {
         || w.contains("not trusted")
         || w.contains("self-signed")
         || w.contains("selfsigned")
+        // Any other rustls chain failure (a bad signature, an unknown or revoked issuer):
+        // the certificate could not be trusted.
+        || w.contains("invalid peer certificate")
     {
         ResultType::CertificateNotTrusted
     } else {
@@ -398,6 +401,10 @@ mod tests {
         );
         assert_eq!(
             classify_failure(Sts, "invalid peer certificate: UnknownIssuer"),
+            ResultType::CertificateNotTrusted
+        );
+        assert_eq!(
+            classify_failure(Sts, "TLS error: invalid peer certificate: BadSignature"),
             ResultType::CertificateNotTrusted
         );
         assert_eq!(
