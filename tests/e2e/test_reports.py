@@ -25,7 +25,7 @@ from dnslib import PTR, A
 
 from conftest import PASSWORD, Server, free_port
 from dnszone import start_zone, txt
-from test_delivery import Sink, submit
+from test_delivery import Sink, submit, wait_for
 from test_sender_auth import dkim_sign, keys, message, rsa_key  # noqa: F401 (fixture)
 
 SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
@@ -97,16 +97,6 @@ def send(mx, mail_from, msg):
         assert s.mail(mail_from)[0] == 250
         assert s.rcpt(ALICE)[0] == 250
         return s.data(msg)[0]
-
-
-def wait_for(what, check, timeout=30):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = check()
-        if v:
-            return v
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def pending(mx):

@@ -201,6 +201,21 @@ pub fn build_tls_report(s: &SenderSettings, day: &str, parts: &[StoredTls]) -> T
     }
 }
 
+/// The stored records that parse; one that does not (written by a different version, or
+/// damaged) is logged and dropped with the others of its day.
+fn decode<T: serde::de::DeserializeOwned>(records: &[Stored]) -> Vec<T> {
+    records
+        .iter()
+        .filter_map(|(k, v)| match serde_json::from_slice(v) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::warn!(key = %k, error = %e, "unreadable report record dropped");
+                None
+            }
+        })
+        .collect()
+}
+
 /// `<day>/<domain>/<rest>` split; `None` for a key that is not ours.
 fn split_key(key: &str) -> Option<(&str, &str)> {
     let mut it = key.splitn(3, '/');
@@ -306,16 +321,7 @@ impl ReportSender {
         now: i64,
         sum: &mut RunSummary,
     ) -> bool {
-        let parts: Vec<StoredDmarc> = records
-            .iter()
-            .filter_map(|(k, v)| match serde_json::from_slice(v) {
-                Ok(p) => Some(p),
-                Err(e) => {
-                    tracing::warn!(key = %k, error = %e, "unreadable DMARC report record dropped");
-                    None
-                }
-            })
-            .collect();
+        let parts: Vec<StoredDmarc> = decode(&records);
         let Some(stored) = merge_dmarc(parts) else {
             return true;
         };
@@ -388,16 +394,7 @@ impl ReportSender {
         now: i64,
         sum: &mut RunSummary,
     ) -> bool {
-        let parts: Vec<StoredTls> = records
-            .iter()
-            .filter_map(|(k, v)| match serde_json::from_slice(v) {
-                Ok(p) => Some(p),
-                Err(e) => {
-                    tracing::warn!(key = %k, error = %e, "unreadable TLS report record dropped");
-                    None
-                }
-            })
-            .collect();
+        let parts: Vec<StoredTls> = decode(&records);
         let merged = merge_tls(parts);
         if merged.is_empty() {
             return true;

@@ -351,20 +351,7 @@ impl SenderAuth {
                 ),
             };
         };
-        let dkim = r.verify_dkim(&parsed).await;
-        let arc = r.verify_arc(&parsed).await;
-        let mail_from_domain = match mail_from {
-            Some(s) => s.rsplit_once('@').map_or(helo, |(_, d)| d),
-            None => helo,
-        };
-        let dmarc = r
-            .verify_dmarc(DmarcParameters::new(
-                &parsed,
-                &dkim,
-                mail_from_domain,
-                &spf.mail_from,
-            ))
-            .await;
+        let Checks { dkim, arc, dmarc } = self.checks(&parsed, spf, helo, mail_from).await;
         let header_from = parsed.from.first().map(String::as_str).unwrap_or("");
         let header = AuthenticationResults::new(id)
             .with_dkim_results(&dkim, header_from)
@@ -435,6 +422,43 @@ impl SenderAuth {
     }
 }
 
+/// The DKIM, ARC and DMARC verdicts on one parsed message.
+struct Checks<'x> {
+    dkim: Vec<mail_auth::DkimOutput<'x>>,
+    arc: mail_auth::ArcOutput<'x>,
+    dmarc: mail_auth::DmarcOutput,
+}
+
+impl SenderAuth {
+    /// DKIM (every signature), the ARC chain, then DMARC with alignment against the SPF
+    /// verdict taken at MAIL: what both [`SenderAuth::verify`] and
+    /// [`SenderAuth::arc_seal`] judge a message by.
+    async fn checks<'x>(
+        &self,
+        parsed: &'x AuthenticatedMessage<'x>,
+        spf: &SpfChecks,
+        helo: &str,
+        mail_from: Option<&str>,
+    ) -> Checks<'x> {
+        let r = &self.inner.resolver;
+        let dkim = r.verify_dkim(parsed).await;
+        let arc = r.verify_arc(parsed).await;
+        let mail_from_domain = match mail_from {
+            Some(s) => s.rsplit_once('@').map_or(helo, |(_, d)| d),
+            None => helo,
+        };
+        let dmarc = r
+            .verify_dmarc(DmarcParameters::new(
+                parsed,
+                &dkim,
+                mail_from_domain,
+                &spf.mail_from,
+            ))
+            .await;
+        Checks { dkim, arc, dmarc }
+    }
+}
+
 /// The key and name an ARC set is signed with: an active RSA DKIM key of the forwarding
 /// domain (RFC 8617 §5.1 allows only `rsa-sha256`).
 pub struct ArcKey {
@@ -475,23 +499,9 @@ impl SenderAuth {
         mail_from: Option<&str>,
         key: ArcKey,
     ) -> Result<String, String> {
-        let r = &self.inner.resolver;
         let parsed = AuthenticatedMessage::parse(message)
             .ok_or_else(|| "the message has no header to seal".to_string())?;
-        let dkim = r.verify_dkim(&parsed).await;
-        let arc = r.verify_arc(&parsed).await;
-        let mail_from_domain = match mail_from {
-            Some(s) => s.rsplit_once('@').map_or(helo, |(_, d)| d),
-            None => helo,
-        };
-        let dmarc = r
-            .verify_dmarc(DmarcParameters::new(
-                &parsed,
-                &dkim,
-                mail_from_domain,
-                &spf.mail_from,
-            ))
-            .await;
+        let Checks { dkim, arc, dmarc } = self.checks(&parsed, spf, helo, mail_from).await;
         let header_from = parsed.from.first().map(String::as_str).unwrap_or("");
         let results = AuthenticationResults::new(&self.inner.authserv_id)
             .with_dkim_results(&dkim, header_from)
