@@ -31,6 +31,14 @@ pub async fn open_stores(config: &Config) -> anyhow::Result<Stores> {
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let stores = open_stores(&config).await?;
+    // A burst of deliveries overflows the full-text queue into a catch-up that re-reads
+    // the bodies afterwards, instead of slowing every delivery to the index's pace.
+    stores
+        .indexer
+        .set_extractor(std::sync::Arc::new(|bytes: &[u8]| {
+            let ix = mailfleet_mime::search_text::index_pieces(bytes);
+            mailfleet_storage::MessageText::from_pairs(ix.pieces, ix.complete)
+        }));
     let (controller, shutdown) = ShutdownController::new();
 
     let cert = CertSource::resolve(

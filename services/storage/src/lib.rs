@@ -78,7 +78,7 @@ impl Stores {
         meta: Arc<dyn MetadataStore>,
         coord: Arc<dyn Coordinator>,
     ) -> Self {
-        let indexer = indexer::TextIndexer::new(meta.clone());
+        let indexer = indexer::TextIndexer::new(meta.clone(), blobs.clone());
         Stores {
             blobs,
             meta,

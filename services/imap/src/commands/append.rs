@@ -113,7 +113,7 @@ impl Session {
         let mut texts = Vec::with_capacity(prepared.len());
         for p in prepared {
             let for_parse = p.data.clone();
-            let (summary, text, refs) = tokio::task::spawn_blocking(move || {
+            let analysis = tokio::task::spawn_blocking(move || {
                 let ix = mailfleet_mime::search_text::index_pieces(&for_parse);
                 (
                     mailfleet_mime::analyze(&for_parse).to_bytes(),
@@ -121,12 +121,14 @@ impl Session {
                     // Thread keys for THREADID (RFC 8474).
                     mailfleet_storage::MessageRefs::from_message(&for_parse),
                 )
-            })
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("message analysis failed: {e}")))?;
-            texts.push(text);
+            });
             let size = p.data.len() as u64;
-            let blob = self.stores.put_blob(p.data).await?;
+            // The parse and the body's durable write are independent: done at once.
+            let (analyzed, blob) = tokio::join!(analysis, self.stores.put_blob(p.data));
+            let (summary, text, refs) = analyzed
+                .map_err(|e| StoreError::Unavailable(format!("message analysis failed: {e}")))?;
+            let blob = blob?;
+            texts.push(text);
             new.push(NewMessage {
                 account,
                 mailbox: mb.id,

@@ -151,37 +151,45 @@ pub async fn deliver_placed(
     trace: Option<&str>,
 ) -> Result<Delivered, DeliveryError> {
     let size = message.len() as u64;
-    let mut batch = Vec::with_capacity(placements.len());
-    for p in placements {
-        let target = mailbox_for(stores, p).await?;
-        // Two placements landing in one mailbox (fileinto "INBOX" and keep) make one copy.
-        if !batch
-            .iter()
-            .any(|(a, m, _): &(mailfleet_storage::AccountId, _, _)| {
-                *a == p.recipient.account.id && *m == target
-            })
-        {
-            batch.push((p.recipient.account.id, target, p.flags.clone()));
+    // The mailboxes, the parse and the blob are independent: done at once, a delivery
+    // waits for the slowest of them instead of their sum.
+    let targets = async {
+        let mut batch = Vec::with_capacity(placements.len());
+        for p in placements {
+            let target = mailbox_for(stores, p).await?;
+            // Two placements landing in one mailbox (fileinto "INBOX" and keep) make one copy.
+            if !batch
+                .iter()
+                .any(|(a, m, _): &(mailfleet_storage::AccountId, _, _)| {
+                    *a == p.recipient.account.id && *m == target
+                })
+            {
+                batch.push((p.recipient.account.id, target, p.flags.clone()));
+            }
         }
-    }
+        Ok::<_, DeliveryError>(batch)
+    };
     // Parse once at delivery so IMAP/JMAP never re-parse to answer header-level fetches.
     // Parsing is CPU work proportional to the message: keep it off the async workers.
     // The full-text index's texts are extracted in the same pass.
     let for_parse = message.clone();
     // The thread keys (THREADID, RFC 8474) are read in the same pass.
     let analysis = tracing::debug_span!("mime.analyze", otel.name = "analyze message");
-    let (summary, text, refs) = tokio::task::spawn_blocking(move || {
-        let ix = mailfleet_mime::search_text::index_pieces(&for_parse);
-        (
-            mailfleet_mime::analyze(&for_parse).to_bytes(),
-            MessageText::from_pairs(ix.pieces, ix.complete),
-            mailfleet_storage::MessageRefs::from_message(&for_parse),
-        )
-    })
-    .instrument(analysis)
-    .await
-    .map_err(|e| StoreError::Unavailable(format!("message analysis failed: {e}")))?;
-    let blob = stores.put_blob(message).await?;
+    let analyzed = async {
+        tokio::task::spawn_blocking(move || {
+            let ix = mailfleet_mime::search_text::index_pieces(&for_parse);
+            (
+                mailfleet_mime::analyze(&for_parse).to_bytes(),
+                MessageText::from_pairs(ix.pieces, ix.complete),
+                mailfleet_storage::MessageRefs::from_message(&for_parse),
+            )
+        })
+        .instrument(analysis)
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("message analysis failed: {e}")))
+    };
+    let (batch, analyzed, blob) = tokio::join!(targets, analyzed, stores.put_blob(message));
+    let (batch, (summary, text, refs), blob) = (batch?, analyzed?, blob?);
     let messages = batch
         .iter()
         .map(|(account, mailbox, flags)| NewMessage {

@@ -252,7 +252,7 @@ pub(super) fn run(
 /// message is pending, so searches stay exact); the queue in front of it is bounded, so a
 /// sustained overload still slows submitters down to the index's pace rather than letting
 /// the lag grow without end.
-const INDEX_NICENESS: i32 = 10;
+const INDEX_NICENESS: i32 = 19;
 
 /// Lowers this thread's scheduling priority (on Linux `setpriority` on a thread id applies
 /// to that thread alone). Best effort: a failure only leaves the default priority.
