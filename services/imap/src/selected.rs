@@ -264,6 +264,31 @@ impl Selected {
         self.messages.iter().map(|m| self.wrap(m))
     }
 
+    /// The messages at 0-based positions `range` (clamped to the view), with their
+    /// positions, in order. Reaching the first costs O(log n), so a command naming a few
+    /// messages of a 100,000-message mailbox does not walk the other 99,990.
+    pub fn messages_in(
+        &self,
+        range: std::ops::Range<usize>,
+    ) -> impl Iterator<Item = (usize, Msg<'_>)> + '_ {
+        let end = range.end.min(self.messages.len());
+        let start = range.start.min(end);
+        self.messages
+            .focus()
+            .narrow(start..end)
+            .into_iter()
+            .enumerate()
+            .map(move |(k, m)| (start + k, self.wrap(m)))
+    }
+
+    /// The position of the first message whose UID is `uid` or above (the view's length
+    /// when there is none).
+    pub fn position_from_uid(&self, uid: Uid) -> usize {
+        match views::find(&self.messages, uid) {
+            Ok(i) | Err(i) => i,
+        }
+    }
+
     fn wrap<'a>(&self, msg: &'a ViewMessage) -> Msg<'a> {
         Msg {
             msg,
@@ -360,6 +385,33 @@ impl Selected {
         if let Some(last) = self.messages.last() {
             self.uid_next = self.uid_next.max(Uid(last.uid.0 + 1));
         }
+        let replayed = advanced.batches.is_some() && !self.alone;
+        if allow_expunge && replayed {
+            // The view is about to become the snapshot, which no longer has these
+            // messages: only their numbers are needed, not a removal from this copy (an
+            // RRB tree's removal rebalances nodes, and every session of the mailbox did it
+            // again for the same expunge; on a 100,000-message mailbox that was the mix's
+            // largest cost).
+            update.expunged = self.expunge_numbers();
+            let removed: std::collections::HashSet<Uid> =
+                update.expunged.iter().map(|(_, u)| *u).collect();
+            debug_assert!(
+                self.messages
+                    .iter()
+                    .filter(|m| !removed.contains(&m.uid))
+                    .eq(latest.messages.iter()),
+                "a view that replayed the master's batches equals its snapshot"
+            );
+            self.take_snapshot(&latest);
+            if added > 0 {
+                update.exists = Some(self.len());
+                if self.recent_mode != RecentMode::Off {
+                    update.recent = Some(self.recent_count());
+                }
+            }
+            update.flags_changed.retain(|u| self.seq_of(*u).is_some());
+            return Ok(update);
+        }
         if allow_expunge {
             update.expunged = self.apply_expunges();
         }
@@ -370,8 +422,29 @@ impl Selected {
             }
         }
         update.flags_changed.retain(|u| self.seq_of(*u).is_some());
-        self.rejoin(&latest, advanced.batches.is_some() && !self.alone);
+        self.rejoin(&latest, replayed);
         Ok(update)
+    }
+
+    /// The (sequence number, UID) of each held-back expunge, highest first, as
+    /// [`Self::apply_expunges`] reports them, without removing anything; clears them.
+    fn expunge_numbers(&mut self) -> Vec<(u32, Uid)> {
+        let mut pending = std::mem::take(&mut self.pending_expunges);
+        pending.sort_by(|a, b| b.cmp(a));
+        // Highest first: removing a message never renumbers those below it, so each
+        // number is the message's position in the view before any removal.
+        pending
+            .into_iter()
+            .filter_map(|uid| self.seq_of(uid).map(|seq| (seq, uid)))
+            .collect()
+    }
+
+    /// Becomes the shared snapshot (this view holds nothing of its own).
+    fn take_snapshot(&mut self, latest: &Arc<views::Snapshot>) {
+        self.messages = latest.messages.clone();
+        self.known_modseq = latest.modseq;
+        self.at = latest.seqno;
+        self.alone = false;
     }
 
     /// Applies one change to this view; true when it added a message.
@@ -399,8 +472,13 @@ impl Selected {
                         }
                         false
                     }
-                    // UIDs only grow, so this is the end; insert in place anyway rather
-                    // than corrupt the numbering.
+                    // UIDs only grow, so this is the end (a push, which an RRB tree does
+                    // without rebalancing); insert in place anyway rather than corrupt
+                    // the numbering.
+                    Err(pos) if pos == self.messages.len() => {
+                        self.messages.push_back(msg.clone());
+                        true
+                    }
                     Err(pos) => {
                         self.messages.insert(pos, msg.clone());
                         true
@@ -431,10 +509,7 @@ impl Selected {
             self.alone = true;
             return;
         }
-        self.messages = latest.messages.clone();
-        self.known_modseq = latest.modseq;
-        self.at = latest.seqno;
-        self.alone = false;
+        self.take_snapshot(latest);
     }
 
     /// Removes held-back expunges; returns (sequence number at removal, UID) in the order

@@ -89,6 +89,11 @@ impl SetIndex {
         Self(merged)
     }
 
+    /// The set's ranges, sorted, disjoint and not adjacent.
+    pub fn ranges(&self) -> &[(u32, u32)] {
+        &self.0
+    }
+
     pub fn contains(&self, value: u32) -> bool {
         let i = self.0.partition_point(|(_, end)| *end < value);
         self.0.get(i).is_some_and(|(start, _)| *start <= value)
@@ -106,14 +111,27 @@ pub fn resolve(sel: &Selected, set: &SequenceSet, uid: bool) -> Vec<(u32, Uid)> 
         sel.len()
     };
     let index = SetIndex::new(set, largest);
-    sel.messages()
-        .enumerate()
-        .filter_map(|(i, m)| {
-            let seq = i as u32 + 1;
-            let key = if uid { m.uid.0 } else { seq };
-            index.contains(key).then_some((seq, m.uid))
-        })
-        .collect()
+    // Range by range, each located by position (sequence numbers) or by binary search
+    // (UIDs): the cost follows the messages named, not the mailbox's size. The ranges are
+    // sorted and disjoint, and UIDs ascend with sequence numbers, so the result is in
+    // mailbox order.
+    let mut out = Vec::new();
+    for &(a, b) in index.ranges() {
+        let (start, end) = if uid {
+            let end = match b.checked_add(1) {
+                Some(next) => sel.position_from_uid(Uid(next)),
+                None => sel.len() as usize,
+            };
+            (sel.position_from_uid(Uid(a)), end)
+        } else {
+            (a.saturating_sub(1) as usize, b as usize)
+        };
+        out.extend(
+            sel.messages_in(start..end)
+                .map(|(i, m)| (i as u32 + 1, m.uid)),
+        );
+    }
+    out
 }
 
 /// The first flag of a STORE or APPEND that a client may not set: `\Recent` (the server's
@@ -283,6 +301,96 @@ pub fn list_match(pattern: &str, name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `resolve` goes range by range; the same answer as testing every message of the view
+    /// against the set, with UID gaps, `*`, reversed and overlapping ranges, both kinds.
+    #[tokio::test]
+    async fn resolve_by_ranges_agrees_with_a_scan() {
+        use mailfleet_storage::{Flags, NewMessage};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let stores = mailfleet_storage::embedded::open(dir.path(), 64).expect("open");
+        let meta = &stores.meta;
+        meta.create_domain("example.test").await.expect("domain");
+        let acct = meta
+            .create_account("a@example.test", "$argon2id$x", 0)
+            .await
+            .expect("account");
+        let inbox = meta
+            .get_mailbox(acct.id, "INBOX")
+            .await
+            .expect("read")
+            .expect("inbox");
+        let blob = stores.put_blob("body".into()).await.expect("blob");
+        let new = (0..120)
+            .map(|_| NewMessage {
+                account: acct.id,
+                mailbox: inbox.id,
+                blob: blob.clone(),
+                size: 4,
+                internal_date: 0,
+                flags: Flags::default(),
+                summary: None,
+                refs: Default::default(),
+                trace: None,
+            })
+            .collect();
+        meta.append(new, mailfleet_storage::metadata::QuotaPolicy::Allow)
+            .await
+            .expect("append");
+        // UID gaps: every third message and a run in the middle are gone.
+        let gone: Vec<Uid> = (1..=120u32)
+            .filter(|u| u % 3 == 0 || (50..=70).contains(u))
+            .map(Uid)
+            .collect();
+        meta.expunge(inbox.id, &gone).await.expect("expunge");
+        let views = crate::views::SharedViews::new();
+        let sel = Selected::load(
+            &stores,
+            &views,
+            &inbox,
+            true,
+            crate::selected::RecentMode::Off,
+        )
+        .await
+        .expect("select");
+        for text in [
+            "1",
+            "*",
+            "1:*",
+            "*:1",
+            "3",
+            "50:70",
+            "49:71",
+            "71:49",
+            "2,4,6:9,200",
+            "100:*",
+            "1:5,3:8,60,61,119:121",
+            "65",
+            "4294967295",
+            "1:4294967295",
+            "120,119,118",
+        ] {
+            let set = SequenceSet::try_from(text).expect("set");
+            for uid in [false, true] {
+                let largest = if uid {
+                    sel.max_uid().map_or(0, |u| u.get())
+                } else {
+                    sel.len()
+                };
+                let index = SetIndex::new(&set, largest);
+                let scan: Vec<(u32, Uid)> = sel
+                    .messages()
+                    .enumerate()
+                    .filter_map(|(i, m)| {
+                        let seq = i as u32 + 1;
+                        let key = if uid { m.uid.0 } else { seq };
+                        index.contains(key).then_some((seq, m.uid))
+                    })
+                    .collect();
+                assert_eq!(resolve(&sel, &set, uid), scan, "{text} (uid {uid})");
+            }
+        }
+    }
 
     #[test]
     fn list_patterns() {

@@ -247,11 +247,11 @@ pub(super) fn run(
     }
 }
 
-/// Niceness of the index thread: the scheduler then gives the cores to deliveries and
-/// IMAP commands first when they compete. Indexing is derived work that may lag (a lagging
-/// message is pending, so searches stay exact); the queue in front of it is bounded, so a
-/// sustained overload still slows submitters down to the index's pace rather than letting
-/// the lag grow without end.
+/// Niceness of the index thread (the lowest priority): the scheduler then gives the cores
+/// to deliveries and IMAP commands first when they compete. Indexing is derived work that
+/// may lag (a lagging message is pending, so searches stay exact); when the queue in front
+/// of it is full, new messages overflow into a catch-up that runs once the queue has
+/// drained (`crate::indexer`), so a burst of deliveries is never held to the index's pace.
 const INDEX_NICENESS: i32 = 19;
 
 /// Lowers this thread's scheduling priority (on Linux `setpriority` on a thread id applies
