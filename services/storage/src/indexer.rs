@@ -344,6 +344,20 @@ mod tests {
         (stores, inbox.id, uids, dir)
     }
 
+    /// The index's answer for `needle` in the body texts of `mailbox`.
+    async fn body_search(
+        stores: &crate::Stores,
+        mailbox: MailboxId,
+        needle: &str,
+    ) -> crate::TextMatches {
+        stores
+            .meta
+            .search_text(mailbox, &["body".into()], needle)
+            .await
+            .expect("search")
+            .expect("answer")
+    }
+
     fn text(word: &str) -> MessageText {
         MessageText::from_pairs(vec![("body".into(), word.into())], true)
     }
@@ -351,12 +365,7 @@ mod tests {
     #[tokio::test]
     async fn submitted_texts_are_searchable_after_a_flush_and_pending_before() {
         let (stores, mailbox, uids, _dir) = mailbox_with(3).await;
-        let before = stores
-            .meta
-            .search_text(mailbox, &["body".into()], "zebra")
-            .await
-            .expect("search")
-            .expect("answer");
+        let before = body_search(&stores, mailbox, "zebra").await;
         assert_eq!(before.unverified.len(), 3, "not yet indexed: all pending");
         for (i, uid) in uids.iter().enumerate() {
             let word = if i == 1 {
@@ -370,12 +379,7 @@ mod tests {
                 .await;
         }
         stores.indexer.flush().await;
-        let after = stores
-            .meta
-            .search_text(mailbox, &["body".into()], "zebra")
-            .await
-            .expect("search")
-            .expect("answer");
+        let after = body_search(&stores, mailbox, "zebra").await;
         assert_eq!(after.matched, vec![uids[1]]);
         assert!(after.unverified.is_empty(), "{:?}", after.unverified);
     }
@@ -403,12 +407,7 @@ mod tests {
         drop(held);
         pending.await.expect("submit");
         stores.indexer.flush().await;
-        let r = stores
-            .meta
-            .search_text(mailbox, &["body".into()], "queued")
-            .await
-            .expect("search")
-            .expect("answer");
+        let r = body_search(&stores, mailbox, "queued").await;
         assert_eq!(r.matched, vec![uid]);
         assert_eq!(budget.available_permits(), QUEUE_BYTES, "permits returned");
     }
@@ -439,20 +438,10 @@ mod tests {
         drop(held);
         // The catch-up reads each body back ("message {i}") and indexes what it extracts.
         stores.indexer.flush().await;
-        let after = stores
-            .meta
-            .search_text(mailbox, &["body".into()], "extracted message 1")
-            .await
-            .expect("search")
-            .expect("answer");
+        let after = body_search(&stores, mailbox, "extracted message 1").await;
         assert_eq!(after.matched, vec![uids[1]]);
         assert!(after.unverified.is_empty(), "{:?}", after.unverified);
-        let none = stores
-            .meta
-            .search_text(mailbox, &["body".into()], "ignored")
-            .await
-            .expect("search")
-            .expect("answer");
+        let none = body_search(&stores, mailbox, "ignored").await;
         assert!(
             none.matched.is_empty(),
             "the dropped texts were never written"
