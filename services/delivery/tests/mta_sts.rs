@@ -472,6 +472,22 @@ async fn a_failed_refetch_keeps_the_cached_policy() {
 
 /// The TLS-RPT counts (RFC 8460) the worker's sessions leave, as the report sender reads
 /// them from the store.
+/// One message delivered by a worker that counts its sessions for TLS reports: the
+/// fixture, the queue entry and the counts written.
+async fn deliver_counted(
+    policy: &str,
+    mx_tls: MxTls,
+) -> (Fixture, QueueId, Vec<mailfleet_reports::tlsrpt::StoredTls>) {
+    let f = fixture(policy, mx_tls).await;
+    let c = Arc::new(mailfleet_reports::TlsCollector::new(100));
+    let worker = Worker::new(f.stores.clone(), f.settings.clone()).expect("worker");
+    worker.report_tls_to(c.clone());
+    let id = enqueue(&f.stores).await;
+    worker.deliver(id).await.expect("deliver");
+    let counts = tls_counts(&f, &c).await;
+    (f, id, counts)
+}
+
 async fn tls_counts(
     f: &Fixture,
     c: &mailfleet_reports::TlsCollector,
@@ -496,13 +512,7 @@ async fn sessions_are_counted_for_tls_reports() {
     use mail_auth::report::tlsrpt::ResultType;
     use mailfleet_reports::TlsPolicyKind;
     // Verified TLS under an enforced policy: a success of the STS policy.
-    let f = fixture(&policy("enforce", "*.sts.test"), MxTls::Trusted).await;
-    let c = Arc::new(mailfleet_reports::TlsCollector::new(100));
-    let worker = Worker::new(f.stores.clone(), f.settings.clone()).expect("worker");
-    worker.report_tls_to(c.clone());
-    let id = enqueue(&f.stores).await;
-    worker.deliver(id).await.expect("deliver");
-    let counts = tls_counts(&f, &c).await;
+    let (_f, _id, counts) = deliver_counted(&policy("enforce", "*.sts.test"), MxTls::Trusted).await;
     assert_eq!(counts.len(), 1, "{counts:?}");
     assert_eq!(counts[0].domain, "sts.test");
     assert_eq!(counts[0].policy, TlsPolicyKind::Sts);
@@ -510,13 +520,7 @@ async fn sessions_are_counted_for_tls_reports() {
     assert!(counts[0].failures.is_empty());
 
     // A certificate the worker cannot verify: a failure of that type, with the MX.
-    let f = fixture(&policy("enforce", MX_HOST), MxTls::Untrusted).await;
-    let c = Arc::new(mailfleet_reports::TlsCollector::new(100));
-    let worker = Worker::new(f.stores.clone(), f.settings.clone()).expect("worker");
-    worker.report_tls_to(c.clone());
-    let id = enqueue(&f.stores).await;
-    worker.deliver(id).await.expect("deliver");
-    let counts = tls_counts(&f, &c).await;
+    let (f, id, counts) = deliver_counted(&policy("enforce", MX_HOST), MxTls::Untrusted).await;
     assert_eq!(counts.len(), 1, "{counts:?}");
     assert_eq!(counts[0].success, 0);
     let failure = &counts[0].failures[0];

@@ -358,6 +358,17 @@ mod tests {
             .expect("answer")
     }
 
+    /// Takes the whole queue budget, as a queue full of texts would.
+    async fn hold_budget(stores: &crate::Stores) -> (Arc<Semaphore>, OwnedSemaphorePermit) {
+        let budget = stores.indexer.inner.budget.clone();
+        let held = budget
+            .clone()
+            .acquire_many_owned(QUEUE_BYTES as u32)
+            .await
+            .expect("permits");
+        (budget, held)
+    }
+
     fn text(word: &str) -> MessageText {
         MessageText::from_pairs(vec![("body".into(), word.into())], true)
     }
@@ -387,13 +398,8 @@ mod tests {
     #[tokio::test]
     async fn a_full_queue_makes_submitters_wait_instead_of_growing() {
         let (stores, mailbox, uids, _dir) = mailbox_with(1).await;
-        let budget = stores.indexer.inner.budget.clone();
         // Hold the whole budget: a submit must wait until it is released.
-        let held = budget
-            .clone()
-            .acquire_many_owned(QUEUE_BYTES as u32)
-            .await
-            .expect("permits");
+        let (budget, held) = hold_budget(&stores).await;
         let indexer = stores.indexer.clone();
         let uid = uids[0];
         let pending = tokio::spawn(async move {
@@ -418,12 +424,7 @@ mod tests {
         stores.indexer.set_extractor(Arc::new(|bytes: &[u8]| {
             text(&format!("extracted {}", String::from_utf8_lossy(bytes)))
         }));
-        let budget = stores.indexer.inner.budget.clone();
-        let held = budget
-            .clone()
-            .acquire_many_owned(QUEUE_BYTES as u32)
-            .await
-            .expect("permits");
+        let (_budget, held) = hold_budget(&stores).await;
         // The queue is full: each submit returns at once, leaving its message pending.
         for uid in &uids {
             tokio::time::timeout(
