@@ -59,7 +59,7 @@ pub const BUCKET_SHIFT: u32 = 16;
 pub const ID_BLOCK: i64 = 100;
 
 /// Schema version recorded in `schema_version`; migrations run in order up to it.
-const SCHEMA_VERSION: i32 = 12;
+const SCHEMA_VERSION: i32 = 13;
 
 /// Tables of schema version 1. `{ks}` is replaced by the keyspace name.
 const SCHEMA_V1: &[&str] = &[
@@ -206,6 +206,17 @@ const SCHEMA_V12: &[&str] = &[
      version bigint, expires_at bigint, PRIMARY KEY (scope, kind, key))",
 ];
 
+/// v13: mailbox ownership in the UID ledger (see [`crate::alloc`]): the owner, where its
+/// values start (the range a successor settles) and its write-timestamp bound. `fence` is
+/// now the row's epoch, bumped by every compare-and-set. Null in rows written before:
+/// no owner, nothing to settle.
+const SCHEMA_V13: &[&str] = &[
+    "ALTER TABLE {ks}.uid_ledger ADD owner bigint",
+    "ALTER TABLE {ks}.uid_ledger ADD uid_from bigint",
+    "ALTER TABLE {ks}.uid_ledger ADD modseq_from bigint",
+    "ALTER TABLE {ks}.uid_ledger ADD ts_until bigint",
+];
+
 /// How long a pin lasts: far longer than a put and an append take, and the sweep's grace
 /// period is checked against the pin's time as well.
 const PIN_TTL_SECS: i32 = 7 * 24 * 3600;
@@ -216,6 +227,38 @@ const QUEUE_SHARD: i32 = 0;
 
 fn bucket(v: u64) -> i64 {
     (v >> BUCKET_SHIFT) as i64
+}
+
+/// Ends a write's outcome under its writers: a failed write may have left statements that
+/// still apply (timeouts), so its values are settled before the mailboxes change hands; a
+/// write that succeeded is acknowledged only if it ended while the ownership held.
+fn conclude<T>(writers: &mut [MailboxWriter<'_>], result: StoreResult<T>) -> StoreResult<T> {
+    match result {
+        Err(e) => {
+            for w in writers.iter_mut() {
+                w.mark_in_doubt();
+            }
+            Err(e)
+        }
+        Ok(v) => {
+            for w in writers.iter_mut() {
+                w.confirm()?;
+            }
+            Ok(v)
+        }
+    }
+}
+
+/// `[start, end)` cut at bucket boundaries, one span per partition.
+fn bucket_spans(start: u64, end: u64) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut lo = start;
+    while lo < end {
+        let hi = (((lo >> BUCKET_SHIFT) + 1) << BUCKET_SHIFT).min(end);
+        out.push((lo, hi));
+        lo = hi;
+    }
+    out
 }
 
 fn now_secs() -> i64 {
@@ -304,8 +347,8 @@ const TOTP_STEP_READ: &str = "SELECT secret, last_step FROM totp_secrets WHERE a
 /// The orphan record and its claim, read serially: pins and appends must see a claim the
 /// sweep's LWT has just made.
 const ORPHAN_READ: &str = "SELECT since, claimed FROM blob_orphans WHERE blob_id = ?";
-const LEDGER_READ: &str =
-    "SELECT uid_next, modseq_next, fence FROM uid_ledger WHERE mailbox_id = ?";
+const LEDGER_READ: &str = "SELECT uid_next, modseq_next, fence, owner, uid_from, modseq_from, \
+     ts_until FROM uid_ledger WHERE mailbox_id = ?";
 const SEQUENCE_READ: &str = "SELECT next FROM sequences WHERE name = ?";
 
 /// The session plus prepared statements, prepared on first use and then reused.
@@ -350,6 +393,23 @@ impl Db {
         values: V,
     ) -> StoreResult<QueryResult> {
         let s = self.stmt(cql, true).await?;
+        self.session
+            .execute_unpaged(&s, values)
+            .await
+            .map_err(db_err)
+    }
+
+    /// An idempotent write at an explicit timestamp (microseconds): the writes of a
+    /// mailbox's cells are ordered by its owner's hybrid clock
+    /// ([`MailboxWriter::timestamp`]), not by the clocks of the nodes that wrote them.
+    async fn run_at<V: SerializeRow + Send>(
+        &self,
+        cql: &'static str,
+        values: V,
+        ts: i64,
+    ) -> StoreResult<QueryResult> {
+        let mut s = self.stmt(cql, true).await?;
+        s.set_timestamp(Some(ts));
         self.session
             .execute_unpaged(&s, values)
             .await
@@ -439,13 +499,26 @@ struct ScyllaLedger {
 #[async_trait]
 impl RangeLedger for ScyllaLedger {
     async fn read(&self, mailbox: MailboxId) -> StoreResult<LedgerState> {
-        let row: Option<(i64, i64, i64)> = self.db.one(LEDGER_READ, (mailbox.0,)).await?;
-        let (uid_next, modseq_next, fence) =
+        type LedgerRow = (
+            i64,
+            i64,
+            i64,
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+        );
+        let row: Option<LedgerRow> = self.db.one(LEDGER_READ, (mailbox.0,)).await?;
+        let (uid_next, modseq_next, epoch, owner, uid_from, modseq_from, ts_until) =
             row.ok_or_else(|| StoreError::NotFound(format!("mailbox {mailbox}")))?;
         Ok(LedgerState {
             uid_next: uid_next as u32,
             modseq_next: modseq_next as u64,
-            fence: fence as u64,
+            epoch: epoch as u64,
+            owner: owner.unwrap_or(0) as u64,
+            uid_from: uid_from.unwrap_or(uid_next) as u32,
+            modseq_from: modseq_from.unwrap_or(modseq_next) as u64,
+            ts_until: ts_until.unwrap_or(0),
         })
     }
 
@@ -455,21 +528,83 @@ impl RangeLedger for ScyllaLedger {
         expected: LedgerState,
         new: LedgerState,
     ) -> StoreResult<bool> {
+        // The epoch changes with every compare-and-set, so equal epochs (and values) mean
+        // an unchanged row.
         self.db
             .lwt(
-                "UPDATE uid_ledger SET uid_next = ?, modseq_next = ?, fence = ? \
+                "UPDATE uid_ledger SET uid_next = ?, modseq_next = ?, fence = ?, owner = ?, \
+                 uid_from = ?, modseq_from = ?, ts_until = ? \
                  WHERE mailbox_id = ? IF uid_next = ? AND modseq_next = ? AND fence = ?",
                 (
                     new.uid_next as i64,
                     new.modseq_next as i64,
-                    new.fence as i64,
+                    new.epoch as i64,
+                    new.owner as i64,
+                    new.uid_from as i64,
+                    new.modseq_from as i64,
+                    new.ts_until,
                     mailbox.0,
                     expected.uid_next as i64,
                     expected.modseq_next as i64,
-                    expected.fence as i64,
+                    expected.epoch as i64,
                 ),
             )
             .await
+    }
+
+    /// A tombstone at `ts` for every message UID and change MODSEQ of the ranges without a
+    /// row at QUORUM: a write that was acknowledged is seen and kept; one that timed out and
+    /// may still land (a hint replay) loses to the tombstone whenever it arrives.
+    async fn settle(
+        &self,
+        mailbox: MailboxId,
+        uids: std::ops::Range<u32>,
+        modseqs: std::ops::Range<u64>,
+        ts: i64,
+    ) -> StoreResult<()> {
+        let mut present: HashSet<u64> = HashSet::new();
+        for (lo, hi) in bucket_spans(uids.start as u64, uids.end as u64) {
+            let rows: Vec<(i64,)> = self
+                .db
+                .all(
+                    "SELECT uid FROM messages WHERE mailbox_id = ? AND bucket = ? \
+                     AND uid >= ? AND uid < ?",
+                    (mailbox.0, bucket(lo), lo as i64, hi as i64),
+                )
+                .await?;
+            present.extend(rows.into_iter().map(|r| r.0 as u64));
+        }
+        for uid in uids.clone().map(u64::from).filter(|u| !present.contains(u)) {
+            self.db
+                .run(
+                    "DELETE FROM messages USING TIMESTAMP ? \
+                     WHERE mailbox_id = ? AND bucket = ? AND uid = ?",
+                    (ts, mailbox.0, bucket(uid), uid as i64),
+                )
+                .await?;
+        }
+        present.clear();
+        for (lo, hi) in bucket_spans(modseqs.start, modseqs.end) {
+            let rows: Vec<(i64,)> = self
+                .db
+                .all(
+                    "SELECT modseq FROM changes WHERE mailbox_id = ? AND bucket = ? \
+                     AND modseq >= ? AND modseq < ?",
+                    (mailbox.0, bucket(lo), lo as i64, hi as i64),
+                )
+                .await?;
+            present.extend(rows.into_iter().map(|r| r.0 as u64));
+        }
+        for modseq in modseqs.filter(|m| !present.contains(m)) {
+            self.db
+                .run(
+                    "DELETE FROM changes USING TIMESTAMP ? \
+                     WHERE mailbox_id = ? AND bucket = ? AND modseq = ?",
+                    (ts, mailbox.0, bucket(modseq), modseq as i64),
+                )
+                .await?;
+        }
+        Ok(())
     }
 }
 
@@ -634,8 +769,14 @@ impl ScyllaMetadataStore {
             .request_timeout(Some(timeout))
             .load_balancing_policy(lbp.build())
             .build();
+        // Client-side timestamps, increasing per process: two writes of one cell from this
+        // node apply in the order they were sent, whatever the replicas' clocks say. Writes
+        // of a mailbox's cells carry its owner's hybrid timestamps instead (`run_at`).
         let mut builder = SessionBuilder::new()
             .known_nodes(&cfg.nodes)
+            .timestamp_generator(Arc::new(
+                scylla::policies::timestamp_generator::MonotonicTimestampGenerator::new(),
+            ))
             .connection_timeout(timeout)
             .default_execution_profile_handle(profile.into_handle());
         if !cfg.username.is_empty() {
@@ -882,12 +1023,14 @@ impl ScyllaMetadataStore {
             .await?;
         self.db
             .run(
-                "INSERT INTO uid_ledger (mailbox_id, uid_next, modseq_next, fence) \
-                 VALUES (?, ?, ?, 0)",
+                "INSERT INTO uid_ledger (mailbox_id, uid_next, modseq_next, fence, owner, \
+                 uid_from, modseq_from, ts_until) VALUES (?, ?, ?, 0, 0, ?, ?, 0)",
                 (
                     id,
                     LedgerState::INITIAL.uid_next as i64,
                     LedgerState::INITIAL.modseq_next as i64,
+                    LedgerState::INITIAL.uid_from as i64,
+                    LedgerState::INITIAL.modseq_from as i64,
                 ),
             )
             .await?;
@@ -992,14 +1135,16 @@ impl ScyllaMetadataStore {
 
     async fn record_change(
         &self,
-        mailbox: MailboxId,
+        w: &mut MailboxWriter<'_>,
         uid: Uid,
         modseq: ModSeq,
         kind: ChangeKind,
         previous: Option<ModSeq>,
     ) -> StoreResult<()> {
+        let mailbox = w.mailbox();
+        let ts = w.timestamp()?;
         self.db
-            .run(
+            .run_at(
                 "INSERT INTO changes (mailbox_id, bucket, modseq, uid, kind) VALUES (?, ?, ?, ?, ?)",
                 (
                     mailbox.0,
@@ -1008,14 +1153,17 @@ impl ScyllaMetadataStore {
                     uid.0 as i64,
                     kind_code(kind),
                 ),
+                ts,
             )
             .await?;
         // Keep one entry per UID, like SQLite's table keyed by UID: the superseded one goes.
         if let Some(p) = previous {
+            let ts = w.timestamp()?;
             self.db
-                .run(
+                .run_at(
                     "DELETE FROM changes WHERE mailbox_id = ? AND bucket = ? AND modseq = ?",
                     (mailbox.0, bucket(p.0), p.0 as i64),
+                    ts,
                 )
                 .await?;
         }
@@ -1111,8 +1259,9 @@ impl ScyllaMetadataStore {
             .run(fts::PENDING_INSERT, (mailbox.0, uid.0 as i64, 0i32))
             .await?;
         w.check_time()?;
+        let ts = w.timestamp()?;
         self.db
-            .run(
+            .run_at(
                 "INSERT INTO messages (mailbox_id, bucket, uid, modseq, blob_id, size, \
                  internal_date, flags, summary, save_date, email_id, thread_id, trace) \
                  VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -1132,6 +1281,7 @@ impl ScyllaMetadataStore {
                     m.ids.thread_id.as_str(),
                     m.trace.as_deref(),
                 ),
+                ts,
             )
             .await?;
         for object_id in [&m.ids.email_id, &m.ids.thread_id] {
@@ -1149,7 +1299,7 @@ impl ScyllaMetadataStore {
         delta.last_modseq = Some(modseq.0);
         delta.count += 1;
         w.check_time()?;
-        self.record_change(mailbox, uid, modseq, ChangeKind::Appended, None)
+        self.record_change(w, uid, modseq, ChangeKind::Appended, None)
             .await?;
         Ok(Appended {
             mailbox,
@@ -1172,17 +1322,19 @@ impl ScyllaMetadataStore {
         };
         let modseq = w.next_modseq().await?;
         w.check_time()?;
+        let ts = w.timestamp()?;
         self.db
-            .run(
+            .run_at(
                 "DELETE FROM messages WHERE mailbox_id = ? AND bucket = ? AND uid = ?",
                 (mailbox.0, bucket(uid.0 as u64), uid.0 as i64),
+                ts,
             )
             .await?;
         delta.last_modseq = Some(modseq.0);
         delta.count -= 1;
         w.check_time()?;
         self.record_change(
-            mailbox,
+            w,
             uid,
             modseq,
             ChangeKind::Expunged,
@@ -1198,7 +1350,7 @@ impl ScyllaMetadataStore {
     /// Writes what a write did to the mailbox row (still under the lease).
     async fn apply_delta(
         &self,
-        w: &MailboxWriter<'_>,
+        w: &mut MailboxWriter<'_>,
         before: &Mailbox,
         delta: &MailboxDelta,
     ) -> StoreResult<()> {
@@ -1215,11 +1367,13 @@ impl ScyllaMetadataStore {
             .map(|m| (m as i64).max(before.highest_modseq.0 as i64))
             .unwrap_or(before.highest_modseq.0 as i64);
         let count = (before.message_count as i64 + delta.count).max(0);
+        let ts = w.timestamp()?;
         self.db
-            .run(
+            .run_at(
                 "UPDATE mailboxes SET uid_next = ?, highest_modseq = ?, message_count = ? \
                  WHERE id = ?",
                 (uid_next, modseq, count, before.id.0),
+                ts,
             )
             .await?;
         Ok(())
@@ -1278,7 +1432,7 @@ impl ScyllaMetadataStore {
 
     /// Deletes a mailbox completely (lease taken here).
     async fn drop_mailbox(&self, mb: &Mailbox) -> StoreResult<Vec<BlobId>> {
-        let w = self.alloc.writer(mb.id).await?;
+        let mut w = self.alloc.writer(mb.id).await?;
         // Re-read under the lease: counters written by the previous holder are final now.
         let result = async {
             let Some(current) = self.mailbox(mb.id).await? else {
@@ -1312,6 +1466,7 @@ impl ScyllaMetadataStore {
             Ok(orphaned)
         }
         .await;
+        let result = conclude(std::slice::from_mut(&mut w), result);
         w.finish().await;
         result
     }
@@ -1445,8 +1600,9 @@ impl ScyllaMetadataStore {
                 }
                 let modseq = w.next_modseq().await?;
                 w.check_time()?;
+                let ts = w.timestamp()?;
                 self.db
-                    .run(
+                    .run_at(
                         "UPDATE messages SET flags = ?, modseq = ? \
                          WHERE mailbox_id = ? AND bucket = ? AND uid = ?",
                         (
@@ -1456,10 +1612,11 @@ impl ScyllaMetadataStore {
                             bucket(uid.0 as u64),
                             uid.0 as i64,
                         ),
+                        ts,
                     )
                     .await?;
                 self.record_change(
-                    mailbox,
+                    &mut w,
                     uid,
                     modseq,
                     ChangeKind::FlagsChanged,
@@ -1471,10 +1628,11 @@ impl ScyllaMetadataStore {
                 msg.modseq = modseq;
                 out.changed.push(msg);
             }
-            self.apply_delta(&w, &before, &delta).await?;
+            self.apply_delta(&mut w, &before, &delta).await?;
             Ok(out)
         }
         .await;
+        let result = conclude(std::slice::from_mut(&mut w), result);
         w.finish().await;
         result
     }
@@ -1506,7 +1664,7 @@ impl ScyllaMetadataStore {
                 blobs.push(blob);
                 bytes += size;
             }
-            self.apply_delta(&w, &before, &delta).await?;
+            self.apply_delta(&mut w, &before, &delta).await?;
             if !removed.is_empty() {
                 self.add_usage(before.account, -bytes, -(removed.len() as i64))
                     .await?;
@@ -1519,6 +1677,7 @@ impl ScyllaMetadataStore {
             })
         }
         .await;
+        let result = conclude(std::slice::from_mut(&mut w), result);
         w.finish().await;
         result
     }
@@ -1538,6 +1697,7 @@ impl ScyllaMetadataStore {
         let result = self
             .copy_locked(&mut writers, account, source, uids, dest, remove)
             .await;
+        let result = conclude(&mut writers, result);
         for w in writers {
             w.finish().await;
         }
@@ -1639,12 +1799,12 @@ impl ScyllaMetadataStore {
             // One mailbox, one row: merge what both sides did.
             dst_delta.count += src_delta.count;
             dst_delta.last_modseq = dst_delta.last_modseq.max(src_delta.last_modseq);
-            self.apply_delta(&writers[dest_idx], &dst_before, &dst_delta)
+            self.apply_delta(&mut writers[dest_idx], &dst_before, &dst_delta)
                 .await?;
         } else {
-            self.apply_delta(&writers[dest_idx], &dst_before, &dst_delta)
+            self.apply_delta(&mut writers[dest_idx], &dst_before, &dst_delta)
                 .await?;
-            self.apply_delta(&writers[src_idx], &src_before, &src_delta)
+            self.apply_delta(&mut writers[src_idx], &src_before, &src_delta)
                 .await?;
         }
         if !remove {
@@ -1994,6 +2154,7 @@ async fn migrate(session: &Session, ks: &str) -> StoreResult<()> {
         (10, SCHEMA_V10),
         (11, SCHEMA_V11),
         (12, SCHEMA_V12),
+        (13, SCHEMA_V13),
     ] {
         if version >= v {
             continue;
@@ -2640,7 +2801,7 @@ impl MetadataStore for ScyllaMetadataStore {
             }
             // Without transactions a failed append may leave some messages written: the
             // mailbox row and usage still account for those (while the lease allows).
-            for w in writers.iter() {
+            for w in writers.iter_mut() {
                 if let Some((mb, delta)) = before.get(&w.mailbox()) {
                     self.apply_delta(w, mb, delta).await?;
                 }
@@ -2654,6 +2815,7 @@ impl MetadataStore for ScyllaMetadataStore {
             }
         }
         .await;
+        let result = conclude(&mut writers, result);
         for w in writers {
             w.finish().await;
         }
@@ -4104,7 +4266,7 @@ impl MetadataStore for ScyllaMetadataStore {
     ) -> StoreResult<Vec<BlobId>> {
         let mb = self.owned_mailbox(account, id).await?;
         // Under the mailbox's lease, like every writer of its messages and counters.
-        let w = self.alloc.writer(mb.id).await?;
+        let mut w = self.alloc.writer(mb.id).await?;
         let result = async {
             let current = self
                 .mailbox(mb.id)
@@ -4139,6 +4301,7 @@ impl MetadataStore for ScyllaMetadataStore {
             Ok(orphaned)
         }
         .await;
+        let result = conclude(std::slice::from_mut(&mut w), result);
         w.finish().await;
         result
     }
