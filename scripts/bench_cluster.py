@@ -28,7 +28,7 @@ TARGET = Path(os.environ.get("CARGO_TARGET_DIR", Path.home() / ".cache/mailfleet
 RELEASE = TARGET / "release"
 os.environ.setdefault("MAILFLEET_BIN", str(RELEASE / "mailfleet"))
 
-from conftest import PASSWORD, Server  # noqa: E402
+from conftest import PASSWORD, Server, cluster_tls_env  # noqa: E402
 from s3server import Garage  # noqa: E402
 from test_cluster import RedisServer  # noqa: E402
 
@@ -103,6 +103,7 @@ def main():
         env = {
             **QUIET,
             **garage.env(),
+            **cluster_tls_env(tmp / "tls"),
             "MAILFLEET_STORAGE__COORDINATION": "redis",
             "MAILFLEET_STORAGE__REDIS__URL": redis.url,
             "MAILFLEET_STORAGE__SQLITE_PATH": str(tmp / "shared" / "metadata.sqlite3"),

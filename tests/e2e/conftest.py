@@ -49,6 +49,26 @@ def free_port() -> int:
 PASSWORD = "Corr3ct-Horse-Battery"
 
 
+
+def make_cert(dir: Path, cn: str):
+    """A self-signed P-256 certificate for `cn` (key, cert paths), made by openssl."""
+    dir.mkdir(parents=True, exist_ok=True)
+    key, crt = dir / f"{cn}.key", dir / f"{cn}.crt"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-keyout", str(key), "-out", str(crt), "-days", "2", "-subj", f"/CN={cn}",
+         "-addext", f"subjectAltName=DNS:{cn},DNS:localhost,IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )
+    return key, crt
+
+
+def cluster_tls_env(dir: Path) -> dict:
+    """The shared certificate every front-end of a cluster must be given."""
+    key, crt = make_cert(dir, "mail.cluster.test")
+    return {"MAILFLEET_TLS__CERT": str(crt), "MAILFLEET_TLS__KEY": str(key)}
+
+
 class Server:
     """One Mailfleet process and its data directory."""
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PASSWORD, Server, free_port
+from conftest import PASSWORD, Server, cluster_tls_env, free_port, mailfleet_bin
 
 from s3server import Garage, garage_bin
 
@@ -85,6 +85,7 @@ class Cluster:
             **self.s3.env(),
             "MAILFLEET_STORAGE__S3__TIMEOUT_SECS": "5",
             "MAILFLEET_STORAGE__S3__MAX_ATTEMPTS": "2",
+            **cluster_tls_env(tmp_path / "tls"),
             "MAILFLEET_STORAGE__COORDINATION": "redis",
             "MAILFLEET_STORAGE__REDIS__URL": self.redis.url,
             "MAILFLEET_STORAGE__REDIS__TIMEOUT_MS": "1000",
@@ -107,6 +108,27 @@ class Cluster:
             s.stop()
         self.s3.stop()
         self.redis.stop()
+
+
+def test_cluster_mode_refuses_to_start_without_a_shared_certificate(tmp_path):
+    """Issue 15, point 10: a certificate generated per pod would differ between
+    front-ends behind one name, so cluster mode needs `tls.cert` and `tls.key`."""
+    env = dict(os.environ)
+    env.update({
+        "MAILFLEET_SERVER__DATA_DIR": str(tmp_path / "d"),
+        "MAILFLEET_STORAGE__BLOBS": "s3",
+        "MAILFLEET_STORAGE__S3__BUCKET": "unused",
+        "MAILFLEET_STORAGE__S3__ENDPOINT": "http://127.0.0.1:9",
+        "MAILFLEET_STORAGE__COORDINATION": "redis",
+        "MAILFLEET_STORAGE__REDIS__URL": "redis://127.0.0.1:9/0",
+    })
+    env.pop("MAILFLEET_TLS__CERT", None)
+    env.pop("MAILFLEET_TLS__KEY", None)
+    r = subprocess.run([mailfleet_bin(), "serve"], env=env, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode != 0
+    assert "tls.cert" in r.stderr and "cluster mode" in r.stderr, r.stderr
+    assert not (tmp_path / "d" / "tls" / "self-signed.crt").exists()
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from email.message import EmailMessage
 
 import pytest
 
-from conftest import PASSWORD, Server
+from conftest import PASSWORD, Server, cluster_tls_env
 from postfix_peer import postfix_installed, postfix_peer
 from s3server import Garage, garage_bin
 from test_cluster import USER, RedisServer, _need
@@ -88,6 +88,7 @@ def test_two_nodes_share_the_outbound_queue_and_deliver_each_message_once(tmp_pa
                 **s3.env(),
                 "MAILFLEET_STORAGE__S3__TIMEOUT_SECS": "5",
                 "MAILFLEET_STORAGE__S3__MAX_ATTEMPTS": "2",
+                **cluster_tls_env(tmp_path / "tls"),
                 "MAILFLEET_STORAGE__COORDINATION": "redis",
                 "MAILFLEET_STORAGE__REDIS__URL": redis.url,
                 "MAILFLEET_STORAGE__REDIS__TIMEOUT_MS": "1000",

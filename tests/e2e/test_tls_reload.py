@@ -5,17 +5,7 @@ import ssl
 import subprocess
 import time
 
-from conftest import Server
-
-
-def make_cert(dir, cn):
-    key, crt = dir / f"{cn}.key", dir / f"{cn}.crt"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-         "-nodes", "-keyout", str(key), "-out", str(crt), "-days", "2", "-subj", f"/CN={cn}"],
-        check=True, capture_output=True,
-    )
-    return key, crt
+from conftest import Server, make_cert
 
 
 def served_cn(port):

@@ -30,6 +30,17 @@ pub async fn open_stores(config: &Config) -> anyhow::Result<Stores> {
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    // A cluster's front-ends sit behind one name and one load balancer: a client that
+    // pinned or verified the certificate of one must see the same on every other, so a
+    // certificate generated per pod would break clients at the first reconnection.
+    if config.storage.is_cluster() && (config.tls.cert.is_none() || config.tls.key.is_none()) {
+        anyhow::bail!(
+            "cluster mode (S3 blobs + Redis coordination) needs one certificate shared by every \
+             front-end: set `tls.cert` and `tls.key` (MAILFLEET_TLS__CERT / MAILFLEET_TLS__KEY), \
+             for example a Kubernetes Secret mounted on each pod; a self-signed certificate per \
+             pod is only generated in embedded mode"
+        );
+    }
     let stores = open_stores(&config).await?;
     // A burst of deliveries overflows the full-text queue into a catch-up that re-reads
     // the bodies afterwards, instead of slowing every delivery to the index's pace.

@@ -144,7 +144,9 @@ pub trait RangeLedger: Send + Sync {
 pub enum Sabotage {
     #[default]
     None,
-    /// Trust the coordinator lease alone: claim the mailbox whoever the ledger says owns it.
+    /// The design before the ledger owned mailboxes: the coordinator lease alone decides,
+    /// and a node whose new lease token is its last one plus one keeps its block without
+    /// reading the ledger (a Redis that goes back in time hands that token out twice).
     TrustLease,
     /// Never settle writes whose outcome is unknown.
     SkipSettle,
@@ -223,6 +225,8 @@ struct SlotState {
     /// Another node waits for the mailbox (it holds the coordinator lease): give it back
     /// after this write instead of lingering.
     handoff: bool,
+    /// The token of the last coordinator lease we got (only [`Sabotage::TrustLease`] reads it).
+    last_token: Option<u64>,
     last_write: Instant,
 }
 
@@ -240,6 +244,7 @@ impl SlotState {
             in_doubt: false,
             settle_pending: false,
             handoff: false,
+            last_token: None,
             last_write: Instant::now(),
         }
     }
@@ -406,6 +411,20 @@ impl RangeAllocator {
             ticket,
         };
         let started = Instant::now();
+        if w.alloc.inner.cfg.sabotage == Sabotage::TrustLease {
+            let prev = w.st()?.last_token;
+            let ttl = w.alloc.inner.cfg.lease_ttl;
+            w.take_lease(started, true).await?;
+            let st = w.st()?;
+            let token = st.lease.as_ref().map(|l| l.token);
+            let continues = matches!((prev, token), (Some(p), Some(t)) if t == p || t == p + 1);
+            match st.own.as_mut() {
+                Some(o) if continues => o.deadline = Instant::now() + ttl,
+                _ => st.own = None,
+            }
+            w.ensure_owned(started).await?;
+            return Ok(w);
+        }
         // An owner with time left writes whether or not it gets the lease (the ledger, not
         // the lease, makes it safe); a lease held elsewhere means a node waits for the
         // mailbox, so this write gives it back when done. Anyone else queues on the lease.
@@ -536,22 +555,7 @@ async fn release(inner: &Inner, mailbox: MailboxId, st: &mut SlotState) -> Store
         st.own = None;
         return Ok(());
     }
-    settle_pending(inner, mailbox, st).await?;
-    if st.in_doubt {
-        let ts = next_ts(inner, st)?;
-        if inner.cfg.sabotage != Sabotage::SkipSettle {
-            inner
-                .ledger
-                .settle(
-                    mailbox,
-                    st.claim_uid..st.uid_cur,
-                    st.claim_modseq..st.modseq_cur,
-                    ts,
-                )
-                .await?;
-        }
-        st.in_doubt = false;
-    }
+    settle_owed(inner, mailbox, st).await?;
     let new = LedgerState {
         uid_next: st.uid_cur,
         modseq_next: st.modseq_cur,
@@ -569,27 +573,31 @@ async fn release(inner: &Inner, mailbox: MailboxId, st: &mut SlotState) -> Store
     Ok(())
 }
 
-/// Settles the range of the lapsed owner we took over from, if not done yet.
-async fn settle_pending(inner: &Inner, mailbox: MailboxId, st: &mut SlotState) -> StoreResult<()> {
-    if !st.settle_pending {
-        return Ok(());
-    }
+/// Settles what must be settled before any further value is handed out or the mailbox
+/// changes hands: the range of the lapsed owner we took over from, and our own values
+/// since the claim when a write of ours had an unknown outcome (a later success with a
+/// higher UID must not be followed by the late arrival of a lower one).
+async fn settle_owed(inner: &Inner, mailbox: MailboxId, st: &mut SlotState) -> StoreResult<()> {
     let Some(own) = st.own else {
         return Ok(());
     };
+    if !st.settle_pending && !st.in_doubt {
+        return Ok(());
+    }
+    let (uids, modseqs) = if st.settle_pending {
+        (
+            own.state.uid_from..st.uid_cur,
+            own.state.modseq_from..st.modseq_cur,
+        )
+    } else {
+        (st.claim_uid..st.uid_cur, st.claim_modseq..st.modseq_cur)
+    };
     let ts = next_ts(inner, st)?;
     if inner.cfg.sabotage != Sabotage::SkipSettle {
-        inner
-            .ledger
-            .settle(
-                mailbox,
-                own.state.uid_from..st.claim_uid,
-                own.state.modseq_from..st.claim_modseq,
-                ts,
-            )
-            .await?;
+        inner.ledger.settle(mailbox, uids, modseqs, ts).await?;
     }
     st.settle_pending = false;
+    st.in_doubt = false;
     Ok(())
 }
 
@@ -740,7 +748,9 @@ impl MailboxWriter<'_> {
                 .acquire_lease(&key, &inner.holder, cfg.lease_ttl)
                 .await?
             {
-                self.st()?.lease = Some(lease);
+                let st = self.st()?;
+                st.last_token = Some(lease.token);
+                st.lease = Some(lease);
                 return Ok(true);
             }
             if !wait {
@@ -772,7 +782,7 @@ impl MailboxWriter<'_> {
                     if own.deadline - now <= cfg.lease_ttl / 2 {
                         self.extend(0, 0).await?;
                     }
-                    settle_pending(&inner, mailbox, self.st()?).await?;
+                    settle_owed(&inner, mailbox, self.st()?).await?;
                     return Ok(());
                 }
                 // Our time ran out: whatever we may have left half-written, the next owner
@@ -821,7 +831,7 @@ impl MailboxWriter<'_> {
             }
             self.claim(cur, lapsed).await?;
             if self.st()?.own.is_some() {
-                settle_pending(&inner, mailbox, self.st()?).await?;
+                settle_owed(&inner, mailbox, self.st()?).await?;
                 return Ok(());
             }
         }
@@ -1076,11 +1086,14 @@ mod tests {
     use super::*;
     use crate::coord::local::LocalCoordinator;
 
+    /// One settle call: mailbox, UIDs, MODSEQs, tombstone timestamp.
+    type Settled = (MailboxId, Range<u32>, Range<u64>, i64);
+
     /// A ledger in memory with the CAS semantics the ScyllaDB LWT gives; settles are logged.
     #[derive(Default)]
     struct MemLedger {
         rows: Mutex<HashMap<MailboxId, LedgerState>>,
-        settled: Mutex<Vec<(MailboxId, Range<u32>, Range<u64>, i64)>>,
+        settled: Mutex<Vec<Settled>>,
     }
 
     #[async_trait]

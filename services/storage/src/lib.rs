@@ -42,6 +42,8 @@ pub mod open;
 pub mod private_fs;
 pub mod queue;
 pub mod sieve_scripts;
+#[cfg(test)]
+mod sim;
 pub mod text_index;
 pub mod types;
 
