@@ -915,6 +915,88 @@ pub async fn metadata_concurrent_appends(meta: std::sync::Arc<dyn MetadataStore>
 /// Save dates (IMAP SAVEDATE, RFC 8514, [`MetadataStore::message_save_dates`]): an append
 /// records when it happened; a copy and a move give the new message a save date of their
 /// own, at or after the original's; missing UIDs are left out.
+/// STATUS counts (messages, unseen, size) are kept by the store, not computed by reading
+/// every message (issue 15, point 5): after each append, flag change, copy, move and
+/// expunge they equal what the message list says.
+pub async fn metadata_usage_counts(meta: &dyn MetadataStore) {
+    let domain = format!("{}.test", unique("uc"));
+    meta.create_domain(&domain).await.expect("domain");
+    let a = meta
+        .create_account(&format!("u@{domain}"), "h", 0)
+        .await
+        .expect("account");
+    let inbox = meta
+        .get_mailbox(a.id, "INBOX")
+        .await
+        .expect("get")
+        .expect("inbox");
+    let archive = meta
+        .get_mailbox(a.id, "Archive")
+        .await
+        .expect("get")
+        .expect("archive");
+    let seen = Flags::new(["\\Seen"]);
+    async fn check(meta: &dyn MetadataStore, mailbox: MailboxId, step: &str) {
+        let list = meta
+            .list_messages(mailbox, Uid(0), usize::MAX)
+            .await
+            .expect("list");
+        let want = MailboxUsage {
+            messages: list.len() as u64,
+            unseen: list.iter().filter(|m| !m.flags.contains("\\Seen")).count() as u64,
+            size: list.iter().map(|m| m.size).sum(),
+        };
+        let got = meta.mailbox_usage(mailbox).await.expect("usage");
+        assert_eq!(got, want, "counts of mailbox {mailbox} after {step}");
+    }
+    let batch: Vec<NewMessage> = (0..6u64)
+        .map(|i| {
+            let mut m = message_with(
+                &a,
+                &inbox,
+                &BlobId::of(format!("usage {i}").as_bytes()),
+                100 + i as usize,
+            );
+            if i % 2 == 0 {
+                m.flags = seen.clone();
+            }
+            m
+        })
+        .collect();
+    let uids: Vec<Uid> = meta
+        .append(batch, QuotaPolicy::Allow)
+        .await
+        .expect("append")
+        .iter()
+        .map(|x| x.uid)
+        .collect();
+    check(meta, inbox.id, "append").await;
+    meta.store_flags(inbox.id, &uids[..3], FlagOp::Add, &seen)
+        .await
+        .expect("add seen");
+    check(meta, inbox.id, "adding \\Seen").await;
+    meta.store_flags(inbox.id, &uids[2..5], FlagOp::Remove, &seen)
+        .await
+        .expect("remove seen");
+    check(meta, inbox.id, "removing \\Seen").await;
+    meta.store_flags(inbox.id, &uids[..1], FlagOp::Replace, &Flags::default())
+        .await
+        .expect("replace");
+    check(meta, inbox.id, "replacing flags").await;
+    meta.copy_messages(a.id, inbox.id, &uids[..2], archive.id)
+        .await
+        .expect("copy");
+    check(meta, inbox.id, "copy (source)").await;
+    check(meta, archive.id, "copy (destination)").await;
+    meta.move_messages(a.id, inbox.id, &uids[2..4], archive.id)
+        .await
+        .expect("move");
+    check(meta, inbox.id, "move (source)").await;
+    check(meta, archive.id, "move (destination)").await;
+    meta.expunge(inbox.id, &uids[4..5]).await.expect("expunge");
+    check(meta, inbox.id, "expunge").await;
+}
+
 pub async fn metadata_save_dates(meta: &dyn MetadataStore) {
     let domain = format!("{}.test", unique("sd"));
     meta.create_domain(&domain).await.expect("domain");

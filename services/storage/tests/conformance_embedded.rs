@@ -48,6 +48,7 @@ async fn sqlite_save_dates() {
     let dir = tempfile::tempdir().expect("tmp");
     let meta = SqliteMetadataStore::open(dir.path().join("m.sqlite3"), 8).expect("open");
     conformance::metadata_save_dates(&meta).await;
+    conformance::metadata_usage_counts(&meta).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

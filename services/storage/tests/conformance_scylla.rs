@@ -44,6 +44,7 @@ async fn scylla_metadata_conformance() {
     conformance::metadata_concurrent_appends(meta.clone()).await;
     conformance::metadata_recent_claims(meta.clone()).await;
     conformance::metadata_save_dates(meta.as_ref()).await;
+    conformance::metadata_usage_counts(meta.as_ref()).await;
     conformance::metadata_change_log_reads(meta.as_ref()).await;
     conformance::metadata_object_ids(meta.as_ref()).await;
     conformance::metadata_message_traces(meta.as_ref()).await;

@@ -209,12 +209,17 @@ const SCHEMA_V12: &[&str] = &[
 /// v13: mailbox ownership in the UID ledger (see [`crate::alloc`]): the owner, where its
 /// values start (the range a successor settles) and its write-timestamp bound. `fence` is
 /// now the row's epoch, bumped by every compare-and-set. Null in rows written before:
-/// no owner, nothing to settle.
+/// no owner, nothing to settle. And the mailbox's unseen count and size beside its
+/// message count.
 const SCHEMA_V13: &[&str] = &[
     "ALTER TABLE {ks}.uid_ledger ADD owner bigint",
     "ALTER TABLE {ks}.uid_ledger ADD uid_from bigint",
     "ALTER TABLE {ks}.uid_ledger ADD modseq_from bigint",
     "ALTER TABLE {ks}.uid_ledger ADD ts_until bigint",
+    // STATUS in one read (point 5): kept by every write under the mailbox's ownership.
+    // Null in rows written before: counted once by the next write.
+    "ALTER TABLE {ks}.mailboxes ADD unseen_count bigint",
+    "ALTER TABLE {ks}.mailboxes ADD total_size bigint",
 ];
 
 /// How long a pin lasts: far longer than a put and an append take, and the sweep's grace
@@ -595,7 +600,7 @@ impl RangeLedger for ScyllaLedger {
                 .await?;
             present.extend(rows.into_iter().map(|r| r.0 as u64));
         }
-        for modseq in modseqs.filter(|m| !present.contains(m)) {
+        for modseq in modseqs.clone().filter(|m| !present.contains(m)) {
             self.db
                 .run(
                     "DELETE FROM changes USING TIMESTAMP ? \
@@ -604,6 +609,43 @@ impl RangeLedger for ScyllaLedger {
                 )
                 .await?;
         }
+        // A write that landed although it reported a failure was not counted in the
+        // mailbox row: recount (rare, only after failures) and move UIDNEXT and
+        // HIGHESTMODSEQ to the end of the settled range, above every row in it.
+        let row: Option<(i64, i64)> = self
+            .db
+            .one(
+                "SELECT uid_next, highest_modseq FROM mailboxes WHERE id = ?",
+                (mailbox.0,),
+            )
+            .await?;
+        let Some((uid_next, highest)) = row else {
+            return Ok(());
+        };
+        let uid_next = uid_next.max(uids.end as i64);
+        let highest = highest.max(modseqs.end.saturating_sub(1) as i64);
+        let (mut count, mut unseen, mut size) = (0i64, 0i64, 0i64);
+        for b in 0..=bucket((uid_next as u64).saturating_sub(1)) {
+            let rows: Vec<(i64, String)> = self
+                .db
+                .all(
+                    "SELECT size, flags FROM messages WHERE mailbox_id = ? AND bucket = ?",
+                    (mailbox.0, b),
+                )
+                .await?;
+            for (sz, flags) in rows {
+                count += 1;
+                size += sz.max(0);
+                unseen += i64::from(!seen(&flags));
+            }
+        }
+        self.db
+            .run(
+                "UPDATE mailboxes USING TIMESTAMP ? SET uid_next = ?, highest_modseq = ?, \
+                 message_count = ?, unseen_count = ?, total_size = ? WHERE id = ?",
+                (ts, uid_next, highest, count, unseen, size, mailbox.0),
+            )
+            .await?;
         Ok(())
     }
 }
@@ -703,6 +745,15 @@ struct MailboxDelta {
     last_uid: Option<u32>,
     last_modseq: Option<u64>,
     count: i64,
+    /// Change of the number of messages without `\Seen`.
+    unseen: i64,
+    /// Change of the sum of message sizes.
+    size: i64,
+}
+
+/// Whether stored flags include `\Seen`.
+fn seen(flags: &str) -> bool {
+    Flags::from_storage(flags).contains("\\Seen")
 }
 
 pub struct ScyllaMetadataStore {
@@ -1011,7 +1062,8 @@ impl ScyllaMetadataStore {
         self.db
             .run(
                 "INSERT INTO mailboxes (id, account_id, name, special_use, uid_validity, \
-                 uid_next, highest_modseq, message_count) VALUES (?, ?, ?, ?, ?, 1, 1, 0)",
+                 uid_next, highest_modseq, message_count, unseen_count, total_size) \
+                 VALUES (?, ?, ?, ?, ?, 1, 1, 0, 0, 0)",
                 (
                     id,
                     account.0,
@@ -1298,6 +1350,8 @@ impl ScyllaMetadataStore {
         delta.last_uid = Some(uid.0);
         delta.last_modseq = Some(modseq.0);
         delta.count += 1;
+        delta.size += m.size;
+        delta.unseen += i64::from(!seen(&m.flags));
         w.check_time()?;
         self.record_change(w, uid, modseq, ChangeKind::Appended, None)
             .await?;
@@ -1332,6 +1386,8 @@ impl ScyllaMetadataStore {
             .await?;
         delta.last_modseq = Some(modseq.0);
         delta.count -= 1;
+        delta.size -= row.3;
+        delta.unseen -= i64::from(!seen(&row.5));
         w.check_time()?;
         self.record_change(
             w,
@@ -1354,7 +1410,12 @@ impl ScyllaMetadataStore {
         before: &Mailbox,
         delta: &MailboxDelta,
     ) -> StoreResult<()> {
-        if delta.last_uid.is_none() && delta.last_modseq.is_none() && delta.count == 0 {
+        if delta.last_uid.is_none()
+            && delta.last_modseq.is_none()
+            && delta.count == 0
+            && delta.unseen == 0
+            && delta.size == 0
+        {
             return Ok(());
         }
         w.check_time()?;
@@ -1367,16 +1428,59 @@ impl ScyllaMetadataStore {
             .map(|m| (m as i64).max(before.highest_modseq.0 as i64))
             .unwrap_or(before.highest_modseq.0 as i64);
         let count = (before.message_count as i64 + delta.count).max(0);
+        // Nobody else writes these cells while we own the mailbox, so read-add-write is
+        // exact; a row from before schema v13 is counted once, here.
+        let (unseen, size) = match self.counts(before.id).await? {
+            Some((unseen, size)) => ((unseen + delta.unseen).max(0), (size + delta.size).max(0)),
+            None => {
+                let mb = Mailbox {
+                    uid_next: Uid(uid_next as u32),
+                    ..before.clone()
+                };
+                let usage = self.scan_usage(&mb).await?;
+                (usage.unseen as i64, usage.size as i64)
+            }
+        };
         let ts = w.timestamp()?;
         self.db
             .run_at(
-                "UPDATE mailboxes SET uid_next = ?, highest_modseq = ?, message_count = ? \
-                 WHERE id = ?",
-                (uid_next, modseq, count, before.id.0),
+                "UPDATE mailboxes SET uid_next = ?, highest_modseq = ?, message_count = ?, \
+                 unseen_count = ?, total_size = ? WHERE id = ?",
+                (uid_next, modseq, count, unseen, size, before.id.0),
                 ts,
             )
             .await?;
         Ok(())
+    }
+
+    /// The mailbox row's unseen count and size; `None` when not kept yet (a row written
+    /// before schema v13).
+    async fn counts(&self, mailbox: MailboxId) -> StoreResult<Option<(i64, i64)>> {
+        let row: Option<(Option<i64>, Option<i64>)> = self
+            .db
+            .one(
+                "SELECT unseen_count, total_size FROM mailboxes WHERE id = ?",
+                (mailbox.0,),
+            )
+            .await?;
+        Ok(match row {
+            Some((Some(u), Some(s))) => Some((u, s)),
+            _ => None,
+        })
+    }
+
+    /// Counts by reading every message row (rows from before schema v13, and the
+    /// recount after a settle).
+    async fn scan_usage(&self, mb: &Mailbox) -> StoreResult<MailboxUsage> {
+        let mut usage = MailboxUsage::default();
+        for r in self.all_messages(mb).await? {
+            usage.messages += 1;
+            usage.size += r.3.max(0) as u64;
+            if !seen(&r.5) {
+                usage.unseen += 1;
+            }
+        }
+        Ok(usage)
     }
 
     /// All messages of a mailbox (every bucket up to its `uid_next`).
@@ -1624,6 +1728,8 @@ impl ScyllaMetadataStore {
                 )
                 .await?;
                 delta.last_modseq = Some(modseq.0);
+                delta.unseen +=
+                    i64::from(msg.flags.contains("\\Seen")) - i64::from(new.contains("\\Seen"));
                 msg.flags = new;
                 msg.modseq = modseq;
                 out.changed.push(msg);
@@ -1798,6 +1904,8 @@ impl ScyllaMetadataStore {
         if source == dest {
             // One mailbox, one row: merge what both sides did.
             dst_delta.count += src_delta.count;
+            dst_delta.size += src_delta.size;
+            dst_delta.unseen += src_delta.unseen;
             dst_delta.last_modseq = dst_delta.last_modseq.max(src_delta.last_modseq);
             self.apply_delta(&mut writers[dest_idx], &dst_before, &dst_delta)
                 .await?;
@@ -2963,18 +3071,27 @@ impl MetadataStore for ScyllaMetadataStore {
     }
 
     async fn mailbox_usage(&self, mailbox: MailboxId) -> StoreResult<MailboxUsage> {
-        let Some(mb) = self.mailbox(mailbox).await? else {
-            return Ok(MailboxUsage::default());
-        };
-        let mut usage = MailboxUsage::default();
-        for r in self.all_messages(&mb).await? {
-            usage.messages += 1;
-            usage.size += r.3.max(0) as u64;
-            if !Flags::from_storage(&r.5).contains("\\Seen") {
-                usage.unseen += 1;
-            }
+        // One read of the mailbox row (STATUS is polled for every folder); a row from
+        // before schema v13 without its counts is scanned instead.
+        let row: Option<(i64, Option<i64>, Option<i64>)> = self
+            .db
+            .one(
+                "SELECT message_count, unseen_count, total_size FROM mailboxes WHERE id = ?",
+                (mailbox.0,),
+            )
+            .await?;
+        match row {
+            None => Ok(MailboxUsage::default()),
+            Some((messages, Some(unseen), Some(size))) => Ok(MailboxUsage {
+                messages: messages.max(0) as u64,
+                unseen: unseen.max(0) as u64,
+                size: size.max(0) as u64,
+            }),
+            Some(_) => match self.mailbox(mailbox).await? {
+                Some(mb) => self.scan_usage(&mb).await,
+                None => Ok(MailboxUsage::default()),
+            },
         }
-        Ok(usage)
     }
 
     async fn message_summaries(
