@@ -3,11 +3,16 @@
 //! # Keys and channels (all under `storage.redis.key_prefix`)
 //! ```text
 //! ev:{account}          pub/sub channel of the account's MailboxEvents
-//! lease:{key}           "holder|token", with a PX expiry: the lease itself
-//! lease-seq:{key}       the key's grant counter (fencing tokens), expires after TOKEN_RETENTION
+//! lease:{{key}}         "holder|token", with a PX expiry: the lease itself
+//! lease-seq:{{key}}     the key's grant counter (fencing tokens), expires after TOKEN_RETENTION
 //! cnt:{key}:{window}    a fixed-window counter, expires after two windows
 //! mark:{key}            a marker ("1") with a PX expiry
 //! ```
+//!
+//! The lease's two keys carry the lease name as a hash tag (`{...}`), so the one script
+//! that touches both stays within one hash slot of a Redis Cluster; every other command
+//! touches one key. (The client connects to one Redis endpoint: a primary, or a proxy in
+//! front of a cluster; see docs/scylla.md for what a multi-node Redis must guarantee.)
 //!
 //! # Why Lua scripts for leases
 //! Taking a lease is "if free, count a grant and store holder|token with an expiry", and
@@ -454,8 +459,8 @@ impl Coordinator for RedisCoordinator {
         }
         let mut con = self.commands.clone();
         let mut call = self.acquire.prepare_invoke();
-        call.key(format!("{}lease:{key}", self.prefix))
-            .key(format!("{}lease-seq:{key}", self.prefix))
+        call.key(lease_key(&self.prefix, key))
+            .key(format!("{}lease-seq:{{{key}}}", self.prefix))
             .arg(holder)
             .arg(ttl.as_millis().max(1) as u64)
             .arg(super::token_base_now())
@@ -479,7 +484,7 @@ impl Coordinator for RedisCoordinator {
     async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> StoreResult<bool> {
         let mut con = self.commands.clone();
         let mut call = self.renew.prepare_invoke();
-        call.key(format!("{}lease:{}", self.prefix, lease.key))
+        call.key(lease_key(&self.prefix, &lease.key))
             .arg(Self::lease_value(lease))
             .arg(ttl.as_millis().max(1) as u64);
         let renewed: i64 = self
@@ -491,7 +496,7 @@ impl Coordinator for RedisCoordinator {
     async fn release_lease(&self, lease: &Lease) -> StoreResult<()> {
         let mut con = self.commands.clone();
         let mut call = self.release.prepare_invoke();
-        call.key(format!("{}lease:{}", self.prefix, lease.key))
+        call.key(lease_key(&self.prefix, &lease.key))
             .arg(Self::lease_value(lease));
         let _: i64 = self
             .bounded("lease release", call.invoke_async(&mut con))
@@ -573,8 +578,39 @@ fn now_millis() -> u64 {
         .as_millis() as u64
 }
 
+/// The key of lease `name`: hash-tagged with the name, like its grant counter.
+fn lease_key(prefix: &str, name: &str) -> String {
+    format!("{prefix}lease:{{{name}}}")
+}
+
 #[cfg(test)]
 mod tests {
+    /// The part of a key Redis Cluster hashes: between the first `{` and the next `}`.
+    fn hash_tag(key: &str) -> &str {
+        match key.find('{') {
+            Some(i) => match key[i + 1..].find('}') {
+                Some(j) if j > 0 => &key[i + 1..i + 1 + j],
+                _ => key,
+            },
+            None => key,
+        }
+    }
+
+    #[test]
+    fn a_lease_and_its_counter_share_a_hash_slot() {
+        for name in [
+            "uid:42",
+            "queue:7",
+            "pop3:alice@example.test",
+            "odd}name",
+            "{x}",
+        ] {
+            let lease = super::lease_key("mf:", name);
+            let seq = format!("mf:lease-seq:{{{name}}}");
+            assert_eq!(hash_tag(&lease), hash_tag(&seq), "{lease} / {seq}");
+            assert_ne!(hash_tag(&lease), lease, "{lease} has a hash tag");
+        }
+    }
     use super::*;
 
     #[test]

@@ -2173,6 +2173,15 @@ impl ScyllaMetadataStore {
 }
 
 /// Creates the tables of every schema version above the recorded one, then records it.
+/// How long a migration lock lasts without being finished (a pod that died while
+/// migrating); the next pod then takes it and migrates (every step is rerunnable).
+const MIGRATION_LOCK_SECS: i32 = 120;
+
+/// Brings the keyspace to [`SCHEMA_VERSION`], once for the whole cluster: the first pod
+/// takes a lock row (`schema_version` id 1, an LWT with a TTL) and runs the migrations
+/// while the others wait until the recorded version is current, so a rolling start of
+/// many pods does not send the same DDL from every pod at once (ScyllaDB then has to
+/// reconcile concurrent schema changes). A lock left by a pod that died expires.
 async fn migrate(session: &Session, ks: &str) -> StoreResult<()> {
     session
         .query_unpaged(
@@ -2183,6 +2192,57 @@ async fn migrate(session: &Session, ks: &str) -> StoreResult<()> {
         )
         .await
         .map_err(db_err)?;
+    let holder = (rand::random::<u32>() >> 1) as i32;
+    let deadline = std::time::Instant::now() + Duration::from_secs(MIGRATION_LOCK_SECS as u64 * 3);
+    loop {
+        let version = schema_version(session, ks).await?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::Invalid(format!(
+                "keyspace schema version {version} is newer than this build ({SCHEMA_VERSION})"
+            )));
+        }
+        if version == SCHEMA_VERSION {
+            return Ok(());
+        }
+        let res = session
+            .query_unpaged(
+                format!(
+                    "INSERT INTO {ks}.schema_version (id, version) VALUES (1, ?) IF NOT EXISTS \
+                     USING TTL {MIGRATION_LOCK_SECS}"
+                ),
+                (holder,),
+            )
+            .await
+            .map_err(db_err)?;
+        let applied = res
+            .into_rows_result()
+            .map_err(row_err)?
+            .maybe_first_row::<Row>()
+            .map_err(row_err)?
+            .and_then(|r| r.columns.into_iter().next().flatten())
+            .is_some_and(|c| matches!(c, CqlValue::Boolean(true)));
+        if applied {
+            let result = migrate_locked(session, ks).await;
+            let _ = session
+                .query_unpaged(
+                    format!("DELETE FROM {ks}.schema_version WHERE id = 1 IF version = ?"),
+                    (holder,),
+                )
+                .await;
+            return result;
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(StoreError::Unavailable(
+                "another node has been migrating the schema for too long".into(),
+            ));
+        }
+        tracing::info!("another node is migrating the ScyllaDB schema; waiting");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// The recorded schema version (0 for a new keyspace).
+async fn schema_version(session: &Session, ks: &str) -> StoreResult<i32> {
     let res = session
         .query_unpaged(
             format!("SELECT version FROM {ks}.schema_version WHERE id = 0"),
@@ -2190,13 +2250,17 @@ async fn migrate(session: &Session, ks: &str) -> StoreResult<()> {
         )
         .await
         .map_err(db_err)?;
-    let version: i32 = res
+    Ok(res
         .into_rows_result()
         .map_err(row_err)?
         .maybe_first_row::<(Option<i32>,)>()
         .map_err(row_err)?
         .and_then(|r| r.0)
-        .unwrap_or(0);
+        .unwrap_or(0))
+}
+
+async fn migrate_locked(session: &Session, ks: &str) -> StoreResult<()> {
+    let version = schema_version(session, ks).await?;
     if version > SCHEMA_VERSION {
         return Err(StoreError::Invalid(format!(
             "keyspace schema version {version} is newer than this build ({SCHEMA_VERSION})"
