@@ -11,25 +11,34 @@ use mailfleet_storage::metadata::scylla::ScyllaMetadataStore;
 use mailfleet_storage::{conformance, Coordinator, MetadataStore};
 use std::sync::Arc;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scylla_metadata_conformance() {
+/// The cluster of `MAILFLEET_SCYLLA_NODES` with a fresh keyspace named `<prefix>_<random>`
+/// (replication factor `MAILFLEET_SCYLLA_RF`, default 1); `None`, after saying the `what`
+/// run is skipped, when the variable is not set.
+fn scylla_config(prefix: &str, what: &str) -> Option<ScyllaConfig> {
     let Ok(nodes) = std::env::var("MAILFLEET_SCYLLA_NODES") else {
-        println!("MAILFLEET_SCYLLA_NODES is not set: the ScyllaDB conformance run is skipped");
-        return;
+        println!("MAILFLEET_SCYLLA_NODES is not set: the ScyllaDB {what} run is skipped");
+        return None;
     };
-    let cfg = ScyllaConfig {
+    Some(ScyllaConfig {
         nodes: nodes
             .split(',')
             .map(str::trim)
             .filter(|n| !n.is_empty())
             .map(String::from)
             .collect(),
-        keyspace: format!("mailfleet_test_{:012x}", rand::random::<u64>() >> 16),
+        keyspace: format!("{prefix}_{:012x}", rand::random::<u64>() >> 16),
         replication_factor: std::env::var("MAILFLEET_SCYLLA_RF")
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(1),
         ..ScyllaConfig::default()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scylla_metadata_conformance() {
+    let Some(cfg) = scylla_config("mailfleet_test", "conformance") else {
+        return;
     };
     // One node: the in-process coordinator serialises mailbox writers just as Redis would.
     let coord: Arc<dyn Coordinator> = Arc::new(LocalCoordinator::new());
@@ -72,19 +81,8 @@ async fn scylla_metadata_conformance() {
 /// (one takes the migration lock, the others wait) and all come up on the current schema.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scylla_concurrent_first_starts_migrate_once() {
-    let Ok(nodes) = std::env::var("MAILFLEET_SCYLLA_NODES") else {
-        println!("MAILFLEET_SCYLLA_NODES is not set: the ScyllaDB migration run is skipped");
+    let Some(cfg) = scylla_config("mailfleet_mig", "migration") else {
         return;
-    };
-    let cfg = ScyllaConfig {
-        nodes: nodes
-            .split(',')
-            .map(str::trim)
-            .filter(|n| !n.is_empty())
-            .map(String::from)
-            .collect(),
-        keyspace: format!("mailfleet_mig_{:012x}", rand::random::<u64>() >> 16),
-        ..ScyllaConfig::default()
     };
     let coord: Arc<dyn Coordinator> = Arc::new(LocalCoordinator::new());
     let starts = (0..4).map(|_| {
