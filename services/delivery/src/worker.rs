@@ -20,8 +20,21 @@
 //!   or nothing, so a failed write never leaves some recipients recorded and others not,
 //!   and a DSN is queued exactly once.
 //! - **Bounded.** At most `max_concurrent` entries are in flight per node (a semaphore,
-//!   taken before the lease so a busy node does not hoard leases), and each poll asks for
-//!   at most [`POLL_BATCH`] entries.
+//!   taken before the lease so a busy node does not hoard leases), and each poll asks each
+//!   shard for at most as many entries as there are free slots, up to [`POLL_BATCH`].
+//! - **Sharded.** The store splits its due index into shards
+//!   ([`mailfleet_storage::MetadataStore::queue_shards`]; 64 on ScyllaDB, 1 on SQLite). A
+//!   node polls only the shards it holds a lease on (`delivery:shard:<n>`, renewed at each
+//!   poll), so nodes read different entries instead of all racing for the same head of
+//!   the queue. A node with free slots takes every shard nobody holds; a node whose slots
+//!   are all busy gives its shards up, so the work moves to nodes that have room. A node
+//!   that dies keeps its shards for [`shard_lease_ttl`], then others take them. Shard
+//!   leases only spread the reading: the entry's own lease still decides who delivers.
+//! - **A busy destination waits aside.** A domain at its concurrency or rate limit gets
+//!   no attempt (nothing is counted or claimed), and its recipients move a short wait
+//!   ([`throttle_wait`]) later, so they do not stay at the head of the queue where every
+//!   poll would read them again in front of entries for other domains. The message body
+//!   is read only once some domain is admitted.
 //! - **Retries.** A temporary failure waits `retry_base * 2^(attempts-1)`, capped at
 //!   `retry_max`; once the message is older than `max_lifetime` a temporary failure is
 //!   final.
@@ -51,8 +64,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tracing::Instrument;
 
-/// Most due entries taken from the store per poll.
+/// Most due entries taken from the store per shard and poll.
 pub const POLL_BATCH: usize = 256;
+
+/// Entries asked for beyond the free slots (see [`Worker::poll_shard`]).
+const POLL_SLACK: usize = 16;
 
 /// The trace id of an entry, for its log lines (`""` for entries queued before trace
 /// contexts were kept).
@@ -82,6 +98,10 @@ struct Inner {
     holder: String,
     /// Entries this node is delivering now: not leased again while in flight.
     in_flight: Mutex<HashSet<QueueId>>,
+    /// The queue shards this node holds a lease on, and where its round over the shards
+    /// starts (from its holder name, so nodes start on different shards).
+    shards: tokio::sync::Mutex<HashMap<u32, Lease>>,
+    shard_offset: u32,
     slots: Arc<tokio::sync::Semaphore>,
     /// Deliveries in progress per recipient domain (`max_per_destination`); entries for
     /// domains with no permit left are dropped from the map when idle.
@@ -142,6 +162,73 @@ struct Outcome {
     address: String,
     result: RcptResult,
     remote: Option<String>,
+    /// Not attempted: its domain was at a limit. Waits [`throttle_wait`] without an
+    /// attempt counted (no claim was made) and keeps its last error.
+    throttled: bool,
+}
+
+/// The message body of one attempt, read from the blob store the first time a recipient
+/// needs it (a domain at its limit, or an entry whose lease is lost before, costs no
+/// download), and signed once for every domain that gets it.
+struct Body<'a> {
+    worker: &'a Worker,
+    msg: &'a OutboundMessage,
+    raw: tokio::sync::OnceCell<Bytes>,
+    signed: tokio::sync::OnceCell<Bytes>,
+}
+
+impl<'a> Body<'a> {
+    fn new(worker: &'a Worker, msg: &'a OutboundMessage) -> Self {
+        Self {
+            worker,
+            msg,
+            raw: tokio::sync::OnceCell::new(),
+            signed: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// The stored message.
+    async fn raw(&self) -> Result<&Bytes, crate::DeliveryError> {
+        self.raw
+            .get_or_try_init(|| async {
+                Ok::<_, crate::DeliveryError>(
+                    self.worker.inner.stores.blobs.get(&self.msg.blob).await?,
+                )
+            })
+            .await
+    }
+
+    /// What is sent over SMTP: Return-Path stripped, DKIM-signed when configured.
+    async fn signed(&self) -> Result<&Bytes, crate::DeliveryError> {
+        self.signed
+            .get_or_try_init(|| async {
+                let raw = self.raw().await?;
+                Ok::<_, crate::DeliveryError>(self.worker.prepare(self.msg, raw).await)
+            })
+            .await
+    }
+
+    /// The stored message if it was read, for DSNs (a DSN is owed only by recipients that
+    /// were attempted, so it was).
+    async fn for_dsn(&self) -> Result<&Bytes, crate::DeliveryError> {
+        self.raw().await
+    }
+}
+
+/// How long the recipients of a domain at its concurrency or rate limit wait before they
+/// are due again: a few polls, short against any retry backoff.
+pub fn throttle_wait(poll_interval: Duration) -> Duration {
+    (poll_interval * 2).clamp(Duration::from_secs(2), Duration::from_secs(30))
+}
+
+/// How long a node keeps a queue shard without renewing it (at each poll): long enough
+/// to outlast a slow poll, short enough that a dead node's shards are picked up soon.
+pub fn shard_lease_ttl(poll_interval: Duration) -> Duration {
+    (poll_interval * 3).max(Duration::from_secs(15))
+}
+
+fn shard_key(shard: u32) -> String {
+    format!("delivery:shard:{shard}")
 }
 
 impl Worker {
@@ -210,8 +297,12 @@ impl Worker {
                 settings,
                 router,
                 client,
+                shard_offset: holder
+                    .bytes()
+                    .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b))),
                 holder,
                 in_flight: Mutex::new(HashSet::new()),
+                shards: tokio::sync::Mutex::new(HashMap::new()),
                 destinations: Mutex::new(HashMap::new()),
                 connections,
                 mta_sts,
@@ -275,6 +366,7 @@ impl Worker {
                 }
             }
         }
+        self.release_shards().await;
         // Wait for in-flight deliveries by taking every slot, for at most the grace period.
         let all = u32::try_from(self.inner.settings.max_concurrent).unwrap_or(u32::MAX);
         let grace = self.inner.settings.shutdown_grace;
@@ -287,13 +379,98 @@ impl Worker {
         tracing::info!("outbound delivery stopped");
     }
 
-    /// Starts deliveries for the entries due now; returns how many were started.
+    /// Starts deliveries for the entries due now in the shards this node holds or can take
+    /// (see the module comment); returns how many were started.
     pub async fn poll_once(&self) -> Result<usize, mailfleet_storage::StoreError> {
+        let inner = &self.inner;
+        let shards = inner.stores.meta.queue_shards().max(1);
+        let ttl = shard_lease_ttl(inner.settings.poll_interval);
+        let mut held = inner.shards.lock().await;
+        let mut started = 0;
+        let mut failure = None;
+        for k in 0..shards {
+            if inner.slots.available_permits() == 0 {
+                break;
+            }
+            let shard = (inner.shard_offset.wrapping_add(k)) % shards;
+            let ours = match held.get(&shard) {
+                Some(lease) => match inner.stores.coord.renew_lease(lease, ttl).await {
+                    Ok(true) => true,
+                    Ok(false) => {
+                        held.remove(&shard);
+                        false
+                    }
+                    Err(e) => {
+                        // Unconfirmed, not lost: polling it anyway is safe (entry leases
+                        // decide), and the renewal is tried again next poll.
+                        tracing::warn!(shard, error = %e, "queue shard lease renewal failed");
+                        true
+                    }
+                },
+                None => match inner
+                    .stores
+                    .coord
+                    .acquire_lease(&shard_key(shard), &inner.holder, ttl)
+                    .await
+                {
+                    Ok(Some(lease)) => {
+                        held.insert(shard, lease);
+                        true
+                    }
+                    Ok(None) => false,
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                },
+            };
+            if !ours {
+                continue;
+            }
+            match self.poll_shard(shard).await {
+                Ok(n) => started += n,
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        if inner.slots.available_permits() == 0 {
+            // Every slot busy: the shards go to nodes with room. This node takes free ones
+            // again once its slots free.
+            for (_, lease) in held.drain() {
+                let _ = inner.stores.coord.release_lease(&lease).await;
+            }
+        }
+        drop(held);
+        match failure {
+            Some(e) if started == 0 => Err(e),
+            Some(e) => {
+                tracing::warn!(error = %e, "outbound queue poll failed part-way");
+                Ok(started)
+            }
+            None => Ok(started),
+        }
+    }
+
+    /// Gives up every queue shard this node holds (at shutdown).
+    async fn release_shards(&self) {
+        let mut held = self.inner.shards.lock().await;
+        for (_, lease) in held.drain() {
+            let _ = self.inner.stores.coord.release_lease(&lease).await;
+        }
+    }
+
+    /// Starts deliveries for the due entries of one shard, as many as there are free slots.
+    /// It asks for a few more than that: the first entries may be ones another node has
+    /// just leased and not yet claimed (still due until its claim moves them on).
+    async fn poll_shard(&self, shard: u32) -> Result<usize, mailfleet_storage::StoreError> {
+        let want = (self.inner.slots.available_permits() + POLL_SLACK).min(POLL_BATCH);
         let due = self
             .inner
             .stores
             .meta
-            .due_outbound(unix_now(), POLL_BATCH)
+            .due_outbound(shard, unix_now(), want)
             .await?;
         let mut started = 0;
         for id in due {
@@ -492,20 +669,14 @@ impl Worker {
             if let Some(parent) = &msg.trace {
                 mailfleet_telemetry::trace::set_parent(&span, parent);
             }
-            let blob = self
-                .inner
-                .stores
-                .blobs
-                .get(&msg.blob)
-                .instrument(span.clone())
-                .await?;
+            let body = Body::new(self, &msg);
             let ctx = AttemptCtx {
                 msg: &msg,
                 fence,
                 guard,
                 now,
             };
-            let attempt = self.attempt(&ctx, &due, &blob).instrument(span.clone());
+            let attempt = self.attempt(&ctx, &due, &body).instrument(span.clone());
             let (outcomes, stopped) = match guard {
                 Some(g) => tokio::select! {
                     out = attempt => out,
@@ -517,7 +688,7 @@ impl Worker {
                 return Err(crate::DeliveryError::LeaseLost(id));
             }
             let dsns = self
-                .record(&msg, outcomes, &blob, now, fence)
+                .record(&msg, outcomes, &body, now, fence)
                 .instrument(span)
                 .await?;
             if let Some(e) = stopped {
@@ -666,11 +837,11 @@ impl Worker {
         &self,
         ctx: &AttemptCtx<'_>,
         due: &[String],
-        blob: &Bytes,
+        body: &Body<'_>,
     ) -> (Vec<Outcome>, Option<crate::DeliveryError>) {
         let mut out = Vec::new();
         let remote = if ctx.msg.sender.is_empty() {
-            match self.deliver_local(ctx, due, blob).await {
+            match self.deliver_local(ctx, due, body).await {
                 Ok((done, remote)) => {
                     out.extend(done);
                     remote
@@ -683,7 +854,6 @@ impl Worker {
         if remote.is_empty() {
             return (out, None);
         }
-        let body = self.prepare(ctx.msg, blob).await;
         let mut by_domain: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for r in remote {
             match r.rsplit_once('@') {
@@ -695,11 +865,12 @@ impl Worker {
                     address: r.clone(),
                     result: RcptResult::Permanent("553 5.1.3 bad recipient address".into()),
                     remote: None,
+                    throttled: false,
                 }),
             }
         }
         for (domain, rcpts) in by_domain {
-            match self.attempt_domain(ctx, &domain, rcpts, &body).await {
+            match self.attempt_domain(ctx, &domain, rcpts, body).await {
                 Ok(o) => out.extend(o),
                 Err(e) => return (out, Some(e)),
             }
@@ -715,7 +886,7 @@ impl Worker {
         &self,
         ctx: &AttemptCtx<'_>,
         due: &[String],
-        blob: &Bytes,
+        body: &Body<'_>,
     ) -> Result<(Vec<Outcome>, Vec<String>), crate::DeliveryError> {
         let stores = &self.inner.stores;
         let mut local = Vec::new();
@@ -734,6 +905,7 @@ impl Worker {
             return Ok((Vec::new(), remote));
         }
         let names: Vec<String> = local.iter().map(|(a, _)| a.clone()).collect();
+        let blob = body.raw().await?;
         self.claim(ctx, &names).await?;
         // Final delivery adds the envelope sender (RFC 5321 §4.4); a DSN's is `<>`.
         let message = if blob.len() >= 12 && blob[..12].eq_ignore_ascii_case(b"return-path:") {
@@ -773,6 +945,7 @@ impl Worker {
                 address,
                 result,
                 remote: None,
+                throttled: false,
             });
         }
         Ok((out, remote))
@@ -789,7 +962,7 @@ impl Worker {
         ctx: &AttemptCtx<'_>,
         domain: &str,
         rcpts: Vec<String>,
-        body: &[u8],
+        body: &Body<'_>,
     ) -> Result<Vec<Outcome>, crate::DeliveryError> {
         let used = std::sync::Mutex::new(DeliveryTls::None);
         let span = tracing::debug_span!(
@@ -803,7 +976,7 @@ impl Worker {
             .instrument(span)
             .await?;
         let m = mailfleet_telemetry::metrics();
-        for o in &out {
+        for o in out.iter().filter(|o| !o.throttled) {
             let result = match o.result {
                 RcptResult::Accepted(_) => DeliveryResult::Delivered,
                 RcptResult::Temporary(_) => DeliveryResult::Deferred,
@@ -819,7 +992,7 @@ impl Worker {
         ctx: &AttemptCtx<'_>,
         domain: &str,
         rcpts: Vec<String>,
-        body: &[u8],
+        body: &Body<'_>,
         used: &std::sync::Mutex<DeliveryTls>,
     ) -> Result<Vec<Outcome>, crate::DeliveryError> {
         let msg = ctx.msg;
@@ -830,17 +1003,29 @@ impl Worker {
                     address: a.clone(),
                     result: result.clone(),
                     remote: remote.clone(),
+                    throttled: false,
                 })
                 .collect()
         };
         // Per-destination limits: a domain at its limit is skipped this round. Its
-        // recipients get no outcome and no claim, so they stay queued and due, untouched,
-        // for the next poll: no attempt is counted and no backoff grows.
+        // recipients get no claim, so no attempt is counted and no backoff grows; they
+        // wait a short while aside (see `throttle_wait`).
+        let waiting = |why: &str| -> Vec<Outcome> {
+            rcpts
+                .iter()
+                .map(|a| Outcome {
+                    address: a.clone(),
+                    result: RcptResult::Temporary(why.to_string()),
+                    remote: None,
+                    throttled: true,
+                })
+                .collect()
+        };
         let Some(_slot) = self.destination_slot(domain) else {
             mailfleet_telemetry::metrics()
                 .rate_limit_hit(RateLimit::DeliveryDestinationConcurrency);
             tracing::debug!(domain, "destination concurrency limit reached; waiting");
-            return Ok(Vec::new());
+            return Ok(waiting("destination concurrency limit"));
         };
         let per_minute = self.inner.settings.max_per_destination_per_minute;
         if per_minute > 0 {
@@ -855,15 +1040,17 @@ impl Worker {
                     mailfleet_telemetry::metrics()
                         .rate_limit_hit(RateLimit::DeliveryDestinationRate);
                     tracing::debug!(domain, "destination rate limit reached; waiting");
-                    return Ok(Vec::new());
+                    return Ok(waiting("destination rate limit"));
                 }
                 Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(domain, error = %e, "destination rate count failed; waiting");
-                    return Ok(Vec::new());
+                    return Ok(waiting("destination rate count unavailable"));
                 }
             }
         }
+        // Admitted: now the body is worth reading (once per attempt, for every domain).
+        let body = body.signed().await?;
         self.claim(ctx, &rcpts).await?;
         let hops = match self.inner.router.route(domain).await {
             Ok(Route::Hosts(h)) => h,
@@ -934,6 +1121,7 @@ impl Worker {
                                 address: a.clone(),
                                 result,
                                 remote: Some(hop.host.clone()),
+                                throttled: false,
                             })
                             .collect());
                     }
@@ -1094,7 +1282,7 @@ impl Worker {
         &self,
         msg: &OutboundMessage,
         outcomes: Vec<Outcome>,
-        blob: &[u8],
+        body: &Body<'_>,
         now: i64,
         fence: Option<u64>,
     ) -> Result<Vec<QueueId>, crate::DeliveryError> {
@@ -1113,6 +1301,18 @@ impl Worker {
                 .map(|r| r.attempts)
                 .unwrap_or(0);
             let update = match &o.result {
+                _ if o.throttled => {
+                    let rcpt = msg.recipients.iter().find(|r| r.address == o.address);
+                    RecipientUpdate {
+                        state: RecipientState::Queued,
+                        next_attempt: now
+                            .saturating_add(throttle_wait(s.poll_interval).as_secs() as i64),
+                        // Not attempted: the last real error stays what it was.
+                        last_error: rcpt.and_then(|r| r.last_error.clone()),
+                        delay_warned: false,
+                        fence,
+                    }
+                }
                 RcptResult::Accepted(reply) => {
                     tracing::info!(queue_id = %msg.id, trace_id = trace_id_of(msg), rcpt = %o.address, attempt = attempts, relay = o.remote.as_deref().unwrap_or(""), %reply, "delivered");
                     RecipientUpdate {
@@ -1189,9 +1389,14 @@ impl Worker {
         if updates.is_empty() {
             return Ok(Vec::new());
         }
-        // The DSN reports what was sent, without the Return-Path final delivery added.
-        let body = strip_return_path(blob);
         let mut dsns = Vec::new();
+        let blob = if failed.is_empty() && delayed.is_empty() {
+            Bytes::new()
+        } else {
+            body.for_dsn().await?.clone()
+        };
+        // The DSN reports what was sent, without the Return-Path final delivery added.
+        let body = strip_return_path(&blob);
         if !failed.is_empty() {
             dsns.extend(
                 self.dsn_entry(msg, &failed, body, now, dsn::Kind::Failure)

@@ -355,7 +355,7 @@ async fn two_workers_deliver_each_message_once() {
         if sink.messages.lock().expect("lock").len() >= ids.len()
             && f.stores
                 .meta
-                .due_outbound(i64::MAX, 10)
+                .due_outbound(0, i64::MAX, 10)
                 .await
                 .expect("due")
                 .is_empty()
@@ -423,9 +423,27 @@ async fn destination_rate_limit_leaves_the_rest_queued_untouched() {
         enqueue(&f.stores).await,
     ];
     let worker = Worker::new(f.stores.clone(), f.settings.clone()).expect("worker");
-    for id in ids {
-        worker.deliver(id).await.expect("attempt");
+    for id in &ids[..2] {
+        worker.deliver(*id).await.expect("attempt");
     }
+    // The third finds its domain at the limit: skipped without reading its body, so it
+    // goes aside even when the body cannot be read (here: its bytes are gone).
+    let third = f
+        .stores
+        .meta
+        .get_outbound(ids[2])
+        .await
+        .expect("get")
+        .expect("queued");
+    f.stores.blobs.delete(&third.blob).await.expect("delete");
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    worker
+        .deliver(ids[2])
+        .await
+        .expect("a throttled attempt reads no body");
     assert_eq!(sink.messages.lock().expect("lock").len(), 2);
     assert!(f
         .stores
@@ -455,6 +473,13 @@ async fn destination_rate_limit_leaves_the_rest_queued_untouched() {
         "a rate-limited entry is not charged an attempt"
     );
     assert!(r.last_error.is_none());
+    // Moved aside for a short wait, out of the head of the queue.
+    let wait = mailfleet_delivery::worker::throttle_wait(f.settings.poll_interval).as_secs() as i64;
+    assert!(
+        r.next_attempt >= before + wait && r.next_attempt <= before + wait + 5,
+        "next attempt {} for a wait of {wait} s from {before}",
+        r.next_attempt
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -968,4 +993,57 @@ async fn the_client_confirms_the_lease_right_before_data() {
         "got as far as RCPT"
     );
     assert!(sink.messages.lock().expect("lock").is_empty(), "no DATA");
+}
+
+/// A queue shard is read by the node holding its lease only; a node whose slots are all
+/// busy gives its shards up, and a node with room takes them and delivers the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_node_hands_its_queue_shards_to_one_with_room() {
+    let (port, sink) = start_sink(Mode::StallRcpt).await;
+    let mut f = fixture(port).await;
+    f.settings.max_concurrent = 1;
+    let a = Worker::new(f.stores.clone(), f.settings.clone()).expect("worker");
+    let b = Worker::new(f.stores.clone(), f.settings.clone()).expect("worker");
+    let first = enqueue(&f.stores).await;
+    let second = enqueue(&f.stores).await;
+    // `a` takes the only shard (SQLite has one) and starts one delivery: its one slot is
+    // now busy, so it gives the shard up at the end of the poll.
+    assert_eq!(a.poll_once().await.expect("poll"), 1);
+    // `b` takes the shard and starts the other entry.
+    assert_eq!(b.poll_once().await.expect("poll"), 1);
+    let coord = &f.stores.coord;
+    // Both nodes are busy: neither holds the shard now, so a third node could take it.
+    let probe = coord
+        .acquire_lease("delivery:shard:0", "probe", Duration::from_secs(30))
+        .await
+        .expect("lease")
+        .expect("the shard is free while both nodes are busy");
+    coord.release_lease(&probe).await.expect("release");
+    for _ in 0..200 {
+        if sink.messages.lock().expect("lock").len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(sink.messages.lock().expect("lock").len(), 2);
+    for id in [first, second] {
+        for _ in 0..100 {
+            if f.stores.meta.get_outbound(id).await.expect("get").is_none() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(f.stores.meta.get_outbound(id).await.expect("get").is_none());
+    }
+    // With room again, `a` holds the shard and `b` cannot read it meanwhile.
+    let third = enqueue(&f.stores).await;
+    let _ = third;
+    // Wait for both nodes' slots to free (the spawned deliveries end after recording).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = a.poll_once().await.expect("poll");
+    assert_eq!(
+        b.poll_once().await.expect("poll"),
+        0,
+        "the shard is a's while a has room"
+    );
 }

@@ -517,9 +517,17 @@ impl MetadataStore for FailingMeta {
         self.check("delete_outbound")?;
         self.inner.delete_outbound(id, fence).await
     }
-    async fn due_outbound(&self, now: i64, limit: usize) -> StoreResult<Vec<crate::QueueId>> {
+    fn queue_shards(&self) -> u32 {
+        self.inner.queue_shards()
+    }
+    async fn due_outbound(
+        &self,
+        shard: u32,
+        now: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<crate::QueueId>> {
         self.check("due_outbound")?;
-        self.inner.due_outbound(now, limit).await
+        self.inner.due_outbound(shard, now, limit).await
     }
     async fn outbound_queue_stats(&self, now: i64) -> StoreResult<crate::QueueStats> {
         self.check("outbound_queue_stats")?;

@@ -1000,9 +1000,20 @@ impl MetadataStore for MeteredMeta {
         .await
     }
 
-    async fn due_outbound(&self, now: i64, limit: usize) -> StoreResult<Vec<crate::QueueId>> {
-        self.timed("meta_due_outbound", self.inner.due_outbound(now, limit))
-            .await
+    fn queue_shards(&self) -> u32 {
+        self.inner.queue_shards()
+    }
+    async fn due_outbound(
+        &self,
+        shard: u32,
+        now: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<crate::QueueId>> {
+        self.timed(
+            "meta_due_outbound",
+            self.inner.due_outbound(shard, now, limit),
+        )
+        .await
     }
 
     async fn outbound_queue_stats(&self, now: i64) -> StoreResult<crate::QueueStats> {

@@ -484,10 +484,23 @@ pub trait MetadataStore: Send + Sync + 'static {
     ) -> StoreResult<Vec<BlobId>>;
 
     // ---- outbound delivery ----
-    /// Ids of entries with at least one `Queued` recipient whose next attempt is at or
-    /// before `now`, oldest attempt first, at most `limit`. Delivery workers poll this; the
-    /// answer is a hint, since another worker may take an entry first (leases decide).
-    async fn due_outbound(&self, now: i64, limit: usize) -> StoreResult<Vec<crate::QueueId>>;
+    /// How many shards the queue's due index is split into. Delivery workers lease shards
+    /// (`delivery:shard:<n>` in the coordinator) and poll only the ones they hold, so a
+    /// queue shared by many nodes is read in parallel and no two nodes read the same
+    /// entries. One for a store whose single index is cheap to read from the head (SQLite).
+    fn queue_shards(&self) -> u32 {
+        1
+    }
+    /// Ids of entries in due-index shard `shard` (below [`Self::queue_shards`]) with at
+    /// least one `Queued` recipient whose next attempt is at or before `now`, oldest attempt
+    /// first, at most `limit`. Delivery workers poll this; the answer is a hint, since
+    /// another worker may take an entry first (leases decide).
+    async fn due_outbound(
+        &self,
+        shard: u32,
+        now: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<crate::QueueId>>;
     /// The queue's depth and age by state at `now` (the `mailfleet_queue_*` gauges, read
     /// at each scrape). This default lists the whole queue; a backend that can count in
     /// one query does.

@@ -23,6 +23,7 @@
 //!   and writes, SERIAL (LOCAL_SERIAL) for LWTs; idempotent statements are marked so the
 //!   driver may retry them, counter updates and LWTs are not.
 
+mod due_index;
 mod fts;
 
 use super::{ConditionalStore, Expunged, MetadataStore, QuotaPolicy};
@@ -59,7 +60,7 @@ pub const BUCKET_SHIFT: u32 = 16;
 pub const ID_BLOCK: i64 = 100;
 
 /// Schema version recorded in `schema_version`; migrations run in order up to it.
-const SCHEMA_VERSION: i32 = 13;
+const SCHEMA_VERSION: i32 = 14;
 
 /// Tables of schema version 1. `{ks}` is replaced by the keyspace name.
 const SCHEMA_V1: &[&str] = &[
@@ -222,13 +223,26 @@ const SCHEMA_V13: &[&str] = &[
     "ALTER TABLE {ks}.mailboxes ADD total_size bigint",
 ];
 
+/// v14: the outbound queue sharded (see [`due_index`]): ids in 64 shards, the due index
+/// in `(shard, bucket)` partitions read from a per-shard cursor, and each recipient's due
+/// bucket kept in its row. Queued recipients of earlier schemas are moved over by
+/// [`reindex_queue`].
+const SCHEMA_V14: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS {ks}.outbound_due_by_time (shard int, bucket bigint, \
+     next_attempt bigint, queue_id bigint, seq int, \
+     PRIMARY KEY ((shard, bucket), next_attempt, queue_id, seq))",
+    "CREATE TABLE IF NOT EXISTS {ks}.outbound_due_buckets (shard int, bucket bigint, \
+     PRIMARY KEY (shard, bucket))",
+    "CREATE TABLE IF NOT EXISTS {ks}.outbound_cursor (shard int PRIMARY KEY, bucket bigint)",
+    "ALTER TABLE {ks}.outbound_rcpts ADD due_bucket bigint",
+];
+
 /// How long a pin lasts: far longer than a put and an append take, and the sweep's grace
 /// period is checked against the pin's time as well.
 const PIN_TTL_SECS: i32 = 7 * 24 * 3600;
 
-/// The outbound id list and due index live in one partition: the queue holds what is in
-/// flight (thousands, not millions, of entries), and one partition gives a global order.
-const QUEUE_SHARD: i32 = 0;
+/// The shard the queue of schemas before v14 lived in, all of it.
+const LEGACY_QUEUE_SHARD: i32 = 0;
 
 fn bucket(v: u64) -> i64 {
     (v >> BUCKET_SHIFT) as i64
@@ -362,6 +376,48 @@ struct Db {
     /// Consistency for reads that must see the latest LWT outcome (the ledger).
     serial: Consistency,
     stmts: std::sync::Mutex<HashMap<&'static str, PreparedStatement>>,
+    /// What this store has sent, by kind: the capacity model's per-message figures
+    /// (docs/capacity.md) are read from here by the ScyllaDB conformance test.
+    counts: StatementCounts,
+}
+
+/// Statements sent to ScyllaDB since the store opened, by kind. A logged batch counts once
+/// in `batches` and its statements in `batched`.
+#[derive(Debug, Default)]
+pub struct StatementCounts {
+    pub reads: std::sync::atomic::AtomicU64,
+    pub writes: std::sync::atomic::AtomicU64,
+    pub lwts: std::sync::atomic::AtomicU64,
+    pub counter_writes: std::sync::atomic::AtomicU64,
+    pub batches: std::sync::atomic::AtomicU64,
+    pub batched: std::sync::atomic::AtomicU64,
+}
+
+impl StatementCounts {
+    fn add(n: &std::sync::atomic::AtomicU64, by: u64) {
+        n.fetch_add(by, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A copy of the counts: (reads, writes, LWTs, counter writes, batches, batched).
+    pub fn snapshot(&self) -> [u64; 6] {
+        use std::sync::atomic::Ordering::Relaxed;
+        [
+            self.reads.load(Relaxed),
+            self.writes.load(Relaxed),
+            self.lwts.load(Relaxed),
+            self.counter_writes.load(Relaxed),
+            self.batches.load(Relaxed),
+            self.batched.load(Relaxed),
+        ]
+    }
+
+    fn read_or_write(&self, cql: &str) {
+        if cql.trim_start().starts_with("SELECT") {
+            Self::add(&self.reads, 1);
+        } else {
+            Self::add(&self.writes, 1);
+        }
+    }
 }
 
 impl Db {
@@ -398,6 +454,7 @@ impl Db {
         values: V,
     ) -> StoreResult<QueryResult> {
         let s = self.stmt(cql, true).await?;
+        self.counts.read_or_write(cql);
         self.session
             .execute_unpaged(&s, values)
             .await
@@ -415,6 +472,7 @@ impl Db {
     ) -> StoreResult<QueryResult> {
         let mut s = self.stmt(cql, true).await?;
         s.set_timestamp(Some(ts));
+        self.counts.read_or_write(cql);
         self.session
             .execute_unpaged(&s, values)
             .await
@@ -424,6 +482,7 @@ impl Db {
     /// A counter update (not idempotent).
     async fn count<V: SerializeRow + Send>(&self, cql: &'static str, values: V) -> StoreResult<()> {
         let s = self.stmt(cql, false).await?;
+        StatementCounts::add(&self.counts.counter_writes, 1);
         self.session
             .execute_unpaged(&s, values)
             .await
@@ -434,6 +493,7 @@ impl Db {
     /// A lightweight transaction; true when it applied (the `[applied]` column).
     async fn lwt<V: SerializeRow + Send>(&self, cql: &'static str, values: V) -> StoreResult<bool> {
         let s = self.stmt(cql, false).await?;
+        StatementCounts::add(&self.counts.lwts, 1);
         let res = self
             .session
             .execute_unpaged(&s, values)
@@ -464,6 +524,8 @@ impl Db {
             values.push(v);
         }
         batch.set_is_idempotent(true);
+        StatementCounts::add(&self.counts.batches, 1);
+        StatementCounts::add(&self.counts.batched, values.len() as u64);
         self.session.batch(&batch, values).await.map_err(db_err)?;
         Ok(())
     }
@@ -486,6 +548,7 @@ impl Db {
         V: SerializeRow + Send,
     {
         let s = self.stmt(cql, true).await?;
+        StatementCounts::add(&self.counts.reads, 1);
         let pager = self.session.execute_iter(s, values).await.map_err(db_err)?;
         pager
             .rows_stream::<T>()
@@ -762,6 +825,9 @@ pub struct ScyllaMetadataStore {
     /// Id blocks per sequence name: (next, end). The mutex is held across the LWT so one
     /// process never reserves two blocks for one need.
     ids: tokio::sync::Mutex<HashMap<&'static str, (i64, i64)>>,
+    /// The due-index cursor of each queue shard as this process last read or moved it
+    /// (see [`due_index`]); a stale value only means reading a few empty partitions.
+    cursors: std::sync::Mutex<HashMap<i32, i64>>,
 }
 
 impl ScyllaMetadataStore {
@@ -867,6 +933,7 @@ impl ScyllaMetadataStore {
             session,
             serial: serial_read,
             stmts: std::sync::Mutex::new(HashMap::new()),
+            counts: StatementCounts::default(),
         });
         // Every statement of a write starts with at least the margin of lease left and ends
         // within `timeout`, so the margin must exceed it (twice, for the driver's retry).
@@ -881,7 +948,13 @@ impl ScyllaMetadataStore {
             db,
             alloc: RangeAllocator::new(coord, ledger, alloc_cfg),
             ids: tokio::sync::Mutex::new(HashMap::new()),
+            cursors: std::sync::Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The statements this store has sent, for measurements (docs/capacity.md).
+    pub fn statement_counts(&self) -> &StatementCounts {
+        &self.db.counts
     }
 
     /// A fresh id of sequence `name`, unique across nodes.
@@ -1969,11 +2042,11 @@ impl ScyllaMetadataStore {
         }))
     }
 
-    /// Recipients of an entry with their `seq`, in enqueue order.
+    /// Recipients of an entry with where their rows are, in enqueue order.
     async fn load_recipients(
         &self,
         id: crate::QueueId,
-    ) -> StoreResult<Vec<(i32, crate::OutboundRecipient)>> {
+    ) -> StoreResult<Vec<(RcptSlot, crate::OutboundRecipient)>> {
         type RcptRow = (
             i32,
             String,
@@ -1984,19 +2057,23 @@ impl ScyllaMetadataStore {
             Option<String>,
             Option<String>,
             Option<bool>,
+            Option<i64>,
         );
         let rows: Vec<RcptRow> = self
             .db
             .all(
                 "SELECT seq, address, state, attempts, next_attempt, last_error, notify, orcpt, \
-                 delay_warned FROM outbound_rcpts WHERE queue_id = ?",
+                 delay_warned, due_bucket FROM outbound_rcpts WHERE queue_id = ?",
                 (id.0,),
             )
             .await?;
         rows.into_iter()
             .map(|r| {
                 Ok((
-                    r.0,
+                    RcptSlot {
+                        seq: r.0,
+                        due_bucket: r.9,
+                    },
                     crate::OutboundRecipient {
                         address: r.1,
                         state: state_from(r.2)?,
@@ -2053,40 +2130,57 @@ impl ScyllaMetadataStore {
         Ok(row.is_some())
     }
 
-    /// The batch statements that move a recipient's entry in the due index, as
-    /// [`Self::reindex_due`] does one by one.
-    fn due_moves(
+    /// The statements that move a recipient's row in the due index from attempt time `old`
+    /// to `new` (`None`: not `Queued`, so not in the index), written by a node whose clock
+    /// says `now`; and the bucket to record in the recipient's `due_bucket` (unchanged
+    /// when the time does not change).
+    fn plan_due(
         id: crate::QueueId,
-        seq: i32,
+        slot: RcptSlot,
         old: Option<i64>,
         new: Option<i64>,
-        out: &mut Vec<(&'static str, Vec<Option<CqlValue>>)>,
-    ) {
+        now: i64,
+    ) -> DuePlan {
+        let old_bucket = old.map(|at| slot.due_bucket.unwrap_or_else(|| due_index::bucket_of(at)));
         if old == new {
-            return;
+            return DuePlan {
+                bucket: old_bucket,
+                stmts: Vec::new(),
+            };
         }
-        let key = |at: i64| {
+        let shard = due_index::shard_of(id.0);
+        let key = |bucket: i64, at: i64| {
             vec![
-                Some(CqlValue::Int(QUEUE_SHARD)),
+                Some(CqlValue::Int(shard)),
+                Some(CqlValue::BigInt(bucket)),
                 Some(CqlValue::BigInt(at)),
                 Some(CqlValue::BigInt(id.0)),
-                Some(CqlValue::Int(seq)),
+                Some(CqlValue::Int(slot.seq)),
             ]
         };
-        if let Some(at) = new {
-            out.push((
-                "INSERT INTO outbound_due (shard, next_attempt, queue_id, seq) \
-                 VALUES (?, ?, ?, ?)",
-                key(at),
+        let mut stmts = Vec::with_capacity(3);
+        let bucket = new.map(|at| {
+            let b = due_index::index_bucket(at, now);
+            stmts.push((
+                "INSERT INTO outbound_due_by_time (shard, bucket, next_attempt, queue_id, seq) \
+                 VALUES (?, ?, ?, ?, ?)",
+                key(b, at),
+            ));
+            // The directory entry: rewritten with every row, the same cell each time.
+            stmts.push((
+                "INSERT INTO outbound_due_buckets (shard, bucket) VALUES (?, ?)",
+                vec![Some(CqlValue::Int(shard)), Some(CqlValue::BigInt(b))],
+            ));
+            b
+        });
+        if let (Some(at), Some(b)) = (old, old_bucket) {
+            stmts.push((
+                "DELETE FROM outbound_due_by_time WHERE shard = ? AND bucket = ? \
+                 AND next_attempt = ? AND queue_id = ? AND seq = ?",
+                key(b, at),
             ));
         }
-        if let Some(at) = old {
-            out.push((
-                "DELETE FROM outbound_due WHERE shard = ? AND next_attempt = ? \
-                 AND queue_id = ? AND seq = ?",
-                key(at),
-            ));
-        }
+        DuePlan { bucket, stmts }
     }
 
     /// The batch statements that create queue entry `id` from `msg` (its blob reference is
@@ -2097,10 +2191,16 @@ impl ScyllaMetadataStore {
         out: &mut Vec<(&'static str, Vec<Option<CqlValue>>)>,
     ) {
         let text = |s: &str| Some(CqlValue::Text(s.to_string()));
+        let now = now_secs();
         for (seq, r) in msg.recipients.iter().enumerate() {
+            let slot = RcptSlot {
+                seq: seq as i32,
+                due_bucket: None,
+            };
+            let due = Self::plan_due(crate::QueueId(id), slot, None, Some(msg.created_at), now);
             out.push((
                 "INSERT INTO outbound_rcpts (queue_id, seq, address, state, attempts, \
-                 next_attempt, notify, orcpt) VALUES (?, ?, ?, 0, 0, ?, ?, ?)",
+                 next_attempt, notify, orcpt, due_bucket) VALUES (?, ?, ?, 0, 0, ?, ?, ?, ?)",
                 vec![
                     Some(CqlValue::BigInt(id)),
                     Some(CqlValue::Int(seq as i32)),
@@ -2108,15 +2208,10 @@ impl ScyllaMetadataStore {
                     Some(CqlValue::BigInt(msg.created_at)),
                     r.notify.as_deref().and_then(text),
                     r.orcpt.as_deref().and_then(text),
+                    due.bucket.map(CqlValue::BigInt),
                 ],
             ));
-            Self::due_moves(
-                crate::QueueId(id),
-                seq as i32,
-                None,
-                Some(msg.created_at),
-                out,
-            );
+            out.extend(due.stmts);
         }
         out.push((
             "INSERT INTO outbound (id, blob_id, size, sender, account_id, envid, ret, \
@@ -2135,41 +2230,177 @@ impl ScyllaMetadataStore {
         ));
         out.push((
             "INSERT INTO outbound_ids (shard, id) VALUES (?, ?)",
-            vec![Some(CqlValue::Int(QUEUE_SHARD)), Some(CqlValue::BigInt(id))],
+            vec![
+                Some(CqlValue::Int(due_index::shard_of(id))),
+                Some(CqlValue::BigInt(id)),
+            ],
         ));
     }
 
-    /// Moves a recipient's entry in the due index (only `Queued` recipients are in it).
-    async fn reindex_due(
-        &self,
-        id: crate::QueueId,
-        seq: i32,
-        old: Option<i64>,
-        new: Option<i64>,
-    ) -> StoreResult<()> {
-        if old == new {
-            return Ok(());
-        }
-        if let Some(at) = new {
-            self.db
-                .run(
-                    "INSERT INTO outbound_due (shard, next_attempt, queue_id, seq) \
-                     VALUES (?, ?, ?, ?)",
-                    (QUEUE_SHARD, at, id.0, seq),
-                )
-                .await?;
-        }
-        if let Some(at) = old {
-            self.db
-                .run(
-                    "DELETE FROM outbound_due WHERE shard = ? AND next_attempt = ? \
-                     AND queue_id = ? AND seq = ?",
-                    (QUEUE_SHARD, at, id.0, seq),
-                )
-                .await?;
+    /// Runs a [`DuePlan`]'s statements one by one (outside a batch): the new row first, so a
+    /// failure in between leaves the recipient findable twice rather than not at all.
+    async fn apply_due(&self, plan: DuePlan) -> StoreResult<()> {
+        for (cql, values) in plan.stmts {
+            self.db.run(cql, values).await?;
         }
         Ok(())
     }
+
+    /// The cursor of queue shard `shard`: this process's copy, or the stored one.
+    async fn queue_cursor(&self, shard: i32) -> StoreResult<i64> {
+        if let Some(c) = self
+            .cursors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&shard)
+        {
+            return Ok(*c);
+        }
+        let row: Option<(Option<i64>,)> = self
+            .db
+            .one(
+                "SELECT bucket FROM outbound_cursor WHERE shard = ?",
+                (shard,),
+            )
+            .await?;
+        // No cursor row (lost, or a keyspace migrated by hand): read the whole directory
+        // once; it holds only buckets with rows, so this is cheap.
+        let c = row.and_then(|r| r.0).unwrap_or(0);
+        self.cursors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(shard, c);
+        Ok(c)
+    }
+}
+
+/// Where a queue recipient's row is: its clustering key, and the due-index bucket its due
+/// row was written to (null in rows of schemas before v14 that were never moved).
+#[derive(Clone, Copy, Debug)]
+struct RcptSlot {
+    seq: i32,
+    due_bucket: Option<i64>,
+}
+
+/// A move in the due index ([`ScyllaMetadataStore::plan_due`]).
+struct DuePlan {
+    /// The recipient's `due_bucket` after the move.
+    bucket: Option<i64>,
+    stmts: Vec<(&'static str, Vec<Option<CqlValue>>)>,
+}
+
+/// Moves the queue of schemas before v14 (one partition) into the sharded tables: every
+/// `Queued` recipient gets a due row in its shard and bucket and records the bucket;
+/// every id moves to its shard; then each shard's cursor is set to the oldest bucket
+/// written. Rerunnable: a recipient that already records a bucket is not indexed again.
+async fn reindex_queue(session: &Session, ks: &str, existing: bool) -> StoreResult<()> {
+    let now = now_secs();
+    let mut oldest = due_index::bucket_of(now) - 1;
+    if existing {
+        let insert = session
+            .prepare(format!(
+                "INSERT INTO {ks}.outbound_due_by_time (shard, bucket, next_attempt, queue_id, \
+                 seq) VALUES (?, ?, ?, ?, ?)"
+            ))
+            .await
+            .map_err(db_err)?;
+        let listed = session
+            .prepare(format!(
+                "INSERT INTO {ks}.outbound_due_buckets (shard, bucket) VALUES (?, ?)"
+            ))
+            .await
+            .map_err(db_err)?;
+        let record = session
+            .prepare(format!(
+                "UPDATE {ks}.outbound_rcpts SET due_bucket = ? WHERE queue_id = ? AND seq = ?"
+            ))
+            .await
+            .map_err(db_err)?;
+        let mut rows = session
+            .query_iter(
+                format!("SELECT queue_id, seq, state, next_attempt, due_bucket FROM {ks}.outbound_rcpts"),
+                (),
+            )
+            .await
+            .map_err(db_err)?
+            .rows_stream::<(i64, i32, i32, i64, Option<i64>)>()
+            .map_err(row_err)?;
+        while let Some((queue_id, seq, state, at, due_bucket)) =
+            rows.try_next().await.map_err(db_err)?
+        {
+            if state != 0 {
+                continue;
+            }
+            let bucket = match due_bucket {
+                Some(b) => b,
+                None => {
+                    let b = due_index::index_bucket(at, now);
+                    let shard = due_index::shard_of(queue_id);
+                    session
+                        .execute_unpaged(&insert, (shard, b, at, queue_id, seq))
+                        .await
+                        .map_err(db_err)?;
+                    session
+                        .execute_unpaged(&listed, (shard, b))
+                        .await
+                        .map_err(db_err)?;
+                    session
+                        .execute_unpaged(&record, (b, queue_id, seq))
+                        .await
+                        .map_err(db_err)?;
+                    b
+                }
+            };
+            oldest = oldest.min(bucket);
+        }
+        let add = session
+            .prepare(format!(
+                "INSERT INTO {ks}.outbound_ids (shard, id) VALUES (?, ?)"
+            ))
+            .await
+            .map_err(db_err)?;
+        let remove = session
+            .prepare(format!(
+                "DELETE FROM {ks}.outbound_ids WHERE shard = ? AND id = ?"
+            ))
+            .await
+            .map_err(db_err)?;
+        let mut ids = session
+            .query_iter(
+                format!("SELECT id FROM {ks}.outbound_ids WHERE shard = ?"),
+                (LEGACY_QUEUE_SHARD,),
+            )
+            .await
+            .map_err(db_err)?
+            .rows_stream::<(i64,)>()
+            .map_err(row_err)?;
+        while let Some((id,)) = ids.try_next().await.map_err(db_err)? {
+            let shard = due_index::shard_of(id);
+            if shard != LEGACY_QUEUE_SHARD {
+                session
+                    .execute_unpaged(&add, (shard, id))
+                    .await
+                    .map_err(db_err)?;
+                session
+                    .execute_unpaged(&remove, (LEGACY_QUEUE_SHARD, id))
+                    .await
+                    .map_err(db_err)?;
+            }
+        }
+    }
+    let cursor = session
+        .prepare(format!(
+            "INSERT INTO {ks}.outbound_cursor (shard, bucket) VALUES (?, ?) IF NOT EXISTS"
+        ))
+        .await
+        .map_err(db_err)?;
+    for shard in 0..due_index::QUEUE_SHARDS as i32 {
+        session
+            .execute_unpaged(&cursor, (shard, oldest))
+            .await
+            .map_err(db_err)?;
+    }
+    Ok(())
 }
 
 /// Creates the tables of every schema version above the recorded one, then records it.
@@ -2327,6 +2558,7 @@ async fn migrate_locked(session: &Session, ks: &str) -> StoreResult<()> {
         (11, SCHEMA_V11),
         (12, SCHEMA_V12),
         (13, SCHEMA_V13),
+        (14, SCHEMA_V14),
     ] {
         if version >= v {
             continue;
@@ -2339,6 +2571,9 @@ async fn migrate_locked(session: &Session, ks: &str) -> StoreResult<()> {
                 }
             }
         }
+    }
+    if version < 14 {
+        reindex_queue(session, ks, version > 0).await?;
     }
     if version < SCHEMA_VERSION {
         session
@@ -4108,11 +4343,17 @@ impl MetadataStore for ScyllaMetadataStore {
         // The blob reference first: a crash after it leaks a reference (the blob is kept),
         // never a queue entry whose blob the sweep could delete.
         self.take_blob(msg.blob.as_str()).await?;
+        let now = now_secs();
         for (seq, r) in msg.recipients.iter().enumerate() {
+            let slot = RcptSlot {
+                seq: seq as i32,
+                due_bucket: None,
+            };
+            let due = Self::plan_due(crate::QueueId(id), slot, None, Some(msg.created_at), now);
             self.db
                 .run(
                     "INSERT INTO outbound_rcpts (queue_id, seq, address, state, attempts, \
-                     next_attempt, notify, orcpt) VALUES (?, ?, ?, 0, 0, ?, ?, ?)",
+                     next_attempt, notify, orcpt, due_bucket) VALUES (?, ?, ?, 0, 0, ?, ?, ?, ?)",
                     (
                         id,
                         seq as i32,
@@ -4120,11 +4361,11 @@ impl MetadataStore for ScyllaMetadataStore {
                         msg.created_at,
                         r.notify.as_deref(),
                         r.orcpt.as_deref(),
+                        due.bucket,
                     ),
                 )
                 .await?;
-            self.reindex_due(crate::QueueId(id), seq as i32, None, Some(msg.created_at))
-                .await?;
+            self.apply_due(due).await?;
         }
         // The head row last: an entry is visible only once complete.
         self.db
@@ -4147,7 +4388,7 @@ impl MetadataStore for ScyllaMetadataStore {
         self.db
             .run(
                 "INSERT INTO outbound_ids (shard, id) VALUES (?, ?)",
-                (QUEUE_SHARD, id),
+                (due_index::shard_of(id), id),
             )
             .await?;
         Ok(crate::OutboundMessage {
@@ -4189,16 +4430,25 @@ impl MetadataStore for ScyllaMetadataStore {
         after: crate::QueueId,
         limit: usize,
     ) -> StoreResult<Vec<crate::OutboundMessage>> {
+        // Every shard's next ids, merged: the first `limit` of the union are the first
+        // `limit` of some shards' first `limit` each.
         let want = limit.min(i32::MAX as usize) as i32;
-        let ids: Vec<(i64,)> = self
-            .db
-            .all(
-                "SELECT id FROM outbound_ids WHERE shard = ? AND id > ? LIMIT ?",
-                (QUEUE_SHARD, after.0, want),
-            )
-            .await?;
+        let mut ids = Vec::new();
+        for shard in 0..due_index::QUEUE_SHARDS as i32 {
+            let page: Vec<(i64,)> = self
+                .db
+                .all(
+                    "SELECT id FROM outbound_ids WHERE shard = ? AND id > ? LIMIT ?",
+                    (shard, after.0, want),
+                )
+                .await?;
+            ids.extend(page.into_iter().map(|r| r.0));
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        ids.truncate(limit);
         let mut out = Vec::with_capacity(ids.len());
-        for (id,) in ids {
+        for id in ids {
             if let Some(m) = self.load_outbound(crate::QueueId(id)).await? {
                 out.push(m);
             }
@@ -4217,32 +4467,37 @@ impl MetadataStore for ScyllaMetadataStore {
             return Err(not_found());
         }
         self.check_fence(id, update.fence).await?;
-        let (seq, old) = self
+        let (slot, old) = self
             .load_recipients(id)
             .await?
             .into_iter()
             .find(|(_, r)| r.address == address)
             .ok_or_else(not_found)?;
+        let was = (old.state == crate::RecipientState::Queued).then_some(old.next_attempt);
+        let next = (update.state == crate::RecipientState::Queued).then_some(update.next_attempt);
+        let due = Self::plan_due(id, slot, was, next, now_secs());
+        // The new due row before the recipient row that points at it.
+        let bucket = due.bucket;
+        self.apply_due(due).await?;
         // Read-modify-write of `attempts`: one delivery worker holds the entry's lease at a
         // time, so there is no concurrent writer to lose an increment to.
         self.db
             .run(
                 "UPDATE outbound_rcpts SET state = ?, attempts = ?, next_attempt = ?, \
-                 last_error = ?, delay_warned = ? WHERE queue_id = ? AND seq = ?",
+                 last_error = ?, delay_warned = ?, due_bucket = ? WHERE queue_id = ? AND seq = ?",
                 (
                     state_code(update.state),
                     (old.attempts as i32).saturating_add(1),
                     update.next_attempt,
                     update.last_error.as_deref(),
                     old.delay_warned || update.delay_warned,
+                    bucket,
                     id.0,
-                    seq,
+                    slot.seq,
                 ),
             )
             .await?;
-        let was = (old.state == crate::RecipientState::Queued).then_some(old.next_attempt);
-        let now = (update.state == crate::RecipientState::Queued).then_some(update.next_attempt);
-        self.reindex_due(id, seq, was, now).await
+        Ok(())
     }
 
     async fn claim_outbound_attempt(
@@ -4256,9 +4511,10 @@ impl MetadataStore for ScyllaMetadataStore {
         }
         self.check_fence(id, fence).await?;
         let current = self.load_recipients(id).await?;
+        let now = now_secs();
         let mut stmts = Vec::new();
         for (address, at) in &claims {
-            let (seq, old) = current
+            let (slot, old) = current
                 .iter()
                 .find(|(_, r)| &r.address == address)
                 .ok_or_else(|| {
@@ -4267,19 +4523,21 @@ impl MetadataStore for ScyllaMetadataStore {
             if old.state != crate::RecipientState::Queued {
                 continue;
             }
+            let due = Self::plan_due(id, *slot, Some(old.next_attempt), Some(*at), now);
             // Read-modify-write of `attempts` under the entry's lease, as in
             // `update_outbound_recipient`.
             stmts.push((
-                "UPDATE outbound_rcpts SET attempts = ?, next_attempt = ? \
+                "UPDATE outbound_rcpts SET attempts = ?, next_attempt = ?, due_bucket = ? \
                  WHERE queue_id = ? AND seq = ?",
                 vec![
                     Some(CqlValue::Int((old.attempts as i32).saturating_add(1))),
                     Some(CqlValue::BigInt(*at)),
+                    due.bucket.map(CqlValue::BigInt),
                     Some(CqlValue::BigInt(id.0)),
-                    Some(CqlValue::Int(*seq)),
+                    Some(CqlValue::Int(slot.seq)),
                 ],
             ));
-            Self::due_moves(id, *seq, Some(old.next_attempt), Some(*at), &mut stmts);
+            stmts.extend(due.stmts);
         }
         self.db.logged_batch(stmts).await
     }
@@ -4305,32 +4563,35 @@ impl MetadataStore for ScyllaMetadataStore {
         // logged batch with writes to other partitions.
         self.check_fence(id, fence).await?;
         let current = self.load_recipients(id).await?;
+        let now = now_secs();
         let mut stmts = Vec::new();
         // Every recipient is looked up before anything is written: a missing one fails the
         // whole record with nothing applied.
         for (address, update) in &updates {
-            let (seq, old) = current
+            let (slot, old) = current
                 .iter()
                 .find(|(_, r)| &r.address == address)
                 .ok_or_else(|| {
                     StoreError::NotFound(format!("recipient {address} of queue entry {id}"))
                 })?;
+            let was = (old.state == crate::RecipientState::Queued).then_some(old.next_attempt);
+            let next =
+                (update.state == crate::RecipientState::Queued).then_some(update.next_attempt);
+            let due = Self::plan_due(id, *slot, was, next, now);
             stmts.push((
                 "UPDATE outbound_rcpts SET state = ?, next_attempt = ?, last_error = ?, \
-                 delay_warned = ? WHERE queue_id = ? AND seq = ?",
+                 delay_warned = ?, due_bucket = ? WHERE queue_id = ? AND seq = ?",
                 vec![
                     Some(CqlValue::Int(state_code(update.state))),
                     Some(CqlValue::BigInt(update.next_attempt)),
                     update.last_error.clone().map(CqlValue::Text),
                     Some(CqlValue::Boolean(old.delay_warned || update.delay_warned)),
+                    due.bucket.map(CqlValue::BigInt),
                     Some(CqlValue::BigInt(id.0)),
-                    Some(CqlValue::Int(*seq)),
+                    Some(CqlValue::Int(slot.seq)),
                 ],
             ));
-            let was = (old.state == crate::RecipientState::Queued).then_some(old.next_attempt);
-            let now =
-                (update.state == crate::RecipientState::Queued).then_some(update.next_attempt);
-            Self::due_moves(id, *seq, was, now, &mut stmts);
+            stmts.extend(due.stmts);
         }
         let mut ids = Vec::with_capacity(dsns.len());
         for d in &dsns {
@@ -4364,9 +4625,10 @@ impl MetadataStore for ScyllaMetadataStore {
         {
             return Err(StoreError::NotFound(format!("queue entry {id}")));
         }
-        for (seq, r) in self.load_recipients(id).await? {
+        let now = now_secs();
+        for (slot, r) in self.load_recipients(id).await? {
             if r.state == crate::RecipientState::Queued {
-                self.reindex_due(id, seq, Some(r.next_attempt), None)
+                self.apply_due(Self::plan_due(id, slot, Some(r.next_attempt), None, now))
                     .await?;
             }
         }
@@ -4376,41 +4638,100 @@ impl MetadataStore for ScyllaMetadataStore {
         self.db
             .run(
                 "DELETE FROM outbound_ids WHERE shard = ? AND id = ?",
-                (QUEUE_SHARD, id.0),
+                (due_index::shard_of(id.0), id.0),
             )
             .await?;
         self.release_blobs(&[blob]).await
     }
 
-    async fn due_outbound(&self, now: i64, limit: usize) -> StoreResult<Vec<crate::QueueId>> {
-        // The index is ordered by (next_attempt, queue_id): the first time an id shows up
-        // is its oldest due attempt.
+    fn queue_shards(&self) -> u32 {
+        due_index::QUEUE_SHARDS
+    }
+
+    async fn due_outbound(
+        &self,
+        shard: u32,
+        now: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<crate::QueueId>> {
+        if shard >= due_index::QUEUE_SHARDS {
+            return Err(StoreError::Invalid(format!("no queue shard {shard}")));
+        }
+        let shard = shard as i32;
+        let cursor = self.queue_cursor(shard).await?;
+        // The buckets with rows, from the cursor to the present.
+        let listed: Vec<(i64,)> = self
+            .db
+            .all(
+                "SELECT bucket FROM outbound_due_buckets WHERE shard = ? AND bucket >= ? \
+                 AND bucket <= ?",
+                (shard, cursor, due_index::bucket_of(now)),
+            )
+            .await?;
         let s = self
             .db
             .stmt(
-                "SELECT next_attempt, queue_id FROM outbound_due \
-                 WHERE shard = ? AND next_attempt <= ?",
+                "SELECT next_attempt, queue_id FROM outbound_due_by_time \
+                 WHERE shard = ? AND bucket = ? AND next_attempt <= ?",
                 true,
             )
             .await?;
-        let mut rows = self
-            .db
-            .session
-            .execute_iter(s, (QUEUE_SHARD, now))
-            .await
-            .map_err(db_err)?
-            .rows_stream::<(i64, i64)>()
-            .map_err(row_err)?;
         let mut seen = HashSet::new();
         let mut out = Vec::new();
-        // Streamed, so a large backlog is read only as far as `limit` entries need.
-        while out.len() < limit {
-            let Some((_, q)) = rows.try_next().await.map_err(db_err)? else {
+        // The first listed bucket that stays in the directory; those before it were read
+        // empty and are old enough that no writer adds to them (see `due_index`).
+        let mut first_kept = None;
+        for (b,) in listed {
+            if out.len() >= limit {
+                first_kept.get_or_insert(b);
                 break;
-            };
-            if seen.insert(q) {
-                out.push(crate::QueueId(q));
             }
+            StatementCounts::add(&self.db.counts.reads, 1);
+            let mut rows = self
+                .db
+                .session
+                .execute_iter(s.clone(), (shard, b, now))
+                .await
+                .map_err(db_err)?
+                .rows_stream::<(i64, i64)>()
+                .map_err(row_err)?;
+            let mut empty = true;
+            // Streamed, so a large backlog is read only as far as `limit` entries need. The
+            // first time an id shows up is its oldest due attempt within the bucket.
+            while out.len() < limit {
+                let Some((_, q)) = rows.try_next().await.map_err(db_err)? else {
+                    break;
+                };
+                empty = false;
+                if seen.insert(q) {
+                    out.push(crate::QueueId(q));
+                }
+            }
+            if first_kept.is_none() && empty && due_index::may_pass(b, now) {
+                self.db
+                    .run(
+                        "DELETE FROM outbound_due_buckets WHERE shard = ? AND bucket = ?",
+                        (shard, b),
+                    )
+                    .await?;
+            } else {
+                first_kept.get_or_insert(b);
+            }
+        }
+        let moved = due_index::next_cursor(cursor, first_kept, now);
+        if moved > cursor {
+            // A plain write: only this shard's lease holder moves it, and a stale value
+            // written by one that lost the lease only means rereading a few tombstones.
+            self.db
+                .run(
+                    "UPDATE outbound_cursor SET bucket = ? WHERE shard = ?",
+                    (moved, shard),
+                )
+                .await?;
+            self.cursors
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(shard, moved);
         }
         Ok(out)
     }
@@ -4420,17 +4741,20 @@ impl MetadataStore for ScyllaMetadataStore {
             return Err(StoreError::NotFound(format!("queue entry {id}")));
         }
         let mut moved = 0;
-        for (seq, r) in self.load_recipients(id).await? {
+        let now = now_secs();
+        for (slot, r) in self.load_recipients(id).await? {
             if r.state != crate::RecipientState::Queued {
                 continue;
             }
+            let due = Self::plan_due(id, slot, Some(r.next_attempt), Some(at), now);
+            let bucket = due.bucket;
+            self.apply_due(due).await?;
             self.db
                 .run(
-                    "UPDATE outbound_rcpts SET next_attempt = ? WHERE queue_id = ? AND seq = ?",
-                    (at, id.0, seq),
+                    "UPDATE outbound_rcpts SET next_attempt = ?, due_bucket = ? \
+                     WHERE queue_id = ? AND seq = ?",
+                    (at, bucket, id.0, slot.seq),
                 )
-                .await?;
-            self.reindex_due(id, seq, Some(r.next_attempt), Some(at))
                 .await?;
             moved += 1;
         }

@@ -3374,7 +3374,15 @@ impl MetadataStore for SqliteMetadataStore {
         .await
     }
 
-    async fn due_outbound(&self, now: i64, limit: usize) -> StoreResult<Vec<crate::QueueId>> {
+    async fn due_outbound(
+        &self,
+        shard: u32,
+        now: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<crate::QueueId>> {
+        if shard != 0 {
+            return Err(StoreError::Invalid(format!("no queue shard {shard}")));
+        }
         self.read(move |c| {
             // Served by the (state, next_attempt) index; 0 is `Queued`.
             let mut s = c
