@@ -348,6 +348,15 @@ pub struct RedisConfig {
     pub key_prefix: String,
     /// Deadline for one command; past it the operation fails as temporarily unavailable.
     pub timeout_ms: u64,
+    /// With a `rediss://` URL: PEM file of the CA(s) the server's certificate must chain
+    /// to, instead of the system's roots (a Redis behind a private CA is the usual case, and
+    /// trusting every public CA as well would let any of them vouch for it).
+    pub tls_ca_file: Option<PathBuf>,
+    /// With a `rediss://` URL: client certificate chain (PEM) for servers that ask for one
+    /// (`tls-auth-clients yes`). Set with `tls_key_file`.
+    pub tls_cert_file: Option<PathBuf>,
+    /// The private key (PEM: PKCS#8, PKCS#1 or SEC1) of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for RedisConfig {
@@ -356,6 +365,9 @@ impl Default for RedisConfig {
             url: "redis://127.0.0.1:6379/0".into(),
             key_prefix: "mailfleet:".into(),
             timeout_ms: 2000,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -375,6 +387,17 @@ pub struct ScyllaConfig {
     pub password: String,
     /// Deadline for one statement.
     pub timeout_ms: u64,
+    /// Connect to every node over TLS (ScyllaDB's `client_encryption_options`). CQL has no
+    /// URL scheme to say so, hence a switch.
+    pub tls: bool,
+    /// With `tls`: PEM file of the CA(s) the nodes' certificates must chain to, instead of
+    /// the system's roots.
+    pub tls_ca_file: Option<PathBuf>,
+    /// With `tls`: client certificate chain (PEM) for nodes that require one
+    /// (`require_client_auth`). Set with `tls_key_file`.
+    pub tls_cert_file: Option<PathBuf>,
+    /// The private key (PEM: PKCS#8, PKCS#1 or SEC1) of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for ScyllaConfig {
@@ -387,6 +410,10 @@ impl Default for ScyllaConfig {
             username: String::new(),
             password: String::new(),
             timeout_ms: 5000,
+            tls: false,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -1234,6 +1261,27 @@ impl Config {
             if r.timeout_ms == 0 {
                 return err("storage.redis.timeout_ms", "must be positive");
             }
+            // A CA or client certificate next to a plain redis:// URL would be ignored, and
+            // the operator who set it would believe the connection encrypted.
+            let tls_files = [
+                ("tls_ca_file", &r.tls_ca_file),
+                ("tls_cert_file", &r.tls_cert_file),
+                ("tls_key_file", &r.tls_key_file),
+            ];
+            if let Some((key, _)) = tls_files.iter().find(|(_, v)| v.is_some()) {
+                if !r.url.starts_with("rediss://") {
+                    return err(
+                        &format!("storage.redis.{key}"),
+                        "needs a rediss:// storage.redis.url (TLS)",
+                    );
+                }
+            }
+            if r.tls_cert_file.is_some() != r.tls_key_file.is_some() {
+                return err(
+                    "storage.redis.tls_cert_file",
+                    "set both tls_cert_file and tls_key_file, or neither",
+                );
+            }
         }
         if self.storage.metadata == MetadataBackend::Scylla {
             let sc = &self.storage.scylla;
@@ -1257,6 +1305,26 @@ impl Config {
             }
             if sc.timeout_ms == 0 {
                 return err("storage.scylla.timeout_ms", "must be positive");
+            }
+            // As for Redis: TLS files without `tls = true` would be silently unused.
+            let tls_files = [
+                ("tls_ca_file", &sc.tls_ca_file),
+                ("tls_cert_file", &sc.tls_cert_file),
+                ("tls_key_file", &sc.tls_key_file),
+            ];
+            if let Some((key, _)) = tls_files.iter().find(|(_, v)| v.is_some()) {
+                if !sc.tls {
+                    return err(
+                        &format!("storage.scylla.{key}"),
+                        "needs storage.scylla.tls = true",
+                    );
+                }
+            }
+            if sc.tls_cert_file.is_some() != sc.tls_key_file.is_some() {
+                return err(
+                    "storage.scylla.tls_cert_file",
+                    "set both tls_cert_file and tls_key_file, or neither",
+                );
             }
             if self.storage.coordination != CoordinationBackend::Redis {
                 return err(
@@ -1814,6 +1882,85 @@ mod tests {
                 "storage.redis.url",
             ),
             (vec![("MAILFLEET_STORAGE__BLOBS", "ftp")], "storage.blobs"),
+        ] {
+            let e = Config::load(None, env(&vars)).expect_err(key);
+            assert!(e.to_string().contains(key), "{key}: {e}");
+        }
+    }
+
+    #[test]
+    fn backend_tls_files_need_tls_and_come_in_pairs() {
+        let redis = [
+            ("MAILFLEET_STORAGE__COORDINATION", "redis"),
+            (
+                "MAILFLEET_STORAGE__REDIS__URL",
+                "rediss://redis.test:6380/0",
+            ),
+        ];
+        let scylla = [
+            ("MAILFLEET_STORAGE__COORDINATION", "redis"),
+            ("MAILFLEET_STORAGE__METADATA", "scylla"),
+            ("MAILFLEET_STORAGE__SCYLLA__NODES", "[\"10.0.0.1:9142\"]"),
+            ("MAILFLEET_STORAGE__SCYLLA__TLS", "true"),
+        ];
+        let both = |extra: &[(&'static str, &'static str)]| {
+            let mut v: Vec<(&str, &str)> = redis.iter().chain(scylla.iter()).copied().collect();
+            v.extend_from_slice(extra);
+            v
+        };
+        let c = Config::load(
+            None,
+            env(&both(&[
+                (
+                    "MAILFLEET_STORAGE__REDIS__TLS_CA_FILE",
+                    "/etc/mf/redis-ca.pem",
+                ),
+                (
+                    "MAILFLEET_STORAGE__REDIS__TLS_CERT_FILE",
+                    "/etc/mf/client.pem",
+                ),
+                (
+                    "MAILFLEET_STORAGE__REDIS__TLS_KEY_FILE",
+                    "/etc/mf/client.key",
+                ),
+                (
+                    "MAILFLEET_STORAGE__SCYLLA__TLS_CA_FILE",
+                    "/etc/mf/scylla-ca.pem",
+                ),
+            ])),
+        )
+        .expect("TLS to both backends");
+        assert_eq!(
+            c.storage.redis.tls_ca_file.as_deref(),
+            Some(Path::new("/etc/mf/redis-ca.pem"))
+        );
+        assert!(c.storage.redis.tls_key_file.is_some());
+        assert!(c.storage.scylla.tls && c.storage.scylla.tls_cert_file.is_none());
+        // rediss:// and `tls = true` alone mean TLS with the system's roots.
+        Config::load(None, env(&both(&[]))).expect("system roots");
+        for (vars, key) in [
+            (
+                vec![
+                    ("MAILFLEET_STORAGE__COORDINATION", "redis"),
+                    ("MAILFLEET_STORAGE__REDIS__TLS_CA_FILE", "/ca.pem"),
+                ],
+                "storage.redis.tls_ca_file",
+            ),
+            (
+                both(&[("MAILFLEET_STORAGE__REDIS__TLS_CERT_FILE", "/c.pem")]),
+                "storage.redis.tls_cert_file",
+            ),
+            (
+                both(&[
+                    ("MAILFLEET_STORAGE__SCYLLA__TLS", "false"),
+                    ("MAILFLEET_STORAGE__SCYLLA__TLS_CA_FILE", "/ca.pem"),
+                ]),
+                "storage.scylla.tls_ca_file",
+            ),
+            (
+                both(&[("MAILFLEET_STORAGE__SCYLLA__TLS_KEY_FILE", "/k.pem")]),
+                "storage.scylla.tls_cert_file",
+            ),
         ] {
             let e = Config::load(None, env(&vars)).expect_err(key);
             assert!(e.to_string().contains(key), "{key}: {e}");

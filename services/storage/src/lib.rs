@@ -22,9 +22,11 @@
 //! - [`open`]: opens whichever backends the configuration names.
 //! - [`metered`]: the layer that measures every store call (latency, errors, leases).
 //! - [`alloc`]: UID/MODSEQ range allocation for metadata stores without transactions.
+//! - `backend_tls`: client TLS to Redis and ScyllaDB (CA file, client certificate).
 //! - [`private_fs`]: files and directories created private (mail at rest is not world-readable).
 
 pub mod alloc;
+mod backend_tls;
 pub mod blob;
 pub mod conformance;
 pub mod coord;

@@ -31,6 +31,12 @@
 //! connection is back. A heartbeat task pings that connection so it reconnects even when
 //! nothing else would touch it.
 //!
+//! # TLS
+//! A `rediss://` URL connects over rustls (the process's aws-lc-rs provider), checking the
+//! server's certificate against `storage.redis.tls_ca_file` or the system's roots, with an
+//! optional client certificate (`tls_cert_file`, `tls_key_file`). Both connections, and
+//! every reconnection, use the same settings.
+//!
 //! # Outages
 //! Every command has a deadline (`storage.redis.timeout_ms`); a refused connection, an I/O
 //! error or a timeout becomes [`StoreError::Unavailable`], which protocols turn into a
@@ -38,12 +44,13 @@
 //! Redis answers again.
 
 use super::{Coordinator, Lease, MailboxEvent, Subscription, SubscriptionStream};
+use crate::backend_tls::{LoadedTls, TlsFiles};
 use crate::types::{AccountId, MailboxId, ModSeq};
 use crate::{StoreError, StoreResult};
 use async_trait::async_trait;
 use mailfleet_core::config::RedisConfig;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{PushInfo, PushKind, Script, Value};
+use redis::{ClientTlsConfig, PushInfo, PushKind, Script, TlsCertificates, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -197,8 +204,7 @@ impl RedisCoordinator {
     /// Redis cannot be reached at start.
     pub async fn connect(cfg: &RedisConfig) -> StoreResult<Self> {
         let timeout = Duration::from_millis(cfg.timeout_ms);
-        let client = redis::Client::open(cfg.url.as_str())
-            .map_err(|e| StoreError::Invalid(format!("storage.redis.url: {e}")))?;
+        let client = client(cfg)?;
         let base = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
@@ -210,9 +216,11 @@ impl RedisCoordinator {
         )
         .await
         .map_err(|_| unavailable("connect", "timed out"))?
-        .map_err(|e| unavailable("connect", e))?;
+        .map_err(|e| unavailable("connect", tls_hint(cfg, e)))?;
 
-        // Pub/sub pushes need RESP3 on the notification connection.
+        // Pub/sub pushes need RESP3 on the notification connection. Its client is made from
+        // the first one's connection info, which carries the TLS parameters too: both
+        // connections trust the same CA and present the same client certificate.
         let info = client.get_connection_info().clone();
         let settings = info
             .redis_settings()
@@ -231,7 +239,7 @@ impl RedisCoordinator {
         )
         .await
         .map_err(|_| unavailable("connect (pub/sub)", "timed out"))?
-        .map_err(|e| unavailable("connect (pub/sub)", e))?;
+        .map_err(|e| unavailable("connect (pub/sub)", tls_hint(cfg, e)))?;
 
         let prefix = cfg.key_prefix.clone();
         let channels: Channels = Arc::default();
@@ -285,6 +293,83 @@ impl RedisCoordinator {
 
     fn lease_value(lease: &Lease) -> String {
         format!("{}|{}", lease.holder, lease.token)
+    }
+}
+
+/// The client for `storage.redis.url`. With `rediss://` it speaks TLS through rustls,
+/// verifying the server against `tls_ca_file` (or the system's roots) and presenting
+/// `tls_cert_file` when set; the files are checked here so a bad one fails the start with
+/// its key's name.
+fn client(cfg: &RedisConfig) -> StoreResult<redis::Client> {
+    let bad_url = |e: redis::RedisError| StoreError::Invalid(format!("storage.redis.url: {e}"));
+    if !cfg.url.starts_with("rediss://") {
+        return redis::Client::open(cfg.url.as_str()).map_err(bad_url);
+    }
+    let tls = LoadedTls::load(TlsFiles {
+        section: "storage.redis",
+        ca: cfg.tls_ca_file.as_deref(),
+        cert: cfg.tls_cert_file.as_deref(),
+        key: cfg.tls_key_file.as_deref(),
+    })?;
+    crate::backend_tls::ensure_process_provider();
+    // Built only to be checked: the redis crate makes its own configuration from the PEM.
+    tls.client_config("storage.redis")?;
+    if tls.ca_pem.is_none() && tls.identity.is_none() {
+        // The redis crate's default for rediss://: the system's roots.
+        return redis::Client::open(cfg.url.as_str()).map_err(bad_url);
+    }
+    redis::Client::build_with_tls(
+        cfg.url.as_str(),
+        TlsCertificates {
+            client_tls: tls
+                .identity
+                .map(|(client_cert, client_key)| ClientTlsConfig {
+                    client_cert,
+                    client_key,
+                }),
+            root_cert: tls.ca_pem,
+        },
+    )
+    .map_err(bad_url)
+}
+
+/// A failed first connection, with the TLS setting to look at when the failure is TLS's:
+/// "invalid peer certificate: UnknownIssuer" or "received fatal alert: CertificateRequired"
+/// alone does not tell an operator which key to change.
+fn tls_hint(cfg: &RedisConfig, e: redis::RedisError) -> String {
+    let text = e.to_string();
+    if !cfg.url.starts_with("rediss://") {
+        return text;
+    }
+    let lower = text.to_lowercase();
+    if lower.contains("invalid peer certificate") {
+        // We refused the server.
+        match &cfg.tls_ca_file {
+            Some(ca) => format!(
+                "{text} (TLS: the server's certificate must chain to storage.redis.tls_ca_file \
+                 {} and name the URL's host)",
+                ca.display()
+            ),
+            None => format!(
+                "{text} (TLS: the server's certificate was checked against the system's CA \
+                 certificates; set storage.redis.tls_ca_file for a private CA)"
+            ),
+        }
+    } else if lower.contains("alert") {
+        // The server refused us.
+        match &cfg.tls_cert_file {
+            Some(cert) => format!(
+                "{text} (TLS: the server ended the handshake; it may not accept the client \
+                 certificate storage.redis.tls_cert_file {})",
+                cert.display()
+            ),
+            None => format!(
+                "{text} (TLS: the server ended the handshake; if it requires client \
+                 certificates, set storage.redis.tls_cert_file and tls_key_file)"
+            ),
+        }
+    } else {
+        text
     }
 }
 

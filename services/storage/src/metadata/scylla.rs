@@ -899,6 +899,20 @@ impl ScyllaMetadataStore {
         if !cfg.username.is_empty() {
             builder = builder.user(cfg.username.clone(), cfg.password.clone());
         }
+        if cfg.tls {
+            // One rustls configuration for every connection the driver opens, to the contact
+            // points and to the peers it discovers. The driver checks each node's certificate
+            // against the node's IP address (it connects to peers by address), so node
+            // certificates need IP SANs.
+            let tls = crate::backend_tls::LoadedTls::load(crate::backend_tls::TlsFiles {
+                section: "storage.scylla",
+                ca: cfg.tls_ca_file.as_deref(),
+                cert: cfg.tls_cert_file.as_deref(),
+                key: cfg.tls_key_file.as_deref(),
+            })?;
+            let config = Arc::new(tls.client_config("storage.scylla")?);
+            builder = builder.tls_context(Some(config));
+        }
         let session = builder.build().await.map_err(db_err)?;
 
         // Tablets are disabled: ScyllaDB before 2025.4 refuses LWT on tablet keyspaces.
