@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// How often unreferenced blobs are swept, and how long they must have been unreferenced.
-const BLOB_GC_EVERY: Duration = Duration::from_secs(3600);
+const BLOB_GC_EVERY: Duration = Duration::from_secs(600);
+/// Most blobs one sweep lists; the next sweep goes on where it stopped.
+const BLOB_GC_MAX_PER_RUN: usize = 1_000_000;
 const BLOB_GC_GRACE_SECS: i64 = 24 * 3600;
 
 pub async fn open_stores(config: &Config) -> anyhow::Result<Stores> {
@@ -397,11 +399,33 @@ async fn wait_for_signal(resolver: Arc<ReloadingResolver>) {
 
 async fn blob_gc(stores: Stores, mut shutdown: mailfleet_core::shutdown::Shutdown) {
     let mut tick = tokio::time::interval(BLOB_GC_EVERY);
+    let holder = format!(
+        "{}:{:x}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0)
+    );
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.wait() => return,
         }
+        // One node sweeps at a time: the claims are safe under any concurrency, but every
+        // node reading the same orphan log would only multiply the reads.
+        let lease = match stores
+            .coord
+            .acquire_lease("blob-gc", &holder, BLOB_GC_EVERY)
+            .await
+        {
+            Ok(Some(l)) => l,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "blob garbage collection lease failed");
+                continue;
+            }
+        };
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
@@ -411,7 +435,7 @@ async fn blob_gc(stores: Stores, mut shutdown: mailfleet_core::shutdown::Shutdow
             stores.blobs.as_ref(),
             now,
             BLOB_GC_GRACE_SECS,
-            10_000,
+            BLOB_GC_MAX_PER_RUN,
         )
         .await
         {
@@ -419,6 +443,7 @@ async fn blob_gc(stores: Stores, mut shutdown: mailfleet_core::shutdown::Shutdow
             Ok(n) => tracing::info!(deleted = n, "unreferenced blobs deleted"),
             Err(e) => tracing::warn!(error = %e, "blob garbage collection failed"),
         }
+        let _ = stores.coord.release_lease(&lease).await;
     }
 }
 

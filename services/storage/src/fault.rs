@@ -339,7 +339,15 @@ impl MetadataStore for FailingMeta {
         self.check("subscriptions")?;
         self.inner.subscriptions(account).await
     }
-    async fn orphaned_blobs(&self, older_than: i64, limit: usize) -> StoreResult<Vec<BlobId>> {
+    async fn orphans_swept(&self) -> StoreResult<()> {
+        self.check("orphans_swept")?;
+        self.inner.orphans_swept().await
+    }
+    async fn orphaned_blobs(
+        &self,
+        older_than: i64,
+        limit: usize,
+    ) -> StoreResult<crate::metadata::OrphanPage> {
         self.check("orphaned_blobs")?;
         self.inner.orphaned_blobs(older_than, limit).await
     }

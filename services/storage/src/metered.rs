@@ -755,7 +755,15 @@ impl MetadataStore for MeteredMeta {
             .await
     }
 
-    async fn orphaned_blobs(&self, older_than: i64, limit: usize) -> StoreResult<Vec<BlobId>> {
+    async fn orphans_swept(&self) -> StoreResult<()> {
+        self.timed("meta_orphans_swept", self.inner.orphans_swept())
+            .await
+    }
+    async fn orphaned_blobs(
+        &self,
+        older_than: i64,
+        limit: usize,
+    ) -> StoreResult<crate::metadata::OrphanPage> {
         self.timed(
             "meta_orphaned_blobs",
             self.inner.orphaned_blobs(older_than, limit),

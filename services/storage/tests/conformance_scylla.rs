@@ -75,6 +75,7 @@ async fn scylla_metadata_conformance() {
         Arc::new(LocalCoordinator::new()),
     );
     conformance::blob_gc_races(&stores).await;
+    conformance::blob_gc_collects_unreferenced_puts(&stores).await;
 }
 
 /// Issue 15, point 9: many pods starting at once against a new keyspace migrate it once

@@ -32,6 +32,16 @@ pub struct ConditionalStore {
     pub modified: Vec<Uid>,
 }
 
+/// One page of the orphan sweep ([`MetadataStore::orphaned_blobs`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OrphanPage {
+    /// Blobs that may be deleted once claimed.
+    pub blobs: Vec<BlobId>,
+    /// More may be waiting before the same time: ask again (after
+    /// [`MetadataStore::orphans_swept`]).
+    pub more: bool,
+}
+
 /// What an expunge removed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Expunged {
@@ -316,8 +326,21 @@ pub trait MetadataStore: Send + Sync + 'static {
     //    the bytes are deleted;
     // 3. a pin (and an append) of a claimed blob fails as temporarily unavailable, so the
     //    writer retries after [`Self::finish_orphan`] and then writes the bytes afresh.
-    /// Blobs unreferenced since before `older_than` (Unix seconds).
-    async fn orphaned_blobs(&self, older_than: i64, limit: usize) -> StoreResult<Vec<BlobId>>;
+    //
+    // A backend may also list blobs that were stored and never referenced (a delivery that
+    // failed after its put): ScyllaDB records every pin in a time-bucketed log the sweep
+    // reads (see `scylla::blob_gc`), so what the sweep reads follows what was written
+    // since its last run, not the size of the store.
+    /// Up to `limit` blobs that may have been unreferenced since before `older_than` (Unix
+    /// seconds), to claim one by one. Listing again without [`Self::orphans_swept`] in
+    /// between lists the same blobs again.
+    async fn orphaned_blobs(&self, older_than: i64, limit: usize) -> StoreResult<OrphanPage>;
+    /// The sweep has claimed, or seen referenced, every blob listed since the last call: a
+    /// backend that lists from a log moves past them. Nothing to do for one that lists
+    /// orphan records (each claim removes its record).
+    async fn orphans_swept(&self) -> StoreResult<()> {
+        Ok(())
+    }
     /// Claims `id` for deletion; true when the caller may delete the blob's bytes (and must
     /// then call [`Self::finish_orphan`]). False when a message references it again (the
     /// orphan record is dropped), when it has not been orphaned since before `older_than`,

@@ -23,6 +23,7 @@
 //!   and writes, SERIAL (LOCAL_SERIAL) for LWTs; idempotent statements are marked so the
 //!   driver may retry them, counter updates and LWTs are not.
 
+mod blob_gc;
 mod due_index;
 mod fts;
 
@@ -32,7 +33,7 @@ use crate::coord::Coordinator;
 use crate::types::*;
 use crate::{StoreError, StoreResult};
 use async_trait::async_trait;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use mailfleet_core::config::ScyllaConfig;
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
@@ -226,7 +227,9 @@ const SCHEMA_V13: &[&str] = &[
 /// v14: the outbound queue sharded (see [`due_index`]): ids in 64 shards, the due index
 /// in `(shard, bucket)` partitions read from a per-shard cursor, and each recipient's due
 /// bucket kept in its row. Queued recipients of earlier schemas are moved over by
-/// [`reindex_queue`].
+/// [`reindex_queue`]. Blob references become rows and the orphan sweep reads a log (see
+/// [`blob_gc`]); orphans recorded before are put into the log by [`log_orphans`], and
+/// references counted before (`blob_refs`) still keep their blobs.
 const SCHEMA_V14: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS {ks}.outbound_due_by_time (shard int, bucket bigint, \
      next_attempt bigint, queue_id bigint, seq int, \
@@ -235,6 +238,12 @@ const SCHEMA_V14: &[&str] = &[
      PRIMARY KEY (shard, bucket))",
     "CREATE TABLE IF NOT EXISTS {ks}.outbound_cursor (shard int PRIMARY KEY, bucket bigint)",
     "ALTER TABLE {ks}.outbound_rcpts ADD due_bucket bigint",
+    // Blob references as rows and the sweep's log (see `blob_gc`).
+    "CREATE TABLE IF NOT EXISTS {ks}.blob_links (blob_id text, holder text, \
+     PRIMARY KEY (blob_id, holder))",
+    "CREATE TABLE IF NOT EXISTS {ks}.blob_candidates (bucket bigint, shard int, blob_id text, \
+     PRIMARY KEY ((bucket, shard), blob_id))",
+    "CREATE TABLE IF NOT EXISTS {ks}.gc_cursor (id int PRIMARY KEY, bucket bigint)",
 ];
 
 /// How long a pin lasts: far longer than a put and an append take, and the sweep's grace
@@ -828,6 +837,8 @@ pub struct ScyllaMetadataStore {
     /// The due-index cursor of each queue shard as this process last read or moved it
     /// (see [`due_index`]); a stale value only means reading a few empty partitions.
     cursors: std::sync::Mutex<HashMap<i32, i64>>,
+    /// Where this process's orphan sweep stands in the log (see [`blob_gc`]).
+    sweep: tokio::sync::Mutex<blob_gc::Sweep>,
 }
 
 impl ScyllaMetadataStore {
@@ -963,6 +974,7 @@ impl ScyllaMetadataStore {
             alloc: RangeAllocator::new(coord, ledger, alloc_cfg),
             ids: tokio::sync::Mutex::new(HashMap::new()),
             cursors: std::sync::Mutex::new(HashMap::new()),
+            sweep: tokio::sync::Mutex::new(blob_gc::Sweep::default()),
         })
     }
 
@@ -1203,9 +1215,11 @@ impl ScyllaMetadataStore {
         })
     }
 
-    /// Takes one reference on a blob and takes it off the orphan list. Refused while a
-    /// sweep holds a claim on it (its bytes may be gone already).
-    async fn take_blob(&self, blob: &str) -> StoreResult<()> {
+    /// Takes `holder`'s reference on a blob. Refused while a sweep holds a claim on it (its
+    /// bytes may be gone already). Idempotent: a retried write is the same reference. The
+    /// blob's orphan record and pin, if any, are left alone (no tombstone per append): the
+    /// sweep drops a referenced blob's record, and pins expire.
+    async fn take_blob(&self, blob: &str, holder: &str) -> StoreResult<()> {
         let orphan: Option<(Option<i64>, Option<i64>)> = self.db.one(ORPHAN_READ, (blob,)).await?;
         if orphan.and_then(|o| o.1).is_some() {
             return Err(StoreError::Unavailable(format!(
@@ -1213,45 +1227,65 @@ impl ScyllaMetadataStore {
             )));
         }
         self.db
-            .count(
-                "UPDATE blob_refs SET refcount = refcount + 1 WHERE blob_id = ?",
-                (blob,),
+            .run(
+                "INSERT INTO blob_links (blob_id, holder) VALUES (?, ?)",
+                (blob, holder),
             )
-            .await?;
-        self.db
-            .run("DELETE FROM blob_orphans WHERE blob_id = ?", (blob,))
-            .await?;
-        self.db
-            .run("DELETE FROM blob_pins WHERE blob_id = ?", (blob,))
             .await?;
         Ok(())
     }
 
-    /// Drops one reference per entry; returns (and records) the blobs left unreferenced.
-    async fn release_blobs(&self, blobs: &[String]) -> StoreResult<Vec<BlobId>> {
+    /// Whether anything references `blob`: a reference row, or a count of schemas before
+    /// v14 (kept: those references are never released by count, so such blobs stay).
+    async fn blob_referenced(&self, blob: &str) -> StoreResult<bool> {
+        let link: Option<(String,)> = self
+            .db
+            .one(
+                "SELECT holder FROM blob_links WHERE blob_id = ? LIMIT 1",
+                (blob,),
+            )
+            .await?;
+        if link.is_some() {
+            return Ok(true);
+        }
+        let legacy: Option<(Option<Counter>,)> = self
+            .db
+            .one("SELECT refcount FROM blob_refs WHERE blob_id = ?", (blob,))
+            .await?;
+        Ok(legacy.and_then(|l| l.0).map(|c| c.0).unwrap_or(0) > 0)
+    }
+
+    /// Notes `blob` in the sweep's log at the present minute.
+    async fn log_candidate(&self, blob: &str, now: i64) -> StoreResult<()> {
+        self.db
+            .run(
+                "INSERT INTO blob_candidates (bucket, shard, blob_id) VALUES (?, ?, ?)",
+                (blob_gc::bucket_of(now), blob_gc::shard_of(blob), blob),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Drops each (blob, holder) reference; returns (and records) the blobs left
+    /// unreferenced.
+    async fn release_blobs(&self, refs: &[(String, String)]) -> StoreResult<Vec<BlobId>> {
         let mut orphaned = Vec::new();
         let now = now_secs();
-        for b in blobs {
+        for (b, holder) in refs {
             self.db
-                .count(
-                    "UPDATE blob_refs SET refcount = refcount - 1 WHERE blob_id = ?",
-                    (b.as_str(),),
+                .run(
+                    "DELETE FROM blob_links WHERE blob_id = ? AND holder = ?",
+                    (b.as_str(), holder.as_str()),
                 )
                 .await?;
-            let left: Option<(Option<Counter>,)> = self
-                .db
-                .one(
-                    "SELECT refcount FROM blob_refs WHERE blob_id = ?",
-                    (b.as_str(),),
-                )
-                .await?;
-            if left.and_then(|l| l.0).map(|c| c.0).unwrap_or(0) <= 0 {
+            if !self.blob_referenced(b).await? {
                 self.db
                     .run(
                         "INSERT INTO blob_orphans (blob_id, since, claimed) VALUES (?, ?, null)",
                         (b.as_str(), now),
                     )
                     .await?;
+                self.log_candidate(b, now).await?;
                 if let Some(id) = BlobId::parse(b) {
                     if !orphaned.contains(&id) {
                         orphaned.push(id);
@@ -1389,7 +1423,8 @@ impl ScyllaMetadataStore {
         // The blob reference first: a write cut short leaks a reference (the blob is kept
         // for ever), never a message whose blob the sweep may delete.
         w.check_time()?;
-        self.take_blob(&m.blob).await?;
+        self.take_blob(&m.blob, &blob_gc::message_holder(mailbox.0, uid.0 as i64))
+            .await?;
         // Every statement starts with at least the safety margin of lease left.
         w.check_time()?;
         // Pending in the full-text index before the row exists: a message is never in
@@ -1617,8 +1652,11 @@ impl ScyllaMetadataStore {
         w.check_time()?;
         self.fts_drop_mailbox(mb.id, rows.iter().map(|r| Uid(r.0 as u32)).collect())
             .await?;
-        let blobs: Vec<String> = rows.into_iter().map(|r| r.2).collect();
-        self.release_blobs(&blobs).await
+        let refs: Vec<(String, String)> = rows
+            .into_iter()
+            .map(|r| (r.2, blob_gc::message_holder(mb.id.0, r.0)))
+            .collect();
+        self.release_blobs(&refs).await
     }
 
     /// Deletes a mailbox completely (lease taken here).
@@ -1854,7 +1892,7 @@ impl ScyllaMetadataStore {
                 };
                 modseq = Some(m);
                 removed.push(uid);
-                blobs.push(blob);
+                blobs.push((blob, blob_gc::message_holder(mailbox.0, uid.0 as i64)));
                 bytes += size;
             }
             self.apply_delta(&mut w, &before, &delta).await?;
@@ -1982,7 +2020,10 @@ impl ScyllaMetadataStore {
                     expunged.modseq = Some(modseq);
                     expunged.uids.push(uid);
                     // The destination took a new reference; drop the source's.
-                    expunged.orphaned.extend(self.release_blobs(&[blob]).await?);
+                    let held = blob_gc::message_holder(source.0, uid.0 as i64);
+                    expunged
+                        .orphaned
+                        .extend(self.release_blobs(&[(blob, held)]).await?);
                 }
             } else {
                 bytes += fields.size;
@@ -2303,6 +2344,42 @@ struct DuePlan {
     stmts: Vec<(&'static str, Vec<Option<CqlValue>>)>,
 }
 
+/// Puts the orphans recorded by schemas before v14 into the sweep's log, and starts the
+/// sweep's cursor at the oldest of them (or the present). Rerunnable.
+async fn log_orphans(session: &Session, ks: &str, existing: bool) -> StoreResult<()> {
+    let mut oldest = blob_gc::bucket_of(now_secs());
+    if existing {
+        let insert = session
+            .prepare(format!(
+                "INSERT INTO {ks}.blob_candidates (bucket, shard, blob_id) VALUES (?, ?, ?)"
+            ))
+            .await
+            .map_err(db_err)?;
+        let mut rows = session
+            .query_iter(format!("SELECT blob_id, since FROM {ks}.blob_orphans"), ())
+            .await
+            .map_err(db_err)?
+            .rows_stream::<(String, Option<i64>)>()
+            .map_err(row_err)?;
+        while let Some((blob, since)) = rows.try_next().await.map_err(db_err)? {
+            let bucket = blob_gc::bucket_of(since.unwrap_or(0).max(0));
+            oldest = oldest.min(bucket);
+            session
+                .execute_unpaged(&insert, (bucket, blob_gc::shard_of(&blob), blob.as_str()))
+                .await
+                .map_err(db_err)?;
+        }
+    }
+    session
+        .query_unpaged(
+            format!("INSERT INTO {ks}.gc_cursor (id, bucket) VALUES (0, ?) IF NOT EXISTS"),
+            (oldest,),
+        )
+        .await
+        .map_err(db_err)?;
+    Ok(())
+}
+
 /// Moves the queue of schemas before v14 (one partition) into the sharded tables: every
 /// `Queued` recipient gets a due row in its shard and bucket and records the bucket;
 /// every id moves to its shard; then each shard's cursor is set to the oldest bucket
@@ -2588,6 +2665,7 @@ async fn migrate_locked(session: &Session, ks: &str) -> StoreResult<()> {
     }
     if version < 14 {
         reindex_queue(session, ks, version > 0).await?;
+        log_orphans(session, ks, version > 0).await?;
     }
     if version < SCHEMA_VERSION {
         session
@@ -3653,18 +3731,101 @@ impl MetadataStore for ScyllaMetadataStore {
         Ok(rows.into_iter().map(|r| r.0).collect())
     }
 
-    async fn orphaned_blobs(&self, older_than: i64, limit: usize) -> StoreResult<Vec<BlobId>> {
-        // The orphan list is short-lived (the sweep empties it): a paged full scan.
-        let rows: Vec<(String, i64)> = self
-            .db
-            .all("SELECT blob_id, since FROM blob_orphans", ())
-            .await?;
-        Ok(rows
-            .into_iter()
-            .filter(|(_, since)| *since < older_than)
-            .filter_map(|(b, _)| BlobId::parse(&b))
-            .take(limit)
-            .collect())
+    async fn orphaned_blobs(
+        &self,
+        older_than: i64,
+        limit: usize,
+    ) -> StoreResult<super::OrphanPage> {
+        let mut sweep = self.sweep.lock().await;
+        if sweep.committed.is_none() {
+            let row: Option<(Option<i64>,)> = self
+                .db
+                .one("SELECT bucket FROM gc_cursor WHERE id = 0", ())
+                .await?;
+            // No cursor (a keyspace migrated by hand): from a week back; older candidates
+            // are in `blob_orphans` too and are kept, never lost.
+            let start = row
+                .and_then(|r| r.0)
+                .unwrap_or_else(|| blob_gc::bucket_of(now_secs() - 7 * 86_400));
+            sweep.committed = Some(blob_gc::Position::at(start));
+        }
+        if sweep.listed || sweep.pos.is_none() {
+            // A listing not followed by `orphans_swept` (the sweep failed part-way) is
+            // listed again.
+            sweep.pos = sweep.committed.clone();
+            sweep.finished.clear();
+        }
+        sweep.listed = true;
+        let last = blob_gc::last_bucket(older_than, now_secs());
+        let mut pos = sweep.pos.clone().expect("set above");
+        let mut out = Vec::new();
+        let mut scanned = 0;
+        while pos.bucket <= last && out.len() < limit && scanned < blob_gc::SCAN_PER_PAGE {
+            let want = (blob_gc::SCAN_PER_PAGE - scanned).min(limit.max(1) * 4) as i32;
+            let rows: Vec<(String,)> = self
+                .db
+                .all(
+                    "SELECT blob_id FROM blob_candidates WHERE bucket = ? AND shard = ? \
+                     AND blob_id > ? LIMIT ?",
+                    (pos.bucket, pos.shard, pos.after.as_str(), want),
+                )
+                .await?;
+            scanned += rows.len();
+            let through = rows.len() < want as usize;
+            // The reference checks of a page run side by side: most candidates are pins of
+            // bodies a message took, each one read.
+            let checks = futures::stream::iter(rows.into_iter().map(|(b,)| async move {
+                let referenced = self.blob_referenced(&b).await;
+                (b, referenced)
+            }))
+            .buffered(32)
+            .collect::<Vec<_>>()
+            .await;
+            for (b, referenced) in checks {
+                if !referenced? {
+                    if let Some(id) = BlobId::parse(&b) {
+                        out.push(id);
+                    }
+                }
+                pos.after = b;
+            }
+            if through {
+                sweep.finished.push((pos.bucket, pos.shard));
+                pos = pos.next_partition();
+            }
+        }
+        let more = pos.bucket <= last;
+        sweep.pos = Some(pos);
+        Ok(super::OrphanPage { blobs: out, more })
+    }
+
+    async fn orphans_swept(&self) -> StoreResult<()> {
+        let mut sweep = self.sweep.lock().await;
+        if !sweep.listed {
+            return Ok(());
+        }
+        // Every blob listed was claimed or seen referenced: the partitions read through go
+        // (one partition tombstone each), and the cursor moves to the first bucket not
+        // read through.
+        for (bucket, shard) in std::mem::take(&mut sweep.finished) {
+            self.db
+                .run(
+                    "DELETE FROM blob_candidates WHERE bucket = ? AND shard = ?",
+                    (bucket, shard),
+                )
+                .await?;
+        }
+        let pos = sweep.pos.clone();
+        if let Some(p) = &pos {
+            if sweep.committed.as_ref().is_none_or(|c| c.bucket < p.bucket) {
+                self.db
+                    .run("UPDATE gc_cursor SET bucket = ? WHERE id = 0", (p.bucket,))
+                    .await?;
+            }
+        }
+        sweep.committed = pos;
+        sweep.listed = false;
+        Ok(())
     }
 
     /// Without transactions, the claim is ordered against writers like Dekker's
@@ -3675,11 +3836,30 @@ impl MetadataStore for ScyllaMetadataStore {
     /// deletion.
     async fn claim_orphan(&self, id: &BlobId, older_than: i64) -> StoreResult<bool> {
         let blob = id.as_str();
-        let Some((Some(since), _)) = self
+        let mut record = self
             .db
             .one::<(Option<i64>, Option<i64>), _>(ORPHAN_READ, (blob,))
-            .await?
-        else {
+            .await?;
+        if record.is_none() {
+            // A blob from the log with no orphan record: stored and never referenced (a
+            // delivery that failed after its put). It becomes an orphan as of the grace
+            // period's start, so the claim below applies the same rules to it; a writer
+            // that pins it meanwhile makes the claim stand down.
+            if self.blob_referenced(blob).await? {
+                return Ok(false);
+            }
+            self.db
+                .lwt(
+                    "INSERT INTO blob_orphans (blob_id, since) VALUES (?, ?) IF NOT EXISTS",
+                    (blob, older_than - 1),
+                )
+                .await?;
+            record = self
+                .db
+                .one::<(Option<i64>, Option<i64>), _>(ORPHAN_READ, (blob,))
+                .await?;
+        }
+        let Some((Some(since), _)) = record else {
             return Ok(false);
         };
         if since >= older_than {
@@ -3698,11 +3878,7 @@ impl MetadataStore for ScyllaMetadataStore {
         {
             return Ok(false);
         }
-        let refs: Option<(Option<Counter>,)> = self
-            .db
-            .one("SELECT refcount FROM blob_refs WHERE blob_id = ?", (blob,))
-            .await?;
-        let referenced = refs.and_then(|r| r.0).map(|c| c.0).unwrap_or(0) > 0;
+        let referenced = self.blob_referenced(blob).await?;
         let pin: Option<(Option<i64>,)> = self
             .db
             .one("SELECT at FROM blob_pins WHERE blob_id = ?", (blob,))
@@ -3741,12 +3917,15 @@ impl MetadataStore for ScyllaMetadataStore {
 
     async fn pin_blob(&self, id: &BlobId) -> StoreResult<()> {
         let blob = id.as_str();
+        let now = now_secs();
         self.db
             .run(
                 "INSERT INTO blob_pins (blob_id, at) VALUES (?, ?) USING TTL ?",
-                (blob, now_secs(), PIN_TTL_SECS),
+                (blob, now, PIN_TTL_SECS),
             )
             .await?;
+        // The pending record: if no message ever takes the blob, the sweep finds it here.
+        self.log_candidate(blob, now).await?;
         let orphan: Option<(Option<i64>, Option<i64>)> = self.db.one(ORPHAN_READ, (blob,)).await?;
         if orphan.and_then(|o| o.1).is_some() {
             return Err(StoreError::Unavailable(format!(
@@ -4356,7 +4535,8 @@ impl MetadataStore for ScyllaMetadataStore {
         let id = self.next_id("outbound").await?;
         // The blob reference first: a crash after it leaks a reference (the blob is kept),
         // never a queue entry whose blob the sweep could delete.
-        self.take_blob(msg.blob.as_str()).await?;
+        self.take_blob(msg.blob.as_str(), &blob_gc::queue_holder(id))
+            .await?;
         let now = now_secs();
         for (seq, r) in msg.recipients.iter().enumerate() {
             let slot = RcptSlot {
@@ -4612,7 +4792,8 @@ impl MetadataStore for ScyllaMetadataStore {
             let dsn_id = self.next_id("outbound").await?;
             // Before the batch, as in `enqueue_outbound`: a failure after it leaks a
             // reference (the blob is kept), never an entry whose blob the sweep could take.
-            self.take_blob(d.blob.as_str()).await?;
+            self.take_blob(d.blob.as_str(), &blob_gc::queue_holder(dsn_id))
+                .await?;
             Self::entry_rows(dsn_id, d, &mut stmts);
             ids.push(crate::QueueId(dsn_id));
         }
@@ -4655,7 +4836,8 @@ impl MetadataStore for ScyllaMetadataStore {
                 (due_index::shard_of(id.0), id.0),
             )
             .await?;
-        self.release_blobs(&[blob]).await
+        self.release_blobs(&[(blob, blob_gc::queue_holder(id.0))])
+            .await
     }
 
     fn queue_shards(&self) -> u32 {

@@ -2557,7 +2557,11 @@ impl MetadataStore for SqliteMetadataStore {
         .await
     }
 
-    async fn orphaned_blobs(&self, older_than: i64, limit: usize) -> StoreResult<Vec<BlobId>> {
+    async fn orphaned_blobs(
+        &self,
+        older_than: i64,
+        limit: usize,
+    ) -> StoreResult<super::OrphanPage> {
         self.read(move |c| {
             let mut s = c
                 .prepare("SELECT blob_id FROM blob_orphans WHERE since < ?1 LIMIT ?2")
@@ -2567,7 +2571,10 @@ impl MetadataStore for SqliteMetadataStore {
                 .map_err(db_err)?
                 .collect::<Result<_, _>>()
                 .map_err(db_err)?;
-            Ok(rows.iter().filter_map(|b| BlobId::parse(b)).collect())
+            Ok(super::OrphanPage {
+                more: rows.len() >= limit,
+                blobs: rows.iter().filter_map(|b| BlobId::parse(b)).collect(),
+            })
         })
         .await
     }
