@@ -24,6 +24,7 @@
 //!   driver may retry them, counter updates and LWTs are not.
 
 mod blob_gc;
+mod domain_shards;
 mod due_index;
 mod fts;
 
@@ -52,9 +53,21 @@ use std::time::Duration;
 
 /// Messages and change-log entries are partitioned by `(mailbox_id, value >> BUCKET_SHIFT)`:
 /// 65,536 UIDs (or MODSEQs) per partition keeps a partition well under ScyllaDB's
-/// large-partition warning (a message row is ~200 bytes, so at most ~13 MB), while a
-/// typical mailbox still lives in one partition and lists with one query.
+/// large-partition warning (a message row without its summary is ~250 bytes, so at most
+/// ~16 MB; `message_rows_stay_small` measures it), while a typical mailbox still lives in
+/// one partition and lists with one query. The summaries (ENVELOPE and BODYSTRUCTURE,
+/// 1–10 KB each) live in `message_summaries` since v14, partitioned by
+/// [`SUMMARY_SHIFT`]: in the message rows they made a full bucket ~100 MB and every
+/// listing of a mailbox carried them.
 pub const BUCKET_SHIFT: u32 = 16;
+
+/// `message_summaries` is partitioned by `(mailbox_id, uid >> SUMMARY_SHIFT)`: 1,024
+/// summaries of at most a few KB each, a few MB per partition.
+pub const SUMMARY_SHIFT: u32 = 10;
+
+fn summary_bucket(uid: Uid) -> i64 {
+    i64::from(uid.0 >> SUMMARY_SHIFT)
+}
 
 /// Ids reserved per `sequences` LWT. Large enough that id allocation is rarely a Paxos
 /// round, small enough that a restart wastes few ids.
@@ -244,6 +257,17 @@ const SCHEMA_V14: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS {ks}.blob_candidates (bucket bigint, shard int, blob_id text, \
      PRIMARY KEY ((bucket, shard), blob_id))",
     "CREATE TABLE IF NOT EXISTS {ks}.gc_cursor (id int PRIMARY KEY, bucket bigint)",
+    // Per-domain listings in 64 partitions per domain (see `domain_shards`); the rows of
+    // the one-partition tables of earlier schemas are copied by `reshard_domains`.
+    "CREATE TABLE IF NOT EXISTS {ks}.accounts_by_domain_shard (domain_id bigint, shard int, \
+     address text, id bigint, PRIMARY KEY ((domain_id, shard), address))",
+    "CREATE TABLE IF NOT EXISTS {ks}.aliases_by_domain_shard (domain text, shard int, \
+     source text, target text, PRIMARY KEY ((domain, shard), source, target))",
+    // Summaries out of the message rows (see `BUCKET_SHIFT`). Rows written before keep
+    // theirs in `messages.summary`, read when this table has none.
+    "CREATE TABLE IF NOT EXISTS {ks}.message_summaries (mailbox_id bigint, bucket bigint, \
+     uid bigint, summary blob, PRIMARY KEY ((mailbox_id, bucket), uid))",
+    "ALTER TABLE {ks}.messages ADD summarized boolean",
 ];
 
 /// How long a pin lasts: far longer than a put and an append take, and the sweep's grace
@@ -1296,6 +1320,30 @@ impl ScyllaMetadataStore {
         Ok(orphaned)
     }
 
+    /// A message's summary: from `message_summaries`, or from the message row for rows
+    /// written before v14.
+    async fn summary_of(&self, mailbox: MailboxId, uid: Uid) -> StoreResult<Option<Vec<u8>>> {
+        let row: Option<(Option<Vec<u8>>,)> = self
+            .db
+            .one(
+                "SELECT summary FROM message_summaries WHERE mailbox_id = ? AND bucket = ? \
+                 AND uid = ?",
+                (mailbox.0, summary_bucket(uid), uid.0 as i64),
+            )
+            .await?;
+        if let Some((Some(s),)) = row {
+            return Ok(Some(s));
+        }
+        let legacy: Option<(Option<Vec<u8>>,)> = self
+            .db
+            .one(
+                "SELECT summary FROM messages WHERE mailbox_id = ? AND bucket = ? AND uid = ?",
+                (mailbox.0, bucket(uid.0 as u64), uid.0 as i64),
+            )
+            .await?;
+        Ok(legacy.and_then(|r| r.0))
+    }
+
     async fn read_message(&self, mailbox: MailboxId, uid: Uid) -> StoreResult<Option<MessageRow>> {
         self.db
             .one(
@@ -1432,12 +1480,23 @@ impl ScyllaMetadataStore {
         self.db
             .run(fts::PENDING_INSERT, (mailbox.0, uid.0 as i64, 0i32))
             .await?;
+        if let Some(summary) = m.summary.as_deref() {
+            // Before the row: a message is never visible without its summary.
+            w.check_time()?;
+            self.db
+                .run(
+                    "INSERT INTO message_summaries (mailbox_id, bucket, uid, summary) \
+                     VALUES (?, ?, ?, ?)",
+                    (mailbox.0, summary_bucket(uid), uid.0 as i64, summary),
+                )
+                .await?;
+        }
         w.check_time()?;
         let ts = w.timestamp()?;
         self.db
             .run_at(
                 "INSERT INTO messages (mailbox_id, bucket, uid, modseq, blob_id, size, \
-                 internal_date, flags, summary, save_date, email_id, thread_id, trace) \
+                 internal_date, flags, summarized, save_date, email_id, thread_id, trace) \
                  VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     mailbox.0,
@@ -1448,7 +1507,7 @@ impl ScyllaMetadataStore {
                     m.size,
                     m.internal_date,
                     m.flags.as_str(),
-                    m.summary.as_deref(),
+                    m.summary.is_some(),
                     // The save date (RFC 8514): now, for an append as for a copy or move.
                     now_secs(),
                     m.ids.email_id.as_str(),
@@ -1504,6 +1563,12 @@ impl ScyllaMetadataStore {
                 "DELETE FROM messages WHERE mailbox_id = ? AND bucket = ? AND uid = ?",
                 (mailbox.0, bucket(uid.0 as u64), uid.0 as i64),
                 ts,
+            )
+            .await?;
+        self.db
+            .run(
+                "DELETE FROM message_summaries WHERE mailbox_id = ? AND bucket = ? AND uid = ?",
+                (mailbox.0, summary_bucket(uid), uid.0 as i64),
             )
             .await?;
         delta.last_modseq = Some(modseq.0);
@@ -1649,6 +1714,21 @@ impl ScyllaMetadataStore {
                 )
                 .await?;
         }
+        // Only the partitions that hold summaries of messages still there: a mailbox may
+        // have a high UIDNEXT and few messages.
+        let summary_buckets: std::collections::BTreeSet<i64> = rows
+            .iter()
+            .map(|r| summary_bucket(Uid(r.0 as u32)))
+            .collect();
+        for b in summary_buckets {
+            w.check_time()?;
+            self.db
+                .run(
+                    "DELETE FROM message_summaries WHERE mailbox_id = ? AND bucket = ?",
+                    (mb.id.0, b),
+                )
+                .await?;
+        }
         w.check_time()?;
         self.fts_drop_mailbox(mb.id, rows.iter().map(|r| Uid(r.0 as u32)).collect())
             .await?;
@@ -1773,8 +1853,14 @@ impl ScyllaMetadataStore {
             .await?;
         self.db
             .run(
-                "DELETE FROM aliases_by_domain WHERE domain = ? AND source = ? AND target = ?",
-                (domain.as_str(), source, target),
+                "DELETE FROM aliases_by_domain_shard WHERE domain = ? AND shard = ? \
+                 AND source = ? AND target = ?",
+                (
+                    domain.as_str(),
+                    domain_shards::shard_of(source),
+                    source,
+                    target,
+                ),
             )
             .await?;
         self.db
@@ -1968,7 +2054,10 @@ impl ScyllaMetadataStore {
                         size: r.1,
                         internal_date: r.2,
                         flags: r.3,
-                        summary: r.4,
+                        summary: match r.4 {
+                            Some(legacy) => Some(legacy),
+                            None => self.summary_of(source, uid).await?,
+                        },
                         // The copy is the same email (RFC 8474 §5.1).
                         ids: crate::MessageObjectIds {
                             email_id: r.5.unwrap_or(legacy.email_id),
@@ -2344,6 +2433,62 @@ struct DuePlan {
     stmts: Vec<(&'static str, Vec<Option<CqlValue>>)>,
 }
 
+/// Copies the per-domain listings of schemas before v14 (one partition per domain) into
+/// the sharded tables. Rerunnable (the copies are plain inserts); the old tables are no
+/// longer read.
+async fn reshard_domains(session: &Session, ks: &str) -> StoreResult<()> {
+    let account = session
+        .prepare(format!(
+            "INSERT INTO {ks}.accounts_by_domain_shard (domain_id, shard, address, id) \
+             VALUES (?, ?, ?, ?)"
+        ))
+        .await
+        .map_err(db_err)?;
+    let mut rows = session
+        .query_iter(
+            format!("SELECT domain_id, address, id FROM {ks}.accounts_by_domain"),
+            (),
+        )
+        .await
+        .map_err(db_err)?
+        .rows_stream::<(i64, String, i64)>()
+        .map_err(row_err)?;
+    while let Some((domain, address, id)) = rows.try_next().await.map_err(db_err)? {
+        let shard = domain_shards::shard_of(&address);
+        session
+            .execute_unpaged(&account, (domain, shard, address.as_str(), id))
+            .await
+            .map_err(db_err)?;
+    }
+    let alias = session
+        .prepare(format!(
+            "INSERT INTO {ks}.aliases_by_domain_shard (domain, shard, source, target) \
+             VALUES (?, ?, ?, ?)"
+        ))
+        .await
+        .map_err(db_err)?;
+    let mut rows = session
+        .query_iter(
+            format!("SELECT domain, source, target FROM {ks}.aliases_by_domain"),
+            (),
+        )
+        .await
+        .map_err(db_err)?
+        .rows_stream::<(String, String, String)>()
+        .map_err(row_err)?;
+    while let Some((domain, source, target)) = rows.try_next().await.map_err(db_err)? {
+        let shard = domain_shards::shard_of(&source);
+        session
+            .execute_unpaged(
+                &alias,
+                (domain.as_str(), shard, source.as_str(), target.as_str()),
+            )
+            .await
+            .map_err(db_err)?;
+    }
+    Ok(())
+}
+
 /// Puts the orphans recorded by schemas before v14 into the sweep's log, and starts the
 /// sweep's cursor at the oldest of them (or the present). Rerunnable.
 async fn log_orphans(session: &Session, ks: &str, existing: bool) -> StoreResult<()> {
@@ -2666,6 +2811,9 @@ async fn migrate_locked(session: &Session, ks: &str) -> StoreResult<()> {
     if version < 14 {
         reindex_queue(session, ks, version > 0).await?;
         log_orphans(session, ks, version > 0).await?;
+        if version > 0 {
+            reshard_domains(session, ks).await?;
+        }
     }
     if version < SCHEMA_VERSION {
         session
@@ -2732,21 +2880,30 @@ impl MetadataStore for ScyllaMetadataStore {
             .domain(&name)
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("domain {name}")))?;
-        let account: Option<(String,)> = self
-            .db
-            .one(
-                "SELECT address FROM accounts_by_domain WHERE domain_id = ? LIMIT 1",
-                (d.id.0,),
-            )
-            .await?;
-        let alias: Option<(String,)> = self
-            .db
-            .one(
-                "SELECT source FROM aliases_by_domain WHERE domain = ? LIMIT 1",
-                (name.as_str(),),
-            )
-            .await?;
-        if account.is_some() || alias.is_some() {
+        let mut in_use = false;
+        for shard in 0..domain_shards::SHARDS {
+            let account: Option<(String,)> = self
+                .db
+                .one(
+                    "SELECT address FROM accounts_by_domain_shard WHERE domain_id = ? \
+                     AND shard = ? LIMIT 1",
+                    (d.id.0, shard),
+                )
+                .await?;
+            let alias: Option<(String,)> = self
+                .db
+                .one(
+                    "SELECT source FROM aliases_by_domain_shard WHERE domain = ? AND shard = ? \
+                     LIMIT 1",
+                    (name.as_str(), shard),
+                )
+                .await?;
+            if account.is_some() || alias.is_some() {
+                in_use = true;
+                break;
+            }
+        }
+        if in_use {
             return Err(StoreError::Conflict(format!(
                 "domain {name} still has accounts or aliases"
             )));
@@ -2810,8 +2967,14 @@ impl MetadataStore for ScyllaMetadataStore {
         }
         self.db
             .run(
-                "INSERT INTO accounts_by_domain (domain_id, address, id) VALUES (?, ?, ?)",
-                (domain.id.0, address.as_str(), id),
+                "INSERT INTO accounts_by_domain_shard (domain_id, shard, address, id) \
+                 VALUES (?, ?, ?, ?)",
+                (
+                    domain.id.0,
+                    domain_shards::shard_of(&address),
+                    address.as_str(),
+                    id,
+                ),
             )
             .await?;
         for (role, name) in SpecialUse::DEFAULTS {
@@ -2837,14 +3000,19 @@ impl MetadataStore for ScyllaMetadataStore {
                 let Some(d) = self.domain(&d.to_lowercase()).await? else {
                     return Ok(Vec::new());
                 };
-                let rows: Vec<(i64,)> = self
-                    .db
-                    .all(
-                        "SELECT id FROM accounts_by_domain WHERE domain_id = ?",
-                        (d.id.0,),
-                    )
-                    .await?;
-                rows.into_iter().map(|r| r.0).collect()
+                let mut ids = Vec::new();
+                for shard in 0..domain_shards::SHARDS {
+                    let rows: Vec<(i64,)> = self
+                        .db
+                        .all(
+                            "SELECT id FROM accounts_by_domain_shard WHERE domain_id = ? \
+                             AND shard = ?",
+                            (d.id.0, shard),
+                        )
+                        .await?;
+                    ids.extend(rows.into_iter().map(|r| r.0));
+                }
+                ids
             }
             None => {
                 let rows: Vec<(i64,)> = self.db.all("SELECT id FROM accounts", ()).await?;
@@ -2909,8 +3077,13 @@ impl MetadataStore for ScyllaMetadataStore {
         // The address goes last so a half-done delete can be finished by running it again.
         self.db
             .run(
-                "DELETE FROM accounts_by_domain WHERE domain_id = ? AND address = ?",
-                (acct.domain.0, address.as_str()),
+                "DELETE FROM accounts_by_domain_shard WHERE domain_id = ? AND shard = ? \
+                 AND address = ?",
+                (
+                    acct.domain.0,
+                    domain_shards::shard_of(&address),
+                    address.as_str(),
+                ),
             )
             .await?;
         self.db
@@ -3057,8 +3230,14 @@ impl MetadataStore for ScyllaMetadataStore {
         }
         self.db
             .run(
-                "INSERT INTO aliases_by_domain (domain, source, target) VALUES (?, ?, ?)",
-                (domain.as_str(), source.as_str(), target.as_str()),
+                "INSERT INTO aliases_by_domain_shard (domain, shard, source, target) \
+                 VALUES (?, ?, ?, ?)",
+                (
+                    domain.as_str(),
+                    domain_shards::shard_of(&source),
+                    source.as_str(),
+                    target.as_str(),
+                ),
             )
             .await?;
         self.db
@@ -3091,12 +3270,20 @@ impl MetadataStore for ScyllaMetadataStore {
     async fn list_aliases(&self, domain: Option<&str>) -> StoreResult<Vec<Alias>> {
         let rows: Vec<(String, String)> = match domain {
             Some(d) => {
-                self.db
-                    .all(
-                        "SELECT source, target FROM aliases_by_domain WHERE domain = ?",
-                        (d.to_lowercase(),),
-                    )
-                    .await?
+                let d = d.to_lowercase();
+                let mut rows = Vec::new();
+                for shard in 0..domain_shards::SHARDS {
+                    let page: Vec<(String, String)> = self
+                        .db
+                        .all(
+                            "SELECT source, target FROM aliases_by_domain_shard \
+                             WHERE domain = ? AND shard = ?",
+                            (d.as_str(), shard),
+                        )
+                        .await?;
+                    rows.extend(page);
+                }
+                rows
             }
             None => {
                 self.db
@@ -3492,14 +3679,7 @@ impl MetadataStore for ScyllaMetadataStore {
     ) -> StoreResult<Vec<(Uid, Vec<u8>)>> {
         let mut out = Vec::with_capacity(uids.len());
         for &uid in uids {
-            let row: Option<(Option<Vec<u8>>,)> = self
-                .db
-                .one(
-                    "SELECT summary FROM messages WHERE mailbox_id = ? AND bucket = ? AND uid = ?",
-                    (mailbox.0, bucket(uid.0 as u64), uid.0 as i64),
-                )
-                .await?;
-            if let Some((Some(s),)) = row {
+            if let Some(s) = self.summary_of(mailbox, uid).await? {
                 out.push((uid, s));
             }
         }
@@ -3643,13 +3823,23 @@ impl MetadataStore for ScyllaMetadataStore {
     ) -> StoreResult<()> {
         // IF EXISTS: a plain UPDATE would create a row for an expunged message. A missing
         // message is not an error (SQLite's UPDATE changes nothing either).
-        self.db
+        if self
+            .db
             .lwt(
-                "UPDATE messages SET summary = ? WHERE mailbox_id = ? AND bucket = ? AND uid = ? \
-                 IF EXISTS",
-                (summary, mailbox.0, bucket(uid.0 as u64), uid.0 as i64),
+                "UPDATE messages SET summarized = true WHERE mailbox_id = ? AND bucket = ? \
+                 AND uid = ? IF EXISTS",
+                (mailbox.0, bucket(uid.0 as u64), uid.0 as i64),
             )
-            .await?;
+            .await?
+        {
+            self.db
+                .run(
+                    "INSERT INTO message_summaries (mailbox_id, bucket, uid, summary) \
+                     VALUES (?, ?, ?, ?)",
+                    (mailbox.0, summary_bucket(uid), uid.0 as i64, summary),
+                )
+                .await?;
+        }
         Ok(())
     }
 
@@ -5157,6 +5347,44 @@ mod tests {
             assert!(stmt.contains("IF NOT EXISTS"), "{stmt}");
             assert!(stmt.contains("{ks}."), "{stmt}");
         }
+    }
+
+    /// Issue 15, point 6: a full message bucket stays well under ScyllaDB's large-partition
+    /// warning now that summaries live in their own table. The row's cells are those
+    /// `insert_message` writes, at their largest usual values; each cell costs its value
+    /// plus ScyllaDB's per-cell overhead (timestamp, flags, length: ~16 bytes at most).
+    #[test]
+    fn message_rows_stay_small() {
+        let ids = crate::object_id::legacy_ids(MailboxId(i64::MAX), Uid(u32::MAX));
+        let blob = "f".repeat(64);
+        let flags = "\\Seen \\Answered \\Flagged $Forwarded $MDNSent Junk";
+        let trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        const CELL_OVERHEAD: usize = 16;
+        let cells: [usize; 12] = [
+            8,                   // uid (clustering key)
+            8,                   // modseq
+            blob.len(),          // blob_id
+            8,                   // size
+            8,                   // internal_date
+            flags.len(),         // flags
+            1,                   // summarized
+            8,                   // save_date
+            ids.email_id.len(),  // email_id
+            ids.thread_id.len(), // thread_id
+            trace.len(),         // trace
+            0,                   // the row marker
+        ];
+        let row: usize = cells.iter().map(|c| c + CELL_OVERHEAD).sum();
+        let bucket_bytes = row << BUCKET_SHIFT;
+        assert!(row <= 500, "a message row is {row} bytes");
+        assert!(
+            bucket_bytes <= 32 << 20,
+            "a full message bucket is {} MB",
+            bucket_bytes >> 20
+        );
+        // A summary partition of 1,024 summaries of 10 KB (a message with many parts)
+        // stays about as large.
+        assert!((10 << 10) << SUMMARY_SHIFT <= 16 << 20);
     }
 
     #[test]
