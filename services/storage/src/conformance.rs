@@ -3412,3 +3412,84 @@ pub async fn metadata_text_index(meta: &dyn MetadataStore) {
         "a search names at least one field"
     );
 }
+
+/// What the capacity model (docs/capacity.md) multiplies: the backend's own statements per
+/// stored message and per store call of the IMAP mix, read through `counts` (a snapshot of
+/// the backend's counters, each kind in its own slot) before and after each step. Returns
+/// `(step, per-call deltas)`; the caller prints them. Asserts only what holds for any
+/// backend: every step costs something, and appends do not cost more per message when
+/// the mailbox is larger.
+pub async fn capacity_counts<const N: usize>(
+    meta: &dyn MetadataStore,
+    counts: &dyn Fn() -> [u64; N],
+) -> Vec<(&'static str, [f64; N])> {
+    let (account, inbox, _) = account_with_messages(meta, 0).await;
+    let per = |before: [u64; N], after: [u64; N], n: usize| -> [f64; N] {
+        let mut out = [0.0; N];
+        for i in 0..N {
+            out[i] = (after[i] - before[i]) as f64 / n as f64;
+        }
+        out
+    };
+    let append = async |i: usize| {
+        let body = format!("Subject: capacity {i} {}\r\n\r\nbody\r\n", unique(""));
+        let id = BlobId::of(body.as_bytes());
+        meta.pin_blob(&id).await.expect("pin");
+        let mut m = message_with(&account, &inbox, &id, body.len());
+        m.summary = Some(vec![b'x'; 1_500]);
+        meta.append(vec![m], QuotaPolicy::Allow)
+            .await
+            .expect("append")[0]
+            .uid
+    };
+    let mut out = Vec::new();
+    const BATCH: usize = 100;
+    let before = counts();
+    for i in 0..BATCH {
+        append(i).await;
+    }
+    let first = per(before, counts(), BATCH);
+    out.push(("append (pin + append), first 100", first));
+    let before = counts();
+    for i in BATCH..2 * BATCH {
+        append(i).await;
+    }
+    let second = per(before, counts(), BATCH);
+    out.push(("append (pin + append), next 100", second));
+    let total = |c: &[f64; N]| c.iter().sum::<f64>();
+    assert!(total(&first) > 0.0);
+    assert!(
+        total(&second) <= total(&first) * 1.25 + 1.0,
+        "appends cost more as the mailbox grows: {first:?} then {second:?}"
+    );
+    let before = counts();
+    meta.mailbox_usage(inbox.id).await.expect("usage");
+    out.push(("STATUS (mailbox_usage)", per(before, counts(), 1)));
+    let before = counts();
+    meta.list_messages(inbox.id, Uid(0), 10_000)
+        .await
+        .expect("list");
+    out.push(("SELECT listing, 200 messages", per(before, counts(), 1)));
+    let before = counts();
+    meta.store_flags(
+        inbox.id,
+        &[Uid(3)],
+        FlagOp::Add,
+        &Flags::from_storage("\\Seen"),
+    )
+    .await
+    .expect("store");
+    out.push(("STORE one message", per(before, counts(), 1)));
+    let before = counts();
+    meta.changes_with_messages(inbox.id, ModSeq(1))
+        .await
+        .expect("changes");
+    out.push((
+        "change-log refresh (NOOP/IDLE wake)",
+        per(before, counts(), 1),
+    ));
+    let before = counts();
+    meta.expunge(inbox.id, &[Uid(5)]).await.expect("expunge");
+    out.push(("EXPUNGE one message", per(before, counts(), 1)));
+    out
+}

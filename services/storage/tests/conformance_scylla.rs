@@ -101,3 +101,30 @@ async fn scylla_concurrent_first_starts_migrate_once() {
         meta.create_domain(&domain).await.expect("domain");
     }
 }
+
+/// Issue 15, capacity model: the statements ScyllaDB receives per stored message and per
+/// store call of the IMAP mix, by kind, printed for docs/capacity.md. Run with
+/// `MAILFLEET_SCYLLA_NODES=... cargo test -p mailfleet-storage --test conformance_scylla
+/// scylla_statement_counts -- --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scylla_statement_counts() {
+    let Some(cfg) = scylla_config("mailfleet_cap", "statement count") else {
+        return;
+    };
+    let coord: Arc<dyn Coordinator> = Arc::new(LocalCoordinator::new());
+    let store = Arc::new(
+        ScyllaMetadataStore::connect(&cfg, coord)
+            .await
+            .expect("connect to ScyllaDB"),
+    );
+    let counted = store.clone();
+    let counts = move || counted.statement_counts().snapshot();
+    let rows = conformance::capacity_counts(store.as_ref(), &counts).await;
+    println!("step | reads | writes | LWTs | counter writes | batches | batched statements");
+    for (step, c) in rows {
+        println!(
+            "{step} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2}",
+            c[0], c[1], c[2], c[3], c[4], c[5]
+        );
+    }
+}
