@@ -2092,10 +2092,18 @@ impl ScyllaMetadataStore {
         let mut dst_delta = MailboxDelta::default();
         let mut src_delta = MailboxDelta::default();
         let mut bytes = 0i64;
+        let mut failure = None;
         for (uid, fields) in found {
-            let appended = self
+            let appended = match self
                 .insert_message(&mut writers[dest_idx], &fields, &mut dst_delta)
-                .await?;
+                .await
+            {
+                Ok(a) => a,
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            };
             self.fts_copy(source, uid, dest, appended.uid).await?;
             copied.push(Copied {
                 source_uid: uid,
@@ -2117,6 +2125,42 @@ impl ScyllaMetadataStore {
             } else {
                 bytes += fields.size;
             }
+        }
+        if let Some(e) = failure {
+            // A COPY that fails must leave the destination as it was (RFC 9051 §6.4.7),
+            // and a client retries it: the copies made so far are taken out again. A MOVE
+            // that fails part-way has moved some messages and not others, each exactly
+            // once, and a retry moves the rest.
+            if !remove {
+                for c in copied.drain(..) {
+                    match self
+                        .remove_message(&mut writers[dest_idx], c.dest.uid, &mut dst_delta)
+                        .await
+                    {
+                        Ok(Some((blob, _, _))) => {
+                            let held = blob_gc::message_holder(dest.0, c.dest.uid.0 as i64);
+                            let _ = self.release_blobs(&[(blob, held)]).await;
+                        }
+                        Ok(None) => {}
+                        Err(_) => break,
+                    }
+                }
+            }
+            if source == dest {
+                dst_delta.count += src_delta.count;
+                dst_delta.size += src_delta.size;
+                dst_delta.unseen += src_delta.unseen;
+                dst_delta.last_modseq = dst_delta.last_modseq.max(src_delta.last_modseq);
+            }
+            let _ = self
+                .apply_delta(&mut writers[dest_idx], &dst_before, &dst_delta)
+                .await;
+            if source != dest {
+                let _ = self
+                    .apply_delta(&mut writers[src_idx], &src_before, &src_delta)
+                    .await;
+            }
+            return Err(e);
         }
         if source == dest {
             // One mailbox, one row: merge what both sides did.
@@ -3485,8 +3529,42 @@ impl MetadataStore for ScyllaMetadataStore {
                     }
                 }
             }
-            // Without transactions a failed append may leave some messages written: the
-            // mailbox row and usage still account for those (while the lease allows).
+            // Without transactions a failed append would leave the messages before the
+            // failure written, and the sender's retry (SMTP answers 451) would store them
+            // twice. They are taken out again, so the retry is safe: an append fails as a
+            // whole or, if even the removal fails, leaves them with the mailbox row and
+            // usage accounting for them.
+            if failed.is_some() {
+                for a in std::mem::take(&mut out) {
+                    let Some(idx) = writers.iter().position(|w| w.mailbox() == a.mailbox) else {
+                        continue;
+                    };
+                    let Some((_, delta)) = before.get_mut(&a.mailbox) else {
+                        continue;
+                    };
+                    let account = messages
+                        .iter()
+                        .find(|m| m.mailbox == a.mailbox)
+                        .map(|m| m.account);
+                    match self.remove_message(&mut writers[idx], a.uid, delta).await {
+                        Ok(Some((blob, size, _))) => {
+                            if let Some(account) = account {
+                                let e = added.entry(account).or_default();
+                                e.0 -= size;
+                                e.1 -= 1;
+                            }
+                            let held = blob_gc::message_holder(a.mailbox.0, a.uid.0 as i64);
+                            let _ = self.release_blobs(&[(blob, held)]).await;
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(mailbox = %a.mailbox, uid = a.uid.0, error = %e,
+                                "a failed append could not take back a message it wrote");
+                            break;
+                        }
+                    }
+                }
+            }
             for w in writers.iter_mut() {
                 if let Some((mb, delta)) = before.get(&w.mailbox()) {
                     self.apply_delta(w, mb, delta).await?;
