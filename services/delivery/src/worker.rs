@@ -155,6 +155,9 @@ struct AttemptCtx<'a> {
     /// The lease itself, when the attempt runs under one: confirmed before `DATA`.
     guard: Option<&'a LeaseGuard>,
     now: i64,
+    /// The entry's version as this attempt last knew it: each claim of the attempt (one
+    /// per recipient domain) compares against it and replaces it with what it returns.
+    version: std::sync::atomic::AtomicU64,
 }
 
 /// What one attempt decided for one recipient.
@@ -675,6 +678,7 @@ impl Worker {
                 fence,
                 guard,
                 now,
+                version: msg.version.into(),
             };
             let attempt = self.attempt(&ctx, &due, &body).instrument(span.clone());
             let (outcomes, stopped) = match guard {
@@ -719,7 +723,10 @@ impl Worker {
     /// is counted and their next attempt moved to the backoff a temporary failure would
     /// get. A worker that crashes mid-attempt thus leaves the entry resting until then
     /// instead of due at once (a tight retry loop against a host that kills it), and the
-    /// crashed attempt still counts.
+    /// crashed attempt still counts. The claim is a compare-and-set on the entry's
+    /// version: if another worker claimed or recorded since this one read the entry (two
+    /// holders of one lease, after the coordinator went back in time), it fails with
+    /// `Conflict` and this attempt sends nothing.
     async fn claim(
         &self,
         ctx: &AttemptCtx<'_>,
@@ -740,11 +747,15 @@ impl Worker {
                 (a.clone(), ctx.now.saturating_add(delay.as_secs() as i64))
             })
             .collect();
-        self.inner
+        let seen = ctx.version.load(std::sync::atomic::Ordering::SeqCst);
+        let version = self
+            .inner
             .stores
             .meta
-            .claim_outbound_attempt(ctx.msg.id, ctx.fence, claims)
+            .claim_outbound_attempt(ctx.msg.id, ctx.fence, seen, claims)
             .await?;
+        ctx.version
+            .store(version, std::sync::atomic::Ordering::SeqCst);
         Ok(())
     }
 

@@ -2794,13 +2794,34 @@ pub async fn metadata_outbound_attempts(meta: &dyn MetadataStore) {
             .map(|a| (a.to_string(), at))
             .collect::<Vec<_>>()
     };
-    meta.claim_outbound_attempt(id, Some(100), all(base + 600))
+    assert_eq!(
+        meta.get_outbound(id)
+            .await
+            .expect("get")
+            .expect("exists")
+            .version,
+        0,
+        "never claimed"
+    );
+    let v1 = meta
+        .claim_outbound_attempt(id, Some(100), 0, all(base + 600))
         .await
         .expect("claim");
     let m = meta.get_outbound(id).await.expect("get").expect("exists");
     assert!(m.recipients.iter().all(|r| r.attempts == 1
         && r.next_attempt == base + 600
         && r.state == RecipientState::Queued));
+    assert_eq!(m.version, v1, "the claim returned the new version");
+    assert_ne!(v1, 0, "and changed it");
+    // A second worker that read the entry before that claim, holding the same lease token
+    // (a coordinator that went back in time hands one out twice), cannot claim it too.
+    assert!(matches!(
+        meta.claim_outbound_attempt(id, Some(100), 0, all(base + 60))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    let after = meta.get_outbound(id).await.expect("get").expect("exists");
+    assert_eq!(after, m, "a lost claim writes nothing");
     assert_eq!(
         mine(due_everywhere(meta, base + 599, 10_000).await.expect("due")),
         0
@@ -2810,11 +2831,12 @@ pub async fn metadata_outbound_attempts(meta: &dyn MetadataStore) {
         1
     );
     assert!(matches!(
-        meta.claim_outbound_attempt(id, Some(99), all(base)).await,
+        meta.claim_outbound_attempt(id, Some(99), v1, all(base))
+            .await,
         Err(StoreError::Conflict(_))
     ));
     assert!(matches!(
-        meta.claim_outbound_attempt(QueueId(i64::MAX), None, all(base))
+        meta.claim_outbound_attempt(QueueId(i64::MAX), None, 0, all(base))
             .await,
         Err(StoreError::NotFound(_))
     ));
@@ -2891,8 +2913,17 @@ pub async fn metadata_outbound_attempts(meta: &dyn MetadataStore) {
         1
     );
 
+    // The record changed the version: a claim acting on a read from before it (that saw
+    // these recipients still queued) is refused.
+    let recorded = meta.get_outbound(id).await.expect("get").expect("exists");
+    assert_ne!(recorded.version, v1, "a record changes the version");
+    assert!(matches!(
+        meta.claim_outbound_attempt(id, Some(101), v1, all(base + 2000))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
     // The next claim leaves finished recipients alone.
-    meta.claim_outbound_attempt(id, Some(101), all(base + 2000))
+    meta.claim_outbound_attempt(id, Some(101), recorded.version, all(base + 2000))
         .await
         .expect("claim");
     let m = meta.get_outbound(id).await.expect("get").expect("exists");

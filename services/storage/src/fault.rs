@@ -549,10 +549,13 @@ impl MetadataStore for FailingMeta {
         &self,
         id: crate::QueueId,
         fence: Option<u64>,
+        seen: u64,
         claims: Vec<(String, i64)>,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<u64> {
         self.check("claim_outbound_attempt")?;
-        self.inner.claim_outbound_attempt(id, fence, claims).await
+        self.inner
+            .claim_outbound_attempt(id, fence, seen, claims)
+            .await
     }
     async fn record_outbound_attempt(
         &self,

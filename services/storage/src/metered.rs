@@ -1043,11 +1043,12 @@ impl MetadataStore for MeteredMeta {
         &self,
         id: crate::QueueId,
         fence: Option<u64>,
+        seen: u64,
         claims: Vec<(String, i64)>,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<u64> {
         self.timed(
             "meta_claim_outbound_attempt",
-            self.inner.claim_outbound_attempt(id, fence, claims),
+            self.inner.claim_outbound_attempt(id, fence, seen, claims),
         )
         .await
     }

@@ -125,6 +125,10 @@ pub struct OutboundMessage {
     pub trace: Option<String>,
     /// In the order they were enqueued.
     pub recipients: Vec<OutboundRecipient>,
+    /// The version of the entry's attempt state: an opaque value (0 before anything was
+    /// claimed) that every claim and every recorded outcome changes. A claim compares
+    /// against it (see `MetadataStore::claim_outbound_attempt`).
+    pub version: u64,
 }
 
 /// The outcome of one delivery attempt for one recipient.

@@ -477,12 +477,24 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// the count nor lets the entry come due again at once. Recipients not `Queued` are
     /// left alone. One transaction; `NotFound` when the entry or a listed recipient does
     /// not exist; `fence` as in [`crate::RecipientUpdate::fence`].
+    ///
+    /// The claim is a compare-and-set on the entry's version: `seen` is
+    /// [`crate::OutboundMessage::version`] as the worker read the entry (or as its previous
+    /// claim of the same attempt returned it), and the claim applies only if no other claim
+    /// and no recorded outcome came in between; otherwise `Conflict` and nothing is
+    /// written. Returns the new version. Two workers that both believe they hold the
+    /// entry's lease (a coordinator that went back in time hands one token out twice) thus
+    /// cannot both claim, and so cannot both send, the same attempt, nor can a worker send
+    /// on a read that an outcome recorded since has made stale. Every
+    /// [`Self::record_outbound_attempt`] and [`Self::update_outbound_recipient`] changes
+    /// the version.
     async fn claim_outbound_attempt(
         &self,
         id: crate::QueueId,
         fence: Option<u64>,
+        seen: u64,
         claims: Vec<(String, i64)>,
-    ) -> StoreResult<()>;
+    ) -> StoreResult<u64>;
     /// Records every outcome of one attempt and queues its DSNs, all in one transaction:
     /// either every recipient state and every DSN entry is written, or nothing is. Each
     /// update sets state, next attempt, last error and (sticky) `delay_warned`; `attempts`

@@ -74,7 +74,7 @@ fn summary_bucket(uid: Uid) -> i64 {
 pub const ID_BLOCK: i64 = 100;
 
 /// Schema version recorded in `schema_version`; migrations run in order up to it.
-const SCHEMA_VERSION: i32 = 14;
+const SCHEMA_VERSION: i32 = 15;
 
 /// Tables of schema version 1. `{ks}` is replaced by the keyspace name.
 const SCHEMA_V1: &[&str] = &[
@@ -270,6 +270,18 @@ const SCHEMA_V14: &[&str] = &[
     "ALTER TABLE {ks}.messages ADD summarized boolean",
 ];
 
+/// v15: the version of each queue entry's attempt state, which a claim compares against
+/// (see [`MetadataStore::claim_outbound_attempt`]); null until the first claim. And each
+/// recipient's final state, written once with the outcome that ends it and never
+/// cleared: `state` is a last-write-wins cell stamped by the writing node's clock, so a
+/// record batch of an earlier attempt that timed out and lands late from a node whose
+/// clock runs ahead could set a delivered recipient back to queued (and send it again);
+/// `final_state` has no write that could undo it (the queue simulation found this).
+const SCHEMA_V15: &[&str] = &[
+    "ALTER TABLE {ks}.outbound ADD version bigint",
+    "ALTER TABLE {ks}.outbound_rcpts ADD final_state int",
+];
+
 /// How long a pin lasts: far longer than a put and an append take, and the sweep's grace
 /// period is checked against the pin's time as well.
 const PIN_TTL_SECS: i32 = 7 * 24 * 3600;
@@ -360,6 +372,16 @@ fn kind_from(code: i32) -> ChangeKind {
         0 => ChangeKind::Appended,
         1 => ChangeKind::FlagsChanged,
         _ => ChangeKind::Expunged,
+    }
+}
+
+/// A queue entry's next version: random and never 0 (0 is "never written").
+fn fresh_version() -> i64 {
+    loop {
+        let v: i64 = rand::random();
+        if v != 0 {
+            return v;
+        }
     }
 }
 
@@ -2195,12 +2217,13 @@ impl ScyllaMetadataStore {
             Option<String>,
             i64,
             Option<String>,
+            Option<i64>,
         );
         let head: Option<Head> = self
             .db
             .one(
-                "SELECT blob_id, size, sender, account_id, envid, ret, created_at, trace \
-                 FROM outbound WHERE id = ?",
+                "SELECT blob_id, size, sender, account_id, envid, ret, created_at, trace, \
+                 version FROM outbound WHERE id = ?",
                 (id.0,),
             )
             .await?;
@@ -2227,6 +2250,7 @@ impl ScyllaMetadataStore {
             created_at: h.6,
             trace: h.7,
             recipients,
+            version: h.8.map_or(0, |c| c as u64),
         }))
     }
 
@@ -2246,12 +2270,13 @@ impl ScyllaMetadataStore {
             Option<String>,
             Option<bool>,
             Option<i64>,
+            Option<i32>,
         );
         let rows: Vec<RcptRow> = self
             .db
             .all(
                 "SELECT seq, address, state, attempts, next_attempt, last_error, notify, orcpt, \
-                 delay_warned, due_bucket FROM outbound_rcpts WHERE queue_id = ?",
+                 delay_warned, due_bucket, final_state FROM outbound_rcpts WHERE queue_id = ?",
                 (id.0,),
             )
             .await?;
@@ -2264,7 +2289,8 @@ impl ScyllaMetadataStore {
                     },
                     crate::OutboundRecipient {
                         address: r.1,
-                        state: state_from(r.2)?,
+                        // A final state, once written, is the state (see SCHEMA_V15).
+                        state: state_from(r.10.unwrap_or(r.2))?,
                         attempts: r.3.max(0) as u32,
                         next_attempt: r.4,
                         last_error: r.5,
@@ -2278,7 +2304,8 @@ impl ScyllaMetadataStore {
     }
 
     /// Refuses a queue write from a lease older than one that already wrote to the entry,
-    /// and records `fence` otherwise: one LWT (`IF fence <= token`), taken only by writes
+    /// and records `fence` (and a new version, so no claim can act on a read from before
+    /// this write) otherwise: one LWT (`IF fence <= token`), taken only by writes
     /// that carry a token, so the queue's fencing costs a Paxos round per recipient update
     /// rather than per message stored.
     async fn check_fence(&self, id: crate::QueueId, fence: Option<u64>) -> StoreResult<()> {
@@ -2290,8 +2317,8 @@ impl ScyllaMetadataStore {
         if self
             .db
             .lwt(
-                "UPDATE outbound SET fence = ? WHERE id = ? IF fence <= ?",
-                (token, id.0, token),
+                "UPDATE outbound SET fence = ?, version = ? WHERE id = ? IF fence <= ?",
+                (token, fresh_version(), id.0, token),
             )
             .await?
         {
@@ -2308,6 +2335,94 @@ impl ScyllaMetadataStore {
                 stored.unwrap_or(0)
             ))),
         }
+    }
+
+    /// The fence check of [`Self::check_fence`] and the claim's compare-and-set on the
+    /// entry's version, in one LWT: a claim costs no more Paxos rounds than any other
+    /// fenced queue write. The version is null until the first fenced write (rows of every
+    /// schema start that way), so `seen == 0` compares with null; each write sets a fresh
+    /// random one (an opaque value, so no read-modify-write is needed to change it).
+    /// Returns the new version.
+    async fn check_claim(
+        &self,
+        id: crate::QueueId,
+        fence: Option<u64>,
+        seen: u64,
+    ) -> StoreResult<u64> {
+        let next = fresh_version();
+        let seen_v = seen as i64;
+        let token = fence
+            .map(|t| {
+                i64::try_from(t)
+                    .map_err(|_| StoreError::Invalid(format!("lease token {t} out of range")))
+            })
+            .transpose()?;
+        let applied = match (token, seen) {
+            (Some(t), 0) => {
+                self.db
+                    .lwt(
+                        "UPDATE outbound SET fence = ?, claims = ? WHERE id = ? \
+                         IF fence <= ? AND claims = null",
+                        (t, next, id.0, t),
+                    )
+                    .await?
+            }
+            (Some(t), _) => {
+                self.db
+                    .lwt(
+                        "UPDATE outbound SET fence = ?, claims = ? WHERE id = ? \
+                         IF fence <= ? AND claims = ?",
+                        (t, next, id.0, t, seen_v),
+                    )
+                    .await?
+            }
+            (None, 0) => {
+                self.db
+                    .lwt(
+                        "UPDATE outbound SET claims = ? WHERE id = ? IF claims = null",
+                        (next, id.0),
+                    )
+                    .await?
+            }
+            (None, _) => {
+                self.db
+                    .lwt(
+                        "UPDATE outbound SET claims = ? WHERE id = ? IF claims = ?",
+                        (next, id.0, seen_v),
+                    )
+                    .await?
+            }
+        };
+        if applied {
+            return Ok(next as u64);
+        }
+        let row: Option<(Option<i64>, Option<i64>)> = self
+            .db
+            .one("SELECT fence, version FROM outbound WHERE id = ?", (id.0,))
+            .await?;
+        match (row, token) {
+            (None, _) => Err(StoreError::NotFound(format!("queue entry {id}"))),
+            (Some((stored, _)), Some(t)) if stored.unwrap_or(0) > t => {
+                Err(StoreError::Conflict(format!(
+                    "queue entry {id}: lease token {t} is older than {}, which already wrote to it",
+                    stored.unwrap_or(0)
+                )))
+            }
+            (Some(_), _) => Err(StoreError::Conflict(format!(
+                "queue entry {id}: another attempt was claimed since it was read"
+            ))),
+        }
+    }
+
+    /// A new version for an entry written without a fence (the admin's tools).
+    async fn bump_version(&self, id: crate::QueueId) -> StoreResult<()> {
+        self.db
+            .lwt(
+                "UPDATE outbound SET version = ? WHERE id = ? IF EXISTS",
+                (fresh_version(), id.0),
+            )
+            .await?;
+        Ok(())
     }
 
     async fn outbound_exists(&self, id: crate::QueueId) -> StoreResult<bool> {
@@ -2839,6 +2954,7 @@ async fn migrate_locked(session: &Session, ks: &str) -> StoreResult<()> {
         (12, SCHEMA_V12),
         (13, SCHEMA_V13),
         (14, SCHEMA_V14),
+        (15, SCHEMA_V15),
     ] {
         if version >= v {
             continue;
@@ -4877,6 +4993,7 @@ impl MetadataStore for ScyllaMetadataStore {
                     delay_warned: false,
                 })
                 .collect(),
+            version: 0,
         })
     }
 
@@ -4929,6 +5046,9 @@ impl MetadataStore for ScyllaMetadataStore {
             return Err(not_found());
         }
         self.check_fence(id, update.fence).await?;
+        if update.fence.is_none() {
+            self.bump_version(id).await?;
+        }
         let (slot, old) = self
             .load_recipients(id)
             .await?
@@ -4959,6 +5079,14 @@ impl MetadataStore for ScyllaMetadataStore {
                 ),
             )
             .await?;
+        if update.state != crate::RecipientState::Queued {
+            self.db
+                .run(
+                    "UPDATE outbound_rcpts SET final_state = ? WHERE queue_id = ? AND seq = ?",
+                    (state_code(update.state), id.0, slot.seq),
+                )
+                .await?;
+        }
         Ok(())
     }
 
@@ -4966,12 +5094,13 @@ impl MetadataStore for ScyllaMetadataStore {
         &self,
         id: crate::QueueId,
         fence: Option<u64>,
+        seen: u64,
         claims: Vec<(String, i64)>,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<u64> {
         if !self.outbound_exists(id).await? {
             return Err(StoreError::NotFound(format!("queue entry {id}")));
         }
-        self.check_fence(id, fence).await?;
+        let version = self.check_claim(id, fence, seen).await?;
         let current = self.load_recipients(id).await?;
         let now = now_secs();
         let mut stmts = Vec::new();
@@ -5001,7 +5130,8 @@ impl MetadataStore for ScyllaMetadataStore {
             ));
             stmts.extend(due.stmts);
         }
-        self.db.logged_batch(stmts).await
+        self.db.logged_batch(stmts).await?;
+        Ok(version)
     }
 
     async fn record_outbound_attempt(
@@ -5024,6 +5154,9 @@ impl MetadataStore for ScyllaMetadataStore {
         // The fence first, as every fenced queue write takes it: an LWT cannot share a
         // logged batch with writes to other partitions.
         self.check_fence(id, fence).await?;
+        if fence.is_none() {
+            self.bump_version(id).await?;
+        }
         let current = self.load_recipients(id).await?;
         let now = now_secs();
         let mut stmts = Vec::new();
@@ -5053,6 +5186,16 @@ impl MetadataStore for ScyllaMetadataStore {
                     Some(CqlValue::Int(slot.seq)),
                 ],
             ));
+            if update.state != crate::RecipientState::Queued {
+                stmts.push((
+                    "UPDATE outbound_rcpts SET final_state = ? WHERE queue_id = ? AND seq = ?",
+                    vec![
+                        Some(CqlValue::Int(state_code(update.state))),
+                        Some(CqlValue::BigInt(id.0)),
+                        Some(CqlValue::Int(slot.seq)),
+                    ],
+                ));
+            }
             stmts.extend(due.stmts);
         }
         let mut ids = Vec::with_capacity(dsns.len());

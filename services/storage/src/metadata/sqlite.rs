@@ -25,7 +25,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// Schema version stored in `PRAGMA user_version`; migrations run in order up to it.
-const SCHEMA_VERSION: i64 = 18;
+const SCHEMA_VERSION: i64 = 19;
 
 const SCHEMA_V1: &str = r#"
 CREATE TABLE domains (
@@ -752,6 +752,12 @@ CREATE TABLE records (
 ) WITHOUT ROWID;
 "#;
 
+/// v19: the version of each queue entry's attempt state, which a claim compares against
+/// (see [`MetadataStore::claim_outbound_attempt`]).
+const SCHEMA_V19: &str = r#"
+ALTER TABLE outbound ADD COLUMN version INTEGER NOT NULL DEFAULT 0;
+"#;
+
 /// UIDs an EXPUNGE with a UID set looks up one by one; a larger set reads the deleted
 /// messages from the partial index instead.
 const EXPUNGE_LOOKUPS: usize = 64;
@@ -884,6 +890,12 @@ fn migrate_to(conn: &Connection, index_path: &Path, target: i64) -> StoreResult<
     if version < 18 && target >= 18 {
         conn.execute_batch(&format!(
             "BEGIN IMMEDIATE; {SCHEMA_V18} PRAGMA user_version = 18; COMMIT;"
+        ))
+        .map_err(db_err)?;
+    }
+    if version < 19 && target >= 19 {
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {SCHEMA_V19} PRAGMA user_version = 19; COMMIT;"
         ))
         .map_err(db_err)?;
     }
@@ -3257,6 +3269,11 @@ impl MetadataStore for SqliteMetadataStore {
         let address = address.to_string();
         self.write(move |c| {
             check_fence(c, id, update.fence)?;
+            // An outcome makes every earlier read stale for a claim.
+            c.prepare_cached("UPDATE outbound SET version = version + 1 WHERE id = ?1")
+                .map_err(db_err)?
+                .execute([id.0])
+                .map_err(db_err)?;
             let n = c
                 .execute(
                     "UPDATE outbound_rcpts SET state = ?1, attempts = attempts + 1, \
@@ -3286,11 +3303,28 @@ impl MetadataStore for SqliteMetadataStore {
         &self,
         id: crate::QueueId,
         fence: Option<u64>,
+        seen: u64,
         claims: Vec<(String, i64)>,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<u64> {
         self.write(move |c| {
             require_outbound(c, id)?;
             check_fence(c, id, fence)?;
+            let seen = i64::try_from(seen).map_err(|_| {
+                StoreError::Invalid(format!("queue entry version {seen} out of range"))
+            })?;
+            let bumped = c
+                .prepare_cached(
+                    "UPDATE outbound SET version = version + 1 WHERE id = ?1 AND version = ?2",
+                )
+                .map_err(db_err)?
+                .execute(params![id.0, seen])
+                .map_err(db_err)?;
+            if bumped == 0 {
+                // The job's savepoint rolls back with the error: the fence stays as it was.
+                return Err(StoreError::Conflict(format!(
+                    "queue entry {id}: another attempt was claimed since it was read"
+                )));
+            }
             for (address, at) in &claims {
                 let state: i64 = c
                     .prepare_cached(
@@ -3314,7 +3348,7 @@ impl MetadataStore for SqliteMetadataStore {
                 .execute(params![at, id.0, address])
                 .map_err(db_err)?;
             }
-            Ok(())
+            Ok(seen as u64 + 1)
         })
         .await
     }
@@ -3329,6 +3363,11 @@ impl MetadataStore for SqliteMetadataStore {
         self.write(move |c| {
             require_outbound(c, id)?;
             check_fence(c, id, fence)?;
+            // An outcome makes every earlier read stale for a claim.
+            c.prepare_cached("UPDATE outbound SET version = version + 1 WHERE id = ?1")
+                .map_err(db_err)?
+                .execute([id.0])
+                .map_err(db_err)?;
             for (address, update) in &updates {
                 let n = c
                     .prepare_cached(
@@ -3811,7 +3850,7 @@ fn load_outbound(
 ) -> StoreResult<Option<crate::OutboundMessage>> {
     let head = c
         .prepare_cached(
-            "SELECT blob_id, size, sender, account_id, envid, ret, created_at, trace \
+            "SELECT blob_id, size, sender, account_id, envid, ret, created_at, trace, version \
              FROM outbound WHERE id = ?1",
         )
         .map_err(db_err)?
@@ -3835,6 +3874,7 @@ fn load_outbound(
                 created_at: r.get(6)?,
                 trace: r.get(7)?,
                 recipients: Vec::new(),
+                version: r.get::<_, i64>(8)? as u64,
             })
         })
         .optional()

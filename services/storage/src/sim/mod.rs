@@ -23,6 +23,9 @@
 //! generator, so a seed replays the same run: a failure names its seed, and
 //! `MAILFLEET_SIM_SEED=<n>` runs just that one (`MAILFLEET_SIM_SEEDS=<n>` runs more seeds).
 //!
+//! The outbound queue runs under the same Redis and the same kinds of faults in
+//! [`queue`]: no recipient is sent a message twice unless an outcome was lost.
+//!
 //! Why hand-written: the simulated parts are small models of Redis and ScyllaDB semantics
 //! (lease keys with expiry, Paxos compare-and-set, cell timestamps), and what is tested is
 //! the real allocator and the real settle rule driven through them; a mock library would
@@ -41,8 +44,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
+mod queue;
+
 /// Fault rates of one run (drawn from the seed).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 struct Faults {
     /// A metadata write times out (and applies later, or never).
     write_timeout: f64,
@@ -66,9 +71,15 @@ struct Faults {
 struct World {
     rng: Mutex<StdRng>,
     faults: Faults,
+    /// Set: no more faults (the queue simulation's drain after its load).
+    calm: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl World {
+    /// A fault with probability `p`, unless the run has calmed down.
+    fn fault(&self, p: f64) -> bool {
+        !self.calm.load(std::sync::atomic::Ordering::SeqCst) && self.chance(p)
+    }
     fn chance(&self, p: f64) -> bool {
         self.rng.lock().expect("rng").gen_bool(p.clamp(0.0, 1.0))
     }
@@ -108,10 +119,19 @@ impl SubscriptionStream for Never {
 }
 
 impl SimRedis {
+    fn new(world: Arc<World>) -> Self {
+        Self {
+            world,
+            state: Mutex::default(),
+            snapshots: Mutex::default(),
+            down_until: Mutex::new(Instant::now()),
+        }
+    }
+
     async fn call(&self) -> StoreResult<()> {
         tokio::time::sleep(self.world.ms(0..3)).await;
         if Instant::now() < *self.down_until.lock().expect("lock")
-            || self.world.chance(self.world.faults.redis_error)
+            || self.world.fault(self.world.faults.redis_error)
         {
             return Err(StoreError::Unavailable("redis: connection refused".into()));
         }
@@ -511,14 +531,10 @@ async fn run_async(seed: u64, cfg: SimConfig) -> Outcome {
     let world = Arc::new(World {
         rng: Mutex::new(rng),
         faults,
+        calm: Arc::default(),
     });
     let tables: Arc<Mutex<Tables>> = Arc::default();
-    let redis = Arc::new(SimRedis {
-        world: world.clone(),
-        state: Mutex::default(),
-        snapshots: Mutex::default(),
-        down_until: Mutex::new(Instant::now()),
-    });
+    let redis = Arc::new(SimRedis::new(world.clone()));
     let scylla = Arc::new(SimScylla {
         world: world.clone(),
         tables: tables.clone(),
@@ -734,7 +750,7 @@ async fn run_async(seed: u64, cfg: SimConfig) -> Outcome {
 mod tests {
     use super::*;
 
-    fn seeds(default: u64) -> Vec<u64> {
+    pub(super) fn seeds(default: u64) -> Vec<u64> {
         if let Some(one) = std::env::var("MAILFLEET_SIM_SEED")
             .ok()
             .and_then(|s| s.parse().ok())
