@@ -43,7 +43,9 @@ command -v mbsync >/dev/null 2>&1 || missing+=(isync)
 # Postfix's smtp-sink is the remote peer of the outbound delivery tests (tests/e2e).
 [ -x /usr/sbin/smtp-sink ] || missing+=(postfix)
 command -v cc >/dev/null 2>&1 || missing+=(gcc)
-# Redis is the cluster coordinator (services/storage/tests/conformance_redis.rs, tests/e2e).
+# Redis is the cluster coordinator (services/storage/tests/conformance_redis.rs, tests/e2e);
+# the Redis Cluster tests form their cluster with redis-cli (redis-tools, which
+# redis-server depends on).
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 # A real Prometheus scrapes the server and evaluates the shipped dashboards and alert rules
 # (tests/e2e/test_metrics_prometheus.py); promtool checks and unit-tests the rules.

@@ -353,6 +353,10 @@ BAD_VALUES = [
     ({"proxyProtocol": {"enabled": True, "trustedNetworks": ["ten.zero/8"]}}, "/proxyProtocol/trustedNetworks/0"),
     ({"mode": "cluster", "replicaCount": 2, "tls": {"existingSecret": "t"}}, "/storage/s3/bucket"),
     ({**CLUSTER_SECRETS, "storage": {**CLUSTER_SECRETS["storage"], "redis": {}}}, "/storage/redis"),
+    ({**CLUSTER_SECRETS, "storage": {**CLUSTER_SECRETS["storage"], "redis": {"clusterNodes": []}}}, "/storage/redis"),
+    # Seeds go into the ConfigMap: no password there.
+    ({"storage": {"redis": {"clusterNodes": ["redis://:pw@redis-0:6379"]}}}, "/storage/redis/clusterNodes/0"),
+    ({"storage": {"redis": {"clusterNodes": ["redis://redis-0:6379/2"]}}}, "/storage/redis/clusterNodes/0"),
     ({"certManager": {"enabled": True}}, "/certManager/issuerRef/name"),
     ({"service": {"mail": {"externalTrafficPolicy": "Global"}}}, "/service/mail/externalTrafficPolicy"),
     ({"service": {"mail": {"ports": {"smtp": 70000}}}}, "/service/mail/ports/smtp"),
@@ -405,7 +409,8 @@ MUTATIONS = {
     "storage.s3.keyPrefix": "x/", "storage.s3.existingSecret": "s3-2", "storage.s3.accessKeyIdKey": "id",
     "storage.s3.secretAccessKeyKey": "secret", "storage.s3.accessKeyId": "AKIA2", "storage.s3.secretAccessKey": "s2",
     "storage.redis.existingSecret": "r2", "storage.redis.urlKey": "redis-url", "storage.redis.url": "redis://r2:6379/1",
-    "storage.redis.keyPrefix": "mf2:", "storage.scylla.nodes": ["n1:9042"], "storage.scylla.keyspace": "mail2",
+    "storage.redis.keyPrefix": "mf2:", "storage.redis.clusterNodes": ["redis://redis-0.redis:6379"],
+    "storage.scylla.nodes": ["n1:9042"], "storage.scylla.keyspace": "mail2",
     "storage.scylla.localDc": "dc2", "storage.scylla.existingSecret": "sc2", "storage.scylla.usernameKey": "user",
     "storage.scylla.passwordKey": "pass", "storage.scylla.username": "u2", "storage.scylla.password": "p2",
     "service.mail.type": "NodePort", "service.mail.externalTrafficPolicy": "Cluster",
@@ -594,6 +599,18 @@ def test_cluster_mode(manifests):
         "MAILFLEET_STORAGE__SCYLLA__PASSWORD": ("mailfleet-scylla", "password"),
     }
     assert not [d for d in docs if d["kind"] == "Secret"], "existing Secrets are referenced, not created"
+
+
+def test_redis_cluster_seeds_replace_the_url(chart):
+    """storage.redis.clusterNodes alone is enough: the seeds reach the config, and no URL
+    variable points at a Secret key nobody created."""
+    seeds = ["redis://redis-0.redis:6379", "redis://redis-1.redis:6379"]
+    values = {**CLUSTER_SECRETS, "storage": {**CLUSTER_SECRETS["storage"], "redis": {"clusterNodes": seeds}}}
+    docs = documents(render_raw(chart, values))
+    assert config_of(docs)["storage"]["redis"] == {"key_prefix": "mailfleet:", "cluster_nodes": seeds}
+    refs = secret_refs(mail_container(docs))
+    assert "MAILFLEET_STORAGE__REDIS__URL" not in refs, refs
+    assert refs["MAILFLEET_STORAGE__SCYLLA__PASSWORD"] == ("mailfleet-scylla", "password")
 
 
 def test_inline_credentials_go_to_a_secret_never_to_a_configmap(manifests):

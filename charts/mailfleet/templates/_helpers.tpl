@@ -159,11 +159,14 @@ stored TOML-quoted, see docs/kubernetes.md.
       key: {{ $s3.secretAccessKeyKey }}
 {{- end }}
 {{- $redis := .Values.storage.redis }}
+{{- /* With only clusterNodes there is no URL to pass (the server ignores it then). */}}
+{{- if or $redis.existingSecret $redis.url }}
 - name: MAILFLEET_STORAGE__REDIS__URL
   valueFrom:
     secretKeyRef:
       name: {{ $redis.existingSecret | default (include "mailfleet.storageSecretName" .) }}
       key: {{ $redis.urlKey }}
+{{- end }}
 {{- $scylla := .Values.storage.scylla }}
 {{- $scyllaSecret := $scylla.existingSecret | default (ternary (include "mailfleet.storageSecretName" .) "" (eq (include "mailfleet.scyllaInline" .) "true")) }}
 {{- if $scyllaSecret }}

@@ -342,8 +342,14 @@ impl Default for S3Config {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host:port/db` or `rediss://` for TLS.
+    /// `redis://[user:password@]host:port/db` or `rediss://` for TLS. Not used when
+    /// `cluster_nodes` is set.
     pub url: String,
+    /// Seed nodes of a Redis Cluster (`redis://[user:password@]host:port` or `rediss://`,
+    /// database 0 only). Empty: one Redis at `url`. Set: the cluster client learns the slot
+    /// map from any reachable seed and sends each key to the primary owning its slot, so
+    /// the seeds need not be every node, and events go through sharded pub/sub.
+    pub cluster_nodes: Vec<String>,
     /// Prefix of every key and channel, so one Redis can serve several installations.
     pub key_prefix: String,
     /// Deadline for one command; past it the operation fails as temporarily unavailable.
@@ -359,10 +365,112 @@ pub struct RedisConfig {
     pub tls_key_file: Option<PathBuf>,
 }
 
+impl RedisConfig {
+    /// True when the coordinator talks to a Redis Cluster (`cluster_nodes` is set).
+    pub fn is_cluster(&self) -> bool {
+        !self.cluster_nodes.is_empty()
+    }
+
+    /// True when the endpoints in use (`cluster_nodes`, else `url`) are `rediss://`.
+    /// [`Config::validate`] makes every seed use the same scheme, so the first one decides.
+    pub fn uses_tls(&self) -> bool {
+        let endpoint = self.cluster_nodes.first().unwrap_or(&self.url);
+        endpoint.starts_with("rediss://")
+    }
+
+    /// The config key that names the endpoints in use, for error messages.
+    pub fn endpoint_key(&self) -> &'static str {
+        if self.is_cluster() {
+            "storage.redis.cluster_nodes"
+        } else {
+            "storage.redis.url"
+        }
+    }
+
+    /// Checks `[storage.redis]` when Redis coordinates.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let err = |key: &str, message: &str| {
+            Err(ConfigError::Key {
+                key: key.into(),
+                message: message.into(),
+            })
+        };
+        if self.is_cluster() {
+            if let Err(message) = check_cluster_seeds(&self.cluster_nodes) {
+                return err("storage.redis.cluster_nodes", &message);
+            }
+        } else if !(self.url.starts_with("redis://") || self.url.starts_with("rediss://")) {
+            return err("storage.redis.url", "must start with redis:// or rediss://");
+        }
+        if self.timeout_ms == 0 {
+            return err("storage.redis.timeout_ms", "must be positive");
+        }
+        // A CA or client certificate next to plain redis:// endpoints would be ignored, and
+        // the operator who set it would believe the connection encrypted.
+        let tls_files = [
+            ("tls_ca_file", &self.tls_ca_file),
+            ("tls_cert_file", &self.tls_cert_file),
+            ("tls_key_file", &self.tls_key_file),
+        ];
+        if let Some((key, _)) = tls_files.iter().find(|(_, v)| v.is_some()) {
+            if !self.uses_tls() {
+                return err(
+                    &format!("storage.redis.{key}"),
+                    &format!("needs rediss:// in {} (TLS)", self.endpoint_key()),
+                );
+            }
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return err(
+                "storage.redis.tls_cert_file",
+                "set both tls_cert_file and tls_key_file, or neither",
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The seeds of a Redis Cluster: all `redis://` or all `rediss://` (the client speaks one
+/// way to every node, including those it learns from the slot map), and no database but 0
+/// (a cluster has only database 0).
+fn check_cluster_seeds(seeds: &[String]) -> Result<(), String> {
+    let scheme = |seed: &str| {
+        ["rediss://", "redis://"]
+            .into_iter()
+            .find(|s| seed.starts_with(s))
+    };
+    let first = scheme(&seeds[0]);
+    for seed in seeds {
+        let shown = redact_url(seed);
+        let Some(this) = scheme(seed) else {
+            return Err(format!("{shown:?} must start with redis:// or rediss://"));
+        };
+        if Some(this) != first {
+            return Err(
+                "every seed must use the same scheme (all redis:// or all rediss://)".into(),
+            );
+        }
+        if !matches!(url_database(&seed[this.len()..]), "" | "0") {
+            return Err(format!(
+                "{shown:?} names a database; a Redis Cluster has only database 0"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The database part of `[user:password@]host:port/db?query` (empty when there is none).
+/// Like [`redact_url`], the authority ends at the first `/`.
+fn url_database(rest: &str) -> &str {
+    let path = rest.split_once('/').map_or("", |(_, path)| path);
+    path.split('?').next().unwrap_or("")
+}
+
 impl Default for RedisConfig {
     fn default() -> Self {
         Self {
             url: "redis://127.0.0.1:6379/0".into(),
+            cluster_nodes: Vec::new(),
             key_prefix: "mailfleet:".into(),
             timeout_ms: 2000,
             tls_ca_file: None,
@@ -1050,6 +1158,9 @@ impl Config {
         hide(&mut c.storage.s3.secret_access_key);
         hide(&mut c.storage.scylla.password);
         c.storage.redis.url = redact_url(&c.storage.redis.url);
+        for seed in &mut c.storage.redis.cluster_nodes {
+            *seed = redact_url(seed);
+        }
         c.storage.s3.endpoint = redact_url(&c.storage.s3.endpoint);
         c.tracing.otlp_endpoint = redact_url(&c.tracing.otlp_endpoint);
         c
@@ -1254,34 +1365,7 @@ impl Config {
             }
         }
         if self.storage.coordination == CoordinationBackend::Redis {
-            let r = &self.storage.redis;
-            if !(r.url.starts_with("redis://") || r.url.starts_with("rediss://")) {
-                return err("storage.redis.url", "must start with redis:// or rediss://");
-            }
-            if r.timeout_ms == 0 {
-                return err("storage.redis.timeout_ms", "must be positive");
-            }
-            // A CA or client certificate next to a plain redis:// URL would be ignored, and
-            // the operator who set it would believe the connection encrypted.
-            let tls_files = [
-                ("tls_ca_file", &r.tls_ca_file),
-                ("tls_cert_file", &r.tls_cert_file),
-                ("tls_key_file", &r.tls_key_file),
-            ];
-            if let Some((key, _)) = tls_files.iter().find(|(_, v)| v.is_some()) {
-                if !r.url.starts_with("rediss://") {
-                    return err(
-                        &format!("storage.redis.{key}"),
-                        "needs a rediss:// storage.redis.url (TLS)",
-                    );
-                }
-            }
-            if r.tls_cert_file.is_some() != r.tls_key_file.is_some() {
-                return err(
-                    "storage.redis.tls_cert_file",
-                    "set both tls_cert_file and tls_key_file, or neither",
-                );
-            }
+            self.storage.redis.validate()?;
         }
         if self.storage.metadata == MetadataBackend::Scylla {
             let sc = &self.storage.scylla;
@@ -1886,6 +1970,91 @@ mod tests {
             let e = Config::load(None, env(&vars)).expect_err(key);
             assert!(e.to_string().contains(key), "{key}: {e}");
         }
+    }
+
+    /// `cluster_nodes`: seeds of a Redis Cluster, from the environment like any list; one
+    /// scheme for all, database 0 only, TLS files only with rediss:// seeds, passwords
+    /// redacted.
+    #[test]
+    fn redis_cluster_nodes_are_checked() {
+        let c = Config::load(None, vec![]).expect("defaults");
+        assert!(c.storage.redis.cluster_nodes.is_empty());
+        assert!(!c.storage.redis.is_cluster());
+        assert_eq!(c.storage.redis.endpoint_key(), "storage.redis.url");
+        let redis = ("MAILFLEET_STORAGE__COORDINATION", "redis");
+        let c = Config::load(
+            None,
+            env(&[
+                redis,
+                (
+                    "MAILFLEET_STORAGE__REDIS__CLUSTER_NODES",
+                    "[\"rediss://:cluster-secret@10.0.0.1:6379\", \"rediss://10.0.0.2:6379/0\"]",
+                ),
+                (
+                    "MAILFLEET_STORAGE__REDIS__TLS_CA_FILE",
+                    "/etc/mf/redis-ca.pem",
+                ),
+                // Not used in cluster mode, so not checked either.
+                ("MAILFLEET_STORAGE__REDIS__URL", "unused"),
+            ]),
+        )
+        .expect("a TLS cluster");
+        let r = &c.storage.redis;
+        assert!(r.is_cluster() && r.uses_tls());
+        assert_eq!(r.endpoint_key(), "storage.redis.cluster_nodes");
+        assert_eq!(r.cluster_nodes.len(), 2);
+        let printed = format!("{:#?}", c.redacted());
+        assert!(!printed.contains("cluster-secret"), "{printed}");
+        assert!(
+            printed.contains("rediss://:<redacted>@10.0.0.1:6379"),
+            "{printed}"
+        );
+
+        let nodes = "MAILFLEET_STORAGE__REDIS__CLUSTER_NODES";
+        for (vars, needle) in [
+            (
+                vec![
+                    redis,
+                    (
+                        nodes,
+                        "[\"redis://10.0.0.1:6379\", \"rediss://10.0.0.2:6379\"]",
+                    ),
+                ],
+                "same scheme",
+            ),
+            (
+                vec![redis, (nodes, "[\"10.0.0.1:6379\"]")],
+                "must start with redis://",
+            ),
+            (
+                vec![redis, (nodes, "[\"redis://u:pw@10.0.0.1:6379/2\"]")],
+                "only database 0",
+            ),
+            (
+                vec![
+                    redis,
+                    (nodes, "[\"redis://10.0.0.1:6379\"]"),
+                    ("MAILFLEET_STORAGE__REDIS__TLS_CA_FILE", "/ca.pem"),
+                ],
+                "needs rediss:// in storage.redis.cluster_nodes",
+            ),
+        ] {
+            let e = Config::load(None, env(&vars)).expect_err(needle);
+            let text = e.to_string();
+            assert!(text.contains(needle), "{needle}: {text}");
+            assert!(!text.contains(":pw@"), "a password in an error: {text}");
+        }
+        // A rediss:// seed list does not make a plain url acceptable when it is not set:
+        // without cluster_nodes the url decides again.
+        let e = Config::load(
+            None,
+            env(&[redis, ("MAILFLEET_STORAGE__REDIS__TLS_CA_FILE", "/ca.pem")]),
+        )
+        .expect_err("plain url with a CA");
+        assert!(e.to_string().contains("storage.redis.url"), "{e}");
+        assert_eq!(url_database("h:1"), "");
+        assert_eq!(url_database("u:p@h:1/0?protocol=3"), "0");
+        assert_eq!(url_database("h:1/"), "");
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! The coordinator conformance suite against a real `redis-server` (Debian's), plus what
 //! only a shared coordinator can show: two nodes see each other's events and leases, and a
 //! Redis restart gives temporary errors, a resync, then full service. The suite runs again
-//! over TLS (`rediss://`, a throwaway CA made here), with and without client certificates.
+//! over TLS (`rediss://`, a throwaway CA made here), with and without client certificates,
+//! and against a three-primary Redis Cluster (`storage.redis.cluster_nodes`), where keys
+//! and sharded channels really land on different nodes.
 
 use mailfleet_core::config::RedisConfig;
 use mailfleet_storage::coord::redis::RedisCoordinator;
@@ -18,6 +20,8 @@ struct RedisServer {
     child: Option<Child>,
     /// Set: the server speaks only TLS on `port` (`--port 0 --tls-port`).
     tls: Option<Tls>,
+    /// A Redis Cluster node (`--cluster-enabled yes`), its bus on `port + 10000`.
+    cluster: bool,
 }
 
 /// TLS for a test server: the `--tls-auth-clients` mode, and a throwaway CA in the server's
@@ -92,29 +96,64 @@ fn redis_binary() -> Option<PathBuf> {
 
 /// A port from 10000-11999 (below the ephemeral range, so no outgoing connection takes it
 /// between the check and redis-server's bind), varied by process id across test binaries.
-fn pick_port(offset: u16) -> u16 {
+/// For a cluster node the bus port (`port + 10000`) must be free too.
+fn pick_port(offset: u16, cluster: bool) -> u16 {
     let start = 10000 + ((std::process::id() as u16).wrapping_mul(31) % 1500) + offset * 7;
+    let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
     (start..12000)
-        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .find(|p| free(*p) && (!cluster || free(*p + 10000)))
         .expect("a free port in 10000-11999")
+}
+
+/// `redis-cli`, next to `redis-server`.
+fn redis_cli() -> PathBuf {
+    redis_binary()
+        .and_then(|b| b.parent().map(|d| d.join("redis-cli")))
+        .filter(|p| p.exists())
+        .expect("redis-cli next to redis-server (Debian's redis-tools)")
+}
+
+/// `redis-cli -p port args...`, its stdout; panics with its output when it fails.
+fn cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new(redis_cli())
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("run redis-cli");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "redis-cli -p {port} {args:?}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// False (skip the test) when redis-server is not installed; in CI that is a failure.
+fn redis_installed() -> bool {
+    if redis_binary().is_some() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "redis-server is not installed: scripts/test.sh installs Debian's redis-server"
+    );
+    eprintln!("redis-server not installed: skipping the Redis coordinator tests");
+    false
 }
 
 impl RedisServer {
     /// `None` when redis-server is not installed and this is not CI.
     fn start(offset: u16) -> Option<Self> {
-        if redis_binary().is_none() {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "redis-server is not installed: scripts/test.sh installs Debian's redis-server"
-            );
-            eprintln!("redis-server not installed: skipping the Redis coordinator tests");
+        if !redis_installed() {
             return None;
         }
         let mut s = Self {
-            port: pick_port(offset),
+            port: pick_port(offset, false),
             dir: tempfile::tempdir().expect("tmp"),
             child: None,
             tls: None,
+            cluster: false,
         };
         s.spawn();
         Some(s)
@@ -126,10 +165,11 @@ impl RedisServer {
         redis_binary()?;
         let dir = tempfile::tempdir().expect("tmp");
         let mut s = Self {
-            port: pick_port(offset),
+            port: pick_port(offset, false),
             tls: Some(Tls::generate(dir.path(), auth_clients)),
             dir,
             child: None,
+            cluster: false,
         };
         s.spawn();
         Some(s)
@@ -153,6 +193,12 @@ impl RedisServer {
                     .arg(&tls.ca)
                     .args(["--tls-auth-clients", tls.auth_clients]);
             }
+        }
+        if self.cluster {
+            command
+                .args(["--cluster-enabled", "yes", "--cluster-config-file"])
+                .arg(self.dir.path().join("nodes.conf"))
+                .args(["--cluster-node-timeout", "2000"]);
         }
         let child = command
             .args([
@@ -215,6 +261,104 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A Redis Cluster of three primaries (no replicas) on loopback, each node a
+/// `redis-server` in its own directory, formed by `redis-cli --cluster create`; the nodes
+/// are killed on drop.
+struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// `None` when redis-server is not installed and this is not CI (like
+    /// [`RedisServer::start`]). `offset` spaces the ports of tests running side by side.
+    fn start(offset: u16) -> Option<Self> {
+        if !redis_installed() {
+            return None;
+        }
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|i| {
+                let mut node = RedisServer {
+                    port: pick_port(offset + i, true),
+                    dir: tempfile::tempdir().expect("tmp"),
+                    child: None,
+                    tls: None,
+                    cluster: true,
+                };
+                node.spawn();
+                node
+            })
+            .collect();
+        let mut create = vec!["--cluster".to_string(), "create".to_string()];
+        create.extend(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)));
+        create.extend(["--cluster-replicas", "0", "--cluster-yes"].map(String::from));
+        let create: Vec<&str> = create.iter().map(String::as_str).collect();
+        cli(nodes[0].port, &create);
+        let cluster = Self { nodes };
+        cluster.wait_until_ok();
+        Some(cluster)
+    }
+
+    /// Until every node says `cluster_state:ok` (all 16384 slots served, seen the same
+    /// way by everyone), at most 30 s.
+    fn wait_until_ok(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let infos: Vec<String> = self
+                .nodes
+                .iter()
+                .map(|n| cli(n.port, &["cluster", "info"]))
+                .collect();
+            if infos.iter().all(|i| i.contains("cluster_state:ok")) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cluster did not become ok: {infos:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Cluster mode with node `seed` as the only seed: the client learns the other
+    /// nodes from its slot map.
+    fn config(&self, seed: usize) -> RedisConfig {
+        RedisConfig {
+            cluster_nodes: vec![format!("redis://127.0.0.1:{}", self.nodes[seed].port)],
+            // Never used in cluster mode: nothing listens there.
+            url: "redis://127.0.0.1:1/0".into(),
+            key_prefix: format!("t{}:", rand::random::<u32>()),
+            timeout_ms: 1000,
+            ..RedisConfig::default()
+        }
+    }
+
+    /// How many keys each node holds.
+    fn dbsizes(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .map(|n| {
+                cli(n.port, &["dbsize"])
+                    .trim()
+                    .parse()
+                    .expect("DBSIZE is a number")
+            })
+            .collect()
+    }
+
+    /// How many sharded channels each node has subscribers for.
+    fn shard_channel_counts(&self) -> Vec<usize> {
+        self.nodes
+            .iter()
+            .map(|n| {
+                cli(n.port, &["pubsub", "shardchannels"])
+                    .lines()
+                    .filter(|l| !l.trim().is_empty())
+                    .count()
+            })
+            .collect()
     }
 }
 
@@ -485,4 +629,134 @@ async fn rediss_with_a_client_certificate() {
             assert!(matches!(e, StoreError::Unavailable(_)), "{e:?}");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_coordinator_conformance() {
+    let Some(cluster) = RedisCluster::start(20) else {
+        return;
+    };
+    let coord = RedisCoordinator::connect(&cluster.config(0))
+        .await
+        .expect("connect to the cluster");
+    conformance::coordinator(&coord).await;
+    coord.check().await.expect("ping every primary");
+}
+
+/// Two nodes with different seeds share events (sharded channels spread over the
+/// cluster's nodes), leases (one holder across nodes, fencing tokens counted on) and
+/// counters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_two_nodes_share_events_leases_and_counters() {
+    let Some(cluster) = RedisCluster::start(30) else {
+        return;
+    };
+    let a_cfg = cluster.config(0);
+    let b_cfg = RedisConfig {
+        key_prefix: a_cfg.key_prefix.clone(),
+        ..cluster.config(2)
+    };
+    let a = RedisCoordinator::connect(&a_cfg).await.expect("node a");
+    let b = RedisCoordinator::connect(&b_cfg).await.expect("node b");
+
+    let accounts: Vec<AccountId> = (1..=12).map(|i| AccountId(9000 + i)).collect();
+    let mut subs = Vec::new();
+    for account in &accounts {
+        subs.push(b.subscribe(*account).await.expect("subscribe"));
+    }
+    let counts = cluster.shard_channel_counts();
+    assert_eq!(
+        counts.iter().sum::<usize>(),
+        accounts.len(),
+        "one sharded channel per account: {counts:?}"
+    );
+    assert!(
+        counts.iter().filter(|c| **c > 0).count() >= 2,
+        "the accounts' channels live on several nodes: {counts:?}"
+    );
+    for (i, account) in accounts.iter().enumerate() {
+        let event = MailboxEvent::Changed {
+            account: *account,
+            mailbox: MailboxId(i as i64 + 1),
+            modseq: ModSeq(100 + i as u64),
+        };
+        a.publish(event.clone()).await.expect("publish");
+        assert_eq!(
+            next_event(&mut subs[i], Duration::from_secs(5)).await,
+            Some(event),
+            "account {account:?}"
+        );
+    }
+
+    for name in ["queue:1", "uid:42", "pop3:alice@example.test", "queue:2"] {
+        let la = a
+            .acquire_lease(name, "node-a", Duration::from_secs(30))
+            .await
+            .expect("acquire")
+            .expect("free");
+        assert!(
+            b.acquire_lease(name, "node-b", Duration::from_secs(30))
+                .await
+                .expect("acquire")
+                .is_none(),
+            "{name}: held by node a"
+        );
+        a.release_lease(&la).await.expect("release");
+        let lb = b
+            .acquire_lease(name, "node-b", Duration::from_secs(30))
+            .await
+            .expect("acquire")
+            .expect("released");
+        assert_eq!(lb.token, la.token + 1, "{name}: one grant counter");
+        b.release_lease(&lb).await.expect("release");
+    }
+
+    let w = Duration::from_secs(3600);
+    for key in ["login:x", "login:y", "rcpt:z"] {
+        a.incr_counter(key, w).await.expect("incr");
+        b.incr_counter(key, w).await.expect("incr");
+        assert_eq!(a.get_counter(key, w).await.expect("get"), 2, "{key}");
+        assert_eq!(b.decr_counter(key, w).await.expect("decr"), 1, "{key}");
+    }
+    a.mark("seen:1", Duration::from_secs(30))
+        .await
+        .expect("mark");
+    assert!(b.is_marked("seen:1").await.expect("is_marked"));
+}
+
+/// Keys really spread over the cluster: leases, counters and marks for many names land on
+/// more than one node, and none of the scripts fails with CROSSSLOT (a lease's two keys
+/// share their name's hash tag).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_spreads_keys_over_nodes() {
+    let Some(cluster) = RedisCluster::start(40) else {
+        return;
+    };
+    assert_eq!(cluster.dbsizes(), vec![0, 0, 0], "a fresh cluster");
+    let coord = RedisCoordinator::connect(&cluster.config(1))
+        .await
+        .expect("connect");
+    let w = Duration::from_secs(3600);
+    for i in 0..40 {
+        coord
+            .acquire_lease(&format!("uid:{i}"), "node", Duration::from_secs(30))
+            .await
+            .expect("acquire")
+            .expect("free");
+        coord
+            .incr_counter(&format!("login:{i}"), w)
+            .await
+            .expect("incr");
+        coord
+            .mark(&format!("seen:{i}"), Duration::from_secs(30))
+            .await
+            .expect("mark");
+    }
+    let sizes = cluster.dbsizes();
+    // 40 leases with their grant counters, 40 counters, 40 marks.
+    assert_eq!(sizes.iter().sum::<u64>(), 40 * 4, "{sizes:?}");
+    assert!(
+        sizes.iter().filter(|n| **n > 0).count() >= 2,
+        "keys on several nodes: {sizes:?}"
+    );
 }

@@ -1,8 +1,9 @@
-//! The Redis coordinator for cluster mode: any number of front-ends share one Redis.
+//! The Redis coordinator for cluster mode: any number of front-ends share one Redis, or
+//! one Redis Cluster.
 //!
 //! # Keys and channels (all under `storage.redis.key_prefix`)
 //! ```text
-//! ev:{account}          pub/sub channel of the account's MailboxEvents
+//! ev:{account}          pub/sub channel of the account's MailboxEvents (sharded in a cluster)
 //! lease:{{key}}         "holder|token", with a PX expiry: the lease itself
 //! lease-seq:{{key}}     the key's grant counter (fencing tokens), expires after TOKEN_RETENTION
 //! cnt:{key}:{window}    a fixed-window counter, expires after two windows
@@ -11,8 +12,20 @@
 //!
 //! The lease's two keys carry the lease name as a hash tag (`{...}`), so the one script
 //! that touches both stays within one hash slot of a Redis Cluster; every other command
-//! touches one key. (The client connects to one Redis endpoint: a primary, or a proxy in
-//! front of a cluster; see docs/scylla.md for what a multi-node Redis must guarantee.)
+//! touches one key.
+//!
+//! # One Redis or a Redis Cluster
+//! With `storage.redis.url` the client connects to one endpoint (a primary, or a proxy
+//! that hides a cluster). With `storage.redis.cluster_nodes` it speaks the cluster
+//! protocol itself: it reads the slot map from any seed, sends each command or script to
+//! the primary owning its key's slot, follows MOVED/ASK redirections and refreshes the map
+//! after a failover or resharding. Events then use sharded pub/sub (`SPUBLISH` /
+//! `SSUBSCRIBE`, Redis 7): an account's channel lives on the shard that owns its slot, so
+//! a publish reaches one shard instead of being broadcast to every node over the cluster
+//! bus, and pub/sub grows with the cluster like the keys do. A shard that ends a
+//! subscription because the slot moved is subscribed again at the new owner, and its
+//! subscribers resync. See docs/scylla.md for what Redis does and does not guarantee
+//! (UIDs never depend on it: the ledger in ScyllaDB decides).
 //!
 //! # Why Lua scripts for leases
 //! Taking a lease is "if free, count a grant and store holder|token with an expiry", and
@@ -22,20 +35,23 @@
 //! else held a mailbox's lease since its own last grant (see [`super::Lease`]).
 //!
 //! # Pub/sub and reconnects
-//! Commands go through one multiplexed [`ConnectionManager`], which reconnects by itself.
-//! Notifications use a second manager in RESP3 mode with automatic resubscription: this
+//! Commands go through one multiplexed [`ConnectionManager`] (in a cluster, a
+//! [`ClusterConnection`] with one connection per primary), which reconnects by itself.
+//! Notifications use a second one in RESP3 mode with automatic resubscription: this
 //! node subscribes once per account that has local subscribers and fans events out through
 //! an in-process broadcast channel, so a thousand IDLE sessions of one user cost one Redis
 //! subscription. Pub/sub is fire-and-forget, so when that connection drops every local
 //! subscriber gets [`MailboxEvent::Resync`] (events may have been missed) and again once the
-//! connection is back. A heartbeat task pings that connection so it reconnects even when
-//! nothing else would touch it.
+//! connection is back. A heartbeat task pings that connection (in a cluster, every
+//! primary) so it reconnects even when nothing else would touch it.
 //!
 //! # TLS
 //! A `rediss://` URL connects over rustls (the process's aws-lc-rs provider), checking the
 //! server's certificate against `storage.redis.tls_ca_file` or the system's roots, with an
 //! optional client certificate (`tls_cert_file`, `tls_key_file`). Both connections, and
-//! every reconnection, use the same settings.
+//! every reconnection, use the same settings; with `rediss://` cluster seeds so does the
+//! connection to every node the slot map names (whose certificate must then be valid for
+//! the address the node announces).
 //!
 //! # Outages
 //! Every command has a deadline (`storage.redis.timeout_ms`); a refused connection, an I/O
@@ -49,8 +65,13 @@ use crate::types::{AccountId, MailboxId, ModSeq};
 use crate::{StoreError, StoreResult};
 use async_trait::async_trait;
 use mailfleet_core::config::RedisConfig;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{ClientTlsConfig, PushInfo, PushKind, Script, TlsCertificates, Value};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::{
+    ClientTlsConfig, Cmd, Pipeline, PushInfo, PushKind, RedisFuture, RedisResult, Script,
+    TlsCertificates, Value,
+};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -106,11 +127,88 @@ return redis.call('DECR', KEYS[1])
 
 type Channels = Arc<Mutex<HashMap<AccountId, broadcast::Sender<MailboxEvent>>>>;
 
+/// One Redis (through a [`ConnectionManager`]) or a Redis Cluster (through a
+/// [`ClusterConnection`], which routes each command to the primary of its key's slot).
+/// Both speak [`ConnectionLike`], so commands and scripts are written once; only pub/sub
+/// differs, since a cluster uses sharded channels.
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+impl Connection {
+    /// `PUBLISH`, or in a cluster `SPUBLISH`: a sharded message goes only to the shard that
+    /// owns the channel's slot, where a plain one would be copied to every node over the
+    /// cluster bus whoever listens.
+    fn publish_command(&self) -> &'static str {
+        match self {
+            Self::Single(_) => "PUBLISH",
+            Self::Cluster(_) => "SPUBLISH",
+        }
+    }
+
+    /// `SUBSCRIBE`, or `SSUBSCRIBE` in a cluster: one channel per command there, since
+    /// channels in different slots cannot share one.
+    async fn subscribe(&mut self, channels: &[String]) -> RedisResult<()> {
+        match self {
+            Self::Single(c) => c.subscribe(channels).await,
+            Self::Cluster(c) => {
+                for channel in channels {
+                    c.ssubscribe(channel).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// `UNSUBSCRIBE`, or `SUNSUBSCRIBE` per channel in a cluster.
+    async fn unsubscribe(&mut self, channels: &[String]) -> RedisResult<()> {
+        match self {
+            Self::Single(c) => c.unsubscribe(channels).await,
+            Self::Cluster(c) => {
+                for channel in channels {
+                    c.sunsubscribe(channel).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 pub struct RedisCoordinator {
     prefix: String,
     timeout: Duration,
-    commands: ConnectionManager,
-    notify: ConnectionManager,
+    commands: Connection,
+    notify: Connection,
     channels: Channels,
     acquire: Script,
     renew: Script,
@@ -200,50 +298,26 @@ fn resync_all(channels: &Channels) {
 }
 
 impl RedisCoordinator {
-    /// Connects both connections; fails (naming the URL's host, never its password) when
-    /// Redis cannot be reached at start.
+    /// Connects both connections (to `storage.redis.url`, or to the cluster behind
+    /// `storage.redis.cluster_nodes`); fails (naming the host, never a password) when Redis
+    /// cannot be reached at start.
     pub async fn connect(cfg: &RedisConfig) -> StoreResult<Self> {
         let timeout = Duration::from_millis(cfg.timeout_ms);
-        let client = client(cfg)?;
-        let base = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(2));
-        let commands = tokio::time::timeout(
-            timeout * 2,
-            ConnectionManager::new_with_config(client.clone(), base.clone()),
-        )
-        .await
-        .map_err(|_| unavailable("connect", "timed out"))?
-        .map_err(|e| unavailable("connect", tls_hint(cfg, e)))?;
-
-        // Pub/sub pushes need RESP3 on the notification connection. Its client is made from
-        // the first one's connection info, which carries the TLS parameters too: both
-        // connections trust the same CA and present the same client certificate.
-        let info = client.get_connection_info().clone();
-        let settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(redis::ProtocolVersion::RESP3);
-        let info = info.set_redis_settings(settings);
-        let push_client = redis::Client::open(info)
-            .map_err(|e| StoreError::Invalid(format!("storage.redis.url: {e}")))?;
         let (push_tx, push_rx) = mpsc::unbounded_channel::<PushInfo>();
-        let notify = tokio::time::timeout(
-            timeout * 2,
-            ConnectionManager::new_with_config(
-                push_client,
-                base.set_push_sender(push_tx).set_automatic_resubscription(),
-            ),
-        )
-        .await
-        .map_err(|_| unavailable("connect (pub/sub)", "timed out"))?
-        .map_err(|e| unavailable("connect (pub/sub)", tls_hint(cfg, e)))?;
-
+        let (commands, notify) = if cfg.is_cluster() {
+            connect_cluster(cfg, push_tx).await?
+        } else {
+            connect_single(cfg, push_tx).await?
+        };
         let prefix = cfg.key_prefix.clone();
         let channels: Channels = Arc::default();
-        let dispatcher = tokio::spawn(dispatch(prefix.clone(), push_rx, channels.clone()));
+        let dispatcher = tokio::spawn(dispatch(
+            prefix.clone(),
+            push_rx,
+            channels.clone(),
+            notify.clone(),
+            timeout,
+        ));
         let heartbeat = tokio::spawn(heartbeat(
             prefix.clone(),
             notify.clone(),
@@ -296,14 +370,137 @@ impl RedisCoordinator {
     }
 }
 
+/// Waits at most `limit` for a first connection.
+async fn connect_within<T>(
+    cfg: &RedisConfig,
+    what: &str,
+    limit: Duration,
+    fut: impl std::future::Future<Output = RedisResult<T>>,
+) -> StoreResult<T> {
+    tokio::time::timeout(limit, fut)
+        .await
+        .map_err(|_| unavailable(what, "timed out"))?
+        .map_err(|e| unavailable(what, tls_hint(cfg, e)))
+}
+
+/// One Redis at `storage.redis.url`: a command manager, and a RESP3 manager for pub/sub
+/// that resubscribes by itself after a reconnection.
+async fn connect_single(
+    cfg: &RedisConfig,
+    push_tx: mpsc::UnboundedSender<PushInfo>,
+) -> StoreResult<(Connection, Connection)> {
+    let timeout = Duration::from_millis(cfg.timeout_ms);
+    let client = client(cfg)?;
+    let base = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_secs(2));
+    let commands = connect_within(
+        cfg,
+        "connect",
+        timeout * 2,
+        ConnectionManager::new_with_config(client.clone(), base.clone()),
+    )
+    .await?;
+
+    // Pub/sub pushes need RESP3 on the notification connection. Its client is made from
+    // the first one's connection info, which carries the TLS parameters too: both
+    // connections trust the same CA and present the same client certificate.
+    let info = client.get_connection_info().clone();
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(redis::ProtocolVersion::RESP3);
+    let info = info.set_redis_settings(settings);
+    let push_client = redis::Client::open(info)
+        .map_err(|e| StoreError::Invalid(format!("storage.redis.url: {e}")))?;
+    let notify = connect_within(
+        cfg,
+        "connect (pub/sub)",
+        timeout * 2,
+        ConnectionManager::new_with_config(
+            push_client,
+            base.set_push_sender(push_tx).set_automatic_resubscription(),
+        ),
+    )
+    .await?;
+    Ok((Connection::Single(commands), Connection::Single(notify)))
+}
+
+/// A Redis Cluster from the seeds in `storage.redis.cluster_nodes`: a command connection,
+/// and a RESP3 one with a push sender for sharded pub/sub. Each keeps one connection per
+/// primary, follows MOVED/ASK redirections and slot map changes, reconnects to a node
+/// that dropped, and (the pub/sub one) subscribes again to its tracked channels there.
+async fn connect_cluster(
+    cfg: &RedisConfig,
+    push_tx: mpsc::UnboundedSender<PushInfo>,
+) -> StoreResult<(Connection, Connection)> {
+    let timeout = Duration::from_millis(cfg.timeout_ms);
+    let certs = tls_certificates(cfg)?;
+    let bad_seeds =
+        |e: redis::RedisError| StoreError::Invalid(format!("storage.redis.cluster_nodes: {e}"));
+    let commands = cluster_builder(cfg, certs.clone())
+        .build()
+        .map_err(bad_seeds)?;
+    let notify = cluster_builder(cfg, certs)
+        .use_protocol(redis::ProtocolVersion::RESP3)
+        .push_sender(push_tx)
+        .build()
+        .map_err(bad_seeds)?;
+    let commands = connect_within(
+        cfg,
+        "connect (cluster)",
+        timeout * 2,
+        commands.get_async_connection(),
+    )
+    .await?;
+    let notify = connect_within(
+        cfg,
+        "connect (cluster pub/sub)",
+        timeout * 2,
+        notify.get_async_connection(),
+    )
+    .await?;
+    Ok((Connection::Cluster(commands), Connection::Cluster(notify)))
+}
+
+/// The cluster client's settings: every attempt bounded by `timeout_ms` like a single
+/// Redis's, and a few quick retries, enough to follow a redirection or a failover's new
+/// slot map within one command's deadline (which [`RedisCoordinator::bounded`] enforces
+/// anyway).
+fn cluster_builder(cfg: &RedisConfig, certs: Option<TlsCertificates>) -> ClusterClientBuilder {
+    let timeout = Duration::from_millis(cfg.timeout_ms);
+    let builder = ClusterClientBuilder::new(cfg.cluster_nodes.iter().map(String::as_str))
+        .connection_timeout(timeout)
+        .response_timeout(timeout)
+        .retries(3)
+        .min_retry_wait(10)
+        .max_retry_wait((cfg.timeout_ms / 4).max(20));
+    match certs {
+        Some(certs) => builder.certs(certs),
+        None => builder,
+    }
+}
+
 /// The client for `storage.redis.url`. With `rediss://` it speaks TLS through rustls,
 /// verifying the server against `tls_ca_file` (or the system's roots) and presenting
-/// `tls_cert_file` when set; the files are checked here so a bad one fails the start with
-/// its key's name.
+/// `tls_cert_file` when set.
 fn client(cfg: &RedisConfig) -> StoreResult<redis::Client> {
     let bad_url = |e: redis::RedisError| StoreError::Invalid(format!("storage.redis.url: {e}"));
-    if !cfg.url.starts_with("rediss://") {
-        return redis::Client::open(cfg.url.as_str()).map_err(bad_url);
+    match tls_certificates(cfg)? {
+        Some(certs) => redis::Client::build_with_tls(cfg.url.as_str(), certs).map_err(bad_url),
+        None => redis::Client::open(cfg.url.as_str()).map_err(bad_url),
+    }
+}
+
+/// The CA and client certificate for `rediss://` endpoints (`url` or `cluster_nodes`),
+/// `None` when the endpoints are plain or TLS should use the redis crate's default (the
+/// system's roots, no client certificate). The files are checked here so a bad one fails
+/// the start with its key's name.
+fn tls_certificates(cfg: &RedisConfig) -> StoreResult<Option<TlsCertificates>> {
+    if !cfg.uses_tls() {
+        return Ok(None);
     }
     let tls = LoadedTls::load(TlsFiles {
         section: "storage.redis",
@@ -315,22 +512,17 @@ fn client(cfg: &RedisConfig) -> StoreResult<redis::Client> {
     // Built only to be checked: the redis crate makes its own configuration from the PEM.
     tls.client_config("storage.redis")?;
     if tls.ca_pem.is_none() && tls.identity.is_none() {
-        // The redis crate's default for rediss://: the system's roots.
-        return redis::Client::open(cfg.url.as_str()).map_err(bad_url);
+        return Ok(None);
     }
-    redis::Client::build_with_tls(
-        cfg.url.as_str(),
-        TlsCertificates {
-            client_tls: tls
-                .identity
-                .map(|(client_cert, client_key)| ClientTlsConfig {
-                    client_cert,
-                    client_key,
-                }),
-            root_cert: tls.ca_pem,
-        },
-    )
-    .map_err(bad_url)
+    Ok(Some(TlsCertificates {
+        client_tls: tls
+            .identity
+            .map(|(client_cert, client_key)| ClientTlsConfig {
+                client_cert,
+                client_key,
+            }),
+        root_cert: tls.ca_pem,
+    }))
 }
 
 /// A failed first connection, with the TLS setting to look at when the failure is TLS's:
@@ -338,7 +530,7 @@ fn client(cfg: &RedisConfig) -> StoreResult<redis::Client> {
 /// alone does not tell an operator which key to change.
 fn tls_hint(cfg: &RedisConfig, e: redis::RedisError) -> String {
     let text = e.to_string();
-    if !cfg.url.starts_with("rediss://") {
+    if !cfg.uses_tls() {
         return text;
     }
     let lower = text.to_lowercase();
@@ -347,7 +539,7 @@ fn tls_hint(cfg: &RedisConfig, e: redis::RedisError) -> String {
         match &cfg.tls_ca_file {
             Some(ca) => format!(
                 "{text} (TLS: the server's certificate must chain to storage.redis.tls_ca_file \
-                 {} and name the URL's host)",
+                 {} and name the host it is reached at)",
                 ca.display()
             ),
             None => format!(
@@ -373,28 +565,41 @@ fn tls_hint(cfg: &RedisConfig, e: redis::RedisError) -> String {
     }
 }
 
+/// The account whose event channel `channel` is, if it is one of ours.
+fn channel_account(channel_prefix: &str, channel: &[u8]) -> Option<AccountId> {
+    String::from_utf8_lossy(channel)
+        .strip_prefix(channel_prefix)
+        .and_then(|a| a.parse::<i64>().ok())
+        .map(AccountId)
+}
+
 /// Routes pushed messages to local subscribers.
-async fn dispatch(prefix: String, mut rx: mpsc::UnboundedReceiver<PushInfo>, channels: Channels) {
+async fn dispatch(
+    prefix: String,
+    mut rx: mpsc::UnboundedReceiver<PushInfo>,
+    channels: Channels,
+    notify: Connection,
+    timeout: Duration,
+) {
     let channel_prefix = format!("{prefix}ev:");
     while let Some(push) = rx.recv().await {
         match push.kind {
-            PushKind::Message => {
+            // SMessage: a sharded channel's message, in cluster mode.
+            PushKind::Message | PushKind::SMessage => {
                 let (Some(Value::BulkString(ch)), Some(Value::BulkString(payload))) =
                     (push.data.first(), push.data.get(1))
                 else {
                     continue;
                 };
-                let ch = String::from_utf8_lossy(ch);
-                let Some(account) = ch
-                    .strip_prefix(&channel_prefix)
-                    .and_then(|a| a.parse::<i64>().ok())
-                    .map(AccountId)
-                else {
+                let Some(account) = channel_account(&channel_prefix, ch) else {
                     continue;
                 };
                 let payload = String::from_utf8_lossy(payload);
                 let Some(event) = decode(account, &payload) else {
-                    tracing::warn!(channel = %ch, "ignoring an unreadable mailbox event");
+                    tracing::warn!(
+                        channel = %String::from_utf8_lossy(ch),
+                        "ignoring an unreadable mailbox event"
+                    );
                     continue;
                 };
                 if let Some(age) = event_age(&payload) {
@@ -402,6 +607,14 @@ async fn dispatch(prefix: String, mut rx: mpsc::UnboundedReceiver<PushInfo>, cha
                 }
                 if let Some(tx) = lock(&channels).get(&account) {
                     let _ = tx.send(event);
+                }
+            }
+            PushKind::SUnsubscribe => {
+                let Some(Value::BulkString(ch)) = push.data.first() else {
+                    continue;
+                };
+                if let Some(account) = channel_account(&channel_prefix, ch) {
+                    resubscribe_if_wanted(&channels, account, &prefix, &notify, timeout);
                 }
             }
             PushKind::Disconnection => {
@@ -413,15 +626,41 @@ async fn dispatch(prefix: String, mut rx: mpsc::UnboundedReceiver<PushInfo>, cha
     }
 }
 
-/// Keeps the notification connection alive (a ping makes the manager reconnect and
-/// resubscribe), tells subscribers to resync once it is back, and unsubscribes from
-/// accounts nobody on this node listens to any more.
-async fn heartbeat(
-    prefix: String,
-    mut con: ConnectionManager,
-    channels: Channels,
+/// A cluster node ends a sharded subscription by itself when the channel's slot moves to
+/// another shard (resharding, or a failover the client has not noticed yet), and the
+/// client would only subscribe at the new owner after its next slot map refresh. So when
+/// an account that still has local subscribers loses its subscription, subscribe again
+/// (the command follows the MOVED redirection to the new owner) and tell the subscribers
+/// to resync, since events published in between were missed. The confirmation of our own
+/// SUNSUBSCRIBE (heartbeat) arrives here too, for an account already dropped, and is
+/// ignored; or, if a session subscribed again meanwhile, subscribing twice is harmless.
+fn resubscribe_if_wanted(
+    channels: &Channels,
+    account: AccountId,
+    prefix: &str,
+    notify: &Connection,
     timeout: Duration,
 ) {
+    let Some(tx) = lock(channels).get(&account).cloned() else {
+        return;
+    };
+    tracing::info!(
+        account = account.0,
+        "redis ended a sharded subscription; subscribing again"
+    );
+    let mut con = notify.clone();
+    let names = [channel_name(prefix, account)];
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(timeout, con.subscribe(&names)).await;
+        let _ = tx.send(MailboxEvent::Resync { account });
+    });
+}
+
+/// Keeps the notification connection alive (a ping makes the manager reconnect and
+/// resubscribe; in a cluster the ping goes to every primary, so any shard's outage counts),
+/// tells subscribers to resync once it is back, and unsubscribes from accounts nobody on
+/// this node listens to any more.
+async fn heartbeat(prefix: String, mut con: Connection, channels: Channels, timeout: Duration) {
     let mut healthy = true;
     loop {
         tokio::time::sleep(HEARTBEAT).await;
@@ -451,7 +690,7 @@ async fn heartbeat(
         };
         if !idle.is_empty() && healthy {
             let names: Vec<String> = idle.iter().map(|a| channel_name(&prefix, *a)).collect();
-            let _ = tokio::time::timeout(timeout, con.unsubscribe(names)).await;
+            let _ = tokio::time::timeout(timeout, con.unsubscribe(&names)).await;
             // A session may have subscribed to one of these accounts again while the
             // UNSUBSCRIBE was on its way, and its SUBSCRIBE may have reached Redis first:
             // subscribe those again so no account is left deaf.
@@ -463,7 +702,7 @@ async fn heartbeat(
                     .collect()
             };
             if !back.is_empty() {
-                let _ = tokio::time::timeout(timeout, con.subscribe(back)).await;
+                let _ = tokio::time::timeout(timeout, con.subscribe(&back)).await;
             }
         }
     }
@@ -492,9 +731,10 @@ impl Coordinator for RedisCoordinator {
     async fn publish(&self, event: MailboxEvent) -> StoreResult<()> {
         let mut con = self.commands.clone();
         let channel = channel_name(&self.prefix, event.account());
+        let command = con.publish_command();
         self.bounded(
-            "PUBLISH",
-            redis::cmd("PUBLISH")
+            command,
+            redis::cmd(command)
                 .arg(channel)
                 .arg(encode(&event))
                 .query_async::<i64>(&mut con),
@@ -517,12 +757,8 @@ impl Coordinator for RedisCoordinator {
         };
         if new {
             let mut con = self.notify.clone();
-            let subscribed = self
-                .bounded(
-                    "SUBSCRIBE",
-                    con.subscribe(channel_name(&self.prefix, account)),
-                )
-                .await;
+            let names = [channel_name(&self.prefix, account)];
+            let subscribed = self.bounded("SUBSCRIBE", con.subscribe(&names)).await;
             if let Err(e) = subscribed {
                 lock(&self.channels).remove(&account);
                 return Err(e);
