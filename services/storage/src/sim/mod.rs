@@ -146,6 +146,24 @@ impl SimRedis {
         snaps.drain(..keep);
     }
 
+    /// Until `stop_at`: a snapshot every 200 ms and a restart now and then (on average
+    /// every `redis_restart_every`).
+    fn run_faults(self: Arc<Self>, stop_at: Instant) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let every = self.world.faults.redis_restart_every;
+            let mut next_restart = Instant::now() + every;
+            while Instant::now() < stop_at {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                self.snapshot();
+                if Instant::now() >= next_restart {
+                    self.restart();
+                    let ms = every.as_millis() as u64;
+                    next_restart = Instant::now() + self.world.ms(ms / 2..ms * 3 / 2 + 1);
+                }
+            }
+        })
+    }
+
     /// Restarts from a snapshot 0.5–3 s old: every later write is lost.
     fn restart(&self) {
         let age = self.world.ms(500..3000);
@@ -572,23 +590,7 @@ async fn run_async(seed: u64, cfg: SimConfig) -> Outcome {
     let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let stop_at = start + cfg.load;
 
-    // Redis: snapshots every 200 ms, restarts now and then.
-    let redis_task = {
-        let redis = redis.clone();
-        let world = world.clone();
-        tokio::spawn(async move {
-            let mut next_restart = Instant::now() + world.faults.redis_restart_every;
-            while Instant::now() < stop_at {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                redis.snapshot();
-                if Instant::now() >= next_restart {
-                    redis.restart();
-                    let every = world.faults.redis_restart_every.as_millis() as u64;
-                    next_restart = Instant::now() + world.ms(every / 2..every * 3 / 2 + 1);
-                }
-            }
-        })
-    };
+    let redis_task = redis.clone().run_faults(stop_at);
 
     let mut clients = Vec::new();
     for (n, alloc) in allocs.iter().enumerate() {

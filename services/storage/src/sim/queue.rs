@@ -515,22 +515,7 @@ async fn run_async(seed: u64, cfg: QueueConfig) -> QueueOutcome {
     // Faults end with the load; the drain after it shows every message gets delivered.
     let end = stop_at + Duration::from_secs(150);
 
-    let redis_task = {
-        let redis = redis.clone();
-        let world = world.clone();
-        tokio::spawn(async move {
-            let mut next_restart = Instant::now() + world.faults.redis_restart_every;
-            while Instant::now() < stop_at {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                redis.snapshot();
-                if Instant::now() >= next_restart {
-                    redis.restart();
-                    let every = world.faults.redis_restart_every.as_millis() as u64;
-                    next_restart = Instant::now() + world.ms(every / 2..every * 3 / 2 + 1);
-                }
-            }
-        })
-    };
+    let redis_task = redis.clone().run_faults(stop_at);
 
     // Submission: entries with one to three recipients over the first half of the load
     // (enqueue is acknowledged; its durability is the conformance suite's business).
